@@ -1,0 +1,550 @@
+//! Builds the device crate `kernels-gpu` into two PTX modules in `OUT_DIR`, which
+//! `host/kernels.rs` embeds:
+//!
+//! - `sage_sm80.ptx`: the portable module, `-C target-cpu=sm_80` (runs on Ampere, Ada and Hopper
+//!   through the driver's JIT);
+//! - `sage_sm90a.ptx`: the Hopper module, `--features hopper`, `-C target-cpu=sm_90a`.
+//!
+//! Each is built by a separate cargo invocation (own target dir, clean environment) for
+//! `nvptx64-nvidia-cuda` with `-Zbuild-std=core`. The PTX toolchain is looked up in this order:
+//!
+//! 1. `SAGE_PTX_RUSTC` + `SAGE_PTX_CARGO` (and optionally `SAGE_LLVM_BIN`, the LLVM bin directory
+//!    for `tools/nvptx-link`): used as given, linked with `tools/nvptx-link`;
+//! 2. a rustup nightly with the `rust-src`, `llvm-tools` and `llvm-bitcode-linker` components:
+//!    linked with rustc's own `llvm-bitcode-linker`;
+//! 3. Debian's `rustc-web` (`/usr/bin/rustc`, `/usr/bin/cargo`), `rust-web-src` and `llvm-22`
+//!    (what `scripts/setup-toolchain.sh` installs): linked with `tools/nvptx-link`.
+//!
+//! `SAGE_SKIP_PTX=1` writes empty modules instead (pure-CPU builds: docs, quick checks); the host
+//! then reports `KernelNotFound` at run time. The device build reruns only when the device crate,
+//! the link script, this file or one of the variables above changes.
+
+use std::ffi::OsString;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+use std::{env, fs};
+
+const DEVICE_TARGET: &str = "nvptx64-nvidia-cuda";
+/// The variables that change what this script does.
+const ENV_VARS: &[&str] = &[
+    "SAGE_SKIP_PTX",
+    "SAGE_PTX_RUSTC",
+    "SAGE_PTX_CARGO",
+    "SAGE_LLVM_BIN",
+    "SAGE_PTX_ISA",
+    "SAGE_PTX_SERIAL",
+];
+
+/// One PTX module to build.
+struct Module {
+    /// File name in `OUT_DIR`.
+    file: &'static str,
+    /// Name of its target dir.
+    dir: &'static str,
+    cpu: &'static str,
+    features: &'static [&'static str],
+}
+
+static MODULES: [Module; 2] = [
+    Module {
+        file: "sage_sm80.ptx",
+        dir: "sm80",
+        cpu: "sm_80",
+        features: &[],
+    },
+    Module {
+        file: "sage_sm90a.ptx",
+        dir: "sm90a",
+        cpu: "sm_90a",
+        features: &["hopper"],
+    },
+];
+
+/// How to compile and link the device crate.
+struct Toolchain {
+    /// Where it was found, for messages.
+    origin: String,
+    rustc: PathBuf,
+    cargo: PathBuf,
+    /// `Some(script)`: link with `tools/nvptx-link`; `None`: rustc's own `llvm-bitcode-linker`.
+    link_script: Option<PathBuf>,
+    /// LLVM bin directory for the link script.
+    llvm_bin: Option<PathBuf>,
+}
+
+fn main() {
+    let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+    let device = root.join("kernels-gpu");
+    let link_script = root.join("tools").join("nvptx-link");
+
+    emit_rerun_rules(&root, &device);
+
+    if env::var("SAGE_SKIP_PTX").is_ok_and(|v| !v.is_empty() && v != "0") {
+        for m in &MODULES {
+            fs::write(out_dir.join(m.file), "").expect("write empty PTX");
+        }
+        println!(
+            "cargo:warning=SAGE_SKIP_PTX is set: the PTX modules are empty; every kernel launch \
+             will fail with KernelNotFound"
+        );
+        return;
+    }
+
+    let toolchain = match find_toolchain(&link_script) {
+        Ok(t) => t,
+        Err(msg) => fail(&msg),
+    };
+
+    // The inner target dirs live beside the outer profile dirs (`target/nvptx-kernels/...`), so
+    // that `cargo build`, `cargo test --release` and `cargo clippy` (each its own OUT_DIR) share one
+    // device build; cargo's lock on each target dir serializes concurrent builds.
+    let target_base = out_dir
+        .ancestors()
+        .nth(4)
+        .filter(|p| p.join("CACHEDIR.TAG").exists() || p.join(".rustc_info.json").exists())
+        .map(|p| p.join("nvptx-kernels"))
+        .unwrap_or_else(|| out_dir.join("nvptx-kernels"));
+
+    let serial = env::var("SAGE_PTX_SERIAL").is_ok_and(|v| v == "1");
+    let started = Instant::now();
+    let results: Vec<(&Module, std::io::Result<Output>)> = if serial {
+        MODULES
+            .iter()
+            .map(|m| {
+                (
+                    m,
+                    build_module(&toolchain, &device, &target_base.join(m.dir), m),
+                )
+            })
+            .collect()
+    } else {
+        // Each build is mostly one serial rustc (core, then the kernels with fat LTO), so the two
+        // run side by side even on 2 cores.
+        std::thread::scope(|s| {
+            let handles: Vec<_> = MODULES
+                .iter()
+                .map(|m| {
+                    let (tc, dev, dir) = (&toolchain, &device, target_base.join(m.dir));
+                    (m, s.spawn(move || build_module(tc, dev, &dir, m)))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|(m, h)| (m, h.join().expect("device build thread panicked")))
+                .collect()
+        })
+    };
+
+    let mut errors = String::new();
+    // The same compile error shows up in both builds: print each distinct compiler output once.
+    let mut shown: Vec<String> = Vec::new();
+    let mut shown_warnings: Vec<String> = Vec::new();
+    for (m, result) in results {
+        let tdir = target_base.join(m.dir);
+        match result {
+            Err(e) => {
+                let _ = writeln!(
+                    errors,
+                    "could not run {} for {}: {e}",
+                    toolchain.cargo.display(),
+                    m.cpu
+                );
+            }
+            Ok(out) if !out.status.success() => {
+                let text: String = String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("Blocking waiting for file lock"))
+                    .map(|l| format!("{l}\n"))
+                    .collect();
+                if let Some(i) = shown.iter().position(|t| *t == text) {
+                    let _ = writeln!(
+                        errors,
+                        "building kernels-gpu for {} failed ({}): the same output as build {} above",
+                        m.cpu,
+                        out.status,
+                        i + 1
+                    );
+                } else {
+                    shown.push(text.clone());
+                    eprintln!(
+                        "==== device build {}: kernels-gpu for {} ({}) failed ====\n{text}",
+                        shown.len(),
+                        m.cpu,
+                        m.file
+                    );
+                    let _ = writeln!(
+                        errors,
+                        "building kernels-gpu for {} failed ({}); its compiler output is above",
+                        m.cpu, out.status
+                    );
+                }
+            }
+            Ok(out) => {
+                forward_warnings(
+                    &String::from_utf8_lossy(&out.stderr),
+                    m.cpu,
+                    &mut shown_warnings,
+                );
+                let ptx_path = tdir
+                    .join(DEVICE_TARGET)
+                    .join("release")
+                    .join("kernels_gpu.ptx");
+                match fs::read_to_string(&ptx_path) {
+                    Err(e) => {
+                        let _ = writeln!(errors, "{}: {e}", ptx_path.display());
+                    }
+                    Ok(ptx) => match check_ptx(&ptx, m.cpu) {
+                        Err(msg) => {
+                            let _ = writeln!(errors, "{} ({}): {msg}", ptx_path.display(), m.cpu);
+                        }
+                        Ok(()) => fs::write(out_dir.join(m.file), ptx).expect("write PTX"),
+                    },
+                }
+            }
+        }
+    }
+    if !errors.is_empty() {
+        fail(&format!(
+            "device build with {}:\n{errors}",
+            toolchain.origin
+        ));
+    }
+    if env::var_os("SAGE_PTX_VERBOSE").is_some() {
+        println!(
+            "cargo:warning=device build ({}) took {:.1} s",
+            toolchain.origin,
+            started.elapsed().as_secs_f64()
+        );
+    }
+}
+
+/// Shows the device crate's compiler warnings (headline and location) as cargo warnings, each
+/// once, since the inner cargo's output is otherwise hidden on success.
+fn forward_warnings(stderr: &str, cpu: &str, shown: &mut Vec<String>) {
+    let lines: Vec<&str> = stderr.lines().collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.starts_with("warning") || line.contains("generated") {
+            continue;
+        }
+        let at = lines
+            .get(i + 1)
+            .map(|l| l.trim())
+            .filter(|l| l.starts_with("-->"))
+            .unwrap_or("");
+        let text = format!("kernels-gpu: {line} {at}");
+        if !shown.contains(&text) {
+            if shown.len() < 30 {
+                println!("cargo:warning={text} [{cpu}]");
+            }
+            shown.push(text);
+        }
+    }
+}
+
+/// Prints the error and stops the build (an `Err` from `main` would add a Debug-quoted copy).
+fn fail(msg: &str) -> ! {
+    eprintln!("\nerror: sageattention build.rs: {msg}");
+    std::process::exit(1);
+}
+
+fn emit_rerun_rules(root: &Path, device: &Path) {
+    println!("cargo:rerun-if-changed={}", root.join("build.rs").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        root.join("tools").join("nvptx-link").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        device.join("Cargo.toml").display()
+    );
+    // A lock file the inner cargo creates on its first build must not trigger a second run, so it
+    // is watched only when it is already there.
+    let lock = device.join("Cargo.lock");
+    if lock.exists() {
+        println!("cargo:rerun-if-changed={}", lock.display());
+    }
+    // The directory itself (cargo scans it: new and deleted files count) and every file in it.
+    let src = device.join("src");
+    println!("cargo:rerun-if-changed={}", src.display());
+    let mut stack = vec![src];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
+    }
+    for var in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-env-changed=SAGE_PTX_VERBOSE");
+}
+
+fn is_exe(p: &Path) -> bool {
+    p.is_file()
+}
+
+fn find_toolchain(link_script: &Path) -> Result<Toolchain, String> {
+    if !is_exe(link_script) {
+        return Err(format!("{} is missing", link_script.display()));
+    }
+
+    // 1. explicit
+    let rustc = env::var_os("SAGE_PTX_RUSTC").filter(|v| !v.is_empty());
+    let cargo = env::var_os("SAGE_PTX_CARGO").filter(|v| !v.is_empty());
+    let llvm_bin = env::var_os("SAGE_LLVM_BIN")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    match (rustc, cargo) {
+        (Some(rustc), Some(cargo)) => {
+            let (rustc, cargo) = (PathBuf::from(rustc), PathBuf::from(cargo));
+            for p in [&rustc, &cargo] {
+                // a bare name is looked up in PATH; a path must exist
+                if p.components().count() > 1 && !is_exe(p) {
+                    return Err(format!(
+                        "{} (from SAGE_PTX_RUSTC/SAGE_PTX_CARGO) does not exist",
+                        p.display()
+                    ));
+                }
+            }
+            return Ok(Toolchain {
+                origin: format!(
+                    "SAGE_PTX_RUSTC={} SAGE_PTX_CARGO={}",
+                    rustc.display(),
+                    cargo.display()
+                ),
+                rustc,
+                cargo,
+                link_script: Some(link_script.to_path_buf()),
+                llvm_bin,
+            });
+        }
+        (None, None) => {}
+        _ => return Err("set both SAGE_PTX_RUSTC and SAGE_PTX_CARGO, or neither".into()),
+    }
+
+    // 2. a rustup nightly with rust-src + llvm-bitcode-linker (+ llvm-tools).
+    if let Some(t) = find_rustup_nightly() {
+        return Ok(t);
+    }
+
+    // 3. Debian's packages.
+    let rustc = PathBuf::from("/usr/bin/rustc");
+    let cargo = PathBuf::from("/usr/bin/cargo");
+    let src = Path::new("/usr/lib/rustlib/src/rust/library/core/Cargo.toml");
+    let llvm_bin = llvm_bin.unwrap_or_else(|| PathBuf::from("/usr/lib/llvm-22/bin"));
+    let llvm_ok = ["llvm-link", "opt", "llc", "llvm-ar"]
+        .iter()
+        .all(|t| is_exe(&llvm_bin.join(t)));
+    if is_exe(&rustc) && is_exe(&cargo) && src.is_file() && llvm_ok {
+        return Ok(Toolchain {
+            origin: "Debian rustc-web + rust-web-src + llvm-22".into(),
+            rustc,
+            cargo,
+            link_script: Some(link_script.to_path_buf()),
+            llvm_bin: Some(llvm_bin),
+        });
+    }
+
+    Err(format!(
+        "no toolchain that can build the device crate (kernels-gpu) to PTX was found.\n\
+         Install one of these:\n\
+         \x20 - on Debian/Ubuntu: bash scripts/setup-toolchain.sh\n\
+         \x20   (= apt-get install -y rustc-web rust-web-src llvm-22: /usr/bin/rustc, /usr/bin/cargo,\n\
+         \x20   /usr/lib/rustlib/src/rust/library, /usr/lib/llvm-22/bin)\n\
+         \x20 - with rustup: rustup toolchain install nightly --component rust-src llvm-tools llvm-bitcode-linker\n\
+         \x20 - any other: set SAGE_PTX_RUSTC and SAGE_PTX_CARGO (a rustc with the nvptx64-nvidia-cuda target\n\
+         \x20   and its library source), and SAGE_LLVM_BIN (llvm-link, opt, llc, llvm-ar of the same LLVM)\n\
+         Or set SAGE_SKIP_PTX=1 for a CPU-only build (every kernel launch then fails).\n\
+         Checked: Debian rustc {} ({}), rust-src {} ({}), LLVM {} ({})",
+        rustc.display(),
+        found(is_exe(&rustc) && is_exe(&cargo)),
+        src.parent().unwrap().parent().unwrap().display(),
+        found(src.is_file()),
+        llvm_bin.display(),
+        found(llvm_ok),
+    ))
+}
+
+fn found(ok: bool) -> &'static str {
+    if ok {
+        "found"
+    } else {
+        "missing"
+    }
+}
+
+/// A rustup toolchain named `nightly*` that has `rust-src` and `llvm-bitcode-linker` (and the
+/// `llvm-tools` it runs). Looks at the directories; runs no rustup command.
+fn find_rustup_nightly() -> Option<Toolchain> {
+    let home = env::var_os("RUSTUP_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".rustup")))?;
+    let mut names: Vec<PathBuf> = fs::read_dir(home.join("toolchains"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("nightly"))
+        })
+        .collect();
+    names.sort();
+    names.into_iter().rev().find_map(|tc| {
+        let rustc = tc.join("bin").join("rustc");
+        let cargo = tc.join("bin").join("cargo");
+        let src = tc.join("lib/rustlib/src/rust/library/core/Cargo.toml");
+        if !(is_exe(&rustc) && is_exe(&cargo) && src.is_file()) {
+            return None;
+        }
+        let has_linker = fs::read_dir(tc.join("lib/rustlib"))
+            .ok()?
+            .flatten()
+            .any(|host| {
+                let bin = host.path().join("bin");
+                bin.join("self-contained")
+                    .join("llvm-bitcode-linker")
+                    .is_file()
+                    && bin.join("llc").is_file()
+            });
+        has_linker.then(|| Toolchain {
+            origin: format!("rustup {}", tc.display()),
+            rustc,
+            cargo,
+            link_script: None,
+            llvm_bin: None,
+        })
+    })
+}
+
+/// Runs the inner cargo for one module; the PTX lands in
+/// `<target_dir>/nvptx64-nvidia-cuda/release/kernels_gpu.ptx`.
+fn build_module(
+    tc: &Toolchain,
+    device: &Path,
+    target_dir: &Path,
+    m: &Module,
+) -> std::io::Result<Output> {
+    let mut cmd = Command::new(&tc.cargo);
+    clean_env(&mut cmd);
+    cmd.current_dir(device)
+        .arg("build")
+        .arg("--release")
+        .arg("--manifest-path")
+        .arg(device.join("Cargo.toml"))
+        .arg("--target")
+        .arg(DEVICE_TARGET)
+        .arg("-Zbuild-std=core")
+        .arg("--target-dir")
+        .arg(target_dir);
+    if !m.features.is_empty() {
+        cmd.arg("--features").arg(m.features.join(","));
+    }
+    // RUSTFLAGS (not `cargo rustc -- ..`) so that core is compiled for the same cpu as the kernels.
+    let mut flags = vec![format!("-Ctarget-cpu={}", m.cpu)];
+    match &tc.link_script {
+        Some(script) => flags.push(format!("-Clinker={}", script.display())),
+        // rustc's llvm-bitcode-linker runs its own opt; rustc's fat-LTO pipeline gets the
+        // unroll-threshold safety net instead (see tools/nvptx-link).
+        None => flags.push("-Cllvm-args=-unroll-threshold=2000".into()),
+    }
+    cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        .env("RUSTC", &tc.rustc)
+        .env("RUSTC_BOOTSTRAP", "1");
+    if let Some(bin) = &tc.llvm_bin {
+        cmd.env("SAGE_LLVM_BIN", bin);
+    }
+    if let Some(isa) = env::var_os("SAGE_PTX_ISA") {
+        cmd.env("SAGE_PTX_ISA", isa);
+    }
+    cmd.output()
+}
+
+/// Removes what the outer cargo (and rustup, clippy, sccache) put into the environment, keeping
+/// the user's own cargo settings (home, network, registries).
+fn clean_env(cmd: &mut Command) {
+    const KEEP_PREFIXES: &[&str] = &[
+        "CARGO_HOME",
+        "CARGO_NET_",
+        "CARGO_HTTP_",
+        "CARGO_REGISTRIES_",
+        "CARGO_REGISTRY_",
+    ];
+    const REMOVE: &[&str] = &[
+        "RUSTUP_TOOLCHAIN",
+        "RUSTC",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_LINKER",
+        "RUSTC_BOOTSTRAP",
+        "RUSTFLAGS",
+        "RUSTDOC",
+        "RUSTDOCFLAGS",
+        "CARGO",
+        "TARGET",
+        "HOST",
+        "NUM_JOBS",
+        "OUT_DIR",
+        "OPT_LEVEL",
+        "PROFILE",
+        "DEBUG",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "LD_LIBRARY_PATH",
+        "SAGE_LLVM_BIN",
+        "SAGE_PTX_ISA",
+    ];
+    let vars: Vec<OsString> = env::vars_os().map(|(k, _)| k).collect();
+    for key in vars {
+        let Some(k) = key.to_str() else { continue };
+        let cargo_var = (k.starts_with("CARGO") || k.starts_with("__CARGO"))
+            && !KEEP_PREFIXES.iter().any(|p| k.starts_with(p));
+        if cargo_var
+            || REMOVE.contains(&k)
+            || k.starts_with("CLIPPY_")
+            || k.starts_with("DEP_")
+            || k.starts_with("SCCACHE_")
+        {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// The linked PTX must target the right cpu, contain at least one kernel and call nothing that is
+/// not defined in it.
+fn check_ptx(ptx: &str, cpu: &str) -> Result<(), String> {
+    let target_ok = ptx.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with(".target") && l.split([' ', '\t', ',']).any(|w| w == cpu)
+    });
+    if !target_ok {
+        return Err(format!("no `.target {cpu}` line"));
+    }
+    let externs: Vec<&str> = ptx
+        .lines()
+        .filter(|l| l.trim_start().starts_with(".extern .func"))
+        .collect();
+    if !externs.is_empty() {
+        return Err(format!(
+            "unresolved functions (the linker left {} undefined):\n  {}",
+            externs.len(),
+            externs.join("\n  ")
+        ));
+    }
+    if !ptx.lines().any(|l| l.contains(".entry ")) {
+        return Err("no kernel (`.entry`) in the module: are the kernels `#[unsafe(no_mangle)] pub \
+                    unsafe extern \"ptx-kernel\" fn` in a module the crate compiles for this feature set?"
+            .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,540 @@
+//! The library call: `sageattn` = validate → prepare (K mean, INT8 quantization of Q and K, V to
+//! f16 when bf16) → attend (dispatch to the compiled variant, launch on the caller's stream).
+//!
+//! Causal masking is **bottom-right aligned**, as in FlashAttention ≥ 2.1: with `qo_len` queries
+//! and `kv_len` keys, query `i` sees key `j` iff `j <= i + kv_len - qo_len`. (The official
+//! SageAttention aligns top-left; the two agree when `qo_len == kv_len`.) A query that sees no key
+//! gets a zero output row and an LSE of `-inf`.
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+
+use crate::device_config::{
+    attn_smem_bytes, cta_q, names, padded_len, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
+    MEAN_SEQ_LANES, Q_BLOCK, QUANT_THREADS, SUPPORTED_HEAD_DIMS,
+};
+use crate::error::{Error, Result};
+use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
+use crate::runtime::{ModuleKind, Runtime};
+use crate::tensor::{AccessGuard, DType, Layout, Tensor, TensorView, TensorViewMut};
+
+// SAFETY: plain-old-data `#[repr(C)]` structs of integers and floats, laid out exactly as the
+// device crate (same source file) expects them.
+unsafe impl DeviceRepr for AttnParams {}
+unsafe impl DeviceRepr for QuantParams {}
+unsafe impl DeviceRepr for MeanParams {}
+unsafe impl DeviceRepr for ConvertParams {}
+unsafe impl DeviceRepr for LseBiasParams {}
+
+/// How P·V accumulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PvAccum {
+    /// f16 accumulator within each 64-key tile, summed into an f32 running output (SageAttention's
+    /// default; fastest).
+    #[default]
+    F16,
+    /// f32 accumulator throughout (slower, slightly more accurate).
+    F32,
+}
+
+/// Options of [`sageattn`].
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Causal mask, bottom-right aligned (see the module docs).
+    pub causal: bool,
+    /// Subtract K's mean over the sequence before quantizing (default on): exact for softmax,
+    /// and much smaller INT8 error when K has channel-wise offsets.
+    pub smooth_k: bool,
+    /// Softmax scale; `None` = `1/sqrt(head_dim)`.
+    pub sm_scale: Option<f32>,
+    /// Memory layout of the output [`sageattn`] allocates.
+    pub layout: Layout,
+    /// P·V accumulation.
+    pub pv_accum: PvAccum,
+    /// Also return the log-sum-exp (natural log) of each query row, f32 `[batch, q_heads, qo_len]`.
+    pub return_lse: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            causal: false,
+            smooth_k: true,
+            sm_scale: None,
+            layout: Layout::Hnd,
+            pv_accum: PvAccum::F16,
+            return_lse: false,
+        }
+    }
+}
+
+/// Result of [`sageattn`]: the output (dtype of Q, layout of [`Options::layout`]) and the LSE.
+pub struct Output {
+    /// Attention output, logical shape `[batch, q_heads, qo_len, head_dim]`.
+    pub o: Tensor,
+    /// Natural-log LSE per query row, `[batch][q_heads][qo_len]` contiguous, when requested.
+    pub lse: Option<CudaSlice<f32>>,
+}
+
+/// The checked geometry of one call.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Problem {
+    batch: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    qo_len: usize,
+    kv_len: usize,
+    head_dim: usize,
+    in_dtype: DType,
+    sm_scale: f32,
+}
+
+/// Largest sequence length: the kernels index rows with 32-bit integers and pad to 128.
+const MAX_SEQ: usize = (i32::MAX as usize) - 1024;
+/// Largest batch and head count: CUDA's grid y/z limit.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// Runs SageAttention and allocates the output (and LSE when requested).
+///
+/// `q`: `[batch, q_heads, qo_len, head_dim]`, `k`/`v`: `[batch, kv_heads, kv_len, head_dim]`
+/// (logical order; any strides with a contiguous last dim, see [`TensorView::validate`]);
+/// f16 or bf16 (all three the same); head_dim 64, 96 or 128; `q_heads % kv_heads == 0` (GQA/MQA).
+/// Inputs are never modified. Work is queued on the runtime's stream; errors are reported before
+/// anything is launched.
+pub fn sageattn(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    opts: &Options,
+) -> Result<Output> {
+    let problem = validate_inputs(rt, q, k, v, opts)?;
+    let shape = [problem.batch, problem.q_heads, problem.qo_len, problem.head_dim];
+    let mut o = Tensor::alloc(rt, problem.in_dtype, shape, opts.layout)?;
+    let mut lse = if opts.return_lse {
+        Some(rt.alloc_zeros::<f32>(problem.batch * problem.q_heads * problem.qo_len)?)
+    } else {
+        None
+    };
+    let prepared = Prepared::new_checked(rt, q, k, v, opts, problem)?;
+    prepared.attend_checked(rt, v, &mut o.view_mut(), lse.as_mut())?;
+    Ok(Output { o, lse })
+}
+
+/// Runs SageAttention into a caller-provided output (f16 or bf16, shape
+/// `[batch, q_heads, qo_len, head_dim]`, any valid strides, not overlapping the inputs) and, when
+/// given, an f32 LSE buffer of at least `batch * q_heads * qo_len` elements (`opts.return_lse` is
+/// ignored: passing the buffer asks for it).
+pub fn sageattn_into(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    out: &mut TensorViewMut,
+    lse: Option<&mut CudaSlice<f32>>,
+    opts: &Options,
+) -> Result<()> {
+    let problem = validate_inputs(rt, q, k, v, opts)?;
+    let prepared = Prepared::new_checked(rt, q, k, v, opts, problem)?;
+    prepared.attend_checked(rt, v, out, lse)
+}
+
+/// Q and K quantized (and V converted to f16 when it is bf16): the first half of [`sageattn`].
+/// [`Prepared::attend_into`] runs the attention kernel alone, which is what "kernel only" timings
+/// measure and what repeated attention over the same Q/K can reuse.
+pub struct Prepared {
+    problem: Problem,
+    causal: bool,
+    pv_accum: PvAccum,
+    q_i8: CudaSlice<i8>,
+    q_scale: CudaSlice<f32>,
+    k_i8: CudaSlice<i8>,
+    k_scale: CudaSlice<f32>,
+    k_mean: Option<CudaSlice<f32>>,
+    /// bf16 V converted to f16 (as raw bits), contiguous `[batch][kv_heads][kv_len][head_dim]`.
+    v_f16: Option<CudaSlice<u16>>,
+    lse_bias: Option<CudaSlice<f32>>,
+}
+
+impl Prepared {
+    /// Validates the inputs and runs smoothing, quantization and (for bf16) the V conversion.
+    pub fn new(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Self> {
+        let problem = validate_inputs(rt, q, k, v, opts)?;
+        Self::new_checked(rt, q, k, v, opts, problem)
+    }
+
+    fn new_checked(
+        rt: &Runtime,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        opts: &Options,
+        p: Problem,
+    ) -> Result<Self> {
+        let stream = rt.stream();
+        let q_blocks = p.qo_len.div_ceil(Q_BLOCK);
+        let k_blocks = p.kv_len.div_ceil(K_BLOCK);
+        let in_bf16 = u32::from(p.in_dtype == DType::BF16);
+        // SAFETY: every element of these scratch buffers is written by the kernels below before
+        // anything reads it (quantization writes all padded rows and every block's scale; the
+        // mean and conversion kernels write their whole outputs).
+        let mut q_i8 = unsafe { rt.alloc_uninit::<i8>(p.batch * p.q_heads * padded_len(p.qo_len, Q_BLOCK) * p.head_dim)? };
+        let mut q_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.q_heads * q_blocks)? };
+        let mut k_i8 = unsafe { rt.alloc_uninit::<i8>(p.batch * p.kv_heads * padded_len(p.kv_len, K_BLOCK) * p.head_dim)? };
+        let mut k_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * k_blocks)? };
+        let mut k_mean = if opts.smooth_k {
+            Some(unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * p.head_dim)? })
+        } else {
+            None
+        };
+
+        let (q_ptr, _q_guard) = q.device_ptr(stream);
+        let (k_ptr, _k_guard) = k.device_ptr(stream);
+        let qs = q.strides();
+        let ks = k.strides();
+
+        if let Some(mean) = k_mean.as_mut() {
+            let (mean_ptr, _g) = mean.device_ptr_mut(stream);
+            let params = MeanParams {
+                k: k_ptr,
+                mean: mean_ptr,
+                k_stride: [ks[0], ks[1], ks[2]],
+                seq: p.kv_len as u32,
+                heads: p.kv_heads as u32,
+                head_dim: p.head_dim as u32,
+                in_bf16,
+            };
+            let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
+            let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
+            launch(rt, names::K_MEAN, (p.kv_heads as u32, p.batch as u32, 1), threads, smem, &params)?;
+        }
+
+        let mean_ptr = match k_mean.as_ref() {
+            Some(m) => Some(m.device_ptr(stream)),
+            None => None,
+        };
+        {
+            let (out, _g1) = q_i8.device_ptr_mut(stream);
+            let (scale, _g2) = q_scale.device_ptr_mut(stream);
+            let params = QuantParams {
+                x: q_ptr,
+                mean: 0,
+                out,
+                scale,
+                x_stride: [qs[0], qs[1], qs[2]],
+                mult: p.sm_scale * LOG2_E,
+                block: Q_BLOCK as u32,
+                seq: p.qo_len as u32,
+                heads: p.q_heads as u32,
+                head_dim: p.head_dim as u32,
+                in_bf16,
+            };
+            let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
+            launch(rt, names::QUANTIZE, grid, QUANT_THREADS as u32, 32, &params)?;
+        }
+        {
+            let (out, _g1) = k_i8.device_ptr_mut(stream);
+            let (scale, _g2) = k_scale.device_ptr_mut(stream);
+            let params = QuantParams {
+                x: k_ptr,
+                mean: mean_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
+                out,
+                scale,
+                x_stride: [ks[0], ks[1], ks[2]],
+                mult: 1.0,
+                block: K_BLOCK as u32,
+                seq: p.kv_len as u32,
+                heads: p.kv_heads as u32,
+                head_dim: p.head_dim as u32,
+                in_bf16,
+            };
+            let grid = (k_blocks as u32, p.kv_heads as u32, p.batch as u32);
+            launch(rt, names::QUANTIZE, grid, QUANT_THREADS as u32, 32, &params)?;
+        }
+
+        let lse_bias = match (&mean_ptr, opts.return_lse) {
+            (Some((mean, _)), true) => {
+                let rows = p.batch * p.q_heads * p.qo_len;
+                // SAFETY: the kernel writes all `rows` elements.
+                let mut bias = unsafe { rt.alloc_uninit::<f32>(rows)? };
+                {
+                    let (bias_ptr, _g) = bias.device_ptr_mut(stream);
+                    let params = LseBiasParams {
+                        q: q_ptr,
+                        mean: *mean,
+                        bias: bias_ptr,
+                        q_stride: [qs[0], qs[1], qs[2]],
+                        sm_scale: p.sm_scale,
+                        seq: p.qo_len as u32,
+                        heads: p.q_heads as u32,
+                        kv_heads: p.kv_heads as u32,
+                        head_dim: p.head_dim as u32,
+                        in_bf16,
+                        batch: p.batch as u32,
+                        _pad: 0,
+                    };
+                    let blocks = rows.div_ceil(256).min(1 << 16) as u32;
+                    launch(rt, names::LSE_BIAS, (blocks, 1, 1), 256, 0, &params)?;
+                }
+                Some(bias)
+            }
+            _ => None,
+        };
+        drop(mean_ptr);
+
+        let v_f16 = if p.in_dtype == DType::BF16 {
+            let n = p.batch * p.kv_heads * p.kv_len * p.head_dim;
+            // SAFETY: the conversion kernel writes all n elements.
+            let mut out = unsafe { rt.alloc_uninit::<u16>(n)? };
+            {
+                let (v_ptr, _vg) = v.device_ptr(stream);
+                let (out_ptr, _og) = out.device_ptr_mut(stream);
+                let vs = v.strides();
+                let params = ConvertParams {
+                    x: v_ptr,
+                    out: out_ptr,
+                    x_stride: [vs[0], vs[1], vs[2]],
+                    seq: p.kv_len as u32,
+                    heads: p.kv_heads as u32,
+                    head_dim: p.head_dim as u32,
+                    batch: p.batch as u32,
+                };
+                let chunks = n / 8;
+                let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
+                launch(rt, names::V_BF16_TO_F16, (blocks, 1, 1), CONVERT_THREADS as u32, 0, &params)?;
+            }
+            Some(out)
+        } else {
+            None
+        };
+
+        Ok(Prepared {
+            problem: p,
+            causal: opts.causal,
+            pv_accum: opts.pv_accum,
+            q_i8,
+            q_scale,
+            k_i8,
+            k_scale,
+            k_mean,
+            v_f16,
+            lse_bias,
+        })
+    }
+
+    /// Runs the attention kernel alone on the prepared Q/K and `v` (the same V the preparation
+    /// saw: shape and dtype are checked) into `out`, and the LSE into `lse` when given.
+    pub fn attend_into(
+        &self,
+        rt: &Runtime,
+        v: &TensorView,
+        out: &mut TensorViewMut,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        let p = &self.problem;
+        v.validate("v")?;
+        v.check_device_memory("v", rt)?;
+        if v.shape() != [p.batch, p.kv_heads, p.kv_len, p.head_dim] || v.dtype() != p.in_dtype {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "v is {:?} {} but was prepared as {:?} {}",
+                    v.shape(),
+                    v.dtype(),
+                    [p.batch, p.kv_heads, p.kv_len, p.head_dim],
+                    p.in_dtype
+                ),
+            });
+        }
+        self.attend_checked(rt, v, out, lse)
+    }
+
+    fn attend_checked(
+        &self,
+        rt: &Runtime,
+        v: &TensorView,
+        out: &mut TensorViewMut,
+        lse: Option<&mut CudaSlice<f32>>,
+    ) -> Result<()> {
+        let p = &self.problem;
+        validate_output(rt, p, out, lse.as_deref())?;
+        let stream = rt.stream();
+        let name = attention_kernel_name(p.head_dim, self.causal, self.pv_accum == PvAccum::F32)
+            .ok_or(Error::UnsupportedHeadDim { head_dim: p.head_dim, supported: &SUPPORTED_HEAD_DIMS })?;
+
+        let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match &self.v_f16 {
+            Some(conv) => {
+                let (ptr, _sync) = conv.device_ptr(stream);
+                let d = p.head_dim as i64;
+                let s = p.kv_len as i64;
+                // The guard of our own scratch slice only orders it on our stream: drop it now.
+                drop(_sync);
+                (ptr, [p.kv_heads as i64 * s * d, s * d, d], None)
+            }
+            None => {
+                let (ptr, guard) = v.device_ptr(stream);
+                let vs = v.strides();
+                (ptr, [vs[0], vs[1], vs[2]], Some(guard))
+            }
+        };
+        let os = out.strides();
+        let out_bf16 = u32::from(out.dtype() == DType::BF16);
+        let (o_ptr, _o_guard) = out.device_ptr_mut(stream);
+        let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
+        let (q, _g1) = self.q_i8.device_ptr(stream);
+        let (k, _g2) = self.k_i8.device_ptr(stream);
+        let (q_scale, _g3) = self.q_scale.device_ptr(stream);
+        let (k_scale, _g4) = self.k_scale.device_ptr(stream);
+        let bias = self.lse_bias.as_ref().map(|b| b.device_ptr(stream));
+        let params = AttnParams {
+            q,
+            k,
+            v: v_ptr,
+            o: o_ptr,
+            lse: lse_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
+            lse_bias: bias.as_ref().map_or(0, |(ptr, _)| *ptr),
+            q_scale,
+            k_scale,
+            v_stride,
+            o_stride: [os[0], os[1], os[2]],
+            qo_len: p.qo_len as u32,
+            kv_len: p.kv_len as u32,
+            q_heads: p.q_heads as u32,
+            kv_heads: p.kv_heads as u32,
+            out_bf16,
+            _pad: 0,
+        };
+        let grid = (p.qo_len.div_ceil(cta_q(p.head_dim)) as u32, p.q_heads as u32, p.batch as u32);
+        launch(rt, name, grid, ATTN_THREADS as u32, attn_smem_bytes(p.head_dim) as u32, &params)
+    }
+
+    /// The quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and its
+    /// scales (`[batch][q_heads][q_blocks]`), for inspection and tests.
+    pub fn q_quantized(&self) -> (&CudaSlice<i8>, &CudaSlice<f32>) {
+        (&self.q_i8, &self.q_scale)
+    }
+
+    /// The quantized K (padded to 64 rows) and its scales, for inspection and tests.
+    pub fn k_quantized(&self) -> (&CudaSlice<i8>, &CudaSlice<f32>) {
+        (&self.k_i8, &self.k_scale)
+    }
+
+    /// K's mean over the sequence (`[batch][kv_heads][head_dim]`), when smoothing is on.
+    pub fn k_mean(&self) -> Option<&CudaSlice<f32>> {
+        self.k_mean.as_ref()
+    }
+}
+
+/// The entry point compiled for this variant (the device crate stamps them from the same list).
+pub fn attention_kernel_name(head_dim: usize, causal: bool, pv_f32: bool) -> Option<&'static str> {
+    macro_rules! find {
+        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+            if head_dim == $hd && causal == $causal && pv_f32 == $pv_f32 {
+                return Some($name);
+            }
+        };
+    }
+    crate::for_each_attention_variant!(find);
+    None
+}
+
+/// Every attention entry point, for resource checks.
+pub fn attention_kernel_names() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! push {
+        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+            v.push($name);
+        };
+    }
+    crate::for_each_attention_variant!(push);
+    v
+}
+
+/// Launches a kernel of the portable module with one by-value parameter struct.
+fn launch<P: DeviceRepr>(
+    rt: &Runtime,
+    name: &str,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    params: &P,
+) -> Result<()> {
+    let kernel = rt.function(ModuleKind::Portable, name)?;
+    // SAFETY: `params` is the struct the named kernel takes (both sides include params.rs); every
+    // pointer in it was validated (inputs/outputs) or allocated (scratch) for the extents the
+    // kernel accesses with this grid, and the callers keep their access guards alive until this
+    // returns.
+    unsafe { rt.launch(&kernel, grid, (threads, 1, 1), smem, params) }
+}
+
+/// Checks everything about the inputs and options; returns the problem geometry.
+fn validate_inputs(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Problem> {
+    rt.require_sm80()?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.validate(name)?;
+        if !matches!(t.dtype(), DType::F16 | DType::BF16) {
+            return Err(Error::UnsupportedDType { tensor: name, dtype: t.dtype(), supported: &[DType::F16, DType::BF16] });
+        }
+    }
+    for (name, t) in [("k", k), ("v", v)] {
+        if t.dtype() != q.dtype() {
+            return Err(Error::DTypeMismatch { tensor: name, expected: q.dtype(), got: t.dtype() });
+        }
+    }
+    let [batch, q_heads, qo_len, head_dim] = q.shape();
+    let [kb, kv_heads, kv_len, kd] = k.shape();
+    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
+        return Err(Error::UnsupportedHeadDim { head_dim, supported: &SUPPORTED_HEAD_DIMS });
+    }
+    if kb != batch || kd != head_dim {
+        return Err(Error::ShapeMismatch {
+            what: format!("k {:?} must have q's batch {batch} and head_dim {head_dim} (q is {:?})", k.shape(), q.shape()),
+        });
+    }
+    if v.shape() != k.shape() {
+        return Err(Error::ShapeMismatch { what: format!("v {:?} must have k's shape {:?}", v.shape(), k.shape()) });
+    }
+    if q_heads % kv_heads != 0 {
+        return Err(Error::HeadsNotDivisible { q_heads, kv_heads });
+    }
+    for (name, len) in [("q", qo_len), ("k", kv_len)] {
+        if len > MAX_SEQ {
+            return Err(Error::TooLarge { tensor: name, reason: format!("sequence length {len} exceeds {MAX_SEQ}") });
+        }
+    }
+    if batch > MAX_GRID_YZ || q_heads > MAX_GRID_YZ {
+        return Err(Error::TooLarge {
+            tensor: "q",
+            reason: format!("batch {batch} and heads {q_heads} must each be at most {MAX_GRID_YZ}"),
+        });
+    }
+    let sm_scale = opts.sm_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
+    if !sm_scale.is_finite() || sm_scale == 0.0 {
+        return Err(Error::InvalidOption(format!("sm_scale must be finite and non-zero, got {sm_scale}")));
+    }
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.check_device_memory(name, rt)?;
+    }
+    Ok(Problem { batch, q_heads, kv_heads, qo_len, kv_len, head_dim, in_dtype: q.dtype(), sm_scale })
+}
+
+/// Checks the output view and LSE buffer against the problem.
+fn validate_output(rt: &Runtime, p: &Problem, out: &TensorViewMut, lse: Option<&CudaSlice<f32>>) -> Result<()> {
+    out.validate("out")?;
+    if !matches!(out.dtype(), DType::F16 | DType::BF16) {
+        return Err(Error::UnsupportedDType { tensor: "out", dtype: out.dtype(), supported: &[DType::F16, DType::BF16] });
+    }
+    let expected = [p.batch, p.q_heads, p.qo_len, p.head_dim];
+    if out.shape() != expected {
+        return Err(Error::ShapeMismatch { what: format!("out is {:?}, expected {expected:?}", out.shape()) });
+    }
+    out.check_device_memory("out", rt)?;
+    if let Some(lse) = lse {
+        let need = p.batch * p.q_heads * p.qo_len;
+        if lse.len() < need {
+            return Err(Error::ShapeMismatch { what: format!("lse holds {} f32, needs {need}", lse.len()) });
+        }
+        if lse.context().cu_device() != rt.context().cu_device() {
+            return Err(Error::WrongDevice { tensor: "lse", expected: rt.ordinal(), got: lse.context().ordinal() });
+        }
+    }
+    Ok(())
+}

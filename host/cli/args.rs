@@ -1,0 +1,261 @@
+//! Command-line arguments (clap derive) and their conversion to the library's options.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sageattention::{Layout, Options, PvAccum};
+
+/// SageAttention (INT8 Q·Kᵀ, FP16 P·V) on an NVIDIA GPU, on tensors from a .safetensors file.
+#[derive(Debug, Parser)]
+#[command(name = "sageattn", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run attention on Q, K, V read from a .safetensors file and write the output `o` (and `lse`).
+    #[command(long_about = RUN_LONG_ABOUT)]
+    Run(RunArgs),
+    /// Show the GPU, the kernel modules and attention variants that would be used, and the version.
+    Info(InfoArgs),
+}
+
+const RUN_LONG_ABOUT: &str = "\
+Run attention on Q, K, V read from a .safetensors file and write the output `o` (and `lse`).
+
+Inputs: three rank-4 tensors of one dtype, F16, BF16 or F32 (F32 inputs are rounded to F16 for the \
+GPU, which computes in F16; the output is written back as F32). Shapes are [batch, heads, seq, \
+head_dim] with --layout hnd (the default) or [batch, seq, heads, head_dim] with --layout nhd; \
+head_dim must be 64, 96 or 128; K and V have the same shape; Q's heads must be a multiple of K's \
+(grouped-query attention).
+
+Output: `o` in the inputs' dtype and layout, shape of Q; with --lse also `lse`, F32 \
+[batch, q_heads, qo_len] (natural log). The file is written atomically (temporary file in the same \
+directory, fsync, rename): a failed run never leaves a partial file or touches an existing one.
+
+Exit status: 0 success, 1 GPU or runtime error, 2 bad usage or input, 3 --max-rel-l1 exceeded.";
+
+/// Arguments of `sageattn run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The .safetensors file holding Q, K and V.
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+
+    /// Where to write the output .safetensors file (tensor `o`, and `lse` with --lse). Required
+    /// unless --check or --max-rel-l1 is given.
+    #[arg(
+        short,
+        long,
+        value_name = "FILE",
+        required_unless_present_any = ["check", "max_rel_l1"]
+    )]
+    pub out: Option<PathBuf>,
+
+    /// Name of the query tensor in INPUT.
+    #[arg(long, value_name = "NAME", default_value = "q")]
+    pub q_name: String,
+    /// Name of the key tensor in INPUT.
+    #[arg(long, value_name = "NAME", default_value = "k")]
+    pub k_name: String,
+    /// Name of the value tensor in INPUT.
+    #[arg(long, value_name = "NAME", default_value = "v")]
+    pub v_name: String,
+
+    /// Memory layout of the inputs (and of `o`): hnd = [batch, heads, seq, head_dim],
+    /// nhd = [batch, seq, heads, head_dim].
+    #[arg(long, value_enum, default_value_t = LayoutArg::Hnd)]
+    pub layout: LayoutArg,
+
+    /// Causal mask, bottom-right aligned: query i sees key j iff j <= i + kv_len - qo_len.
+    #[arg(long)]
+    pub causal: bool,
+
+    /// Do not subtract K's mean over the sequence before quantizing K (less accurate).
+    #[arg(long)]
+    pub no_smooth_k: bool,
+
+    /// Softmax scale (finite, non-zero); default 1/sqrt(head_dim).
+    #[arg(long, value_name = "X", value_parser = parse_sm_scale)]
+    pub sm_scale: Option<f32>,
+
+    /// P·V accumulator: f16 (fastest, SageAttention's default) or f32.
+    #[arg(long, value_enum, default_value_t = PvAccumArg::F16)]
+    pub pv_accum: PvAccumArg,
+
+    /// Also write the log-sum-exp of each query row as `lse` (F32 [batch, q_heads, qo_len]).
+    #[arg(long)]
+    pub lse: bool,
+
+    /// Also compute float64 attention on the CPU and print the error of the output against it,
+    /// next to the error of plain fp16 attention.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Exit with status 3 when the relative L1 error against the float64 reference exceeds X
+    /// (implies --check).
+    #[arg(long, value_name = "X", value_parser = parse_max_rel_l1)]
+    pub max_rel_l1: Option<f64>,
+
+    /// CUDA device ordinal.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub device: usize,
+}
+
+impl RunArgs {
+    /// Whether the float64 check runs.
+    pub fn check_enabled(&self) -> bool {
+        self.check || self.max_rel_l1.is_some()
+    }
+
+    /// The library options these arguments ask for.
+    pub fn options(&self) -> Options {
+        Options {
+            causal: self.causal,
+            smooth_k: !self.no_smooth_k,
+            sm_scale: self.sm_scale,
+            layout: self.layout.into(),
+            pv_accum: self.pv_accum.into(),
+            return_lse: self.lse,
+        }
+    }
+}
+
+/// Arguments of `sageattn info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// CUDA device ordinal.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub device: usize,
+}
+
+/// `--layout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LayoutArg {
+    /// [batch, heads, seq, head_dim]
+    Hnd,
+    /// [batch, seq, heads, head_dim]
+    Nhd,
+}
+
+impl From<LayoutArg> for Layout {
+    fn from(l: LayoutArg) -> Layout {
+        match l {
+            LayoutArg::Hnd => Layout::Hnd,
+            LayoutArg::Nhd => Layout::Nhd,
+        }
+    }
+}
+
+/// `--pv-accum`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PvAccumArg {
+    /// f16 accumulator per 64-key tile, summed in f32
+    F16,
+    /// f32 accumulator throughout
+    F32,
+}
+
+impl From<PvAccumArg> for PvAccum {
+    fn from(p: PvAccumArg) -> PvAccum {
+        match p {
+            PvAccumArg::F16 => PvAccum::F16,
+            PvAccumArg::F32 => PvAccum::F32,
+        }
+    }
+}
+
+/// A finite, non-zero f32 (what the library accepts as `sm_scale`).
+pub fn parse_sm_scale(s: &str) -> Result<f32, String> {
+    let x: f32 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !x.is_finite() || x == 0.0 {
+        return Err(format!("the softmax scale must be finite and non-zero, got {s}"));
+    }
+    Ok(x)
+}
+
+/// A finite, non-negative f64.
+pub fn parse_max_rel_l1(s: &str) -> Result<f64, String> {
+    let x: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number"))?;
+    if !x.is_finite() || x < 0.0 {
+        return Err(format!("the threshold must be finite and >= 0, got {s}"));
+    }
+    Ok(x)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn sm_scale_parser() {
+        assert_eq!(parse_sm_scale("0.125"), Ok(0.125));
+        assert_eq!(parse_sm_scale("-2"), Ok(-2.0));
+        assert!(parse_sm_scale("0").is_err());
+        assert!(parse_sm_scale("nan").is_err());
+        assert!(parse_sm_scale("inf").is_err());
+        assert!(parse_sm_scale("x").is_err());
+    }
+
+    #[test]
+    fn max_rel_l1_parser() {
+        assert_eq!(parse_max_rel_l1("0.0135"), Ok(0.0135));
+        assert_eq!(parse_max_rel_l1("0"), Ok(0.0));
+        assert!(parse_max_rel_l1("-1").is_err());
+        assert!(parse_max_rel_l1("nan").is_err());
+    }
+
+    #[test]
+    fn run_defaults_and_options() {
+        let cli = Cli::try_parse_from(["sageattn", "run", "in.safetensors", "--out", "o.safetensors"])
+            .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        let opts = run.options();
+        assert!(!opts.causal && opts.smooth_k && !opts.return_lse);
+        assert_eq!(opts.sm_scale, None);
+        assert_eq!(opts.layout, Layout::Hnd);
+        assert_eq!(opts.pv_accum, PvAccum::F16);
+        assert_eq!((run.q_name.as_str(), run.k_name.as_str(), run.v_name.as_str()), ("q", "k", "v"));
+        assert!(!run.check_enabled());
+
+        let cli = Cli::try_parse_from([
+            "sageattn", "run", "in.safetensors", "--causal", "--no-smooth-k", "--sm-scale", "0.5",
+            "--pv-accum", "f32", "--lse", "--layout", "nhd", "--max-rel-l1", "0.02",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        let opts = run.options();
+        assert!(opts.causal && !opts.smooth_k && opts.return_lse);
+        assert_eq!(opts.sm_scale, Some(0.5));
+        assert_eq!(opts.layout, Layout::Nhd);
+        assert_eq!(opts.pv_accum, PvAccum::F32);
+        assert!(run.check_enabled());
+        assert_eq!(run.out, None);
+    }
+
+    #[test]
+    fn out_is_required_without_check() {
+        assert!(Cli::try_parse_from(["sageattn", "run", "in.safetensors"]).is_err());
+        assert!(Cli::try_parse_from(["sageattn", "run", "in.safetensors", "--check"]).is_ok());
+    }
+}

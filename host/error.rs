@@ -1,0 +1,249 @@
+//! The library's error type.
+//!
+//! Every misuse the library can detect has its own variant, and every message names the offending
+//! values, so that a failed call can be diagnosed from the message alone. CUDA driver failures are
+//! wrapped in [`Error::Cuda`] together with a description of the operation that failed; there is
+//! deliberately no `From<DriverError>` conversion, so that every call site has to say what it was
+//! doing (see [`CudaResultExt`]).
+
+use crate::tensor::DType;
+use cudarc::driver::DriverError;
+use std::fmt::Write as _;
+
+/// Everything that can go wrong in this library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A CUDA driver call failed.
+    #[error("CUDA error while {op}: {}", describe_driver_error(source))]
+    Cuda {
+        /// What the library was doing when the call failed.
+        op: String,
+        /// The driver's error code.
+        source: DriverError,
+    },
+
+    /// The CUDA driver library (`libcuda`) could not be loaded, or reports no usable device.
+    #[error("the CUDA driver is not available: {reason}")]
+    DriverUnavailable {
+        /// Why the driver could not be used.
+        reason: String,
+    },
+
+    /// A tensor has a different element type than the one the operation needs.
+    #[error("tensor `{tensor}` has dtype {got}, expected {expected}")]
+    DTypeMismatch {
+        /// The tensor's name (e.g. `"q"`).
+        tensor: &'static str,
+        /// The element type the operation needs.
+        expected: DType,
+        /// The element type the tensor has.
+        got: DType,
+    },
+
+    /// A tensor's element type is not supported by the operation at all.
+    #[error(
+        "tensor `{tensor}` has unsupported dtype {dtype}; supported: {}",
+        list(supported)
+    )]
+    UnsupportedDType {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// The element type the tensor has.
+        dtype: DType,
+        /// The element types the operation supports.
+        supported: &'static [DType],
+    },
+
+    /// The head dimension is not one the kernels were built for.
+    #[error("unsupported head_dim {head_dim}; supported: {}", list(supported))]
+    UnsupportedHeadDim {
+        /// The head dimension of the inputs.
+        head_dim: usize,
+        /// The head dimensions the kernels support.
+        supported: &'static [usize],
+    },
+
+    /// Tensor shapes do not agree with each other.
+    #[error("shape mismatch: {what}")]
+    ShapeMismatch {
+        /// Which shapes disagree, with their values.
+        what: String,
+    },
+
+    /// A tensor has strides the kernels cannot handle.
+    #[error("tensor `{tensor}` has invalid strides: {reason}")]
+    InvalidStride {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// Which stride is wrong, its value, and why it is rejected.
+        reason: String,
+    },
+
+    /// A tensor's base pointer is not aligned as the kernels need.
+    #[error("tensor `{tensor}` is misaligned: {reason}")]
+    Misaligned {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// The pointer and the alignment it lacks.
+        reason: String,
+    },
+
+    /// The number of query heads is not a multiple of the number of key/value heads.
+    #[error(
+        "q_heads ({q_heads}) is not a multiple of kv_heads ({kv_heads}); \
+         grouped-query attention needs q_heads % kv_heads == 0"
+    )]
+    HeadsNotDivisible {
+        /// Number of query heads.
+        q_heads: usize,
+        /// Number of key/value heads.
+        kv_heads: usize,
+    },
+
+    /// A tensor has a zero-sized dimension.
+    #[error("tensor `{tensor}` is empty: shape {shape:?} (every dimension must be >= 1)")]
+    EmptyTensor {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// Its logical shape `[batch, heads, seq, head_dim]`.
+        shape: [usize; 4],
+    },
+
+    /// A size or offset does not fit in the integer types the kernels or the host use.
+    #[error("tensor `{tensor}` is too large: {reason}")]
+    TooLarge {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// Which quantity overflowed, with the values involved.
+        reason: String,
+    },
+
+    /// A tensor lives on another device than the runtime.
+    #[error("tensor `{tensor}` is on device {got}, but the runtime uses device {expected}")]
+    WrongDevice {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// The runtime's device ordinal.
+        expected: usize,
+        /// The tensor's device ordinal.
+        got: usize,
+    },
+
+    /// A raw pointer does not point to device (or managed) memory.
+    #[error("tensor `{tensor}`: pointer {ptr:#x} is not CUDA device or managed memory")]
+    NotDeviceMemory {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// The offending pointer.
+        ptr: u64,
+    },
+
+    /// A view extends past the end of the memory it was made from.
+    #[error("tensor `{tensor}` is out of bounds: {reason}")]
+    OutOfBounds {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// The view's extent and the size of the memory.
+        reason: String,
+    },
+
+    /// An option has an invalid value.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+
+    /// The GPU is older than the kernels need (compute capability 8.0, Ampere, or newer).
+    #[error(
+        "unsupported device `{name}` with compute capability {major}.{minor}: \
+         SageAttention needs compute capability 8.0 (sm_80) or newer"
+    )]
+    UnsupportedDevice {
+        /// The device's name.
+        name: String,
+        /// Compute capability, major part.
+        major: i32,
+        /// Compute capability, minor part.
+        minor: i32,
+    },
+
+    /// A PTX module cannot be used: it is missing from the build, or the device cannot run it.
+    #[error("the {module} kernel module is unavailable: {reason}")]
+    ModuleUnavailable {
+        /// Which module (`"portable"` or `"hopper"`).
+        module: &'static str,
+        /// Why it cannot be loaded.
+        reason: String,
+    },
+
+    /// A kernel is not present in its PTX module.
+    #[error("kernel `{name}` not found in the {module} kernel module")]
+    KernelNotFound {
+        /// Which module (`"portable"` or `"hopper"`).
+        module: &'static str,
+        /// The kernel's symbol name.
+        name: String,
+    },
+
+    /// A kernel cannot be launched with the requested resources or configuration.
+    #[error("kernel `{name}` cannot be launched: {reason}")]
+    KernelResources {
+        /// The kernel's symbol name.
+        name: String,
+        /// Which resource or launch dimension is out of range, with the values involved.
+        reason: String,
+    },
+}
+
+/// The library's result type.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Converts cudarc results into [`Result`], naming the operation that failed.
+///
+/// ```ignore
+/// stream.synchronize().op("synchronizing the stream")?;
+/// ```
+pub trait CudaResultExt<T> {
+    /// Wraps a driver error as [`Error::Cuda`] with `op` describing what was being done.
+    fn op(self, op: &str) -> Result<T>;
+
+    /// Like [`CudaResultExt::op`], but builds the description only on failure.
+    fn with_op<F: FnOnce() -> String>(self, op: F) -> Result<T>;
+}
+
+impl<T> CudaResultExt<T> for std::result::Result<T, DriverError> {
+    fn op(self, op: &str) -> Result<T> {
+        self.map_err(|source| Error::Cuda {
+            op: op.to_owned(),
+            source,
+        })
+    }
+
+    fn with_op<F: FnOnce() -> String>(self, op: F) -> Result<T> {
+        self.map_err(|source| Error::Cuda { op: op(), source })
+    }
+}
+
+/// `CUDA_ERROR_NAME (description)`. The name comes from the `CUresult` variant and needs no driver
+/// call; the description is asked of the driver only when the driver library is loadable, so that
+/// formatting an error can never panic.
+fn describe_driver_error(err: &DriverError) -> String {
+    let mut s = format!("{:?}", err.0);
+    if crate::runtime::driver_library_present() {
+        if let Ok(text) = err.error_string() {
+            let _ = write!(s, " ({})", text.to_string_lossy());
+        }
+    }
+    s
+}
+
+/// Formats a slice as `a, b, c`.
+fn list<T: std::fmt::Display>(items: &[T]) -> String {
+    let mut s = String::new();
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            s.push_str(", ");
+        }
+        let _ = write!(s, "{item}");
+    }
+    s
+}

@@ -1,0 +1,336 @@
+//! The main loop: a two-stage cp.async pipeline of K and V tiles and the one `step` body that
+//! every key tile runs (masked or not).
+//!
+//! cp.async groups are committed in the order Q+K₀, V₀, K₁, V₁, …: when step t starts, the groups
+//! in flight are exactly (Kₜ, Vₜ), so `wait_group 1` + barrier makes Kₜ visible, and after issuing
+//! Kₜ₊₁ the same again makes Vₜ visible. Empty groups are committed past the last tile to keep that
+//! count uniform. Stage `(t+1) % 2` is overwritten only after a barrier that every warp reaches
+//! after finishing tile t-1, its previous user.
+
+use super::softmax::OnlineSoftmax;
+use super::{BlockGeometry, OutAcc};
+use crate::config::{
+    cta_q, k_stage_bytes, padded_len, q_tile_bytes, v_stage_bytes, ATTN_THREADS, CTA_K, K_BLOCK,
+    Q_BLOCK,
+};
+use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
+use crate::params::AttnParams;
+use crate::ptx;
+use crate::tile::Tile;
+use crate::unroll::unroll;
+
+/// Global sources and shared tiles of one CTA.
+pub(crate) struct Pipeline<const HD: usize> {
+    q_tile: Tile,
+    /// Stage 0 of K and of V; stage 1 follows each at `*_stage_bytes(HD)`.
+    k_stage0: Tile,
+    v_stage0: Tile,
+    /// Row `q_row0` of this (batch, head) in the padded INT8 Q.
+    q_src: u64,
+    /// Row 0 of this (batch, kv head) in the padded INT8 K.
+    k_src: u64,
+    /// Row 0 of this (batch, kv head) of V, and its row stride in bytes.
+    v_src: u64,
+    v_row_bytes: u64,
+    kv_len: u32,
+    n_tiles: u32,
+    /// First query row of this warp within the CTA.
+    warp_row0: u32,
+    lane: u32,
+    tid: u32,
+}
+
+/// Per-CTA constants the step needs.
+pub(crate) struct StepArgs<'a> {
+    pub geo: &'a BlockGeometry,
+    pub q_scale: f32,
+    /// Address of this (batch, kv head)'s first K scale.
+    pub k_scale_row: u64,
+    pub kv_len: u32,
+}
+
+impl<const HD: usize> Pipeline<HD> {
+    #[inline(always)]
+    pub fn new(p: &AttnParams, geo: &BlockGeometry) -> Self {
+        let base = ptx::smem_base();
+        let k0 = base + q_tile_bytes(HD) as u32;
+        let v0 = k0 + 2 * k_stage_bytes(HD) as u32;
+        let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
+        let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
+        let q_head = (geo.batch * p.q_heads + geo.head) as u64;
+        let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+        let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
+        let tid = ptx::thread_idx_x();
+        Pipeline {
+            q_tile: Tile::new(base, HD),
+            k_stage0: Tile::new(k0, HD),
+            v_stage0: Tile::new(v0, 2 * HD),
+            q_src: p.q + (q_head * padded_q + geo.q_row0 as u64) * HD as u64,
+            k_src: p.k + kv_head * padded_k * HD as u64,
+            v_src: (p.v as i64 + 2 * v_head) as u64,
+            v_row_bytes: 2 * p.v_stride[2] as u64,
+            kv_len: p.kv_len,
+            n_tiles: geo.n_tiles,
+            warp_row0: (tid >> 5) * 16 * m_tiles_of::<HD>(),
+            lane: tid & 31,
+            tid,
+        }
+    }
+
+    /// The K stage tile `t` uses. Arithmetic, not an array index: a run-time index into an array of
+    /// tiles would put the array in local memory.
+    #[inline(always)]
+    fn k_tile(&self, t: u32) -> Tile {
+        Tile { base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD) as u32, ..self.k_stage0 }
+    }
+
+    /// The V stage tile `t` uses (see [`Self::k_tile`]).
+    #[inline(always)]
+    fn v_tile(&self, t: u32) -> Tile {
+        Tile { base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD) as u32, ..self.v_stage0 }
+    }
+
+    /// Issues the Q tile and key tile 0 (one group) and value tile 0 (a second group).
+    ///
+    /// # Safety
+    /// The sources are valid (host validation) and `n_tiles > 0`.
+    #[inline(always)]
+    pub unsafe fn load_q_and_first_tile(&self) {
+        let chunks_per_row = (HD / 16) as u32;
+        let total = cta_q(HD) as u32 * chunks_per_row;
+        let mut c = self.tid;
+        while c < total {
+            let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
+            // SAFETY: the padded Q holds whole 128-row blocks, so every row of the CTA exists.
+            unsafe {
+                ptx::cp_async_16(
+                    self.q_tile.addr(row, chunk * 16),
+                    self.q_src + row as u64 * HD as u64 + chunk as u64 * 16,
+                )
+            };
+            c += ATTN_THREADS as u32;
+        }
+        unsafe { self.load_k(0) };
+        ptx::cp_async_commit();
+        unsafe { self.load_v(0) };
+        ptx::cp_async_commit();
+    }
+
+    /// Issues key tile `t` into stage `t % 2`.
+    #[inline(always)]
+    unsafe fn load_k(&self, t: u32) {
+        let tile = self.k_tile(t);
+        let chunks_per_row = (HD / 16) as u32;
+        let src = self.k_src + t as u64 * (CTA_K * HD) as u64;
+        let mut c = self.tid;
+        while c < CTA_K as u32 * chunks_per_row {
+            let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
+            // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len.
+            unsafe {
+                ptx::cp_async_16(tile.addr(row, chunk * 16), src + row as u64 * HD as u64 + chunk as u64 * 16)
+            };
+            c += ATTN_THREADS as u32;
+        }
+    }
+
+    /// Issues value tile `t` into stage `t % 2`; rows past `kv_len` are zero-filled, never read.
+    #[inline(always)]
+    unsafe fn load_v(&self, t: u32) {
+        let tile = self.v_tile(t);
+        let chunks_per_row = (HD / 8) as u32;
+        let mut c = self.tid;
+        while c < CTA_K as u32 * chunks_per_row {
+            let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
+            let key = t * CTA_K as u32 + row;
+            let dst = tile.addr(row, chunk * 16);
+            // SAFETY: key < kv_len is inside V; otherwise nothing is read (src size 0).
+            unsafe {
+                if key < self.kv_len {
+                    ptx::cp_async_16(dst, self.v_src + key as u64 * self.v_row_bytes + chunk as u64 * 16);
+                } else {
+                    ptx::cp_async_16_zfill(dst, self.v_src, 0);
+                }
+            }
+            c += ATTN_THREADS as u32;
+        }
+    }
+
+    /// One key tile: wait Kₜ → issue Kₜ₊₁ → S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax →
+    /// wait Vₜ → issue Vₜ₊₁ → O += P·Vₜ.
+    ///
+    /// # Safety
+    /// `t < n_tiles`, called for t = 0, 1, … in order by every thread of the CTA.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn step<
+        const KS: usize,
+        const NP: usize,
+        const NT: usize,
+        const MT: usize,
+        const CAUSAL: bool,
+        const PV_F32: bool,
+        const MASK: bool,
+    >(
+        &self,
+        t: u32,
+        args: &StepArgs,
+        softmax: &mut OnlineSoftmax<MT>,
+        out: &mut OutAcc<NT, MT>,
+    ) {
+        // SAFETY: t < k_blocks of this head.
+        let k_scale = unsafe { ptx::ld_global_nc_f32(args.k_scale_row + 4 * t as u64) };
+        let has_next = t + 1 < self.n_tiles;
+
+        ptx::cp_async_wait::<1>();
+        ptx::sync_threads();
+        if has_next {
+            unsafe { self.load_k(t + 1) };
+        }
+        ptx::cp_async_commit();
+
+        let s_int = unsafe { self.qk::<KS, MT>(self.k_tile(t)) };
+        let mut s = dequantize::<MT>(&s_int, args.q_scale * k_scale);
+        if MASK {
+            self.mask::<MT, CAUSAL>(&mut s, t, args);
+        }
+        let rescale = softmax.update(&mut s);
+        unroll::<MT>(#[inline(always)] |mt| {
+            unroll::<NT>(#[inline(always)] |nt| {
+                unroll::<4>(#[inline(always)] |e| out[mt][nt][e] *= rescale[mt][e >> 1]);
+            });
+        });
+        let mut probs = [[[0u32; 4]; 4]; MT];
+        unroll::<MT>(#[inline(always)] |mt| {
+            unroll::<4>(#[inline(always)] |kk| probs[mt][kk] = frag::probs_to_frag_a(&s[mt][2 * kk], &s[mt][2 * kk + 1]));
+        });
+
+        ptx::cp_async_wait::<1>();
+        ptx::sync_threads();
+        if has_next {
+            unsafe { self.load_v(t + 1) };
+        }
+        ptx::cp_async_commit();
+
+        let v_tile = self.v_tile(t);
+        if PV_F32 {
+            unsafe { self.pv_f32::<NP, NT, MT>(v_tile, &probs, out) };
+        } else {
+            unsafe { self.pv_f16_accum::<NP, NT, MT>(v_tile, &probs, out) };
+        }
+    }
+
+    /// S = Q·Kᵀ for this warp's rows and the 64 keys of `k_tile`.
+    #[inline(always)]
+    unsafe fn qk<const KS: usize, const MT: usize>(&self, k_tile: Tile) -> [[AccS32; 8]; MT] {
+        let mut acc = [[[0i32; 4]; 8]; MT];
+        unroll::<KS>(#[inline(always)] |ks| {
+            let byte0 = ks as u32 * 32;
+            let mut a = [[0u32; 4]; MT];
+            unroll::<MT>(#[inline(always)] |mt| {
+                a[mt] = unsafe { frag::load_a(self.q_tile, self.warp_row0 + mt as u32 * 16, byte0, self.lane) };
+            });
+            unroll::<4>(#[inline(always)] |np| {
+                let (b0, b1) = unsafe { frag::load_b_rows_pair(k_tile, np as u32 * 16, byte0, self.lane) };
+                unroll::<MT>(#[inline(always)] |mt| {
+                    ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np], a[mt], b0);
+                    ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np + 1], a[mt], b1);
+                });
+            });
+        });
+        acc
+    }
+
+    /// Sets scores of keys past `kv_len` (and, when causal, past each row's diagonal) to -inf.
+    #[inline(always)]
+    fn mask<const MT: usize, const CAUSAL: bool>(&self, s: &mut [[AccF32; 8]; MT], t: u32, args: &StepArgs) {
+        let key0 = t * CTA_K as u32;
+        let row0 = args.geo.q_row0 + self.warp_row0;
+        unroll::<MT>(#[inline(always)] |mt| {
+            unroll::<8>(#[inline(always)] |nt| {
+                unroll::<4>(#[inline(always)] |e| {
+                    let key = key0 + nt as u32 * 8 + acc_col(self.lane, e);
+                    let row = row0 + mt as u32 * 16 + acc_row(self.lane, e);
+                    let mut visible = key < args.kv_len;
+                    if CAUSAL {
+                        visible &= key as i32 <= row as i32 + args.geo.diag;
+                    }
+                    if !visible {
+                        s[mt][nt][e] = f32::NEG_INFINITY;
+                    }
+                });
+            });
+        });
+    }
+
+    /// O += P·V with an f32 accumulator.
+    #[inline(always)]
+    unsafe fn pv_f32<const NP: usize, const NT: usize, const MT: usize>(
+        &self,
+        v_tile: Tile,
+        probs: &[[FragA; 4]; MT],
+        out: &mut OutAcc<NT, MT>,
+    ) {
+        unroll::<4>(#[inline(always)] |kk| {
+            unroll::<NP>(#[inline(always)] |np| {
+                let (b0, b1) =
+                    unsafe { frag::load_b_trans_pair(v_tile, kk as u32 * 16, np as u32 * 16, self.lane) };
+                unroll::<MT>(#[inline(always)] |mt| {
+                    ptx::mma_f16_m16n8k16_f32(&mut out[mt][2 * np], probs[mt][kk], b0);
+                    ptx::mma_f16_m16n8k16_f32(&mut out[mt][2 * np + 1], probs[mt][kk], b1);
+                });
+            });
+        });
+    }
+
+    /// O += P·V, accumulating the tile's 64 keys in f16 (SageAttention's fast path), then adding
+    /// that partial into the f32 running output. Processed 16 output columns at a time so only 4
+    /// f16 accumulator registers per row tile are live.
+    #[inline(always)]
+    unsafe fn pv_f16_accum<const NP: usize, const NT: usize, const MT: usize>(
+        &self,
+        v_tile: Tile,
+        probs: &[[FragA; 4]; MT],
+        out: &mut OutAcc<NT, MT>,
+    ) {
+        unroll::<NP>(#[inline(always)] |np| {
+            let mut partial: [[AccF16; 2]; MT] = [[[0u32; 2]; 2]; MT];
+            unroll::<4>(#[inline(always)] |kk| {
+                let (b0, b1) =
+                    unsafe { frag::load_b_trans_pair(v_tile, kk as u32 * 16, np as u32 * 16, self.lane) };
+                unroll::<MT>(#[inline(always)] |mt| {
+                    ptx::mma_f16_m16n8k16_f16(&mut partial[mt][0], probs[mt][kk], b0);
+                    ptx::mma_f16_m16n8k16_f16(&mut partial[mt][1], probs[mt][kk], b1);
+                });
+            });
+            unroll::<MT>(#[inline(always)] |mt| {
+                unroll::<2>(#[inline(always)] |j| {
+                    let (r0c0, r0c1) = ptx::unpack_f16x2(partial[mt][j][0]);
+                    let (r8c0, r8c1) = ptx::unpack_f16x2(partial[mt][j][1]);
+                    let o = &mut out[mt][2 * np + j];
+                    o[0] += r0c0;
+                    o[1] += r0c1;
+                    o[2] += r8c0;
+                    o[3] += r8c1;
+                });
+            });
+        });
+    }
+}
+
+/// `m_tiles(HD)` as u32.
+#[inline(always)]
+const fn m_tiles_of<const HD: usize>() -> u32 {
+    crate::config::m_tiles(HD) as u32
+}
+
+/// Integer scores → f32 log2-domain scores.
+#[inline(always)]
+fn dequantize<const MT: usize>(s: &[[AccS32; 8]; MT], scale: f32) -> [[AccF32; 8]; MT] {
+    let mut r = [[[0.0f32; 4]; 8]; MT];
+    unroll::<MT>(#[inline(always)] |mt| {
+        unroll::<8>(#[inline(always)] |nt| {
+            unroll::<4>(#[inline(always)] |e| r[mt][nt][e] = s[mt][nt][e] as f32 * scale);
+        });
+    });
+    r
+}

@@ -1,0 +1,145 @@
+//! The SageAttention forward kernel: INT8 Q·Kᵀ (m16n8k32, s32 accumulate), dequantize with
+//! `q_scale * k_scale` (already in log2 units), online softmax with `ex2`, P in f16, P·V with
+//! m16n8k16 (f16 accumulator per key tile summed into an f32 running output, or f32 throughout).
+//!
+//! One CTA owns `cta_q(HD)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
+//! tiles of 64 keys stream through a two-stage cp.async pipeline (`mainloop`). The entry is:
+//! block geometry → prologue loads → unmasked tiles → masked tiles → epilogue.
+
+mod epilogue;
+mod mainloop;
+mod softmax;
+
+use crate::config::{cta_q, m_tiles, padded_len, CTA_K, K_BLOCK, Q_BLOCK};
+use crate::frag::AccF32;
+use crate::params::AttnParams;
+use crate::ptx;
+use mainloop::{Pipeline, StepArgs};
+use softmax::OnlineSoftmax;
+
+/// Which rows and key tiles this CTA handles.
+pub(crate) struct BlockGeometry {
+    pub batch: u32,
+    pub head: u32,
+    pub kv_head: u32,
+    /// First query row of the CTA.
+    pub q_row0: u32,
+    /// Key tiles to visit (the causal limit of the CTA's last row, and the sequence end).
+    pub n_tiles: u32,
+    /// Leading tiles that need no mask for any row of the CTA.
+    pub n_unmasked: u32,
+    /// `kv_len - qo_len`: query i sees key j iff `j <= i + diag` (bottom-right causal alignment).
+    pub diag: i32,
+}
+
+impl BlockGeometry {
+    #[inline(always)]
+    fn new<const HD: usize, const CAUSAL: bool>(p: &AttnParams) -> Self {
+        let (bx, head, batch) = ptx::block_idx();
+        let rows = cta_q(HD) as u32;
+        let q_blocks = p.qo_len.div_ceil(rows);
+        // Causal CTAs near the end of the sequence do the most work: start them first.
+        let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
+        let q_row0 = q_block * rows;
+        let kv_head = head / (p.q_heads / p.kv_heads);
+        let diag = p.kv_len as i32 - p.qo_len as i32;
+        let tile = CTA_K as i32;
+        let full_len_tiles = p.kv_len / CTA_K as u32;
+        let (n_tiles, n_unmasked) = if CAUSAL {
+            let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
+            let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
+            let n_tiles = (kv_end + tile - 1) / tile;
+            // Tiles entirely at or below the first row's limit are unmasked for every row.
+            let first_visible = q_row0 as i32 + diag + 1;
+            let unmasked = if first_visible > 0 { first_visible / tile } else { 0 };
+            let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
+            (n_tiles as u32, n_unmasked as u32)
+        } else {
+            let n_tiles = p.kv_len.div_ceil(CTA_K as u32);
+            (n_tiles, full_len_tiles)
+        };
+        BlockGeometry { batch, head, kv_head, q_row0, n_tiles, n_unmasked, diag }
+    }
+}
+
+/// The kernel body shared by every variant. `KS = HD/32` int8 k-steps for Q·Kᵀ, `NP = HD/16` pairs
+/// of output n-tiles, `NT = HD/8` output n-tiles, `MT` 16-row tiles per warp.
+///
+/// # Safety
+/// `p` satisfies the host's validation (see `host/attention.rs`): pointers are valid for the shapes,
+/// quantized buffers are padded to whole blocks, and the launch has `cta_q(HD)`-row blocks,
+/// `ATTN_THREADS` threads and `attn_smem_bytes(HD)` bytes of dynamic shared memory.
+#[inline(always)]
+unsafe fn attention<
+    const HD: usize,
+    const KS: usize,
+    const NP: usize,
+    const NT: usize,
+    const MT: usize,
+    const CAUSAL: bool,
+    const PV_F32: bool,
+>(
+    p: &AttnParams,
+) {
+    const {
+        assert!(KS * 32 == HD && NP * 16 == HD && NT * 8 == HD);
+        assert!(MT == m_tiles(HD));
+        assert!(Q_BLOCK % cta_q(HD) == 0, "a CTA's rows must share one Q scale");
+    };
+    let geo = BlockGeometry::new::<HD, CAUSAL>(p);
+    let pipe = Pipeline::<HD>::new(p, &geo);
+    let q_blocks = padded_len(p.qo_len as usize, Q_BLOCK) / Q_BLOCK;
+    let q_scale_idx = (geo.batch * p.q_heads + geo.head) as u64 * q_blocks as u64
+        + (geo.q_row0 as usize / Q_BLOCK) as u64;
+    let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
+    let k_scale_row = p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
+
+    let mut softmax = OnlineSoftmax::<MT>::new();
+    let mut out = [[[0.0f32; 4]; NT]; MT];
+
+    if geo.n_tiles > 0 {
+        // SAFETY: the host validated every pointer and the padded quantized layouts.
+        let q_scale = unsafe {
+            pipe.load_q_and_first_tile();
+            ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx)
+        };
+        let args = StepArgs { geo: &geo, q_scale, k_scale_row, kv_len: p.kv_len };
+        for t in 0..geo.n_unmasked {
+            // SAFETY: t < n_tiles; see `Pipeline::step`.
+            unsafe {
+                pipe.step::<KS, NP, NT, MT, CAUSAL, PV_F32, false>(t, &args, &mut softmax, &mut out)
+            };
+        }
+        for t in geo.n_unmasked..geo.n_tiles {
+            // SAFETY: as above.
+            unsafe {
+                pipe.step::<KS, NP, NT, MT, CAUSAL, PV_F32, true>(t, &args, &mut softmax, &mut out)
+            };
+        }
+        ptx::cp_async_wait::<0>();
+    }
+    // SAFETY: the output and LSE pointers were validated by the host for these shapes.
+    unsafe { epilogue::store::<HD, NT, MT>(p, &geo, &softmax, &out) };
+}
+
+/// Accumulator element type of the output (re-exported for the submodules).
+pub(crate) type OutAcc<const NT: usize, const MT: usize> = [[AccF32; NT]; MT];
+
+macro_rules! attention_entry {
+    ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+        const _: () = {
+            /// Kernel entry (see the module docs); one per variant.
+            #[unsafe(export_name = $name)]
+            pub unsafe extern "ptx-kernel" fn attention_entry(p: AttnParams) {
+                // SAFETY: the host launches this entry only with validated parameters.
+                unsafe {
+                    attention::<$hd, { $hd / 32 }, { $hd / 16 }, { $hd / 8 }, { m_tiles($hd) }, $causal, $pv_f32>(
+                        &p,
+                    )
+                }
+            }
+        };
+    };
+}
+
+crate::for_each_attention_variant!(attention_entry);

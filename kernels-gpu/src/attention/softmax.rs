@@ -1,0 +1,63 @@
+//! Online softmax in base 2 over the accumulator layout: each lane holds rows g and g+8 of every
+//! 16-row tile (index `h` = 0, 1); a row's 64 scores of a key tile are spread over the 4 lanes of a
+//! quad, so row reductions need two butterfly shuffles (xor 1, xor 2). The running sum stays
+//! lane-partial until the epilogue (FlashAttention-2's trick).
+
+use crate::frag::AccF32;
+use crate::ptx;
+use crate::unroll::unroll;
+
+/// Running max (log2 units) and lane-partial running sum of each row a lane holds.
+pub(crate) struct OnlineSoftmax<const MT: usize> {
+    pub max: [[f32; 2]; MT],
+    pub sum: [[f32; 2]; MT],
+}
+
+impl<const MT: usize> OnlineSoftmax<MT> {
+    #[inline(always)]
+    pub fn new() -> Self {
+        OnlineSoftmax { max: [[f32::NEG_INFINITY; 2]; MT], sum: [[0.0; 2]; MT] }
+    }
+
+    /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
+    /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
+    #[inline(always)]
+    pub fn update(&mut self, s: &mut [[AccF32; 8]; MT]) -> [[f32; 2]; MT] {
+        let mut rescale = [[1.0f32; 2]; MT];
+        unroll::<MT>(#[inline(always)] |mt| {
+            unroll::<2>(#[inline(always)] |h| {
+                let mut tile_max = f32::NEG_INFINITY;
+                unroll::<8>(#[inline(always)] |nt| {
+                    tile_max = tile_max.max(s[mt][nt][2 * h]).max(s[mt][nt][2 * h + 1]);
+                });
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
+                let new_max = self.max[mt][h].max(tile_max);
+                // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so
+                // that 2^(-inf - 0) = 0 rather than NaN.
+                let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+                rescale[mt][h] = ptx::ex2(self.max[mt][h] - base);
+                self.max[mt][h] = new_max;
+                let mut row_sum = 0.0f32;
+                unroll::<8>(#[inline(always)] |nt| {
+                    unroll::<2>(#[inline(always)] |e| {
+                        let v = ptx::ex2(s[mt][nt][2 * h + e] - base);
+                        s[mt][nt][2 * h + e] = v;
+                        row_sum += v;
+                    });
+                });
+                self.sum[mt][h] = self.sum[mt][h] * rescale[mt][h] + row_sum;
+            });
+        });
+        rescale
+    }
+
+    /// The full row sum of row `h` of tile `mt` (reduces the quad's partial sums).
+    #[inline(always)]
+    pub fn row_sum(&self, mt: usize, h: usize) -> f32 {
+        let mut l = self.sum[mt][h];
+        l += ptx::shfl_xor_f32(l, 1);
+        l += ptx::shfl_xor_f32(l, 2);
+        l
+    }
+}

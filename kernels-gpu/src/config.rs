@@ -1,0 +1,115 @@
+//! Tile, quantization and launch constants: the single source of truth for the device kernels and
+//! the host (which includes this file with `#[path]`, so the two cannot drift). Plain `const`s and
+//! `const fn`s only: this file must compile for both nvptx64 and the host.
+
+/// Tokens per Q quantization block (one scale per block, per batch and head).
+pub const Q_BLOCK: usize = 128;
+/// Tokens per K quantization block; equal to the attention kernel's key tile.
+pub const K_BLOCK: usize = 64;
+/// Keys per tile of the attention main loop.
+pub const CTA_K: usize = K_BLOCK;
+/// Warps per attention CTA; each owns `16 * M_TILES` query rows.
+pub const ATTN_WARPS: usize = 4;
+/// Threads per attention CTA.
+pub const ATTN_THREADS: usize = ATTN_WARPS * 32;
+/// Head dimensions with a compiled attention kernel.
+pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 96, 128];
+/// Extra bytes after every shared-memory row: makes the row stride ≡ 16 (mod 128) bytes, so the 8
+/// rows an `ldmatrix` reads at one column hit 8 distinct 16-byte bank groups (no conflicts).
+pub const SMEM_ROW_PAD: usize = 16;
+/// Sequence lanes of the K-mean reduction (see docs/design.md, "Quantization").
+pub const MEAN_SEQ_LANES: usize = 16;
+/// Threads per quantization CTA.
+pub const QUANT_THREADS: usize = 128;
+/// Threads per V-conversion CTA.
+pub const CONVERT_THREADS: usize = 256;
+/// `log2(e)` as the quantizer folds it into Q's scale.
+pub const LOG2_E: f32 = 1.442_695_040_888_963_4_f32;
+
+/// 16-row mma tiles per warp along the query dimension.
+/// Two tiles halve the shared-memory traffic per mma but need ~225 registers at d = 64/96; at
+/// d = 128 they spill (measured with ptxas 12.9, sm_80), so d = 128 uses one.
+pub const fn m_tiles(head_dim: usize) -> usize {
+    if head_dim > 96 { 1 } else { 2 }
+}
+
+/// Query rows per attention CTA.
+pub const fn cta_q(head_dim: usize) -> usize {
+    ATTN_WARPS * 16 * m_tiles(head_dim)
+}
+
+/// Shared-memory row stride (bytes) of a tile whose rows hold `row_bytes` bytes.
+pub const fn smem_row_stride(row_bytes: usize) -> usize {
+    row_bytes + SMEM_ROW_PAD
+}
+
+/// Byte offset of the 16-byte `chunk` of `row` in a padded tile.
+pub const fn smem_offset(row_bytes: usize, row: usize, chunk: usize) -> usize {
+    row * smem_row_stride(row_bytes) + chunk * 16
+}
+
+/// Bytes of the Q tile (int8), one K stage (int8) and one V stage (f16).
+pub const fn q_tile_bytes(head_dim: usize) -> usize {
+    cta_q(head_dim) * smem_row_stride(head_dim)
+}
+/// See [`q_tile_bytes`].
+pub const fn k_stage_bytes(head_dim: usize) -> usize {
+    CTA_K * smem_row_stride(head_dim)
+}
+/// See [`q_tile_bytes`].
+pub const fn v_stage_bytes(head_dim: usize) -> usize {
+    CTA_K * smem_row_stride(2 * head_dim)
+}
+
+/// Pipeline stages for K and V (double buffering).
+pub const STAGES: usize = 2;
+
+/// Dynamic shared memory of the attention kernel.
+pub const fn attn_smem_bytes(head_dim: usize) -> usize {
+    q_tile_bytes(head_dim) + STAGES * (k_stage_bytes(head_dim) + v_stage_bytes(head_dim))
+}
+
+/// Rows padded up to a whole number of blocks.
+pub const fn padded_len(len: usize, block: usize) -> usize {
+    len.div_ceil(block) * block
+}
+
+/// Calls `$m!(name, head_dim, causal, pv_f32)` once per compiled attention variant. The device crate
+/// stamps the kernel entries from it and the host builds its name table from it.
+#[macro_export]
+macro_rules! for_each_attention_variant {
+    ($m:ident) => {
+        $m!("sage_attn_hd64_full_f16acc", 64, false, false);
+        $m!("sage_attn_hd64_causal_f16acc", 64, true, false);
+        $m!("sage_attn_hd64_full_f32acc", 64, false, true);
+        $m!("sage_attn_hd64_causal_f32acc", 64, true, true);
+        $m!("sage_attn_hd96_full_f16acc", 96, false, false);
+        $m!("sage_attn_hd96_causal_f16acc", 96, true, false);
+        $m!("sage_attn_hd96_full_f32acc", 96, false, true);
+        $m!("sage_attn_hd96_causal_f32acc", 96, true, true);
+        $m!("sage_attn_hd128_full_f16acc", 128, false, false);
+        $m!("sage_attn_hd128_causal_f16acc", 128, true, false);
+        $m!("sage_attn_hd128_full_f32acc", 128, false, true);
+        $m!("sage_attn_hd128_causal_f32acc", 128, true, true);
+    };
+}
+
+/// Entry names of the smoothing / quantization / conversion kernels and the primitive tests.
+pub mod names {
+    /// Per-(batch, head) mean of K over the sequence.
+    pub const K_MEAN: &str = "sage_k_mean";
+    /// Per-block INT8 quantization of Q or K (optionally subtracting the K mean).
+    pub const QUANTIZE: &str = "sage_quantize_int8";
+    /// Per-row LSE correction for smoothed K.
+    pub const LSE_BIAS: &str = "sage_lse_bias";
+    /// bf16 → f16 copy of V (the P·V mma runs in f16).
+    pub const V_BF16_TO_F16: &str = "sage_v_bf16_to_f16";
+    /// Single-tile mma tests (one per mma shape).
+    pub const TEST_MMA_S8: &str = "sage_test_mma_s8";
+    /// See [`TEST_MMA_S8`].
+    pub const TEST_MMA_F16_F32: &str = "sage_test_mma_f16_f32";
+    /// See [`TEST_MMA_S8`].
+    pub const TEST_MMA_F16_F16: &str = "sage_test_mma_f16_f16";
+    /// Hopper module smoke kernel.
+    pub const HOPPER_SMOKE: &str = "sage_hopper_smoke";
+}

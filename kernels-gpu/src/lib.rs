@@ -1,0 +1,36 @@
+//! SageAttention device kernels, compiled to PTX by the root `build.rs`.
+//!
+//! Read order: `config` (tile constants shared with the host) → `attention` (kernel entry, mainloop
+//! step, softmax, epilogue) → `quant` (smoothing + INT8 quantization) → `frag` / `tile` (named
+//! fragments and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only
+//! place with `asm!`).
+#![no_std]
+#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
+#![allow(clippy::missing_safety_doc)]
+
+pub mod config;
+pub mod params;
+pub mod ptx;
+#[cfg(not(feature = "hopper"))]
+mod unroll;
+
+#[cfg(not(feature = "hopper"))]
+mod attention;
+#[cfg(not(feature = "hopper"))]
+mod frag;
+#[cfg(not(feature = "hopper"))]
+mod quant;
+#[cfg(not(feature = "hopper"))]
+mod selftest;
+#[cfg(not(feature = "hopper"))]
+mod tile;
+
+#[cfg(feature = "hopper")]
+mod hopper;
+
+/// A panic on the device must stop the kernel, not spin: `trap` aborts the launch with an error the
+/// host sees as a launch failure.
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    ptx::trap()
+}

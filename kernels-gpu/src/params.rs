@@ -1,0 +1,154 @@
+//! Kernel parameter structs, passed by value (`#[repr(C)]`, all pointers `u64`, strides `i64` in
+//! elements). Shared with the host through `#[path]`. Device code reads the pointers only through
+//! the explicit `.global` wrappers in `ptx`, because pointers inside a by-value struct lose their
+//! address space (DEVICE-RUST.md §1).
+
+/// The attention kernel's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AttnParams {
+    /// INT8 Q, `[batch][q_heads][padded_qo][head_dim]` contiguous.
+    pub q: u64,
+    /// INT8 K, `[batch][kv_heads][padded_kv][head_dim]` contiguous.
+    pub k: u64,
+    /// f16 V, any strides with unit last dim.
+    pub v: u64,
+    /// Output (f16 or bf16, see `out_bf16`), any strides with unit last dim.
+    pub o: u64,
+    /// Optional f32 LSE `[batch][q_heads][qo_len]`; 0 = not requested.
+    pub lse: u64,
+    /// Optional f32 `[batch][q_heads][qo_len]` added to the LSE (the score shift K smoothing
+    /// removed, `sm_scale · q·mean(K)`); 0 = none.
+    pub lse_bias: u64,
+    /// f32 `[batch][q_heads][q_blocks]`.
+    pub q_scale: u64,
+    /// f32 `[batch][kv_heads][k_blocks]`.
+    pub k_scale: u64,
+    /// V strides (batch, head, seq) in elements.
+    pub v_stride: [i64; 3],
+    /// Output strides (batch, head, seq) in elements.
+    pub o_stride: [i64; 3],
+    /// Query rows per head.
+    pub qo_len: u32,
+    /// Keys per head.
+    pub kv_len: u32,
+    /// Query heads.
+    pub q_heads: u32,
+    /// Key/value heads.
+    pub kv_heads: u32,
+    /// 1: store bf16, 0: store f16.
+    pub out_bf16: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
+}
+
+/// The quantization kernel's parameters (one launch quantizes one tensor).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QuantParams {
+    /// Input f16/bf16, any strides with unit last dim.
+    pub x: u64,
+    /// f32 mean `[batch][heads][head_dim]` to subtract, or 0.
+    pub mean: u64,
+    /// INT8 output `[batch][heads][padded_seq][head_dim]`.
+    pub out: u64,
+    /// f32 scales `[batch][heads][blocks]`.
+    pub scale: u64,
+    /// Input strides (batch, head, seq) in elements.
+    pub x_stride: [i64; 3],
+    /// Multiplier applied before quantization when `mean == 0` (Q: `sm_scale * LOG2_E`, K: 1).
+    pub mult: f32,
+    /// Tokens per block (128 for Q, 64 for K).
+    pub block: u32,
+    /// Sequence length.
+    pub seq: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Head dimension (multiple of 8).
+    pub head_dim: u32,
+    /// 1: input is bf16, 0: f16.
+    pub in_bf16: u32,
+}
+
+/// The K-mean kernel's parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MeanParams {
+    /// Input K (f16/bf16).
+    pub k: u64,
+    /// f32 output `[batch][heads][head_dim]`.
+    pub mean: u64,
+    /// K strides (batch, head, seq) in elements.
+    pub k_stride: [i64; 3],
+    /// Sequence length.
+    pub seq: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Head dimension (multiple of 8).
+    pub head_dim: u32,
+    /// 1: input is bf16, 0: f16.
+    pub in_bf16: u32,
+}
+
+/// The bf16 → f16 V conversion kernel's parameters; output is contiguous `[b][h][seq][d]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConvertParams {
+    /// Input bf16.
+    pub x: u64,
+    /// Output f16, contiguous.
+    pub out: u64,
+    /// Input strides (batch, head, seq) in elements.
+    pub x_stride: [i64; 3],
+    /// Sequence length.
+    pub seq: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Head dimension (multiple of 8).
+    pub head_dim: u32,
+    /// Batch.
+    pub batch: u32,
+}
+
+/// Parameters of the single-tile mma tests and the Hopper smoke kernel: operand and result buffers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TestParams {
+    /// A operand (or the smoke kernel's output).
+    pub a: u64,
+    /// B operand.
+    pub b: u64,
+    /// Result.
+    pub d: u64,
+}
+
+/// Parameters of the LSE-bias kernel: `bias[b][h][i] = sm_scale * Σ_d q[b][h][i][d] * mean[b][h/ratio][d]`
+/// (f32, in order of d), the per-row score shift that subtracting the K mean removes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct LseBiasParams {
+    /// Q (f16/bf16).
+    pub q: u64,
+    /// f32 K mean `[batch][kv_heads][head_dim]`.
+    pub mean: u64,
+    /// f32 output `[batch][q_heads][seq]`.
+    pub bias: u64,
+    /// Q strides (batch, head, seq) in elements.
+    pub q_stride: [i64; 3],
+    /// Softmax scale (natural units).
+    pub sm_scale: f32,
+    /// Query rows.
+    pub seq: u32,
+    /// Query heads.
+    pub heads: u32,
+    /// Key/value heads.
+    pub kv_heads: u32,
+    /// Head dimension (multiple of 8).
+    pub head_dim: u32,
+    /// 1: Q is bf16, 0: f16.
+    pub in_bf16: u32,
+    /// Batch.
+    pub batch: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
+}

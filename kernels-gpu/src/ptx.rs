@@ -1,0 +1,640 @@
+//! One small wrapper per PTX instruction: the only place in the crate with `asm!`.
+//!
+//! Options follow the measured rules in `shared/DEVICE-RUST.md` §4: warp-collective instructions
+//! (mma, ldmatrix, shfl) are never `pure` (LLVM would hoist or sink them out of uniform control
+//! flow); shared-memory reads are `readonly`; anything that writes memory or orders it has no memory
+//! option at all. Only non-collective arithmetic is `pure, nomem`.
+//!
+//! Fragment register layouts are documented on the mma wrappers; `frag.rs` names them.
+
+use core::arch::asm;
+
+// ---------------------------------------------------------------------------------------------
+// Thread indexing and control
+// ---------------------------------------------------------------------------------------------
+
+/// `threadIdx.x`.
+#[inline(always)]
+pub fn thread_idx_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { core::arch::nvptx::_thread_idx_x() as u32 }
+}
+
+/// `blockIdx.{x,y,z}`.
+#[inline(always)]
+pub fn block_idx() -> (u32, u32, u32) {
+    // SAFETY: reading special registers has no preconditions.
+    unsafe {
+        (
+            core::arch::nvptx::_block_idx_x() as u32,
+            core::arch::nvptx::_block_idx_y() as u32,
+            core::arch::nvptx::_block_idx_z() as u32,
+        )
+    }
+}
+
+/// `gridDim.x`.
+#[inline(always)]
+pub fn grid_dim_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { core::arch::nvptx::_grid_dim_x() as u32 }
+}
+
+/// `blockDim.x`.
+#[inline(always)]
+pub fn block_dim_x() -> u32 {
+    // SAFETY: reading a special register has no preconditions.
+    unsafe { core::arch::nvptx::_block_dim_x() as u32 }
+}
+
+/// Lane within the warp (0..32).
+#[inline(always)]
+pub fn lane_id() -> u32 {
+    thread_idx_x() & 31
+}
+
+/// Warp within the block.
+#[inline(always)]
+pub fn warp_id() -> u32 {
+    thread_idx_x() >> 5
+}
+
+/// `bar.sync 0`: every thread of the block must reach it (never call under divergent control).
+#[inline(always)]
+pub fn sync_threads() {
+    // SAFETY: callers keep the barrier in block-uniform control flow (a kernel-wide invariant).
+    unsafe { core::arch::nvptx::_syncthreads() }
+}
+
+/// Aborts the kernel; the host sees a launch failure.
+#[inline(always)]
+pub fn trap() -> ! {
+    // SAFETY: `trap` ends the thread; nothing after it runs.
+    unsafe {
+        asm!("trap;", options(noreturn, nostack));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared memory
+// ---------------------------------------------------------------------------------------------
+
+// The dynamic shared memory of every kernel in the module: one module-scope declaration, sized at
+// launch (`shared_mem_bytes`). 128-byte alignment keeps 16-byte cp.async/ldmatrix rows aligned.
+core::arch::global_asm!(".extern .shared .align 128 .b8 sage_smem[];");
+
+/// 32-bit shared-state-space address of the dynamic shared memory.
+#[inline(always)]
+pub fn smem_base() -> u32 {
+    let base: u32;
+    // SAFETY: takes the address of a module-level symbol; no memory is touched.
+    unsafe {
+        asm!("mov.u32 {0}, sage_smem;", out(reg32) base, options(pure, nomem, nostack));
+    }
+    base
+}
+
+/// `ld.shared.b32`.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
+    let v: u32;
+    unsafe {
+        asm!("ld.shared.b32 {0}, [{1}];", out(reg32) v, in(reg32) addr, options(readonly, nostack));
+    }
+    v
+}
+
+/// `st.shared.b32`.
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_u32(addr: u32, v: u32) {
+    unsafe {
+        asm!("st.shared.b32 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack));
+    }
+}
+
+/// `ld.shared.f32`.
+///
+/// # Safety
+/// As [`ld_shared_u32`].
+#[inline(always)]
+pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
+    f32::from_bits(unsafe { ld_shared_u32(addr) })
+}
+
+/// `st.shared.f32`.
+///
+/// # Safety
+/// As [`st_shared_u32`].
+#[inline(always)]
+pub unsafe fn st_shared_f32(addr: u32, v: f32) {
+    unsafe { st_shared_u32(addr, v.to_bits()) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global memory (explicit `.global` so pointers from by-value param structs stay global)
+// ---------------------------------------------------------------------------------------------
+
+/// 16-byte read-only global load (`ld.global.nc.v4.b32`).
+///
+/// # Safety
+/// `ptr` is a 16-byte aligned global address of 16 readable bytes that no thread writes during
+/// the launch.
+#[inline(always)]
+pub unsafe fn ld_global_nc_v4(ptr: u64) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ld.global.nc.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg64) ptr,
+            options(readonly, nostack)
+        );
+    }
+    [a, b, c, d]
+}
+
+/// Read-only global f32 load.
+///
+/// # Safety
+/// `ptr` is a 4-byte aligned global address that no thread writes during the launch.
+#[inline(always)]
+pub unsafe fn ld_global_nc_f32(ptr: u64) -> f32 {
+    let v: u32;
+    unsafe {
+        asm!("ld.global.nc.b32 {0}, [{1}];", out(reg32) v, in(reg64) ptr, options(readonly, nostack));
+    }
+    f32::from_bits(v)
+}
+
+/// 8-byte read-only global load (`ld.global.nc.v2.b32`).
+///
+/// # Safety
+/// `ptr` is an 8-byte aligned global address that no thread writes during the launch.
+#[inline(always)]
+pub unsafe fn ld_global_nc_v2(ptr: u64) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    unsafe {
+        asm!(
+            "ld.global.nc.v2.b32 {{{0}, {1}}}, [{2}];",
+            out(reg32) a, out(reg32) b, in(reg64) ptr, options(readonly, nostack)
+        );
+    }
+    [a, b]
+}
+
+/// 16-byte global store.
+///
+/// # Safety
+/// `ptr` is a 16-byte aligned, writable global address that no other thread accesses concurrently.
+#[inline(always)]
+pub unsafe fn st_global_v4(ptr: u64, v: [u32; 4]) {
+    unsafe {
+        asm!(
+            "st.global.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};",
+            in(reg64) ptr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+            options(nostack)
+        );
+    }
+}
+
+/// 8-byte global store.
+///
+/// # Safety
+/// As [`st_global_v4`] with 8-byte alignment.
+#[inline(always)]
+pub unsafe fn st_global_v2(ptr: u64, v: [u32; 2]) {
+    unsafe {
+        asm!(
+            "st.global.v2.b32 [{0}], {{{1}, {2}}};",
+            in(reg64) ptr, in(reg32) v[0], in(reg32) v[1], options(nostack)
+        );
+    }
+}
+
+/// 4-byte global store.
+///
+/// # Safety
+/// As [`st_global_v4`] with 4-byte alignment.
+#[inline(always)]
+pub unsafe fn st_global_u32(ptr: u64, v: u32) {
+    unsafe {
+        asm!("st.global.b32 [{0}], {1};", in(reg64) ptr, in(reg32) v, options(nostack));
+    }
+}
+
+/// 4-byte global f32 store.
+///
+/// # Safety
+/// As [`st_global_u32`].
+#[inline(always)]
+pub unsafe fn st_global_f32(ptr: u64, v: f32) {
+    unsafe { st_global_u32(ptr, v.to_bits()) }
+}
+
+// ---------------------------------------------------------------------------------------------
+// cp.async (sm_80+): global → shared without registers
+// ---------------------------------------------------------------------------------------------
+
+/// Copies 16 bytes global → shared asynchronously (L2 only, `.cg`).
+///
+/// # Safety
+/// `smem` and `gptr` are 16-byte aligned; `gptr` points at 16 readable global bytes.
+#[inline(always)]
+pub unsafe fn cp_async_16(smem: u32, gptr: u64) {
+    unsafe {
+        asm!(
+            "cp.async.cg.shared.global [{0}], [{1}], 16;",
+            in(reg32) smem, in(reg64) gptr, options(nostack)
+        );
+    }
+}
+
+/// Copies `src_bytes` (0 or 16) bytes and zero-fills the rest of the 16-byte destination. With
+/// `src_bytes == 0` nothing is read, so `gptr` may be any valid-looking address (e.g. the tensor base).
+///
+/// # Safety
+/// `smem` 16-byte aligned; when `src_bytes > 0`, `gptr` is 16-byte aligned and readable.
+#[inline(always)]
+pub unsafe fn cp_async_16_zfill(smem: u32, gptr: u64, src_bytes: u32) {
+    unsafe {
+        asm!(
+            "cp.async.cg.shared.global [{0}], [{1}], 16, {2};",
+            in(reg32) smem, in(reg64) gptr, in(reg32) src_bytes, options(nostack)
+        );
+    }
+}
+
+/// Closes the current group of cp.async copies issued by this thread.
+#[inline(always)]
+pub fn cp_async_commit() {
+    // SAFETY: no operands; orders only this thread's own copies.
+    unsafe {
+        asm!("cp.async.commit_group;", options(nostack));
+    }
+}
+
+/// Waits until at most `N` of this thread's committed groups are still in flight. Other threads'
+/// copies become visible only after a following [`sync_threads`].
+#[inline(always)]
+pub fn cp_async_wait<const N: u32>() {
+    // SAFETY: no operands.
+    unsafe {
+        asm!("cp.async.wait_group {n};", n = const N, options(nostack));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ldmatrix: each of the 4 (2, 1) 8x8 b16 matrices is 8 rows of 16 bytes; lanes 8i..8i+7 give the
+// row addresses of matrix i. Lane l receives row l/4, bytes 4*(l%4)..+4 of each matrix (or, with
+// .trans, elements (row 2*(l%4), 2*(l%4)+1 ; column l/4)).
+// ---------------------------------------------------------------------------------------------
+
+/// `ldmatrix.x4`.
+///
+/// # Safety
+/// `addr` is this lane's 16-byte aligned shared row address; the whole warp calls it together.
+#[inline(always)]
+pub unsafe fn ldmatrix_x4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x4.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+            options(readonly, nostack)
+        );
+    }
+    [a, b, c, d]
+}
+
+/// `ldmatrix.x4.trans`.
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x4_trans(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+            options(readonly, nostack)
+        );
+    }
+    [a, b, c, d]
+}
+
+/// `ldmatrix.x2` (lanes 0..16 give addresses).
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x2(addr: u32) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x2.shared.b16 {{{0}, {1}}}, [{2}];",
+            out(reg32) a, out(reg32) b, in(reg32) addr, options(readonly, nostack)
+        );
+    }
+    [a, b]
+}
+
+/// `ldmatrix.x2.trans`.
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x2_trans(addr: u32) -> [u32; 2] {
+    let (a, b): (u32, u32);
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {{{0}, {1}}}, [{2}];",
+            out(reg32) a, out(reg32) b, in(reg32) addr, options(readonly, nostack)
+        );
+    }
+    [a, b]
+}
+
+/// `ldmatrix.x1` (lanes 0..8 give addresses).
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x1(addr: u32) -> u32 {
+    let a: u32;
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x1.shared.b16 {{{0}}}, [{1}];",
+            out(reg32) a, in(reg32) addr, options(readonly, nostack)
+        );
+    }
+    a
+}
+
+/// `ldmatrix.x1.trans`.
+///
+/// # Safety
+/// As [`ldmatrix_x4`].
+#[inline(always)]
+pub unsafe fn ldmatrix_x1_trans(addr: u32) -> u32 {
+    let a: u32;
+    unsafe {
+        asm!(
+            "ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {{{0}}}, [{1}];",
+            out(reg32) a, in(reg32) addr, options(readonly, nostack)
+        );
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensor-core mma.sync (sm_80+). g = lane/4, t = lane%4.
+// ---------------------------------------------------------------------------------------------
+
+/// `D += A·B`, m16n8k32, s8·s8 → s32.
+/// A (16x32 row-major, 4 regs of 4 s8): a0 = (row g, cols 4t..4t+3), a1 = (g+8, 4t..), a2 = (g, 16+4t..),
+/// a3 = (g+8, 16+4t..). B (32x8 "col", i.e. stored as 8 rows of 32 k): b0 = (k 4t..4t+3, n g),
+/// b1 = (k 16+4t.., n g). D: d0,d1 = (row g, cols 2t, 2t+1), d2,d3 = (row g+8, cols 2t, 2t+1).
+#[inline(always)]
+pub fn mma_s8_m16n8k32(d: &mut [i32; 4], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
+/// `D += A·B`, m16n8k16, f16·f16 → f32.
+/// A (16x16, 4 regs of f16x2): a0 = (row g, cols 2t,2t+1), a1 = (g+8, 2t..), a2 = (g, 8+2t..),
+/// a3 = (g+8, 8+2t..). B (16x8 "col"): b0 = (k 2t,2t+1, n g), b1 = (k 8+2t.., n g).
+/// D: d0,d1 = (row g, cols 2t,2t+1), d2,d3 = (row g+8, cols 2t,2t+1).
+#[inline(always)]
+pub fn mma_f16_m16n8k16_f32(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
+/// `D += A·B`, m16n8k16, f16·f16 → f16 (accumulator in f16: the fast P·V path).
+/// Operands as [`mma_f16_m16n8k16_f32`]; D: d0 = f16x2 (row g, cols 2t,2t+1), d1 = (row g+8, ...).
+#[inline(always)]
+pub fn mma_f16_m16n8k16_f16(d: &mut [u32; 2], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k16.row.col.f16.f16.f16.f16 {{{0}, {1}}}, {{{2}, {3}, {4}, {5}}}, {{{6}, {7}}}, {{{0}, {1}}};",
+            inout(reg32) d[0], inout(reg32) d[1],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Warp shuffles
+// ---------------------------------------------------------------------------------------------
+
+/// Butterfly shuffle over the full warp: returns `x` of lane `lane ^ mask`.
+/// Must be called by all 32 lanes together.
+#[inline(always)]
+pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
+    let r: u32;
+    // SAFETY: register-only warp-collective op with a full member mask.
+    unsafe {
+        asm!(
+            "shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;",
+            out(reg32) r, in(reg32) x, in(reg32) mask, options(nomem, nostack)
+        );
+    }
+    r
+}
+
+/// [`shfl_xor_u32`] for f32.
+#[inline(always)]
+pub fn shfl_xor_f32(x: f32, mask: u32) -> f32 {
+    f32::from_bits(shfl_xor_u32(x.to_bits(), mask))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Arithmetic and conversions (non-collective: `pure, nomem`)
+// ---------------------------------------------------------------------------------------------
+
+/// `2^x`, approximate (2 ulp), flushing denormals; `ex2(-inf) = 0`.
+#[inline(always)]
+pub fn ex2(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!("ex2.approx.ftz.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// `log2(x)`, approximate; `lg2(0) = -inf`.
+#[inline(always)]
+pub fn lg2(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!("lg2.approx.ftz.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// `1/x`, approximate (1 ulp), flushing denormals.
+#[inline(always)]
+pub fn rcp(x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!("rcp.approx.ftz.f32 {0}, {1};", out(reg32) r, in(reg32) x, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// `a*b + c` with a single rounding.
+#[inline(always)]
+pub fn fma(a: f32, b: f32, c: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "fma.rn.f32 {0}, {1}, {2}, {3};",
+            out(reg32) r, in(reg32) a, in(reg32) b, in(reg32) c, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// `max(a, b)` that returns NaN when either input is NaN (sm_80+).
+#[inline(always)]
+pub fn max_nan(a: f32, b: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "max.NaN.f32 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) a, in(reg32) b, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// Rounds to nearest-even and saturates to [-128, 127] (NaN → 0); returned sign-extended.
+#[inline(always)]
+pub fn cvt_rni_sat_s8(x: f32) -> i32 {
+    let r: i16;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "cvt.rni.sat.s8.f32 {0}, {1};",
+            out(reg16) r, in(reg32) x, options(pure, nomem, nostack)
+        );
+    }
+    r as i32
+}
+
+/// Packs two f32 into f16x2 (round to nearest even): `lo` in bits 0..16, `hi` in 16..32.
+#[inline(always)]
+pub fn pack_f16x2(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "cvt.rn.f16x2.f32 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// Packs two f32 into bf16x2 (round to nearest even): `lo` in bits 0..16, `hi` in 16..32.
+#[inline(always)]
+pub fn pack_bf16x2(lo: f32, hi: f32) -> u32 {
+    let r: u32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "cvt.rn.bf16x2.f32 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) hi, in(reg32) lo, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// Unpacks f16x2 into (lo, hi) f32, exactly.
+#[inline(always)]
+pub fn unpack_f16x2(x: u32) -> (f32, f32) {
+    let (lo, hi): (f32, f32);
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "{{ .reg .b16 l, h; mov.b32 {{l, h}}, {2}; cvt.f32.f16 {0}, l; cvt.f32.f16 {1}, h; }}",
+            out(reg32) lo, out(reg32) hi, in(reg32) x, options(pure, nomem, nostack)
+        );
+    }
+    (lo, hi)
+}
+
+/// Unpacks bf16x2 into (lo, hi) f32, exactly (bf16 is the top half of an f32).
+#[inline(always)]
+pub fn unpack_bf16x2(x: u32) -> (f32, f32) {
+    (f32::from_bits(x << 16), f32::from_bits(x & 0xffff_0000))
+}
+
+/// Converts a bf16x2 pair to f16x2 (round to nearest even; out-of-range values become ±inf).
+#[inline(always)]
+pub fn bf16x2_to_f16x2(x: u32) -> u32 {
+    let (lo, hi) = unpack_bf16x2(x);
+    pack_f16x2(lo, hi)
+}
+
+/// `|x|` by clearing the sign bit (keeps NaN a NaN).
+#[inline(always)]
+pub fn abs(x: f32) -> f32 {
+    f32::from_bits(x.to_bits() & 0x7fff_ffff)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Hopper-only (sm_90a module)
+// ---------------------------------------------------------------------------------------------
+
+/// `%cluster_ctarank`: this CTA's rank in its thread-block cluster (sm_90+).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn cluster_cta_rank() -> u32 {
+    let r: u32;
+    // SAFETY: reading a special register.
+    unsafe {
+        asm!("mov.u32 {0}, %cluster_ctarank;", out(reg32) r, options(pure, nomem, nostack));
+    }
+    r
+}
+
+/// `wgmma.fence`: orders register accesses before warpgroup mma (sm_90a).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_fence() {
+    // SAFETY: warpgroup-collective fence; the whole warpgroup executes it together.
+    unsafe {
+        asm!("wgmma.fence.sync.aligned;", options(nostack));
+    }
+}

@@ -1,0 +1,238 @@
+//! Smoothing and per-block INT8 quantization, bit-exact with `host/quant_ref.rs` (the contract is
+//! docs/design.md, "Quantization"): f32 arithmetic in a fixed order, `max.NaN` for the block
+//! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
+
+use crate::config::{padded_len, MEAN_SEQ_LANES};
+use crate::params::{ConvertParams, LseBiasParams, MeanParams, QuantParams};
+use crate::ptx;
+use crate::unroll::unroll;
+
+/// Loads 8 consecutive f16 or bf16 values (16 bytes) as f32.
+///
+/// # Safety
+/// `ptr` is a 16-byte aligned global address of 16 readable bytes.
+#[inline(always)]
+unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
+    let raw = unsafe { ptx::ld_global_nc_v4(ptr) };
+    let mut v = [0.0f32; 8];
+    unroll::<4>(#[inline(always)] |i| {
+        let (lo, hi) = if bf16 { ptx::unpack_bf16x2(raw[i]) } else { ptx::unpack_f16x2(raw[i]) };
+        v[2 * i] = lo;
+        v[2 * i + 1] = hi;
+    });
+    v
+}
+
+/// Mean of K over the sequence, per (batch, head, channel). Grid (heads, batch); block
+/// `head_dim/8 * 16` threads: thread = (16-byte column chunk, sequence lane); dynamic shared
+/// memory `16 * head_dim * 4` bytes.
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
+    let (head, batch, _) = ptx::block_idx();
+    let tid = ptx::thread_idx_x();
+    let chunks = p.head_dim / 8;
+    let (chunk, lane) = (tid % chunks, tid / chunks);
+    let bf16 = p.in_bf16 != 0;
+    let head_ptr = p.k as i64 + 2 * (batch as i64 * p.k_stride[0] + head as i64 * p.k_stride[1]);
+    let mut sum = [0.0f32; 8];
+    let mut s = lane;
+    while s < p.seq {
+        let ptr = head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8);
+        // SAFETY: s < seq and chunk < head_dim/8: inside K.
+        let x = unsafe { load8(ptr as u64, bf16) };
+        unroll::<8>(#[inline(always)] |i| sum[i] += x[i]);
+        s += MEAN_SEQ_LANES as u32;
+    }
+    // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
+    let base = ptx::smem_base();
+    let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
+    // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
+    unroll::<8>(#[inline(always)] |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) });
+    let mut stride = MEAN_SEQ_LANES as u32 / 2;
+    while stride > 0 {
+        ptx::sync_threads();
+        if lane < stride {
+            unroll::<8>(#[inline(always)] |i| unsafe {
+                let v = ptx::ld_shared_f32(slot(lane, i)) + ptx::ld_shared_f32(slot(lane + stride, i));
+                ptx::st_shared_f32(slot(lane, i), v);
+            });
+        }
+        stride /= 2;
+    }
+    ptx::sync_threads();
+    if lane == 0 {
+        let n = p.seq as f32;
+        let out = p.mean + 4 * ((batch * p.heads + head) as u64 * p.head_dim as u64 + chunk as u64 * 8);
+        unroll::<8>(#[inline(always)] |i| {
+            // SAFETY: inside the [batch][heads][head_dim] f32 mean buffer.
+            unsafe { ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i)) / n) };
+        });
+    }
+}
+
+/// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid
+/// (blocks, heads, batch), `QUANT_THREADS` threads, 32 bytes of dynamic shared memory.
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
+    let (blk, head, batch) = ptx::block_idx();
+    let tid = ptx::thread_idx_x();
+    let chunks = p.head_dim / 8;
+    let total = p.block * chunks;
+    let row0 = blk * p.block;
+    let bf16 = p.in_bf16 != 0;
+    let head_ptr = p.x as i64 + 2 * (batch as i64 * p.x_stride[0] + head as i64 * p.x_stride[1]);
+    let mean_row = p.mean + 4 * (batch * p.heads + head) as u64 * p.head_dim as u64;
+
+    // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
+    let values = |row: u32, chunk: u32| -> [f32; 8] {
+        let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + chunk as i64 * 8);
+        // SAFETY: row < seq, chunk < head_dim/8: inside the input.
+        let mut x = unsafe { load8(ptr as u64, bf16) };
+        if p.mean != 0 {
+            // SAFETY: inside the [batch][heads][head_dim] mean buffer.
+            let m = unsafe { [ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64), ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16)] };
+            unroll::<8>(#[inline(always)] |i| x[i] -= f32::from_bits(m[i / 4][i % 4]));
+        } else {
+            unroll::<8>(#[inline(always)] |i| x[i] *= p.mult);
+        }
+        x
+    };
+
+    let mut amax = 0.0f32;
+    let mut c = tid;
+    while c < total {
+        let row = row0 + c / chunks;
+        if row < p.seq {
+            let v = values(row, c % chunks);
+            unroll::<8>(#[inline(always)] |i| amax = ptx::max_nan(amax, ptx::abs(v[i])));
+        }
+        c += ptx::block_dim_x();
+    }
+    // Block-wide NaN-propagating max: warp butterfly, then one slot per warp.
+    let mut m = amax;
+    let mut mask = 16;
+    while mask > 0 {
+        m = ptx::max_nan(m, ptx::shfl_xor_f32(m, mask));
+        mask /= 2;
+    }
+    let base = ptx::smem_base();
+    let warps = ptx::block_dim_x() / 32;
+    // SAFETY: at most 8 warps, 4 bytes each, inside the 32-byte buffer.
+    unsafe {
+        if tid & 31 == 0 {
+            ptx::st_shared_f32(base + 4 * (tid >> 5), m);
+        }
+        ptx::sync_threads();
+        m = ptx::ld_shared_f32(base);
+        let mut w = 1;
+        while w < warps {
+            m = ptx::max_nan(m, ptx::ld_shared_f32(base + 4 * w));
+            w += 1;
+        }
+    }
+    let amax = m;
+    let inv = if amax == 0.0 { 0.0 } else { 127.0 / amax };
+    let blocks = padded_len(p.seq as usize, p.block as usize) as u64 / p.block as u64;
+    if tid == 0 {
+        let idx = (batch * p.heads + head) as u64 * blocks + blk as u64;
+        // SAFETY: inside the [batch][heads][blocks] scale buffer.
+        unsafe { ptx::st_global_f32(p.scale + 4 * idx, amax / 127.0) };
+    }
+
+    let padded = blocks * p.block as u64;
+    let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.head_dim as u64;
+    let mut c = tid;
+    while c < total {
+        let row = row0 + c / chunks;
+        let chunk = c % chunks;
+        let mut packed = [0u32; 2];
+        if row < p.seq {
+            let v = values(row, chunk);
+            unroll::<8>(#[inline(always)] |i| {
+                let q = ptx::cvt_rni_sat_s8(v[i] * inv) as u32 & 0xff;
+                packed[i / 4] |= q << (8 * (i % 4));
+            });
+        }
+        let dst = out_head + row as u64 * p.head_dim as u64 + chunk as u64 * 8;
+        // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
+        unsafe { ptx::st_global_v2(dst, packed) };
+        c += ptx::block_dim_x();
+    }
+}
+
+/// Copies bf16 V to a contiguous f16 buffer (the P·V mma takes f16). Grid-stride over 16-byte chunks.
+///
+/// # Safety
+/// Launched by the host with validated parameters.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_v_bf16_to_f16(p: ConvertParams) {
+    let chunks = (p.head_dim / 8) as u64;
+    let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
+    let total = rows * chunks;
+    let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
+    let mut c = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
+    while c < total {
+        let row = c / chunks;
+        let chunk = c % chunks;
+        let s = row % p.seq as u64;
+        let bh = row / p.seq as u64;
+        let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
+        let src = p.x as i64
+            + 2 * (b as i64 * p.x_stride[0] + h as i64 * p.x_stride[1] + s as i64 * p.x_stride[2] + chunk as i64 * 8);
+        // SAFETY: indices inside the validated input and the contiguous output.
+        unsafe {
+            let raw = ptx::ld_global_nc_v4(src as u64);
+            let out = [
+                ptx::bf16x2_to_f16x2(raw[0]),
+                ptx::bf16x2_to_f16x2(raw[1]),
+                ptx::bf16x2_to_f16x2(raw[2]),
+                ptx::bf16x2_to_f16x2(raw[3]),
+            ];
+            ptx::st_global_v4(p.out + 16 * c, out);
+        }
+        c += step;
+    }
+}
+
+/// The LSE correction for smoothed K: one thread per query row (grid-stride), `sm_scale · q·mean`.
+/// Only launched when the caller asks for the LSE with smoothing on.
+///
+/// # Safety
+/// Launched by the host with validated parameters.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_lse_bias(p: LseBiasParams) {
+    let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
+    let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
+    let mut r = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
+    let bf16 = p.in_bf16 != 0;
+    while r < rows {
+        let s = r % p.seq as u64;
+        let bh = r / p.seq as u64;
+        let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
+        let kv_head = h / (p.heads / p.kv_heads) as u64;
+        let row = p.q as i64 + 2 * (b as i64 * p.q_stride[0] + h as i64 * p.q_stride[1] + s as i64 * p.q_stride[2]);
+        let mean = p.mean + 4 * (b * p.kv_heads as u64 + kv_head) * p.head_dim as u64;
+        let mut dot = 0.0f32;
+        let mut chunk = 0;
+        while chunk < p.head_dim / 8 {
+            // SAFETY: inside the validated Q row and the mean buffer.
+            let (x, m) = unsafe {
+                (
+                    load8((row + 16 * chunk as i64) as u64, bf16),
+                    [ptx::ld_global_nc_v4(mean + 32 * chunk as u64), ptx::ld_global_nc_v4(mean + 32 * chunk as u64 + 16)],
+                )
+            };
+            unroll::<8>(#[inline(always)] |i| dot = ptx::fma(x[i], f32::from_bits(m[i / 4][i % 4]), dot));
+            chunk += 1;
+        }
+        // SAFETY: r < batch * heads * seq, the bias buffer's length.
+        unsafe { ptx::st_global_f32(p.bias + 4 * r, dot * p.sm_scale) };
+        r += step;
+    }
+}

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Builds everything the lent GPU machine runs (it has no Rust toolchain) into .device/ (ignored):
+#
+#   .device/tests/<name>     every test executable (integration tests by file name, the library's
+#                            unit tests as `lib`), release build, debug info stripped
+#   .device/bench, .device/sageattn   the binaries, likewise
+#   .device/ptx/sage_sm80.ptx, .device/ptx/sage_sm90a.ptx   the modules the binaries embed
+#   .device/device-run.sh    the script that runs it all there (a copy of scripts/device-run.sh)
+#   .device/MANIFEST         what was built, from which commit, sizes
+#
+# Then, with the device tool: run(command="bash .device/device-run.sh", carry=[".device"]).
+# The transfer is limited to 64 MiB in all; this script fails if .device/ is larger than
+# ${SAGE_BUNDLE_MAX_MIB:-56} MiB.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() { echo "device-bundle: error: $*" >&2; exit 1; }
+
+[[ -z "${SAGE_SKIP_PTX:-}" || "${SAGE_SKIP_PTX}" == 0 ]] \
+    || die "SAGE_SKIP_PTX is set: the binaries would embed empty PTX"
+command -v python3 >/dev/null 2>&1 || die "python3 is needed to read cargo's JSON messages"
+
+DEV=.device
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+
+echo "device-bundle: cargo test --release --no-run" >&2
+cargo test --release --no-run --message-format=json-render-diagnostics > "$tmp/tests.json"
+echo "device-bundle: cargo build --release --bins" >&2
+cargo build --release --bins --message-format=json-render-diagnostics > "$tmp/bins.json"
+
+# "name path" per line: test executables (lib unit tests -> lib, tests/x.rs -> x), then binaries.
+python3 - "$tmp/tests.json" "$tmp/bins.json" > "$tmp/list" <<'EOF'
+import json, sys
+seen = set()
+def emit(kind, name, path):
+    if (kind, name) in seen:
+        sys.exit(f"device-bundle: two {kind} executables named {name}")
+    seen.add((kind, name))
+    print(kind, name, path)
+for fname, want_test in ((sys.argv[1], True), (sys.argv[2], False)):
+    for line in open(fname):
+        try:
+            m = json.loads(line)
+        except ValueError:
+            continue
+        if m.get("reason") != "compiler-artifact" or not m.get("executable"):
+            continue
+        t = m["target"]
+        if not m["profile"]["test"] == want_test:
+            continue
+        kinds = t["kind"]
+        if want_test:
+            if "lib" in kinds or "rlib" in kinds:
+                emit("test", "lib", m["executable"])
+            elif "test" in kinds:
+                emit("test", t["name"], m["executable"])
+            # unit tests of the binaries and benches are not bundled
+        elif "bin" in kinds:
+            emit("bin", t["name"], m["executable"])
+EOF
+
+rm -rf "$DEV"
+mkdir -p "$DEV/tests" "$DEV/ptx"
+while read -r kind name path; do
+    case "$kind" in
+        test) dest="$DEV/tests/$name" ;;
+        bin) dest="$DEV/$name" ;;
+    esac
+    cp "$path" "$dest"
+    # debug info out, symbols kept (readable backtraces)
+    strip --strip-debug "$dest" 2>/dev/null || echo "device-bundle: warning: could not strip $dest" >&2
+done < "$tmp/list"
+ls "$DEV"/tests/* >/dev/null 2>&1 || die "no test executables were found in cargo's output"
+
+# The PTX the binaries embed: build.rs's OUT_DIR of this release build.
+out_dir="$(python3 - "$tmp/tests.json" <<'EOF'
+import json, sys
+for line in open(sys.argv[1]):
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "build-script-executed" and "sageattention" in m.get("package_id", ""):
+        print(m["out_dir"])
+EOF
+)"
+[[ -n "$out_dir" && -f "$out_dir/sage_sm80.ptx" ]] || die "build.rs's OUT_DIR not found in cargo's output"
+for f in sage_sm80.ptx sage_sm90a.ptx; do
+    [[ -s "$out_dir/$f" ]] || die "$out_dir/$f is empty or missing"
+    cp "$out_dir/$f" "$DEV/ptx/$f"
+done
+cp scripts/device-run.sh "$DEV/device-run.sh"
+chmod +x "$DEV/device-run.sh"
+
+{
+    echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD 2>/dev/null || echo ' (+ uncommitted changes)')"
+    echo "rustc (host): $(rustc -V)"
+    (cd "$DEV" && find . -type f ! -name MANIFEST -printf '%s %p\n' | sort -k2)
+} > "$DEV/MANIFEST"
+
+size_kib=$(du -sk "$DEV" | cut -f1)
+max_mib="${SAGE_BUNDLE_MAX_MIB:-56}"
+echo "device-bundle: $DEV is $((size_kib / 1024)) MiB:" >&2
+(cd "$DEV" && find . -type f -printf '  %10s  %p\n' | sort -k2) >&2
+((size_kib <= max_mib * 1024)) || die "$DEV is $((size_kib / 1024)) MiB, over $max_mib MiB (the transfer limit is 64 MiB)"
+echo "device-bundle: ready; run it with: run(command=\"bash .device/device-run.sh\", carry=[\".device\"])" >&2

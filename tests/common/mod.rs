@@ -1,0 +1,59 @@
+//! Shared helpers of the GPU tests: one runtime per test binary, random inputs rounded to the
+//! device dtype, and upload/download between `HostTensor` and device tensors.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+
+use half::{bf16, f16};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, StandardNormal};
+use sageattention::reference::HostTensor;
+use sageattention::{DType, Layout, Runtime, Tensor};
+
+/// The runtime shared by every test of the binary (module load and PTX JIT happen once).
+pub fn runtime() -> &'static Runtime {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| Runtime::new(0).expect("a CUDA GPU (these tests are #[ignore]d without one)"))
+}
+
+/// A fresh seed per call, printed so a failure can be replayed with `SAGE_TEST_SEED`.
+pub fn fresh_rng(label: &str) -> StdRng {
+    let seed = std::env::var("SAGE_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::thread_rng().gen::<u64>());
+    eprintln!("[{label}] seed {seed}");
+    StdRng::seed_from_u64(seed)
+}
+
+/// Rounds to what the device dtype can hold, so the CPU reference sees exactly the GPU's inputs.
+pub fn round_to(dtype: DType, x: f32) -> f32 {
+    match dtype {
+        DType::F16 => f16::from_f32(x).to_f32(),
+        DType::BF16 => bf16::from_f32(x).to_f32(),
+        _ => x,
+    }
+}
+
+/// Logical-order (HND-contiguous) tensor of `scale * N(0,1) + offset[d]`, rounded to `dtype`.
+pub fn random_tensor(rng: &mut StdRng, shape: [usize; 4], dtype: DType, scale: f32, offset: Option<&[f32]>) -> HostTensor {
+    HostTensor::from_fn(shape, false, |_, _, _, d| {
+        let z: f32 = StandardNormal.sample(rng);
+        round_to(dtype, scale * z + offset.map_or(0.0, |o| o[d]))
+    })
+}
+
+/// Per-channel offsets `amp * N(0,1)`, one per head_dim channel.
+pub fn channel_offsets(rng: &mut StdRng, head_dim: usize, amp: f32) -> Vec<f32> {
+    (0..head_dim).map(|_| { let z: f32 = StandardNormal.sample(rng); amp * z }).collect::<Vec<_>>()
+}
+
+/// Uploads a logical-order host tensor in `layout`.
+pub fn upload(rt: &Runtime, t: &HostTensor, dtype: DType, layout: Layout) -> Tensor {
+    let logical: Vec<f32> = (0..t.batch())
+        .flat_map(|b| (0..t.heads()).flat_map(move |h| (0..t.seq()).flat_map(move |s| (0..t.head_dim()).map(move |d| (b, h, s, d)))))
+        .map(|(b, h, s, d)| t.get(b, h, s, d))
+        .collect();
+    Tensor::from_host_f32(rt, &logical, dtype, t.shape, layout).expect("upload")
+}

@@ -1,0 +1,133 @@
+//! GPU smoke tests of the foundation: each mma shape on one tile equals an exact CPU product, the
+//! quantization kernels equal the CPU emulation bit for bit, every kernel is free of local memory,
+//! and the Hopper module runs. Run on a GPU with `--ignored`.
+
+mod common;
+
+use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
+use half::f16;
+use rand::Rng;
+use sageattention::attention::attention_kernel_names;
+use sageattention::device_config::names;
+use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
+use sageattention::runtime::ModuleKind;
+use sageattention::{selftest, DType, Layout, Options, Prepared};
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn mma_s8_m16n8k32_equals_integer_matmul() {
+    let rt = runtime();
+    let mut rng = fresh_rng("mma_s8");
+    for _ in 0..8 {
+        let a: [i8; 512] = std::array::from_fn(|_| rng.gen_range(-128..=127));
+        let b: [i8; 512] = std::array::from_fn(|_| rng.gen_range(-128..=127));
+        let d = selftest::mma_s8(rt, &a, &b).unwrap();
+        for i in 0..16 {
+            for j in 0..16 {
+                let want: i32 = (0..32).map(|k| a[i * 32 + k] as i32 * b[j * 32 + k] as i32).sum();
+                assert_eq!(d[i * 16 + j], want, "D[{i}][{j}]");
+            }
+        }
+    }
+}
+
+/// Small integers in f16: products and sums of 16 terms are exact in f32 and in f16.
+fn small_f16(rng: &mut impl Rng) -> u16 {
+    f16::from_f32(rng.gen_range(-4i32..=4) as f32 * 0.5).to_bits()
+}
+
+fn f16_reference(a: &[u16; 256], b: &[u16; 256]) -> Vec<f32> {
+    let f = |x: u16| f16::from_bits(x).to_f32();
+    (0..256).map(|ij| (0..16).map(|k| f(a[(ij / 16) * 16 + k]) * f(b[k * 16 + ij % 16])).sum()).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn mma_f16_m16n8k16_f32_accumulate_equals_exact_product() {
+    let rt = runtime();
+    let mut rng = fresh_rng("mma_f16_f32");
+    for _ in 0..8 {
+        let a: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
+        let b: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
+        let d = selftest::mma_f16_f32(rt, &a, &b).unwrap();
+        assert_eq!(d, f16_reference(&a, &b));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn mma_f16_m16n8k16_f16_accumulate_equals_exact_product() {
+    let rt = runtime();
+    let mut rng = fresh_rng("mma_f16_f16");
+    for _ in 0..8 {
+        let a: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
+        let b: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
+        let d: Vec<f32> = selftest::mma_f16_f16(rt, &a, &b).unwrap().into_iter().map(|x| f16::from_bits(x).to_f32()).collect();
+        assert_eq!(d, f16_reference(&a, &b));
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("quant");
+    // Awkward lengths: shorter than a block, one past a block, not a multiple of either block.
+    let cases = [(1, 3, 1, 1, 64), (2, 4, 2, 129, 96), (1, 2, 1, 200, 128), (1, 1, 1, 65, 64), (2, 6, 3, 1000, 128)];
+    for (i, &(batch, q_heads, kv_heads, seq, d)) in cases.iter().enumerate() {
+        for dtype in [DType::F16, DType::BF16] {
+            for layout in [Layout::Hnd, Layout::Nhd] {
+                let offsets = channel_offsets(&mut rng, d, 4.0);
+                let q = random_tensor(&mut rng, [batch, q_heads, seq + i, d], dtype, 1.0, None);
+                let k = random_tensor(&mut rng, [batch, kv_heads, seq, d], dtype, 1.0, Some(&offsets));
+                let v = random_tensor(&mut rng, [batch, kv_heads, seq, d], dtype, 1.0, None);
+                let (qd, kd, vd) = (upload(rt, &q, dtype, layout), upload(rt, &k, dtype, layout), upload(rt, &v, dtype, layout));
+                let sm_scale = 0.37f32;
+                let opts = Options { sm_scale: Some(sm_scale), ..Options::default() };
+                let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+                let stream = rt.stream();
+                let mean = stream.clone_dtoh(prepared.k_mean().unwrap()).unwrap();
+                let mean_ref = k_mean(&k);
+                assert_eq!(bits(&mean), bits(&mean_ref), "K mean, case {i} {dtype:?} {layout:?}");
+                let (q_i8, q_scale) = prepared.q_quantized();
+                let q_ref = quantize_q(&q, sm_scale);
+                assert_eq!(stream.clone_dtoh(q_i8).unwrap(), q_ref.data, "Q int8, case {i}");
+                assert_eq!(bits(&stream.clone_dtoh(q_scale).unwrap()), bits(&q_ref.scale), "Q scales, case {i}");
+                let (k_i8, k_scale) = prepared.k_quantized();
+                let k_ref = quantize_k(&k, Some(&mean_ref));
+                assert_eq!(stream.clone_dtoh(k_i8).unwrap(), k_ref.data, "K int8, case {i}");
+                assert_eq!(bits(&stream.clone_dtoh(k_scale).unwrap()), bits(&k_ref.scale), "K scales, case {i}");
+            }
+        }
+    }
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn every_kernel_uses_no_local_memory() {
+    let rt = runtime();
+    let mut all: Vec<&str> = attention_kernel_names();
+    all.extend([names::K_MEAN, names::QUANTIZE, names::V_BF16_TO_F16, names::LSE_BIAS]);
+    for name in all {
+        let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
+        eprintln!("{name}: {res:?}");
+        assert_eq!(res.local_bytes, 0, "{name} uses local memory");
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_module_smoke() {
+    let rt = runtime();
+    let (major, _) = rt.compute_capability();
+    if major != 9 {
+        eprintln!("not a Hopper GPU: skipped");
+        return;
+    }
+    let out = selftest::hopper_smoke(rt).unwrap();
+    assert_eq!(out, (0..128u32).map(|i| 2 * i + 1).collect::<Vec<_>>());
+}
