@@ -465,9 +465,19 @@ fn launch<P: DeviceRepr>(
     unsafe { rt.launch(&kernel, grid, (threads, 1, 1), smem, params) }
 }
 
-/// Checks everything about the inputs and options; returns the problem geometry.
+/// Checks the inputs against the device: compute capability and that every view is memory of the
+/// runtime's device. Then the pure checks of [`check_problem`].
 fn validate_inputs(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Problem> {
+    let problem = check_problem(q, k, v, opts)?;
     rt.require_sm80()?;
+    for (name, t) in [("q", q), ("k", k), ("v", v)] {
+        t.check_device_memory(name, rt)?;
+    }
+    Ok(problem)
+}
+
+/// Everything about the inputs and options that needs no driver call; returns the geometry.
+fn check_problem(q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Problem> {
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         t.validate(name)?;
         if !matches!(t.dtype(), DType::F16 | DType::BF16) {
@@ -510,9 +520,6 @@ fn validate_inputs(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView,
     if !sm_scale.is_finite() || sm_scale == 0.0 {
         return Err(Error::InvalidOption(format!("sm_scale must be finite and non-zero, got {sm_scale}")));
     }
-    for (name, t) in [("q", q), ("k", k), ("v", v)] {
-        t.check_device_memory(name, rt)?;
-    }
     Ok(Problem { batch, q_heads, kv_heads, qo_len, kv_len, head_dim, in_dtype: q.dtype(), sm_scale })
 }
 
@@ -537,4 +544,82 @@ fn validate_output(rt: &Runtime, p: &Problem, out: &TensorViewMut, lse: Option<&
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A raw view at a fake, aligned address: the pure checks never dereference it.
+    fn view(dtype: DType, shape: [usize; 4], layout: Layout, base: u64) -> TensorView<'static> {
+        // SAFETY: only `check_problem` sees these views; it reads the geometry, never the memory.
+        unsafe { TensorView::from_raw(base, dtype, shape, layout.contiguous_strides(shape), 0) }
+    }
+
+    fn qkv(dq: DType, dk: DType, dv: DType, q: [usize; 4], kv: [usize; 4]) -> Result<Problem> {
+        let (qv, kv_, vv) = (
+            view(dq, q, Layout::Hnd, 1 << 20),
+            view(dk, kv, Layout::Nhd, 1 << 32),
+            view(dv, kv, Layout::Hnd, 1 << 40),
+        );
+        check_problem(&qv, &kv_, &vv, &Options::default())
+    }
+
+    #[test]
+    fn accepts_gqa_and_unequal_lengths() {
+        let p = qkv(DType::BF16, DType::BF16, DType::BF16, [2, 8, 100, 128], [2, 2, 333, 128]).unwrap();
+        assert_eq!((p.q_heads, p.kv_heads, p.qo_len, p.kv_len), (8, 2, 100, 333));
+        assert!((p.sm_scale - 1.0 / 128f32.sqrt()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn rejects_each_misuse_with_its_error() {
+        let f16 = DType::F16;
+        let e = qkv(f16, DType::BF16, f16, [1, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
+        assert!(matches!(e, Error::DTypeMismatch { tensor: "k", .. }), "{e}");
+        let e = qkv(DType::F32, DType::F32, DType::F32, [1, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedDType { tensor: "q", .. }), "{e}");
+        let e = qkv(f16, f16, f16, [1, 2, 64, 80], [1, 2, 64, 80]).unwrap_err();
+        assert!(matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }), "{e}");
+        let e = qkv(f16, f16, f16, [1, 3, 64, 64], [1, 2, 64, 64]).unwrap_err();
+        assert!(matches!(e, Error::HeadsNotDivisible { q_heads: 3, kv_heads: 2 }), "{e}");
+        let e = qkv(f16, f16, f16, [2, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        let e = qkv(f16, f16, f16, [1, 2, 0, 64], [1, 2, 64, 64]).unwrap_err();
+        assert!(matches!(e, Error::EmptyTensor { tensor: "q", .. }), "{e}");
+        let e = qkv(f16, f16, f16, [1, 70_000, 4, 64], [1, 70_000, 4, 64]).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { .. }), "{e}");
+        // v shaped differently from k
+        let (q, k, v) = (
+            view(f16, [1, 2, 64, 64], Layout::Hnd, 1 << 20),
+            view(f16, [1, 2, 64, 64], Layout::Hnd, 1 << 32),
+            view(f16, [1, 2, 65, 64], Layout::Hnd, 1 << 40),
+        );
+        let e = check_problem(&q, &k, &v, &Options::default()).unwrap_err();
+        assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
+        // misaligned base pointer
+        let q = view(f16, [1, 2, 64, 64], Layout::Hnd, (1 << 20) + 2);
+        let e = check_problem(&q, &k, &k, &Options::default()).unwrap_err();
+        assert!(matches!(e, Error::Misaligned { tensor: "q", .. }), "{e}");
+        // bad options
+        let q = view(f16, [1, 2, 64, 64], Layout::Hnd, 1 << 20);
+        for bad in [f32::NAN, f32::INFINITY, 0.0] {
+            let e = check_problem(&q, &k, &k, &Options { sm_scale: Some(bad), ..Options::default() }).unwrap_err();
+            assert!(matches!(e, Error::InvalidOption(_)), "{e}");
+        }
+    }
+
+    #[test]
+    fn kernel_names_cover_every_supported_variant() {
+        for hd in SUPPORTED_HEAD_DIMS {
+            for causal in [false, true] {
+                for pv_f32 in [false, true] {
+                    let name = attention_kernel_name(hd, causal, pv_f32).unwrap();
+                    assert!(name.contains(&format!("hd{hd}_")));
+                }
+            }
+        }
+        assert_eq!(attention_kernel_name(80, false, false), None);
+        assert_eq!(attention_kernel_names().len(), 12);
+    }
 }

@@ -954,6 +954,8 @@ impl Buffer {
 /// a [`Layout`]. Memory is always initialised (zeros, NaN poison, or host data).
 pub struct Tensor {
     buf: Buffer,
+    /// Base address of `buf`, read once at creation.
+    ptr: u64,
     dtype: DType,
     shape: [usize; 4],
     strides: [i64; 4],
@@ -1056,11 +1058,13 @@ impl Tensor {
         layout: Layout,
     ) -> Result<Self> {
         let mut t = Self::alloc(rt, dtype, shape, layout)?;
-        // SAFETY (all three): any bit pattern is a valid u16, f32 or i8.
-        match &mut t.buf {
-            Buffer::Bits16(s) => unsafe { rt.memset_bytes(s, 0xFF)? },
-            Buffer::F32(s) => unsafe { rt.memset_bytes(s, 0xFF)? },
-            Buffer::I8(s) => unsafe { rt.memset_bytes(s, 0xFF)? },
+        // SAFETY: any bit pattern is a valid u16, f32 or i8.
+        unsafe {
+            match &mut t.buf {
+                Buffer::Bits16(s) => rt.memset_bytes(s, 0xFF)?,
+                Buffer::F32(s) => rt.memset_bytes(s, 0xFF)?,
+                Buffer::I8(s) => rt.memset_bytes(s, 0xFF)?,
+            }
         }
         Ok(t)
     }
@@ -1102,6 +1106,7 @@ impl Tensor {
 
     fn from_parts(buf: Buffer, dtype: DType, shape: [usize; 4], layout: Layout) -> Self {
         Tensor {
+            ptr: base_address(buf.erased()),
             buf,
             dtype,
             shape,
@@ -1138,7 +1143,7 @@ impl Tensor {
         let origin = self.buf.erased();
         TensorView {
             geom: Geometry {
-                ptr: base_address(origin),
+                ptr: self.ptr,
                 dtype: self.dtype,
                 shape: self.shape,
                 strides: self.strides,
@@ -1150,9 +1155,10 @@ impl Tensor {
 
     /// A writable view of the whole tensor.
     pub fn view_mut(&mut self) -> TensorViewMut<'_> {
+        let ptr = self.ptr;
         let origin = self.buf.erased_mut();
         let geom = Geometry {
-            ptr: base_address(&*origin),
+            ptr,
             dtype: self.dtype,
             shape: self.shape,
             strides: self.strides,

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use sageattention::device_config::SUPPORTED_HEAD_DIMS;
 use sageattention::{Layout, Options, PvAccum};
 
 /// SageAttention (INT8 Q·Kᵀ, FP16 P·V) on an NVIDIA GPU, on tensors from a .safetensors file.
@@ -18,31 +19,39 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run attention on Q, K, V read from a .safetensors file and write the output `o` (and `lse`).
-    #[command(long_about = RUN_LONG_ABOUT)]
+    #[command(long_about = run_long_about())]
     Run(RunArgs),
     /// Show the GPU, the kernel modules and attention variants that would be used, and the version.
     Info(InfoArgs),
 }
 
-const RUN_LONG_ABOUT: &str = "\
-Run attention on Q, K, V read from a .safetensors file and write the output `o` (and `lse`).
+/// The long help of `run` (names the supported head dims from the library's constant).
+fn run_long_about() -> String {
+    let dims: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    format!(
+        "Run attention on Q, K, V read from a .safetensors file and write the output `o` (and \
+         `lse`).
 
-Inputs: three rank-4 tensors of one dtype, F16, BF16 or F32 (F32 inputs are rounded to F16 for the \
-GPU, which computes in F16; the output is written back as F32). Shapes are [batch, heads, seq, \
-head_dim] with --layout hnd (the default) or [batch, seq, heads, head_dim] with --layout nhd; \
-head_dim must be 64, 96 or 128; K and V have the same shape; Q's heads must be a multiple of K's \
-(grouped-query attention).
+Inputs: three rank-4 tensors of one dtype, F16, BF16 or F32. F32 inputs are rounded to F16 for \
+the GPU (which computes in F16) and the output is written back as F32. Shapes are [batch, heads, \
+seq, head_dim] with --layout hnd (the default) or [batch, seq, heads, head_dim] with --layout nhd; \
+head_dim must be one of {dims}; K and V have the same shape; Q's heads must be a multiple of K's \
+(grouped-query attention); batch and head_dim agree.
 
-Output: `o` in the inputs' dtype and layout, shape of Q; with --lse also `lse`, F32 \
-[batch, q_heads, qo_len] (natural log). The file is written atomically (temporary file in the same \
-directory, fsync, rename): a failed run never leaves a partial file or touches an existing one.
+Output: `o` in the inputs' dtype and layout, with Q's shape; with --lse also `lse`, F32 [batch, \
+q_heads, qo_len] (natural log). The file is written atomically (temporary file in the same \
+directory, fsync, rename): a failed run never leaves a partial file nor touches an existing one.
 
-Exit status: 0 success, 1 GPU or runtime error, 2 bad usage or input, 3 --max-rel-l1 exceeded.";
+Exit status: 0 success, 1 GPU or runtime error, 2 bad usage or input, 3 --max-rel-l1 exceeded.",
+        dims = dims.join(", ")
+    )
+}
 
 /// Arguments of `sageattn run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// The .safetensors file holding Q, K and V.
+    /// The .safetensors file holding Q, K and V (F16, BF16, or F32, which is rounded to f16 for the
+    /// GPU).
     #[arg(value_name = "INPUT")]
     pub input: PathBuf,
 
@@ -80,7 +89,7 @@ pub struct RunArgs {
     pub no_smooth_k: bool,
 
     /// Softmax scale (finite, non-zero); default 1/sqrt(head_dim).
-    #[arg(long, value_name = "X", value_parser = parse_sm_scale)]
+    #[arg(long, value_name = "X", value_parser = parse_sm_scale, allow_negative_numbers = true)]
     pub sm_scale: Option<f32>,
 
     /// P·V accumulator: f16 (fastest, SageAttention's default) or f32.
@@ -98,7 +107,7 @@ pub struct RunArgs {
 
     /// Exit with status 3 when the relative L1 error against the float64 reference exceeds X
     /// (implies --check).
-    #[arg(long, value_name = "X", value_parser = parse_max_rel_l1)]
+    #[arg(long, value_name = "X", value_parser = parse_max_rel_l1, allow_negative_numbers = true)]
     pub max_rel_l1: Option<f64>,
 
     /// CUDA device ordinal.
@@ -176,7 +185,9 @@ pub fn parse_sm_scale(s: &str) -> Result<f32, String> {
         .parse()
         .map_err(|_| format!("`{s}` is not a number"))?;
     if !x.is_finite() || x == 0.0 {
-        return Err(format!("the softmax scale must be finite and non-zero, got {s}"));
+        return Err(format!(
+            "the softmax scale must be finite and non-zero, got {s}"
+        ));
     }
     Ok(x)
 }
@@ -223,8 +234,14 @@ mod tests {
 
     #[test]
     fn run_defaults_and_options() {
-        let cli = Cli::try_parse_from(["sageattn", "run", "in.safetensors", "--out", "o.safetensors"])
-            .expect("parses");
+        let cli = Cli::try_parse_from([
+            "sageattn",
+            "run",
+            "in.safetensors",
+            "--out",
+            "o.safetensors",
+        ])
+        .expect("parses");
         let Command::Run(run) = cli.command else {
             panic!("expected run")
         };
@@ -233,12 +250,31 @@ mod tests {
         assert_eq!(opts.sm_scale, None);
         assert_eq!(opts.layout, Layout::Hnd);
         assert_eq!(opts.pv_accum, PvAccum::F16);
-        assert_eq!((run.q_name.as_str(), run.k_name.as_str(), run.v_name.as_str()), ("q", "k", "v"));
+        assert_eq!(
+            (
+                run.q_name.as_str(),
+                run.k_name.as_str(),
+                run.v_name.as_str()
+            ),
+            ("q", "k", "v")
+        );
         assert!(!run.check_enabled());
 
         let cli = Cli::try_parse_from([
-            "sageattn", "run", "in.safetensors", "--causal", "--no-smooth-k", "--sm-scale", "0.5",
-            "--pv-accum", "f32", "--lse", "--layout", "nhd", "--max-rel-l1", "0.02",
+            "sageattn",
+            "run",
+            "in.safetensors",
+            "--causal",
+            "--no-smooth-k",
+            "--sm-scale",
+            "0.5",
+            "--pv-accum",
+            "f32",
+            "--lse",
+            "--layout",
+            "nhd",
+            "--max-rel-l1",
+            "0.02",
         ])
         .expect("parses");
         let Command::Run(run) = cli.command else {

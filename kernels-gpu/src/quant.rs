@@ -38,13 +38,25 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
     let bf16 = p.in_bf16 != 0;
     let head_ptr = p.k as i64 + 2 * (batch as i64 * p.k_stride[0] + head as i64 * p.k_stride[1]);
     let mut sum = [0.0f32; 8];
+    let lanes = MEAN_SEQ_LANES as u32;
+    let row_ptr = |s: u32| (head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8)) as u64;
+    // Rows s = lane, lane + 16, … are summed in increasing order (the contract); the loads of
+    // AHEAD rows are issued before their adds so that one thread keeps several in flight (one CTA
+    // per head would otherwise wait on each load in turn).
+    const AHEAD: u32 = 8;
     let mut s = lane;
+    while s + (AHEAD - 1) * lanes < p.seq {
+        let mut x = [[0.0f32; 8]; AHEAD as usize];
+        // SAFETY: every row s + j*16 < seq and chunk < head_dim/8: inside K.
+        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) });
+        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| unroll::<8>(#[inline(always)] |i| sum[i] += x[j][i]));
+        s += AHEAD * lanes;
+    }
     while s < p.seq {
-        let ptr = head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8);
         // SAFETY: s < seq and chunk < head_dim/8: inside K.
-        let x = unsafe { load8(ptr as u64, bf16) };
+        let x = unsafe { load8(row_ptr(s), bf16) };
         unroll::<8>(#[inline(always)] |i| sum[i] += x[i]);
-        s += MEAN_SEQ_LANES as u32;
+        s += lanes;
     }
     // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
     let base = ptx::smem_base();

@@ -1,0 +1,119 @@
+//! The GPU side: running `sageattn` on loaded inputs, and `info`.
+
+use sageattention::attention::{attention_kernel_name, attention_kernel_names};
+use sageattention::device_config::{names, SUPPORTED_HEAD_DIMS};
+use sageattention::error::CudaResultExt;
+use sageattention::runtime::ModuleKind;
+use sageattention::{sageattn, Options, PvAccum, Runtime, Tensor};
+
+use super::error::CliError;
+use super::input::LoadedInputs;
+
+/// What the GPU returned, on the host, in logical contiguous order.
+#[derive(Debug, Clone)]
+pub struct GpuOutput {
+    /// `[batch][q_heads][qo_len][head_dim]`, values of the GPU's output dtype.
+    pub o: Vec<f32>,
+    /// `[batch][q_heads][qo_len]`, when requested.
+    pub lse: Option<Vec<f32>>,
+    /// The device's name.
+    pub device: String,
+}
+
+/// The attention variant the options select for `head_dim`.
+pub fn variant_name(head_dim: usize, opts: &Options) -> Option<&'static str> {
+    attention_kernel_name(head_dim, opts.causal, opts.pv_accum == PvAccum::F32)
+}
+
+/// Uploads the inputs (in the file's layout, converted to the GPU dtype), runs attention with the
+/// output in the same layout, and downloads `o` and `lse`.
+pub fn run_on_gpu(
+    inputs: &LoadedInputs,
+    opts: &Options,
+    device: usize,
+) -> Result<GpuOutput, CliError> {
+    let rt = Runtime::new(device)?;
+    let name = rt
+        .device_info()
+        .map(|i| i.name)
+        .unwrap_or_else(|_| format!("device {device}"));
+    let dtype = inputs.dtype.gpu_dtype();
+    let layout = inputs.layout;
+    let upload = |t: &sageattention::reference::HostTensor| {
+        Tensor::from_host_f32(&rt, &t.data, dtype, t.shape, layout)
+    };
+    let q = upload(&inputs.q)?;
+    let k = upload(&inputs.k)?;
+    let v = upload(&inputs.v)?;
+    let out = sageattn(
+        &rt,
+        &q.view(),
+        &k.view(),
+        &v.view(),
+        &Options { layout, ..*opts },
+    )?;
+    rt.synchronize()?;
+    let o = out.o.to_host_f32(&rt)?;
+    let lse = match &out.lse {
+        Some(l) => Some(
+            rt.stream()
+                .clone_dtoh(l)
+                .op("copying the LSE to the host")?,
+        ),
+        None => None,
+    };
+    Ok(GpuOutput {
+        o,
+        lse,
+        device: name,
+    })
+}
+
+/// `sageattn info`: prints the version and the compiled variants, then the device, the modules and
+/// each variant's resources; the first GPU error ends it.
+pub fn info(device: usize) -> Result<(), CliError> {
+    println!("sageattention {}", env!("CARGO_PKG_VERSION"));
+    let dims: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    println!("head_dims: {}", dims.join(", "));
+    let variants = attention_kernel_names();
+    println!(
+        "attention variants ({}): {}",
+        variants.len(),
+        variants.join(", ")
+    );
+
+    let rt = Runtime::new(device)?;
+    let di = rt.device_info()?;
+    println!("device {device}: {}", di.name);
+    println!("compute capability: {}.{}", di.major, di.minor);
+    println!("SMs: {}", di.sm_count);
+    println!(
+        "memory: {:.1} GiB, L2 {:.1} MiB, shared memory per block (opt-in) {} KiB",
+        di.total_memory_bytes as f64 / (1u64 << 30) as f64,
+        di.l2_bytes as f64 / (1u64 << 20) as f64,
+        di.max_shared_per_block_optin / 1024
+    );
+    rt.require_sm80()?;
+    println!(
+        "attention kernels: portable module (sm_80 PTX, JIT-compiled by the driver for sm_{}{})",
+        di.major, di.minor
+    );
+    for name in &variants {
+        let r = rt.function_resources(ModuleKind::Portable, name)?;
+        println!(
+            "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
+            r.num_regs, r.local_bytes, r.static_shared_bytes
+        );
+    }
+    if (di.major, di.minor) == (9, 0) {
+        rt.function(ModuleKind::Hopper, names::HOPPER_SMOKE)?;
+        println!("hopper module (sm_90a PTX): loaded (this device has compute capability 9.0)");
+    } else {
+        println!(
+            "hopper module (sm_90a PTX): not used (needs compute capability 9.0, this device has \
+             {}.{})",
+            di.major, di.minor
+        );
+    }
+    Ok(())
+}

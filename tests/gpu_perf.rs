@@ -1,0 +1,75 @@
+//! A quick timing probe (the full benchmark is `cargo run --release --bin bench`): median time of
+//! the attention kernel alone and of the full call at a few shapes, printed as TOPS. Run on a GPU
+//! with `--ignored --nocapture perf_`.
+
+mod common;
+
+use common::runtime;
+use rayon::prelude::*;
+use sageattention::{sageattn_into, DType, Layout, Options, Prepared, PvAccum, Tensor};
+
+fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            // splitmix64 → two uniforms → one approximately normal value (sum of 4 uniforms).
+            let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut acc = 0.0f32;
+            for _ in 0..4 {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                acc += (z >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 1.732
+        })
+        .collect();
+    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
+}
+
+fn median_ms(mut f: impl FnMut()) -> f32 {
+    let rt = runtime();
+    let stream = rt.stream();
+    for _ in 0..3 {
+        f();
+    }
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let start = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        f();
+        let end = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        end.synchronize().unwrap();
+        times.push(start.elapsed_ms(&end).unwrap());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn perf_probe() {
+    let rt = runtime();
+    eprintln!("device: {:?}", rt.device_info().unwrap());
+    for &(head_dim, seq, causal) in &[(128usize, 8192usize, false), (128, 16384, true), (64, 8192, false), (128, 1024, false), (96, 8192, false)] {
+        let (b, h) = (4usize, 32usize);
+        let shape = [b, h, seq, head_dim];
+        let (q, k, v) = (random_device_tensor(shape, 1), random_device_tensor(shape, 2), random_device_tensor(shape, 3));
+        let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64 / if causal { 2.0 } else { 1.0 };
+        for pv_accum in [PvAccum::F16, PvAccum::F32] {
+            let opts = Options { causal, pv_accum, ..Options::default() };
+            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
+            let kernel = median_ms(|| prepared.attend_into(rt, &v.view(), &mut out.view_mut(), None).unwrap());
+            let full = median_ms(|| sageattn_into(rt, &q.view(), &k.view(), &v.view(), &mut out.view_mut(), None, &opts).unwrap());
+            eprintln!(
+                "PERF d={head_dim} N={seq} causal={causal} {pv_accum:?}: kernel {kernel:.3} ms = {:.0} TOPS, full {full:.3} ms = {:.0} TOPS, quant {:.1}%",
+                flops / kernel as f64 / 1e9,
+                flops / full as f64 / 1e9,
+                100.0 * (full - kernel) / full
+            );
+        }
+    }
+}
