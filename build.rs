@@ -74,6 +74,45 @@ struct Toolchain {
     llvm_bin: Option<PathBuf>,
 }
 
+/// The device crate's tile constants (the same file the kernels and the host use), for the launch
+/// bounds below.
+#[allow(dead_code)]
+#[path = "kernels-gpu/src/config.rs"]
+mod device_config;
+
+/// Adds `.maxntid` / `.minnctapersm` to each attention entry (Rust has no launch-bounds attribute):
+/// ptxas then keeps registers low enough for `attn_min_ctas_per_sm(head_dim)` CTAs per SM, which
+/// is the occupancy the tile configuration was sized for.
+fn apply_launch_bounds(ptx: &str) -> String {
+    let mut ptx = ptx.to_string();
+    macro_rules! bound {
+        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+            let ctas = device_config::attn_min_ctas_per_sm($hd, $pv_f32);
+            if ctas > 0 {
+                let entry = format!(".entry {}(", $name);
+                if let Some(start) = ptx.find(&entry) {
+                    // The parameter list ends at the first line that starts with `)` (llc may
+                    // append a comment to it); the directives go on the lines after it.
+                    let close = ptx[start..]
+                        .find("\n)")
+                        .and_then(|c| ptx[start + c + 2..].find('\n').map(|e| start + c + 2 + e));
+                    if let Some(at) = close {
+                        ptx.insert_str(
+                            at,
+                            &format!(
+                                "\n.maxntid {}, 1, 1\n.minnctapersm {ctas}",
+                                device_config::ATTN_THREADS
+                            ),
+                        );
+                    }
+                }
+            }
+        };
+    }
+    for_each_attention_variant!(bound);
+    ptx
+}
+
 fn main() {
     let root = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
@@ -200,7 +239,8 @@ fn main() {
                         Err(msg) => {
                             let _ = writeln!(errors, "{} ({}): {msg}", ptx_path.display(), m.cpu);
                         }
-                        Ok(()) => fs::write(out_dir.join(m.file), ptx).expect("write PTX"),
+                        Ok(()) => fs::write(out_dir.join(m.file), apply_launch_bounds(&ptx))
+                            .expect("write PTX"),
                     },
                 }
             }

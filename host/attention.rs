@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
 
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, padded_len, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
-    MEAN_SEQ_LANES, Q_BLOCK, QUANT_THREADS, SUPPORTED_HEAD_DIMS,
+    MEAN_SEQ_LANES, QUANT_THREADS, Q_BLOCK, SUPPORTED_HEAD_DIMS,
 };
 use crate::error::{Error, Result};
 use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
@@ -108,7 +108,12 @@ pub fn sageattn(
     opts: &Options,
 ) -> Result<Output> {
     let problem = validate_inputs(rt, q, k, v, opts)?;
-    let shape = [problem.batch, problem.q_heads, problem.qo_len, problem.head_dim];
+    let shape = [
+        problem.batch,
+        problem.q_heads,
+        problem.qo_len,
+        problem.head_dim,
+    ];
     let mut o = Tensor::alloc(rt, problem.in_dtype, shape, opts.layout)?;
     let mut lse = if opts.return_lse {
         Some(rt.alloc_zeros::<f32>(problem.batch * problem.q_heads * problem.qo_len)?)
@@ -157,7 +162,13 @@ pub struct Prepared {
 
 impl Prepared {
     /// Validates the inputs and runs smoothing, quantization and (for bf16) the V conversion.
-    pub fn new(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Self> {
+    pub fn new(
+        rt: &Runtime,
+        q: &TensorView,
+        k: &TensorView,
+        v: &TensorView,
+        opts: &Options,
+    ) -> Result<Self> {
         let problem = validate_inputs(rt, q, k, v, opts)?;
         Self::new_checked(rt, q, k, v, opts, problem)
     }
@@ -177,9 +188,15 @@ impl Prepared {
         // SAFETY: every element of these scratch buffers is written by the kernels below before
         // anything reads it (quantization writes all padded rows and every block's scale; the
         // mean and conversion kernels write their whole outputs).
-        let mut q_i8 = unsafe { rt.alloc_uninit::<i8>(p.batch * p.q_heads * padded_len(p.qo_len, Q_BLOCK) * p.head_dim)? };
+        let mut q_i8 = unsafe {
+            rt.alloc_uninit::<i8>(p.batch * p.q_heads * padded_len(p.qo_len, Q_BLOCK) * p.head_dim)?
+        };
         let mut q_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.q_heads * q_blocks)? };
-        let mut k_i8 = unsafe { rt.alloc_uninit::<i8>(p.batch * p.kv_heads * padded_len(p.kv_len, K_BLOCK) * p.head_dim)? };
+        let mut k_i8 = unsafe {
+            rt.alloc_uninit::<i8>(
+                p.batch * p.kv_heads * padded_len(p.kv_len, K_BLOCK) * p.head_dim,
+            )?
+        };
         let mut k_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * k_blocks)? };
         let mut k_mean = if opts.smooth_k {
             Some(unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * p.head_dim)? })
@@ -205,13 +222,17 @@ impl Prepared {
             };
             let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
             let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
-            launch(rt, names::K_MEAN, (p.kv_heads as u32, p.batch as u32, 1), threads, smem, &params)?;
+            launch(
+                rt,
+                names::K_MEAN,
+                (p.kv_heads as u32, p.batch as u32, 1),
+                threads,
+                smem,
+                &params,
+            )?;
         }
 
-        let mean_ptr = match k_mean.as_ref() {
-            Some(m) => Some(m.device_ptr(stream)),
-            None => None,
-        };
+        let mean_ptr = k_mean.as_ref().map(|m| m.device_ptr(stream));
         {
             let (out, _g1) = q_i8.device_ptr_mut(stream);
             let (scale, _g2) = q_scale.device_ptr_mut(stream);
@@ -300,7 +321,14 @@ impl Prepared {
                 };
                 let chunks = n / 8;
                 let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
-                launch(rt, names::V_BF16_TO_F16, (blocks, 1, 1), CONVERT_THREADS as u32, 0, &params)?;
+                launch(
+                    rt,
+                    names::V_BF16_TO_F16,
+                    (blocks, 1, 1),
+                    CONVERT_THREADS as u32,
+                    0,
+                    &params,
+                )?;
             }
             Some(out)
         } else {
@@ -358,7 +386,10 @@ impl Prepared {
         validate_output(rt, p, out, lse.as_deref())?;
         let stream = rt.stream();
         let name = attention_kernel_name(p.head_dim, self.causal, self.pv_accum == PvAccum::F32)
-            .ok_or(Error::UnsupportedHeadDim { head_dim: p.head_dim, supported: &SUPPORTED_HEAD_DIMS })?;
+            .ok_or(Error::UnsupportedHeadDim {
+                head_dim: p.head_dim,
+                supported: &SUPPORTED_HEAD_DIMS,
+            })?;
 
         let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match &self.v_f16 {
             Some(conv) => {
@@ -402,8 +433,19 @@ impl Prepared {
             out_bf16,
             _pad: 0,
         };
-        let grid = (p.qo_len.div_ceil(cta_q(p.head_dim)) as u32, p.q_heads as u32, p.batch as u32);
-        launch(rt, name, grid, ATTN_THREADS as u32, attn_smem_bytes(p.head_dim) as u32, &params)
+        let grid = (
+            p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
+            p.q_heads as u32,
+            p.batch as u32,
+        );
+        launch(
+            rt,
+            name,
+            grid,
+            ATTN_THREADS as u32,
+            attn_smem_bytes(p.head_dim) as u32,
+            &params,
+        )
     }
 
     /// The quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and its
@@ -467,7 +509,13 @@ fn launch<P: DeviceRepr>(
 
 /// Checks the inputs against the device: compute capability and that every view is memory of the
 /// runtime's device. Then the pure checks of [`check_problem`].
-fn validate_inputs(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Problem> {
+fn validate_inputs(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    opts: &Options,
+) -> Result<Problem> {
     let problem = check_problem(q, k, v, opts)?;
     rt.require_sm80()?;
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
@@ -477,37 +525,62 @@ fn validate_inputs(rt: &Runtime, q: &TensorView, k: &TensorView, v: &TensorView,
 }
 
 /// Everything about the inputs and options that needs no driver call; returns the geometry.
-fn check_problem(q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options) -> Result<Problem> {
+fn check_problem(
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    opts: &Options,
+) -> Result<Problem> {
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         t.validate(name)?;
         if !matches!(t.dtype(), DType::F16 | DType::BF16) {
-            return Err(Error::UnsupportedDType { tensor: name, dtype: t.dtype(), supported: &[DType::F16, DType::BF16] });
+            return Err(Error::UnsupportedDType {
+                tensor: name,
+                dtype: t.dtype(),
+                supported: &[DType::F16, DType::BF16],
+            });
         }
     }
     for (name, t) in [("k", k), ("v", v)] {
         if t.dtype() != q.dtype() {
-            return Err(Error::DTypeMismatch { tensor: name, expected: q.dtype(), got: t.dtype() });
+            return Err(Error::DTypeMismatch {
+                tensor: name,
+                expected: q.dtype(),
+                got: t.dtype(),
+            });
         }
     }
     let [batch, q_heads, qo_len, head_dim] = q.shape();
     let [kb, kv_heads, kv_len, kd] = k.shape();
     if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        return Err(Error::UnsupportedHeadDim { head_dim, supported: &SUPPORTED_HEAD_DIMS });
+        return Err(Error::UnsupportedHeadDim {
+            head_dim,
+            supported: &SUPPORTED_HEAD_DIMS,
+        });
     }
     if kb != batch || kd != head_dim {
         return Err(Error::ShapeMismatch {
-            what: format!("k {:?} must have q's batch {batch} and head_dim {head_dim} (q is {:?})", k.shape(), q.shape()),
+            what: format!(
+                "k {:?} must have q's batch {batch} and head_dim {head_dim} (q is {:?})",
+                k.shape(),
+                q.shape()
+            ),
         });
     }
     if v.shape() != k.shape() {
-        return Err(Error::ShapeMismatch { what: format!("v {:?} must have k's shape {:?}", v.shape(), k.shape()) });
+        return Err(Error::ShapeMismatch {
+            what: format!("v {:?} must have k's shape {:?}", v.shape(), k.shape()),
+        });
     }
     if q_heads % kv_heads != 0 {
         return Err(Error::HeadsNotDivisible { q_heads, kv_heads });
     }
     for (name, len) in [("q", qo_len), ("k", kv_len)] {
         if len > MAX_SEQ {
-            return Err(Error::TooLarge { tensor: name, reason: format!("sequence length {len} exceeds {MAX_SEQ}") });
+            return Err(Error::TooLarge {
+                tensor: name,
+                reason: format!("sequence length {len} exceeds {MAX_SEQ}"),
+            });
         }
     }
     if batch > MAX_GRID_YZ || q_heads > MAX_GRID_YZ {
@@ -518,29 +591,57 @@ fn check_problem(q: &TensorView, k: &TensorView, v: &TensorView, opts: &Options)
     }
     let sm_scale = opts.sm_scale.unwrap_or(1.0 / (head_dim as f32).sqrt());
     if !sm_scale.is_finite() || sm_scale == 0.0 {
-        return Err(Error::InvalidOption(format!("sm_scale must be finite and non-zero, got {sm_scale}")));
+        return Err(Error::InvalidOption(format!(
+            "sm_scale must be finite and non-zero, got {sm_scale}"
+        )));
     }
-    Ok(Problem { batch, q_heads, kv_heads, qo_len, kv_len, head_dim, in_dtype: q.dtype(), sm_scale })
+    Ok(Problem {
+        batch,
+        q_heads,
+        kv_heads,
+        qo_len,
+        kv_len,
+        head_dim,
+        in_dtype: q.dtype(),
+        sm_scale,
+    })
 }
 
 /// Checks the output view and LSE buffer against the problem.
-fn validate_output(rt: &Runtime, p: &Problem, out: &TensorViewMut, lse: Option<&CudaSlice<f32>>) -> Result<()> {
+fn validate_output(
+    rt: &Runtime,
+    p: &Problem,
+    out: &TensorViewMut,
+    lse: Option<&CudaSlice<f32>>,
+) -> Result<()> {
     out.validate("out")?;
     if !matches!(out.dtype(), DType::F16 | DType::BF16) {
-        return Err(Error::UnsupportedDType { tensor: "out", dtype: out.dtype(), supported: &[DType::F16, DType::BF16] });
+        return Err(Error::UnsupportedDType {
+            tensor: "out",
+            dtype: out.dtype(),
+            supported: &[DType::F16, DType::BF16],
+        });
     }
     let expected = [p.batch, p.q_heads, p.qo_len, p.head_dim];
     if out.shape() != expected {
-        return Err(Error::ShapeMismatch { what: format!("out is {:?}, expected {expected:?}", out.shape()) });
+        return Err(Error::ShapeMismatch {
+            what: format!("out is {:?}, expected {expected:?}", out.shape()),
+        });
     }
     out.check_device_memory("out", rt)?;
     if let Some(lse) = lse {
         let need = p.batch * p.q_heads * p.qo_len;
         if lse.len() < need {
-            return Err(Error::ShapeMismatch { what: format!("lse holds {} f32, needs {need}", lse.len()) });
+            return Err(Error::ShapeMismatch {
+                what: format!("lse holds {} f32, needs {need}", lse.len()),
+            });
         }
         if lse.context().cu_device() != rt.context().cu_device() {
-            return Err(Error::WrongDevice { tensor: "lse", expected: rt.ordinal(), got: lse.context().ordinal() });
+            return Err(Error::WrongDevice {
+                tensor: "lse",
+                expected: rt.ordinal(),
+                got: lse.context().ordinal(),
+            });
         }
     }
     Ok(())
@@ -567,8 +668,18 @@ mod tests {
 
     #[test]
     fn accepts_gqa_and_unequal_lengths() {
-        let p = qkv(DType::BF16, DType::BF16, DType::BF16, [2, 8, 100, 128], [2, 2, 333, 128]).unwrap();
-        assert_eq!((p.q_heads, p.kv_heads, p.qo_len, p.kv_len), (8, 2, 100, 333));
+        let p = qkv(
+            DType::BF16,
+            DType::BF16,
+            DType::BF16,
+            [2, 8, 100, 128],
+            [2, 2, 333, 128],
+        )
+        .unwrap();
+        assert_eq!(
+            (p.q_heads, p.kv_heads, p.qo_len, p.kv_len),
+            (8, 2, 100, 333)
+        );
         assert!((p.sm_scale - 1.0 / 128f32.sqrt()).abs() < 1e-9);
     }
 
@@ -577,12 +688,34 @@ mod tests {
         let f16 = DType::F16;
         let e = qkv(f16, DType::BF16, f16, [1, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
         assert!(matches!(e, Error::DTypeMismatch { tensor: "k", .. }), "{e}");
-        let e = qkv(DType::F32, DType::F32, DType::F32, [1, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
-        assert!(matches!(e, Error::UnsupportedDType { tensor: "q", .. }), "{e}");
+        let e = qkv(
+            DType::F32,
+            DType::F32,
+            DType::F32,
+            [1, 2, 64, 64],
+            [1, 2, 64, 64],
+        )
+        .unwrap_err();
+        assert!(
+            matches!(e, Error::UnsupportedDType { tensor: "q", .. }),
+            "{e}"
+        );
         let e = qkv(f16, f16, f16, [1, 2, 64, 80], [1, 2, 64, 80]).unwrap_err();
-        assert!(matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }), "{e}");
+        assert!(
+            matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }),
+            "{e}"
+        );
         let e = qkv(f16, f16, f16, [1, 3, 64, 64], [1, 2, 64, 64]).unwrap_err();
-        assert!(matches!(e, Error::HeadsNotDivisible { q_heads: 3, kv_heads: 2 }), "{e}");
+        assert!(
+            matches!(
+                e,
+                Error::HeadsNotDivisible {
+                    q_heads: 3,
+                    kv_heads: 2
+                }
+            ),
+            "{e}"
+        );
         let e = qkv(f16, f16, f16, [2, 2, 64, 64], [1, 2, 64, 64]).unwrap_err();
         assert!(matches!(e, Error::ShapeMismatch { .. }), "{e}");
         let e = qkv(f16, f16, f16, [1, 2, 0, 64], [1, 2, 64, 64]).unwrap_err();
@@ -604,7 +737,16 @@ mod tests {
         // bad options
         let q = view(f16, [1, 2, 64, 64], Layout::Hnd, 1 << 20);
         for bad in [f32::NAN, f32::INFINITY, 0.0] {
-            let e = check_problem(&q, &k, &k, &Options { sm_scale: Some(bad), ..Options::default() }).unwrap_err();
+            let e = check_problem(
+                &q,
+                &k,
+                &k,
+                &Options {
+                    sm_scale: Some(bad),
+                    ..Options::default()
+                },
+            )
+            .unwrap_err();
             assert!(matches!(e, Error::InvalidOption(_)), "{e}");
         }
     }

@@ -39,7 +39,7 @@ pub mod device_config;
 #[path = "../kernels-gpu/src/params.rs"]
 pub(crate) mod params;
 
-pub use attention::{sageattn, sageattn_into, Options, Output, PvAccum, Prepared};
+pub use attention::{sageattn, sageattn_into, Options, Output, Prepared, PvAccum};
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
 pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut};

@@ -24,18 +24,9 @@ use rayon::prelude::*;
 
 use crate::reference::HostTensor;
 
-/// Tokens per quantization block of Q (per batch and head).
-pub const Q_BLOCK: usize = 128;
-
-/// Tokens per quantization block of K (per batch and kv head).
-pub const K_BLOCK: usize = 64;
-
-/// `log2(e)` rounded to `f32`; the contract spells it `1.442695040888963_f32`, which is the same
-/// `f32` value (bits `0x3FB8_AA3B`) as the standard library constant used here.
-pub const LOG2_E: f32 = std::f32::consts::LOG2_E;
-
-/// Number of sequence lanes the K mean is summed in before the tree reduction.
-pub const MEAN_LANES: usize = 16;
+// The block sizes, `log2(e)` and the lane count are the device crate's own constants (one source
+// file, `kernels-gpu/src/config.rs`), so the emulation cannot drift from the kernels.
+pub use crate::device_config::{K_BLOCK, LOG2_E, MEAN_SEQ_LANES as MEAN_LANES, Q_BLOCK};
 
 /// Largest magnitude of a quantized value; `-128` is never produced, so the range is symmetric.
 pub const INT8_MAX: f32 = 127.0;

@@ -25,13 +25,19 @@ fn run_tile_kernel<A: DeviceRepr, B: DeviceRepr, D: DeviceRepr + Default + Clone
     let stream = rt.stream();
     let a_dev = stream.clone_htod(a).op("copying operand A")?;
     let b_dev = stream.clone_htod(b).op("copying operand B")?;
-    let mut d_dev = stream.clone_htod(&vec![D::default(); d_len]).op("allocating D")?;
+    let mut d_dev = stream
+        .clone_htod(&vec![D::default(); d_len])
+        .op("allocating D")?;
     {
         let (a_ptr, _ga) = a_dev.device_ptr(stream);
         let (b_ptr, _gb) = b_dev.device_ptr(stream);
         let (d_ptr, _gd) = d_dev.device_ptr_mut(stream);
         let kernel = rt.function(ModuleKind::Portable, name)?;
-        let params = TestParams { a: a_ptr, b: b_ptr, d: d_ptr };
+        let params = TestParams {
+            a: a_ptr,
+            b: b_ptr,
+            d: d_ptr,
+        };
         // SAFETY: the kernel reads 16x32 bytes of A and B and writes d_len elements of D, the
         // sizes allocated above; one warp, TILE_SMEM bytes of shared memory.
         unsafe { rt.launch(&kernel, (1, 1, 1), (32, 1, 1), TILE_SMEM, &params)? };
@@ -60,7 +66,9 @@ pub fn mma_f16_f16(rt: &Runtime, a: &[u16; 256], b: &[u16; 256]) -> Result<Vec<u
 /// which must be `2*i + 1` for thread i.
 pub fn hopper_smoke(rt: &Runtime) -> Result<Vec<u32>> {
     let stream = rt.stream();
-    let mut out = stream.clone_htod(&[0u32; 128]).op("allocating the smoke output")?;
+    let mut out = stream
+        .clone_htod(&[0u32; 128])
+        .op("allocating the smoke output")?;
     {
         let (ptr, _g) = out.device_ptr_mut(stream);
         let kernel = rt.function(ModuleKind::Hopper, names::HOPPER_SMOKE)?;

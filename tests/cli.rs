@@ -646,7 +646,6 @@ fn printed_rel_l1(stdout: &str) -> f64 {
 
 /// Writes Q, K, V of N(0,1), runs the tool with `--check`, and verifies the output file against the
 /// float64 reference computed here: tensors, dtype, layout, shape, rel L1 ≤ 0.02 (and the LSE).
-#[allow(clippy::too_many_arguments)]
 fn round_trip(
     dtype: Dtype,
     nhd: bool,

@@ -5,13 +5,17 @@
 //! * quality: against the exact float64 attention on N(0,1) inputs and on K with large
 //!   per-channel offsets (the bounds: cos ≥ 0.9999, rel L1 ≤ 0.0135);
 //! * causality, non-finite inputs, LSE, and a small matrix for compute-sanitizer (`sanitizer_*`).
-//! Run on a GPU with `--ignored --test-threads=1`.
+//!
+//! Run on a GPU with `--include-ignored --test-threads=1`.
 
 mod common;
 
 use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
 use proptest::prelude::*;
-use sageattention::reference::{attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions, RefOutput};
+use sageattention::reference::{
+    attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
+    RefOutput,
+};
 use sageattention::{sageattn_into, DType, Layout, Options, PvAccum, Tensor};
 
 /// Kernel error bound against the CPU emulation of the same quantized algorithm (rel L1 and
@@ -49,9 +53,19 @@ struct Run {
 /// Runs one case on the GPU with a NaN-poisoned output and computes both CPU references.
 fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_refs: bool) -> Run {
     let rt = runtime();
-    let (qd, kd, vd) = (upload(rt, q, case.dtype, case.layout), upload(rt, k, case.dtype, case.layout), upload(rt, v, case.dtype, case.layout));
+    let (qd, kd, vd) = (
+        upload(rt, q, case.dtype, case.layout),
+        upload(rt, k, case.dtype, case.layout),
+        upload(rt, v, case.dtype, case.layout),
+    );
     let out_dtype = case.dtype;
-    let mut out = Tensor::alloc_filled_nan(rt, out_dtype, [case.batch, case.q_heads, case.qo_len, case.head_dim], case.out_layout).unwrap();
+    let mut out = Tensor::alloc_filled_nan(
+        rt,
+        out_dtype,
+        [case.batch, case.q_heads, case.qo_len, case.head_dim],
+        case.out_layout,
+    )
+    .unwrap();
     let rows = case.batch * case.q_heads * case.qo_len;
     let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
     let opts = Options {
@@ -62,66 +76,147 @@ fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_re
         pv_accum: case.pv_accum,
         return_lse: true,
     };
-    sageattn_into(rt, &qd.view(), &kd.view(), &vd.view(), &mut out.view_mut(), Some(&mut lse), &opts).unwrap();
+    sageattn_into(
+        rt,
+        &qd.view(),
+        &kd.view(),
+        &vd.view(),
+        &mut out.view_mut(),
+        Some(&mut lse),
+        &opts,
+    )
+    .unwrap();
     let out = out.to_host_f32(rt).unwrap();
     let lse = rt.stream().clone_dtoh(&lse).unwrap();
-    let ref_opts = RefOptions { causal: case.causal, sm_scale: case.sm_scale };
+    let ref_opts = RefOptions {
+        causal: case.causal,
+        sm_scale: case.sm_scale,
+    };
     let (exact, emulated) = if with_refs {
-        (attention_f64(q, k, v, &ref_opts), attention_quantized_emulation(q, k, v, &ref_opts, case.smooth_k, case.pv_accum == PvAccum::F16))
+        (
+            attention_f64(q, k, v, &ref_opts),
+            attention_quantized_emulation(
+                q,
+                k,
+                v,
+                &ref_opts,
+                case.smooth_k,
+                case.pv_accum == PvAccum::F16,
+            ),
+        )
     } else {
-        let empty = attention_f64(&HostTensor::contiguous([1, 1, 1, 8], false), &HostTensor::contiguous([1, 1, 1, 8], false), &HostTensor::contiguous([1, 1, 1, 8], false), &RefOptions::default());
+        let empty = attention_f64(
+            &HostTensor::contiguous([1, 1, 1, 8], false),
+            &HostTensor::contiguous([1, 1, 1, 8], false),
+            &HostTensor::contiguous([1, 1, 1, 8], false),
+            &RefOptions::default(),
+        );
         (empty.clone(), empty)
     };
-    Run { out, lse, exact, emulated }
+    Run {
+        out,
+        lse,
+        exact,
+        emulated,
+    }
 }
 
-fn inputs(case: &Case, rng: &mut rand::rngs::StdRng, k_offset_amp: f32) -> (HostTensor, HostTensor, HostTensor) {
+fn inputs(
+    case: &Case,
+    rng: &mut rand::rngs::StdRng,
+    k_offset_amp: f32,
+) -> (HostTensor, HostTensor, HostTensor) {
     let offsets = (k_offset_amp > 0.0).then(|| channel_offsets(rng, case.head_dim, k_offset_amp));
-    let q = random_tensor(rng, [case.batch, case.q_heads, case.qo_len, case.head_dim], case.dtype, 1.0, None);
-    let k = random_tensor(rng, [case.batch, case.kv_heads, case.kv_len, case.head_dim], case.dtype, 1.0, offsets.as_deref());
-    let v = random_tensor(rng, [case.batch, case.kv_heads, case.kv_len, case.head_dim], case.dtype, 1.0, None);
+    let q = random_tensor(
+        rng,
+        [case.batch, case.q_heads, case.qo_len, case.head_dim],
+        case.dtype,
+        1.0,
+        None,
+    );
+    let k = random_tensor(
+        rng,
+        [case.batch, case.kv_heads, case.kv_len, case.head_dim],
+        case.dtype,
+        1.0,
+        offsets.as_deref(),
+    );
+    let v = random_tensor(
+        rng,
+        [case.batch, case.kv_heads, case.kv_len, case.head_dim],
+        case.dtype,
+        1.0,
+        None,
+    );
     (q, k, v)
 }
 
 fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
     lse.iter()
         .zip(reference)
-        .map(|(&a, &b)| if a as f64 == b { 0.0 } else { (a as f64 - b).abs() })
+        .map(|(&a, &b)| {
+            if a as f64 == b {
+                0.0
+            } else {
+                (a as f64 - b).abs()
+            }
+        })
         .fold(0.0, f64::max)
 }
 
 fn check_against_emulation(case: &Case, run: &Run) -> Metrics {
-    assert!(run.out.iter().all(|x| x.is_finite()), "unwritten (NaN-poisoned) or non-finite output: {case:?}");
+    assert!(
+        run.out.iter().all(|x| x.is_finite()),
+        "unwritten (NaN-poisoned) or non-finite output: {case:?}"
+    );
     let m = compare(&run.out, &run.emulated.o);
-    assert!(m.rel_l1 <= EMULATION_REL_L1, "rel L1 {:.2e} > {EMULATION_REL_L1:.0e} vs emulation: {case:?} {m:?}", m.rel_l1);
+    assert!(
+        m.rel_l1 <= EMULATION_REL_L1,
+        "rel L1 {:.2e} > {EMULATION_REL_L1:.0e} vs emulation: {case:?} {m:?}",
+        m.rel_l1
+    );
     let lse_err = lse_max_error(&run.lse, &run.emulated.lse);
-    assert!(lse_err <= LSE_TOL, "LSE error {lse_err:.2e} vs emulation: {case:?}");
+    assert!(
+        lse_err <= LSE_TOL,
+        "LSE error {lse_err:.2e} vs emulation: {case:?}"
+    );
     m
 }
 
 fn arb_case() -> impl Strategy<Value = Case> {
     (
-        (1usize..=2, prop::sample::select(vec![(1usize, 1usize), (2, 1), (4, 2), (3, 3), (8, 1)])),
+        (
+            1usize..=2,
+            prop::sample::select(vec![(1usize, 1usize), (2, 1), (4, 2), (3, 3), (8, 1)]),
+        ),
         (1usize..=300, 1usize..=300),
         prop::sample::select(vec![64usize, 96, 128]),
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
         (any::<bool>(), any::<bool>(), prop::option::of(0.02f32..0.3)),
     )
-        .prop_map(|((batch, (q_heads, kv_heads)), (qo_len, kv_len), head_dim, (causal, bf16, nhd, out_nhd), (smooth_k, pv_f32, sm_scale))| Case {
-            batch,
-            q_heads,
-            kv_heads,
-            qo_len,
-            kv_len,
-            head_dim,
-            causal,
-            dtype: if bf16 { DType::BF16 } else { DType::F16 },
-            layout: if nhd { Layout::Nhd } else { Layout::Hnd },
-            out_layout: if out_nhd { Layout::Nhd } else { Layout::Hnd },
-            smooth_k,
-            pv_accum: if pv_f32 { PvAccum::F32 } else { PvAccum::F16 },
-            sm_scale,
-        })
+        .prop_map(
+            |(
+                (batch, (q_heads, kv_heads)),
+                (qo_len, kv_len),
+                head_dim,
+                (causal, bf16, nhd, out_nhd),
+                (smooth_k, pv_f32, sm_scale),
+            )| Case {
+                batch,
+                q_heads,
+                kv_heads,
+                qo_len,
+                kv_len,
+                head_dim,
+                causal,
+                dtype: if bf16 { DType::BF16 } else { DType::F16 },
+                layout: if nhd { Layout::Nhd } else { Layout::Hnd },
+                out_layout: if out_nhd { Layout::Nhd } else { Layout::Hnd },
+                smooth_k,
+                pv_accum: if pv_f32 { PvAccum::F32 } else { PvAccum::F16 },
+                sm_scale,
+            },
+        )
 }
 
 proptest! {
@@ -172,13 +267,19 @@ fn accuracy_against_exact_reference() {
                 check_against_emulation(&case, &run);
                 let m = compare(&run.out, &run.exact.o);
                 eprintln!("QUALITY d={head_dim} {dtype:?} k_offset={k_offset} smooth_k=on: cos {:.6} rel_l1 {:.4} rmse {:.2e} max_abs {:.2e}", m.cos_sim, m.rel_l1, m.rmse, m.max_abs);
-                assert!(m.cos_sim >= 0.9999 && m.rel_l1 <= 0.0135, "d={head_dim} {dtype:?} offset {k_offset}: {m:?}");
+                assert!(
+                    m.cos_sim >= 0.9999 && m.rel_l1 <= 0.0135,
+                    "d={head_dim} {dtype:?} offset {k_offset}: {m:?}"
+                );
                 if k_offset > 0.0 {
                     let off = quality_case(head_dim, dtype, false);
                     let run_off = run_case(&off, &q, &k, &v, false);
                     let m_off = compare(&run_off.out, &run.exact.o);
                     eprintln!("QUALITY d={head_dim} {dtype:?} k_offset={k_offset} smooth_k=off: cos {:.6} rel_l1 {:.4}", m_off.cos_sim, m_off.rel_l1);
-                    assert!(m_off.rel_l1 > m.rel_l1, "smoothing should help with channel offsets");
+                    assert!(
+                        m_off.rel_l1 > m.rel_l1,
+                        "smoothing should help with channel offsets"
+                    );
                 }
             }
         }
@@ -193,7 +294,21 @@ fn accuracy_against_exact_reference() {
 fn causal_rows_never_see_the_future() {
     let mut rng = fresh_rng("causal");
     for (qo_len, kv_len) in [(300usize, 300usize), (200, 333), (96, 300)] {
-        let case = Case { batch: 1, q_heads: 2, kv_heads: 1, qo_len, kv_len, head_dim: 128, causal: true, dtype: DType::F16, layout: Layout::Hnd, out_layout: Layout::Hnd, smooth_k: false, pv_accum: PvAccum::F16, sm_scale: None };
+        let case = Case {
+            batch: 1,
+            q_heads: 2,
+            kv_heads: 1,
+            qo_len,
+            kv_len,
+            head_dim: 128,
+            causal: true,
+            dtype: DType::F16,
+            layout: Layout::Hnd,
+            out_layout: Layout::Hnd,
+            smooth_k: false,
+            pv_accum: PvAccum::F16,
+            sm_scale: None,
+        };
         let (q, k, v) = inputs(&case, &mut rng, 0.0);
         let before = run_case(&case, &q, &k, &v, false);
         let diag = kv_len as i64 - qo_len as i64;
@@ -204,8 +319,20 @@ fn causal_rows_never_see_the_future() {
         for h in 0..case.kv_heads {
             for s in boundary..kv_len {
                 for d in 0..case.head_dim {
-                    k2.set(0, h, s, d, common::round_to(case.dtype, k.get(0, h, s, d) * -3.0 + 1.0));
-                    v2.set(0, h, s, d, common::round_to(case.dtype, v.get(0, h, s, d) * 5.0 - 2.0));
+                    k2.set(
+                        0,
+                        h,
+                        s,
+                        d,
+                        common::round_to(case.dtype, k.get(0, h, s, d) * -3.0 + 1.0),
+                    );
+                    v2.set(
+                        0,
+                        h,
+                        s,
+                        d,
+                        common::round_to(case.dtype, v.get(0, h, s, d) * 5.0 - 2.0),
+                    );
                 }
             }
         }
@@ -215,9 +342,18 @@ fn causal_rows_never_see_the_future() {
             for i in 0..qo_len {
                 if i as i64 + diag < boundary as i64 {
                     let row = (h * qo_len + i) * case.head_dim;
-                    let (a, b) = (&before.out[row..row + case.head_dim], &after.out[row..row + case.head_dim]);
-                    assert!(a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()), "row {i} of head {h} changed ({qo_len}x{kv_len})");
-                    assert_eq!(before.lse[h * qo_len + i].to_bits(), after.lse[h * qo_len + i].to_bits());
+                    let (a, b) = (
+                        &before.out[row..row + case.head_dim],
+                        &after.out[row..row + case.head_dim],
+                    );
+                    assert!(
+                        a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits()),
+                        "row {i} of head {h} changed ({qo_len}x{kv_len})"
+                    );
+                    assert_eq!(
+                        before.lse[h * qo_len + i].to_bits(),
+                        after.lse[h * qo_len + i].to_bits()
+                    );
                     checked += 1;
                 }
             }
@@ -232,7 +368,21 @@ fn causal_rows_never_see_the_future() {
 #[ignore = "needs a CUDA GPU"]
 fn nan_inputs_propagate_like_the_reference() {
     let mut rng = fresh_rng("nan");
-    let case = Case { batch: 1, q_heads: 2, kv_heads: 2, qo_len: 300, kv_len: 200, head_dim: 64, causal: false, dtype: DType::F16, layout: Layout::Hnd, out_layout: Layout::Hnd, smooth_k: true, pv_accum: PvAccum::F16, sm_scale: None };
+    let case = Case {
+        batch: 1,
+        q_heads: 2,
+        kv_heads: 2,
+        qo_len: 300,
+        kv_len: 200,
+        head_dim: 64,
+        causal: false,
+        dtype: DType::F16,
+        layout: Layout::Hnd,
+        out_layout: Layout::Hnd,
+        smooth_k: true,
+        pv_accum: PvAccum::F16,
+        sm_scale: None,
+    };
     // NaN in one Q element (row 200 of head 1): the reference's row 200 is NaN; ours is NaN for
     // every row of that 128-row quantization block of head 1 (rows 128..256), exact elsewhere.
     let (mut q, k, v) = inputs(&case, &mut rng, 0.0);
@@ -244,11 +394,20 @@ fn nan_inputs_propagate_like_the_reference() {
             let ours = &run.out[row..row + case.head_dim];
             let reference = &run.exact.o[row..row + case.head_dim];
             if reference.iter().any(|x| x.is_nan()) {
-                assert!(ours.iter().all(|x| x.is_nan()), "row {i} head {h} should be NaN");
+                assert!(
+                    ours.iter().all(|x| x.is_nan()),
+                    "row {i} head {h} should be NaN"
+                );
             } else if h == 1 && (128..256).contains(&i) {
-                assert!(ours.iter().all(|x| x.is_nan()), "row {i} shares the NaN's Q block");
+                assert!(
+                    ours.iter().all(|x| x.is_nan()),
+                    "row {i} shares the NaN's Q block"
+                );
             } else {
-                assert!(ours.iter().all(|x| x.is_finite()), "row {i} head {h} should be finite");
+                assert!(
+                    ours.iter().all(|x| x.is_finite()),
+                    "row {i} head {h} should be finite"
+                );
             }
         }
     }
@@ -260,7 +419,9 @@ fn nan_inputs_propagate_like_the_reference() {
     for h in 0..2 {
         for i in 0..case.qo_len {
             let row = (h * case.qo_len + i) * case.head_dim;
-            let ref_nan = run.exact.o[row..row + case.head_dim].iter().any(|x| x.is_nan());
+            let ref_nan = run.exact.o[row..row + case.head_dim]
+                .iter()
+                .any(|x| x.is_nan());
             let our_nan = run.out[row..row + case.head_dim].iter().any(|x| x.is_nan());
             assert_eq!(ref_nan, our_nan, "row {i} head {h}");
         }
@@ -272,11 +433,28 @@ fn nan_inputs_propagate_like_the_reference() {
 #[ignore = "needs a CUDA GPU"]
 fn rows_without_visible_keys_are_zero() {
     let mut rng = fresh_rng("empty_rows");
-    let case = Case { batch: 1, q_heads: 1, kv_heads: 1, qo_len: 200, kv_len: 70, head_dim: 96, causal: true, dtype: DType::BF16, layout: Layout::Nhd, out_layout: Layout::Hnd, smooth_k: true, pv_accum: PvAccum::F16, sm_scale: None };
+    let case = Case {
+        batch: 1,
+        q_heads: 1,
+        kv_heads: 1,
+        qo_len: 200,
+        kv_len: 70,
+        head_dim: 96,
+        causal: true,
+        dtype: DType::BF16,
+        layout: Layout::Nhd,
+        out_layout: Layout::Hnd,
+        smooth_k: true,
+        pv_accum: PvAccum::F16,
+        sm_scale: None,
+    };
     let (q, k, v) = inputs(&case, &mut rng, 0.0);
     let run = run_case(&case, &q, &k, &v, true);
     for i in 0..case.qo_len - case.kv_len {
-        assert!(run.out[i * 96..(i + 1) * 96].iter().all(|&x| x == 0.0), "row {i}");
+        assert!(
+            run.out[i * 96..(i + 1) * 96].iter().all(|&x| x == 0.0),
+            "row {i}"
+        );
         assert_eq!(run.lse[i], f32::NEG_INFINITY);
     }
     check_against_emulation(&case, &run);

@@ -38,9 +38,13 @@ fn median_ms(mut f: impl FnMut()) -> f32 {
     }
     let mut times = Vec::new();
     for _ in 0..15 {
-        let start = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let start = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
         f();
-        let end = stream.record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT)).unwrap();
+        let end = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
         end.synchronize().unwrap();
         times.push(start.elapsed_ms(&end).unwrap());
     }
@@ -53,17 +57,47 @@ fn median_ms(mut f: impl FnMut()) -> f32 {
 fn perf_probe() {
     let rt = runtime();
     eprintln!("device: {:?}", rt.device_info().unwrap());
-    for &(head_dim, seq, causal) in &[(128usize, 8192usize, false), (128, 16384, true), (64, 8192, false), (128, 1024, false), (96, 8192, false)] {
+    for &(head_dim, seq, causal) in &[
+        (128usize, 8192usize, false),
+        (128, 16384, true),
+        (64, 8192, false),
+        (128, 1024, false),
+        (96, 8192, false),
+    ] {
         let (b, h) = (4usize, 32usize);
         let shape = [b, h, seq, head_dim];
-        let (q, k, v) = (random_device_tensor(shape, 1), random_device_tensor(shape, 2), random_device_tensor(shape, 3));
+        let (q, k, v) = (
+            random_device_tensor(shape, 1),
+            random_device_tensor(shape, 2),
+            random_device_tensor(shape, 3),
+        );
         let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64 / if causal { 2.0 } else { 1.0 };
+        let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64
+            / if causal { 2.0 } else { 1.0 };
         for pv_accum in [PvAccum::F16, PvAccum::F32] {
-            let opts = Options { causal, pv_accum, ..Options::default() };
+            let opts = Options {
+                causal,
+                pv_accum,
+                ..Options::default()
+            };
             let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
-            let kernel = median_ms(|| prepared.attend_into(rt, &v.view(), &mut out.view_mut(), None).unwrap());
-            let full = median_ms(|| sageattn_into(rt, &q.view(), &k.view(), &v.view(), &mut out.view_mut(), None, &opts).unwrap());
+            let kernel = median_ms(|| {
+                prepared
+                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+                    .unwrap()
+            });
+            let full = median_ms(|| {
+                sageattn_into(
+                    rt,
+                    &q.view(),
+                    &k.view(),
+                    &v.view(),
+                    &mut out.view_mut(),
+                    None,
+                    &opts,
+                )
+                .unwrap()
+            });
             eprintln!(
                 "PERF d={head_dim} N={seq} causal={causal} {pv_accum:?}: kernel {kernel:.3} ms = {:.0} TOPS, full {full:.3} ms = {:.0} TOPS, quant {:.1}%",
                 flops / kernel as f64 / 1e9,

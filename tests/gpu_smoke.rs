@@ -24,7 +24,9 @@ fn mma_s8_m16n8k32_equals_integer_matmul() {
         let d = selftest::mma_s8(rt, &a, &b).unwrap();
         for i in 0..16 {
             for j in 0..16 {
-                let want: i32 = (0..32).map(|k| a[i * 32 + k] as i32 * b[j * 32 + k] as i32).sum();
+                let want: i32 = (0..32)
+                    .map(|k| a[i * 32 + k] as i32 * b[j * 32 + k] as i32)
+                    .sum();
                 assert_eq!(d[i * 16 + j], want, "D[{i}][{j}]");
             }
         }
@@ -38,7 +40,13 @@ fn small_f16(rng: &mut impl Rng) -> u16 {
 
 fn f16_reference(a: &[u16; 256], b: &[u16; 256]) -> Vec<f32> {
     let f = |x: u16| f16::from_bits(x).to_f32();
-    (0..256).map(|ij| (0..16).map(|k| f(a[(ij / 16) * 16 + k]) * f(b[k * 16 + ij % 16])).sum()).collect()
+    (0..256)
+        .map(|ij| {
+            (0..16)
+                .map(|k| f(a[(ij / 16) * 16 + k]) * f(b[k * 16 + ij % 16]))
+                .sum()
+        })
+        .collect()
 }
 
 #[test]
@@ -62,7 +70,11 @@ fn mma_f16_m16n8k16_f16_accumulate_equals_exact_product() {
     for _ in 0..8 {
         let a: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
         let b: [u16; 256] = std::array::from_fn(|_| small_f16(&mut rng));
-        let d: Vec<f32> = selftest::mma_f16_f16(rt, &a, &b).unwrap().into_iter().map(|x| f16::from_bits(x).to_f32()).collect();
+        let d: Vec<f32> = selftest::mma_f16_f16(rt, &a, &b)
+            .unwrap()
+            .into_iter()
+            .map(|x| f16::from_bits(x).to_f32())
+            .collect();
         assert_eq!(d, f16_reference(&a, &b));
     }
 }
@@ -73,30 +85,70 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
     let rt = runtime();
     let mut rng = fresh_rng("quant");
     // Awkward lengths: shorter than a block, one past a block, not a multiple of either block.
-    let cases = [(1, 3, 1, 1, 64), (2, 4, 2, 129, 96), (1, 2, 1, 200, 128), (1, 1, 1, 65, 64), (2, 6, 3, 1000, 128)];
+    let cases = [
+        (1, 3, 1, 1, 64),
+        (2, 4, 2, 129, 96),
+        (1, 2, 1, 200, 128),
+        (1, 1, 1, 65, 64),
+        (2, 6, 3, 1000, 128),
+    ];
     for (i, &(batch, q_heads, kv_heads, seq, d)) in cases.iter().enumerate() {
         for dtype in [DType::F16, DType::BF16] {
             for layout in [Layout::Hnd, Layout::Nhd] {
                 let offsets = channel_offsets(&mut rng, d, 4.0);
                 let q = random_tensor(&mut rng, [batch, q_heads, seq + i, d], dtype, 1.0, None);
-                let k = random_tensor(&mut rng, [batch, kv_heads, seq, d], dtype, 1.0, Some(&offsets));
+                let k = random_tensor(
+                    &mut rng,
+                    [batch, kv_heads, seq, d],
+                    dtype,
+                    1.0,
+                    Some(&offsets),
+                );
                 let v = random_tensor(&mut rng, [batch, kv_heads, seq, d], dtype, 1.0, None);
-                let (qd, kd, vd) = (upload(rt, &q, dtype, layout), upload(rt, &k, dtype, layout), upload(rt, &v, dtype, layout));
+                let (qd, kd, vd) = (
+                    upload(rt, &q, dtype, layout),
+                    upload(rt, &k, dtype, layout),
+                    upload(rt, &v, dtype, layout),
+                );
                 let sm_scale = 0.37f32;
-                let opts = Options { sm_scale: Some(sm_scale), ..Options::default() };
-                let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+                let opts = Options {
+                    sm_scale: Some(sm_scale),
+                    ..Options::default()
+                };
+                let prepared =
+                    Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
                 let stream = rt.stream();
                 let mean = stream.clone_dtoh(prepared.k_mean().unwrap()).unwrap();
                 let mean_ref = k_mean(&k);
-                assert_eq!(bits(&mean), bits(&mean_ref), "K mean, case {i} {dtype:?} {layout:?}");
+                assert_eq!(
+                    bits(&mean),
+                    bits(&mean_ref),
+                    "K mean, case {i} {dtype:?} {layout:?}"
+                );
                 let (q_i8, q_scale) = prepared.q_quantized();
                 let q_ref = quantize_q(&q, sm_scale);
-                assert_eq!(stream.clone_dtoh(q_i8).unwrap(), q_ref.data, "Q int8, case {i}");
-                assert_eq!(bits(&stream.clone_dtoh(q_scale).unwrap()), bits(&q_ref.scale), "Q scales, case {i}");
+                assert_eq!(
+                    stream.clone_dtoh(q_i8).unwrap(),
+                    q_ref.data,
+                    "Q int8, case {i}"
+                );
+                assert_eq!(
+                    bits(&stream.clone_dtoh(q_scale).unwrap()),
+                    bits(&q_ref.scale),
+                    "Q scales, case {i}"
+                );
                 let (k_i8, k_scale) = prepared.k_quantized();
                 let k_ref = quantize_k(&k, Some(&mean_ref));
-                assert_eq!(stream.clone_dtoh(k_i8).unwrap(), k_ref.data, "K int8, case {i}");
-                assert_eq!(bits(&stream.clone_dtoh(k_scale).unwrap()), bits(&k_ref.scale), "K scales, case {i}");
+                assert_eq!(
+                    stream.clone_dtoh(k_i8).unwrap(),
+                    k_ref.data,
+                    "K int8, case {i}"
+                );
+                assert_eq!(
+                    bits(&stream.clone_dtoh(k_scale).unwrap()),
+                    bits(&k_ref.scale),
+                    "K scales, case {i}"
+                );
             }
         }
     }
@@ -111,7 +163,12 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
-    all.extend([names::K_MEAN, names::QUANTIZE, names::V_BF16_TO_F16, names::LSE_BIAS]);
+    all.extend([
+        names::K_MEAN,
+        names::QUANTIZE,
+        names::V_BF16_TO_F16,
+        names::LSE_BIAS,
+    ]);
     for name in all {
         let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
         eprintln!("{name}: {res:?}");

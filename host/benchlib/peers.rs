@@ -38,7 +38,9 @@ pub struct Peers {
 impl Peers {
     /// The result of peer `name` for our case `c`, if the peers file has it.
     pub fn get(&self, c: &CaseJson, name: &str) -> Option<&PeerValue> {
-        let key = (c.head_dim, c.causal, c.seq_len, c.batch, c.heads, c.kv_heads);
+        let key = (
+            c.head_dim, c.causal, c.seq_len, c.batch, c.heads, c.kv_heads,
+        );
         self.cases.get(&key)?.get(name)
     }
 }
@@ -56,7 +58,11 @@ pub fn parse_peers(text: &str) -> Result<Peers, String> {
     let mut names: Vec<String> = root
         .get("peers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default();
     let cases_v = root
         .get("cases")
@@ -116,7 +122,10 @@ pub(crate) mod tests {
     #[test]
     fn parses_values_failures_and_order() {
         let p = parse_peers(FAKE_PEERS).unwrap();
-        assert_eq!(p.names, ["sdpa-flash", "sdpa-cudnn", "sage-1.0.6", "extra-peer"]);
+        assert_eq!(
+            p.names,
+            ["sdpa-flash", "sdpa-cudnn", "sage-1.0.6", "extra-peer"]
+        );
         let c = &p.cases[&(64, false, 1024, 4, 32, 32)];
         assert_eq!(c["sdpa-flash"], PeerValue::Tops(171.8));
         assert!(matches!(&c["sdpa-cudnn"], PeerValue::Failed(m) if m.starts_with("No available")));

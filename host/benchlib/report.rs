@@ -180,16 +180,19 @@ pub struct Report {
 impl Report {
     /// Sorts cases by head_dim, causal (off first), seq_len.
     pub fn sort_cases(&mut self) {
-        self.cases
-            .sort_by_key(|c| (c.head_dim, c.causal, c.seq_len, c.batch, c.heads, c.kv_heads));
+        self.cases.sort_by_key(|c| {
+            (
+                c.head_dim, c.causal, c.seq_len, c.batch, c.heads, c.kv_heads,
+            )
+        });
     }
 }
 
 /// `1024` -> `1K`, `1536` -> `1536`, `32768` -> `32K`, `1048576` -> `1M`.
 pub fn seq_label(n: usize) -> String {
-    if n >= 1 << 20 && n % (1 << 20) == 0 {
+    if n >= 1 << 20 && n.is_multiple_of(1 << 20) {
         format!("{}M", n >> 20)
-    } else if n >= 1024 && n % 1024 == 0 {
+    } else if n >= 1024 && n.is_multiple_of(1024) {
         format!("{}K", n >> 10)
     } else {
         n.to_string()
@@ -220,21 +223,36 @@ pub fn fmt_tops(t: f64) -> String {
     }
 }
 
+/// See [`align_table`].
+pub const TAIL: &str = "\u{0}tail";
+
 /// Renders rows of cells as an aligned text table (first `left` columns left-aligned, the rest
 /// right-aligned), with a dashed rule under the header.
+/// A cell equal to [`TAIL`] ends the aligned part of its row: the cell after it is appended
+/// unaligned (used for notes such as a skipped case's reason, which would widen a column).
 pub fn align_table(header: &[String], rows: &[Vec<String>], left: usize) -> String {
     let cols = header.len();
     let mut width = header.iter().map(|h| h.chars().count()).collect::<Vec<_>>();
     for r in rows {
-        for (i, c) in r.iter().enumerate().take(cols) {
+        for (i, c) in r
+            .iter()
+            .take_while(|c| c.as_str() != TAIL)
+            .enumerate()
+            .take(cols)
+        {
             width[i] = width[i].max(c.chars().count());
         }
     }
     let mut out = String::new();
     let line = |cells: &[String], out: &mut String| {
         let mut s = String::new();
+        let tail = cells.iter().position(|c| c == TAIL);
+        let aligned = &cells[..tail.unwrap_or(cells.len())];
         for (i, w) in width.iter().enumerate() {
-            let c = cells.get(i).map(String::as_str).unwrap_or("");
+            if tail.is_some() && i >= aligned.len() {
+                break;
+            }
+            let c = aligned.get(i).map(String::as_str).unwrap_or("");
             let pad = w.saturating_sub(c.chars().count());
             if i > 0 {
                 s.push_str("  ");
@@ -246,6 +264,10 @@ pub fn align_table(header: &[String], rows: &[Vec<String>], left: usize) -> Stri
                 s.extend(std::iter::repeat_n(' ', pad));
                 s.push_str(c);
             }
+        }
+        if let Some(t) = tail.and_then(|t| cells.get(t + 1)) {
+            s.push_str("  ");
+            s.push_str(t);
         }
         out.push_str(s.trim_end());
         out.push('\n');
@@ -264,7 +286,16 @@ pub fn align_table(header: &[String], rows: &[Vec<String>], left: usize) -> Stri
 pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
     let peer_names: Vec<String> = peers.map(|p| p.names.clone()).unwrap_or_default();
     let mut header: Vec<String> = [
-        "d", "causal", "seq", "path", "median ms", "min ms", "p10 ms", "p90 ms", "iters", "TOPS",
+        "d",
+        "causal",
+        "seq",
+        "path",
+        "median ms",
+        "min ms",
+        "p10 ms",
+        "p90 ms",
+        "iters",
+        "TOPS",
         "quant ovh",
     ]
     .iter()
@@ -288,6 +319,7 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
         ];
         if let Some(reason) = &c.skipped {
             let mut r = lead;
+            r.push(TAIL.into());
             r.push(format!("skipped: {reason}"));
             rows.push(r);
             continue;
@@ -298,7 +330,11 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
             match p {
                 Some(p) => {
                     let s = &p.stats;
-                    let few = if s.iters < report.config.min_iters { "*" } else { "" };
+                    let few = if s.iters < report.config.min_iters {
+                        "*"
+                    } else {
+                        ""
+                    };
                     r.extend([
                         fmt_ms(s.median_ms),
                         fmt_ms(s.min_ms),
@@ -334,9 +370,10 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
     }
     let mut out = align_table(&header, &rows, 4);
     let few = report.cases.iter().any(|c| {
-        [&c.kernel, &c.full]
-            .iter()
-            .any(|p| p.as_ref().is_some_and(|p| p.stats.iters < report.config.min_iters))
+        [&c.kernel, &c.full].iter().any(|p| {
+            p.as_ref()
+                .is_some_and(|p| p.stats.iters < report.config.min_iters)
+        })
     });
     if few {
         let _ = writeln!(
@@ -449,6 +486,32 @@ pub(crate) mod tests {
         r
     }
 
+    /// Equal up to float parsing (serde_json's default float parser may be 1 ulp off).
+    pub fn assert_reports_close(a: &Report, b: &Report) {
+        fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+            use serde_json::Value as V;
+            match (a, b) {
+                (V::Number(x), V::Number(y)) => {
+                    let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+                    (x - y).abs() <= 1e-12 * x.abs().max(y.abs())
+                }
+                (V::Array(x), V::Array(y)) => {
+                    x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y))
+                }
+                (V::Object(x), V::Object(y)) => {
+                    x.len() == y.len()
+                        && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w)))
+                }
+                _ => a == b,
+            }
+        }
+        let (va, vb) = (
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap(),
+        );
+        assert!(close(&va, &vb), "{va}\n!=\n{vb}");
+    }
+
     #[test]
     fn labels_and_formats() {
         assert_eq!(seq_label(1024), "1K");
@@ -471,7 +534,10 @@ pub(crate) mod tests {
         let line = r.device.unwrap().describe();
         assert!(line.contains("NVIDIA H100 80GB HBM3"), "{line}");
         assert!(line.contains("sm_90") && line.contains("132 SMs"), "{line}");
-        assert!(line.contains("3352 GB/s") && line.contains("L2 50.0 MiB"), "{line}");
+        assert!(
+            line.contains("3352 GB/s") && line.contains("L2 50.0 MiB"),
+            "{line}"
+        );
     }
 
     #[test]
@@ -500,16 +566,28 @@ pub(crate) mod tests {
         assert!(text.contains("\"median_ms\""), "flattened stats");
         assert!(text.contains("\"quant_overhead_pct\""));
         let back: Report = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, r);
+        assert_reports_close(&back, &r);
     }
 
     #[test]
     fn align_table_pads() {
         let t = align_table(
             &["a".into(), "bb".into()],
-            &[vec!["xxx".into(), "1".into()], vec!["y".into(), "22".into()]],
+            &[
+                vec!["xxx".into(), "1".into()],
+                vec!["y".into(), "22".into()],
+            ],
             1,
         );
         assert_eq!(t, "a    bb\n---  --\nxxx   1\ny    22\n");
+        let t = align_table(
+            &["a".into(), "bb".into()],
+            &[
+                vec!["x".into(), TAIL.into(), "a long note".into()],
+                vec!["y".into(), "22".into()],
+            ],
+            1,
+        );
+        assert_eq!(t, "a  bb\n-  --\nx  a long note\ny  22\n");
     }
 }

@@ -37,7 +37,11 @@ pub fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
 
 /// Summarizes launch times (ms). Non-finite samples are dropped; `None` if none is left.
 pub fn summarize(samples_ms: &[f64]) -> Option<Stats> {
-    let mut s: Vec<f64> = samples_ms.iter().copied().filter(|x| x.is_finite()).collect();
+    let mut s: Vec<f64> = samples_ms
+        .iter()
+        .copied()
+        .filter(|x| x.is_finite())
+        .collect();
     if s.is_empty() {
         return None;
     }
@@ -214,11 +218,20 @@ mod tests {
 
     #[test]
     fn shape_sizes_gqa_and_padding() {
-        let s = Shape { batch: 2, heads: 8, kv_heads: 2, seq: 1000, head_dim: 64 };
+        let s = Shape {
+            batch: 2,
+            heads: 8,
+            kv_heads: 2,
+            seq: 1000,
+            head_dim: 64,
+        };
         assert_eq!(s.q_elems(), 2 * 8 * 1000 * 64);
         assert_eq!(s.kv_elems(), 2 * 2 * 1000 * 64);
         assert_eq!(s.set_elems(), s.q_elems() + 2 * s.kv_elems());
-        assert_eq!(s.kernel_input_bytes(), (s.q_elems() + 3 * s.kv_elems()) as u64);
+        assert_eq!(
+            s.kernel_input_bytes(),
+            (s.q_elems() + 3 * s.kv_elems()) as u64
+        );
         let q = 2 * 8 * 1024 * 64 + 4 * 2 * 8 * 8;
         let k = 2 * 2 * 1024 * 64 + 4 * 2 * 2 * 16;
         assert_eq!(s.prepared_bytes(false), (q + k + 4 * 2 * 2 * 64) as u64);

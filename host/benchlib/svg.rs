@@ -29,7 +29,9 @@ pub struct Panel {
 }
 
 /// Peers' colors, in order.
-const PEER_COLORS: [&str; 6] = ["#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#8c8c8c"];
+const PEER_COLORS: [&str; 6] = [
+    "#4c72b0", "#55a868", "#8172b2", "#ccb974", "#64b5cd", "#8c8c8c",
+];
 /// Our full call.
 const OURS_FULL: &str = "#f28e79";
 /// Our kernel alone.
@@ -55,7 +57,11 @@ pub fn xml_escape(s: &str) -> String {
 /// A y axis top and tick step for data up to `max`: the step is 1, 2, 2.5 or 5 times a power of
 /// ten, giving 4 to 8 ticks, and the top leaves room (about 18%) for the value labels.
 pub fn nice_axis(max: f64) -> (f64, f64) {
-    let max = if max.is_finite() && max > 0.0 { max * 1.18 } else { 1.0 };
+    let max = if max.is_finite() && max > 0.0 {
+        max * 1.18
+    } else {
+        1.0
+    };
     let raw = max / 5.0;
     let mag = 10f64.powf(raw.log10().floor());
     let step = [1.0, 2.0, 2.5, 5.0, 10.0]
@@ -96,10 +102,19 @@ pub fn grouped_bars(
 ) -> String {
     let cols = cols.max(1);
     let n_series = series.len().max(1);
-    let bar_w: f64 = if n_series <= 3 { 14.0 } else { (48.0 / n_series as f64).max(7.0) };
+    let bar_w: f64 = if n_series <= 3 {
+        14.0
+    } else {
+        (48.0 / n_series as f64).max(7.0)
+    };
     let group_gap = 14.0;
     let group_w = bar_w * n_series as f64 + group_gap;
-    let max_cats = panels.iter().map(|p| p.categories.len()).max().unwrap_or(1).max(1);
+    let max_cats = panels
+        .iter()
+        .map(|p| p.categories.len())
+        .max()
+        .unwrap_or(1)
+        .max(1);
     let plot_w = group_w * max_cats as f64;
     let plot_h = 220.0;
     let (axis_left, panel_pad_right) = (58.0, 18.0);
@@ -117,7 +132,10 @@ pub fn grouped_bars(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width:.0}" height="{height:.0}" viewBox="0 0 {width:.0} {height:.0}" font-family="Helvetica, Arial, sans-serif">"#
     );
-    let _ = writeln!(s, r#"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#);
+    let _ = writeln!(
+        s,
+        r#"<rect x="0" y="0" width="{width:.0}" height="{height:.0}" fill="white"/>"#
+    );
     let _ = writeln!(
         s,
         r#"<text x="{:.1}" y="26" font-size="17" font-weight="bold" text-anchor="middle">{}</text>"#,
@@ -131,7 +149,10 @@ pub fn grouped_bars(
         xml_escape(subtitle)
     );
     // Legend, centered.
-    let item_w: Vec<f64> = series.iter().map(|se| 22.0 + 6.5 * se.name.chars().count() as f64 + 18.0).collect();
+    let item_w: Vec<f64> = series
+        .iter()
+        .map(|se| 22.0 + 6.5 * se.name.chars().count() as f64 + 18.0)
+        .collect();
     let total: f64 = item_w.iter().sum();
     let mut x = (width - total) / 2.0;
     for (se, w) in series.iter().zip(&item_w) {
@@ -257,10 +278,19 @@ pub fn chart_data(report: &Report, peers: Option<&Peers>) -> (Vec<Series>, Vec<P
     let mut series: Vec<Series> = Vec::new();
     let peer_names: Vec<String> = peers.map(|p| p.names.clone()).unwrap_or_default();
     for (i, n) in peer_names.iter().enumerate() {
-        series.push(Series { name: n.clone(), color: PEER_COLORS[i % PEER_COLORS.len()].into() });
+        series.push(Series {
+            name: n.clone(),
+            color: PEER_COLORS[i % PEER_COLORS.len()].into(),
+        });
     }
-    series.push(Series { name: "ours (full call)".into(), color: OURS_FULL.into() });
-    series.push(Series { name: "ours (kernel only)".into(), color: OURS_KERNEL.into() });
+    series.push(Series {
+        name: "ours (full call)".into(),
+        color: OURS_FULL.into(),
+    });
+    series.push(Series {
+        name: "ours (kernel only)".into(),
+        color: OURS_KERNEL.into(),
+    });
 
     let mut dims: Vec<usize> = report.cases.iter().map(|c| c.head_dim).collect();
     dims.sort_unstable();
@@ -271,8 +301,11 @@ pub fn chart_data(report: &Report, peers: Option<&Peers>) -> (Vec<Series>, Vec<P
     let mut panels = Vec::new();
     for &d in &dims {
         for &causal in &causals {
-            let mut cases: Vec<_> =
-                report.cases.iter().filter(|c| c.head_dim == d && c.causal == causal).collect();
+            let mut cases: Vec<_> = report
+                .cases
+                .iter()
+                .filter(|c| c.head_dim == d && c.causal == causal)
+                .collect();
             if cases.is_empty() {
                 continue;
             }
@@ -289,8 +322,18 @@ pub fn chart_data(report: &Report, peers: Option<&Peers>) -> (Vec<Series>, Vec<P
                         .collect(),
                 );
             }
-            values.push(cases.iter().map(|c| c.full.as_ref().map(|p| p.tops)).collect());
-            values.push(cases.iter().map(|c| c.kernel.as_ref().map(|p| p.tops)).collect());
+            values.push(
+                cases
+                    .iter()
+                    .map(|c| c.full.as_ref().map(|p| p.tops))
+                    .collect(),
+            );
+            values.push(
+                cases
+                    .iter()
+                    .map(|c| c.kernel.as_ref().map(|p| p.tops))
+                    .collect(),
+            );
             panels.push(Panel {
                 title: format!("head_dim {d}, causal {}", if causal { "on" } else { "off" }),
                 categories: cases.iter().map(|c| seq_label(c.seq_len)).collect(),
@@ -305,8 +348,15 @@ pub fn chart_data(report: &Report, peers: Option<&Peers>) -> (Vec<Series>, Vec<P
 pub fn render_chart(report: &Report, peers: Option<&Peers>) -> String {
     let (series, panels, cols) = chart_data(report, peers);
     let cfg = &report.config;
-    let device = report.device.as_ref().map_or("unknown device".to_string(), |d| d.name.clone());
-    let gqa = if cfg.kv_heads != cfg.heads { format!(", kv_heads {}", cfg.kv_heads) } else { String::new() };
+    let device = report
+        .device
+        .as_ref()
+        .map_or("unknown device".to_string(), |d| d.name.clone());
+    let gqa = if cfg.kv_heads != cfg.heads {
+        format!(", kv_heads {}", cfg.kv_heads)
+    } else {
+        String::new()
+    };
     let subtitle = format!(
         "{device} | batch {}, heads {}{gqa}, {} {}, PV accumulation {} | median of CUDA-event times, inputs rotated over >2x L2",
         cfg.batch, cfg.heads, cfg.dtype, cfg.layout.to_uppercase(), cfg.pv_accum
@@ -337,9 +387,15 @@ mod tests {
             let (top, step) = nice_axis(max);
             assert!(top >= max * 1.18 - 1e-9, "{max}: {top}");
             let ticks = top / step;
-            assert!((ticks - ticks.round()).abs() < 1e-9 && (2.0..=8.0).contains(&ticks), "{max}: {top} / {step}");
+            assert!(
+                (ticks - ticks.round()).abs() < 1e-9 && (2.0..=8.0).contains(&ticks),
+                "{max}: {top} / {step}"
+            );
             let m = step / 10f64.powf(step.log10().floor());
-            assert!([1.0, 2.0, 2.5, 5.0].iter().any(|x| (x - m).abs() < 1e-9), "{step}");
+            assert!(
+                [1.0, 2.0, 2.5, 5.0].iter().any(|x| (x - m).abs() < 1e-9),
+                "{step}"
+            );
         }
         assert_eq!(nice_axis(0.0), nice_axis(f64::NAN));
         assert_eq!(tick_label(250.0), "250");
@@ -362,7 +418,11 @@ mod tests {
         // (1M, no bars: 2 "n/a")
         assert_eq!(count(&svg, "<g>"), 4);
         assert_eq!(count(&svg, "<g>"), count(&svg, "</g>"));
-        assert_eq!(count(&svg, "<rect") - 1 - 2, 4 * 3 * 2, "bars = panels x seqs x series");
+        assert_eq!(
+            count(&svg, "<rect") - 1 - 2,
+            4 * 3 * 2,
+            "bars = panels x seqs x series"
+        );
         assert_eq!(count(&svg, ">n/a<"), 2);
         assert!(svg.contains("head_dim 128, causal on"));
         assert!(svg.contains(">1K<") && svg.contains(">4K<") && svg.contains(">1M<"));

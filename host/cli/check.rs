@@ -7,7 +7,7 @@ use half::f16;
 use sageattention::reference::{attention_f64, compare, HostTensor, Metrics, RefOptions};
 
 use super::error::CliError;
-use super::input::LoadedInputs;
+use super::input::{LoadedInputs, Problem};
 
 /// The metrics `--check` prints.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,6 +48,14 @@ pub fn fp16_attention(inputs: &LoadedInputs, opts: &RefOptions) -> Vec<f32> {
         .iter()
         .map(|&x| round_f16(x as f32))
         .collect()
+}
+
+/// Approximate floating-point operations of [`run_check`]: two attentions, each `4 · d` per
+/// visible (query, key) pair (Q·K and P·V), about half of the pairs with a causal mask.
+pub fn reference_gflop(p: &Problem, causal: bool) -> f64 {
+    let pairs = (p.batch * p.q_heads) as f64 * p.qo_len as f64 * p.kv_len as f64;
+    let visible = if causal { pairs / 2.0 } else { pairs };
+    2.0 * 4.0 * p.head_dim as f64 * visible / 1e9
 }
 
 /// Computes the float64 reference of the inputs (exactly as read from the file) and compares our
@@ -143,7 +151,7 @@ pub fn enforce_max_rel_l1(r: &CheckReport, max: f64) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::input::{FileDType, Problem};
+    use crate::cli::input::FileDType;
     use sageattention::Layout;
 
     fn inputs() -> LoadedInputs {

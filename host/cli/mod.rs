@@ -171,6 +171,12 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
             causal: opts.causal,
             sm_scale: opts.sm_scale,
         };
+        println!(
+            "checking: two float64 attentions on the CPU (exact and fp16 baseline), about {:.1} \
+             GFLOP on {} threads",
+            check::reference_gflop(&p, opts.causal),
+            rayon::current_num_threads()
+        );
         let report = check::run_check(&inputs, &ref_opts, &gpu_out.o, gpu_out.lse.as_deref());
         println!("{}", check::format_report(&report, pv));
         if let Some(max) = args.max_rel_l1 {

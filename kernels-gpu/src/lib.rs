@@ -11,7 +11,6 @@
 pub mod config;
 pub mod params;
 pub mod ptx;
-#[cfg(not(feature = "hopper"))]
 mod unroll;
 
 #[cfg(not(feature = "hopper"))]

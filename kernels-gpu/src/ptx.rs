@@ -638,3 +638,224 @@ pub fn wgmma_fence() {
         asm!("wgmma.fence.sync.aligned;", options(nostack));
     }
 }
+
+/// `wgmma.commit_group`: closes the group of wgmma operations issued since the last commit.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_commit() {
+    // SAFETY: warpgroup-collective, no operands.
+    unsafe {
+        asm!("wgmma.commit_group.sync.aligned;", options(nostack));
+    }
+}
+
+/// `wgmma.wait_group N`: waits until at most `N` committed wgmma groups are pending. Registers an
+/// in-flight wgmma writes must be passed through [`pin_f32x4`]/[`pin_i32x4`] after this, so that
+/// LLVM cannot move their reads above the wait (it sees the wgmma asm as producing them at issue).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_wait<const N: u32>() {
+    // SAFETY: warpgroup-collective, no operands; a memory clobber keeps it ordered.
+    unsafe {
+        asm!("wgmma.wait_group.sync.aligned {n};", n = const N, options(nostack));
+    }
+}
+
+/// An empty asm that "rewrites" 4 registers: an ordering point for registers an asynchronous
+/// wgmma writes (CUTLASS's `warpgroup_fence_operand`). Side-effecting asm is never reordered with
+/// the wgmma and wait asm around it, so reads after the pin stay after the wait.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn pin_f32x4(x: &mut [f32; 4]) {
+    // SAFETY: emits no instruction.
+    unsafe {
+        asm!("/* pin {0} {1} {2} {3} */", inout(reg32) x[0], inout(reg32) x[1], inout(reg32) x[2], inout(reg32) x[3], options(nostack));
+    }
+}
+
+/// [`pin_f32x4`] for s32 accumulators.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn pin_i32x4(x: &mut [i32; 4]) {
+    // SAFETY: emits no instruction.
+    unsafe {
+        asm!("/* pin {0} {1} {2} {3} */", inout(reg32) x[0], inout(reg32) x[1], inout(reg32) x[2], inout(reg32) x[3], options(nostack));
+    }
+}
+
+/// `fence.proxy.async.shared::cta`: makes this thread's view of shared memory written through the
+/// generic proxy (st.shared, cp.async) visible to the async proxy (wgmma, TMA) and vice versa.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn fence_proxy_async_shared() {
+    // SAFETY: a fence, no operands.
+    unsafe {
+        asm!("fence.proxy.async.shared::cta;", options(nostack));
+    }
+}
+
+/// `bar.sync id, count`: a named barrier for `count` threads (a multiple of 32; every warp that
+/// takes part reaches it with all its threads).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn named_barrier_sync(id: u32, count: u32) {
+    // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
+    unsafe {
+        asm!("bar.sync {0}, {1};", in(reg32) id, in(reg32) count, options(nostack));
+    }
+}
+
+/// `mbarrier.init.shared::cta.b64 [addr], count`.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned shared address no other thread uses until a barrier orders it.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn mbarrier_init(addr: u32, count: u32) {
+    unsafe {
+        asm!("mbarrier.init.shared::cta.b64 [{0}], {1};", in(reg32) addr, in(reg32) count, options(nostack));
+    }
+}
+
+/// `mbarrier.try_wait.parity`: true once the phase of parity `parity` of the barrier has completed
+/// (the thread may be suspended for a system-dependent time before false is returned).
+///
+/// # Safety
+/// `addr` is an initialised mbarrier in shared memory.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn mbarrier_try_wait_parity(addr: u32, parity: u32) -> bool {
+    let done: u32;
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [{1}], {2}; selp.u32 {0}, 1, 0, p; }}",
+            out(reg32) done, in(reg32) addr, in(reg32) parity, options(nostack)
+        );
+    }
+    done != 0
+}
+
+/// Spins on [`mbarrier_try_wait_parity`] until the phase of parity `parity` has completed.
+///
+/// # Safety
+/// As [`mbarrier_try_wait_parity`].
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn mbarrier_wait_parity(addr: u32, parity: u32) {
+    while !unsafe { mbarrier_try_wait_parity(addr, parity) } {}
+}
+
+/// `mbarrier.arrive.shared::cta.b64`: one arrival (release semantics).
+///
+/// # Safety
+/// `addr` is an initialised mbarrier in shared memory.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn mbarrier_arrive(addr: u32) {
+    unsafe {
+        asm!(
+            "{{ .reg .b64 st; mbarrier.arrive.shared::cta.b64 st, [{0}]; }}",
+            in(reg32) addr, options(nostack)
+        );
+    }
+}
+
+/// `cp.async.mbarrier.arrive.noinc.shared::cta.b64`: the barrier receives one arrival (counted
+/// in its expected count) once every cp.async this thread issued before has completed.
+///
+/// # Safety
+/// `addr` is an initialised mbarrier in shared memory.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn cp_async_mbarrier_arrive_noinc(addr: u32) {
+    unsafe {
+        asm!("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [{0}];", in(reg32) addr, options(nostack));
+    }
+}
+
+/// `D (+)= A·Bᵀ`, `wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8` (sm_90a): A (64 rows × 32
+/// bytes of k) and B (64 rows × 32 bytes of k) both K-major in shared memory, given by matrix
+/// descriptors. `accumulate == 0` overwrites D (scale-d false). D layout: `d[j][e]` is row
+/// `16·(warp%4) + lane/4 + 8·(e/2)`, column `8j + 2·(lane%4) + e%2` (the mma.sync m16n8 C layout
+/// per 8-column n-tile). Asynchronous: D must not be touched until [`wgmma_wait`] and
+/// [`wgmma_fence`] must precede it.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_s8(d: &mut [[i32; 4]; 8], a_desc: u64, b_desc: u64, accumulate: u32) {
+    // SAFETY: warpgroup-collective; the descriptors point into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; setp.ne.b32 p, {34}, 0; wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {32}, {33}, p; }}",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            in(reg64) a_desc, in(reg64) b_desc, in(reg32) accumulate,
+            options(nostack)
+        );
+    }
+}
+
+/// `D (+)= A·B`, `wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
+/// in registers and B (16 k-rows × 64 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
+/// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.
+/// D: as [`wgmma_m64n64k32_s8`] over 8 n-tiles. `accumulate == 0` overwrites D.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k16_f32_f16_rs(d: &mut [[f32; 4]; 8], a: [u32; 4], b_desc: u64, accumulate: u32) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; setp.ne.b32 p, {37}, 0; wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, p, 1, 1, 1; }}",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc, in(reg32) accumulate,
+            options(nostack)
+        );
+    }
+}
+
+/// `D (+)= A·B`, `wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
+/// in registers and B (16 k-rows × 128 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
+/// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.
+/// D: as [`wgmma_m64n64k32_s8`] over 16 n-tiles. `accumulate == 0` overwrites D.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: u64, accumulate: u32) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "{{ .reg .pred p; setp.ne.b32 p, {69}, 0; wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, p, 1, 1, 1; }}",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            inout(reg32) d[8][0], inout(reg32) d[8][1], inout(reg32) d[8][2], inout(reg32) d[8][3],
+            inout(reg32) d[9][0], inout(reg32) d[9][1], inout(reg32) d[9][2], inout(reg32) d[9][3],
+            inout(reg32) d[10][0], inout(reg32) d[10][1], inout(reg32) d[10][2], inout(reg32) d[10][3],
+            inout(reg32) d[11][0], inout(reg32) d[11][1], inout(reg32) d[11][2], inout(reg32) d[11][3],
+            inout(reg32) d[12][0], inout(reg32) d[12][1], inout(reg32) d[12][2], inout(reg32) d[12][3],
+            inout(reg32) d[13][0], inout(reg32) d[13][1], inout(reg32) d[13][2], inout(reg32) d[13][3],
+            inout(reg32) d[14][0], inout(reg32) d[14][1], inout(reg32) d[14][2], inout(reg32) d[14][3],
+            inout(reg32) d[15][0], inout(reg32) d[15][1], inout(reg32) d[15][2], inout(reg32) d[15][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc, in(reg32) accumulate,
+            options(nostack)
+        );
+    }
+}

@@ -2,7 +2,7 @@
 //! docs/design.md, "Quantization"): f32 arithmetic in a fixed order, `max.NaN` for the block
 //! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
 
-use crate::config::{padded_len, MEAN_SEQ_LANES};
+use crate::config::{MEAN_SEQ_LANES, padded_len};
 use crate::params::{ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
 use crate::unroll::unroll;
@@ -15,11 +15,18 @@ use crate::unroll::unroll;
 unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
     let raw = unsafe { ptx::ld_global_nc_v4(ptr) };
     let mut v = [0.0f32; 8];
-    unroll::<4>(#[inline(always)] |i| {
-        let (lo, hi) = if bf16 { ptx::unpack_bf16x2(raw[i]) } else { ptx::unpack_f16x2(raw[i]) };
-        v[2 * i] = lo;
-        v[2 * i + 1] = hi;
-    });
+    unroll::<4>(
+        #[inline(always)]
+        |i| {
+            let (lo, hi) = if bf16 {
+                ptx::unpack_bf16x2(raw[i])
+            } else {
+                ptx::unpack_f16x2(raw[i])
+            };
+            v[2 * i] = lo;
+            v[2 * i + 1] = hi;
+        },
+    );
     v
 }
 
@@ -48,40 +55,67 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
     while s + (AHEAD - 1) * lanes < p.seq {
         let mut x = [[0.0f32; 8]; AHEAD as usize];
         // SAFETY: every row s + j*16 < seq and chunk < head_dim/8: inside K.
-        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) });
-        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| unroll::<8>(#[inline(always)] |i| sum[i] += x[j][i]));
+        unroll::<{ AHEAD as usize }>(
+            #[inline(always)]
+            |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) },
+        );
+        unroll::<{ AHEAD as usize }>(
+            #[inline(always)]
+            |j| {
+                unroll::<8>(
+                    #[inline(always)]
+                    |i| sum[i] += x[j][i],
+                )
+            },
+        );
         s += AHEAD * lanes;
     }
     while s < p.seq {
         // SAFETY: s < seq and chunk < head_dim/8: inside K.
         let x = unsafe { load8(row_ptr(s), bf16) };
-        unroll::<8>(#[inline(always)] |i| sum[i] += x[i]);
+        unroll::<8>(
+            #[inline(always)]
+            |i| sum[i] += x[i],
+        );
         s += lanes;
     }
     // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
     let base = ptx::smem_base();
     let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
     // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
-    unroll::<8>(#[inline(always)] |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) });
+    unroll::<8>(
+        #[inline(always)]
+        |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) },
+    );
     let mut stride = MEAN_SEQ_LANES as u32 / 2;
     while stride > 0 {
         ptx::sync_threads();
         if lane < stride {
-            unroll::<8>(#[inline(always)] |i| unsafe {
-                let v = ptx::ld_shared_f32(slot(lane, i)) + ptx::ld_shared_f32(slot(lane + stride, i));
-                ptx::st_shared_f32(slot(lane, i), v);
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |i| unsafe {
+                    let v = ptx::ld_shared_f32(slot(lane, i))
+                        + ptx::ld_shared_f32(slot(lane + stride, i));
+                    ptx::st_shared_f32(slot(lane, i), v);
+                },
+            );
         }
         stride /= 2;
     }
     ptx::sync_threads();
     if lane == 0 {
         let n = p.seq as f32;
-        let out = p.mean + 4 * ((batch * p.heads + head) as u64 * p.head_dim as u64 + chunk as u64 * 8);
-        unroll::<8>(#[inline(always)] |i| {
-            // SAFETY: inside the [batch][heads][head_dim] f32 mean buffer.
-            unsafe { ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i)) / n) };
-        });
+        let out =
+            p.mean + 4 * ((batch * p.heads + head) as u64 * p.head_dim as u64 + chunk as u64 * 8);
+        unroll::<8>(
+            #[inline(always)]
+            |i| {
+                // SAFETY: inside the [batch][heads][head_dim] f32 mean buffer.
+                unsafe {
+                    ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i)) / n)
+                };
+            },
+        );
     }
 }
 
@@ -108,10 +142,21 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
         let mut x = unsafe { load8(ptr as u64, bf16) };
         if p.mean != 0 {
             // SAFETY: inside the [batch][heads][head_dim] mean buffer.
-            let m = unsafe { [ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64), ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16)] };
-            unroll::<8>(#[inline(always)] |i| x[i] -= f32::from_bits(m[i / 4][i % 4]));
+            let m = unsafe {
+                [
+                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64),
+                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16),
+                ]
+            };
+            unroll::<8>(
+                #[inline(always)]
+                |i| x[i] -= f32::from_bits(m[i / 4][i % 4]),
+            );
         } else {
-            unroll::<8>(#[inline(always)] |i| x[i] *= p.mult);
+            unroll::<8>(
+                #[inline(always)]
+                |i| x[i] *= p.mult,
+            );
         }
         x
     };
@@ -122,7 +167,10 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
         let row = row0 + c / chunks;
         if row < p.seq {
             let v = values(row, c % chunks);
-            unroll::<8>(#[inline(always)] |i| amax = ptx::max_nan(amax, ptx::abs(v[i])));
+            unroll::<8>(
+                #[inline(always)]
+                |i| amax = ptx::max_nan(amax, ptx::abs(v[i])),
+            );
         }
         c += ptx::block_dim_x();
     }
@@ -166,10 +214,13 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
         let mut packed = [0u32; 2];
         if row < p.seq {
             let v = values(row, chunk);
-            unroll::<8>(#[inline(always)] |i| {
-                let q = ptx::cvt_rni_sat_s8(v[i] * inv) as u32 & 0xff;
-                packed[i / 4] |= q << (8 * (i % 4));
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |i| {
+                    let q = ptx::cvt_rni_sat_s8(v[i] * inv) as u32 & 0xff;
+                    packed[i / 4] |= q << (8 * (i % 4));
+                },
+            );
         }
         let dst = out_head + row as u64 * p.head_dim as u64 + chunk as u64 * 8;
         // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
@@ -196,7 +247,10 @@ pub unsafe extern "ptx-kernel" fn sage_v_bf16_to_f16(p: ConvertParams) {
         let bh = row / p.seq as u64;
         let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
         let src = p.x as i64
-            + 2 * (b as i64 * p.x_stride[0] + h as i64 * p.x_stride[1] + s as i64 * p.x_stride[2] + chunk as i64 * 8);
+            + 2 * (b as i64 * p.x_stride[0]
+                + h as i64 * p.x_stride[1]
+                + s as i64 * p.x_stride[2]
+                + chunk as i64 * 8);
         // SAFETY: indices inside the validated input and the contiguous output.
         unsafe {
             let raw = ptx::ld_global_nc_v4(src as u64);
@@ -228,7 +282,8 @@ pub unsafe extern "ptx-kernel" fn sage_lse_bias(p: LseBiasParams) {
         let bh = r / p.seq as u64;
         let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
         let kv_head = h / (p.heads / p.kv_heads) as u64;
-        let row = p.q as i64 + 2 * (b as i64 * p.q_stride[0] + h as i64 * p.q_stride[1] + s as i64 * p.q_stride[2]);
+        let row = p.q as i64
+            + 2 * (b as i64 * p.q_stride[0] + h as i64 * p.q_stride[1] + s as i64 * p.q_stride[2]);
         let mean = p.mean + 4 * (b * p.kv_heads as u64 + kv_head) * p.head_dim as u64;
         let mut dot = 0.0f32;
         let mut chunk = 0;
@@ -237,10 +292,16 @@ pub unsafe extern "ptx-kernel" fn sage_lse_bias(p: LseBiasParams) {
             let (x, m) = unsafe {
                 (
                     load8((row + 16 * chunk as i64) as u64, bf16),
-                    [ptx::ld_global_nc_v4(mean + 32 * chunk as u64), ptx::ld_global_nc_v4(mean + 32 * chunk as u64 + 16)],
+                    [
+                        ptx::ld_global_nc_v4(mean + 32 * chunk as u64),
+                        ptx::ld_global_nc_v4(mean + 32 * chunk as u64 + 16),
+                    ],
                 )
             };
-            unroll::<8>(#[inline(always)] |i| dot = ptx::fma(x[i], f32::from_bits(m[i / 4][i % 4]), dot));
+            unroll::<8>(
+                #[inline(always)]
+                |i| dot = ptx::fma(x[i], f32::from_bits(m[i / 4][i % 4]), dot),
+            );
             chunk += 1;
         }
         // SAFETY: r < batch * heads * seq, the bias buffer's length.

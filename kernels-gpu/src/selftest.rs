@@ -47,13 +47,19 @@ pub unsafe extern "ptx-kernel" fn sage_test_mma_s8(p: TestParams) {
     let mut acc = [[0i32; 4]; 2];
     ptx::mma_s8_m16n8k32(&mut acc[0], fa, b0);
     ptx::mma_s8_m16n8k32(&mut acc[1], fa, b1);
-    unroll::<2>(#[inline(always)] |nt| {
-        unroll::<4>(#[inline(always)] |e| {
-            let idx = acc_row(lane, e) * 16 + nt as u32 * 8 + acc_col(lane, e);
-            // SAFETY: idx < 256, the size of D.
-            unsafe { ptx::st_global_u32(d + 4 * idx as u64, acc[nt][e] as u32) };
-        });
-    });
+    unroll::<2>(
+        #[inline(always)]
+        |nt| {
+            unroll::<4>(
+                #[inline(always)]
+                |e| {
+                    let idx = acc_row(lane, e) * 16 + nt as u32 * 8 + acc_col(lane, e);
+                    // SAFETY: idx < 256, the size of D.
+                    unsafe { ptx::st_global_u32(d + 4 * idx as u64, acc[nt][e] as u32) };
+                },
+            );
+        },
+    );
 }
 
 /// D (16x16 f32) = A (16x16 f16 row-major) · B (16x16 f16 stored row-major as k rows × n columns,
@@ -76,13 +82,19 @@ pub unsafe extern "ptx-kernel" fn sage_test_mma_f16_f32(p: TestParams) {
     let mut acc = [[0.0f32; 4]; 2];
     ptx::mma_f16_m16n8k16_f32(&mut acc[0], fa, b0);
     ptx::mma_f16_m16n8k16_f32(&mut acc[1], fa, b1);
-    unroll::<2>(#[inline(always)] |nt| {
-        unroll::<4>(#[inline(always)] |e| {
-            let idx = acc_row(lane, e) * 16 + nt as u32 * 8 + acc_col(lane, e);
-            // SAFETY: idx < 256, the size of D.
-            unsafe { ptx::st_global_f32(d + 4 * idx as u64, acc[nt][e]) };
-        });
-    });
+    unroll::<2>(
+        #[inline(always)]
+        |nt| {
+            unroll::<4>(
+                #[inline(always)]
+                |e| {
+                    let idx = acc_row(lane, e) * 16 + nt as u32 * 8 + acc_col(lane, e);
+                    // SAFETY: idx < 256, the size of D.
+                    unsafe { ptx::st_global_f32(d + 4 * idx as u64, acc[nt][e]) };
+                },
+            );
+        },
+    );
 }
 
 /// As [`sage_test_mma_f16_f32`] with an f16 accumulator; D is 16x16 f16 row-major.
@@ -104,11 +116,17 @@ pub unsafe extern "ptx-kernel" fn sage_test_mma_f16_f16(p: TestParams) {
     let mut acc = [[0u32; 2]; 2];
     ptx::mma_f16_m16n8k16_f16(&mut acc[0], fa, b0);
     ptx::mma_f16_m16n8k16_f16(&mut acc[1], fa, b1);
-    unroll::<2>(#[inline(always)] |nt| {
-        unroll::<2>(#[inline(always)] |h| {
-            let idx = acc_row(lane, 2 * h) * 16 + nt as u32 * 8 + acc_col(lane, 0);
-            // SAFETY: idx + 1 < 256, the size of D; 4-byte aligned since idx is even.
-            unsafe { ptx::st_global_u32(d + 2 * idx as u64, acc[nt][h]) };
-        });
-    });
+    unroll::<2>(
+        #[inline(always)]
+        |nt| {
+            unroll::<2>(
+                #[inline(always)]
+                |h| {
+                    let idx = acc_row(lane, 2 * h) * 16 + nt as u32 * 8 + acc_col(lane, 0);
+                    // SAFETY: idx + 1 < 256, the size of D; 4-byte aligned since idx is even.
+                    unsafe { ptx::st_global_u32(d + 2 * idx as u64, acc[nt][h]) };
+                },
+            );
+        },
+    );
 }

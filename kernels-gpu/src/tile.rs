@@ -17,7 +17,10 @@ impl Tile {
     /// A tile whose rows hold `row_bytes` bytes of data.
     #[inline(always)]
     pub const fn new(base: u32, row_bytes: usize) -> Self {
-        Tile { base, stride: smem_row_stride(row_bytes) as u32 }
+        Tile {
+            base,
+            stride: smem_row_stride(row_bytes) as u32,
+        }
     }
 
     /// Shared address of byte `byte` of row `row`.

@@ -37,7 +37,13 @@ pub fn round_to(dtype: DType, x: f32) -> f32 {
 }
 
 /// Logical-order (HND-contiguous) tensor of `scale * N(0,1) + offset[d]`, rounded to `dtype`.
-pub fn random_tensor(rng: &mut StdRng, shape: [usize; 4], dtype: DType, scale: f32, offset: Option<&[f32]>) -> HostTensor {
+pub fn random_tensor(
+    rng: &mut StdRng,
+    shape: [usize; 4],
+    dtype: DType,
+    scale: f32,
+    offset: Option<&[f32]>,
+) -> HostTensor {
     HostTensor::from_fn(shape, false, |_, _, _, d| {
         let z: f32 = StandardNormal.sample(rng);
         round_to(dtype, scale * z + offset.map_or(0.0, |o| o[d]))
@@ -46,13 +52,22 @@ pub fn random_tensor(rng: &mut StdRng, shape: [usize; 4], dtype: DType, scale: f
 
 /// Per-channel offsets `amp * N(0,1)`, one per head_dim channel.
 pub fn channel_offsets(rng: &mut StdRng, head_dim: usize, amp: f32) -> Vec<f32> {
-    (0..head_dim).map(|_| { let z: f32 = StandardNormal.sample(rng); amp * z }).collect::<Vec<_>>()
+    (0..head_dim)
+        .map(|_| {
+            let z: f32 = StandardNormal.sample(rng);
+            amp * z
+        })
+        .collect::<Vec<_>>()
 }
 
 /// Uploads a logical-order host tensor in `layout`.
 pub fn upload(rt: &Runtime, t: &HostTensor, dtype: DType, layout: Layout) -> Tensor {
     let logical: Vec<f32> = (0..t.batch())
-        .flat_map(|b| (0..t.heads()).flat_map(move |h| (0..t.seq()).flat_map(move |s| (0..t.head_dim()).map(move |d| (b, h, s, d)))))
+        .flat_map(|b| {
+            (0..t.heads()).flat_map(move |h| {
+                (0..t.seq()).flat_map(move |s| (0..t.head_dim()).map(move |d| (b, h, s, d)))
+            })
+        })
         .map(|(b, h, s, d)| t.get(b, h, s, d))
         .collect();
     Tensor::from_host_f32(rt, &logical, dtype, t.shape, layout).expect("upload")

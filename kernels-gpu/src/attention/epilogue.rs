@@ -23,43 +23,59 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
 ) {
     let lane = ptx::lane_id();
     let warp_row0 = geo.q_row0 + ptx::warp_id() * 16 * MT as u32;
-    let head_base = p.o as i64
-        + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
-    unroll::<MT>(#[inline(always)] |mt| {
-        unroll::<2>(#[inline(always)] |h| {
-            // Shuffles first: every lane must take part, whether or not its row exists.
-            let l = softmax.row_sum(mt, h);
-            let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
-            let row = warp_row0 + mt as u32 * 16 + acc_row(lane, 2 * h);
-            if row < p.qo_len {
-                let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
-                unroll::<NT>(#[inline(always)] |nt| {
-                    let c = out[mt][nt];
-                    let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
-                    let packed = if p.out_bf16 != 0 { ptx::pack_bf16x2(a, b) } else { ptx::pack_f16x2(a, b) };
-                    let col = nt as u32 * 8 + acc_col(lane, 0);
-                    // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
-                    unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
-                });
-                if p.lse != 0 && lane & 3 == 0 {
-                    let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64) * p.qo_len as u64
-                        + row as u64;
-                    let lse = if l == 0.0 {
-                        f32::NEG_INFINITY
-                    } else {
-                        let smoothing_shift = if p.lse_bias != 0 {
-                            // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
-                            unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
-                        } else {
-                            0.0
-                        };
-                        (softmax.max[mt][h] + ptx::lg2(l)) * LN_2 + smoothing_shift
-                    };
-                    // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
-                    unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
-                }
-            }
-        });
-    });
+    let head_base =
+        p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
+    unroll::<MT>(
+        #[inline(always)]
+        |mt| {
+            unroll::<2>(
+                #[inline(always)]
+                |h| {
+                    // Shuffles first: every lane must take part, whether or not its row exists.
+                    let l = softmax.row_sum(mt, h);
+                    let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
+                    let row = warp_row0 + mt as u32 * 16 + acc_row(lane, 2 * h);
+                    if row < p.qo_len {
+                        let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
+                        unroll::<NT>(
+                            #[inline(always)]
+                            |nt| {
+                                let c = out[mt][nt];
+                                let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                                let packed = if p.out_bf16 != 0 {
+                                    ptx::pack_bf16x2(a, b)
+                                } else {
+                                    ptx::pack_f16x2(a, b)
+                                };
+                                let col = nt as u32 * 8 + acc_col(lane, 0);
+                                // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                                unsafe {
+                                    ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed)
+                                };
+                            },
+                        );
+                        if p.lse != 0 && lane & 3 == 0 {
+                            let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64)
+                                * p.qo_len as u64
+                                + row as u64;
+                            let lse = if l == 0.0 {
+                                f32::NEG_INFINITY
+                            } else {
+                                let smoothing_shift = if p.lse_bias != 0 {
+                                    // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
+                                    unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+                                } else {
+                                    0.0
+                                };
+                                (softmax.max[mt][h] + ptx::lg2(l)) * LN_2 + smoothing_shift
+                            };
+                            // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
+                            unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                        }
+                    }
+                },
+            );
+        },
+    );
     let _ = HD;
 }

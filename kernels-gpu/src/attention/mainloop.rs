@@ -10,10 +10,10 @@
 use super::softmax::OnlineSoftmax;
 use super::{BlockGeometry, OutAcc};
 use crate::config::{
-    cta_q, k_stage_bytes, padded_len, q_tile_bytes, v_stage_bytes, ATTN_THREADS, CTA_K, K_BLOCK,
-    Q_BLOCK,
+    ATTN_THREADS, CTA_K, K_BLOCK, Q_BLOCK, cta_q, k_stage_bytes, padded_len, q_tile_bytes,
+    v_stage_bytes,
 };
-use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
+use crate::frag::{self, AccF16, AccF32, AccS32, FragA, acc_col, acc_row};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::tile::Tile;
@@ -81,13 +81,19 @@ impl<const HD: usize> Pipeline<HD> {
     /// tiles would put the array in local memory.
     #[inline(always)]
     fn k_tile(&self, t: u32) -> Tile {
-        Tile { base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD) as u32, ..self.k_stage0 }
+        Tile {
+            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD) as u32,
+            ..self.k_stage0
+        }
     }
 
     /// The V stage tile `t` uses (see [`Self::k_tile`]).
     #[inline(always)]
     fn v_tile(&self, t: u32) -> Tile {
-        Tile { base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD) as u32, ..self.v_stage0 }
+        Tile {
+            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD) as u32,
+            ..self.v_stage0
+        }
     }
 
     /// Issues the Q tile and key tile 0 (one group) and value tile 0 (a second group).
@@ -127,7 +133,10 @@ impl<const HD: usize> Pipeline<HD> {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len.
             unsafe {
-                ptx::cp_async_16(tile.addr(row, chunk * 16), src + row as u64 * HD as u64 + chunk as u64 * 16)
+                ptx::cp_async_16(
+                    tile.addr(row, chunk * 16),
+                    src + row as u64 * HD as u64 + chunk as u64 * 16,
+                )
             };
             c += ATTN_THREADS as u32;
         }
@@ -146,7 +155,10 @@ impl<const HD: usize> Pipeline<HD> {
             // SAFETY: key < kv_len is inside V; otherwise nothing is read (src size 0).
             unsafe {
                 if key < self.kv_len {
-                    ptx::cp_async_16(dst, self.v_src + key as u64 * self.v_row_bytes + chunk as u64 * 16);
+                    ptx::cp_async_16(
+                        dst,
+                        self.v_src + key as u64 * self.v_row_bytes + chunk as u64 * 16,
+                    );
                 } else {
                     ptx::cp_async_16_zfill(dst, self.v_src, 0);
                 }
@@ -194,15 +206,30 @@ impl<const HD: usize> Pipeline<HD> {
             self.mask::<MT, CAUSAL>(&mut s, t, args);
         }
         let rescale = softmax.update(&mut s);
-        unroll::<MT>(#[inline(always)] |mt| {
-            unroll::<NT>(#[inline(always)] |nt| {
-                unroll::<4>(#[inline(always)] |e| out[mt][nt][e] *= rescale[mt][e >> 1]);
-            });
-        });
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<NT>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<4>(
+                            #[inline(always)]
+                            |e| out[mt][nt][e] *= rescale[mt][e >> 1],
+                        );
+                    },
+                );
+            },
+        );
         let mut probs = [[[0u32; 4]; 4]; MT];
-        unroll::<MT>(#[inline(always)] |mt| {
-            unroll::<4>(#[inline(always)] |kk| probs[mt][kk] = frag::probs_to_frag_a(&s[mt][2 * kk], &s[mt][2 * kk + 1]));
-        });
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<4>(
+                    #[inline(always)]
+                    |kk| probs[mt][kk] = frag::probs_to_frag_a(&s[mt][2 * kk], &s[mt][2 * kk + 1]),
+                );
+            },
+        );
 
         ptx::cp_async_wait::<1>();
         ptx::sync_threads();
@@ -223,43 +250,78 @@ impl<const HD: usize> Pipeline<HD> {
     #[inline(always)]
     unsafe fn qk<const KS: usize, const MT: usize>(&self, k_tile: Tile) -> [[AccS32; 8]; MT] {
         let mut acc = [[[0i32; 4]; 8]; MT];
-        unroll::<KS>(#[inline(always)] |ks| {
-            let byte0 = ks as u32 * 32;
-            let mut a = [[0u32; 4]; MT];
-            unroll::<MT>(#[inline(always)] |mt| {
-                a[mt] = unsafe { frag::load_a(self.q_tile, self.warp_row0 + mt as u32 * 16, byte0, self.lane) };
-            });
-            unroll::<4>(#[inline(always)] |np| {
-                let (b0, b1) = unsafe { frag::load_b_rows_pair(k_tile, np as u32 * 16, byte0, self.lane) };
-                unroll::<MT>(#[inline(always)] |mt| {
-                    ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np], a[mt], b0);
-                    ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np + 1], a[mt], b1);
-                });
-            });
-        });
+        unroll::<KS>(
+            #[inline(always)]
+            |ks| {
+                let byte0 = ks as u32 * 32;
+                let mut a = [[0u32; 4]; MT];
+                unroll::<MT>(
+                    #[inline(always)]
+                    |mt| {
+                        a[mt] = unsafe {
+                            frag::load_a(
+                                self.q_tile,
+                                self.warp_row0 + mt as u32 * 16,
+                                byte0,
+                                self.lane,
+                            )
+                        };
+                    },
+                );
+                unroll::<4>(
+                    #[inline(always)]
+                    |np| {
+                        let (b0, b1) = unsafe {
+                            frag::load_b_rows_pair(k_tile, np as u32 * 16, byte0, self.lane)
+                        };
+                        unroll::<MT>(
+                            #[inline(always)]
+                            |mt| {
+                                ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np], a[mt], b0);
+                                ptx::mma_s8_m16n8k32(&mut acc[mt][2 * np + 1], a[mt], b1);
+                            },
+                        );
+                    },
+                );
+            },
+        );
         acc
     }
 
     /// Sets scores of keys past `kv_len` (and, when causal, past each row's diagonal) to -inf.
     #[inline(always)]
-    fn mask<const MT: usize, const CAUSAL: bool>(&self, s: &mut [[AccF32; 8]; MT], t: u32, args: &StepArgs) {
+    fn mask<const MT: usize, const CAUSAL: bool>(
+        &self,
+        s: &mut [[AccF32; 8]; MT],
+        t: u32,
+        args: &StepArgs,
+    ) {
         let key0 = t * CTA_K as u32;
         let row0 = args.geo.q_row0 + self.warp_row0;
-        unroll::<MT>(#[inline(always)] |mt| {
-            unroll::<8>(#[inline(always)] |nt| {
-                unroll::<4>(#[inline(always)] |e| {
-                    let key = key0 + nt as u32 * 8 + acc_col(self.lane, e);
-                    let row = row0 + mt as u32 * 16 + acc_row(self.lane, e);
-                    let mut visible = key < args.kv_len;
-                    if CAUSAL {
-                        visible &= key as i32 <= row as i32 + args.geo.diag;
-                    }
-                    if !visible {
-                        s[mt][nt][e] = f32::NEG_INFINITY;
-                    }
-                });
-            });
-        });
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<8>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<4>(
+                            #[inline(always)]
+                            |e| {
+                                let key = key0 + nt as u32 * 8 + acc_col(self.lane, e);
+                                let row = row0 + mt as u32 * 16 + acc_row(self.lane, e);
+                                let mut visible = key < args.kv_len;
+                                if CAUSAL {
+                                    visible &= key as i32 <= row as i32 + args.geo.diag;
+                                }
+                                if !visible {
+                                    s[mt][nt][e] = f32::NEG_INFINITY;
+                                }
+                            },
+                        );
+                    },
+                );
+            },
+        );
     }
 
     /// O += P·V with an f32 accumulator.
@@ -270,16 +332,35 @@ impl<const HD: usize> Pipeline<HD> {
         probs: &[[FragA; 4]; MT],
         out: &mut OutAcc<NT, MT>,
     ) {
-        unroll::<4>(#[inline(always)] |kk| {
-            unroll::<NP>(#[inline(always)] |np| {
-                let (b0, b1) =
-                    unsafe { frag::load_b_trans_pair(v_tile, kk as u32 * 16, np as u32 * 16, self.lane) };
-                unroll::<MT>(#[inline(always)] |mt| {
-                    ptx::mma_f16_m16n8k16_f32(&mut out[mt][2 * np], probs[mt][kk], b0);
-                    ptx::mma_f16_m16n8k16_f32(&mut out[mt][2 * np + 1], probs[mt][kk], b1);
-                });
-            });
-        });
+        unroll::<4>(
+            #[inline(always)]
+            |kk| {
+                unroll::<NP>(
+                    #[inline(always)]
+                    |np| {
+                        let (b0, b1) = unsafe {
+                            frag::load_b_trans_pair(
+                                v_tile,
+                                kk as u32 * 16,
+                                np as u32 * 16,
+                                self.lane,
+                            )
+                        };
+                        unroll::<MT>(
+                            #[inline(always)]
+                            |mt| {
+                                ptx::mma_f16_m16n8k16_f32(&mut out[mt][2 * np], probs[mt][kk], b0);
+                                ptx::mma_f16_m16n8k16_f32(
+                                    &mut out[mt][2 * np + 1],
+                                    probs[mt][kk],
+                                    b1,
+                                );
+                            },
+                        );
+                    },
+                );
+            },
+        );
     }
 
     /// O += P·V, accumulating the tile's 64 keys in f16 (SageAttention's fast path), then adding
@@ -292,28 +373,49 @@ impl<const HD: usize> Pipeline<HD> {
         probs: &[[FragA; 4]; MT],
         out: &mut OutAcc<NT, MT>,
     ) {
-        unroll::<NP>(#[inline(always)] |np| {
-            let mut partial: [[AccF16; 2]; MT] = [[[0u32; 2]; 2]; MT];
-            unroll::<4>(#[inline(always)] |kk| {
-                let (b0, b1) =
-                    unsafe { frag::load_b_trans_pair(v_tile, kk as u32 * 16, np as u32 * 16, self.lane) };
-                unroll::<MT>(#[inline(always)] |mt| {
-                    ptx::mma_f16_m16n8k16_f16(&mut partial[mt][0], probs[mt][kk], b0);
-                    ptx::mma_f16_m16n8k16_f16(&mut partial[mt][1], probs[mt][kk], b1);
-                });
-            });
-            unroll::<MT>(#[inline(always)] |mt| {
-                unroll::<2>(#[inline(always)] |j| {
-                    let (r0c0, r0c1) = ptx::unpack_f16x2(partial[mt][j][0]);
-                    let (r8c0, r8c1) = ptx::unpack_f16x2(partial[mt][j][1]);
-                    let o = &mut out[mt][2 * np + j];
-                    o[0] += r0c0;
-                    o[1] += r0c1;
-                    o[2] += r8c0;
-                    o[3] += r8c1;
-                });
-            });
-        });
+        unroll::<NP>(
+            #[inline(always)]
+            |np| {
+                let mut partial: [[AccF16; 2]; MT] = [[[0u32; 2]; 2]; MT];
+                unroll::<4>(
+                    #[inline(always)]
+                    |kk| {
+                        let (b0, b1) = unsafe {
+                            frag::load_b_trans_pair(
+                                v_tile,
+                                kk as u32 * 16,
+                                np as u32 * 16,
+                                self.lane,
+                            )
+                        };
+                        unroll::<MT>(
+                            #[inline(always)]
+                            |mt| {
+                                ptx::mma_f16_m16n8k16_f16(&mut partial[mt][0], probs[mt][kk], b0);
+                                ptx::mma_f16_m16n8k16_f16(&mut partial[mt][1], probs[mt][kk], b1);
+                            },
+                        );
+                    },
+                );
+                unroll::<MT>(
+                    #[inline(always)]
+                    |mt| {
+                        unroll::<2>(
+                            #[inline(always)]
+                            |j| {
+                                let (r0c0, r0c1) = ptx::unpack_f16x2(partial[mt][j][0]);
+                                let (r8c0, r8c1) = ptx::unpack_f16x2(partial[mt][j][1]);
+                                let o = &mut out[mt][2 * np + j];
+                                o[0] += r0c0;
+                                o[1] += r0c1;
+                                o[2] += r8c0;
+                                o[3] += r8c1;
+                            },
+                        );
+                    },
+                );
+            },
+        );
     }
 }
 
@@ -327,10 +429,19 @@ const fn m_tiles_of<const HD: usize>() -> u32 {
 #[inline(always)]
 fn dequantize<const MT: usize>(s: &[[AccS32; 8]; MT], scale: f32) -> [[AccF32; 8]; MT] {
     let mut r = [[[0.0f32; 4]; 8]; MT];
-    unroll::<MT>(#[inline(always)] |mt| {
-        unroll::<8>(#[inline(always)] |nt| {
-            unroll::<4>(#[inline(always)] |e| r[mt][nt][e] = s[mt][nt][e] as f32 * scale);
-        });
-    });
+    unroll::<MT>(
+        #[inline(always)]
+        |mt| {
+            unroll::<8>(
+                #[inline(always)]
+                |nt| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| r[mt][nt][e] = s[mt][nt][e] as f32 * scale,
+                    );
+                },
+            );
+        },
+    );
     r
 }

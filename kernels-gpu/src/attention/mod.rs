@@ -10,7 +10,7 @@ mod epilogue;
 mod mainloop;
 mod softmax;
 
-use crate::config::{cta_q, m_tiles, padded_len, CTA_K, K_BLOCK, Q_BLOCK};
+use crate::config::{CTA_K, K_BLOCK, Q_BLOCK, cta_q, m_tiles, padded_len};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;
@@ -51,14 +51,26 @@ impl BlockGeometry {
             let n_tiles = (kv_end + tile - 1) / tile;
             // Tiles entirely at or below the first row's limit are unmasked for every row.
             let first_visible = q_row0 as i32 + diag + 1;
-            let unmasked = if first_visible > 0 { first_visible / tile } else { 0 };
+            let unmasked = if first_visible > 0 {
+                first_visible / tile
+            } else {
+                0
+            };
             let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
             (n_tiles as u32, n_unmasked as u32)
         } else {
             let n_tiles = p.kv_len.div_ceil(CTA_K as u32);
             (n_tiles, full_len_tiles)
         };
-        BlockGeometry { batch, head, kv_head, q_row0, n_tiles, n_unmasked, diag }
+        BlockGeometry {
+            batch,
+            head,
+            kv_head,
+            q_row0,
+            n_tiles,
+            n_unmasked,
+            diag,
+        }
     }
 }
 
@@ -84,7 +96,10 @@ unsafe fn attention<
     const {
         assert!(KS * 32 == HD && NP * 16 == HD && NT * 8 == HD);
         assert!(MT == m_tiles(HD));
-        assert!(Q_BLOCK % cta_q(HD) == 0, "a CTA's rows must share one Q scale");
+        assert!(
+            Q_BLOCK % cta_q(HD) == 0,
+            "a CTA's rows must share one Q scale"
+        );
     };
     let geo = BlockGeometry::new::<HD, CAUSAL>(p);
     let pipe = Pipeline::<HD>::new(p, &geo);
@@ -92,7 +107,8 @@ unsafe fn attention<
     let q_scale_idx = (geo.batch * p.q_heads + geo.head) as u64 * q_blocks as u64
         + (geo.q_row0 as usize / Q_BLOCK) as u64;
     let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
-    let k_scale_row = p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
+    let k_scale_row =
+        p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
 
     let mut softmax = OnlineSoftmax::<MT>::new();
     let mut out = [[[0.0f32; 4]; NT]; MT];
@@ -103,7 +119,12 @@ unsafe fn attention<
             pipe.load_q_and_first_tile();
             ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx)
         };
-        let args = StepArgs { geo: &geo, q_scale, k_scale_row, kv_len: p.kv_len };
+        let args = StepArgs {
+            geo: &geo,
+            q_scale,
+            k_scale_row,
+            kv_len: p.kv_len,
+        };
         for t in 0..geo.n_unmasked {
             // SAFETY: t < n_tiles; see `Pipeline::step`.
             unsafe {
@@ -133,9 +154,15 @@ macro_rules! attention_entry {
             pub unsafe extern "ptx-kernel" fn attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
                 unsafe {
-                    attention::<$hd, { $hd / 32 }, { $hd / 16 }, { $hd / 8 }, { m_tiles($hd) }, $causal, $pv_f32>(
-                        &p,
-                    )
+                    attention::<
+                        $hd,
+                        { $hd / 32 },
+                        { $hd / 16 },
+                        { $hd / 8 },
+                        { m_tiles($hd) },
+                        $causal,
+                        $pv_f32,
+                    >(&p)
                 }
             }
         };

@@ -16,7 +16,10 @@ pub(crate) struct OnlineSoftmax<const MT: usize> {
 impl<const MT: usize> OnlineSoftmax<MT> {
     #[inline(always)]
     pub fn new() -> Self {
-        OnlineSoftmax { max: [[f32::NEG_INFINITY; 2]; MT], sum: [[0.0; 2]; MT] }
+        OnlineSoftmax {
+            max: [[f32::NEG_INFINITY; 2]; MT],
+            sum: [[0.0; 2]; MT],
+        }
     }
 
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
@@ -24,31 +27,50 @@ impl<const MT: usize> OnlineSoftmax<MT> {
     #[inline(always)]
     pub fn update(&mut self, s: &mut [[AccF32; 8]; MT]) -> [[f32; 2]; MT] {
         let mut rescale = [[1.0f32; 2]; MT];
-        unroll::<MT>(#[inline(always)] |mt| {
-            unroll::<2>(#[inline(always)] |h| {
-                let mut tile_max = f32::NEG_INFINITY;
-                unroll::<8>(#[inline(always)] |nt| {
-                    tile_max = tile_max.max(s[mt][nt][2 * h]).max(s[mt][nt][2 * h + 1]);
-                });
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-                let new_max = self.max[mt][h].max(tile_max);
-                // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so
-                // that 2^(-inf - 0) = 0 rather than NaN.
-                let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
-                rescale[mt][h] = ptx::ex2(self.max[mt][h] - base);
-                self.max[mt][h] = new_max;
-                let mut row_sum = 0.0f32;
-                unroll::<8>(#[inline(always)] |nt| {
-                    unroll::<2>(#[inline(always)] |e| {
-                        let v = ptx::ex2(s[mt][nt][2 * h + e] - base);
-                        s[mt][nt][2 * h + e] = v;
-                        row_sum += v;
-                    });
-                });
-                self.sum[mt][h] = self.sum[mt][h] * rescale[mt][h] + row_sum;
-            });
-        });
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<2>(
+                    #[inline(always)]
+                    |h| {
+                        let mut tile_max = f32::NEG_INFINITY;
+                        unroll::<8>(
+                            #[inline(always)]
+                            |nt| {
+                                tile_max = tile_max.max(s[mt][nt][2 * h]).max(s[mt][nt][2 * h + 1]);
+                            },
+                        );
+                        tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
+                        tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
+                        let new_max = self.max[mt][h].max(tile_max);
+                        // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so
+                        // that 2^(-inf - 0) = 0 rather than NaN.
+                        let base = if new_max == f32::NEG_INFINITY {
+                            0.0
+                        } else {
+                            new_max
+                        };
+                        rescale[mt][h] = ptx::ex2(self.max[mt][h] - base);
+                        self.max[mt][h] = new_max;
+                        let mut row_sum = 0.0f32;
+                        unroll::<8>(
+                            #[inline(always)]
+                            |nt| {
+                                unroll::<2>(
+                                    #[inline(always)]
+                                    |e| {
+                                        let v = ptx::ex2(s[mt][nt][2 * h + e] - base);
+                                        s[mt][nt][2 * h + e] = v;
+                                        row_sum += v;
+                                    },
+                                );
+                            },
+                        );
+                        self.sum[mt][h] = self.sum[mt][h] * rescale[mt][h] + row_sum;
+                    },
+                );
+            },
+        );
         rescale
     }
 

@@ -1,0 +1,521 @@
+//! The sm_90a SageAttention forward kernel: INT8 `Q·Kᵀ` with `wgmma m64n64k32.s32.s8.s8` (Q and
+//! K from swizzled shared memory), dequantize with `q_scale * k_scale` (log2 units), online softmax
+//! with `ex2`, P packed to f16 in registers, `P·V` with `wgmma m64n{HD}k16.f32.f16.f16` (P from
+//! registers, V from shared memory, N-major) into an f32 running output.
+//!
+//! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
+//! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
+//! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
+//! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
+//!
+//! CTA (see `config.rs`): warps 0–7 = two consumer warpgroups of 64 query rows each; warp 8 = the
+//! producer. Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with three
+//! mbarriers: `full_k[s]` and `full_v[s]` (32 arrivals: the producer's lanes, through
+//! `cp.async.mbarrier.arrive.noinc`, i.e. when their copies have landed) and `empty[s]` (8
+//! arrivals: lane 0 of each consumer warp once its warpgroup's wgmmas reading the stage are done).
+//! Tile `t` uses stage `t % S` in round `t / S`; waiting for round r's completion uses parity
+//! `r & 1`.
+//!
+//! Each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
+//! intra-warpgroup pipelining): step t issues `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}` together,
+//! waits for `S_t` alone, runs the softmax of tile t while the P·V wgmma still runs, then waits for
+//! it and rescales O. The two warpgroups are not synchronised with each other except through the
+//! stage barriers, so one's softmax also overlaps the other's wgmmas.
+
+use super::config::{
+    SM90_CTA_K, SM90_CTA_Q, SM90_PRODUCER_WARP, sm90_barrier_offset, sm90_k_offset,
+    sm90_k_stage_bytes, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
+};
+use super::selftest::aligned_smem_base;
+use super::smem::{self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, v_desc, v_offset};
+use super::softmax::OnlineSoftmax;
+use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
+use crate::params::AttnParams;
+use crate::ptx;
+use crate::unroll::unroll;
+
+const LN_2: f32 = core::f32::consts::LN_2;
+
+/// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
+struct Geometry {
+    batch: u32,
+    head: u32,
+    kv_head: u32,
+    /// First query row of the CTA.
+    q_row0: u32,
+    /// Key tiles to visit (the causal limit of the CTA's last row, and the sequence end).
+    n_tiles: u32,
+    /// Leading tiles that need no mask for any row of the CTA.
+    n_unmasked: u32,
+    /// `kv_len - qo_len`: query i sees key j iff `j <= i + diag`.
+    diag: i32,
+}
+
+impl Geometry {
+    #[inline(always)]
+    fn new<const CAUSAL: bool>(p: &AttnParams) -> Self {
+        let (bx, head, batch) = ptx::block_idx();
+        let rows = SM90_CTA_Q as u32;
+        let q_blocks = p.qo_len.div_ceil(rows);
+        // Causal CTAs near the end of the sequence do the most work: start them first.
+        let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
+        let q_row0 = q_block * rows;
+        let kv_head = head / (p.q_heads / p.kv_heads);
+        let diag = p.kv_len as i32 - p.qo_len as i32;
+        let tile = SM90_CTA_K as i32;
+        let full_len_tiles = p.kv_len / SM90_CTA_K as u32;
+        let (n_tiles, n_unmasked) = if CAUSAL {
+            let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
+            let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
+            let n_tiles = (kv_end + tile - 1) / tile;
+            let first_visible = q_row0 as i32 + diag + 1;
+            let unmasked = if first_visible > 0 { first_visible / tile } else { 0 };
+            let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
+            (n_tiles as u32, n_unmasked as u32)
+        } else {
+            (p.kv_len.div_ceil(SM90_CTA_K as u32), full_len_tiles)
+        };
+        Geometry { batch, head, kv_head, q_row0, n_tiles, n_unmasked, diag }
+    }
+}
+
+/// Shared-memory addresses of the CTA (all derived from the aligned base).
+#[derive(Clone, Copy)]
+struct Smem<const HD: usize> {
+    q: u32,
+    k0: u32,
+    v0: u32,
+    bars: u32,
+}
+
+impl<const HD: usize> Smem<HD> {
+    const S: u32 = sm90_stages(HD) as u32;
+
+    #[inline(always)]
+    fn new() -> Self {
+        let base = aligned_smem_base();
+        Smem {
+            q: base,
+            k0: base + sm90_k_offset(HD) as u32,
+            v0: base + sm90_v_offset(HD) as u32,
+            bars: base + sm90_barrier_offset(HD) as u32,
+        }
+    }
+    #[inline(always)]
+    fn k_stage(self, s: u32) -> u32 {
+        self.k0 + s * sm90_k_stage_bytes(HD) as u32
+    }
+    #[inline(always)]
+    fn v_stage(self, s: u32) -> u32 {
+        self.v0 + s * sm90_v_stage_bytes(HD) as u32
+    }
+    #[inline(always)]
+    fn full_k(self, s: u32) -> u32 {
+        self.bars + 8 * s
+    }
+    #[inline(always)]
+    fn full_v(self, s: u32) -> u32 {
+        self.bars + 8 * (Self::S + s)
+    }
+    #[inline(always)]
+    fn empty(self, s: u32) -> u32 {
+        self.bars + 8 * (2 * Self::S + s)
+    }
+}
+
+/// The kernel body shared by every variant. `KS = HD/32` int8 k-steps, `NT = HD/8` output n-tiles.
+///
+/// # Safety
+/// `p` satisfies the host's validation (as for the portable kernel); the launch has
+/// `ceil(qo_len/128) × q_heads × batch` blocks of `SM90_THREADS` threads and
+/// `sm90_smem_bytes(HD)` bytes of dynamic shared memory.
+#[inline(always)]
+unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+    p: &AttnParams,
+) {
+    const {
+        assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
+        assert!(SM90_CTA_Q == Q_BLOCK && SM90_CTA_K == K_BLOCK);
+    };
+    let geo = Geometry::new::<CAUSAL>(p);
+    let sm = Smem::<HD>::new();
+    let tid = ptx::thread_idx_x();
+    if tid == 0 {
+        unroll::<8>(#[inline(always)] |s| {
+            if (s as u32) < Smem::<HD>::S {
+                // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
+                unsafe {
+                    ptx::mbarrier_init(sm.full_k(s as u32), 32);
+                    ptx::mbarrier_init(sm.full_v(s as u32), 32);
+                    ptx::mbarrier_init(sm.empty(s as u32), 8);
+                }
+            }
+        });
+    }
+    ptx::sync_threads();
+
+    if tid >> 5 == SM90_PRODUCER_WARP as u32 {
+        // SAFETY: as for the kernel.
+        unsafe { produce::<HD>(p, &geo, sm, tid & 31) };
+    } else {
+        // SAFETY: as for the kernel.
+        unsafe { consume::<HD, KS, NT, CAUSAL>(p, &geo, sm, tid) };
+    }
+}
+
+/// The producer warp: streams K and V tiles 0..n_tiles into the stages.
+#[inline(always)]
+unsafe fn produce<const HD: usize>(p: &AttnParams, geo: &Geometry, sm: Smem<HD>, lane: u32) {
+    let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
+    let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+    let k_src = p.k + kv_head * padded_k * HD as u64;
+    let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
+    let v_src = (p.v as i64 + 2 * v_head) as u64;
+    let v_row_bytes = 2 * p.v_stride[2] as u64;
+    let s_count = Smem::<HD>::S;
+    let k_cpr = (HD / 16) as u32;
+    let v_cpr = (HD / 8) as u32;
+    for t in 0..geo.n_tiles {
+        let (s, round) = (t % s_count, t / s_count);
+        if round > 0 {
+            // SAFETY: an initialised barrier.
+            unsafe { ptx::mbarrier_wait_parity(sm.empty(s), (round - 1) & 1) };
+        }
+        let k_dst = sm.k_stage(s);
+        let k_tile = k_src + (t as u64) * (SM90_CTA_K * HD) as u64;
+        for j in 0..(SM90_CTA_K * HD / 16 / 32) as u32 {
+            let i = lane + 32 * j;
+            let (r, c) = (i / k_cpr, i % k_cpr);
+            // SAFETY: K is padded to whole 64-row tiles.
+            unsafe {
+                ptx::cp_async_16(k_dst + kmajor_offset::<HD>(r, c), k_tile + (r * HD as u32 + 16 * c) as u64)
+            };
+        }
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_k(s)) };
+        let v_dst = sm.v_stage(s);
+        for j in 0..(SM90_CTA_K * HD / 8 / 32) as u32 {
+            let i = lane + 32 * j;
+            let (r, c) = (i / v_cpr, i % v_cpr);
+            let key = t * SM90_CTA_K as u32 + r;
+            let dst = v_dst + v_offset(r, c);
+            // SAFETY: key < kv_len is inside V; otherwise nothing is read (zero-fill).
+            unsafe {
+                if key < p.kv_len {
+                    ptx::cp_async_16(dst, v_src + key as u64 * v_row_bytes + 16 * c as u64);
+                } else {
+                    ptx::cp_async_16_zfill(dst, v_src, 0);
+                }
+            }
+        }
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_v(s)) };
+    }
+    // Leave no copy in flight when the warp exits.
+    ptx::cp_async_commit();
+    ptx::cp_async_wait::<0>();
+}
+
+/// Per-warpgroup constants of the consumer loop.
+struct Consumer<const HD: usize> {
+    sm: Smem<HD>,
+    q_desc: u64,
+    q_scale: f32,
+    /// Address of this (batch, kv head)'s first K scale.
+    k_scale_row: u64,
+    kv_len: u32,
+    diag: i32,
+    /// First query row of this warp's 16 (within the head).
+    warp_row0: u32,
+    lane: u32,
+}
+
+impl<const HD: usize> Consumer<HD> {
+    /// Waits until K tile `t` is in shared memory and visible to wgmma.
+    #[inline(always)]
+    fn wait_k(&self, t: u32) {
+        let s = Smem::<HD>::S;
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::mbarrier_wait_parity(self.sm.full_k(t % s), (t / s) & 1) };
+        ptx::fence_proxy_async_shared();
+    }
+
+    /// Waits until V tile `t` is in shared memory and visible to wgmma.
+    #[inline(always)]
+    fn wait_v(&self, t: u32) {
+        let s = Smem::<HD>::S;
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::mbarrier_wait_parity(self.sm.full_v(t % s), (t / s) & 1) };
+        ptx::fence_proxy_async_shared();
+    }
+
+    /// Hands the stage of tile `t` back to the producer (after this warpgroup's last wgmma on it
+    /// has completed).
+    #[inline(always)]
+    fn release(&self, t: u32) {
+        if self.lane == 0 {
+            // SAFETY: an initialised barrier.
+            unsafe { ptx::mbarrier_arrive(self.sm.empty(t % Smem::<HD>::S)) };
+        }
+    }
+
+    #[inline(always)]
+    fn k_desc(&self, t: u32) -> u64 {
+        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD>::S))
+    }
+
+    #[inline(always)]
+    fn v_desc(&self, t: u32) -> u64 {
+        v_desc(self.sm.v_stage(t % Smem::<HD>::S))
+    }
+
+    /// K scale of tile `t`.
+    #[inline(always)]
+    fn k_scale(&self, t: u32) -> f32 {
+        // SAFETY: t < k_blocks of this head.
+        unsafe { ptx::ld_global_nc_f32(self.k_scale_row + 4 * t as u64) }
+    }
+
+    /// Scores of tile `t` → probabilities: dequantize, mask, online softmax, pack to the f16 A
+    /// fragments of P·V. Returns the fragments and the rescale factor of the two rows.
+    #[inline(always)]
+    fn softmax<const MASK: bool, const CAUSAL: bool>(
+        &self,
+        s_int: &[[i32; 4]; 8],
+        t: u32,
+        k_scale: f32,
+        softmax: &mut OnlineSoftmax,
+    ) -> ([[u32; 4]; 4], [f32; 2]) {
+        let scale = self.q_scale * k_scale;
+        let mut s = [[0.0f32; 4]; 8];
+        unroll::<8>(#[inline(always)] |j| {
+            unroll::<4>(#[inline(always)] |e| s[j][e] = s_int[j][e] as f32 * scale);
+        });
+        if MASK {
+            let key0 = t * SM90_CTA_K as u32;
+            unroll::<8>(#[inline(always)] |j| {
+                unroll::<4>(#[inline(always)] |e| {
+                    let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
+                    let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
+                    let mut visible = key < self.kv_len;
+                    if CAUSAL {
+                        visible &= key as i32 <= row as i32 + self.diag;
+                    }
+                    if !visible {
+                        s[j][e] = f32::NEG_INFINITY;
+                    }
+                });
+            });
+        }
+        let rescale = softmax.update(&mut s);
+        let mut probs = [[0u32; 4]; 4];
+        unroll::<4>(#[inline(always)] |kk| {
+            let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
+            probs[kk] = [
+                ptx::pack_f16x2(lo[0], lo[1]),
+                ptx::pack_f16x2(lo[2], lo[3]),
+                ptx::pack_f16x2(hi[0], hi[1]),
+                ptx::pack_f16x2(hi[2], hi[3]),
+            ];
+        });
+        (probs, rescale)
+    }
+
+    /// Tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet).
+    #[inline(always)]
+    fn first<const MASK: bool, const CAUSAL: bool, const KS: usize>(
+        &self,
+        softmax: &mut OnlineSoftmax,
+    ) -> [[u32; 4]; 4] {
+        let k_scale = self.k_scale(0);
+        self.wait_k(0);
+        let mut s = [[0i32; 4]; 8];
+        ptx::wgmma_fence();
+        issue_qk::<KS>(&mut s, self.q_desc, self.k_desc(0));
+        ptx::wgmma_commit();
+        ptx::wgmma_wait::<0>();
+        smem::pin_s(&mut s);
+        self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0
+    }
+
+    /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}`; softmax of tile t while the
+    /// P·V runs; then rescale O and release tile t-1's stage. `probs` holds `P_{t-1}` on entry and
+    /// `P_t` on return.
+    #[inline(always)]
+    fn step<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
+        &self,
+        t: u32,
+        probs: &mut [[u32; 4]; 4],
+        out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+    ) {
+        let k_scale = self.k_scale(t);
+        self.wait_v(t - 1);
+        self.wait_k(t);
+        let mut s = [[0i32; 4]; 8];
+        ptx::wgmma_fence();
+        issue_qk::<KS>(&mut s, self.q_desc, self.k_desc(t));
+        ptx::wgmma_commit();
+        issue_pv::<NT>(out, probs, self.v_desc(t - 1));
+        ptx::wgmma_commit();
+        ptx::wgmma_wait::<1>();
+        smem::pin_s(&mut s);
+        let (next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
+        ptx::wgmma_wait::<0>();
+        smem::pin_o(out);
+        unroll::<NT>(#[inline(always)] |j| {
+            unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
+        });
+        self.release(t - 1);
+        *probs = next;
+    }
+
+    /// The last `O += P·V` (tile `t`).
+    #[inline(always)]
+    fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
+        self.wait_v(t);
+        ptx::wgmma_fence();
+        issue_pv::<NT>(out, probs, self.v_desc(t));
+        ptx::wgmma_commit();
+        ptx::wgmma_wait::<0>();
+        smem::pin_o(out);
+        self.release(t);
+    }
+}
+
+/// A consumer warpgroup: loads its 64 Q rows, runs the pipelined loop, writes O and the LSE.
+#[inline(always)]
+unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+    p: &AttnParams,
+    geo: &Geometry,
+    sm: Smem<HD>,
+    tid: u32,
+) {
+    let wg = tid >> 7;
+    let lane = tid & 31;
+    let wg_row0 = 64 * wg;
+    let warp_row0 = geo.q_row0 + wg_row0 + 16 * ((tid >> 5) & 3);
+    let mut softmax = OnlineSoftmax::new();
+    let mut out = [[0.0f32; 4]; NT];
+
+    if geo.n_tiles > 0 {
+        // This warpgroup's 64 Q rows (the padded Q holds whole 128-row blocks).
+        let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
+        let q_head = (geo.batch * p.q_heads + geo.head) as u64;
+        let q_src = p.q + (q_head * padded_q + (geo.q_row0 + wg_row0) as u64) * HD as u64;
+        let q_dst = sm.q + wg_row0 * HD as u32;
+        let cpr = (HD / 16) as u32;
+        let wtid = tid & 127;
+        unroll::<{ 64 * 8 / 128 }>(#[inline(always)] |j| {
+            // HD/16 chunks per row: 64 rows × HD/16 chunks over 128 threads = HD/32 per thread.
+            if (j as u32) < (HD / 32) as u32 {
+                let i = wtid + 128 * j as u32;
+                let (r, c) = (i / cpr, i % cpr);
+                // SAFETY: inside the padded Q.
+                unsafe {
+                    ptx::cp_async_16(q_dst + kmajor_offset::<HD>(r, c), q_src + (r * HD as u32 + 16 * c) as u64)
+                };
+            }
+        });
+        ptx::cp_async_commit();
+        let q_blocks = padded_q / Q_BLOCK as u64;
+        let q_scale_idx = q_head * q_blocks + (geo.q_row0 as usize / Q_BLOCK) as u64;
+        let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
+        let k_scale_row =
+            p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
+        // SAFETY: q_scale_idx < batch * q_heads * q_blocks.
+        let q_scale = unsafe { ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx) };
+        ptx::cp_async_wait::<0>();
+        ptx::fence_proxy_async_shared();
+        ptx::named_barrier_sync(1 + wg, 128);
+
+        let c = Consumer::<HD> {
+            sm,
+            q_desc: kmajor_desc::<HD>(q_dst),
+            q_scale,
+            k_scale_row,
+            kv_len: p.kv_len,
+            diag: geo.diag,
+            warp_row0,
+            lane,
+        };
+        let mut probs = if geo.n_unmasked > 0 {
+            c.first::<false, CAUSAL, KS>(&mut softmax)
+        } else {
+            c.first::<true, CAUSAL, KS>(&mut softmax)
+        };
+        for t in 1..geo.n_unmasked {
+            c.step::<false, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax);
+        }
+        for t in geo.n_unmasked.max(1)..geo.n_tiles {
+            c.step::<true, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax);
+        }
+        c.last::<NT>(geo.n_tiles - 1, &probs, &mut out);
+    }
+    // SAFETY: the output and LSE pointers were validated by the host for these shapes.
+    unsafe { store::<NT>(p, geo, warp_row0, lane, &softmax, &out) };
+}
+
+/// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`.
+#[inline(always)]
+unsafe fn store<const NT: usize>(
+    p: &AttnParams,
+    geo: &Geometry,
+    warp_row0: u32,
+    lane: u32,
+    softmax: &OnlineSoftmax,
+    out: &[[f32; 4]; NT],
+) {
+    let head_base =
+        p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
+    unroll::<2>(#[inline(always)] |h| {
+        // Shuffles first: every lane must take part, whether or not its row exists.
+        let l = softmax.row_sum(h);
+        let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
+        let row = warp_row0 + (lane >> 2) + 8 * h as u32;
+        if row < p.qo_len {
+            let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
+            unroll::<NT>(#[inline(always)] |nt| {
+                let c = out[nt];
+                let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                let packed =
+                    if p.out_bf16 != 0 { ptx::pack_bf16x2(a, b) } else { ptx::pack_f16x2(a, b) };
+                let col = nt as u32 * 8 + 2 * (lane & 3);
+                // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
+            });
+            if p.lse != 0 && lane & 3 == 0 {
+                let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64) * p.qo_len as u64
+                    + row as u64;
+                let lse = if l == 0.0 {
+                    f32::NEG_INFINITY
+                } else {
+                    let smoothing_shift = if p.lse_bias != 0 {
+                        // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
+                        unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+                    } else {
+                        0.0
+                    };
+                    (softmax.max[h] + ptx::lg2(l)) * LN_2 + smoothing_shift
+                };
+                // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
+                unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+            }
+        }
+    });
+}
+
+macro_rules! sm90_attention_entry {
+    ($name:literal, $hd:literal, $causal:literal) => {
+        const _: () = {
+            /// Kernel entry (see the module docs); one per variant.
+            #[unsafe(export_name = $name)]
+            pub unsafe extern "ptx-kernel" fn sm90_attention_entry(p: AttnParams) {
+                // SAFETY: the host launches this entry only with validated parameters.
+                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal>(&p) }
+            }
+        };
+    };
+}
+
+crate::for_each_sm90_attention_variant!(sm90_attention_entry);

@@ -1,0 +1,94 @@
+//! Launch constants of the sm_90a (wgmma) attention kernel: the single source of truth for the
+//! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
+//! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
+//!
+//! CTA layout: warps 0–7 are two consumer warpgroups (64 query rows each, `SM90_CTA_Q = 128` rows
+//! per CTA, so a CTA's rows share one 128-row Q quantization block); warp 8 is the producer, which
+//! streams 64-key K/V tiles into `sm90_stages(head_dim)` shared-memory stages with cp.async and
+//! mbarriers. Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle
+//! period): Q tile, the K stages, the V stages, then the mbarriers.
+
+/// Query rows per CTA (= `Q_BLOCK`: one Q scale per CTA).
+pub const SM90_CTA_Q: usize = 128;
+/// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
+pub const SM90_CTA_K: usize = 64;
+/// Consumer warpgroups per CTA; each owns 64 query rows.
+pub const SM90_CONSUMER_WARPGROUPS: usize = 2;
+/// Index of the producer warp (the warp after the consumer warpgroups).
+pub const SM90_PRODUCER_WARP: usize = 4 * SM90_CONSUMER_WARPGROUPS;
+/// Threads per CTA: the consumer warpgroups and one producer warp.
+pub const SM90_THREADS: usize = 128 * SM90_CONSUMER_WARPGROUPS + 32;
+/// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
+/// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
+pub const SM90_SMEM_ALIGN: usize = 1024;
+/// Head dimensions with an sm_90a kernel.
+pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// K/V pipeline stages.
+pub const fn sm90_stages(head_dim: usize) -> usize {
+    if head_dim > 64 { 4 } else { 6 }
+}
+
+/// Bytes of the INT8 Q tile (`SM90_CTA_Q` rows of `head_dim` bytes, K-major swizzled).
+pub const fn sm90_q_bytes(head_dim: usize) -> usize {
+    SM90_CTA_Q * head_dim
+}
+
+/// Bytes of one INT8 K stage.
+pub const fn sm90_k_stage_bytes(head_dim: usize) -> usize {
+    SM90_CTA_K * head_dim
+}
+
+/// Bytes of one f16 V stage (`head_dim / 64` column blocks of 64 keys × 128 bytes).
+pub const fn sm90_v_stage_bytes(head_dim: usize) -> usize {
+    SM90_CTA_K * head_dim * 2
+}
+
+/// Offset of the first K stage from the aligned base.
+pub const fn sm90_k_offset(head_dim: usize) -> usize {
+    sm90_q_bytes(head_dim)
+}
+
+/// Offset of the first V stage from the aligned base.
+pub const fn sm90_v_offset(head_dim: usize) -> usize {
+    sm90_k_offset(head_dim) + sm90_stages(head_dim) * sm90_k_stage_bytes(head_dim)
+}
+
+/// Offset of the mbarriers from the aligned base: `full_k[stages]`, `full_v[stages]`,
+/// `empty[stages]`, 8 bytes each.
+pub const fn sm90_barrier_offset(head_dim: usize) -> usize {
+    sm90_v_offset(head_dim) + sm90_stages(head_dim) * sm90_v_stage_bytes(head_dim)
+}
+
+/// Dynamic shared memory to launch with (includes the slack for aligning the base).
+pub const fn sm90_smem_bytes(head_dim: usize) -> usize {
+    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim) + 3 * 8 * sm90_stages(head_dim)
+}
+
+/// Calls `$m!(name, head_dim, causal)` once per sm_90a attention entry. The device crate stamps
+/// the entries from it and the host builds its name table from it.
+#[macro_export]
+macro_rules! for_each_sm90_attention_variant {
+    ($m:ident) => {
+        $m!("sage_attn_sm90_hd64_full", 64, false);
+        $m!("sage_attn_sm90_hd64_causal", 64, true);
+        $m!("sage_attn_sm90_hd128_full", 128, false);
+        $m!("sage_attn_sm90_hd128_causal", 128, true);
+    };
+}
+
+/// Entry names of the single-tile wgmma tests (one warpgroup, 128 threads,
+/// [`SM90_TEST_SMEM`] bytes of dynamic shared memory, `TestParams {a, b, d}`).
+pub mod sm90_test_names {
+    /// `D[64][64] (s32) = A[64][HD] (s8) · B[64][HD]ᵀ (s8)`, HD = 64.
+    pub const WGMMA_S8_HD64: &str = "sage_sm90_test_wgmma_s8_hd64";
+    /// As [`WGMMA_S8_HD64`] with HD = 128.
+    pub const WGMMA_S8_HD128: &str = "sage_sm90_test_wgmma_s8_hd128";
+    /// `D[64][HD] (f32) = A[64][64] (f16, from registers) · B[64][HD] (f16, N-major)`, HD = 64.
+    pub const WGMMA_F16_HD64: &str = "sage_sm90_test_wgmma_f16_hd64";
+    /// As [`WGMMA_F16_HD64`] with HD = 128.
+    pub const WGMMA_F16_HD128: &str = "sage_sm90_test_wgmma_f16_hd128";
+}
+
+/// Dynamic shared memory of the single-tile wgmma tests.
+pub const SM90_TEST_SMEM: usize = SM90_SMEM_ALIGN + 64 * 128 * 2 + 64 * 128;

@@ -1,0 +1,30 @@
+//! The Hopper (sm_90a) module: the wgmma SageAttention kernel and its single-tile tests.
+//!
+//! Read order: `config` (launch constants shared with `host/hopper.rs`) → `attention` (the kernel:
+//! producer warp + two consumer warpgroups, mbarrier pipeline, intra-warpgroup overlap of softmax
+//! and P·V) → `smem` (swizzled tile layouts, wgmma descriptors, issue helpers) → `softmax` →
+//! `selftest` (single-tile wgmma tests). The PTX wrappers (wgmma, mbarrier, proxy fences) are in the
+//! Hopper section at the end of `ptx.rs`.
+
+pub mod config;
+
+mod attention;
+mod selftest;
+mod smem;
+mod softmax;
+
+use crate::params::TestParams;
+use crate::ptx;
+
+/// Writes `2*i + 1 + cluster_rank` to `out[i]` for each thread i of a single-CTA launch.
+///
+/// # Safety
+/// `p.a` holds `blockDim.x` u32.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_hopper_smoke(p: TestParams) {
+    let out = p.a;
+    ptx::wgmma_fence();
+    let i = ptx::thread_idx_x();
+    // SAFETY: i < blockDim.x, the length of the buffer.
+    unsafe { ptx::st_global_u32(out + 4 * i as u64, 2 * i + 1 + ptx::cluster_cta_rank()) };
+}

@@ -1,0 +1,111 @@
+//! Shared-memory tile layouts that wgmma reads, their matrix descriptors, and the wgmma issue
+//! helpers for the two products of the kernel.
+//!
+//! * **K-major INT8 tiles** (Q and K: one token per row, `HD` bytes of head dim per row). With
+//!   `HD = 128` a row is 128 bytes and the tile uses the 128-byte swizzle: the 16-byte chunk `c` of
+//!   row `r` is stored at chunk `c ^ (r % 8)`; 8 rows (1024 bytes) form one swizzle atom, so the
+//!   descriptor's stride byte offset (between 8-row groups) is 1024. With `HD = 64` a row is 64
+//!   bytes and the tile uses the 64-byte swizzle: chunk `c` of row `r` at `c ^ ((r / 2) % 4)`,
+//!   atoms of 8 rows = 512 bytes. A k-step of 32 bytes advances the descriptor's start address by
+//!   32 bytes (the hardware applies the XOR to the final address bits, which is why the tiles must
+//!   sit at 1024-byte aligned addresses).
+//! * **N-major f16 V tiles** (one key per row, head dim contiguous: for P·V the key is the k
+//!   dimension and the head dim is n, so the layout is MN-major, `imm-trans-b = 1`). The tile is
+//!   split into `HD / 64` column blocks of 64 head-dim values; each block is 64 key rows × 128
+//!   bytes with the 128-byte swizzle. Descriptor: leading byte offset = distance between column
+//!   blocks (64·128 bytes), stride byte offset = distance between 8-key groups (1024 bytes). A
+//!   k-step of 16 keys advances the start address by 2048 bytes.
+
+use super::config::SM90_CTA_K;
+use crate::ptx;
+use crate::unroll::unroll;
+
+/// Byte offset of 16-byte chunk `c` of row `r` in a K-major INT8 tile with `HD`-byte rows.
+#[inline(always)]
+pub const fn kmajor_offset<const HD: usize>(r: u32, c: u32) -> u32 {
+    if HD == 128 {
+        r * 128 + ((c ^ (r & 7)) << 4)
+    } else {
+        r * 64 + ((c ^ ((r >> 1) & 3)) << 4)
+    }
+}
+
+/// Bytes between the column blocks of a V tile.
+pub const V_BLOCK_BYTES: u32 = (SM90_CTA_K * 128) as u32;
+
+/// Byte offset of 16-byte chunk `c` (head-dim values `8c..8c+8`) of key row `r` in a V tile.
+#[inline(always)]
+pub const fn v_offset(r: u32, c: u32) -> u32 {
+    (c >> 3) * V_BLOCK_BYTES + r * 128 + (((c & 7) ^ (r & 7)) << 4)
+}
+
+/// `(x & 0x3FFFF) >> 4`, the descriptor encoding of addresses and offsets.
+#[inline(always)]
+const fn enc(x: u32) -> u64 {
+    ((x & 0x3FFFF) >> 4) as u64
+}
+
+/// A wgmma shared-memory matrix descriptor. `swizzle`: 1 = 128-byte, 2 = 64-byte.
+#[inline(always)]
+pub const fn descriptor(addr: u32, leading: u32, stride: u32, swizzle: u64) -> u64 {
+    enc(addr) | (enc(leading) << 16) | (enc(stride) << 32) | (swizzle << 62)
+}
+
+/// Descriptor of a K-major INT8 tile of `HD`-byte rows at `addr` (1024-byte aligned).
+#[inline(always)]
+pub const fn kmajor_desc<const HD: usize>(addr: u32) -> u64 {
+    if HD == 128 {
+        descriptor(addr, 16, 1024, 1)
+    } else {
+        descriptor(addr, 16, 512, 2)
+    }
+}
+
+/// Descriptor of an N-major f16 V tile at `addr` (1024-byte aligned).
+#[inline(always)]
+pub const fn v_desc(addr: u32) -> u64 {
+    descriptor(addr, V_BLOCK_BYTES, 1024, 1)
+}
+
+/// Issues `S = Q·Kᵀ` for 64 query rows and 64 keys over `KS = HD/32` k-steps (no commit, no
+/// wait). `q_desc`/`k_desc` describe the two K-major tiles.
+#[inline(always)]
+pub fn issue_qk<const KS: usize>(s: &mut [[i32; 4]; 8], q_desc: u64, k_desc: u64) {
+    unroll::<KS>(#[inline(always)] |ks| {
+        // 32 bytes per k-step = 2 in descriptor units (16 bytes).
+        let step = 2 * ks as u64;
+        ptx::wgmma_m64n64k32_s8(s, q_desc + step, k_desc + step, (ks != 0) as u32);
+    });
+}
+
+/// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
+/// commit, no wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`.
+#[inline(always)]
+pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], v_desc: u64) {
+    const { assert!(NT == 8 || NT == 16) };
+    unroll::<4>(#[inline(always)] |kk| {
+        // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
+        let desc = v_desc + 128 * kk as u64;
+        if NT == 16 {
+            // SAFETY: NT == 16, so this is the same array.
+            let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
+            ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], desc, 1);
+        } else {
+            // SAFETY: NT == 8, so this is the same array.
+            let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
+            ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], desc, 1);
+        }
+    });
+}
+
+/// Ordering point after a wgmma wait for an s32 accumulator (see [`ptx::pin_i32x4`]).
+#[inline(always)]
+pub fn pin_s(s: &mut [[i32; 4]; 8]) {
+    unroll::<8>(#[inline(always)] |j| ptx::pin_i32x4(&mut s[j]));
+}
+
+/// Ordering point after a wgmma wait for an f32 accumulator (see [`ptx::pin_f32x4`]).
+#[inline(always)]
+pub fn pin_o<const NT: usize>(o: &mut [[f32; 4]; NT]) {
+    unroll::<NT>(#[inline(always)] |j| ptx::pin_f32x4(&mut o[j]));
+}

@@ -1,0 +1,60 @@
+//! Online softmax in base 2 over one warp's 16 rows of a wgmma m64n64 score tile. The accumulator
+//! layout is the mma.sync m16n8 C layout per 8-key n-tile (lane holds rows g and g+8, index `h`),
+//! so this is `attention/softmax.rs` with one m-tile, kept arithmetic-for-arithmetic identical
+//! (the portable kernel's results are the reference for this one).
+
+use crate::ptx;
+use crate::unroll::unroll;
+
+/// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
+pub(crate) struct OnlineSoftmax {
+    pub max: [f32; 2],
+    pub sum: [f32; 2],
+}
+
+impl OnlineSoftmax {
+    #[inline(always)]
+    pub fn new() -> Self {
+        OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] }
+    }
+
+    /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
+    /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
+    #[inline(always)]
+    pub fn update(&mut self, s: &mut [[f32; 4]; 8]) -> [f32; 2] {
+        let mut rescale = [1.0f32; 2];
+        unroll::<2>(#[inline(always)] |h| {
+            let mut tile_max = f32::NEG_INFINITY;
+            unroll::<8>(#[inline(always)] |nt| {
+                tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+            });
+            tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
+            tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
+            let new_max = self.max[h].max(tile_max);
+            // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
+            // 2^(-inf - 0) = 0 rather than NaN.
+            let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+            rescale[h] = ptx::ex2(self.max[h] - base);
+            self.max[h] = new_max;
+            let mut row_sum = 0.0f32;
+            unroll::<8>(#[inline(always)] |nt| {
+                unroll::<2>(#[inline(always)] |e| {
+                    let v = ptx::ex2(s[nt][2 * h + e] - base);
+                    s[nt][2 * h + e] = v;
+                    row_sum += v;
+                });
+            });
+            self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+        });
+        rescale
+    }
+
+    /// The full sum of row `h` (reduces the quad's partial sums).
+    #[inline(always)]
+    pub fn row_sum(&self, h: usize) -> f32 {
+        let mut l = self.sum[h];
+        l += ptx::shfl_xor_f32(l, 1);
+        l += ptx::shfl_xor_f32(l, 2);
+        l
+    }
+}
