@@ -6,15 +6,16 @@
 //! SageAttention aligns top-left; the two agree when `qo_len == kv_len`.) A query that sees no key
 //! gets a zero output row and an LSE of `-inf`.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, DeviceRepr};
+use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, padded_len, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
     MEAN_SEQ_LANES, QUANT_THREADS, Q_BLOCK, SUPPORTED_HEAD_DIMS,
 };
-use crate::error::{Error, Result};
+use crate::error::{CudaResultExt, Error, Result};
 use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::runtime::{ModuleKind, Runtime};
+use crate::scratch::{DeviceAlloc, ScratchLayout, ScratchShape};
 use crate::tensor::{AccessGuard, DType, Layout, Tensor, TensorView, TensorViewMut};
 
 // SAFETY: plain-old-data `#[repr(C)]` structs of integers and floats, laid out exactly as the
@@ -99,7 +100,7 @@ const MAX_GRID_YZ: usize = 65_535;
 /// (logical order; any strides with a contiguous last dim, see [`TensorView::validate`]);
 /// f16 or bf16 (all three the same); head_dim 64, 96 or 128; `q_heads % kv_heads == 0` (GQA/MQA).
 /// Inputs are never modified. Work is queued on the runtime's stream; errors are reported before
-/// anything is launched.
+/// anything is launched. Scratch memory comes from the runtime's reusable workspace.
 pub fn sageattn(
     rt: &Runtime,
     q: &TensorView,
@@ -120,8 +121,7 @@ pub fn sageattn(
     } else {
         None
     };
-    let prepared = Prepared::new_checked(rt, q, k, v, opts, problem)?;
-    prepared.attend_checked(rt, v, &mut o.view_mut(), lse.as_mut())?;
+    run_with_workspace(rt, q, k, v, &mut o.view_mut(), lse.as_mut(), opts, &problem)?;
     Ok(Output { o, lse })
 }
 
@@ -139,29 +139,78 @@ pub fn sageattn_into(
     opts: &Options,
 ) -> Result<()> {
     let problem = validate_inputs(rt, q, k, v, opts)?;
-    let prepared = Prepared::new_checked(rt, q, k, v, opts, problem)?;
-    prepared.attend_checked(rt, v, out, lse)
+    run_with_workspace(rt, q, k, v, out, lse, opts, &problem)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_with_workspace(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    out: &mut TensorViewMut,
+    lse: Option<&mut CudaSlice<f32>>,
+    opts: &Options,
+    problem: &Problem,
+) -> Result<()> {
+    validate_output(rt, problem, out, lse.as_deref())?;
+    let layout = scratch_layout(problem, opts, lse.is_some())?;
+    rt.with_workspace(layout.bytes, |base| {
+        let scratch = Scratch { base, layout };
+        enqueue_prepare(rt, q, k, v, problem, &scratch)?;
+        enqueue_attend(
+            rt,
+            problem,
+            opts.causal,
+            opts.pv_accum,
+            &scratch,
+            v,
+            out,
+            lse,
+        )
+    })
+}
+
+/// Where one call's quantized data lives.
+#[derive(Clone, Copy, Debug)]
+struct Scratch {
+    base: u64,
+    layout: ScratchLayout,
+}
+
+impl Scratch {
+    fn at(&self, offset: usize) -> u64 {
+        self.base + offset as u64
+    }
+}
+
+fn scratch_layout(p: &Problem, opts: &Options, lse: bool) -> Result<ScratchLayout> {
+    ScratchLayout::new(ScratchShape {
+        batch: p.batch,
+        q_heads: p.q_heads,
+        kv_heads: p.kv_heads,
+        qo_len: p.qo_len,
+        kv_len: p.kv_len,
+        head_dim: p.head_dim,
+        smooth_k: opts.smooth_k,
+        lse_bias: opts.smooth_k && lse,
+        convert_v: p.in_dtype == DType::BF16,
+    })
 }
 
 /// Q and K quantized (and V converted to f16 when it is bf16): the first half of [`sageattn`].
 /// [`Prepared::attend_into`] runs the attention kernel alone, which is what "kernel only" timings
-/// measure and what repeated attention over the same Q/K can reuse.
+/// measure and what repeated attention over the same Q/K can reuse. Owns its device memory.
 pub struct Prepared {
     problem: Problem,
-    causal: bool,
-    pv_accum: PvAccum,
-    q_i8: CudaSlice<i8>,
-    q_scale: CudaSlice<f32>,
-    k_i8: CudaSlice<i8>,
-    k_scale: CudaSlice<f32>,
-    k_mean: Option<CudaSlice<f32>>,
-    /// bf16 V converted to f16 (as raw bits), contiguous `[batch][kv_heads][kv_len][head_dim]`.
-    v_f16: Option<CudaSlice<u16>>,
-    lse_bias: Option<CudaSlice<f32>>,
+    opts: Options,
+    scratch: Scratch,
+    _memory: DeviceAlloc,
 }
 
 impl Prepared {
     /// Validates the inputs and runs smoothing, quantization and (for bf16) the V conversion.
+    /// With `opts.return_lse` and smoothing on, it also prepares the LSE correction.
     pub fn new(
         rt: &Runtime,
         q: &TensorView,
@@ -170,187 +219,24 @@ impl Prepared {
         opts: &Options,
     ) -> Result<Self> {
         let problem = validate_inputs(rt, q, k, v, opts)?;
-        Self::new_checked(rt, q, k, v, opts, problem)
-    }
-
-    fn new_checked(
-        rt: &Runtime,
-        q: &TensorView,
-        k: &TensorView,
-        v: &TensorView,
-        opts: &Options,
-        p: Problem,
-    ) -> Result<Self> {
-        let stream = rt.stream();
-        let q_blocks = p.qo_len.div_ceil(Q_BLOCK);
-        let k_blocks = p.kv_len.div_ceil(K_BLOCK);
-        let in_bf16 = u32::from(p.in_dtype == DType::BF16);
-        // SAFETY: every element of these scratch buffers is written by the kernels below before
-        // anything reads it (quantization writes all padded rows and every block's scale; the
-        // mean and conversion kernels write their whole outputs).
-        let mut q_i8 = unsafe {
-            rt.alloc_uninit::<i8>(p.batch * p.q_heads * padded_len(p.qo_len, Q_BLOCK) * p.head_dim)?
+        let layout = scratch_layout(&problem, opts, opts.return_lse)?;
+        let memory = DeviceAlloc::new(rt.stream(), layout.bytes)?;
+        let scratch = Scratch {
+            base: memory.ptr(),
+            layout,
         };
-        let mut q_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.q_heads * q_blocks)? };
-        let mut k_i8 = unsafe {
-            rt.alloc_uninit::<i8>(
-                p.batch * p.kv_heads * padded_len(p.kv_len, K_BLOCK) * p.head_dim,
-            )?
-        };
-        let mut k_scale = unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * k_blocks)? };
-        let mut k_mean = if opts.smooth_k {
-            Some(unsafe { rt.alloc_uninit::<f32>(p.batch * p.kv_heads * p.head_dim)? })
-        } else {
-            None
-        };
-
-        let (q_ptr, _q_guard) = q.device_ptr(stream);
-        let (k_ptr, _k_guard) = k.device_ptr(stream);
-        let qs = q.strides();
-        let ks = k.strides();
-
-        if let Some(mean) = k_mean.as_mut() {
-            let (mean_ptr, _g) = mean.device_ptr_mut(stream);
-            let params = MeanParams {
-                k: k_ptr,
-                mean: mean_ptr,
-                k_stride: [ks[0], ks[1], ks[2]],
-                seq: p.kv_len as u32,
-                heads: p.kv_heads as u32,
-                head_dim: p.head_dim as u32,
-                in_bf16,
-            };
-            let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-            let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
-            launch(
-                rt,
-                names::K_MEAN,
-                (p.kv_heads as u32, p.batch as u32, 1),
-                threads,
-                smem,
-                &params,
-            )?;
-        }
-
-        let mean_ptr = k_mean.as_ref().map(|m| m.device_ptr(stream));
-        {
-            let (out, _g1) = q_i8.device_ptr_mut(stream);
-            let (scale, _g2) = q_scale.device_ptr_mut(stream);
-            let params = QuantParams {
-                x: q_ptr,
-                mean: 0,
-                out,
-                scale,
-                x_stride: [qs[0], qs[1], qs[2]],
-                mult: p.sm_scale * LOG2_E,
-                block: Q_BLOCK as u32,
-                seq: p.qo_len as u32,
-                heads: p.q_heads as u32,
-                head_dim: p.head_dim as u32,
-                in_bf16,
-            };
-            let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
-            launch(rt, names::QUANTIZE, grid, QUANT_THREADS as u32, 32, &params)?;
-        }
-        {
-            let (out, _g1) = k_i8.device_ptr_mut(stream);
-            let (scale, _g2) = k_scale.device_ptr_mut(stream);
-            let params = QuantParams {
-                x: k_ptr,
-                mean: mean_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
-                out,
-                scale,
-                x_stride: [ks[0], ks[1], ks[2]],
-                mult: 1.0,
-                block: K_BLOCK as u32,
-                seq: p.kv_len as u32,
-                heads: p.kv_heads as u32,
-                head_dim: p.head_dim as u32,
-                in_bf16,
-            };
-            let grid = (k_blocks as u32, p.kv_heads as u32, p.batch as u32);
-            launch(rt, names::QUANTIZE, grid, QUANT_THREADS as u32, 32, &params)?;
-        }
-
-        let lse_bias = match (&mean_ptr, opts.return_lse) {
-            (Some((mean, _)), true) => {
-                let rows = p.batch * p.q_heads * p.qo_len;
-                // SAFETY: the kernel writes all `rows` elements.
-                let mut bias = unsafe { rt.alloc_uninit::<f32>(rows)? };
-                {
-                    let (bias_ptr, _g) = bias.device_ptr_mut(stream);
-                    let params = LseBiasParams {
-                        q: q_ptr,
-                        mean: *mean,
-                        bias: bias_ptr,
-                        q_stride: [qs[0], qs[1], qs[2]],
-                        sm_scale: p.sm_scale,
-                        seq: p.qo_len as u32,
-                        heads: p.q_heads as u32,
-                        kv_heads: p.kv_heads as u32,
-                        head_dim: p.head_dim as u32,
-                        in_bf16,
-                        batch: p.batch as u32,
-                        _pad: 0,
-                    };
-                    let blocks = rows.div_ceil(256).min(1 << 16) as u32;
-                    launch(rt, names::LSE_BIAS, (blocks, 1, 1), 256, 0, &params)?;
-                }
-                Some(bias)
-            }
-            _ => None,
-        };
-        drop(mean_ptr);
-
-        let v_f16 = if p.in_dtype == DType::BF16 {
-            let n = p.batch * p.kv_heads * p.kv_len * p.head_dim;
-            // SAFETY: the conversion kernel writes all n elements.
-            let mut out = unsafe { rt.alloc_uninit::<u16>(n)? };
-            {
-                let (v_ptr, _vg) = v.device_ptr(stream);
-                let (out_ptr, _og) = out.device_ptr_mut(stream);
-                let vs = v.strides();
-                let params = ConvertParams {
-                    x: v_ptr,
-                    out: out_ptr,
-                    x_stride: [vs[0], vs[1], vs[2]],
-                    seq: p.kv_len as u32,
-                    heads: p.kv_heads as u32,
-                    head_dim: p.head_dim as u32,
-                    batch: p.batch as u32,
-                };
-                let chunks = n / 8;
-                let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
-                launch(
-                    rt,
-                    names::V_BF16_TO_F16,
-                    (blocks, 1, 1),
-                    CONVERT_THREADS as u32,
-                    0,
-                    &params,
-                )?;
-            }
-            Some(out)
-        } else {
-            None
-        };
-
+        enqueue_prepare(rt, q, k, v, &problem, &scratch)?;
         Ok(Prepared {
-            problem: p,
-            causal: opts.causal,
-            pv_accum: opts.pv_accum,
-            q_i8,
-            q_scale,
-            k_i8,
-            k_scale,
-            k_mean,
-            v_f16,
-            lse_bias,
+            problem,
+            opts: *opts,
+            scratch,
+            _memory: memory,
         })
     }
 
     /// Runs the attention kernel alone on the prepared Q/K and `v` (the same V the preparation
-    /// saw: shape and dtype are checked) into `out`, and the LSE into `lse` when given.
+    /// saw: shape and dtype are checked) into `out`, and the LSE into `lse` when given (which
+    /// needs `return_lse` at preparation when smoothing is on).
     pub fn attend_into(
         &self,
         rt: &Runtime,
@@ -372,97 +258,312 @@ impl Prepared {
                 ),
             });
         }
-        self.attend_checked(rt, v, out, lse)
-    }
-
-    fn attend_checked(
-        &self,
-        rt: &Runtime,
-        v: &TensorView,
-        out: &mut TensorViewMut,
-        lse: Option<&mut CudaSlice<f32>>,
-    ) -> Result<()> {
-        let p = &self.problem;
+        if lse.is_some() && self.opts.smooth_k && self.scratch.layout.lse_bias.is_none() {
+            return Err(Error::InvalidOption(
+                "the LSE of smoothed attention needs `return_lse: true` when preparing".into(),
+            ));
+        }
         validate_output(rt, p, out, lse.as_deref())?;
-        let stream = rt.stream();
-        let name = attention_kernel_name(p.head_dim, self.causal, self.pv_accum == PvAccum::F32)
-            .ok_or(Error::UnsupportedHeadDim {
-                head_dim: p.head_dim,
-                supported: &SUPPORTED_HEAD_DIMS,
-            })?;
-
-        let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match &self.v_f16 {
-            Some(conv) => {
-                let (ptr, _sync) = conv.device_ptr(stream);
-                let d = p.head_dim as i64;
-                let s = p.kv_len as i64;
-                // The guard of our own scratch slice only orders it on our stream: drop it now.
-                drop(_sync);
-                (ptr, [p.kv_heads as i64 * s * d, s * d, d], None)
-            }
-            None => {
-                let (ptr, guard) = v.device_ptr(stream);
-                let vs = v.strides();
-                (ptr, [vs[0], vs[1], vs[2]], Some(guard))
-            }
-        };
-        let os = out.strides();
-        let out_bf16 = u32::from(out.dtype() == DType::BF16);
-        let (o_ptr, _o_guard) = out.device_ptr_mut(stream);
-        let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
-        let (q, _g1) = self.q_i8.device_ptr(stream);
-        let (k, _g2) = self.k_i8.device_ptr(stream);
-        let (q_scale, _g3) = self.q_scale.device_ptr(stream);
-        let (k_scale, _g4) = self.k_scale.device_ptr(stream);
-        let bias = self.lse_bias.as_ref().map(|b| b.device_ptr(stream));
-        let params = AttnParams {
-            q,
-            k,
-            v: v_ptr,
-            o: o_ptr,
-            lse: lse_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
-            lse_bias: bias.as_ref().map_or(0, |(ptr, _)| *ptr),
-            q_scale,
-            k_scale,
-            v_stride,
-            o_stride: [os[0], os[1], os[2]],
-            qo_len: p.qo_len as u32,
-            kv_len: p.kv_len as u32,
-            q_heads: p.q_heads as u32,
-            kv_heads: p.kv_heads as u32,
-            out_bf16,
-            _pad: 0,
-        };
-        let grid = (
-            p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
-            p.q_heads as u32,
-            p.batch as u32,
-        );
-        launch(
+        enqueue_attend(
             rt,
-            name,
-            grid,
-            ATTN_THREADS as u32,
-            attn_smem_bytes(p.head_dim) as u32,
-            &params,
+            p,
+            self.opts.causal,
+            self.opts.pv_accum,
+            &self.scratch,
+            v,
+            out,
+            lse,
         )
     }
 
-    /// The quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and its
-    /// scales (`[batch][q_heads][q_blocks]`), for inspection and tests.
-    pub fn q_quantized(&self) -> (&CudaSlice<i8>, &CudaSlice<f32>) {
-        (&self.q_i8, &self.q_scale)
+    /// Device addresses of the prepared buffers, for other kernels of this crate (the Hopper path).
+    pub(crate) fn device_pointers(&self) -> PreparedPointers {
+        let (sc, l) = (&self.scratch, &self.scratch.layout);
+        PreparedPointers {
+            q_i8: sc.at(l.q_i8),
+            q_scale: sc.at(l.q_scale),
+            k_i8: sc.at(l.k_i8),
+            k_scale: sc.at(l.k_scale),
+            lse_bias: l.lse_bias.map(|o| sc.at(o)),
+            v_f16: l.v_f16.map(|o| sc.at(o)),
+        }
     }
 
-    /// The quantized K (padded to 64 rows) and its scales, for inspection and tests.
-    pub fn k_quantized(&self) -> (&CudaSlice<i8>, &CudaSlice<f32>) {
-        (&self.k_i8, &self.k_scale)
+    /// Copies the quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and
+    /// its scales (`[batch][q_heads][q_blocks]`) to the host, for inspection and tests.
+    pub fn q_quantized_to_host(&self, rt: &Runtime) -> Result<(Vec<i8>, Vec<f32>)> {
+        let p = &self.problem;
+        let l = &self.scratch.layout;
+        let values = download::<i8>(
+            rt,
+            self.scratch.at(l.q_i8),
+            p.batch * p.q_heads * padded_len(p.qo_len, Q_BLOCK) * p.head_dim,
+        )?;
+        let scales = download::<f32>(
+            rt,
+            self.scratch.at(l.q_scale),
+            p.batch * p.q_heads * p.qo_len.div_ceil(Q_BLOCK),
+        )?;
+        Ok((values, scales))
     }
 
-    /// K's mean over the sequence (`[batch][kv_heads][head_dim]`), when smoothing is on.
-    pub fn k_mean(&self) -> Option<&CudaSlice<f32>> {
-        self.k_mean.as_ref()
+    /// Copies the quantized K (padded to 64 rows) and its scales to the host.
+    pub fn k_quantized_to_host(&self, rt: &Runtime) -> Result<(Vec<i8>, Vec<f32>)> {
+        let p = &self.problem;
+        let l = &self.scratch.layout;
+        let values = download::<i8>(
+            rt,
+            self.scratch.at(l.k_i8),
+            p.batch * p.kv_heads * padded_len(p.kv_len, K_BLOCK) * p.head_dim,
+        )?;
+        let scales = download::<f32>(
+            rt,
+            self.scratch.at(l.k_scale),
+            p.batch * p.kv_heads * p.kv_len.div_ceil(K_BLOCK),
+        )?;
+        Ok((values, scales))
     }
+
+    /// Copies K's mean over the sequence (`[batch][kv_heads][head_dim]`) to the host, when
+    /// smoothing is on.
+    pub fn k_mean_to_host(&self, rt: &Runtime) -> Result<Option<Vec<f32>>> {
+        let p = &self.problem;
+        match self.scratch.layout.k_mean {
+            Some(off) => Ok(Some(download::<f32>(
+                rt,
+                self.scratch.at(off),
+                p.batch * p.kv_heads * p.head_dim,
+            )?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Device addresses of a [`Prepared`]'s buffers (layouts as in docs/design.md).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PreparedPointers {
+    pub q_i8: u64,
+    pub q_scale: u64,
+    pub k_i8: u64,
+    pub k_scale: u64,
+    pub lse_bias: Option<u64>,
+    pub v_f16: Option<u64>,
+}
+
+/// Synchronous copy of `len` elements of scratch memory to the host.
+fn download<T: Copy + Default>(rt: &Runtime, ptr: u64, len: usize) -> Result<Vec<T>> {
+    let mut host = vec![T::default(); len];
+    rt.bind()?;
+    // SAFETY: `ptr` is inside this call's scratch allocation, which holds `len` elements of T at
+    // that offset (see ScratchLayout); the copy is ordered after the kernels that wrote it, and we
+    // wait for it before returning the buffer.
+    let copied = unsafe {
+        cudarc::driver::result::memcpy_dtoh_async(&mut host, ptr, rt.stream().cu_stream())
+    };
+    copied.op("copying scratch memory to the host")?;
+    rt.synchronize()?;
+    Ok(host)
+}
+
+/// Enqueues K mean, Q/K quantization, LSE bias and the V conversion into `scratch`.
+fn enqueue_prepare(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    p: &Problem,
+    scratch: &Scratch,
+) -> Result<()> {
+    let stream = rt.stream();
+    let l = &scratch.layout;
+    let q_blocks = p.qo_len.div_ceil(Q_BLOCK);
+    let k_blocks = p.kv_len.div_ceil(K_BLOCK);
+    let in_bf16 = u32::from(p.in_dtype == DType::BF16);
+    let (q_ptr, _q_guard) = q.device_ptr(stream);
+    let (k_ptr, _k_guard) = k.device_ptr(stream);
+    let qs = q.strides();
+    let ks = k.strides();
+    let mean_ptr = l.k_mean.map(|off| scratch.at(off));
+
+    if let Some(mean) = mean_ptr {
+        let params = MeanParams {
+            k: k_ptr,
+            mean,
+            k_stride: [ks[0], ks[1], ks[2]],
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            in_bf16,
+        };
+        let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
+        let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
+        launch(
+            rt,
+            names::K_MEAN,
+            (p.kv_heads as u32, p.batch as u32, 1),
+            threads,
+            smem,
+            &params,
+        )?;
+    }
+
+    let q_params = QuantParams {
+        x: q_ptr,
+        mean: 0,
+        out: scratch.at(l.q_i8),
+        scale: scratch.at(l.q_scale),
+        x_stride: [qs[0], qs[1], qs[2]],
+        mult: p.sm_scale * LOG2_E,
+        block: Q_BLOCK as u32,
+        seq: p.qo_len as u32,
+        heads: p.q_heads as u32,
+        head_dim: p.head_dim as u32,
+        in_bf16,
+    };
+    let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
+    launch(
+        rt,
+        names::QUANTIZE,
+        grid,
+        QUANT_THREADS as u32,
+        32,
+        &q_params,
+    )?;
+
+    let k_params = QuantParams {
+        x: k_ptr,
+        mean: mean_ptr.unwrap_or(0),
+        out: scratch.at(l.k_i8),
+        scale: scratch.at(l.k_scale),
+        x_stride: [ks[0], ks[1], ks[2]],
+        mult: 1.0,
+        block: K_BLOCK as u32,
+        seq: p.kv_len as u32,
+        heads: p.kv_heads as u32,
+        ..q_params
+    };
+    let grid = (k_blocks as u32, p.kv_heads as u32, p.batch as u32);
+    launch(
+        rt,
+        names::QUANTIZE,
+        grid,
+        QUANT_THREADS as u32,
+        32,
+        &k_params,
+    )?;
+
+    if let (Some(mean), Some(bias)) = (mean_ptr, l.lse_bias) {
+        let rows = p.batch * p.q_heads * p.qo_len;
+        let params = LseBiasParams {
+            q: q_ptr,
+            mean,
+            bias: scratch.at(bias),
+            q_stride: [qs[0], qs[1], qs[2]],
+            sm_scale: p.sm_scale,
+            seq: p.qo_len as u32,
+            heads: p.q_heads as u32,
+            kv_heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            in_bf16,
+            batch: p.batch as u32,
+            _pad: 0,
+        };
+        let blocks = rows.div_ceil(256).min(1 << 16) as u32;
+        launch(rt, names::LSE_BIAS, (blocks, 1, 1), 256, 0, &params)?;
+    }
+
+    if let Some(v_f16) = l.v_f16 {
+        let (v_ptr, _v_guard) = v.device_ptr(stream);
+        let vs = v.strides();
+        let params = ConvertParams {
+            x: v_ptr,
+            out: scratch.at(v_f16),
+            x_stride: [vs[0], vs[1], vs[2]],
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            batch: p.batch as u32,
+        };
+        let chunks = p.batch * p.kv_heads * p.kv_len * p.head_dim / 8;
+        let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
+        launch(
+            rt,
+            names::V_BF16_TO_F16,
+            (blocks, 1, 1),
+            CONVERT_THREADS as u32,
+            0,
+            &params,
+        )?;
+    }
+    Ok(())
+}
+
+/// Enqueues the attention kernel on prepared scratch data.
+#[allow(clippy::too_many_arguments)]
+fn enqueue_attend(
+    rt: &Runtime,
+    p: &Problem,
+    causal: bool,
+    pv_accum: PvAccum,
+    scratch: &Scratch,
+    v: &TensorView,
+    out: &mut TensorViewMut,
+    lse: Option<&mut CudaSlice<f32>>,
+) -> Result<()> {
+    let stream = rt.stream();
+    let l = &scratch.layout;
+    let name = attention_kernel_name(p.head_dim, causal, pv_accum == PvAccum::F32).ok_or(
+        Error::UnsupportedHeadDim {
+            head_dim: p.head_dim,
+            supported: &SUPPORTED_HEAD_DIMS,
+        },
+    )?;
+    let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
+        Some(off) => {
+            let (d, s) = (p.head_dim as i64, p.kv_len as i64);
+            (scratch.at(off), [p.kv_heads as i64 * s * d, s * d, d], None)
+        }
+        None => {
+            let (ptr, guard) = v.device_ptr(stream);
+            let vs = v.strides();
+            (ptr, [vs[0], vs[1], vs[2]], Some(guard))
+        }
+    };
+    let os = out.strides();
+    let out_bf16 = u32::from(out.dtype() == DType::BF16);
+    let (o_ptr, _o_guard) = out.device_ptr_mut(stream);
+    let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
+    let params = AttnParams {
+        q: scratch.at(l.q_i8),
+        k: scratch.at(l.k_i8),
+        v: v_ptr,
+        o: o_ptr,
+        lse: lse_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
+        lse_bias: l.lse_bias.map_or(0, |off| scratch.at(off)),
+        q_scale: scratch.at(l.q_scale),
+        k_scale: scratch.at(l.k_scale),
+        v_stride,
+        o_stride: [os[0], os[1], os[2]],
+        qo_len: p.qo_len as u32,
+        kv_len: p.kv_len as u32,
+        q_heads: p.q_heads as u32,
+        kv_heads: p.kv_heads as u32,
+        out_bf16,
+        _pad: 0,
+    };
+    let grid = (
+        p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
+        p.q_heads as u32,
+        p.batch as u32,
+    );
+    launch(
+        rt,
+        name,
+        grid,
+        ATTN_THREADS as u32,
+        attn_smem_bytes(p.head_dim) as u32,
+        &params,
+    )
 }
 
 /// The entry point compiled for this variant (the device crate stamps them from the same list).

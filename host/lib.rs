@@ -24,10 +24,12 @@
 
 pub mod attention;
 pub mod error;
+pub mod hopper;
 pub mod kernels;
 pub mod quant_ref;
 pub mod reference;
 pub mod runtime;
+pub(crate) mod scratch;
 pub mod selftest;
 pub mod tensor;
 

@@ -6,6 +6,7 @@
 //! first request of one of their kernels.
 
 use crate::error::{CudaResultExt, Error, Result};
+use crate::scratch::DeviceAlloc;
 use crate::tensor::Element;
 use cudarc::driver::{
     result as cu_result, sys, CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
@@ -195,6 +196,10 @@ struct Inner {
     smem_optin: u32,
     modules: [Mutex<Option<Arc<Module>>>; 2],
     kernels: [Mutex<HashMap<String, Kernel>>; 2],
+    /// Scratch memory reused by every `sageattn` call on this runtime (grow-only; see
+    /// [`Runtime::release_workspace`]). The lock is held while a call enqueues its kernels, so two
+    /// threads sharing the runtime cannot interleave their use of it.
+    workspace: Mutex<Option<DeviceAlloc>>,
 }
 
 /// A CUDA context, the stream all of this library's work goes to, and the kernel cache.
@@ -265,8 +270,42 @@ impl Runtime {
                 smem_optin,
                 modules: Default::default(),
                 kernels: Default::default(),
+                workspace: Mutex::new(None),
             }),
         })
+    }
+
+    /// Runs `f` with at least `bytes` of the runtime's scratch workspace (its device address),
+    /// growing it first if needed, while holding the workspace lock. `f` must only enqueue work
+    /// on the runtime's stream; stream order makes the next user wait for it.
+    pub(crate) fn with_workspace<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut ws = self
+            .inner
+            .workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ws.as_ref().is_none_or(|w| w.bytes() < bytes) {
+            // Free the old one first (stream-ordered) so peak memory is not old + new.
+            *ws = None;
+            *ws = Some(DeviceAlloc::new(&self.inner.stream, bytes.max(1 << 20))?);
+        }
+        let ptr = ws.as_ref().map_or(0, DeviceAlloc::ptr);
+        f(ptr)
+    }
+
+    /// Frees the scratch workspace `sageattn` keeps between calls (stream-ordered); the next call
+    /// allocates it again. The workspace is about `(qo_len·q_heads + kv_len·kv_heads)·head_dim·batch`
+    /// bytes for the largest call so far (plus V for bf16 inputs).
+    pub fn release_workspace(&self) {
+        *self
+            .inner
+            .workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     /// The stream all work is issued on.

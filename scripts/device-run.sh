@@ -37,6 +37,8 @@ cd "$DEV/.."
 [[ -d "$DEV/tests" ]] || { echo "device-run: $DEV/tests not found: run scripts/device-bundle.sh first and carry .device" >&2; exit 2; }
 
 OUT="${OUT:-$PWD/.device-out}"
+# The CLI tests run the bundled binary (cargo's path to it does not exist on this machine).
+[[ -x "$DEV/sageattn" ]] && export SAGEATTN_BIN="$DEV/sageattn"
 mkdir -p "$OUT"
 TEST_TIMEOUT="${SAGE_TEST_TIMEOUT:-300}"
 SAN_FILTER="${SAGE_SANITIZER_FILTER:-sanitizer_}"

@@ -117,38 +117,21 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
                 };
                 let prepared =
                     Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
-                let stream = rt.stream();
-                let mean = stream.clone_dtoh(prepared.k_mean().unwrap()).unwrap();
+                let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
                 let mean_ref = k_mean(&k);
                 assert_eq!(
                     bits(&mean),
                     bits(&mean_ref),
                     "K mean, case {i} {dtype:?} {layout:?}"
                 );
-                let (q_i8, q_scale) = prepared.q_quantized();
+                let (q_i8, q_scale) = prepared.q_quantized_to_host(rt).unwrap();
                 let q_ref = quantize_q(&q, sm_scale);
-                assert_eq!(
-                    stream.clone_dtoh(q_i8).unwrap(),
-                    q_ref.data,
-                    "Q int8, case {i}"
-                );
-                assert_eq!(
-                    bits(&stream.clone_dtoh(q_scale).unwrap()),
-                    bits(&q_ref.scale),
-                    "Q scales, case {i}"
-                );
-                let (k_i8, k_scale) = prepared.k_quantized();
+                assert_eq!(q_i8, q_ref.data, "Q int8, case {i}");
+                assert_eq!(bits(&q_scale), bits(&q_ref.scale), "Q scales, case {i}");
+                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
                 let k_ref = quantize_k(&k, Some(&mean_ref));
-                assert_eq!(
-                    stream.clone_dtoh(k_i8).unwrap(),
-                    k_ref.data,
-                    "K int8, case {i}"
-                );
-                assert_eq!(
-                    bits(&stream.clone_dtoh(k_scale).unwrap()),
-                    bits(&k_ref.scale),
-                    "K scales, case {i}"
-                );
+                assert_eq!(k_i8, k_ref.data, "K int8, case {i}");
+                assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, case {i}");
             }
         }
     }

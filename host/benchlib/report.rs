@@ -105,6 +105,10 @@ pub struct PathJson {
     pub tops: f64,
     /// TOPS at the fastest launch.
     pub tops_max: f64,
+    /// Least host time to queue one call on an idle stream (warm-up), ms. Close to the median
+    /// GPU time means the call is launch-bound (the GPU waits for the host).
+    #[serde(default)]
+    pub host_enqueue_ms: Option<f64>,
 }
 
 /// One case: a head_dim, a causal setting and a sequence length.
@@ -295,6 +299,7 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
         "p10 ms",
         "p90 ms",
         "iters",
+        "host ms",
         "TOPS",
         "quant ovh",
     ]
@@ -341,10 +346,11 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
                         fmt_ms(s.p10_ms),
                         fmt_ms(s.p90_ms),
                         format!("{}{few}", s.iters),
+                        p.host_enqueue_ms.map(fmt_ms).unwrap_or_else(|| "-".into()),
                         fmt_tops(p.tops),
                     ]);
                 }
-                None => r.extend(["-", "-", "-", "-", "-", "-"].map(String::from)),
+                None => r.extend(["-", "-", "-", "-", "-", "-", "-"].map(String::from)),
             }
             r
         };
@@ -402,6 +408,7 @@ pub(crate) mod tests {
             },
             tops: super::super::stats::tops(flops, median),
             tops_max: super::super::stats::tops(flops, median * 0.98),
+            host_enqueue_ms: Some(median * 0.3),
         }
     }
 

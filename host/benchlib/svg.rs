@@ -37,6 +37,14 @@ const OURS_FULL: &str = "#f28e79";
 /// Our kernel alone.
 const OURS_KERNEL: &str = "#c44e52";
 
+/// Least width of a panel's plot area, px.
+const MIN_PLOT_W: f64 = 240.0;
+
+/// Approximate rendered width of `text` in a sans-serif font of `size` px (0.58 em a character).
+fn text_width(text: &str, size: f64) -> f64 {
+    0.58 * size * text.chars().count() as f64
+}
+
 /// Escapes text for SVG content and attribute values.
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -115,17 +123,51 @@ pub fn grouped_bars(
         .max()
         .unwrap_or(1)
         .max(1);
-    let plot_w = group_w * max_cats as f64;
+    let plot_w = (group_w * max_cats as f64).max(MIN_PLOT_W);
     let plot_h = 220.0;
     let (axis_left, panel_pad_right) = (58.0, 18.0);
     let (panel_title_h, panel_bottom) = (28.0, 44.0);
     let panel_w = axis_left + plot_w + panel_pad_right;
     let panel_h = panel_title_h + plot_h + panel_bottom;
-    let header_h = 92.0;
     let margin = 16.0;
     let rows = panels.len().div_ceil(cols).max(1);
-    let width = (2.0 * margin + cols as f64 * panel_w).max(560.0);
+    let content_w = cols as f64 * panel_w;
+
+    // Legend items, wrapped into lines no wider than the panels (or 640 px).
+    let item_w: Vec<f64> = series
+        .iter()
+        .map(|se| 20.0 + text_width(&se.name, 12.0) + 22.0)
+        .collect();
+    let legend_max = content_w.max(640.0);
+    let mut legend_lines: Vec<Vec<usize>> = vec![Vec::new()];
+    let mut line_w = 0.0;
+    for (i, w) in item_w.iter().enumerate() {
+        let last = legend_lines.last_mut().expect("one line");
+        if !last.is_empty() && line_w + w > legend_max {
+            legend_lines.push(vec![i]);
+            line_w = *w;
+        } else {
+            last.push(i);
+            line_w += w;
+        }
+    }
+    let line_width = |l: &Vec<usize>| l.iter().map(|&i| item_w[i]).sum::<f64>();
+    let legend_w = legend_lines.iter().map(line_width).fold(0.0, f64::max);
+    let width = [
+        2.0 * margin + content_w,
+        2.0 * margin + legend_w,
+        2.0 * margin + text_width(title, 17.0) * 1.08,
+        2.0 * margin + text_width(subtitle, 11.0),
+        560.0,
+    ]
+    .into_iter()
+    .fold(0.0, f64::max)
+    .ceil();
+    let legend_top = 58.0;
+    let header_h = legend_top + 20.0 * legend_lines.len() as f64 + 14.0;
     let height = header_h + rows as f64 * panel_h + margin;
+    // Panels centered when the header is wider.
+    let panels_left = (width - content_w) / 2.0;
 
     let mut s = String::new();
     let _ = writeln!(
@@ -148,26 +190,25 @@ pub fn grouped_bars(
         width / 2.0,
         xml_escape(subtitle)
     );
-    // Legend, centered.
-    let item_w: Vec<f64> = series
-        .iter()
-        .map(|se| 22.0 + 6.5 * se.name.chars().count() as f64 + 18.0)
-        .collect();
-    let total: f64 = item_w.iter().sum();
-    let mut x = (width - total) / 2.0;
-    for (se, w) in series.iter().zip(&item_w) {
-        let _ = writeln!(
-            s,
-            r#"<rect x="{x:.1}" y="60" width="14" height="14" fill="{}"/><text x="{:.1}" y="71.5" font-size="12">{}</text>"#,
-            xml_escape(&se.color),
-            x + 20.0,
-            xml_escape(&se.name)
-        );
-        x += w;
+    for (li, line) in legend_lines.iter().enumerate() {
+        let mut x = (width - line_width(line)) / 2.0;
+        let y = legend_top + 20.0 * li as f64;
+        for &i in line {
+            let se = &series[i];
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{y:.1}" width="14" height="14" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="12">{}</text>"#,
+                xml_escape(&se.color),
+                x + 20.0,
+                y + 11.5,
+                xml_escape(&se.name)
+            );
+            x += item_w[i];
+        }
     }
 
     for (pi, p) in panels.iter().enumerate() {
-        let px = margin + (pi % cols) as f64 * panel_w;
+        let px = panels_left + (pi % cols) as f64 * panel_w;
         let py = header_h + (pi / cols) as f64 * panel_h;
         let (x0, y0) = (px + axis_left, py + panel_title_h); // plot's top-left
         let max = p
@@ -211,7 +252,9 @@ pub fn grouped_bars(
         );
         // Bars.
         for (ci, cat) in p.categories.iter().enumerate() {
-            let gx = x0 + ci as f64 * group_w + group_gap / 2.0;
+            // Groups spread evenly over the plot; bars centered in their group.
+            let gw = plot_w / p.categories.len().max(1) as f64;
+            let gx = x0 + ci as f64 * gw + (gw - bar_w * n_series as f64) / 2.0;
             for (si, se) in series.iter().enumerate() {
                 let bx = gx + si as f64 * bar_w;
                 let cx = bx + bar_w / 2.0;

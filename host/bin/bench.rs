@@ -583,23 +583,41 @@ fn should_stop(t: &Timing, done: usize, gpu_s: f64, wall: Duration) -> bool {
         || (wall >= t.max_wall && done >= MIN_SAMPLES)
 }
 
-/// Warms up, then times launches with an event pair around each; returns the times in ms.
+/// Launch times of one path.
+struct Timed {
+    /// GPU time of every timed launch (event pair), ms.
+    samples: Vec<f64>,
+    /// Least host time to queue one call on an idle stream during the warm-up, ms: when it
+    /// approaches the GPU time, the GPU waits for the host (launch-bound).
+    host_ms: f64,
+}
+
+/// Warms up, then times launches with an event pair around each.
 /// `launch(i)` queues launch number `i` (the caller rotates input sets with it).
 fn time_launches(
     rt: &Runtime,
     events: &[(CudaEvent, CudaEvent)],
     t: &Timing,
     mut launch: impl FnMut(usize) -> Result<(), SageError>,
-) -> Result<Vec<f64>, SageError> {
+) -> Result<Timed, SageError> {
     let stream = rt.stream();
     let warm_start = Instant::now();
     let mut i = 0;
     let mut last;
+    let mut host = 0.0;
     loop {
         let t0 = Instant::now();
         launch(i)?;
+        let queued = t0.elapsed();
         rt.synchronize()?;
         last = t0.elapsed();
+        // The first call may include one-time work (module load): later calls replace it.
+        let queued_ms = queued.as_secs_f64() * 1e3;
+        host = if i <= 1 {
+            queued_ms
+        } else {
+            host.min(queued_ms)
+        };
         i += 1;
         if warm_start.elapsed() >= t.warmup {
             break;
@@ -628,7 +646,10 @@ fn time_launches(
             gpu_s += ms * 1e-3;
         }
         if should_stop(t, samples.len(), gpu_s, start.elapsed()) {
-            return Ok(samples);
+            return Ok(Timed {
+                samples,
+                host_ms: host,
+            });
         }
     }
 }
@@ -845,8 +866,9 @@ impl Bench<'_> {
             causal_name(causal),
             s.seq
         );
-        let to_path = |samples: &[f64]| {
-            summarize(samples).map(|stats| PathJson {
+        let to_path = |timed: &Timed| {
+            summarize(&timed.samples).map(|stats| PathJson {
+                host_enqueue_ms: Some(timed.host_ms),
                 tops: tops(flops, stats.median_ms),
                 tops_max: tops(flops, stats.min_ms),
                 stats,

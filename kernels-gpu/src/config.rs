@@ -30,14 +30,22 @@ pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// Two tiles halve the shared-memory traffic per mma but need ~225 registers at d = 64/96; at
 /// d = 128 they spill (measured with ptxas 12.9, sm_80), so d = 128 uses one.
 pub const fn m_tiles(head_dim: usize) -> usize {
-    if head_dim > 96 { 1 } else { 2 }
+    if head_dim > 96 {
+        1
+    } else {
+        2
+    }
 }
 
 /// CTAs per SM the attention kernel's registers are bounded for (`.minnctapersm`, added to the PTX
 /// by build.rs); 0 = no bound. One m-tile per warp at f32 P·V fits the 168 registers of 3 CTAs
 /// without spilling; the f16-accumulator variant spills 12 B there (ptxas 12.9), so it keeps 2.
 pub const fn attn_min_ctas_per_sm(head_dim: usize, pv_f32: bool) -> usize {
-    if m_tiles(head_dim) == 1 && pv_f32 { 3 } else { 0 }
+    if m_tiles(head_dim) == 1 && pv_f32 {
+        3
+    } else {
+        0
+    }
 }
 
 /// Query rows per attention CTA.

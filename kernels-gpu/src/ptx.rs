@@ -673,6 +673,17 @@ pub fn pin_f32x4(x: &mut [f32; 4]) {
     }
 }
 
+/// [`pin_f32x4`] for a 64-bit value (wgmma descriptors: computed before [`wgmma_fence`], so that
+/// no instruction defines a wgmma input inside the issue sequence, which makes ptxas serialize).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn pin_u64(x: &mut u64) {
+    // SAFETY: emits no instruction.
+    unsafe {
+        asm!("/* pin {0} */", inout(reg64) *x, options(nostack));
+    }
+}
+
 /// [`pin_f32x4`] for s32 accumulators.
 #[cfg(feature = "hopper")]
 #[inline(always)]
@@ -773,19 +784,42 @@ pub unsafe fn cp_async_mbarrier_arrive_noinc(addr: u32) {
     }
 }
 
-/// `D (+)= A·Bᵀ`, `wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8` (sm_90a): A (64 rows × 32
-/// bytes of k) and B (64 rows × 32 bytes of k) both K-major in shared memory, given by matrix
-/// descriptors. `accumulate == 0` overwrites D (scale-d false). D layout: `d[j][e]` is row
-/// `16·(warp%4) + lane/4 + 8·(e/2)`, column `8j + 2·(lane%4) + e%2` (the mma.sync m16n8 C layout
-/// per 8-column n-tile). Asynchronous: D must not be touched until [`wgmma_wait`] and
-/// [`wgmma_fence`] must precede it.
+/// `D = A·Bᵀ` (scale-d 0: D is only written), `wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8`
+/// (sm_90a): A (64 rows × 32 bytes of k) and B (64 rows × 32 bytes of k) both K-major in shared
+/// memory, given by matrix descriptors. D layout: `d[j][e]` is row `16·(warp%4) + lane/4 +
+/// 8·(e/2)`, column `8j + 2·(lane%4) + e%2` (the mma.sync m16n8 C layout per 8-column n-tile).
+/// Asynchronous: D must not be read until [`wgmma_wait`]; [`wgmma_fence`] must precede it.
 #[cfg(feature = "hopper")]
 #[inline(always)]
-pub fn wgmma_m64n64k32_s8(d: &mut [[i32; 4]; 8], a_desc: u64, b_desc: u64, accumulate: u32) {
+pub fn wgmma_m64n64k32_s8_first(a_desc: u64, b_desc: u64) -> [[i32; 4]; 8] {
+    let mut d = [[0i32; 4]; 8];
     // SAFETY: warpgroup-collective; the descriptors point into this CTA's shared memory (caller).
     unsafe {
         asm!(
-            "{{ .reg .pred p; setp.ne.b32 p, {34}, 0; wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {32}, {33}, p; }}",
+            "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {32}, {33}, 0;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            in(reg64) a_desc, in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·Bᵀ`, as [`wgmma_m64n64k32_s8_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_s8(d: &mut [[i32; 4]; 8], a_desc: u64, b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptors point into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n64k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {32}, {33}, 1;",
             inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
             inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
             inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
@@ -794,23 +828,23 @@ pub fn wgmma_m64n64k32_s8(d: &mut [[i32; 4]; 8], a_desc: u64, b_desc: u64, accum
             inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
             inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
             inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
-            in(reg64) a_desc, in(reg64) b_desc, in(reg32) accumulate,
+            in(reg64) a_desc, in(reg64) b_desc,
             options(nostack)
         );
     }
 }
 
-/// `D (+)= A·B`, `wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
+/// `D += A·B`, `wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
 /// in registers and B (16 k-rows × 64 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
 /// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.
-/// D: as [`wgmma_m64n64k32_s8`] over 8 n-tiles. `accumulate == 0` overwrites D.
+/// D: as [`wgmma_m64n64k32_s8_first`] over 8 n-tiles.
 #[cfg(feature = "hopper")]
 #[inline(always)]
-pub fn wgmma_m64n64k16_f32_f16_rs(d: &mut [[f32; 4]; 8], a: [u32; 4], b_desc: u64, accumulate: u32) {
+pub fn wgmma_m64n64k16_f32_f16_rs(d: &mut [[f32; 4]; 8], a: [u32; 4], b_desc: u64) {
     // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
     unsafe {
         asm!(
-            "{{ .reg .pred p; setp.ne.b32 p, {37}, 0; wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, p, 1, 1, 1; }}",
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, 1, 1, 1, 1;",
             inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
             inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
             inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
@@ -820,23 +854,23 @@ pub fn wgmma_m64n64k16_f32_f16_rs(d: &mut [[f32; 4]; 8], a: [u32; 4], b_desc: u6
             inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
             inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
             in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
-            in(reg64) b_desc, in(reg32) accumulate,
+            in(reg64) b_desc,
             options(nostack)
         );
     }
 }
 
-/// `D (+)= A·B`, `wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
+/// `D += A·B`, `wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
 /// in registers and B (16 k-rows × 128 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
 /// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.
-/// D: as [`wgmma_m64n64k32_s8`] over 16 n-tiles. `accumulate == 0` overwrites D.
+/// D: as [`wgmma_m64n64k32_s8_first`] over 16 n-tiles.
 #[cfg(feature = "hopper")]
 #[inline(always)]
-pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: u64, accumulate: u32) {
+pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: u64) {
     // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
     unsafe {
         asm!(
-            "{{ .reg .pred p; setp.ne.b32 p, {69}, 0; wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, p, 1, 1, 1; }}",
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 1, 1, 1, 1;",
             inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
             inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
             inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
@@ -854,7 +888,7 @@ pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: 
             inout(reg32) d[14][0], inout(reg32) d[14][1], inout(reg32) d[14][2], inout(reg32) d[14][3],
             inout(reg32) d[15][0], inout(reg32) d[15][1], inout(reg32) d[15][2], inout(reg32) d[15][3],
             in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
-            in(reg64) b_desc, in(reg32) accumulate,
+            in(reg64) b_desc,
             options(nostack)
         );
     }

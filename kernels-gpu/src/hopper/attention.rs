@@ -27,7 +27,9 @@ use super::config::{
     sm90_k_stage_bytes, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
 };
 use super::selftest::aligned_smem_base;
-use super::smem::{self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, v_desc, v_offset};
+use super::smem::{
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, v_offset,
+};
 use super::softmax::OnlineSoftmax;
 use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
 use crate::params::AttnParams;
@@ -276,8 +278,8 @@ impl<const HD: usize> Consumer<HD> {
         unsafe { ptx::ld_global_nc_f32(self.k_scale_row + 4 * t as u64) }
     }
 
-    /// Scores of tile `t` → probabilities: dequantize, mask, online softmax, pack to the f16 A
-    /// fragments of P·V. Returns the fragments and the rescale factor of the two rows.
+    /// Scores of tile `t` → probabilities: dequantize, mask, online softmax. Returns the f32
+    /// probabilities (accumulator layout) and the rescale factor of the two rows.
     #[inline(always)]
     fn softmax<const MASK: bool, const CAUSAL: bool>(
         &self,
@@ -285,7 +287,7 @@ impl<const HD: usize> Consumer<HD> {
         t: u32,
         k_scale: f32,
         softmax: &mut OnlineSoftmax,
-    ) -> ([[u32; 4]; 4], [f32; 2]) {
+    ) -> ([[f32; 4]; 8], [f32; 2]) {
         let scale = self.q_scale * k_scale;
         let mut s = [[0.0f32; 4]; 8];
         unroll::<8>(#[inline(always)] |j| {
@@ -308,17 +310,7 @@ impl<const HD: usize> Consumer<HD> {
             });
         }
         let rescale = softmax.update(&mut s);
-        let mut probs = [[0u32; 4]; 4];
-        unroll::<4>(#[inline(always)] |kk| {
-            let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
-            probs[kk] = [
-                ptx::pack_f16x2(lo[0], lo[1]),
-                ptx::pack_f16x2(lo[2], lo[3]),
-                ptx::pack_f16x2(hi[0], hi[1]),
-                ptx::pack_f16x2(hi[2], hi[3]),
-            ];
-        });
-        (probs, rescale)
+        (s, rescale)
     }
 
     /// Tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet).
@@ -329,13 +321,13 @@ impl<const HD: usize> Consumer<HD> {
     ) -> [[u32; 4]; 4] {
         let k_scale = self.k_scale(0);
         self.wait_k(0);
-        let mut s = [[0i32; 4]; 8];
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0));
         ptx::wgmma_fence();
-        issue_qk::<KS>(&mut s, self.q_desc, self.k_desc(0));
+        let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
-        self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0
+        pack_probs(&self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0)
     }
 
     /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}`; softmax of tile t while the
@@ -352,35 +344,58 @@ impl<const HD: usize> Consumer<HD> {
         let k_scale = self.k_scale(t);
         self.wait_v(t - 1);
         self.wait_k(t);
-        let mut s = [[0i32; 4]; 8];
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t));
+        let vd = pv_descs(self.v_desc(t - 1));
         ptx::wgmma_fence();
-        issue_qk::<KS>(&mut s, self.q_desc, self.k_desc(t));
+        let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
-        issue_pv::<NT>(out, probs, self.v_desc(t - 1));
+        issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
-        let (next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
+        let (mut next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
+        // P_t is packed to f16 only now: ptxas coalesces the packed registers with the loop-carried
+        // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
+        // were written while it is in flight.
+        unroll::<8>(#[inline(always)] |j| ptx::pin_f32x4(&mut next[j]));
         unroll::<NT>(#[inline(always)] |j| {
             unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
         });
         self.release(t - 1);
-        *probs = next;
+        *probs = pack_probs(&next);
     }
 
     /// The last `O += P·V` (tile `t`).
     #[inline(always)]
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
         self.wait_v(t);
+        let vd = pv_descs(self.v_desc(t));
         ptx::wgmma_fence();
-        issue_pv::<NT>(out, probs, self.v_desc(t));
+        issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
         self.release(t);
     }
+}
+
+/// f32 probabilities (accumulator layout, 8 n-tiles of 8 keys) → the f16 A fragments of `P·V`
+/// (keys `16kk..16kk+16` in fragment kk: the FlashAttention-2 register reuse, no shuffles).
+#[inline(always)]
+fn pack_probs(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
+    let mut probs = [[0u32; 4]; 4];
+    unroll::<4>(#[inline(always)] |kk| {
+        let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
+        probs[kk] = [
+            ptx::pack_f16x2(lo[0], lo[1]),
+            ptx::pack_f16x2(lo[2], lo[3]),
+            ptx::pack_f16x2(hi[0], hi[1]),
+            ptx::pack_f16x2(hi[2], hi[3]),
+        ];
+    });
+    probs
 }
 
 /// A consumer warpgroup: loads its 64 Q rows, runs the pipelined loop, writes O and the LSE.

@@ -8,6 +8,8 @@
 //! mbarriers. Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle
 //! period): Q tile, the K stages, the V stages, then the mbarriers.
 
+#![allow(dead_code)] // each side (device, host) uses a different subset
+
 /// Query rows per CTA (= `Q_BLOCK`: one Q scale per CTA).
 pub const SM90_CTA_Q: usize = 128;
 /// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
@@ -26,7 +28,11 @@ pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// K/V pipeline stages.
 pub const fn sm90_stages(head_dim: usize) -> usize {
-    if head_dim > 64 { 4 } else { 6 }
+    if head_dim > 64 {
+        4
+    } else {
+        6
+    }
 }
 
 /// Bytes of the INT8 Q tile (`SM90_CTA_Q` rows of `head_dim` bytes, K-major swizzled).

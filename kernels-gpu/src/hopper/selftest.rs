@@ -5,7 +5,9 @@
 //! `config::SM90_TEST_SMEM` bytes of dynamic shared memory.
 
 use super::config::SM90_SMEM_ALIGN;
-use super::smem::{self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, v_desc, v_offset};
+use super::smem::{
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, v_offset,
+};
 use crate::params::TestParams;
 use crate::ptx;
 use crate::unroll::unroll;
@@ -40,9 +42,9 @@ unsafe fn wgmma_s8_test<const HD: usize, const KS: usize>(p: &TestParams) {
     ptx::fence_proxy_async_shared();
     ptx::sync_threads();
 
-    let mut s = [[0i32; 4]; 8];
+    let qd = qk_descs::<KS>(kmajor_desc::<HD>(a_s), kmajor_desc::<HD>(b_s));
     ptx::wgmma_fence();
-    issue_qk::<KS>(&mut s, kmajor_desc::<HD>(a_s), kmajor_desc::<HD>(b_s));
+    let mut s = issue_qk::<KS>(&qd);
     ptx::wgmma_commit();
     ptx::wgmma_wait::<0>();
     smem::pin_s(&mut s);
@@ -92,8 +94,9 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
+    let vd = pv_descs(v_desc(base));
     ptx::wgmma_fence();
-    issue_pv::<NT>(&mut o, &a, v_desc(base));
+    issue_pv::<NT>(&mut o, &a, &vd);
     ptx::wgmma_commit();
     ptx::wgmma_wait::<0>();
     smem::pin_o(&mut o);

@@ -67,33 +67,61 @@ pub const fn v_desc(addr: u32) -> u64 {
     descriptor(addr, V_BLOCK_BYTES, 1024, 1)
 }
 
-/// Issues `S = Q·Kᵀ` for 64 query rows and 64 keys over `KS = HD/32` k-steps (no commit, no
-/// wait). `q_desc`/`k_desc` describe the two K-major tiles.
+/// The descriptors of the `KS` k-steps of `Q·Kᵀ` (Q's, then K's), computed and pinned before the
+/// issue sequence: ptxas serializes wgmmas (C7513) when a non-wgmma instruction defines one of their
+/// inputs between the `wgmma.fence` and the wait.
 #[inline(always)]
-pub fn issue_qk<const KS: usize>(s: &mut [[i32; 4]; 8], q_desc: u64, k_desc: u64) {
+pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
+    let mut d = [[0u64; KS]; 2];
     unroll::<KS>(#[inline(always)] |ks| {
         // 32 bytes per k-step = 2 in descriptor units (16 bytes).
-        let step = 2 * ks as u64;
-        ptx::wgmma_m64n64k32_s8(s, q_desc + step, k_desc + step, (ks != 0) as u32);
+        d[0][ks] = q_desc + 2 * ks as u64;
+        d[1][ks] = k_desc + 2 * ks as u64;
+        ptx::pin_u64(&mut d[0][ks]);
+        ptx::pin_u64(&mut d[1][ks]);
     });
+    d
+}
+
+/// The descriptors of the 4 k-steps (16 keys each) of `P·V`, pinned (see [`qk_descs`]).
+#[inline(always)]
+pub fn pv_descs(v_desc: u64) -> [u64; 4] {
+    let mut d = [0u64; 4];
+    unroll::<4>(#[inline(always)] |kk| {
+        // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
+        d[kk] = v_desc + 128 * kk as u64;
+        ptx::pin_u64(&mut d[kk]);
+    });
+    d
+}
+
+/// Issues `S = Q·Kᵀ` for 64 query rows and 64 keys over `KS = HD/32` k-steps (no fence, commit or
+/// wait) and returns the (in-flight) accumulator.
+#[inline(always)]
+pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
+    let mut s = ptx::wgmma_m64n64k32_s8_first(d[0][0], d[1][0]);
+    unroll::<KS>(#[inline(always)] |ks| {
+        if ks > 0 {
+            ptx::wgmma_m64n64k32_s8(&mut s, d[0][ks], d[1][ks]);
+        }
+    });
+    s
 }
 
 /// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
-/// commit, no wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`.
+/// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`.
 #[inline(always)]
-pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], v_desc: u64) {
+pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[u64; 4]) {
     const { assert!(NT == 8 || NT == 16) };
     unroll::<4>(#[inline(always)] |kk| {
-        // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
-        let desc = v_desc + 128 * kk as u64;
         if NT == 16 {
             // SAFETY: NT == 16, so this is the same array.
             let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
-            ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], desc, 1);
+            ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[kk]);
         } else {
             // SAFETY: NT == 8, so this is the same array.
             let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
-            ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], desc, 1);
+            ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[kk]);
         }
     });
 }

@@ -1,0 +1,330 @@
+//! Host side of the Hopper (sm_90a) wgmma attention kernel (`kernels-gpu/src/hopper/`): kernel
+//! names, launch geometry, the launch itself, and test entry points.
+//!
+//! # Dispatch (for `attention.rs`)
+//!
+//! The sm_90a kernel takes exactly the portable kernel's [`AttnParams`] (same quantized Q/K
+//! layouts, scales, V/O strides, LSE and `lse_bias`) and gives the same answers; its P·V
+//! accumulates in f32 throughout (the portable kernel's `PvAccum::F32` arithmetic; on Hopper an f16
+//! accumulator is not faster), so it serves both `PvAccum` options. To use it:
+//!
+//! ```ignore
+//! if hopper_available(rt) {
+//!     if let Some(name) = hopper_attention_kernel_name(p.head_dim, causal) {
+//!         // SAFETY: `params` validated exactly as for the portable kernel.
+//!         return unsafe { launch_hopper_attention(rt, name, p.head_dim, p.batch, &params) };
+//!     }
+//! }
+//! // else: the portable kernel
+//! ```
+//!
+//! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / 128), q_heads, batch)`, block
+//! [`SM90_THREADS`] = 288 threads (two consumer warpgroups of 64 query rows + one producer warp),
+//! [`sm90_smem_bytes`]`(head_dim)` bytes of dynamic shared memory (d=64: 1024 + 8192 + 6·12288 +
+//! 144 = 83 088; d=128: 1024 + 16384 + 4·24576 + 96 = 115 808), which needs the opt-in above
+//! 48 KiB that [`Runtime`] does on first launch. Head dims 64 and 128 (d=96 stays portable).
+
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+use crate::attention::Prepared;
+use crate::error::{CudaResultExt, Error, Result};
+use crate::params::{AttnParams, TestParams};
+use crate::runtime::{ModuleKind, Runtime};
+use crate::tensor::{DType, TensorView, TensorViewMut};
+
+/// Launch constants shared with the device crate (the same source file).
+#[path = "../kernels-gpu/src/hopper/config.rs"]
+pub mod config;
+
+pub use config::{sm90_smem_bytes, SM90_CTA_Q, SM90_HEAD_DIMS, SM90_THREADS};
+
+/// The sm_90a attention entry for this head dim and masking, or `None` when there is none (head
+/// dim 96, or anything else): the caller then uses the portable kernel.
+pub(crate) fn hopper_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'static str> {
+    macro_rules! find {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            if head_dim == $hd && causal == $causal {
+                return Some($name);
+            }
+        };
+    }
+    crate::for_each_sm90_attention_variant!(find);
+    None
+}
+
+/// Every sm_90a attention entry point, for resource checks.
+pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! push {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            v.push($name);
+        };
+    }
+    crate::for_each_sm90_attention_variant!(push);
+    v
+}
+
+/// Whether the sm_90a kernels can run on this runtime's device: compute capability exactly 9.0
+/// (H100, H200, GH200) and a build that embeds the Hopper PTX.
+pub fn hopper_available(rt: &Runtime) -> bool {
+    rt.compute_capability() == (9, 0) && !crate::kernels::PTX_HOPPER.trim().is_empty()
+}
+
+/// Grid, block and dynamic shared memory of one sm_90a attention launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LaunchConfig {
+    /// `(ceil(qo_len / 128), q_heads, batch)`.
+    pub grid: (u32, u32, u32),
+    /// [`SM90_THREADS`] threads.
+    pub threads: u32,
+    /// [`sm90_smem_bytes`]`(head_dim)` bytes.
+    pub smem_bytes: u32,
+}
+
+/// The launch geometry for a problem (see the module docs).
+pub fn hopper_launch_config(
+    head_dim: usize,
+    qo_len: usize,
+    q_heads: usize,
+    batch: usize,
+) -> LaunchConfig {
+    LaunchConfig {
+        grid: (
+            qo_len.div_ceil(SM90_CTA_Q) as u32,
+            q_heads as u32,
+            batch as u32,
+        ),
+        threads: SM90_THREADS as u32,
+        smem_bytes: sm90_smem_bytes(head_dim) as u32,
+    }
+}
+
+/// Launches the sm_90a entry `name` (from [`hopper_attention_kernel_name`]) for `batch` batches
+/// on the runtime's stream, with the geometry of [`hopper_launch_config`].
+///
+/// # Safety
+/// `params` satisfies everything the portable attention kernel requires (validated shapes and
+/// pointers, quantized Q padded to 128 rows and K to 64, scales for every block, `lse`/`lse_bias`
+/// 0 or `batch * q_heads * qo_len` f32), `head_dim` is the one `name` was compiled for, and the
+/// buffers stay alive and unaliased until the kernel finishes (keep the access guards alive until
+/// this returns).
+pub(crate) unsafe fn launch_hopper_attention(
+    rt: &Runtime,
+    name: &str,
+    head_dim: usize,
+    batch: usize,
+    params: &AttnParams,
+) -> Result<()> {
+    let cfg = hopper_launch_config(
+        head_dim,
+        params.qo_len as usize,
+        params.q_heads as usize,
+        batch,
+    );
+    let kernel = rt.function(ModuleKind::Hopper, name)?;
+    // SAFETY: `params` is the struct the entry takes (params.rs is shared); the caller guarantees
+    // the pointers are valid for this grid.
+    unsafe {
+        rt.launch(
+            &kernel,
+            cfg.grid,
+            (cfg.threads, 1, 1),
+            cfg.smem_bytes,
+            params,
+        )
+    }
+}
+
+/// Runs the sm_90a kernel on the Q/K that `prepared` quantized (and the f16 copy of a bf16 V it
+/// made), writing `out` and, when given, the LSE (with the smoothing correction when `prepared`
+/// has one, i.e. was made with `return_lse: true`): the Hopper counterpart of
+/// [`Prepared::attend_into`], for tests and benchmarks until `attention.rs` dispatches to it.
+///
+/// # Safety
+/// `v` and `out` have exactly the shapes `prepared` was made for (`v` the V it saw, `out`
+/// `[batch, q_heads, qo_len, head_dim]`), and `causal` is the option it was made with: the
+/// prepared buffers' sizes cannot be checked here.
+pub unsafe fn attend_prepared_sm90(
+    rt: &Runtime,
+    prepared: &Prepared,
+    v: &TensorView,
+    out: &mut TensorViewMut,
+    lse: Option<&mut CudaSlice<f32>>,
+    causal: bool,
+) -> Result<()> {
+    v.validate("v")?;
+    out.validate("out")?;
+    v.check_device_memory("v", rt)?;
+    out.check_device_memory("out", rt)?;
+    let [batch, kv_heads, kv_len, head_dim] = v.shape();
+    let [ob, q_heads, qo_len, od] = out.shape();
+    if !matches!(out.dtype(), DType::F16 | DType::BF16) {
+        return Err(Error::UnsupportedDType {
+            tensor: "out",
+            dtype: out.dtype(),
+            supported: &[DType::F16, DType::BF16],
+        });
+    }
+    if ob != batch || od != head_dim || q_heads % kv_heads != 0 {
+        return Err(Error::ShapeMismatch {
+            what: format!("out {:?} does not fit v {:?}", out.shape(), v.shape()),
+        });
+    }
+    let name = hopper_attention_kernel_name(head_dim, causal).ok_or(Error::UnsupportedHeadDim {
+        head_dim,
+        supported: &SM90_HEAD_DIMS,
+    })?;
+    let rows = batch * q_heads * qo_len;
+    if let Some(l) = lse.as_ref() {
+        if l.len() < rows {
+            return Err(Error::ShapeMismatch {
+                what: format!("lse holds {}, needs {rows}", l.len()),
+            });
+        }
+    }
+    let ptrs = prepared.device_pointers();
+    let stream = rt.stream();
+    let (v_ptr, v_stride, _vg) = match ptrs.v_f16 {
+        Some(ptr) => {
+            let (d, s) = (head_dim as i64, kv_len as i64);
+            (ptr, [kv_heads as i64 * s * d, s * d, d], None)
+        }
+        None => {
+            if v.dtype() != DType::F16 {
+                return Err(Error::InvalidOption(
+                    "a bf16 V needs the f16 copy Prepared makes".into(),
+                ));
+            }
+            let (ptr, guard) = v.device_ptr(stream);
+            let vs = v.strides();
+            (ptr, [vs[0], vs[1], vs[2]], Some(guard))
+        }
+    };
+    let os = out.strides();
+    let out_bf16 = u32::from(out.dtype() == DType::BF16);
+    let (o_ptr, _og) = out.device_ptr_mut(stream);
+    let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
+    let params = AttnParams {
+        q: ptrs.q_i8,
+        k: ptrs.k_i8,
+        v: v_ptr,
+        o: o_ptr,
+        lse: lse_ptr.as_ref().map_or(0, |(p, _)| *p),
+        lse_bias: ptrs.lse_bias.unwrap_or(0),
+        q_scale: ptrs.q_scale,
+        k_scale: ptrs.k_scale,
+        v_stride,
+        o_stride: [os[0], os[1], os[2]],
+        qo_len: qo_len as u32,
+        kv_len: kv_len as u32,
+        q_heads: q_heads as u32,
+        kv_heads: kv_heads as u32,
+        out_bf16,
+        _pad: 0,
+    };
+    // SAFETY: the caller guarantees the prepared buffers match these shapes; the views were
+    // validated; the guards live until return.
+    unsafe { launch_hopper_attention(rt, name, head_dim, batch, &params) }
+}
+
+/// Shared memory of the single-tile wgmma tests.
+const TEST_SMEM: u32 = config::SM90_TEST_SMEM as u32;
+
+fn run_tile<A, B, D>(rt: &Runtime, name: &str, a: &[A], b: &[B], d_len: usize) -> Result<Vec<D>>
+where
+    A: cudarc::driver::DeviceRepr,
+    B: cudarc::driver::DeviceRepr,
+    D: cudarc::driver::DeviceRepr + Default + Clone,
+{
+    let stream = rt.stream();
+    let a_dev = stream.clone_htod(a).op("copying operand A")?;
+    let b_dev = stream.clone_htod(b).op("copying operand B")?;
+    let mut d_dev = stream
+        .clone_htod(&vec![D::default(); d_len])
+        .op("allocating D")?;
+    {
+        let (a_ptr, _ga) = a_dev.device_ptr(stream);
+        let (b_ptr, _gb) = b_dev.device_ptr(stream);
+        let (d_ptr, _gd) = d_dev.device_ptr_mut(stream);
+        let kernel = rt.function(ModuleKind::Hopper, name)?;
+        let params = TestParams {
+            a: a_ptr,
+            b: b_ptr,
+            d: d_ptr,
+        };
+        // SAFETY: one warpgroup reads 64×HD operands and writes d_len results, the sizes the
+        // callers allocate.
+        unsafe { rt.launch(&kernel, (1, 1, 1), (128, 1, 1), TEST_SMEM, &params)? };
+    }
+    stream.clone_dtoh(&d_dev).op("copying D back")
+}
+
+/// Single-tile test of the Q·Kᵀ wgmma path: `D[64][64] = A[64][hd] · B[64][hd]ᵀ` (s8 → s32), both
+/// operands row-major (as Q and K are stored), staged in the kernel's swizzled layout. Returns D
+/// row-major. `hd` is 64 or 128.
+pub fn wgmma_s8_tile(rt: &Runtime, hd: usize, a: &[i8], b: &[i8]) -> Result<Vec<i32>> {
+    let name = match hd {
+        64 => config::sm90_test_names::WGMMA_S8_HD64,
+        128 => config::sm90_test_names::WGMMA_S8_HD128,
+        _ => {
+            return Err(Error::UnsupportedHeadDim {
+                head_dim: hd,
+                supported: &SM90_HEAD_DIMS,
+            })
+        }
+    };
+    if a.len() != 64 * hd || b.len() != 64 * hd {
+        return Err(Error::ShapeMismatch {
+            what: format!("operands must hold 64×{hd}"),
+        });
+    }
+    run_tile(rt, name, a, b, 64 * 64)
+}
+
+/// Single-tile test of the P·V wgmma path: `D[64][hd] = A[64][64] · B[64][hd]` (f16 → f32, raw
+/// f16 bits), A loaded into registers in the P-fragment layout, B (keys × head dim, as V is
+/// stored) staged in the kernel's N-major swizzled layout. Returns D row-major.
+pub fn wgmma_f16_tile(rt: &Runtime, hd: usize, a: &[u16], b: &[u16]) -> Result<Vec<f32>> {
+    let name = match hd {
+        64 => config::sm90_test_names::WGMMA_F16_HD64,
+        128 => config::sm90_test_names::WGMMA_F16_HD128,
+        _ => {
+            return Err(Error::UnsupportedHeadDim {
+                head_dim: hd,
+                supported: &SM90_HEAD_DIMS,
+            })
+        }
+    };
+    if a.len() != 64 * 64 || b.len() != 64 * hd {
+        return Err(Error::ShapeMismatch {
+            what: format!("A must hold 64×64 and B 64×{hd}"),
+        });
+    }
+    run_tile(rt, name, a, b, 64 * hd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_geometry() {
+        for hd in SM90_HEAD_DIMS {
+            for causal in [false, true] {
+                let name = hopper_attention_kernel_name(hd, causal).unwrap();
+                assert!(
+                    name.contains(&format!("hd{hd}_"))
+                        && name.ends_with(if causal { "causal" } else { "full" })
+                );
+            }
+        }
+        assert_eq!(hopper_attention_kernel_name(96, false), None);
+        assert_eq!(hopper_attention_kernel_names().len(), 4);
+        let c = hopper_launch_config(128, 1000, 32, 4);
+        assert_eq!(c.grid, (8, 32, 4));
+        assert_eq!(c.threads, 288);
+        // Fits the 227 KiB per-block opt-in limit of sm_90 with room to spare.
+        assert!(sm90_smem_bytes(64) <= 227 * 1024 && sm90_smem_bytes(128) <= 227 * 1024);
+        assert_eq!(sm90_smem_bytes(128), 1024 + 16384 + 4 * 24576 + 96);
+    }
+}

@@ -1,0 +1,202 @@
+//! Scratch memory of one attention call: the INT8 Q and K, their scales, K's mean, the LSE bias and
+//! bf16 V converted to f16, carved out of ONE raw stream-ordered allocation.
+//!
+//! Raw driver memory, not cudarc slices: these buffers live on the runtime's stream only, so they
+//! need none of cudarc's cross-stream event tracking, and leaving it out removes some forty driver
+//! calls per call (measured as host-bound time at small N, see docs/perf-notes.md). `sageattn` and
+//! `sageattn_into` reuse the runtime's workspace; a [`crate::Prepared`] owns its own allocation.
+
+use std::sync::Arc;
+
+use cudarc::driver::{result, CudaStream};
+
+use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK};
+use crate::error::{CudaResultExt, Error, Result};
+
+/// Alignment of every region (the kernels need 16 bytes; 256 matches cudaMalloc).
+const REGION_ALIGN: usize = 256;
+
+/// A raw device allocation, freed in stream order on drop.
+pub(crate) struct DeviceAlloc {
+    ptr: u64,
+    bytes: usize,
+    stream: Arc<CudaStream>,
+}
+
+impl DeviceAlloc {
+    /// `bytes` (> 0) uninitialised bytes, allocated in stream order on `stream`.
+    pub(crate) fn new(stream: &Arc<CudaStream>, bytes: usize) -> Result<Self> {
+        stream
+            .context()
+            .bind_to_thread()
+            .op("binding the context")?;
+        // SAFETY: the stream is live (we hold it); the memory is used only on this stream (every
+        // kernel that touches it is launched there) and freed there on drop.
+        let ptr = unsafe { result::malloc_async(stream.cu_stream(), bytes) }
+            .with_op(|| format!("allocating {bytes} bytes of scratch memory"))?;
+        Ok(DeviceAlloc {
+            ptr,
+            bytes,
+            stream: stream.clone(),
+        })
+    }
+
+    pub(crate) fn ptr(&self) -> u64 {
+        self.ptr
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+impl Drop for DeviceAlloc {
+    fn drop(&mut self) {
+        // SAFETY: allocated by `malloc_async` on this stream and freed once; stream order makes
+        // every kernel queued before this point finish with the memory first. An error here can
+        // only be reported by leaking, which is what ignoring it does.
+        unsafe {
+            let _ = self.stream.context().bind_to_thread();
+            let _ = result::free_async(self.ptr, self.stream.cu_stream());
+        }
+    }
+}
+
+/// Byte offsets of each buffer inside the scratch allocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ScratchLayout {
+    pub q_i8: usize,
+    pub q_scale: usize,
+    pub k_i8: usize,
+    pub k_scale: usize,
+    pub k_mean: Option<usize>,
+    pub lse_bias: Option<usize>,
+    pub v_f16: Option<usize>,
+    pub bytes: usize,
+}
+
+/// Sizes that decide the layout.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScratchShape {
+    pub batch: usize,
+    pub q_heads: usize,
+    pub kv_heads: usize,
+    pub qo_len: usize,
+    pub kv_len: usize,
+    pub head_dim: usize,
+    pub smooth_k: bool,
+    pub lse_bias: bool,
+    pub convert_v: bool,
+}
+
+impl ScratchLayout {
+    /// Lays out the buffers; `TooLarge` if the total overflows.
+    pub(crate) fn new(s: ScratchShape) -> Result<Self> {
+        let mut end = 0usize;
+        let mut region = |bytes: Option<usize>| -> Result<usize> {
+            let bytes = bytes.ok_or_else(too_large)?;
+            let start = end
+                .checked_next_multiple_of(REGION_ALIGN)
+                .ok_or_else(too_large)?;
+            end = start.checked_add(bytes.max(1)).ok_or_else(too_large)?;
+            Ok(start)
+        };
+        let mul = |xs: &[usize]| xs.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+        let q_i8 = region(mul(&[
+            s.batch,
+            s.q_heads,
+            padded_len(s.qo_len, Q_BLOCK),
+            s.head_dim,
+        ]))?;
+        let q_scale = region(mul(&[s.batch, s.q_heads, s.qo_len.div_ceil(Q_BLOCK), 4]))?;
+        let k_i8 = region(mul(&[
+            s.batch,
+            s.kv_heads,
+            padded_len(s.kv_len, K_BLOCK),
+            s.head_dim,
+        ]))?;
+        let k_scale = region(mul(&[s.batch, s.kv_heads, s.kv_len.div_ceil(K_BLOCK), 4]))?;
+        let k_mean = if s.smooth_k {
+            Some(region(mul(&[s.batch, s.kv_heads, s.head_dim, 4]))?)
+        } else {
+            None
+        };
+        let lse_bias = if s.lse_bias {
+            Some(region(mul(&[s.batch, s.q_heads, s.qo_len, 4]))?)
+        } else {
+            None
+        };
+        let v_f16 = if s.convert_v {
+            Some(region(mul(&[
+                s.batch, s.kv_heads, s.kv_len, s.head_dim, 2,
+            ]))?)
+        } else {
+            None
+        };
+        Ok(ScratchLayout {
+            q_i8,
+            q_scale,
+            k_i8,
+            k_scale,
+            k_mean,
+            lse_bias,
+            v_f16,
+            bytes: end,
+        })
+    }
+}
+
+fn too_large() -> Error {
+    Error::TooLarge {
+        tensor: "scratch",
+        reason: "the quantized copies do not fit in usize bytes".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_aligned_disjoint_and_sized() {
+        let shape = ScratchShape {
+            batch: 2,
+            q_heads: 6,
+            kv_heads: 3,
+            qo_len: 130,
+            kv_len: 65,
+            head_dim: 96,
+            smooth_k: true,
+            lse_bias: true,
+            convert_v: true,
+        };
+        let l = ScratchLayout::new(shape).unwrap();
+        let regions = [
+            (l.q_i8, 2 * 6 * 256 * 96),
+            (l.q_scale, 2 * 6 * 2 * 4),
+            (l.k_i8, 2 * 3 * 128 * 96),
+            (l.k_scale, 2 * 3 * 2 * 4),
+            (l.k_mean.unwrap(), 2 * 3 * 96 * 4),
+            (l.lse_bias.unwrap(), 2 * 6 * 130 * 4),
+            (l.v_f16.unwrap(), 2 * 3 * 65 * 96 * 2),
+        ];
+        for w in regions.windows(2) {
+            assert_eq!(w[0].0 % REGION_ALIGN, 0);
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{regions:?}");
+        }
+        assert_eq!(l.bytes, regions[6].0 + regions[6].1);
+        let none = ScratchLayout::new(ScratchShape {
+            smooth_k: false,
+            lse_bias: false,
+            convert_v: false,
+            ..shape
+        })
+        .unwrap();
+        assert_eq!((none.k_mean, none.lse_bias, none.v_f16), (None, None, None));
+        let huge = ScratchLayout::new(ScratchShape {
+            batch: usize::MAX / 2,
+            ..shape
+        });
+        assert!(matches!(huge, Err(Error::TooLarge { .. })));
+    }
+}

@@ -1,0 +1,429 @@
+//! GPU tests of the Hopper (sm_90a) wgmma kernel (`kernels-gpu/src/hopper/`, `host/hopper.rs`):
+//!
+//! * single-tile wgmma tests: the Q·Kᵀ path (s8, both operands from swizzled shared memory) and the
+//!   P·V path (f16, A from registers, B N-major from shared memory) equal exact CPU products;
+//! * the attention kernel equals the portable kernel on the same quantized inputs (rel L1 ≤ 2e-3,
+//!   LSE within 1e-3) and the CPU emulation of the quantized algorithm, over awkward lengths,
+//!   causal on/off, GQA, qo_len ≠ kv_len, rows without keys, f16/bf16 output, HND/NHD strides;
+//! * a timing probe (`hopper_perf_probe`) against the portable kernel.
+//!
+//! Every test skips (passes) on a GPU that is not compute capability 9.0. Run on a GPU with
+//! `--ignored --test-threads=1 hopper`.
+
+mod common;
+
+use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
+use half::f16;
+use rand::Rng;
+use rayon::prelude::*;
+use sageattention::hopper::{self, hopper_available};
+use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
+use sageattention::{DType, Layout, Options, Prepared, PvAccum, Tensor};
+
+/// GPU-vs-GPU bound (portable kernel, PvAccum::F32, against the sm_90a kernel).
+const PORTABLE_REL_L1: f64 = 2e-3;
+/// Against the CPU emulation (as tests/gpu_attention.rs).
+const EMULATION_REL_L1: f64 = 3e-3;
+/// LSE, absolute (natural log).
+const LSE_TOL: f64 = 1e-3;
+
+fn skip_unless_hopper() -> bool {
+    let rt = runtime();
+    if hopper_available(rt) {
+        false
+    } else {
+        eprintln!("not a compute capability 9.0 GPU (or no Hopper PTX): skipped");
+        true
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_wgmma_s8_tile_equals_integer_matmul() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    let mut rng = fresh_rng("hopper_wgmma_s8");
+    for hd in [64usize, 128] {
+        for _ in 0..4 {
+            let a: Vec<i8> = (0..64 * hd).map(|_| rng.gen_range(-128..=127)).collect();
+            let b: Vec<i8> = (0..64 * hd).map(|_| rng.gen_range(-128..=127)).collect();
+            let d = hopper::wgmma_s8_tile(rt, hd, &a, &b).unwrap();
+            let mut bad = 0;
+            for i in 0..64 {
+                for j in 0..64 {
+                    let want: i32 = (0..hd)
+                        .map(|k| a[i * hd + k] as i32 * b[j * hd + k] as i32)
+                        .sum();
+                    if d[i * 64 + j] != want {
+                        if bad < 5 {
+                            eprintln!("hd {hd}: D[{i}][{j}] = {} want {want}", d[i * 64 + j]);
+                        }
+                        bad += 1;
+                    }
+                }
+            }
+            assert_eq!(bad, 0, "hd {hd}: {bad} of 4096 wrong");
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_wgmma_f16_tile_equals_exact_product() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    let mut rng = fresh_rng("hopper_wgmma_f16");
+    // Small multiples of 0.5: every product and every partial sum of 64 terms is exact in f32.
+    let mut small = || f16::from_f32(rng.gen_range(-4i32..=4) as f32 * 0.5).to_bits();
+    let f = |x: u16| f16::from_bits(x).to_f32();
+    for hd in [64usize, 128] {
+        for _ in 0..4 {
+            let a: Vec<u16> = (0..64 * 64).map(|_| small()).collect();
+            let b: Vec<u16> = (0..64 * hd).map(|_| small()).collect();
+            let d = hopper::wgmma_f16_tile(rt, hd, &a, &b).unwrap();
+            let mut bad = 0;
+            for i in 0..64 {
+                for j in 0..hd {
+                    let want: f32 = (0..64).map(|k| f(a[i * 64 + k]) * f(b[k * hd + j])).sum();
+                    if d[i * hd + j] != want {
+                        if bad < 5 {
+                            eprintln!("hd {hd}: D[{i}][{j}] = {} want {want}", d[i * hd + j]);
+                        }
+                        bad += 1;
+                    }
+                }
+            }
+            assert_eq!(bad, 0, "hd {hd}: {bad} of {} wrong", 64 * hd);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Case {
+    batch: usize,
+    q_heads: usize,
+    kv_heads: usize,
+    qo_len: usize,
+    kv_len: usize,
+    head_dim: usize,
+    causal: bool,
+    in_dtype: DType,
+    out_dtype: DType,
+    layout: Layout,
+    smooth_k: bool,
+}
+
+/// Runs one case through both kernels on the same `Prepared` and checks them against each other
+/// and against the CPU emulation.
+fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
+    let rt = runtime();
+    let d = case.head_dim;
+    let offsets = channel_offsets(rng, d, 2.0);
+    let q = random_tensor(
+        rng,
+        [case.batch, case.q_heads, case.qo_len, d],
+        DType::F16,
+        1.0,
+        None,
+    );
+    let k = random_tensor(
+        rng,
+        [case.batch, case.kv_heads, case.kv_len, d],
+        DType::F16,
+        1.0,
+        Some(&offsets),
+    );
+    let v = random_tensor(
+        rng,
+        [case.batch, case.kv_heads, case.kv_len, d],
+        DType::F16,
+        1.0,
+        None,
+    );
+    let (qd, kd, vd) = (
+        upload(rt, &q, DType::F16, case.layout),
+        upload(rt, &k, DType::F16, case.layout),
+        upload(rt, &v, DType::F16, case.layout),
+    );
+    let opts = Options {
+        causal: case.causal,
+        smooth_k: case.smooth_k,
+        sm_scale: None,
+        layout: case.layout,
+        pv_accum: PvAccum::F32,
+        return_lse: true,
+    };
+    let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+    let shape = [case.batch, case.q_heads, case.qo_len, d];
+    let rows = case.batch * case.q_heads * case.qo_len;
+    let mut out_p = Tensor::alloc_filled_nan(rt, case.out_dtype, shape, case.layout).unwrap();
+    let mut out_h = Tensor::alloc_filled_nan(rt, case.out_dtype, shape, case.layout).unwrap();
+    let mut lse_p = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+    let mut lse_h = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+    prepared
+        .attend_into(rt, &vd.view(), &mut out_p.view_mut(), Some(&mut lse_p))
+        .unwrap();
+    // SAFETY: v and out have the shapes `prepared` was made for, with its causal option.
+    unsafe {
+        hopper::attend_prepared_sm90(
+            rt,
+            &prepared,
+            &vd.view(),
+            &mut out_h.view_mut(),
+            Some(&mut lse_h),
+            case.causal,
+        )
+    }
+    .unwrap();
+    let (o_p, o_h) = (
+        out_p.to_host_f32(rt).unwrap(),
+        out_h.to_host_f32(rt).unwrap(),
+    );
+    let (l_p, l_h) = (
+        rt.stream().clone_dtoh(&lse_p).unwrap(),
+        rt.stream().clone_dtoh(&lse_h).unwrap(),
+    );
+
+    assert!(
+        o_h.iter().all(|x| x.is_finite()),
+        "unwritten or non-finite sm90 output: {case:?}"
+    );
+    let o_p64: Vec<f64> = o_p.iter().map(|&x| x as f64).collect();
+    let m = compare(&o_h, &o_p64);
+    let lse_diff = l_h
+        .iter()
+        .zip(&l_p)
+        .map(|(&a, &b)| {
+            if a == b {
+                0.0
+            } else {
+                (a as f64 - b as f64).abs()
+            }
+        })
+        .fold(0.0, f64::max);
+
+    let reference = attention_quantized_emulation(
+        &q,
+        &k,
+        &v,
+        &RefOptions {
+            causal: case.causal,
+            sm_scale: None,
+        },
+        case.smooth_k,
+        false,
+    );
+    let m_ref = compare(&o_h, &reference.o);
+    eprintln!(
+        "{case:?}: vs portable rel L1 {:.2e} max_abs {:.2e} LSE {:.2e}; vs emulation rel L1 {:.2e}",
+        m.rel_l1, m.max_abs, lse_diff, m_ref.rel_l1
+    );
+    assert!(
+        m.n_nan_mismatch == 0 && m.rel_l1 <= PORTABLE_REL_L1,
+        "vs portable: {case:?} {m:?}"
+    );
+    assert!(
+        lse_diff <= LSE_TOL,
+        "LSE vs portable {lse_diff:.2e}: {case:?}"
+    );
+    assert!(
+        m_ref.n_nan_mismatch == 0 && m_ref.rel_l1 <= EMULATION_REL_L1,
+        "vs emulation: {case:?} {m_ref:?}"
+    );
+    // Rows that see no key (causal, i + kv_len < qo_len): output 0 and LSE -inf, exactly.
+    for b in 0..case.batch {
+        for h in 0..case.q_heads {
+            for i in 0..case.qo_len {
+                if case.causal && i + case.kv_len < case.qo_len {
+                    let r = (b * case.q_heads + h) * case.qo_len + i;
+                    assert_eq!(l_h[r], f32::NEG_INFINITY, "row {i} LSE: {case:?}");
+                    assert!(
+                        o_h[r * d..(r + 1) * d].iter().all(|&x| x == 0.0),
+                        "row {i} output: {case:?}"
+                    );
+                }
+            }
+        }
+    }
+    let lse_ref = l_h
+        .iter()
+        .zip(&reference.lse)
+        .map(|(&a, &b)| {
+            if a as f64 == b {
+                0.0
+            } else {
+                (a as f64 - b).abs()
+            }
+        })
+        .fold(0.0, f64::max);
+    assert!(
+        lse_ref <= LSE_TOL,
+        "LSE vs emulation {lse_ref:.2e}: {case:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_attention_matches_portable_and_emulation() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let mut rng = fresh_rng("hopper_attention");
+    let (f16o, bf16o) = (DType::F16, DType::BF16);
+    let (f16i, bf16i) = (DType::F16, DType::BF16);
+    let (hnd, nhd) = (Layout::Hnd, Layout::Nhd);
+    #[rustfmt::skip]
+    let cases = [
+        // batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal, in, out dtype, layout, smooth_k
+        (1, 2, 1, 1, 1, 64, false, f16i, f16o, hnd, true),
+        (1, 2, 2, 63, 63, 128, true, f16i, bf16o, hnd, true),
+        (2, 4, 2, 65, 200, 64, true, bf16i, f16o, nhd, false),
+        (1, 4, 1, 200, 65, 128, true, f16i, f16o, hnd, true),
+        (1, 2, 2, 1000, 1000, 128, false, f16i, bf16o, nhd, true),
+        (1, 2, 2, 1000, 1000, 128, true, bf16i, f16o, hnd, false),
+        (1, 2, 1, 1000, 333, 64, true, f16i, f16o, hnd, true),
+        (1, 2, 2, 200, 1000, 128, false, f16i, f16o, nhd, false),
+        (1, 1, 1, 1, 1000, 128, true, bf16i, bf16o, hnd, true),
+        (1, 3, 3, 1000, 1, 64, false, f16i, f16o, hnd, true),
+        (1, 8, 1, 300, 300, 64, false, f16i, bf16o, hnd, true),
+        (2, 2, 1, 129, 700, 128, true, bf16i, f16o, nhd, true),
+    ];
+    for (
+        batch,
+        q_heads,
+        kv_heads,
+        qo_len,
+        kv_len,
+        head_dim,
+        causal,
+        in_dtype,
+        out_dtype,
+        layout,
+        smooth_k,
+    ) in cases
+    {
+        check_case(
+            Case {
+                batch,
+                q_heads,
+                kv_heads,
+                qo_len,
+                kv_len,
+                head_dim,
+                causal,
+                in_dtype,
+                out_dtype,
+                layout,
+                smooth_k,
+            },
+            &mut rng,
+        );
+    }
+}
+
+/// Normal-ish values generated in parallel on the host (large shapes for timing).
+fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut acc = 0.0f32;
+            for _ in 0..4 {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                acc += (z >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 1.732
+        })
+        .collect();
+    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
+}
+
+/// Median of 15 timed runs (after 3 warm-ups), CUDA events on the runtime's stream.
+fn median_ms(mut f: impl FnMut()) -> f32 {
+    let stream = runtime().stream().clone();
+    for _ in 0..3 {
+        f();
+    }
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let start = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        f();
+        let end = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        end.synchronize().unwrap();
+        times.push(start.elapsed_ms(&end).unwrap());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
+}
+
+/// Kernel-only TOPS (4·B·H·N²·d / time, halved for causal) of the sm_90a kernel and of the
+/// portable kernel (both PV accumulators) on the same prepared inputs: B = 4, H = 32, N = 8192.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_perf_probe() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    eprintln!("device: {:?}", rt.device_info().unwrap());
+    let (batch, heads, seq) = (4usize, 32usize, 8192usize);
+    for &(head_dim, causal) in &[(128usize, false), (128, true), (64, false)] {
+        let shape = [batch, heads, seq, head_dim];
+        let (q, k, v) = (
+            random_device_tensor(shape, 1),
+            random_device_tensor(shape, 2),
+            random_device_tensor(shape, 3),
+        );
+        let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let ops = 4.0
+            * (batch * heads) as f64
+            * (seq * seq) as f64
+            * head_dim as f64
+            * if causal { 0.5 } else { 1.0 };
+        let tops = |ms: f32| ops / (ms as f64 * 1e-3) / 1e12;
+        let mut line = format!("PERF d={head_dim} N={seq} B={batch} H={heads} causal={causal}:");
+        for pv in [PvAccum::F16, PvAccum::F32] {
+            let opts = Options {
+                causal,
+                pv_accum: pv,
+                ..Options::default()
+            };
+            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
+            let ms = median_ms(|| {
+                prepared
+                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+                    .unwrap()
+            });
+            line += &format!(" portable({pv:?}) {ms:.3} ms {:.0} TOPS;", tops(ms));
+            if pv == PvAccum::F32 {
+                // SAFETY: v and out have the shapes `prepared` was made for, with its causal option.
+                let ms = median_ms(|| unsafe {
+                    hopper::attend_prepared_sm90(
+                        rt,
+                        &prepared,
+                        &v.view(),
+                        &mut out.view_mut(),
+                        None,
+                        causal,
+                    )
+                    .unwrap()
+                });
+                line += &format!(" sm90 {ms:.3} ms {:.0} TOPS", tops(ms));
+            }
+        }
+        eprintln!("{line}");
+    }
+}
