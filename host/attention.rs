@@ -153,7 +153,13 @@ fn run_with_workspace(
     opts: &Options,
     problem: &Problem,
 ) -> Result<()> {
-    validate_output(rt, problem, out, lse.as_deref())?;
+    validate_output(
+        rt,
+        problem,
+        out,
+        lse.as_deref(),
+        &[("q", q), ("k", k), ("v", v)],
+    )?;
     let layout = scratch_layout(problem, opts, lse.is_some())?;
     rt.with_workspace(layout.bytes, |base| {
         let scratch = Scratch { base, layout };
@@ -263,7 +269,7 @@ impl Prepared {
                 "the LSE of smoothed attention needs `return_lse: true` when preparing".into(),
             ));
         }
-        validate_output(rt, p, out, lse.as_deref())?;
+        validate_output(rt, p, out, lse.as_deref(), &[("v", v)])?;
         enqueue_attend(
             rt,
             p,
@@ -714,6 +720,7 @@ fn validate_output(
     p: &Problem,
     out: &TensorViewMut,
     lse: Option<&CudaSlice<f32>>,
+    inputs: &[(&'static str, &TensorView)],
 ) -> Result<()> {
     out.validate("out")?;
     if !matches!(out.dtype(), DType::F16 | DType::BF16) {
@@ -730,6 +737,7 @@ fn validate_output(
         });
     }
     out.check_device_memory("out", rt)?;
+    check_no_overlap(out, inputs)?;
     if let Some(lse) = lse {
         let need = p.batch * p.q_heads * p.qo_len;
         if lse.len() < need {
@@ -743,6 +751,24 @@ fn validate_output(
                 expected: rt.ordinal(),
                 got: lse.context().ordinal(),
             });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an output whose bytes overlap an input's: the inputs are never modified.
+fn check_no_overlap(out: &TensorViewMut, inputs: &[(&'static str, &TensorView)]) -> Result<()> {
+    let Some((o0, o1)) = out.byte_range() else {
+        return Ok(());
+    };
+    for &(name, t) in inputs {
+        if let Some((i0, i1)) = t.byte_range() {
+            if o0 < i1 && i0 < o1 {
+                return Err(Error::InvalidOption(format!(
+                    "the output (bytes {o0:#x}..{o1:#x}) overlaps input `{name}` ({i0:#x}..{i1:#x}); \
+                     inputs are never overwritten"
+                )));
+            }
         }
     }
     Ok(())

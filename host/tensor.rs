@@ -308,6 +308,12 @@ impl Geometry {
     /// Furthest element + 1, in elements and bytes, and the number of elements, all of which must
     /// fit in `i64`; the end address must fit in `u64`. Assumes non-negative strides. An empty
     /// view has extent 0.
+    /// `[first byte, one past the last byte)` of a valid view, `None` if its extent is invalid.
+    fn byte_range(&self) -> Option<(u64, u64)> {
+        let e = self.extent("view").ok()?;
+        Some((self.ptr, self.ptr.checked_add(e.bytes)?))
+    }
+
     fn extent(&self, tensor: &'static str) -> Result<Extent> {
         let too_large = |reason: String| Error::TooLarge { tensor, reason };
         let mut numel: i64 = 1;
@@ -667,6 +673,12 @@ impl<'a> TensorView<'a> {
     pub fn ordinal(&self) -> usize {
         self.geom.ordinal
     }
+    /// The bytes the view spans, `[start, end)` (`None` if the extent is invalid); used to
+    /// refuse outputs that overlap inputs.
+    pub(crate) fn byte_range(&self) -> Option<(u64, u64)> {
+        self.geom.byte_range()
+    }
+
     /// Whether the view was made from a cudarc slice (stream-tracked) rather than a raw pointer.
     pub fn is_tracked(&self) -> bool {
         self.origin.is_some()
@@ -834,6 +846,12 @@ impl<'a> TensorViewMut<'a> {
     pub fn ordinal(&self) -> usize {
         self.geom.ordinal
     }
+    /// The bytes the view spans, `[start, end)` (`None` if the extent is invalid); used to
+    /// refuse outputs that overlap inputs.
+    pub(crate) fn byte_range(&self) -> Option<(u64, u64)> {
+        self.geom.byte_range()
+    }
+
     /// Whether the view was made from a cudarc slice (stream-tracked) rather than a raw pointer.
     pub fn is_tracked(&self) -> bool {
         self.origin.is_some()

@@ -489,3 +489,129 @@ fn sanitizer_small_matrix() {
         }
     }
 }
+
+/// Tensors of more than 2^31 elements: the last batch entry (offsets past 2^31) is checked against
+/// the CPU references, the rest is zeros (whose attention output is exactly 0).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn beyond_2_31_elements() {
+    use half::f16;
+    use sageattention::TensorView;
+    let rt = runtime();
+    let stream = rt.stream();
+    let (batch, heads, seq, head_dim) = (8200usize, 2usize, 1024usize, 128usize);
+    let shape = [batch, heads, seq, head_dim];
+    let n = batch * heads * seq * head_dim;
+    assert!(n > 1 << 31);
+    let mut rng = fresh_rng("huge");
+    let last = [1, heads, seq, head_dim];
+    let per_batch = heads * seq * head_dim;
+    let mut host = Vec::new();
+    let mut slices = Vec::new();
+    for _ in 0..3 {
+        let t = random_tensor(&mut rng, last, DType::F16, 1.0, None);
+        let mut dev = stream.alloc_zeros::<f16>(n).unwrap();
+        let data: Vec<f16> = t.data.iter().map(|&x| f16::from_f32(x)).collect();
+        stream
+            .memcpy_htod(&data, &mut dev.slice_mut(n - per_batch..n))
+            .unwrap();
+        host.push(t);
+        slices.push(dev);
+    }
+    let mut out = stream.alloc_zeros::<f16>(n).unwrap();
+    stream.memset_zeros(&mut out).unwrap();
+    {
+        let views: Vec<TensorView> = slices
+            .iter()
+            .map(|s| TensorView::from_slice(s, shape, Layout::Hnd).unwrap())
+            .collect();
+        let mut out_view =
+            sageattention::TensorViewMut::from_slice(&mut out, shape, Layout::Hnd).unwrap();
+        sageattn_into(
+            rt,
+            &views[0],
+            &views[1],
+            &views[2],
+            &mut out_view,
+            None,
+            &Options::default(),
+        )
+        .unwrap();
+    }
+    let tail: Vec<f32> = stream
+        .clone_dtoh(&out.slice(n - per_batch..n))
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    let head: Vec<f32> = stream
+        .clone_dtoh(&out.slice(0..per_batch))
+        .unwrap()
+        .iter()
+        .map(|x| x.to_f32())
+        .collect();
+    assert!(
+        head.iter().all(|&x| x == 0.0),
+        "zero inputs must give zero outputs"
+    );
+    let ref_opts = RefOptions::default();
+    let emulated =
+        attention_quantized_emulation(&host[0], &host[1], &host[2], &ref_opts, true, true);
+    let m = compare(&tail, &emulated.o);
+    eprintln!("beyond 2^31: last batch vs emulation {m:?}");
+    assert!(m.rel_l1 <= EMULATION_REL_L1, "{m:?}");
+}
+
+/// Misuse that needs the driver to detect: outputs overlapping inputs, host memory passed as a
+/// device pointer. Both are refused with a typed error before any launch, and the input is unchanged.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn misuse_is_rejected_before_launch() {
+    use cudarc::driver::DevicePtr;
+    use sageattention::{Error, TensorView, TensorViewMut};
+    let rt = runtime();
+    let stream = rt.stream();
+    let shape = [1usize, 2, 64, 64];
+    let strides = Layout::Hnd.contiguous_strides(shape);
+    let data: Vec<half::f16> = (0..2 * 64 * 64)
+        .map(|i| half::f16::from_f32((i % 7) as f32 - 3.0))
+        .collect();
+    let buf = stream.clone_htod(&data).unwrap();
+    let (ptr, _guard) = buf.device_ptr(stream);
+    // SAFETY: `buf` holds exactly this shape and outlives the views.
+    let (q, mut out) = unsafe {
+        (
+            TensorView::from_raw(ptr, DType::F16, shape, strides, 0),
+            TensorViewMut::from_raw(ptr, DType::F16, shape, strides, 0),
+        )
+    };
+    let err = sageattn_into(rt, &q, &q, &q, &mut out, None, &Options::default()).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidOption(ref m) if m.contains("overlaps")),
+        "{err}"
+    );
+    let host_buffer = vec![0u16; 2 * 64 * 64 + 64];
+    let host_ptr = (host_buffer.as_ptr() as u64).next_multiple_of(16);
+    // SAFETY: deliberately wrong (host memory); the library must refuse it without touching it.
+    let bogus = unsafe { TensorView::from_raw(host_ptr, DType::F16, shape, strides, 0) };
+    let mut out2 = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
+    let err = sageattn_into(
+        rt,
+        &bogus,
+        &q,
+        &q,
+        &mut out2.view_mut(),
+        None,
+        &Options::default(),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, Error::NotDeviceMemory { tensor: "q", .. }),
+        "{err}"
+    );
+    assert_eq!(
+        stream.clone_dtoh(&buf).unwrap(),
+        data,
+        "inputs are never modified"
+    );
+}

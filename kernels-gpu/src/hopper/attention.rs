@@ -229,25 +229,34 @@ struct Consumer<const HD: usize> {
     diag: i32,
     /// First query row of this warp's 16 (within the head).
     warp_row0: u32,
+    /// `n_tiles - 1`.
+    last_tile: u32,
     lane: u32,
 }
 
 impl<const HD: usize> Consumer<HD> {
-    /// Waits until K tile `t` is in shared memory and visible to wgmma.
+    /// Waits until K tile `t` is in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_k(&self, t: u32) {
         let s = Smem::<HD>::S;
         // SAFETY: an initialised barrier.
         unsafe { ptx::mbarrier_wait_parity(self.sm.full_k(t % s), (t / s) & 1) };
-        ptx::fence_proxy_async_shared();
     }
 
-    /// Waits until V tile `t` is in shared memory and visible to wgmma.
+    /// Waits until V tile `t` is in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_v(&self, t: u32) {
         let s = Smem::<HD>::S;
         // SAFETY: an initialised barrier.
         unsafe { ptx::mbarrier_wait_parity(self.sm.full_v(t % s), (t / s) & 1) };
+    }
+
+    /// Makes the tiles the waits above observed (written by cp.async, i.e. the generic proxy)
+    /// visible to wgmma (the async proxy). In SASS this is `MEMBAR.ALL.CTA; FENCE.VIEW.ASYNC.S`:
+    /// the membar waits for this thread's outstanding memory operations, so no global load may be
+    /// in flight here (the K scales are loaded one tile ahead, after it).
+    #[inline(always)]
+    fn make_visible(&self) {
         ptx::fence_proxy_async_shared();
     }
 
@@ -319,8 +328,9 @@ impl<const HD: usize> Consumer<HD> {
         &self,
         softmax: &mut OnlineSoftmax,
     ) -> [[u32; 4]; 4] {
-        let k_scale = self.k_scale(0);
         self.wait_k(0);
+        self.make_visible();
+        let k_scale = self.k_scale(0);
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0));
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
@@ -340,10 +350,19 @@ impl<const HD: usize> Consumer<HD> {
         probs: &mut [[u32; 4]; 4],
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
+        k_scale_t: &mut f32,
     ) {
-        let k_scale = self.k_scale(t);
         self.wait_v(t - 1);
         self.wait_k(t);
+        self.make_visible();
+        let k_scale = *k_scale_t;
+        *k_scale_t = self.k_scale((t + 1).min(self.last_tile));
+        // Tile t-2's stage was last read by the P·V that step t-1 waited for. Releasing it here
+        // rather than right after that wait keeps ptxas from hoisting the arrive, and with it the
+        // wgmma wait, above the softmax it should overlap.
+        if t >= 2 {
+            self.release(t - 2);
+        }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t));
         let vd = pv_descs(self.v_desc(t - 1));
         ptx::wgmma_fence();
@@ -354,6 +373,13 @@ impl<const HD: usize> Consumer<HD> {
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
         let (mut next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
+        // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
+        // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
+        // the softmax's last result (the row sums) ends the basic block there, so the wait stays
+        // after all of it. Never taken: the sums are >= 0 or a positive NaN, never all-ones bits.
+        if softmax.sum[0].to_bits() & softmax.sum[1].to_bits() == u32::MAX {
+            ptx::trap();
+        }
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
         // P_t is packed to f16 only now: ptxas coalesces the packed registers with the loop-carried
@@ -363,7 +389,6 @@ impl<const HD: usize> Consumer<HD> {
         unroll::<NT>(#[inline(always)] |j| {
             unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
         });
-        self.release(t - 1);
         *probs = pack_probs(&next);
     }
 
@@ -371,13 +396,17 @@ impl<const HD: usize> Consumer<HD> {
     #[inline(always)]
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
         self.wait_v(t);
+        self.make_visible();
+        if t >= 1 {
+            self.release(t - 1);
+        }
         let vd = pv_descs(self.v_desc(t));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
-        self.release(t);
+        // Tile t's stage is never reused: the producer has no tile left to load.
     }
 }
 
@@ -452,6 +481,7 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             kv_len: p.kv_len,
             diag: geo.diag,
             warp_row0,
+            last_tile: geo.n_tiles - 1,
             lane,
         };
         let mut probs = if geo.n_unmasked > 0 {
@@ -459,11 +489,13 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
         } else {
             c.first::<true, CAUSAL, KS>(&mut softmax)
         };
+        // K scale of the next tile, loaded one step ahead (see `Consumer::make_visible`).
+        let mut k_scale = c.k_scale(1.min(c.last_tile));
         for t in 1..geo.n_unmasked {
-            c.step::<false, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax);
+            c.step::<false, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax, &mut k_scale);
         }
         for t in geo.n_unmasked.max(1)..geo.n_tiles {
-            c.step::<true, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax);
+            c.step::<true, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax, &mut k_scale);
         }
         c.last::<NT>(geo.n_tiles - 1, &probs, &mut out);
     }
