@@ -9,8 +9,8 @@
 use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
 use crate::device_config::{
-    attn_smem_bytes, cta_q, names, padded_len, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
-    MEAN_SEQ_LANES, QUANT_THREADS, Q_BLOCK, SUPPORTED_HEAD_DIMS,
+    attn_smem_bytes, cta_q, names, padded_len, quant_threads, ATTN_THREADS, CONVERT_THREADS,
+    K_BLOCK, LOG2_E, MEAN_SEQ_LANES, Q_BLOCK, SUPPORTED_HEAD_DIMS,
 };
 use crate::error::{CudaResultExt, Error, Result};
 use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
@@ -431,7 +431,7 @@ fn enqueue_prepare(
         rt,
         names::QUANTIZE,
         grid,
-        QUANT_THREADS as u32,
+        quant_threads(Q_BLOCK, p.head_dim) as u32,
         32,
         &q_params,
     )?;
@@ -453,7 +453,7 @@ fn enqueue_prepare(
         rt,
         names::QUANTIZE,
         grid,
-        QUANT_THREADS as u32,
+        quant_threads(K_BLOCK, p.head_dim) as u32,
         32,
         &k_params,
     )?;

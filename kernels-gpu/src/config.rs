@@ -19,8 +19,16 @@ pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 96, 128];
 pub const SMEM_ROW_PAD: usize = 16;
 /// Sequence lanes of the K-mean reduction (see docs/design.md, "Quantization").
 pub const MEAN_SEQ_LANES: usize = 16;
-/// Threads per quantization CTA.
-pub const QUANT_THREADS: usize = 128;
+/// 16-byte chunks each quantization thread holds in registers (one pass over global memory).
+pub const QUANT_CHUNKS_PER_THREAD: usize = 8;
+
+/// Threads of the quantization kernel for a block of `rows` rows: enough for every chunk, in
+/// whole warps (at most 8 warps for 128 rows of head_dim 128).
+pub const fn quant_threads(rows: usize, head_dim: usize) -> usize {
+    (rows * head_dim / 8)
+        .div_ceil(QUANT_CHUNKS_PER_THREAD)
+        .next_multiple_of(32)
+}
 /// Threads per V-conversion CTA.
 pub const CONVERT_THREADS: usize = 256;
 /// `log2(e)` as the quantizer folds it into Q's scale.

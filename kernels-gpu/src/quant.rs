@@ -2,7 +2,7 @@
 //! docs/design.md, "Quantization"): f32 arithmetic in a fixed order, `max.NaN` for the block
 //! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
 
-use crate::config::{MEAN_SEQ_LANES, padded_len};
+use crate::config::{MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
 use crate::params::{ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
 use crate::unroll::unroll;
@@ -120,7 +120,12 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
 }
 
 /// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid
-/// (blocks, heads, batch), `QUANT_THREADS` threads, 32 bytes of dynamic shared memory.
+/// (blocks, heads, batch); `ceil(block * head_dim / 8 / QUANT_CHUNKS_PER_THREAD)` threads rounded up
+/// to whole warps (at most 8 warps); 32 bytes of dynamic shared memory.
+///
+/// One pass over global memory: each thread loads its `QUANT_CHUNKS_PER_THREAD` 16-byte chunks
+/// up front (all in flight at once), keeps them in registers for the block maximum, and quantizes
+/// from the same registers.
 ///
 /// # Safety
 /// Launched by the host with validated parameters and that geometry.
@@ -128,6 +133,7 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
 pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
     let (blk, head, batch) = ptx::block_idx();
     let tid = ptx::thread_idx_x();
+    let threads = ptx::block_dim_x();
     let chunks = p.head_dim / 8;
     let total = p.block * chunks;
     let row0 = blk * p.block;
@@ -135,45 +141,48 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
     let head_ptr = p.x as i64 + 2 * (batch as i64 * p.x_stride[0] + head as i64 * p.x_stride[1]);
     let mean_row = p.mean + 4 * (batch * p.heads + head) as u64 * p.head_dim as u64;
 
+    // Chunk i of this thread is c = tid + i * threads: (row, column chunk) of the block.
+    let mut raw = [[0u32; 4]; QUANT_CHUNKS_PER_THREAD];
+    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
+        let c = tid + i as u32 * threads;
+        let row = row0 + c / chunks;
+        if c < total && row < p.seq {
+            let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + (c % chunks) as i64 * 8);
+            // SAFETY: row < seq, chunk < head_dim/8: inside the validated input.
+            raw[i] = unsafe { ptx::ld_global_nc_v4(ptr as u64) };
+        }
+    });
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
-    let values = |row: u32, chunk: u32| -> [f32; 8] {
-        let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + chunk as i64 * 8);
-        // SAFETY: row < seq, chunk < head_dim/8: inside the input.
-        let mut x = unsafe { load8(ptr as u64, bf16) };
+    let values = |raw: &[u32; 4], chunk: u32| -> [f32; 8] {
+        let mut x = [0.0f32; 8];
+        unroll::<4>(#[inline(always)] |j| {
+            let (lo, hi) = if bf16 { ptx::unpack_bf16x2(raw[j]) } else { ptx::unpack_f16x2(raw[j]) };
+            x[2 * j] = lo;
+            x[2 * j + 1] = hi;
+        });
         if p.mean != 0 {
-            // SAFETY: inside the [batch][heads][head_dim] mean buffer.
+            // SAFETY: inside the [batch][heads][head_dim] mean buffer (16-byte aligned rows).
             let m = unsafe {
-                [
-                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64),
-                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16),
-                ]
+                [ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64), ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16)]
             };
-            unroll::<8>(
-                #[inline(always)]
-                |i| x[i] -= f32::from_bits(m[i / 4][i % 4]),
-            );
+            unroll::<8>(#[inline(always)] |i| x[i] -= f32::from_bits(m[i / 4][i % 4]));
         } else {
-            unroll::<8>(
-                #[inline(always)]
-                |i| x[i] *= p.mult,
-            );
+            unroll::<8>(#[inline(always)] |i| x[i] *= p.mult);
         }
         x
     };
+    let in_range = |i: usize| {
+        let c = tid + i as u32 * threads;
+        c < total && row0 + c / chunks < p.seq
+    };
 
     let mut amax = 0.0f32;
-    let mut c = tid;
-    while c < total {
-        let row = row0 + c / chunks;
-        if row < p.seq {
-            let v = values(row, c % chunks);
-            unroll::<8>(
-                #[inline(always)]
-                |i| amax = ptx::max_nan(amax, ptx::abs(v[i])),
-            );
+    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
+        if in_range(i) {
+            let v = values(&raw[i], (tid + i as u32 * threads) % chunks);
+            unroll::<8>(#[inline(always)] |e| amax = ptx::max_nan(amax, ptx::abs(v[e])));
         }
-        c += ptx::block_dim_x();
-    }
+    });
     // Block-wide NaN-propagating max: warp butterfly, then one slot per warp.
     let mut m = amax;
     let mut mask = 16;
@@ -182,7 +191,7 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
         mask /= 2;
     }
     let base = ptx::smem_base();
-    let warps = ptx::block_dim_x() / 32;
+    let warps = threads / 32;
     // SAFETY: at most 8 warps, 4 bytes each, inside the 32-byte buffer.
     unsafe {
         if tid & 31 == 0 {
@@ -207,26 +216,24 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
 
     let padded = blocks * p.block as u64;
     let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.head_dim as u64;
-    let mut c = tid;
-    while c < total {
-        let row = row0 + c / chunks;
-        let chunk = c % chunks;
-        let mut packed = [0u32; 2];
-        if row < p.seq {
-            let v = values(row, chunk);
-            unroll::<8>(
-                #[inline(always)]
-                |i| {
-                    let q = ptx::cvt_rni_sat_s8(v[i] * inv) as u32 & 0xff;
-                    packed[i / 4] |= q << (8 * (i % 4));
-                },
-            );
+    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
+        let c = tid + i as u32 * threads;
+        if c < total {
+            let (row, chunk) = (row0 + c / chunks, c % chunks);
+            let mut packed = [0u32; 2];
+            if row < p.seq {
+                let v = values(&raw[i], chunk);
+                unroll::<8>(#[inline(always)] |e| {
+                    let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
+                    packed[e / 4] |= q << (8 * (e % 4));
+                });
+            }
+            // Rows past the sequence end (padding up to the block) are stored as zeros.
+            let dst = out_head + row as u64 * p.head_dim as u64 + chunk as u64 * 8;
+            // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
+            unsafe { ptx::st_global_v2(dst, packed) };
         }
-        let dst = out_head + row as u64 * p.head_dim as u64 + chunk as u64 * 8;
-        // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
-        unsafe { ptx::st_global_v2(dst, packed) };
-        c += ptx::block_dim_x();
-    }
+    });
 }
 
 /// Copies bf16 V to a contiguous f16 buffer (the P·V mma takes f16). Grid-stride over 16-byte chunks.
