@@ -18,11 +18,17 @@
 //! // else: the portable kernel
 //! ```
 //!
-//! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / 128), q_heads, batch)`, block
-//! [`SM90_THREADS`] = 288 threads (two consumer warpgroups of 64 query rows + one producer warp),
-//! [`sm90_smem_bytes`]`(head_dim)` bytes of dynamic shared memory (d=64: 1024 + 8192 + 6·12288 +
-//! 144 = 83 088; d=128: 1024 + 16384 + 4·24576 + 96 = 115 808), which needs the opt-in above
-//! 48 KiB that [`Runtime`] does on first launch. Head dims 64 and 128 (d=96 stays portable).
+//! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / sm90_cta_q(d)), q_heads,
+//! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared
+//! memory, which needs the opt-in above 48 KiB that [`Runtime`] does on first launch:
+//!
+//! | head dim | consumer warpgroups | rows per CTA | threads | shared memory |
+//! |---|---|---|---|---|
+//! | 64 | 3 | 192 | 416 | 1024 + 12288 + 6·12288 + 144 = 87 184 |
+//! | 128 | 2 | 128 | 288 | 1024 + 16384 + 4·24576 + 96 = 115 808 |
+//!
+//! (each consumer warpgroup owns 64 query rows; one producer warp streams K/V). Head dims 64 and
+//! 128; d = 96 stays on the portable kernel.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
@@ -36,7 +42,7 @@ use crate::tensor::{DType, TensorView, TensorViewMut};
 #[path = "../kernels-gpu/src/hopper/config.rs"]
 pub mod config;
 
-pub use config::{sm90_smem_bytes, SM90_CTA_Q, SM90_HEAD_DIMS, SM90_THREADS};
+pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS};
 
 /// The sm_90a attention entry for this head dim and masking, or `None` when there is none (head
 /// dim 96, or anything else): the caller then uses the portable kernel.
@@ -73,9 +79,9 @@ pub fn hopper_available(rt: &Runtime) -> bool {
 /// Grid, block and dynamic shared memory of one sm_90a attention launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchConfig {
-    /// `(ceil(qo_len / 128), q_heads, batch)`.
+    /// `(ceil(qo_len / sm90_cta_q(head_dim)), q_heads, batch)`.
     pub grid: (u32, u32, u32),
-    /// [`SM90_THREADS`] threads.
+    /// [`sm90_threads`]`(head_dim)` threads.
     pub threads: u32,
     /// [`sm90_smem_bytes`]`(head_dim)` bytes.
     pub smem_bytes: u32,
@@ -90,11 +96,11 @@ pub fn hopper_launch_config(
 ) -> LaunchConfig {
     LaunchConfig {
         grid: (
-            qo_len.div_ceil(SM90_CTA_Q) as u32,
+            qo_len.div_ceil(sm90_cta_q(head_dim)) as u32,
             q_heads as u32,
             batch as u32,
         ),
-        threads: SM90_THREADS as u32,
+        threads: sm90_threads(head_dim) as u32,
         smem_bytes: sm90_smem_bytes(head_dim) as u32,
     }
 }
@@ -323,6 +329,9 @@ mod tests {
         let c = hopper_launch_config(128, 1000, 32, 4);
         assert_eq!(c.grid, (8, 32, 4));
         assert_eq!(c.threads, 288);
+        let c = hopper_launch_config(64, 1000, 32, 4);
+        assert_eq!((c.grid, c.threads), ((6, 32, 4), 416));
+        assert_eq!(sm90_smem_bytes(64), 1024 + 12288 + 6 * 12288 + 144);
         // Fits the 227 KiB per-block opt-in limit of sm_90 with room to spare.
         assert!(sm90_smem_bytes(64) <= 227 * 1024 && sm90_smem_bytes(128) <= 227 * 1024);
         assert_eq!(sm90_smem_bytes(128), 1024 + 16384 + 4 * 24576 + 96);

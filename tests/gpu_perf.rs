@@ -107,3 +107,50 @@ fn perf_probe() {
         }
     }
 }
+
+/// The preparation kernels at N = 1K (for `ncu --metrics gpu__time_duration.sum`): a few full
+/// calls, d = 128, B = 4, H = 32.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn perf_prepare_small() {
+    let rt = runtime();
+    let shape = [4, 32, 1024, 128];
+    let (q, k, v) = (
+        random_device_tensor(shape, 1),
+        random_device_tensor(shape, 2),
+        random_device_tensor(shape, 3),
+    );
+    let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
+    let opts = Options::default();
+    let full = median_ms(|| {
+        sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            &opts,
+        )
+        .unwrap()
+    });
+    let prepare =
+        median_ms(|| drop(Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap()));
+    rt.synchronize().unwrap();
+    let t0 = std::time::Instant::now();
+    for _ in 0..20 {
+        sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            &opts,
+        )
+        .unwrap();
+    }
+    let host_us = t0.elapsed().as_secs_f64() * 1e6 / 20.0;
+    rt.synchronize().unwrap();
+    eprintln!("PREP d=128 N=1024: full {full:.3} ms, prepare alone {prepare:.3} ms, host enqueue {host_us:.0} us");
+}

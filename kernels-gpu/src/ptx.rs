@@ -893,3 +893,19 @@ pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: 
         );
     }
 }
+
+/// `vote.sync.all.pred` over the full warp: true iff `pred` holds on every lane. Must be called by
+/// all 32 lanes together.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn vote_all(pred: bool) -> bool {
+    let r: u32;
+    // SAFETY: register-only warp-collective op with a full member mask.
+    unsafe {
+        asm!(
+            "{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.all.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
+            out(reg32) r, in(reg32) pred as u32, options(nomem, nostack)
+        );
+    }
+    r != 0
+}

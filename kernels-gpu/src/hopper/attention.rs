@@ -11,8 +11,8 @@
 //! CTA (see `config.rs`): warps 0–7 = two consumer warpgroups of 64 query rows each; warp 8 = the
 //! producer. Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with three
 //! mbarriers: `full_k[s]` and `full_v[s]` (32 arrivals: the producer's lanes, through
-//! `cp.async.mbarrier.arrive.noinc`, i.e. when their copies have landed) and `empty[s]` (8
-//! arrivals: lane 0 of each consumer warp once its warpgroup's wgmmas reading the stage are done).
+//! `cp.async.mbarrier.arrive.noinc`, i.e. when their copies have landed) and `empty[s]` (one
+//! arrival per consumer warp: its lane 0 once its warpgroup's wgmmas reading the stage are done).
 //! Tile `t` uses stage `t % S` in round `t / S`; waiting for round r's completion uses parity
 //! `r & 1`.
 //!
@@ -23,12 +23,13 @@
 //! stage barriers, so one's softmax also overlaps the other's wgmmas.
 
 use super::config::{
-    SM90_CTA_K, SM90_CTA_Q, SM90_PRODUCER_WARP, sm90_barrier_offset, sm90_k_offset,
+    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_q, sm90_k_offset,
+    sm90_producer_warp,
     sm90_k_stage_bytes, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
 };
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, v_offset,
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, V_BLOCK_BYTES,
 };
 use super::softmax::OnlineSoftmax;
 use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
@@ -55,9 +56,9 @@ struct Geometry {
 
 impl Geometry {
     #[inline(always)]
-    fn new<const CAUSAL: bool>(p: &AttnParams) -> Self {
+    fn new<const HD: usize, const CAUSAL: bool>(p: &AttnParams) -> Self {
         let (bx, head, batch) = ptx::block_idx();
-        let rows = SM90_CTA_Q as u32;
+        let rows = sm90_cta_q(HD) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
         // Causal CTAs near the end of the sequence do the most work: start them first.
         let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
@@ -129,7 +130,7 @@ impl<const HD: usize> Smem<HD> {
 ///
 /// # Safety
 /// `p` satisfies the host's validation (as for the portable kernel); the launch has
-/// `ceil(qo_len/128) × q_heads × batch` blocks of `SM90_THREADS` threads and
+/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD)` threads and
 /// `sm90_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
 unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
@@ -137,9 +138,9 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
 ) {
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
-        assert!(SM90_CTA_Q == Q_BLOCK && SM90_CTA_K == K_BLOCK);
+        assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
     };
-    let geo = Geometry::new::<CAUSAL>(p);
+    let geo = Geometry::new::<HD, CAUSAL>(p);
     let sm = Smem::<HD>::new();
     let tid = ptx::thread_idx_x();
     if tid == 0 {
@@ -149,16 +150,16 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
                 unsafe {
                     ptx::mbarrier_init(sm.full_k(s as u32), 32);
                     ptx::mbarrier_init(sm.full_v(s as u32), 32);
-                    ptx::mbarrier_init(sm.empty(s as u32), 8);
+                    ptx::mbarrier_init(sm.empty(s as u32), 4 * sm90_consumer_warpgroups(HD) as u32);
                 }
             }
         });
     }
     ptx::sync_threads();
 
-    if tid >> 5 == SM90_PRODUCER_WARP as u32 {
+    if tid >> 5 == sm90_producer_warp(HD) as u32 {
         // SAFETY: as for the kernel.
-        unsafe { produce::<HD>(p, &geo, sm, tid & 31) };
+        unsafe { produce::<HD, NT, KS>(p, &geo, sm, tid & 31) };
     } else {
         // SAFETY: as for the kernel.
         unsafe { consume::<HD, KS, NT, CAUSAL>(p, &geo, sm, tid) };
@@ -166,17 +167,43 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
 }
 
 /// The producer warp: streams K and V tiles 0..n_tiles into the stages.
+///
+/// Lane → 16-byte chunk mapping (chosen so that each copy's shared and global addresses are a
+/// per-lane base plus a compile-time constant, folded into the instruction's immediate: one
+/// `LDGSTS` per copy): lane l covers row `l % 8` of each 8-row group and chunks `l / 8 + 4i`, so
+/// the swizzle phase `row % 8` is the lane's own. Every warp-wide copy writes 8 rows × 64 bytes:
+/// 4 shared-memory wavefronts, the minimum for 512 bytes.
+///
+/// `KJ = HD / 8` K copies per lane per tile, `VQ = HD / 32` V copies per lane per 8-key group.
 #[inline(always)]
-unsafe fn produce<const HD: usize>(p: &AttnParams, geo: &Geometry, sm: Smem<HD>, lane: u32) {
+unsafe fn produce<const HD: usize, const KJ: usize, const VQ: usize>(
+    p: &AttnParams,
+    geo: &Geometry,
+    sm: Smem<HD>,
+    lane: u32,
+) {
+    const { assert!(KJ * 8 == HD && VQ * 32 == HD) };
     let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
     let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-    let k_src = p.k + kv_head * padded_k * HD as u64;
+    let (r8, q4) = (lane & 7, lane >> 3);
+    // K: per-lane shared bases (two swizzle phases) and global offset.
+    let (k_sbase, k_glane) = if HD == 128 {
+        // 8 chunks per 128-byte row: copy j = row group j/2, chunks q4 + 4(j%2).
+        let b = |x: u32| r8 * 128 + (((q4 ^ r8) ^ (4 * x)) << 4);
+        ([b(0), b(1)], (r8 * 128 + 16 * q4) as u64)
+    } else {
+        // 4 chunks per 64-byte row (64-byte swizzle): copy j = rows lane/4 + 8j, chunk lane%4.
+        let (row, c) = (lane >> 2, lane & 3);
+        let b = row * 64 + ((c ^ ((row >> 1) & 3)) << 4);
+        ([b, b], (row * 64 + 16 * c) as u64)
+    };
+    let k_head = p.k + kv_head * padded_k * HD as u64 + k_glane;
+    // V: 8-key groups g; within a group, copy jj covers chunks q4 + 4jj of key row r8.
+    let v_sbase = [0u32, 1].map(|x| r8 * 128 + (((q4 ^ r8) ^ (4 * x)) << 4));
     let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
-    let v_src = (p.v as i64 + 2 * v_head) as u64;
     let v_row_bytes = 2 * p.v_stride[2] as u64;
+    let v_lane = (p.v as i64 + 2 * v_head) as u64 + r8 as u64 * v_row_bytes + 16 * q4 as u64;
     let s_count = Smem::<HD>::S;
-    let k_cpr = (HD / 16) as u32;
-    let v_cpr = (HD / 8) as u32;
     for t in 0..geo.n_tiles {
         let (s, round) = (t % s_count, t / s_count);
         if round > 0 {
@@ -184,31 +211,46 @@ unsafe fn produce<const HD: usize>(p: &AttnParams, geo: &Geometry, sm: Smem<HD>,
             unsafe { ptx::mbarrier_wait_parity(sm.empty(s), (round - 1) & 1) };
         }
         let k_dst = sm.k_stage(s);
-        let k_tile = k_src + (t as u64) * (SM90_CTA_K * HD) as u64;
-        for j in 0..(SM90_CTA_K * HD / 16 / 32) as u32 {
-            let i = lane + 32 * j;
-            let (r, c) = (i / k_cpr, i % k_cpr);
-            // SAFETY: K is padded to whole 64-row tiles.
-            unsafe {
-                ptx::cp_async_16(k_dst + kmajor_offset::<HD>(r, c), k_tile + (r * HD as u32 + 16 * c) as u64)
+        let k_src = k_head + (t as u64) * (SM90_CTA_K * HD) as u64;
+        unroll::<KJ>(#[inline(always)] |j| {
+            let j = j as u32;
+            let (soff, goff) = if HD == 128 {
+                (k_sbase[(j & 1) as usize] + 1024 * (j >> 1), 1024 * (j >> 1) + 64 * (j & 1))
+            } else {
+                (k_sbase[0] + 512 * j, 512 * j)
             };
-        }
+            // SAFETY: K is padded to whole 64-row tiles.
+            unsafe { ptx::cp_async_16(k_dst + soff, k_src + goff as u64) };
+        });
         // SAFETY: an initialised barrier.
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_k(s)) };
         let v_dst = sm.v_stage(s);
-        for j in 0..(SM90_CTA_K * HD / 8 / 32) as u32 {
-            let i = lane + 32 * j;
-            let (r, c) = (i / v_cpr, i % v_cpr);
-            let key = t * SM90_CTA_K as u32 + r;
-            let dst = v_dst + v_offset(r, c);
-            // SAFETY: key < kv_len is inside V; otherwise nothing is read (zero-fill).
-            unsafe {
-                if key < p.kv_len {
-                    ptx::cp_async_16(dst, v_src + key as u64 * v_row_bytes + 16 * c as u64);
-                } else {
-                    ptx::cp_async_16_zfill(dst, v_src, 0);
-                }
-            }
+        let key0 = t * SM90_CTA_K as u32;
+        let v_copy = |g: u32, jj: u32| {
+            let dst = v_dst + v_sbase[(jj & 1) as usize] + (jj >> 1) * V_BLOCK_BYTES + 1024 * g;
+            let src = v_lane + (key0 + 8 * g) as u64 * v_row_bytes + 64 * jj as u64;
+            (dst, src)
+        };
+        if key0 + SM90_CTA_K as u32 <= p.kv_len {
+            unroll::<8>(#[inline(always)] |g| {
+                unroll::<VQ>(#[inline(always)] |jj| {
+                    let (dst, src) = v_copy(g as u32, jj as u32);
+                    // SAFETY: every key of the tile is inside V.
+                    unsafe { ptx::cp_async_16(dst, src) };
+                });
+            });
+        } else {
+            // The sequence's last, partial tile: keys past kv_len are zero-filled (nothing is read,
+            // and the address is replaced by the head's first row).
+            unroll::<8>(#[inline(always)] |g| {
+                let inside = key0 + 8 * g as u32 + r8 < p.kv_len;
+                unroll::<VQ>(#[inline(always)] |jj| {
+                    let (dst, src) = v_copy(g as u32, jj as u32);
+                    let (src, bytes) = if inside { (src, 16) } else { (v_lane, 0) };
+                    // SAFETY: see above.
+                    unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
+                });
+            });
         }
         // SAFETY: an initialised barrier.
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_v(s)) };
@@ -299,25 +341,30 @@ impl<const HD: usize> Consumer<HD> {
     ) -> ([[f32; 4]; 8], [f32; 2]) {
         let scale = self.q_scale * k_scale;
         let mut s = [[0.0f32; 4]; 8];
+        if !MASK {
+            unroll::<8>(#[inline(always)] |j| {
+                unroll::<4>(#[inline(always)] |e| s[j][e] = s_int[j][e] as f32);
+            });
+            let rescale = softmax.update_unscaled(&mut s, scale);
+            return (s, rescale);
+        }
         unroll::<8>(#[inline(always)] |j| {
             unroll::<4>(#[inline(always)] |e| s[j][e] = s_int[j][e] as f32 * scale);
         });
-        if MASK {
-            let key0 = t * SM90_CTA_K as u32;
-            unroll::<8>(#[inline(always)] |j| {
-                unroll::<4>(#[inline(always)] |e| {
-                    let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
-                    let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
-                    let mut visible = key < self.kv_len;
-                    if CAUSAL {
-                        visible &= key as i32 <= row as i32 + self.diag;
-                    }
-                    if !visible {
-                        s[j][e] = f32::NEG_INFINITY;
-                    }
-                });
+        let key0 = t * SM90_CTA_K as u32;
+        unroll::<8>(#[inline(always)] |j| {
+            unroll::<4>(#[inline(always)] |e| {
+                let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
+                let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
+                let mut visible = key < self.kv_len;
+                if CAUSAL {
+                    visible &= key as i32 <= row as i32 + self.diag;
+                }
+                if !visible {
+                    s[j][e] = f32::NEG_INFINITY;
+                }
             });
-        }
+        });
         let rescale = softmax.update(&mut s);
         (s, rescale)
     }
@@ -386,9 +433,13 @@ impl<const HD: usize> Consumer<HD> {
         // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
         // were written while it is in flight.
         unroll::<8>(#[inline(always)] |j| ptx::pin_f32x4(&mut next[j]));
-        unroll::<NT>(#[inline(always)] |j| {
-            unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
-        });
+        // Once the row maxima settle, most tiles leave them unchanged (rescale exactly 1): skip the
+        // multiplications when that holds for the whole warp.
+        if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
+            unroll::<NT>(#[inline(always)] |j| {
+                unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
+            });
+        }
         *probs = pack_probs(&next);
     }
 
@@ -435,7 +486,7 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
     sm: Smem<HD>,
     tid: u32,
 ) {
-    let wg = tid >> 7;
+    let wg = tid >> 7; // < sm90_consumer_warpgroups(HD)
     let lane = tid & 31;
     let wg_row0 = 64 * wg;
     let warp_row0 = geo.q_row0 + wg_row0 + 16 * ((tid >> 5) & 3);
@@ -446,7 +497,14 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
         // This warpgroup's 64 Q rows (the padded Q holds whole 128-row blocks).
         let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
         let q_head = (geo.batch * p.q_heads + geo.head) as u64;
-        let q_src = p.q + (q_head * padded_q + (geo.q_row0 + wg_row0) as u64) * HD as u64;
+        // With 3 warpgroups (192 rows) the CTA may reach past the padded Q: a warpgroup whose rows
+        // all lie past it (and past qo_len) computes on rows of the first block instead, and
+        // stores nothing.
+        let mut wg_q_row = (geo.q_row0 + wg_row0) as u64;
+        if wg_q_row >= padded_q {
+            wg_q_row = 0;
+        }
+        let q_src = p.q + (q_head * padded_q + wg_q_row) * HD as u64;
         let q_dst = sm.q + wg_row0 * HD as u32;
         let cpr = (HD / 16) as u32;
         let wtid = tid & 127;
@@ -463,7 +521,7 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
         });
         ptx::cp_async_commit();
         let q_blocks = padded_q / Q_BLOCK as u64;
-        let q_scale_idx = q_head * q_blocks + (geo.q_row0 as usize / Q_BLOCK) as u64;
+        let q_scale_idx = q_head * q_blocks + wg_q_row / Q_BLOCK as u64;
         let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
         let k_scale_row =
             p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;

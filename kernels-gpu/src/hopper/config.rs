@@ -2,24 +2,34 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: warps 0–7 are two consumer warpgroups (64 query rows each, `SM90_CTA_Q = 128` rows
-//! per CTA, so a CTA's rows share one 128-row Q quantization block); warp 8 is the producer, which
-//! streams 64-key K/V tiles into `sm90_stages(head_dim)` shared-memory stages with cp.async and
+//! CTA layout: `sm90_consumer_warpgroups(d)` consumer warpgroups (2 for d = 128, 3 for d = 64) of
+//! 64 query rows each (a warpgroup's rows share one 128-row Q quantization block); the warp after
+//! them is the producer, which streams 64-key K/V tiles into `sm90_stages(head_dim)` shared-memory stages with cp.async and
 //! mbarriers. Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle
 //! period): Q tile, the K stages, the V stages, then the mbarriers.
 
 #![allow(dead_code)] // each side (device, host) uses a different subset
 
-/// Query rows per CTA (= `Q_BLOCK`: one Q scale per CTA).
-pub const SM90_CTA_Q: usize = 128;
+/// Consumer warpgroups per CTA; each owns 64 query rows. d = 64 uses three: its tiles carry half
+/// the tensor work of d = 128 for the same softmax, so the CTA needs more warps to hide the
+/// softmax's latency (and its 117 registers fit 416 threads); d = 128 (153 registers) keeps two.
+pub const fn sm90_consumer_warpgroups(head_dim: usize) -> usize {
+    if head_dim > 64 { 2 } else { 3 }
+}
+/// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
+pub const fn sm90_cta_q(head_dim: usize) -> usize {
+    64 * sm90_consumer_warpgroups(head_dim)
+}
 /// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
-/// Consumer warpgroups per CTA; each owns 64 query rows.
-pub const SM90_CONSUMER_WARPGROUPS: usize = 2;
 /// Index of the producer warp (the warp after the consumer warpgroups).
-pub const SM90_PRODUCER_WARP: usize = 4 * SM90_CONSUMER_WARPGROUPS;
+pub const fn sm90_producer_warp(head_dim: usize) -> usize {
+    4 * sm90_consumer_warpgroups(head_dim)
+}
 /// Threads per CTA: the consumer warpgroups and one producer warp.
-pub const SM90_THREADS: usize = 128 * SM90_CONSUMER_WARPGROUPS + 32;
+pub const fn sm90_threads(head_dim: usize) -> usize {
+    128 * sm90_consumer_warpgroups(head_dim) + 32
+}
 /// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
 pub const SM90_SMEM_ALIGN: usize = 1024;
@@ -35,9 +45,9 @@ pub const fn sm90_stages(head_dim: usize) -> usize {
     }
 }
 
-/// Bytes of the INT8 Q tile (`SM90_CTA_Q` rows of `head_dim` bytes, K-major swizzled).
+/// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
 pub const fn sm90_q_bytes(head_dim: usize) -> usize {
-    SM90_CTA_Q * head_dim
+    sm90_cta_q(head_dim) * head_dim
 }
 
 /// Bytes of one INT8 K stage.

@@ -49,6 +49,39 @@ impl OnlineSoftmax {
         rescale
     }
 
+    /// [`Self::update`] for a tile without masked scores, taking them unscaled: `s` holds the integer
+    /// scores as f32 (exact), `scale` the dequantization factor (>= 0). The row max is taken on
+    /// the unscaled scores and scaled once, and each probability is `2^(s·scale - max)` with one
+    /// fused multiply-add, saving a multiply and a subtraction per score (the result differs from
+    /// [`Self::update`] by the rounding of that product only).
+    #[inline(always)]
+    pub fn update_unscaled(&mut self, s: &mut [[f32; 4]; 8], scale: f32) -> [f32; 2] {
+        let mut rescale = [1.0f32; 2];
+        unroll::<2>(#[inline(always)] |h| {
+            let mut raw_max = f32::NEG_INFINITY;
+            unroll::<8>(#[inline(always)] |nt| {
+                raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+            });
+            raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 1));
+            raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 2));
+            // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
+            let new_max = self.max[h].max(raw_max * scale);
+            let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
+            rescale[h] = ptx::ex2(self.max[h] - base);
+            self.max[h] = new_max;
+            let mut row_sum = 0.0f32;
+            unroll::<8>(#[inline(always)] |nt| {
+                unroll::<2>(#[inline(always)] |e| {
+                    let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -base));
+                    s[nt][2 * h + e] = v;
+                    row_sum += v;
+                });
+            });
+            self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+        });
+        rescale
+    }
+
     /// The full sum of row `h` (reduces the quad's partial sums).
     #[inline(always)]
     pub fn row_sum(&self, h: usize) -> f32 {
