@@ -89,27 +89,34 @@ fn apply_launch_bounds(ptx: &str) -> String {
         ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
             let ctas = device_config::attn_min_ctas_per_sm($hd, $pv_f32);
             if ctas > 0 {
-                let entry = format!(".entry {}(", $name);
-                if let Some(start) = ptx.find(&entry) {
-                    // The parameter list ends at the first line that starts with `)` (llc may
-                    // append a comment to it); the directives go on the lines after it.
-                    let close = ptx[start..]
-                        .find("\n)")
-                        .and_then(|c| ptx[start + c + 2..].find('\n').map(|e| start + c + 2 + e));
-                    if let Some(at) = close {
-                        ptx.insert_str(
-                            at,
-                            &format!(
-                                "\n.maxntid {}, 1, 1\n.minnctapersm {ctas}",
-                                device_config::ATTN_THREADS
-                            ),
-                        );
-                    }
-                }
+                ptx = add_launch_bounds(&ptx, $name, device_config::ATTN_THREADS, ctas);
             }
         };
     }
     for_each_attention_variant!(bound);
+    // The quantizer is memory-bound: bound its registers so that 3 CTAs of up to 256 threads
+    // (all their loads in flight) fit on an SM.
+    ptx = add_launch_bounds(&ptx, device_config::names::QUANTIZE, 256, 3);
+    ptx
+}
+
+/// Inserts `.maxntid threads, 1, 1` and `.minnctapersm ctas` after entry `name`'s parameter list.
+fn add_launch_bounds(ptx: &str, name: &str, threads: usize, ctas: usize) -> String {
+    let mut ptx = ptx.to_string();
+    let entry = format!(".entry {name}(");
+    if let Some(start) = ptx.find(&entry) {
+        // The parameter list ends at the first line that starts with `)` (llc may append a
+        // comment to it); the directives go on the lines after it.
+        let close = ptx[start..]
+            .find("\n)")
+            .and_then(|c| ptx[start + c + 2..].find('\n').map(|e| start + c + 2 + e));
+        if let Some(at) = close {
+            ptx.insert_str(
+                at,
+                &format!("\n.maxntid {threads}, 1, 1\n.minnctapersm {ctas}"),
+            );
+        }
+    }
     ptx
 }
 

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, padded_len, quant_threads, ATTN_THREADS, CONVERT_THREADS,
-    K_BLOCK, LOG2_E, MEAN_SEQ_LANES, Q_BLOCK, SUPPORTED_HEAD_DIMS,
+    K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, SUPPORTED_HEAD_DIMS,
 };
 use crate::error::{CudaResultExt, Error, Result};
 use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
@@ -391,9 +391,10 @@ fn enqueue_prepare(
     let ks = k.strides();
     let mean_ptr = l.k_mean.map(|off| scratch.at(off));
 
-    if let Some(mean) = mean_ptr {
+    if let (Some(mean), Some(partials)) = (mean_ptr, l.k_partials) {
         let params = MeanParams {
             k: k_ptr,
+            partials: scratch.at(partials),
             mean,
             k_stride: [ks[0], ks[1], ks[2]],
             seq: p.kv_len as u32,
@@ -403,14 +404,11 @@ fn enqueue_prepare(
         };
         let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
         let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
-        launch(
-            rt,
-            names::K_MEAN,
-            (p.kv_heads as u32, p.batch as u32, 1),
-            threads,
-            smem,
-            &params,
-        )?;
+        let segments = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) as u32;
+        let grid = (segments, p.kv_heads as u32, p.batch as u32);
+        launch(rt, names::K_SEGMENT_SUMS, grid, threads, smem, &params)?;
+        let grid = (p.kv_heads as u32, p.batch as u32, 1);
+        launch(rt, names::K_MEAN, grid, p.head_dim as u32, 0, &params)?;
     }
 
     let q_params = QuantParams {

@@ -276,7 +276,7 @@ pub fn wgmma_s8_tile(rt: &Runtime, hd: usize, a: &[i8], b: &[i8]) -> Result<Vec<
             return Err(Error::UnsupportedHeadDim {
                 head_dim: hd,
                 supported: &SM90_HEAD_DIMS,
-            })
+            });
         }
     };
     if a.len() != 64 * hd || b.len() != 64 * hd {
@@ -298,7 +298,7 @@ pub fn wgmma_f16_tile(rt: &Runtime, hd: usize, a: &[u16], b: &[u16]) -> Result<V
             return Err(Error::UnsupportedHeadDim {
                 head_dim: hd,
                 supported: &SM90_HEAD_DIMS,
-            })
+            });
         }
     };
     if a.len() != 64 * 64 || b.len() != 64 * hd {

@@ -26,18 +26,22 @@ use crate::reference::HostTensor;
 
 // The block sizes, `log2(e)` and the lane count are the device crate's own constants (one source
 // file, `kernels-gpu/src/config.rs`), so the emulation cannot drift from the kernels.
-pub use crate::device_config::{K_BLOCK, LOG2_E, MEAN_SEQ_LANES as MEAN_LANES, Q_BLOCK};
+pub use crate::device_config::{
+    K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES as MEAN_LANES, Q_BLOCK,
+};
 
 /// Largest magnitude of a quantized value; `-128` is never produced, so the range is symmetric.
 pub const INT8_MAX: f32 = 127.0;
 
-/// Per-channel mean of K over the sequence, exactly as the smoothing kernel computes it.
+/// Per-channel mean of K over the sequence, exactly as the smoothing kernels compute it.
 ///
 /// Returns a contiguous `[batch][kv_heads][head_dim]` vector. For each (batch, head, channel) the
-/// sequence positions are split into [`MEAN_LANES`] lanes (`s % 16`), each lane is summed
-/// sequentially in increasing `s` starting from `0.0`, the lanes are combined by a tree
-/// (`partial[l] += partial[l + stride]` for `l < stride`, strides 8, 4, 2, 1) and the total is divided
-/// by `kv_len as f32`. With `kv_len == 0` the result is `0 / 0 = NaN`, as IEEE arithmetic gives.
+/// sequence is cut into segments of [`MEAN_SEGMENT_ROWS`] rows. Within a segment the rows are split
+/// into [`MEAN_LANES`] lanes (row offset `% 16`), each lane is summed sequentially in increasing
+/// row order starting from `0.0`, and the lanes are combined by a tree (`partial[l] +=
+/// partial[l + stride]` for `l < stride`, strides 8, 4, 2, 1). The segment sums are then added in
+/// segment order starting from `0.0`, and the total is divided by `kv_len as f32`. With
+/// `kv_len == 0` the result is `0 / 0 = NaN`, as IEEE arithmetic gives.
 pub fn k_mean(k: &HostTensor) -> Vec<f32> {
     let [batch, heads, kv_len, head_dim] = k.shape;
     let mut mean = vec![0.0_f32; batch * heads * head_dim];
@@ -49,15 +53,20 @@ pub fn k_mean(k: &HostTensor) -> Vec<f32> {
         .for_each(|(bh, channels)| {
             let (b, h) = (bh / heads, bh % heads);
             for (d, out) in channels.iter_mut().enumerate() {
-                *out = lane_tree_mean((0..kv_len).map(|s| k.get(b, h, s, d)), kv_len);
+                let mut total = 0.0_f32;
+                for start in (0..kv_len).step_by(MEAN_SEGMENT_ROWS) {
+                    let end = (start + MEAN_SEGMENT_ROWS).min(kv_len);
+                    total += lane_tree_sum((start..end).map(|s| k.get(b, h, s, d)));
+                }
+                *out = total / (kv_len as f32);
             }
         });
     mean
 }
 
-/// Sum `values` (in sequence order) in 16 lanes, combine the lanes by the 8/4/2/1 tree and divide by
-/// `len`. Kept separate so the summation order is written down in exactly one place.
-fn lane_tree_mean(values: impl Iterator<Item = f32>, len: usize) -> f32 {
+/// Sum `values` (one segment, in sequence order) in 16 lanes and combine the lanes by the 8/4/2/1
+/// tree. Kept separate so the summation order is written down in exactly one place.
+fn lane_tree_sum(values: impl Iterator<Item = f32>) -> f32 {
     let mut partial = [0.0_f32; MEAN_LANES];
     for (s, x) in values.enumerate() {
         let lane = s % MEAN_LANES;
@@ -70,7 +79,7 @@ fn lane_tree_mean(values: impl Iterator<Item = f32>, len: usize) -> f32 {
         }
         stride /= 2;
     }
-    partial[0] / (len as f32)
+    partial[0]
 }
 
 /// Quantized Q or K as the GPU stores it.

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{result, CudaStream};
 
-use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK};
+use crate::device_config::{padded_len, K_BLOCK, MEAN_SEGMENT_ROWS, Q_BLOCK};
 use crate::error::{CudaResultExt, Error, Result};
 
 /// Alignment of every region (the kernels need 16 bytes; 256 matches cudaMalloc).
@@ -70,6 +70,7 @@ pub(crate) struct ScratchLayout {
     pub k_i8: usize,
     pub k_scale: usize,
     pub k_mean: Option<usize>,
+    pub k_partials: Option<usize>,
     pub lse_bias: Option<usize>,
     pub v_f16: Option<usize>,
     pub bytes: usize,
@@ -121,6 +122,14 @@ impl ScratchLayout {
         } else {
             None
         };
+        let segments = s.kv_len.div_ceil(MEAN_SEGMENT_ROWS);
+        let k_partials = if s.smooth_k {
+            Some(region(mul(&[
+                s.batch, s.kv_heads, segments, s.head_dim, 4,
+            ]))?)
+        } else {
+            None
+        };
         let lse_bias = if s.lse_bias {
             Some(region(mul(&[s.batch, s.q_heads, s.qo_len, 4]))?)
         } else {
@@ -139,6 +148,7 @@ impl ScratchLayout {
             k_i8,
             k_scale,
             k_mean,
+            k_partials,
             lse_bias,
             v_f16,
             bytes: end,

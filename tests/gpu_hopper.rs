@@ -126,28 +126,28 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
     let q = random_tensor(
         rng,
         [case.batch, case.q_heads, case.qo_len, d],
-        DType::F16,
+        case.in_dtype,
         1.0,
         None,
     );
     let k = random_tensor(
         rng,
         [case.batch, case.kv_heads, case.kv_len, d],
-        DType::F16,
+        case.in_dtype,
         1.0,
         Some(&offsets),
     );
     let v = random_tensor(
         rng,
         [case.batch, case.kv_heads, case.kv_len, d],
-        DType::F16,
+        case.in_dtype,
         1.0,
         None,
     );
     let (qd, kd, vd) = (
-        upload(rt, &q, DType::F16, case.layout),
-        upload(rt, &k, DType::F16, case.layout),
-        upload(rt, &v, DType::F16, case.layout),
+        upload(rt, &q, case.in_dtype, case.layout),
+        upload(rt, &k, case.in_dtype, case.layout),
+        upload(rt, &v, case.in_dtype, case.layout),
     );
     let opts = Options {
         causal: case.causal,

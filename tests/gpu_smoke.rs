@@ -147,6 +147,7 @@ fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
     all.extend([
+        names::K_SEGMENT_SUMS,
         names::K_MEAN,
         names::QUANTIZE,
         names::V_BF16_TO_F16,

@@ -19,6 +19,9 @@ pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 96, 128];
 pub const SMEM_ROW_PAD: usize = 16;
 /// Sequence lanes of the K-mean reduction (see docs/design.md, "Quantization").
 pub const MEAN_SEQ_LANES: usize = 16;
+/// Rows per segment of the K-mean reduction: one CTA sums one segment of one (batch, head), so
+/// that even short sequences spread over many CTAs.
+pub const MEAN_SEGMENT_ROWS: usize = 256;
 /// 16-byte chunks each quantization thread holds in registers (one pass over global memory).
 pub const QUANT_CHUNKS_PER_THREAD: usize = 8;
 
@@ -119,7 +122,9 @@ macro_rules! for_each_attention_variant {
 
 /// Entry names of the smoothing / quantization / conversion kernels and the primitive tests.
 pub mod names {
-    /// Per-(batch, head) mean of K over the sequence.
+    /// Per-segment sums of K over the sequence (first step of the K mean).
+    pub const K_SEGMENT_SUMS: &str = "sage_k_segment_sums";
+    /// Per-(batch, head) mean of K from the segment sums.
     pub const K_MEAN: &str = "sage_k_mean";
     /// Per-block INT8 quantization of Q or K (optionally subtracting the K mean).
     pub const QUANTIZE: &str = "sage_quantize_int8";

@@ -70,12 +70,14 @@ pub struct QuantParams {
     pub in_bf16: u32,
 }
 
-/// The K-mean kernel's parameters.
+/// The K-mean kernels' parameters (segment sums, then the mean).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MeanParams {
     /// Input K (f16/bf16).
     pub k: u64,
+    /// f32 segment sums `[batch][heads][segments][head_dim]`.
+    pub partials: u64,
     /// f32 output `[batch][heads][head_dim]`.
     pub mean: u64,
     /// K strides (batch, head, seq) in elements.

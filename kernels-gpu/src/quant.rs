@@ -2,7 +2,7 @@
 //! docs/design.md, "Quantization"): f32 arithmetic in a fixed order, `max.NaN` for the block
 //! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
 
-use crate::config::{MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
+use crate::config::{MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
 use crate::params::{ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
 use crate::unroll::unroll;
@@ -30,93 +30,91 @@ unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
     v
 }
 
-/// Mean of K over the sequence, per (batch, head, channel). Grid (heads, batch); block
-/// `head_dim/8 * 16` threads: thread = (16-byte column chunk, sequence lane); dynamic shared
-/// memory `16 * head_dim * 4` bytes.
+/// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
+/// step of the K mean (docs/design.md, "Quantization"). Grid (segments, heads, batch); block
+/// `head_dim/8 * 16` threads: thread = (16-byte column chunk, sequence lane); dynamic shared memory
+/// `16 * head_dim * 4` bytes.
 ///
 /// # Safety
 /// Launched by the host with validated parameters and that geometry.
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
-    let (head, batch, _) = ptx::block_idx();
+pub unsafe extern "ptx-kernel" fn sage_k_segment_sums(p: MeanParams) {
+    let (segment, head, batch) = ptx::block_idx();
     let tid = ptx::thread_idx_x();
     let chunks = p.head_dim / 8;
     let (chunk, lane) = (tid % chunks, tid / chunks);
     let bf16 = p.in_bf16 != 0;
     let head_ptr = p.k as i64 + 2 * (batch as i64 * p.k_stride[0] + head as i64 * p.k_stride[1]);
-    let mut sum = [0.0f32; 8];
+    let start = segment * MEAN_SEGMENT_ROWS as u32;
+    let end = (start + MEAN_SEGMENT_ROWS as u32).min(p.seq);
     let lanes = MEAN_SEQ_LANES as u32;
     let row_ptr = |s: u32| (head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8)) as u64;
-    // Rows s = lane, lane + 16, … are summed in increasing order (the contract); the loads of
-    // AHEAD rows are issued before their adds so that one thread keeps several in flight (one CTA
-    // per head would otherwise wait on each load in turn).
+    let mut sum = [0.0f32; 8];
+    // Rows start + lane, start + lane + 16, … are summed in increasing order (the contract); the
+    // loads of AHEAD rows are issued before their adds so each thread keeps several in flight.
     const AHEAD: u32 = 8;
-    let mut s = lane;
-    while s + (AHEAD - 1) * lanes < p.seq {
+    let mut s = start + lane;
+    while s + (AHEAD - 1) * lanes < end {
         let mut x = [[0.0f32; 8]; AHEAD as usize];
-        // SAFETY: every row s + j*16 < seq and chunk < head_dim/8: inside K.
-        unroll::<{ AHEAD as usize }>(
-            #[inline(always)]
-            |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) },
-        );
-        unroll::<{ AHEAD as usize }>(
-            #[inline(always)]
-            |j| {
-                unroll::<8>(
-                    #[inline(always)]
-                    |i| sum[i] += x[j][i],
-                )
-            },
-        );
+        // SAFETY: every row s + j*16 < end <= seq and chunk < head_dim/8: inside K.
+        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) });
+        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| unroll::<8>(#[inline(always)] |i| sum[i] += x[j][i]));
         s += AHEAD * lanes;
     }
-    while s < p.seq {
+    while s < end {
         // SAFETY: s < seq and chunk < head_dim/8: inside K.
         let x = unsafe { load8(row_ptr(s), bf16) };
-        unroll::<8>(
-            #[inline(always)]
-            |i| sum[i] += x[i],
-        );
+        unroll::<8>(#[inline(always)] |i| sum[i] += x[i]);
         s += lanes;
     }
     // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
     let base = ptx::smem_base();
     let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
     // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
-    unroll::<8>(
-        #[inline(always)]
-        |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) },
-    );
-    let mut stride = MEAN_SEQ_LANES as u32 / 2;
+    unroll::<8>(#[inline(always)] |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) });
+    let mut stride = lanes / 2;
     while stride > 0 {
         ptx::sync_threads();
         if lane < stride {
-            unroll::<8>(
-                #[inline(always)]
-                |i| unsafe {
-                    let v = ptx::ld_shared_f32(slot(lane, i))
-                        + ptx::ld_shared_f32(slot(lane + stride, i));
-                    ptx::st_shared_f32(slot(lane, i), v);
-                },
-            );
+            unroll::<8>(#[inline(always)] |i| unsafe {
+                let v = ptx::ld_shared_f32(slot(lane, i)) + ptx::ld_shared_f32(slot(lane + stride, i));
+                ptx::st_shared_f32(slot(lane, i), v);
+            });
         }
         stride /= 2;
     }
     ptx::sync_threads();
     if lane == 0 {
-        let n = p.seq as f32;
-        let out =
-            p.mean + 4 * ((batch * p.heads + head) as u64 * p.head_dim as u64 + chunk as u64 * 8);
-        unroll::<8>(
-            #[inline(always)]
-            |i| {
-                // SAFETY: inside the [batch][heads][head_dim] f32 mean buffer.
-                unsafe {
-                    ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i)) / n)
-                };
-            },
-        );
+        let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
+        let row = ((batch * p.heads + head) as u64 * segments + segment as u64) * p.head_dim as u64;
+        let out = p.partials + 4 * (row + chunk as u64 * 8);
+        unroll::<8>(#[inline(always)] |i| {
+            // SAFETY: inside the [batch][heads][segments][head_dim] partials buffer.
+            unsafe { ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i))) };
+        });
     }
+}
+
+/// K's mean from the segment sums: `((0 + s₀) + s₁) + …` in segment order, divided by the length.
+/// Grid (heads, batch); one thread per channel (`head_dim` threads).
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry, after `sage_k_segment_sums`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
+    let (head, batch, _) = ptx::block_idx();
+    let d = ptx::thread_idx_x() as u64;
+    let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
+    let bh = (batch * p.heads + head) as u64;
+    let mut total = 0.0f32;
+    let mut seg = 0;
+    while seg < segments {
+        // SAFETY: inside the partials buffer.
+        total += unsafe { ptx::ld_global_nc_f32(p.partials + 4 * ((bh * segments + seg) * p.head_dim as u64 + d)) };
+        seg += 1;
+    }
+    // SAFETY: inside the [batch][heads][head_dim] mean buffer.
+    unsafe { ptx::st_global_f32(p.mean + 4 * (bh * p.head_dim as u64 + d), total / p.seq as f32) };
 }
 
 /// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid

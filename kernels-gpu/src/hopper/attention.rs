@@ -8,8 +8,8 @@
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): warps 0–7 = two consumer warpgroups of 64 query rows each; warp 8 = the
-//! producer. Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with three
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD)` consumer warpgroups (3 for d = 64, 2
+//! for d = 128) of 64 query rows each, then one producer warp (warp 4W). Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with three
 //! mbarriers: `full_k[s]` and `full_v[s]` (32 arrivals: the producer's lanes, through
 //! `cp.async.mbarrier.arrive.noinc`, i.e. when their copies have landed) and `empty[s]` (one
 //! arrival per consumer warp: its lane 0 once its warpgroup's wgmmas reading the stage are done).
@@ -19,17 +19,25 @@
 //! Each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
 //! intra-warpgroup pipelining): step t issues `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}` together,
 //! waits for `S_t` alone, runs the softmax of tile t while the P·V wgmma still runs, then waits for
-//! it and rescales O. The two warpgroups are not synchronised with each other except through the
-//! stage barriers, so one's softmax also overlaps the other's wgmmas.
+//! it and rescales O (skipped when no row max of the warp moved). The warpgroups are not
+//! synchronised with each other except through the stage barriers, so one's softmax also overlaps
+//! the others' wgmmas.
+//!
+//! Three things ptxas does not see through, each handled where it happens: (1) the wgmma issue
+//! sequence must contain no other instruction defining its inputs (descriptors are computed and
+//! pinned before `wgmma.fence`; the loop-carried P fragments are packed only after the P·V that
+//! reads the previous ones has completed), or ptxas serialises the wgmmas (C7513); (2) ptxas
+//! hoists `wgmma.wait_group 0` to the top of the softmax unless a branch ends the basic block
+//! first (see `Consumer::step`); (3) the proxy fence compiles to `MEMBAR.ALL.CTA`, which waits for
+//! this thread's global loads, so the K scales are loaded a tile ahead.
 
 use super::config::{
     SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_q, sm90_k_offset,
-    sm90_producer_warp,
-    sm90_k_stage_bytes, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
+    sm90_k_stage_bytes, sm90_producer_warp, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
 };
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, V_BLOCK_BYTES,
+    self, V_BLOCK_BYTES, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc,
 };
 use super::softmax::OnlineSoftmax;
 use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
@@ -72,13 +80,25 @@ impl Geometry {
             let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
             let n_tiles = (kv_end + tile - 1) / tile;
             let first_visible = q_row0 as i32 + diag + 1;
-            let unmasked = if first_visible > 0 { first_visible / tile } else { 0 };
+            let unmasked = if first_visible > 0 {
+                first_visible / tile
+            } else {
+                0
+            };
             let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
             (n_tiles as u32, n_unmasked as u32)
         } else {
             (p.kv_len.div_ceil(SM90_CTA_K as u32), full_len_tiles)
         };
-        Geometry { batch, head, kv_head, q_row0, n_tiles, n_unmasked, diag }
+        Geometry {
+            batch,
+            head,
+            kv_head,
+            q_row0,
+            n_tiles,
+            n_unmasked,
+            diag,
+        }
     }
 }
 
@@ -144,16 +164,22 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
     let sm = Smem::<HD>::new();
     let tid = ptx::thread_idx_x();
     if tid == 0 {
-        unroll::<8>(#[inline(always)] |s| {
-            if (s as u32) < Smem::<HD>::S {
-                // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
-                unsafe {
-                    ptx::mbarrier_init(sm.full_k(s as u32), 32);
-                    ptx::mbarrier_init(sm.full_v(s as u32), 32);
-                    ptx::mbarrier_init(sm.empty(s as u32), 4 * sm90_consumer_warpgroups(HD) as u32);
+        unroll::<8>(
+            #[inline(always)]
+            |s| {
+                if (s as u32) < Smem::<HD>::S {
+                    // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
+                    unsafe {
+                        ptx::mbarrier_init(sm.full_k(s as u32), 32);
+                        ptx::mbarrier_init(sm.full_v(s as u32), 32);
+                        ptx::mbarrier_init(
+                            sm.empty(s as u32),
+                            4 * sm90_consumer_warpgroups(HD) as u32,
+                        );
+                    }
                 }
-            }
-        });
+            },
+        );
     }
     ptx::sync_threads();
 
@@ -212,16 +238,22 @@ unsafe fn produce<const HD: usize, const KJ: usize, const VQ: usize>(
         }
         let k_dst = sm.k_stage(s);
         let k_src = k_head + (t as u64) * (SM90_CTA_K * HD) as u64;
-        unroll::<KJ>(#[inline(always)] |j| {
-            let j = j as u32;
-            let (soff, goff) = if HD == 128 {
-                (k_sbase[(j & 1) as usize] + 1024 * (j >> 1), 1024 * (j >> 1) + 64 * (j & 1))
-            } else {
-                (k_sbase[0] + 512 * j, 512 * j)
-            };
-            // SAFETY: K is padded to whole 64-row tiles.
-            unsafe { ptx::cp_async_16(k_dst + soff, k_src + goff as u64) };
-        });
+        unroll::<KJ>(
+            #[inline(always)]
+            |j| {
+                let j = j as u32;
+                let (soff, goff) = if HD == 128 {
+                    (
+                        k_sbase[(j & 1) as usize] + 1024 * (j >> 1),
+                        1024 * (j >> 1) + 64 * (j & 1),
+                    )
+                } else {
+                    (k_sbase[0] + 512 * j, 512 * j)
+                };
+                // SAFETY: K is padded to whole 64-row tiles.
+                unsafe { ptx::cp_async_16(k_dst + soff, k_src + goff as u64) };
+            },
+        );
         // SAFETY: an initialised barrier.
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_k(s)) };
         let v_dst = sm.v_stage(s);
@@ -232,25 +264,37 @@ unsafe fn produce<const HD: usize, const KJ: usize, const VQ: usize>(
             (dst, src)
         };
         if key0 + SM90_CTA_K as u32 <= p.kv_len {
-            unroll::<8>(#[inline(always)] |g| {
-                unroll::<VQ>(#[inline(always)] |jj| {
-                    let (dst, src) = v_copy(g as u32, jj as u32);
-                    // SAFETY: every key of the tile is inside V.
-                    unsafe { ptx::cp_async_16(dst, src) };
-                });
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |g| {
+                    unroll::<VQ>(
+                        #[inline(always)]
+                        |jj| {
+                            let (dst, src) = v_copy(g as u32, jj as u32);
+                            // SAFETY: every key of the tile is inside V.
+                            unsafe { ptx::cp_async_16(dst, src) };
+                        },
+                    );
+                },
+            );
         } else {
             // The sequence's last, partial tile: keys past kv_len are zero-filled (nothing is read,
             // and the address is replaced by the head's first row).
-            unroll::<8>(#[inline(always)] |g| {
-                let inside = key0 + 8 * g as u32 + r8 < p.kv_len;
-                unroll::<VQ>(#[inline(always)] |jj| {
-                    let (dst, src) = v_copy(g as u32, jj as u32);
-                    let (src, bytes) = if inside { (src, 16) } else { (v_lane, 0) };
-                    // SAFETY: see above.
-                    unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
-                });
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |g| {
+                    let inside = key0 + 8 * g as u32 + r8 < p.kv_len;
+                    unroll::<VQ>(
+                        #[inline(always)]
+                        |jj| {
+                            let (dst, src) = v_copy(g as u32, jj as u32);
+                            let (src, bytes) = if inside { (src, 16) } else { (v_lane, 0) };
+                            // SAFETY: see above.
+                            unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
+                        },
+                    );
+                },
+            );
         }
         // SAFETY: an initialised barrier.
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_v(s)) };
@@ -342,29 +386,47 @@ impl<const HD: usize> Consumer<HD> {
         let scale = self.q_scale * k_scale;
         let mut s = [[0.0f32; 4]; 8];
         if !MASK {
-            unroll::<8>(#[inline(always)] |j| {
-                unroll::<4>(#[inline(always)] |e| s[j][e] = s_int[j][e] as f32);
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| s[j][e] = s_int[j][e] as f32,
+                    );
+                },
+            );
             let rescale = softmax.update_unscaled(&mut s, scale);
             return (s, rescale);
         }
-        unroll::<8>(#[inline(always)] |j| {
-            unroll::<4>(#[inline(always)] |e| s[j][e] = s_int[j][e] as f32 * scale);
-        });
+        unroll::<8>(
+            #[inline(always)]
+            |j| {
+                unroll::<4>(
+                    #[inline(always)]
+                    |e| s[j][e] = s_int[j][e] as f32 * scale,
+                );
+            },
+        );
         let key0 = t * SM90_CTA_K as u32;
-        unroll::<8>(#[inline(always)] |j| {
-            unroll::<4>(#[inline(always)] |e| {
-                let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
-                let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
-                let mut visible = key < self.kv_len;
-                if CAUSAL {
-                    visible &= key as i32 <= row as i32 + self.diag;
-                }
-                if !visible {
-                    s[j][e] = f32::NEG_INFINITY;
-                }
-            });
-        });
+        unroll::<8>(
+            #[inline(always)]
+            |j| {
+                unroll::<4>(
+                    #[inline(always)]
+                    |e| {
+                        let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
+                        let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
+                        let mut visible = key < self.kv_len;
+                        if CAUSAL {
+                            visible &= key as i32 <= row as i32 + self.diag;
+                        }
+                        if !visible {
+                            s[j][e] = f32::NEG_INFINITY;
+                        }
+                    },
+                );
+            },
+        );
         let rescale = softmax.update(&mut s);
         (s, rescale)
     }
@@ -388,7 +450,7 @@ impl<const HD: usize> Consumer<HD> {
     }
 
     /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}`; softmax of tile t while the
-    /// P·V runs; then rescale O and release tile t-1's stage. `probs` holds `P_{t-1}` on entry and
+    /// P·V runs; then rescale O. Releases tile t-2's stage. `probs` holds `P_{t-1}` on entry and
     /// `P_t` on return.
     #[inline(always)]
     fn step<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
@@ -432,13 +494,22 @@ impl<const HD: usize> Consumer<HD> {
         // P_t is packed to f16 only now: ptxas coalesces the packed registers with the loop-carried
         // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
         // were written while it is in flight.
-        unroll::<8>(#[inline(always)] |j| ptx::pin_f32x4(&mut next[j]));
+        unroll::<8>(
+            #[inline(always)]
+            |j| ptx::pin_f32x4(&mut next[j]),
+        );
         // Once the row maxima settle, most tiles leave them unchanged (rescale exactly 1): skip the
         // multiplications when that holds for the whole warp.
         if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
-            unroll::<NT>(#[inline(always)] |j| {
-                unroll::<4>(#[inline(always)] |e| out[j][e] *= rescale[e >> 1]);
-            });
+            unroll::<NT>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| out[j][e] *= rescale[e >> 1],
+                    );
+                },
+            );
         }
         *probs = pack_probs(&next);
     }
@@ -466,15 +537,18 @@ impl<const HD: usize> Consumer<HD> {
 #[inline(always)]
 fn pack_probs(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
     let mut probs = [[0u32; 4]; 4];
-    unroll::<4>(#[inline(always)] |kk| {
-        let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
-        probs[kk] = [
-            ptx::pack_f16x2(lo[0], lo[1]),
-            ptx::pack_f16x2(lo[2], lo[3]),
-            ptx::pack_f16x2(hi[0], hi[1]),
-            ptx::pack_f16x2(hi[2], hi[3]),
-        ];
-    });
+    unroll::<4>(
+        #[inline(always)]
+        |kk| {
+            let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
+            probs[kk] = [
+                ptx::pack_f16x2(lo[0], lo[1]),
+                ptx::pack_f16x2(lo[2], lo[3]),
+                ptx::pack_f16x2(hi[0], hi[1]),
+                ptx::pack_f16x2(hi[2], hi[3]),
+            ];
+        },
+    );
     probs
 }
 
@@ -508,17 +582,23 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
         let q_dst = sm.q + wg_row0 * HD as u32;
         let cpr = (HD / 16) as u32;
         let wtid = tid & 127;
-        unroll::<{ 64 * 8 / 128 }>(#[inline(always)] |j| {
-            // HD/16 chunks per row: 64 rows × HD/16 chunks over 128 threads = HD/32 per thread.
-            if (j as u32) < (HD / 32) as u32 {
-                let i = wtid + 128 * j as u32;
-                let (r, c) = (i / cpr, i % cpr);
-                // SAFETY: inside the padded Q.
-                unsafe {
-                    ptx::cp_async_16(q_dst + kmajor_offset::<HD>(r, c), q_src + (r * HD as u32 + 16 * c) as u64)
-                };
-            }
-        });
+        unroll::<{ 64 * 8 / 128 }>(
+            #[inline(always)]
+            |j| {
+                // HD/16 chunks per row: 64 rows × HD/16 chunks over 128 threads = HD/32 per thread.
+                if (j as u32) < (HD / 32) as u32 {
+                    let i = wtid + 128 * j as u32;
+                    let (r, c) = (i / cpr, i % cpr);
+                    // SAFETY: inside the padded Q.
+                    unsafe {
+                        ptx::cp_async_16(
+                            q_dst + kmajor_offset::<HD>(r, c),
+                            q_src + (r * HD as u32 + 16 * c) as u64,
+                        )
+                    };
+                }
+            },
+        );
         ptx::cp_async_commit();
         let q_blocks = padded_q / Q_BLOCK as u64;
         let q_scale_idx = q_head * q_blocks + wg_q_row / Q_BLOCK as u64;
@@ -573,41 +653,51 @@ unsafe fn store<const NT: usize>(
 ) {
     let head_base =
         p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
-    unroll::<2>(#[inline(always)] |h| {
-        // Shuffles first: every lane must take part, whether or not its row exists.
-        let l = softmax.row_sum(h);
-        let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
-        let row = warp_row0 + (lane >> 2) + 8 * h as u32;
-        if row < p.qo_len {
-            let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
-            unroll::<NT>(#[inline(always)] |nt| {
-                let c = out[nt];
-                let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
-                let packed =
-                    if p.out_bf16 != 0 { ptx::pack_bf16x2(a, b) } else { ptx::pack_f16x2(a, b) };
-                let col = nt as u32 * 8 + 2 * (lane & 3);
-                // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
-                unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
-            });
-            if p.lse != 0 && lane & 3 == 0 {
-                let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64) * p.qo_len as u64
-                    + row as u64;
-                let lse = if l == 0.0 {
-                    f32::NEG_INFINITY
-                } else {
-                    let smoothing_shift = if p.lse_bias != 0 {
-                        // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
-                        unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+    unroll::<2>(
+        #[inline(always)]
+        |h| {
+            // Shuffles first: every lane must take part, whether or not its row exists.
+            let l = softmax.row_sum(h);
+            let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
+            let row = warp_row0 + (lane >> 2) + 8 * h as u32;
+            if row < p.qo_len {
+                let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
+                unroll::<NT>(
+                    #[inline(always)]
+                    |nt| {
+                        let c = out[nt];
+                        let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                        let packed = if p.out_bf16 != 0 {
+                            ptx::pack_bf16x2(a, b)
+                        } else {
+                            ptx::pack_f16x2(a, b)
+                        };
+                        let col = nt as u32 * 8 + 2 * (lane & 3);
+                        // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                        unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
+                    },
+                );
+                if p.lse != 0 && lane & 3 == 0 {
+                    let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64)
+                        * p.qo_len as u64
+                        + row as u64;
+                    let lse = if l == 0.0 {
+                        f32::NEG_INFINITY
                     } else {
-                        0.0
+                        let smoothing_shift = if p.lse_bias != 0 {
+                            // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
+                            unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+                        } else {
+                            0.0
+                        };
+                        (softmax.max[h] + ptx::lg2(l)) * LN_2 + smoothing_shift
                     };
-                    (softmax.max[h] + ptx::lg2(l)) * LN_2 + smoothing_shift
-                };
-                // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
-                unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                    // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
+                    unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                }
             }
-        }
-    });
+        },
+    );
 }
 
 macro_rules! sm90_attention_entry {

@@ -14,7 +14,11 @@
 /// the tensor work of d = 128 for the same softmax, so the CTA needs more warps to hide the
 /// softmax's latency (and its 117 registers fit 416 threads); d = 128 (153 registers) keeps two.
 pub const fn sm90_consumer_warpgroups(head_dim: usize) -> usize {
-    if head_dim > 64 { 2 } else { 3 }
+    if head_dim > 64 {
+        2
+    } else {
+        3
+    }
 }
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
 pub const fn sm90_cta_q(head_dim: usize) -> usize {

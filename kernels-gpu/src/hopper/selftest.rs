@@ -50,14 +50,22 @@ unsafe fn wgmma_s8_test<const HD: usize, const KS: usize>(p: &TestParams) {
     smem::pin_s(&mut s);
 
     let (warp, lane) = (ptx::warp_id(), ptx::lane_id());
-    unroll::<8>(#[inline(always)] |j| {
-        unroll::<4>(#[inline(always)] |e| {
-            let row = 16 * warp + (lane >> 2) + 8 * (e as u32 >> 1);
-            let col = 8 * j as u32 + 2 * (lane & 3) + (e as u32 & 1);
-            // SAFETY: row, col < 64: inside the 64×64 result.
-            unsafe { ptx::st_global_u32(p.d + 4 * (row * 64 + col) as u64, s[j][e] as u32) };
-        });
-    });
+    unroll::<8>(
+        #[inline(always)]
+        |j| {
+            unroll::<4>(
+                #[inline(always)]
+                |e| {
+                    let row = 16 * warp + (lane >> 2) + 8 * (e as u32 >> 1);
+                    let col = 8 * j as u32 + 2 * (lane & 3) + (e as u32 & 1);
+                    // SAFETY: row, col < 64: inside the 64×64 result.
+                    unsafe {
+                        ptx::st_global_u32(p.d + 4 * (row * 64 + col) as u64, s[j][e] as u32)
+                    };
+                },
+            );
+        },
+    );
 }
 
 /// `D[64][HD] = A[64][64] · B[64][HD]` (f16 → f32), A from registers (built from global memory in
@@ -71,7 +79,12 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     while i < 64 * cpr {
         let (r, c) = (i / cpr, i % cpr);
         // SAFETY: the host passes 64×HD f16 for B.
-        unsafe { ptx::cp_async_16(base + v_offset(r, c), p.b + (2 * (r * HD as u32) + 16 * c) as u64) };
+        unsafe {
+            ptx::cp_async_16(
+                base + v_offset(r, c),
+                p.b + (2 * (r * HD as u32) + 16 * c) as u64,
+            )
+        };
         i += 128;
     }
     ptx::cp_async_commit();
@@ -80,14 +93,21 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     let (warp, lane) = (ptx::warp_id(), ptx::lane_id());
     let (g, t) = (lane >> 2, lane & 3);
     let mut a = [[0u32; 4]; 4];
-    unroll::<4>(#[inline(always)] |kk| {
-        unroll::<4>(#[inline(always)] |r| {
-            let row = 16 * warp + g + 8 * (r as u32 & 1);
-            let col = 16 * kk as u32 + 8 * (r as u32 >> 1) + 2 * t;
-            // SAFETY: inside the 64×64 f16 operand A.
-            a[kk][r] = unsafe { ptx::ld_global_nc_f32(p.a + 2 * (row * 64 + col) as u64) }.to_bits();
-        });
-    });
+    unroll::<4>(
+        #[inline(always)]
+        |kk| {
+            unroll::<4>(
+                #[inline(always)]
+                |r| {
+                    let row = 16 * warp + g + 8 * (r as u32 & 1);
+                    let col = 16 * kk as u32 + 8 * (r as u32 >> 1) + 2 * t;
+                    // SAFETY: inside the 64×64 f16 operand A.
+                    a[kk][r] = unsafe { ptx::ld_global_nc_f32(p.a + 2 * (row * 64 + col) as u64) }
+                        .to_bits();
+                },
+            );
+        },
+    );
 
     ptx::cp_async_wait::<0>();
     ptx::fence_proxy_async_shared();
@@ -101,14 +121,22 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::wgmma_wait::<0>();
     smem::pin_o(&mut o);
 
-    unroll::<NT>(#[inline(always)] |j| {
-        unroll::<4>(#[inline(always)] |e| {
-            let row = 16 * warp + g + 8 * (e as u32 >> 1);
-            let col = 8 * j as u32 + 2 * t + (e as u32 & 1);
-            // SAFETY: inside the 64×HD result.
-            unsafe { ptx::st_global_f32(p.d + 4 * (row * HD as u32 + col) as u64, o[j][e]) };
-        });
-    });
+    unroll::<NT>(
+        #[inline(always)]
+        |j| {
+            unroll::<4>(
+                #[inline(always)]
+                |e| {
+                    let row = 16 * warp + g + 8 * (e as u32 >> 1);
+                    let col = 8 * j as u32 + 2 * t + (e as u32 & 1);
+                    // SAFETY: inside the 64×HD result.
+                    unsafe {
+                        ptx::st_global_f32(p.d + 4 * (row * HD as u32 + col) as u64, o[j][e])
+                    };
+                },
+            );
+        },
+    );
 }
 
 macro_rules! test_entry {

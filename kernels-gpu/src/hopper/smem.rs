@@ -73,13 +73,16 @@ pub const fn v_desc(addr: u32) -> u64 {
 #[inline(always)]
 pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
     let mut d = [[0u64; KS]; 2];
-    unroll::<KS>(#[inline(always)] |ks| {
-        // 32 bytes per k-step = 2 in descriptor units (16 bytes).
-        d[0][ks] = q_desc + 2 * ks as u64;
-        d[1][ks] = k_desc + 2 * ks as u64;
-        ptx::pin_u64(&mut d[0][ks]);
-        ptx::pin_u64(&mut d[1][ks]);
-    });
+    unroll::<KS>(
+        #[inline(always)]
+        |ks| {
+            // 32 bytes per k-step = 2 in descriptor units (16 bytes).
+            d[0][ks] = q_desc + 2 * ks as u64;
+            d[1][ks] = k_desc + 2 * ks as u64;
+            ptx::pin_u64(&mut d[0][ks]);
+            ptx::pin_u64(&mut d[1][ks]);
+        },
+    );
     d
 }
 
@@ -87,11 +90,14 @@ pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
 #[inline(always)]
 pub fn pv_descs(v_desc: u64) -> [u64; 4] {
     let mut d = [0u64; 4];
-    unroll::<4>(#[inline(always)] |kk| {
-        // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
-        d[kk] = v_desc + 128 * kk as u64;
-        ptx::pin_u64(&mut d[kk]);
-    });
+    unroll::<4>(
+        #[inline(always)]
+        |kk| {
+            // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
+            d[kk] = v_desc + 128 * kk as u64;
+            ptx::pin_u64(&mut d[kk]);
+        },
+    );
     d
 }
 
@@ -100,11 +106,14 @@ pub fn pv_descs(v_desc: u64) -> [u64; 4] {
 #[inline(always)]
 pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
     let mut s = ptx::wgmma_m64n64k32_s8_first(d[0][0], d[1][0]);
-    unroll::<KS>(#[inline(always)] |ks| {
-        if ks > 0 {
-            ptx::wgmma_m64n64k32_s8(&mut s, d[0][ks], d[1][ks]);
-        }
-    });
+    unroll::<KS>(
+        #[inline(always)]
+        |ks| {
+            if ks > 0 {
+                ptx::wgmma_m64n64k32_s8(&mut s, d[0][ks], d[1][ks]);
+            }
+        },
+    );
     s
 }
 
@@ -113,27 +122,36 @@ pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
 #[inline(always)]
 pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[u64; 4]) {
     const { assert!(NT == 8 || NT == 16) };
-    unroll::<4>(#[inline(always)] |kk| {
-        if NT == 16 {
-            // SAFETY: NT == 16, so this is the same array.
-            let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
-            ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[kk]);
-        } else {
-            // SAFETY: NT == 8, so this is the same array.
-            let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
-            ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[kk]);
-        }
-    });
+    unroll::<4>(
+        #[inline(always)]
+        |kk| {
+            if NT == 16 {
+                // SAFETY: NT == 16, so this is the same array.
+                let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
+                ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[kk]);
+            } else {
+                // SAFETY: NT == 8, so this is the same array.
+                let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
+                ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[kk]);
+            }
+        },
+    );
 }
 
 /// Ordering point after a wgmma wait for an s32 accumulator (see [`ptx::pin_i32x4`]).
 #[inline(always)]
 pub fn pin_s(s: &mut [[i32; 4]; 8]) {
-    unroll::<8>(#[inline(always)] |j| ptx::pin_i32x4(&mut s[j]));
+    unroll::<8>(
+        #[inline(always)]
+        |j| ptx::pin_i32x4(&mut s[j]),
+    );
 }
 
 /// Ordering point after a wgmma wait for an f32 accumulator (see [`ptx::pin_f32x4`]).
 #[inline(always)]
 pub fn pin_o<const NT: usize>(o: &mut [[f32; 4]; NT]) {
-    unroll::<NT>(#[inline(always)] |j| ptx::pin_f32x4(&mut o[j]));
+    unroll::<NT>(
+        #[inline(always)]
+        |j| ptx::pin_f32x4(&mut o[j]),
+    );
 }

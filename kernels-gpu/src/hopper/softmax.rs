@@ -15,7 +15,10 @@ pub(crate) struct OnlineSoftmax {
 impl OnlineSoftmax {
     #[inline(always)]
     pub fn new() -> Self {
-        OnlineSoftmax { max: [f32::NEG_INFINITY; 2], sum: [0.0; 2] }
+        OnlineSoftmax {
+            max: [f32::NEG_INFINITY; 2],
+            sum: [0.0; 2],
+        }
     }
 
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
@@ -23,29 +26,45 @@ impl OnlineSoftmax {
     #[inline(always)]
     pub fn update(&mut self, s: &mut [[f32; 4]; 8]) -> [f32; 2] {
         let mut rescale = [1.0f32; 2];
-        unroll::<2>(#[inline(always)] |h| {
-            let mut tile_max = f32::NEG_INFINITY;
-            unroll::<8>(#[inline(always)] |nt| {
-                tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
-            });
-            tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
-            tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-            let new_max = self.max[h].max(tile_max);
-            // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
-            // 2^(-inf - 0) = 0 rather than NaN.
-            let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
-            rescale[h] = ptx::ex2(self.max[h] - base);
-            self.max[h] = new_max;
-            let mut row_sum = 0.0f32;
-            unroll::<8>(#[inline(always)] |nt| {
-                unroll::<2>(#[inline(always)] |e| {
-                    let v = ptx::ex2(s[nt][2 * h + e] - base);
-                    s[nt][2 * h + e] = v;
-                    row_sum += v;
-                });
-            });
-            self.sum[h] = self.sum[h] * rescale[h] + row_sum;
-        });
+        unroll::<2>(
+            #[inline(always)]
+            |h| {
+                let mut tile_max = f32::NEG_INFINITY;
+                unroll::<8>(
+                    #[inline(always)]
+                    |nt| {
+                        tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+                    },
+                );
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
+                let new_max = self.max[h].max(tile_max);
+                // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
+                // 2^(-inf - 0) = 0 rather than NaN.
+                let base = if new_max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    new_max
+                };
+                rescale[h] = ptx::ex2(self.max[h] - base);
+                self.max[h] = new_max;
+                let mut row_sum = 0.0f32;
+                unroll::<8>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<2>(
+                            #[inline(always)]
+                            |e| {
+                                let v = ptx::ex2(s[nt][2 * h + e] - base);
+                                s[nt][2 * h + e] = v;
+                                row_sum += v;
+                            },
+                        );
+                    },
+                );
+                self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+            },
+        );
         rescale
     }
 
@@ -57,28 +76,44 @@ impl OnlineSoftmax {
     #[inline(always)]
     pub fn update_unscaled(&mut self, s: &mut [[f32; 4]; 8], scale: f32) -> [f32; 2] {
         let mut rescale = [1.0f32; 2];
-        unroll::<2>(#[inline(always)] |h| {
-            let mut raw_max = f32::NEG_INFINITY;
-            unroll::<8>(#[inline(always)] |nt| {
-                raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
-            });
-            raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 1));
-            raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 2));
-            // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
-            let new_max = self.max[h].max(raw_max * scale);
-            let base = if new_max == f32::NEG_INFINITY { 0.0 } else { new_max };
-            rescale[h] = ptx::ex2(self.max[h] - base);
-            self.max[h] = new_max;
-            let mut row_sum = 0.0f32;
-            unroll::<8>(#[inline(always)] |nt| {
-                unroll::<2>(#[inline(always)] |e| {
-                    let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -base));
-                    s[nt][2 * h + e] = v;
-                    row_sum += v;
-                });
-            });
-            self.sum[h] = self.sum[h] * rescale[h] + row_sum;
-        });
+        unroll::<2>(
+            #[inline(always)]
+            |h| {
+                let mut raw_max = f32::NEG_INFINITY;
+                unroll::<8>(
+                    #[inline(always)]
+                    |nt| {
+                        raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+                    },
+                );
+                raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 1));
+                raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 2));
+                // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
+                let new_max = self.max[h].max(raw_max * scale);
+                let base = if new_max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    new_max
+                };
+                rescale[h] = ptx::ex2(self.max[h] - base);
+                self.max[h] = new_max;
+                let mut row_sum = 0.0f32;
+                unroll::<8>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<2>(
+                            #[inline(always)]
+                            |e| {
+                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -base));
+                                s[nt][2 * h + e] = v;
+                                row_sum += v;
+                            },
+                        );
+                    },
+                );
+                self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+            },
+        );
         rescale
     }
 
