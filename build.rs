@@ -80,6 +80,11 @@ struct Toolchain {
 #[path = "kernels-gpu/src/config.rs"]
 mod device_config;
 
+/// The Hopper kernels' launch constants (the same file the sm_90a kernels and the host use).
+#[allow(dead_code)]
+#[path = "kernels-gpu/src/hopper/config.rs"]
+mod hopper_config;
+
 /// Adds `.maxntid` / `.minnctapersm` to each attention entry (Rust has no launch-bounds attribute):
 /// ptxas then keeps registers low enough for `attn_min_ctas_per_sm(head_dim)` CTAs per SM, which
 /// is the occupancy the tile configuration was sized for.
@@ -94,6 +99,14 @@ fn apply_launch_bounds(ptx: &str) -> String {
         };
     }
     for_each_attention_variant!(bound);
+    // The sm_90a kernels: their block size, one CTA per SM at least (keeps them launchable if
+    // registers grow; the 416-thread d = 64 kernel must stay at ≤ 152 registers).
+    macro_rules! bound_sm90 {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            ptx = add_launch_bounds(&ptx, $name, hopper_config::sm90_threads($hd), 1);
+        };
+    }
+    for_each_sm90_attention_variant!(bound_sm90);
     // The quantizer is memory-bound: bound its registers so that 3 CTAs of up to 256 threads
     // (all their loads in flight) fit on an SM.
     ptx = add_launch_bounds(&ptx, device_config::names::QUANTIZE, 256, 3);

@@ -13,6 +13,7 @@ use crate::device_config::{
     K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, SUPPORTED_HEAD_DIMS,
 };
 use crate::error::{CudaResultExt, Error, Result};
+use crate::hopper;
 use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::runtime::{ModuleKind, Runtime};
 use crate::scratch::{DeviceAlloc, ScratchLayout, ScratchShape};
@@ -37,6 +38,18 @@ pub enum PvAccum {
     F32,
 }
 
+/// Which attention kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim 64 and
+    /// 128 (P·V always accumulates in f32 there: an f16 accumulator is not faster on Hopper, so
+    /// [`PvAccum::F16`] gets the more accurate f32 result), elsewhere the portable kernel.
+    #[default]
+    Auto,
+    /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device.
+    Portable,
+}
+
 /// Options of [`sageattn`].
 #[derive(Clone, Copy, Debug)]
 pub struct Options {
@@ -53,6 +66,8 @@ pub struct Options {
     pub pv_accum: PvAccum,
     /// Also return the log-sum-exp (natural log) of each query row, f32 `[batch, q_heads, qo_len]`.
     pub return_lse: bool,
+    /// Kernel selection (default: the fastest for the device).
+    pub backend: Backend,
 }
 
 impl Default for Options {
@@ -64,6 +79,7 @@ impl Default for Options {
             layout: Layout::Hnd,
             pv_accum: PvAccum::F16,
             return_lse: false,
+            backend: Backend::Auto,
         }
     }
 }
@@ -164,16 +180,7 @@ fn run_with_workspace(
     rt.with_workspace(layout.bytes, |base| {
         let scratch = Scratch { base, layout };
         enqueue_prepare(rt, q, k, v, problem, &scratch)?;
-        enqueue_attend(
-            rt,
-            problem,
-            opts.causal,
-            opts.pv_accum,
-            &scratch,
-            v,
-            out,
-            lse,
-        )
+        enqueue_attend(rt, problem, opts, &scratch, v, out, lse)
     })
 }
 
@@ -270,16 +277,7 @@ impl Prepared {
             ));
         }
         validate_output(rt, p, out, lse.as_deref(), &[("v", v)])?;
-        enqueue_attend(
-            rt,
-            p,
-            self.opts.causal,
-            self.opts.pv_accum,
-            &self.scratch,
-            v,
-            out,
-            lse,
-        )
+        enqueue_attend(rt, p, &self.opts, &self.scratch, v, out, lse)
     }
 
     /// Device addresses of the prepared buffers, for other kernels of this crate (the Hopper path).
@@ -502,13 +500,13 @@ fn enqueue_prepare(
     Ok(())
 }
 
-/// Enqueues the attention kernel on prepared scratch data.
-#[allow(clippy::too_many_arguments)]
+/// Enqueues the attention kernel on prepared scratch data: the sm_90a wgmma kernel on Hopper
+/// where one is compiled for this head_dim (unless [`Backend::Portable`] is asked for), else the
+/// portable mma.sync kernel.
 fn enqueue_attend(
     rt: &Runtime,
     p: &Problem,
-    causal: bool,
-    pv_accum: PvAccum,
+    opts: &Options,
     scratch: &Scratch,
     v: &TensorView,
     out: &mut TensorViewMut,
@@ -516,12 +514,11 @@ fn enqueue_attend(
 ) -> Result<()> {
     let stream = rt.stream();
     let l = &scratch.layout;
-    let name = attention_kernel_name(p.head_dim, causal, pv_accum == PvAccum::F32).ok_or(
-        Error::UnsupportedHeadDim {
+    let name = attention_kernel_name(p.head_dim, opts.causal, opts.pv_accum == PvAccum::F32)
+        .ok_or(Error::UnsupportedHeadDim {
             head_dim: p.head_dim,
             supported: &SUPPORTED_HEAD_DIMS,
-        },
-    )?;
+        })?;
     let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
         Some(off) => {
             let (d, s) = (p.head_dim as i64, p.kv_len as i64);
@@ -555,6 +552,16 @@ fn enqueue_attend(
         out_bf16,
         _pad: 0,
     };
+    if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
+        if let Some(sm90) = hopper::hopper_attention_kernel_name(p.head_dim, opts.causal) {
+            // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and
+            // buffers as the portable kernel's), validated and allocated as above; the guards
+            // live until after the launch.
+            return unsafe {
+                hopper::launch_hopper_attention(rt, sm90, p.head_dim, p.batch, &params)
+            };
+        }
+    }
     let grid = (
         p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
         p.q_heads as u32,

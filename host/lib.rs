@@ -41,7 +41,7 @@ pub mod device_config;
 #[path = "../kernels-gpu/src/params.rs"]
 pub(crate) mod params;
 
-pub use attention::{sageattn, sageattn_into, Options, Output, Prepared, PvAccum};
+pub use attention::{sageattn, sageattn_into, Backend, Options, Output, Prepared, PvAccum};
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
 pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut};

@@ -16,7 +16,7 @@ use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
     RefOutput,
 };
-use sageattention::{sageattn_into, DType, Layout, Options, PvAccum, Tensor};
+use sageattention::{sageattn_into, Backend, DType, Layout, Options, PvAccum, Tensor};
 
 /// Kernel error bound against the CPU emulation of the same quantized algorithm (rel L1 and
 /// worst element relative to the output's RMS). The emulation takes P relative to the final row
@@ -41,6 +41,7 @@ struct Case {
     smooth_k: bool,
     pv_accum: PvAccum,
     sm_scale: Option<f32>,
+    backend: Backend,
 }
 
 struct Run {
@@ -75,6 +76,7 @@ fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_re
         layout: case.out_layout,
         pv_accum: case.pv_accum,
         return_lse: true,
+        backend: case.backend,
     };
     sageattn_into(
         rt,
@@ -192,7 +194,12 @@ fn arb_case() -> impl Strategy<Value = Case> {
         (1usize..=300, 1usize..=300),
         prop::sample::select(vec![64usize, 96, 128]),
         (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()),
-        (any::<bool>(), any::<bool>(), prop::option::of(0.02f32..0.3)),
+        (
+            any::<bool>(),
+            any::<bool>(),
+            prop::option::of(0.02f32..0.3),
+            any::<bool>(),
+        ),
     )
         .prop_map(
             |(
@@ -200,7 +207,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
                 (qo_len, kv_len),
                 head_dim,
                 (causal, bf16, nhd, out_nhd),
-                (smooth_k, pv_f32, sm_scale),
+                (smooth_k, pv_f32, sm_scale, portable),
             )| Case {
                 batch,
                 q_heads,
@@ -215,6 +222,11 @@ fn arb_case() -> impl Strategy<Value = Case> {
                 smooth_k,
                 pv_accum: if pv_f32 { PvAccum::F32 } else { PvAccum::F16 },
                 sm_scale,
+                backend: if portable {
+                    Backend::Portable
+                } else {
+                    Backend::Auto
+                },
             },
         )
 }
@@ -250,6 +262,7 @@ fn quality_case(head_dim: usize, dtype: DType, smooth_k: bool) -> Case {
         smooth_k,
         pv_accum: PvAccum::F16,
         sm_scale: None,
+        backend: Backend::Auto,
     }
 }
 
@@ -308,6 +321,7 @@ fn causal_rows_never_see_the_future() {
             smooth_k: false,
             pv_accum: PvAccum::F16,
             sm_scale: None,
+            backend: Backend::Auto,
         };
         let (q, k, v) = inputs(&case, &mut rng, 0.0);
         let before = run_case(&case, &q, &k, &v, false);
@@ -382,6 +396,7 @@ fn nan_inputs_propagate_like_the_reference() {
         smooth_k: true,
         pv_accum: PvAccum::F16,
         sm_scale: None,
+        backend: Backend::Auto,
     };
     // NaN in one Q element (row 200 of head 1): the reference's row 200 is NaN; ours is NaN for
     // every row of that 128-row quantization block of head 1 (rows 128..256), exact elsewhere.
@@ -447,6 +462,7 @@ fn rows_without_visible_keys_are_zero() {
         smooth_k: true,
         pv_accum: PvAccum::F16,
         sm_scale: None,
+        backend: Backend::Auto,
     };
     let (q, k, v) = inputs(&case, &mut rng, 0.0);
     let run = run_case(&case, &q, &k, &v, true);
@@ -461,13 +477,17 @@ fn rows_without_visible_keys_are_zero() {
 }
 
 /// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head
-/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators.
+/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_small_matrix() {
     let mut rng = fresh_rng("sanitizer");
     for (i, head_dim) in [64usize, 96, 128].into_iter().enumerate() {
-        for causal in [false, true] {
+        for (causal, backend) in [
+            (false, Backend::Auto),
+            (true, Backend::Auto),
+            (true, Backend::Portable),
+        ] {
             let case = Case {
                 batch: 1,
                 q_heads: 2,
@@ -482,6 +502,7 @@ fn sanitizer_small_matrix() {
                 smooth_k: true,
                 pv_accum: if i == 0 { PvAccum::F32 } else { PvAccum::F16 },
                 sm_scale: None,
+                backend,
             };
             let (q, k, v) = inputs(&case, &mut rng, 1.0);
             let run = run_case(&case, &q, &k, &v, true);

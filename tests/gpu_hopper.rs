@@ -18,7 +18,7 @@ use rand::Rng;
 use rayon::prelude::*;
 use sageattention::hopper::{self, hopper_available};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
-use sageattention::{DType, Layout, Options, Prepared, PvAccum, Tensor};
+use sageattention::{Backend, DType, Layout, Options, Prepared, PvAccum, Tensor};
 
 /// GPU-vs-GPU bound (portable kernel, PvAccum::F32, against the sm_90a kernel).
 const PORTABLE_REL_L1: f64 = 2e-3;
@@ -156,6 +156,7 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
         layout: case.layout,
         pv_accum: PvAccum::F32,
         return_lse: true,
+        backend: Backend::Portable,
     };
     let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
     let shape = [case.batch, case.q_heads, case.qo_len, d];
@@ -399,6 +400,7 @@ fn hopper_perf_probe() {
             let opts = Options {
                 causal,
                 pv_accum: pv,
+                backend: Backend::Portable,
                 ..Options::default()
             };
             let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();

@@ -26,8 +26,8 @@ use rayon::prelude::*;
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
 use sageattention::error::CudaResultExt;
 use sageattention::{
-    sageattn, sageattn_into, DType, Error as SageError, Layout, Options, Prepared, PvAccum,
-    Runtime, Tensor, TensorView,
+    sageattn, sageattn_into, Backend, DType, Error as SageError, Layout, Options, Prepared,
+    PvAccum, Runtime, Tensor, TensorView,
 };
 use std::collections::HashMap;
 use std::fmt;
@@ -124,6 +124,9 @@ struct Args {
     /// P·V accumulation: f16 (SageAttention's default, fastest) or f32.
     #[arg(long, value_enum, default_value_t = PvArg::F16)]
     pv_accum: PvArg,
+    /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.
+    #[arg(long)]
+    portable: bool,
     /// Turn off K smoothing (subtracting K's mean over the sequence).
     #[arg(long)]
     no_smooth_k: bool,
@@ -234,6 +237,11 @@ impl Args {
             smooth_k: !self.no_smooth_k,
             layout: self.layout(),
             pv_accum: self.pv_accum(),
+            backend: if self.portable {
+                Backend::Portable
+            } else {
+                Backend::Auto
+            },
             ..Options::default()
         }
     }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
-use sageattention::{Layout, Options, PvAccum};
+use sageattention::{Backend, Layout, Options, PvAccum};
 
 /// SageAttention (INT8 Q·Kᵀ, FP16 P·V) on an NVIDIA GPU, on tensors from a .safetensors file.
 #[derive(Debug, Parser)]
@@ -96,6 +96,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = PvAccumArg::F16)]
     pub pv_accum: PvAccumArg,
 
+    /// Kernel: auto (the wgmma kernel on Hopper for head_dim 64/128, which accumulates P·V in f32)
+    /// or portable (the mma.sync kernel, honouring --pv-accum on every GPU).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
     /// Also write the log-sum-exp of each query row as `lse` (F32 [batch, q_heads, qo_len]).
     #[arg(long)]
     pub lse: bool,
@@ -130,6 +135,7 @@ impl RunArgs {
             layout: self.layout.into(),
             pv_accum: self.pv_accum.into(),
             return_lse: self.lse,
+            backend: self.backend.into(),
         }
     }
 }
@@ -174,6 +180,24 @@ impl From<PvAccumArg> for PvAccum {
         match p {
             PvAccumArg::F16 => PvAccum::F16,
             PvAccumArg::F32 => PvAccum::F32,
+        }
+    }
+}
+
+/// `--backend`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// the fastest kernel for the device
+    Auto,
+    /// the portable mma.sync kernel
+    Portable,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Portable => Backend::Portable,
         }
     }
 }
