@@ -81,7 +81,6 @@ struct Toolchain {
 mod device_config;
 
 /// The Hopper kernels' launch constants (the same file the sm_90a kernels and the host use).
-#[allow(dead_code)]
 #[path = "kernels-gpu/src/hopper/config.rs"]
 mod hopper_config;
 
