@@ -14,7 +14,9 @@ use crate::device_config::{
 };
 use crate::error::{CudaResultExt, Error, Result};
 use crate::hopper;
-use crate::params::{AttnParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
+use crate::params::{
+    AttnParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams,
+};
 use crate::runtime::{ModuleKind, Runtime};
 use crate::scratch::{DeviceAlloc, ScratchLayout, ScratchShape};
 use crate::tensor::{AccessGuard, DType, Layout, Tensor, TensorView, TensorViewMut};
@@ -26,6 +28,7 @@ unsafe impl DeviceRepr for QuantParams {}
 unsafe impl DeviceRepr for MeanParams {}
 unsafe impl DeviceRepr for ConvertParams {}
 unsafe impl DeviceRepr for LseBiasParams {}
+unsafe impl DeviceRepr for PrepareParams {}
 
 /// How P·V accumulates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -389,26 +392,6 @@ fn enqueue_prepare(
     let ks = k.strides();
     let mean_ptr = l.k_mean.map(|off| scratch.at(off));
 
-    if let (Some(mean), Some(partials)) = (mean_ptr, l.k_partials) {
-        let params = MeanParams {
-            k: k_ptr,
-            partials: scratch.at(partials),
-            mean,
-            k_stride: [ks[0], ks[1], ks[2]],
-            seq: p.kv_len as u32,
-            heads: p.kv_heads as u32,
-            head_dim: p.head_dim as u32,
-            in_bf16,
-        };
-        let threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-        let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
-        let segments = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) as u32;
-        let grid = (segments, p.kv_heads as u32, p.batch as u32);
-        launch(rt, names::K_SEGMENT_SUMS, grid, threads, smem, &params)?;
-        let grid = (p.kv_heads as u32, p.batch as u32, 1);
-        launch(rt, names::K_MEAN, grid, p.head_dim as u32, 0, &params)?;
-    }
-
     let q_params = QuantParams {
         x: q_ptr,
         mean: 0,
@@ -422,15 +405,57 @@ fn enqueue_prepare(
         head_dim: p.head_dim as u32,
         in_bf16,
     };
-    let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
-    launch(
-        rt,
-        names::QUANTIZE,
-        grid,
-        quant_threads(Q_BLOCK, p.head_dim) as u32,
-        32,
-        &q_params,
-    )?;
+    let q_threads = quant_threads(Q_BLOCK, p.head_dim) as u32;
+    match (mean_ptr, l.k_partials) {
+        (Some(mean), Some(partials)) => {
+            // Q quantization and the K segment sums are independent: one launch for both.
+            let mean_params = MeanParams {
+                k: k_ptr,
+                partials: scratch.at(partials),
+                mean,
+                k_stride: [ks[0], ks[1], ks[2]],
+                seq: p.kv_len as u32,
+                heads: p.kv_heads as u32,
+                head_dim: p.head_dim as u32,
+                in_bf16,
+            };
+            let sum_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
+            debug_assert_eq!(
+                sum_threads, q_threads,
+                "the fused launch needs one block size"
+            );
+            let q_ctas = q_blocks * p.q_heads * p.batch;
+            let sum_ctas = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) * p.kv_heads * p.batch;
+            let ctas = u32::try_from(q_ctas + sum_ctas)
+                .ok()
+                .filter(|&c| c <= i32::MAX as u32)
+                .ok_or_else(|| Error::TooLarge {
+                    tensor: "q",
+                    reason: format!("{} blocks exceed the grid limit", q_ctas + sum_ctas),
+                })?;
+            let params = PrepareParams {
+                quant: q_params,
+                mean: mean_params,
+                q_ctas: q_ctas as u32,
+                _pad: 0,
+            };
+            let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
+            launch(
+                rt,
+                names::QUANTIZE_Q_AND_SUM_K,
+                (ctas, 1, 1),
+                q_threads,
+                smem,
+                &params,
+            )?;
+            let grid = (p.kv_heads as u32, p.batch as u32, 1);
+            launch(rt, names::K_MEAN, grid, p.head_dim as u32, 0, &mean_params)?;
+        }
+        _ => {
+            let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
+            launch(rt, names::QUANTIZE, grid, q_threads, 32, &q_params)?;
+        }
+    }
 
     let k_params = QuantParams {
         x: k_ptr,

@@ -250,8 +250,8 @@ proptest! {
 fn quality_case(head_dim: usize, dtype: DType, smooth_k: bool) -> Case {
     Case {
         batch: 1,
-        q_heads: 4,
-        kv_heads: 4,
+        q_heads: 16,
+        kv_heads: 16,
         qo_len: 2048,
         kv_len: 2048,
         head_dim,
@@ -266,7 +266,8 @@ fn quality_case(head_dim: usize, dtype: DType, smooth_k: bool) -> Case {
     }
 }
 
-/// The accuracy bounds against exact float64 attention at N = 2048.
+/// The accuracy bounds against exact float64 attention at N = 2048 (16 heads: the error
+/// of one draw varies by a few percent; over 16 heads it stays well inside the bound).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn accuracy_against_exact_reference() {

@@ -108,13 +108,17 @@ fn perf_probe() {
     }
 }
 
-/// The preparation kernels at N = 1K (for `ncu --metrics gpu__time_duration.sum`): a few full
+/// The preparation kernels at N = 1K, or `SAGE_PREP_N` (for `ncu --metrics gpu__time_duration.sum`): a few full
 /// calls, d = 128, B = 4, H = 32.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn perf_prepare_small() {
     let rt = runtime();
-    let shape = [4, 32, 1024, 128];
+    let n: usize = std::env::var("SAGE_PREP_N")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(1024);
+    let shape = [4, 32, n, 128];
     let (q, k, v) = (
         random_device_tensor(shape, 1),
         random_device_tensor(shape, 2),
@@ -152,5 +156,5 @@ fn perf_prepare_small() {
     }
     let host_us = t0.elapsed().as_secs_f64() * 1e6 / 20.0;
     rt.synchronize().unwrap();
-    eprintln!("PREP d=128 N=1024: full {full:.3} ms, prepare alone {prepare:.3} ms, host enqueue {host_us:.0} us");
+    eprintln!("PREP d=128 N={n}: full {full:.3} ms, prepare alone {prepare:.3} ms, host enqueue {host_us:.0} us");
 }

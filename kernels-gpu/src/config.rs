@@ -122,12 +122,12 @@ macro_rules! for_each_attention_variant {
 
 /// Entry names of the smoothing / quantization / conversion kernels and the primitive tests.
 pub mod names {
-    /// Per-segment sums of K over the sequence (first step of the K mean).
-    pub const K_SEGMENT_SUMS: &str = "sage_k_segment_sums";
     /// Per-(batch, head) mean of K from the segment sums.
     pub const K_MEAN: &str = "sage_k_mean";
     /// Per-block INT8 quantization of Q or K (optionally subtracting the K mean).
     pub const QUANTIZE: &str = "sage_quantize_int8";
+    /// Q quantization and K segment sums in one launch.
+    pub const QUANTIZE_Q_AND_SUM_K: &str = "sage_quantize_q_and_sum_k";
     /// Per-row LSE correction for smoothed K.
     pub const LSE_BIAS: &str = "sage_lse_bias";
     /// bf16 → f16 copy of V (the P·V mma runs in f16).

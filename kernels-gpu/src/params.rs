@@ -154,3 +154,17 @@ pub struct LseBiasParams {
     /// Padding so the struct size is a multiple of 8.
     pub _pad: u32,
 }
+
+/// Parameters of the fused Q-quantization + K-segment-sums launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PrepareParams {
+    /// The Q quantization.
+    pub quant: QuantParams,
+    /// The K segment sums (ignored when `q_ctas` covers the whole grid).
+    pub mean: MeanParams,
+    /// CTAs (from 0) that quantize Q; the rest sum K segments.
+    pub q_ctas: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
+}

@@ -3,7 +3,7 @@
 //! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
 
 use crate::config::{MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
-use crate::params::{ConvertParams, LseBiasParams, MeanParams, QuantParams};
+use crate::params::{ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams};
 use crate::ptx;
 use crate::unroll::unroll;
 
@@ -31,15 +31,14 @@ unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
 }
 
 /// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
-/// step of the K mean (docs/design.md, "Quantization"). Grid (segments, heads, batch); block
-/// `head_dim/8 * 16` threads: thread = (16-byte column chunk, sequence lane); dynamic shared memory
-/// `16 * head_dim * 4` bytes.
+/// step of the K mean (docs/design.md, "Quantization"), run by CTAs of
+/// [`sage_quantize_q_and_sum_k`]. `head_dim/8 * 16` threads: thread = (16-byte column chunk,
+/// sequence lane); `16 * head_dim * 4` bytes of dynamic shared memory.
 ///
 /// # Safety
-/// Launched by the host with validated parameters and that geometry.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_k_segment_sums(p: MeanParams) {
-    let (segment, head, batch) = ptx::block_idx();
+/// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
+#[inline(always)]
+unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     let tid = ptx::thread_idx_x();
     let chunks = p.head_dim / 8;
     let (chunk, lane) = (tid % chunks, tid / chunks);
@@ -99,7 +98,7 @@ pub unsafe extern "ptx-kernel" fn sage_k_segment_sums(p: MeanParams) {
 /// Grid (heads, batch); one thread per channel (`head_dim` threads).
 ///
 /// # Safety
-/// Launched by the host with validated parameters and that geometry, after `sage_k_segment_sums`.
+/// Launched by the host with validated parameters and that geometry, after the segment sums.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
     let (head, batch, _) = ptx::block_idx();
@@ -130,6 +129,42 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
     let (blk, head, batch) = ptx::block_idx();
+    // SAFETY: forwarded (this entry's own contract).
+    unsafe { quantize_block(&p, blk, head, batch) }
+}
+
+/// Q quantization and K segment sums in ONE launch (they are independent): CTAs
+/// `0..q_ctas` quantize Q blocks (as [`sage_quantize_int8`], flattened over (block, head, batch)),
+/// the rest sum K segments (flattened over (segment, head, batch)).
+/// One launch instead of two lets the two memory-bound passes overlap, which matters for short
+/// sequences. Block size and shared memory: the larger of the two kernels' (they are equal,
+/// `2 * head_dim` threads).
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_quantize_q_and_sum_k(p: PrepareParams) {
+    let bx = ptx::block_idx().0;
+    if bx < p.q_ctas {
+        let q_blocks = p.quant.seq.div_ceil(p.quant.block);
+        let (blk, rest) = (bx % q_blocks, bx / q_blocks);
+        // SAFETY: blk < q_blocks, rest < heads * batch by the grid size; CTA-uniform branch.
+        unsafe { quantize_block(&p.quant, blk, rest % p.quant.heads, rest / p.quant.heads) }
+    } else {
+        let i = bx - p.q_ctas;
+        let segments = p.mean.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+        let (segment, rest) = (i % segments, i / segments);
+        // SAFETY: as above for the K segments.
+        unsafe { segment_sums(&p.mean, segment, rest % p.mean.heads, rest / p.mean.heads) }
+    }
+}
+
+/// The body of [`sage_quantize_int8`] for one (block, head, batch).
+///
+/// # Safety
+/// As [`sage_quantize_int8`]; every thread of the CTA calls it with the same coordinates.
+#[inline(always)]
+unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     let tid = ptx::thread_idx_x();
     let threads = ptx::block_dim_x();
     let chunks = p.head_dim / 8;
