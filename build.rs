@@ -154,7 +154,12 @@ fn main() {
 
     let toolchain = match find_toolchain(&link_script) {
         Ok(t) => t,
-        Err(msg) => fail(&msg),
+        Err(msg) => match auto_setup(&root) {
+            // On a fresh Debian/Ubuntu machine the README's commands must work with nothing typed
+            // before them: install the PTX toolchain once, then look again.
+            Ok(()) => find_toolchain(&link_script).unwrap_or_else(|again| fail(&again)),
+            Err(why) => fail(&format!("{msg}\n(automatic set-up not run: {why})")),
+        },
     };
 
     // The inner target dirs live beside the outer profile dirs (`target/nvptx-kernels/...`), so
@@ -278,6 +283,34 @@ fn main() {
             toolchain.origin,
             started.elapsed().as_secs_f64()
         );
+    }
+}
+
+/// Runs `scripts/setup-toolchain.sh` (apt packages; idempotent) unless `SAGE_NO_AUTO_SETUP=1`.
+fn auto_setup(root: &Path) -> Result<(), String> {
+    println!("cargo:rerun-if-env-changed=SAGE_NO_AUTO_SETUP");
+    if env::var("SAGE_NO_AUTO_SETUP").is_ok_and(|v| v == "1") {
+        return Err("SAGE_NO_AUTO_SETUP=1".into());
+    }
+    let script = root.join("scripts").join("setup-toolchain.sh");
+    println!(
+        "cargo:warning=no PTX toolchain found: running {} (set SAGE_NO_AUTO_SETUP=1 to prevent this)",
+        script.display()
+    );
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .map_err(|e| format!("could not run {}: {e}", script.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} failed ({}):\n{}{}",
+            script.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 }
 

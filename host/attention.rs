@@ -539,8 +539,8 @@ fn enqueue_attend(
 ) -> Result<()> {
     let stream = rt.stream();
     let l = &scratch.layout;
-    let name = attention_kernel_name(p.head_dim, opts.causal, opts.pv_accum == PvAccum::F32)
-        .ok_or(Error::UnsupportedHeadDim {
+    let (module, name) =
+        selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
             head_dim: p.head_dim,
             supported: &SUPPORTED_HEAD_DIMS,
         })?;
@@ -577,15 +577,11 @@ fn enqueue_attend(
         out_bf16,
         _pad: 0,
     };
-    if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
-        if let Some(sm90) = hopper::hopper_attention_kernel_name(p.head_dim, opts.causal) {
-            // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and
-            // buffers as the portable kernel's), validated and allocated as above; the guards
-            // live until after the launch.
-            return unsafe {
-                hopper::launch_hopper_attention(rt, sm90, p.head_dim, p.batch, &params)
-            };
-        }
+    if module == ModuleKind::Hopper {
+        // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
+        // as the portable kernel's), validated and allocated as above; the guards live until
+        // after the launch.
+        return unsafe { hopper::launch_hopper_attention(rt, name, p.head_dim, p.batch, &params) };
     }
     let grid = (
         p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
@@ -600,6 +596,23 @@ fn enqueue_attend(
         attn_smem_bytes(p.head_dim) as u32,
         &params,
     )
+}
+
+/// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device, and its module:
+/// the sm_90a wgmma kernel on Hopper (with [`Backend::Auto`]) where one exists, else the portable
+/// variant. `None` for an unsupported head_dim.
+pub fn selected_kernel(
+    rt: &Runtime,
+    head_dim: usize,
+    opts: &Options,
+) -> Option<(ModuleKind, &'static str)> {
+    if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
+        if let Some(name) = hopper::hopper_attention_kernel_name(head_dim, opts.causal) {
+            return Some((ModuleKind::Hopper, name));
+        }
+    }
+    attention_kernel_name(head_dim, opts.causal, opts.pv_accum == PvAccum::F32)
+        .map(|n| (ModuleKind::Portable, n))
 }
 
 /// The entry point compiled for this variant (the device crate stamps them from the same list).

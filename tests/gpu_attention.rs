@@ -444,6 +444,40 @@ fn nan_inputs_propagate_like_the_reference() {
     }
 }
 
+/// Inf in V: every row that attends to that key is non-finite in the reference, and in ours.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn inf_in_v_propagates_like_the_reference() {
+    let mut rng = fresh_rng("inf");
+    for backend in [Backend::Auto, Backend::Portable] {
+        let case = Case {
+            batch: 1,
+            q_heads: 2,
+            kv_heads: 1,
+            qo_len: 130,
+            kv_len: 200,
+            head_dim: 128,
+            causal: false,
+            dtype: DType::F16,
+            layout: Layout::Hnd,
+            out_layout: Layout::Hnd,
+            smooth_k: true,
+            pv_accum: PvAccum::F32,
+            sm_scale: None,
+            backend,
+        };
+        let (q, k, mut v) = inputs(&case, &mut rng, 0.0);
+        v.set(0, 0, 150, 9, f32::INFINITY);
+        let run = run_case(&case, &q, &k, &v, true);
+        for row in 0..case.q_heads * case.qo_len {
+            let cols = row * case.head_dim..(row + 1) * case.head_dim;
+            let ref_finite = run.exact.o[cols.clone()].iter().all(|x| x.is_finite());
+            let our_finite = run.out[cols].iter().all(|x| x.is_finite());
+            assert_eq!(ref_finite, our_finite, "row {row} ({backend:?})");
+        }
+    }
+}
+
 /// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
 #[test]
 #[ignore = "needs a CUDA GPU"]

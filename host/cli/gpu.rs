@@ -1,10 +1,11 @@
 //! The GPU side: running `sageattn` on loaded inputs, and `info`.
 
-use sageattention::attention::{attention_kernel_name, attention_kernel_names};
+use sageattention::attention::{attention_kernel_names, selected_kernel};
 use sageattention::device_config::{names, SUPPORTED_HEAD_DIMS};
 use sageattention::error::CudaResultExt;
+use sageattention::hopper::{hopper_attention_kernel_names, hopper_available};
 use sageattention::runtime::ModuleKind;
-use sageattention::{sageattn, Options, PvAccum, Runtime, Tensor};
+use sageattention::{sageattn, Options, Runtime, Tensor};
 
 use super::error::CliError;
 use super::input::LoadedInputs;
@@ -18,11 +19,8 @@ pub struct GpuOutput {
     pub lse: Option<Vec<f32>>,
     /// The device's name.
     pub device: String,
-}
-
-/// The attention variant the options select for `head_dim`.
-pub fn variant_name(head_dim: usize, opts: &Options) -> Option<&'static str> {
-    attention_kernel_name(head_dim, opts.causal, opts.pv_accum == PvAccum::F32)
+    /// The attention kernel that ran (the library's choice for this device and these options).
+    pub kernel: &'static str,
 }
 
 /// Uploads the inputs (in the file's layout, converted to the GPU dtype), runs attention with the
@@ -39,6 +37,7 @@ pub fn run_on_gpu(
         .unwrap_or_else(|_| format!("device {device}"));
     let dtype = inputs.dtype.gpu_dtype();
     let layout = inputs.layout;
+    let kernel = selected_kernel(&rt, inputs.problem.head_dim, opts).map_or("none", |(_, n)| n);
     let upload = |t: &sageattention::reference::HostTensor| {
         Tensor::from_host_f32(&rt, &t.data, dtype, t.shape, layout)
     };
@@ -66,6 +65,7 @@ pub fn run_on_gpu(
         o,
         lse,
         device: name,
+        kernel,
     })
 }
 
@@ -105,9 +105,19 @@ pub fn info(device: usize) -> Result<(), CliError> {
             r.num_regs, r.local_bytes, r.static_shared_bytes
         );
     }
-    if (di.major, di.minor) == (9, 0) {
+    if hopper_available(&rt) {
         rt.function(ModuleKind::Hopper, names::HOPPER_SMOKE)?;
-        println!("hopper module (sm_90a PTX): loaded (this device has compute capability 9.0)");
+        println!(
+            "hopper module (sm_90a PTX): loaded; head_dim 64 and 128 run its wgmma kernels by \
+             default (--backend portable selects the kernels above)"
+        );
+        for name in hopper_attention_kernel_names() {
+            let r = rt.function_resources(ModuleKind::Hopper, name)?;
+            println!(
+                "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
+                r.num_regs, r.local_bytes, r.static_shared_bytes
+            );
+        }
     } else {
         println!(
             "hopper module (sm_90a PTX): not used (needs compute capability 9.0, this device has \

@@ -99,9 +99,6 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let inputs = input::load_inputs(&bytes, &path, &names, opts.layout)?;
     drop(bytes);
     let p = inputs.problem;
-    let variant = gpu::variant_name(p.head_dim, &opts).ok_or_else(|| {
-        CliError::Usage(format!("no attention kernel for head_dim {}", p.head_dim))
-    })?;
     // Creating the temporary output file now reports a bad --out before any GPU work.
     let out_file = args.out.as_deref().map(AtomicFile::create).transpose()?;
 
@@ -129,7 +126,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     }
 
     let gpu_out = gpu::run_on_gpu(&inputs, &opts, args.device)?;
-    println!("ran {variant} on {}", gpu_out.device);
+    println!("ran {} on {}", gpu_out.kernel, gpu_out.device);
 
     if let (Some(file), Some(out_path)) = (out_file, &args.out) {
         let metadata = HashMap::from([
