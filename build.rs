@@ -84,17 +84,14 @@ mod device_config;
 #[path = "kernels-gpu/src/hopper/config.rs"]
 mod hopper_config;
 
-/// Adds `.maxntid` / `.minnctapersm` to each attention entry (Rust has no launch-bounds attribute):
-/// ptxas then keeps registers low enough for `attn_min_ctas_per_sm(head_dim)` CTAs per SM, which
-/// is the occupancy the tile configuration was sized for.
+/// Adds `.maxntid` / `.minnctapersm` launch bounds (Rust has no launch-bounds attribute): every
+/// entry states the block size it is launched with, and the memory-bound quantizer is held to a
+/// register count that lets 3 CTAs share an SM.
 fn apply_launch_bounds(ptx: &str) -> String {
     let mut ptx = ptx.to_string();
     macro_rules! bound {
         ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
-            let ctas = device_config::attn_min_ctas_per_sm($hd, $pv_f32);
-            if ctas > 0 {
-                ptx = add_launch_bounds(&ptx, $name, device_config::ATTN_THREADS, ctas);
-            }
+            ptx = add_launch_bounds(&ptx, $name, device_config::ATTN_THREADS, 1);
         };
     }
     for_each_attention_variant!(bound);

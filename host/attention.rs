@@ -538,11 +538,10 @@ fn enqueue_attend(
 ) -> Result<()> {
     let stream = rt.stream();
     let l = &scratch.layout;
-    let (module, name) =
-        selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
-            head_dim: p.head_dim,
-            supported: &SUPPORTED_HEAD_DIMS,
-        })?;
+    let kernel = selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
+        head_dim: p.head_dim,
+        supported: &SUPPORTED_HEAD_DIMS,
+    })?;
     let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
         Some(off) => {
             let (d, s) = (p.head_dim as i64, p.kv_len as i64);
@@ -576,45 +575,58 @@ fn enqueue_attend(
         out_bf16,
         _pad: 0,
     };
-    if module == ModuleKind::Hopper {
+    if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's), validated and allocated as above; the guards live until
         // after the launch.
-        return unsafe { hopper::launch_hopper_attention(rt, name, p.head_dim, p.batch, &params) };
+        return unsafe {
+            hopper::launch_hopper_attention(rt, kernel.name, p.head_dim, p.batch, &params)
+        };
     }
     let grid = (
-        p.qo_len.div_ceil(cta_q(p.head_dim)) as u32,
+        p.qo_len.div_ceil(cta_q(p.head_dim, kernel.pv_f32)) as u32,
         p.q_heads as u32,
         p.batch as u32,
     );
-    launch(
-        rt,
-        name,
-        grid,
-        ATTN_THREADS as u32,
-        attn_smem_bytes(p.head_dim) as u32,
-        &params,
-    )
+    let smem = attn_smem_bytes(p.head_dim, kernel.pv_f32) as u32;
+    launch(rt, kernel.name, grid, ATTN_THREADS as u32, smem, &params)
 }
 
-/// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device, and its module:
-/// the sm_90a wgmma kernel on Hopper (with [`Backend::Auto`]) where one exists, else the portable
-/// variant. `None` for an unsupported head_dim.
-pub fn selected_kernel(
-    rt: &Runtime,
-    head_dim: usize,
-    opts: &Options,
-) -> Option<(ModuleKind, &'static str)> {
-    if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
+/// The attention kernel a call runs (see [`selected_kernel`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SelectedKernel {
+    /// The module holding it.
+    pub module: ModuleKind,
+    /// Its entry name.
+    pub name: &'static str,
+    /// Whether P·V accumulates in f32 (always on the Hopper kernel).
+    pub pv_f32: bool,
+}
+
+/// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: the sm_90a
+/// wgmma kernel on Hopper (with [`Backend::Auto`]) where one exists, else the portable variant.
+/// `None` for an unsupported head_dim. The one place that decides; launches and tools call it.
+pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
+    let hopper = opts.backend == Backend::Auto && hopper::hopper_available(rt);
+    if hopper {
         if let Some(name) = hopper::hopper_attention_kernel_name(head_dim, opts.causal) {
-            return Some((ModuleKind::Hopper, name));
+            return Some(SelectedKernel {
+                module: ModuleKind::Hopper,
+                name,
+                pv_f32: true,
+            });
         }
     }
-    // On Hopper the f16 accumulator is no faster than f32 for mma.sync (measured: 312 vs 341 TOPS
-    // at d = 96, H200), so Auto takes the f32 variant there: faster and more accurate.
+    // On Hopper the f16 accumulator is no faster than f32 for mma.sync (measured: 314 vs 341
+    // TOPS at d = 96, H200), so Auto takes the f32 variant there: faster and more accurate.
     let f32_is_free = opts.backend == Backend::Auto && rt.compute_capability() == (9, 0);
     let pv_f32 = opts.pv_accum == PvAccum::F32 || f32_is_free;
-    attention_kernel_name(head_dim, opts.causal, pv_f32).map(|n| (ModuleKind::Portable, n))
+    let name = attention_kernel_name(head_dim, opts.causal, pv_f32)?;
+    Some(SelectedKernel {
+        module: ModuleKind::Portable,
+        name,
+        pv_f32,
+    })
 }
 
 /// The entry point compiled for this variant (the device crate stamps them from the same list).

@@ -158,3 +158,38 @@ fn perf_prepare_small() {
     rt.synchronize().unwrap();
     eprintln!("PREP d=128 N={n}: full {full:.3} ms, prepare alone {prepare:.3} ms, host enqueue {host_us:.0} us");
 }
+
+/// The portable (mma.sync) kernel alone, forced with `Backend::Portable`, at N = 8K.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn perf_portable() {
+    let rt = runtime();
+    for head_dim in [64usize, 96, 128] {
+        let (b, h, seq) = (4usize, 32usize, 8192usize);
+        let shape = [b, h, seq, head_dim];
+        let (q, k, v) = (
+            random_device_tensor(shape, 1),
+            random_device_tensor(shape, 2),
+            random_device_tensor(shape, 3),
+        );
+        let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64;
+        for pv_accum in [PvAccum::F16, PvAccum::F32] {
+            let opts = Options {
+                pv_accum,
+                backend: sageattention::Backend::Portable,
+                ..Options::default()
+            };
+            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
+            let ms = median_ms(|| {
+                prepared
+                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+                    .unwrap()
+            });
+            eprintln!(
+                "PORTABLE d={head_dim} N={seq} {pv_accum:?}: {ms:.3} ms = {:.0} TOPS",
+                flops / ms as f64 / 1e9
+            );
+        }
+    }
+}

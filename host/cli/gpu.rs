@@ -37,7 +37,7 @@ pub fn run_on_gpu(
         .unwrap_or_else(|_| format!("device {device}"));
     let dtype = inputs.dtype.gpu_dtype();
     let layout = inputs.layout;
-    let kernel = selected_kernel(&rt, inputs.problem.head_dim, opts).map_or("none", |(_, n)| n);
+    let kernel = selected_kernel(&rt, inputs.problem.head_dim, opts).map_or("none", |k| k.name);
     let upload = |t: &sageattention::reference::HostTensor| {
         Tensor::from_host_f32(&rt, &t.data, dtype, t.shape, layout)
     };

@@ -6,8 +6,6 @@
 pub const Q_BLOCK: usize = 128;
 /// Tokens per K quantization block; equal to the attention kernel's key tile.
 pub const K_BLOCK: usize = 64;
-/// Keys per tile of the attention main loop.
-pub const CTA_K: usize = K_BLOCK;
 /// Warps per attention CTA; each owns `16 * M_TILES` query rows.
 pub const ATTN_WARPS: usize = 4;
 /// Threads per attention CTA.
@@ -37,31 +35,30 @@ pub const CONVERT_THREADS: usize = 256;
 /// `log2(e)` as the quantizer folds it into Q's scale.
 pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
-/// 16-row mma tiles per warp along the query dimension.
-/// Two tiles halve the shared-memory traffic per mma but need ~225 registers at d = 64/96; at
-/// d = 128 they spill (measured with ptxas 12.9, sm_80), so d = 128 uses one.
-pub const fn m_tiles(head_dim: usize) -> usize {
-    if head_dim > 96 {
+/// 16-row mma tiles per warp along the query dimension. Two tiles halve the shared-memory traffic
+/// of K and V per query row (one tile measured shared-memory bound at d = 128, H200). At d = 128
+/// the f16-accumulator variant keeps one: with two it spills (ptxas 12.9) even with 32-key tiles.
+pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
+    if head_dim > 96 && !pv_f32 {
         1
     } else {
         2
     }
 }
 
-/// CTAs per SM the attention kernel's registers are bounded for (`.minnctapersm`, added to the PTX
-/// by build.rs); 0 = no bound. One m-tile per warp at f32 P·V fits the 168 registers of 3 CTAs
-/// without spilling; the f16-accumulator variant spills 12 B there (ptxas 12.9), so it keeps 2.
-pub const fn attn_min_ctas_per_sm(head_dim: usize, pv_f32: bool) -> usize {
-    if m_tiles(head_dim) == 1 && pv_f32 {
-        3
+/// Keys per tile of the portable kernel's main loop (a divisor of `K_BLOCK`, so a tile has one
+/// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles.
+pub const fn cta_k(head_dim: usize, pv_f32: bool) -> usize {
+    if head_dim > 96 && pv_f32 {
+        32
     } else {
-        0
+        64
     }
 }
 
 /// Query rows per attention CTA.
-pub const fn cta_q(head_dim: usize) -> usize {
-    ATTN_WARPS * 16 * m_tiles(head_dim)
+pub const fn cta_q(head_dim: usize, pv_f32: bool) -> usize {
+    ATTN_WARPS * 16 * m_tiles(head_dim, pv_f32)
 }
 
 /// Shared-memory row stride (bytes) of a tile whose rows hold `row_bytes` bytes.
@@ -75,24 +72,25 @@ pub const fn smem_offset(row_bytes: usize, row: usize, chunk: usize) -> usize {
 }
 
 /// Bytes of the Q tile (int8), one K stage (int8) and one V stage (f16).
-pub const fn q_tile_bytes(head_dim: usize) -> usize {
-    cta_q(head_dim) * smem_row_stride(head_dim)
+pub const fn q_tile_bytes(head_dim: usize, pv_f32: bool) -> usize {
+    cta_q(head_dim, pv_f32) * smem_row_stride(head_dim)
 }
 /// See [`q_tile_bytes`].
-pub const fn k_stage_bytes(head_dim: usize) -> usize {
-    CTA_K * smem_row_stride(head_dim)
+pub const fn k_stage_bytes(head_dim: usize, pv_f32: bool) -> usize {
+    cta_k(head_dim, pv_f32) * smem_row_stride(head_dim)
 }
 /// See [`q_tile_bytes`].
-pub const fn v_stage_bytes(head_dim: usize) -> usize {
-    CTA_K * smem_row_stride(2 * head_dim)
+pub const fn v_stage_bytes(head_dim: usize, pv_f32: bool) -> usize {
+    cta_k(head_dim, pv_f32) * smem_row_stride(2 * head_dim)
 }
 
 /// Pipeline stages for K and V (double buffering).
 pub const STAGES: usize = 2;
 
 /// Dynamic shared memory of the attention kernel.
-pub const fn attn_smem_bytes(head_dim: usize) -> usize {
-    q_tile_bytes(head_dim) + STAGES * (k_stage_bytes(head_dim) + v_stage_bytes(head_dim))
+pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool) -> usize {
+    q_tile_bytes(head_dim, pv_f32)
+        + STAGES * (k_stage_bytes(head_dim, pv_f32) + v_stage_bytes(head_dim, pv_f32))
 }
 
 /// Rows padded up to a whole number of blocks.

@@ -10,7 +10,7 @@
 use super::softmax::OnlineSoftmax;
 use super::{BlockGeometry, OutAcc};
 use crate::config::{
-    ATTN_THREADS, CTA_K, K_BLOCK, Q_BLOCK, cta_q, k_stage_bytes, padded_len, q_tile_bytes,
+    ATTN_THREADS, K_BLOCK, Q_BLOCK, cta_k, cta_q, k_stage_bytes, padded_len, q_tile_bytes,
     v_stage_bytes,
 };
 use crate::frag::{self, AccF16, AccF32, AccS32, FragA, acc_col, acc_row};
@@ -20,7 +20,7 @@ use crate::tile::Tile;
 use crate::unroll::unroll;
 
 /// Global sources and shared tiles of one CTA.
-pub(crate) struct Pipeline<const HD: usize> {
+pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool> {
     q_tile: Tile,
     /// Stage 0 of K and of V; stage 1 follows each at `*_stage_bytes(HD)`.
     k_stage0: Tile,
@@ -49,12 +49,12 @@ pub(crate) struct StepArgs<'a> {
     pub kv_len: u32,
 }
 
-impl<const HD: usize> Pipeline<HD> {
+impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     pub fn new(p: &AttnParams, geo: &BlockGeometry) -> Self {
         let base = ptx::smem_base();
-        let k0 = base + q_tile_bytes(HD) as u32;
-        let v0 = k0 + 2 * k_stage_bytes(HD) as u32;
+        let k0 = base + q_tile_bytes(HD, PV_F32) as u32;
+        let v0 = k0 + 2 * k_stage_bytes(HD, PV_F32) as u32;
         let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let q_head = (geo.batch * p.q_heads + geo.head) as u64;
@@ -71,7 +71,7 @@ impl<const HD: usize> Pipeline<HD> {
             v_row_bytes: 2 * p.v_stride[2] as u64,
             kv_len: p.kv_len,
             n_tiles: geo.n_tiles,
-            warp_row0: (tid >> 5) * 16 * m_tiles_of::<HD>(),
+            warp_row0: (tid >> 5) * 16 * m_tiles_of::<HD, PV_F32>(),
             lane: tid & 31,
             tid,
         }
@@ -82,7 +82,7 @@ impl<const HD: usize> Pipeline<HD> {
     #[inline(always)]
     fn k_tile(&self, t: u32) -> Tile {
         Tile {
-            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD) as u32,
+            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD, PV_F32) as u32,
             ..self.k_stage0
         }
     }
@@ -91,7 +91,7 @@ impl<const HD: usize> Pipeline<HD> {
     #[inline(always)]
     fn v_tile(&self, t: u32) -> Tile {
         Tile {
-            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD) as u32,
+            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD, PV_F32) as u32,
             ..self.v_stage0
         }
     }
@@ -103,7 +103,7 @@ impl<const HD: usize> Pipeline<HD> {
     #[inline(always)]
     pub unsafe fn load_q_and_first_tile(&self) {
         let chunks_per_row = (HD / 16) as u32;
-        let total = cta_q(HD) as u32 * chunks_per_row;
+        let total = cta_q(HD, PV_F32) as u32 * chunks_per_row;
         let mut c = self.tid;
         while c < total {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
@@ -127,9 +127,9 @@ impl<const HD: usize> Pipeline<HD> {
     unsafe fn load_k(&self, t: u32) {
         let tile = self.k_tile(t);
         let chunks_per_row = (HD / 16) as u32;
-        let src = self.k_src + t as u64 * (CTA_K * HD) as u64;
+        let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
         let mut c = self.tid;
-        while c < CTA_K as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len.
             unsafe {
@@ -148,9 +148,9 @@ impl<const HD: usize> Pipeline<HD> {
         let tile = self.v_tile(t);
         let chunks_per_row = (HD / 8) as u32;
         let mut c = self.tid;
-        while c < CTA_K as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
-            let key = t * CTA_K as u32 + row;
+            let key = t * cta_k(HD, PV_F32) as u32 + row;
             let dst = tile.addr(row, chunk * 16);
             // SAFETY: key < kv_len is inside V; otherwise nothing is read (src size 0).
             unsafe {
@@ -179,8 +179,9 @@ impl<const HD: usize> Pipeline<HD> {
         const NP: usize,
         const NT: usize,
         const MT: usize,
+        const KT: usize,
+        const KK: usize,
         const CAUSAL: bool,
-        const PV_F32: bool,
         const MASK: bool,
     >(
         &self,
@@ -189,8 +190,9 @@ impl<const HD: usize> Pipeline<HD> {
         softmax: &mut OnlineSoftmax<MT>,
         out: &mut OutAcc<NT, MT>,
     ) {
-        // SAFETY: t < k_blocks of this head.
-        let k_scale = unsafe { ptx::ld_global_nc_f32(args.k_scale_row + 4 * t as u64) };
+        // SAFETY: the tile's K block < k_blocks of this head.
+        let k_block = (t as usize * cta_k(HD, PV_F32) / K_BLOCK) as u64;
+        let k_scale = unsafe { ptx::ld_global_nc_f32(args.k_scale_row + 4 * k_block) };
         let has_next = t + 1 < self.n_tiles;
 
         ptx::cp_async_wait::<1>();
@@ -200,10 +202,10 @@ impl<const HD: usize> Pipeline<HD> {
         }
         ptx::cp_async_commit();
 
-        let s_int = unsafe { self.qk::<KS, MT>(self.k_tile(t)) };
-        let mut s = dequantize::<MT>(&s_int, args.q_scale * k_scale);
+        let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(t)) };
+        let mut s = dequantize::<MT, KT>(&s_int, args.q_scale * k_scale);
         if MASK {
-            self.mask::<MT, CAUSAL>(&mut s, t, args);
+            self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
         }
         let rescale = softmax.update(&mut s);
         unroll::<MT>(
@@ -220,11 +222,11 @@ impl<const HD: usize> Pipeline<HD> {
                 );
             },
         );
-        let mut probs = [[[0u32; 4]; 4]; MT];
+        let mut probs = [[[0u32; 4]; KK]; MT];
         unroll::<MT>(
             #[inline(always)]
             |mt| {
-                unroll::<4>(
+                unroll::<KK>(
                     #[inline(always)]
                     |kk| probs[mt][kk] = frag::probs_to_frag_a(&s[mt][2 * kk], &s[mt][2 * kk + 1]),
                 );
@@ -240,16 +242,19 @@ impl<const HD: usize> Pipeline<HD> {
 
         let v_tile = self.v_tile(t);
         if PV_F32 {
-            unsafe { self.pv_f32::<NP, NT, MT>(v_tile, &probs, out) };
+            unsafe { self.pv_f32::<NP, NT, MT, KK>(v_tile, &probs, out) };
         } else {
-            unsafe { self.pv_f16_accum::<NP, NT, MT>(v_tile, &probs, out) };
+            unsafe { self.pv_f16_accum::<NP, NT, MT, KK>(v_tile, &probs, out) };
         }
     }
 
-    /// S = Q·Kᵀ for this warp's rows and the 64 keys of `k_tile`.
+    /// S = Q·Kᵀ for this warp's rows and the `8 * KT` keys of `k_tile`.
     #[inline(always)]
-    unsafe fn qk<const KS: usize, const MT: usize>(&self, k_tile: Tile) -> [[AccS32; 8]; MT] {
-        let mut acc = [[[0i32; 4]; 8]; MT];
+    unsafe fn qk<const KS: usize, const MT: usize, const KT: usize>(
+        &self,
+        k_tile: Tile,
+    ) -> [[AccS32; KT]; MT] {
+        let mut acc = [[[0i32; 4]; KT]; MT];
         unroll::<KS>(
             #[inline(always)]
             |ks| {
@@ -268,9 +273,13 @@ impl<const HD: usize> Pipeline<HD> {
                         };
                     },
                 );
-                unroll::<4>(
+                // Key n-tiles come in pairs (one ldmatrix.x4 each): KT / 2 pairs.
+                unroll::<KT>(
                     #[inline(always)]
                     |np| {
+                        if 2 * np >= KT {
+                            return;
+                        }
                         let (b0, b1) = unsafe {
                             frag::load_b_rows_pair(k_tile, np as u32 * 16, byte0, self.lane)
                         };
@@ -290,18 +299,18 @@ impl<const HD: usize> Pipeline<HD> {
 
     /// Sets scores of keys past `kv_len` (and, when causal, past each row's diagonal) to -inf.
     #[inline(always)]
-    fn mask<const MT: usize, const CAUSAL: bool>(
+    fn mask<const MT: usize, const KT: usize, const CAUSAL: bool>(
         &self,
-        s: &mut [[AccF32; 8]; MT],
+        s: &mut [[AccF32; KT]; MT],
         t: u32,
         args: &StepArgs,
     ) {
-        let key0 = t * CTA_K as u32;
+        let key0 = t * cta_k(HD, PV_F32) as u32;
         let row0 = args.geo.q_row0 + self.warp_row0;
         unroll::<MT>(
             #[inline(always)]
             |mt| {
-                unroll::<8>(
+                unroll::<KT>(
                     #[inline(always)]
                     |nt| {
                         unroll::<4>(
@@ -326,13 +335,13 @@ impl<const HD: usize> Pipeline<HD> {
 
     /// O += P·V with an f32 accumulator.
     #[inline(always)]
-    unsafe fn pv_f32<const NP: usize, const NT: usize, const MT: usize>(
+    unsafe fn pv_f32<const NP: usize, const NT: usize, const MT: usize, const KK: usize>(
         &self,
         v_tile: Tile,
-        probs: &[[FragA; 4]; MT],
+        probs: &[[FragA; KK]; MT],
         out: &mut OutAcc<NT, MT>,
     ) {
-        unroll::<4>(
+        unroll::<KK>(
             #[inline(always)]
             |kk| {
                 unroll::<NP>(
@@ -363,21 +372,21 @@ impl<const HD: usize> Pipeline<HD> {
         );
     }
 
-    /// O += P·V, accumulating the tile's 64 keys in f16 (SageAttention's fast path), then adding
+    /// O += P·V, accumulating the tile's keys in f16 (SageAttention's fast path), then adding
     /// that partial into the f32 running output. Processed 16 output columns at a time so only 4
     /// f16 accumulator registers per row tile are live.
     #[inline(always)]
-    unsafe fn pv_f16_accum<const NP: usize, const NT: usize, const MT: usize>(
+    unsafe fn pv_f16_accum<const NP: usize, const NT: usize, const MT: usize, const KK: usize>(
         &self,
         v_tile: Tile,
-        probs: &[[FragA; 4]; MT],
+        probs: &[[FragA; KK]; MT],
         out: &mut OutAcc<NT, MT>,
     ) {
         unroll::<NP>(
             #[inline(always)]
             |np| {
                 let mut partial: [[AccF16; 2]; MT] = [[[0u32; 2]; 2]; MT];
-                unroll::<4>(
+                unroll::<KK>(
                     #[inline(always)]
                     |kk| {
                         let (b0, b1) = unsafe {
@@ -419,20 +428,23 @@ impl<const HD: usize> Pipeline<HD> {
     }
 }
 
-/// `m_tiles(HD)` as u32.
+/// `m_tiles(HD, PV_F32)` as u32.
 #[inline(always)]
-const fn m_tiles_of<const HD: usize>() -> u32 {
-    crate::config::m_tiles(HD) as u32
+const fn m_tiles_of<const HD: usize, const PV_F32: bool>() -> u32 {
+    crate::config::m_tiles(HD, PV_F32) as u32
 }
 
 /// Integer scores → f32 log2-domain scores.
 #[inline(always)]
-fn dequantize<const MT: usize>(s: &[[AccS32; 8]; MT], scale: f32) -> [[AccF32; 8]; MT] {
-    let mut r = [[[0.0f32; 4]; 8]; MT];
+fn dequantize<const MT: usize, const KT: usize>(
+    s: &[[AccS32; KT]; MT],
+    scale: f32,
+) -> [[AccF32; KT]; MT] {
+    let mut r = [[[0.0f32; 4]; KT]; MT];
     unroll::<MT>(
         #[inline(always)]
         |mt| {
-            unroll::<8>(
+            unroll::<KT>(
                 #[inline(always)]
                 |nt| {
                     unroll::<4>(

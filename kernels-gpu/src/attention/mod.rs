@@ -2,7 +2,7 @@
 //! `q_scale * k_scale` (already in log2 units), online softmax with `ex2`, P in f16, P·V with
 //! m16n8k16 (f16 accumulator per key tile summed into an f32 running output, or f32 throughout).
 //!
-//! One CTA owns `cta_q(HD)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
+//! One CTA owns `cta_q(HD, PV_F32)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
 //! tiles of 64 keys stream through a two-stage cp.async pipeline (`mainloop`). The entry is:
 //! block geometry → prologue loads → unmasked tiles → masked tiles → epilogue.
 
@@ -10,7 +10,7 @@ mod epilogue;
 mod mainloop;
 mod softmax;
 
-use crate::config::{CTA_K, K_BLOCK, Q_BLOCK, cta_q, m_tiles, padded_len};
+use crate::config::{K_BLOCK, Q_BLOCK, cta_k, cta_q, m_tiles, padded_len};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;
@@ -34,17 +34,17 @@ pub(crate) struct BlockGeometry {
 
 impl BlockGeometry {
     #[inline(always)]
-    fn new<const HD: usize, const CAUSAL: bool>(p: &AttnParams) -> Self {
+    fn new<const HD: usize, const PV_F32: bool, const CAUSAL: bool>(p: &AttnParams) -> Self {
         let (bx, head, batch) = ptx::block_idx();
-        let rows = cta_q(HD) as u32;
+        let rows = cta_q(HD, PV_F32) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
         // Causal CTAs near the end of the sequence do the most work: start them first.
         let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
-        let tile = CTA_K as i32;
-        let full_len_tiles = p.kv_len / CTA_K as u32;
+        let tile = cta_k(HD, PV_F32) as i32;
+        let full_len_tiles = p.kv_len / cta_k(HD, PV_F32) as u32;
         let (n_tiles, n_unmasked) = if CAUSAL {
             let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
             let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
@@ -59,7 +59,7 @@ impl BlockGeometry {
             let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
             (n_tiles as u32, n_unmasked as u32)
         } else {
-            let n_tiles = p.kv_len.div_ceil(CTA_K as u32);
+            let n_tiles = p.kv_len.div_ceil(cta_k(HD, PV_F32) as u32);
             (n_tiles, full_len_tiles)
         };
         BlockGeometry {
@@ -75,11 +75,12 @@ impl BlockGeometry {
 }
 
 /// The kernel body shared by every variant. `KS = HD/32` int8 k-steps for Q·Kᵀ, `NP = HD/16` pairs
-/// of output n-tiles, `NT = HD/8` output n-tiles, `MT` 16-row tiles per warp.
+/// of output n-tiles, `NT = HD/8` output n-tiles, `MT` 16-row tiles per warp, `KT = cta_k/8` key
+/// n-tiles and `KK = cta_k/16` key k-steps per tile.
 ///
 /// # Safety
 /// `p` satisfies the host's validation (see `host/attention.rs`): pointers are valid for the shapes,
-/// quantized buffers are padded to whole blocks, and the launch has `cta_q(HD)`-row blocks,
+/// quantized buffers are padded to whole blocks, and the launch has `cta_q(HD, PV_F32)`-row blocks,
 /// `ATTN_THREADS` threads and `attn_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
 unsafe fn attention<
@@ -88,6 +89,8 @@ unsafe fn attention<
     const NP: usize,
     const NT: usize,
     const MT: usize,
+    const KT: usize,
+    const KK: usize,
     const CAUSAL: bool,
     const PV_F32: bool,
 >(
@@ -95,14 +98,15 @@ unsafe fn attention<
 ) {
     const {
         assert!(KS * 32 == HD && NP * 16 == HD && NT * 8 == HD);
-        assert!(MT == m_tiles(HD));
+        assert!(MT == m_tiles(HD, PV_F32) && KT * 8 == cta_k(HD, PV_F32) && KK * 16 == cta_k(HD, PV_F32));
+        assert!(K_BLOCK % cta_k(HD, PV_F32) == 0, "a key tile must share one K scale");
         assert!(
-            Q_BLOCK % cta_q(HD) == 0,
+            Q_BLOCK % cta_q(HD, PV_F32) == 0,
             "a CTA's rows must share one Q scale"
         );
     };
-    let geo = BlockGeometry::new::<HD, CAUSAL>(p);
-    let pipe = Pipeline::<HD>::new(p, &geo);
+    let geo = BlockGeometry::new::<HD, PV_F32, CAUSAL>(p);
+    let pipe = Pipeline::<HD, PV_F32>::new(p, &geo);
     let q_blocks = padded_len(p.qo_len as usize, Q_BLOCK) / Q_BLOCK;
     let q_scale_idx = (geo.batch * p.q_heads + geo.head) as u64 * q_blocks as u64
         + (geo.q_row0 as usize / Q_BLOCK) as u64;
@@ -128,13 +132,13 @@ unsafe fn attention<
         for t in 0..geo.n_unmasked {
             // SAFETY: t < n_tiles; see `Pipeline::step`.
             unsafe {
-                pipe.step::<KS, NP, NT, MT, CAUSAL, PV_F32, false>(t, &args, &mut softmax, &mut out)
+                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(t, &args, &mut softmax, &mut out)
             };
         }
         for t in geo.n_unmasked..geo.n_tiles {
             // SAFETY: as above.
             unsafe {
-                pipe.step::<KS, NP, NT, MT, CAUSAL, PV_F32, true>(t, &args, &mut softmax, &mut out)
+                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(t, &args, &mut softmax, &mut out)
             };
         }
         ptx::cp_async_wait::<0>();
@@ -159,7 +163,9 @@ macro_rules! attention_entry {
                         { $hd / 32 },
                         { $hd / 16 },
                         { $hd / 8 },
-                        { m_tiles($hd) },
+                        { m_tiles($hd, $pv_f32) },
+                        { cta_k($hd, $pv_f32) / 8 },
+                        { cta_k($hd, $pv_f32) / 16 },
                         $causal,
                         $pv_f32,
                     >(&p)

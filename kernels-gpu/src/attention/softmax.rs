@@ -22,10 +22,10 @@ impl<const MT: usize> OnlineSoftmax<MT> {
         }
     }
 
-    /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
+    /// Folds one key tile of scores `s` (KT n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
     #[inline(always)]
-    pub fn update(&mut self, s: &mut [[AccF32; 8]; MT]) -> [[f32; 2]; MT] {
+    pub fn update<const KT: usize>(&mut self, s: &mut [[AccF32; KT]; MT]) -> [[f32; 2]; MT] {
         let mut rescale = [[1.0f32; 2]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -34,7 +34,7 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                     #[inline(always)]
                     |h| {
                         let mut tile_max = f32::NEG_INFINITY;
-                        unroll::<8>(
+                        unroll::<KT>(
                             #[inline(always)]
                             |nt| {
                                 tile_max = tile_max.max(s[mt][nt][2 * h]).max(s[mt][nt][2 * h + 1]);
@@ -53,7 +53,7 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                         rescale[mt][h] = ptx::ex2(self.max[mt][h] - base);
                         self.max[mt][h] = new_max;
                         let mut row_sum = 0.0f32;
-                        unroll::<8>(
+                        unroll::<KT>(
                             #[inline(always)]
                             |nt| {
                                 unroll::<2>(
