@@ -716,6 +716,17 @@ pub fn named_barrier_sync(id: u32, count: u32) {
     }
 }
 
+/// `bar.arrive id, count`: arrives at a named barrier without waiting (the `count` threads of
+/// the barrier are the arriving ones plus those that `bar.sync` on it).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn named_barrier_arrive(id: u32, count: u32) {
+    // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
+    unsafe {
+        asm!("bar.arrive {0}, {1};", in(reg32) id, in(reg32) count, options(nostack));
+    }
+}
+
 /// `mbarrier.init.shared::cta.b64 [addr], count`.
 ///
 /// # Safety

@@ -47,6 +47,18 @@ use crate::unroll::unroll;
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
+/// Pingpong scheduling of the consumer warpgroups (FlashAttention-3): each warpgroup issues its
+/// wgmmas only in its turn, a named barrier per warpgroup (`SCHED_BAR0 + wg`, 256 threads: the
+/// waiting warpgroup and the one before it) passing the turn round-robin right after the issue, so
+/// that one warpgroup's softmax runs while the others' wgmmas occupy the tensor cores. On for the
+/// 3-warpgroup d = 64 kernel (H200: 407 → 425 TOPS); off for d = 128's two warpgroups (neutral
+/// non-causal, −2% causal), see docs/perf-notes.md.
+const fn pingpong(head_dim: usize) -> bool {
+    sm90_consumer_warpgroups(head_dim) >= 3
+}
+/// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=3 the per-warpgroup Q barriers).
+const SCHED_BAR0: u32 = 4;
+
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
 struct Geometry {
     batch: u32,
@@ -318,9 +330,29 @@ struct Consumer<const HD: usize> {
     /// `n_tiles - 1`.
     last_tile: u32,
     lane: u32,
+    /// This consumer warpgroup's index.
+    wg: u32,
 }
 
 impl<const HD: usize> Consumer<HD> {
+    /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
+    #[inline(always)]
+    fn sched_wait(&self) {
+        if pingpong(HD) {
+            ptx::named_barrier_sync(SCHED_BAR0 + self.wg, 256);
+        }
+    }
+
+    /// Pingpong: passes the turn to the next warpgroup (after this one's wgmmas are issued).
+    #[inline(always)]
+    fn sched_pass(&self) {
+        if pingpong(HD) {
+            let w = sm90_consumer_warpgroups(HD) as u32;
+            let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
+            ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
+        }
+    }
+
     /// Waits until K tile `t` is in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_k(&self, t: u32) {
@@ -441,9 +473,11 @@ impl<const HD: usize> Consumer<HD> {
         self.make_visible();
         let k_scale = self.k_scale(0);
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0));
+        self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
+        self.sched_pass();
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
         pack_probs(&self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0)
@@ -474,11 +508,13 @@ impl<const HD: usize> Consumer<HD> {
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t));
         let vd = pv_descs(self.v_desc(t - 1));
+        self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
+        self.sched_pass();
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
         let (mut next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
@@ -621,7 +657,12 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             warp_row0,
             last_tile: geo.n_tiles - 1,
             lane,
+            wg,
         };
+        if pingpong(HD) && wg == 0 {
+            // The first turn is warpgroup 0's: its own arrival completes its first wait.
+            ptx::named_barrier_arrive(SCHED_BAR0, 256);
+        }
         let mut probs = if geo.n_unmasked > 0 {
             c.first::<false, CAUSAL, KS>(&mut softmax)
         } else {
