@@ -4,53 +4,8 @@
 
 mod common;
 
-use common::runtime;
-use rayon::prelude::*;
+use common::{median_ms, random_device_tensor, runtime};
 use sageattention::{sageattn_into, DType, Layout, Options, Prepared, PvAccum, Tensor};
-
-fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            // splitmix64 → two uniforms → one approximately normal value (sum of 4 uniforms).
-            let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut acc = 0.0f32;
-            for _ in 0..4 {
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                acc += (z >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            (acc - 2.0) * 1.732
-        })
-        .collect();
-    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
-}
-
-fn median_ms(mut f: impl FnMut()) -> f32 {
-    let rt = runtime();
-    let stream = rt.stream();
-    for _ in 0..3 {
-        f();
-    }
-    let mut times = Vec::new();
-    for _ in 0..15 {
-        let start = stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        f();
-        let end = stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        end.synchronize().unwrap();
-        times.push(start.elapsed_ms(&end).unwrap());
-    }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[times.len() / 2]
-}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]

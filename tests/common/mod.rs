@@ -8,6 +8,7 @@ use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
+use rayon::prelude::*;
 use sageattention::reference::HostTensor;
 use sageattention::{DType, Layout, Runtime, Tensor};
 
@@ -71,4 +72,51 @@ pub fn upload(rt: &Runtime, t: &HostTensor, dtype: DType, layout: Layout) -> Ten
         .map(|(b, h, s, d)| t.get(b, h, s, d))
         .collect();
     Tensor::from_host_f32(rt, &logical, dtype, t.shape, layout).expect("upload")
+}
+
+/// A device tensor of approximately N(0,1) values (a sum of 4 uniforms), generated in parallel
+/// on the host from `seed`: fast enough for the large shapes of the timing tests.
+pub fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    let n: usize = shape.iter().product();
+    let data: Vec<f32> = (0..n)
+        .into_par_iter()
+        .map(|i| {
+            // splitmix64 → two uniforms → one approximately normal value (sum of 4 uniforms).
+            let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+            let mut acc = 0.0f32;
+            for _ in 0..4 {
+                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+                let mut z = x;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+                z ^= z >> 31;
+                acc += (z >> 40) as f32 / (1u64 << 24) as f32;
+            }
+            (acc - 2.0) * 1.732
+        })
+        .collect();
+    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
+}
+
+/// Median GPU time (CUDA events) of `f` over 15 runs after 3 warm-up runs.
+pub fn median_ms(mut f: impl FnMut()) -> f32 {
+    let rt = runtime();
+    let stream = rt.stream();
+    for _ in 0..3 {
+        f();
+    }
+    let mut times = Vec::new();
+    for _ in 0..15 {
+        let start = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        f();
+        let end = stream
+            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .unwrap();
+        end.synchronize().unwrap();
+        times.push(start.elapsed_ms(&end).unwrap());
+    }
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    times[times.len() / 2]
 }
