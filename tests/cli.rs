@@ -609,6 +609,19 @@ fn info_without_gpu_prints_version_and_variants_then_fails() {
 // ------------------------------------------------------------------------------------------------
 
 /// N(0,1) values for a tensor of `shape` (file order), from a fixed seed.
+/// `q`, `k` and `v` of one shape, f16, N(0,1).
+fn f16_normal_qkv(rng: &mut StdRng, shape: &[usize]) -> Vec<Spec> {
+    ["q", "k", "v"]
+        .into_iter()
+        .map(|name| Spec {
+            name,
+            dtype: Dtype::F16,
+            shape: shape.to_vec(),
+            values: normal(rng, shape),
+        })
+        .collect()
+}
+
 fn normal(rng: &mut StdRng, shape: &[usize]) -> Vec<f32> {
     let n: usize = shape.iter().product();
     (0..n).map(|_| StandardNormal.sample(rng)).collect()
@@ -808,15 +821,7 @@ fn gpu_round_trip_f32_options() {
 fn gpu_max_rel_l1_exceeded_exits_3() {
     let mut rng = StdRng::seed_from_u64(7);
     let s = [1, 2, 128, 64];
-    let specs: Vec<Spec> = ["q", "k", "v"]
-        .into_iter()
-        .map(|name| Spec {
-            name,
-            dtype: Dtype::F16,
-            shape: s.to_vec(),
-            values: normal(&mut rng, &s),
-        })
-        .collect();
+    let specs = f16_normal_qkv(&mut rng, &s);
     let (dir, input, out) = setup(&specs);
     let r = sageattn(&[
         "run",
@@ -854,15 +859,7 @@ fn gpu_info() {
 fn gpu_acceptance_d128_n4096() {
     let mut rng = StdRng::seed_from_u64(4096);
     let s = [1, 8, 4096, 128];
-    let specs: Vec<Spec> = ["q", "k", "v"]
-        .into_iter()
-        .map(|name| Spec {
-            name,
-            dtype: Dtype::F16,
-            shape: s.to_vec(),
-            values: normal(&mut rng, &s),
-        })
-        .collect();
+    let specs = f16_normal_qkv(&mut rng, &s);
     let (_dir, input, out) = setup(&specs);
     let r = sageattn(&[
         "run",
