@@ -15,7 +15,8 @@ use crate::device_config::{
 use crate::error::{CudaResultExt, Error, Result};
 use crate::hopper;
 use crate::params::{
-    AttnParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams,
+    AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
+    QuantParams,
 };
 use crate::runtime::{ModuleKind, Runtime};
 use crate::scratch::{DeviceAlloc, ScratchLayout, ScratchShape};
@@ -29,6 +30,7 @@ unsafe impl DeviceRepr for MeanParams {}
 unsafe impl DeviceRepr for ConvertParams {}
 unsafe impl DeviceRepr for LseBiasParams {}
 unsafe impl DeviceRepr for PrepareParams {}
+unsafe impl DeviceRepr for ColumnCopyParams {}
 
 /// How P·V accumulates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -180,11 +182,12 @@ fn run_with_workspace(
         lse.as_deref(),
         &[("q", q), ("k", k), ("v", v)],
     )?;
-    let layout = scratch_layout(problem, opts, lse.is_some())?;
+    let kernel = select(rt, problem, opts)?;
+    let layout = scratch_layout(problem, opts, lse.is_some(), &kernel)?;
     rt.with_workspace(layout.bytes, |base| {
         let scratch = Scratch { base, layout };
-        enqueue_prepare(rt, q, k, v, problem, &scratch)?;
-        enqueue_attend(rt, problem, opts, &scratch, v, out, lse)
+        enqueue_prepare(rt, q, k, v, problem, &kernel, &scratch)?;
+        enqueue_attend(rt, problem, &kernel, &scratch, v, out, lse)
     })
 }
 
@@ -201,7 +204,13 @@ impl Scratch {
     }
 }
 
-fn scratch_layout(p: &Problem, opts: &Options, lse: bool) -> Result<ScratchLayout> {
+fn scratch_layout(
+    p: &Problem,
+    opts: &Options,
+    lse: bool,
+    kernel: &SelectedKernel,
+) -> Result<ScratchLayout> {
+    let padded = kernel.head_dim != p.head_dim;
     ScratchLayout::new(ScratchShape {
         batch: p.batch,
         q_heads: p.q_heads,
@@ -209,9 +218,19 @@ fn scratch_layout(p: &Problem, opts: &Options, lse: bool) -> Result<ScratchLayou
         qo_len: p.qo_len,
         kv_len: p.kv_len,
         head_dim: p.head_dim,
+        kernel_head_dim: kernel.head_dim,
         smooth_k: opts.smooth_k,
         lse_bias: opts.smooth_k && lse,
-        convert_v: p.in_dtype == DType::BF16,
+        copy_v: p.in_dtype == DType::BF16 || padded,
+        pad_output: padded,
+    })
+}
+
+/// The kernel for this problem, or the typed error when none exists.
+fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<SelectedKernel> {
+    selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
+        head_dim: p.head_dim,
+        supported: &SUPPORTED_HEAD_DIMS,
     })
 }
 
@@ -221,6 +240,7 @@ fn scratch_layout(p: &Problem, opts: &Options, lse: bool) -> Result<ScratchLayou
 pub struct Prepared {
     problem: Problem,
     opts: Options,
+    kernel: SelectedKernel,
     scratch: Scratch,
     _memory: DeviceAlloc,
 }
@@ -236,16 +256,18 @@ impl Prepared {
         opts: &Options,
     ) -> Result<Self> {
         let problem = validate_inputs(rt, q, k, v, opts)?;
-        let layout = scratch_layout(&problem, opts, opts.return_lse)?;
+        let kernel = select(rt, &problem, opts)?;
+        let layout = scratch_layout(&problem, opts, opts.return_lse, &kernel)?;
         let memory = DeviceAlloc::new(rt.stream(), layout.bytes)?;
         let scratch = Scratch {
             base: memory.ptr(),
             layout,
         };
-        enqueue_prepare(rt, q, k, v, &problem, &scratch)?;
+        enqueue_prepare(rt, q, k, v, &problem, &kernel, &scratch)?;
         Ok(Prepared {
             problem,
             opts: *opts,
+            kernel,
             scratch,
             _memory: memory,
         })
@@ -281,7 +303,7 @@ impl Prepared {
             ));
         }
         validate_output(rt, p, out, lse.as_deref(), &[("v", v)])?;
-        enqueue_attend(rt, p, &self.opts, &self.scratch, v, out, lse)
+        enqueue_attend(rt, p, &self.kernel, &self.scratch, v, out, lse)
     }
 
     /// Device addresses of the prepared buffers, for other kernels of this crate (the Hopper path).
@@ -321,11 +343,19 @@ impl Prepared {
     ) -> Result<(Vec<i8>, Vec<f32>)> {
         let p = &self.problem;
         let rows = p.batch * heads;
-        let values = download::<i8>(
+        let width = self.kernel.head_dim;
+        let stored = download::<i8>(
             rt,
             self.scratch.at(values),
-            rows * padded_len(seq, block) * p.head_dim,
+            rows * padded_len(seq, block) * width,
         )?;
+        // Rows are stored `width` wide (zero past head_dim when a wider kernel runs): return
+        // head_dim-wide rows.
+        let values = stored
+            .chunks(width)
+            .flat_map(|row| &row[..p.head_dim])
+            .copied()
+            .collect();
         let scales = download::<f32>(rt, self.scratch.at(scales), rows * seq.div_ceil(block))?;
         Ok((values, scales))
     }
@@ -378,6 +408,7 @@ fn enqueue_prepare(
     k: &TensorView,
     v: &TensorView,
     p: &Problem,
+    kernel: &SelectedKernel,
     scratch: &Scratch,
 ) -> Result<()> {
     let stream = rt.stream();
@@ -403,6 +434,8 @@ fn enqueue_prepare(
         heads: p.q_heads as u32,
         head_dim: p.head_dim as u32,
         in_bf16,
+        out_head_dim: kernel.head_dim as u32,
+        _pad: 0,
     };
     let q_threads = quant_threads(Q_BLOCK, p.head_dim) as u32;
     match (mean_ptr, l.k_partials) {
@@ -509,12 +542,14 @@ fn enqueue_prepare(
             heads: p.kv_heads as u32,
             head_dim: p.head_dim as u32,
             batch: p.batch as u32,
+            out_head_dim: kernel.head_dim as u32,
+            in_bf16,
         };
-        let chunks = p.batch * p.kv_heads * p.kv_len * p.head_dim / 8;
+        let chunks = p.batch * p.kv_heads * p.kv_len * kernel.head_dim / 8;
         let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
         launch(
             rt,
-            names::V_BF16_TO_F16,
+            names::V_TO_F16,
             (blocks, 1, 1),
             CONVERT_THREADS as u32,
             0,
@@ -524,13 +559,14 @@ fn enqueue_prepare(
     Ok(())
 }
 
-/// Enqueues the attention kernel on prepared scratch data: the sm_90a wgmma kernel on Hopper
-/// where one is compiled for this head_dim (unless [`Backend::Portable`] is asked for), else the
-/// portable mma.sync kernel.
+/// Enqueues the attention kernel `kernel` on prepared scratch data; when the kernel's head_dim is
+/// larger than the problem's (d = 96 on the d = 128 wgmma kernel, zero-padded), it writes a padded
+/// output in scratch memory and a copy kernel moves the real columns into `out`.
+#[allow(clippy::too_many_arguments)]
 fn enqueue_attend(
     rt: &Runtime,
     p: &Problem,
-    opts: &Options,
+    kernel: &SelectedKernel,
     scratch: &Scratch,
     v: &TensorView,
     out: &mut TensorViewMut,
@@ -538,15 +574,13 @@ fn enqueue_attend(
 ) -> Result<()> {
     let stream = rt.stream();
     let l = &scratch.layout;
-    let kernel = selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
-        head_dim: p.head_dim,
-        supported: &SUPPORTED_HEAD_DIMS,
-    })?;
+    let hd = kernel.head_dim;
     let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
-        Some(off) => {
-            let (d, s) = (p.head_dim as i64, p.kv_len as i64);
-            (scratch.at(off), [p.kv_heads as i64 * s * d, s * d, d], None)
-        }
+        Some(off) => (
+            scratch.at(off),
+            contiguous_strides(p.kv_heads, p.kv_len, hd),
+            None,
+        ),
         None => {
             let (ptr, guard) = v.device_ptr(stream);
             let vs = v.strides();
@@ -556,18 +590,22 @@ fn enqueue_attend(
     let os = out.strides();
     let out_bf16 = u32::from(out.dtype() == DType::BF16);
     let (o_ptr, _o_guard) = out.device_ptr_mut(stream);
+    let (kernel_o, kernel_o_stride) = match l.o_pad {
+        Some(off) => (scratch.at(off), contiguous_strides(p.q_heads, p.qo_len, hd)),
+        None => (o_ptr, [os[0], os[1], os[2]]),
+    };
     let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
     let params = AttnParams {
         q: scratch.at(l.q_i8),
         k: scratch.at(l.k_i8),
         v: v_ptr,
-        o: o_ptr,
+        o: kernel_o,
         lse: lse_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
         lse_bias: l.lse_bias.map_or(0, |off| scratch.at(off)),
         q_scale: scratch.at(l.q_scale),
         k_scale: scratch.at(l.k_scale),
         v_stride,
-        o_stride: [os[0], os[1], os[2]],
+        o_stride: kernel_o_stride,
         qo_len: p.qo_len as u32,
         kv_len: p.kv_len as u32,
         q_heads: p.q_heads as u32,
@@ -577,19 +615,47 @@ fn enqueue_attend(
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
-        // as the portable kernel's), validated and allocated as above; the guards live until
-        // after the launch.
-        return unsafe {
-            hopper::launch_hopper_attention(rt, kernel.name, p.head_dim, p.batch, &params)
-        };
+        // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
+        // until after the launch.
+        unsafe { hopper::launch_hopper_attention(rt, kernel.name, hd, p.batch, &params)? };
+    } else {
+        let grid = (
+            p.qo_len.div_ceil(cta_q(hd, kernel.pv_f32)) as u32,
+            p.q_heads as u32,
+            p.batch as u32,
+        );
+        let smem = attn_smem_bytes(hd, kernel.pv_f32) as u32;
+        launch(rt, kernel.name, grid, ATTN_THREADS as u32, smem, &params)?;
     }
-    let grid = (
-        p.qo_len.div_ceil(cta_q(p.head_dim, kernel.pv_f32)) as u32,
-        p.q_heads as u32,
-        p.batch as u32,
-    );
-    let smem = attn_smem_bytes(p.head_dim, kernel.pv_f32) as u32;
-    launch(rt, kernel.name, grid, ATTN_THREADS as u32, smem, &params)
+    if l.o_pad.is_some() {
+        let copy = ColumnCopyParams {
+            src: kernel_o,
+            dst: o_ptr,
+            src_stride: kernel_o_stride,
+            dst_stride: [os[0], os[1], os[2]],
+            batch: p.batch as u32,
+            heads: p.q_heads as u32,
+            seq: p.qo_len as u32,
+            cols: p.head_dim as u32,
+        };
+        let chunks = p.batch * p.q_heads * p.qo_len * p.head_dim / 8;
+        let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
+        launch(
+            rt,
+            names::COPY_COLUMNS,
+            (blocks, 1, 1),
+            CONVERT_THREADS as u32,
+            0,
+            &copy,
+        )?;
+    }
+    Ok(())
+}
+
+/// Element strides (batch, head, seq) of a contiguous `[b][heads][seq][width]` buffer.
+fn contiguous_strides(heads: usize, seq: usize, width: usize) -> [i64; 3] {
+    let (h, s, w) = (heads as i64, seq as i64, width as i64);
+    [h * s * w, s * w, w]
 }
 
 /// The attention kernel a call runs (see [`selected_kernel`]).
@@ -601,19 +667,27 @@ pub struct SelectedKernel {
     pub name: &'static str,
     /// Whether P·V accumulates in f32 (always on the Hopper kernel).
     pub pv_f32: bool,
+    /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
+    /// to run on it (d = 96 on the d = 128 wgmma kernel).
+    pub head_dim: usize,
 }
 
-/// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: the sm_90a
-/// wgmma kernel on Hopper (with [`Backend::Auto`]) where one exists, else the portable variant.
-/// `None` for an unsupported head_dim. The one place that decides; launches and tools call it.
+/// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
+/// [`Backend::Auto`] the sm_90a wgmma kernel (d = 96 zero-padded to the d = 128 one: a third more
+/// arithmetic, still faster than the portable kernel), else the portable variant. `None` for an
+/// unsupported head_dim. The one place that decides; launches and tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
-    let hopper = opts.backend == Backend::Auto && hopper::hopper_available(rt);
-    if hopper {
-        if let Some(name) = hopper::hopper_attention_kernel_name(head_dim, opts.causal) {
+    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
+        return None;
+    }
+    if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
+        let kernel_dim = if head_dim == 96 { 128 } else { head_dim };
+        if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal) {
             return Some(SelectedKernel {
                 module: ModuleKind::Hopper,
                 name,
                 pv_f32: true,
+                head_dim: kernel_dim,
             });
         }
     }
@@ -626,6 +700,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         module: ModuleKind::Portable,
         name,
         pv_f32,
+        head_dim,
     })
 }
 

@@ -22,13 +22,13 @@
 //! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared
 //! memory, which needs the opt-in above 48 KiB that [`Runtime`] does on first launch:
 //!
-//! | head dim | consumer warpgroups | rows per CTA | threads | shared memory |
+//! | head dim | warpgroups | rows per CTA | threads | shared memory |
 //! |---|---|---|---|---|
-//! | 64 | 3 | 192 | 416 | 1024 + 12288 + 6·12288 + 144 = 87 184 |
-//! | 128 | 2 | 128 | 288 | 1024 + 16384 + 4·24576 + 96 = 115 808 |
+//! | 64 | 4 | 256 | 512 | 1024 + 16384 + 6·12288 + 96 = 91 232 |
+//! | 128 | 3 | 192 | 384 | 1024 + 24576 + 6·24576 + 96 = 173 152 |
 //!
-//! (each consumer warpgroup owns 64 query rows; one producer warp streams K/V). Head dims 64 and
-//! 128; d = 96 stays on the portable kernel.
+//! (each warpgroup owns 64 query rows and every thread also copies its share of the K/V tiles; no
+//! producer warp). Head dims 64 and 128; d = 96 stays on the portable kernel.
 
 use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
@@ -327,13 +327,13 @@ mod tests {
         assert_eq!(hopper_attention_kernel_name(96, false), None);
         assert_eq!(hopper_attention_kernel_names().len(), 4);
         let c = hopper_launch_config(128, 1000, 32, 4);
-        assert_eq!(c.grid, (8, 32, 4));
-        assert_eq!(c.threads, 288);
+        assert_eq!(c.grid, (6, 32, 4));
+        assert_eq!(c.threads, 384);
         let c = hopper_launch_config(64, 1000, 32, 4);
-        assert_eq!((c.grid, c.threads), ((6, 32, 4), 416));
-        assert_eq!(sm90_smem_bytes(64), 1024 + 12288 + 6 * 12288 + 144);
+        assert_eq!((c.grid, c.threads), ((4, 32, 4), 512));
+        assert_eq!(sm90_smem_bytes(64), 1024 + 16384 + 6 * 12288 + 96);
         // Fits the 227 KiB per-block opt-in limit of sm_90 with room to spare.
         assert!(sm90_smem_bytes(64) <= 227 * 1024 && sm90_smem_bytes(128) <= 227 * 1024);
-        assert_eq!(sm90_smem_bytes(128), 1024 + 16384 + 4 * 24576 + 96);
+        assert_eq!(sm90_smem_bytes(128), 1024 + 24576 + 6 * 24576 + 96);
     }
 }

@@ -73,6 +73,7 @@ pub(crate) struct ScratchLayout {
     pub k_partials: Option<usize>,
     pub lse_bias: Option<usize>,
     pub v_f16: Option<usize>,
+    pub o_pad: Option<usize>,
     pub bytes: usize,
 }
 
@@ -85,9 +86,14 @@ pub(crate) struct ScratchShape {
     pub qo_len: usize,
     pub kv_len: usize,
     pub head_dim: usize,
+    /// Row width of the quantized Q/K, the V copy and the padded output (≥ head_dim).
+    pub kernel_head_dim: usize,
     pub smooth_k: bool,
     pub lse_bias: bool,
-    pub convert_v: bool,
+    /// V is copied to f16 (bf16 input, or rows padded to kernel_head_dim).
+    pub copy_v: bool,
+    /// The kernel writes a kernel_head_dim-wide output here, copied to the caller's after.
+    pub pad_output: bool,
 }
 
 impl ScratchLayout {
@@ -107,14 +113,14 @@ impl ScratchLayout {
             s.batch,
             s.q_heads,
             padded_len(s.qo_len, Q_BLOCK),
-            s.head_dim,
+            s.kernel_head_dim,
         ]))?;
         let q_scale = region(mul(&[s.batch, s.q_heads, s.qo_len.div_ceil(Q_BLOCK), 4]))?;
         let k_i8 = region(mul(&[
             s.batch,
             s.kv_heads,
             padded_len(s.kv_len, K_BLOCK),
-            s.head_dim,
+            s.kernel_head_dim,
         ]))?;
         let k_scale = region(mul(&[s.batch, s.kv_heads, s.kv_len.div_ceil(K_BLOCK), 4]))?;
         let k_mean = if s.smooth_k {
@@ -135,9 +141,24 @@ impl ScratchLayout {
         } else {
             None
         };
-        let v_f16 = if s.convert_v {
+        let v_f16 = if s.copy_v {
             Some(region(mul(&[
-                s.batch, s.kv_heads, s.kv_len, s.head_dim, 2,
+                s.batch,
+                s.kv_heads,
+                s.kv_len,
+                s.kernel_head_dim,
+                2,
+            ]))?)
+        } else {
+            None
+        };
+        let o_pad = if s.pad_output {
+            Some(region(mul(&[
+                s.batch,
+                s.q_heads,
+                s.qo_len,
+                s.kernel_head_dim,
+                2,
             ]))?)
         } else {
             None
@@ -151,6 +172,7 @@ impl ScratchLayout {
             k_partials,
             lse_bias,
             v_f16,
+            o_pad,
             bytes: end,
         })
     }
@@ -176,33 +198,41 @@ mod tests {
             qo_len: 130,
             kv_len: 65,
             head_dim: 96,
+            kernel_head_dim: 128,
             smooth_k: true,
             lse_bias: true,
-            convert_v: true,
+            copy_v: true,
+            pad_output: true,
         };
         let l = ScratchLayout::new(shape).unwrap();
         let regions = [
-            (l.q_i8, 2 * 6 * 256 * 96),
+            (l.q_i8, 2 * 6 * 256 * 128),
             (l.q_scale, 2 * 6 * 2 * 4),
-            (l.k_i8, 2 * 3 * 128 * 96),
+            (l.k_i8, 2 * 3 * 128 * 128),
             (l.k_scale, 2 * 3 * 2 * 4),
             (l.k_mean.unwrap(), 2 * 3 * 96 * 4),
+            (l.k_partials.unwrap(), 2 * 3 * 96 * 4),
             (l.lse_bias.unwrap(), 2 * 6 * 130 * 4),
-            (l.v_f16.unwrap(), 2 * 3 * 65 * 96 * 2),
+            (l.v_f16.unwrap(), 2 * 3 * 65 * 128 * 2),
+            (l.o_pad.unwrap(), 2 * 6 * 130 * 128 * 2),
         ];
         for w in regions.windows(2) {
             assert_eq!(w[0].0 % REGION_ALIGN, 0);
             assert!(w[0].0 + w[0].1 <= w[1].0, "{regions:?}");
         }
-        assert_eq!(l.bytes, regions[6].0 + regions[6].1);
+        assert_eq!(l.bytes, regions[8].0 + regions[8].1);
         let none = ScratchLayout::new(ScratchShape {
             smooth_k: false,
             lse_bias: false,
-            convert_v: false,
+            copy_v: false,
+            pad_output: false,
             ..shape
         })
         .unwrap();
-        assert_eq!((none.k_mean, none.lse_bias, none.v_f16), (None, None, None));
+        assert_eq!(
+            (none.k_mean, none.lse_bias, none.v_f16, none.o_pad),
+            (None, None, None, None)
+        );
         let huge = ScratchLayout::new(ScratchShape {
             batch: usize::MAX / 2,
             ..shape

@@ -150,7 +150,8 @@ fn every_kernel_uses_no_local_memory() {
         names::K_MEAN,
         names::QUANTIZE,
         names::QUANTIZE_Q_AND_SUM_K,
-        names::V_BF16_TO_F16,
+        names::V_TO_F16,
+        names::COPY_COLUMNS,
         names::LSE_BIAS,
     ]);
     for name in all {

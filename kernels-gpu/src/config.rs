@@ -128,8 +128,10 @@ pub mod names {
     pub const QUANTIZE_Q_AND_SUM_K: &str = "sage_quantize_q_and_sum_k";
     /// Per-row LSE correction for smoothed K.
     pub const LSE_BIAS: &str = "sage_lse_bias";
-    /// bf16 → f16 copy of V (the P·V mma runs in f16).
-    pub const V_BF16_TO_F16: &str = "sage_v_bf16_to_f16";
+    /// V to a contiguous f16 copy (bf16 converted, rows zero-padded when needed).
+    pub const V_TO_F16: &str = "sage_v_to_f16";
+    /// Copies the first columns of a padded output into the caller's output.
+    pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Single-tile mma tests (one per mma shape).
     pub const TEST_MMA_S8: &str = "sage_test_mma_s8";
     /// See [`TEST_MMA_S8`].

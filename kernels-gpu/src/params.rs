@@ -50,7 +50,7 @@ pub struct QuantParams {
     pub x: u64,
     /// f32 mean `[batch][heads][head_dim]` to subtract, or 0.
     pub mean: u64,
-    /// INT8 output `[batch][heads][padded_seq][head_dim]`.
+    /// INT8 output `[batch][heads][padded_seq][out_head_dim]`.
     pub out: u64,
     /// f32 scales `[batch][heads][blocks]`.
     pub scale: u64,
@@ -68,6 +68,11 @@ pub struct QuantParams {
     pub head_dim: u32,
     /// 1: input is bf16, 0: f16.
     pub in_bf16: u32,
+    /// Row width of the output (≥ `head_dim`, multiple of 16): columns past `head_dim` are zero,
+    /// so a kernel for a larger head_dim can run on the data (d = 96 on the d = 128 wgmma kernel).
+    pub out_head_dim: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
 }
 
 /// The K-mean kernels' parameters (segment sums, then the mean).
@@ -92,11 +97,12 @@ pub struct MeanParams {
     pub in_bf16: u32,
 }
 
-/// The bf16 → f16 V conversion kernel's parameters; output is contiguous `[b][h][seq][d]`.
+/// The V-to-f16 kernel's parameters: V (f16 or bf16, any strides) to a contiguous f16
+/// `[b][h][seq][out_head_dim]`, zero past `head_dim`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ConvertParams {
-    /// Input bf16.
+    /// Input f16 or bf16.
     pub x: u64,
     /// Output f16, contiguous.
     pub out: u64,
@@ -110,6 +116,33 @@ pub struct ConvertParams {
     pub head_dim: u32,
     /// Batch.
     pub batch: u32,
+    /// Row width of the output (≥ `head_dim`, multiple of 8).
+    pub out_head_dim: u32,
+    /// 1: input is bf16, 0: f16.
+    pub in_bf16: u32,
+}
+
+/// Copies the first `cols` columns of 16-bit rows between two strided `[b][h][seq][·]` tensors
+/// (the padded output of a larger-head_dim kernel into the caller's output).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ColumnCopyParams {
+    /// Source.
+    pub src: u64,
+    /// Destination.
+    pub dst: u64,
+    /// Source strides (batch, head, seq) in elements.
+    pub src_stride: [i64; 3],
+    /// Destination strides (batch, head, seq) in elements.
+    pub dst_stride: [i64; 3],
+    /// Batch.
+    pub batch: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Rows per head.
+    pub seq: u32,
+    /// Columns to copy (multiple of 8).
+    pub cols: u32,
 }
 
 /// Parameters of the single-tile mma tests and the Hopper smoke kernel: operand and result buffers.

@@ -680,7 +680,7 @@ pub fn pin_f32x4(x: &mut [f32; 4]) {
 pub fn pin_u64(x: &mut u64) {
     // SAFETY: emits no instruction.
     unsafe {
-        asm!("/* pin {0} */", inout(reg64) *x, options(nostack));
+        asm!("/* pin {0} */", inout(reg64) * x, options(nostack));
     }
 }
 

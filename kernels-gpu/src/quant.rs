@@ -3,7 +3,9 @@
 //! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
 
 use crate::config::{MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
-use crate::params::{ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams};
+use crate::params::{
+    ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams,
+};
 use crate::ptx;
 use crate::unroll::unroll;
 
@@ -56,29 +58,50 @@ unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     while s + (AHEAD - 1) * lanes < end {
         let mut x = [[0.0f32; 8]; AHEAD as usize];
         // SAFETY: every row s + j*16 < end <= seq and chunk < head_dim/8: inside K.
-        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) });
-        unroll::<{ AHEAD as usize }>(#[inline(always)] |j| unroll::<8>(#[inline(always)] |i| sum[i] += x[j][i]));
+        unroll::<{ AHEAD as usize }>(
+            #[inline(always)]
+            |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) },
+        );
+        unroll::<{ AHEAD as usize }>(
+            #[inline(always)]
+            |j| {
+                unroll::<8>(
+                    #[inline(always)]
+                    |i| sum[i] += x[j][i],
+                )
+            },
+        );
         s += AHEAD * lanes;
     }
     while s < end {
         // SAFETY: s < seq and chunk < head_dim/8: inside K.
         let x = unsafe { load8(row_ptr(s), bf16) };
-        unroll::<8>(#[inline(always)] |i| sum[i] += x[i]);
+        unroll::<8>(
+            #[inline(always)]
+            |i| sum[i] += x[i],
+        );
         s += lanes;
     }
     // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
     let base = ptx::smem_base();
     let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
     // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
-    unroll::<8>(#[inline(always)] |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) });
+    unroll::<8>(
+        #[inline(always)]
+        |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) },
+    );
     let mut stride = lanes / 2;
     while stride > 0 {
         ptx::sync_threads();
         if lane < stride {
-            unroll::<8>(#[inline(always)] |i| unsafe {
-                let v = ptx::ld_shared_f32(slot(lane, i)) + ptx::ld_shared_f32(slot(lane + stride, i));
-                ptx::st_shared_f32(slot(lane, i), v);
-            });
+            unroll::<8>(
+                #[inline(always)]
+                |i| unsafe {
+                    let v = ptx::ld_shared_f32(slot(lane, i))
+                        + ptx::ld_shared_f32(slot(lane + stride, i));
+                    ptx::st_shared_f32(slot(lane, i), v);
+                },
+            );
         }
         stride /= 2;
     }
@@ -87,10 +110,13 @@ unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
         let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
         let row = ((batch * p.heads + head) as u64 * segments + segment as u64) * p.head_dim as u64;
         let out = p.partials + 4 * (row + chunk as u64 * 8);
-        unroll::<8>(#[inline(always)] |i| {
-            // SAFETY: inside the [batch][heads][segments][head_dim] partials buffer.
-            unsafe { ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i))) };
-        });
+        unroll::<8>(
+            #[inline(always)]
+            |i| {
+                // SAFETY: inside the [batch][heads][segments][head_dim] partials buffer.
+                unsafe { ptx::st_global_f32(out + 4 * i as u64, ptx::ld_shared_f32(slot(0, i))) };
+            },
+        );
     }
 }
 
@@ -109,11 +135,18 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
     let mut seg = 0;
     while seg < segments {
         // SAFETY: inside the partials buffer.
-        total += unsafe { ptx::ld_global_nc_f32(p.partials + 4 * ((bh * segments + seg) * p.head_dim as u64 + d)) };
+        total += unsafe {
+            ptx::ld_global_nc_f32(p.partials + 4 * ((bh * segments + seg) * p.head_dim as u64 + d))
+        };
         seg += 1;
     }
     // SAFETY: inside the [batch][heads][head_dim] mean buffer.
-    unsafe { ptx::st_global_f32(p.mean + 4 * (bh * p.head_dim as u64 + d), total / p.seq as f32) };
+    unsafe {
+        ptx::st_global_f32(
+            p.mean + 4 * (bh * p.head_dim as u64 + d),
+            total / p.seq as f32,
+        )
+    };
 }
 
 /// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid
@@ -176,31 +209,50 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
 
     // Chunk i of this thread is c = tid + i * threads: (row, column chunk) of the block.
     let mut raw = [[0u32; 4]; QUANT_CHUNKS_PER_THREAD];
-    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
-        let c = tid + i as u32 * threads;
-        let row = row0 + c / chunks;
-        if c < total && row < p.seq {
-            let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + (c % chunks) as i64 * 8);
-            // SAFETY: row < seq, chunk < head_dim/8: inside the validated input.
-            raw[i] = unsafe { ptx::ld_global_nc_v4(ptr as u64) };
-        }
-    });
+    unroll::<QUANT_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |i| {
+            let c = tid + i as u32 * threads;
+            let row = row0 + c / chunks;
+            if c < total && row < p.seq {
+                let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + (c % chunks) as i64 * 8);
+                // SAFETY: row < seq, chunk < head_dim/8: inside the validated input.
+                raw[i] = unsafe { ptx::ld_global_nc_v4(ptr as u64) };
+            }
+        },
+    );
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
     let values = |raw: &[u32; 4], chunk: u32| -> [f32; 8] {
         let mut x = [0.0f32; 8];
-        unroll::<4>(#[inline(always)] |j| {
-            let (lo, hi) = if bf16 { ptx::unpack_bf16x2(raw[j]) } else { ptx::unpack_f16x2(raw[j]) };
-            x[2 * j] = lo;
-            x[2 * j + 1] = hi;
-        });
+        unroll::<4>(
+            #[inline(always)]
+            |j| {
+                let (lo, hi) = if bf16 {
+                    ptx::unpack_bf16x2(raw[j])
+                } else {
+                    ptx::unpack_f16x2(raw[j])
+                };
+                x[2 * j] = lo;
+                x[2 * j + 1] = hi;
+            },
+        );
         if p.mean != 0 {
             // SAFETY: inside the [batch][heads][head_dim] mean buffer (16-byte aligned rows).
             let m = unsafe {
-                [ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64), ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16)]
+                [
+                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64),
+                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16),
+                ]
             };
-            unroll::<8>(#[inline(always)] |i| x[i] -= f32::from_bits(m[i / 4][i % 4]));
+            unroll::<8>(
+                #[inline(always)]
+                |i| x[i] -= f32::from_bits(m[i / 4][i % 4]),
+            );
         } else {
-            unroll::<8>(#[inline(always)] |i| x[i] *= p.mult);
+            unroll::<8>(
+                #[inline(always)]
+                |i| x[i] *= p.mult,
+            );
         }
         x
     };
@@ -210,12 +262,18 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     };
 
     let mut amax = 0.0f32;
-    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
-        if in_range(i) {
-            let v = values(&raw[i], (tid + i as u32 * threads) % chunks);
-            unroll::<8>(#[inline(always)] |e| amax = ptx::max_nan(amax, ptx::abs(v[e])));
-        }
-    });
+    unroll::<QUANT_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |i| {
+            if in_range(i) {
+                let v = values(&raw[i], (tid + i as u32 * threads) % chunks);
+                unroll::<8>(
+                    #[inline(always)]
+                    |e| amax = ptx::max_nan(amax, ptx::abs(v[e])),
+                );
+            }
+        },
+    );
     // Block-wide NaN-propagating max: warp butterfly, then one slot per warp.
     let mut m = amax;
     let mut mask = 16;
@@ -248,59 +306,106 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     }
 
     let padded = blocks * p.block as u64;
-    let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.head_dim as u64;
-    unroll::<QUANT_CHUNKS_PER_THREAD>(#[inline(always)] |i| {
-        let c = tid + i as u32 * threads;
-        if c < total {
-            let (row, chunk) = (row0 + c / chunks, c % chunks);
-            let mut packed = [0u32; 2];
-            if row < p.seq {
-                let v = values(&raw[i], chunk);
-                unroll::<8>(#[inline(always)] |e| {
-                    let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
-                    packed[e / 4] |= q << (8 * (e % 4));
-                });
+    let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.out_head_dim as u64;
+    unroll::<QUANT_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |i| {
+            let c = tid + i as u32 * threads;
+            if c < total {
+                let (row, chunk) = (row0 + c / chunks, c % chunks);
+                let mut packed = [0u32; 2];
+                if row < p.seq {
+                    let v = values(&raw[i], chunk);
+                    unroll::<8>(
+                        #[inline(always)]
+                        |e| {
+                            let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
+                            packed[e / 4] |= q << (8 * (e % 4));
+                        },
+                    );
+                }
+                // Rows past the sequence end (padding up to the block) are stored as zeros.
+                let dst = out_head + row as u64 * p.out_head_dim as u64 + chunk as u64 * 8;
+                // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
+                unsafe { ptx::st_global_v2(dst, packed) };
             }
-            // Rows past the sequence end (padding up to the block) are stored as zeros.
-            let dst = out_head + row as u64 * p.head_dim as u64 + chunk as u64 * 8;
-            // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
-            unsafe { ptx::st_global_v2(dst, packed) };
-        }
-    });
+        },
+    );
+    // Columns past head_dim (when a larger-head_dim kernel runs on this data) are zero.
+    let pad_chunks = (p.out_head_dim - p.head_dim) / 8;
+    let mut c = tid;
+    while c < p.block * pad_chunks {
+        let row = row0 + c / pad_chunks;
+        let chunk = chunks + c % pad_chunks;
+        let dst = out_head + row as u64 * p.out_head_dim as u64 + chunk as u64 * 8;
+        // SAFETY: row < padded length and chunk < out_head_dim / 8: inside the INT8 buffer.
+        unsafe { ptx::st_global_v2(dst, [0, 0]) };
+        c += threads;
+    }
 }
 
-/// Copies bf16 V to a contiguous f16 buffer (the P·V mma takes f16). Grid-stride over 16-byte chunks.
+/// Copies V (f16 or bf16) to a contiguous f16 buffer `[b][h][seq][out_head_dim]`, zero past
+/// `head_dim` (the P·V mma takes f16; the padding lets a larger-head_dim kernel run). Grid-stride
+/// over 16-byte output chunks.
 ///
 /// # Safety
 /// Launched by the host with validated parameters.
 #[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_v_bf16_to_f16(p: ConvertParams) {
-    let chunks = (p.head_dim / 8) as u64;
+pub unsafe extern "ptx-kernel" fn sage_v_to_f16(p: ConvertParams) {
+    let in_chunks = (p.head_dim / 8) as u64;
+    let chunks = (p.out_head_dim / 8) as u64;
     let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
     let total = rows * chunks;
     let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
     let mut c = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
     while c < total {
-        let row = c / chunks;
-        let chunk = c % chunks;
+        let (row, chunk) = (c / chunks, c % chunks);
         let s = row % p.seq as u64;
         let bh = row / p.seq as u64;
         let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
-        let src = p.x as i64
-            + 2 * (b as i64 * p.x_stride[0]
-                + h as i64 * p.x_stride[1]
-                + s as i64 * p.x_stride[2]
-                + chunk as i64 * 8);
-        // SAFETY: indices inside the validated input and the contiguous output.
+        let mut out = [0u32; 4];
+        if chunk < in_chunks {
+            let src = p.x as i64
+                + 2 * (b as i64 * p.x_stride[0]
+                    + h as i64 * p.x_stride[1]
+                    + s as i64 * p.x_stride[2]
+                    + chunk as i64 * 8);
+            // SAFETY: indices inside the validated input.
+            let raw = unsafe { ptx::ld_global_nc_v4(src as u64) };
+            out = if p.in_bf16 != 0 {
+                raw.map(ptx::bf16x2_to_f16x2)
+            } else {
+                raw
+            };
+        }
+        // SAFETY: c < total: inside the contiguous output.
+        unsafe { ptx::st_global_v4(p.out + 16 * c, out) };
+        c += step;
+    }
+}
+
+/// Copies the first `cols` columns of every row from `src` to `dst` (16-bit elements, 16-byte
+/// chunks), both strided `[b][h][seq][·]`. Grid-stride.
+///
+/// # Safety
+/// Launched by the host with validated parameters.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_copy_columns(p: ColumnCopyParams) {
+    let chunks = (p.cols / 8) as u64;
+    let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
+    let total = rows * chunks;
+    let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
+    let mut c = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
+    while c < total {
+        let (row, chunk) = (c / chunks, c % chunks);
+        let s = (row % p.seq as u64) as i64;
+        let bh = row / p.seq as u64;
+        let (b, h) = ((bh / p.heads as u64) as i64, (bh % p.heads as u64) as i64);
+        let offset = |st: [i64; 3]| 2 * (b * st[0] + h * st[1] + s * st[2] + chunk as i64 * 8);
+        // SAFETY: indices inside both validated tensors; 16-byte aligned rows.
         unsafe {
-            let raw = ptx::ld_global_nc_v4(src as u64);
-            let out = [
-                ptx::bf16x2_to_f16x2(raw[0]),
-                ptx::bf16x2_to_f16x2(raw[1]),
-                ptx::bf16x2_to_f16x2(raw[2]),
-                ptx::bf16x2_to_f16x2(raw[3]),
-            ];
-            ptx::st_global_v4(p.out + 16 * c, out);
+            let v = ptx::ld_global_nc_v4((p.src as i64 + offset(p.src_stride)) as u64);
+            ptx::st_global_v4((p.dst as i64 + offset(p.dst_stride)) as u64, v);
         }
         c += step;
     }

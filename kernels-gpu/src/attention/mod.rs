@@ -98,8 +98,15 @@ unsafe fn attention<
 ) {
     const {
         assert!(KS * 32 == HD && NP * 16 == HD && NT * 8 == HD);
-        assert!(MT == m_tiles(HD, PV_F32) && KT * 8 == cta_k(HD, PV_F32) && KK * 16 == cta_k(HD, PV_F32));
-        assert!(K_BLOCK % cta_k(HD, PV_F32) == 0, "a key tile must share one K scale");
+        assert!(
+            MT == m_tiles(HD, PV_F32)
+                && KT * 8 == cta_k(HD, PV_F32)
+                && KK * 16 == cta_k(HD, PV_F32)
+        );
+        assert!(
+            K_BLOCK % cta_k(HD, PV_F32) == 0,
+            "a key tile must share one K scale"
+        );
         assert!(
             Q_BLOCK % cta_q(HD, PV_F32) == 0,
             "a CTA's rows must share one Q scale"

@@ -8,20 +8,23 @@
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD)` consumer warpgroups (3 for d = 64, 2
-//! for d = 128) of 64 query rows each, then one producer warp (warp 4W). Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with three
-//! mbarriers: `full_k[s]` and `full_v[s]` (32 arrivals: the producer's lanes, through
-//! `cp.async.mbarrier.arrive.noinc`, i.e. when their copies have landed) and `empty[s]` (one
-//! arrival per consumer warp: its lane 0 once its warpgroup's wgmmas reading the stage are done).
-//! Tile `t` uses stage `t % S` in round `t / S`; waiting for round r's completion uses parity
-//! `r & 1`.
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD)` warpgroups (3 for d = 128, 4 for
+//! d = 64) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
+//! chunks of each K/V tile with cp.async (a producer warp would make the CTA 32 threads more than a
+//! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
+//! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
+//! either). Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with two mbarriers:
+//! `full[s]` (one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its
+//! copies have landed) and `empty[s]` (one arrival per warp: its lane 0 once its warpgroup's
+//! wgmmas reading the stage are done). Tile `t` uses stage `t % S` in round `t / S`; waiting for
+//! round r's completion uses parity `r & 1`. Step t copies tile `t + 3` (see [`LOOKAHEAD`]).
 //!
 //! Each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
 //! intra-warpgroup pipelining): step t issues `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}` together,
 //! waits for `S_t` alone, runs the softmax of tile t while the P·V wgmma still runs, then waits for
-//! it and rescales O (skipped when no row max of the warp moved). The warpgroups are not
-//! synchronised with each other except through the stage barriers, so one's softmax also overlaps
-//! the others' wgmmas.
+//! it and rescales O (skipped when no row max of the warp moved). Across warpgroups, pingpong
+//! scheduling (named barriers, see [`PINGPONG`]) makes them issue their wgmmas in turn, so that
+//! one's softmax overlaps the others' wgmmas.
 //!
 //! Three things ptxas does not see through, each handled where it happens: (1) the wgmma issue
 //! sequence must contain no other instruction defining its inputs (descriptors are computed and
@@ -33,11 +36,11 @@
 
 use super::config::{
     SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_q, sm90_k_offset,
-    sm90_k_stage_bytes, sm90_producer_warp, sm90_stages, sm90_v_offset, sm90_v_stage_bytes,
+    sm90_k_stage_bytes, sm90_stages, sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
 };
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, V_BLOCK_BYTES, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc,
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc,
 };
 use super::softmax::OnlineSoftmax;
 use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
@@ -47,17 +50,15 @@ use crate::unroll::unroll;
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Pingpong scheduling of the consumer warpgroups (FlashAttention-3): each warpgroup issues its
-/// wgmmas only in its turn, a named barrier per warpgroup (`SCHED_BAR0 + wg`, 256 threads: the
-/// waiting warpgroup and the one before it) passing the turn round-robin right after the issue, so
-/// that one warpgroup's softmax runs while the others' wgmmas occupy the tensor cores. On for the
-/// 3-warpgroup d = 64 kernel (H200: 407 → 425 TOPS); off for d = 128's two warpgroups (neutral
-/// non-causal, −2% causal), see docs/perf-notes.md.
-const fn pingpong(head_dim: usize) -> bool {
-    sm90_consumer_warpgroups(head_dim) >= 3
-}
-/// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=3 the per-warpgroup Q barriers).
-const SCHED_BAR0: u32 = 4;
+/// Pingpong scheduling of the warpgroups (FlashAttention-3): each warpgroup issues its wgmmas
+/// only in its turn, a named barrier per warpgroup (`SCHED_BAR0 + wg`, 256 threads: the waiting
+/// warpgroup and the one before it) passing the turn round-robin right after the issue, so that
+/// one warpgroup's softmax runs while the others' wgmmas occupy the tensor cores. Measured on an
+/// H200 (docs/perf-notes.md, v2): with 3 or 4 warpgroups it gains 3–5%; with d = 128's former two
+/// it was neutral (−2% causal).
+const PINGPONG: bool = true;
+/// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
+const SCHED_BAR0: u32 = 5;
 
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
 struct Geometry {
@@ -145,16 +146,12 @@ impl<const HD: usize> Smem<HD> {
         self.v0 + s * sm90_v_stage_bytes(HD) as u32
     }
     #[inline(always)]
-    fn full_k(self, s: u32) -> u32 {
+    fn full(self, s: u32) -> u32 {
         self.bars + 8 * s
     }
     #[inline(always)]
-    fn full_v(self, s: u32) -> u32 {
-        self.bars + 8 * (Self::S + s)
-    }
-    #[inline(always)]
     fn empty(self, s: u32) -> u32 {
-        self.bars + 8 * (2 * Self::S + s)
+        self.bars + 8 * (Self::S + s)
     }
 }
 
@@ -171,6 +168,8 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
+        // Tile t + LOOKAHEAD overwrites tile t + LOOKAHEAD - S, released in step t - 1 or before.
+        assert!(sm90_stages(HD) as u32 >= LOOKAHEAD + 3 && sm90_stages(HD) <= 8);
     };
     let geo = Geometry::new::<HD, CAUSAL>(p);
     let sm = Smem::<HD>::new();
@@ -182,8 +181,7 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
                 if (s as u32) < Smem::<HD>::S {
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
-                        ptx::mbarrier_init(sm.full_k(s as u32), 32);
-                        ptx::mbarrier_init(sm.full_v(s as u32), 32);
+                        ptx::mbarrier_init(sm.full(s as u32), sm90_threads(HD) as u32);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
                             4 * sm90_consumer_warpgroups(HD) as u32,
@@ -195,125 +193,8 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
     }
     ptx::sync_threads();
 
-    if tid >> 5 == sm90_producer_warp(HD) as u32 {
-        // SAFETY: as for the kernel.
-        unsafe { produce::<HD, NT, KS>(p, &geo, sm, tid & 31) };
-    } else {
-        // SAFETY: as for the kernel.
-        unsafe { consume::<HD, KS, NT, CAUSAL>(p, &geo, sm, tid) };
-    }
-}
-
-/// The producer warp: streams K and V tiles 0..n_tiles into the stages.
-///
-/// Lane → 16-byte chunk mapping (chosen so that each copy's shared and global addresses are a
-/// per-lane base plus a compile-time constant, folded into the instruction's immediate: one
-/// `LDGSTS` per copy): lane l covers row `l % 8` of each 8-row group and chunks `l / 8 + 4i`, so
-/// the swizzle phase `row % 8` is the lane's own. Every warp-wide copy writes 8 rows × 64 bytes:
-/// 4 shared-memory wavefronts, the minimum for 512 bytes.
-///
-/// `KJ = HD / 8` K copies per lane per tile, `VQ = HD / 32` V copies per lane per 8-key group.
-#[inline(always)]
-unsafe fn produce<const HD: usize, const KJ: usize, const VQ: usize>(
-    p: &AttnParams,
-    geo: &Geometry,
-    sm: Smem<HD>,
-    lane: u32,
-) {
-    const { assert!(KJ * 8 == HD && VQ * 32 == HD) };
-    let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
-    let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-    let (r8, q4) = (lane & 7, lane >> 3);
-    // K: per-lane shared bases (two swizzle phases) and global offset.
-    let (k_sbase, k_glane) = if HD == 128 {
-        // 8 chunks per 128-byte row: copy j = row group j/2, chunks q4 + 4(j%2).
-        let b = |x: u32| r8 * 128 + (((q4 ^ r8) ^ (4 * x)) << 4);
-        ([b(0), b(1)], (r8 * 128 + 16 * q4) as u64)
-    } else {
-        // 4 chunks per 64-byte row (64-byte swizzle): copy j = rows lane/4 + 8j, chunk lane%4.
-        let (row, c) = (lane >> 2, lane & 3);
-        let b = row * 64 + ((c ^ ((row >> 1) & 3)) << 4);
-        ([b, b], (row * 64 + 16 * c) as u64)
-    };
-    let k_head = p.k + kv_head * padded_k * HD as u64 + k_glane;
-    // V: 8-key groups g; within a group, copy jj covers chunks q4 + 4jj of key row r8.
-    let v_sbase = [0u32, 1].map(|x| r8 * 128 + (((q4 ^ r8) ^ (4 * x)) << 4));
-    let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
-    let v_row_bytes = 2 * p.v_stride[2] as u64;
-    let v_lane = (p.v as i64 + 2 * v_head) as u64 + r8 as u64 * v_row_bytes + 16 * q4 as u64;
-    let s_count = Smem::<HD>::S;
-    for t in 0..geo.n_tiles {
-        let (s, round) = (t % s_count, t / s_count);
-        if round > 0 {
-            // SAFETY: an initialised barrier.
-            unsafe { ptx::mbarrier_wait_parity(sm.empty(s), (round - 1) & 1) };
-        }
-        let k_dst = sm.k_stage(s);
-        let k_src = k_head + (t as u64) * (SM90_CTA_K * HD) as u64;
-        unroll::<KJ>(
-            #[inline(always)]
-            |j| {
-                let j = j as u32;
-                let (soff, goff) = if HD == 128 {
-                    (
-                        k_sbase[(j & 1) as usize] + 1024 * (j >> 1),
-                        1024 * (j >> 1) + 64 * (j & 1),
-                    )
-                } else {
-                    (k_sbase[0] + 512 * j, 512 * j)
-                };
-                // SAFETY: K is padded to whole 64-row tiles.
-                unsafe { ptx::cp_async_16(k_dst + soff, k_src + goff as u64) };
-            },
-        );
-        // SAFETY: an initialised barrier.
-        unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_k(s)) };
-        let v_dst = sm.v_stage(s);
-        let key0 = t * SM90_CTA_K as u32;
-        let v_copy = |g: u32, jj: u32| {
-            let dst = v_dst + v_sbase[(jj & 1) as usize] + (jj >> 1) * V_BLOCK_BYTES + 1024 * g;
-            let src = v_lane + (key0 + 8 * g) as u64 * v_row_bytes + 64 * jj as u64;
-            (dst, src)
-        };
-        if key0 + SM90_CTA_K as u32 <= p.kv_len {
-            unroll::<8>(
-                #[inline(always)]
-                |g| {
-                    unroll::<VQ>(
-                        #[inline(always)]
-                        |jj| {
-                            let (dst, src) = v_copy(g as u32, jj as u32);
-                            // SAFETY: every key of the tile is inside V.
-                            unsafe { ptx::cp_async_16(dst, src) };
-                        },
-                    );
-                },
-            );
-        } else {
-            // The sequence's last, partial tile: keys past kv_len are zero-filled (nothing is read,
-            // and the address is replaced by the head's first row).
-            unroll::<8>(
-                #[inline(always)]
-                |g| {
-                    let inside = key0 + 8 * g as u32 + r8 < p.kv_len;
-                    unroll::<VQ>(
-                        #[inline(always)]
-                        |jj| {
-                            let (dst, src) = v_copy(g as u32, jj as u32);
-                            let (src, bytes) = if inside { (src, 16) } else { (v_lane, 0) };
-                            // SAFETY: see above.
-                            unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
-                        },
-                    );
-                },
-            );
-        }
-        // SAFETY: an initialised barrier.
-        unsafe { ptx::cp_async_mbarrier_arrive_noinc(sm.full_v(s)) };
-    }
-    // Leave no copy in flight when the warp exits.
-    ptx::cp_async_commit();
-    ptx::cp_async_wait::<0>();
+    // SAFETY: as for the kernel.
+    unsafe { consume::<HD, KS, NT, CAUSAL>(p, &geo, sm, tid) };
 }
 
 /// Per-warpgroup constants of the consumer loop.
@@ -332,13 +213,25 @@ struct Consumer<const HD: usize> {
     lane: u32,
     /// This consumer warpgroup's index.
     wg: u32,
+    /// Thread index in the CTA (all threads copy K/V tiles).
+    tid: u32,
+    /// This (batch, kv head)'s K (padded, INT8) and V (f16, first row) in global memory.
+    k_head: u64,
+    v_head: u64,
+    v_row_bytes: u64,
+    n_tiles: u32,
 }
+
+/// Tiles copied ahead of the one being computed: tile `t + LOOKAHEAD` is issued in step t into the
+/// stage of tile `t + LOOKAHEAD - S`, which every warpgroup released in its step t - 1 (with
+/// `S - LOOKAHEAD = 3`), so the wait for it rarely blocks.
+const LOOKAHEAD: u32 = 3;
 
 impl<const HD: usize> Consumer<HD> {
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
-        if pingpong(HD) {
+        if PINGPONG {
             ptx::named_barrier_sync(SCHED_BAR0 + self.wg, 256);
         }
     }
@@ -346,27 +239,87 @@ impl<const HD: usize> Consumer<HD> {
     /// Pingpong: passes the turn to the next warpgroup (after this one's wgmmas are issued).
     #[inline(always)]
     fn sched_pass(&self) {
-        if pingpong(HD) {
+        if PINGPONG {
             let w = sm90_consumer_warpgroups(HD) as u32;
             let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
             ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
         }
     }
 
-    /// Waits until K tile `t` is in shared memory (follow with [`Self::make_visible`]).
+    /// Copies K and V tile `u` into its stage (every thread of the CTA: `HD/32` 16-byte copies
+    /// each), after the stage's previous tile has been released; completion is signalled on
+    /// `full` through `cp.async.mbarrier.arrive.noinc`.
+    #[inline(always)]
+    fn copy_tile(&self, u: u32) {
+        let s_count = Smem::<HD>::S;
+        let (s, round) = (u % s_count, u / s_count);
+        if round > 0 {
+            // SAFETY: an initialised barrier.
+            unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
+        }
+        let threads = sm90_threads(HD) as u32;
+        let k_chunks = (SM90_CTA_K * HD / 16) as u32;
+        let key0 = u * SM90_CTA_K as u32;
+        let k_src = self.k_head + (u as u64) * (SM90_CTA_K * HD) as u64;
+        let full_tile = key0 + SM90_CTA_K as u32 <= self.kv_len;
+        // 16-byte chunks of a K and a V tile: 12·HD, i.e. HD/32 per thread with 384 threads.
+        let chunks = 3 * k_chunks;
+        unroll::<{ 128 / 32 }>(
+            #[inline(always)]
+            |j| {
+                let c = self.tid + threads * j as u32;
+                if (j as u32) < chunks.div_ceil(threads) && c < chunks {
+                    if c < k_chunks {
+                        let cpr = (HD / 16) as u32;
+                        let (r, col) = (c / cpr, c % cpr);
+                        // SAFETY: K is padded to whole 64-row tiles.
+                        unsafe {
+                            ptx::cp_async_16(
+                                self.sm.k_stage(s) + kmajor_offset::<HD>(r, col),
+                                k_src + (r * HD as u32 + 16 * col) as u64,
+                            )
+                        };
+                    } else {
+                        let c = c - k_chunks;
+                        let cpr = (HD / 8) as u32;
+                        let (r, col) = (c / cpr, c % cpr);
+                        let dst = self.sm.v_stage(s) + smem::v_offset(r, col);
+                        let src = self.v_head
+                            + (key0 + r) as u64 * self.v_row_bytes
+                            + 16 * col as u64;
+                        if full_tile {
+                            // SAFETY: every key of the tile is inside V.
+                            unsafe { ptx::cp_async_16(dst, src) };
+                        } else {
+                            // The sequence's last, partial tile: keys past kv_len are zero-filled
+                            // (nothing is read; the address is replaced by the head's first row).
+                            let (src, bytes) =
+                                if key0 + r < self.kv_len { (src, 16) } else { (self.v_head, 0) };
+                            // SAFETY: see above.
+                            unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
+                        }
+                    }
+                }
+            },
+        );
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
+    }
+
+    /// Copies tile `u` if it exists.
+    #[inline(always)]
+    fn copy_ahead(&self, u: u32) {
+        if u < self.n_tiles {
+            self.copy_tile(u);
+        }
+    }
+
+    /// Waits until K and V tile `t` are in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_k(&self, t: u32) {
         let s = Smem::<HD>::S;
         // SAFETY: an initialised barrier.
-        unsafe { ptx::mbarrier_wait_parity(self.sm.full_k(t % s), (t / s) & 1) };
-    }
-
-    /// Waits until V tile `t` is in shared memory (follow with [`Self::make_visible`]).
-    #[inline(always)]
-    fn wait_v(&self, t: u32) {
-        let s = Smem::<HD>::S;
-        // SAFETY: an initialised barrier.
-        unsafe { ptx::mbarrier_wait_parity(self.sm.full_v(t % s), (t / s) & 1) };
+        unsafe { ptx::mbarrier_wait_parity(self.sm.full(t % s), (t / s) & 1) };
     }
 
     /// Makes the tiles the waits above observed (written by cp.async, i.e. the generic proxy)
@@ -378,7 +331,7 @@ impl<const HD: usize> Consumer<HD> {
         ptx::fence_proxy_async_shared();
     }
 
-    /// Hands the stage of tile `t` back to the producer (after this warpgroup's last wgmma on it
+    /// Hands the stage of tile `t` back to the copies (after this warpgroup's last wgmma on it
     /// has completed).
     #[inline(always)]
     fn release(&self, t: u32) {
@@ -478,6 +431,7 @@ impl<const HD: usize> Consumer<HD> {
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
         self.sched_pass();
+        self.copy_ahead(LOOKAHEAD);
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
         pack_probs(&self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0)
@@ -495,7 +449,7 @@ impl<const HD: usize> Consumer<HD> {
         softmax: &mut OnlineSoftmax,
         k_scale_t: &mut f32,
     ) {
-        self.wait_v(t - 1);
+        // V_{t-1} arrived with K_{t-1} (one barrier per stage), waited for in step t-1.
         self.wait_k(t);
         self.make_visible();
         let k_scale = *k_scale_t;
@@ -515,6 +469,7 @@ impl<const HD: usize> Consumer<HD> {
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         self.sched_pass();
+        self.copy_ahead(t + LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
         let (mut next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
@@ -553,8 +508,7 @@ impl<const HD: usize> Consumer<HD> {
     /// The last `O += P·V` (tile `t`).
     #[inline(always)]
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
-        self.wait_v(t);
-        self.make_visible();
+        // V_t arrived with K_t, waited for (and made visible) in the step of tile t.
         if t >= 1 {
             self.release(t - 1);
         }
@@ -564,7 +518,7 @@ impl<const HD: usize> Consumer<HD> {
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
-        // Tile t's stage is never reused: the producer has no tile left to load.
+        // Tile t's stage is never reused: no tile is left to load.
     }
 }
 
@@ -643,10 +597,9 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
         // SAFETY: q_scale_idx < batch * q_heads * q_blocks.
         let q_scale = unsafe { ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx) };
-        ptx::cp_async_wait::<0>();
-        ptx::fence_proxy_async_shared();
-        ptx::named_barrier_sync(1 + wg, 128);
-
+        let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
+        let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+        let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
         let c = Consumer::<HD> {
             sm,
             q_desc: kmajor_desc::<HD>(q_dst),
@@ -658,8 +611,22 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             last_tile: geo.n_tiles - 1,
             lane,
             wg,
+            tid,
+            k_head: p.k + kv_head * padded_k * HD as u64,
+            v_head: (p.v as i64 + 2 * v_head) as u64,
+            v_row_bytes: 2 * p.v_stride[2] as u64,
+            n_tiles: geo.n_tiles,
         };
-        if pingpong(HD) && wg == 0 {
+        // The first tiles (not in a cp.async group: the wait below is for Q only).
+        unroll::<{ LOOKAHEAD as usize }>(
+            #[inline(always)]
+            |u| c.copy_ahead(u as u32),
+        );
+        ptx::cp_async_wait::<0>();
+        ptx::fence_proxy_async_shared();
+        ptx::named_barrier_sync(1 + wg, 128);
+
+        if PINGPONG && wg == 0 {
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }

@@ -2,22 +2,24 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d)` consumer warpgroups (2 for d = 128, 3 for d = 64) of
-//! 64 query rows each (a warpgroup's rows share one 128-row Q quantization block); the warp after
-//! them is the producer, which streams 64-key K/V tiles into `sm90_stages(head_dim)` shared-memory stages with cp.async and
-//! mbarriers. Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle
-//! period): Q tile, the K stages, the V stages, then the mbarriers.
+//! CTA layout: `sm90_consumer_warpgroups(d)` warpgroups (3 for d = 128, 4 for d = 64) of 64 query
+//! rows each (a warpgroup's rows share one 128-row Q quantization block), and no producer warp:
+//! every thread also issues its share of the cp.async copies of the 64-key K/V tiles, into
+//! `sm90_stages(head_dim)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
+//! base rounded up to 1024 bytes, the 128-byte swizzle period): Q tile, the K stages, the V stages,
+//! then the mbarriers.
 
 #![allow(dead_code)] // each side (device, host) uses a different subset
 
-/// Consumer warpgroups per CTA; each owns 64 query rows. d = 64 uses three: its tiles carry half
-/// the tensor work of d = 128 for the same softmax, so the CTA needs more warps to hide the
-/// softmax's latency (and its 117 registers fit 416 threads); d = 128 (153 registers) keeps two.
+/// Warpgroups per CTA; each owns 64 query rows. With no producer warp the CTA is a multiple of
+/// 128 threads, so the register cap at entry (one CTA per SM) is 168 for 384 threads and 128 for
+/// 512: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which hides more of its
+/// softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the same softmax).
 pub const fn sm90_consumer_warpgroups(head_dim: usize) -> usize {
     if head_dim > 64 {
-        2
-    } else {
         3
+    } else {
+        4
     }
 }
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
@@ -26,13 +28,9 @@ pub const fn sm90_cta_q(head_dim: usize) -> usize {
 }
 /// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
-/// Index of the producer warp (the warp after the consumer warpgroups).
-pub const fn sm90_producer_warp(head_dim: usize) -> usize {
-    4 * sm90_consumer_warpgroups(head_dim)
-}
-/// Threads per CTA: the consumer warpgroups and one producer warp.
+/// Threads per CTA: the warpgroups (each thread computes and copies).
 pub const fn sm90_threads(head_dim: usize) -> usize {
-    128 * sm90_consumer_warpgroups(head_dim) + 32
+    128 * sm90_consumer_warpgroups(head_dim)
 }
 /// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
@@ -40,13 +38,10 @@ pub const SM90_SMEM_ALIGN: usize = 1024;
 /// Head dimensions with an sm_90a kernel.
 pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// K/V pipeline stages.
+/// K/V pipeline stages (tile t + 3 is copied while tile t is computed; see the kernel).
 pub const fn sm90_stages(head_dim: usize) -> usize {
-    if head_dim > 64 {
-        4
-    } else {
-        6
-    }
+    let _ = head_dim;
+    6
 }
 
 /// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
@@ -74,15 +69,14 @@ pub const fn sm90_v_offset(head_dim: usize) -> usize {
     sm90_k_offset(head_dim) + sm90_stages(head_dim) * sm90_k_stage_bytes(head_dim)
 }
 
-/// Offset of the mbarriers from the aligned base: `full_k[stages]`, `full_v[stages]`,
-/// `empty[stages]`, 8 bytes each.
+/// Offset of the mbarriers from the aligned base: `full[stages]`, `empty[stages]`, 8 bytes each.
 pub const fn sm90_barrier_offset(head_dim: usize) -> usize {
     sm90_v_offset(head_dim) + sm90_stages(head_dim) * sm90_v_stage_bytes(head_dim)
 }
 
 /// Dynamic shared memory to launch with (includes the slack for aligning the base).
 pub const fn sm90_smem_bytes(head_dim: usize) -> usize {
-    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim) + 3 * 8 * sm90_stages(head_dim)
+    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim) + 2 * 8 * sm90_stages(head_dim)
 }
 
 /// Calls `$m!(name, head_dim, causal)` once per sm_90a attention entry. The device crate stamps

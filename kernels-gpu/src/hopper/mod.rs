@@ -1,8 +1,8 @@
 //! The Hopper (sm_90a) module: the wgmma SageAttention kernel and its single-tile tests.
 //!
 //! Read order: `config` (launch constants shared with `host/hopper.rs`) → `attention` (the kernel:
-//! a producer warp + 2 or 3 consumer warpgroups, mbarrier pipeline, intra-warpgroup overlap of
-//! softmax and P·V) → `smem` (swizzled tile layouts, wgmma descriptors, issue helpers) → `softmax` →
+//! 3 or 4 warpgroups that compute and copy, mbarrier pipeline, intra-warpgroup overlap of
+//! softmax and P·V, pingpong between warpgroups) → `smem` (swizzled tile layouts, wgmma descriptors, issue helpers) → `softmax` →
 //! `selftest` (single-tile wgmma tests). The PTX wrappers (wgmma, mbarrier, proxy fences) are in the
 //! Hopper section at the end of `ptx.rs`.
 
