@@ -331,16 +331,18 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
             }
         },
     );
-    // Columns past head_dim (when a larger-head_dim kernel runs on this data) are zero.
-    let pad_chunks = (p.out_head_dim - p.head_dim) / 8;
-    let mut c = tid;
-    while c < p.block * pad_chunks {
-        let row = row0 + c / pad_chunks;
-        let chunk = chunks + c % pad_chunks;
-        let dst = out_head + row as u64 * p.out_head_dim as u64 + chunk as u64 * 8;
-        // SAFETY: row < padded length and chunk < out_head_dim / 8: inside the INT8 buffer.
-        unsafe { ptx::st_global_v2(dst, [0, 0]) };
-        c += threads;
+    // Columns past head_dim (when a larger-head_dim kernel runs on this data) are zero: one
+    // thread per row (no division by the run-time pad width).
+    let mut row = row0 + tid;
+    while p.out_head_dim > p.head_dim && row < row0 + p.block {
+        let mut col = p.head_dim;
+        while col < p.out_head_dim {
+            let dst = out_head + row as u64 * p.out_head_dim as u64 + col as u64;
+            // SAFETY: row < padded length and col < out_head_dim: inside the INT8 buffer.
+            unsafe { ptx::st_global_v2(dst, [0, 0]) };
+            col += 8;
+        }
+        row += threads;
     }
 }
 

@@ -38,10 +38,11 @@ pub const SM90_SMEM_ALIGN: usize = 1024;
 /// Head dimensions with an sm_90a kernel.
 pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// K/V pipeline stages (tile t + 3 is copied while tile t is computed; see the kernel).
+/// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
+/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have.
 pub const fn sm90_stages(head_dim: usize) -> usize {
     let _ = head_dim;
-    6
+    8
 }
 
 /// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
