@@ -306,19 +306,6 @@ impl Prepared {
         enqueue_attend(rt, p, &self.kernel, &self.scratch, v, out, lse)
     }
 
-    /// Device addresses of the prepared buffers, for other kernels of this crate (the Hopper path).
-    pub(crate) fn device_pointers(&self) -> PreparedPointers {
-        let (sc, l) = (&self.scratch, &self.scratch.layout);
-        PreparedPointers {
-            q_i8: sc.at(l.q_i8),
-            q_scale: sc.at(l.q_scale),
-            k_i8: sc.at(l.k_i8),
-            k_scale: sc.at(l.k_scale),
-            lse_bias: l.lse_bias.map(|o| sc.at(o)),
-            v_f16: l.v_f16.map(|o| sc.at(o)),
-        }
-    }
-
     /// Copies the quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and
     /// its scales (`[batch][q_heads][q_blocks]`) to the host, for inspection and tests.
     pub fn q_quantized_to_host(&self, rt: &Runtime) -> Result<(Vec<i8>, Vec<f32>)> {
@@ -373,17 +360,6 @@ impl Prepared {
             None => Ok(None),
         }
     }
-}
-
-/// Device addresses of a [`Prepared`]'s buffers (layouts as in docs/design.md).
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct PreparedPointers {
-    pub q_i8: u64,
-    pub q_scale: u64,
-    pub k_i8: u64,
-    pub k_scale: u64,
-    pub lse_bias: Option<u64>,
-    pub v_f16: Option<u64>,
 }
 
 /// Synchronous copy of `len` elements of scratch memory to the host.

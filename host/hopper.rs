@@ -1,22 +1,14 @@
 //! Host side of the Hopper (sm_90a) wgmma attention kernel (`kernels-gpu/src/hopper/`): kernel
 //! names, launch geometry, the launch itself, and test entry points.
 //!
-//! # Dispatch (for `attention.rs`)
+//! # Dispatch
 //!
 //! The sm_90a kernel takes exactly the portable kernel's [`AttnParams`] (same quantized Q/K
 //! layouts, scales, V/O strides, LSE and `lse_bias`) and gives the same answers; its P·V
-//! accumulates in f32 throughout (the portable kernel's `PvAccum::F32` arithmetic; on Hopper an f16
-//! accumulator is not faster), so it serves both `PvAccum` options. To use it:
-//!
-//! ```ignore
-//! if hopper_available(rt) {
-//!     if let Some(name) = hopper_attention_kernel_name(p.head_dim, causal) {
-//!         // SAFETY: `params` validated exactly as for the portable kernel.
-//!         return unsafe { launch_hopper_attention(rt, name, p.head_dim, p.batch, &params) };
-//!     }
-//! }
-//! // else: the portable kernel
-//! ```
+//! accumulates in f32 throughout (on Hopper an f16 accumulator is not faster), so it serves both
+//! `PvAccum` options. `attention::selected_kernel` decides when it runs (compute capability 9.0,
+//! `Backend::Auto`; head_dim 96 runs zero-padded on the d = 128 kernel) and `enqueue_attend`
+//! launches it through [`launch_hopper_attention`].
 //!
 //! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / sm90_cta_q(d)), q_heads,
 //! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared
@@ -31,13 +23,9 @@
 //! producer warp). Head dims 64 and 128 (`host/attention.rs` runs d = 96 on the d = 128 kernel
 //! with zero-padded inputs).
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
-
-use crate::attention::Prepared;
-use crate::error::{CudaResultExt, Error, Result};
-use crate::params::{AttnParams, TestParams};
+use crate::error::{Error, Result};
+use crate::params::AttnParams;
 use crate::runtime::{ModuleKind, Runtime};
-use crate::tensor::{DType, TensorView, TensorViewMut};
 
 /// Launch constants shared with the device crate (the same source file).
 #[path = "../kernels-gpu/src/hopper/config.rs"]
@@ -142,98 +130,6 @@ pub(crate) unsafe fn launch_hopper_attention(
     }
 }
 
-/// Runs the sm_90a kernel on the Q/K that `prepared` quantized (and the f16 copy of a bf16 V it
-/// made), writing `out` and, when given, the LSE (with the smoothing correction when `prepared`
-/// has one, i.e. was made with `return_lse: true`): the Hopper counterpart of
-/// [`Prepared::attend_into`], for tests and benchmarks until `attention.rs` dispatches to it.
-///
-/// # Safety
-/// `v` and `out` have exactly the shapes `prepared` was made for (`v` the V it saw, `out`
-/// `[batch, q_heads, qo_len, head_dim]`), and `causal` is the option it was made with: the
-/// prepared buffers' sizes cannot be checked here.
-pub unsafe fn attend_prepared_sm90(
-    rt: &Runtime,
-    prepared: &Prepared,
-    v: &TensorView,
-    out: &mut TensorViewMut,
-    lse: Option<&mut CudaSlice<f32>>,
-    causal: bool,
-) -> Result<()> {
-    v.validate("v")?;
-    out.validate("out")?;
-    v.check_device_memory("v", rt)?;
-    out.check_device_memory("out", rt)?;
-    let [batch, kv_heads, kv_len, head_dim] = v.shape();
-    let [ob, q_heads, qo_len, od] = out.shape();
-    if !matches!(out.dtype(), DType::F16 | DType::BF16) {
-        return Err(Error::UnsupportedDType {
-            tensor: "out",
-            dtype: out.dtype(),
-            supported: &[DType::F16, DType::BF16],
-        });
-    }
-    if ob != batch || od != head_dim || q_heads % kv_heads != 0 {
-        return Err(Error::ShapeMismatch {
-            what: format!("out {:?} does not fit v {:?}", out.shape(), v.shape()),
-        });
-    }
-    let name = hopper_attention_kernel_name(head_dim, causal).ok_or(Error::UnsupportedHeadDim {
-        head_dim,
-        supported: &SM90_HEAD_DIMS,
-    })?;
-    let rows = batch * q_heads * qo_len;
-    if let Some(l) = lse.as_ref() {
-        if l.len() < rows {
-            return Err(Error::ShapeMismatch {
-                what: format!("lse holds {}, needs {rows}", l.len()),
-            });
-        }
-    }
-    let ptrs = prepared.device_pointers();
-    let stream = rt.stream();
-    let (v_ptr, v_stride, _vg) = match ptrs.v_f16 {
-        Some(ptr) => {
-            let (d, s) = (head_dim as i64, kv_len as i64);
-            (ptr, [kv_heads as i64 * s * d, s * d, d], None)
-        }
-        None => {
-            if v.dtype() != DType::F16 {
-                return Err(Error::InvalidOption(
-                    "a bf16 V needs the f16 copy Prepared makes".into(),
-                ));
-            }
-            let (ptr, guard) = v.device_ptr(stream);
-            let vs = v.strides();
-            (ptr, [vs[0], vs[1], vs[2]], Some(guard))
-        }
-    };
-    let os = out.strides();
-    let out_bf16 = u32::from(out.dtype() == DType::BF16);
-    let (o_ptr, _og) = out.device_ptr_mut(stream);
-    let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
-    let params = AttnParams {
-        q: ptrs.q_i8,
-        k: ptrs.k_i8,
-        v: v_ptr,
-        o: o_ptr,
-        lse: lse_ptr.as_ref().map_or(0, |(p, _)| *p),
-        lse_bias: ptrs.lse_bias.unwrap_or(0),
-        q_scale: ptrs.q_scale,
-        k_scale: ptrs.k_scale,
-        v_stride,
-        o_stride: [os[0], os[1], os[2]],
-        qo_len: qo_len as u32,
-        kv_len: kv_len as u32,
-        q_heads: q_heads as u32,
-        kv_heads: kv_heads as u32,
-        out_bf16,
-        _pad: 0,
-    };
-    // SAFETY: the caller guarantees the prepared buffers match these shapes; the views were
-    // validated; the guards live until return.
-    unsafe { launch_hopper_attention(rt, name, head_dim, batch, &params) }
-}
-
 /// Shared memory of the single-tile wgmma tests.
 const TEST_SMEM: u32 = config::SM90_TEST_SMEM as u32;
 
@@ -243,27 +139,18 @@ where
     B: cudarc::driver::DeviceRepr,
     D: cudarc::driver::DeviceRepr + Default + Clone,
 {
-    let stream = rt.stream();
-    let a_dev = stream.clone_htod(a).op("copying operand A")?;
-    let b_dev = stream.clone_htod(b).op("copying operand B")?;
-    let mut d_dev = stream
-        .clone_htod(&vec![D::default(); d_len])
-        .op("allocating D")?;
-    {
-        let (a_ptr, _ga) = a_dev.device_ptr(stream);
-        let (b_ptr, _gb) = b_dev.device_ptr(stream);
-        let (d_ptr, _gd) = d_dev.device_ptr_mut(stream);
-        let kernel = rt.function(ModuleKind::Hopper, name)?;
-        let params = TestParams {
-            a: a_ptr,
-            b: b_ptr,
-            d: d_ptr,
-        };
-        // SAFETY: one warpgroup reads 64×HD operands and writes d_len results, the sizes the
-        // callers allocate.
-        unsafe { rt.launch(&kernel, (1, 1, 1), (128, 1, 1), TEST_SMEM, &params)? };
+    // SAFETY: one warpgroup reads 64×HD operands and writes d_len results, the sizes the callers
+    // check and allocate.
+    unsafe {
+        crate::selftest::run_tile_kernel(
+            rt,
+            (ModuleKind::Hopper, name),
+            (128, TEST_SMEM),
+            a,
+            b,
+            d_len,
+        )
     }
-    stream.clone_dtoh(&d_dev).op("copying D back")
 }
 
 /// Single-tile test of the Q·Kᵀ wgmma path: `D[64][64] = A[64][hd] · B[64][hd]ᵀ` (s8 → s32), both

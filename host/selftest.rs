@@ -15,9 +15,20 @@ unsafe impl DeviceRepr for TestParams {}
 /// Shared memory the single-tile kernels stage their operands in.
 const TILE_SMEM: u32 = 2048;
 
-fn run_tile_kernel<A: DeviceRepr, B: DeviceRepr, D: DeviceRepr + Default + Clone>(
+/// One single-block test launch: uploads `a` and `b`, launches `name` of `module` with
+/// `threads` threads and `smem` bytes of shared memory, and returns `d_len` results.
+///
+/// # Safety
+/// The kernel reads at most `a.len()` / `b.len()` elements of A and B and writes at most `d_len`
+/// of D, with that block size and shared memory.
+pub(crate) unsafe fn run_tile_kernel<
+    A: DeviceRepr,
+    B: DeviceRepr,
+    D: DeviceRepr + Default + Clone,
+>(
     rt: &Runtime,
-    name: &str,
+    (module, name): (ModuleKind, &str),
+    (threads, smem): (u32, u32),
     a: &[A],
     b: &[B],
     d_len: usize,
@@ -32,34 +43,55 @@ fn run_tile_kernel<A: DeviceRepr, B: DeviceRepr, D: DeviceRepr + Default + Clone
         let (a_ptr, _ga) = a_dev.device_ptr(stream);
         let (b_ptr, _gb) = b_dev.device_ptr(stream);
         let (d_ptr, _gd) = d_dev.device_ptr_mut(stream);
-        let kernel = rt.function(ModuleKind::Portable, name)?;
+        let kernel = rt.function(module, name)?;
         let params = TestParams {
             a: a_ptr,
             b: b_ptr,
             d: d_ptr,
         };
-        // SAFETY: the kernel reads 16x32 bytes of A and B and writes d_len elements of D, the
-        // sizes allocated above; one warp, TILE_SMEM bytes of shared memory.
-        unsafe { rt.launch(&kernel, (1, 1, 1), (32, 1, 1), TILE_SMEM, &params)? };
+        // SAFETY: forwarded to the caller (buffer sizes, block size, shared memory).
+        unsafe { rt.launch(&kernel, (1, 1, 1), (threads, 1, 1), smem, &params)? };
     }
     stream.clone_dtoh(&d_dev).op("copying D back")
+}
+
+/// A portable single-warp tile test (2 KiB of shared memory).
+fn run_portable_tile<A: DeviceRepr, B: DeviceRepr, D: DeviceRepr + Default + Clone>(
+    rt: &Runtime,
+    name: &str,
+    a: &[A],
+    b: &[B],
+    d_len: usize,
+) -> Result<Vec<D>> {
+    // SAFETY: the portable tile kernels read 16x32 bytes of A and B (the callers pass 512 bytes)
+    // and write 256 elements of D, with one warp and TILE_SMEM bytes of shared memory.
+    unsafe {
+        run_tile_kernel(
+            rt,
+            (ModuleKind::Portable, name),
+            (32, TILE_SMEM),
+            a,
+            b,
+            d_len,
+        )
+    }
 }
 
 /// `D (16x16 s32) = A (16x32 s8, row-major) · Bᵀ` where `b` holds 16 rows of 32 s8 (as K is
 /// stored). Returns D row-major.
 pub fn mma_s8(rt: &Runtime, a: &[i8; 512], b: &[i8; 512]) -> Result<Vec<i32>> {
-    run_tile_kernel(rt, names::TEST_MMA_S8, a, b, 256)
+    run_portable_tile(rt, names::TEST_MMA_S8, a, b, 256)
 }
 
 /// `D (16x16 f32) = A (16x16 f16 row-major) · B (16x16 f16, k rows × n columns, as V is stored)`,
 /// operands as raw f16 bits. Returns D row-major.
 pub fn mma_f16_f32(rt: &Runtime, a: &[u16; 256], b: &[u16; 256]) -> Result<Vec<f32>> {
-    run_tile_kernel(rt, names::TEST_MMA_F16_F32, a, b, 256)
+    run_portable_tile(rt, names::TEST_MMA_F16_F32, a, b, 256)
 }
 
 /// As [`mma_f16_f32`] with an f16 accumulator; returns D as raw f16 bits, row-major.
 pub fn mma_f16_f16(rt: &Runtime, a: &[u16; 256], b: &[u16; 256]) -> Result<Vec<u16>> {
-    run_tile_kernel(rt, names::TEST_MMA_F16_F16, a, b, 256)
+    run_portable_tile(rt, names::TEST_MMA_F16_F16, a, b, 256)
 }
 
 /// Runs the Hopper module's smoke kernel with 128 threads (sm_90 only); returns its output,

@@ -159,6 +159,12 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
         backend: Backend::Portable,
     };
     let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+    // The same inputs through the library's dispatch: the sm_90a kernel on Hopper.
+    let auto = Options {
+        backend: Backend::Auto,
+        ..opts
+    };
+    let prepared_h = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &auto).unwrap();
     let shape = [case.batch, case.q_heads, case.qo_len, d];
     let rows = case.batch * case.q_heads * case.qo_len;
     let mut out_p = Tensor::alloc_filled_nan(rt, case.out_dtype, shape, case.layout).unwrap();
@@ -168,18 +174,9 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
     prepared
         .attend_into(rt, &vd.view(), &mut out_p.view_mut(), Some(&mut lse_p))
         .unwrap();
-    // SAFETY: v and out have the shapes `prepared` was made for, with its causal option.
-    unsafe {
-        hopper::attend_prepared_sm90(
-            rt,
-            &prepared,
-            &vd.view(),
-            &mut out_h.view_mut(),
-            Some(&mut lse_h),
-            case.causal,
-        )
-    }
-    .unwrap();
+    prepared_h
+        .attend_into(rt, &vd.view(), &mut out_h.view_mut(), Some(&mut lse_h))
+        .unwrap();
     let (o_p, o_h) = (
         out_p.to_host_f32(rt).unwrap(),
         out_h.to_host_f32(rt).unwrap(),
@@ -415,17 +412,15 @@ fn hopper_perf_probe() {
                 line += &format!(" portable({pv:?}) {ms:.3} ms {:.0} TOPS;", tops(ms));
             }
             if pv == PvAccum::F32 {
-                // SAFETY: v and out have the shapes `prepared` was made for, with its causal option.
-                let ms = median_ms(|| unsafe {
-                    hopper::attend_prepared_sm90(
-                        rt,
-                        &prepared,
-                        &v.view(),
-                        &mut out.view_mut(),
-                        None,
-                        causal,
-                    )
-                    .unwrap()
+                let auto = Options {
+                    backend: Backend::Auto,
+                    ..opts
+                };
+                let prepared_h = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &auto).unwrap();
+                let ms = median_ms(|| {
+                    prepared_h
+                        .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+                        .unwrap()
                 });
                 line += &format!(" sm90 {ms:.3} ms {:.0} TOPS", tops(ms));
             }
