@@ -12,10 +12,11 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
+use common::{
+    channel_offsets, fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload,
+};
 use half::f16;
 use rand::Rng;
-use rayon::prelude::*;
 use sageattention::hopper::{self, hopper_available};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
 use sageattention::{Backend, DType, Layout, Options, Prepared, PvAccum, Tensor};
@@ -321,50 +322,6 @@ fn hopper_attention_matches_portable_and_emulation() {
             &mut rng,
         );
     }
-}
-
-/// Normal-ish values generated in parallel on the host (large shapes for timing).
-fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
-    let n: usize = shape.iter().product();
-    let data: Vec<f32> = (0..n)
-        .into_par_iter()
-        .map(|i| {
-            let mut x = (i as u64).wrapping_add(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut acc = 0.0f32;
-            for _ in 0..4 {
-                x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-                let mut z = x;
-                z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-                z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-                z ^= z >> 31;
-                acc += (z >> 40) as f32 / (1u64 << 24) as f32;
-            }
-            (acc - 2.0) * 1.732
-        })
-        .collect();
-    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
-}
-
-/// Median of 15 timed runs (after 3 warm-ups), CUDA events on the runtime's stream.
-fn median_ms(mut f: impl FnMut()) -> f32 {
-    let stream = runtime().stream().clone();
-    for _ in 0..3 {
-        f();
-    }
-    let mut times = Vec::new();
-    for _ in 0..15 {
-        let start = stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        f();
-        let end = stream
-            .record_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .unwrap();
-        end.synchronize().unwrap();
-        times.push(start.elapsed_ms(&end).unwrap());
-    }
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    times[times.len() / 2]
 }
 
 /// Kernel-only TOPS (4·B·H·N²·d / time, halved for causal) of the sm_90a kernel and of the
