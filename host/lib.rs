@@ -18,11 +18,15 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Read order: [`attention`] (the call, validation, dispatch, launches) → [`tensor`] (views of
-//! caller memory) → [`runtime`] (context, stream, modules) → [`error`]; the CPU oracles are
-//! [`reference`] and [`quant_ref`]. Device code lives in the `kernels-gpu` crate.
+//! Read order: [`attention`] (the call and its options) → `validate` (checks before any launch) →
+//! `dispatch` (which kernel) → `enqueue` (preparation and attention launches, `scratch` memory) →
+//! [`tensor`] (views of caller memory) → [`runtime`] (context, stream, modules) → [`error`]; the
+//! Hopper kernel's host side is [`hopper`]; the CPU oracles are [`reference`] and [`quant_ref`].
+//! Device code lives in the `kernels-gpu` crate.
 
 pub mod attention;
+pub(crate) mod dispatch;
+pub(crate) mod enqueue;
 pub mod error;
 pub mod hopper;
 pub mod kernels;
@@ -32,6 +36,7 @@ pub mod runtime;
 pub(crate) mod scratch;
 pub mod selftest;
 pub mod tensor;
+pub(crate) mod validate;
 
 /// Tile and quantization constants shared with the device crate (the same source file).
 #[path = "../kernels-gpu/src/config.rs"]
