@@ -3,12 +3,12 @@
 //!
 //! # Dispatch
 //!
-//! The sm_90a kernel takes exactly the portable kernel's [`AttnParams`] (same quantized Q/K
+//! The sm_90a kernel takes exactly the portable kernel's `AttnParams` (same quantized Q/K
 //! layouts, scales, V/O strides, LSE and `lse_bias`) and gives the same answers; its P·V
 //! accumulates in f32 throughout (on Hopper an f16 accumulator is not faster), so it serves both
 //! `PvAccum` options. `attention::selected_kernel` decides when it runs (compute capability 9.0,
 //! `Backend::Auto`; head_dim 96 runs zero-padded on the d = 128 kernel) and `enqueue_attend`
-//! launches it through [`launch_hopper_attention`].
+//! launches it through `launch_hopper_attention`.
 //!
 //! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / sm90_cta_q(d)), q_heads,
 //! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared

@@ -21,7 +21,7 @@
 //! Read order: [`attention`] (the call and its options) → `validate` (checks before any launch) →
 //! `dispatch` (which kernel) → `enqueue` (preparation and attention launches, `scratch` memory) →
 //! [`tensor`] (views of caller memory) → [`runtime`] (context, stream, modules) → [`error`]; the
-//! Hopper kernel's host side is [`hopper`]; the CPU oracles are [`reference`] and [`quant_ref`].
+//! Hopper kernel's host side is [`hopper`]; the CPU oracles are [`reference`](mod@reference) and [`quant_ref`].
 //! Device code lives in the `kernels-gpu` crate.
 
 pub mod attention;
