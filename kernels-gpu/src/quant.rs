@@ -15,7 +15,12 @@ use crate::unroll::unroll;
 /// `ptr` is a 16-byte aligned global address of 16 readable bytes.
 #[inline(always)]
 unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
-    let raw = unsafe { ptx::ld_global_nc_v4(ptr) };
+    unpack8(&unsafe { ptx::ld_global_nc_v4(ptr) }, bf16)
+}
+
+/// 8 f16 or bf16 values packed in 16 bytes, as f32 (exact).
+#[inline(always)]
+fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
     let mut v = [0.0f32; 8];
     unroll::<4>(
         #[inline(always)]
@@ -223,19 +228,7 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     );
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
     let values = |raw: &[u32; 4], chunk: u32| -> [f32; 8] {
-        let mut x = [0.0f32; 8];
-        unroll::<4>(
-            #[inline(always)]
-            |j| {
-                let (lo, hi) = if bf16 {
-                    ptx::unpack_bf16x2(raw[j])
-                } else {
-                    ptx::unpack_f16x2(raw[j])
-                };
-                x[2 * j] = lo;
-                x[2 * j + 1] = hi;
-            },
-        );
+        let mut x = unpack8(raw, bf16);
         if p.mean != 0 {
             // SAFETY: inside the [batch][heads][head_dim] mean buffer (16-byte aligned rows).
             let m = unsafe {
