@@ -7,6 +7,23 @@ mod common;
 use common::{median_ms, random_device_tensor, runtime};
 use sageattention::{sageattn_into, DType, Layout, Options, Prepared, PvAccum, Tensor};
 
+/// Median time of the whole call (`sageattn_into`: preparation + attention).
+fn full_call_ms(q: &Tensor, k: &Tensor, v: &Tensor, out: &mut Tensor, opts: &Options) -> f32 {
+    let rt = runtime();
+    median_ms(|| {
+        sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            opts,
+        )
+        .unwrap()
+    })
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn perf_probe() {
@@ -41,18 +58,7 @@ fn perf_probe() {
                     .attend_into(rt, &v.view(), &mut out.view_mut(), None)
                     .unwrap()
             });
-            let full = median_ms(|| {
-                sageattn_into(
-                    rt,
-                    &q.view(),
-                    &k.view(),
-                    &v.view(),
-                    &mut out.view_mut(),
-                    None,
-                    &opts,
-                )
-                .unwrap()
-            });
+            let full = full_call_ms(&q, &k, &v, &mut out, &opts);
             eprintln!(
                 "PERF d={head_dim} N={seq} causal={causal} {pv_accum:?}: kernel {kernel:.3} ms = {:.0} TOPS, full {full:.3} ms = {:.0} TOPS, quant {:.1}%",
                 flops / kernel as f64 / 1e9,
@@ -81,18 +87,7 @@ fn perf_prepare_small() {
     );
     let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
     let opts = Options::default();
-    let full = median_ms(|| {
-        sageattn_into(
-            rt,
-            &q.view(),
-            &k.view(),
-            &v.view(),
-            &mut out.view_mut(),
-            None,
-            &opts,
-        )
-        .unwrap()
-    });
+    let full = full_call_ms(&q, &k, &v, &mut out, &opts);
     let prepare =
         median_ms(|| drop(Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap()));
     rt.synchronize().unwrap();
