@@ -12,8 +12,8 @@
 //!    for `tools/nvptx-link`): used as given, linked with `tools/nvptx-link`;
 //! 2. a rustup nightly with the `rust-src`, `llvm-tools` and `llvm-bitcode-linker` components:
 //!    linked with rustc's own `llvm-bitcode-linker`;
-//! 3. Debian's `rustc-web` (`/usr/bin/rustc`, `/usr/bin/cargo`), `rust-web-src` and `llvm-22`
-//!    (what `scripts/setup-toolchain.sh` installs): linked with `tools/nvptx-link`.
+//! 3. Debian's `rustc-web` (`/usr/bin/rustc`), `cargo-web` (`/usr/bin/cargo`), `rust-web-src` and
+//!    `llvm-22` (the files in `scripts/debian-toolchain.txt`, which `scripts/setup-toolchain.sh` installs): linked with `tools/nvptx-link`.
 //!
 //! `SAGE_SKIP_PTX=1` writes empty modules instead (pure-CPU builds: docs, quick checks); the host
 //! then reports `KernelNotFound` at run time. The device build reruns only when the device crate,
@@ -340,6 +340,10 @@ fn emit_rerun_rules(root: &Path, device: &Path) {
     println!("cargo:rerun-if-changed={}", root.join("build.rs").display());
     println!(
         "cargo:rerun-if-changed={}",
+        root.join("scripts").join("debian-toolchain.txt").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
         root.join("tools").join("nvptx-link").display()
     );
     println!(
@@ -423,50 +427,69 @@ fn find_toolchain(link_script: &Path) -> Result<Toolchain, String> {
         return Ok(t);
     }
 
-    // 3. Debian's packages.
-    let rustc = PathBuf::from("/usr/bin/rustc");
-    let cargo = PathBuf::from("/usr/bin/cargo");
-    let src = Path::new("/usr/lib/rustlib/src/rust/library/core/Cargo.toml");
+    // 3. Debian's packages: the files scripts/debian-toolchain.txt lists, each with its package.
     let llvm_bin = llvm_bin.unwrap_or_else(|| PathBuf::from("/usr/lib/llvm-22/bin"));
+    let missing: Vec<String> = debian_toolchain_files()
+        .filter(|(path, _)| !Path::new(path).is_file())
+        .map(|(path, package)| format!("{path} (Debian package {package})"))
+        .collect();
     let llvm_ok = ["llvm-link", "opt", "llc", "llvm-ar"]
         .iter()
         .all(|t| is_exe(&llvm_bin.join(t)));
-    if is_exe(&rustc) && is_exe(&cargo) && src.is_file() && llvm_ok {
+    if missing.is_empty() && llvm_ok {
         return Ok(Toolchain {
-            origin: "Debian rustc-web + rust-web-src + llvm-22".into(),
-            rustc,
-            cargo,
+            origin: "Debian rustc-web + cargo-web + rust-web-src + llvm-22".into(),
+            rustc: PathBuf::from("/usr/bin/rustc"),
+            cargo: PathBuf::from("/usr/bin/cargo"),
             link_script: Some(link_script.to_path_buf()),
             llvm_bin: Some(llvm_bin),
         });
+    }
+    let mut missing = missing.join("\n\x20   ");
+    if !llvm_ok {
+        write!(
+            missing,
+            "\n\x20   llvm-link/opt/llc/llvm-ar in {} (SAGE_LLVM_BIN)",
+            llvm_bin.display()
+        )
+        .unwrap();
     }
 
     Err(format!(
         "no toolchain that can build the device crate (kernels-gpu) to PTX was found.\n\
          Install one of these:\n\
          \x20 - on Debian/Ubuntu: bash scripts/setup-toolchain.sh\n\
-         \x20   (= apt-get install -y rustc-web rust-web-src llvm-22: /usr/bin/rustc, /usr/bin/cargo,\n\
-         \x20   /usr/lib/rustlib/src/rust/library, /usr/lib/llvm-22/bin)\n\
+         \x20   (= apt-get install -y {}; files and packages in scripts/debian-toolchain.txt)\n\
          \x20 - with rustup: rustup toolchain install nightly --component rust-src llvm-tools llvm-bitcode-linker\n\
          \x20 - any other: set SAGE_PTX_RUSTC and SAGE_PTX_CARGO (a rustc with the nvptx64-nvidia-cuda target\n\
          \x20   and its library source), and SAGE_LLVM_BIN (llvm-link, opt, llc, llvm-ar of the same LLVM)\n\
          Or set SAGE_SKIP_PTX=1 for a CPU-only build (every kernel launch then fails).\n\
-         Checked: Debian rustc {} ({}), rust-src {} ({}), LLVM {} ({})",
-        rustc.display(),
-        found(is_exe(&rustc) && is_exe(&cargo)),
-        src.parent().unwrap().parent().unwrap().display(),
-        found(src.is_file()),
-        llvm_bin.display(),
-        found(llvm_ok),
+         Missing from the Debian toolchain:\n\x20   {missing}",
+        debian_packages().join(" "),
     ))
 }
 
-fn found(ok: bool) -> &'static str {
-    if ok {
-        "found"
-    } else {
-        "missing"
+/// `(path, Debian package)` for every file of the Debian toolchain, from the manifest that
+/// `scripts/setup-toolchain.sh` installs from.
+fn debian_toolchain_files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    include_str!("scripts/debian-toolchain.txt")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            Some((fields.next()?, fields.next()?))
+        })
+}
+
+fn debian_packages() -> Vec<&'static str> {
+    let mut packages: Vec<&str> = Vec::new();
+    for (_, package) in debian_toolchain_files() {
+        if !packages.contains(&package) {
+            packages.push(package);
+        }
     }
+    packages
 }
 
 /// A rustup toolchain named `nightly*` that has `rust-src` and `llvm-bitcode-linker` (and the

@@ -2,16 +2,22 @@
 # Installs what building the device crate (kernels-gpu -> PTX) and checking its PTX needs, on
 # Debian/Ubuntu. Idempotent: quiet and fast when everything is already there.
 #
-#   1. the PTX toolchain, from Debian's packages (one LLVM version throughout):
-#        apt-get install -y rustc-web rust-web-src llvm-22
-#      -> /usr/bin/rustc + /usr/bin/cargo (1.96, LLVM 22), /usr/lib/rustlib/src/rust/library (core's
-#         source for -Zbuild-std=core), /usr/lib/llvm-22/bin/{llvm-link,opt,llc,llvm-ar}
+#   1. the PTX toolchain, from Debian's packages (one LLVM version throughout): the packages named in
+#      scripts/debian-toolchain.txt, with the files each must provide
+#        apt-get install -y rustc-web cargo-web rust-web-src llvm-22
+#      -> /usr/bin/rustc (rustc-web), /usr/bin/cargo (cargo-web), 1.96 with LLVM 22;
+#         /usr/lib/rustlib/src/rust/library (rust-web-src: core's source for -Zbuild-std=core);
+#         /usr/lib/llvm-22/bin/{llvm-link,opt,llc,llvm-ar} (llvm-22)
 #   2. ptxas (for scripts/ptxas-check.sh), from PyPI's nvidia-cuda-nvcc-cu12, into a virtualenv under
 #      ${SAGE_PTX_TOOLS_DIR:-~/.cache/sage-ptx-tools}; a link to it is left at <that dir>/bin/ptxas.
 #
 # The host crate builds with the machine's ordinary (rustup stable) toolchain; build.rs finds the
 # PTX toolchain by itself (see build.rs for the order: SAGE_PTX_RUSTC/SAGE_PTX_CARGO, a rustup
 # nightly with rust-src + llvm-bitcode-linker, then the Debian packages installed here).
+#
+# `--verify` (used by .ci/run, after the install): for every file in the manifest, `dpkg -S` must
+# name the package the manifest gives, and that package must be one this script installs. It
+# fails even where the file happens to be installed by some package the list forgot.
 #
 # Options (environment):
 #   SAGE_SETUP_NO_PTXAS=1   skip step 2
@@ -21,9 +27,18 @@ set -euo pipefail
 say() { echo "setup-toolchain: $*" >&2; }
 die() { echo "setup-toolchain: error: $*" >&2; exit 1; }
 
-APT_PACKAGES=(rustc-web rust-web-src llvm-22)
+MANIFEST="$(dirname "$0")/debian-toolchain.txt"
+[[ -f "$MANIFEST" ]] || die "$MANIFEST is missing"
+# path -> package, and the package list, from the manifest (comments and blank lines skipped)
+declare -A PACKAGE_OF=()
+APT_PACKAGES=()
+while read -r path pkg _; do
+    [[ -z "$path" || "$path" == \#* ]] && continue
+    [[ -n "$pkg" ]] || die "$MANIFEST: no package for $path"
+    PACKAGE_OF[$path]=$pkg
+    [[ " ${APT_PACKAGES[*]} " == *" $pkg "* ]] || APT_PACKAGES+=("$pkg")
+done <"$MANIFEST"
 LLVM_BIN=/usr/lib/llvm-22/bin
-RUST_SRC=/usr/lib/rustlib/src/rust/library
 PTXAS_PIP_SPEC="nvidia-cuda-nvcc-cu12>=12.4,<13"
 TOOLS_DIR="${SAGE_PTX_TOOLS_DIR:-${HOME:-/root}/.cache/sage-ptx-tools}"
 
@@ -37,15 +52,52 @@ as_root() {
     fi
 }
 
-device_toolchain_present() {
-    [[ -x /usr/bin/rustc && -x /usr/bin/cargo ]] || return 1
-    [[ -f "$RUST_SRC/core/Cargo.toml" ]] || return 1
-    local t
-    for t in llvm-link opt llc llvm-ar; do [[ -x "$LLVM_BIN/$t" ]] || return 1; done
-    # rustc-web is built with the nvptx64 target and must speak LLVM 22 bitcode like llvm-22.
-    /usr/bin/rustc --print target-list 2>/dev/null | grep -qx nvptx64-nvidia-cuda || return 1
-    /usr/bin/rustc -vV 2>/dev/null | grep -q '^LLVM version: 22\.' || return 1
-    return 0
+# Prints one line per missing piece ("<path> (Debian package <pkg>)"); succeeds when none is.
+missing_pieces() {
+    local path missing=0
+    for path in "${!PACKAGE_OF[@]}"; do
+        if [[ ! -f "$path" ]]; then
+            echo "$path (Debian package ${PACKAGE_OF[$path]})"
+            missing=1
+        fi
+    done
+    if [[ -x /usr/bin/rustc ]]; then
+        # rustc-web is built with the nvptx64 target and must speak LLVM 22 bitcode like llvm-22.
+        if ! /usr/bin/rustc --print target-list 2>/dev/null | grep -qx nvptx64-nvidia-cuda; then
+            echo "the nvptx64-nvidia-cuda target in /usr/bin/rustc (Debian package rustc-web)"
+            missing=1
+        fi
+        if ! /usr/bin/rustc -vV 2>/dev/null | grep -q '^LLVM version: 22\.'; then
+            echo "LLVM 22 in /usr/bin/rustc, found $(/usr/bin/rustc -vV 2>/dev/null | grep '^LLVM' || echo 'none') (Debian package rustc-web from bookworm-security)"
+            missing=1
+        fi
+    fi
+    return $missing
+}
+
+# `dpkg -S` prints "pkg[:arch][, pkg2]: path" (diversions print "diversion by ..."): the owner list.
+owner_of() {
+    dpkg -S "$1" 2>/dev/null | grep -v '^diversion' | head -1 | sed 's/: .*//; s/:[a-z0-9_]*//g'
+}
+
+# Every manifest path must be owned, per dpkg, by the package the manifest names.
+verify_manifest() {
+    local path owner bad=0
+    for path in "${!PACKAGE_OF[@]}"; do
+        owner="$(owner_of "$path")"
+        # /usr/lib/rustlib/src/rust/library is a link into /usr/src/rustc-<version>: ask for the target
+        [[ -n "$owner" ]] || owner="$(owner_of "$(readlink -f "$path")")"
+        if [[ -z "$owner" ]]; then
+            echo "verify: $path belongs to no installed package (manifest says ${PACKAGE_OF[$path]})" >&2
+            bad=1
+        elif [[ ", $owner, " != *", ${PACKAGE_OF[$path]}, "* ]]; then
+            echo "verify: $path belongs to '$owner', but the manifest says ${PACKAGE_OF[$path]}" >&2
+            bad=1
+        else
+            echo "verify: $path <- ${PACKAGE_OF[$path]} (installed by this script)" >&2
+        fi
+    done
+    return $bad
 }
 
 apt_install() {
@@ -59,12 +111,17 @@ apt_install() {
 }
 
 # --- 1. the PTX toolchain ------------------------------------------------------------------------
-if device_toolchain_present; then
+if missing="$(missing_pieces)"; then
     say "PTX toolchain present: $(/usr/bin/rustc -V), LLVM bin $LLVM_BIN"
 else
+    say "missing: ${missing//$'\n'/; }"
     apt_install "${APT_PACKAGES[@]}"
-    device_toolchain_present || die "installed ${APT_PACKAGES[*]} but the toolchain check still fails: need /usr/bin/rustc (LLVM 22, target nvptx64-nvidia-cuda), /usr/bin/cargo, $RUST_SRC and $LLVM_BIN/{llvm-link,opt,llc,llvm-ar}"
+    missing="$(missing_pieces)" || die "installed ${APT_PACKAGES[*]} but still missing: ${missing//$'\n'/; }"
     say "PTX toolchain installed: $(/usr/bin/rustc -V)"
+fi
+if [[ "${1:-}" == --verify ]]; then
+    verify_manifest || die "scripts/debian-toolchain.txt names a wrong package for some file (above)"
+    say "verified: every toolchain file belongs to a package in (${APT_PACKAGES[*]})"
 fi
 
 # --- 2. ptxas --------------------------------------------------------------------------------------
