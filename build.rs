@@ -44,6 +44,9 @@ struct Module {
     /// Name of its target dir.
     dir: &'static str,
     cpu: &'static str,
+    /// PTX ISA version (digits) unless `SAGE_PTX_ISA` overrides it: 8.0 for the portable module
+    /// (every CUDA 12 driver), 8.4 for the Hopper one (wgmma with mixed u8/s8 operands).
+    ptx_isa: &'static str,
     features: &'static [&'static str],
 }
 
@@ -52,12 +55,14 @@ static MODULES: [Module; 2] = [
         file: "sage_sm80.ptx",
         dir: "sm80",
         cpu: "sm_80",
+        ptx_isa: "80",
         features: &[],
     },
     Module {
         file: "sage_sm90a.ptx",
         dir: "sm90a",
         cpu: "sm_90a",
+        ptx_isa: "84",
         features: &["hopper"],
     },
 ];
@@ -561,11 +566,15 @@ fn build_module(
     }
     // RUSTFLAGS (not `cargo rustc -- ..`) so that core is compiled for the same cpu as the kernels.
     let mut flags = vec![format!("-Ctarget-cpu={}", m.cpu)];
+    let isa = env::var("SAGE_PTX_ISA").unwrap_or_else(|_| m.ptx_isa.to_string());
     match &tc.link_script {
         Some(script) => flags.push(format!("-Clinker={}", script.display())),
         // rustc's llvm-bitcode-linker runs its own opt; rustc's fat-LTO pipeline gets the
         // unroll-threshold safety net instead (see tools/nvptx-link).
-        None => flags.push("-Cllvm-args=-unroll-threshold=2000".into()),
+        None => {
+            flags.push("-Cllvm-args=-unroll-threshold=2000".into());
+            flags.push(format!("-Ctarget-feature=+ptx{isa}"));
+        }
     }
     cmd.env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
         .env("RUSTC", &tc.rustc)
@@ -573,9 +582,8 @@ fn build_module(
     if let Some(bin) = &tc.llvm_bin {
         cmd.env("SAGE_LLVM_BIN", bin);
     }
-    if let Some(isa) = env::var_os("SAGE_PTX_ISA") {
-        cmd.env("SAGE_PTX_ISA", isa);
-    }
+    // tools/nvptx-link reads the ISA from the environment; rustc's own linker from the feature.
+    cmd.env("SAGE_PTX_ISA", &isa);
     cmd.output()
 }
 

@@ -93,6 +93,22 @@ pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool) -> usize {
         + STAGES * (k_stage_bytes(head_dim, pv_f32) + v_stage_bytes(head_dim, pv_f32))
 }
 
+/// Keys per tile of the 8-bit Vᵀ (one attention key tile).
+pub const V8_TILE: usize = K_BLOCK;
+/// Threads of the 8-bit V quantization kernel (one 64-key tile per CTA).
+pub const V8_QUANT_THREADS: usize = 128;
+/// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
+pub const P8_MAX: f32 = 255.0;
+
+/// Slot of key `k` (within its aligned 16-key group) in the 8-bit Vᵀ rows. The u8 P operand of
+/// the wgmma is built from the Q·Kᵀ accumulator without shuffles: lane `4g + t` holds keys
+/// `2t, 2t+1, 8+2t, 9+2t` of its rows, and puts them in k slots `4t..4t+4` of the A fragment, so
+/// Vᵀ stores key `2t + (e & 1) + 8(e >> 1)` at slot `4t + e`. This is its inverse.
+pub const fn v8_key_slot(k: usize) -> usize {
+    let (t, e) = ((k & 7) >> 1, (k & 1) | ((k >> 3) << 1));
+    (k & !15) | (4 * t + e)
+}
+
 /// Rows padded up to a whole number of blocks.
 pub const fn padded_len(len: usize, block: usize) -> usize {
     len.div_ceil(block) * block
@@ -130,6 +146,12 @@ pub mod names {
     pub const LSE_BIAS: &str = "sage_lse_bias";
     /// V to a contiguous f16 copy (bf16 converted, rows zero-padded when needed).
     pub const V_TO_F16: &str = "sage_v_to_f16";
+    /// 8-bit V, step 1: per-segment sum, max and min of each channel.
+    pub const V8_STATS: &str = "sage_v8_stats";
+    /// 8-bit V, step 2: per-channel mean and scale from the segment statistics.
+    pub const V8_FINALIZE: &str = "sage_v8_finalize";
+    /// 8-bit V, step 3: smoothed, quantized, transposed and key-permuted V.
+    pub const V8_QUANTIZE: &str = "sage_v8_quantize";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Single-tile mma tests (one per mma shape).

@@ -20,6 +20,8 @@ mod frag;
 #[cfg(not(feature = "hopper"))]
 mod quant;
 #[cfg(not(feature = "hopper"))]
+mod v8;
+#[cfg(not(feature = "hopper"))]
 mod selftest;
 #[cfg(not(feature = "hopper"))]
 mod tile;

@@ -24,6 +24,11 @@ pub struct AttnParams {
     pub q_scale: u64,
     /// f32 `[batch][kv_heads][k_blocks]`.
     pub k_scale: u64,
+    /// 8-bit P·V only (else 0): f32 V scales `[batch][kv_heads][2][head_dim]` (the first half is
+    /// read), as `V8Params::scale`; `v` then points to the INT8 Vᵀ of `V8Params::out`.
+    pub v_scale: u64,
+    /// 8-bit P·V only (else 0): f32 V mean `[batch][kv_heads][head_dim]`, added back to O.
+    pub v_mean: u64,
     /// V strides (batch, head, seq) in elements.
     pub v_stride: [i64; 3],
     /// Output strides (batch, head, seq) in elements.
@@ -198,6 +203,39 @@ pub struct PrepareParams {
     pub mean: MeanParams,
     /// CTAs (from 0) that quantize Q; the rest sum K segments.
     pub q_ctas: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
+}
+
+/// The 8-bit V preparation kernels' parameters (`sage_v8_stats`, `sage_v8_finalize`,
+/// `sage_v8_quantize`: one struct for the three launches).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct V8Params {
+    /// Input V (f16/bf16), any strides with unit last dim.
+    pub v: u64,
+    /// f32 per-segment statistics `[batch][heads][segments][3][head_dim]`: sum, max, min.
+    pub partials: u64,
+    /// f32 per-channel mean `[batch][heads][out_head_dim]`.
+    pub mean: u64,
+    /// f32 `[batch][heads][2][out_head_dim]`: the dequantization scale, then its inverse
+    /// (the quantization multiplier).
+    pub scale: u64,
+    /// INT8 Vᵀ `[batch][heads][out_head_dim][padded_seq]`: keys contiguous, permuted within each
+    /// 16-key group (see `config::v8_key_slot`); zero past the sequence and past `head_dim`.
+    pub out: u64,
+    /// V strides (batch, head, seq) in elements.
+    pub v_stride: [i64; 3],
+    /// Sequence length.
+    pub seq: u32,
+    /// Heads.
+    pub heads: u32,
+    /// Head dimension (multiple of 8).
+    pub head_dim: u32,
+    /// 1: input is bf16, 0: f16.
+    pub in_bf16: u32,
+    /// Channels of the output (≥ `head_dim`, the kernel's head dim).
+    pub out_head_dim: u32,
     /// Padding so the struct size is a multiple of 8.
     pub _pad: u32,
 }

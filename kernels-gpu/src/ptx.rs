@@ -118,6 +118,34 @@ pub unsafe fn st_shared_u32(addr: u32, v: u32) {
     }
 }
 
+/// `st.shared.u8` (the low byte of `v`).
+///
+/// # Safety
+/// `addr` is a shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_u8(addr: u32, v: u32) {
+    unsafe {
+        asm!("st.shared.u8 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack));
+    }
+}
+
+/// 16-byte `ld.shared.v4.b32`.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    unsafe {
+        asm!(
+            "ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+            options(readonly, nostack)
+        );
+    }
+    [a, b, c, d]
+}
+
 /// `ld.shared.f32`.
 ///
 /// # Safety
@@ -538,6 +566,20 @@ pub fn max_nan(a: f32, b: f32) -> f32 {
     r
 }
 
+/// `prmt.b32`: byte `i` of the result is byte `(sel >> 4i) & 7` of the 8 bytes `hi:lo`.
+#[inline(always)]
+pub fn prmt(lo: u32, hi: u32, sel: u32) -> u32 {
+    let r: u32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "prmt.b32 {0}, {1}, {2}, {3};",
+            out(reg32) r, in(reg32) lo, in(reg32) hi, in(reg32) sel, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
 /// Rounds to nearest-even and saturates to [-128, 127] (NaN → 0); returned sign-extended.
 #[inline(always)]
 pub fn cvt_rni_sat_s8(x: f32) -> i32 {
@@ -882,6 +924,126 @@ pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: 
     unsafe {
         asm!(
             "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 1, 1, 1, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            inout(reg32) d[8][0], inout(reg32) d[8][1], inout(reg32) d[8][2], inout(reg32) d[8][3],
+            inout(reg32) d[9][0], inout(reg32) d[9][1], inout(reg32) d[9][2], inout(reg32) d[9][3],
+            inout(reg32) d[10][0], inout(reg32) d[10][1], inout(reg32) d[10][2], inout(reg32) d[10][3],
+            inout(reg32) d[11][0], inout(reg32) d[11][1], inout(reg32) d[11][2], inout(reg32) d[11][3],
+            inout(reg32) d[12][0], inout(reg32) d[12][1], inout(reg32) d[12][2], inout(reg32) d[12][3],
+            inout(reg32) d[13][0], inout(reg32) d[13][1], inout(reg32) d[13][2], inout(reg32) d[13][3],
+            inout(reg32) d[14][0], inout(reg32) d[14][1], inout(reg32) d[14][2], inout(reg32) d[14][3],
+            inout(reg32) d[15][0], inout(reg32) d[15][1], inout(reg32) d[15][2], inout(reg32) d[15][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
+/// `D = A·B` (scale-d 0), `wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8` (sm_90a): A (64 rows ×
+/// 32 k of u8) in registers, in the mma.sync m16n8k32 A layout for rows `16·(warp%4)..+16`
+/// (`a[0]`: row `lane/4`, k `4·(lane%4)..+4`, lowest k in the lowest byte; `a[1]`: row + 8;
+/// `a[2]`, `a[3]`: k + 16); B (64 n-rows × 32 bytes of k, s8, K-major) in shared memory.
+/// D: as [`wgmma_m64n64k32_s8_first`] over 8 n-tiles. Integer products accumulate exactly.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_u8s8_rs_first(a: [u32; 4], b_desc: u64) -> [[i32; 4]; 8] {
+    let mut d = [[0i32; 4]; 8];
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, 0;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·B`, as [`wgmma_m64n64k32_u8s8_rs_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_u8s8_rs(d: &mut [[i32; 4]; 8], a: [u32; 4], b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
+/// `D = A·B` (scale-d 0), `wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8` (sm_90a): A (64 rows ×
+/// 32 k of u8) in registers, in the mma.sync m16n8k32 A layout for rows `16·(warp%4)..+16`
+/// (`a[0]`: row `lane/4`, k `4·(lane%4)..+4`, lowest k in the lowest byte; `a[1]`: row + 8;
+/// `a[2]`, `a[3]`: k + 16); B (128 n-rows × 32 bytes of k, s8, K-major) in shared memory.
+/// D: as [`wgmma_m64n64k32_s8_first`] over 16 n-tiles. Integer products accumulate exactly.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_u8s8_rs_first(a: [u32; 4], b_desc: u64) -> [[i32; 4]; 16] {
+    let mut d = [[0i32; 4]; 16];
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 0;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            out(reg32) d[8][0], out(reg32) d[8][1], out(reg32) d[8][2], out(reg32) d[8][3],
+            out(reg32) d[9][0], out(reg32) d[9][1], out(reg32) d[9][2], out(reg32) d[9][3],
+            out(reg32) d[10][0], out(reg32) d[10][1], out(reg32) d[10][2], out(reg32) d[10][3],
+            out(reg32) d[11][0], out(reg32) d[11][1], out(reg32) d[11][2], out(reg32) d[11][3],
+            out(reg32) d[12][0], out(reg32) d[12][1], out(reg32) d[12][2], out(reg32) d[12][3],
+            out(reg32) d[13][0], out(reg32) d[13][1], out(reg32) d[13][2], out(reg32) d[13][3],
+            out(reg32) d[14][0], out(reg32) d[14][1], out(reg32) d[14][2], out(reg32) d[14][3],
+            out(reg32) d[15][0], out(reg32) d[15][1], out(reg32) d[15][2], out(reg32) d[15][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·B`, as [`wgmma_m64n128k32_u8s8_rs_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_u8s8_rs(d: &mut [[i32; 4]; 16], a: [u32; 4], b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 1;",
             inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
             inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
             inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],

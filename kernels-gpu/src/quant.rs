@@ -14,7 +14,7 @@ use crate::unroll::unroll;
 /// # Safety
 /// `ptr` is a 16-byte aligned global address of 16 readable bytes.
 #[inline(always)]
-unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
+pub(crate) unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
     unpack8(&unsafe { ptx::ld_global_nc_v4(ptr) }, bf16)
 }
 

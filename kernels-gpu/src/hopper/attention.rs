@@ -8,7 +8,7 @@
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD)` warpgroups (3 for d = 128, 4 for
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (3 for d = 128, 4 for
 //! d = 64) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
 //! chunks of each K/V tile with cp.async (a producer warp would make the CTA 32 threads more than a
 //! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
@@ -40,10 +40,11 @@ use super::config::{
 };
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc,
+    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs,
+    qk_descs, v_desc,
 };
 use super::softmax::OnlineSoftmax;
-use crate::config::{K_BLOCK, Q_BLOCK, padded_len};
+use crate::config::{K_BLOCK, P8_MAX, Q_BLOCK, padded_len};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::unroll::unroll;
@@ -77,9 +78,9 @@ struct Geometry {
 
 impl Geometry {
     #[inline(always)]
-    fn new<const HD: usize, const CAUSAL: bool>(p: &AttnParams) -> Self {
+    fn new<const HD: usize, const CAUSAL: bool, const PV8: bool>(p: &AttnParams) -> Self {
         let (bx, head, batch) = ptx::block_idx();
-        let rows = sm90_cta_q(HD) as u32;
+        let rows = sm90_cta_q(HD, PV8) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
         // Causal CTAs near the end of the sequence do the most work: start them first.
         let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
@@ -117,14 +118,14 @@ impl Geometry {
 
 /// Shared-memory addresses of the CTA (all derived from the aligned base).
 #[derive(Clone, Copy)]
-struct Smem<const HD: usize> {
+struct Smem<const HD: usize, const PV8: bool> {
     q: u32,
     k0: u32,
     v0: u32,
     bars: u32,
 }
 
-impl<const HD: usize> Smem<HD> {
+impl<const HD: usize, const PV8: bool> Smem<HD, PV8> {
     const S: u32 = sm90_stages(HD) as u32;
 
     #[inline(always)]
@@ -132,9 +133,9 @@ impl<const HD: usize> Smem<HD> {
         let base = aligned_smem_base();
         Smem {
             q: base,
-            k0: base + sm90_k_offset(HD) as u32,
-            v0: base + sm90_v_offset(HD) as u32,
-            bars: base + sm90_barrier_offset(HD) as u32,
+            k0: base + sm90_k_offset(HD, PV8) as u32,
+            v0: base + sm90_v_offset(HD, PV8) as u32,
+            bars: base + sm90_barrier_offset(HD, PV8) as u32,
         }
     }
     #[inline(always)]
@@ -143,7 +144,7 @@ impl<const HD: usize> Smem<HD> {
     }
     #[inline(always)]
     fn v_stage(self, s: u32) -> u32 {
-        self.v0 + s * sm90_v_stage_bytes(HD) as u32
+        self.v0 + s * sm90_v_stage_bytes(HD, PV8) as u32
     }
     #[inline(always)]
     fn full(self, s: u32) -> u32 {
@@ -159,10 +160,16 @@ impl<const HD: usize> Smem<HD> {
 ///
 /// # Safety
 /// `p` satisfies the host's validation (as for the portable kernel); the launch has
-/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD)` threads and
+/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD, PV8)` threads and
 /// `sm90_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
-unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+unsafe fn attention<
+    const HD: usize,
+    const KS: usize,
+    const NT: usize,
+    const CAUSAL: bool,
+    const PV8: bool,
+>(
     p: &AttnParams,
 ) {
     const {
@@ -171,20 +178,20 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
         // Tile t + LOOKAHEAD overwrites tile t + LOOKAHEAD - S, released in step t - 1 or before.
         assert!(sm90_stages(HD) as u32 >= LOOKAHEAD + 3 && sm90_stages(HD) <= 8);
     };
-    let geo = Geometry::new::<HD, CAUSAL>(p);
-    let sm = Smem::<HD>::new();
+    let geo = Geometry::new::<HD, CAUSAL, PV8>(p);
+    let sm = Smem::<HD, PV8>::new();
     let tid = ptx::thread_idx_x();
     if tid == 0 {
         unroll::<8>(
             #[inline(always)]
             |s| {
-                if (s as u32) < Smem::<HD>::S {
+                if (s as u32) < Smem::<HD, PV8>::S {
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
-                        ptx::mbarrier_init(sm.full(s as u32), sm90_threads(HD) as u32);
+                        ptx::mbarrier_init(sm.full(s as u32), sm90_threads(HD, PV8) as u32);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
-                            4 * sm90_consumer_warpgroups(HD) as u32,
+                            4 * sm90_consumer_warpgroups(HD, PV8) as u32,
                         );
                     }
                 }
@@ -194,12 +201,12 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
     ptx::sync_threads();
 
     // SAFETY: as for the kernel.
-    unsafe { consume::<HD, KS, NT, CAUSAL>(p, &geo, sm, tid) };
+    unsafe { consume::<HD, KS, NT, CAUSAL, PV8>(p, &geo, sm, tid) };
 }
 
 /// Per-warpgroup constants of the consumer loop.
-struct Consumer<const HD: usize> {
-    sm: Smem<HD>,
+struct Consumer<const HD: usize, const PV8: bool> {
+    sm: Smem<HD, PV8>,
     q_desc: u64,
     q_scale: f32,
     /// Address of this (batch, kv head)'s first K scale.
@@ -228,7 +235,7 @@ struct Consumer<const HD: usize> {
 /// faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
 const LOOKAHEAD: u32 = 5;
 
-impl<const HD: usize> Consumer<HD> {
+impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
@@ -241,7 +248,7 @@ impl<const HD: usize> Consumer<HD> {
     #[inline(always)]
     fn sched_pass(&self) {
         if PINGPONG {
-            let w = sm90_consumer_warpgroups(HD) as u32;
+            let w = sm90_consumer_warpgroups(HD, PV8) as u32;
             let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
             ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
         }
@@ -252,19 +259,20 @@ impl<const HD: usize> Consumer<HD> {
     /// `full` through `cp.async.mbarrier.arrive.noinc`.
     #[inline(always)]
     fn copy_tile(&self, u: u32) {
-        let s_count = Smem::<HD>::S;
+        let s_count = Smem::<HD, PV8>::S;
         let (s, round) = (u % s_count, u / s_count);
         if round > 0 {
             // SAFETY: an initialised barrier.
             unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
         }
-        let threads = sm90_threads(HD) as u32;
+        let threads = sm90_threads(HD, PV8) as u32;
         let k_chunks = (SM90_CTA_K * HD / 16) as u32;
         let key0 = u * SM90_CTA_K as u32;
         let k_src = self.k_head + (u as u64) * (SM90_CTA_K * HD) as u64;
         let full_tile = key0 + SM90_CTA_K as u32 <= self.kv_len;
-        // 16-byte chunks of a K and a V tile: 12·HD, i.e. HD/32 per thread with 384 threads.
-        let chunks = 3 * k_chunks;
+        // 16-byte chunks of a K and a V tile: 12·HD with f16 V (HD/32 per thread with 384
+        // threads), 8·HD with the INT8 Vᵀ (HD/32 per thread with 256 threads at d = 128).
+        let chunks = if PV8 { 2 * k_chunks } else { 3 * k_chunks };
         unroll::<{ 128 / 32 }>(
             #[inline(always)]
             |j| {
@@ -278,6 +286,18 @@ impl<const HD: usize> Consumer<HD> {
                             ptx::cp_async_16(
                                 self.sm.k_stage(s) + kmajor_offset::<HD>(r, col),
                                 k_src + (r * HD as u32 + 16 * col) as u64,
+                            )
+                        };
+                    } else if PV8 {
+                        // Vᵀ row = one channel's 64 keys (4 chunks); padded with zero keys to whole
+                        // tiles, so every chunk is read.
+                        let c = c - k_chunks;
+                        let (r, col) = (c / 4, c % 4);
+                        // SAFETY: r < HD rows of this head's Vᵀ, key0 + 64 <= its padded length.
+                        unsafe {
+                            ptx::cp_async_16(
+                                self.sm.v_stage(s) + kmajor_offset::<64>(r, col),
+                                self.v_head + r as u64 * self.v_row_bytes + (key0 + 16 * col) as u64,
                             )
                         };
                     } else {
@@ -320,7 +340,7 @@ impl<const HD: usize> Consumer<HD> {
     /// Waits until K and V tile `t` are in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_k(&self, t: u32) {
-        let s = Smem::<HD>::S;
+        let s = Smem::<HD, PV8>::S;
         // SAFETY: an initialised barrier.
         unsafe { ptx::mbarrier_wait_parity(self.sm.full(t % s), (t / s) & 1) };
     }
@@ -340,18 +360,23 @@ impl<const HD: usize> Consumer<HD> {
     fn release(&self, t: u32) {
         if self.lane == 0 {
             // SAFETY: an initialised barrier.
-            unsafe { ptx::mbarrier_arrive(self.sm.empty(t % Smem::<HD>::S)) };
+            unsafe { ptx::mbarrier_arrive(self.sm.empty(t % Smem::<HD, PV8>::S)) };
         }
     }
 
     #[inline(always)]
     fn k_desc(&self, t: u32) -> u64 {
-        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD>::S))
+        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S))
     }
 
     #[inline(always)]
     fn v_desc(&self, t: u32) -> u64 {
-        v_desc(self.sm.v_stage(t % Smem::<HD>::S))
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+        if PV8 {
+            kmajor_desc::<64>(stage)
+        } else {
+            v_desc(stage)
+        }
     }
 
     /// K scale of tile `t`.
@@ -362,7 +387,10 @@ impl<const HD: usize> Consumer<HD> {
     }
 
     /// Scores of tile `t` → probabilities: dequantize, mask, online softmax. Returns the f32
-    /// probabilities (accumulator layout) and the rescale factor of the two rows.
+    /// probabilities (accumulator layout), the rescale factor of the two rows, and (8-bit P·V)
+    /// the factor of the tile's P: with `PV8` the probabilities are relative to the tile's own
+    /// row maximum, so that the u8 P uses its whole range, and the tile's product is worth
+    /// `tile_factor` times that (1 with f16 P·V).
     #[inline(always)]
     fn softmax<const MASK: bool, const CAUSAL: bool>(
         &self,
@@ -370,7 +398,7 @@ impl<const HD: usize> Consumer<HD> {
         t: u32,
         k_scale: f32,
         softmax: &mut OnlineSoftmax,
-    ) -> ([[f32; 4]; 8], [f32; 2]) {
+    ) -> ([[f32; 4]; 8], [f32; 2], [f32; 2]) {
         let scale = self.q_scale * k_scale;
         let mut s = [[0.0f32; 4]; 8];
         if !MASK {
@@ -383,8 +411,8 @@ impl<const HD: usize> Consumer<HD> {
                     );
                 },
             );
-            let rescale = softmax.update_unscaled(&mut s, scale);
-            return (s, rescale);
+            let (rescale, tile_factor) = softmax.update_unscaled::<PV8>(&mut s, scale);
+            return (s, rescale, tile_factor);
         }
         unroll::<8>(
             #[inline(always)]
@@ -415,16 +443,87 @@ impl<const HD: usize> Consumer<HD> {
                 );
             },
         );
-        let rescale = softmax.update(&mut s);
-        (s, rescale)
+        let (rescale, tile_factor) = softmax.update::<PV8>(&mut s);
+        (s, rescale, tile_factor)
     }
 
-    /// Tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet).
+    /// The probabilities as the A fragments of `P·V`: f16 (4 k-steps of 16 keys) or, with
+    /// `PV8`, u8 (2 k-steps of 32 keys, in `probs[0..2]`).
+    #[inline(always)]
+    fn pack(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
+        if PV8 { pack_probs_u8(s) } else { pack_probs(s) }
+    }
+
+    /// The pinned descriptors of the k-steps of `P·V` on tile `t`'s V (4 of 16 keys for f16,
+    /// 2 of 32 keys in `[0..2]` with `PV8`), computed before the issue sequence.
+    #[inline(always)]
+    fn pv_descs(&self, t: u32) -> [u64; 4] {
+        if PV8 {
+            pv8_descs(self.v_desc(t))
+        } else {
+            pv_descs(self.v_desc(t))
+        }
+    }
+
+    /// Issues `P·V`: with f16 P·V accumulated into `out`; with `PV8` into a fresh s32
+    /// accumulator, returned.
+    #[inline(always)]
+    fn issue_pv<const NT: usize>(
+        out: &mut [[f32; 4]; NT],
+        probs: &[[u32; 4]; 4],
+        vd: &[u64; 4],
+    ) -> [[i32; 4]; NT] {
+        if PV8 {
+            issue_pv8::<NT>(probs, vd)
+        } else {
+            issue_pv::<NT>(out, probs, vd);
+            [[0; 4]; NT]
+        }
+    }
+
+    /// After the P·V wait: with f16 P·V, `out *= rescale`; with `PV8`, the tile product `acc`
+    /// (worth `factor` per row) is added first: `out = out * rescale + acc * (factor * rescale)`.
+    /// The multiplications by `rescale` are skipped when it is 1 for every row of the warp (once
+    /// the row maxima settle, most tiles leave them unchanged).
+    #[inline(always)]
+    fn accumulate<const NT: usize>(
+        out: &mut [[f32; 4]; NT],
+        acc: &[[i32; 4]; NT],
+        factor: [f32; 2],
+        rescale: [f32; 2],
+    ) {
+        if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
+            unroll::<NT>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| out[j][e] *= rescale[e >> 1],
+                    );
+                },
+            );
+        }
+        if PV8 {
+            let g = [factor[0] * rescale[0], factor[1] * rescale[1]];
+            unroll::<NT>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| out[j][e] = ptx::fma(s32_to_f32(acc[j][e]), g[e >> 1], out[j][e]),
+                    );
+                },
+            );
+        }
+    }
+
+    /// Tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns the packed
+    /// P and the tile factor.
     #[inline(always)]
     fn first<const MASK: bool, const CAUSAL: bool, const KS: usize>(
         &self,
         softmax: &mut OnlineSoftmax,
-    ) -> [[u32; 4]; 4] {
+    ) -> ([[u32; 4]; 4], [f32; 2]) {
         self.wait_k(0);
         self.make_visible();
         let k_scale = self.k_scale(0);
@@ -437,17 +536,19 @@ impl<const HD: usize> Consumer<HD> {
         self.copy_ahead(LOOKAHEAD);
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
-        pack_probs(&self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax).0)
+        let (p, _, factor) = self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax);
+        (Self::pack(&p), factor)
     }
 
-    /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}`; softmax of tile t while the
-    /// P·V runs; then rescale O. Releases tile t-2's stage. `probs` holds `P_{t-1}` on entry and
-    /// `P_t` on return.
+    /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `P_{t-1}·V_{t-1}`; softmax of tile t while the
+    /// P·V runs; then fold the product into O and rescale it. Releases tile t-2's stage. `probs`
+    /// and `factor` hold `P_{t-1}` and its tile factor on entry and those of `P_t` on return.
     #[inline(always)]
     fn step<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
         t: u32,
         probs: &mut [[u32; 4]; 4],
+        factor: &mut [f32; 2],
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
         k_scale_t: &mut f32,
@@ -464,18 +565,19 @@ impl<const HD: usize> Consumer<HD> {
             self.release(t - 2);
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t));
-        let vd = pv_descs(self.v_desc(t - 1));
+        let vd = self.pv_descs(t - 1);
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
-        issue_pv::<NT>(out, probs, &vd);
+        let mut acc = Self::issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         self.sched_pass();
         self.copy_ahead(t + LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
-        let (mut next, rescale) = self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
+        let (mut next, rescale, next_factor) =
+            self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
         // the softmax's last result (the row sums) ends the basic block there, so the wait stays
@@ -485,44 +587,55 @@ impl<const HD: usize> Consumer<HD> {
         }
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
-        // P_t is packed to f16 only now: ptxas coalesces the packed registers with the loop-carried
+        if PV8 {
+            smem::pin_acc(&mut acc);
+        }
+        // P_t is packed only now: ptxas coalesces the packed registers with the loop-carried
         // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
         // were written while it is in flight.
         unroll::<8>(
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut next[j]),
         );
-        // Once the row maxima settle, most tiles leave them unchanged (rescale exactly 1): skip the
-        // multiplications when that holds for the whole warp.
-        if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
-            unroll::<NT>(
-                #[inline(always)]
-                |j| {
-                    unroll::<4>(
-                        #[inline(always)]
-                        |e| out[j][e] *= rescale[e >> 1],
-                    );
-                },
-            );
-        }
-        *probs = pack_probs(&next);
+        Self::accumulate::<NT>(out, &acc, *factor, rescale);
+        *probs = Self::pack(&next);
+        *factor = next_factor;
     }
 
-    /// The last `O += P·V` (tile `t`).
+    /// The last `P·V` (tile `t`), folded into O.
     #[inline(always)]
-    fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
+    fn last<const NT: usize>(
+        &self,
+        t: u32,
+        probs: &[[u32; 4]; 4],
+        factor: [f32; 2],
+        out: &mut [[f32; 4]; NT],
+    ) {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t.
         if t >= 1 {
             self.release(t - 1);
         }
-        let vd = pv_descs(self.v_desc(t));
+        let vd = self.pv_descs(t);
         ptx::wgmma_fence();
-        issue_pv::<NT>(out, probs, &vd);
+        let mut acc = Self::issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
+        if PV8 {
+            smem::pin_acc(&mut acc);
+        }
+        Self::accumulate::<NT>(out, &acc, factor, [1.0; 2]);
         // Tile t's stage is never reused: no tile is left to load.
     }
+}
+
+/// An s32 tile product as f32, exactly: `|x| < 2^22` (at most 255 · 127 · 64 in magnitude), so
+/// `x + 1.5·2^23` is an f32 whose low mantissa bits are x. Two full-rate instructions instead of
+/// the quarter-rate `I2F`.
+#[inline(always)]
+fn s32_to_f32(x: i32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
+    f32::from_bits((x as u32).wrapping_add(MAGIC.to_bits())) - MAGIC
 }
 
 /// f32 probabilities (accumulator layout, 8 n-tiles of 8 keys) → the f16 A fragments of `P·V`
@@ -545,15 +658,56 @@ fn pack_probs(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
     probs
 }
 
+/// Probabilities in [0, 1] → `round(P8_MAX · p)` as u8: `p · 255 + 1.5·2^23` rounds the product
+/// to an integer in the low mantissa bits (one fused multiply-add, round-to-nearest-even).
+#[inline(always)]
+fn p_to_u8_bits(p: f32) -> u32 {
+    ptx::fma(p, P8_MAX, 12_582_912.0).to_bits()
+}
+
+/// The low bytes of four words, packed (`a` lowest).
+#[inline(always)]
+fn pack_bytes(a: u32, b: u32, c: u32, d: u32) -> u32 {
+    ptx::prmt(ptx::prmt(a, b, 0x0040), ptx::prmt(c, d, 0x0040), 0x5410)
+}
+
+/// f32 probabilities (accumulator layout) → the u8 A fragments of the 8-bit `P·V`: k-step kk
+/// covers keys `32kk..32kk+32` (n-tiles `4kk..4kk+4`); lane `4g + t` puts its keys
+/// `2t, 2t+1, 8+2t, 9+2t` of a 16-key group into k slots `4t..4t+4`, the order the Vᵀ rows are
+/// stored in (`config::v8_key_slot`). Returned in `[0..2]` of the f16 fragment array.
+#[inline(always)]
+fn pack_probs_u8(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
+    let mut probs = [[0u32; 4]; 4];
+    unroll::<2>(
+        #[inline(always)]
+        |kk| {
+            let u = |j: usize, e: usize| p_to_u8_bits(s[4 * kk + j][e]);
+            probs[kk] = [
+                pack_bytes(u(0, 0), u(0, 1), u(1, 0), u(1, 1)),
+                pack_bytes(u(0, 2), u(0, 3), u(1, 2), u(1, 3)),
+                pack_bytes(u(2, 0), u(2, 1), u(3, 0), u(3, 1)),
+                pack_bytes(u(2, 2), u(2, 3), u(3, 2), u(3, 3)),
+            ];
+        },
+    );
+    probs
+}
+
 /// A consumer warpgroup: loads its 64 Q rows, runs the pipelined loop, writes O and the LSE.
 #[inline(always)]
-unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+unsafe fn consume<
+    const HD: usize,
+    const KS: usize,
+    const NT: usize,
+    const CAUSAL: bool,
+    const PV8: bool,
+>(
     p: &AttnParams,
     geo: &Geometry,
-    sm: Smem<HD>,
+    sm: Smem<HD, PV8>,
     tid: u32,
 ) {
-    let wg = tid >> 7; // < sm90_consumer_warpgroups(HD)
+    let wg = tid >> 7; // < sm90_consumer_warpgroups(HD, PV8)
     let lane = tid & 31;
     let wg_row0 = 64 * wg;
     let warp_row0 = geo.q_row0 + wg_row0 + 16 * ((tid >> 5) & 3);
@@ -602,8 +756,14 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
         let q_scale = unsafe { ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx) };
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-        let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
-        let c = Consumer::<HD> {
+        // f16 V: any strides; INT8 Vᵀ: [batch][kv_heads][HD][padded_k], contiguous.
+        let (v_head, v_row_bytes) = if PV8 {
+            (p.v + kv_head * HD as u64 * padded_k, padded_k)
+        } else {
+            let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
+            ((p.v as i64 + 2 * v_head) as u64, 2 * p.v_stride[2] as u64)
+        };
+        let c = Consumer::<HD, PV8> {
             sm,
             q_desc: kmajor_desc::<HD>(q_dst),
             q_scale,
@@ -616,8 +776,8 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             wg,
             tid,
             k_head: p.k + kv_head * padded_k * HD as u64,
-            v_head: (p.v as i64 + 2 * v_head) as u64,
-            v_row_bytes: 2 * p.v_stride[2] as u64,
+            v_head,
+            v_row_bytes,
             n_tiles: geo.n_tiles,
         };
         // The first tiles (not in a cp.async group: the wait below is for Q only).
@@ -633,28 +793,31 @@ unsafe fn consume<const HD: usize, const KS: usize, const NT: usize, const CAUSA
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
-        let mut probs = if geo.n_unmasked > 0 {
+        let (mut probs, mut factor) = if geo.n_unmasked > 0 {
             c.first::<false, CAUSAL, KS>(&mut softmax)
         } else {
             c.first::<true, CAUSAL, KS>(&mut softmax)
         };
         // K scale of the next tile, loaded one step ahead (see `Consumer::make_visible`).
         let mut k_scale = c.k_scale(1.min(c.last_tile));
+        let (p_, f_, o_, s_, k_) = (&mut probs, &mut factor, &mut out, &mut softmax, &mut k_scale);
         for t in 1..geo.n_unmasked {
-            c.step::<false, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax, &mut k_scale);
+            c.step::<false, CAUSAL, KS, NT>(t, p_, f_, o_, s_, k_);
         }
         for t in geo.n_unmasked.max(1)..geo.n_tiles {
-            c.step::<true, CAUSAL, KS, NT>(t, &mut probs, &mut out, &mut softmax, &mut k_scale);
+            c.step::<true, CAUSAL, KS, NT>(t, p_, f_, o_, s_, k_);
         }
-        c.last::<NT>(geo.n_tiles - 1, &probs, &mut out);
+        c.last::<NT>(geo.n_tiles - 1, &probs, factor, &mut out);
     }
     // SAFETY: the output and LSE pointers were validated by the host for these shapes.
-    unsafe { store::<NT>(p, geo, warp_row0, lane, &softmax, &out) };
+    unsafe { store::<NT, PV8>(p, geo, warp_row0, lane, &softmax, &out) };
 }
 
-/// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`.
+/// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`. With
+/// `PV8`, O is in units of `P8_MAX` and of each channel's V scale, and the V mean smoothing took
+/// away is added back (except on rows that see no key, which stay 0).
 #[inline(always)]
-unsafe fn store<const NT: usize>(
+unsafe fn store<const NT: usize, const PV8: bool>(
     p: &AttnParams,
     geo: &Geometry,
     warp_row0: u32,
@@ -664,6 +827,9 @@ unsafe fn store<const NT: usize>(
 ) {
     let head_base =
         p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
+    let hd = 8 * NT as u64;
+    let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+    let (v_scale, v_mean) = (p.v_scale + 4 * kv_head * 2 * hd, p.v_mean + 4 * kv_head * hd);
     unroll::<2>(
         #[inline(always)]
         |h| {
@@ -677,13 +843,27 @@ unsafe fn store<const NT: usize>(
                     #[inline(always)]
                     |nt| {
                         let c = out[nt];
-                        let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                        let col = nt as u32 * 8 + 2 * (lane & 3);
+                        let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                        if PV8 && l != 0.0 {
+                            let at = 4 * col as u64;
+                            // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
+                            let (sa, sb, ma, mb) = unsafe {
+                                (
+                                    ptx::ld_global_nc_f32(v_scale + at),
+                                    ptx::ld_global_nc_f32(v_scale + at + 4),
+                                    ptx::ld_global_nc_f32(v_mean + at),
+                                    ptx::ld_global_nc_f32(v_mean + at + 4),
+                                )
+                            };
+                            a = ptx::fma(a, sa * (1.0 / P8_MAX), ma);
+                            b = ptx::fma(b, sb * (1.0 / P8_MAX), mb);
+                        }
                         let packed = if p.out_bf16 != 0 {
                             ptx::pack_bf16x2(a, b)
                         } else {
                             ptx::pack_f16x2(a, b)
                         };
-                        let col = nt as u32 * 8 + 2 * (lane & 3);
                         // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
                         unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
                     },
@@ -712,13 +892,13 @@ unsafe fn store<const NT: usize>(
 }
 
 macro_rules! sm90_attention_entry {
-    ($name:literal, $hd:literal, $causal:literal) => {
+    ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
         const _: () = {
             /// Kernel entry (see the module docs); one per variant.
             #[unsafe(export_name = $name)]
             pub unsafe extern "ptx-kernel" fn sm90_attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
-                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal>(&p) }
+                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, $pv8>(&p) }
             }
         };
     };

@@ -12,25 +12,28 @@
 #![allow(dead_code)] // each side (device, host) uses a different subset
 
 /// Warpgroups per CTA; each owns 64 query rows. With no producer warp the CTA is a multiple of
-/// 128 threads, so the register cap at entry (one CTA per SM) is 168 for 384 threads and 128 for
-/// 512: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which hides more of its
-/// softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the same softmax).
-pub const fn sm90_consumer_warpgroups(head_dim: usize) -> usize {
-    if head_dim > 64 {
-        3
-    } else {
-        4
+/// 128 threads, so the register cap at entry (one CTA per SM) is 255 for 256 threads, 168 for 384
+/// and 128 for 512. FP16 P·V: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which
+/// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
+/// same softmax). 8-bit P·V (`pv8`) holds a second accumulator, the s32 product of the key tile,
+/// beside the f32 output: 64 more registers at d = 128 (two warpgroups), 32 at d = 64 (three).
+pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
+    match (head_dim > 64, pv8) {
+        (true, false) => 3,
+        (false, false) => 4,
+        (true, true) => 2,
+        (false, true) => 3,
     }
 }
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
-pub const fn sm90_cta_q(head_dim: usize) -> usize {
-    64 * sm90_consumer_warpgroups(head_dim)
+pub const fn sm90_cta_q(head_dim: usize, pv8: bool) -> usize {
+    64 * sm90_consumer_warpgroups(head_dim, pv8)
 }
 /// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
-pub const fn sm90_threads(head_dim: usize) -> usize {
-    128 * sm90_consumer_warpgroups(head_dim)
+pub const fn sm90_threads(head_dim: usize, pv8: bool) -> usize {
+    128 * sm90_consumer_warpgroups(head_dim, pv8)
 }
 /// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
@@ -46,8 +49,8 @@ pub const fn sm90_stages(head_dim: usize) -> usize {
 }
 
 /// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
-pub const fn sm90_q_bytes(head_dim: usize) -> usize {
-    sm90_cta_q(head_dim) * head_dim
+pub const fn sm90_q_bytes(head_dim: usize, pv8: bool) -> usize {
+    sm90_cta_q(head_dim, pv8) * head_dim
 }
 
 /// Bytes of one INT8 K stage.
@@ -55,40 +58,46 @@ pub const fn sm90_k_stage_bytes(head_dim: usize) -> usize {
     SM90_CTA_K * head_dim
 }
 
-/// Bytes of one f16 V stage (`head_dim / 64` column blocks of 64 keys × 128 bytes).
-pub const fn sm90_v_stage_bytes(head_dim: usize) -> usize {
-    SM90_CTA_K * head_dim * 2
+/// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes), or with
+/// `pv8` the INT8 Vᵀ (`head_dim` rows of 64 keys, K-major like a d = 64 K tile).
+pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
+    SM90_CTA_K * head_dim * if pv8 { 1 } else { 2 }
 }
 
 /// Offset of the first K stage from the aligned base.
-pub const fn sm90_k_offset(head_dim: usize) -> usize {
-    sm90_q_bytes(head_dim)
+pub const fn sm90_k_offset(head_dim: usize, pv8: bool) -> usize {
+    sm90_q_bytes(head_dim, pv8)
 }
 
 /// Offset of the first V stage from the aligned base.
-pub const fn sm90_v_offset(head_dim: usize) -> usize {
-    sm90_k_offset(head_dim) + sm90_stages(head_dim) * sm90_k_stage_bytes(head_dim)
+pub const fn sm90_v_offset(head_dim: usize, pv8: bool) -> usize {
+    sm90_k_offset(head_dim, pv8) + sm90_stages(head_dim) * sm90_k_stage_bytes(head_dim)
 }
 
 /// Offset of the mbarriers from the aligned base: `full[stages]`, `empty[stages]`, 8 bytes each.
-pub const fn sm90_barrier_offset(head_dim: usize) -> usize {
-    sm90_v_offset(head_dim) + sm90_stages(head_dim) * sm90_v_stage_bytes(head_dim)
+pub const fn sm90_barrier_offset(head_dim: usize, pv8: bool) -> usize {
+    sm90_v_offset(head_dim, pv8) + sm90_stages(head_dim) * sm90_v_stage_bytes(head_dim, pv8)
 }
 
 /// Dynamic shared memory to launch with (includes the slack for aligning the base).
-pub const fn sm90_smem_bytes(head_dim: usize) -> usize {
-    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim) + 2 * 8 * sm90_stages(head_dim)
+pub const fn sm90_smem_bytes(head_dim: usize, pv8: bool) -> usize {
+    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim, pv8) + 2 * 8 * sm90_stages(head_dim)
 }
 
-/// Calls `$m!(name, head_dim, causal)` once per sm_90a attention entry. The device crate stamps
-/// the entries from it and the host builds its name table from it.
+/// Calls `$m!(name, head_dim, causal, pv8)` once per sm_90a attention entry (`pv8`: P·V on
+/// u8 P · s8 Vᵀ instead of f16). The device crate stamps the entries from it and the host builds
+/// its name table from it.
 #[macro_export]
 macro_rules! for_each_sm90_attention_variant {
     ($m:ident) => {
-        $m!("sage_attn_sm90_hd64_full", 64, false);
-        $m!("sage_attn_sm90_hd64_causal", 64, true);
-        $m!("sage_attn_sm90_hd128_full", 128, false);
-        $m!("sage_attn_sm90_hd128_causal", 128, true);
+        $m!("sage_attn_sm90_hd64_full", 64, false, false);
+        $m!("sage_attn_sm90_hd64_causal", 64, true, false);
+        $m!("sage_attn_sm90_hd128_full", 128, false, false);
+        $m!("sage_attn_sm90_hd128_causal", 128, true, false);
+        $m!("sage_attn_sm90_hd64_full_pv8", 64, false, true);
+        $m!("sage_attn_sm90_hd64_causal_pv8", 64, true, true);
+        $m!("sage_attn_sm90_hd128_full_pv8", 128, false, true);
+        $m!("sage_attn_sm90_hd128_causal_pv8", 128, true, true);
     };
 }
 

@@ -86,6 +86,22 @@ pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
     d
 }
 
+/// The descriptors of the 2 k-steps (32 keys each) of the 8-bit `P·V` on a Vᵀ tile (K-major,
+/// 64-byte rows), pinned (see [`qk_descs`]), in `[0..2]`.
+#[inline(always)]
+pub fn pv8_descs(v_desc: u64) -> [u64; 4] {
+    let mut d = [0u64; 4];
+    unroll::<2>(
+        #[inline(always)]
+        |kk| {
+            // 32 keys = 32 bytes = 2 descriptor units.
+            d[kk] = v_desc + 2 * kk as u64;
+            ptx::pin_u64(&mut d[kk]);
+        },
+    );
+    d
+}
+
 /// The descriptors of the 4 k-steps (16 keys each) of `P·V`, pinned (see [`qk_descs`]).
 #[inline(always)]
 pub fn pv_descs(v_desc: u64) -> [u64; 4] {
@@ -135,6 +151,36 @@ pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &
                 ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[kk]);
             }
         },
+    );
+}
+
+/// Issues the 8-bit `P·V` for 64 query rows and the 64 keys of a Vᵀ tile (2 k-steps of 32 keys;
+/// no fence, commit or wait) into a fresh s32 accumulator, returned (in flight). `p[kk]` is the u8
+/// A fragment of k-step kk (see `attention::pack_probs_u8`), `d` from [`pv8_descs`]. `NT = HD/8`.
+#[inline(always)]
+pub fn issue_pv8<const NT: usize>(p: &[[u32; 4]; 4], d: &[u64; 4]) -> [[i32; 4]; NT] {
+    const { assert!(NT == 8 || NT == 16) };
+    let mut acc = [[0i32; 4]; NT];
+    if NT == 16 {
+        // SAFETY: NT == 16, so this is the same array.
+        let a16 = unsafe { &mut *(&mut acc as *mut [[i32; 4]; NT]).cast::<[[i32; 4]; 16]>() };
+        *a16 = ptx::wgmma_m64n128k32_u8s8_rs_first(p[0], d[0]);
+        ptx::wgmma_m64n128k32_u8s8_rs(a16, p[1], d[1]);
+    } else {
+        // SAFETY: NT == 8, so this is the same array.
+        let a8 = unsafe { &mut *(&mut acc as *mut [[i32; 4]; NT]).cast::<[[i32; 4]; 8]>() };
+        *a8 = ptx::wgmma_m64n64k32_u8s8_rs_first(p[0], d[0]);
+        ptx::wgmma_m64n64k32_u8s8_rs(a8, p[1], d[1]);
+    }
+    acc
+}
+
+/// Ordering point after a wgmma wait for the s32 accumulator of [`issue_pv8`].
+#[inline(always)]
+pub fn pin_acc<const NT: usize>(a: &mut [[i32; 4]; NT]) {
+    unroll::<NT>(
+        #[inline(always)]
+        |j| ptx::pin_i32x4(&mut a[j]),
     );
 }
 

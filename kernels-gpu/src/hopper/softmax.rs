@@ -22,10 +22,14 @@ impl OnlineSoftmax {
     }
 
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
-    /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
+    /// `2^(s - max)` and returns the factor each row's previous output must be scaled by, and the
+    /// tile factor (1). With `PER_TILE` (the 8-bit P·V), `s` becomes `2^(s - tile max)` instead,
+    /// which puts each row's largest probability of the tile at 1, and the tile factor is
+    /// `2^(tile max - max)`, what those probabilities are worth against the running maximum.
     #[inline(always)]
-    pub fn update(&mut self, s: &mut [[f32; 4]; 8]) -> [f32; 2] {
+    pub fn update<const PER_TILE: bool>(&mut self, s: &mut [[f32; 4]; 8]) -> ([f32; 2], [f32; 2]) {
         let mut rescale = [1.0f32; 2];
+        let mut tile_factor = [1.0f32; 2];
         unroll::<2>(
             #[inline(always)]
             |h| {
@@ -48,6 +52,16 @@ impl OnlineSoftmax {
                 };
                 rescale[h] = ptx::ex2(self.max[h] - base);
                 self.max[h] = new_max;
+                let p_base = if PER_TILE {
+                    tile_factor[h] = ptx::ex2(tile_max - base);
+                    if tile_max == f32::NEG_INFINITY {
+                        0.0
+                    } else {
+                        tile_max
+                    }
+                } else {
+                    base
+                };
                 let mut row_sum = 0.0f32;
                 unroll::<8>(
                     #[inline(always)]
@@ -55,17 +69,17 @@ impl OnlineSoftmax {
                         unroll::<2>(
                             #[inline(always)]
                             |e| {
-                                let v = ptx::ex2(s[nt][2 * h + e] - base);
+                                let v = ptx::ex2(s[nt][2 * h + e] - p_base);
                                 s[nt][2 * h + e] = v;
                                 row_sum += v;
                             },
                         );
                     },
                 );
-                self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+                self.sum[h] = self.sum[h] * rescale[h] + row_sum * tile_factor[h];
             },
         );
-        rescale
+        (rescale, tile_factor)
     }
 
     /// [`Self::update`] for a tile without masked scores, taking them unscaled: `s` holds the integer
@@ -74,8 +88,13 @@ impl OnlineSoftmax {
     /// fused multiply-add, saving a multiply and a subtraction per score (the result differs from
     /// [`Self::update`] by the rounding of that product only).
     #[inline(always)]
-    pub fn update_unscaled(&mut self, s: &mut [[f32; 4]; 8], scale: f32) -> [f32; 2] {
+    pub fn update_unscaled<const PER_TILE: bool>(
+        &mut self,
+        s: &mut [[f32; 4]; 8],
+        scale: f32,
+    ) -> ([f32; 2], [f32; 2]) {
         let mut rescale = [1.0f32; 2];
+        let mut tile_factor = [1.0f32; 2];
         unroll::<2>(
             #[inline(always)]
             |h| {
@@ -89,7 +108,8 @@ impl OnlineSoftmax {
                 raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 1));
                 raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 2));
                 // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
-                let new_max = self.max[h].max(raw_max * scale);
+                let tile_max = raw_max * scale;
+                let new_max = self.max[h].max(tile_max);
                 let base = if new_max == f32::NEG_INFINITY {
                     0.0
                 } else {
@@ -97,6 +117,13 @@ impl OnlineSoftmax {
                 };
                 rescale[h] = ptx::ex2(self.max[h] - base);
                 self.max[h] = new_max;
+                // Unmasked: every score is finite (or NaN), so the tile max is too.
+                let p_base = if PER_TILE {
+                    tile_factor[h] = ptx::ex2(tile_max - base);
+                    tile_max
+                } else {
+                    base
+                };
                 let mut row_sum = 0.0f32;
                 unroll::<8>(
                     #[inline(always)]
@@ -104,17 +131,17 @@ impl OnlineSoftmax {
                         unroll::<2>(
                             #[inline(always)]
                             |e| {
-                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -base));
+                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -p_base));
                                 s[nt][2 * h + e] = v;
                                 row_sum += v;
                             },
                         );
                     },
                 );
-                self.sum[h] = self.sum[h] * rescale[h] + row_sum;
+                self.sum[h] = self.sum[h] * rescale[h] + row_sum * tile_factor[h];
             },
         );
-        rescale
+        (rescale, tile_factor)
     }
 
     /// The full sum of row `h` (reduces the quad's partial sums).
