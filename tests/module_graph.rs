@@ -179,9 +179,6 @@ fn is(t: Option<&(Tok, usize)>, want: &Tok) -> bool {
 struct Module {
     file: PathBuf,
     toks: Vec<(Tok, usize)>,
-    /// Whether `mod x;` inside it looks for `x.rs` next to the file (crate roots, `mod.rs` files
-    /// and files loaded through `#[path]`) rather than in a folder named after the file.
-    dir_owner: bool,
 }
 
 /// Module path (`""` for the crate root, `"a::b"` below it) → module.
@@ -228,7 +225,9 @@ fn path_attribute(toks: &[(Tok, usize)], at: usize) -> Option<String> {
     None
 }
 
-/// Loads `file` as module `path` and, recursively, every file module it declares.
+/// Loads `file` as module `path` and, recursively, every file module it declares. `dir_owner`:
+/// whether `mod x;` inside it looks for `x.rs` next to the file (crate roots, `mod.rs` files and
+/// files loaded through `#[path]`) rather than in a folder named after the file.
 fn load(tree: &mut Tree, path: String, file: PathBuf, dir_owner: bool) {
     let src = fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
     let toks = lex(&src);
@@ -268,14 +267,7 @@ fn load(tree: &mut Tree, path: String, file: PathBuf, dir_owner: bool) {
         };
         children.push((child, child_file, child_owner));
     }
-    tree.insert(
-        path,
-        Module {
-            file,
-            toks,
-            dir_owner,
-        },
-    );
+    tree.insert(path, Module { file, toks });
     for (child, child_file, owner) in children {
         load(tree, child, child_file, owner);
     }
