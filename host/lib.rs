@@ -32,8 +32,9 @@
 //! | shared with the device crate | [`device_config`], `params` | tile constants, kernel names, parameter structs |
 //!
 //! Beside them, for tests and tools: the CPU oracles in [`reference`](mod@reference) (exact
-//! float64 attention, the quantized emulation, [`quant_ref`], metrics). Device code lives in the
-//! `kernels-gpu` crate.
+//! float64 attention, the quantized emulation, [`quant_ref`], metrics) and the .safetensors reader
+//! and writer [`tensor_file`]. The tools (`host/cli/` for `sageattn`, `benches/bench/` for
+//! `bench`) use only this crate's public API. Device code lives in the `kernels-gpu` crate.
 //!
 //! Read order: [`attention`] (the call and its options) → `launch::validate` (checks before any
 //! launch) → `launch::dispatch` (which kernel) → `launch::enqueue` (preparation and attention
@@ -44,6 +45,7 @@ pub mod attention;
 mod device;
 mod launch;
 pub mod reference;
+pub mod tensor_file;
 mod types;
 
 /// Tile and quantization constants shared with the device crate (the same source file).

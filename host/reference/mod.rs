@@ -22,7 +22,7 @@
 
 mod emulation;
 mod exact;
-mod host_tensor;
+pub(crate) mod host_tensor;
 mod metrics;
 pub mod quant_ref;
 mod rows;
