@@ -1,5 +1,6 @@
-//! The library call: `sageattn` = validate → prepare (K mean, INT8 quantization of Q and K, V to
-//! f16 when bf16) → attend (dispatch to the compiled variant, launch on the caller's stream).
+//! The API: `sageattn` = validate → prepare (K mean, INT8 quantization of Q and K, V to f16 when
+//! bf16) → attend (dispatch to the compiled variant, launch on the caller's stream). The steps are
+//! the `launch` layer's, in that order; this module only strings them together.
 //!
 //! Causal masking is **bottom-right aligned**, as in FlashAttention ≥ 2.1: with `qo_len` queries
 //! and `kv_len` keys, query `i` sees key `j` iff `j <= i + kv_len - qo_len`. (The official
@@ -8,76 +9,19 @@
 
 use cudarc::driver::CudaSlice;
 
+use crate::device::alloc::DeviceAlloc;
+use crate::device::runtime::Runtime;
+use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK};
-use crate::dispatch::select;
-use crate::enqueue::{enqueue_attend, enqueue_prepare, scratch_layout, Scratch};
-use crate::error::{CudaResultExt, Error, Result};
-use crate::runtime::Runtime;
-use crate::scratch::DeviceAlloc;
-use crate::tensor::{Layout, Tensor, TensorView, TensorViewMut};
-use crate::validate::{validate_inputs, validate_output, Problem};
+use crate::launch::dispatch::select;
+use crate::launch::enqueue::{enqueue_attend, enqueue_prepare, scratch_layout, Scratch};
+use crate::launch::validate::{validate_inputs, validate_output, Problem};
+use crate::types::error::{CudaResultExt, Error, Result};
 
-pub use crate::dispatch::{
+pub use crate::launch::dispatch::{
     attention_kernel_name, attention_kernel_names, selected_kernel, SelectedKernel,
 };
-
-/// How P·V accumulates.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum PvAccum {
-    /// f16 accumulator within each 64-key tile, summed into an f32 running output (SageAttention's
-    /// default; fastest).
-    #[default]
-    F16,
-    /// f32 accumulator throughout (slower, slightly more accurate).
-    F32,
-}
-
-/// Which attention kernel runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Backend {
-    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim 64 and
-    /// 128 and the portable kernel's f32-accumulator variant for head_dim 96 (an f16 accumulator is
-    /// not faster on Hopper, so [`PvAccum::F16`] gets the more accurate f32 result there);
-    /// elsewhere the portable kernel as [`PvAccum`] asks.
-    #[default]
-    Auto,
-    /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device.
-    Portable,
-}
-
-/// Options of [`sageattn`].
-#[derive(Clone, Copy, Debug)]
-pub struct Options {
-    /// Causal mask, bottom-right aligned (see the module docs).
-    pub causal: bool,
-    /// Subtract K's mean over the sequence before quantizing (default on): exact for softmax,
-    /// and much smaller INT8 error when K has channel-wise offsets.
-    pub smooth_k: bool,
-    /// Softmax scale; `None` = `1/sqrt(head_dim)`.
-    pub sm_scale: Option<f32>,
-    /// Memory layout of the output [`sageattn`] allocates.
-    pub layout: Layout,
-    /// P·V accumulation.
-    pub pv_accum: PvAccum,
-    /// Also return the log-sum-exp (natural log) of each query row, f32 `[batch, q_heads, qo_len]`.
-    pub return_lse: bool,
-    /// Kernel selection (default: the fastest for the device).
-    pub backend: Backend,
-}
-
-impl Default for Options {
-    fn default() -> Self {
-        Options {
-            causal: false,
-            smooth_k: true,
-            sm_scale: None,
-            layout: Layout::Hnd,
-            pv_accum: PvAccum::F16,
-            return_lse: false,
-            backend: Backend::Auto,
-        }
-    }
-}
+pub use crate::types::options::{Backend, Options, PvAccum};
 
 /// Result of [`sageattn`]: the output (dtype of Q, layout of [`Options::layout`]) and the LSE.
 pub struct Output {

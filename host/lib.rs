@@ -18,25 +18,35 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Read order: [`attention`] (the call and its options) → `validate` (checks before any launch) →
-//! `dispatch` (which kernel) → `enqueue` (preparation and attention launches, `scratch` memory) →
-//! [`tensor`] (views of caller memory) → [`runtime`] (context, stream, modules) → [`error`]; the
-//! Hopper kernel's host side is [`hopper`]; the CPU oracles are [`reference`](mod@reference) and [`quant_ref`].
-//! Device code lives in the `kernels-gpu` crate.
+//! # Layout
+//!
+//! The modules form layers; each imports only from the layers below it (checked by
+//! `tests/module_graph.rs`, which fails on any import cycle):
+//!
+//! | layer | modules | what |
+//! |---|---|---|
+//! | API | [`attention`] | [`sageattn`], [`sageattn_into`], [`Prepared`]: validate → dispatch → enqueue |
+//! | launch | `launch/`: `validate`, `dispatch`, `enqueue`, `scratch`, [`hopper`], [`selftest`] | checks, kernel choice, scratch memory, launches |
+//! | device | `device/`: [`runtime`], `kernel`, [`kernels`], `alloc`, [`tensor`] | CUDA context, stream, modules, kernels, device memory and views |
+//! | types | `types/`: `dtype`, `options`, [`error`] | plain values: [`DType`], [`Layout`], [`Options`], [`Error`] |
+//! | shared with the device crate | [`device_config`], `params` | tile constants, kernel names, parameter structs |
+//!
+//! Beside them, for tests and tools: the CPU oracles in [`reference`](mod@reference) (exact
+//! float64 attention, the quantized emulation, [`quant_ref`], metrics) and the .safetensors reader
+//! and writer [`tensor_file`]. The tools (`host/cli/` for `sageattn`, `benches/bench/` for
+//! `bench`) use only this crate's public API. Device code lives in the `kernels-gpu` crate.
+//!
+//! Read order: [`attention`] (the call and its options) → `launch::validate` (checks before any
+//! launch) → `launch::dispatch` (which kernel) → `launch::enqueue` (preparation and attention
+//! launches, `launch::scratch` memory) → [`tensor`] (views of caller memory) → [`runtime`]
+//! (context, stream, modules) → [`error`].
 
 pub mod attention;
-pub(crate) mod dispatch;
-pub(crate) mod enqueue;
-pub mod error;
-pub mod hopper;
-pub mod kernels;
-pub mod quant_ref;
+mod device;
+mod launch;
 pub mod reference;
-pub mod runtime;
-pub(crate) mod scratch;
-pub mod selftest;
-pub mod tensor;
-pub(crate) mod validate;
+pub mod tensor_file;
+mod types;
 
 /// Tile and quantization constants shared with the device crate (the same source file).
 #[path = "../kernels-gpu/src/config.rs"]
@@ -46,7 +56,13 @@ pub mod device_config;
 #[path = "../kernels-gpu/src/params.rs"]
 pub(crate) mod params;
 
+// The modules' public paths (`sageattention::runtime`, `sageattention::tensor`, ...).
+pub use device::{kernels, runtime, tensor};
+pub use launch::{hopper, selftest};
+pub use reference::quant_ref;
+pub use types::error;
+
 pub use attention::{sageattn, sageattn_into, Backend, Options, Output, Prepared, PvAccum};
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
-pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut};
+pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut, ViewGeometry};

@@ -10,7 +10,6 @@
 //!                             "sdpa-cudnn": { "error": "No available kernel" } } } ] }
 //! ```
 
-use super::report::CaseJson;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -36,11 +35,9 @@ pub struct Peers {
 }
 
 impl Peers {
-    /// The result of peer `name` for our case `c`, if the peers file has it.
-    pub fn get(&self, c: &CaseJson, name: &str) -> Option<&PeerValue> {
-        let key = (
-            c.head_dim, c.causal, c.seq_len, c.batch, c.heads, c.kv_heads,
-        );
+    /// The result of peer `name` for the case `key` (see `CaseJson::key`), if the peers file
+    /// has it.
+    pub fn get(&self, key: CaseKey, name: &str) -> Option<&PeerValue> {
         self.cases.get(&key)?.get(name)
     }
 }

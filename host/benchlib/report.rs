@@ -1,6 +1,6 @@
 //! The bench's results as JSON (`--json`) and as the text table it prints.
 
-use super::peers::{PeerValue, Peers};
+use super::peers::{CaseKey, PeerValue, Peers};
 use super::stats::Stats;
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -138,6 +138,20 @@ pub struct CaseJson {
     pub quant_overhead_pct: Option<f64>,
     /// Why the case was not run, when it was not.
     pub skipped: Option<String>,
+}
+
+impl CaseJson {
+    /// The key of this case in a peers file.
+    pub fn key(&self) -> CaseKey {
+        (
+            self.head_dim,
+            self.causal,
+            self.seq_len,
+            self.batch,
+            self.heads,
+            self.kv_heads,
+        )
+    }
 }
 
 /// The startup check of the output against a float64 reference.
@@ -365,7 +379,7 @@ pub fn render_table(report: &Report, peers: Option<&Peers>) -> String {
         );
         if let Some(peers) = peers {
             for n in &peer_names {
-                full.push(match peers.get(c, n) {
+                full.push(match peers.get(c.key(), n) {
                     Some(PeerValue::Tops(t)) => fmt_tops(*t),
                     Some(PeerValue::Failed(_)) => "failed".into(),
                     None => "-".into(),

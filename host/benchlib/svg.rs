@@ -358,7 +358,7 @@ pub fn chart_data(report: &Report, peers: Option<&Peers>) -> (Vec<Series>, Vec<P
                 values.push(
                     cases
                         .iter()
-                        .map(|c| match peers.and_then(|p| p.get(c, n)) {
+                        .map(|c| match peers.and_then(|p| p.get(c.key(), n)) {
                             Some(PeerValue::Tops(t)) => Some(*t),
                             _ => None,
                         })

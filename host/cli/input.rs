@@ -4,96 +4,15 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use half::{bf16, f16};
-use safetensors::tensor::{Dtype, SafeTensorError, SafeTensors, TensorView as StView};
+use safetensors::tensor::{SafeTensors, TensorView as StView};
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
 use sageattention::reference::HostTensor;
-use sageattention::{DType, Layout};
+use sageattention::tensor_file::{decode_logical, describe_error};
+use sageattention::Layout;
+
+pub use sageattention::tensor_file::{file_shape, logical_shape, row_offset, FileDType};
 
 use super::error::CliError;
-
-/// The element types the tool reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileDType {
-    /// IEEE binary16.
-    F16,
-    /// bfloat16.
-    BF16,
-    /// IEEE binary32; rounded to f16 for the GPU.
-    F32,
-}
-
-impl FileDType {
-    /// The supported safetensors dtypes.
-    pub const SUPPORTED: &'static str = "F16, BF16, F32";
-
-    /// `None` for a dtype the tool does not read.
-    pub fn from_safetensors(d: Dtype) -> Option<Self> {
-        match d {
-            Dtype::F16 => Some(FileDType::F16),
-            Dtype::BF16 => Some(FileDType::BF16),
-            Dtype::F32 => Some(FileDType::F32),
-            _ => None,
-        }
-    }
-
-    /// The safetensors dtype.
-    pub fn to_safetensors(self) -> Dtype {
-        match self {
-            FileDType::F16 => Dtype::F16,
-            FileDType::BF16 => Dtype::BF16,
-            FileDType::F32 => Dtype::F32,
-        }
-    }
-
-    /// The dtype the GPU computes in (f32 inputs are rounded to f16).
-    pub fn gpu_dtype(self) -> DType {
-        match self {
-            FileDType::F16 | FileDType::F32 => DType::F16,
-            FileDType::BF16 => DType::BF16,
-        }
-    }
-
-    /// Name as safetensors spells it.
-    pub fn name(self) -> &'static str {
-        match self {
-            FileDType::F16 => "F16",
-            FileDType::BF16 => "BF16",
-            FileDType::F32 => "F32",
-        }
-    }
-
-    /// Bytes per element.
-    pub fn size_bytes(self) -> usize {
-        match self {
-            FileDType::F16 | FileDType::BF16 => 2,
-            FileDType::F32 => 4,
-        }
-    }
-
-    /// Little-endian element `i` of `bytes` as f32 (exact for all three types).
-    fn decode_at(self, bytes: &[u8], i: usize) -> f32 {
-        match self {
-            FileDType::F16 => f16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
-            FileDType::BF16 => bf16::from_le_bytes([bytes[2 * i], bytes[2 * i + 1]]).to_f32(),
-            FileDType::F32 => f32::from_le_bytes([
-                bytes[4 * i],
-                bytes[4 * i + 1],
-                bytes[4 * i + 2],
-                bytes[4 * i + 3],
-            ]),
-        }
-    }
-
-    /// Appends `x`, rounded to this type (nearest even), in little-endian order.
-    pub fn encode_into(self, x: f32, out: &mut Vec<u8>) {
-        match self {
-            FileDType::F16 => out.extend_from_slice(&f16::from_f32(x).to_le_bytes()),
-            FileDType::BF16 => out.extend_from_slice(&bf16::from_f32(x).to_le_bytes()),
-            FileDType::F32 => out.extend_from_slice(&x.to_le_bytes()),
-        }
-    }
-}
 
 /// Names of the three input tensors in the file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,31 +88,6 @@ pub fn layout_name(layout: Layout) -> &'static str {
     }
 }
 
-/// Logical `[batch, heads, seq, head_dim]` of a shape stored in `layout`. The two layouts only swap
-/// dims 1 and 2, so the same function converts back.
-pub fn logical_shape(file_shape: [usize; 4], layout: Layout) -> [usize; 4] {
-    let [a, b, c, d] = file_shape;
-    match layout {
-        Layout::Hnd => [a, b, c, d],
-        Layout::Nhd => [a, c, b, d],
-    }
-}
-
-/// The file shape of a logical shape stored in `layout`.
-pub fn file_shape(logical: [usize; 4], layout: Layout) -> [usize; 4] {
-    logical_shape(logical, layout)
-}
-
-/// Offset of logical row `(b, h, s)` in a contiguous buffer of logical shape `shape` stored in
-/// `layout`.
-pub fn row_offset(shape: [usize; 4], layout: Layout, b: usize, h: usize, s: usize) -> usize {
-    let [_, heads, seq, dim] = shape;
-    match layout {
-        Layout::Hnd => ((b * heads + h) * seq + s) * dim,
-        Layout::Nhd => ((b * seq + s) * heads + h) * dim,
-    }
-}
-
 /// Reads the whole file; a missing or unreadable file is an input error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
     if path.is_dir() {
@@ -210,32 +104,6 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>, CliError> {
         };
         CliError::Usage(format!("cannot read `{}`: {why}", path.display()))
     })
-}
-
-/// Plain-words description of a safetensors parse error.
-fn describe_safetensors_error(e: &SafeTensorError) -> String {
-    match e {
-        SafeTensorError::HeaderTooSmall => {
-            "it is shorter than the 8-byte header length that starts every such file".into()
-        }
-        SafeTensorError::HeaderTooLarge | SafeTensorError::InvalidHeaderLength => {
-            "its first 8 bytes are not a valid header length".into()
-        }
-        SafeTensorError::InvalidHeader => "its header is not UTF-8 text".into(),
-        SafeTensorError::InvalidHeaderStart
-        | SafeTensorError::InvalidHeaderDeserialization
-        | SafeTensorError::JsonError(_) => "its header is not valid safetensors JSON".into(),
-        SafeTensorError::MetadataIncompleteBuffer => {
-            "the size of its data section does not match its header (truncated file?)".into()
-        }
-        SafeTensorError::InvalidOffset(name) => {
-            format!("the header gives invalid data offsets for tensor `{name}`")
-        }
-        SafeTensorError::TensorInvalidInfo | SafeTensorError::ValidationOverflow => {
-            "its header has inconsistent shapes, dtypes or offsets".into()
-        }
-        other => format!("{other:?}"),
-    }
 }
 
 /// How a tensor is named in messages: its role, plus its file name when that differs.
@@ -365,27 +233,6 @@ pub fn check_shapes(
     })
 }
 
-/// Converts a tensor's bytes (stored in `layout`) to f32 in logical contiguous order.
-fn decode(h: &Header<'_>, layout: Layout) -> HostTensor {
-    let logical = logical_shape(h.file_shape, layout);
-    let [batch, heads, seq, dim] = logical;
-    let bytes = h.view.data();
-    let mut data = Vec::with_capacity(batch * heads * seq * dim);
-    for b in 0..batch {
-        for hd in 0..heads {
-            for s in 0..seq {
-                let row = row_offset(logical, layout, b, hd, s);
-                data.extend((row..row + dim).map(|i| h.dtype.decode_at(bytes, i)));
-            }
-        }
-    }
-    HostTensor::from_parts(
-        data,
-        logical,
-        HostTensor::contiguous_strides(logical, false),
-    )
-}
-
 /// Parses a .safetensors file's bytes, finds Q, K and V, checks everything the CPU can check (dtype,
 /// rank, emptiness, head_dim, batch/head_dim/shape agreement, GQA divisibility) and converts the
 /// data. `path` is only used in messages.
@@ -398,7 +245,7 @@ pub fn load_inputs(
     let st = SafeTensors::deserialize(bytes).map_err(|e| {
         CliError::Usage(format!(
             "`{path}` is not a valid .safetensors file: {}",
-            describe_safetensors_error(&e)
+            describe_error(&e)
         ))
     })?;
     let q = header(&st, "q", &names.q, path, layout)?;
@@ -421,9 +268,9 @@ pub fn load_inputs(
         layout,
     )?;
     Ok(LoadedInputs {
-        q: decode(&q, layout),
-        k: decode(&k, layout),
-        v: decode(&v, layout),
+        q: decode_logical(q.view.data(), q.dtype, q.file_shape, layout),
+        k: decode_logical(k.view.data(), k.dtype, k.file_shape, layout),
+        v: decode_logical(v.view.data(), v.dtype, v.file_shape, layout),
         dtype: q.dtype,
         layout,
         problem,
@@ -433,7 +280,9 @@ pub fn load_inputs(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use safetensors::tensor::serialize;
+    use half::f16;
+    use safetensors::tensor::{serialize, Dtype};
+    use sageattention::DType;
 
     fn names() -> TensorNames {
         TensorNames {

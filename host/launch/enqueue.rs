@@ -4,22 +4,23 @@
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
-use crate::attention::Options;
+use crate::device::runtime::{ModuleKind, Runtime};
+use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, quant_threads, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
     MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK,
 };
-use crate::dispatch::SelectedKernel;
-use crate::error::{Error, Result};
-use crate::hopper;
+use crate::launch::dispatch::SelectedKernel;
+use crate::launch::hopper;
+use crate::launch::scratch::{ScratchLayout, ScratchShape};
+use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
     QuantParams,
 };
-use crate::runtime::{ModuleKind, Runtime};
-use crate::scratch::{ScratchLayout, ScratchShape};
-use crate::tensor::{AccessGuard, DType, TensorView, TensorViewMut};
-use crate::validate::Problem;
+use crate::types::dtype::DType;
+use crate::types::error::{Error, Result};
+use crate::types::options::Options;
 
 // SAFETY: plain-old-data `#[repr(C)]` structs of integers and floats, laid out exactly as the
 // device crate (same source file) expects them.

@@ -1,66 +1,13 @@
 //! Scratch memory of one attention call: the INT8 Q and K, their scales, K's mean, the LSE bias and
-//! bf16 V converted to f16, carved out of ONE raw stream-ordered allocation.
-//!
-//! Raw driver memory, not cudarc slices: these buffers live on the runtime's stream only, so they
-//! need none of cudarc's cross-stream event tracking, and leaving it out removes some forty driver
-//! calls per call (measured as host-bound time at small N, see docs/perf-notes.md). `sageattn` and
-//! `sageattn_into` reuse the runtime's workspace; a [`crate::Prepared`] owns its own allocation.
-
-use std::sync::Arc;
-
-use cudarc::driver::{result, CudaStream};
+//! bf16 V converted to f16, carved out of ONE raw stream-ordered allocation
+//! ([`DeviceAlloc`](crate::device::alloc::DeviceAlloc)). `sageattn` and `sageattn_into` reuse the
+//! runtime's workspace; a [`Prepared`](crate::Prepared) owns its own allocation.
 
 use crate::device_config::{padded_len, K_BLOCK, MEAN_SEGMENT_ROWS, Q_BLOCK};
-use crate::error::{CudaResultExt, Error, Result};
+use crate::types::error::{Error, Result};
 
 /// Alignment of every region (the kernels need 16 bytes; 256 matches cudaMalloc).
 const REGION_ALIGN: usize = 256;
-
-/// A raw device allocation, freed in stream order on drop.
-pub(crate) struct DeviceAlloc {
-    ptr: u64,
-    bytes: usize,
-    stream: Arc<CudaStream>,
-}
-
-impl DeviceAlloc {
-    /// `bytes` (> 0) uninitialised bytes, allocated in stream order on `stream`.
-    pub(crate) fn new(stream: &Arc<CudaStream>, bytes: usize) -> Result<Self> {
-        stream
-            .context()
-            .bind_to_thread()
-            .op("binding the context")?;
-        // SAFETY: the stream is live (we hold it); the memory is used only on this stream (every
-        // kernel that touches it is launched there) and freed there on drop.
-        let ptr = unsafe { result::malloc_async(stream.cu_stream(), bytes) }
-            .with_op(|| format!("allocating {bytes} bytes of scratch memory"))?;
-        Ok(DeviceAlloc {
-            ptr,
-            bytes,
-            stream: stream.clone(),
-        })
-    }
-
-    pub(crate) fn ptr(&self) -> u64 {
-        self.ptr
-    }
-
-    pub(crate) fn bytes(&self) -> usize {
-        self.bytes
-    }
-}
-
-impl Drop for DeviceAlloc {
-    fn drop(&mut self) {
-        // SAFETY: allocated by `malloc_async` on this stream and freed once; stream order makes
-        // every kernel queued before this point finish with the memory first. An error here can
-        // only be reported by leaking, which is what ignoring it does.
-        unsafe {
-            let _ = self.stream.context().bind_to_thread();
-            let _ = result::free_async(self.ptr, self.stream.cu_stream());
-        }
-    }
-}
 
 /// Byte offsets of each buffer inside the scratch allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

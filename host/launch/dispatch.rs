@@ -2,12 +2,12 @@
 //! ask [`selected_kernel`]). The portable kernel's variants are stamped from the same list as the
 //! device crate's entries (`for_each_attention_variant!`), so names cannot drift.
 
-use crate::attention::{Backend, Options, PvAccum};
+use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device_config::SUPPORTED_HEAD_DIMS;
-use crate::error::{Error, Result};
-use crate::hopper;
-use crate::runtime::{ModuleKind, Runtime};
-use crate::validate::Problem;
+use crate::launch::hopper;
+use crate::launch::validate::Problem;
+use crate::types::error::{Error, Result};
+use crate::types::options::{Backend, Options, PvAccum};
 
 /// The attention kernel a call runs (see [`selected_kernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,11 +4,12 @@
 
 use cudarc::driver::CudaSlice;
 
-use crate::attention::Options;
+use crate::device::runtime::Runtime;
+use crate::device::tensor::{TensorView, TensorViewMut};
 use crate::device_config::SUPPORTED_HEAD_DIMS;
-use crate::error::{Error, Result};
-use crate::runtime::Runtime;
-use crate::tensor::{DType, TensorView, TensorViewMut};
+use crate::types::dtype::DType;
+use crate::types::error::{Error, Result};
+use crate::types::options::Options;
 
 /// The checked geometry of one call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -194,7 +195,7 @@ pub(crate) fn check_no_overlap(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tensor::Layout;
+    use crate::types::dtype::Layout;
 
     /// A raw view at a fake, aligned address: the pure checks never dereference it.
     fn view(dtype: DType, shape: [usize; 4], layout: Layout, base: u64) -> TensorView<'static> {

@@ -6,9 +6,10 @@
 //! deliberately no `From<DriverError>` conversion, so that every call site has to say what it was
 //! doing (see [`CudaResultExt`]).
 
-use crate::tensor::DType;
-use cudarc::driver::DriverError;
+use super::dtype::DType;
+use cudarc::driver::{sys, DriverError};
 use std::fmt::Write as _;
+use std::sync::OnceLock;
 
 /// Everything that can go wrong in this library.
 #[derive(Debug, thiserror::Error)]
@@ -223,12 +224,21 @@ impl<T> CudaResultExt<T> for std::result::Result<T, DriverError> {
     }
 }
 
+/// Whether the CUDA driver library can be loaded. cudarc loads `libcuda` at run time and panics
+/// when it is missing, so every path that may be the first driver call checks this first (it lives
+/// here, at the bottom, because formatting a driver error is such a path).
+pub(crate) fn driver_library_present() -> bool {
+    static PRESENT: OnceLock<bool> = OnceLock::new();
+    // SAFETY: `is_culib_present` only tries to dlopen the library by its usual names.
+    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+}
+
 /// `CUDA_ERROR_NAME (description)`. The name comes from the `CUresult` variant and needs no driver
 /// call; the description is asked of the driver only when the driver library is loadable, so that
 /// formatting an error can never panic.
 fn describe_driver_error(err: &DriverError) -> String {
     let mut s = format!("{:?}", err.0);
-    if crate::runtime::driver_library_present() {
+    if driver_library_present() {
         if let Ok(text) = err.error_string() {
             let _ = write!(s, " ({})", text.to_string_lossy());
         }

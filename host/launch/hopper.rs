@@ -23,12 +23,12 @@
 //! producer warp). Head dims 64 and 128 (`host/attention.rs` runs d = 96 on the d = 128 kernel
 //! with zero-padded inputs).
 
-use crate::error::{Error, Result};
+use crate::device::runtime::{ModuleKind, Runtime};
 use crate::params::AttnParams;
-use crate::runtime::{ModuleKind, Runtime};
+use crate::types::error::{Error, Result};
 
 /// Launch constants shared with the device crate (the same source file).
-#[path = "../kernels-gpu/src/hopper/config.rs"]
+#[path = "../../kernels-gpu/src/hopper/config.rs"]
 pub mod config;
 
 pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS};
@@ -62,7 +62,7 @@ pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
 /// Whether the sm_90a kernels can run on this runtime's device: compute capability exactly 9.0
 /// (H100, H200, GH200) and a build that embeds the Hopper PTX.
 pub fn hopper_available(rt: &Runtime) -> bool {
-    rt.compute_capability() == (9, 0) && !crate::kernels::PTX_HOPPER.trim().is_empty()
+    rt.compute_capability() == (9, 0) && !crate::device::kernels::PTX_HOPPER.trim().is_empty()
 }
 
 /// Grid, block and dynamic shared memory of one sm_90a attention launch.
@@ -142,7 +142,7 @@ where
     // SAFETY: one warpgroup reads 64×HD operands and writes d_len results, the sizes the callers
     // check and allocate.
     unsafe {
-        crate::selftest::run_tile_kernel(
+        crate::launch::selftest::run_tile_kernel(
             rt,
             (ModuleKind::Hopper, name),
             (128, TEST_SMEM),

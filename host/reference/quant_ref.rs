@@ -22,7 +22,7 @@
 
 use rayon::prelude::*;
 
-use crate::reference::HostTensor;
+use super::host_tensor::HostTensor;
 
 // The block sizes, `log2(e)` and the lane count are the device crate's own constants (one source
 // file, `kernels-gpu/src/config.rs`), so the emulation cannot drift from the kernels.

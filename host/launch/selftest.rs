@@ -4,10 +4,10 @@
 
 use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
 
+use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device_config::names;
-use crate::error::{CudaResultExt, Result};
 use crate::params::TestParams;
-use crate::runtime::{ModuleKind, Runtime};
+use crate::types::error::{CudaResultExt, Result};
 
 // SAFETY: `#[repr(C)]` struct of three u64, as the device crate (same source file) declares it.
 unsafe impl DeviceRepr for TestParams {}

@@ -1,0 +1,410 @@
+//! The CUDA runtime: a context, the stream all work is issued on, and the lazily loaded kernel
+//! modules.
+//!
+//! [`Runtime`] is cheap to clone (it is an `Arc`); clones share the stream, the loaded modules and
+//! the kernel cache. Modules are loaded (JIT-compiled by the driver from the embedded PTX) on the
+//! first request of one of their kernels; the modules and kernels themselves are
+//! `device/kernel.rs`.
+
+use super::alloc::DeviceAlloc;
+use super::kernel::{lock, non_negative, Module};
+use crate::types::dtype::Element;
+use crate::types::error::{driver_library_present, CudaResultExt, Error, Result};
+use cudarc::driver::{
+    result as cu_result, sys, CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
+    DeviceSlice, ValidAsZeroBits,
+};
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+pub use super::kernel::{Kernel, KernelResources, ModuleKind, DEFAULT_MAX_DYNAMIC_SMEM};
+
+/// [`Error::DriverUnavailable`] unless the driver library can be loaded.
+pub(crate) fn require_driver() -> Result<()> {
+    if driver_library_present() {
+        Ok(())
+    } else {
+        Err(Error::DriverUnavailable {
+            reason: "libcuda could not be loaded (is an NVIDIA driver installed and on the \
+                     library path?)"
+                .into(),
+        })
+    }
+}
+
+/// Properties of the runtime's GPU.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Device name, e.g. `"NVIDIA H100 80GB HBM3"`.
+    pub name: String,
+    /// Compute capability, major part.
+    pub major: i32,
+    /// Compute capability, minor part.
+    pub minor: i32,
+    /// Number of streaming multiprocessors.
+    pub sm_count: u32,
+    /// Peak SM clock in MHz.
+    pub clock_mhz: u32,
+    /// Peak memory clock in MHz.
+    pub memory_clock_mhz: u32,
+    /// Memory bus width in bits.
+    pub memory_bus_width: u32,
+    /// Total device memory in bytes.
+    pub total_memory_bytes: u64,
+    /// L2 cache size in bytes.
+    pub l2_bytes: u64,
+    /// Largest shared memory one block can opt in to, in bytes.
+    pub max_shared_per_block_optin: u32,
+}
+
+struct Inner {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    cc: (i32, i32),
+    smem_optin: u32,
+    modules: [Mutex<Option<Arc<Module>>>; 2],
+    kernels: [Mutex<HashMap<String, Kernel>>; 2],
+    /// Scratch memory reused by every `sageattn` call on this runtime (grow-only; see
+    /// [`Runtime::release_workspace`]). The lock is held while a call enqueues its kernels, so two
+    /// threads sharing the runtime cannot interleave their use of it.
+    workspace: Mutex<Option<DeviceAlloc>>,
+}
+
+/// A CUDA context, the stream all of this library's work goes to, and the kernel cache.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field("ordinal", &self.ordinal())
+            .field("compute_capability", &self.inner.cc)
+            .field("stream", &self.inner.stream.cu_stream())
+            .finish()
+    }
+}
+
+fn device_attr(ctx: &CudaContext, attr: sys::CUdevice_attribute) -> Result<i32> {
+    ctx.attribute(attr)
+        .with_op(|| format!("querying device attribute {attr:?}"))
+}
+
+impl Runtime {
+    /// Opens device `ordinal` (its primary context) and creates a new non-blocking stream for
+    /// this runtime.
+    ///
+    /// Errors: [`Error::DriverUnavailable`] without a driver, [`Error::Cuda`] if the device does
+    /// not exist or the context or stream cannot be created. Does not check the compute
+    /// capability (see [`Runtime::require_sm80`]).
+    pub fn new(ordinal: usize) -> Result<Self> {
+        require_driver()?;
+        let ctx = CudaContext::new(ordinal)
+            .with_op(|| format!("creating a CUDA context on device {ordinal}"))?;
+        let stream = ctx
+            .new_stream()
+            .with_op(|| format!("creating a stream on device {ordinal}"))?;
+        Self::with_parts(ctx, stream)
+    }
+
+    /// Uses the caller's cudarc stream (and its context); all of the library's work is issued on
+    /// it, so it is ordered with the caller's own work on that stream.
+    pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
+        let ctx = stream.context().clone();
+        ctx.bind_to_thread()
+            .with_op(|| format!("binding the context of device {}", ctx.ordinal()))?;
+        Self::with_parts(ctx, stream)
+    }
+
+    fn with_parts(ctx: Arc<CudaContext>, stream: Arc<CudaStream>) -> Result<Self> {
+        let cc = ctx
+            .compute_capability()
+            .op("querying the compute capability")?;
+        let smem_optin = non_negative(device_attr(
+            &ctx,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+        )?);
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                cc,
+                smem_optin,
+                modules: Default::default(),
+                kernels: Default::default(),
+                workspace: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// Runs `f` with at least `bytes` of the runtime's scratch workspace (its device address),
+    /// growing it first if needed, while holding the workspace lock. `f` must only enqueue work
+    /// on the runtime's stream; stream order makes the next user wait for it.
+    pub(crate) fn with_workspace<R>(
+        &self,
+        bytes: usize,
+        f: impl FnOnce(u64) -> Result<R>,
+    ) -> Result<R> {
+        let mut ws = self
+            .inner
+            .workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if ws.as_ref().is_none_or(|w| w.bytes() < bytes) {
+            // Free the old one first (stream-ordered) so peak memory is not old + new.
+            *ws = None;
+            *ws = Some(DeviceAlloc::new(&self.inner.stream, bytes.max(1 << 20))?);
+        }
+        let ptr = ws.as_ref().map_or(0, DeviceAlloc::ptr);
+        f(ptr)
+    }
+
+    /// Frees the scratch workspace `sageattn` keeps between calls (stream-ordered); the next call
+    /// allocates it again. The workspace is about `(qo_len·q_heads + kv_len·kv_heads)·head_dim·batch`
+    /// bytes for the largest call so far (plus V for bf16 inputs).
+    pub fn release_workspace(&self) {
+        *self
+            .inner
+            .workspace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The stream all work is issued on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.inner.stream
+    }
+
+    /// The CUDA context.
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.inner.ctx
+    }
+
+    /// The device ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.inner.ctx.ordinal()
+    }
+
+    /// Compute capability `(major, minor)`.
+    pub fn compute_capability(&self) -> (i32, i32) {
+        self.inner.cc
+    }
+
+    /// Makes the runtime's context current on the calling thread (surfacing any error cudarc
+    /// recorded in the context meanwhile).
+    pub fn bind(&self) -> Result<()> {
+        self.inner
+            .ctx
+            .bind_to_thread()
+            .with_op(|| format!("binding the context of device {}", self.ordinal()))
+    }
+
+    /// Waits until all work issued on the runtime's stream has finished. Errors from
+    /// asynchronous kernel failures surface here.
+    pub fn synchronize(&self) -> Result<()> {
+        self.inner
+            .stream
+            .synchronize()
+            .with_op(|| format!("synchronizing the stream of device {}", self.ordinal()))
+    }
+
+    /// Name, compute capability, SM count, clocks, memory and cache sizes of the device.
+    pub fn device_info(&self) -> Result<DeviceInfo> {
+        use sys::CUdevice_attribute as A;
+        let ctx = &*self.inner.ctx;
+        let attr = |a| device_attr(ctx, a).map(non_negative);
+        Ok(DeviceInfo {
+            name: ctx.name().op("querying the device name")?,
+            major: self.inner.cc.0,
+            minor: self.inner.cc.1,
+            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            clock_mhz: attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? / 1000,
+            memory_clock_mhz: attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? / 1000,
+            memory_bus_width: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
+            total_memory_bytes: ctx.total_mem().op("querying the device memory size")? as u64,
+            l2_bytes: u64::from(attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?),
+            max_shared_per_block_optin: self.inner.smem_optin,
+        })
+    }
+
+    /// [`Error::UnsupportedDevice`] unless the device has compute capability 8.0 or newer.
+    pub fn require_sm80(&self) -> Result<()> {
+        let (major, minor) = self.inner.cc;
+        if major >= 8 {
+            return Ok(());
+        }
+        Err(Error::UnsupportedDevice {
+            name: self.inner.ctx.name().unwrap_or_else(|_| "<unknown>".into()),
+            major,
+            minor,
+        })
+    }
+
+    /// Loads (once per runtime, shared by clones) the module `kind`, JIT-compiling its PTX.
+    fn module(&self, kind: ModuleKind) -> Result<Arc<Module>> {
+        let mut slot = lock(&self.inner.modules[kind.index()]);
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        if kind == ModuleKind::Portable {
+            self.require_sm80()?;
+        }
+        let image = kind.image(self.inner.cc)?;
+        self.bind()?;
+        let module = Arc::new(Module::load(&self.inner.ctx, kind, &image, self.inner.cc)?);
+        *slot = Some(module.clone());
+        Ok(module)
+    }
+
+    /// The kernel `name` of module `kind`, loading the module on first use and caching the
+    /// kernel.
+    ///
+    /// Errors: [`Error::UnsupportedDevice`] before sm_80, [`Error::ModuleUnavailable`] for the
+    /// Hopper module on a device other than 9.0 or for a build without PTX,
+    /// [`Error::KernelNotFound`], [`Error::Cuda`] if JIT compilation fails (with the JIT log).
+    pub fn function(&self, kind: ModuleKind, name: &str) -> Result<Kernel> {
+        let mut cache = lock(&self.inner.kernels[kind.index()]);
+        if let Some(k) = cache.get(name) {
+            return Ok(k.clone());
+        }
+        let module = self.module(kind)?;
+        let symbol = Kernel::symbol(kind, name)?;
+        self.bind()?;
+        let kernel = Kernel::load(module, kind, name, symbol)?;
+        cache.insert(name.to_owned(), kernel.clone());
+        Ok(kernel)
+    }
+
+    /// Registers, local memory, static shared memory and block size limit of a kernel (loading
+    /// it if needed).
+    pub fn function_resources(&self, kind: ModuleKind, name: &str) -> Result<KernelResources> {
+        Ok(self.function(kind, name)?.resources())
+    }
+
+    /// Launches `func` on the runtime's stream with one by-value parameter struct.
+    ///
+    /// Checks the launch configuration against the kernel and the device
+    /// ([`Error::KernelResources`]), raises the kernel's dynamic shared memory limit to the
+    /// device maximum the first time `dynamic_smem` exceeds 48 KiB, and reports a failed launch
+    /// as [`Error::Cuda`] naming the kernel.
+    ///
+    /// # Safety
+    ///
+    /// `P` must be exactly the parameter struct the kernel was compiled for (`#[repr(C)]`, same
+    /// fields and layout); every pointer in it must be valid device memory, of this runtime's
+    /// context, for every access the kernel makes with the given grid, and must stay valid and
+    /// unaliased by conflicting accesses until the kernel has finished (stream-ordered: keep
+    /// [`AccessGuard`](crate::tensor::AccessGuard)s alive until this returns).
+    pub(crate) unsafe fn launch<P: DeviceRepr>(
+        &self,
+        func: &Kernel,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        dynamic_smem: u32,
+        params: &P,
+    ) -> Result<()> {
+        func.check_launch(
+            &self.inner.ctx,
+            grid,
+            block,
+            dynamic_smem,
+            self.inner.smem_optin,
+        )?;
+        self.bind()?;
+        func.raise_smem_limit(dynamic_smem, self.inner.smem_optin)?;
+        // SAFETY: forwarded to the caller (parameter struct, pointers, lifetimes); the
+        // configuration was checked against the kernel's and the device's limits above.
+        unsafe { func.launch_on(&self.inner.stream, grid, block, dynamic_smem, params) }
+    }
+
+    /// Allocates `len` zeroed elements on the runtime's stream (stream-ordered).
+    ///
+    /// Errors: [`Error::InvalidOption`] for `len == 0`, [`Error::TooLarge`] if the byte size
+    /// overflows, [`Error::Cuda`] when out of memory.
+    pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let bytes = alloc_bytes::<T>(len)?;
+        self.inner.stream.alloc_zeros(len).with_op(|| {
+            format!(
+                "allocating {bytes} zeroed bytes on device {}",
+                self.ordinal()
+            )
+        })
+    }
+
+    /// Allocates `len` elements on the runtime's stream without initialising them (for scratch
+    /// buffers that a kernel fully writes before anything reads them).
+    ///
+    /// # Safety
+    ///
+    /// The contents are undefined until written: nothing may read an element (on the device or
+    /// by copying to the host) before it has been written.
+    pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
+        let bytes = alloc_bytes::<T>(len)?;
+        // SAFETY: forwarded to the caller (see above).
+        unsafe { self.inner.stream.alloc(len) }
+            .with_op(|| format!("allocating {bytes} bytes on device {}", self.ordinal()))
+    }
+
+    /// Sets every byte of `slice` to `byte` on the runtime's stream (stream-ordered). Every bit
+    /// pattern is a valid [`Element`]; `0xFF` is NaN for the float types.
+    pub fn fill_bytes<T: Element>(&self, slice: &mut CudaSlice<T>, byte: u8) -> Result<()> {
+        // SAFETY: every bit pattern is a valid `Element` (sealed: f16, bf16, f32, i8).
+        unsafe { self.memset_bytes(slice, byte) }
+    }
+
+    /// Sets every byte of `slice` to `byte` on the runtime's stream (stream-ordered).
+    ///
+    /// # Safety
+    ///
+    /// A `T` whose bytes are all `byte` must be a valid value (true for the integer and float
+    /// types).
+    pub(crate) unsafe fn memset_bytes<T>(&self, slice: &mut CudaSlice<T>, byte: u8) -> Result<()> {
+        self.bind()?;
+        let bytes = DeviceSlice::num_bytes(slice);
+        let stream = &self.inner.stream;
+        let (ptr, _guard) = slice.device_ptr_mut(stream);
+        // SAFETY: `ptr` is the start of `slice`'s allocation of `bytes` bytes; the guard keeps the
+        // write ordered with other users of the slice; the caller guarantees the pattern is a
+        // valid `T`.
+        unsafe { cu_result::memset_d8_async(ptr, byte, bytes, stream.cu_stream()) }
+            .with_op(|| format!("filling {bytes} bytes with {byte:#04x}"))
+    }
+}
+
+/// Byte size of `len` elements of `T`, which must be non-zero and fit in i64.
+fn alloc_bytes<T>(len: usize) -> Result<usize> {
+    if len == 0 {
+        return Err(Error::InvalidOption(
+            "cannot allocate a device buffer of 0 elements".into(),
+        ));
+    }
+    len.checked_mul(std::mem::size_of::<T>())
+        .filter(|&b| i64::try_from(b).is_ok())
+        .ok_or_else(|| Error::TooLarge {
+            tensor: "buffer",
+            reason: format!(
+                "{len} elements of {} bytes overflow i64",
+                std::mem::size_of::<T>()
+            ),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_and_huge_allocations_rejected() {
+        assert!(matches!(
+            alloc_bytes::<f32>(0),
+            Err(Error::InvalidOption(_))
+        ));
+        assert!(matches!(
+            alloc_bytes::<f32>(usize::MAX / 2),
+            Err(Error::TooLarge { .. })
+        ));
+        assert_eq!(alloc_bytes::<f32>(10).unwrap(), 40);
+    }
+}

@@ -1,0 +1,14 @@
+//! The launch layer: what happens between the API call and the GPU, in call order. [`validate`]
+//! checks everything before any launch and returns the call's `Problem`; [`dispatch`] picks the
+//! kernel; [`enqueue`] lays out the [`scratch`] memory and queues the preparation and attention
+//! launches (the Hopper kernel's through [`hopper`]). [`selftest`] runs the device crate's
+//! single-tile primitive kernels for the GPU tests.
+//!
+//! Each step imports only the steps before it and the layers below (`device`, `types`).
+
+pub(crate) mod dispatch;
+pub(crate) mod enqueue;
+pub mod hopper;
+pub(crate) mod scratch;
+pub mod selftest;
+pub(crate) mod validate;

@@ -1,0 +1,142 @@
+//! [`attention_quantized_emulation`](super::attention_quantized_emulation): the quantized algorithm the GPU runs, on the CPU.
+
+use half::f16;
+
+use super::host_tensor::HostTensor;
+use super::quant_ref::{self, K_BLOCK};
+use super::rows::{Dims, RefOptions, RefOutput};
+
+/// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
+///
+/// Steps:
+/// 1. Q and K are quantized bit-exactly as the GPU does ([`quant_ref::quantize_q`] with the
+///    effective `sm_scale`, [`quant_ref::quantize_k`] with [`quant_ref::k_mean`] when `smooth_k`).
+/// 2. Scores in log2 units, in `f32` as the GPU computes them:
+///    `s = (q_i8 · k_i8) as f32 * (q_scale * k_scale)`.
+/// 3. Base-2 softmax with the **final** row max `m` (not the online running max):
+///    `p = 2^(s - m)` computed in `f64`, held as `f32` and rounded to f16 as the GPU rounds P before
+///    the P·V product. The denominator sums the unrounded `p` (as kernels that accumulate the row sum
+///    on CUDA cores from the f32 probabilities do).
+/// 4. V is rounded to f16 (`f16::from_f32(v)`), and `o = Σ p16 · v16 / Σ p`. With
+///    `pv_f16_accum == false` the sum is in `f64`. With `pv_f16_accum == true` it models an f16
+///    accumulator: for each key block of [`K_BLOCK`] keys, chunks of 16 keys (one MMA k-step) are
+///    summed exactly and added to an f16 block accumulator (rounding to f16 after each chunk), and the
+///    block accumulator is then added to an `f64` total.
+/// 5. `lse = (m + log2 Σ p) · ln 2 + c` (natural log), where with `smooth_k` the correction
+///    `c = sm_scale · (q_i · mean)` (in `f64`) restores the scores of the original K, so the LSE means
+///    the same as [`attention_f64`](super::attention_f64)'s; `c = 0` without smoothing.
+///
+/// Because it uses the final row max and `f64` exponentials, this is not bit-exact against the GPU's
+/// online softmax (which rescales with running maxima and uses `ex2.approx`); it isolates the error
+/// that quantization and f16 rounding cause, so GPU results should sit within a tight bound of it.
+/// Non-finite inputs follow the design contract: a NaN/Inf in a Q block makes every row of that
+/// block NaN, a NaN/Inf in a K block makes every row that sees a key of that block NaN (with
+/// `smooth_k` the NaN/Inf also reaches every K block of that head through the mean, so every row of
+/// the head that sees any key is NaN).
+///
+/// # Panics
+/// On inconsistent shapes, as [`attention_f64`](super::attention_f64).
+pub fn attention_quantized_emulation(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    opts: &RefOptions,
+    smooth_k: bool,
+    pv_f16_accum: bool,
+) -> RefOutput {
+    let dims = Dims::of(q, k, v);
+    let sm_scale = opts.sm_scale_for(dims.head_dim);
+    let q_quant = quant_ref::quantize_q(q, sm_scale);
+    let mean = smooth_k.then(|| quant_ref::k_mean(k));
+    let k_quant = quant_ref::quantize_k(k, mean.as_deref());
+    let values = v.to_contiguous_f64(|x| f64::from(f16::from_f32(x).to_f32()));
+    let d = dims.head_dim;
+
+    dims.for_each_row(opts.causal, |task| {
+        let q_row = q_quant.row(task.b, task.h, task.i);
+        let q_scale = q_quant.scale_of(task.b, task.h, task.i);
+        let scores: Vec<f64> = (0..task.visible)
+            .map(|j| {
+                let k_row = k_quant.row(task.b, task.kv_head, j);
+                let k_scale = k_quant.scale_of(task.b, task.kv_head, j);
+                let int_dot: i32 = q_row
+                    .iter()
+                    .zip(k_row)
+                    .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                    .sum();
+                f64::from(int_dot as f32 * (q_scale * k_scale))
+            })
+            .collect();
+        let row_max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let probabilities: Vec<f64> = scores.iter().map(|&s| (s - row_max).exp2()).collect();
+        let denominator: f64 = probabilities.iter().sum();
+        let base = dims.kv_offset(task.b, task.kv_head, 0);
+        let p_f16 = |j: usize| f64::from(f16::from_f32(probabilities[j] as f32).to_f32());
+
+        if pv_f16_accum {
+            accumulate_pv_f16(task.o_row, task.visible, p_f16, |j| {
+                &values[base + j * d..base + (j + 1) * d]
+            });
+        } else {
+            for j in 0..task.visible {
+                let p = p_f16(j);
+                let value = &values[base + j * d..base + (j + 1) * d];
+                for (acc, &x) in task.o_row.iter_mut().zip(value) {
+                    *acc += p * x;
+                }
+            }
+        }
+        for acc in task.o_row.iter_mut() {
+            *acc /= denominator;
+        }
+        // Smoothing subtracted `mean` from every key, which lowered every score of the row by
+        // `sm_scale * q_i · mean`; add it back so the LSE refers to the original K, as the contract
+        // defines it (the output itself is invariant to the shift).
+        let smoothing_correction = mean.as_deref().map_or(0.0, |mean| {
+            let start = (task.b * dims.kv_heads + task.kv_head) * d;
+            let q_dot_mean: f64 = mean[start..start + d]
+                .iter()
+                .enumerate()
+                .map(|(c, &m)| f64::from(q.get(task.b, task.h, task.i, c)) * f64::from(m))
+                .sum();
+            f64::from(sm_scale) * q_dot_mean
+        });
+        *task.lse = (row_max + denominator.log2()) * std::f64::consts::LN_2 + smoothing_correction;
+    })
+}
+
+/// Keys summed exactly before each rounding of the f16 accumulator (the k extent of one MMA).
+const PV_MMA_K: usize = 16;
+
+/// Model of P·V with an f16 accumulator: per key block of [`K_BLOCK`] keys, chunks of [`PV_MMA_K`]
+/// keys are summed exactly and added to an f16 accumulator (one rounding per chunk); each block's
+/// f16 partial is then added to `o_row` in `f64`.
+fn accumulate_pv_f16<'v>(
+    o_row: &mut [f64],
+    visible: usize,
+    probability: impl Fn(usize) -> f64,
+    value: impl Fn(usize) -> &'v [f64],
+) {
+    let mut block_acc = vec![f16::ZERO; o_row.len()];
+    let mut chunk_sum = vec![0.0_f64; o_row.len()];
+    for block_start in (0..visible).step_by(K_BLOCK) {
+        let block_end = (block_start + K_BLOCK).min(visible);
+        block_acc.fill(f16::ZERO);
+        for chunk_start in (block_start..block_end).step_by(PV_MMA_K) {
+            let chunk_end = (chunk_start + PV_MMA_K).min(block_end);
+            chunk_sum.fill(0.0);
+            for j in chunk_start..chunk_end {
+                let p = probability(j);
+                for (sum, &x) in chunk_sum.iter_mut().zip(value(j)) {
+                    *sum += p * x;
+                }
+            }
+            for (acc, &sum) in block_acc.iter_mut().zip(&chunk_sum) {
+                *acc = f16::from_f32((f64::from(acc.to_f32()) + sum) as f32);
+            }
+        }
+        for (total, acc) in o_row.iter_mut().zip(&block_acc) {
+            *total += f64::from(acc.to_f32());
+        }
+    }
+}

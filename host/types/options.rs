@@ -1,0 +1,62 @@
+//! The options of one attention call: plain values, checked by `launch::validate` and read by
+//! `launch::dispatch` and `launch::enqueue`.
+
+use super::dtype::Layout;
+
+/// How P·V accumulates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PvAccum {
+    /// f16 accumulator within each 64-key tile, summed into an f32 running output (SageAttention's
+    /// default; fastest).
+    #[default]
+    F16,
+    /// f32 accumulator throughout (slower, slightly more accurate).
+    F32,
+}
+
+/// Which attention kernel runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Backend {
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim 64 and
+    /// 128 and the portable kernel's f32-accumulator variant for head_dim 96 (an f16 accumulator is
+    /// not faster on Hopper, so [`PvAccum::F16`] gets the more accurate f32 result there);
+    /// elsewhere the portable kernel as [`PvAccum`] asks.
+    #[default]
+    Auto,
+    /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device.
+    Portable,
+}
+
+/// Options of [`sageattn`](crate::sageattn).
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// Causal mask, bottom-right aligned (see [`attention`](crate::attention)).
+    pub causal: bool,
+    /// Subtract K's mean over the sequence before quantizing (default on): exact for softmax,
+    /// and much smaller INT8 error when K has channel-wise offsets.
+    pub smooth_k: bool,
+    /// Softmax scale; `None` = `1/sqrt(head_dim)`.
+    pub sm_scale: Option<f32>,
+    /// Memory layout of the output [`sageattn`](crate::sageattn) allocates.
+    pub layout: Layout,
+    /// P·V accumulation.
+    pub pv_accum: PvAccum,
+    /// Also return the log-sum-exp (natural log) of each query row, f32 `[batch, q_heads, qo_len]`.
+    pub return_lse: bool,
+    /// Kernel selection (default: the fastest for the device).
+    pub backend: Backend,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            causal: false,
+            smooth_k: true,
+            sm_scale: None,
+            layout: Layout::Hnd,
+            pv_accum: PvAccum::F16,
+            return_lse: false,
+            backend: Backend::Auto,
+        }
+    }
+}
