@@ -99,8 +99,8 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // The sm_90a kernels: their block size, one CTA per SM at least (keeps them launchable if
     // registers grow; the 416-thread d = 64 kernel must stay at ≤ 152 registers).
     macro_rules! bound_sm90 {
-        ($name:literal, $hd:literal, $causal:literal) => {
-            ptx = add_launch_bounds(&ptx, $name, hopper_config::sm90_threads($hd), 1);
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
+            ptx = add_launch_bounds(&ptx, $name, hopper_config::sm90_threads($hd, $pv8), 1);
         };
     }
     for_each_sm90_attention_variant!(bound_sm90);

@@ -12,16 +12,17 @@ use cudarc::driver::CudaSlice;
 use crate::device::alloc::DeviceAlloc;
 use crate::device::runtime::Runtime;
 use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
-use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK};
+use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK, V8_TILE};
 use crate::launch::dispatch::select;
 use crate::launch::enqueue::{enqueue_attend, enqueue_prepare, scratch_layout, Scratch};
 use crate::launch::validate::{validate_inputs, validate_output, Problem};
+use crate::reference::v8::QuantizedV8;
 use crate::types::error::{CudaResultExt, Error, Result};
 
 pub use crate::launch::dispatch::{
     attention_kernel_name, attention_kernel_names, selected_kernel, SelectedKernel,
 };
-pub use crate::types::options::{Backend, Options, PvAccum};
+pub use crate::types::options::{Backend, Options, PvAccum, PvPrecision};
 
 /// Result of [`sageattn`]: the output (dtype of Q, layout of [`Options::layout`]) and the LSE.
 pub struct Output {
@@ -231,6 +232,28 @@ impl Prepared {
             )?)),
             None => Ok(None),
         }
+    }
+    /// Copies the 8-bit P·V's V (INT8 Vᵀ, per-channel mean and scales, `kernel head_dim`
+    /// channels) to the host, when this call prepared it ([`PvPrecision::Int8`]); in the layout
+    /// of [`reference::v8::QuantizedV8`](crate::reference::v8::QuantizedV8).
+    pub fn v8_to_host(&self, rt: &Runtime) -> Result<Option<QuantizedV8>> {
+        let (p, hd) = (&self.problem, self.kernel.head_dim);
+        let Some(r) = self.scratch.layout.v8 else {
+            return Ok(None);
+        };
+        let heads = p.batch * p.kv_heads;
+        let padded_seq = padded_len(p.kv_len, V8_TILE);
+        Ok(Some(QuantizedV8 {
+            data: download::<i8>(rt, self.scratch.at(r.vt), heads * hd * padded_seq)?,
+            mean: download::<f32>(rt, self.scratch.at(r.mean), heads * hd)?,
+            scale: download::<f32>(rt, self.scratch.at(r.scale), heads * 2 * hd)?,
+            batch: p.batch,
+            heads: p.kv_heads,
+            seq: p.kv_len,
+            head_dim: p.head_dim,
+            out_head_dim: hd,
+            padded_seq,
+        }))
     }
 }
 

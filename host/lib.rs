@@ -62,7 +62,9 @@ pub use launch::{hopper, selftest};
 pub use reference::quant_ref;
 pub use types::error;
 
-pub use attention::{sageattn, sageattn_into, Backend, Options, Output, Prepared, PvAccum};
+pub use attention::{
+    sageattn, sageattn_into, Backend, Options, Output, Prepared, PvAccum, PvPrecision,
+};
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
 pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut, ViewGeometry};

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
-use sageattention::{Backend, Layout, Options, PvAccum};
+use sageattention::{Backend, Layout, Options, PvAccum, PvPrecision};
 
 /// SageAttention (INT8 Q·Kᵀ, FP16 P·V) on an NVIDIA GPU, on tensors from a .safetensors file.
 #[derive(Debug, Parser)]
@@ -96,6 +96,11 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = PvAccumArg::F16)]
     pub pv_accum: PvAccumArg,
 
+    /// P·V precision: f16 (default, the v1 accuracy) or int8 (u8 P × s8 V on the INT8 tensor
+    /// cores; Hopper only, about twice SageAttention2's FP8 accuracy, see the README).
+    #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
+    pub pv_precision: PvPrecisionArg,
+
     /// Kernel: auto (the wgmma kernel on Hopper for head_dim 64/128, which accumulates P·V in f32)
     /// or portable (the mma.sync kernel, honouring --pv-accum on every GPU).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
@@ -134,6 +139,7 @@ impl RunArgs {
             sm_scale: self.sm_scale,
             layout: self.layout.into(),
             pv_accum: self.pv_accum.into(),
+            pv_precision: self.pv_precision.into(),
             return_lse: self.lse,
             backend: self.backend.into(),
         }
@@ -180,6 +186,24 @@ impl From<PvAccumArg> for PvAccum {
         match p {
             PvAccumArg::F16 => PvAccum::F16,
             PvAccumArg::F32 => PvAccum::F32,
+        }
+    }
+}
+
+/// `--pv-precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PvPrecisionArg {
+    /// f16 P and V
+    F16,
+    /// u8 P × s8 V (Hopper)
+    Int8,
+}
+
+impl From<PvPrecisionArg> for PvPrecision {
+    fn from(p: PvPrecisionArg) -> PvPrecision {
+        match p {
+            PvPrecisionArg::F16 => PvPrecision::F16,
+            PvPrecisionArg::Int8 => PvPrecision::Int8,
         }
     }
 }

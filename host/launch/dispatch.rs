@@ -7,7 +7,7 @@ use crate::device_config::SUPPORTED_HEAD_DIMS;
 use crate::launch::hopper;
 use crate::launch::validate::Problem;
 use crate::types::error::{Error, Result};
-use crate::types::options::{Backend, Options, PvAccum};
+use crate::types::options::{Backend, Options, PvAccum, PvPrecision};
 
 /// The attention kernel a call runs (see [`selected_kernel`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -18,6 +18,8 @@ pub struct SelectedKernel {
     pub name: &'static str,
     /// Whether P·V accumulates in f32 (always on the Hopper kernel).
     pub pv_f32: bool,
+    /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ).
+    pub pv8: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
     /// to run on it (d = 96 on the d = 128 wgmma kernel).
     pub head_dim: usize,
@@ -26,21 +28,27 @@ pub struct SelectedKernel {
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel (d = 96 zero-padded to the d = 128 one: a third more
 /// arithmetic, still faster than the portable kernel), else the portable variant. `None` for an
-/// unsupported head_dim. The one place that decides; launches and tools call it.
+/// unsupported head_dim, or for [`PvPrecision::Int8`] where only the sm_90a kernel has it and it
+/// does not apply. The one place that decides; launches and tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
     if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
         return None;
     }
+    let pv8 = opts.pv_precision == PvPrecision::Int8;
     if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
         let kernel_dim = if head_dim == 96 { 128 } else { head_dim };
-        if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal) {
+        if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal, pv8) {
             return Some(SelectedKernel {
                 module: ModuleKind::Hopper,
                 name,
                 pv_f32: true,
+                pv8,
                 head_dim: kernel_dim,
             });
         }
+    }
+    if pv8 {
+        return None;
     }
     // On Hopper the f16 accumulator is no faster than f32 for mma.sync (measured: 314 vs 341
     // TOPS at d = 96, H200), so Auto takes the f32 variant there: faster and more accurate.
@@ -51,6 +59,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         module: ModuleKind::Portable,
         name,
         pv_f32,
+        pv8: false,
         head_dim,
     })
 }
@@ -82,9 +91,25 @@ pub fn attention_kernel_names() -> Vec<&'static str> {
 
 /// The kernel for this problem, or the typed error when none exists.
 pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<SelectedKernel> {
-    selected_kernel(rt, p.head_dim, opts).ok_or(Error::UnsupportedHeadDim {
-        head_dim: p.head_dim,
-        supported: &SUPPORTED_HEAD_DIMS,
+    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
+        return Err(Error::UnsupportedHeadDim {
+            head_dim: p.head_dim,
+            supported: &SUPPORTED_HEAD_DIMS,
+        });
+    }
+    selected_kernel(rt, p.head_dim, opts).ok_or_else(|| {
+        let (major, minor) = rt.compute_capability();
+        Error::PvPrecisionUnavailable {
+            precision: "Int8",
+            reason: if opts.backend != Backend::Auto {
+                "the 8-bit P·V kernel needs Backend::Auto".into()
+            } else {
+                format!(
+                    "the 8-bit P·V kernel needs compute capability 9.0 (sm_90a); this device is \
+                     {major}.{minor}"
+                )
+            },
+        }
     })
 }
 

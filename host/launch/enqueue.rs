@@ -7,16 +7,16 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
-    attn_smem_bytes, cta_q, names, quant_threads, ATTN_THREADS, CONVERT_THREADS, K_BLOCK, LOG2_E,
-    MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK,
+    attn_smem_bytes, cta_q, names, padded_len, quant_threads, ATTN_THREADS, CONVERT_THREADS,
+    K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, V8_QUANT_THREADS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
-use crate::launch::scratch::{ScratchLayout, ScratchShape};
+use crate::launch::scratch::{ScratchLayout, ScratchShape, V8Regions};
 use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
-    QuantParams,
+    QuantParams, V8Params,
 };
 use crate::types::dtype::DType;
 use crate::types::error::{Error, Result};
@@ -31,6 +31,7 @@ unsafe impl DeviceRepr for ConvertParams {}
 unsafe impl DeviceRepr for LseBiasParams {}
 unsafe impl DeviceRepr for PrepareParams {}
 unsafe impl DeviceRepr for ColumnCopyParams {}
+unsafe impl DeviceRepr for V8Params {}
 
 /// Where one call's quantized data lives.
 #[derive(Clone, Copy, Debug)]
@@ -62,12 +63,14 @@ pub(crate) fn scratch_layout(
         kernel_head_dim: kernel.head_dim,
         smooth_k: opts.smooth_k,
         lse_bias: opts.smooth_k && lse,
-        copy_v: p.in_dtype == DType::BF16 || padded,
+        copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
         pad_output: padded,
+        v8: kernel.pv8,
     })
 }
 
-/// Enqueues K mean, Q/K quantization, LSE bias and the V conversion into `scratch`.
+/// Enqueues K mean, Q/K quantization, LSE bias and the V conversion (to f16, or for the 8-bit
+/// P·V to the INT8 Vᵀ) into `scratch`.
 pub(crate) fn enqueue_prepare(
     rt: &Runtime,
     q: &TensorView,
@@ -222,7 +225,54 @@ pub(crate) fn enqueue_prepare(
             &params,
         )?;
     }
+    if let Some(v8) = l.v8 {
+        enqueue_v8(rt, v, p, kernel.head_dim, scratch, &v8)?;
+    }
     Ok(())
+}
+
+/// The three launches of the 8-bit V (`kernels-gpu/src/v8.rs`): segment statistics, per-channel
+/// mean and scales, then the INT8 Vᵀ with `kernel_head_dim` rows per head.
+fn enqueue_v8(
+    rt: &Runtime,
+    v: &TensorView,
+    p: &Problem,
+    kernel_head_dim: usize,
+    scratch: &Scratch,
+    regions: &V8Regions,
+) -> Result<()> {
+    let (v_ptr, _v_guard) = v.device_ptr(rt.stream());
+    let vs = v.strides();
+    let params = V8Params {
+        v: v_ptr,
+        partials: scratch.at(regions.partials),
+        mean: scratch.at(regions.mean),
+        scale: scratch.at(regions.scale),
+        out: scratch.at(regions.vt),
+        v_stride: [vs[0], vs[1], vs[2]],
+        seq: p.kv_len as u32,
+        heads: p.kv_heads as u32,
+        head_dim: p.head_dim as u32,
+        in_bf16: u32::from(p.in_dtype == DType::BF16),
+        out_head_dim: kernel_head_dim as u32,
+        _pad: 0,
+    };
+    let (heads, batch) = (p.kv_heads as u32, p.batch as u32);
+    let segments = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) as u32;
+    let stats_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
+    launch(rt, names::V8_STATS, (segments, heads, batch), stats_threads, 0, &params)?;
+    let finalize_threads = kernel_head_dim as u32;
+    launch(rt, names::V8_FINALIZE, (heads, batch, 1), finalize_threads, 0, &params)?;
+    let tiles = (padded_len(p.kv_len, V8_TILE) / V8_TILE) as u32;
+    let smem = (kernel_head_dim * V8_TILE) as u32;
+    launch(
+        rt,
+        names::V8_QUANTIZE,
+        (tiles, heads, batch),
+        V8_QUANT_THREADS as u32,
+        smem,
+        &params,
+    )
 }
 
 /// Enqueues the attention kernel `kernel` on prepared scratch data; when the kernel's head_dim is
@@ -242,6 +292,8 @@ pub(crate) fn enqueue_attend(
     let l = &scratch.layout;
     let hd = kernel.head_dim;
     let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
+        // The INT8 Vᵀ's layout is fixed ([batch][kv_heads][hd][padded kv_len]).
+        _ if l.v8.is_some() => (l.v8.map_or(0, |r| scratch.at(r.vt)), [0; 3], None),
         Some(off) => (
             scratch.at(off),
             contiguous_strides(p.kv_heads, p.kv_len, hd),
@@ -270,6 +322,8 @@ pub(crate) fn enqueue_attend(
         lse_bias: l.lse_bias.map_or(0, |off| scratch.at(off)),
         q_scale: scratch.at(l.q_scale),
         k_scale: scratch.at(l.k_scale),
+        v_scale: l.v8.map_or(0, |r| scratch.at(r.scale)),
+        v_mean: l.v8.map_or(0, |r| scratch.at(r.mean)),
         v_stride,
         o_stride: kernel_o_stride,
         qo_len: p.qo_len as u32,
@@ -283,7 +337,7 @@ pub(crate) fn enqueue_attend(
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
         // until after the launch.
-        unsafe { hopper::launch_hopper_attention(rt, kernel.name, hd, p.batch, &params)? };
+        unsafe { hopper::launch_hopper_attention(rt, kernel.name, hd, kernel.pv8, p.batch, &params)? };
     } else {
         let grid = (
             p.qo_len.div_ceil(cta_q(hd, kernel.pv_f32)) as u32,

@@ -14,10 +14,12 @@
 //! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared
 //! memory, which needs the opt-in above 48 KiB that [`Runtime`] does on first launch:
 //!
-//! | head dim | warpgroups | rows per CTA | threads | shared memory |
-//! |---|---|---|---|---|
-//! | 64 | 4 | 256 | 512 | 1024 + 16384 + 8·12288 + 128 = 115 840 |
-//! | 128 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
+//! | head dim | P·V | warpgroups | rows per CTA | threads | shared memory |
+//! |---|---|---|---|---|---|
+//! | 64 | f16 | 4 | 256 | 512 | 1024 + 16384 + 8·12288 + 128 = 115 840 |
+//! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
+//! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·8192 + 128 = 78 976 |
+//! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 8·16384 + 128 = 148 608 |
 //!
 //! (each warpgroup owns 64 query rows and every thread also copies its share of the K/V tiles; no
 //! producer warp). Head dims 64 and 128 (`host/attention.rs` runs d = 96 on the d = 128 kernel
@@ -33,12 +35,17 @@ pub mod config;
 
 pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS};
 
-/// The sm_90a attention entry for this head dim and masking, or `None` when there is none (head
-/// dim 96, or anything else): the caller then uses the portable kernel.
-pub(crate) fn hopper_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'static str> {
+/// The sm_90a attention entry for this head dim, masking and P·V precision (`pv8`: 8-bit), or
+/// `None` when there is none (head dim 96, or anything else): the caller then uses the portable
+/// kernel.
+pub(crate) fn hopper_attention_kernel_name(
+    head_dim: usize,
+    causal: bool,
+    pv8: bool,
+) -> Option<&'static str> {
     macro_rules! find {
-        ($name:literal, $hd:literal, $causal:literal) => {
-            if head_dim == $hd && causal == $causal {
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
+            if head_dim == $hd && causal == $causal && pv8 == $pv8 {
                 return Some($name);
             }
         };
@@ -51,7 +58,7 @@ pub(crate) fn hopper_attention_kernel_name(head_dim: usize, causal: bool) -> Opt
 pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     macro_rules! push {
-        ($name:literal, $hd:literal, $causal:literal) => {
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
             v.push($name);
         };
     }
@@ -79,18 +86,19 @@ pub struct LaunchConfig {
 /// The launch geometry for a problem (see the module docs).
 pub fn hopper_launch_config(
     head_dim: usize,
+    pv8: bool,
     qo_len: usize,
     q_heads: usize,
     batch: usize,
 ) -> LaunchConfig {
     LaunchConfig {
         grid: (
-            qo_len.div_ceil(sm90_cta_q(head_dim)) as u32,
+            qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u32,
             q_heads as u32,
             batch as u32,
         ),
-        threads: sm90_threads(head_dim) as u32,
-        smem_bytes: sm90_smem_bytes(head_dim) as u32,
+        threads: sm90_threads(head_dim, pv8) as u32,
+        smem_bytes: sm90_smem_bytes(head_dim, pv8) as u32,
     }
 }
 
@@ -107,11 +115,13 @@ pub(crate) unsafe fn launch_hopper_attention(
     rt: &Runtime,
     name: &str,
     head_dim: usize,
+    pv8: bool,
     batch: usize,
     params: &AttnParams,
 ) -> Result<()> {
     let cfg = hopper_launch_config(
         head_dim,
+        pv8,
         params.qo_len as usize,
         params.q_heads as usize,
         batch,
@@ -205,23 +215,38 @@ mod tests {
     fn names_and_geometry() {
         for hd in SM90_HEAD_DIMS {
             for causal in [false, true] {
-                let name = hopper_attention_kernel_name(hd, causal).unwrap();
-                assert!(
-                    name.contains(&format!("hd{hd}_"))
-                        && name.ends_with(if causal { "causal" } else { "full" })
-                );
+                for pv8 in [false, true] {
+                    let name = hopper_attention_kernel_name(hd, causal, pv8).unwrap();
+                    let tail = match (causal, pv8) {
+                        (false, false) => "full",
+                        (true, false) => "causal",
+                        (false, true) => "full_pv8",
+                        (true, true) => "causal_pv8",
+                    };
+                    assert!(name.contains(&format!("hd{hd}_")) && name.ends_with(tail));
+                }
             }
         }
-        assert_eq!(hopper_attention_kernel_name(96, false), None);
-        assert_eq!(hopper_attention_kernel_names().len(), 4);
-        let c = hopper_launch_config(128, 1000, 32, 4);
+        assert_eq!(hopper_attention_kernel_name(96, false, false), None);
+        assert_eq!(hopper_attention_kernel_names().len(), 8);
+        let c = hopper_launch_config(128, false, 1000, 32, 4);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
-        let c = hopper_launch_config(64, 1000, 32, 4);
+        let c = hopper_launch_config(64, false, 1000, 32, 4);
         assert_eq!((c.grid, c.threads), ((4, 32, 4), 512));
-        assert_eq!(sm90_smem_bytes(64), 1024 + 16384 + 8 * 12288 + 128);
+        let c = hopper_launch_config(128, true, 1000, 32, 4);
+        assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
+        let c = hopper_launch_config(64, true, 1000, 32, 4);
+        assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
+        assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
+        assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
+        assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 8192 + 128);
+        assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 8 * 16384 + 128);
         // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
-        assert!(sm90_smem_bytes(64) <= 227 * 1024 && sm90_smem_bytes(128) <= 227 * 1024);
-        assert_eq!(sm90_smem_bytes(128), 1024 + 24576 + 8 * 24576 + 128);
+        for hd in SM90_HEAD_DIMS {
+            for pv8 in [false, true] {
+                assert!(sm90_smem_bytes(hd, pv8) <= 227 * 1024);
+            }
+        }
     }
 }

@@ -3,7 +3,7 @@
 //! ([`DeviceAlloc`](crate::device::alloc::DeviceAlloc)). `sageattn` and `sageattn_into` reuse the
 //! runtime's workspace; a [`Prepared`](crate::Prepared) owns its own allocation.
 
-use crate::device_config::{padded_len, K_BLOCK, MEAN_SEGMENT_ROWS, Q_BLOCK};
+use crate::device_config::{padded_len, K_BLOCK, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_TILE};
 use crate::types::error::{Error, Result};
 
 /// Alignment of every region (the kernels need 16 bytes; 256 matches cudaMalloc).
@@ -20,8 +20,19 @@ pub(crate) struct ScratchLayout {
     pub k_partials: Option<usize>,
     pub lse_bias: Option<usize>,
     pub v_f16: Option<usize>,
+    pub v8: Option<V8Regions>,
     pub o_pad: Option<usize>,
     pub bytes: usize,
+}
+
+/// The 8-bit P·V path's V (`kernels-gpu/src/v8.rs`): its segment statistics, per-channel mean and
+/// scales, and the INT8 Vᵀ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct V8Regions {
+    pub partials: usize,
+    pub mean: usize,
+    pub scale: usize,
+    pub vt: usize,
 }
 
 /// Sizes that decide the layout.
@@ -41,6 +52,8 @@ pub(crate) struct ScratchShape {
     pub copy_v: bool,
     /// The kernel writes a kernel_head_dim-wide output here, copied to the caller's after.
     pub pad_output: bool,
+    /// 8-bit P·V: V is quantized to an INT8 Vᵀ (instead of any f16 copy).
+    pub v8: bool,
 }
 
 impl ScratchLayout {
@@ -99,6 +112,17 @@ impl ScratchLayout {
         } else {
             None
         };
+        let v8 = if s.v8 {
+            let (b_h, hd) = (s.batch * s.kv_heads, s.kernel_head_dim);
+            Some(V8Regions {
+                partials: region(mul(&[b_h, segments, 3, s.head_dim, 4]))?,
+                mean: region(mul(&[b_h, hd, 4]))?,
+                scale: region(mul(&[b_h, 2, hd, 4]))?,
+                vt: region(mul(&[b_h, hd, padded_len(s.kv_len, V8_TILE)]))?,
+            })
+        } else {
+            None
+        };
         let o_pad = if s.pad_output {
             Some(region(mul(&[
                 s.batch,
@@ -119,6 +143,7 @@ impl ScratchLayout {
             k_partials,
             lse_bias,
             v_f16,
+            v8,
             o_pad,
             bytes: end,
         })
@@ -150,6 +175,7 @@ mod tests {
             lse_bias: true,
             copy_v: true,
             pad_output: true,
+            v8: false,
         };
         let l = ScratchLayout::new(shape).unwrap();
         let regions = [

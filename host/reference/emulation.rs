@@ -4,6 +4,8 @@ use half::f16;
 
 use super::host_tensor::HostTensor;
 use super::quant_ref::{self, K_BLOCK};
+use super::v8::{quantize_v8, QuantizedV8};
+use crate::device_config::P8_MAX;
 use super::rows::{Dims, RefOptions, RefOutput};
 
 /// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
@@ -44,13 +46,63 @@ pub fn attention_quantized_emulation(
     smooth_k: bool,
     pv_f16_accum: bool,
 ) -> RefOutput {
+    emulate(q, k, v, opts, smooth_k, PvEmulation::F16 { pv_f16_accum })
+}
+
+/// [`attention_quantized_emulation`] for the 8-bit P·V ([`PvPrecision::Int8`](crate::PvPrecision)):
+/// steps 1–3 and 5 as there; step 4 becomes
+/// * V quantized bit-exactly as the GPU does ([`quantize_v8`]: per-channel mean and scale),
+/// * per key tile t of [`K_BLOCK`] keys (counted from key 0), with `m_t` the row's largest score
+///   of the tile, `u_j = round(255 · 2^(s_j - m_t))` (exact integers, f64 exponentials),
+/// * `o_c = Σ_t 2^(m_t - m) · (Σ_j u_j · v8_jc) · scale_c / 255 / Σ p + mean_c`.
+///
+/// The GPU's u_j can differ by one where `ex2.approx` and f32 put `255 · p` on the other side of
+/// a rounding boundary; the tests bound that.
+pub fn attention_pv8_emulation(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    opts: &RefOptions,
+    smooth_k: bool,
+) -> RefOutput {
+    emulate(q, k, v, opts, smooth_k, PvEmulation::Int8)
+}
+
+/// The P·V step of the emulation.
+#[derive(Clone, Copy)]
+enum PvEmulation {
+    /// f16 P and V, optionally an f16 accumulator per key block.
+    F16 { pv_f16_accum: bool },
+    /// u8 P (per key tile) and INT8 V (per channel, mean-smoothed).
+    Int8,
+}
+
+/// The V a P·V emulation reads.
+enum EmulatedV {
+    F16(Vec<f64>),
+    Int8(QuantizedV8),
+}
+
+fn emulate(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    opts: &RefOptions,
+    smooth_k: bool,
+    pv: PvEmulation,
+) -> RefOutput {
     let dims = Dims::of(q, k, v);
     let sm_scale = opts.sm_scale_for(dims.head_dim);
     let q_quant = quant_ref::quantize_q(q, sm_scale);
     let mean = smooth_k.then(|| quant_ref::k_mean(k));
     let k_quant = quant_ref::quantize_k(k, mean.as_deref());
-    let values = v.to_contiguous_f64(|x| f64::from(f16::from_f32(x).to_f32()));
     let d = dims.head_dim;
+    let values = match pv {
+        PvEmulation::F16 { .. } => {
+            EmulatedV::F16(v.to_contiguous_f64(|x| f64::from(f16::from_f32(x).to_f32())))
+        }
+        PvEmulation::Int8 => EmulatedV::Int8(quantize_v8(v, d)),
+    };
 
     dims.for_each_row(opts.causal, |task| {
         let q_row = q_quant.row(task.b, task.h, task.i);
@@ -70,24 +122,52 @@ pub fn attention_quantized_emulation(
         let row_max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let probabilities: Vec<f64> = scores.iter().map(|&s| (s - row_max).exp2()).collect();
         let denominator: f64 = probabilities.iter().sum();
-        let base = dims.kv_offset(task.b, task.kv_head, 0);
-        let p_f16 = |j: usize| f64::from(f16::from_f32(probabilities[j] as f32).to_f32());
 
-        if pv_f16_accum {
-            accumulate_pv_f16(task.o_row, task.visible, p_f16, |j| {
-                &values[base + j * d..base + (j + 1) * d]
-            });
-        } else {
-            for j in 0..task.visible {
-                let p = p_f16(j);
-                let value = &values[base + j * d..base + (j + 1) * d];
-                for (acc, &x) in task.o_row.iter_mut().zip(value) {
-                    *acc += p * x;
+        match (&values, pv) {
+            (EmulatedV::F16(values), PvEmulation::F16 { pv_f16_accum }) => {
+                let base = dims.kv_offset(task.b, task.kv_head, 0);
+                let p_f16 = |j: usize| f64::from(f16::from_f32(probabilities[j] as f32).to_f32());
+                if pv_f16_accum {
+                    accumulate_pv_f16(task.o_row, task.visible, p_f16, |j| {
+                        &values[base + j * d..base + (j + 1) * d]
+                    });
+                } else {
+                    for j in 0..task.visible {
+                        let p = p_f16(j);
+                        let value = &values[base + j * d..base + (j + 1) * d];
+                        for (acc, &x) in task.o_row.iter_mut().zip(value) {
+                            *acc += p * x;
+                        }
+                    }
+                }
+                for acc in task.o_row.iter_mut() {
+                    *acc /= denominator;
                 }
             }
-        }
-        for acc in task.o_row.iter_mut() {
-            *acc /= denominator;
+            (EmulatedV::Int8(v8), _) => {
+                let (b, kv) = (task.b, task.kv_head);
+                let mut tile_sum = vec![0_i64; d];
+                for tile_start in (0..task.visible).step_by(K_BLOCK) {
+                    let tile = &scores[tile_start..(tile_start + K_BLOCK).min(task.visible)];
+                    let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    tile_sum.fill(0);
+                    for (j, &s) in tile.iter().enumerate() {
+                        let u = (P8_MAX as f64 * (s - tile_max).exp2()).round_ties_even() as i64;
+                        for (c, sum) in tile_sum.iter_mut().enumerate() {
+                            *sum += u * i64::from(v8.value(b, kv, tile_start + j, c));
+                        }
+                    }
+                    let factor = (tile_max - row_max).exp2();
+                    for (acc, &sum) in task.o_row.iter_mut().zip(&tile_sum) {
+                        *acc += factor * sum as f64;
+                    }
+                }
+                for (c, acc) in task.o_row.iter_mut().enumerate() {
+                    let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(P8_MAX);
+                    *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
+                }
+            }
+            (EmulatedV::F16(_), PvEmulation::Int8) => unreachable!("V prepared for its P·V"),
         }
         // Smoothing subtracted `mean` from every key, which lowered every score of the row by
         // `sm_scale * q_i · mean`; add it back so the LSE refers to the original K, as the contract

@@ -5,6 +5,8 @@
 //! * [`attention_quantized_emulation`]: the quantized algorithm the GPU runs (INT8 Q/K from
 //!   [`quant_ref`], base-2 softmax, f16 V and f16 P), otherwise in `f64`. GPU results should be
 //!   much closer to this than to the exact reference, so tests can use a tight bound against it.
+//! * [`attention_pv8_emulation`]: the same for the 8-bit P·V (u8 P per key tile, INT8 V per
+//!   channel from [`v8`]).
 //! * [`naive_attention_f64`]: the most literal formulation, without rayon or any numerical trick;
 //!   only meant to cross-check [`attention_f64`] in tests.
 //! * [`compare`] / [`compare_f64`]: NaN-aware error metrics ([`Metrics`]).
@@ -26,8 +28,9 @@ pub(crate) mod host_tensor;
 mod metrics;
 pub mod quant_ref;
 mod rows;
+pub mod v8;
 
-pub use emulation::attention_quantized_emulation;
+pub use emulation::{attention_pv8_emulation, attention_quantized_emulation};
 pub use exact::{attention_f64, naive_attention_f64};
 pub use host_tensor::HostTensor;
 pub use metrics::{compare, compare_f64, Metrics};

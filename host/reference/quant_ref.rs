@@ -66,7 +66,7 @@ pub fn k_mean(k: &HostTensor) -> Vec<f32> {
 
 /// Sum `values` (one segment, in sequence order) in 16 lanes and combine the lanes by the 8/4/2/1
 /// tree. Kept separate so the summation order is written down in exactly one place.
-fn lane_tree_sum(values: impl Iterator<Item = f32>) -> f32 {
+pub(crate) fn lane_tree_sum(values: impl Iterator<Item = f32>) -> f32 {
     let mut partial = [0.0_f32; MEAN_LANES];
     for (s, x) in values.enumerate() {
         let lane = s % MEAN_LANES;
@@ -232,7 +232,7 @@ pub fn quantize_block(values: &[f32], out: &mut [i8]) -> f32 {
 
 /// `max(a, b)` that returns NaN when either side is NaN (unlike [`f32::max`], which drops NaN), so a
 /// NaN anywhere in a block reaches its scale.
-fn nan_propagating_max(a: f32, b: f32) -> f32 {
+pub(crate) fn nan_propagating_max(a: f32, b: f32) -> f32 {
     if a.is_nan() || b.is_nan() {
         f32::NAN
     } else if b > a {
@@ -243,7 +243,7 @@ fn nan_propagating_max(a: f32, b: f32) -> f32 {
 }
 
 /// `clamp(round_ties_even(x), -127, 127)` as `i8`; NaN maps to 0 (what `cvt.rni.sat.s8` would give).
-fn round_to_int8(x: f32) -> i8 {
+pub(crate) fn round_to_int8(x: f32) -> i8 {
     let rounded = x.round_ties_even();
     if rounded.is_nan() {
         0

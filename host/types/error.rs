@@ -65,6 +65,15 @@ pub enum Error {
         supported: &'static [usize],
     },
 
+    /// The P·V precision asked for has no kernel on this device or with these options.
+    #[error("P·V precision {precision} is not available here: {reason}")]
+    PvPrecisionUnavailable {
+        /// The precision asked for.
+        precision: &'static str,
+        /// Why, and what is needed.
+        reason: String,
+    },
+
     /// Tensor shapes do not agree with each other.
     #[error("shape mismatch: {what}")]
     ShapeMismatch {

@@ -14,6 +14,24 @@ pub enum PvAccum {
     F32,
 }
 
+/// Precision of the P·V product.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PvPrecision {
+    /// P and V in f16 on the f16 tensor cores (bf16 V is converted): the v1 accuracy contract,
+    /// rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact attention on N(0,1) inputs.
+    #[default]
+    F16,
+    /// 8-bit P·V, the SageAttention2 class of speed: each key tile's probabilities are scaled so
+    /// that their row maximum is 255 and rounded to u8; V is smoothed by its per-channel mean and
+    /// quantized per channel to INT8; the product runs on the INT8 tensor cores (the FP8 peak on
+    /// Hopper) with an exact s32 result per key tile, accumulated in f32 (two levels). u8 P × s8 V
+    /// is used rather than e4m3 × e4m3 because it halves the error: on N(0,1), d = 128, N = 2048
+    /// (CPU model, docs/perf-notes.md) rel L1 ≈ 0.017–0.020 against 0.038 for e4m3 P and V. Needs
+    /// the sm_90a kernel: compute capability 9.0, [`Backend::Auto`], head_dim 64, 96 or 128;
+    /// elsewhere the call returns [`Error::PvPrecisionUnavailable`](crate::Error).
+    Int8,
+}
+
 /// Which attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
@@ -39,8 +57,10 @@ pub struct Options {
     pub sm_scale: Option<f32>,
     /// Memory layout of the output [`sageattn`](crate::sageattn) allocates.
     pub layout: Layout,
-    /// P·V accumulation.
+    /// P·V accumulation (of the f16 P·V; the 8-bit one always accumulates exactly per tile).
     pub pv_accum: PvAccum,
+    /// P·V precision (default f16).
+    pub pv_precision: PvPrecision,
     /// Also return the log-sum-exp (natural log) of each query row, f32 `[batch, q_heads, qo_len]`.
     pub return_lse: bool,
     /// Kernel selection (default: the fastest for the device).
@@ -55,6 +75,7 @@ impl Default for Options {
             sm_scale: None,
             layout: Layout::Hnd,
             pv_accum: PvAccum::F16,
+            pv_precision: PvPrecision::F16,
             return_lse: false,
             backend: Backend::Auto,
         }
