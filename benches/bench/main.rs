@@ -1,10 +1,10 @@
 //! `bench`: SageAttention speed on the GPU, in TOPS, for a sweep of head_dim × causal × sequence
 //! length, two numbers per case:
 //!
-//! - **kernel**: [`Prepared::attend_into`] on inputs quantized beforehand (the attention kernel
-//!   alone);
-//! - **full**: [`sageattn_into`] (K mean, INT8 quantization of Q and K, attention), what a caller
-//!   pays;
+//! - **kernel**: [`Prepared::attend_into`](sageattention::Prepared::attend_into) on inputs
+//!   quantized beforehand (the attention kernel alone);
+//! - **full**: [`sageattn_into`](sageattention::sageattn_into) (K mean, INT8 quantization of Q
+//!   and K, attention), what a caller pays;
 //!
 //! and the quantization overhead `(full - kernel) / full`.
 //!
@@ -18,7 +18,7 @@
 //! outputs (for `scripts/compare.py`). See `docs/bench.md`.
 
 //!
-//! Modules: [`args`] (the command line), [`sweep`] (self-check and sweep) on [`inputs`] (random
+//! Modules: [`args`] (the command line), [`sweep`](mod@sweep) (self-check and sweep) on [`inputs`] (random
 //! pool), [`plan`] (input sets, memory) and [`timing`]; [`accuracy`] (`--accuracy-file`); the
 //! CPU-only parts: [`stats`], [`report`] (JSON and table), [`peers`], [`svg`] (the chart).
 
