@@ -6,6 +6,7 @@
 #   .device/bench, .device/sageattn   the binaries, likewise
 #   .device/ptx/sage_sm80.ptx, .device/ptx/sage_sm90a.ptx   the modules the binaries embed
 #   .device/device-run.sh    the script that runs it all there (a copy of scripts/device-run.sh)
+#   .device/wheels/sageattention-*.whl   the Python wheel, for scripts/device-python.sh
 #   .device/MANIFEST         what was built, from which commit, sizes
 #
 # Then, with the device tool: run(command="bash .device/device-run.sh", carry=[".device"]).
@@ -92,6 +93,11 @@ for f in sage_sm80.ptx sage_sm90a.ptx; do
 done
 cp scripts/device-run.sh "$DEV/device-run.sh"
 chmod +x "$DEV/device-run.sh"
+
+# The Python wheel (abi3, maturin; embeds the same PTX), run there by scripts/device-python.sh:
+#   run(command="bash scripts/device-python.sh", carry=[".device"])
+echo "device-bundle: python wheel (python/build-wheel.sh)" >&2
+bash python/build-wheel.sh "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"

@@ -621,10 +621,12 @@ fn host_library_tool_and_bench_modules_import_each_other_without_cycles() {
     );
 }
 
-/// The library's layers, bottom first: a module may import its own layer and the ones below.
+/// The library's layers, bottom first: a module may import its own layer and the ones below. The
+/// CPU reference needs nothing but the shared constants; the tools' file reader needs the
+/// reference's host tensor and the value types.
 const LAYERS: &[&[&str]] = &[
-    &["types", "device_config", "params"],
-    &["device"],
+    &["types", "device_config", "params", "reference"],
+    &["device", "tensor_file"],
     &["launch"],
     &["attention"],
 ];

@@ -326,7 +326,8 @@ impl<'a> TensorViewMut<'a> {
     }
 
     /// A writable view of raw device memory. Nothing is checked here; call
-    /// [`TensorViewMut::validate`] and, before a launch, [`check_device_memory`](ViewGeometry::check_device_memory).
+    /// [`TensorViewMut::validate`] and, before a launch,
+    /// [`check_device_memory`](ViewGeometry::check_device_memory).
     ///
     /// # Safety
     ///

@@ -1,0 +1,159 @@
+"""The public calls, free of torch: argument checks that need no tensor library, then the torch
+part (``_torch_ops``), imported on the first call with torch tensors."""
+
+import sys
+from typing import Any, Dict, Optional
+
+from . import _native
+
+# Our own keyword arguments of `sageattn`, with their defaults. A future P·V precision keyword
+# (`pv_precision`: "f16" or "fp8") goes here, in `_torch_ops` (the op's schema) and in the Rust
+# `args::options`, once the library's `Options` has the field.
+OUR_KEYWORDS: Dict[str, str] = {
+    "pv_accum": "f16",  # "f16": FP16 accumulator per key tile (SageAttention's default); "f32"
+    "backend": "auto",  # "auto": the fastest kernel for the GPU; "portable": the mma.sync kernel
+}
+
+_torch_ops = None
+
+
+def _keywords(func: str, kwargs: Dict[str, Any]) -> Dict[str, str]:
+    """Our keywords with defaults filled in; TypeError for anything else."""
+    unknown = sorted(set(kwargs) - set(OUR_KEYWORDS))
+    if unknown:
+        raise TypeError(
+            f"{func}() got unexpected keyword argument(s) {', '.join(map(repr, unknown))}; "
+            f"accepted beyond the official ones: {', '.join(OUR_KEYWORDS)}"
+        )
+    out = dict(OUR_KEYWORDS)
+    for name, value in kwargs.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{func}(): {name} must be a str, got {type(value).__name__}")
+        out[name] = value
+    return out
+
+
+def _ops_for(func: str, **tensors: Any):
+    """The torch part, after checking that the inputs are torch tensors (TypeError otherwise)."""
+    global _torch_ops
+    if _torch_ops is None:
+        # If torch was never imported, nothing can be a torch tensor: no import needed to say so.
+        torch = sys.modules.get("torch")
+        if torch is None:
+            for name, t in tensors.items():
+                _not_a_tensor(func, name, t)
+        from . import _torch_ops as ops
+
+        _torch_ops = ops
+    _torch_ops.check_tensors(func, tensors)
+    return _torch_ops
+
+
+def _not_a_tensor(func: str, name: str, value: Any) -> None:
+    kind = type(value)
+    raise TypeError(
+        f"{func}(): {name} must be a torch.Tensor on a CUDA device, got "
+        f"{kind.__module__}.{kind.__qualname__}"
+    )
+
+
+def sageattn(
+    q,
+    k,
+    v,
+    tensor_layout: str = "HND",
+    is_causal: bool = False,
+    sm_scale: Optional[float] = None,
+    return_lse: bool = False,
+    smooth_k: bool = True,
+    **kwargs: Any,
+):
+    """SageAttention with the official signature.
+
+    Parameters
+    ----------
+    q, k, v : torch.Tensor
+        float16 or bfloat16 (all three the same), on one CUDA device, head_dim 64, 96 or 128;
+        ``[batch, heads, seq, head_dim]`` for ``tensor_layout="HND"``,
+        ``[batch, seq, heads, head_dim]`` for ``"NHD"``. Any strides with a contiguous last
+        dimension and 16-byte aligned rows; k and v may have fewer heads than q (GQA/MQA, q's
+        heads a multiple of k's) and another length.
+    tensor_layout : "HND" or "NHD".
+    is_causal : causal mask, bottom-right aligned when ``qo_len != kv_len`` (as FlashAttention
+        2.1+: query i sees key j iff ``j <= i + kv_len - qo_len``); the official package is only
+        defined for ``qo_len == kv_len``, where the two agree.
+    sm_scale : softmax scale, default ``1/sqrt(head_dim)``.
+    return_lse : also return the natural-log log-sum-exp of each query row, float32
+        ``[batch, q_heads, qo_len]``.
+    smooth_k : subtract K's mean over the sequence before quantizing (exact for softmax, smaller
+        INT8 error).
+    pv_accum : keyword, "f16" (default) or "f32" accumulation of P·V.
+    backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
+
+    Returns
+    -------
+    The output, shaped and laid out like q (a new contiguous tensor of q's dtype), or
+    ``(output, lse)`` with ``return_lse=True``.
+
+    Raises TypeError (types, dtypes, unknown keywords), ValueError (shapes, strides, devices,
+    options) or RuntimeError (driver, device), with the library's message. Inference only: the
+    output has no autograd history. Works under CUDA graph capture and ``torch.compile`` (a torch
+    custom op, ``torch.ops.sageattention_rs.sageattn``).
+    """
+    options = _keywords("sageattn", kwargs)
+    ops = _ops_for("sageattn", q=q, k=k, v=v)
+    return ops.sageattn(
+        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, options
+    )
+
+
+def scaled_dot_product_attention(
+    query,
+    key,
+    value,
+    attn_mask=None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: Optional[float] = None,
+    enable_gqa: bool = False,
+):
+    """``torch.nn.functional.scaled_dot_product_attention``, with this library's kernel when it
+    applies.
+
+    Our path needs: 4-d float16/bfloat16 CUDA tensors on one device of compute capability 8.0+,
+    head_dim 64, 96 or 128 (the same for q, k and v), no ``attn_mask``, ``dropout_p == 0``,
+    ``is_causal`` only with equal query and key lengths (torch aligns the mask top-left, this
+    library bottom-right), k/v heads equal to q's (or dividing them with ``enable_gqa=True``),
+    strides the kernels take (contiguous last dimension, 16-byte rows), and no input that
+    requires grad while autograd is on (the kernel has no backward). Anything else runs torch's
+    own function unchanged; each reason is logged once (logger ``sageattention``, WARNING).
+    """
+    ops = _ops_for("scaled_dot_product_attention", query=query, key=key, value=value)
+    return ops.scaled_dot_product_attention(
+        query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa
+    )
+
+
+def release_workspace(device=None) -> None:
+    """Frees the scratch memory this library keeps between calls on a CUDA device (all devices
+    it used when ``device`` is None). torch's ``torch.cuda.empty_cache()`` does not see it."""
+    if device is None:
+        indices = range(_device_count())
+    elif isinstance(device, int):
+        indices = [device]
+    else:
+        index = getattr(device, "index", None)
+        if index is None and isinstance(device, str) and device.startswith("cuda"):
+            index = int(device.partition(":")[2] or 0)
+        if index is None:
+            raise ValueError(f"release_workspace(): not a CUDA device: {device!r}")
+        indices = [index]
+    for i in indices:
+        _native.release_workspace(i)
+
+
+def _device_count() -> int:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return 0

@@ -1,0 +1,167 @@
+//! Arguments as the Python front passes them, checked and turned into the library's types.
+//!
+//! A tensor crosses as `(data_ptr, dtype, shape, strides, device_index)`: torch's own numbers
+//! (`t.data_ptr()`, `str(t.dtype)`, `t.shape`, `t.stride()`, `t.device.index`, or -1 for a tensor
+//! that is not on a CUDA device), nothing copied. Shapes and strides arrive in the tensor's memory
+//! order (`tensor_layout`) and leave in the library's logical order `[batch, heads, seq, head_dim]`.
+
+use sageattention::{Backend, DType, Layout, Options, PvAccum};
+
+use crate::errors::Failure;
+
+/// `(data_ptr, dtype, shape, strides, device_index)` of one tensor.
+pub(crate) type TensorArg = (u64, String, Vec<i64>, Vec<i64>, i64);
+
+/// One tensor, in the library's terms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Raw {
+    pub ptr: u64,
+    pub dtype: DType,
+    /// Logical `[batch, heads, seq, head_dim]`.
+    pub shape: [usize; 4],
+    /// Elements, logical order.
+    pub strides: [i64; 4],
+    pub ordinal: usize,
+}
+
+/// `"HND"` or `"NHD"` (the official spelling; lower case accepted).
+pub(crate) fn layout(s: &str) -> Result<Layout, Failure> {
+    match s {
+        "HND" | "hnd" => Ok(Layout::Hnd),
+        "NHD" | "nhd" => Ok(Layout::Nhd),
+        _ => Err(Failure::Value(format!(
+            "tensor_layout must be \"HND\" or \"NHD\", got {s:?}"
+        ))),
+    }
+}
+
+/// `pv_accum`: `"f16"` (default, SageAttention's FP16 accumulator per key tile) or `"f32"`.
+pub(crate) fn pv_accum(s: &str) -> Result<PvAccum, Failure> {
+    match s {
+        "f16" | "fp16" | "float16" => Ok(PvAccum::F16),
+        "f32" | "fp32" | "float32" => Ok(PvAccum::F32),
+        _ => Err(Failure::Value(format!(
+            "pv_accum must be \"f16\" or \"f32\", got {s:?}"
+        ))),
+    }
+}
+
+/// `backend`: `"auto"` (fastest kernel for the device) or `"portable"` (the mma.sync kernel).
+pub(crate) fn backend(s: &str) -> Result<Backend, Failure> {
+    match s {
+        "auto" => Ok(Backend::Auto),
+        "portable" => Ok(Backend::Portable),
+        _ => Err(Failure::Value(format!(
+            "backend must be \"auto\" or \"portable\", got {s:?}"
+        ))),
+    }
+}
+
+/// The options of one call. (A P·V precision keyword, `pv_precision`, goes here once the library's
+/// `Options` has the field.)
+pub(crate) fn options(
+    is_causal: bool,
+    sm_scale: Option<f64>,
+    smooth_k: bool,
+    pv_accum_name: &str,
+    backend_name: &str,
+    tensor_layout: Layout,
+) -> Result<Options, Failure> {
+    Ok(Options {
+        causal: is_causal,
+        smooth_k,
+        // Out-of-range values become ±inf, which the library rejects with its own message.
+        sm_scale: sm_scale.map(|s| s as f32),
+        layout: tensor_layout,
+        pv_accum: pv_accum(pv_accum_name)?,
+        backend: backend(backend_name)?,
+        ..Options::default()
+    })
+}
+
+/// torch's dtype names (`str(torch.float16)` is `"torch.float16"`).
+fn dtype(name: &str, s: &str) -> Result<DType, Failure> {
+    match s.strip_prefix("torch.").unwrap_or(s) {
+        "float16" | "half" => Ok(DType::F16),
+        "bfloat16" => Ok(DType::BF16),
+        // The library names what it supports.
+        "float32" | "float" => Ok(DType::F32),
+        _ => Err(Failure::Type(format!(
+            "tensor `{name}` has dtype {s}; supported: torch.float16, torch.bfloat16"
+        ))),
+    }
+}
+
+fn device(name: &str, index: i64) -> Result<usize, Failure> {
+    usize::try_from(index).map_err(|_| {
+        Failure::Value(format!(
+            "tensor `{name}` is not on a CUDA device (device index {index})"
+        ))
+    })
+}
+
+fn four<'a>(name: &str, what: &str, xs: &'a [i64]) -> Result<&'a [i64; 4], Failure> {
+    xs.try_into().map_err(|_| {
+        Failure::Value(format!(
+            "tensor `{name}` must be 4-d, got {what} {xs:?} ({} dimensions)",
+            xs.len()
+        ))
+    })
+}
+
+/// Memory order → logical order `[batch, heads, seq, head_dim]`.
+fn logical<T: Copy>(layout: Layout, [a, b, c, d]: [T; 4]) -> [T; 4] {
+    match layout {
+        Layout::Hnd => [a, b, c, d],
+        Layout::Nhd => [a, c, b, d],
+    }
+}
+
+/// A q/k/v/out tensor in `layout`.
+pub(crate) fn tensor(name: &str, arg: &TensorArg, layout: Layout) -> Result<Raw, Failure> {
+    let (ptr, dtype_name, shape, strides, index) = arg;
+    let shape4 = four(name, "shape", shape)?;
+    let strides4 = four(name, "strides", strides)?;
+    let mut dims = [0usize; 4];
+    for (d, &n) in dims.iter_mut().zip(shape4) {
+        *d = usize::try_from(n).map_err(|_| {
+            Failure::Value(format!("tensor `{name}` has a negative size: {shape:?}"))
+        })?;
+    }
+    Ok(Raw {
+        ptr: *ptr,
+        dtype: dtype(name, dtype_name)?,
+        shape: logical(layout, dims),
+        strides: logical(layout, *strides4),
+        ordinal: device(name, *index)?,
+    })
+}
+
+/// The LSE output: float32, contiguous `[batch, q_heads, qo_len]` for `q_shape` (logical).
+/// Returns its pointer, element count and device.
+pub(crate) fn lse(arg: &TensorArg, q_shape: [usize; 4]) -> Result<(u64, usize, usize), Failure> {
+    let (ptr, dtype_name, shape, strides, index) = arg;
+    if dtype("lse", dtype_name)? != DType::F32 {
+        return Err(Failure::Type(format!(
+            "tensor `lse` has dtype {dtype_name}, expected torch.float32"
+        )));
+    }
+    let [b, h, n, _] = q_shape;
+    let want = [b, h, n].map(|x| i64::try_from(x).unwrap_or(i64::MAX));
+    let contiguous = [want[1].saturating_mul(want[2]), want[2], 1];
+    let dims_ok = shape.as_slice() == want.as_slice();
+    // Strides of size-1 dimensions do not matter.
+    let strides_ok =
+        strides.len() == 3 && (0..3).all(|i| want[i] == 1 || strides[i] == contiguous[i]);
+    if !dims_ok || !strides_ok {
+        return Err(Failure::Value(format!(
+            "tensor `lse` must be a contiguous [batch, q_heads, qo_len] = {want:?} tensor, got \
+             shape {shape:?} strides {strides:?}"
+        )));
+    }
+    let len = b
+        .checked_mul(h)
+        .and_then(|x| x.checked_mul(n))
+        .ok_or_else(|| Failure::Value(format!("tensor `lse` of shape {want:?} is too large")))?;
+    Ok((*ptr, len, device("lse", *index)?))
+}

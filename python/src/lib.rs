@@ -1,0 +1,181 @@
+//! `sageattention._native`: the extension module behind the Python package `sageattention`.
+//!
+//! The Python front (`python/sageattention/`) owns everything torch: it allocates the output with
+//! torch, reads pointers, shapes, strides and torch's current stream, and registers the torch
+//! custom op. This module turns those numbers into the library's raw tensor views, checks them
+//! (the library's validation, with its messages), and runs the call on the device's runtime,
+//! fenced with torch's stream (see [`device`]). It never imports torch.
+//!
+//! Read order: [`attention`] → `args` (what crosses from Python) → `device` (runtime per GPU,
+//! stream fencing, graph capture) → `errors` (library error → Python exception).
+
+mod args;
+mod device;
+mod errors;
+
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+
+use crate::args::TensorArg;
+use crate::device::Call;
+use crate::errors::{no_panic, Failure};
+
+/// Parses one call's arguments (no driver call).
+#[allow(clippy::too_many_arguments)]
+fn parse_call(
+    q: &TensorArg,
+    k: &TensorArg,
+    v: &TensorArg,
+    out: &TensorArg,
+    lse: Option<&TensorArg>,
+    tensor_layout: &str,
+    is_causal: bool,
+    sm_scale: Option<f64>,
+    smooth_k: bool,
+    pv_accum: &str,
+    backend: &str,
+    stream: u64,
+) -> Result<Call, Failure> {
+    let layout = args::layout(tensor_layout)?;
+    let q = args::tensor("q", q, layout)?;
+    let lse = lse.map(|l| args::lse(l, q.shape)).transpose()?;
+    Ok(Call {
+        q,
+        k: args::tensor("k", k, layout)?,
+        v: args::tensor("v", v, layout)?,
+        out: args::tensor("out", out, layout)?,
+        lse,
+        opts: args::options(is_causal, sm_scale, smooth_k, pv_accum, backend, layout)?,
+        stream,
+    })
+}
+
+/// Runs SageAttention on torch tensors given as `(data_ptr, dtype, shape, strides,
+/// device_index)`, writing `out` (and `lse`, float32 `[batch, q_heads, qo_len]`, when given), on
+/// the device of `q`, ordered with `stream` (torch's current stream there). Shapes and strides are
+/// in `tensor_layout` order ("HND" or "NHD"). Raises TypeError, ValueError or RuntimeError with
+/// the library's message; releases the GIL while it runs.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, out, lse, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, backend, stream))]
+#[allow(clippy::too_many_arguments)]
+fn attention(
+    py: Python<'_>,
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    out: TensorArg,
+    lse: Option<TensorArg>,
+    tensor_layout: &str,
+    is_causal: bool,
+    sm_scale: Option<f64>,
+    smooth_k: bool,
+    pv_accum: &str,
+    backend: &str,
+    stream: u64,
+) -> PyResult<()> {
+    let call = no_panic(|| {
+        parse_call(
+            &q,
+            &k,
+            &v,
+            &out,
+            lse.as_ref(),
+            tensor_layout,
+            is_causal,
+            sm_scale,
+            smooth_k,
+            pv_accum,
+            backend,
+            stream,
+        )
+    })?;
+    py.detach(|| no_panic(|| device::device(call.q.ordinal)?.run(&call)))?;
+    Ok(())
+}
+
+/// The baseline of the overhead benchmark: times `iters` calls of the library's `sageattn_into`
+/// issued from Rust (no Python in the loop) on the same tensors, after `warmup` untimed calls.
+/// Returns (GPU milliseconds per call, host microseconds per call). Synchronizes.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, out, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, backend, stream, warmup, iters))]
+#[allow(clippy::too_many_arguments)]
+fn time_library_call(
+    py: Python<'_>,
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    out: TensorArg,
+    tensor_layout: &str,
+    is_causal: bool,
+    sm_scale: Option<f64>,
+    smooth_k: bool,
+    pv_accum: &str,
+    backend: &str,
+    stream: u64,
+    warmup: usize,
+    iters: usize,
+) -> PyResult<(f64, f64)> {
+    let call = no_panic(|| {
+        parse_call(
+            &q,
+            &k,
+            &v,
+            &out,
+            None,
+            tensor_layout,
+            is_causal,
+            sm_scale,
+            smooth_k,
+            pv_accum,
+            backend,
+            stream,
+        )
+    })?;
+    let timed = py.detach(|| {
+        no_panic(|| device::device(call.q.ordinal)?.time_library_call(&call, warmup, iters))
+    })?;
+    Ok(timed)
+}
+
+/// Frees the scratch workspace kept between calls on device `index` (stream-ordered), if that
+/// device was used.
+#[pyfunction]
+fn release_workspace(py: Python<'_>, index: usize) -> PyResult<()> {
+    py.detach(|| {
+        no_panic(|| {
+            if let Some(d) = device::opened(index) {
+                d.release_workspace();
+            }
+            Ok(())
+        })
+    })?;
+    Ok(())
+}
+
+/// Compute capability `(major, minor)` of device `index`, as the library sees it.
+#[pyfunction]
+fn compute_capability(py: Python<'_>, index: usize) -> PyResult<(i32, i32)> {
+    let cc = py.detach(|| no_panic(|| Ok(device::device(index)?.compute_capability())))?;
+    Ok(cc)
+}
+
+/// Whether the CUDA driver library can be loaded (no device is opened).
+#[pyfunction]
+fn driver_available() -> bool {
+    device::driver_present()
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add(
+        "SUPPORTED_HEAD_DIMS",
+        PyTuple::new(m.py(), sageattention::device_config::SUPPORTED_HEAD_DIMS)?,
+    )?;
+    m.add_function(wrap_pyfunction!(attention, m)?)?;
+    m.add_function(wrap_pyfunction!(time_library_call, m)?)?;
+    m.add_function(wrap_pyfunction!(release_workspace, m)?)?;
+    m.add_function(wrap_pyfunction!(compute_capability, m)?)?;
+    m.add_function(wrap_pyfunction!(driver_available, m)?)?;
+    Ok(())
+}
