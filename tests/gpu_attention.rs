@@ -16,7 +16,7 @@ use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
     RefOutput,
 };
-use sageattention::{sageattn_into, Backend, DType, Layout, Options, PvAccum, Tensor};
+use sageattention::{sageattn_into, Backend, DType, Layout, Options, PvAccum, PvPrecision, Tensor};
 
 /// Kernel error bound against the CPU emulation of the same quantized algorithm (rel L1 and
 /// worst element relative to the output's RMS). The emulation takes P relative to the final row
@@ -75,6 +75,7 @@ fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_re
         sm_scale: case.sm_scale,
         layout: case.out_layout,
         pv_accum: case.pv_accum,
+        pv_precision: PvPrecision::F16,
         return_lse: true,
         backend: case.backend,
     };

@@ -19,7 +19,7 @@ use half::f16;
 use rand::Rng;
 use sageattention::hopper::{self, hopper_available};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
-use sageattention::{Backend, DType, Layout, Options, Prepared, PvAccum, Tensor};
+use sageattention::{Backend, DType, Layout, Options, Prepared, PvAccum, PvPrecision, Tensor};
 
 /// GPU-vs-GPU bound (portable kernel, PvAccum::F32, against the sm_90a kernel).
 const PORTABLE_REL_L1: f64 = 2e-3;
@@ -156,6 +156,7 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
         sm_scale: None,
         layout: case.layout,
         pv_accum: PvAccum::F32,
+        pv_precision: PvPrecision::F16,
         return_lse: true,
         backend: Backend::Portable,
     };

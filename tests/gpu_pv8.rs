@@ -166,8 +166,18 @@ fn pv8_v_preparation_is_bit_exact() {
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&gpu.mean), bits(&cpu.mean), "mean: {case:?}");
         assert_eq!(bits(&gpu.scale), bits(&cpu.scale), "scales: {case:?}");
-        let wrong = gpu.data.iter().zip(&cpu.data).filter(|(a, b)| a != b).count();
-        assert_eq!(wrong, 0, "{wrong} of {} Vᵀ bytes differ: {case:?}", cpu.data.len());
+        let wrong = gpu
+            .data
+            .iter()
+            .zip(&cpu.data)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            wrong,
+            0,
+            "{wrong} of {} Vᵀ bytes differ: {case:?}",
+            cpu.data.len()
+        );
         eprintln!("V8 {case:?}: bit-exact ({} bytes)", cpu.data.len());
     }
 }
@@ -199,29 +209,71 @@ fn pv8_attention_matches_emulation() {
         (1, 2, 2, 500, 700, 96, true, f16, f16, hnd, true),
         (1, 4, 2, 257, 1000, 96, false, bf16, bf16, nhd, true),
     ];
-    for (batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal, in_dtype, out_dtype, layout, smooth_k) in cases {
-        let case = Case { batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal, in_dtype, out_dtype, layout, smooth_k };
+    for (
+        batch,
+        q_heads,
+        kv_heads,
+        qo_len,
+        kv_len,
+        head_dim,
+        causal,
+        in_dtype,
+        out_dtype,
+        layout,
+        smooth_k,
+    ) in cases
+    {
+        let case = Case {
+            batch,
+            q_heads,
+            kv_heads,
+            qo_len,
+            kv_len,
+            head_dim,
+            causal,
+            in_dtype,
+            out_dtype,
+            layout,
+            smooth_k,
+        };
         let (q, k, v) = inputs(&case, &mut rng);
         let (o, lse) = run(&case, &q, &k, &v);
-        assert!(o.iter().all(|x| x.is_finite()), "unwritten or non-finite output: {case:?}");
+        assert!(
+            o.iter().all(|x| x.is_finite()),
+            "unwritten or non-finite output: {case:?}"
+        );
         let reference = attention_pv8_emulation(
             &q,
             &k,
             &v,
-            &RefOptions { causal, sm_scale: None },
+            &RefOptions {
+                causal,
+                sm_scale: None,
+            },
             smooth_k,
         );
         let m = compare(&o, &reference.o);
         let lse_err = lse_max_error(&lse, &reference.lse);
-        eprintln!("PV8 {case:?}: vs emulation rel L1 {:.2e} max_abs {:.2e} LSE {lse_err:.2e}", m.rel_l1, m.max_abs);
-        assert!(m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1, "{case:?}: {m:?}");
+        eprintln!(
+            "PV8 {case:?}: vs emulation rel L1 {:.2e} max_abs {:.2e} LSE {lse_err:.2e}",
+            m.rel_l1, m.max_abs
+        );
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+            "{case:?}: {m:?}"
+        );
         assert!(lse_err <= LSE_TOL, "LSE {lse_err:.2e}: {case:?}");
         // Rows that see no key (causal, i + kv_len < qo_len): output 0 and LSE -inf, exactly.
         for r in 0..batch * q_heads * qo_len {
             let i = r % qo_len;
             if causal && i + kv_len < qo_len {
                 assert_eq!(lse[r], f32::NEG_INFINITY, "row {i} LSE: {case:?}");
-                assert!(o[r * head_dim..(r + 1) * head_dim].iter().all(|&x| x == 0.0), "row {i}: {case:?}");
+                assert!(
+                    o[r * head_dim..(r + 1) * head_dim]
+                        .iter()
+                        .all(|&x| x == 0.0),
+                    "row {i}: {case:?}"
+                );
             }
         }
     }
@@ -261,7 +313,13 @@ fn pv8_accuracy_against_exact_reference() {
                 };
                 let shape = [1, 8, n, head_dim];
                 let channels: Vec<usize> = (0..4).map(|i| (i * 37 + 5) % head_dim).collect();
-                let gain = |d: usize| if outliers && channels.contains(&d) { 20.0 } else { 1.0 };
+                let gain = |d: usize| {
+                    if outliers && channels.contains(&d) {
+                        20.0
+                    } else {
+                        1.0
+                    }
+                };
                 let gen = |rng: &mut StdRng, scale: f32| {
                     let base = random_tensor(rng, shape, dtype, 1.0, None);
                     HostTensor::from_fn(shape, false, |b, h, s, d| {
@@ -272,9 +330,20 @@ fn pv8_accuracy_against_exact_reference() {
                 let k = gen(&mut rng, 1.0);
                 let v = random_tensor(&mut rng, shape, dtype, 1.0, None);
                 let (o, _) = run(&case, &q, &k, &v);
-                let exact = attention_f64(&q, &k, &v, &RefOptions { causal: false, sm_scale: None });
+                let exact = attention_f64(
+                    &q,
+                    &k,
+                    &v,
+                    &RefOptions {
+                        causal: false,
+                        sm_scale: None,
+                    },
+                );
                 let m = compare(&o, &exact.o);
-                eprintln!("PV8 QUALITY d={head_dim} {dtype:?} {label}: cos {:.6} rel_l1 {:.4}", m.cos_sim, m.rel_l1);
+                eprintln!(
+                    "PV8 QUALITY d={head_dim} {dtype:?} {label}: cos {:.6} rel_l1 {:.4}",
+                    m.cos_sim, m.rel_l1
+                );
                 assert!(
                     m.rel_l1 <= bar_l1 && m.cos_sim >= bar_cos,
                     "d={head_dim} {dtype:?} {label}: {m:?}"
@@ -300,14 +369,33 @@ fn pv8_unavailable_is_a_typed_error() {
     let mut opts = pv8_options(false, Layout::Hnd, true);
     opts.backend = Backend::Portable;
     opts.return_lse = false;
-    let err = sageattn_into(rt, &q.view(), &k.view(), &v.view(), &mut out.view_mut(), None, &opts)
-        .unwrap_err();
+    let err = sageattn_into(
+        rt,
+        &q.view(),
+        &k.view(),
+        &v.view(),
+        &mut out.view_mut(),
+        None,
+        &opts,
+    )
+    .unwrap_err();
     assert!(matches!(err, Error::PvPrecisionUnavailable { .. }), "{err}");
     assert!(out.to_host_f32(rt).unwrap().iter().all(|x| x.is_nan()));
     if !hopper_available(rt) {
-        let auto = Options { backend: Backend::Auto, ..opts };
-        let err = sageattn_into(rt, &q.view(), &k.view(), &v.view(), &mut out.view_mut(), None, &auto)
-            .unwrap_err();
+        let auto = Options {
+            backend: Backend::Auto,
+            ..opts
+        };
+        let err = sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            &auto,
+        )
+        .unwrap_err();
         assert!(matches!(err, Error::PvPrecisionUnavailable { .. }), "{err}");
     }
 }
@@ -371,20 +459,39 @@ fn pv8_perf_probe() {
             random_device_tensor(shape, 13),
         );
         let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64 / if causal { 2.0 } else { 1.0 };
+        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
+            / if causal { 2.0 } else { 1.0 };
         let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
         let mut line = format!("PERF d={head_dim} N={n} causal={causal}:");
         for precision in [PvPrecision::F16, PvPrecision::Int8] {
-            let opts = Options { causal, pv_precision: precision, ..Options::default() };
+            let opts = Options {
+                causal,
+                pv_precision: precision,
+                ..Options::default()
+            };
             let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
             let kernel = median_ms(|| {
-                prepared.attend_into(rt, &v.view(), &mut out.view_mut(), None).unwrap()
-            });
-            let full = median_ms(|| {
-                sageattn_into(rt, &q.view(), &k.view(), &v.view(), &mut out.view_mut(), None, &opts)
+                prepared
+                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
                     .unwrap()
             });
-            line += &format!(" {precision:?} kernel {:.1} full {:.1} TOPS;", tops(kernel), tops(full));
+            let full = median_ms(|| {
+                sageattn_into(
+                    rt,
+                    &q.view(),
+                    &k.view(),
+                    &v.view(),
+                    &mut out.view_mut(),
+                    None,
+                    &opts,
+                )
+                .unwrap()
+            });
+            line += &format!(
+                " {precision:?} kernel {:.1} full {:.1} TOPS;",
+                tops(kernel),
+                tops(full)
+            );
         }
         eprintln!("{line}");
     }

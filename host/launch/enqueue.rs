@@ -260,9 +260,23 @@ fn enqueue_v8(
     let (heads, batch) = (p.kv_heads as u32, p.batch as u32);
     let segments = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) as u32;
     let stats_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-    launch(rt, names::V8_STATS, (segments, heads, batch), stats_threads, 0, &params)?;
+    launch(
+        rt,
+        names::V8_STATS,
+        (segments, heads, batch),
+        stats_threads,
+        0,
+        &params,
+    )?;
     let finalize_threads = kernel_head_dim as u32;
-    launch(rt, names::V8_FINALIZE, (heads, batch, 1), finalize_threads, 0, &params)?;
+    launch(
+        rt,
+        names::V8_FINALIZE,
+        (heads, batch, 1),
+        finalize_threads,
+        0,
+        &params,
+    )?;
     let tiles = (padded_len(p.kv_len, V8_TILE) / V8_TILE) as u32;
     let smem = (kernel_head_dim * V8_TILE) as u32;
     launch(
@@ -337,7 +351,9 @@ pub(crate) fn enqueue_attend(
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
         // until after the launch.
-        unsafe { hopper::launch_hopper_attention(rt, kernel.name, hd, kernel.pv8, p.batch, &params)? };
+        unsafe {
+            hopper::launch_hopper_attention(rt, kernel.name, hd, kernel.pv8, p.batch, &params)?
+        };
     } else {
         let grid = (
             p.qo_len.div_ceil(cta_q(hd, kernel.pv_f32)) as u32,

@@ -4,9 +4,9 @@ use half::f16;
 
 use super::host_tensor::HostTensor;
 use super::quant_ref::{self, K_BLOCK};
+use super::rows::{Dims, RefOptions, RefOutput};
 use super::v8::{quantize_v8, QuantizedV8};
 use crate::device_config::P8_MAX;
-use super::rows::{Dims, RefOptions, RefOutput};
 
 /// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
 ///

@@ -10,8 +10,8 @@
 
 use rayon::prelude::*;
 
-use super::quant_ref::{lane_tree_sum, nan_propagating_max, round_to_int8, INT8_MAX};
 use super::host_tensor::HostTensor;
+use super::quant_ref::{lane_tree_sum, nan_propagating_max, round_to_int8, INT8_MAX};
 use crate::device_config::{padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, V8_TILE};
 
 /// V as the 8-bit P·V kernels read it.
@@ -42,7 +42,8 @@ impl QuantizedV8 {
     /// The quantized value of `key`, channel `c`.
     pub fn value(&self, b: usize, h: usize, key: usize, c: usize) -> i8 {
         assert!(b < self.batch && h < self.heads && key < self.padded_seq && c < self.out_head_dim);
-        self.data[((b * self.heads + h) * self.out_head_dim + c) * self.padded_seq + v8_key_slot(key)]
+        self.data
+            [((b * self.heads + h) * self.out_head_dim + c) * self.padded_seq + v8_key_slot(key)]
     }
 
     /// The mean smoothing subtracted from channel `c`.
@@ -63,7 +64,10 @@ impl QuantizedV8 {
 /// If `out_head_dim < head_dim`.
 pub fn quantize_v8(v: &HostTensor, out_head_dim: usize) -> QuantizedV8 {
     let [batch, heads, seq, head_dim] = v.shape;
-    assert!(out_head_dim >= head_dim, "out_head_dim {out_head_dim} < head_dim {head_dim}");
+    assert!(
+        out_head_dim >= head_dim,
+        "out_head_dim {out_head_dim} < head_dim {head_dim}"
+    );
     let padded_seq = padded_len(seq, V8_TILE);
     let mut data = vec![0_i8; batch * heads * out_head_dim * padded_seq];
     let mut mean = vec![0.0_f32; batch * heads * out_head_dim];
