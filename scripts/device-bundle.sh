@@ -5,8 +5,10 @@
 #                            unit tests as `lib`), release build, debug info stripped
 #   .device/bench, .device/sageattn   the binaries, likewise
 #   .device/ptx/sage_sm80.ptx, .device/ptx/sage_sm90a.ptx   the modules the binaries embed
+#                            (only with SAGE_BUNDLE_PTX=1: the transfer limit)
 #   .device/device-run.sh    the script that runs it all there (a copy of scripts/device-run.sh)
-#   .device/wheels/sageattention-*.whl   the Python wheel, for scripts/device-python.sh
+#   .device/wheels/sageattention-*.whl   the Python wheel, for scripts/device-python.sh (with
+#                            wheels/test-deps/: pytest, in case the GPU machine's Python lacks it)
 #   .device/MANIFEST         what was built, from which commit, sizes
 #
 # Then, with the device tool: run(command="bash .device/device-run.sh", carry=[".device"]).
@@ -63,7 +65,10 @@ EOF
 
 rm -rf "$DEV"
 mkdir -p "$DEV/tests" "$DEV/ptx"
+# Test executables with no GPU test (they run in CI) stay here: the bundle must fit the transfer.
+CPU_ONLY_TESTS=" ${SAGE_BUNDLE_CPU_ONLY:-cpu_reference module_graph smem_layout tensor_validation} "
 while read -r kind name path; do
+    [[ "$kind" == test && "$CPU_ONLY_TESTS" == *" $name "* ]] && continue
     case "$kind" in
         test) dest="$DEV/tests/$name" ;;
         bin) dest="$DEV/$name" ;;
@@ -89,7 +94,8 @@ EOF
 [[ -n "$out_dir" && -f "$out_dir/sage_sm80.ptx" ]] || die "build.rs's OUT_DIR not found in cargo's output"
 for f in sage_sm80.ptx sage_sm90a.ptx; do
     [[ -s "$out_dir/$f" ]] || die "$out_dir/$f is empty or missing"
-    cp "$out_dir/$f" "$DEV/ptx/$f"
+    # The binaries embed them; the copies (for ncu / cuobjdump there) only with SAGE_BUNDLE_PTX=1.
+    [[ "${SAGE_BUNDLE_PTX:-0}" == 1 ]] && cp "$out_dir/$f" "$DEV/ptx/$f"
 done
 cp scripts/device-run.sh "$DEV/device-run.sh"
 chmod +x "$DEV/device-run.sh"
@@ -97,7 +103,7 @@ chmod +x "$DEV/device-run.sh"
 # The Python wheel (abi3, maturin; embeds the same PTX), run there by scripts/device-python.sh:
 #   run(command="bash scripts/device-python.sh", carry=[".device"])
 echo "device-bundle: python wheel (python/build-wheel.sh)" >&2
-bash python/build-wheel.sh "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
+bash python/build-wheel.sh --test-deps "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"

@@ -6,7 +6,8 @@
 #   run(command="bash scripts/device-python.sh", carry=[".device"])
 #
 # Steps (all of them run, whatever fails before):
-#   1. pip install --no-index --no-deps --target $SAGE_PYSITE the carried wheel; PYTHONPATH to it
+#   1. pip install --no-index --no-deps --target $SAGE_PYSITE the carried wheel (and the carried
+#      pytest if the interpreter has none); PYTHONPATH to it
 #   2. the pytest suite python/tests (GPU tests, graph capture, torch.compile, transformers and
 #      timm clients, and the CPU tests)                         -> $OUT/pytest.log, $OUT/pytest.xml
 #   3. the overhead benchmark python/bench/overhead.py          -> $OUT/overhead.log, overhead.json
@@ -63,6 +64,11 @@ if ! "$PYTHON" -m pip install --quiet --no-index --no-deps --target "$SITE" "$wh
     note_fail "pip install of $(basename "$wheel")"
     printf '  %s\n' "${failed[@]}"
     exit 1
+fi
+if ! "$PYTHON" -c "import pytest" 2>/dev/null; then
+    echo "== pytest is missing: installing the carried one ($DEV/wheels/test-deps)"
+    "$PYTHON" -m pip install --quiet --no-index --find-links "$DEV/wheels/test-deps" --target "$SITE" pytest \
+        >> "$OUT/pip.log" 2>&1 || note_fail "pip install of the carried pytest"
 fi
 export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 # Run from outside the source tree: python/sageattention (no extension module) must not shadow it.

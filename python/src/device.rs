@@ -85,26 +85,26 @@ fn require_driver() -> Result<(), Failure> {
     }
 }
 
-/// Puts back, on drop, the CUDA context that was current on the thread (torch keeps its own
-/// notion of the current device; binding another device's context must not leak out of a call).
-struct RestoreContext(Option<sys::CUcontext>);
+/// Puts back, on drop, the CUDA context that was current on the thread, or none if none was
+/// (torch keeps its own notion of the current device, which the runtime-API derives from the
+/// current context: binding another device's context must not leak out of a call).
+struct RestoreContext(sys::CUcontext);
 
 impl RestoreContext {
     /// Only after the driver was found and initialised (see [`device`]).
     fn save() -> Result<Self, Failure> {
         let current = result::ctx::get_current()
             .map_err(|e| Failure::cuda("reading the current CUDA context", e))?;
-        Ok(RestoreContext(current))
+        Ok(RestoreContext(current.unwrap_or(std::ptr::null_mut())))
     }
 }
 
 impl Drop for RestoreContext {
     fn drop(&mut self) {
-        if let Some(ctx) = self.0 {
-            // SAFETY: the handle was current on this thread when saved, and contexts are never
-            // destroyed here (torch and this module hold the primary contexts they use).
-            let _ = unsafe { result::ctx::set_current(ctx) };
-        }
+        // SAFETY: the handle was current on this thread when saved (or null, which unbinds), and
+        // contexts are never destroyed here (torch and this module hold the primary contexts
+        // they use).
+        let _ = unsafe { result::ctx::set_current(self.0) };
     }
 }
 
