@@ -62,14 +62,15 @@ def measure(n, args):
         return _native.time_library_call(
             arg(q), arg(k), arg(v), arg(out),
             tensor_layout="HND", is_causal=False, sm_scale=None, smooth_k=True,
-            pv_accum="f16", backend="auto", stream=stream_ptr(), warmup=2, iters=iters,
+            pv_accum="f16", pv_precision="f16", backend="auto", stream=stream_ptr(),
+            warmup=2, iters=iters,
         )
 
     variants = {
         "rust": rust,
         "python": lambda: time_python(lambda: sageattention.sageattn(q, k, v), iters),
         "op": lambda: time_python(
-            lambda: op(q, k, v, "HND", False, None, False, True, "f16", "auto"), iters
+            lambda: op(q, k, v, "HND", False, None, False, True, "f16", "f16", "auto"), iters
         ),
         "sdpa": lambda: time_python(
             lambda: sageattention.scaled_dot_product_attention(q, k, v), iters

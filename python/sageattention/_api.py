@@ -6,11 +6,12 @@ from typing import Any, Dict, Optional
 
 from . import _native
 
-# Our own keyword arguments of `sageattn`, with their defaults. A future P·V precision keyword
-# (`pv_precision`: "f16" or "fp8") goes here, in `_torch_ops` (the op's schema) and in the Rust
-# `args::options`, once the library's `Options` has the field.
+# Our own keyword arguments of `sageattn`, with their defaults (all strings; the Rust side
+# `args.rs` parses them, so the accepted values are listed once). A new one goes here, in the op's
+# schema (`_torch_ops`) and in `args::Keywords`.
 OUR_KEYWORDS: Dict[str, str] = {
     "pv_accum": "f16",  # "f16": FP16 accumulator per key tile (SageAttention's default); "f32"
+    "pv_precision": "f16",  # "f16"; "int8": 8-bit P·V (u8 P × s8 V), Hopper sm_90a kernel only
     "backend": "auto",  # "auto": the fastest kernel for the GPU; "portable": the mma.sync kernel
 }
 
@@ -88,6 +89,9 @@ def sageattn(
     smooth_k : subtract K's mean over the sequence before quantizing (exact for softmax, smaller
         INT8 error).
     pv_accum : keyword, "f16" (default) or "f32" accumulation of P·V.
+    pv_precision : keyword, "f16" (default) or "int8": 8-bit P·V (u8 P × s8 V on the INT8 tensor
+        cores, SageAttention2's speed class, rel L1 about 0.02), on Hopper (sm_90) only;
+        elsewhere a ValueError.
     backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
 
     Returns

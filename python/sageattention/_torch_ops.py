@@ -88,6 +88,7 @@ def _run(
     return_lse: bool,
     smooth_k: bool,
     pv_accum: str,
+    pv_precision: str,
     backend: str,
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The real implementation: torch allocates, Rust runs on torch's current stream."""
@@ -109,6 +110,7 @@ def _run(
         sm_scale=sm_scale,
         smooth_k=smooth_k,
         pv_accum=pv_accum,
+        pv_precision=pv_precision,
         backend=backend,
         stream=torch.cuda.current_stream(q.device).cuda_stream,
     )
@@ -131,10 +133,12 @@ def _sageattn_op(
     return_lse: bool,
     smooth_k: bool,
     pv_accum: str,
+    pv_precision: str,
     backend: str,
 ) -> Tuple[Tensor, Tensor]:
     out, lse = _run(
-        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, backend
+        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, pv_precision,
+        backend,
     )
     if lse is None:
         # An op returns a fixed number of tensors; without return_lse the second is empty.
@@ -144,7 +148,8 @@ def _sageattn_op(
 
 @_sageattn_op.register_fake
 def _sageattn_fake(
-    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, backend
+    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, pv_precision,
+    backend,
 ):
     out = q.new_empty(q.shape)
     if return_lse:
@@ -162,15 +167,13 @@ def _through_op(*tensors: Tensor) -> bool:
     return any(type(t) is not Tensor for t in tensors)
 
 
-def _attention(
-    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, backend
-) -> Tuple[Tensor, Optional[Tensor]]:
-    if _through_op(q, k, v):
-        out, lse = _sageattn_op(
-            q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, backend
-        )
-        return out, (lse if return_lse else None)
-    return _run(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, backend)
+def _attention(*args) -> Tuple[Tensor, Optional[Tensor]]:
+    """(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum,
+    pv_precision, backend), as the op takes them."""
+    if _through_op(*args[:3]):
+        out, lse = _sageattn_op(*args)
+        return out, (lse if args[6] else None)
+    return _run(*args)
 
 
 def _scale(func: str, value) -> Optional[float]:
@@ -198,6 +201,7 @@ def sageattn(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, 
         bool(return_lse),
         bool(smooth_k),
         options["pv_accum"],
+        options["pv_precision"],
         options["backend"],
     )
     return (out, lse) if return_lse else out
@@ -306,6 +310,7 @@ def scaled_dot_product_attention(q, k, v, attn_mask, dropout_p, is_causal, scale
         _scale("scaled_dot_product_attention", scale),
         False,
         True,
+        "f16",
         "f16",
         "auto",
     )

@@ -5,7 +5,7 @@
 //! that is not on a CUDA device), nothing copied. Shapes and strides arrive in the tensor's memory
 //! order (`tensor_layout`) and leave in the library's logical order `[batch, heads, seq, head_dim]`.
 
-use sageattention::{Backend, DType, Layout, Options, PvAccum};
+use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
 
 use crate::errors::Failure;
 
@@ -46,6 +46,18 @@ pub(crate) fn pv_accum(s: &str) -> Result<PvAccum, Failure> {
     }
 }
 
+/// `pv_precision`: `"f16"` (default, P and V in f16) or `"int8"` (the library's 8-bit P·V: u8 P ×
+/// s8 V on the INT8 tensor cores, SageAttention2's class of speed; Hopper's sm_90a kernel only).
+pub(crate) fn pv_precision(s: &str) -> Result<PvPrecision, Failure> {
+    match s {
+        "f16" | "fp16" | "float16" => Ok(PvPrecision::F16),
+        "int8" | "i8" => Ok(PvPrecision::Int8),
+        _ => Err(Failure::Value(format!(
+            "pv_precision must be \"f16\" or \"int8\" (8-bit P·V: u8 P × s8 V), got {s:?}"
+        ))),
+    }
+}
+
 /// `backend`: `"auto"` (fastest kernel for the device) or `"portable"` (the mma.sync kernel).
 pub(crate) fn backend(s: &str) -> Result<Backend, Failure> {
     match s {
@@ -57,14 +69,19 @@ pub(crate) fn backend(s: &str) -> Result<Backend, Failure> {
     }
 }
 
-/// The options of one call. (A P·V precision keyword, `pv_precision`, goes here once the library's
-/// `Options` has the field.)
+/// The options of one call (our keywords are strings, parsed here so that Python and Rust agree
+/// on one list).
+pub(crate) struct Keywords<'a> {
+    pub pv_accum: &'a str,
+    pub pv_precision: &'a str,
+    pub backend: &'a str,
+}
+
 pub(crate) fn options(
     is_causal: bool,
     sm_scale: Option<f64>,
     smooth_k: bool,
-    pv_accum_name: &str,
-    backend_name: &str,
+    keywords: &Keywords<'_>,
     tensor_layout: Layout,
 ) -> Result<Options, Failure> {
     Ok(Options {
@@ -73,8 +90,9 @@ pub(crate) fn options(
         // Out-of-range values become ±inf, which the library rejects with its own message.
         sm_scale: sm_scale.map(|s| s as f32),
         layout: tensor_layout,
-        pv_accum: pv_accum(pv_accum_name)?,
-        backend: backend(backend_name)?,
+        pv_accum: pv_accum(keywords.pv_accum)?,
+        pv_precision: pv_precision(keywords.pv_precision)?,
+        backend: backend(keywords.backend)?,
         ..Options::default()
     })
 }

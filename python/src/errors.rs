@@ -45,7 +45,8 @@ impl From<Error> for Failure {
             | Error::WrongDevice { .. }
             | Error::NotDeviceMemory { .. }
             | Error::OutOfBounds { .. }
-            | Error::InvalidOption(_) => Failure::Value(text),
+            | Error::InvalidOption(_)
+            | Error::PvPrecisionUnavailable { .. } => Failure::Value(text),
             // Driver, device, module and kernel failures, and whatever the library adds later.
             _ => Failure::Runtime(text),
         }

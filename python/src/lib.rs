@@ -16,7 +16,7 @@ mod errors;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::args::TensorArg;
+use crate::args::{Keywords, TensorArg};
 use crate::device::Call;
 use crate::errors::{no_panic, Failure};
 
@@ -32,8 +32,7 @@ fn parse_call(
     is_causal: bool,
     sm_scale: Option<f64>,
     smooth_k: bool,
-    pv_accum: &str,
-    backend: &str,
+    keywords: &Keywords<'_>,
     stream: u64,
 ) -> Result<Call, Failure> {
     let layout = args::layout(tensor_layout)?;
@@ -45,7 +44,7 @@ fn parse_call(
         v: args::tensor("v", v, layout)?,
         out: args::tensor("out", out, layout)?,
         lse,
-        opts: args::options(is_causal, sm_scale, smooth_k, pv_accum, backend, layout)?,
+        opts: args::options(is_causal, sm_scale, smooth_k, keywords, layout)?,
         stream,
     })
 }
@@ -56,7 +55,7 @@ fn parse_call(
 /// in `tensor_layout` order ("HND" or "NHD"). Raises TypeError, ValueError or RuntimeError with
 /// the library's message; releases the GIL while it runs.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, out, lse, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, backend, stream))]
+#[pyo3(signature = (q, k, v, out, lse, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, pv_precision, backend, stream))]
 #[allow(clippy::too_many_arguments)]
 fn attention(
     py: Python<'_>,
@@ -70,6 +69,7 @@ fn attention(
     sm_scale: Option<f64>,
     smooth_k: bool,
     pv_accum: &str,
+    pv_precision: &str,
     backend: &str,
     stream: u64,
 ) -> PyResult<()> {
@@ -84,8 +84,11 @@ fn attention(
             is_causal,
             sm_scale,
             smooth_k,
-            pv_accum,
-            backend,
+            &Keywords {
+                pv_accum,
+                pv_precision,
+                backend,
+            },
             stream,
         )
     })?;
@@ -97,7 +100,7 @@ fn attention(
 /// issued from Rust (no Python in the loop) on the same tensors, after `warmup` untimed calls.
 /// Returns (GPU milliseconds per call, host microseconds per call). Synchronizes.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, out, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, backend, stream, warmup, iters))]
+#[pyo3(signature = (q, k, v, out, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, pv_precision, backend, stream, warmup, iters))]
 #[allow(clippy::too_many_arguments)]
 fn time_library_call(
     py: Python<'_>,
@@ -110,6 +113,7 @@ fn time_library_call(
     sm_scale: Option<f64>,
     smooth_k: bool,
     pv_accum: &str,
+    pv_precision: &str,
     backend: &str,
     stream: u64,
     warmup: usize,
@@ -126,8 +130,11 @@ fn time_library_call(
             is_causal,
             sm_scale,
             smooth_k,
-            pv_accum,
-            backend,
+            &Keywords {
+                pv_accum,
+                pv_precision,
+                backend,
+            },
             stream,
         )
     })?;

@@ -20,6 +20,7 @@ CALL = dict(
     sm_scale=None,
     smooth_k=True,
     pv_accum="f16",
+    pv_precision="f16",
     backend="auto",
     stream=0,
 )
@@ -120,6 +121,7 @@ def test_native_rejects_negative_size():
     [
         ("tensor_layout", "BHSD", "tensor_layout must be"),
         ("pv_accum", "fp8", "pv_accum must be"),
+        ("pv_precision", "fp4", "pv_precision must be"),
         ("backend", "cuda", "backend must be"),
     ],
 )
@@ -288,8 +290,8 @@ def test_custom_op_is_registered_with_a_fake_kernel():
     op = torch.ops.sageattention_rs.sageattn
     q = torch.empty(2, 77, 8, 128, dtype=torch.bfloat16, device="meta")
     k = torch.empty(2, 300, 2, 128, dtype=torch.bfloat16, device="meta")
-    out, lse = op(q, k, k, "NHD", True, None, True, True, "f16", "auto")
+    out, lse = op(q, k, k, "NHD", True, None, True, True, "f16", "f16", "auto")
     assert out.shape == q.shape and out.dtype == q.dtype and out.is_contiguous()
     assert lse.shape == (2, 8, 77) and lse.dtype == torch.float32
-    out, lse = op(q, k, k, "NHD", False, 0.5, False, True, "f32", "portable")
+    out, lse = op(q, k, k, "NHD", False, 0.5, False, True, "f32", "int8", "portable")
     assert lse.numel() == 0

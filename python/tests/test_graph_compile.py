@@ -161,8 +161,8 @@ def test_opcheck():
     op = torch.ops.sageattention_rs.sageattn.default
     q, k, v = rand(1, 4, 77, 64), rand(1, 2, 99, 64), rand(1, 2, 99, 64)
     for args in [
-        (q, k, v, "HND", False, None, False, True, "f16", "auto"),
-        (q, k, v, "HND", True, 0.2, True, False, "f32", "portable"),
+        (q, k, v, "HND", False, None, False, True, "f16", "f16", "auto"),
+        (q, k, v, "HND", True, 0.2, True, False, "f32", "f16", "portable"),
     ]:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
