@@ -22,6 +22,11 @@ _DTYPE_NAMES = {
     torch.bfloat16: "torch.bfloat16",
     torch.float32: "torch.float32",
 }
+# torch's current stream of a device as a raw handle: the private helper Inductor's generated code
+# uses (no Stream object per call), or the public API where it is missing.
+_current_raw_stream = getattr(torch._C, "_cuda_getCurrentRawStream", None) or (
+    lambda index: torch.cuda.current_stream(index).cuda_stream
+)
 # The library's stride rule: every stride of a dimension larger than 1 (except the last, which
 # must be 1) a multiple of 8 elements, i.e. 16-byte rows for 2-byte types.
 _STRIDE_MULTIPLE = 8
@@ -112,7 +117,7 @@ def _run(
         pv_accum=pv_accum,
         pv_precision=pv_precision,
         backend=backend,
-        stream=torch.cuda.current_stream(q.device).cuda_stream,
+        stream=_current_raw_stream(q.device.index),
     )
     return out, lse
 
@@ -122,41 +127,32 @@ def _run(
 # ---------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("sageattention_rs::sageattn", mutates_args=())
-def _sageattn_op(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    tensor_layout: str,
-    is_causal: bool,
-    sm_scale: Optional[float],
-    return_lse: bool,
-    smooth_k: bool,
-    pv_accum: str,
-    pv_precision: str,
-    backend: str,
-) -> Tuple[Tensor, Tensor]:
-    out, lse = _run(
-        q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, pv_precision,
-        backend,
-    )
-    if lse is None:
-        # An op returns a fixed number of tensors; without return_lse the second is empty.
-        lse = q.new_empty((0,), dtype=torch.float32)
-    return out, lse
+# The arguments of `_run`, in its order; an op returns a fixed number of tensors, so without
+# return_lse the second output is empty.
+_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, str tensor_layout, bool is_causal, float? sm_scale, "
+    "bool return_lse, bool smooth_k, str pv_accum, str pv_precision, str backend) -> (Tensor, Tensor)"
+)
+
+
+def _no_lse(q: Tensor) -> Tensor:
+    return q.new_empty((0,), dtype=torch.float32)
+
+
+def _op_impl(*args) -> Tuple[Tensor, Tensor]:
+    out, lse = _run(*args)
+    return out, (_no_lse(args[0]) if lse is None else lse)
+
+
+_sageattn_op = torch.library.custom_op(
+    "sageattention_rs::sageattn", _op_impl, mutates_args=(), schema=_SCHEMA
+)
 
 
 @_sageattn_op.register_fake
-def _sageattn_fake(
-    q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, pv_accum, pv_precision,
-    backend,
-):
-    out = q.new_empty(q.shape)
-    if return_lse:
-        lse = q.new_empty(_lse_shape(q, tensor_layout), dtype=torch.float32)
-    else:
-        lse = q.new_empty((0,), dtype=torch.float32)
-    return out, lse
+def _sageattn_fake(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, *_options):
+    lse_shape = _lse_shape(q, tensor_layout) if return_lse else (0,)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
 
 
 def _through_op(*tensors: Tensor) -> bool:

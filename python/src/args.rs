@@ -5,6 +5,7 @@
 //! that is not on a CUDA device), nothing copied. Shapes and strides arrive in the tensor's memory
 //! order (`tensor_layout`) and leave in the library's logical order `[batch, heads, seq, head_dim]`.
 
+use pyo3::FromPyObject;
 use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
 
 use crate::errors::Failure;
@@ -69,30 +70,33 @@ pub(crate) fn backend(s: &str) -> Result<Backend, Failure> {
     }
 }
 
-/// The options of one call (our keywords are strings, parsed here so that Python and Rust agree
-/// on one list).
-pub(crate) struct Keywords<'a> {
-    pub pv_accum: &'a str,
-    pub pv_precision: &'a str,
-    pub backend: &'a str,
+/// The options of one call, passed as keyword arguments (our own options are strings, parsed
+/// here so that the accepted values are listed once).
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub(crate) struct CallOptions {
+    pub tensor_layout: String,
+    pub is_causal: bool,
+    pub sm_scale: Option<f64>,
+    pub smooth_k: bool,
+    pub pv_accum: String,
+    pub pv_precision: String,
+    pub backend: String,
+    /// torch's current stream on the device (`torch.cuda.current_stream(device).cuda_stream`).
+    pub stream: u64,
 }
 
-pub(crate) fn options(
-    is_causal: bool,
-    sm_scale: Option<f64>,
-    smooth_k: bool,
-    keywords: &Keywords<'_>,
-    tensor_layout: Layout,
-) -> Result<Options, Failure> {
+/// The library's options for `o`, whose `tensor_layout` parsed as `layout`.
+pub(crate) fn options(o: &CallOptions, layout: Layout) -> Result<Options, Failure> {
     Ok(Options {
-        causal: is_causal,
-        smooth_k,
+        causal: o.is_causal,
+        smooth_k: o.smooth_k,
         // Out-of-range values become ±inf, which the library rejects with its own message.
-        sm_scale: sm_scale.map(|s| s as f32),
-        layout: tensor_layout,
-        pv_accum: pv_accum(keywords.pv_accum)?,
-        pv_precision: pv_precision(keywords.pv_precision)?,
-        backend: backend(keywords.backend)?,
+        sm_scale: o.sm_scale.map(|s| s as f32),
+        layout,
+        pv_accum: pv_accum(&o.pv_accum)?,
+        pv_precision: pv_precision(&o.pv_precision)?,
+        backend: backend(&o.backend)?,
         ..Options::default()
     })
 }

@@ -145,7 +145,7 @@ pub(crate) struct Call {
     pub out: Raw,
     pub lse: Option<LseArg>,
     pub opts: Options,
-    /// torch's current stream on the device (`torch.cuda.current_stream(device).cuda_stream`).
+    /// torch's current stream on the device.
     pub stream: u64,
 }
 

@@ -13,29 +13,36 @@ mod args;
 mod device;
 mod errors;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
-use pyo3::types::PyTuple;
+use pyo3::types::{PyDict, PyTuple};
 
-use crate::args::{Keywords, TensorArg};
+use crate::args::{CallOptions, TensorArg};
 use crate::device::Call;
 use crate::errors::{no_panic, Failure};
 
+/// The keyword arguments of a call (`tensor_layout`, `is_causal`, `sm_scale`, `smooth_k`,
+/// `pv_accum`, `pv_precision`, `backend`, `stream`; all required).
+fn call_options(options: Option<&Bound<'_, PyDict>>) -> PyResult<CallOptions> {
+    match options {
+        // A missing item is a KeyError from the extraction: report every failure as TypeError.
+        Some(d) => d
+            .extract()
+            .map_err(|e| PyTypeError::new_err(format!("keyword arguments: {e}"))),
+        None => Err(PyTypeError::new_err(
+            "missing keyword arguments: tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, \
+             pv_precision, backend, stream",
+        )),
+    }
+}
+
 /// Parses one call's arguments (no driver call).
-#[allow(clippy::too_many_arguments)]
 fn parse_call(
-    q: &TensorArg,
-    k: &TensorArg,
-    v: &TensorArg,
-    out: &TensorArg,
+    [q, k, v, out]: [&TensorArg; 4],
     lse: Option<&TensorArg>,
-    tensor_layout: &str,
-    is_causal: bool,
-    sm_scale: Option<f64>,
-    smooth_k: bool,
-    keywords: &Keywords<'_>,
-    stream: u64,
+    options: &CallOptions,
 ) -> Result<Call, Failure> {
-    let layout = args::layout(tensor_layout)?;
+    let layout = args::layout(&options.tensor_layout)?;
     let q = args::tensor("q", q, layout)?;
     let lse = lse.map(|l| args::lse(l, q.shape)).transpose()?;
     Ok(Call {
@@ -44,19 +51,19 @@ fn parse_call(
         v: args::tensor("v", v, layout)?,
         out: args::tensor("out", out, layout)?,
         lse,
-        opts: args::options(is_causal, sm_scale, smooth_k, keywords, layout)?,
-        stream,
+        opts: args::options(options, layout)?,
+        stream: options.stream,
     })
 }
 
 /// Runs SageAttention on torch tensors given as `(data_ptr, dtype, shape, strides,
 /// device_index)`, writing `out` (and `lse`, float32 `[batch, q_heads, qo_len]`, when given), on
 /// the device of `q`, ordered with `stream` (torch's current stream there). Shapes and strides are
-/// in `tensor_layout` order ("HND" or "NHD"). Raises TypeError, ValueError or RuntimeError with
-/// the library's message; releases the GIL while it runs.
+/// in `tensor_layout` order ("HND" or "NHD"). Keyword arguments: see [`call_options`]. Raises
+/// TypeError, ValueError or RuntimeError with the library's message; releases the GIL while it
+/// runs.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, out, lse, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, pv_precision, backend, stream))]
-#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (q, k, v, out, lse, **options))]
 fn attention(
     py: Python<'_>,
     q: TensorArg,
@@ -64,34 +71,10 @@ fn attention(
     v: TensorArg,
     out: TensorArg,
     lse: Option<TensorArg>,
-    tensor_layout: &str,
-    is_causal: bool,
-    sm_scale: Option<f64>,
-    smooth_k: bool,
-    pv_accum: &str,
-    pv_precision: &str,
-    backend: &str,
-    stream: u64,
+    options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<()> {
-    let call = no_panic(|| {
-        parse_call(
-            &q,
-            &k,
-            &v,
-            &out,
-            lse.as_ref(),
-            tensor_layout,
-            is_causal,
-            sm_scale,
-            smooth_k,
-            &Keywords {
-                pv_accum,
-                pv_precision,
-                backend,
-            },
-            stream,
-        )
-    })?;
+    let options = call_options(options)?;
+    let call = no_panic(|| parse_call([&q, &k, &v, &out], lse.as_ref(), &options))?;
     py.detach(|| no_panic(|| device::device(call.q.ordinal)?.run(&call)))?;
     Ok(())
 }
@@ -100,7 +83,7 @@ fn attention(
 /// issued from Rust (no Python in the loop) on the same tensors, after `warmup` untimed calls.
 /// Returns (GPU milliseconds per call, host microseconds per call). Synchronizes.
 #[pyfunction]
-#[pyo3(signature = (q, k, v, out, *, tensor_layout, is_causal, sm_scale, smooth_k, pv_accum, pv_precision, backend, stream, warmup, iters))]
+#[pyo3(signature = (q, k, v, out, warmup, iters, **options))]
 #[allow(clippy::too_many_arguments)]
 fn time_library_call(
     py: Python<'_>,
@@ -108,36 +91,12 @@ fn time_library_call(
     k: TensorArg,
     v: TensorArg,
     out: TensorArg,
-    tensor_layout: &str,
-    is_causal: bool,
-    sm_scale: Option<f64>,
-    smooth_k: bool,
-    pv_accum: &str,
-    pv_precision: &str,
-    backend: &str,
-    stream: u64,
     warmup: usize,
     iters: usize,
+    options: Option<&Bound<'_, PyDict>>,
 ) -> PyResult<(f64, f64)> {
-    let call = no_panic(|| {
-        parse_call(
-            &q,
-            &k,
-            &v,
-            &out,
-            None,
-            tensor_layout,
-            is_causal,
-            sm_scale,
-            smooth_k,
-            &Keywords {
-                pv_accum,
-                pv_precision,
-                backend,
-            },
-            stream,
-        )
-    })?;
+    let options = call_options(options)?;
+    let call = no_panic(|| parse_call([&q, &k, &v, &out], None, &options))?;
     let timed = py.detach(|| {
         no_panic(|| device::device(call.q.ordinal)?.time_library_call(&call, warmup, iters))
     })?;

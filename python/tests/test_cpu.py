@@ -146,6 +146,14 @@ def test_native_wrong_argument_types_are_type_errors():
         _native.attention(HND, HND, HND, HND, None, **dict(CALL, is_causal="yes", stream="s"))
 
 
+def test_native_missing_keyword_is_a_type_error():
+    partial = {k: v for k, v in CALL.items() if k != "stream"}
+    with pytest.raises(TypeError, match="stream"):
+        _native.attention(HND, HND, HND, HND, None, **partial)
+    with pytest.raises(TypeError, match="missing keyword arguments"):
+        _native.attention(HND, HND, HND, HND, None)
+
+
 def test_native_valid_arguments_reach_the_driver_without_dying():
     """Well-formed numbers for memory that does not exist: the library's checks must answer with
     an exception (no driver: RuntimeError; a driver: the pointer is not device memory), never a
