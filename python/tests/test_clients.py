@@ -94,7 +94,10 @@ def sage_attention_forward(
 
 def test_transformers_llama():
     transformers = pytest.importorskip("transformers")
-    from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+    try:
+        from transformers import AttentionInterface, LlamaConfig, LlamaForCausalLM
+    except ImportError:
+        pytest.skip(f"transformers {transformers.__version__} has no AttentionInterface (4.48+)")
 
     AttentionInterface.register("sageattention", sage_attention_forward)
     try:  # transformers >= 4.53 chooses the mask builder by implementation name too
