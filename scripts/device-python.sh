@@ -19,8 +19,10 @@
 #   PYTHON               the interpreter with torch (default python3)
 #   SAGE_PYSITE          install target (default /tmp/pysite)
 #   SAGE_PYTEST_ARGS     extra pytest arguments (e.g. "-k graph")
-#   SAGE_PYTEST_TIMEOUT  seconds for the pytest run (default 900)
+#   SAGE_PYTEST_TIMEOUT  seconds for the pytest run (default 420: with the benchmark, the script
+#                        stays inside the device tool's 10 minutes per command)
 #   SAGE_OVERHEAD_ARGS   extra arguments for the benchmark (e.g. "--rounds 11")
+#   SAGE_OVERHEAD_TIMEOUT  seconds for the benchmark (default 120)
 #   SAGE_SKIP_PYTEST / SAGE_SKIP_OVERHEAD = 1 to leave a step out
 set -uo pipefail
 
@@ -83,7 +85,7 @@ else
     echo "== pytest python/tests"
     # shellcheck disable=SC2206
     extra=(${SAGE_PYTEST_ARGS:-})
-    timeout --kill-after=10 "${SAGE_PYTEST_TIMEOUT:-900}" "$PYTHON" -m pytest "$root/python/tests" \
+    timeout --kill-after=10 "${SAGE_PYTEST_TIMEOUT:-420}" "$PYTHON" -m pytest "$root/python/tests" \
         -v -rs -s -p no:cacheprovider --junitxml="$OUT/pytest.xml" "${extra[@]}" > "$OUT/pytest.log" 2>&1
     rc=$?
     tail -60 "$OUT/pytest.log"
@@ -101,7 +103,7 @@ else
     echo "== overhead benchmark"
     # shellcheck disable=SC2206
     extra=(${SAGE_OVERHEAD_ARGS:-})
-    timeout --kill-after=10 300 "$PYTHON" "$root/python/bench/overhead.py" --json "$OUT/overhead.json" \
+    timeout --kill-after=10 "${SAGE_OVERHEAD_TIMEOUT:-120}" "$PYTHON" "$root/python/bench/overhead.py" --json "$OUT/overhead.json" \
         "${extra[@]}" > "$OUT/overhead.log" 2>&1
     rc=$?
     cat "$OUT/overhead.log"
