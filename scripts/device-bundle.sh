@@ -104,6 +104,7 @@ chmod +x "$DEV/device-run.sh"
 #   run(command="bash scripts/device-python.sh", carry=[".device"])
 echo "device-bundle: python wheel (python/build-wheel.sh)" >&2
 bash python/build-wheel.sh --test-deps "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
+echo "device-bundle: the wheel's tests: run(command=\"bash scripts/device-python.sh\", carry=[\".device\"])" >&2
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
