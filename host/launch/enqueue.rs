@@ -278,13 +278,12 @@ fn enqueue_v8(
         &params,
     )?;
     let tiles = (padded_len(p.kv_len, V8_TILE) / V8_TILE) as u32;
-    let smem = (kernel_head_dim * V8_TILE) as u32;
     launch(
         rt,
         names::V8_QUANTIZE,
         (tiles, heads, batch),
         V8_QUANT_THREADS as u32,
-        smem,
+        0,
         &params,
     )
 }

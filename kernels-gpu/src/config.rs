@@ -105,7 +105,7 @@ pub const P8_MAX: f32 = 255.0;
 /// `2t, 2t+1, 8+2t, 9+2t` of its rows, and puts them in k slots `4t..4t+4` of the A fragment, so
 /// Vᵀ stores key `2t + (e & 1) + 8(e >> 1)` at slot `4t + e`. This is its inverse.
 pub const fn v8_key_slot(k: usize) -> usize {
-    let (t, e) = ((k & 7) >> 1, (k & 1) | ((k >> 3) << 1));
+    let (t, e) = ((k & 7) >> 1, (k & 1) | (((k >> 3) & 1) << 1));
     (k & !15) | (4 * t + e)
 }
 

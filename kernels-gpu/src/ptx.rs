@@ -118,34 +118,6 @@ pub unsafe fn st_shared_u32(addr: u32, v: u32) {
     }
 }
 
-/// `st.shared.u8` (the low byte of `v`).
-///
-/// # Safety
-/// `addr` is a shared address inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn st_shared_u8(addr: u32, v: u32) {
-    unsafe {
-        asm!("st.shared.u8 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack));
-    }
-}
-
-/// 16-byte `ld.shared.v4.b32`.
-///
-/// # Safety
-/// `addr` is a 16-byte aligned shared address inside the launch's dynamic shared memory.
-#[inline(always)]
-pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
-    let (a, b, c, d): (u32, u32, u32, u32);
-    unsafe {
-        asm!(
-            "ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
-            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
-            options(readonly, nostack)
-        );
-    }
-    [a, b, c, d]
-}
-
 /// `ld.shared.f32`.
 ///
 /// # Safety
@@ -167,6 +139,20 @@ pub unsafe fn st_shared_f32(addr: u32, v: f32) {
 // ---------------------------------------------------------------------------------------------
 // Global memory (explicit `.global` so pointers from by-value param structs stay global)
 // ---------------------------------------------------------------------------------------------
+
+/// 2-byte read-only global load (`ld.global.nc.b16`).
+///
+/// # Safety
+/// `ptr` is a 2-byte aligned global address of 2 readable bytes that no thread writes during the
+/// launch.
+#[inline(always)]
+pub unsafe fn ld_global_nc_u16(ptr: u64) -> u16 {
+    let v: u16;
+    unsafe {
+        asm!("ld.global.nc.b16 {0}, [{1}];", out(reg16) v, in(reg64) ptr, options(readonly, nostack));
+    }
+    v
+}
 
 /// 16-byte read-only global load (`ld.global.nc.v4.b32`).
 ///
@@ -592,6 +578,17 @@ pub fn cvt_rni_sat_s8(x: f32) -> i32 {
         );
     }
     r as i32
+}
+
+/// One f16 (raw bits) as f32 (exact).
+#[inline(always)]
+pub fn f16_to_f32(x: u16) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!("cvt.f32.f16 {0}, {1};", out(reg32) r, in(reg16) x, options(pure, nomem, nostack));
+    }
+    r
 }
 
 /// Packs two f32 into f16x2 (round to nearest even): `lo` in bits 0..16, `hi` in 16..32.

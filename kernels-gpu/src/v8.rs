@@ -139,82 +139,62 @@ pub unsafe extern "ptx-kernel" fn sage_v8_finalize(p: V8Params) {
 
 /// Step 3: one 64-key tile of Vᵀ. `q = clamp(round_ties_even((v - mean) · inv), -127, 127)` per
 /// element (0 past the sequence or past `head_dim`), written at row `channel`, column
-/// `v8_key_slot(key)`. Grid (padded_seq / 64, heads, batch); `V8_QUANT_THREADS` threads;
-/// `out_head_dim * 64` bytes of dynamic shared memory (the transposed tile).
+/// `v8_key_slot(key)`. Grid (padded_seq / 64, heads, batch); `V8_QUANT_THREADS` threads. Thread
+/// → (channel, 16-key group) pairs, channels fastest: a warp reads 32 consecutive channels of a
+/// key (64 bytes) per load and writes each group's 16 bytes with one store, in slot order.
 ///
 /// # Safety
 /// Launched by the host with validated parameters and that geometry, after step 2.
 #[unsafe(no_mangle)]
 pub unsafe extern "ptx-kernel" fn sage_v8_quantize(p: V8Params) {
     let (tile, head, batch) = ptx::block_idx();
-    let tid = ptx::thread_idx_x();
-    let threads = V8_QUANT_THREADS as u32;
-    let smem = ptx::smem_base();
     let bh = (batch * p.heads + head) as u64;
-    let out_hd = p.out_head_dim as u64;
-    let tile_keys = V8_TILE as u32;
-    let key0 = tile * tile_keys;
+    let out_hd = p.out_head_dim;
+    let key0 = tile * V8_TILE as u32;
     let base = p.v as i64 + 2 * (batch as i64 * p.v_stride[0] + head as i64 * p.v_stride[1]);
-    let mean = p.mean + 4 * bh * out_hd;
-    let inv = p.scale + 4 * (bh * 2 * out_hd + out_hd);
-
-    // Quantize: thread → 16-byte chunks (8 channels of one key), stored byte by byte transposed.
-    let cpr = p.head_dim / 8;
-    let mut i = tid;
-    while i < tile_keys * cpr {
-        let (r, chunk) = (i / cpr, i % cpr);
-        let key = key0 + r;
-        let x = if key < p.seq {
-            // SAFETY: key < seq, the chunk inside head_dim.
-            unsafe {
-                load8(
-                    (base + 2 * (key as i64 * p.v_stride[2] + 8 * chunk as i64)) as u64,
-                    p.in_bf16 != 0,
-                )
-            }
-        } else {
-            [0.0; 8]
-        };
-        let slot = v8_key_slot(r as usize) as u32;
-        unroll::<8>(
-            #[inline(always)]
-            |e| {
-                let c = 8 * chunk + e as u32;
-                let q = if key < p.seq {
-                    // SAFETY: c < head_dim <= out_head_dim.
-                    let (m, k) = unsafe {
-                        (
-                            ptx::ld_global_nc_f32(mean + 4 * c as u64),
-                            ptx::ld_global_nc_f32(inv + 4 * c as u64),
-                        )
-                    };
-                    ptx::cvt_rni_sat_s8((x[e] - m) * k).max(-127)
-                } else {
-                    0
-                };
-                // SAFETY: c * 64 + slot < out_head_dim * 64, the dynamic shared memory.
-                unsafe { ptx::st_shared_u8(smem + c * tile_keys + slot, q as u32) };
-            },
-        );
-        i += threads;
-    }
-    ptx::sync_threads();
-
-    // Store: 16-byte chunks of Vᵀ rows (channels past head_dim are zero).
     let padded = padded_len(p.seq as usize, V8_TILE) as u64;
-    let out = p.out + bh * out_hd * padded + key0 as u64;
-    let chunks_per_row = tile_keys / 16;
-    let mut j = tid;
-    while j < p.out_head_dim * chunks_per_row {
-        let (c, q) = (j / chunks_per_row, j % chunks_per_row);
-        let v = if c < p.head_dim {
-            // SAFETY: inside the tile written above.
-            unsafe { ptx::ld_shared_v4(smem + c * tile_keys + 16 * q) }
-        } else {
-            [0; 4]
-        };
-        // SAFETY: c < out_head_dim, key0 + 16q + 16 <= padded: inside Vᵀ.
-        unsafe { ptx::st_global_v4(out + c as u64 * padded + 16 * q as u64, v) };
-        j += threads;
+    let groups = (V8_TILE / 16) as u32;
+    let mut i = ptx::thread_idx_x();
+    while i < out_hd * groups {
+        let (c, g) = (i % out_hd, i / out_hd);
+        let mut q = [0u32; 16];
+        if c < p.head_dim {
+            // SAFETY: c < head_dim <= out_head_dim: inside this head's mean and inverse scales.
+            let (m, k) = unsafe {
+                (
+                    ptx::ld_global_nc_f32(p.mean + 4 * (bh * out_hd as u64 + c as u64)),
+                    ptx::ld_global_nc_f32(p.scale + 4 * (bh * 2 * out_hd as u64 + (out_hd + c) as u64)),
+                )
+            };
+            unroll::<16>(
+                #[inline(always)]
+                |r| {
+                    let key = key0 + 16 * g + r as u32;
+                    if key < p.seq {
+                        // SAFETY: key < seq and c < head_dim: inside V.
+                        let x = unsafe {
+                            ptx::ld_global_nc_u16(
+                                (base + 2 * (key as i64 * p.v_stride[2] + c as i64)) as u64,
+                            )
+                        };
+                        let x = if p.in_bf16 != 0 {
+                            f32::from_bits(u32::from(x) << 16)
+                        } else {
+                            ptx::f16_to_f32(x)
+                        };
+                        q[v8_key_slot(r)] = (ptx::cvt_rni_sat_s8((x - m) * k).max(-127) as u32) & 0xff;
+                    }
+                },
+            );
+        }
+        let mut word = [0u32; 4];
+        unroll::<4>(
+            #[inline(always)]
+            |w| word[w] = q[4 * w] | q[4 * w + 1] << 8 | q[4 * w + 2] << 16 | q[4 * w + 3] << 24,
+        );
+        let at = p.out + (bh * out_hd as u64 + c as u64) * padded + (key0 + 16 * g) as u64;
+        // SAFETY: c < out_head_dim and key0 + 16g + 16 <= padded: inside Vᵀ.
+        unsafe { ptx::st_global_v4(at, word) };
+        i += V8_QUANT_THREADS as u32;
     }
 }
