@@ -110,8 +110,10 @@ pub fn accuracy_file(
         let o = out.o.to_host_f32(rt)?;
         if !args.quiet {
             eprintln!(
-                "accuracy: {name}: q {:?} k {:?} {dtype} causal={causal} smooth_k={smooth_k}",
-                tensors[0].0, tensors[1].0
+                "accuracy: {name}: q {:?} k {:?} {dtype} causal={causal} smooth_k={smooth_k} pv={}",
+                tensors[0].0,
+                tensors[1].0,
+                args.pv_precision_name()
             );
         }
         results.push((

@@ -2,7 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
-use sageattention::{Backend, DType, Layout, Options, PvAccum};
+use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
 use std::path::PathBuf;
 
 use super::report::ConfigJson;
@@ -39,6 +39,15 @@ pub enum LayoutArg {
 pub enum PvArg {
     F16,
     F32,
+}
+
+/// P·V precision.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PvPrecisionArg {
+    /// f16 P and V on the f16 tensor cores (the default, the v1 accuracy contract).
+    F16,
+    /// 8-bit P·V: u8 P × s8 V on the INT8 tensor cores (sm_90a kernel, Hopper only).
+    Int8,
 }
 
 /// Which paths to time.
@@ -82,6 +91,9 @@ pub struct Args {
     /// P·V accumulation: f16 (SageAttention's default, fastest) or f32.
     #[arg(long, value_enum, default_value_t = PvArg::F16)]
     pub pv_accum: PvArg,
+    /// P·V precision: f16 (default) or int8 (8-bit P·V, Hopper's sm_90a kernel only).
+    #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
+    pub pv_precision: PvPrecisionArg,
     /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.
     #[arg(long)]
     pub portable: bool,
@@ -189,12 +201,26 @@ impl Args {
             PvArg::F32 => PvAccum::F32,
         }
     }
+    pub fn pv_precision(&self) -> PvPrecision {
+        match self.pv_precision {
+            PvPrecisionArg::F16 => PvPrecision::F16,
+            PvPrecisionArg::Int8 => PvPrecision::Int8,
+        }
+    }
+    /// `f16` or `int8`, as the flag spells it.
+    pub fn pv_precision_name(&self) -> &'static str {
+        match self.pv_precision {
+            PvPrecisionArg::F16 => "f16",
+            PvPrecisionArg::Int8 => "int8",
+        }
+    }
     pub fn options(&self, causal: bool) -> Options {
         Options {
             causal,
             smooth_k: !self.no_smooth_k,
             layout: self.layout(),
             pv_accum: self.pv_accum(),
+            pv_precision: self.pv_precision(),
             backend: if self.portable {
                 Backend::Portable
             } else {
@@ -273,6 +299,7 @@ impl Args {
                 PvArg::F16 => "f16".into(),
                 PvArg::F32 => "f32".into(),
             },
+            pv_precision: self.pv_precision_name().into(),
             smooth_k: !self.no_smooth_k,
             warmup_ms: self.warmup_ms,
             min_iters: self.min_iters,
@@ -305,10 +332,13 @@ pub(crate) mod tests {
         assert_eq!(a.dtype(), DType::F16);
         assert_eq!(a.layout(), Layout::Hnd);
         assert_eq!(a.pv_accum(), PvAccum::F16);
+        assert_eq!(a.pv_precision(), PvPrecision::F16);
         assert!(a.run_kernel() && a.run_full());
         assert!(a.check().is_ok());
         let o = a.options(true);
         assert!(o.causal && o.smooth_k && o.sm_scale.is_none());
+        assert_eq!(o.pv_precision, PvPrecision::F16);
+        assert_eq!(a.config_json().pv_precision, "f16");
     }
     #[test]
     fn all_flags_parse() {
@@ -331,6 +361,8 @@ pub(crate) mod tests {
             "nhd",
             "--pv-accum",
             "f32",
+            "--pv-precision",
+            "int8",
             "--warmup-ms",
             "50",
             "--min-iters",
@@ -371,11 +403,17 @@ pub(crate) mod tests {
         assert!(a.run_kernel() && !a.run_full());
         assert_eq!(a.sets, Some(3));
         assert!(!a.options(false).smooth_k && a.quiet);
+        assert_eq!(a.options(false).pv_precision, PvPrecision::Int8);
         assert!(a.check().is_ok());
         let c = a.config_json();
         assert_eq!(
-            (c.dtype.as_str(), c.layout.as_str(), c.pv_accum.as_str()),
-            ("bf16", "nhd", "f32")
+            (
+                c.dtype.as_str(),
+                c.layout.as_str(),
+                c.pv_accum.as_str(),
+                c.pv_precision.as_str()
+            ),
+            ("bf16", "nhd", "f32", "int8")
         );
     }
     #[test]
@@ -398,6 +436,7 @@ pub(crate) mod tests {
             &["--seq-lens", "0"],
             &["--seq-lens", "12x"],
             &["--dtype", "f32"],
+            &["--pv-precision", "fp8"],
         ] {
             let mut v = vec!["bench"];
             v.extend_from_slice(bad);

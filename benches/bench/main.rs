@@ -80,7 +80,7 @@ fn emit(args: &Args, report: &Report, peers: Option<&Peers>) -> Result<(), Bench
 
 fn config_line(c: &ConfigJson) -> String {
     format!(
-        "config: batch {}, heads {}, kv_heads {}, {} {}, PV accumulation {}, K smoothing {} | timing: CUDA events per launch, \
+        "config: batch {}, heads {}, kv_heads {}, {} {}, PV accumulation {}, PV precision {}, K smoothing {} | timing: CUDA events per launch, \
          warm-up {} ms, median of >= {} launches and >= {} s GPU time (cap {} s), inputs N(0,1) rotated over > 2x L2",
         c.batch,
         c.heads,
@@ -88,6 +88,7 @@ fn config_line(c: &ConfigJson) -> String {
         c.dtype,
         c.layout,
         c.pv_accum,
+        c.pv_precision,
         if c.smooth_k { "on" } else { "off" },
         c.warmup_ms,
         c.min_iters,

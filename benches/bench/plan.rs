@@ -24,10 +24,13 @@ pub fn plan(
     sets_override: Option<usize>,
     max_sets: usize,
     bf16: bool,
+    pv8: bool,
 ) -> Plan {
+    // With the 8-bit P·V the kernel reads an INT8 V, not the 16-bit one counted here: more sets
+    // than needed, never fewer.
     let sets = sets_override
         .unwrap_or_else(|| rotation_sets(shape.kernel_input_bytes(), l2_bytes, max_sets));
-    let prepared = shape.prepared_bytes(bf16);
+    let prepared = shape.prepared_bytes(bf16) + if pv8 { shape.pv8_bytes() } else { 0 };
     let out = 2 * shape.q_elems() as u64;
     Plan {
         shape,
@@ -66,7 +69,7 @@ mod tests {
             seq: 1024,
             head_dim: 64,
         };
-        let p = plan(small, l2, None, 64, false);
+        let p = plan(small, l2, None, 64, false, false);
         // kernel input bytes: q,k i8 (0.5 + 0.5 MiB) + v f16 (1 MiB) = 2 MiB -> 50 sets
         assert_eq!(small.kernel_input_bytes(), 2 << 20);
         assert_eq!(p.sets, 50);
@@ -79,12 +82,18 @@ mod tests {
             seq: 32768,
             head_dim: 128,
         };
-        let pb = plan(big, l2, None, 64, false);
+        let pb = plan(big, l2, None, 64, false, false);
         assert_eq!(pb.sets, 1);
-        assert_eq!(plan(big, l2, Some(3), 64, false).sets, 3);
+        assert_eq!(plan(big, l2, Some(3), 64, false, false).sets, 3);
         let budget = 2 * pb.pool_elems as u64 + pb.other_bytes;
         assert_eq!(pool_size(&[p, pb], budget), pb.pool_elems.max(p.pool_elems));
         assert_eq!(pool_size(&[p, pb], budget - 1), p.pool_elems);
         assert_eq!(pool_size(&[pb], 0), 0);
+        let p8 = plan(big, l2, None, 64, false, true);
+        assert_eq!(p8.sets, pb.sets);
+        assert_eq!(
+            p8.other_bytes - pb.other_bytes,
+            (pb.sets as u64 + 1) * big.pv8_bytes()
+        );
     }
 }

@@ -79,6 +79,9 @@ pub struct ConfigJson {
     pub layout: String,
     /// `f16` or `f32`.
     pub pv_accum: String,
+    /// P·V precision, `f16` or `int8` (absent in JSON written before the flag existed: `f16`).
+    #[serde(default = "default_pv_precision")]
+    pub pv_precision: String,
     /// K smoothing on.
     pub smooth_k: bool,
     /// Warm-up per path and case, ms of wall time (at least one launch).
@@ -93,6 +96,10 @@ pub struct ConfigJson {
     pub max_sets: usize,
     /// Seed of the input data.
     pub seed: u64,
+}
+
+fn default_pv_precision() -> String {
+    "f16".into()
 }
 
 /// Numbers of one path (kernel or full) of one case.
@@ -490,6 +497,7 @@ pub(crate) mod tests {
                 dtype: "f16".into(),
                 layout: "hnd".into(),
                 pv_accum: "f16".into(),
+                pv_precision: "f16".into(),
                 smooth_k: true,
                 warmup_ms: 200.0,
                 min_iters: 10,
@@ -588,6 +596,12 @@ pub(crate) mod tests {
         assert!(text.contains("\"quant_overhead_pct\""));
         let back: Report = serde_json::from_str(&text).unwrap();
         assert_reports_close(&back, &r);
+        // JSON written before --pv-precision existed reads as f16.
+        assert!(text.contains("\"pv_precision\": \"f16\""));
+        let old = text.replace("\"pv_precision\": \"f16\",", "");
+        assert!(!old.contains("pv_precision"));
+        let back: Report = serde_json::from_str(&old).unwrap();
+        assert_eq!(back.config.pv_precision, "f16");
     }
 
     #[test]

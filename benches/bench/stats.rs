@@ -152,6 +152,16 @@ impl Shape {
         let v = if bf16 { 2 * self.kv_elems() } else { 0 };
         (q + k + mean + v) as u64
     }
+    /// Device bytes the 8-bit P·V adds to what [`Shape::prepared_bytes`] counts: the INT8 Vᵀ
+    /// (padded to 128 keys, head_dim rounded up to the kernel's 64/128), its per-channel mean and
+    /// scales, and the per-256-row segment statistics. A slight over-estimate.
+    pub fn pv8_bytes(&self) -> u64 {
+        let (bh, d) = (self.batch * self.kv_heads, self.head_dim);
+        let dk = d.next_multiple_of(64);
+        let vt = bh * dk * padded(self.seq, 128);
+        let stats = bh * (3 * 4 * dk + 3 * 4 * d * (self.seq.div_ceil(256) + 1));
+        (vt + stats) as u64
+    }
 }
 
 #[cfg(test)]
@@ -239,5 +249,7 @@ mod tests {
             s.prepared_bytes(true),
             s.prepared_bytes(false) + 2 * s.kv_elems() as u64
         );
+        // INT8 Vᵀ: 4 heads × 64 channels × 1024 padded keys, plus statistics.
+        assert!(s.pv8_bytes() >= 4 * 64 * 1024 && s.pv8_bytes() < 4 * 64 * 1024 * 11 / 10);
     }
 }

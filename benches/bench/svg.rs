@@ -400,18 +400,25 @@ pub fn render_chart(report: &Report, peers: Option<&Peers>) -> String {
     } else {
         String::new()
     };
+    let pv8 = cfg.pv_precision == "int8";
     let subtitle = format!(
-        "{device} | batch {}, heads {}{gqa}, {} {}, PV accumulation {} | median of CUDA-event times, inputs rotated over >2x L2",
-        cfg.batch, cfg.heads, cfg.dtype, cfg.layout.to_uppercase(), cfg.pv_accum
+        "{device} | batch {}, heads {}{gqa}, {} {}, PV {} | median of CUDA-event times, inputs rotated over >2x L2",
+        cfg.batch,
+        cfg.heads,
+        cfg.dtype,
+        cfg.layout.to_uppercase(),
+        if pv8 {
+            "INT8 (u8 P x s8 V, exact per tile, f32 across tiles)".to_string()
+        } else {
+            format!("accumulation {}", cfg.pv_accum)
+        }
     );
-    grouped_bars(
-        "SageAttention (INT8 QK, FP16 PV) in Rust: attention speed",
-        &subtitle,
-        "TOPS",
-        &series,
-        &panels,
-        cols,
-    )
+    let title = if pv8 {
+        "SageAttention (INT8 QK, INT8 PV) in Rust: attention speed"
+    } else {
+        "SageAttention (INT8 QK, FP16 PV) in Rust: attention speed"
+    };
+    grouped_bars(title, &subtitle, "TOPS", &series, &panels, cols)
 }
 
 #[cfg(test)]

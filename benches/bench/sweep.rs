@@ -5,7 +5,8 @@ use cudarc::driver::{CudaEvent, DevicePtr};
 use sageattention::error::CudaResultExt;
 use sageattention::reference::{attention_f64, compare, HostTensor, RefOptions};
 use sageattention::{
-    sageattn, sageattn_into, DType, Error as SageError, Prepared, Runtime, Tensor, TensorView,
+    sageattn, sageattn_into, DType, Error as SageError, Prepared, PvPrecision, Runtime, Tensor,
+    TensorView,
 };
 use std::time::{Duration, Instant};
 
@@ -311,6 +312,7 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
     let args = bench.args;
     let dtype = args.dtype();
     let bf16 = dtype == DType::BF16;
+    let pv8 = args.pv_precision() == PvPrecision::Int8;
     let causal = args.causal_list();
 
     if !args.no_check {
@@ -355,7 +357,7 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
                 head_dim: d,
             })
         })
-        .map(|s| plan(s, l2, args.sets, args.max_sets, bf16))
+        .map(|s| plan(s, l2, args.sets, args.max_sets, bf16, pv8))
         .collect();
     let free = bench.free_memory()?;
     let budget = free / 100 * 92;
