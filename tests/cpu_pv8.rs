@@ -100,7 +100,10 @@ fn pv8_emulation_meets_the_accuracy_bar() {
         let emulated = attention_pv8_emulation(&q, &k, &v, &opts, true);
         let out: Vec<f32> = emulated.o.iter().map(|&x| x as f32).collect();
         let m = compare(&out, &exact.o);
-        eprintln!("d={head_dim} causal={causal}: rel L1 {:.4} cos {:.6}", m.rel_l1, m.cos_sim);
+        eprintln!(
+            "d={head_dim} causal={causal}: rel L1 {:.4} cos {:.6}",
+            m.rel_l1, m.cos_sim
+        );
         assert!(m.rel_l1 <= 0.020 && m.cos_sim >= 0.9998, "{m:?}");
         let lse_err = emulated
             .lse

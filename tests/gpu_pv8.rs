@@ -166,7 +166,14 @@ fn pv8_v_preparation_is_bit_exact() {
         let bits = |x: &[f32]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&gpu.mean), bits(&cpu.mean), "mean: {case:?}");
         assert_eq!(bits(&gpu.scale), bits(&cpu.scale), "scales: {case:?}");
-        for (i, (g, c)) in gpu.data.iter().zip(&cpu.data).enumerate().filter(|(_, (a, b))| a != b).take(12) {
+        for (i, (g, c)) in gpu
+            .data
+            .iter()
+            .zip(&cpu.data)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(12)
+        {
             let (row, slot) = (i / gpu.padded_seq, i % gpu.padded_seq);
             eprintln!("  differs: Vᵀ row {row} slot {slot}: gpu {g} cpu {c}");
         }
