@@ -11,20 +11,30 @@ Runs on the GPU machine (see docs/bench.md; normally through scripts/compare.sh)
        sage-1.0.6         official SageAttention 1.0.6 (Triton), sageattn(): smoothing +
                           quantization + attention
        sage-1.0.6-kernel  its attention kernel alone on inputs quantized beforehand
+       sage-2.2-sm90      official SageAttention 2.2, sageattn_qk_int8_pv_fp8_cuda_sm90()
+                          (INT8 QK, FP8 PV, Hopper): the whole call
+       sage-2.2-sm90-kernel  its attention kernel alone on inputs it prepared beforehand
+     The sage-2.2 peers run in a second Python process (the "sage2 worker": both versions are
+     the package `sageattention`), which imports the build compare.sh made from the carried
+     sources ($SAGE2_DIR); they are in the default peers only when compare.sh set $SAGE2_DIR
+     (or $SAGE2_ERROR, when that build failed).
      -> $OUT/peers.json
   2. accuracy: for d=64 and d=128, N=2048, B=1, H=8 (kv heads as --kv-heads scales), N(0,1)
-     inputs, and K with a +8*N(0,1) per-channel offset, causal off and on: rel L1 and cosine
-     similarity against a float64 reference computed with torch on the GPU, for every peer and
-     for ours (our outputs come from `bench --accuracy-file`)
-  3. our bench on the same shapes (`bench --json --peers --plot`) -> $OUT/ours.json, chart.svg
+     inputs, and K with a +8*N(0,1) per-channel offset, causal off and on; then (causal off) the
+     hard inputs: 4 channels x20 in Q and K, Q x6, Q x40: rel L1 and cosine similarity against a
+     float64 reference computed with torch on the GPU, for every peer and for ours (our outputs
+     come from `bench --accuracy-file`, once per P.V precision)
+  3. our bench on the same shapes (`bench --json --peers --plot`) -> $OUT/ours.json, chart.svg;
+     with the 8-bit P.V (--ours-int8, on by default on compute capability 9.0) once more with
+     `--pv-precision int8` -> $OUT/ours-int8.json, chart-int8.svg
   4. the table -> stdout and $OUT/table.txt; everything -> $OUT/compare.json
 
 A peer that fails (import error, unsupported shape, out of memory) shows `failed` in its column
 and the reasons are listed under the table; the run goes on.
 
-Needs torch (with CUDA), triton, numpy, safetensors; the official SageAttention is imported from
-the wheel compare.sh installs (pure Python). `python3 compare.py --selftest` checks the pure parts
-(table, statistics) without torch or a GPU.
+Needs torch (with CUDA), triton, numpy, safetensors; the official SageAttention 1.0.6 is imported
+from the wheel compare.sh installs (pure Python), 2.2 from its build. `python3 compare.py
+--selftest` checks the pure parts (table, statistics, merging) without torch or a GPU.
 """
 
 import argparse
@@ -37,14 +47,20 @@ import sys
 import time
 import traceback
 
-PEERS = ["sdpa-flash", "sdpa-cudnn", "sage-1.0.6", "sage-1.0.6-kernel"]
+SAGE2_PEERS = ["sage-2.2-sm90", "sage-2.2-sm90-kernel"]
+PEERS = ["sdpa-flash", "sdpa-cudnn", "sage-1.0.6", "sage-1.0.6-kernel"] + SAGE2_PEERS
 SHORT = {
     "sdpa-flash": "flash",
     "sdpa-cudnn": "cudnn",
     "sage-1.0.6": "sage",
     "sage-1.0.6-kernel": "sage-kern",
+    "sage-2.2-sm90": "sage2",
+    "sage-2.2-sm90-kernel": "sage2-kern",
 }
+# Accuracy inputs beyond N(0,1) and the K offset, causal off only (issue 9's hard inputs).
+HARD_KINDS = ["QK ch x20", "Q x6", "Q x40"]
 MIN_SAMPLES = 3
+IN_SAGE2_WORKER = False
 MAX_BATCH = 256
 BATCH_SECONDS = 0.1
 STARTED = time.time()
@@ -185,25 +201,36 @@ def fmt_acc(m):
     return f"{m['rel_l1']:.2e} / {m['cos_sim']:.5f}"
 
 
-def render_table(ours, peers, accuracy):
-    """ONE table: performance rows (TOPS; ratios ours / peer), then accuracy rows
-    (rel L1 / cos sim against float64). Returns (text, notes)."""
+def our_variants(ours, ours8):
+    """Our result sets: (column label, bench report, ratio prefix, accuracy metrics key). The int8
+    one is there when `ours8` is not None (an empty dict: asked for, but the bench gave nothing)."""
+    v = [("ours", ours, "ours", "ours")]
+    if ours8 is not None:
+        v.append(("ours int8", ours8, "int8", "ours-int8"))
+    return v
+
+
+def render_table(ours, peers, accuracy, ours8=None):
+    """ONE table: performance rows (TOPS; ratios ours / peer, and with the 8-bit P.V, int8 /
+    peer), then accuracy rows (rel L1 / cos sim against float64). Returns (text, notes)."""
     names = list(peers.get("peers", [])) if peers else []
     peer_cases = {case_key(c): c.get("results", {}) for c in (peers or {}).get("cases", [])}
-    header = ["case"] + names + ["ours kernel", "ours full"]
-    header += [f"ours/{SHORT.get(n, n)}" for n in names]
+    variants = our_variants(ours, ours8)
+    header = ["case"] + names
+    for label, _, _, _ in variants:
+        header += [f"{label} kernel", f"{label} full"]
+    for _, _, prefix, _ in variants:
+        header += [f"{prefix}/{SHORT.get(n, n)}" for n in names]
     rows = []
     failures = {}
-    our_cases = sorted((ours or {}).get("cases", []), key=case_key)
-    keys = [case_key(c) for c in our_cases]
-    # Peer cases our bench did not run still get a row.
-    for k in sorted(peer_cases):
-        if k not in keys:
-            keys.append(k)
-    ours_by_key = {case_key(c): c for c in our_cases}
-    keys.sort()
+    by_key = []
+    keys = set(peer_cases)
+    for _, report, _, _ in variants:
+        cases = {case_key(c): c for c in (report or {}).get("cases", [])}
+        by_key.append(cases)
+        keys |= set(cases)
     last_group = None
-    for k in keys:
+    for k in sorted(keys):
         d, causal, n, b, h, hk = k
         if last_group is not None and last_group != (d, causal):
             rows.append([])
@@ -222,18 +249,22 @@ def render_table(ours, peers, accuracy):
             else:
                 peer_tops[name] = r.get("tops")
                 row.append(fmt_tops(r.get("tops")))
-        c = ours_by_key.get(k)
-        kern = (c or {}).get("kernel") or {}
-        full = (c or {}).get("full") or {}
-        if c is not None and c.get("skipped"):
-            row += ["skipped", "skipped"]
-            failures.setdefault("ours", {}).setdefault(c["skipped"], []).append(row[0])
-        else:
-            row += [fmt_tops(kern.get("tops")), fmt_tops(full.get("tops"))]
-        for name in names:
-            mine = kern.get("tops") if name.endswith("-kernel") else full.get("tops")
-            theirs = peer_tops.get(name)
-            row.append(f"{mine / theirs:.2f}x" if mine and theirs else "")
+        mine = []
+        for (label, _, _, _), cases in zip(variants, by_key):
+            c = cases.get(k)
+            kern = (c or {}).get("kernel") or {}
+            full = (c or {}).get("full") or {}
+            if c is not None and c.get("skipped"):
+                row += ["skipped", "skipped"]
+                failures.setdefault(label, {}).setdefault(c["skipped"], []).append(row[0])
+            else:
+                row += [fmt_tops(kern.get("tops")), fmt_tops(full.get("tops"))]
+            mine.append((kern.get("tops"), full.get("tops")))
+        for kern_tops, full_tops in mine:
+            for name in names:
+                t = kern_tops if name.endswith("-kernel") else full_tops
+                theirs = peer_tops.get(name)
+                row.append(f"{t / theirs:.2f}x" if t and theirs else "")
         rows.append(row)
     if accuracy:
         rows.append([])
@@ -249,10 +280,11 @@ def render_table(ours, peers, accuracy):
                 row.append(fmt_acc(m))
                 if m and "error" in m:
                     failures.setdefault(name, {}).setdefault(m["error"], []).append(a["case"])
-            ours_m = a["metrics"].get("ours")
-            row += ["", fmt_acc(ours_m)]
-            if ours_m and "error" in ours_m:
-                failures.setdefault("ours", {}).setdefault(ours_m["error"], []).append(a["case"])
+            for label, _, _, key in variants:
+                m = a["metrics"].get(key)
+                row += ["", fmt_acc(m)]
+                if m and "error" in m:
+                    failures.setdefault(label, {}).setdefault(m["error"], []).append(a["case"])
             rows.append(row)
     text = align(header, rows, 1)
     notes = []
@@ -263,9 +295,9 @@ def render_table(ours, peers, accuracy):
     return text, notes
 
 
-def header_lines(ours, peers, args_ns=None):
+def header_lines(ours, peers, ours8=None):
     lines = []
-    dev = (ours or {}).get("device") or {}
+    dev = (ours or {}).get("device") or (ours8 or {}).get("device") or {}
     pdev = (peers or {}).get("device") or {}
     name = dev.get("name") or pdev.get("name") or "unknown GPU"
     lines.append(
@@ -273,7 +305,13 @@ def header_lines(ours, peers, args_ns=None):
         f"L2 {((dev.get('l2_bytes') or pdev.get('l2_bytes') or 0) / 2**20):.0f} MiB); "
         f"torch {pdev.get('torch', '?')}, triton {pdev.get('triton', '?')}, "
         f"cuDNN {pdev.get('cudnn', '?')}")
-    cfg = (ours or {}).get("config") or (peers or {}).get("config") or {}
+    if any(p in SAGE2_PEERS for p in (peers or {}).get("peers", [])):
+        lines.append(f"sage-2.2-sm90 = official SageAttention {pdev.get('sageattention2', '2.2 (?)')}"
+                     ", sageattn_qk_int8_pv_fp8_cuda_sm90 (per-thread INT8 QK, FP8 PV, "
+                     "fp32+fp32 accumulation, smooth_k), built on this machine; -kernel = its "
+                     "attention kernel on inputs it prepared beforehand")
+    cfg = (ours or {}).get("config") or (ours8 or {}).get("config") or \
+        (peers or {}).get("config") or {}
     if cfg:
         lines.append(
             f"shapes: batch {cfg.get('batch')}, heads {cfg.get('heads')}, kv_heads "
@@ -283,6 +321,11 @@ def header_lines(ours, peers, args_ns=None):
         "ours kernel = attention kernel on pre-quantized inputs; ours full = sageattn_into "
         "(K mean + INT8 quantization + attention); ours/X = ours full / X "
         "(ours kernel / X for a -kernel peer)")
+    if ours8 is not None:
+        lines.append(
+            "ours int8 = the same with --pv-precision int8 (8-bit P.V: u8 P x s8 V on the INT8 "
+            "tensor cores; V quantized in the full call); int8/X = ours int8 full / X "
+            "(ours int8 kernel / X for a -kernel peer)")
     return lines
 
 
@@ -366,6 +409,52 @@ def load_sage():
     return sageattention, core, ver
 
 
+def load_sage2():
+    """The official SageAttention 2.2 (in the sage2 worker, from $SAGE2_DIR): its core module and
+    the sm90 extension's op wrappers."""
+    try:
+        import sageattention.core as core
+        # The real reason when the extension is missing (core only records SM90_ENABLED = False).
+        import sageattention.sm90_compile as sm90
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        raise PeerUnavailable(f"import of the official SageAttention 2.2 failed: {first_line(e)}") from e
+    if not hasattr(core, "sageattn_qk_int8_pv_fp8_cuda_sm90"):
+        raise PeerUnavailable(f"{core.__file__} is not SageAttention 2.x (no sm90 entry)")
+    return core, sm90
+
+
+def sage2_version():
+    d = os.environ.get("SAGE2_DIR")
+    try:
+        with open(os.path.join(d, "SOURCE")) as f:
+            return "2.2.0 from " + f.read().strip()
+    except Exception:  # noqa: BLE001
+        return "2.2.0 (source commit unknown)"
+
+
+def sage2_prepare(torch, core, q, k, v, layout, causal):
+    """What sageattn_qk_int8_pv_fp8_cuda_sm90 does before its attention kernel (its defaults:
+    per-thread INT8 Q/K with K smoothing, per-channel FP8 V without V smoothing), through the
+    library's own functions; returns the kernel's call."""
+    tl = layout.upper()
+    seq_dim, head_dim = (2 if tl == "HND" else 1), q.size(-1)
+    width = 64 if head_dim <= 64 else 128
+    if width != head_dim:
+        q, k, v = (torch.nn.functional.pad(x, (0, width - head_dim)) for x in (q, k, v))
+    km = k.mean(dim=seq_dim, keepdim=True)
+    qi, qs, ki, ks = core.per_thread_int8_triton(q, k, km, tensor_layout=tl, BLKQ=64, WARPQ=16,
+                                                 BLKK=128, WARPK=128)
+    pad = -v.size(seq_dim) % 128
+    if pad:
+        shape = list(v.shape)
+        shape[seq_dim] = pad
+        v = torch.cat([v, torch.zeros(shape, dtype=v.dtype, device=v.device)], dim=seq_dim)
+    v8, vs, _ = core.per_channel_fp8(v, tensor_layout=tl, smooth_v=False)
+    o = torch.empty(q.size(), dtype=q.dtype, device=q.device)
+    args = (qi, ki, v8, o, qs, ks, vs, 1 if tl == "HND" else 0, int(causal), 3, head_dim ** -0.5, 0)
+    return o[..., :head_dim], args
+
+
 def peer_callable(torch, name, layout, causal, gqa, sets_data, d, dtype):
     """Returns (context manager factory, fn(i) that runs one call on set i % len)."""
     import contextlib
@@ -420,6 +509,28 @@ def peer_callable(torch, name, layout, causal, gqa, sets_data, d, dtype):
             return attn(qi, ki, v16, qs, kss, tensor_layout=tl, output_dtype=dtype)
 
         return contextlib.nullcontext, fn
+    if name in SAGE2_PEERS:
+        if not IN_SAGE2_WORKER:
+            raise PeerUnavailable(f"{name} runs in the sage2 worker only")
+        core, sm90 = load_sage2()
+        tl = layout.upper()
+        if name == "sage-2.2-sm90":
+            full = core.sageattn_qk_int8_pv_fp8_cuda_sm90
+
+            def fn(i):
+                q, k, v = sets_data[i % nsets]
+                return full(q, k, v, tensor_layout=tl, is_causal=causal)
+
+            return contextlib.nullcontext, fn
+        prepared = [sage2_prepare(torch, core, q, k, v, layout, causal) for q, k, v in sets_data]
+        kernel = sm90.qk_int8_sv_f8_accum_f32_fuse_v_scale_attn_inst_buf
+
+        def fn(i):
+            o, args = prepared[i % nsets]
+            kernel(*args)
+            return o
+
+        return contextlib.nullcontext, fn
     raise PeerUnavailable(f"unknown peer {name}")
 
 
@@ -441,6 +552,9 @@ def device_info(torch):
         info["triton"] = triton.__version__
     except Exception as e:  # noqa: BLE001
         info["triton"] = f"unavailable ({first_line(e)})"
+    if IN_SAGE2_WORKER:
+        info["sageattention"] = sage2_version()
+        return info
     try:
         _, _, ver = load_sage()
         info["sageattention"] = ver or "imported (version unknown)"
@@ -449,13 +563,17 @@ def device_info(torch):
     return info
 
 
-def run_peers(torch, a, cases, peer_names):
+def run_peers(torch, a, cases, peer_names, on_case=None):
+    """Times `peer_names` on `cases`; `on_case(cases so far)` after each case (the sage2 worker
+    saves as it goes, so that what it measured survives its crash)."""
     dtype = torch_dtype(torch, a.dtype)
     info = device_info(torch)
     log(f"peers on {info['name']}: torch {info['torch']}, triton {info['triton']}, "
         f"cuDNN {info['cudnn']}, sageattention {info['sageattention']}")
     l2 = info["l2_bytes"]
     out_cases = []
+    if not peer_names:
+        cases = []
     total = len(cases) * len(peer_names)
     done = 0
     by_shape = {}
@@ -507,6 +625,8 @@ def run_peers(torch, a, cases, peer_names):
                         pass
                     torch.cuda.empty_cache()
             out_cases.append(case_json(a, d, causal, n, sets, results))
+            if on_case:
+                on_case(out_cases)
         del data
         torch.cuda.empty_cache()
     return {
@@ -572,17 +692,28 @@ def metrics(torch, o, ref):
     return {"rel_l1": rel, "cos_sim": cos, "rmse": rmse}
 
 
+KIND_NAMES = {"N(0,1)": "normal", "K+8N(0,1)": "koff", "QK ch x20": "outl20", "Q x6": "qx6",
+              "Q x40": "qx40"}
+
+
 def accuracy_cases(a):
     cases = []
     for d in (64, 128):
         for kind in ("N(0,1)", "K+8N(0,1)"):
             for causal in causal_list(a):
                 cases.append((d, kind, causal))
+    # After the others, so that their inputs stay what they were before these were added.
+    if not a.no_hard_inputs:
+        for d in (64, 128):
+            for kind in HARD_KINDS:
+                cases.append((d, kind, False))
     return cases
 
 
-def run_accuracy(torch, a, peer_names, workdir):
-    from safetensors.torch import load_file, save_file
+def make_accuracy_inputs(torch, a, workdir):
+    """The accuracy inputs (logical [B, H, N, d], --dtype), also written to a safetensors file
+    for our bench and the sage2 worker (metadata `<name>.causal`)."""
+    from safetensors.torch import save_file
 
     dtype = torch_dtype(torch, a.dtype)
     heads = 8
@@ -592,47 +723,74 @@ def run_accuracy(torch, a, peer_names, workdir):
     b, n = 1, 2048
     g = torch.Generator(device="cuda")
     g.manual_seed(a.seed + 77)
-    rows, tensors, meta, inputs = [], {}, {}, []
+    tensors, meta, inputs = {}, {}, []
     for d, kind, causal in accuracy_cases(a):
-        name = f"d{d}_{'causal' if causal else 'full'}_{'koff' if kind != 'N(0,1)' else 'normal'}"
-        q = torch.randn((b, heads, n, d), device="cuda", generator=g).to(dtype)
+        name = f"d{d}_{'causal' if causal else 'full'}_{KIND_NAMES[kind]}"
+        q = torch.randn((b, heads, n, d), device="cuda", generator=g)
         k = torch.randn((b, kv_heads, n, d), device="cuda", generator=g)
-        if kind != "N(0,1)":
+        if kind == "K+8N(0,1)":
             k = k + 8.0 * torch.randn((b, kv_heads, 1, d), device="cuda", generator=g)
-        k = k.to(dtype)
-        v = torch.randn((b, kv_heads, n, d), device="cuda", generator=g).to(dtype)
+        v = torch.randn((b, kv_heads, n, d), device="cuda", generator=g)
+        if kind == "QK ch x20":
+            ch = torch.argsort(torch.rand(d, device="cuda", generator=g))[:4]  # 4 channels
+            q[..., ch] *= 20.0
+            k[..., ch] *= 20.0
+        elif kind == "Q x6":
+            q = q * 6.0
+        elif kind == "Q x40":
+            q = q * 40.0
+        q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
         inputs.append((name, d, kind, causal, q, k, v))
         for part, t in (("q", q), ("k", k), ("v", v)):
             tensors[f"{name}.{part}"] = t.cpu().contiguous()
         meta[f"{name}.causal"] = "true" if causal else "false"
-    in_path = os.path.join(workdir, "accuracy_in.safetensors")
-    out_path = os.path.join(workdir, "accuracy_out.safetensors")
-    save_file(tensors, in_path, metadata=meta)
+    path = os.path.join(workdir, "accuracy_in.safetensors")
+    save_file(tensors, path, metadata=meta)
+    return {"path": path, "inputs": inputs, "shape": [b, heads, n], "kv_heads": kv_heads}
 
-    ours = {}
-    ours_err = None
+
+def ours_accuracy(a, in_path, workdir, pv):
+    """Our outputs for every input of the file (`bench --accuracy-file`): (tensors, error)."""
+    from safetensors.torch import load_file
+
     if a.skip_ours:
-        ours_err = "skipped (--skip-ours)"
-    else:
-        cmd = [a.bench, "--accuracy-file", in_path, "--accuracy-out", out_path,
-               "--layout", a.layout, "--dtype", a.dtype, "--device", "0"]
-        log("accuracy: " + " ".join(shlex.quote(c) for c in cmd))
-        try:
-            r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               timeout=a.bench_timeout)
-            sys.stderr.write(r.stdout)
-            if r.returncode != 0:
-                lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
-                ours_err = f"bench exited {r.returncode}: {lines[-1] if lines else ''}"[:240]
-            else:
-                ours = load_file(out_path)
-        except Exception as e:  # noqa: BLE001
-            ours_err = first_line(e)
+        return {}, "skipped (--skip-ours)"
+    out_path = os.path.join(workdir, f"accuracy_out_{pv}.safetensors")
+    cmd = [a.bench, "--accuracy-file", in_path, "--accuracy-out", out_path,
+           "--layout", a.layout, "--dtype", a.dtype, "--device", "0"]
+    if pv != "f16":  # (a bench older than --pv-precision still runs the f16 accuracy)
+        cmd += ["--pv-precision", pv]
+    log("accuracy: " + " ".join(shlex.quote(c) for c in cmd))
+    try:
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=a.bench_timeout)
+        sys.stderr.write(r.stdout)
+        if r.returncode != 0:
+            lines = [ln for ln in r.stdout.splitlines() if ln.strip()]
+            return {}, f"bench exited {r.returncode}: {lines[-1] if lines else ''}"[:240]
+        return load_file(out_path), None
+    except Exception as e:  # noqa: BLE001
+        return {}, first_line(e)
 
-    for name, d, kind, causal, q, k, v in inputs:
+
+def run_accuracy(torch, a, acc, peer_names, sage2_acc, pv_list):
+    """Metrics of every peer and of ours on the inputs `make_accuracy_inputs` made. The sage2
+    peers' outputs come from the worker (`sage2_acc`)."""
+    dtype = torch_dtype(torch, a.dtype)
+    b, heads, n = acc["shape"]
+    kv_heads = acc["kv_heads"]
+    ours = {}
+    for pv in pv_list:
+        key = "ours" if pv == "f16" else f"ours-{pv}"
+        ours[key] = ours_accuracy(a, acc["path"], os.path.dirname(acc["path"]), pv)
+    rows = []
+    for name, d, kind, causal, q, k, v in acc["inputs"]:
         ref = reference(torch, q, k, v, causal)
         m = {}
         for peer in peer_names:
+            if peer in SAGE2_PEERS:
+                m[peer] = sage2_metrics(torch, sage2_acc, name, peer, ref)
+                continue
             try:
                 # k.clone(): the official sageattn subtracts K's mean from k in place.
                 one_set = [tuple(to_layout(x, a.layout) for x in (q, k.clone(), v))]
@@ -645,18 +803,31 @@ def run_accuracy(torch, a, peer_names, workdir):
             except Exception as e:  # noqa: BLE001
                 m[peer] = {"error": first_line(e)}
                 torch.cuda.empty_cache()
-        if ours_err:
-            m["ours"] = {"error": ours_err}
-        elif f"{name}.o" in ours:
-            m["ours"] = metrics(torch, ours[f"{name}.o"].cuda(), ref)
-        else:
-            m["ours"] = {"error": f"{name}.o missing from the bench's output"}
+        for key, (outs, err) in ours.items():
+            if err:
+                m[key] = {"error": err}
+            elif f"{name}.o" in outs:
+                m[key] = metrics(torch, outs[f"{name}.o"].cuda(), ref)
+            else:
+                m[key] = {"error": f"{name}.o missing from the bench's output"}
         label = f"acc d={d} causal={'on' if causal else 'off'} {kind}"
         rows.append({"case": label, "name": name, "head_dim": d, "causal": causal, "inputs": kind,
                      "shape": [b, heads, n, d], "kv_heads": kv_heads, "metrics": m})
         summary = ", ".join(f"{p} {fmt_acc(x)}" for p, x in m.items())
         log(f"{label}: {summary}")
     return rows
+
+
+def sage2_metrics(torch, sage2_acc, name, peer, ref):
+    if not sage2_acc:
+        return {"error": "no output from the sage2 worker"}
+    err = sage2_acc.get("errors", {}).get(name, {}).get(peer)
+    if err:
+        return {"error": err}
+    o = sage2_acc.get("outputs", {}).get(f"{name}.o.{peer}")
+    if o is None:
+        return {"error": sage2_acc.get("error") or f"{name}: no {peer} output from the sage2 worker"}
+    return metrics(torch, o.cuda(), ref)
 
 
 def to_layout(x, layout):
@@ -675,8 +846,9 @@ def from_layout(o, layout, peer):
 # ----------------------------------------------------------------------------------------------
 
 
-def run_ours(a, peers_path, out_dir):
-    ours_path = os.path.join(out_dir, "ours.json")
+def run_ours(a, peers_path, out_dir, pv="f16"):
+    suffix = "" if pv == "f16" else f"-{pv}"
+    ours_path = os.path.join(out_dir, f"ours{suffix}.json")
     cmd = [a.bench,
            "--head-dims", ",".join(map(str, a.head_dims)),
            "--seq-lens", ",".join(map(str, a.seq_lens)),
@@ -686,13 +858,16 @@ def run_ours(a, peers_path, out_dir):
            "--min-seconds", str(a.min_seconds),
            "--max-seconds-per-case", str(a.max_seconds_per_case),
            "--max-sets", str(a.max_sets),
-           "--json", ours_path, "--plot", os.path.join(out_dir, "chart.svg")]
+           "--json", ours_path, "--plot", os.path.join(out_dir, f"chart{suffix}.svg")]
+    if pv != "f16":
+        cmd += ["--pv-precision", pv]
     if a.sets:
         cmd += ["--sets", str(a.sets)]
     if peers_path:
         cmd += ["--peers", peers_path]
     cmd += shlex.split(a.bench_args)
-    log("ours: " + " ".join(shlex.quote(c) for c in cmd))
+    who = f"ours{' ' + pv if pv != 'f16' else ''}"
+    log(f"{who}: " + " ".join(shlex.quote(c) for c in cmd))
     problem = None
     try:
         if os.path.exists(ours_path):
@@ -703,18 +878,196 @@ def run_ours(a, peers_path, out_dir):
     except Exception as e:  # noqa: BLE001
         problem = f"bench could not run: {first_line(e)}"
     if problem:
-        log(f"ours: {problem}")
+        log(f"{who}: {problem}")
     try:
         with open(ours_path) as f:
             return json.load(f), problem
     except Exception as e:  # noqa: BLE001
-        log(f"ours: no results ({first_line(e)})")
+        log(f"{who}: no results ({first_line(e)})")
         return None, problem or f"no results ({first_line(e)})"
+
+
+# ----------------------------------------------------------------------------------------------
+# The sage2 worker: the official SageAttention 2.2 in its own Python process
+# ----------------------------------------------------------------------------------------------
+
+
+def sage2_unavailable():
+    """Why the sage2 peers cannot run here (None when compare.sh made a build)."""
+    if os.environ.get("SAGE2_ERROR"):
+        return os.environ["SAGE2_ERROR"]
+    d = os.environ.get("SAGE2_DIR")
+    if not d:
+        return ("SAGE2_DIR is not set: carry .peers (scripts/compare.sh --pack-sage2, "
+                "docs/bench.md) so that compare.sh builds the official SageAttention 2.2")
+    if not os.path.isdir(os.path.join(d, "sageattention")):
+        return f"SAGE2_DIR={d} has no sageattention package"
+    return None
+
+
+def run_sage2_worker(a, argv, names, acc_path, workdir, timing):
+    """Runs this script with --sage2-worker in a new process (the official 2.2 is also called
+    `sageattention`): timing of `names` (when `timing`) and their outputs on the accuracy inputs.
+    Returns (timing cases, accuracy dict, error)."""
+    import collections
+    import threading
+
+    out_json = os.path.join(workdir, "sage2_worker.json")
+    acc_out = os.path.join(workdir, "accuracy_out_sage2.safetensors")
+    for f in (out_json, acc_out):
+        if os.path.exists(f):
+            os.remove(f)
+    cmd = [sys.executable, os.path.abspath(__file__)] + list(argv) + [
+        "--peers", ",".join(names), "--sage2-worker", out_json]
+    if not timing:
+        cmd.append("--skip-peers")
+    if acc_path:
+        cmd += ["--sage2-acc-in", acc_path, "--sage2-acc-out", acc_out]
+    log("sage2 worker: " + " ".join(shlex.quote(c) for c in cmd))
+    tail = collections.deque(maxlen=4)
+    rc = None
+    try:
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(a.bench_timeout, p.kill)
+        timer.start()
+        try:
+            for line in p.stdout:
+                sys.stderr.write(line)
+                if line.strip():
+                    tail.append(line.strip())
+            rc = p.wait()
+        finally:
+            timer.cancel()
+    except Exception as e:  # noqa: BLE001
+        err = f"sage2 worker could not run: {first_line(e)}"
+        return [], ({"error": err} if acc_path else None), err, None
+    result = {}
+    try:
+        with open(out_json) as f:
+            result = json.load(f)
+    except Exception:  # noqa: BLE001
+        pass
+    error = None
+    if rc != 0:
+        error = f"sage2 worker exited with status {rc}: {tail[-1] if tail else ''}"[:240]
+        log(error)
+    acc = None
+    if acc_path:
+        # What it wrote before it died counts; outputs missing after that show its error.
+        acc = {"error": error, "errors": result.get("accuracy_errors", {}), "outputs": {}}
+        if result.get("accuracy_done") and os.path.exists(acc_out):
+            from safetensors.torch import load_file
+
+            acc["outputs"] = load_file(acc_out)
+        elif not error:
+            acc["error"] = "the sage2 worker wrote no accuracy outputs"
+    cases = result.get("cases", [])
+    if timing and not cases and error is None:
+        error = "the sage2 worker wrote no timings"
+    if timing and error:
+        # What the worker did not reach (it died) shows its error.
+        cases = merge_cases(cases, [case_json(a, d, c, n, 0, {})
+                                    for d in a.head_dims for c in causal_list(a) for n in a.seq_lens])
+        for c in cases:
+            for p in names:
+                c["results"].setdefault(p, {"error": error})
+    return cases, acc, error, result.get("version")
+
+
+def sage2_worker(a):
+    """--sage2-worker OUT.json: for each sage2 peer in turn (so that a crash of the second leaves
+    the first's numbers), its timings (unless --skip-peers), then its outputs on the accuracy
+    inputs (--sage2-acc-in/-out); saved as it goes; the main process merges them."""
+    global IN_SAGE2_WORKER
+    IN_SAGE2_WORKER = True
+    d = os.environ.get("SAGE2_DIR")
+    if d:
+        sys.path.insert(0, d)
+    import torch
+
+    result = {"version": sage2_version(), "cases": [], "accuracy_errors": {}}
+    outs = {}
+
+    def save():
+        with open(a.sage2_worker, "w") as f:
+            json.dump(result, f)
+
+    cases = [(hd, c, n) for hd in a.head_dims for c in causal_list(a) for n in a.seq_lens]
+    for peer in a.peer_names:
+        if not a.skip_peers:
+            before = [dict(c, results=dict(c["results"])) for c in result["cases"]]
+
+            def on_case(done, before=before):
+                result["cases"] = merge_cases([dict(c, results=dict(c["results"])) for c in before],
+                                              done)
+                save()
+
+            run_peers(torch, a, cases, [peer], on_case)
+        if a.sage2_acc_in:
+            sage2_worker_accuracy(torch, a, peer, outs, result["accuracy_errors"])
+            result["accuracy_done"] = True
+        save()
+    return 0
+
+
+def sage2_worker_accuracy(torch, a, peer, outs, errors):
+    """Outputs of `peer` on every input of --sage2-acc-in, added to `outs` and written (with the
+    earlier peers') to --sage2-acc-out."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(a.sage2_acc_in, framework="pt") as f:
+        meta = f.metadata() or {}
+        for name in sorted(k[:-2] for k in f.keys() if k.endswith(".q")):
+            q, k, v = (f.get_tensor(f"{name}.{p}").cuda() for p in ("q", "k", "v"))
+            causal = meta.get(f"{name}.causal", "false") == "true"
+            try:
+                one_set = [tuple(to_layout(x, a.layout) for x in (q, k.clone(), v))]
+                ctx, fn = peer_callable(torch, peer, a.layout, causal, q.shape[1] != k.shape[1],
+                                        one_set, q.shape[-1], q.dtype)
+                with ctx():
+                    o = fn(0)
+                torch.cuda.synchronize()
+                outs[f"{name}.o.{peer}"] = from_layout(o, a.layout, peer).contiguous().cpu()
+            except Exception as e:  # noqa: BLE001
+                errors.setdefault(name, {})[peer] = first_line(e)
+                log(f"sage2 worker: accuracy {name} {peer}: {first_line(e)}")
+                torch.cuda.empty_cache()
+    save_file(outs, a.sage2_acc_out)
+
+
+def merge_cases(cases, new):
+    """`cases` with the results of `new` (case documents) added, by case; sorted."""
+    by_key = {case_key(c): c for c in cases}
+    for c in new:
+        mine = by_key.get(case_key(c))
+        if mine is None:
+            cases.append(c)
+            by_key[case_key(c)] = c
+        else:
+            mine.setdefault("results", {}).update(c.get("results", {}))
+    cases.sort(key=case_key)
+    return cases
+
+
+def merge_peers(peers, names, cases):
+    """Adds the sage2 worker's results (`cases`, for peers `names`) to the peers document."""
+    peers["peers"] = list(peers.get("peers", [])) + [n for n in names if n not in peers.get("peers", [])]
+    merge_cases(peers["cases"], cases)
+    return peers
 
 
 # ----------------------------------------------------------------------------------------------
 # Main
 # ----------------------------------------------------------------------------------------------
+
+
+def default_peers():
+    old = [p for p in PEERS if p not in SAGE2_PEERS]
+    # The official 2.2 when compare.sh built it (or tried to: then its columns say why not).
+    if os.environ.get("SAGE2_DIR") or os.environ.get("SAGE2_ERROR"):
+        return old + SAGE2_PEERS
+    return old
 
 
 def parse_args(argv):
@@ -739,7 +1092,14 @@ def parse_args(argv):
     p.add_argument("--max-sets", type=int, default=64)
     p.add_argument("--sets", type=int, default=None)
     p.add_argument("--seed", type=int, default=20241002)
-    p.add_argument("--peers", default=",".join(PEERS), help="comma-separated subset of " + ", ".join(PEERS))
+    p.add_argument("--peers", default=",".join(default_peers()),
+                   help="comma-separated subset of " + ", ".join(PEERS) + " (default: all but "
+                   "the sage-2.2 ones, which are added when compare.sh built them)")
+    p.add_argument("--ours-int8", choices=["auto", "on", "off"], default="auto",
+                   help="also run our bench with --pv-precision int8 (8-bit P.V); auto: on "
+                   "compute capability 9.0 (where the library has it)")
+    p.add_argument("--no-hard-inputs", action="store_true",
+                   help="accuracy without the hard inputs (QK channel outliers x20, Q x6, Q x40)")
     p.add_argument("--bench-args", default="", help="extra arguments for our bench (one string)")
     p.add_argument("--bench-timeout", type=float, default=1800.0)
     p.add_argument("--skip-peers", action="store_true")
@@ -747,6 +1107,10 @@ def parse_args(argv):
     p.add_argument("--skip-accuracy", action="store_true")
     p.add_argument("--verbose", action="store_true", help="tracebacks of peer failures")
     p.add_argument("--selftest", action="store_true", help="check the pure parts, no GPU")
+    # Internal: the sage2 worker process (see run_sage2_worker).
+    p.add_argument("--sage2-worker", metavar="OUT.json", help=argparse.SUPPRESS)
+    p.add_argument("--sage2-acc-in", help=argparse.SUPPRESS)
+    p.add_argument("--sage2-acc-out", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     a.head_dims = [int(x) for x in a.head_dims.split(",") if x.strip()]
     a.seq_lens = [parse_len(x) for x in a.seq_lens.split(",") if x.strip()]
@@ -760,10 +1124,25 @@ def parse_args(argv):
     return a
 
 
+def pv_list(a, torch):
+    """Our P.V precisions to run: f16, and int8 as --ours-int8 says."""
+    if a.ours_int8 == "on":
+        return ["f16", "int8"]
+    if a.ours_int8 == "auto" and torch is not None:
+        try:
+            if torch.cuda.get_device_capability(0) == (9, 0):
+                return ["f16", "int8"]
+        except Exception:  # noqa: BLE001
+            pass
+    return ["f16"]
+
+
 def main(argv):
     a = parse_args(argv)
     if a.selftest:
         return selftest()
+    if a.sage2_worker:
+        return sage2_worker(a)
     os.makedirs(a.out, exist_ok=True)
     workdir = os.path.join("/tmp", f"sage-compare-{os.getpid()}")
     os.makedirs(workdir, exist_ok=True)
@@ -775,40 +1154,83 @@ def main(argv):
     if torch is not None and not torch.cuda.is_available():
         log("torch sees no CUDA GPU: no peers, no accuracy")
         torch = None
+    pvs = pv_list(a, torch)
+    log(f"ours: P.V precision(s) {', '.join(pvs)}")
 
     cases = [(d, c, n) for d in a.head_dims for c in causal_list(a) for n in a.seq_lens]
-    peers, peers_path, accuracy = None, None, []
-    if torch is not None and not a.skip_peers and a.peer_names:
-        peers = run_peers(torch, a, cases, a.peer_names)
+    in_process = [p for p in a.peer_names if p not in SAGE2_PEERS]
+    sage2_names = [p for p in a.peer_names if p in SAGE2_PEERS]
+    peers, peers_path, accuracy, acc = None, None, [], None
+    if torch is not None and not a.skip_accuracy:
+        try:
+            acc = make_accuracy_inputs(torch, a, workdir)
+        except Exception as e:  # noqa: BLE001
+            log(f"accuracy inputs failed: {first_line(e)}")
+            traceback.print_exc()
+    timing = torch is not None and not a.skip_peers and bool(a.peer_names)
+    if timing:
+        peers = run_peers(torch, a, cases, in_process)
+    sage2_acc = None
+    if torch is not None and sage2_names and (timing or acc):
+        why_not = sage2_unavailable()
+        if why_not:
+            log(f"sage2 peers: {why_not}")
+            s2_cases = [case_json(a, d, c, n, 0, {p: {"error": why_not} for p in sage2_names})
+                        for d, c, n in cases] if timing else []
+            sage2_acc = {"error": why_not}
+            version = None
+        else:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+            s2_cases, sage2_acc, _, version = run_sage2_worker(
+                a, argv, sage2_names, acc["path"] if acc else None, workdir, timing)
+        if peers is not None:
+            merge_peers(peers, sage2_names, s2_cases)
+            peers["peers"] = [p for p in a.peer_names if p in peers["peers"]]
+            peers["device"]["sageattention2"] = version or (
+                "2.2 (not built)" if why_not else sage2_version())
+    if peers is not None:
         peers_path = os.path.join(a.out, "peers.json")
         with open(peers_path, "w") as f:
             json.dump(peers, f, indent=1)
         log(f"wrote {peers_path}")
-    if torch is not None and not a.skip_accuracy:
+    if acc is not None:
         try:
-            accuracy = run_accuracy(torch, a, a.peer_names, workdir)
+            accuracy = run_accuracy(torch, a, acc, a.peer_names, sage2_acc, pvs)
         except Exception as e:  # noqa: BLE001
             log(f"accuracy failed: {first_line(e)}")
             traceback.print_exc()
+        acc = None  # frees the inputs on the GPU
     if torch is not None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    ours, ours_problem = (None, None) if a.skip_ours else run_ours(a, peers_path, a.out)
+    ours, ours8, notes = None, None, []
+    if not a.skip_ours:
+        ours, problem = run_ours(a, peers_path, a.out)
+        if problem:
+            notes.append(f"ours: {problem}")
+        if "int8" in pvs:
+            ours8, problem = run_ours(a, peers_path, a.out, "int8")
+            ours8 = ours8 or {}
+            if problem:
+                notes.append(f"ours int8: {problem}")
 
-    table, notes = render_table(ours, peers, accuracy)
-    if ours_problem:
-        notes.append(f"ours: {ours_problem}")
-    if ours and ours.get("error"):
-        notes.append(f"ours: the bench stopped early: {ours['error']}")
-    head = header_lines(ours, peers)
+    table, table_notes = render_table(ours, peers, accuracy, ours8)
+    notes = table_notes + notes
+    for label, report in (("ours", ours), ("ours int8", ours8)):
+        if report and report.get("error"):
+            notes.append(f"{label}: the bench stopped early: {report['error']}")
+    head = header_lines(ours, peers, ours8)
     text = "\n".join(head) + "\n\n" + table + ("\n" + "\n".join(notes) + "\n" if notes else "")
     with open(os.path.join(a.out, "table.txt"), "w") as f:
         f.write(text)
     with open(os.path.join(a.out, "compare.json"), "w") as f:
-        json.dump({"ours": ours, "peers": peers, "accuracy": accuracy}, f, indent=1)
+        json.dump({"ours": ours, "ours_int8": ours8, "peers": peers, "accuracy": accuracy}, f,
+                  indent=1)
     print()
     print(text, end="")
-    written = [f for f in ("table.txt", "compare.json", "peers.json", "ours.json", "chart.svg")
+    written = [f for f in ("table.txt", "compare.json", "peers.json", "ours.json", "chart.svg",
+                           "ours-int8.json", "chart-int8.svg")
                if os.path.exists(os.path.join(a.out, f))]
     log(f"wrote {', '.join(written)} in {a.out}")
     return 0
@@ -825,27 +1247,41 @@ def fake_data():
                 "mean_ms": ms, "p10_ms": ms * 0.99, "p90_ms": ms * 1.02, "tops": tops(flops, ms),
                 "tops_max": tops(flops, ms * 0.98)}
 
-    ours_cases, peer_cases = [], []
+    ours_cases, ours8_cases, peer_cases, sage2_cases = [], [], [], []
+    old_peers = [p for p in PEERS if p not in SAGE2_PEERS]
     for d in (64, 128):
         for causal in (False, True):
             for n in (1024, 2048):
                 fl = attention_flops(4, 32, n, n, d, causal)
                 k = fl / 400e12 * 1e3
-                ours_cases.append({"head_dim": d, "causal": causal, "seq_len": n, "batch": 4,
-                                   "heads": 32, "kv_heads": 32, "flops": fl, "sets": 2,
-                                   "kernel": path(k, fl), "full": path(k * 1.1, fl),
-                                   "quant_overhead_pct": 9.1, "skipped": None})
+                case = {"head_dim": d, "causal": causal, "seq_len": n, "batch": 4, "heads": 32,
+                        "kv_heads": 32, "flops": fl, "sets": 2}
+                ours_cases.append(dict(case, kernel=path(k, fl), full=path(k * 1.1, fl),
+                                       quant_overhead_pct=9.1, skipped=None))
+                # ours int8: kernel 800 TOPS, full 640
+                ours8_cases.append(dict(case, kernel=path(fl / 800e12 * 1e3, fl),
+                                        full=path(fl / 640e12 * 1e3, fl),
+                                        quant_overhead_pct=20.0, skipped=None))
                 res = {"sdpa-flash": path(fl / 300e12 * 1e3, fl),
                        "sdpa-cudnn": {"error": "RuntimeError: No available kernel. Aborting execution."},
                        "sage-1.0.6": path(fl / 250e12 * 1e3, fl),
                        "sage-1.0.6-kernel": path(fl / 280e12 * 1e3, fl)}
                 peer_cases.append({"head_dim": d, "causal": causal, "seq_len": n, "batch": 4,
                                    "heads": 32, "kv_heads": 32, "results": res})
+                if n == 2048 and d == 128:  # the worker died before the last cases
+                    continue
+                sage2_cases.append({"head_dim": d, "causal": causal, "seq_len": n, "batch": 4,
+                                    "heads": 32, "kv_heads": 32, "results": {
+                                        "sage-2.2-sm90": path(fl / 500e12 * 1e3, fl),
+                                        "sage-2.2-sm90-kernel": path(fl / 900e12 * 1e3, fl)}})
     ours_cases[-1] = dict(ours_cases[-1], kernel=None, full=None, skipped="does not fit in GPU memory")
-    ours = {"device": {"name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "l2_bytes": 50 << 20},
-            "config": {"batch": 4, "heads": 32, "kv_heads": 32, "dtype": "f16", "layout": "hnd"},
-            "cases": ours_cases}
-    peers = {"peers": PEERS, "cases": peer_cases,
+    ours8_cases[0] = dict(ours8_cases[0], kernel=None, full=None,
+                          skipped="the 8-bit P.V needs the sm_90a kernel")
+    dev = {"name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "l2_bytes": 50 << 20}
+    cfg = {"batch": 4, "heads": 32, "kv_heads": 32, "dtype": "f16", "layout": "hnd"}
+    ours = {"device": dev, "config": cfg, "cases": ours_cases}
+    ours8 = {"device": dev, "config": dict(cfg, pv_precision="int8"), "cases": ours8_cases}
+    peers = {"peers": old_peers, "cases": peer_cases,
              "device": {"name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0",
                         "cudnn": "91000"}}
     acc = [{"case": "acc d=64 causal=off N(0,1)", "shape": [1, 8, 2048, 64], "kv_heads": 8,
@@ -853,8 +1289,11 @@ def fake_data():
                         "sdpa-cudnn": {"error": "RuntimeError: No available kernel. Aborting execution."},
                         "sage-1.0.6": {"rel_l1": 1.2e-2, "cos_sim": 0.99990},
                         "sage-1.0.6-kernel": {"rel_l1": 1.2e-2, "cos_sim": 0.99990},
-                        "ours": {"rel_l1": 1.1e-2, "cos_sim": 0.99991}}}]
-    return ours, peers, acc
+                        "sage-2.2-sm90": {"rel_l1": 3.8e-2, "cos_sim": 0.99929},
+                        "sage-2.2-sm90-kernel": {"error": "sage2 worker exited with status -9: "},
+                        "ours": {"rel_l1": 1.1e-2, "cos_sim": 0.99991},
+                        "ours-int8": {"rel_l1": 1.8e-2, "cos_sim": 0.99984}}}]
+    return ours, ours8, peers, sage2_cases, acc
 
 
 def selftest():
@@ -874,12 +1313,36 @@ def selftest():
     assert not should_stop(2, 20.0, 11.0, A) and should_stop(3, 30.0, 11.0, A)
     assert should_stop(10, 0.3, 1.0, A) and not should_stop(9, 5.0, 1.0, A)
 
-    ours, peers, acc = fake_data()
-    text, notes = render_table(ours, peers, acc)
-    print("\n".join(header_lines(ours, peers)) + "\n")
-    print(text + "\n".join(notes))
+    # Arguments: the sage-2.2 peers join the defaults only when compare.sh built (or tried to).
+    saved = {k: os.environ.pop(k, None) for k in ("SAGE2_DIR", "SAGE2_ERROR")}
+    try:
+        a = parse_args([])
+        assert a.peer_names == PEERS[:4] and a.ours_int8 == "auto" and not a.no_hard_inputs
+        assert "SAGE2_DIR is not set" in sage2_unavailable()
+        assert pv_list(a, None) == ["f16"] and pv_list(parse_args(["--ours-int8", "on"]), None) == ["f16", "int8"]
+        assert len(accuracy_cases(a)) == 2 * 2 * 2 + 2 * len(HARD_KINDS)
+        assert accuracy_cases(a)[:8] == [(d, k, c) for d in (64, 128) for k in ("N(0,1)", "K+8N(0,1)")
+                                         for c in (False, True)]
+        assert len(accuracy_cases(parse_args(["--no-hard-inputs", "--causal", "on"]))) == 4
+        os.environ["SAGE2_ERROR"] = "building the official SageAttention 2.2 failed"
+        assert parse_args([]).peer_names == PEERS and sage2_unavailable().startswith("building")
+        del os.environ["SAGE2_ERROR"]
+        os.environ["SAGE2_DIR"] = "/nonexistent"
+        assert "no sageattention package" in sage2_unavailable()
+        assert sage2_version() == "2.2.0 (source commit unknown)"
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+
+    ours, ours8, peers, sage2_cases, acc = fake_data()
+    # Without the 8-bit P.V and the sage-2.2 peers: the table as before.
+    text, notes = render_table(ours, peers, [dict(acc[0], metrics={
+        k: v for k, v in acc[0]["metrics"].items() if k in PEERS[:4] + ["ours"]})])
     lines = text.splitlines()
     assert lines[0].startswith("case") and "ours/flash" in lines[0] and "ours/sage-kern" in lines[0]
+    assert "int8" not in lines[0] and "sage2" not in lines[0]
     assert len(lines[0]) == len(lines[1])
     row = next(ln for ln in lines if ln.startswith("d=64 causal=off N=1K"))
     # ours full = 400/1.1 = 363.6 TOPS; flash 300 -> 1.21x; kernel 400 vs sage-kernel 280 -> 1.43x
@@ -888,6 +1351,41 @@ def selftest():
     assert any("1.10e-02 / 0.99991" in ln for ln in lines)
     assert any(n.startswith("sdpa-cudnn failed on 9 case(s)") for n in notes), notes
     assert any(n.startswith("ours failed on 1 case(s)") for n in notes), notes
+
+    # With both: the worker's cases merged in (it died before d=128 N=2K: those show failed).
+    names = ["sage-2.2-sm90", "sage-2.2-sm90-kernel"]
+    died = "sage2 worker exited with status -9: "
+    sage2_cases = sage2_cases + [case_json(type("A", (), {"batch": 4, "heads": 32, "kv_heads": 32}),
+                                           128, c, 2048, 0, {p: {"error": died} for p in names})
+                                 for c in (False, True)]
+    merge_peers(peers, names, sage2_cases)
+    assert peers["peers"] == PEERS and len(peers["cases"]) == 8
+    peers["device"]["sageattention2"] = "2.2.0 from thu-ml/SageAttention d1a57a5"
+    text, notes = render_table(ours, peers, acc, ours8)
+    print("\n".join(header_lines(ours, peers, ours8)) + "\n")
+    print(text + "\n".join(notes))
+    lines = text.splitlines()
+    head = lines[0]
+    for col in ("sage-2.2-sm90", "sage-2.2-sm90-kernel", "ours int8 kernel", "ours int8 full",
+                "ours/sage2", "int8/sage2", "int8/sage2-kern", "int8/flash"):
+        assert col in head, col
+    assert len(lines[0]) == len(lines[1])
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=off N=1K"))
+    # int8 full 640 / sage2 500 = 1.28x; int8 kernel 800 / sage2 kernel 900 = 0.89x;
+    # ours full 363.6 / sage2 500 = 0.73x
+    assert "640.0" in row and "1.28x" in row and "0.89x" in row and "0.73x" in row, row
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=on N=2K"))
+    assert row.count("failed") == 3 and "skipped" in row, row  # cudnn, both sage2; ours skipped
+    row = next(ln for ln in lines if ln.startswith("d=64 causal=off N=1K"))
+    assert row.count("skipped") == 2, row  # ours int8
+    arow = next(ln for ln in lines if ln.startswith("acc d=64"))
+    assert "3.80e-02 / 0.99929" in arow and "1.80e-02 / 0.99984" in arow and "failed" in arow
+    assert any(n.startswith("sage-2.2-sm90 failed on 2 case(s)") for n in notes), notes
+    assert any(n.startswith("sage-2.2-sm90-kernel failed on 3 case(s)") for n in notes), notes
+    assert any(n.startswith("ours int8 failed on 1 case(s)") and "sm_90a" in n for n in notes), notes
+    # int8 asked for but the bench gave nothing: the columns are there, empty.
+    text, _ = render_table(ours, peers, acc, {})
+    assert "ours int8 full" in text.splitlines()[0]
     print("\ncompare.py selftest: ok")
     return 0
 

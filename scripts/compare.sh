@@ -10,13 +10,85 @@
 # SageAttention and our bench on the same shapes, checks accuracy against float64, and prints ONE
 # table. Arguments are passed to compare.py (e.g. --head-dims 64,96,128 --seq-lens 1k,2k,32k).
 #
+# The official SageAttention 2.2 sm90 path (INT8 QK, FP8 PV) as a peer: its sources are packed
+# here, into the ignored .peers/ (nothing of it is tracked), from a snapshot or clone of the public
+# github.com/thu-ml/SageAttention (Apache-2.0) and the build recipe in ../shared/peers/sage2-sm90:
+#
+#   here:       bash scripts/compare.sh --pack-sage2 <SageAttention clone or git dir>
+#                                      # -> .peers/sage2.tar.gz (sources, recipe, ninja wheel)
+#   device:     run(command="bash scripts/compare.sh ...", carry=[".device", ".whl", ".peers"])
+#
+# When .peers/sage2.tar.gz is there, this script first builds its two sm90 extensions with the
+# nvcc of the GPU machine into /tmp/sage2-build (about 136 s with MAX_JOBS=16; reused while the
+# machine stays warm), and compare.py adds the sage-2.2-sm90 peers (SAGE2=0 skips all that).
+#
 # Outputs in $OUT (default ./compare-out): table.txt, compare.json, peers.json, ours.json,
-# chart.svg, compare.log.
+# chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log.
 #
 # Environment: OUT, SAGE_BENCH (our bench binary, default .device/bench), SAGE_WHEEL_DIR
-# (default .whl), PYTHON (default python3).
+# (default .whl), PYTHON (default python3), SAGE2 (0: no 2.2 peer), SAGE2_TARBALL (default
+# .peers/sage2.tar.gz), SAGE2_BUILD_TIMEOUT (seconds, default 330), MAX_JOBS (default 16),
+# SAGE2_RECIPE (for --pack-sage2; default ../shared/peers/sage2-sm90).
 set -uo pipefail
 cd "$(dirname "$0")/.."
+
+# --pack-sage2 SNAPSHOT: here, not on the GPU machine.
+if [[ "${1:-}" == --pack-sage2 ]]; then
+    set -e
+    src="${2:?usage: scripts/compare.sh --pack-sage2 <SageAttention clone or git dir>}"
+    [[ "$src" == /* ]] || src="$OLDPWD/$src"   # relative to where this was called from
+    git_dir="$src"
+    [[ -d "$src/.git" ]] && git_dir="$src/.git"
+    recipe="${SAGE2_RECIPE:-../shared/peers/sage2-sm90}"
+    [[ -f "$recipe/build_sm90.py" ]] || { echo "compare.sh: no $recipe/build_sm90.py (set SAGE2_RECIPE)" >&2; exit 1; }
+    git check-ignore -q .peers/x || { echo "compare.sh: .peers/ is not ignored (.gitignore)" >&2; exit 1; }
+    tmp="$(mktemp -d)"
+    trap 'rm -rf "$tmp"' EXIT
+    mkdir -p "$tmp/sage2" "$tmp/whl" .peers
+    git --git-dir="$git_dir" archive HEAD sageattention csrc setup.py README.md LICENSE | tar -x -C "$tmp/sage2"
+    cp "$recipe"/build_sm90.py "$recipe"/bench_sage2*.py "$tmp/sage2/"
+    echo "thu-ml/SageAttention $(git --git-dir="$git_dir" rev-parse --short HEAD)" > "$tmp/sage2/SOURCE"
+    "${PYTHON:-python3}" -m pip download -q --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+        --python-version 3.12 ninja -d "$tmp/whl"
+    tar -czf .peers/sage2.tar.gz -C "$tmp" sage2 whl
+    echo "compare.sh: wrote .peers/sage2.tar.gz ($(du -k .peers/sage2.tar.gz | cut -f1) KiB: $(cat "$tmp/sage2/SOURCE"), $(ls "$tmp/whl"))"
+    exit 0
+fi
+
+# Builds the official SageAttention 2.2 sm90 extensions from $SAGE2_TARBALL into /tmp/sage2-build
+# (skipped when that tarball was built there already); sets SAGE2_DIR, or SAGE2_ERROR with why not.
+build_sage2() {
+    local tarball="$1" dest=/tmp/sage2-build sum log="$OUT/sage2-build.log" t0 rc
+    sum="$(sha256sum "$tarball" | cut -c1-16)"
+    if [[ -f "$dest/.built-$sum" ]]; then
+        echo "compare.sh: the official SageAttention 2.2 is already built in $dest/sage2 ($(cat "$dest/sage2/SOURCE" 2>/dev/null))"
+        export SAGE2_DIR="$dest/sage2"
+        return 0
+    fi
+    rm -rf "$dest" && mkdir -p "$dest"
+    if ! tar -xzf "$tarball" -C "$dest"; then
+        export SAGE2_ERROR="unpacking $tarball failed"
+        return 1
+    fi
+    "$PY" -m pip install -q --no-index --no-deps --no-cache-dir --target "$dest/tools" "$dest"/whl/*.whl \
+        || echo "compare.sh: installing ninja failed: the build will be slow (no ninja)"
+    echo "compare.sh: building the official SageAttention 2.2 sm90 extensions ($(cat "$dest/sage2/SOURCE" 2>/dev/null)), MAX_JOBS=${MAX_JOBS:-16}, log in $log"
+    t0=$SECONDS
+    (cd "$dest/sage2" && PATH="$dest/tools/bin:$PATH" PYTHONPATH="$dest/tools" MAX_JOBS="${MAX_JOBS:-16}" \
+        timeout "${SAGE2_BUILD_TIMEOUT:-330}" "$PY" build_sm90.py build_ext --inplace) > "$log" 2>&1
+    rc=$?
+    shopt -s nullglob
+    local built=("$dest"/sage2/sageattention/_qattn_sm90*.so "$dest"/sage2/sageattention/_fused*.so)
+    if ((rc != 0 || ${#built[@]} != 2)); then
+        tail -5 "$log"
+        export SAGE2_ERROR="building the official SageAttention 2.2 failed (status $rc after $((SECONDS - t0)) s; sage2-build.log): $(grep -m1 -iE 'error' "$log" | cut -c1-160)"
+        echo "compare.sh: $SAGE2_ERROR"
+        return 1
+    fi
+    touch "$dest/.built-$sum"
+    echo "compare.sh: built the official SageAttention 2.2 in $((SECONDS - t0)) s"
+    export SAGE2_DIR="$dest/sage2"
+}
 
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-$PWD/compare-out}"
@@ -44,6 +116,13 @@ export SAGE_BENCH="${SAGE_BENCH:-.device/bench}"
         fi
     else
         echo "compare.sh: no $WHEELS/sageattention-1.0.6*.whl (carry .whl): the sage-1.0.6 columns will show the import error"
+    fi
+    tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
+    unset SAGE2_DIR SAGE2_ERROR
+    if [[ "${SAGE2:-1}" != 0 && -f "$tarball" ]]; then
+        build_sage2 "$tarball"
+    elif [[ "${SAGE2:-1}" != 0 ]]; then
+        echo "compare.sh: no $tarball (carry .peers; scripts/compare.sh --pack-sage2): no SageAttention 2.2 peer"
     fi
     if [[ ! -x "$SAGE_BENCH" ]]; then
         echo "compare.sh: $SAGE_BENCH is missing or not executable (build it with scripts/device-bundle.sh and carry .device): the ours columns will be empty"
