@@ -12,6 +12,8 @@
 #   .device/MANIFEST         what was built, from which commit, sizes
 #
 # Then, with the device tool: run(command="bash .device/device-run.sh", carry=[".device"]).
+# SAGE_BUNDLE_MINIMAL=1: only the binaries (bench, sageattn; no tests, no wheel), about 15 MiB, for
+# scripts/compare.sh runs that carry more beside .device (e.g. .whl and .peers).
 # The transfer is limited to 64 MiB in all; this script fails if .device/ is larger than
 # ${SAGE_BUNDLE_MAX_MIB:-56} MiB.
 set -euo pipefail
@@ -27,8 +29,13 @@ DEV=.device
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
-echo "device-bundle: cargo test --release --no-run" >&2
-cargo test --release --no-run --message-format=json-render-diagnostics > "$tmp/tests.json"
+MINIMAL="${SAGE_BUNDLE_MINIMAL:-0}"
+if [[ "$MINIMAL" == 1 ]]; then
+    : > "$tmp/tests.json"
+else
+    echo "device-bundle: cargo test --release --no-run" >&2
+    cargo test --release --no-run --message-format=json-render-diagnostics > "$tmp/tests.json"
+fi
 echo "device-bundle: cargo build --release --bins" >&2
 cargo build --release --bins --message-format=json-render-diagnostics > "$tmp/bins.json"
 
@@ -77,12 +84,12 @@ while read -r kind name path; do
     # debug info out, symbols kept (readable backtraces)
     strip --strip-debug "$dest" 2>/dev/null || echo "device-bundle: warning: could not strip $dest" >&2
 done < "$tmp/list"
-ls "$DEV"/tests/* >/dev/null 2>&1 || die "no test executables were found in cargo's output"
+[[ "$MINIMAL" == 1 ]] || ls "$DEV"/tests/* >/dev/null 2>&1 || die "no test executables were found in cargo's output"
 
 # The PTX the binaries embed: build.rs's OUT_DIR of this release build.
-out_dir="$(python3 - "$tmp/tests.json" <<'EOF'
+out_dir="$(python3 - "$tmp/tests.json" "$tmp/bins.json" <<'EOF'
 import json, sys
-for line in open(sys.argv[1]):
+for line in open(sys.argv[1]).readlines() or open(sys.argv[2]):
     try:
         m = json.loads(line)
     except ValueError:
@@ -102,9 +109,11 @@ chmod +x "$DEV/device-run.sh"
 
 # The Python wheel (abi3, maturin; embeds the same PTX), run there by scripts/device-python.sh:
 #   run(command="bash scripts/device-python.sh", carry=[".device"])
+if [[ "$MINIMAL" != 1 ]]; then
 echo "device-bundle: python wheel (python/build-wheel.sh)" >&2
 bash python/build-wheel.sh --test-deps "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
 echo "device-bundle: the wheel's tests: run(command=\"bash scripts/device-python.sh\", carry=[\".device\"])" >&2
+fi
 
 {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
@@ -118,4 +127,8 @@ max_mib="${SAGE_BUNDLE_MAX_MIB:-56}"
 echo "device-bundle: $DEV is $((size_kib / 1024)) MiB:" >&2
 (cd "$DEV" && find . -type f -printf '  %10s  %p\n' | sort -k2) >&2
 ((size_kib <= max_mib * 1024)) || die "$DEV is $((size_kib / 1024)) MiB, over $max_mib MiB (the transfer limit is 64 MiB)"
-echo "device-bundle: ready; run it with: run(command=\"bash .device/device-run.sh\", carry=[\".device\"])" >&2
+if [[ "$MINIMAL" == 1 ]]; then
+    echo "device-bundle: ready (minimal: bench and sageattn only); e.g. run(command=\"bash scripts/compare.sh\", carry=[\".device\", \".whl\", \".peers\"])" >&2
+else
+    echo "device-bundle: ready; run it with: run(command=\"bash .device/device-run.sh\", carry=[\".device\"])" >&2
+fi
