@@ -75,6 +75,52 @@ impl ViewGeometry {
         self.check_memory(name, self.is_tracked(), rt)
     }
 
+    /// The geometry of elements `start..start + len` along logical dimension `dim` (0..4) and the
+    /// byte offset of its first element from this one's: the same strides, the pointer moved
+    /// forward, the originating slice's size reduced by the offset (so the in-bounds check of
+    /// the narrowed view still ends at the slice's end).
+    ///
+    /// Errors: [`Error::OutOfBounds`] when `dim > 3` or `start + len` exceeds the dimension,
+    /// [`Error::InvalidStride`] for a negative stride, [`Error::TooLarge`] when the offset
+    /// overflows.
+    pub(super) fn narrowed(&self, dim: usize, start: usize, len: usize) -> Result<(Self, u64)> {
+        let out_of_bounds = || Error::OutOfBounds {
+            tensor: UNNAMED,
+            reason: format!(
+                "cannot narrow dimension {dim} to {start}..{} of shape {:?}",
+                start.saturating_add(len),
+                self.shape
+            ),
+        };
+        if dim > 3
+            || start
+                .checked_add(len)
+                .is_none_or(|end| end > self.shape[dim])
+        {
+            return Err(out_of_bounds());
+        }
+        self.check_non_negative(UNNAMED)?;
+        // Non-negative, so the cast is exact; the size is 1, 2 or 4.
+        let offset = (start as u64)
+            .checked_mul(self.strides[dim] as u64)
+            .and_then(|elems| elems.checked_mul(self.dtype.size_bytes() as u64))
+            .filter(|&bytes| self.ptr.checked_add(bytes).is_some())
+            .ok_or_else(|| Error::TooLarge {
+                tensor: UNNAMED,
+                reason: format!(
+                    "offset of element {start} along dimension {dim} (strides {:?}) overflows",
+                    self.strides
+                ),
+            })?;
+        let mut narrowed = *self;
+        narrowed.ptr += offset;
+        narrowed.shape[dim] = len;
+        narrowed.origin_bytes = self
+            .origin_bytes
+            .map(|bytes| bytes.saturating_sub(usize::try_from(offset).unwrap_or(usize::MAX)));
+        Ok((narrowed, offset))
+    }
+
     /// The bytes the view spans, `[start, end)` (`None` if the extent is invalid); used to
     /// refuse outputs that overlap inputs.
     pub(crate) fn byte_range(&self) -> Option<(u64, u64)> {

@@ -150,6 +150,8 @@ pub struct TensorView<'a> {
     geom: ViewGeometry,
     /// The slice the view was made from (`None` for raw views).
     origin: Option<&'a dyn ErasedSlice>,
+    /// Bytes from the slice's first element to the view's (non-zero for narrowed views).
+    offset: u64,
 }
 
 impl<'a> TensorView<'a> {
@@ -189,6 +191,7 @@ impl<'a> TensorView<'a> {
         Ok(TensorView {
             geom: ViewGeometry::of_slice(origin, dtype, shape, strides)?,
             origin: Some(origin),
+            offset: 0,
         })
     }
 
@@ -201,6 +204,7 @@ impl<'a> TensorView<'a> {
         TensorView {
             geom: ViewGeometry::of_buffer(origin, ptr, geom),
             origin: Some(origin),
+            offset: 0,
         }
     }
 
@@ -224,6 +228,7 @@ impl<'a> TensorView<'a> {
         TensorView {
             geom: ViewGeometry::raw(ptr, dtype, shape, strides, ordinal),
             origin: None,
+            offset: 0,
         }
     }
 
@@ -235,8 +240,8 @@ impl<'a> TensorView<'a> {
     pub fn device_ptr<'s>(&'s self, stream: &'s CudaStream) -> (u64, AccessGuard<'s>) {
         match self.origin {
             Some(origin) => {
-                let (ptr, sync) = origin.read_ptr(stream);
-                (ptr, AccessGuard { _sync: Some(sync) })
+                let (base, sync) = origin.read_ptr(stream);
+                (base + self.offset, AccessGuard { _sync: Some(sync) })
             }
             None => (self.geom.ptr, AccessGuard::none()),
         }
@@ -250,6 +255,23 @@ impl<'a> TensorView<'a> {
     /// used in the error.
     pub fn validate(&self, name: &'static str) -> Result<()> {
         self.geom.validate(name, self.geom.origin_bytes).map(|_| ())
+    }
+
+    /// A view of elements `start..start + len` along logical dimension `dim` (0 = batch,
+    /// 1 = heads, 2 = seq, 3 = head_dim): same strides, same memory, same stream tracking (a
+    /// sequence of a packed batch is `packed.narrow(2, start, len)`). `len` may be 0 (an empty
+    /// view, which [`TensorView::validate`] refuses).
+    ///
+    /// Errors: [`Error::OutOfBounds`](crate::Error::OutOfBounds) when `dim > 3` or the range
+    /// passes the dimension's end, [`Error::InvalidStride`](crate::Error::InvalidStride) for a
+    /// negative stride, [`Error::TooLarge`](crate::Error::TooLarge) when the offset overflows.
+    pub fn narrow(&self, dim: usize, start: usize, len: usize) -> Result<TensorView<'a>> {
+        let (geom, offset) = self.geom.narrowed(dim, start, len)?;
+        Ok(TensorView {
+            geom,
+            origin: self.origin,
+            offset: self.offset + offset,
+        })
     }
 }
 
@@ -277,6 +299,8 @@ impl fmt::Debug for TensorView<'_> {
 pub struct TensorViewMut<'a> {
     geom: ViewGeometry,
     origin: Option<&'a mut dyn ErasedSliceMut>,
+    /// Bytes from the slice's first element to the view's (non-zero for narrowed views).
+    offset: u64,
 }
 
 impl<'a> TensorViewMut<'a> {
@@ -310,6 +334,7 @@ impl<'a> TensorViewMut<'a> {
         Ok(TensorViewMut {
             geom: ViewGeometry::of_slice(&*origin, dtype, shape, strides)?,
             origin: Some(origin),
+            offset: 0,
         })
     }
 
@@ -322,6 +347,7 @@ impl<'a> TensorViewMut<'a> {
         TensorViewMut {
             geom: ViewGeometry::of_buffer(&*origin, ptr, geom),
             origin: Some(origin),
+            offset: 0,
         }
     }
 
@@ -345,6 +371,7 @@ impl<'a> TensorViewMut<'a> {
         TensorViewMut {
             geom: ViewGeometry::raw(ptr, dtype, shape, strides, ordinal),
             origin: None,
+            offset: 0,
         }
     }
 
@@ -355,8 +382,8 @@ impl<'a> TensorViewMut<'a> {
     pub fn device_ptr_mut<'s>(&'s mut self, stream: &'s CudaStream) -> (u64, AccessGuard<'s>) {
         match self.origin.as_deref_mut() {
             Some(origin) => {
-                let (ptr, sync) = origin.write_ptr(stream);
-                (ptr, AccessGuard { _sync: Some(sync) })
+                let (base, sync) = origin.write_ptr(stream);
+                (base + self.offset, AccessGuard { _sync: Some(sync) })
             }
             None => (self.geom.ptr, AccessGuard::none()),
         }
@@ -367,7 +394,28 @@ impl<'a> TensorViewMut<'a> {
         TensorView {
             geom: self.geom,
             origin: self.origin.as_deref().map(|o| o as &dyn ErasedSlice),
+            offset: self.offset,
         }
+    }
+
+    /// A writable view of elements `start..start + len` along logical dimension `dim`
+    /// (0 = batch, 1 = heads, 2 = seq, 3 = head_dim), borrowing this one: same strides, same
+    /// memory, same stream tracking. Errors as [`TensorView::narrow`].
+    pub fn narrow_mut(
+        &mut self,
+        dim: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<TensorViewMut<'_>> {
+        let (geom, offset) = self.geom.narrowed(dim, start, len)?;
+        Ok(TensorViewMut {
+            geom,
+            origin: match self.origin.as_deref_mut() {
+                Some(o) => Some(o),
+                None => None,
+            },
+            offset: self.offset + offset,
+        })
     }
 
     /// The checks of [`TensorView::validate`], then (as this is an output) that no two elements
