@@ -64,7 +64,14 @@ impl From<LibError> for CliError {
             | LibError::HeadsNotDivisible { .. }
             | LibError::EmptyTensor { .. }
             | LibError::TooLarge { .. }
-            | LibError::InvalidOption(_) => CliError::Usage(msg),
+            | LibError::InvalidOption(_)
+            | LibError::NotPacked { .. }
+            | LibError::SeqlensBatch { .. }
+            | LibError::SeqlensBatchMismatch { .. }
+            | LibError::SeqlensFirst { .. }
+            | LibError::SeqlensNotMonotone { .. }
+            | LibError::SeqlensTotal { .. }
+            | LibError::SeqlenAboveMax { .. } => CliError::Usage(msg),
             _ => CliError::Runtime(msg),
         }
     }

@@ -137,6 +137,30 @@ impl HostTensor {
         self.data[offset] = value;
     }
 
+    /// The rows `start..start + len` of every (batch, head): a tensor of shape
+    /// `[batch, heads, len, head_dim]` with the same strides, holding a copy of just the storage
+    /// those rows span (a sequence of a packed batch, for the varlen references).
+    ///
+    /// # Panics
+    /// If `start + len` exceeds the sequence length.
+    pub fn rows(&self, start: usize, len: usize) -> Self {
+        assert!(
+            start + len <= self.seq(),
+            "HostTensor::rows: rows {start}..{} out of range for shape {:?}",
+            start + len,
+            self.shape
+        );
+        let mut shape = self.shape;
+        shape[2] = len;
+        let first = start * self.strides[2];
+        let needed = required_len(shape, self.strides);
+        Self::from_parts(
+            self.data[first..first + needed].to_vec(),
+            shape,
+            self.strides,
+        )
+    }
+
     /// Copy into a contiguous `[batch][heads][seq][head_dim]` `f64` vector, applying `convert` to
     /// each element (used to gather K and V once per call instead of striding in the hot loop).
     pub(super) fn to_contiguous_f64(&self, convert: impl Fn(f32) -> f64) -> Vec<f64> {

@@ -9,6 +9,9 @@
 //!   channel from [`v8`]).
 //! * [`naive_attention_f64`]: the most literal formulation, without rayon or any numerical trick;
 //!   only meant to cross-check [`attention_f64`] in tests.
+//! * [`attention_varlen`], [`attention_varlen_f64`], [`attention_varlen_quantized_emulation`]:
+//!   the same per sequence of a packed (variable-length) batch, each sequence cut out and run
+//!   through the batched reference.
 //! * [`compare`] / [`compare_f64`]: NaN-aware error metrics ([`Metrics`]).
 //!
 //! Semantics follow `docs/design.md`, "Attention semantics": tensors have the logical shape
@@ -20,7 +23,7 @@
 //!
 //! Files: [`HostTensor`] (`host_tensor.rs`), the options, output and row driver every reference
 //! shares (`rows.rs`), the exact references (`exact.rs`), the emulation (`emulation.rs`), the
-//! metrics (`metrics.rs`) and the bit-exact quantizer emulation ([`quant_ref`]).
+//! metrics (`metrics.rs`), the varlen references (`varlen.rs`) and the bit-exact quantizer emulation ([`quant_ref`]).
 
 mod emulation;
 mod exact;
@@ -29,9 +32,11 @@ mod metrics;
 pub mod quant_ref;
 mod rows;
 pub mod v8;
+mod varlen;
 
 pub use emulation::{attention_pv8_emulation, attention_quantized_emulation};
 pub use exact::{attention_f64, naive_attention_f64};
 pub use host_tensor::HostTensor;
 pub use metrics::{compare, compare_f64, Metrics};
 pub use rows::{visible_key_count, RefOptions, RefOutput};
+pub use varlen::{attention_varlen, attention_varlen_f64, attention_varlen_quantized_emulation};

@@ -158,6 +158,98 @@ pub enum Error {
         reason: String,
     },
 
+    /// A packed (variable-length) tensor is not a view with batch = 1: packed tensors are
+    /// `[total, heads, head_dim]`, given as the logical shape `[1, heads, total, head_dim]`.
+    #[error(
+        "tensor `{tensor}` is not packed: shape {shape:?} has batch {}; a packed tensor \
+         `[total, heads, head_dim]` is the view `[1, heads, total, head_dim]`",
+        shape[0]
+    )]
+    NotPacked {
+        /// The tensor's name.
+        tensor: &'static str,
+        /// Its logical shape `[batch, heads, seq, head_dim]`.
+        shape: [usize; 4],
+    },
+
+    /// `cu_seqlens` describes no sequence, or more than the library supports.
+    #[error(
+        "`{tensor}` has {len} entries, i.e. {batch} sequences; it needs batch + 1 entries with \
+         1 <= batch <= {max}"
+    )]
+    SeqlensBatch {
+        /// Which prefix sums (`"cu_seqlens_q"` or `"cu_seqlens_k"`).
+        tensor: &'static str,
+        /// Number of entries.
+        len: usize,
+        /// Number of sequences they describe (`len - 1`, 0 when empty).
+        batch: usize,
+        /// Largest batch supported.
+        max: usize,
+    },
+
+    /// `cu_seqlens_q` and `cu_seqlens_k` describe different numbers of sequences.
+    #[error("cu_seqlens_q describes {q_batch} sequences but cu_seqlens_k {k_batch}")]
+    SeqlensBatchMismatch {
+        /// Sequences in `cu_seqlens_q`.
+        q_batch: usize,
+        /// Sequences in `cu_seqlens_k`.
+        k_batch: usize,
+    },
+
+    /// The first prefix sum is not 0.
+    #[error("`{tensor}`[0] is {first}; prefix sums start at 0")]
+    SeqlensFirst {
+        /// Which prefix sums.
+        tensor: &'static str,
+        /// The first entry.
+        first: i32,
+    },
+
+    /// The prefix sums decrease somewhere (a negative sequence length).
+    #[error(
+        "`{tensor}` is not monotone: entry {index} is {next} after {prev} \
+         (sequence {} would have length {})",
+        index - 1,
+        i64::from(*next) - i64::from(*prev)
+    )]
+    SeqlensNotMonotone {
+        /// Which prefix sums.
+        tensor: &'static str,
+        /// Index of the entry smaller than the one before it (>= 1).
+        index: usize,
+        /// The entry before.
+        prev: i32,
+        /// The smaller entry.
+        next: i32,
+    },
+
+    /// The last prefix sum is not the packed tensor's number of rows.
+    #[error("`{tensor}` ends at {last} but the packed tensor `{packed}` holds {total} rows")]
+    SeqlensTotal {
+        /// Which prefix sums.
+        tensor: &'static str,
+        /// The packed tensor they index (`"q"` or `"k"`).
+        packed: &'static str,
+        /// The last entry.
+        last: i32,
+        /// Rows of the packed tensor.
+        total: usize,
+    },
+
+    /// A sequence is longer than the maximum length the caller gave.
+    #[error("sequence {index} of `{tensor}` has length {len}, above the max_seqlen given ({max})")]
+    SeqlenAboveMax {
+        /// Which prefix sums.
+        tensor: &'static str,
+        /// The sequence's index.
+        index: usize,
+        /// Its length.
+        len: usize,
+        /// The maximum the caller gave.
+        max: usize,
+    },
+
     /// An option has an invalid value.
     #[error("invalid option: {0}")]
     InvalidOption(String),

@@ -1,7 +1,8 @@
 //! The bottom layer: value types every other module uses and that use nothing above them. Element
 //! types and layouts ([`dtype`]), the options of a call ([`options`]) and the error type
-//! ([`error`]).
+//! ([`error`]), and the checked sequences of a packed batch ([`varlen`]).
 
 pub mod dtype;
 pub mod error;
 pub mod options;
+pub mod varlen;
