@@ -25,7 +25,7 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
-//! | API | [`attention`] | [`sageattn`], [`sageattn_into`], [`Prepared`]: validate → dispatch → enqueue |
+//! | API | [`attention`], [`varlen`] | [`sageattn`], [`sageattn_into`], [`Prepared`]: validate → dispatch → enqueue; [`sageattn_varlen`] over packed sequences |
 //! | launch | `launch/`: `validate`, `dispatch`, `enqueue`, `scratch`, [`hopper`], [`selftest`] | checks, kernel choice, scratch memory, launches |
 //! | device | `device/`: [`runtime`], `kernel`, [`kernels`], `alloc`, [`tensor`] | CUDA context, stream, modules, kernels, device memory and views |
 //! | types | `types/`: `dtype`, `options`, [`error`] | plain values: [`DType`], [`Layout`], [`Options`], [`Error`] |
@@ -47,6 +47,7 @@ mod launch;
 pub mod reference;
 pub mod tensor_file;
 mod types;
+pub mod varlen;
 
 /// Tile and quantization constants shared with the device crate (the same source file).
 #[path = "../kernels-gpu/src/config.rs"]
@@ -68,3 +69,4 @@ pub use attention::{
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
 pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut, ViewGeometry};
+pub use varlen::{sageattn_varlen, sageattn_varlen_into, CuSeqlens};

@@ -628,7 +628,7 @@ const LAYERS: &[&[&str]] = &[
     &["types", "device_config", "params", "reference"],
     &["device", "tensor_file"],
     &["launch"],
-    &["attention"],
+    &["attention", "varlen"],
 ];
 
 #[test]

@@ -2,7 +2,8 @@
 //! checks everything before any launch and returns the call's `Problem`; [`dispatch`] picks the
 //! kernel; [`enqueue`] lays out the [`scratch`] memory and queues the preparation and attention
 //! launches (the Hopper kernel's through [`hopper`]). [`selftest`] runs the device crate's
-//! single-tile primitive kernels for the GPU tests.
+//! single-tile primitive kernels for the GPU tests. [`varlen`] checks packed (variable-length) inputs
+//! and holds the LSE copy and row fill the per-sequence varlen path needs.
 //!
 //! Each step imports only the steps before it and the layers below (`device`, `types`).
 
@@ -12,3 +13,4 @@ pub mod hopper;
 pub(crate) mod scratch;
 pub mod selftest;
 pub(crate) mod validate;
+pub(crate) mod varlen;

@@ -39,11 +39,23 @@ pub(crate) fn validate_inputs(
     opts: &Options,
 ) -> Result<Problem> {
     let problem = check_problem(q, k, v, opts)?;
+    check_on_device(rt, q, k, v)?;
+    Ok(problem)
+}
+
+/// The driver-level half of [`validate_inputs`]: compute capability, and every view is memory
+/// of the runtime's device.
+pub(crate) fn check_on_device(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+) -> Result<()> {
     rt.require_sm80()?;
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         t.check_device_memory(name, rt)?;
     }
-    Ok(problem)
+    Ok(())
 }
 
 /// Everything about the inputs and options that needs no driver call; returns the geometry.

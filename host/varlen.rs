@@ -1,0 +1,285 @@
+//! Variable-length batches: [`sageattn_varlen`] and [`sageattn_varlen_into`] over sequences
+//! packed into one tensor, the way FlashAttention's `flash_attn_varlen_func` and the official
+//! `sageattn_varlen` take them (serving engines batch prompts of different lengths this way
+//! instead of padding them to the longest).
+//!
+//! # Packed tensors
+//!
+//! Q is `[total_q, q_heads, head_dim]` and K, V are `[total_k, kv_heads, head_dim]`: the rows of
+//! every sequence one after the other (NHD). A packed tensor is given as a [`TensorView`] with
+//! **batch 1 and seq = total**, i.e. the logical shape `[1, heads, total, head_dim]` with the NHD
+//! strides `[_, head_dim, heads * head_dim, 1]` for a contiguous buffer
+//! (`TensorView::from_slice(&buf, [1, heads, total, d], Layout::Nhd)`). Any row and head
+//! strides work as in the batched call (contiguous last dim, 16-byte aligned rows); a view with
+//! batch ≠ 1 is [`Error::NotPacked`](crate::Error::NotPacked). The output is packed the same way
+//! (`[1, q_heads, total_q, head_dim]`; [`sageattn_varlen`] allocates it NHD, whatever
+//! [`Options::layout`] says), and the LSE is f32 `[q_heads, total_q]` contiguous.
+//!
+//! # `cu_seqlens`
+//!
+//! `cu_seqlens_q` and `cu_seqlens_k` are int32 prefix sums with `batch + 1` entries: sequence `i`
+//! is Q rows `cu_seqlens_q[i]..cu_seqlens_q[i + 1]` and K/V rows `cu_seqlens_k[i]..cu_seqlens_k[i +
+//! 1]`. The rules, each a typed error before anything is launched (see [`VarlenBatch`]):
+//! `1 <= batch <= MAX_VARLEN_BATCH`, the same batch for Q and K, first entry 0, never decreasing,
+//! last entry = the packed tensor's row count, no sequence longer than `max_seqlen_q` /
+//! `max_seqlen_k`. Empty sequences are allowed: no query rows produce nothing; query rows
+//! without keys get 0 and LSE `-inf`, as rows that see no key do in the batched call.
+//!
+//! They are passed as [`CuSeqlens`]: a host slice (`&[i32]`, `&Vec<i32>`), checked on the host,
+//! or a device buffer (`&CudaSlice<i32>`), which is **copied to the host synchronously** (the
+//! stream is synchronized) and then checked the same way. The copy is not a shortcut around a
+//! device check: this implementation needs the lengths on the host anyway, to cut the packed
+//! tensors into per-sequence views and launch each sequence. A fused kernel, which would not need
+//! them, would check on the device instead. [`check_varlen_inputs`] runs every check that needs
+//! no GPU.
+//!
+//! # Semantics
+//!
+//! Each sequence is attention on its own, exactly as the batched [`sageattn`](crate::sageattn)
+//! with batch 1: causal masking is bottom-right aligned **within each sequence** (so a chunk of
+//! queries against a longer cached context, chunked prefill, masks correctly), K's mean for
+//! smoothing is taken per sequence, quantization blocks start at each sequence's first row and
+//! never straddle two sequences, and every [`Options`] field (GQA, bf16, LSE, `pv_accum`,
+//! `pv_precision`, `backend`, `sm_scale`) means what it means there.
+//!
+//! # Cost
+//!
+//! This is the correct-first implementation: **one batched call per sequence that has queries and
+//! keys** (each its own preparation launches, its own attention launch, and per-call host work),
+//! plus, with an LSE, one 2-d copy per sequence into the packed LSE. With many short sequences the
+//! launch overhead dominates and small sequences fill the GPU poorly; it is not yet the issue's
+//! speed target. A fused varlen kernel (one preparation and one attention launch over all
+//! sequences, a grid over (sequence, Q block)) is the follow-up; the results it must reproduce
+//! are these, and [`reference::attention_varlen`](crate::reference::attention_varlen) is their CPU
+//! form.
+
+use std::borrow::Cow;
+
+use cudarc::driver::CudaSlice;
+
+use crate::attention::{sageattn_into, Output};
+use crate::device::runtime::Runtime;
+use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
+use crate::launch::validate::validate_output;
+use crate::launch::varlen::{
+    check_varlen, copy_lse_rows, fill_rows_without_keys, validate_varlen, Seqlens, VarlenProblem,
+};
+use crate::types::dtype::Layout;
+use crate::types::error::{CudaResultExt, Error, Result};
+use crate::types::options::Options;
+
+pub use crate::types::varlen::{VarlenBatch, VarlenSequence, MAX_VARLEN_BATCH};
+
+/// `cu_seqlens` prefix sums (int32, `batch + 1` entries), on the host or on the device.
+#[derive(Clone, Copy, Debug)]
+pub enum CuSeqlens<'a> {
+    /// A host copy: checked on the host, nothing is copied.
+    Host(&'a [i32]),
+    /// A device buffer of the runtime's device: copied to the host synchronously, then checked.
+    Device(&'a CudaSlice<i32>),
+}
+
+impl<'a> From<&'a [i32]> for CuSeqlens<'a> {
+    fn from(s: &'a [i32]) -> Self {
+        CuSeqlens::Host(s)
+    }
+}
+
+impl<'a> From<&'a Vec<i32>> for CuSeqlens<'a> {
+    fn from(s: &'a Vec<i32>) -> Self {
+        CuSeqlens::Host(s)
+    }
+}
+
+impl<'a, const N: usize> From<&'a [i32; N]> for CuSeqlens<'a> {
+    fn from(s: &'a [i32; N]) -> Self {
+        CuSeqlens::Host(s)
+    }
+}
+
+impl<'a> From<&'a CudaSlice<i32>> for CuSeqlens<'a> {
+    fn from(s: &'a CudaSlice<i32>) -> Self {
+        CuSeqlens::Device(s)
+    }
+}
+
+impl<'a> CuSeqlens<'a> {
+    /// The prefix sums on the host (a synchronous copy for a device buffer). `name` is used in
+    /// errors.
+    fn to_host(self, rt: &Runtime, name: &'static str) -> Result<Cow<'a, [i32]>> {
+        match self {
+            CuSeqlens::Host(s) => Ok(Cow::Borrowed(s)),
+            CuSeqlens::Device(s) => {
+                if s.ordinal() != rt.ordinal() {
+                    return Err(Error::WrongDevice {
+                        tensor: name,
+                        expected: rt.ordinal(),
+                        got: s.ordinal(),
+                    });
+                }
+                rt.bind()?;
+                let host = rt
+                    .stream()
+                    .clone_dtoh(s)
+                    .with_op(|| format!("copying `{name}` ({} entries) to the host", s.len()))?;
+                rt.synchronize()?;
+                Ok(Cow::Owned(host))
+            }
+        }
+    }
+}
+
+/// Every check of [`sageattn_varlen`] that needs no GPU, on host prefix sums: the packed views
+/// (batch 1, then the batched call's dtype, head_dim, stride, alignment, GQA and option checks),
+/// then the prefix sums (see the module's rules). Returns the sequences.
+#[allow(clippy::too_many_arguments)]
+pub fn check_varlen_inputs(
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    cu_seqlens_q: &[i32],
+    cu_seqlens_k: &[i32],
+    max_seqlen_q: usize,
+    max_seqlen_k: usize,
+    opts: &Options,
+) -> Result<VarlenBatch> {
+    let seqlens = Seqlens {
+        cu_q: cu_seqlens_q,
+        cu_k: cu_seqlens_k,
+        max_q: max_seqlen_q,
+        max_k: max_seqlen_k,
+    };
+    Ok(check_varlen(q, k, v, seqlens, opts)?.batch)
+}
+
+/// Runs SageAttention over a packed batch of sequences and allocates the packed output
+/// (`[1, q_heads, total_q, head_dim]`, NHD memory, Q's dtype) and, with `opts.return_lse`, the
+/// LSE (`[q_heads, total_q]`). See the [module](self) for the packed format, the `cu_seqlens`
+/// rules, the semantics and the cost. Errors are reported before anything is launched.
+#[allow(clippy::too_many_arguments)]
+pub fn sageattn_varlen<'c>(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    cu_seqlens_q: impl Into<CuSeqlens<'c>>,
+    cu_seqlens_k: impl Into<CuSeqlens<'c>>,
+    max_seqlen_q: usize,
+    max_seqlen_k: usize,
+    opts: &Options,
+) -> Result<Output> {
+    let problem = validate_call(
+        rt,
+        (q, k, v),
+        (cu_seqlens_q.into(), cu_seqlens_k.into()),
+        (max_seqlen_q, max_seqlen_k),
+        opts,
+    )?;
+    let p = &problem.packed;
+    let shape = [1, p.q_heads, p.qo_len, p.head_dim];
+    let mut o = Tensor::alloc(rt, p.in_dtype, shape, Layout::Nhd)?;
+    let mut lse = if opts.return_lse {
+        Some(rt.alloc_zeros::<f32>(p.q_heads * p.qo_len)?)
+    } else {
+        None
+    };
+    run_sequences(rt, q, k, v, &problem, &mut o.view_mut(), lse.as_mut(), opts)?;
+    Ok(Output { o, lse })
+}
+
+/// Runs SageAttention over a packed batch into a caller-provided packed output (f16 or bf16,
+/// `[1, q_heads, total_q, head_dim]`, any valid strides, not overlapping the inputs) and, when
+/// given, an f32 LSE buffer of at least `q_heads * total_q` elements, written as
+/// `[q_heads][total_q]` (`opts.return_lse` is ignored: passing the buffer asks for it). See the
+/// [module](self).
+#[allow(clippy::too_many_arguments)]
+pub fn sageattn_varlen_into<'c>(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    cu_seqlens_q: impl Into<CuSeqlens<'c>>,
+    cu_seqlens_k: impl Into<CuSeqlens<'c>>,
+    max_seqlen_q: usize,
+    max_seqlen_k: usize,
+    out: &mut TensorViewMut,
+    lse: Option<&mut CudaSlice<f32>>,
+    opts: &Options,
+) -> Result<()> {
+    let problem = validate_call(
+        rt,
+        (q, k, v),
+        (cu_seqlens_q.into(), cu_seqlens_k.into()),
+        (max_seqlen_q, max_seqlen_k),
+        opts,
+    )?;
+    run_sequences(rt, q, k, v, &problem, out, lse, opts)
+}
+
+/// The prefix sums on the host (copied when on the device), then every check of the call.
+fn validate_call(
+    rt: &Runtime,
+    (q, k, v): (&TensorView, &TensorView, &TensorView),
+    (cu_q, cu_k): (CuSeqlens, CuSeqlens),
+    (max_q, max_k): (usize, usize),
+    opts: &Options,
+) -> Result<VarlenProblem> {
+    let cu_q = cu_q.to_host(rt, "cu_seqlens_q")?;
+    let cu_k = cu_k.to_host(rt, "cu_seqlens_k")?;
+    let seqlens = Seqlens {
+        cu_q: &cu_q,
+        cu_k: &cu_k,
+        max_q,
+        max_k,
+    };
+    validate_varlen(rt, q, k, v, seqlens, opts)
+}
+
+/// The per-sequence path: checks the packed output, then runs [`sageattn_into`] on each
+/// sequence's rows (views of the packed tensors, batch 1), its LSE into a buffer of the longest
+/// sequence that is then copied into the packed LSE (the batched call writes its LSE
+/// `[batch][q_heads][qo_len]` contiguous, and a sequence's rows of the packed LSE are `q_heads`
+/// strided runs).
+#[allow(clippy::too_many_arguments)]
+fn run_sequences(
+    rt: &Runtime,
+    q: &TensorView,
+    k: &TensorView,
+    v: &TensorView,
+    problem: &VarlenProblem,
+    out: &mut TensorViewMut,
+    mut lse: Option<&mut CudaSlice<f32>>,
+    opts: &Options,
+) -> Result<()> {
+    let p = &problem.packed;
+    validate_output(rt, p, out, lse.as_deref(), &[("q", q), ("k", k), ("v", v)])?;
+    let mut seq_lse = match lse {
+        Some(_) => Some(rt.alloc_zeros::<f32>(p.q_heads * problem.batch.longest_q().max(1))?),
+        None => None,
+    };
+    let total_q = p.qo_len;
+    for seq in problem.batch.sequences() {
+        if seq.q.is_empty() {
+            continue;
+        }
+        let mut o = out.narrow_mut(2, seq.q.start, seq.q.len())?;
+        if seq.k.is_empty() {
+            fill_rows_without_keys(rt, &mut o, lse.as_deref_mut(), seq.q.clone(), total_q)?;
+            continue;
+        }
+        let (kv_start, kv_len) = (seq.k.start, seq.k.len());
+        sageattn_into(
+            rt,
+            &q.narrow(2, seq.q.start, seq.q.len())?,
+            &k.narrow(2, kv_start, kv_len)?,
+            &v.narrow(2, kv_start, kv_len)?,
+            &mut o,
+            seq_lse.as_mut(),
+            opts,
+        )?;
+        if let (Some(src), Some(dst)) = (&seq_lse, lse.as_deref_mut()) {
+            copy_lse_rows(rt, src, dst, p.q_heads, seq.q.clone(), total_q)?;
+        }
+    }
+    Ok(())
+}
