@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
+use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, runtime, upload};
 use proptest::prelude::*;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
@@ -152,19 +152,6 @@ fn inputs(
         None,
     );
     (q, k, v)
-}
-
-fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
-    lse.iter()
-        .zip(reference)
-        .map(|(&a, &b)| {
-            if a as f64 == b {
-                0.0
-            } else {
-                (a as f64 - b).abs()
-            }
-        })
-        .fold(0.0, f64::max)
 }
 
 fn check_against_emulation(case: &Case, run: &Run) -> Metrics {

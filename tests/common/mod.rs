@@ -1,5 +1,6 @@
 //! Shared helpers of the GPU tests: one runtime per test binary, random inputs rounded to the
-//! device dtype, and upload/download between `HostTensor` and device tensors.
+//! device dtype, upload/download between `HostTensor` and device tensors, packed (varlen)
+//! inputs, and the LSE comparison.
 #![allow(dead_code)]
 
 use std::sync::OnceLock;
@@ -119,4 +120,50 @@ pub fn median_ms(mut f: impl FnMut()) -> f32 {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     times[times.len() / 2]
+}
+
+/// The sequences (each `[1, heads, len, head_dim]`) packed NHD, `[1, heads, total, head_dim]`,
+/// rows `row_pad` elements apart beyond `heads * head_dim` (a multiple of 8 keeps device rows
+/// 16-byte aligned).
+pub fn pack(parts: &[HostTensor], row_pad: usize) -> HostTensor {
+    let [_, heads, _, head_dim] = parts[0].shape;
+    let total: usize = parts.iter().map(HostTensor::seq).sum();
+    let row = heads * head_dim + row_pad;
+    let strides = [total * row, head_dim, row, 1];
+    let mut packed = HostTensor::with_strides([1, heads, total, head_dim], strides);
+    let mut start = 0;
+    for part in parts {
+        for h in 0..heads {
+            for s in 0..part.seq() {
+                for d in 0..head_dim {
+                    packed.set(0, h, start + s, d, part.get(0, h, s, d));
+                }
+            }
+        }
+        start += part.seq();
+    }
+    packed
+}
+
+/// `cu_seqlens` of sequences of these lengths: `[0, l0, l0 + l1, …]`.
+pub fn prefix_sums(lens: impl IntoIterator<Item = usize>) -> Vec<i32> {
+    let mut cu = vec![0i32];
+    for len in lens {
+        cu.push(cu.last().unwrap() + len as i32);
+    }
+    cu
+}
+
+/// Largest absolute LSE difference; equal values (both `-inf` included) count as 0.
+pub fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
+    lse.iter()
+        .zip(reference)
+        .map(|(&a, &b)| {
+            if a as f64 == b {
+                0.0
+            } else {
+                (a as f64 - b).abs()
+            }
+        })
+        .fold(0.0, f64::max)
 }
