@@ -73,7 +73,7 @@ EOF
 rm -rf "$DEV"
 mkdir -p "$DEV/tests" "$DEV/ptx"
 # Test executables with no GPU test (they run in CI) stay here: the bundle must fit the transfer.
-CPU_ONLY_TESTS=" ${SAGE_BUNDLE_CPU_ONLY:-cpu_reference cpu_pv8 module_graph smem_layout tensor_validation} "
+CPU_ONLY_TESTS=" ${SAGE_BUNDLE_CPU_ONLY:-cpu_reference cpu_pv8 cpu_varlen module_graph smem_layout tensor_validation} "
 while read -r kind name path; do
     [[ "$kind" == test && "$CPU_ONLY_TESTS" == *" $name "* ]] && continue
     case "$kind" in

@@ -241,7 +241,7 @@ fn check_against_emulation(case: &Case, p: &Packed) {
 }
 
 fn length() -> impl Strategy<Value = usize> {
-    prop_oneof![1 => Just(0usize), 1 => Just(1usize), 4 => 2usize..=300, 1 => 301usize..=1100]
+    prop_oneof![1 => Just(0usize), 1 => Just(1usize), 4 => 2usize..=300, 1 => 301usize..=700]
 }
 
 fn arb_case() -> impl Strategy<Value = Case> {
@@ -290,7 +290,7 @@ fn arb_case() -> impl Strategy<Value = Case> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, failure_persistence: None, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
 
     /// Random length mixes over the options equal the CPU emulation run per sequence.
     #[test]
