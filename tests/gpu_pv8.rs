@@ -291,8 +291,10 @@ fn pv8_attention_matches_emulation() {
 }
 
 /// The 8-bit P·V against exact float64 attention, B = 1, H = 8, N = 2048: on N(0,1) the issue's
-/// bars (rel L1 ≤ 0.020, cos ≥ 0.9998); on the hard inputs below the official SageAttention 2.2
-/// sm90 path's measured error (0.040–0.047 on the same kinds of input, issue "FP8 P·V on Hopper").
+/// bars (rel L1 ≤ 0.020, cos ≥ 0.9998); on each hard input, below the official SageAttention 2.2
+/// sm90 path's rel L1 on that kind of input in the `scripts/compare.sh` run of 2026-12-02
+/// (docs/results/h200-compare-pv8.txt, the lower of its d = 64 and d = 128 values: channel outliers
+/// ×20 0.038, Q×6 0.036, Q×40 0.045). The official path has no d = 96; the same bars apply.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn pv8_accuracy_against_exact_reference() {
@@ -305,9 +307,9 @@ fn pv8_accuracy_against_exact_reference() {
         for dtype in [DType::F16, DType::BF16] {
             for (label, q_scale, outliers, bar_l1, bar_cos) in [
                 ("N(0,1)", 1.0f32, false, 0.020, 0.9998),
-                ("channel outliers x20", 1.0, true, 0.040, 0.99),
-                ("Q x6", 6.0, false, 0.040, 0.99),
-                ("Q x40", 40.0, false, 0.040, 0.99),
+                ("channel outliers x20", 1.0, true, 0.038, 0.99),
+                ("Q x6", 6.0, false, 0.036, 0.99),
+                ("Q x40", 40.0, false, 0.045, 0.99),
             ] {
                 let case = Case {
                     batch: 1,
