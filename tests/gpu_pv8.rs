@@ -65,6 +65,42 @@ struct Case {
     smooth_k: bool,
 }
 
+/// `(batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal, in, out, layout, smooth_k)`.
+type CaseRow = (
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    usize,
+    bool,
+    DType,
+    DType,
+    Layout,
+    bool,
+);
+
+impl From<CaseRow> for Case {
+    fn from(r: CaseRow) -> Case {
+        let (batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal) =
+            (r.0, r.1, r.2, r.3, r.4, r.5, r.6);
+        let (in_dtype, out_dtype, layout, smooth_k) = (r.7, r.8, r.9, r.10);
+        Case {
+            batch,
+            q_heads,
+            kv_heads,
+            qo_len,
+            kv_len,
+            head_dim,
+            causal,
+            in_dtype,
+            out_dtype,
+            layout,
+            smooth_k,
+        }
+    }
+}
+
 /// The inputs of a case: Q and K N(0,1) (K with per-channel offsets), V N(0,1) plus a
 /// per-channel offset so that V's mean smoothing matters.
 fn inputs(case: &Case, rng: &mut StdRng) -> (HostTensor, HostTensor, HostTensor) {
@@ -220,33 +256,17 @@ fn pv8_attention_matches_emulation() {
         (1, 2, 2, 500, 700, 96, true, f16, f16, hnd, true),
         (1, 4, 2, 257, 1000, 96, false, bf16, bf16, nhd, true),
     ];
-    for (
-        batch,
-        q_heads,
-        kv_heads,
-        qo_len,
-        kv_len,
-        head_dim,
-        causal,
-        in_dtype,
-        out_dtype,
-        layout,
-        smooth_k,
-    ) in cases
-    {
-        let case = Case {
+    for case in cases.map(Case::from) {
+        let Case {
             batch,
             q_heads,
-            kv_heads,
             qo_len,
             kv_len,
             head_dim,
             causal,
-            in_dtype,
-            out_dtype,
-            layout,
             smooth_k,
-        };
+            ..
+        } = case;
         let (q, k, v) = inputs(&case, &mut rng);
         let (o, lse) = run(&case, &q, &k, &v);
         assert!(
