@@ -3,6 +3,14 @@
 //! with `ex2`, P packed to f16 in registers, `P·V` with `wgmma m64n{HD}k16.f32.f16.f16` (P from
 //! registers, V from shared memory, N-major) into an f32 running output.
 //!
+//! With `PV8` (the 8-bit P·V, `PvPrecision::Int8`) the second product is `wgmma
+//! m64n{HD}k32.s32.u8.s8`: P as u8 relative to each key tile's row maximum (packed straight from
+//! the Q·Kᵀ accumulator, see [`pack_probs_u8`]), V as the key-permuted INT8 Vᵀ of `v8.rs` (K-major
+//! like a d = 64 K tile), a fresh s32 accumulator per tile folded into the f32 output after the
+//! softmax of the next tile (two-level accumulation), and the V scale and mean applied in the
+//! epilogue. Two warpgroups at d = 128 and three at d = 64: the extra accumulator does not fit
+//! more under the entry register cap.
+//!
 //! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
 //! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
