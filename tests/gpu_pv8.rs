@@ -399,38 +399,26 @@ fn pv8_unavailable_is_a_typed_error() {
         random_device_tensor(shape, 3),
     );
     let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-    let mut opts = pv8_options(false, Layout::Hnd, true);
-    opts.backend = Backend::Portable;
-    opts.return_lse = false;
-    let err = sageattn_into(
-        rt,
-        &q.view(),
-        &k.view(),
-        &v.view(),
-        &mut out.view_mut(),
-        None,
-        &opts,
-    )
-    .unwrap_err();
-    assert!(matches!(err, Error::PvPrecisionUnavailable { .. }), "{err}");
-    assert!(out.to_host_f32(rt).unwrap().iter().all(|x| x.is_nan()));
+    let mut call = |opts: &Options| {
+        let (q, k, v, o) = (q.view(), k.view(), v.view(), &mut out.view_mut());
+        sageattn_into(rt, &q, &k, &v, o, None, opts).unwrap_err()
+    };
+    let portable = Options {
+        backend: Backend::Portable,
+        return_lse: false,
+        ..pv8_options(false, Layout::Hnd, true)
+    };
+    let mut errors = vec![call(&portable)];
     if !hopper_available(rt) {
-        let auto = Options {
+        errors.push(call(&Options {
             backend: Backend::Auto,
-            ..opts
-        };
-        let err = sageattn_into(
-            rt,
-            &q.view(),
-            &k.view(),
-            &v.view(),
-            &mut out.view_mut(),
-            None,
-            &auto,
-        )
-        .unwrap_err();
+            ..portable
+        }));
+    }
+    for err in errors {
         assert!(matches!(err, Error::PvPrecisionUnavailable { .. }), "{err}");
     }
+    assert!(out.to_host_f32(rt).unwrap().iter().all(|x| x.is_nan()));
 }
 
 /// Small shapes over every 8-bit variant for compute-sanitizer (memcheck, racecheck, initcheck,
