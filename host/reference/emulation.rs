@@ -46,7 +46,18 @@ pub fn attention_quantized_emulation(
     smooth_k: bool,
     pv_f16_accum: bool,
 ) -> RefOutput {
-    emulate(q, k, v, opts, smooth_k, PvEmulation::F16 { pv_f16_accum })
+    let values = v.to_contiguous_f64(|x| f64::from(f16::from_f32(x).to_f32()));
+    emulate(
+        q,
+        k,
+        v,
+        opts,
+        smooth_k,
+        PvEmulation::F16 {
+            values,
+            pv_f16_accum,
+        },
+    )
 }
 
 /// [`attention_quantized_emulation`] for the 8-bit P·V ([`PvPrecision::Int8`](crate::PvPrecision)):
@@ -65,21 +76,18 @@ pub fn attention_pv8_emulation(
     opts: &RefOptions,
     smooth_k: bool,
 ) -> RefOutput {
-    emulate(q, k, v, opts, smooth_k, PvEmulation::Int8)
+    let v8 = quantize_v8(v, v.head_dim());
+    emulate(q, k, v, opts, smooth_k, PvEmulation::Int8(v8))
 }
 
-/// The P·V step of the emulation.
-#[derive(Clone, Copy)]
+/// The P·V step of the emulation, with the V it reads.
 enum PvEmulation {
-    /// f16 P and V, optionally an f16 accumulator per key block.
-    F16 { pv_f16_accum: bool },
+    /// V rounded to f16 (contiguous f64), optionally an f16 accumulator per key block.
+    F16 {
+        values: Vec<f64>,
+        pv_f16_accum: bool,
+    },
     /// u8 P (per key tile) and INT8 V (per channel, mean-smoothed).
-    Int8,
-}
-
-/// The V a P·V emulation reads.
-enum EmulatedV {
-    F16(Vec<f64>),
     Int8(QuantizedV8),
 }
 
@@ -97,12 +105,6 @@ fn emulate(
     let mean = smooth_k.then(|| quant_ref::k_mean(k));
     let k_quant = quant_ref::quantize_k(k, mean.as_deref());
     let d = dims.head_dim;
-    let values = match pv {
-        PvEmulation::F16 { .. } => {
-            EmulatedV::F16(v.to_contiguous_f64(|x| f64::from(f16::from_f32(x).to_f32())))
-        }
-        PvEmulation::Int8 => EmulatedV::Int8(quantize_v8(v, d)),
-    };
 
     dims.for_each_row(opts.causal, |task| {
         let q_row = q_quant.row(task.b, task.h, task.i);
@@ -123,11 +125,14 @@ fn emulate(
         let probabilities: Vec<f64> = scores.iter().map(|&s| (s - row_max).exp2()).collect();
         let denominator: f64 = probabilities.iter().sum();
 
-        match (&values, pv) {
-            (EmulatedV::F16(values), PvEmulation::F16 { pv_f16_accum }) => {
+        match &pv {
+            PvEmulation::F16 {
+                values,
+                pv_f16_accum,
+            } => {
                 let base = dims.kv_offset(task.b, task.kv_head, 0);
                 let p_f16 = |j: usize| f64::from(f16::from_f32(probabilities[j] as f32).to_f32());
-                if pv_f16_accum {
+                if *pv_f16_accum {
                     accumulate_pv_f16(task.o_row, task.visible, p_f16, |j| {
                         &values[base + j * d..base + (j + 1) * d]
                     });
@@ -144,7 +149,7 @@ fn emulate(
                     *acc /= denominator;
                 }
             }
-            (EmulatedV::Int8(v8), _) => {
+            PvEmulation::Int8(v8) => {
                 let (b, kv) = (task.b, task.kv_head);
                 let mut tile_sum = vec![0_i64; d];
                 for tile_start in (0..task.visible).step_by(K_BLOCK) {
@@ -167,7 +172,6 @@ fn emulate(
                     *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
                 }
             }
-            (EmulatedV::F16(_), PvEmulation::Int8) => unreachable!("V prepared for its P·V"),
         }
         // Smoothing subtracted `mean` from every key, which lowered every score of the row by
         // `sm_scale * q_i · mean`; add it back so the LSE refers to the original K, as the contract
