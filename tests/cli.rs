@@ -13,7 +13,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use safetensors::tensor::{serialize_to_file, Dtype, SafeTensors, TensorView};
-use sageattention::reference::{attention_f64, compare, HostTensor, RefOptions};
+use sageattention::reference::{
+    attention_f64, attention_varlen_f64, compare, HostTensor, RefOptions,
+};
 
 /// The binary under test: cargo's build of it, or `$SAGEATTN_BIN` (for running a prebuilt test
 /// executable on another machine, where cargo's path does not exist).
@@ -107,6 +109,10 @@ fn encode(dtype: Dtype, values: &[f32]) -> Vec<u8> {
         Dtype::I32 => values
             .iter()
             .flat_map(|&x| (x as i32).to_le_bytes())
+            .collect(),
+        Dtype::I64 => values
+            .iter()
+            .flat_map(|&x| (x as i64).to_le_bytes())
             .collect(),
         other => panic!("test helper does not encode {other:?}"),
     }
@@ -222,11 +228,20 @@ fn help_works() {
         "--check",
         "--max-rel-l1",
         "--device",
+        "--cu-seqlens-q-name",
+        "--cu-seqlens-k-name",
+        "--max-seqlen-q",
+        "--max-seqlen-k",
     ] {
         assert!(r.stdout.contains(flag), "{flag} missing from run --help");
     }
     assert!(
         r.stdout.contains("F32 inputs are rounded to F16"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("Packed (variable-length) input"),
         "{}",
         r.stdout
     );
@@ -605,6 +620,146 @@ fn info_without_gpu_prints_version_and_variants_then_fails() {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Packed (variable-length) inputs, CPU side
+// ------------------------------------------------------------------------------------------------
+
+/// Prefix sums as a tensor to put in a test file.
+fn cu(name: &'static str, dtype: Dtype, values: &[i32]) -> Spec {
+    Spec {
+        name,
+        dtype,
+        shape: vec![values.len()],
+        values: values.iter().map(|&x| x as f32).collect(),
+    }
+}
+
+/// A packed file: q [10, 4, 64], k and v [12, 2, 64] (f16), with the given prefix sums.
+fn packed(cu_q: &[i32], cu_k: &[i32]) -> Vec<Spec> {
+    let mut specs = qkv(Dtype::F16, &[10, 4, 64], &[12, 2, 64], &[12, 2, 64]);
+    specs.push(cu("cu_seqlens_q", Dtype::I32, cu_q));
+    specs.push(cu("cu_seqlens_k", Dtype::I32, cu_k));
+    specs
+}
+
+#[test]
+fn packed_input_errors_are_input_errors() {
+    let (ok_q, ok_k): (&[i32], &[i32]) = (&[0, 3, 3, 10], &[0, 0, 5, 12]);
+    // The library's cu_seqlens rules, checked before the GPU is touched.
+    expect_input_error(
+        &packed(&[0, 3, 2, 10], ok_k),
+        &[],
+        &["`cu_seqlens_q` is not monotone", "entry 2 is 2 after 3"],
+    );
+    expect_input_error(
+        &packed(ok_q, &[0, 0, 5, 11]),
+        &[],
+        &["`cu_seqlens_k` ends at 11", "`k` holds 12 rows"],
+    );
+    expect_input_error(
+        &packed(ok_q, &[0, 12]),
+        &[],
+        &["cu_seqlens_q describes 3 sequences but cu_seqlens_k 1"],
+    );
+    expect_input_error(
+        &packed(&[2, 3, 3, 10], ok_k),
+        &[],
+        &["`cu_seqlens_q`[0] is 2", "start at 0"],
+    );
+    expect_input_error(&packed(&[0], &[0]), &[], &["`cu_seqlens_q` has 1 entries"]);
+    expect_input_error(
+        &packed(ok_q, ok_k),
+        &["--max-seqlen-k", "6"],
+        &[
+            "sequence 2 of `cu_seqlens_k` has length 7",
+            "max_seqlen given (6)",
+        ],
+    );
+    // The prefix sums themselves.
+    let mut specs = packed(ok_q, ok_k);
+    specs[4] = cu("cu_seqlens_k", Dtype::I64, ok_k);
+    expect_input_error(&specs, &[], &["cu_seqlens_k", "I64", "must be I32"]);
+    specs[4] = Spec {
+        shape: vec![2, 2],
+        ..cu("cu_seqlens_k", Dtype::I32, &[0, 0, 5, 12])
+    };
+    expect_input_error(&specs, &[], &["cu_seqlens_k", "rank 2", "[batch + 1]"]);
+    let mut specs = packed(ok_q, ok_k);
+    specs.pop();
+    expect_input_error(
+        &specs,
+        &[],
+        &[
+            "holds `cu_seqlens_q` but not `cu_seqlens_k`",
+            "--cu-seqlens-k-name",
+        ],
+    );
+    // Custom names are looked up under the name given.
+    expect_input_error(
+        &packed(ok_q, ok_k),
+        &["--cu-seqlens-q-name", "cuq"],
+        &["holds `cu_seqlens_k` but not `cuq`"],
+    );
+    // The packed tensors.
+    let mut specs = packed(ok_q, ok_k);
+    specs[0] = spec("q", Dtype::F16, &[1, 10, 4, 64]);
+    expect_input_error(
+        &specs,
+        &[],
+        &["`q` has rank 4", "needs rank 3", "[total, heads, head_dim]"],
+    );
+    let mut specs = packed(ok_q, ok_k);
+    specs[0] = spec("q", Dtype::F16, &[10, 3, 64]);
+    expect_input_error(&specs, &[], &["`q` has 3 heads", "not a multiple"]);
+    let mut specs = packed(ok_q, ok_k);
+    specs[2] = spec("v", Dtype::F16, &[11, 2, 64]);
+    expect_input_error(&specs, &[], &["`v` must have the shape of `k`"]);
+    // Flags that do not apply.
+    expect_input_error(
+        &packed(ok_q, ok_k),
+        &["--layout", "nhd"],
+        &["--layout nhd does not apply to a packed input"],
+    );
+    let s = [1, 1, 8, 64];
+    expect_input_error(
+        &qkv(Dtype::F16, &s, &s, &s),
+        &["--max-seqlen-q", "8"],
+        &["--max-seqlen-q/--max-seqlen-k apply to packed inputs only"],
+    );
+}
+
+/// A valid packed input on a machine without a GPU: the CPU checks pass (the input line names the
+/// sequences), the GPU step fails with exit 1, nothing is written.
+#[test]
+fn valid_packed_input_without_gpu_is_a_runtime_error() {
+    if gpu_present() {
+        eprintln!("skipped: a GPU is present");
+        return;
+    }
+    let (dir, input, out) = setup(&packed(&[0, 3, 3, 10], &[0, 0, 5, 12]));
+    let r = sageattn(&[
+        "run",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--check",
+    ]);
+    r.expect_error(1, &["CUDA"]);
+    assert!(
+        r.stdout
+            .contains("input: packed q [10, 4, 64], k [12, 2, 64], v [12, 2, 64]"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("3 sequences, max_seqlen_q 7, max_seqlen_k 7"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(others(dir.path()), Vec::<String>::new());
+}
+
+// ------------------------------------------------------------------------------------------------
 // GPU tests
 // ------------------------------------------------------------------------------------------------
 
@@ -875,4 +1030,155 @@ fn gpu_acceptance_d128_n4096() {
     println!("acceptance rel L1 = {rel:.4e}");
     assert!(rel <= 0.0135);
     assert!(out.exists());
+}
+
+/// Writes a packed Q, K, V of N(0,1) with the given (query, key) lengths per sequence, runs the
+/// tool with `--check --lse`, and verifies the output file against the varlen float64 reference
+/// computed here: `o` is `[total_q, q_heads, d]` in the input dtype, `lse` `[q_heads, total_q]`.
+fn varlen_round_trip(
+    dtype: Dtype,
+    lens: &[(usize, usize)],
+    heads: (usize, usize),
+    head_dim: usize,
+    causal: bool,
+    extra: &[&str],
+) {
+    let mut rng = StdRng::seed_from_u64(0x7a41);
+    let (hq, hk) = heads;
+    let prefix = |f: fn(&(usize, usize)) -> usize| -> Vec<i32> {
+        let mut v = vec![0i32];
+        for l in lens {
+            v.push(v[v.len() - 1] + f(l) as i32);
+        }
+        v
+    };
+    let (cu_q, cu_k) = (prefix(|l| l.0), prefix(|l| l.1));
+    let (total_q, total_k) = (cu_q[lens.len()] as usize, cu_k[lens.len()] as usize);
+    let q_shape = [total_q, hq, head_dim];
+    let kv_shape = [total_k, hk, head_dim];
+    let mut specs: Vec<Spec> = [("q", &q_shape), ("k", &kv_shape), ("v", &kv_shape)]
+        .into_iter()
+        .map(|(name, shape)| Spec {
+            name,
+            dtype,
+            shape: shape.to_vec(),
+            values: normal(&mut rng, shape),
+        })
+        .collect();
+    specs.push(cu("cu_seqlens_q", Dtype::I32, &cu_q));
+    specs.push(cu("cu_seqlens_k", Dtype::I32, &cu_k));
+    let (_dir, input, out) = setup(&specs);
+    let mut args = vec![
+        "run",
+        input.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--check",
+        "--lse",
+    ];
+    if causal {
+        args.push("--causal");
+    }
+    args.extend_from_slice(extra);
+    let r = sageattn(&args);
+    assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
+    assert!(r.stdout.contains("input: packed q"), "{}", r.stdout);
+    let printed = printed_rel_l1(&r.stdout);
+    assert!(printed <= 0.02, "printed rel L1 {printed}");
+
+    let bytes = std::fs::read(&out).expect("output written");
+    let st = SafeTensors::deserialize(&bytes).expect("valid safetensors");
+    let o = st.tensor("o").expect("o");
+    assert_eq!(o.dtype(), dtype);
+    assert_eq!(o.shape(), &q_shape, "o is packed like q");
+    let lse = st.tensor("lse").expect("lse");
+    assert_eq!(lse.shape(), &[hq, total_q]);
+
+    // The reference on the packed tensors, logical [1, heads, total, d] (NHD memory).
+    let packed_host =
+        |values: &[f32], [t, h, d]: [usize; 3]| host(values, dtype, &[1, t, h, d], true);
+    let (q, k, v) = (
+        packed_host(&specs[0].values, q_shape),
+        packed_host(&specs[1].values, kv_shape),
+        packed_host(&specs[2].values, kv_shape),
+    );
+    let opts = RefOptions {
+        causal,
+        sm_scale: None,
+    };
+    let exact = attention_varlen_f64(&q, &k, &v, (&cu_q, &cu_k), &opts);
+    // o in the file is [total][heads][d]; the reference is [heads][total][d].
+    let o_file = decode(dtype, o.data());
+    let mut o_logical = Vec::with_capacity(o_file.len());
+    for h in 0..hq {
+        for t in 0..total_q {
+            let at = (t * hq + h) * head_dim;
+            o_logical.extend_from_slice(&o_file[at..at + head_dim]);
+        }
+    }
+    let m = compare(&o_logical, &exact.o);
+    println!("independent check: {m:?}");
+    assert_eq!(m.n_nan_mismatch, 0);
+    assert!(m.rel_l1 <= 0.02, "rel L1 {}", m.rel_l1);
+    assert!(
+        (m.rel_l1 - printed).abs() <= 1e-3 * printed.max(1e-3) + 1e-6,
+        "tool printed {printed}, test computed {}",
+        m.rel_l1
+    );
+    let lm = compare(&decode(Dtype::F32, lse.data()), &exact.lse);
+    println!("lse: {lm:?}");
+    assert_eq!(
+        lm.n_nan_mismatch, 0,
+        "rows without keys are -inf on both sides"
+    );
+    assert!(lm.max_abs < 0.05, "lse max abs error {}", lm.max_abs);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_varlen_round_trip_f16_causal_gqa_with_empty_sequences() {
+    // An empty sequence, one without keys (rows 0, LSE -inf), single rows, a chunk of queries
+    // against a longer context, and lengths that are no multiple of the tiles.
+    varlen_round_trip(
+        Dtype::F16,
+        &[(100, 300), (0, 0), (17, 0), (1, 1), (300, 300), (129, 77)],
+        (8, 2),
+        128,
+        true,
+        &[],
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_varlen_round_trip_bf16_d64_options() {
+    varlen_round_trip(
+        Dtype::BF16,
+        &[(256, 256), (5, 700), (513, 64)],
+        (4, 4),
+        64,
+        false,
+        &[
+            "--max-seqlen-q",
+            "1024",
+            "--max-seqlen-k",
+            "1024",
+            "--pv-accum",
+            "f32",
+            "--no-smooth-k",
+        ],
+    );
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_varlen_round_trip_f32_d96() {
+    varlen_round_trip(
+        Dtype::F32,
+        &[(200, 200), (333, 333)],
+        (2, 1),
+        96,
+        true,
+        &["--backend", "portable"],
+    );
 }

@@ -147,6 +147,20 @@ pub struct Args {
     /// Output of --accuracy-file (default: the input's name with `.out.safetensors`).
     #[arg(long, value_name = "OUT.safetensors")]
     pub accuracy_out: Option<PathBuf>,
+    /// Variable-length mode: `sageattn_varlen` on packed batches (a seeded mix of
+    /// --varlen-seqs lengths, and --batch sequences of each --seq-lens length) against
+    /// `sageattn_into` on the batched tensors of the same sequences (see docs/bench.md).
+    #[arg(long)]
+    pub varlen: bool,
+    /// --varlen: sequences of the mix.
+    #[arg(long, default_value_t = 16)]
+    pub varlen_seqs: usize,
+    /// --varlen: shortest length of the mix (lengths are drawn uniformly, seeded by --seed).
+    #[arg(long, value_parser = parse_len, default_value = "128")]
+    pub varlen_min_len: usize,
+    /// --varlen: longest length of the mix.
+    #[arg(long, value_parser = parse_len, default_value = "8192")]
+    pub varlen_max_len: usize,
     /// Skip the startup check of the output against a float64 CPU reference.
     #[arg(long)]
     pub no_check: bool,
@@ -278,6 +292,25 @@ impl Args {
         }
         if self.accuracy_out.is_some() && self.accuracy_file.is_none() {
             return Err("--accuracy-out needs --accuracy-file".into());
+        }
+        if self.varlen {
+            let others = [
+                (self.from_json.is_some(), "--from-json"),
+                (self.accuracy_file.is_some(), "--accuracy-file"),
+                (self.plot.is_some(), "--plot"),
+                (self.peers.is_some(), "--peers"),
+                (self.paths != PathsArg::Both, "--paths"),
+            ];
+            if let Some((_, flag)) = others.iter().find(|(given, _)| *given) {
+                return Err(format!("--varlen does not go with {flag}"));
+            }
+            if self.varlen_seqs == 0 || self.varlen_min_len > self.varlen_max_len {
+                return Err(format!(
+                    "--varlen needs --varlen-seqs >= 1 and --varlen-min-len <= --varlen-max-len \
+                     (got {}, {}, {})",
+                    self.varlen_seqs, self.varlen_min_len, self.varlen_max_len
+                ));
+            }
         }
         Ok(())
     }
@@ -427,6 +460,11 @@ pub(crate) mod tests {
             &["--accuracy-out", "x"],
             &["--from-json", "a", "--accuracy-file", "b"],
             &["--batch", "0"],
+            &["--varlen", "--plot", "x.svg"],
+            &["--varlen", "--from-json", "x.json"],
+            &["--varlen", "--paths", "kernel"],
+            &["--varlen", "--varlen-seqs", "0"],
+            &["--varlen", "--varlen-min-len", "9k"],
         ] {
             let a = parse(bad);
             assert!(a.check().is_err(), "{bad:?}");
@@ -443,6 +481,32 @@ pub(crate) mod tests {
             assert!(Args::try_parse_from(v).is_err(), "{bad:?}");
         }
     }
+    #[test]
+    fn varlen_flags() {
+        let a = parse(&["--varlen"]);
+        assert!(a.varlen && a.check().is_ok());
+        assert_eq!(
+            (a.varlen_seqs, a.varlen_min_len, a.varlen_max_len),
+            (16, 128, 8192)
+        );
+        let a = parse(&[
+            "--varlen",
+            "--varlen-seqs",
+            "8",
+            "--varlen-min-len",
+            "1k",
+            "--varlen-max-len",
+            "4k",
+            "--json",
+            "v.json",
+        ]);
+        assert!(a.check().is_ok());
+        assert_eq!(
+            (a.varlen_seqs, a.varlen_min_len, a.varlen_max_len),
+            (8, 1024, 4096)
+        );
+    }
+
     #[test]
     fn lengths() {
         assert_eq!(parse_len("4096"), Ok(4096));

@@ -15,12 +15,15 @@
 //!
 //! Other modes: `--from-json FILE` re-renders the table and `--plot` of an earlier run without a
 //! GPU; `--accuracy-file IN.safetensors` runs `sageattn` on the q/k/v of a file and writes the
-//! outputs (for `scripts/compare.py`). See `docs/bench.md`.
+//! outputs (for `scripts/compare.py`); `--varlen` times `sageattn_varlen` on packed batches (a
+//! seeded mix of lengths, and equal lengths) against the batched call. See `docs/bench.md`.
 
 //!
 //! Modules: [`args`] (the command line), [`sweep`](mod@sweep) (self-check and sweep) on [`inputs`] (random
-//! pool), [`plan`] (input sets, memory) and [`timing`]; [`accuracy`] (`--accuracy-file`); the
-//! CPU-only parts: [`stats`], [`report`] (JSON and table), [`peers`], [`svg`] (the chart).
+//! pool), [`plan`] (input sets, memory) and [`timing`]; [`accuracy`] (`--accuracy-file`);
+//! [`varlen`](mod@varlen) (`--varlen`); the CPU-only parts: [`stats`], [`report`] (JSON and
+//! table), [`peers`], [`svg`] (the chart), [`varlen_report`] (the `--varlen` cases, JSON and
+//! table).
 
 mod accuracy;
 mod args;
@@ -33,6 +36,8 @@ mod stats;
 mod svg;
 mod sweep;
 mod timing;
+mod varlen;
+mod varlen_report;
 
 use clap::Parser;
 use cudarc::driver::sys;
@@ -49,6 +54,11 @@ use peers::{parse_peers, Peers};
 use report::{render_table, ConfigJson, Report, JSON_VERSION};
 use sweep::{device_json, sweep, Bench};
 use timing::MAX_BATCH;
+use varlen::varlen_run;
+use varlen_report::{
+    mix_lengths, render_varlen_table, varlen_cases, VarlenConfigJson, VarlenReport,
+    VARLEN_JSON_VERSION,
+};
 
 fn load_peers(path: &Path) -> Result<Peers, BenchError> {
     let text = std::fs::read_to_string(path)
@@ -126,8 +136,6 @@ fn run(args: &Args) -> Result<(), BenchError> {
         return accuracy_file(&rt, args, input, &output);
     }
 
-    let config = args.config_json();
-    println!("{}", config_line(&config));
     let ctx = rt.context().clone();
     let events = (0..MAX_BATCH)
         .map(|_| {
@@ -138,6 +146,21 @@ fn run(args: &Args) -> Result<(), BenchError> {
             Ok((ev(&ctx)?, ev(&ctx)?))
         })
         .collect::<Result<Vec<_>, SageError>>()?;
+    let started = Instant::now();
+    let mut bench = Bench {
+        rt,
+        args,
+        device: device.clone(),
+        started,
+        events,
+        progress_total: 0,
+        progress_done: 0,
+    };
+    if args.varlen {
+        return run_varlen(&mut bench);
+    }
+    let config = args.config_json();
+    println!("{}", config_line(&config));
     let mut report = Report {
         tool: "sageattention-bench".into(),
         version: JSON_VERSION,
@@ -148,16 +171,6 @@ fn run(args: &Args) -> Result<(), BenchError> {
         wall_seconds: 0.0,
         error: None,
     };
-    let started = Instant::now();
-    let mut bench = Bench {
-        rt,
-        args,
-        device,
-        started,
-        events,
-        progress_total: 0,
-        progress_done: 0,
-    };
     let result = sweep(&mut bench, &mut report);
     report.wall_seconds = started.elapsed().as_secs_f64();
     report.sort_cases();
@@ -166,6 +179,81 @@ fn run(args: &Args) -> Result<(), BenchError> {
     }
     // What was measured is printed and written even when a fatal error stopped the sweep.
     emit(args, &report, peers.as_ref())?;
+    result.map_err(BenchError::Lib)
+}
+
+/// `--varlen`: the cases, the run, then the table and `--json` (written even when a fatal error
+/// stopped the run).
+fn run_varlen(bench: &mut Bench) -> Result<(), BenchError> {
+    let args = bench.args;
+    let mix = mix_lengths(
+        args.seed,
+        args.varlen_seqs,
+        args.varlen_min_len,
+        args.varlen_max_len,
+    );
+    let cases = varlen_cases(
+        &mix,
+        args.batch,
+        &args.seq_lens,
+        &args.head_dims,
+        &args.causal_list(),
+    );
+    let c = args.config_json();
+    println!(
+        "config (varlen): heads {}, kv_heads {}, {} packed [total, heads, d] (batched: NHD on the \
+         same memory), PV accumulation {}, PV precision {}, K smoothing {} | mix of {} lengths \
+         {:?} ({} tokens) | equal lengths: {} x {:?} | timing as the sweep",
+        c.heads,
+        c.kv_heads,
+        c.dtype,
+        c.pv_accum,
+        c.pv_precision,
+        if c.smooth_k { "on" } else { "off" },
+        mix.len(),
+        mix,
+        mix.iter().sum::<usize>(),
+        args.batch,
+        args.seq_lens
+    );
+    let mut report = VarlenReport {
+        tool: "sageattention-bench-varlen".into(),
+        version: VARLEN_JSON_VERSION,
+        device: Some(bench.device.clone()),
+        config: VarlenConfigJson {
+            heads: c.heads,
+            kv_heads: c.kv_heads,
+            dtype: c.dtype,
+            pv_accum: c.pv_accum,
+            pv_precision: c.pv_precision,
+            smooth_k: c.smooth_k,
+            mix,
+            batch: args.batch,
+            seq_lens: args.seq_lens.clone(),
+            seed: args.seed,
+        },
+        self_check: Vec::new(),
+        cases: Vec::new(),
+        wall_seconds: 0.0,
+        error: None,
+    };
+    let result = varlen_run(bench, &cases, &mut report);
+    report.wall_seconds = bench.started.elapsed().as_secs_f64();
+    if let Err(e) = &result {
+        report.error = Some(one_line(&e.to_string()));
+    }
+    println!();
+    print!("{}", render_varlen_table(&report));
+    println!(
+        "TOPS = sum over the sequences of 4·L²·H·d / median time (halved when causal), for both \
+         paths; batched/varlen = batched time / varlen time (> 1: the packed call is faster)"
+    );
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report)
+            .map_err(|e| BenchError::Io(format!("JSON: {e}")))?;
+        write_file(path, &(text + "\n"))?;
+        eprintln!("bench: wrote {}", path.display());
+    }
     result.map_err(BenchError::Lib)
 }
 

@@ -53,7 +53,7 @@ pub fn causal_name(c: bool) -> &'static str {
 }
 
 impl Bench<'_> {
-    fn progress(&self, msg: &str) {
+    pub fn progress(&self, msg: &str) {
         if !self.args.quiet {
             let t = self.started.elapsed().as_secs();
             eprintln!(
@@ -66,7 +66,7 @@ impl Bench<'_> {
         }
     }
 
-    fn timing(&self) -> Timing {
+    pub fn timing(&self) -> Timing {
         Timing {
             warmup: Duration::from_secs_f64(self.args.warmup_ms / 1e3),
             min_iters: self.args.min_iters,

@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use sageattention::device_config::SUPPORTED_HEAD_DIMS;
 use sageattention::{Backend, Layout, Options, PvAccum, PvPrecision};
 
+use super::input::{InputOptions, MaxSeqlens, TensorNames};
+
 /// SageAttention (INT8 Q·Kᵀ, FP16 P·V) on an NVIDIA GPU, on tensors from a .safetensors file.
 #[derive(Debug, Parser)]
 #[command(name = "sageattn", version, about, long_about = None)]
@@ -38,8 +40,13 @@ seq, head_dim] with --layout hnd (the default) or [batch, seq, heads, head_dim] 
 head_dim must be one of {dims}; K and V have the same shape; Q's heads must be a multiple of K's \
 (grouped-query attention); batch and head_dim agree.
 
+Packed (variable-length) input: when the file also holds `cu_seqlens_q` and `cu_seqlens_k` \
+(rank-1 I32 prefix sums, batch + 1 entries), q is [total_q, q_heads, head_dim] and k, v are \
+[total_k, kv_heads, head_dim], sequence i being rows cu_seqlens[i]..cu_seqlens[i+1]; each \
+sequence is attention on its own (causal within it). --layout does not apply.
+
 Output: `o` in the inputs' dtype and layout, with Q's shape; with --lse also `lse`, F32 [batch, \
-q_heads, qo_len] (natural log). The file is written atomically (temporary file in the same \
+q_heads, qo_len] (natural log; packed: [q_heads, total_q]). The file is written atomically (temporary file in the same \
 directory, fsync, rename): a failed run never leaves a partial file nor touches an existing one.
 
 Exit status: 0 success, 1 GPU or runtime error, 2 bad usage or input, 3 --max-rel-l1 exceeded.",
@@ -74,11 +81,24 @@ pub struct RunArgs {
     /// Name of the value tensor in INPUT.
     #[arg(long, value_name = "NAME", default_value = "v")]
     pub v_name: String,
+    /// Name of Q's prefix sums in INPUT; the input is packed (variable-length) when the file
+    /// holds this tensor and --cu-seqlens-k-name's.
+    #[arg(long, value_name = "NAME", default_value = "cu_seqlens_q")]
+    pub cu_seqlens_q_name: String,
+    /// Name of K's prefix sums in INPUT.
+    #[arg(long, value_name = "NAME", default_value = "cu_seqlens_k")]
+    pub cu_seqlens_k_name: String,
+    /// Packed input: the longest query sequence allowed (default: the longest in cu_seqlens_q).
+    #[arg(long, value_name = "N")]
+    pub max_seqlen_q: Option<usize>,
+    /// Packed input: the longest key sequence allowed (default: the longest in cu_seqlens_k).
+    #[arg(long, value_name = "N")]
+    pub max_seqlen_k: Option<usize>,
 
-    /// Memory layout of the inputs (and of `o`): hnd = [batch, heads, seq, head_dim],
-    /// nhd = [batch, seq, heads, head_dim].
-    #[arg(long, value_enum, default_value_t = LayoutArg::Hnd)]
-    pub layout: LayoutArg,
+    /// Memory layout of the inputs (and of `o`): hnd = [batch, heads, seq, head_dim] (the
+    /// default), nhd = [batch, seq, heads, head_dim]. Not for packed inputs.
+    #[arg(long, value_enum)]
+    pub layout: Option<LayoutArg>,
 
     /// Causal mask, bottom-right aligned: query i sees key j iff j <= i + kv_len - qo_len.
     #[arg(long)]
@@ -131,13 +151,35 @@ impl RunArgs {
         self.check || self.max_rel_l1.is_some()
     }
 
+    /// The names of the input tensors.
+    pub fn names(&self) -> TensorNames {
+        TensorNames {
+            q: self.q_name.clone(),
+            k: self.k_name.clone(),
+            v: self.v_name.clone(),
+            cu_seqlens_q: self.cu_seqlens_q_name.clone(),
+            cu_seqlens_k: self.cu_seqlens_k_name.clone(),
+        }
+    }
+
+    /// How the inputs are given (`--layout` if passed, `--max-seqlen-q/-k`).
+    pub fn input_options(&self) -> InputOptions {
+        InputOptions {
+            layout: self.layout.map(Layout::from),
+            max_seqlens: MaxSeqlens {
+                q: self.max_seqlen_q,
+                k: self.max_seqlen_k,
+            },
+        }
+    }
+
     /// The library options these arguments ask for.
     pub fn options(&self) -> Options {
         Options {
             causal: self.causal,
             smooth_k: !self.no_smooth_k,
             sm_scale: self.sm_scale,
-            layout: self.layout.into(),
+            layout: self.layout.map_or(Layout::Hnd, Layout::from),
             pv_accum: self.pv_accum.into(),
             pv_precision: self.pv_precision.into(),
             return_lse: self.lse,
@@ -335,6 +377,36 @@ mod tests {
         assert_eq!(opts.pv_accum, PvAccum::F32);
         assert!(run.check_enabled());
         assert_eq!(run.out, None);
+        assert_eq!(run.input_options().layout, Some(Layout::Nhd));
+
+        let cli = Cli::try_parse_from([
+            "sageattn",
+            "run",
+            "packed.safetensors",
+            "--check",
+            "--max-seqlen-q",
+            "512",
+            "--cu-seqlens-k-name",
+            "cuk",
+        ])
+        .expect("parses");
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        let how = run.input_options();
+        assert_eq!(how.layout, None);
+        assert_eq!(
+            how.max_seqlens,
+            MaxSeqlens {
+                q: Some(512),
+                k: None
+            }
+        );
+        let names = run.names();
+        assert_eq!(
+            (names.cu_seqlens_q.as_str(), names.cu_seqlens_k.as_str()),
+            ("cu_seqlens_q", "cuk")
+        );
     }
 
     #[test]

@@ -4,10 +4,12 @@
 use std::fmt::Write as _;
 
 use half::f16;
-use sageattention::reference::{attention_f64, compare, HostTensor, Metrics, RefOptions};
+use sageattention::reference::{
+    attention_f64, attention_varlen_f64, compare, HostTensor, Metrics, RefOptions, RefOutput,
+};
 
 use super::error::CliError;
-use super::input::{LoadedInputs, Problem};
+use super::input::LoadedInputs;
 
 /// The metrics `--check` prints.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -34,6 +36,21 @@ fn rounded_f16(t: &HostTensor) -> HostTensor {
     }
 }
 
+/// Exact float64 attention of `q`, `k`, `v` (the inputs' tensors, or copies of them): the batched
+/// reference, or the varlen one (each sequence on its own) for a packed input.
+fn exact(
+    inputs: &LoadedInputs,
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    opts: &RefOptions,
+) -> RefOutput {
+    match &inputs.varlen {
+        None => attention_f64(q, k, v, opts),
+        Some(s) => attention_varlen_f64(q, k, v, (&s.cu_seqlens_q, &s.cu_seqlens_k), opts),
+    }
+}
+
 /// "Plain fp16 attention", the baseline `--check` compares SageAttention with: the exact float64
 /// attention of Q, K and V **rounded to f16**, with the output **rounded to f16**. It is what an
 /// ideal fp16 kernel (f16 inputs and output, exact arithmetic in between, as FlashAttention with
@@ -43,7 +60,7 @@ pub fn fp16_attention(inputs: &LoadedInputs, opts: &RefOptions) -> Vec<f32> {
     let q = rounded_f16(&inputs.q);
     let k = rounded_f16(&inputs.k);
     let v = rounded_f16(&inputs.v);
-    attention_f64(&q, &k, &v, opts)
+    exact(inputs, &q, &k, &v, opts)
         .o
         .iter()
         .map(|&x| round_f16(x as f32))
@@ -51,9 +68,20 @@ pub fn fp16_attention(inputs: &LoadedInputs, opts: &RefOptions) -> Vec<f32> {
 }
 
 /// Approximate floating-point operations of [`run_check`]: two attentions, each `4 · d` per
-/// visible (query, key) pair (Q·K and P·V), about half of the pairs with a causal mask.
-pub fn reference_gflop(p: &Problem, causal: bool) -> f64 {
-    let pairs = (p.batch * p.q_heads) as f64 * p.qo_len as f64 * p.kv_len as f64;
+/// visible (query, key) pair (Q·K and P·V, summed over the sequences of a packed input), about
+/// half of the pairs with a causal mask.
+pub fn reference_gflop(inputs: &LoadedInputs, causal: bool) -> f64 {
+    let p = &inputs.problem;
+    let per_head = match &inputs.varlen {
+        None => p.batch as f64 * p.qo_len as f64 * p.kv_len as f64,
+        Some(s) => s
+            .batch
+            .sequences()
+            .iter()
+            .map(|seq| seq.q.len() as f64 * seq.k.len() as f64)
+            .sum(),
+    };
+    let pairs = p.q_heads as f64 * per_head;
     let visible = if causal { pairs / 2.0 } else { pairs };
     2.0 * 4.0 * p.head_dim as f64 * visible / 1e9
 }
@@ -66,7 +94,7 @@ pub fn run_check(
     o: &[f32],
     lse: Option<&[f32]>,
 ) -> CheckReport {
-    let exact = attention_f64(&inputs.q, &inputs.k, &inputs.v, opts);
+    let exact = exact(inputs, &inputs.q, &inputs.k, &inputs.v, opts);
     let fp16 = fp16_attention(inputs, opts);
     CheckReport {
         ours: compare(o, &exact.o),
@@ -151,7 +179,7 @@ pub fn enforce_max_rel_l1(r: &CheckReport, max: f64) -> Result<(), CliError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::input::FileDType;
+    use crate::cli::input::{check_varlen, FileDType, MaxSeqlens, Problem};
     use sageattention::Layout;
 
     fn inputs() -> LoadedInputs {
@@ -165,6 +193,7 @@ mod tests {
             v: HostTensor::from_fn(shape, false, |b, h, s, d| f(b, h, s, d + 2)),
             dtype: FileDType::F16,
             layout: Layout::Hnd,
+            varlen: None,
             problem: Problem {
                 batch: 1,
                 q_heads: 2,
@@ -210,5 +239,31 @@ mod tests {
         o[3] = f32::NAN;
         let r = run_check(&inp, &opts, &o, None);
         assert!(enforce_max_rel_l1(&r, 1.0).is_err());
+    }
+
+    #[test]
+    fn packed_check_uses_the_varlen_reference() {
+        // The inputs above as one packed batch of two sequences: rows 0..2 and 2..5 of Q and K.
+        let mut inp = inputs();
+        inp.varlen = Some(
+            check_varlen(vec![0, 2, 5], vec![0, 3, 5], (5, 5), MaxSeqlens::default())
+                .expect("valid"),
+        );
+        let opts = RefOptions {
+            causal: true,
+            sm_scale: None,
+        };
+        let cu: (&[i32], &[i32]) = (&[0, 2, 5], &[0, 3, 5]);
+        let varlen = attention_varlen_f64(&inp.q, &inp.k, &inp.v, cu, &opts);
+        let o: Vec<f32> = varlen.o.iter().map(|&x| x as f32).collect();
+        let r = run_check(&inp, &opts, &o, None);
+        assert!(r.ours.rel_l1 < 1e-6, "{:?}", r.ours);
+        // The batched reference is another answer.
+        let batched = attention_f64(&inp.q, &inp.k, &inp.v, &opts);
+        let o: Vec<f32> = batched.o.iter().map(|&x| x as f32).collect();
+        assert!(run_check(&inp, &opts, &o, None).ours.rel_l1 > 1e-3);
+        // 2 heads × (2·3 + 3·2) pairs × 4·64 flops × 2 attentions, halved for causal.
+        let want = 2.0 * 4.0 * 64.0 * (2.0 * 12.0) / 2.0 / 1e9;
+        assert!((reference_gflop(&inp, true) - want).abs() < 1e-15);
     }
 }

@@ -5,7 +5,7 @@ use sageattention::device_config::{names, SUPPORTED_HEAD_DIMS};
 use sageattention::error::CudaResultExt;
 use sageattention::hopper::{hopper_attention_kernel_names, hopper_available};
 use sageattention::runtime::ModuleKind;
-use sageattention::{sageattn, Options, Runtime, Tensor};
+use sageattention::{sageattn, sageattn_varlen, Options, Runtime, Tensor};
 
 use super::error::CliError;
 use super::input::LoadedInputs;
@@ -24,7 +24,8 @@ pub struct GpuOutput {
 }
 
 /// Uploads the inputs (in the file's layout, converted to the GPU dtype), runs attention with the
-/// output in the same layout, and downloads `o` and `lse`.
+/// output in the same layout (`sageattn`, or `sageattn_varlen` on a packed input, whose output is
+/// packed too), and downloads `o` and `lse`.
 pub fn run_on_gpu(
     inputs: &LoadedInputs,
     opts: &Options,
@@ -44,13 +45,21 @@ pub fn run_on_gpu(
     let q = upload(&inputs.q)?;
     let k = upload(&inputs.k)?;
     let v = upload(&inputs.v)?;
-    let out = sageattn(
-        &rt,
-        &q.view(),
-        &k.view(),
-        &v.view(),
-        &Options { layout, ..*opts },
-    )?;
+    let opts = Options { layout, ..*opts };
+    let out = match &inputs.varlen {
+        None => sageattn(&rt, &q.view(), &k.view(), &v.view(), &opts)?,
+        Some(s) => sageattn_varlen(
+            &rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            s.cu_seqlens_q.as_slice(),
+            s.cu_seqlens_k.as_slice(),
+            s.max_seqlen_q,
+            s.max_seqlen_k,
+            &opts,
+        )?,
+    };
     rt.synchronize()?;
     let o = out.o.to_host_f32(&rt)?;
     let lse = match &out.lse {

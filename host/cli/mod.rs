@@ -20,7 +20,7 @@ use sageattention::PvAccum;
 
 use args::{Cli, Command, RunArgs};
 use error::{CliError, EXIT_USAGE};
-use input::{layout_name, FileDType, TensorNames};
+use input::{layout_name, FileDType, LoadedInputs};
 use output::{AtomicFile, OutputTensors};
 
 /// Entry point of the binary.
@@ -91,12 +91,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     let opts = args.options();
     let path = args.input.display().to_string();
     let bytes = input::read_file(&args.input)?;
-    let names = TensorNames {
-        q: args.q_name.clone(),
-        k: args.k_name.clone(),
-        v: args.v_name.clone(),
-    };
-    let inputs = input::load_inputs(&bytes, &path, &names, opts.layout)?;
+    let inputs = input::load_inputs(&bytes, &path, &args.names(), args.input_options())?;
     drop(bytes);
     let p = inputs.problem;
     // Creating the temporary output file now reports a bad --out before any GPU work.
@@ -109,14 +104,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         PvAccum::F16 => "f16",
         PvAccum::F32 => "f32",
     };
-    println!(
-        "input: q {:?}, k {:?}, v {:?} [batch, heads, seq, head_dim], {} {}",
-        inputs.q.shape,
-        inputs.k.shape,
-        inputs.v.shape,
-        inputs.dtype.name(),
-        layout_name(inputs.layout)
-    );
+    println!("{}", describe_input(&inputs));
     println!(
         "options: causal={} smooth_k={} sm_scale={sm_scale} pv_accum={pv} lse={}",
         opts.causal, opts.smooth_k, opts.return_lse
@@ -129,34 +117,57 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
     println!("ran {} on {}", gpu_out.kernel, gpu_out.device);
 
     if let (Some(file), Some(out_path)) = (out_file, &args.out) {
-        let metadata = HashMap::from([
+        let mut metadata = HashMap::from([
             (
                 "producer".to_string(),
                 format!("sageattn {}", env!("CARGO_PKG_VERSION")),
             ),
-            ("layout".to_string(), layout_name(inputs.layout).to_string()),
+            (
+                "layout".to_string(),
+                if inputs.varlen.is_some() {
+                    "packed"
+                } else {
+                    layout_name(inputs.layout)
+                }
+                .to_string(),
+            ),
             ("causal".to_string(), opts.causal.to_string()),
             ("smooth_k".to_string(), opts.smooth_k.to_string()),
             ("sm_scale".to_string(), sm_scale.to_string()),
             ("pv_accum".to_string(), pv.to_string()),
         ]);
+        if let Some(s) = &inputs.varlen {
+            metadata.insert("varlen".to_string(), "true".to_string());
+            metadata.insert("sequences".to_string(), s.batch.batch().to_string());
+        }
         let bytes = output::serialize_output(&OutputTensors {
             o: &gpu_out.o,
             o_shape: p.o_shape(),
             dtype: inputs.dtype,
             layout: inputs.layout,
+            packed: inputs.varlen.is_some(),
             lse: gpu_out.lse.as_deref(),
             metadata,
         })?;
         file.commit(&bytes)?;
+        let (o_shape, o_layout, lse_shape) = match inputs.varlen {
+            None => (
+                input::file_shape(p.o_shape(), inputs.layout).to_vec(),
+                layout_name(inputs.layout),
+                p.lse_shape().to_vec(),
+            ),
+            Some(_) => (
+                vec![p.qo_len, p.q_heads, p.head_dim],
+                "packed",
+                vec![p.q_heads, p.qo_len],
+            ),
+        };
         println!(
-            "wrote {} (o {} {:?} {}{})",
+            "wrote {} (o {} {o_shape:?} {o_layout}{})",
             out_path.display(),
             inputs.dtype.name(),
-            input::file_shape(p.o_shape(), inputs.layout),
-            layout_name(inputs.layout),
             if opts.return_lse {
-                format!(", lse F32 {:?}", p.lse_shape())
+                format!(", lse F32 {lse_shape:?}")
             } else {
                 String::new()
             }
@@ -171,7 +182,7 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         println!(
             "checking: two float64 attentions on the CPU (exact and fp16 baseline), about {:.1} \
              GFLOP on {} threads",
-            check::reference_gflop(&p, opts.causal),
+            check::reference_gflop(&inputs, opts.causal),
             rayon::current_num_threads()
         );
         let report = check::run_check(&inputs, &ref_opts, &gpu_out.o, gpu_out.lse.as_deref());
@@ -185,6 +196,33 @@ pub fn run(args: &RunArgs) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// The `input:` line: shapes, dtype and layout; for a packed input the packed shapes and the
+/// sequences.
+fn describe_input(inputs: &LoadedInputs) -> String {
+    let (dtype, p) = (inputs.dtype.name(), &inputs.problem);
+    match &inputs.varlen {
+        None => format!(
+            "input: q {:?}, k {:?}, v {:?} [batch, heads, seq, head_dim], {dtype} {}",
+            inputs.q.shape,
+            inputs.k.shape,
+            inputs.v.shape,
+            layout_name(inputs.layout)
+        ),
+        Some(s) => {
+            let q = [p.qo_len, p.q_heads, p.head_dim];
+            let kv = [p.kv_len, p.kv_heads, p.head_dim];
+            format!(
+                "input: packed q {q:?}, k {kv:?}, v {kv:?} {}, {dtype}; {} sequences, \
+                 max_seqlen_q {}, max_seqlen_k {}",
+                input::PACKED_DIMS,
+                s.batch.batch(),
+                s.max_seqlen_q,
+                s.max_seqlen_k
+            )
+        }
+    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,9 @@ pub struct OutputTensors<'a> {
     pub dtype: FileDType,
     /// Memory layout of `o` in the file.
     pub layout: Layout,
+    /// A packed output: `o_shape` is `[1, q_heads, total_q, head_dim]` and the file holds `o` as
+    /// `[total_q, q_heads, head_dim]` (NHD memory) and `lse` as `[q_heads, total_q]`.
+    pub packed: bool,
     /// `lse`, `[batch][q_heads][qo_len]`, f32.
     pub lse: Option<&'a [f32]>,
     /// `__metadata__` of the file.
@@ -62,8 +65,17 @@ pub fn encode_o(o: &[f32], shape: [usize; 4], dtype: FileDType, layout: Layout) 
 
 /// The bytes of the output .safetensors file.
 pub fn serialize_output(t: &OutputTensors<'_>) -> Result<Vec<u8>, CliError> {
-    let o_bytes = encode_o(t.o, t.o_shape, t.dtype, t.layout);
-    let o_file_shape = file_shape(t.o_shape, t.layout).to_vec();
+    let [b, h, s, d] = t.o_shape;
+    let (layout, o_file_shape, lse_shape) = if t.packed {
+        (Layout::Nhd, vec![s, h, d], vec![h, s])
+    } else {
+        (
+            t.layout,
+            file_shape(t.o_shape, t.layout).to_vec(),
+            vec![b, h, s],
+        )
+    };
+    let o_bytes = encode_o(t.o, t.o_shape, t.dtype, layout);
     let internal = |e: safetensors::SafeTensorError| {
         CliError::Runtime(format!("cannot encode the output tensors: {e}"))
     };
@@ -74,10 +86,9 @@ pub fn serialize_output(t: &OutputTensors<'_>) -> Result<Vec<u8>, CliError> {
     let lse_bytes: Vec<u8>;
     if let Some(lse) = t.lse {
         lse_bytes = lse.iter().flat_map(|x| x.to_le_bytes()).collect();
-        let [b, h, s, _] = t.o_shape;
         views.push((
             "lse".to_string(),
-            StView::new(Dtype::F32, vec![b, h, s], &lse_bytes).map_err(internal)?,
+            StView::new(Dtype::F32, lse_shape, &lse_bytes).map_err(internal)?,
         ));
     }
     let metadata = if t.metadata.is_empty() {
@@ -239,6 +250,7 @@ mod tests {
             o_shape: [1, 1, 1, 64],
             dtype: FileDType::BF16,
             layout: Layout::Hnd,
+            packed: false,
             lse: Some(&[0.5]),
             metadata: HashMap::from([("layout".to_string(), "hnd".to_string())]),
         };
@@ -267,5 +279,34 @@ mod tests {
             AtomicFile::create(&std::env::temp_dir()),
             Err(CliError::Usage(_))
         ));
+    }
+
+    #[test]
+    fn packed_output_is_rank_3_with_a_heads_by_rows_lse() {
+        // Logical [1, 2 heads, 3 rows, 1 dim] holding 10*h + r: packed memory is (r, h).
+        let o: Vec<f32> = (0..2)
+            .flat_map(|h| (0..3).map(move |r| (10 * h + r) as f32))
+            .collect();
+        let lse = [0.0f32, 1.0, 2.0, 3.0, 4.0, 5.0];
+        let t = OutputTensors {
+            o: &o,
+            o_shape: [1, 2, 3, 1],
+            dtype: FileDType::F32,
+            layout: Layout::Hnd,
+            packed: true,
+            lse: Some(&lse),
+            metadata: HashMap::new(),
+        };
+        let bytes = serialize_output(&t).expect("serialize");
+        let st = SafeTensors::deserialize(&bytes).expect("valid");
+        let o = st.tensor("o").expect("o");
+        assert_eq!(o.shape(), &[3, 2, 1]);
+        let got: Vec<f32> = o
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        assert_eq!(got, vec![0.0, 10.0, 1.0, 11.0, 2.0, 12.0]);
+        assert_eq!(st.tensor("lse").expect("lse").shape(), &[2, 3]);
     }
 }

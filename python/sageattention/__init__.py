@@ -4,10 +4,12 @@ Attention with Q·Kᵀ in INT8 (K smoothed by its mean) and P·V in FP16, for NV
 capability 8.0 and newer; no CUDA toolkit, no compiler, and no link to torch: one wheel serves
 every torch version.
 
-Two entry points:
+Three entry points:
 
 * :func:`sageattn` — the official SageAttention signature and return convention
   (``from sageattention import sageattn``);
+* :func:`sageattn_varlen` — the official signature for sequences of different lengths packed
+  into one tensor (``cu_seqlens`` prefix sums, as FlashAttention's varlen functions);
 * :func:`scaled_dot_product_attention` — torch's signature; takes this library's path when it
   can and falls back to ``torch.nn.functional.scaled_dot_product_attention`` otherwise (mask,
   dropout, head_dim, dtype, CPU tensors, GPUs below sm_80, autograd), logging each reason once.
@@ -16,7 +18,7 @@ torch is imported only when a function is called with torch tensors; importing t
 needs nothing but the wheel.
 """
 
-from ._api import release_workspace, sageattn, scaled_dot_product_attention
+from ._api import release_workspace, sageattn, sageattn_varlen, scaled_dot_product_attention
 from ._native import SUPPORTED_HEAD_DIMS, __version__
 
 __all__ = [
@@ -24,5 +26,6 @@ __all__ = [
     "__version__",
     "release_workspace",
     "sageattn",
+    "sageattn_varlen",
     "scaled_dot_product_attention",
 ]

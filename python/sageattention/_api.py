@@ -111,6 +111,73 @@ def sageattn(
     )
 
 
+def sageattn_varlen(
+    q,
+    k,
+    v,
+    cu_seqlens_q,
+    cu_seqlens_k,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    is_causal: bool = False,
+    sm_scale: Optional[float] = None,
+    smooth_k: bool = True,
+    **kwargs: Any,
+):
+    """SageAttention over sequences of different lengths packed into one tensor, with the
+    official ``sageattn_varlen`` signature (FlashAttention's ``flash_attn_varlen_func`` layout).
+
+    Parameters
+    ----------
+    q : torch.Tensor
+        ``[total_q, q_heads, head_dim]``: the query rows of every sequence one after the other.
+    k, v : torch.Tensor
+        ``[total_k, kv_heads, head_dim]``; q's heads a multiple of k's (GQA/MQA). float16 or
+        bfloat16 (all three the same), head_dim 64, 96 or 128, on one CUDA device; any strides
+        with a contiguous last dimension and 16-byte aligned rows (slices of a fused qkv work).
+    cu_seqlens_q, cu_seqlens_k : torch.Tensor
+        int32 (or int64) prefix sums, ``[batch + 1]``: sequence ``i`` is q rows
+        ``cu_seqlens_q[i]:cu_seqlens_q[i + 1]`` and k/v rows ``cu_seqlens_k[i]:cu_seqlens_k[i + 1]``.
+        On the GPU or the CPU; a GPU tensor is read back synchronously (the lengths are needed on
+        the host).
+    max_seqlen_q, max_seqlen_k : int
+        The longest sequence allowed in each; a longer one is a ValueError.
+    is_causal : causal mask within each sequence, bottom-right aligned (query i of a sequence sees
+        key j iff ``j <= i + kv_len - qo_len``: chunked prefill against a longer context masks
+        correctly); the official package defines only ``qo_len == kv_len``, where both agree.
+    sm_scale : softmax scale, default ``1/sqrt(head_dim)``.
+    smooth_k : subtract K's mean before quantizing, **per sequence** (the official package takes
+        the mean over all packed tokens at once).
+    return_lse : keyword (ours), default False: also return the natural-log log-sum-exp of each
+        query row, float32 ``[q_heads, total_q]`` (``-inf`` for rows that see no key).
+    pv_accum, pv_precision, backend : keywords, as for :func:`sageattn`.
+
+    Returns
+    -------
+    The output ``[total_q, q_heads, head_dim]`` (a new contiguous tensor of q's dtype), or
+    ``(output, lse)`` with ``return_lse=True``. Empty sequences are allowed: queries without
+    keys give 0.
+
+    Raises TypeError, ValueError (shapes, strides, devices, every bad ``cu_seqlens``: not
+    starting at 0, decreasing, not ending at the row count, batch sizes that differ, a length
+    above its ``max_seqlen``) or RuntimeError, with the library's message. Today it runs one
+    batched call per sequence (fine for a few long sequences; launch-bound with many short ones)
+    and cannot be captured in a CUDA graph. Works under ``torch.compile`` as the custom op
+    ``torch.ops.sageattention_rs.sageattn_varlen``.
+    """
+    return_lse = kwargs.pop("return_lse", False)
+    if not isinstance(return_lse, bool):
+        raise TypeError(
+            f"sageattn_varlen(): return_lse must be a bool, got {type(return_lse).__name__}"
+        )
+    options = _keywords("sageattn_varlen", kwargs)
+    ops = _ops_for("sageattn_varlen", q=q, k=k, v=v)
+    return ops.sageattn_varlen(
+        q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal, sm_scale,
+        return_lse, smooth_k, options,
+    )
+
+
 def scaled_dot_product_attention(
     query,
     key,

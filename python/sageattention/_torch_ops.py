@@ -2,6 +2,7 @@
 and the SDPA fallback rules. Imported on the first call with torch tensors."""
 
 import logging
+import operator
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -200,6 +201,167 @@ def sageattn(q, k, v, tensor_layout, is_causal, sm_scale, return_lse, smooth_k, 
         options["pv_precision"],
         options["backend"],
     )
+    return (out, lse) if return_lse else out
+
+
+# ---------------------------------------------------------------------------------------------
+# sageattn_varlen: packed sequences
+# ---------------------------------------------------------------------------------------------
+
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
+
+
+def _cu_seqlens(name: str, t) -> Tuple[int, ...]:
+    """The prefix sums as host ints: a 1-d int32 or int64 tensor, on any device. A CUDA tensor is
+    copied synchronously (ordered after the work torch queued on its stream); the per-sequence
+    call needs the lengths on the host anyway."""
+    if not isinstance(t, Tensor):
+        kind = type(t)
+        raise TypeError(
+            f"sageattn_varlen(): {name} must be a torch.Tensor of dtype torch.int32, got "
+            f"{kind.__module__}.{kind.__qualname__}"
+        )
+    if t.dtype not in (torch.int32, torch.int64):
+        raise TypeError(
+            f"sageattn_varlen(): {name} has dtype {t.dtype}; cu_seqlens must be torch.int32 "
+            "(or torch.int64)"
+        )
+    if t.dim() != 1:
+        raise ValueError(
+            f"sageattn_varlen(): {name} must be 1-d, [batch + 1], got shape {tuple(t.shape)}"
+        )
+    host = t.detach().to("cpu")
+    if host.dtype == torch.int64 and host.numel() > 0:
+        low, high = int(host.min()), int(host.max())
+        if low < _INT32_MIN or high > _INT32_MAX:
+            raise ValueError(
+                f"sageattn_varlen(): {name} holds {low if low < _INT32_MIN else high}, outside "
+                "int32"
+            )
+    return tuple(host.to(torch.int32).tolist())
+
+
+def _max_seqlen(name: str, value) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"sageattn_varlen(): {name} must be an int, got bool")
+    if isinstance(value, Tensor) and value.numel() == 1 and not value.is_floating_point():
+        value = int(value)
+    try:
+        n = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"sageattn_varlen(): {name} must be an int, got {type(value).__name__}"
+        ) from None
+    if n < 0:
+        raise ValueError(f"sageattn_varlen(): {name} must be >= 0, got {n}")
+    return n
+
+
+def _packed_lse_shape(q: Tensor) -> Tuple[int, int]:
+    return (q.shape[1], q.shape[0])
+
+
+def _run_varlen(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    cu_seqlens_q: Tensor,
+    cu_seqlens_k: Tensor,
+    max_seqlen_q: int,
+    max_seqlen_k: int,
+    is_causal: bool,
+    sm_scale: Optional[float],
+    return_lse: bool,
+    smooth_k: bool,
+    pv_accum: str,
+    pv_precision: str,
+    backend: str,
+) -> Tuple[Tensor, Optional[Tensor]]:
+    """The real implementation: torch allocates, Rust runs on torch's current stream."""
+    cu_q = _cu_seqlens("cu_seqlens_q", cu_seqlens_q)
+    cu_k = _cu_seqlens("cu_seqlens_k", cu_seqlens_k)
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 3:
+            raise ValueError(
+                f"sageattn_varlen(): {name} must be 3-d, [total, heads, head_dim], got shape "
+                f"{tuple(t.shape)}"
+            )
+    _check_devices("sageattn_varlen", q, k, v)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = (
+        torch.empty(_packed_lse_shape(q), dtype=torch.float32, device=q.device)
+        if return_lse
+        else None
+    )
+    _native.attention_varlen(
+        _arg(q),
+        _arg(k),
+        _arg(v),
+        _arg(out),
+        _arg(lse) if lse is not None else None,
+        cu_q,
+        cu_k,
+        max_seqlen_q,
+        max_seqlen_k,
+        tensor_layout="NHD",
+        is_causal=is_causal,
+        sm_scale=sm_scale,
+        smooth_k=smooth_k,
+        pv_accum=pv_accum,
+        pv_precision=pv_precision,
+        backend=backend,
+        stream=_current_raw_stream(q.device.index),
+    )
+    return out, lse
+
+
+_VARLEN_SCHEMA = (
+    "(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+    "int max_seqlen_k, bool is_causal, float? sm_scale, bool return_lse, bool smooth_k, "
+    "str pv_accum, str pv_precision, str backend) -> (Tensor, Tensor)"
+)
+
+
+def _varlen_op_impl(*args) -> Tuple[Tensor, Tensor]:
+    out, lse = _run_varlen(*args)
+    return out, (_no_lse(args[0]) if lse is None else lse)
+
+
+_sageattn_varlen_op = torch.library.custom_op(
+    "sageattention_rs::sageattn_varlen", _varlen_op_impl, mutates_args=(), schema=_VARLEN_SCHEMA
+)
+
+
+@_sageattn_varlen_op.register_fake
+def _sageattn_varlen_fake(q, k, v, cu_q, cu_k, max_q, max_k, is_causal, sm_scale, return_lse,
+                          *_options):
+    lse_shape = _packed_lse_shape(q) if return_lse else (0,)
+    return q.new_empty(q.shape), q.new_empty(lse_shape, dtype=torch.float32)
+
+
+def sageattn_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, is_causal,
+                    sm_scale, return_lse, smooth_k, options):
+    args = (
+        q,
+        k,
+        v,
+        cu_seqlens_q,
+        cu_seqlens_k,
+        _max_seqlen("max_seqlen_q", max_seqlen_q),
+        _max_seqlen("max_seqlen_k", max_seqlen_k),
+        bool(is_causal),
+        _scale("sageattn_varlen", sm_scale),
+        bool(return_lse),
+        bool(smooth_k),
+        options["pv_accum"],
+        options["pv_precision"],
+        options["backend"],
+    )
+    if _through_op(q, k, v):
+        out, lse = _sageattn_varlen_op(*args)
+        lse = lse if return_lse else None
+    else:
+        out, lse = _run_varlen(*args)
     return (out, lse) if return_lse else out
 
 

@@ -4,6 +4,8 @@
 //! (`t.data_ptr()`, `str(t.dtype)`, `t.shape`, `t.stride()`, `t.device.index`, or -1 for a tensor
 //! that is not on a CUDA device), nothing copied. Shapes and strides arrive in the tensor's memory
 //! order (`tensor_layout`) and leave in the library's logical order `[batch, heads, seq, head_dim]`.
+//! Packed (variable-length) tensors `[total, heads, head_dim]` leave as the library's packed view
+//! `[1, heads, total, head_dim]`.
 
 use pyo3::FromPyObject;
 use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
@@ -157,6 +159,71 @@ pub(crate) fn tensor(name: &str, arg: &TensorArg, layout: Layout) -> Result<Raw,
         strides: logical(layout, *strides4),
         ordinal: device(name, *index)?,
     })
+}
+
+/// A packed q/k/v/out tensor, `[total, heads, head_dim]` (rows of every sequence one after the
+/// other), as the library's packed view: logical `[1, heads, total, head_dim]`.
+pub(crate) fn packed(name: &str, arg: &TensorArg) -> Result<Raw, Failure> {
+    let (ptr, dtype_name, shape, strides, index) = arg;
+    let three = |what: &str, xs: &[i64]| -> Result<[i64; 3], Failure> {
+        xs.try_into().map_err(|_| {
+            Failure::Value(format!(
+                "tensor `{name}` must be 3-d, [total, heads, head_dim], got {what} {xs:?} ({} \
+                 dimensions)",
+                xs.len()
+            ))
+        })
+    };
+    let [total, heads, dim] = three("shape", shape)?;
+    let [s_row, s_head, s_dim] = three("strides", strides)?;
+    let size = |n: i64| {
+        usize::try_from(n)
+            .map_err(|_| Failure::Value(format!("tensor `{name}` has a negative size: {shape:?}")))
+    };
+    let dims = [1, size(heads)?, size(total)?, size(dim)?];
+    Ok(Raw {
+        ptr: *ptr,
+        dtype: dtype(name, dtype_name)?,
+        shape: dims,
+        // The batch stride of a batch of one is never used; the whole extent keeps it valid.
+        strides: [s_row.saturating_mul(total.max(1)), s_head, s_row, s_dim],
+        ordinal: device(name, *index)?,
+    })
+}
+
+/// A `max_seqlen` argument: a non-negative int.
+pub(crate) fn max_seqlen(name: &str, value: i64) -> Result<usize, Failure> {
+    usize::try_from(value).map_err(|_| Failure::Value(format!("{name} must be >= 0, got {value}")))
+}
+
+/// The packed LSE output: float32, contiguous `[q_heads, total_q]` for the packed `q` (logical
+/// `[1, q_heads, total_q, d]`). Returns its pointer, element count and device.
+pub(crate) fn packed_lse(
+    arg: &TensorArg,
+    q_shape: [usize; 4],
+) -> Result<(u64, usize, usize), Failure> {
+    let (ptr, dtype_name, shape, strides, index) = arg;
+    if dtype("lse", dtype_name)? != DType::F32 {
+        return Err(Failure::Type(format!(
+            "tensor `lse` has dtype {dtype_name}, expected torch.float32"
+        )));
+    }
+    let [_, h, n, _] = q_shape;
+    let want = [h, n].map(|x| i64::try_from(x).unwrap_or(i64::MAX));
+    let dims_ok = shape.as_slice() == want.as_slice();
+    let strides_ok = strides.len() == 2
+        && (want[0] == 1 || strides[0] == want[1])
+        && (want[1] == 1 || strides[1] == 1);
+    if !dims_ok || !strides_ok {
+        return Err(Failure::Value(format!(
+            "tensor `lse` must be a contiguous [q_heads, total_q] = {want:?} tensor, got shape \
+             {shape:?} strides {strides:?}"
+        )));
+    }
+    let len = h
+        .checked_mul(n)
+        .ok_or_else(|| Failure::Value(format!("tensor `lse` of shape {want:?} is too large")))?;
+    Ok((*ptr, len, device("lse", *index)?))
 }
 
 /// The LSE output: float32, contiguous `[batch, q_heads, qo_len]` for `q_shape` (logical).

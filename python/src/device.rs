@@ -21,7 +21,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Instant;
 
 use cudarc::driver::{result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream};
-use sageattention::{sageattn_into, Error, Options, Prepared, Runtime, TensorView, TensorViewMut};
+use sageattention::varlen::check_varlen_inputs;
+use sageattention::{
+    sageattn_into, sageattn_varlen_into, Error, Options, Prepared, Runtime, TensorView,
+    TensorViewMut,
+};
 
 use crate::args::Raw;
 use crate::errors::Failure;
@@ -137,7 +141,8 @@ impl Drop for BorrowedSlice {
 /// The LSE output of a call: pointer, element count, device.
 pub(crate) type LseArg = (u64, usize, usize);
 
-/// Everything one call needs.
+/// Everything one call needs (for a varlen call, q, k, v and out are the packed views
+/// `[1, heads, total, head_dim]` and the LSE is `[q_heads, total_q]`).
 pub(crate) struct Call {
     pub q: Raw,
     pub k: Raw,
@@ -147,6 +152,64 @@ pub(crate) struct Call {
     pub opts: Options,
     /// torch's current stream on the device.
     pub stream: u64,
+}
+
+/// Everything one varlen call needs: the tensors and options, and the sequences.
+pub(crate) struct VarlenCall {
+    pub call: Call,
+    /// Q's prefix sums (`batch + 1` entries).
+    pub cu_seqlens_q: Vec<i32>,
+    /// K's prefix sums.
+    pub cu_seqlens_k: Vec<i32>,
+    pub max_seqlen_q: usize,
+    pub max_seqlen_k: usize,
+}
+
+impl VarlenCall {
+    /// Every check of the call that needs no driver (the packed views, then the prefix sums by
+    /// the library's rules), so that a bad `cu_seqlens` is a ValueError on any machine.
+    pub(crate) fn check(&self) -> Result<(), Failure> {
+        let c = &self.call;
+        check_varlen_inputs(
+            &view(&c.q),
+            &view(&c.k),
+            &view(&c.v),
+            &self.cu_seqlens_q,
+            &self.cu_seqlens_k,
+            self.max_seqlen_q,
+            self.max_seqlen_k,
+            &c.opts,
+        )?;
+        Ok(())
+    }
+}
+
+/// torch's LSE tensor as the library's `CudaSlice`, after checking that it is memory of `rt`'s
+/// device; `None` when the call asks for no LSE.
+fn borrowed_lse(rt: &Runtime, lse: Option<LseArg>) -> Result<BorrowedSlice, Failure> {
+    let Some((ptr, len, ordinal)) = lse else {
+        return Ok(BorrowedSlice(None));
+    };
+    // The library checks the LSE's length; the driver check that it is memory of this device
+    // goes through a 1-row view of it.
+    let len_i64 = i64::try_from(len).unwrap_or(i64::MAX);
+    // SAFETY: as `view_mut`.
+    let as_view = unsafe {
+        TensorViewMut::from_raw(
+            ptr,
+            sageattention::DType::F32,
+            [1, 1, 1, len],
+            [len_i64, len_i64, len_i64, 1],
+            ordinal,
+        )
+    };
+    as_view.validate("lse")?;
+    as_view.check_device_memory("lse", rt)?;
+    // SAFETY: `ptr` is `len` f32 of device memory of this runtime's device (checked just above),
+    // owned by torch for the call; the guard leaks the slice, so cudarc never frees it.
+    Ok(BorrowedSlice(Some(unsafe {
+        rt.stream().upgrade_device_ptr::<f32>(ptr, len)
+    })))
 }
 
 impl Device {
@@ -202,10 +265,36 @@ impl Device {
     /// Runs one attention call, ordered after the work already queued on `call.stream` and
     /// before anything queued there after it.
     pub(crate) fn run(&self, call: &Call) -> Result<(), Failure> {
+        self.fenced(call.stream, |capturing| self.enqueue(call, capturing))
+    }
+
+    /// Runs one varlen call, fenced like [`Device::run`]. Not during a graph capture: the call
+    /// is one batched call per sequence from host-side lengths, on the runtime's workspace.
+    pub(crate) fn run_varlen(&self, call: &VarlenCall) -> Result<(), Failure> {
+        self.fenced(call.call.stream, |capturing| {
+            if capturing {
+                return Err(Failure::Runtime(
+                    "sageattn_varlen cannot be captured in a CUDA graph (it runs one call per \
+                     sequence from lengths read on the host); call it outside the capture"
+                        .into(),
+                ));
+            }
+            self.enqueue_varlen(call)
+        })
+    }
+
+    /// Runs `enqueue(capturing)` on the runtime's stream, fenced with the caller's `stream`: the
+    /// runtime's stream waits for what the caller queued before, and the caller's stream waits
+    /// for what `enqueue` queued.
+    fn fenced(
+        &self,
+        stream: u64,
+        enqueue: impl FnOnce(bool) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
         let _call = lock(&self.call);
         let _restore = RestoreContext::save()?;
         self.rt.bind()?;
-        let caller = self.caller_stream(call.stream);
+        let caller = self.caller_stream(stream);
         // SAFETY: a query of a live stream handle (allowed during a capture).
         let capturing = unsafe { result::stream::is_capturing(caller.cu_stream()) }
             .map_err(|e| Failure::cuda("asking whether torch's stream is capturing", e))?
@@ -218,7 +307,7 @@ impl Device {
             .stream()
             .wait(&self.ready)
             .map_err(|e| Failure::cuda("making the library's stream wait for torch's", e))?;
-        let ran = self.enqueue(call, capturing);
+        let ran = enqueue(capturing);
         // Join back whatever happened: an unjoined fork would break a capture.
         let joined = self
             .done
@@ -228,36 +317,33 @@ impl Device {
         ran.and(joined)
     }
 
+    fn enqueue_varlen(&self, c: &VarlenCall) -> Result<(), Failure> {
+        let rt = &self.rt;
+        let call = &c.call;
+        let (q, k, v) = (view(&call.q), view(&call.k), view(&call.v));
+        let mut out = view_mut(&call.out);
+        let mut lse = borrowed_lse(rt, call.lse)?;
+        sageattn_varlen_into(
+            rt,
+            &q,
+            &k,
+            &v,
+            c.cu_seqlens_q.as_slice(),
+            c.cu_seqlens_k.as_slice(),
+            c.max_seqlen_q,
+            c.max_seqlen_k,
+            &mut out,
+            lse.0.as_mut(),
+            &call.opts,
+        )?;
+        Ok(())
+    }
+
     fn enqueue(&self, call: &Call, capturing: bool) -> Result<(), Failure> {
         let rt = &self.rt;
         let (q, k, v) = (view(&call.q), view(&call.k), view(&call.v));
         let mut out = view_mut(&call.out);
-        let mut lse = match call.lse {
-            Some((ptr, len, ordinal)) => {
-                // The library checks the LSE's length; the driver check that it is memory of
-                // this device goes through a 1-row view of it.
-                let len_i64 = i64::try_from(len).unwrap_or(i64::MAX);
-                // SAFETY: as `view_mut`.
-                let as_view = unsafe {
-                    TensorViewMut::from_raw(
-                        ptr,
-                        sageattention::DType::F32,
-                        [1, 1, 1, len],
-                        [len_i64, len_i64, len_i64, 1],
-                        ordinal,
-                    )
-                };
-                as_view.validate("lse")?;
-                as_view.check_device_memory("lse", rt)?;
-                // SAFETY: `ptr` is `len` f32 of device memory of this runtime's device (checked
-                // just above), owned by torch for the call; the guard leaks the slice, so cudarc
-                // never frees it.
-                BorrowedSlice(Some(unsafe {
-                    rt.stream().upgrade_device_ptr::<f32>(ptr, len)
-                }))
-            }
-            None => BorrowedSlice(None),
-        };
+        let mut lse = borrowed_lse(rt, call.lse)?;
         let mut opts = call.opts;
         opts.return_lse = lse.0.is_some();
         if capturing {

@@ -3,6 +3,7 @@
 //! The library's [`Error`] variants map onto three Python types: a wrong element type is a
 //! `TypeError`; a wrong shape, stride, alignment, device or option value is a `ValueError`; a
 //! driver, device or kernel failure is a `RuntimeError`. The message is the library's own text.
+//! Bad `cu_seqlens` (and a packed tensor that is not packed) are `ValueError`s.
 
 use pyo3::exceptions::{PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::PyErr;
@@ -46,7 +47,15 @@ impl From<Error> for Failure {
             | Error::NotDeviceMemory { .. }
             | Error::OutOfBounds { .. }
             | Error::InvalidOption(_)
-            | Error::PvPrecisionUnavailable { .. } => Failure::Value(text),
+            | Error::PvPrecisionUnavailable { .. }
+            // Packed (variable-length) inputs: a view that is not packed, bad prefix sums.
+            | Error::NotPacked { .. }
+            | Error::SeqlensBatch { .. }
+            | Error::SeqlensBatchMismatch { .. }
+            | Error::SeqlensFirst { .. }
+            | Error::SeqlensNotMonotone { .. }
+            | Error::SeqlensTotal { .. }
+            | Error::SeqlenAboveMax { .. } => Failure::Value(text),
             // Driver, device, module and kernel failures, and whatever the library adds later.
             _ => Failure::Runtime(text),
         }

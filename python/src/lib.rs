@@ -6,7 +6,7 @@
 //! (the library's validation, with its messages), and runs the call on the device's runtime,
 //! fenced with torch's stream (see [`device`]). It never imports torch.
 //!
-//! Read order: [`attention`] → `args` (what crosses from Python) → `device` (runtime per GPU,
+//! Read order: [`attention`] (and [`attention_varlen`], packed batches) → `args` (what crosses from Python) → `device` (runtime per GPU,
 //! stream fencing, graph capture) → `errors` (library error → Python exception).
 
 mod args;
@@ -18,7 +18,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 
 use crate::args::{CallOptions, TensorArg};
-use crate::device::Call;
+use crate::device::{Call, VarlenCall};
 use crate::errors::{no_panic, Failure};
 
 /// The keyword arguments of a call (`tensor_layout`, `is_causal`, `sm_scale`, `smooth_k`,
@@ -76,6 +76,72 @@ fn attention(
     let options = call_options(options)?;
     let call = no_panic(|| parse_call([&q, &k, &v, &out], lse.as_ref(), &options))?;
     py.detach(|| no_panic(|| device::device(call.q.ordinal)?.run(&call)))?;
+    Ok(())
+}
+
+/// Parses one varlen call's arguments and checks them as far as no driver is needed (the packed
+/// views, then the prefix sums by the library's rules).
+fn parse_varlen_call(
+    [q, k, v, out]: [&TensorArg; 4],
+    lse: Option<&TensorArg>,
+    (cu_seqlens_q, cu_seqlens_k): (Vec<i32>, Vec<i32>),
+    (max_seqlen_q, max_seqlen_k): (i64, i64),
+    options: &CallOptions,
+) -> Result<VarlenCall, Failure> {
+    let q = args::packed("q", q)?;
+    let lse = lse.map(|l| args::packed_lse(l, q.shape)).transpose()?;
+    let call = VarlenCall {
+        call: Call {
+            q,
+            k: args::packed("k", k)?,
+            v: args::packed("v", v)?,
+            out: args::packed("out", out)?,
+            lse,
+            opts: args::options(options, sageattention::Layout::Nhd)?,
+            stream: options.stream,
+        },
+        cu_seqlens_q,
+        cu_seqlens_k,
+        max_seqlen_q: args::max_seqlen("max_seqlen_q", max_seqlen_q)?,
+        max_seqlen_k: args::max_seqlen("max_seqlen_k", max_seqlen_k)?,
+    };
+    call.check()?;
+    Ok(call)
+}
+
+/// Runs SageAttention over a packed batch of sequences: `q` `[total_q, q_heads, head_dim]`, `k`,
+/// `v` `[total_k, kv_heads, head_dim]` and `out` (like `q`), as `(data_ptr, dtype, shape,
+/// strides, device_index)`; the prefix sums as lists of ints on the host; `lse`, when given,
+/// float32 `[q_heads, total_q]`. Keyword arguments as [`attention`] (`tensor_layout` is ignored:
+/// packed tensors are NHD). Raises TypeError, ValueError (bad `cu_seqlens` included, before any
+/// driver call) or RuntimeError; releases the GIL while it runs.
+#[pyfunction]
+#[pyo3(signature = (q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, **options))]
+#[allow(clippy::too_many_arguments)]
+fn attention_varlen(
+    py: Python<'_>,
+    q: TensorArg,
+    k: TensorArg,
+    v: TensorArg,
+    out: TensorArg,
+    lse: Option<TensorArg>,
+    cu_seqlens_q: Vec<i32>,
+    cu_seqlens_k: Vec<i32>,
+    max_seqlen_q: i64,
+    max_seqlen_k: i64,
+    options: Option<&Bound<'_, PyDict>>,
+) -> PyResult<()> {
+    let options = call_options(options)?;
+    let call = no_panic(|| {
+        parse_varlen_call(
+            [&q, &k, &v, &out],
+            lse.as_ref(),
+            (cu_seqlens_q, cu_seqlens_k),
+            (max_seqlen_q, max_seqlen_k),
+            &options,
+        )
+    })?;
+    py.detach(|| no_panic(|| device::device(call.call.q.ordinal)?.run_varlen(&call)))?;
     Ok(())
 }
 
@@ -139,6 +205,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         PyTuple::new(m.py(), sageattention::device_config::SUPPORTED_HEAD_DIMS)?,
     )?;
     m.add_function(wrap_pyfunction!(attention, m)?)?;
+    m.add_function(wrap_pyfunction!(attention_varlen, m)?)?;
     m.add_function(wrap_pyfunction!(time_library_call, m)?)?;
     m.add_function(wrap_pyfunction!(release_workspace, m)?)?;
     m.add_function(wrap_pyfunction!(compute_capability, m)?)?;
