@@ -56,6 +56,27 @@ def test_sageattn_signature_is_the_official_one():
     assert params["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
 
 
+def test_sageattn_varlen_signature_is_the_official_one():
+    params = inspect.signature(sageattention.sageattn_varlen).parameters
+    assert list(params) == [
+        "q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k",
+        "is_causal", "sm_scale", "smooth_k", "kwargs",
+    ]
+    defaults = {n: p.default for n, p in params.items() if p.default is not inspect.Parameter.empty}
+    assert defaults == {"is_causal": False, "sm_scale": None, "smooth_k": True}
+    assert params["kwargs"].kind is inspect.Parameter.VAR_KEYWORD
+
+
+def test_varlen_keywords_are_checked():
+    with pytest.raises(TypeError, match="unexpected keyword argument.*'tensor_layout'"):
+        sageattention.sageattn_varlen(None, None, None, None, None, 1, 1, tensor_layout="HND")
+    with pytest.raises(TypeError, match="return_lse must be a bool"):
+        sageattention.sageattn_varlen(None, None, None, None, None, 1, 1, return_lse=1)
+    x = [[[0.0] * 64]]
+    with pytest.raises(TypeError, match="must be a torch.Tensor.*builtins.list"):
+        sageattention.sageattn_varlen(x, x, x, [0, 1], [0, 1], 1, 1)
+
+
 def test_sdpa_signature_is_torchs():
     params = inspect.signature(sageattention.scaled_dot_product_attention).parameters
     assert list(params) == [
@@ -163,6 +184,56 @@ def test_native_valid_arguments_reach_the_driver_without_dying():
     if not _native.driver_available():
         with pytest.raises(RuntimeError, match="CUDA driver is not available"):
             _native.attention(HND, HND, HND, HND, None, **CALL)
+
+
+# Packed q [10, 4, 64] and k/v [12, 2, 64] at fake addresses: the varlen checks need no driver.
+PQ = (1 << 20, "torch.float16", (10, 4, 64), (256, 64, 1), 0)
+PK = (1 << 32, "torch.float16", (12, 2, 64), (128, 64, 1), 0)
+VARLEN = dict(CALL, tensor_layout="NHD")
+CU_Q, CU_K = [0, 3, 3, 10], [0, 0, 5, 12]
+
+
+def varlen(cu_q=CU_Q, cu_k=CU_K, max_q=7, max_k=7, q=PQ, lse=None):
+    _native.attention_varlen(q, PK, PK, q, lse, cu_q, cu_k, max_q, max_k, **VARLEN)
+
+
+@pytest.mark.parametrize(
+    "cu_q, cu_k, max_q, message",
+    [
+        ([0, 3, 2, 10], CU_K, 7, "`cu_seqlens_q` is not monotone: entry 2 is 2 after 3"),
+        ([1, 3, 3, 10], CU_K, 7, r"`cu_seqlens_q`\[0\] is 1"),
+        (CU_Q, [0, 0, 5, 11], 7, "`cu_seqlens_k` ends at 11 but the packed tensor `k` holds 12"),
+        (CU_Q, [0, 6, 12], 7, "cu_seqlens_q describes 3 sequences but cu_seqlens_k 2"),
+        ([0], [0], 7, "`cu_seqlens_q` has 1 entries"),
+        (CU_Q, CU_K, 6, "sequence 2 of `cu_seqlens_q` has length 7, above the max_seqlen given"),
+    ],
+)
+def test_native_varlen_rejects_bad_cu_seqlens_without_a_driver(cu_q, cu_k, max_q, message):
+    with pytest.raises(ValueError, match=message):
+        varlen(cu_q, cu_k, max_q)
+
+
+def test_native_varlen_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="max_seqlen_k must be >= 0"):
+        varlen(max_k=-1)
+    with pytest.raises(ValueError, match="must be 3-d"):
+        varlen(q=(1 << 20, "torch.float16", (1, 10, 4, 64), (2560, 256, 64, 1), 0))
+    with pytest.raises(ValueError, match="unsupported head_dim 80"):
+        varlen(q=(1 << 20, "torch.float16", (10, 4, 80), (320, 80, 1), 0))
+    with pytest.raises(TypeError, match="lse"):
+        varlen(lse=(1 << 36, "torch.float16", (4, 10), (10, 1), 0))
+    with pytest.raises(ValueError, match=r"contiguous \[q_heads, total_q\]"):
+        varlen(lse=(1 << 36, "torch.float32", (10, 4), (4, 1), 0))
+    with pytest.raises(TypeError):
+        varlen(cu_q="0,3,3,10")
+
+
+def test_native_varlen_valid_arguments_reach_the_driver_without_dying():
+    with pytest.raises((RuntimeError, ValueError)):
+        varlen()
+    if not _native.driver_available():
+        with pytest.raises(RuntimeError, match="CUDA driver is not available"):
+            varlen()
 
 
 def test_release_workspace_of_an_unused_device_is_a_no_op():
@@ -286,6 +357,52 @@ def test_fallback_reasons(case, key):
         is_causal=case.get("is_causal", False),
     )
     assert reason is not None and reason[0] == key, reason
+
+
+@requires_torch
+@pytest.mark.parametrize(
+    "cu, max_q, exc, message",
+    [
+        ("float", 4, TypeError, "cu_seqlens_q has dtype torch.float32"),
+        ("2-d", 4, ValueError, "cu_seqlens_q must be 1-d"),
+        ("list", 4, TypeError, "cu_seqlens_q must be a torch.Tensor"),
+        ("int64 overflow", 4, ValueError, "outside int32"),
+        ("ok", "4", TypeError, "max_seqlen_q must be an int"),
+        ("ok", -1, ValueError, "max_seqlen_q must be >= 0"),
+        ("ok", 4, ValueError, "q is on cpu"),
+    ],
+)
+def test_varlen_argument_errors_on_the_cpu(cu, max_q, exc, message):
+    import torch
+
+    q = torch.randn(8, 2, 64, dtype=torch.float16)
+    good = torch.tensor([0, 4, 8], dtype=torch.int32)
+    cu_q = {
+        "float": good.float(),
+        "2-d": good[None],
+        "list": [0, 4, 8],
+        "int64 overflow": torch.tensor([0, 4, 2**40], dtype=torch.int64),
+        "ok": good,
+    }[cu]
+    with pytest.raises(exc, match=message):
+        sageattention.sageattn_varlen(q, q, q, cu_q, good, max_q, 4)
+
+
+@requires_torch
+def test_varlen_custom_op_is_registered_with_a_fake_kernel():
+    import torch
+
+    from sageattention import _torch_ops  # noqa: F401  (registers the op)
+
+    op = torch.ops.sageattention_rs.sageattn_varlen
+    q = torch.empty(300, 8, 128, dtype=torch.bfloat16, device="meta")
+    k = torch.empty(500, 2, 128, dtype=torch.bfloat16, device="meta")
+    cu = torch.empty(4, dtype=torch.int32, device="meta")
+    out, lse = op(q, k, k, cu, cu, 200, 300, True, None, True, True, "f16", "f16", "auto")
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == (8, 300) and lse.dtype == torch.float32
+    out, lse = op(q, k, k, cu, cu, 200, 300, False, 0.1, False, True, "f16", "f16", "auto")
+    assert lse.numel() == 0
 
 
 @requires_torch
