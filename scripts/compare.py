@@ -27,7 +27,16 @@ Runs on the GPU machine (see docs/bench.md; normally through scripts/compare.sh)
   3. our bench on the same shapes (`bench --json --peers --plot`) -> $OUT/ours.json, chart.svg;
      with the 8-bit P.V (--ours-int8, on by default on compute capability 9.0) once more with
      `--pv-precision int8` -> $OUT/ours-int8.json, chart-int8.svg
-  4. the table -> stdout and $OUT/table.txt; everything -> $OUT/compare.json
+  4. varlen (--varlen on, the default; `only` runs nothing else): packed sequences timed in this
+     one process on the same inputs, for d=128 (--varlen-head-dims), causal off and on: a mix of
+     16 lengths drawn (seeded) from 128..8192, and the same number of equal lengths (the mix's
+     mean): our `sageattn_varlen` through our wheel (compare.sh installs it from .device/wheels
+     into $SAGE_RS_SITE; imported as `sageattention_rs`, both packages being `sageattention`),
+     with the prefix sums on the GPU and on the host; the official SageAttention 1.0.6
+     `sageattn_varlen` (Triton, the same package as above); PyTorch SDPA's flash backend on
+     nested (jagged) tensors when torch runs them, else one call per sequence (the table says
+     which). Accuracy: rel L1 against SDPA's output on the same inputs.
+  5. the table -> stdout and $OUT/table.txt; everything -> $OUT/compare.json
 
 A peer that fails (import error, unsupported shape, out of memory) shows `failed` in its column
 and the reasons are listed under the table; the run goes on.
@@ -38,9 +47,11 @@ from the wheel compare.sh installs (pure Python), 2.2 from its build. `python3 c
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os
+import random
 import shlex
 import subprocess
 import sys
@@ -842,6 +853,304 @@ def from_layout(o, layout, peer):
 
 
 # ----------------------------------------------------------------------------------------------
+# Varlen: packed sequences, in this process
+# ----------------------------------------------------------------------------------------------
+
+# Columns of the varlen section: SDPA, the official 1.0.6, ours with the prefix sums on the GPU
+# (as the others take them) and on the host (no read-back).
+VARLEN_PEERS = ["sdpa-flash", "sage-1.0.6", "ours", "ours-host-cu"]
+# Accuracy columns (against SDPA's output).
+VARLEN_ACC = ["sage-1.0.6", "ours"]
+
+
+def varlen_lengths(a):
+    """The mix: --varlen-seqs lengths drawn uniformly from --varlen-min-len..--varlen-max-len
+    (Python's random, seeded by --seed)."""
+    rng = random.Random(a.seed)
+    return [rng.randint(a.varlen_min_len, a.varlen_max_len) for _ in range(a.varlen_seqs)]
+
+
+def varlen_cases(a):
+    """Per head_dim and causal setting: the mix, then as many sequences of one length (the mix's
+    mean, rounded to 64) — about the same tokens, no spread."""
+    mix = varlen_lengths(a)
+    mean = max(64, int(round(sum(mix) / len(mix) / 64)) * 64)
+    cases = []
+    for d in a.varlen_head_dims:
+        for causal in causal_list(a):
+            cases.append({"kind": "mix", "lens": mix, "head_dim": d, "causal": causal})
+            cases.append({"kind": "equal", "lens": [mean] * len(mix), "head_dim": d,
+                          "causal": causal})
+    return cases
+
+
+def varlen_flops(lens, heads, head_dim, causal):
+    return sum(attention_flops(1, heads, n, n, head_dim, causal) for n in lens)
+
+
+def varlen_label(case):
+    lens = case["lens"]
+    d, causal = case["head_dim"], "on" if case["causal"] else "off"
+    if case["kind"] == "mix":
+        what = f"mix {len(lens)} x {min(lens)}..{max(lens)}"
+    else:
+        what = f"equal {len(lens)} x {lens[0]}"
+    return f"d={d} causal={causal} {what}"
+
+
+def load_ours_wheel():
+    """Our Python package, installed by compare.sh from the carried wheel into $SAGE_RS_SITE,
+    imported under the name `sageattention_rs` (the official package is `sageattention` too)."""
+    if "sageattention_rs" in sys.modules:
+        return sys.modules["sageattention_rs"]
+    site = os.environ.get("SAGE_RS_SITE")
+    if not site:
+        raise PeerUnavailable("SAGE_RS_SITE is not set: compare.sh installs our wheel from "
+                              ".device/wheels (scripts/device-bundle.sh, carry .device)")
+    pkg = os.path.join(site, "sageattention")
+    init = os.path.join(pkg, "__init__.py")
+    if not os.path.exists(init):
+        raise PeerUnavailable(f"no {init}: our wheel is not installed there")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sageattention_rs", init,
+                                                  submodule_search_locations=[pkg])
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["sageattention_rs"] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - reported in the table
+        del sys.modules["sageattention_rs"]
+        raise PeerUnavailable(f"importing our wheel failed: {first_line(e)}") from e
+    return mod
+
+
+def sdpa_varlen(torch, sets, cu, lens, causal, gqa):
+    """SDPA's flash backend over packed sequences: nested (jagged) tensors when torch runs them
+    on flash (one varlen call), else one call per sequence. Returns (mode, fn(i) -> output,
+    to_packed(output) -> [total, heads, d])."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    n = len(sets)
+    kwargs = {"is_causal": causal}
+    if gqa:
+        kwargs["enable_gqa"] = True
+    try:
+        offsets = cu.long()
+
+        def njt(t):
+            try:
+                return torch.nested.nested_tensor_from_jagged(
+                    t, offsets, min_seqlen=min(lens), max_seqlen=max(lens))
+            except TypeError:  # a torch without the length hints
+                return torch.nested.nested_tensor_from_jagged(t, offsets)
+
+        nested = [tuple(njt(t).transpose(1, 2) for t in s) for s in sets]
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            F.scaled_dot_product_attention(*nested[0], **kwargs)
+        torch.cuda.synchronize()
+
+        def fn(i):
+            return F.scaled_dot_product_attention(*nested[i % n], **kwargs)
+
+        return ("nested jagged tensors (one flash varlen call)", fn,
+                lambda o: o.transpose(1, 2).values())
+    except Exception as e:  # noqa: BLE001 - then per sequence
+        why = first_line(e)
+        torch.cuda.synchronize()
+    c = cu.tolist()
+    views = [[tuple(t[c[j]:c[j + 1]].transpose(0, 1)[None] for t in s) for j in range(len(lens))]
+             for s in sets]
+
+    def fn(i):
+        return [F.scaled_dot_product_attention(*x, **kwargs) for x in views[i % n]]
+
+    return (f"{len(lens)} flash calls, one per sequence (nested tensors failed: {why})", fn,
+            lambda outs: torch.cat([o[0].transpose(0, 1) for o in outs]))
+
+
+def varlen_callable(torch, name, sets, cu, lens, causal, gqa):
+    """(context factory, fn(i) -> output, to_packed, note) for one varlen peer."""
+    n = len(sets)
+    mx = max(lens)
+    same = (lambda o: o)
+    if name in ("ours", "ours-host-cu"):
+        rs = load_ours_wheel()
+        cu_arg = cu if name == "ours" else cu.cpu()
+
+        def fn(i):
+            q, k, v = sets[i % n]
+            return rs.sageattn_varlen(q, k, v, cu_arg, cu_arg, mx, mx, is_causal=causal)
+
+        return contextlib.nullcontext, fn, same, None
+    if name == "sage-1.0.6":
+        sage, _, _ = load_sage()
+        if not hasattr(sage, "sageattn_varlen"):
+            raise PeerUnavailable("this sageattention has no sageattn_varlen")
+
+        def fn(i):
+            q, k, v = sets[i % n]
+            # It subtracts K's mean (over all packed tokens) from k in place; N(0,1) stays so.
+            return sage.sageattn_varlen(q, k, v, cu, cu, mx, mx, is_causal=causal)
+
+        return contextlib.nullcontext, fn, same, None
+    if name == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        mode, fn, to_packed = sdpa_varlen(torch, sets, cu, lens, causal, gqa)
+        return (lambda: sdpa_kernel([SDPBackend.FLASH_ATTENTION])), fn, to_packed, mode
+    raise PeerUnavailable(f"unknown varlen peer {name}")
+
+
+def run_varlen_section(torch, a):
+    """Times VARLEN_PEERS on every case of `varlen_cases` in this process and measures their
+    accuracy against SDPA's output; returns the section's JSON document."""
+    dtype = torch_dtype(torch, a.dtype)
+    heads, kv_heads = a.heads, a.kv_heads
+    gqa = heads != kv_heads
+    l2 = device_info(torch)["l2_bytes"]
+    cases = varlen_cases(a)
+    out = {"config": {"heads": heads, "kv_heads": kv_heads, "dtype": a.dtype,
+                      "head_dims": a.varlen_head_dims, "seed": a.seed,
+                      "mix": varlen_lengths(a)},
+           "peers": VARLEN_PEERS, "cases": []}
+    try:
+        ours = load_ours_wheel()
+        out["config"]["ours"] = f"sageattention {ours.__version__} (our wheel)"
+    except PeerUnavailable as e:
+        out["config"]["ours"] = str(e)
+    log(f"varlen: {len(cases)} cases, mix {out['config']['mix']}")
+    g = torch.Generator(device="cuda")
+    g.manual_seed(a.seed + 4242)
+    for case in cases:
+        lens, d, causal = case["lens"], case["head_dim"], case["causal"]
+        label = varlen_label(case)
+        total = sum(lens)
+        flops = varlen_flops(lens, heads, d, causal)
+        doc = dict(case, tokens=total, flops=flops, results={}, accuracy={}, sdpa_mode=None)
+        out["cases"].append(doc)
+        set_bytes = total * (heads + 2 * kv_heads) * d * 2
+        sets = a.sets or rotation_sets(set_bytes, l2, a.max_sets)
+        doc["sets"] = sets
+        try:
+            cu_list = [0]
+            for n in lens:
+                cu_list.append(cu_list[-1] + n)
+            cu = torch.tensor(cu_list, dtype=torch.int32, device="cuda")
+            data = [tuple(torch.randn((total, h, d), device="cuda", dtype=dtype, generator=g)
+                          for h in (heads, kv_heads, kv_heads)) for _ in range(sets)]
+        except Exception as e:  # noqa: BLE001 - out of memory: every peer fails this case
+            err = first_line(e)
+            doc["results"] = {p: {"error": err} for p in VARLEN_PEERS}
+            log(f"varlen {label}: inputs not made: {err}")
+            torch.cuda.empty_cache()
+            continue
+        # Accuracy first, on pristine inputs (the official call changes k in place).
+        q0, k0, v0 = data[0]
+        ref = None
+        for name in ["sdpa-flash"] + VARLEN_ACC:
+            try:
+                one = [(q0, k0.clone(), v0)]
+                ctx, fn, to_packed, mode = varlen_callable(torch, name, one, cu, lens, causal, gqa)
+                with ctx():
+                    o = to_packed(fn(0))
+                torch.cuda.synchronize()
+                if name == "sdpa-flash":
+                    ref, doc["sdpa_mode"] = o.double(), mode
+                    log(f"varlen {label}: sdpa-flash runs as {mode}")
+                elif ref is not None:
+                    doc["accuracy"][name] = metrics(torch, o, ref)
+                else:
+                    doc["accuracy"][name] = {"error": "no SDPA output to compare with"}
+                del o
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                if name != "sdpa-flash":
+                    doc["accuracy"][name] = {"error": first_line(e)}
+                log(f"varlen {label}: {name} output: FAILED: {first_line(e)}")
+                torch.cuda.synchronize()
+        del ref
+        torch.cuda.empty_cache()
+        for name in VARLEN_PEERS:
+            try:
+                ctx, fn, _, _ = varlen_callable(torch, name, data, cu, lens, causal, gqa)
+                with ctx():
+                    samples, host_ms = time_calls(torch, fn, a)
+                st = summarize(samples)
+                st["host_enqueue_ms"] = host_ms
+                st["tops"] = tops(flops, st["median_ms"])
+                doc["results"][name] = st
+                log(f"varlen {label} {name}: {st['median_ms']:.4f} ms, {st['tops']:.1f} TOPS "
+                    f"({st['iters']} calls, {sets} sets)")
+            except Exception as e:  # noqa: BLE001 - reported in the table
+                doc["results"][name] = {"error": first_line(e)}
+                log(f"varlen {label} {name}: FAILED: {first_line(e)}")
+                if not isinstance(e, PeerUnavailable) and a.verbose:
+                    traceback.print_exc()
+                try:
+                    torch.cuda.synchronize()
+                except Exception:  # noqa: BLE001
+                    pass
+            torch.cuda.empty_cache()
+        del data, q0, k0, v0
+        torch.cuda.empty_cache()
+    return out
+
+
+def render_varlen_table(section):
+    """The varlen section as text: TOPS per peer, our ratios, accuracy against SDPA; then which
+    way SDPA ran and the failures. Pure (works on the section's JSON)."""
+    cfg = section.get("config", {})
+    peers = section.get("peers", VARLEN_PEERS)
+    mix = cfg.get("mix", [])
+    lines = [
+        f"varlen (packed sequences, one process, same inputs): heads {cfg.get('heads')}, kv_heads "
+        f"{cfg.get('kv_heads')}, {cfg.get('dtype')}; mix of {len(mix)} lengths {mix} "
+        f"({sum(mix)} tokens); equal = as many sequences of the mix's mean",
+        "TOPS = sum over the sequences of 4*L^2*H*d / median time (halved when causal); ours = "
+        "our sageattn_varlen with cu_seqlens on the GPU (read back each call), ours-host-cu = "
+        "on the host; accuracy = rel L1 / cos sim against SDPA's output",
+        "",
+    ]
+    header = ["case", "tokens"] + peers + ["ours/flash", "ours/sage"] + \
+        [f"acc {p}" for p in VARLEN_ACC]
+    rows, failures, modes = [], {}, []
+    for c in section.get("cases", []):
+        label = varlen_label(c)
+        row = [label, str(c.get("tokens", sum(c["lens"])))]
+        t = {}
+        for p in peers:
+            r = c.get("results", {}).get(p)
+            if r is None:
+                row.append("-")
+            elif "error" in r:
+                row.append("failed")
+                failures.setdefault(p, {}).setdefault(r["error"], []).append(label)
+            else:
+                t[p] = r.get("tops")
+                row.append(fmt_tops(r.get("tops")))
+        for other in ("sdpa-flash", "sage-1.0.6"):
+            row.append(f"{t['ours'] / t[other]:.2f}x" if t.get("ours") and t.get(other) else "")
+        for p in VARLEN_ACC:
+            m = c.get("accuracy", {}).get(p)
+            row.append(fmt_acc(m))
+            if m and "error" in m:
+                failures.setdefault(f"{p} (accuracy)", {}).setdefault(m["error"], []).append(label)
+        rows.append(row)
+        if c.get("sdpa_mode") and c["sdpa_mode"] not in modes:
+            modes.append(c["sdpa_mode"])
+    text = "\n".join(lines) + "\n" + align(header, rows, 1)
+    notes = [f"sdpa-flash ran as: {m}" for m in modes]
+    if cfg.get("ours"):
+        notes.append(f"ours: {cfg['ours']}")
+    for name, errs in failures.items():
+        for err, cases in errs.items():
+            more = f" (+{len(cases) - 3} more)" if len(cases) > 3 else ""
+            notes.append(f"{name} failed on {len(cases)} case(s) [{', '.join(cases[:3])}{more}]: {err}")
+    return text, notes
+
+
+# ----------------------------------------------------------------------------------------------
 # Ours
 # ----------------------------------------------------------------------------------------------
 
@@ -1100,6 +1409,13 @@ def parse_args(argv):
                    "compute capability 9.0 (where the library has it)")
     p.add_argument("--no-hard-inputs", action="store_true",
                    help="accuracy without the hard inputs (QK channel outliers x20, Q x6, Q x40)")
+    p.add_argument("--varlen", choices=["on", "off", "only"], default="on",
+                   help="the varlen section (packed sequences: ours through our wheel, the "
+                   "official sageattn_varlen, SDPA); only: nothing else")
+    p.add_argument("--varlen-seqs", type=int, default=16, help="sequences of the varlen mix")
+    p.add_argument("--varlen-min-len", default="128", help="shortest length of the mix")
+    p.add_argument("--varlen-max-len", default="8192", help="longest length of the mix")
+    p.add_argument("--varlen-head-dims", default="128")
     p.add_argument("--bench-args", default="", help="extra arguments for our bench (one string)")
     p.add_argument("--bench-timeout", type=float, default=1800.0)
     p.add_argument("--skip-peers", action="store_true")
@@ -1115,6 +1431,10 @@ def parse_args(argv):
     a.head_dims = [int(x) for x in a.head_dims.split(",") if x.strip()]
     a.seq_lens = [parse_len(x) for x in a.seq_lens.split(",") if x.strip()]
     a.kv_heads = a.kv_heads or a.heads
+    a.varlen_head_dims = [int(x) for x in a.varlen_head_dims.split(",") if x.strip()]
+    a.varlen_min_len, a.varlen_max_len = parse_len(a.varlen_min_len), parse_len(a.varlen_max_len)
+    if a.varlen_seqs < 1 or a.varlen_min_len > a.varlen_max_len:
+        p.error("--varlen-seqs must be >= 1 and --varlen-min-len <= --varlen-max-len")
     if a.heads % a.kv_heads:
         p.error(f"--kv-heads {a.kv_heads} must divide --heads {a.heads}")
     a.peer_names = [x.strip() for x in a.peers.split(",") if x.strip()]
@@ -1137,6 +1457,46 @@ def pv_list(a, torch):
     return ["f16"]
 
 
+def varlen_section(torch, a):
+    """The varlen section's document; a failure of the whole section becomes its `error`."""
+    try:
+        return run_varlen_section(torch, a)
+    except Exception as e:  # noqa: BLE001 - reported under the table
+        log(f"varlen section failed: {first_line(e)}")
+        traceback.print_exc()
+        return {"error": first_line(e)}
+    finally:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+
+def varlen_text(section):
+    if section.get("error"):
+        return f"varlen section failed: {section['error']}\n"
+    table, notes = render_varlen_table(section)
+    return table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def varlen_only(torch, a):
+    """--varlen only: the varlen section alone -> stdout, table.txt, compare.json."""
+    os.makedirs(a.out, exist_ok=True)
+    if torch is None:
+        log("--varlen only needs torch with a CUDA GPU")
+        return 1
+    info = device_info(torch)
+    section = varlen_section(torch, a)
+    text = (f"GPU: {info['name']} ({info['sm_count']} SMs); torch {info['torch']}, triton "
+            f"{info['triton']}, official sageattention {info['sageattention']}\n\n"
+            + varlen_text(section))
+    with open(os.path.join(a.out, "table.txt"), "w") as f:
+        f.write(text)
+    with open(os.path.join(a.out, "compare.json"), "w") as f:
+        json.dump({"device": info, "varlen": section}, f, indent=1)
+    print()
+    print(text, end="")
+    return 0 if not section.get("error") else 1
+
+
 def main(argv):
     a = parse_args(argv)
     if a.selftest:
@@ -1154,6 +1514,8 @@ def main(argv):
     if torch is not None and not torch.cuda.is_available():
         log("torch sees no CUDA GPU: no peers, no accuracy")
         torch = None
+    if a.varlen == "only":
+        return varlen_only(torch, a)
     pvs = pv_list(a, torch)
     log(f"ours: P.V precision(s) {', '.join(pvs)}")
 
@@ -1201,6 +1563,9 @@ def main(argv):
             log(f"accuracy failed: {first_line(e)}")
             traceback.print_exc()
         acc = None  # frees the inputs on the GPU
+    varlen = None
+    if torch is not None and a.varlen == "on":
+        varlen = varlen_section(torch, a)
     if torch is not None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
@@ -1222,11 +1587,13 @@ def main(argv):
             notes.append(f"{label}: the bench stopped early: {report['error']}")
     head = header_lines(ours, peers, ours8)
     text = "\n".join(head) + "\n\n" + table + ("\n" + "\n".join(notes) + "\n" if notes else "")
+    if varlen is not None:
+        text += "\n" + varlen_text(varlen)
     with open(os.path.join(a.out, "table.txt"), "w") as f:
         f.write(text)
     with open(os.path.join(a.out, "compare.json"), "w") as f:
-        json.dump({"ours": ours, "ours_int8": ours8, "peers": peers, "accuracy": accuracy}, f,
-                  indent=1)
+        json.dump({"ours": ours, "ours_int8": ours8, "peers": peers, "accuracy": accuracy,
+                   "varlen": varlen}, f, indent=1)
     print()
     print(text, end="")
     written = [f for f in ("table.txt", "compare.json", "peers.json", "ours.json", "chart.svg",
@@ -1386,8 +1753,72 @@ def selftest():
     # int8 asked for but the bench gave nothing: the columns are there, empty.
     text, _ = render_table(ours, peers, acc, {})
     assert "ours int8 full" in text.splitlines()[0]
+
+    varlen_selftest()
     print("\ncompare.py selftest: ok")
     return 0
+
+
+def varlen_selftest():
+    a = parse_args([])
+    assert a.varlen == "on" and a.varlen_seqs == 16 and a.varlen_head_dims == [128]
+    assert (a.varlen_min_len, a.varlen_max_len) == (128, 8192)
+    mix = varlen_lengths(a)
+    assert len(mix) == 16 and all(128 <= n <= 8192 for n in mix) and mix == varlen_lengths(a)
+    assert varlen_lengths(parse_args(["--seed", "1"])) != mix
+    cases = varlen_cases(a)
+    assert [c["kind"] for c in cases] == ["mix", "equal"] * 2
+    assert [c["causal"] for c in cases] == [False, False, True, True]
+    eq = cases[1]["lens"]
+    assert len(eq) == 16 and len(set(eq)) == 1 and eq[0] % 64 == 0
+    assert abs(sum(eq) - sum(mix)) <= 16 * 32
+    assert varlen_flops([100, 200], 2, 64, False) == 4.0 * (100 ** 2 + 200 ** 2) * 2 * 64
+    assert varlen_flops([4096] * 4, 32, 128, True) == attention_flops(4, 32, 4096, 4096, 128, True)
+    assert parse_args(["--varlen", "only", "--varlen-max-len", "2k"]).varlen_max_len == 2048
+    saved = os.environ.pop("SAGE_RS_SITE", None)
+    try:
+        try:
+            load_ours_wheel()
+            raise AssertionError("load_ours_wheel without SAGE_RS_SITE")
+        except PeerUnavailable as e:
+            assert "SAGE_RS_SITE" in str(e)
+    finally:
+        if saved is not None:
+            os.environ["SAGE_RS_SITE"] = saved
+
+    def st(ms, flops):
+        return {"iters": 10, "median_ms": ms, "tops": tops(flops, ms)}
+
+    docs = []
+    for c in cases:
+        fl = varlen_flops(c["lens"], 32, 128, c["causal"])
+        res = {"sdpa-flash": st(10.0, fl), "sage-1.0.6": st(8.0, fl), "ours": st(5.0, fl),
+               "ours-host-cu": st(4.0, fl)}
+        accs = {"sage-1.0.6": {"rel_l1": 2.1e-2, "cos_sim": 0.9997},
+                "ours": {"rel_l1": 1.3e-2, "cos_sim": 0.9999}}
+        if c["causal"]:
+            res["sage-1.0.6"] = {"error": "AssertionError: varlen only support head_dim [64, 128]."}
+            accs["sage-1.0.6"] = {"error": "AssertionError: varlen only support head_dim [64, 128]."}
+        docs.append(dict(c, tokens=sum(c["lens"]), flops=fl, results=res, accuracy=accs,
+                         sdpa_mode="nested jagged tensors (one flash varlen call)"))
+    section = {"config": {"heads": 32, "kv_heads": 32, "dtype": "f16", "mix": mix,
+                          "ours": "sageattention 0.1.0 (our wheel)"},
+               "peers": VARLEN_PEERS, "cases": docs}
+    text, notes = render_varlen_table(section)
+    print("\n" + text + "\n".join(notes))
+    lines = text.splitlines()
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("case"))
+    assert len(lines[head]) == len(lines[head + 1])
+    for col in VARLEN_PEERS + ["ours/flash", "ours/sage", "acc ours"]:
+        assert col in lines[head], col
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=off mix 16 x"))
+    assert "2.00x" in row and "1.60x" in row and "1.30e-02 / 0.99990" in row, row
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=on equal 16 x"))
+    assert row.count("failed") == 2 and "2.00x" in row, row
+    assert notes[0] == "sdpa-flash ran as: nested jagged tensors (one flash varlen call)", notes
+    assert any(n.startswith("sage-1.0.6 failed on 2 case(s)") for n in notes), notes
+    assert any(n.startswith("sage-1.0.6 (accuracy) failed on 2 case(s)") for n in notes), notes
+    assert varlen_text({"error": "boom"}).startswith("varlen section failed: boom")
 
 
 if __name__ == "__main__":

@@ -22,11 +22,20 @@
 # nvcc of the GPU machine into /tmp/sage2-build (about 136 s with MAX_JOBS=16; reused while the
 # machine stays warm), and compare.py adds the sage-2.2-sm90 peers (SAGE2=0 skips all that).
 #
+# The varlen section (compare.py --varlen on|off|only; on by default) times our sageattn_varlen
+# through our Python wheel: this script installs .device/wheels/sageattention-*.whl (built by
+# scripts/device-bundle.sh; not with SAGE_BUNDLE_MINIMAL=1) into /tmp/sage-rs-site and exports
+# SAGE_RS_SITE, from where compare.py imports it as `sageattention_rs` next to the official 1.0.6
+# (both are the package `sageattention`). The official sageattn_varlen is the 1.0.6 wheel's
+# (Triton): no other build is needed.
+#
+#   device:     run(command="bash scripts/compare.sh --varlen only", carry=[".device", ".whl"])
+#
 # Outputs in $OUT (default ./compare-out): table.txt, compare.json, peers.json, ours.json,
 # chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log.
 #
 # Environment: OUT, SAGE_BENCH (our bench binary, default .device/bench), SAGE_WHEEL_DIR
-# (default .whl), PYTHON (default python3), SAGE2 (0: no 2.2 peer), SAGE2_TARBALL (default
+# (default .whl), SAGE_RS_WHEEL_DIR (our wheel, default .device/wheels), PYTHON (default python3), SAGE2 (0: no 2.2 peer), SAGE2_TARBALL (default
 # .peers/sage2.tar.gz), SAGE2_BUILD_TIMEOUT (seconds, default 330), MAX_JOBS (default 16),
 # SAGE2_RECIPE (for --pack-sage2; default ../shared/peers/sage2-sm90).
 set -uo pipefail
@@ -116,6 +125,20 @@ export SAGE_BENCH="${SAGE_BENCH:-.device/bench}"
         fi
     else
         echo "compare.sh: no $WHEELS/sageattention-1.0.6*.whl (carry .whl): the sage-1.0.6 columns will show the import error"
+    fi
+    rs_wheels=("${SAGE_RS_WHEEL_DIR:-.device/wheels}"/sageattention-*.whl)
+    unset SAGE_RS_SITE
+    if ((${#rs_wheels[@]} == 1)); then
+        rm -rf /tmp/sage-rs-site
+        if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
+            --target /tmp/sage-rs-site "${rs_wheels[0]}"; then
+            export SAGE_RS_SITE=/tmp/sage-rs-site
+            echo "compare.sh: installed our wheel $(basename "${rs_wheels[0]}") into $SAGE_RS_SITE (for the varlen section)"
+        else
+            echo "compare.sh: installing our wheel ${rs_wheels[0]} failed: the varlen section's ours columns will say so"
+        fi
+    else
+        echo "compare.sh: expected one of our wheels in ${SAGE_RS_WHEEL_DIR:-.device/wheels}, found ${#rs_wheels[@]} (scripts/device-bundle.sh, carry .device): the varlen section's ours columns will say so"
     fi
     tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
     unset SAGE2_DIR SAGE2_ERROR
