@@ -302,6 +302,14 @@ pub(crate) mod tests {
     #[test]
     fn the_mix_is_seeded_and_in_range() {
         let a = mix_lengths(20_241_002, 16, 128, 8192);
+        // The default mix (docs/bench.md quotes it): the stream must not change unnoticed.
+        assert_eq!(
+            a,
+            [
+                8023, 7606, 6828, 3882, 2777, 1277, 328, 6000, 7764, 380, 503, 2870, 275, 3288,
+                6616, 8175
+            ]
+        );
         assert_eq!(a.len(), 16);
         assert!(a.iter().all(|&l| (128..=8192).contains(&l)), "{a:?}");
         assert_eq!(a, mix_lengths(20_241_002, 16, 128, 8192));
