@@ -22,7 +22,7 @@ pub struct Cli {
 pub enum Command {
     /// Run attention on Q, K, V read from a .safetensors file and write the output `o` (and `lse`).
     #[command(long_about = run_long_about())]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show the GPU, the kernel modules and attention variants that would be used, and the version.
     Info(InfoArgs),
 }
