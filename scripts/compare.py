@@ -1092,6 +1092,8 @@ def run_varlen_section(torch, a):
                 except Exception:  # noqa: BLE001
                     pass
             torch.cuda.empty_cache()
+        # The closures hold the inputs: drop them before the next case's are made.
+        ctx = fn = one = None
         del data, q0, k0, v0
         torch.cuda.empty_cache()
     return out
