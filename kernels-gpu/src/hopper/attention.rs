@@ -25,7 +25,7 @@
 //! `full[s]` (one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its
 //! copies have landed) and `empty[s]` (one arrival per warp: its lane 0 once its warpgroup's
 //! wgmmas reading the stage are done). Tile `t` uses stage `t % S` in round `t / S`; waiting for
-//! round r's completion uses parity `r & 1`. Step t copies tile `t + 5` (see [`LOOKAHEAD`]).
+//! round r's completion uses parity `r & 1`. Step t copies tile `t + lookahead` (see `Consumer::LOOKAHEAD`).
 //!
 //! Each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
 //! intra-warpgroup pipelining): step t issues `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}` together,
@@ -43,8 +43,9 @@
 //! this thread's global loads, so the K scales are loaded a tile ahead.
 
 use super::config::{
-    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_q, sm90_k_offset,
-    sm90_k_stage_bytes, sm90_stages, sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
+    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups,
+    sm90_cta_k, sm90_cta_q, sm90_k_offset, sm90_k_stage_bytes, sm90_lookahead, sm90_stages,
+    sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
 };
 use super::selftest::aligned_smem_base;
 use super::smem::{
@@ -66,6 +67,17 @@ const LN_2: f32 = core::f32::consts::LN_2;
 /// H200 (docs/perf-notes.md, v2): with 3 or 4 warpgroups it gains 3–5%; with d = 128's former two
 /// it was neutral (−2% causal).
 const PINGPONG: bool = true;
+
+/// Upper bound of the 16-byte K/V copies one thread issues per tile (see `Consumer::copy_tile`;
+/// the per-variant count is `chunks.div_ceil(threads)`, checked below).
+const MAX_COPIES_PER_THREAD: usize = 8;
+
+/// Whether this variant uses pingpong: the f16 P·V does; the 8-bit one runs each warpgroup's
+/// tile serially and lets the warp schedulers interleave the warpgroups (pingpong measured 6%
+/// slower there at d = 128, docs/perf-notes.md).
+const fn pingpong(pv8: bool) -> bool {
+    PINGPONG && !pv8
+}
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
 
@@ -95,8 +107,8 @@ impl Geometry {
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
-        let tile = SM90_CTA_K as i32;
-        let full_len_tiles = p.kv_len / SM90_CTA_K as u32;
+        let tile = sm90_cta_k(PV8) as i32;
+        let full_len_tiles = p.kv_len / tile as u32;
         let (n_tiles, n_unmasked) = if CAUSAL {
             let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
             let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
@@ -110,7 +122,7 @@ impl Geometry {
             let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
             (n_tiles as u32, n_unmasked as u32)
         } else {
-            (p.kv_len.div_ceil(SM90_CTA_K as u32), full_len_tiles)
+            (p.kv_len.div_ceil(tile as u32), full_len_tiles)
         };
         Geometry {
             batch,
@@ -134,7 +146,7 @@ struct Smem<const HD: usize, const PV8: bool> {
 }
 
 impl<const HD: usize, const PV8: bool> Smem<HD, PV8> {
-    const S: u32 = sm90_stages(HD) as u32;
+    const S: u32 = sm90_stages(HD, PV8) as u32;
 
     #[inline(always)]
     fn new() -> Self {
@@ -148,7 +160,7 @@ impl<const HD: usize, const PV8: bool> Smem<HD, PV8> {
     }
     #[inline(always)]
     fn k_stage(self, s: u32) -> u32 {
-        self.k0 + s * sm90_k_stage_bytes(HD) as u32
+        self.k0 + s * sm90_k_stage_bytes(HD, PV8) as u32
     }
     #[inline(always)]
     fn v_stage(self, s: u32) -> u32 {
@@ -183,8 +195,11 @@ unsafe fn attention<
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
-        // Tile t + LOOKAHEAD overwrites tile t + LOOKAHEAD - S, released in step t - 1 or before.
-        assert!(sm90_stages(HD) as u32 >= LOOKAHEAD + 3 && sm90_stages(HD) <= 8);
+        // Every thread's share of a tile's copies fits the copy loop.
+        let chunks = sm90_cta_k(PV8) * HD / 16 * if PV8 { 2 } else { 3 };
+        assert!(chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
+        // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before.
+        assert!(sm90_stages(HD, PV8) >= sm90_lookahead(HD, PV8) + 3 && sm90_stages(HD, PV8) <= 8);
     };
     let geo = Geometry::new::<HD, CAUSAL, PV8>(p);
     let sm = Smem::<HD, PV8>::new();
@@ -225,6 +240,10 @@ struct Consumer<const HD: usize, const PV8: bool> {
     warp_row0: u32,
     /// `n_tiles - 1`.
     last_tile: u32,
+    /// Index of this head's last 64-key K block (its scale is the last one).
+    last_k_block: u32,
+    /// `kv_len` padded to whole 64-key blocks: the rows of K and the keys of Vᵀ in memory.
+    padded_k: u32,
     lane: u32,
     /// This consumer warpgroup's index.
     wg: u32,
@@ -237,17 +256,19 @@ struct Consumer<const HD: usize, const PV8: bool> {
     n_tiles: u32,
 }
 
-/// Tiles copied ahead of the one being computed: tile `t + LOOKAHEAD` is issued in step t into the
-/// stage of tile `t + LOOKAHEAD - S`, which every warpgroup released in its step t - 1 (with
-/// `S - LOOKAHEAD = 3`), so the wait for it rarely blocks. (H200: 8 stages / 5 ahead measured 1–2%
-/// faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
-const LOOKAHEAD: u32 = 5;
 
 impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
+    /// Tiles copied ahead of the one being computed: tile `t + LOOKAHEAD` is issued in step t into
+    /// the stage of tile `t + LOOKAHEAD - S`, which every warpgroup released in its step t - 1
+    /// (with `S - LOOKAHEAD = 3`), so the wait for it rarely blocks. (H200: 8 stages / 5 ahead
+    /// measured 1–2% faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
+    const LOOKAHEAD: u32 = sm90_lookahead(HD, PV8) as u32;
+    /// Keys per tile.
+    const CK: u32 = sm90_cta_k(PV8) as u32;
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
-        if PINGPONG {
+        if pingpong(PV8) {
             ptx::named_barrier_sync(SCHED_BAR0 + self.wg, 256);
         }
     }
@@ -255,7 +276,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: passes the turn to the next warpgroup (after this one's wgmmas are issued).
     #[inline(always)]
     fn sched_pass(&self) {
-        if PINGPONG {
+        if pingpong(PV8) {
             let w = sm90_consumer_warpgroups(HD, PV8) as u32;
             let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
             ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
@@ -274,14 +295,16 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
         }
         let threads = sm90_threads(HD, PV8) as u32;
-        let k_chunks = (SM90_CTA_K * HD / 16) as u32;
-        let key0 = u * SM90_CTA_K as u32;
-        let k_src = self.k_head + (u as u64) * (SM90_CTA_K * HD) as u64;
-        let full_tile = key0 + SM90_CTA_K as u32 <= self.kv_len;
+        let ck = Self::CK;
+        let k_chunks = ck * HD as u32 / 16;
+        let key0 = u * ck;
+        let k_src = self.k_head + (u as u64) * (ck as u64 * HD as u64);
+        let full_tile = key0 + ck <= self.kv_len;
         // 16-byte chunks of a K and a V tile: 12·HD with f16 V (HD/32 per thread with 384
-        // threads), 8·HD with the INT8 Vᵀ (HD/32 per thread with 256 threads at d = 128).
+        // threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
+        // 128-key tiles, 16/3 with 384 threads at d = 64).
         let chunks = if PV8 { 2 * k_chunks } else { 3 * k_chunks };
-        unroll::<{ 128 / 32 }>(
+        unroll::<MAX_COPIES_PER_THREAD>(
             #[inline(always)]
             |j| {
                 let c = self.tid + threads * j as u32;
@@ -289,25 +312,39 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                     if c < k_chunks {
                         let cpr = (HD / 16) as u32;
                         let (r, col) = (c / cpr, c % cpr);
-                        // SAFETY: K is padded to whole 64-row tiles.
-                        unsafe {
-                            ptx::cp_async_16(
-                                self.sm.k_stage(s) + kmajor_offset::<HD>(r, col),
-                                k_src + (r * HD as u32 + 16 * col) as u64,
-                            )
-                        };
+                        let dst = self.sm.k_stage(s) + kmajor_offset::<HD>(r, col);
+                        let src = k_src + (r * HD as u32 + 16 * col) as u64;
+                        if ck == K_BLOCK as u32 || key0 + r < self.padded_k {
+                            // SAFETY: K is padded to whole 64-row blocks; this row is inside.
+                            unsafe { ptx::cp_async_16(dst, src) };
+                        } else {
+                            // The second half of a 128-key tile past the padded K: zero-filled.
+                            // SAFETY: nothing is read (source size 0).
+                            unsafe { ptx::cp_async_16_zfill(dst, self.k_head, 0) };
+                        }
                     } else if PV8 {
-                        // Vᵀ row = one channel's 64 keys (4 chunks); padded with zero keys to whole
-                        // tiles, so every chunk is read.
+                        // Vᵀ row = one channel's CK keys (CK/16 chunks), stored as CK/64 sub-tiles
+                        // of 64 keys, each K-major like a d = 64 K tile.
                         let c = c - k_chunks;
-                        let (r, col) = (c / 4, c % 4);
-                        // SAFETY: r < HD rows of this head's Vᵀ, key0 + 64 <= its padded length.
-                        unsafe {
-                            ptx::cp_async_16(
-                                self.sm.v_stage(s) + kmajor_offset::<64>(r, col),
-                                self.v_head + r as u64 * self.v_row_bytes + (key0 + 16 * col) as u64,
-                            )
-                        };
+                        let cpr = ck / 16;
+                        let (r, col) = (c / cpr, c % cpr);
+                        let dst = self.sm.v_stage(s)
+                            + (col / 4) * (HD as u32 * 64)
+                            + kmajor_offset::<64>(r, col % 4);
+                        let key = key0 + 16 * col;
+                        if ck == K_BLOCK as u32 || key < self.padded_k {
+                            // SAFETY: r < HD rows of this head's Vᵀ, padded with zero keys to whole
+                            // 64-key blocks, and this chunk lies inside.
+                            unsafe {
+                                ptx::cp_async_16(
+                                    dst,
+                                    self.v_head + r as u64 * self.v_row_bytes + key as u64,
+                                )
+                            };
+                        } else {
+                            // SAFETY: nothing is read (source size 0).
+                            unsafe { ptx::cp_async_16_zfill(dst, self.v_head, 0) };
+                        }
                     } else {
                         let c = c - k_chunks;
                         let cpr = (HD / 8) as u32;
@@ -372,26 +409,25 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
     }
 
+    /// Descriptor of the K tile `t`'s 64-key half `h` (a 128-key tile is two 64-key tiles).
     #[inline(always)]
-    fn k_desc(&self, t: u32) -> u64 {
-        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S))
+    fn k_desc(&self, t: u32, h: u32) -> u64 {
+        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S) + h * (64 * HD as u32))
     }
 
-    #[inline(always)]
-    fn v_desc(&self, t: u32) -> u64 {
-        let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
-        if PV8 {
-            kmajor_desc::<64>(stage)
-        } else {
-            v_desc(stage)
-        }
-    }
-
-    /// K scale of tile `t`.
+    /// K scale of tile `t` (64-key tiles).
     #[inline(always)]
     fn k_scale(&self, t: u32) -> f32 {
         // SAFETY: t < k_blocks of this head.
         unsafe { ptx::ld_global_nc_f32(self.k_scale_row + 4 * t as u64) }
+    }
+
+    /// K scales of the two 64-key halves of tile `t` (the second one clamped to the last K block:
+    /// its keys, if any are missing, are masked).
+    #[inline(always)]
+    fn k_scales(&self, t: u32) -> [f32; 2] {
+        let b = t * (Self::CK / K_BLOCK as u32);
+        [self.k_scale(b), self.k_scale((b + 1).min(self.last_k_block))]
     }
 
     /// Scores of tile `t` → probabilities: dequantize, mask, online softmax. Returns the f32
@@ -400,17 +436,17 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// row maximum, so that the u8 P uses its whole range, and the tile's product is worth
     /// `tile_factor` times that (1 with f16 P·V).
     #[inline(always)]
-    fn softmax<const MASK: bool, const CAUSAL: bool>(
+    fn softmax<const MASK: bool, const CAUSAL: bool, const NK: usize>(
         &self,
-        s_int: &[[i32; 4]; 8],
+        s_int: &[[i32; 4]; NK],
         t: u32,
-        k_scale: f32,
+        k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
-    ) -> ([[f32; 4]; 8], [f32; 2], [f32; 2]) {
-        let scale = self.q_scale * k_scale;
-        let mut s = [[0.0f32; 4]; 8];
+    ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
+        let scales = [self.q_scale * k_scales[0], self.q_scale * k_scales[1]];
+        let mut s = [[0.0f32; 4]; NK];
         if !MASK {
-            unroll::<8>(
+            unroll::<NK>(
                 #[inline(always)]
                 |j| {
                     unroll::<4>(
@@ -419,20 +455,20 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                     );
                 },
             );
-            let (rescale, tile_factor) = softmax.update_unscaled::<PV8>(&mut s, scale);
+            let (rescale, tile_factor) = softmax.update_unscaled::<PV8, NK>(&mut s, scales);
             return (s, rescale, tile_factor);
         }
-        unroll::<8>(
+        unroll::<NK>(
             #[inline(always)]
             |j| {
                 unroll::<4>(
                     #[inline(always)]
-                    |e| s[j][e] = s_int[j][e] as f32 * scale,
+                    |e| s[j][e] = s_int[j][e] as f32 * scales[j / 8],
                 );
             },
         );
-        let key0 = t * SM90_CTA_K as u32;
-        unroll::<8>(
+        let key0 = t * Self::CK;
+        unroll::<NK>(
             #[inline(always)]
             |j| {
                 unroll::<4>(
@@ -451,56 +487,14 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 );
             },
         );
-        let (rescale, tile_factor) = softmax.update::<PV8>(&mut s);
+        let (rescale, tile_factor) = softmax.update::<PV8, NK>(&mut s);
         (s, rescale, tile_factor)
     }
 
-    /// The probabilities as the A fragments of `P·V`: f16 (4 k-steps of 16 keys) or, with
-    /// `PV8`, u8 (2 k-steps of 32 keys, in `probs[0..2]`).
+    /// After the f16 P·V wait: `out *= rescale`, skipped when it is 1 for every row of the warp
+    /// (once the row maxima settle, most tiles leave them unchanged).
     #[inline(always)]
-    fn pack(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
-        if PV8 { pack_probs_u8(s) } else { pack_probs(s) }
-    }
-
-    /// The pinned descriptors of the k-steps of `P·V` on tile `t`'s V (4 of 16 keys for f16,
-    /// 2 of 32 keys in `[0..2]` with `PV8`), computed before the issue sequence.
-    #[inline(always)]
-    fn pv_descs(&self, t: u32) -> [u64; 4] {
-        if PV8 {
-            pv8_descs(self.v_desc(t))
-        } else {
-            pv_descs(self.v_desc(t))
-        }
-    }
-
-    /// Issues `P·V`: with f16 P·V accumulated into `out`; with `PV8` into a fresh s32
-    /// accumulator, returned.
-    #[inline(always)]
-    fn issue_pv<const NT: usize>(
-        out: &mut [[f32; 4]; NT],
-        probs: &[[u32; 4]; 4],
-        vd: &[u64; 4],
-    ) -> [[i32; 4]; NT] {
-        if PV8 {
-            issue_pv8::<NT>(probs, vd)
-        } else {
-            issue_pv::<NT>(out, probs, vd);
-            [[0; 4]; NT]
-        }
-    }
-
-    /// After the P·V wait: with f16 P·V, `out *= rescale`; with `PV8`, the tile product `acc`
-    /// (worth `factor` per row) is added first: `out = out * rescale + acc * (factor * rescale)`.
-    /// The multiplications by `rescale` are skipped when it is 1 for every row of the warp (once
-    /// the row maxima settle, most tiles leave them unchanged). `acc as f32` is exact (|acc| ≤
-    /// 255 · 127 · 64 < 2^24) and one full-rate `I2FP` on sm_90.
-    #[inline(always)]
-    fn accumulate<const NT: usize>(
-        out: &mut [[f32; 4]; NT],
-        acc: &[[i32; 4]; NT],
-        factor: [f32; 2],
-        rescale: [f32; 2],
-    ) {
+    fn rescale<const NT: usize>(out: &mut [[f32; 4]; NT], rescale: [f32; 2]) {
         if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
             unroll::<NT>(
                 #[inline(always)]
@@ -512,52 +506,39 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 },
             );
         }
-        if PV8 {
-            let g = [factor[0] * rescale[0], factor[1] * rescale[1]];
-            unroll::<NT>(
-                #[inline(always)]
-                |j| {
-                    unroll::<4>(
-                        #[inline(always)]
-                        |e| out[j][e] = ptx::fma(acc[j][e] as f32, g[e >> 1], out[j][e]),
-                    );
-                },
-            );
-        }
     }
 
-    /// Tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns the packed
-    /// P and the tile factor.
+    /// f16 P·V, tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns
+    /// the packed P.
     #[inline(always)]
     fn first<const MASK: bool, const CAUSAL: bool, const KS: usize>(
         &self,
         softmax: &mut OnlineSoftmax,
-    ) -> ([[u32; 4]; 4], [f32; 2]) {
+    ) -> [[u32; 4]; 4] {
         self.wait_k(0);
         self.make_visible();
         let k_scale = self.k_scale(0);
-        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0));
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0, 0));
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
         self.sched_pass();
-        self.copy_ahead(LOOKAHEAD);
+        self.copy_ahead(Self::LOOKAHEAD);
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
-        let (p, _, factor) = self.softmax::<MASK, CAUSAL>(&s, 0, k_scale, softmax);
-        (Self::pack(&p), factor)
+        let (p, _, _) = self.softmax::<MASK, CAUSAL, 8>(&s, 0, [k_scale; 2], softmax);
+        pack_probs(&p)
     }
 
-    /// Step t ≥ 1: issue `S_t = Q·K_tᵀ` and `P_{t-1}·V_{t-1}`; softmax of tile t while the
-    /// P·V runs; then fold the product into O and rescale it. Releases tile t-2's stage. `probs`
-    /// and `factor` hold `P_{t-1}` and its tile factor on entry and those of `P_t` on return.
+    /// f16 P·V, step t ≥ 1: issue `S_t = Q·K_tᵀ` and `P_{t-1}·V_{t-1}`; softmax of tile t
+    /// while the P·V runs; then rescale O. Releases tile t-2's stage. `probs` holds `P_{t-1}` on
+    /// entry and `P_t` on return.
     #[inline(always)]
     fn step<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
         t: u32,
         probs: &mut [[u32; 4]; 4],
-        factor: &mut [f32; 2],
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
         k_scale_t: &mut f32,
@@ -573,20 +554,19 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         if t >= 2 {
             self.release(t - 2);
         }
-        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t));
-        let vd = self.pv_descs(t - 1);
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
+        let vd = pv_descs(v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
         ptx::wgmma_commit();
-        let mut acc = Self::issue_pv::<NT>(out, probs, &vd);
+        issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         self.sched_pass();
-        self.copy_ahead(t + LOOKAHEAD);
+        self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
-        let (mut next, rescale, next_factor) =
-            self.softmax::<MASK, CAUSAL>(&s, t, k_scale, softmax);
+        let (mut next, rescale, _) = self.softmax::<MASK, CAUSAL, 8>(&s, t, [k_scale; 2], softmax);
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
         // the softmax's last result (the row sums) ends the basic block there, so the wait stays
@@ -596,9 +576,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
-        if PV8 {
-            smem::pin_acc(&mut acc);
-        }
         // P_t is packed only now: ptxas coalesces the packed registers with the loop-carried
         // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
         // were written while it is in flight.
@@ -606,34 +583,131 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut next[j]),
         );
-        Self::accumulate::<NT>(out, &acc, *factor, rescale);
-        *probs = Self::pack(&next);
-        *factor = next_factor;
+        Self::rescale::<NT>(out, rescale);
+        *probs = pack_probs(&next);
     }
 
-    /// The last `P·V` (tile `t`), folded into O.
+    /// Serial 8-bit step (`PV8_SERIAL`): `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
+    /// fresh s32 accumulator and `O = O·rescale + acc·factor`, with nothing of this warpgroup in
+    /// flight across the softmax: the other warpgroups' wgmmas fill the tensor cores meanwhile.
+    /// Holding only one of S and the s32 accumulator at a time is what lets 3 warpgroups (d = 128)
+    /// fit under the 168-register cap. Releases tile t-1's stage.
     #[inline(always)]
-    fn last<const NT: usize>(
+    fn step_serial<
+        const MASK: bool,
+        const CAUSAL: bool,
+        const KS: usize,
+        const NT: usize,
+        const NK: usize,
+    >(
         &self,
         t: u32,
-        probs: &[[u32; 4]; 4],
-        factor: [f32; 2],
         out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+        k_scales_t: &mut [f32; 2],
     ) {
+        const { assert!(NK * 8 == sm90_cta_k(true) && (NK == 8 || NK == 16)) };
+        self.wait_k(t);
+        self.make_visible();
+        let k_scales = *k_scales_t;
+        *k_scales_t = self.k_scales((t + 1).min(self.last_tile));
+        if t >= 1 {
+            self.release(t - 1);
+        }
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
+        // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.
+        let kd_hi = if NK == 16 {
+            qk_descs::<KS>(0, self.k_desc(t, 1))[1]
+        } else {
+            [0; KS]
+        };
+        self.sched_wait();
+        ptx::wgmma_fence();
+        let mut s_lo = issue_qk::<KS>(&qd);
+        let mut s_hi = if NK == 16 {
+            issue_qk::<KS>(&[qd[0], kd_hi])
+        } else {
+            [[0; 4]; 8]
+        };
+        ptx::wgmma_commit();
+        self.sched_pass();
+        self.copy_ahead(t + Self::LOOKAHEAD);
+        ptx::wgmma_wait::<0>();
+        smem::pin_s(&mut s_lo);
+        if NK == 16 {
+            smem::pin_s(&mut s_hi);
+        }
+        let mut s = [[0i32; 4]; NK];
+        unroll::<NK>(
+            #[inline(always)]
+            |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
+        );
+        let (mut p, rescale, factor) =
+            self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax);
+        unroll::<NK>(
+            #[inline(always)]
+            |j| ptx::pin_f32x4(&mut p[j]),
+        );
+        let probs = pack_probs_u8(&p);
+        if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
+            unroll::<NT>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| out[j][e] *= rescale[e >> 1],
+                    );
+                },
+            );
+        }
+        // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
+        // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
+        // instead of 64, which is what lets 3 warpgroups with 128-key tiles fit 168 registers.
+        const { assert!(NT % 8 == 0) };
+        unroll::<2>(
+            #[inline(always)]
+            |g| {
+                if 8 * g < NT {
+                    // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
+                    let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+                    let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
+                    unroll::<4>(
+                        #[inline(always)]
+                        |kk| vd[kk] += 256 * g as u64,
+                    );
+                    ptx::wgmma_fence();
+                    let mut acc = issue_pv8::<8>(&probs, &vd, Self::CK as usize / 32);
+                    ptx::wgmma_commit();
+                    ptx::wgmma_wait::<0>();
+                    smem::pin_acc(&mut acc);
+                    unroll::<8>(
+                        #[inline(always)]
+                        |j| {
+                            let o = &mut out[8 * g + j];
+                            unroll::<4>(
+                                #[inline(always)]
+                                |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                            );
+                        },
+                    );
+                }
+            },
+        );
+    }
+
+    /// f16 P·V: the last `P·V` (tile `t`).
+    #[inline(always)]
+    fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t.
         if t >= 1 {
             self.release(t - 1);
         }
-        let vd = self.pv_descs(t);
+        let vd = pv_descs(v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
         ptx::wgmma_fence();
-        let mut acc = Self::issue_pv::<NT>(out, probs, &vd);
+        issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
-        if PV8 {
-            smem::pin_acc(&mut acc);
-        }
-        Self::accumulate::<NT>(out, &acc, factor, [1.0; 2]);
         // Tile t's stage is never reused: no tile is left to load.
     }
 }
@@ -674,13 +748,16 @@ fn pack_bytes(a: u32, b: u32, c: u32, d: u32) -> u32 {
 /// f32 probabilities (accumulator layout) → the u8 A fragments of the 8-bit `P·V`: k-step kk
 /// covers keys `32kk..32kk+32` (n-tiles `4kk..4kk+4`); lane `4g + t` puts its keys
 /// `2t, 2t+1, 8+2t, 9+2t` of a 16-key group into k slots `4t..4t+4`, the order the Vᵀ rows are
-/// stored in (`config::v8_key_slot`). Returned in `[0..2]` of the f16 fragment array.
+/// stored in (`config::v8_key_slot`). `NK / 4` k-steps (2 for a 64-key tile, 4 for 128).
 #[inline(always)]
-fn pack_probs_u8(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
+fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
     let mut probs = [[0u32; 4]; 4];
-    unroll::<2>(
+    unroll::<4>(
         #[inline(always)]
         |kk| {
+            if 4 * kk >= NK {
+                return;
+            }
             let u = |j: usize, e: usize| p_to_u8_bits(s[4 * kk + j][e]);
             probs[kk] = [
                 pack_bytes(u(0, 0), u(0, 1), u(1, 0), u(1, 1)),
@@ -772,6 +849,8 @@ unsafe fn consume<
             diag: geo.diag,
             warp_row0,
             last_tile: geo.n_tiles - 1,
+            last_k_block: k_blocks as u32 - 1,
+            padded_k: padded_k as u32,
             lane,
             wg,
             tid,
@@ -781,33 +860,49 @@ unsafe fn consume<
             n_tiles: geo.n_tiles,
         };
         // The first tiles (not in a cp.async group: the wait below is for Q only).
-        unroll::<{ LOOKAHEAD as usize }>(
+        unroll::<8>(
             #[inline(always)]
-            |u| c.copy_ahead(u as u32),
+            |u| {
+                if (u as u32) < Consumer::<HD, PV8>::LOOKAHEAD {
+                    c.copy_ahead(u as u32)
+                }
+            },
         );
         ptx::cp_async_wait::<0>();
         ptx::fence_proxy_async_shared();
         ptx::named_barrier_sync(1 + wg, 128);
 
-        if PINGPONG && wg == 0 {
+        if pingpong(PV8) && wg == 0 {
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
-        let (mut probs, mut factor) = if geo.n_unmasked > 0 {
-            c.first::<false, CAUSAL, KS>(&mut softmax)
+        if PV8 {
+            const NK: usize = sm90_cta_k(true) / 8;
+            let mut k_scales = c.k_scales(0);
+            let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
+            for t in 0..geo.n_unmasked {
+                c.step_serial::<false, CAUSAL, KS, NT, NK>(t, o_, s_, k_);
+            }
+            for t in geo.n_unmasked..geo.n_tiles {
+                c.step_serial::<true, CAUSAL, KS, NT, NK>(t, o_, s_, k_);
+            }
         } else {
-            c.first::<true, CAUSAL, KS>(&mut softmax)
-        };
-        // K scale of the next tile, loaded one step ahead (see `Consumer::make_visible`).
-        let mut k_scale = c.k_scale(1.min(c.last_tile));
-        let (p_, f_, o_, s_, k_) = (&mut probs, &mut factor, &mut out, &mut softmax, &mut k_scale);
-        for t in 1..geo.n_unmasked {
-            c.step::<false, CAUSAL, KS, NT>(t, p_, f_, o_, s_, k_);
+            let mut probs = if geo.n_unmasked > 0 {
+                c.first::<false, CAUSAL, KS>(&mut softmax)
+            } else {
+                c.first::<true, CAUSAL, KS>(&mut softmax)
+            };
+            // K scale of the next tile, loaded one step ahead (see `Consumer::make_visible`).
+            let mut k_scale = c.k_scale(1.min(c.last_tile));
+            let (p_, o_, s_, k_) = (&mut probs, &mut out, &mut softmax, &mut k_scale);
+            for t in 1..geo.n_unmasked {
+                c.step::<false, CAUSAL, KS, NT>(t, p_, o_, s_, k_);
+            }
+            for t in geo.n_unmasked.max(1)..geo.n_tiles {
+                c.step::<true, CAUSAL, KS, NT>(t, p_, o_, s_, k_);
+            }
+            c.last::<NT>(geo.n_tiles - 1, &probs, &mut out);
         }
-        for t in geo.n_unmasked.max(1)..geo.n_tiles {
-            c.step::<true, CAUSAL, KS, NT>(t, p_, f_, o_, s_, k_);
-        }
-        c.last::<NT>(geo.n_tiles - 1, &probs, factor, &mut out);
     }
     // SAFETY: the output and LSE pointers were validated by the host for these shapes.
     unsafe { store::<NT, PV8>(p, geo, warp_row0, lane, &softmax, &out) };

@@ -15,8 +15,9 @@
 /// 128 threads, so the register cap at entry (one CTA per SM) is 255 for 256 threads, 168 for 384
 /// and 128 for 512. FP16 P·V: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which
 /// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
-/// same softmax). 8-bit P·V (`pv8`) holds a second accumulator, the s32 product of the key tile,
-/// beside the f32 output: 64 more registers at d = 128 (two warpgroups), 32 at d = 64 (three).
+/// same softmax). 8-bit P·V (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32
+/// product of a tile in column groups of 32 registers beside the f32 output: two warpgroups at
+/// d = 128 (three spill at the 168 cap and measured 15% slower), three at d = 64 (four spill).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim > 64, pv8) {
         (true, false) => 3,
@@ -25,11 +26,22 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
         (false, true) => 3,
     }
 }
+
+/// Keys per K/V tile: 64 for the f16 P·V, 128 for the 8-bit one (which halves its per-tile
+/// costs per key: the s32 → f32 fold of the P·V product, barriers, descriptors; measured +15–20%
+/// at d = 128, docs/perf-notes.md). A 128-key tile is stored as two 64-key tiles.
+pub const fn sm90_cta_k(pv8: bool) -> usize {
+    if pv8 {
+        128
+    } else {
+        SM90_CTA_K
+    }
+}
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
 pub const fn sm90_cta_q(head_dim: usize, pv8: bool) -> usize {
     64 * sm90_consumer_warpgroups(head_dim, pv8)
 }
-/// Keys per K/V tile (= `K_BLOCK`: one K scale per tile).
+/// Keys per K/V tile of the f16 P·V (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
 pub const fn sm90_threads(head_dim: usize, pv8: bool) -> usize {
@@ -43,9 +55,18 @@ pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
 /// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have.
-pub const fn sm90_stages(head_dim: usize) -> usize {
-    let _ = head_dim;
-    8
+pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
+    if head_dim > 64 && sm90_cta_k(pv8) == 128 {
+        6
+    } else {
+        8
+    }
+}
+
+/// Tiles copied ahead of the one being computed (tile `t + lookahead` in step t, into the stage
+/// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least).
+pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
+    sm90_stages(head_dim, pv8) - 3
 }
 
 /// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
@@ -54,14 +75,14 @@ pub const fn sm90_q_bytes(head_dim: usize, pv8: bool) -> usize {
 }
 
 /// Bytes of one INT8 K stage.
-pub const fn sm90_k_stage_bytes(head_dim: usize) -> usize {
-    SM90_CTA_K * head_dim
+pub const fn sm90_k_stage_bytes(head_dim: usize, pv8: bool) -> usize {
+    sm90_cta_k(pv8) * head_dim
 }
 
 /// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes), or with
 /// `pv8` the INT8 Vᵀ (`head_dim` rows of 64 keys, K-major like a d = 64 K tile).
 pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    SM90_CTA_K * head_dim * if pv8 { 1 } else { 2 }
+    sm90_cta_k(pv8) * head_dim * if pv8 { 1 } else { 2 }
 }
 
 /// Offset of the first K stage from the aligned base.
@@ -71,17 +92,17 @@ pub const fn sm90_k_offset(head_dim: usize, pv8: bool) -> usize {
 
 /// Offset of the first V stage from the aligned base.
 pub const fn sm90_v_offset(head_dim: usize, pv8: bool) -> usize {
-    sm90_k_offset(head_dim, pv8) + sm90_stages(head_dim) * sm90_k_stage_bytes(head_dim)
+    sm90_k_offset(head_dim, pv8) + sm90_stages(head_dim, pv8) * sm90_k_stage_bytes(head_dim, pv8)
 }
 
 /// Offset of the mbarriers from the aligned base: `full[stages]`, `empty[stages]`, 8 bytes each.
 pub const fn sm90_barrier_offset(head_dim: usize, pv8: bool) -> usize {
-    sm90_v_offset(head_dim, pv8) + sm90_stages(head_dim) * sm90_v_stage_bytes(head_dim, pv8)
+    sm90_v_offset(head_dim, pv8) + sm90_stages(head_dim, pv8) * sm90_v_stage_bytes(head_dim, pv8)
 }
 
 /// Dynamic shared memory to launch with (includes the slack for aligning the base).
 pub const fn sm90_smem_bytes(head_dim: usize, pv8: bool) -> usize {
-    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim, pv8) + 2 * 8 * sm90_stages(head_dim)
+    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim, pv8) + 2 * 8 * sm90_stages(head_dim, pv8)
 }
 
 /// Calls `$m!(name, head_dim, causal, pv8)` once per sm_90a attention entry (`pv8`: P·V on

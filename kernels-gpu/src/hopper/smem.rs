@@ -86,17 +86,20 @@ pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
     d
 }
 
-/// The descriptors of the 2 k-steps (32 keys each) of the 8-bit `P·V` on a Vᵀ tile (K-major,
-/// 64-byte rows), pinned (see [`qk_descs`]), in `[0..2]`.
+/// The descriptors of the `steps` k-steps (32 keys each; 2 for a 64-key tile, 4 for 128) of the
+/// 8-bit `P·V` on a Vᵀ tile, pinned (see [`qk_descs`]). The tile is stored as 64-key sub-tiles of
+/// `HD` rows (channels) × 64 bytes, K-major; `v_desc` describes the first.
 #[inline(always)]
-pub fn pv8_descs(v_desc: u64) -> [u64; 4] {
+pub fn pv8_descs<const HD: usize>(v_desc: u64, steps: usize) -> [u64; 4] {
     let mut d = [0u64; 4];
-    unroll::<2>(
+    unroll::<4>(
         #[inline(always)]
         |kk| {
-            // 32 keys = 32 bytes = 2 descriptor units.
-            d[kk] = v_desc + 2 * kk as u64;
-            ptx::pin_u64(&mut d[kk]);
+            if kk < steps {
+                // 32 keys = 32 bytes = 2 descriptor units; a sub-tile is HD·64 bytes.
+                d[kk] = v_desc + (kk / 2 * HD * 64 / 16) as u64 + 2 * (kk % 2) as u64;
+                ptx::pin_u64(&mut d[kk]);
+            }
         },
     );
     d
@@ -158,19 +161,33 @@ pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &
 /// no fence, commit or wait) into a fresh s32 accumulator, returned (in flight). `p[kk]` is the u8
 /// A fragment of k-step kk (see `attention::pack_probs_u8`), `d` from [`pv8_descs`]. `NT = HD/8`.
 #[inline(always)]
-pub fn issue_pv8<const NT: usize>(p: &[[u32; 4]; 4], d: &[u64; 4]) -> [[i32; 4]; NT] {
+pub fn issue_pv8<const NT: usize>(p: &[[u32; 4]; 4], d: &[u64; 4], steps: usize) -> [[i32; 4]; NT] {
     const { assert!(NT == 8 || NT == 16) };
     let mut acc = [[0i32; 4]; NT];
     if NT == 16 {
         // SAFETY: NT == 16, so this is the same array.
         let a16 = unsafe { &mut *(&mut acc as *mut [[i32; 4]; NT]).cast::<[[i32; 4]; 16]>() };
         *a16 = ptx::wgmma_m64n128k32_u8s8_rs_first(p[0], d[0]);
-        ptx::wgmma_m64n128k32_u8s8_rs(a16, p[1], d[1]);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| {
+                if kk > 0 && kk < steps {
+                    ptx::wgmma_m64n128k32_u8s8_rs(a16, p[kk], d[kk]);
+                }
+            },
+        );
     } else {
         // SAFETY: NT == 8, so this is the same array.
         let a8 = unsafe { &mut *(&mut acc as *mut [[i32; 4]; NT]).cast::<[[i32; 4]; 8]>() };
         *a8 = ptx::wgmma_m64n64k32_u8s8_rs_first(p[0], d[0]);
-        ptx::wgmma_m64n64k32_u8s8_rs(a8, p[1], d[1]);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| {
+                if kk > 0 && kk < steps {
+                    ptx::wgmma_m64n64k32_u8s8_rs(a8, p[kk], d[kk]);
+                }
+            },
+        );
     }
     acc
 }

@@ -27,14 +27,17 @@ impl OnlineSoftmax {
     /// which puts each row's largest probability of the tile at 1, and the tile factor is
     /// `2^(tile max - max)`, what those probabilities are worth against the running maximum.
     #[inline(always)]
-    pub fn update<const PER_TILE: bool>(&mut self, s: &mut [[f32; 4]; 8]) -> ([f32; 2], [f32; 2]) {
+    pub fn update<const PER_TILE: bool, const NK: usize>(
+        &mut self,
+        s: &mut [[f32; 4]; NK],
+    ) -> ([f32; 2], [f32; 2]) {
         let mut rescale = [1.0f32; 2];
         let mut tile_factor = [1.0f32; 2];
         unroll::<2>(
             #[inline(always)]
             |h| {
                 let mut tile_max = f32::NEG_INFINITY;
-                unroll::<8>(
+                unroll::<NK>(
                     #[inline(always)]
                     |nt| {
                         tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
@@ -63,7 +66,7 @@ impl OnlineSoftmax {
                     base
                 };
                 let mut row_sum = 0.0f32;
-                unroll::<8>(
+                unroll::<NK>(
                     #[inline(always)]
                     |nt| {
                         unroll::<2>(
@@ -83,32 +86,44 @@ impl OnlineSoftmax {
     }
 
     /// [`Self::update`] for a tile without masked scores, taking them unscaled: `s` holds the integer
-    /// scores as f32 (exact), `scale` the dequantization factor (>= 0). The row max is taken on
+    /// scores as f32 (exact), `scales` the dequantization factors (>= 0) of its 64-key halves
+    /// (n-tiles `8h..8h+8` use `scales[h]`; a 64-key tile uses `scales[0]` only). The row max is taken on
     /// the unscaled scores and scaled once, and each probability is `2^(s·scale - max)` with one
     /// fused multiply-add, saving a multiply and a subtraction per score (the result differs from
     /// [`Self::update`] by the rounding of that product only).
     #[inline(always)]
-    pub fn update_unscaled<const PER_TILE: bool>(
+    pub fn update_unscaled<const PER_TILE: bool, const NK: usize>(
         &mut self,
-        s: &mut [[f32; 4]; 8],
-        scale: f32,
+        s: &mut [[f32; 4]; NK],
+        scales: [f32; 2],
     ) -> ([f32; 2], [f32; 2]) {
+        const { assert!(NK == 8 || NK == 16) };
         let mut rescale = [1.0f32; 2];
         let mut tile_factor = [1.0f32; 2];
         unroll::<2>(
             #[inline(always)]
             |h| {
-                let mut raw_max = f32::NEG_INFINITY;
-                unroll::<8>(
+                // The max of each half on the unscaled scores, scaled once (scales are >= 0).
+                let mut tile_max = f32::NEG_INFINITY;
+                unroll::<2>(
                     #[inline(always)]
-                    |nt| {
-                        raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+                    |half| {
+                        if 8 * half < NK {
+                            let mut raw_max = f32::NEG_INFINITY;
+                            unroll::<8>(
+                                #[inline(always)]
+                                |j| {
+                                    let nt = 8 * half + j;
+                                    raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
+                                },
+                            );
+                            tile_max = tile_max.max(raw_max * scales[half]);
+                        }
                     },
                 );
-                raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 1));
-                raw_max = raw_max.max(ptx::shfl_xor_f32(raw_max, 2));
                 // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
-                let tile_max = raw_max * scale;
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
+                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
                 let new_max = self.max[h].max(tile_max);
                 let base = if new_max == f32::NEG_INFINITY {
                     0.0
@@ -125,13 +140,13 @@ impl OnlineSoftmax {
                     base
                 };
                 let mut row_sum = 0.0f32;
-                unroll::<8>(
+                unroll::<NK>(
                     #[inline(always)]
                     |nt| {
                         unroll::<2>(
                             #[inline(always)]
                             |e| {
-                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scale, -p_base));
+                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scales[nt / 8], -p_base));
                                 s[nt][2 * h + e] = v;
                                 row_sum += v;
                             },
