@@ -35,7 +35,6 @@ const ENV_VARS: &[&str] = &[
     "SAGE_LLVM_BIN",
     "SAGE_PTX_ISA",
     "SAGE_PTX_SERIAL",
-    "SAGE_SM90_PV8",
 ];
 
 /// One PTX module to build.
