@@ -15,7 +15,9 @@ mod common;
 
 use common::{fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload};
 use rand::rngs::StdRng;
+use sageattention::device_config::{MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
 use sageattention::hopper::hopper_available;
+use sageattention::quant_ref::{k_mean, quantize_k};
 use sageattention::reference::v8::quantize_v8;
 use sageattention::reference::{
     attention_f64, attention_pv8_emulation, compare, HostTensor, RefOptions,
@@ -174,6 +176,24 @@ fn pv8_v_preparation_is_bit_exact() {
         (1, 3, 300, 96, DType::F16, Layout::Hnd),
         (1, 2, 1000, 128, DType::F16, Layout::Nhd),
         (2, 1, 513, 64, DType::BF16, Layout::Hnd),
+        // The longest sequence whose scales the quantization CTAs fold in, and one past it (a
+        // finalize launch between): the same bits either way.
+        (
+            1,
+            2,
+            MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS,
+            128,
+            DType::F16,
+            Layout::Hnd,
+        ),
+        (
+            1,
+            1,
+            MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS + 1,
+            96,
+            DType::BF16,
+            Layout::Nhd,
+        ),
     ] {
         let case = Case {
             batch,
@@ -225,6 +245,14 @@ fn pv8_v_preparation_is_bit_exact() {
             "{wrong} of {} Vᵀ bytes differ: {case:?}",
             cpu.data.len()
         );
+        // K shares the launches (its sums beside V's statistics, its quantization beside Vᵀ).
+        let k_mean_ref = k_mean(&k);
+        let gpu_mean = prepared.k_mean_to_host(rt).unwrap().expect("smoothing on");
+        assert_eq!(bits(&gpu_mean), bits(&k_mean_ref), "K mean: {case:?}");
+        let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+        let k_ref = quantize_k(&k, Some(&k_mean_ref));
+        assert_eq!(k_i8, k_ref.data, "K int8: {case:?}");
+        assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales: {case:?}");
         eprintln!("V8 {case:?}: bit-exact ({} bytes)", cpu.data.len());
     }
 }

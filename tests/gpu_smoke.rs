@@ -8,7 +8,7 @@ use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
 use half::f16;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
-use sageattention::device_config::names;
+use sageattention::device_config::{names, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::runtime::ModuleKind;
 use sageattention::{selftest, DType, Layout, Options, Prepared};
@@ -85,12 +85,17 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
     let rt = runtime();
     let mut rng = fresh_rng("quant");
     // Awkward lengths: shorter than a block, one past a block, not a multiple of either block.
+    // The longest K whose mean the quantization CTAs fold in, and one past it (a K-mean launch
+    // between): the same bits either way.
+    let fold_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
     let cases = [
         (1, 3, 1, 1, 64),
         (2, 4, 2, 129, 96),
         (1, 2, 1, 200, 128),
         (1, 1, 1, 65, 64),
         (2, 6, 3, 1000, 128),
+        (1, 2, 1, fold_limit, 96),
+        (1, 2, 2, fold_limit + 1, 128),
     ];
     for (i, &(batch, q_heads, kv_heads, seq, d)) in cases.iter().enumerate() {
         for dtype in [DType::F16, DType::BF16] {
@@ -132,6 +137,22 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
                 let k_ref = quantize_k(&k, Some(&mean_ref));
                 assert_eq!(k_i8, k_ref.data, "K int8, case {i}");
                 assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, case {i}");
+                // Without smoothing K is quantized in the first launch, beside Q.
+                let unsmoothed = Options {
+                    smooth_k: false,
+                    ..opts
+                };
+                let prepared =
+                    Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &unsmoothed).unwrap();
+                assert!(prepared.k_mean_to_host(rt).unwrap().is_none());
+                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+                let k_ref = quantize_k(&k, None);
+                assert_eq!(k_i8, k_ref.data, "unsmoothed K int8, case {i}");
+                assert_eq!(
+                    bits(&k_scale),
+                    bits(&k_ref.scale),
+                    "unsmoothed K scales, case {i}"
+                );
             }
         }
     }
@@ -146,14 +167,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
-    all.extend([
-        names::K_MEAN,
-        names::QUANTIZE,
-        names::QUANTIZE_Q_AND_SUM_K,
-        names::V_TO_F16,
-        names::COPY_COLUMNS,
-        names::LSE_BIAS,
-    ]);
+    all.extend([names::PREPARE, names::COPY_COLUMNS]);
     for name in all {
         let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
         eprintln!("{name}: {res:?}");
