@@ -106,6 +106,12 @@ pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool) -> usize {
 
 /// Keys per tile of the 8-bit Vᵀ (one attention key tile).
 pub const V8_TILE: usize = K_BLOCK;
+/// 16-byte chunks of V each thread of a Vᵀ CTA loads (a 64-key tile over [`prep_threads`]
+/// threads).
+pub const V8_CHUNKS_PER_THREAD: usize = 4;
+/// Bytes after every key row of the V tile a Vᵀ CTA stages in shared memory (keeps rows 16-byte
+/// aligned for the 16-byte stores).
+pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
 
@@ -145,26 +151,28 @@ macro_rules! for_each_attention_variant {
 
 /// The jobs of the fused preparation kernel (`sage_prepare`, `kernels-gpu/src/prepare.rs`). One
 /// launch runs any subset of them: CTAs `ends[j-1]..ends[j]` of the grid run job `j`, in this
-/// order (the longest CTAs first).
+/// order. The order keeps what a later launch reads again in L2: the first launch reads K last
+/// (its segment sums), and the K quantization of the last launch starts from K's end (its CTAs
+/// run in reverse), so its first blocks are the most recently read ones.
 pub mod prep_job {
-    /// 8-bit V: sum, max and min per channel over one `MEAN_SEGMENT_ROWS` segment.
-    pub const V8_STATS: usize = 0;
-    /// K: sum per channel over one segment (the first step of the K mean).
-    pub const SUM_K: usize = 1;
-    /// K mean from the segment sums (only when the consumers do not fold it).
-    pub const K_MEAN: usize = 2;
-    /// 8-bit V: mean and scales from the segment statistics (only when not folded).
-    pub const V8_FINALIZE: usize = 3;
-    /// 8-bit V: one 64-key tile of the INT8 Vᵀ.
-    pub const V8_QUANT: usize = 4;
     /// Q: one `Q_BLOCK` quantization block.
-    pub const QUANT_Q: usize = 5;
-    /// K: one `K_BLOCK` quantization block (minus the mean when smoothing).
-    pub const QUANT_K: usize = 6;
-    /// The LSE bias `sm_scale · q·mean(K)` of one block of query rows.
-    pub const LSE_BIAS: usize = 7;
+    pub const QUANT_Q: usize = 0;
     /// V to a contiguous f16 copy (bf16 converted, rows zero-padded).
-    pub const CONVERT_V: usize = 8;
+    pub const CONVERT_V: usize = 1;
+    /// 8-bit V: sum, max and min per channel over one `MEAN_SEGMENT_ROWS` segment.
+    pub const V8_STATS: usize = 2;
+    /// K: sum per channel over one segment (the first step of the K mean).
+    pub const SUM_K: usize = 3;
+    /// K mean from the segment sums (only when the consumers do not fold it).
+    pub const K_MEAN: usize = 4;
+    /// 8-bit V: mean and scales from the segment statistics (only when not folded).
+    pub const V8_FINALIZE: usize = 5;
+    /// K: one `K_BLOCK` quantization block (minus the mean when smoothing); CTAs in reverse.
+    pub const QUANT_K: usize = 6;
+    /// 8-bit V: one 64-key tile of the INT8 Vᵀ.
+    pub const V8_QUANT: usize = 7;
+    /// The LSE bias `sm_scale · q·mean(K)` of one block of query rows.
+    pub const LSE_BIAS: usize = 8;
     /// Number of jobs.
     pub const COUNT: usize = 9;
 }
@@ -181,7 +189,12 @@ pub const fn prep_threads_ok(job: usize, threads: usize, head_dim: usize) -> boo
         prep_job::SUM_K | prep_job::V8_STATS => threads == chunks * MEAN_SEQ_LANES,
         prep_job::QUANT_Q => quant_threads_ok(threads, chunks, Q_BLOCK, Q_CHUNKS_PER_THREAD),
         prep_job::QUANT_K => quant_threads_ok(threads, chunks, K_BLOCK, K_CHUNKS_PER_THREAD),
-        _ => threads > 0 && threads % 32 == 0,
+        prep_job::V8_QUANT => {
+            threads > 0
+                && threads.is_multiple_of(32)
+                && threads * V8_CHUNKS_PER_THREAD >= V8_TILE * chunks
+        }
+        _ => threads > 0 && threads.is_multiple_of(32),
     }
 }
 
@@ -189,10 +202,10 @@ pub const fn prep_threads_ok(job: usize, threads: usize, head_dim: usize) -> boo
 /// for a block of `rows` rows of `chunks` 16-byte chunks.
 const fn quant_threads_ok(threads: usize, chunks: usize, rows: usize, per_thread: usize) -> bool {
     threads > 0
-        && threads % 32 == 0
+        && threads.is_multiple_of(32)
         && threads <= 256
         && chunks > 0
-        && threads % chunks == 0
+        && threads.is_multiple_of(chunks)
         && threads * per_thread >= rows * chunks
 }
 
@@ -207,7 +220,7 @@ pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -
         prep_job::QUANT_Q => QUANT_MAX_SLOTS_BYTES,
         prep_job::QUANT_K => QUANT_MAX_SLOTS_BYTES + head_dim * 4,
         prep_job::LSE_BIAS => head_dim * 4,
-        prep_job::V8_QUANT => 2 * out_head_dim * 4,
+        prep_job::V8_QUANT => 2 * out_head_dim * 4 + V8_TILE * (2 * head_dim + V8_TILE_ROW_PAD),
         _ => 0,
     }
 }

@@ -22,15 +22,15 @@ use crate::{quant, v8};
 // `PrepareParams::ends` has one entry per job, and the dispatch below tests them in this order.
 const _: () = assert!(
     job::COUNT == 9
-        && job::V8_STATS == 0
-        && job::SUM_K == 1
-        && job::K_MEAN == 2
-        && job::V8_FINALIZE == 3
-        && job::V8_QUANT == 4
-        && job::QUANT_Q == 5
+        && job::QUANT_Q == 0
+        && job::CONVERT_V == 1
+        && job::V8_STATS == 2
+        && job::SUM_K == 3
+        && job::K_MEAN == 4
+        && job::V8_FINALIZE == 5
         && job::QUANT_K == 6
-        && job::LSE_BIAS == 7
-        && job::CONVERT_V == 8
+        && job::V8_QUANT == 7
+        && job::LSE_BIAS == 8
 );
 
 /// `i` → (index within a head, head, batch) for `per_head` CTAs per head and `heads` heads.
@@ -55,8 +55,14 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     let segments = |seq: u32| seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
     // Every branch is CTA-uniform. SAFETY (all): the index is below the job's CTA count, which the
     // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
-    if bx < e[job::V8_STATS] {
-        let (segment, head, batch) = split(bx, segments(p.v8.seq), p.v8.heads);
+    if bx < e[job::QUANT_Q] {
+        let (blk, head, batch) = split(bx, p.q.seq.div_ceil(p.q.block), p.q.heads);
+        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD>(&p.q, blk, head, batch, None) }
+    } else if bx < e[job::CONVERT_V] {
+        unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
+    } else if bx < e[job::V8_STATS] {
+        let i = bx - e[job::V8_STATS - 1];
+        let (segment, head, batch) = split(i, segments(p.v8.seq), p.v8.heads);
         unsafe { v8::stats(&p.v8, segment, head, batch) }
     } else if bx < e[job::SUM_K] {
         let i = bx - e[job::SUM_K - 1];
@@ -66,17 +72,10 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         unsafe { quant::k_mean(&p.mean, bx - e[job::K_MEAN - 1]) }
     } else if bx < e[job::V8_FINALIZE] {
         unsafe { v8::finalize(&p.v8, bx - e[job::V8_FINALIZE - 1]) }
-    } else if bx < e[job::V8_QUANT] {
-        let i = bx - e[job::V8_QUANT - 1];
-        let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
-        let (tile, head, batch) = split(i, tiles, p.v8.heads);
-        unsafe { v8::quantize(&p.v8, fold, tile, head, batch) }
-    } else if bx < e[job::QUANT_Q] {
-        let i = bx - e[job::QUANT_Q - 1];
-        let (blk, head, batch) = split(i, p.q.seq.div_ceil(p.q.block), p.q.heads);
-        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD>(&p.q, blk, head, batch, None) }
     } else if bx < e[job::QUANT_K] {
-        let i = bx - e[job::QUANT_K - 1];
+        // In reverse: the first CTAs take K's last blocks, which the segment sums of the launch
+        // before read last (still in L2 when K is not much larger than it).
+        let i = e[job::QUANT_K] - 1 - bx;
         let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
         let smooth = if p.k.mean != 0 {
             Some((&p.mean, fold))
@@ -84,9 +83,12 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
             None
         };
         unsafe { quant::quantize_block::<K_CHUNKS_PER_THREAD>(&p.k, blk, head, batch, smooth) }
+    } else if bx < e[job::V8_QUANT] {
+        let i = bx - e[job::V8_QUANT - 1];
+        let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
+        let (tile, head, batch) = split(i, tiles, p.v8.heads);
+        unsafe { v8::quantize(&p.v8, fold, tile, head, batch) }
     } else if bx < e[job::LSE_BIAS] {
         unsafe { quant::lse_bias(&p.lse, &p.mean, fold, bx - e[job::LSE_BIAS - 1]) }
-    } else if bx < e[job::CONVERT_V] {
-        unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
     }
 }

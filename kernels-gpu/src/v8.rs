@@ -7,7 +7,10 @@
 //! Bit-exact with the CPU emulation (`host` reference, docs/design.md "8-bit V"): f32 arithmetic
 //! in a fixed order, `max.NaN`/`min.NaN`, `cvt.rni.sat`.
 
-use crate::config::{MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_TILE, padded_len, v8_key_slot};
+use crate::config::{
+    MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_CHUNKS_PER_THREAD, V8_TILE, V8_TILE_ROW_PAD, padded_len,
+    v8_key_slot,
+};
 use crate::params::V8Params;
 use crate::ptx;
 use crate::quant::load8;
@@ -115,6 +118,34 @@ unsafe fn channel_scale(p: &V8Params, bh: u64, c: u64) -> (f32, f32, f32) {
     let mut max = f32::NEG_INFINITY;
     let mut min = f32::INFINITY;
     let mut seg = 0;
+    // Four segments' loads in flight, then combined in segment order.
+    while seg + 4 <= segments {
+        let mut x = [[0.0f32; 3]; 4];
+        unroll::<4>(
+            #[inline(always)]
+            |j| {
+                let at = at + j as u64 * step;
+                // SAFETY: segments seg..seg+4 of this head, inside the partials written by step 1.
+                x[j] = unsafe {
+                    [
+                        ptx::ld_global_nc_f32(at),
+                        ptx::ld_global_nc_f32(at + 4 * hd),
+                        ptx::ld_global_nc_f32(at + 8 * hd),
+                    ]
+                };
+            },
+        );
+        unroll::<4>(
+            #[inline(always)]
+            |j| {
+                total += x[j][0];
+                max = ptx::max_nan(max, x[j][1]);
+                min = min_nan(min, x[j][2]);
+            },
+        );
+        at += 4 * step;
+        seg += 4;
+    }
     while seg < segments {
         // SAFETY: inside the partials written by step 1.
         unsafe {
@@ -179,12 +210,19 @@ pub(crate) unsafe fn finalize(p: &V8Params, bh: u32) {
 
 /// Step 3 (job `V8_QUANT`): one 64-key tile of Vᵀ. `q = clamp(round_ties_even((v - mean) · inv),
 /// -127, 127)` per element (0 past the sequence or past `head_dim`), written at row `channel`,
-/// column `v8_key_slot(key)`. Any block size; `8 * out_head_dim` bytes of dynamic shared memory
-/// (the mean, then the inverse scales). With `fold` the CTA computes step 2 itself for its head
-/// (the tile-0 CTA also stores the results, which the attention kernel reads); else it reads what
-/// the `V8_FINALIZE` job of an earlier launch stored. Thread → (channel, 16-key group) pairs,
-/// channels fastest: a warp reads 32 consecutive channels of a key (64 bytes) per load and writes
-/// each group's 16 bytes with one store, in slot order.
+/// column `v8_key_slot(key)`. `head_dim/8 × 16` threads (`config::prep_threads`);
+/// `config::prep_smem_bytes(V8_QUANT)` bytes of dynamic shared memory: the mean and the inverse
+/// scales of the head, then the tile.
+///
+/// 1. The mean and inverse scales are staged: with `fold` the CTA computes step 2 itself for its
+///    head (the tile-0 CTA also stores the results, which the attention kernel reads); else it
+///    reads what the `V8_FINALIZE` job of an earlier launch stored. (First: with the tile's loads
+///    in flight, the 80-register bound spills.)
+/// 2. The tile's keys are loaded with 16-byte loads (`V8_CHUNKS_PER_THREAD` per thread, all in
+///    flight) into shared memory, rows `V8_TILE_ROW_PAD` bytes apart.
+/// 3. Thread → (channel, 16-key group) pairs, channels fastest: a warp reads 32 consecutive
+///    channels of a key from shared memory (conflict-free) and writes each group's 16 bytes with
+///    one global store, in slot order.
 ///
 /// # Safety
 /// Valid parameters and that geometry, after the launch that ran step 1 (and step 2 unless
@@ -193,10 +231,14 @@ pub(crate) unsafe fn finalize(p: &V8Params, bh: u32) {
 pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, batch: u32) {
     let bh = (batch * p.heads + head) as u64;
     let out_hd = p.out_head_dim;
+    let tid = ptx::thread_idx_x();
     let threads = ptx::block_dim_x();
     let smem = ptx::smem_base();
     let (mean_at, inv_at) = (|c: u32| smem + 4 * c, |c: u32| smem + 4 * (out_hd + c));
-    let mut c = ptx::thread_idx_x();
+    let key0 = tile * V8_TILE as u32;
+
+    // 1. The head's mean and inverse scales.
+    let mut c = tid;
     while c < out_hd {
         // SAFETY: c < out_head_dim: inside the mean and scale buffers and the staging area.
         unsafe {
@@ -219,13 +261,44 @@ pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, ba
         }
         c += threads;
     }
+    // 2. The tile, 16 bytes per load: chunk j of this thread is c = tid + j * threads, (row, column
+    // chunk) of the tile.
+    let chunks = p.head_dim / 8;
+    let row_stride = 2 * p.head_dim + V8_TILE_ROW_PAD as u32;
+    let tile_smem = smem + 8 * out_hd;
+    let base = p.v as i64 + 2 * (batch as i64 * p.v_stride[0] + head as i64 * p.v_stride[1]);
+    let mut raw = [[0u32; 4]; V8_CHUNKS_PER_THREAD];
+    unroll::<V8_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |j| {
+            let c = tid + j as u32 * threads;
+            let (row, chunk) = (c / chunks, c % chunks);
+            if row < V8_TILE as u32 && key0 + row < p.seq {
+                let at = base + 2 * ((key0 + row) as i64 * p.v_stride[2] + 8 * chunk as i64);
+                // SAFETY: key < seq and chunk < head_dim/8: inside V.
+                raw[j] = unsafe { ptx::ld_global_nc_v4(at as u64) };
+            }
+        },
+    );
+
+    unroll::<V8_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |j| {
+            let c = tid + j as u32 * threads;
+            let (row, chunk) = (c / chunks, c % chunks);
+            if row < V8_TILE as u32 {
+                // SAFETY: row < 64 and chunk < head_dim/8: inside the tile (16-byte aligned rows;
+                // keys past the sequence hold zeros and are never read).
+                unsafe { ptx::st_shared_v4(tile_smem + row * row_stride + 16 * chunk, raw[j]) };
+            }
+        },
+    );
     ptx::sync_threads();
 
-    let key0 = tile * V8_TILE as u32;
-    let base = p.v as i64 + 2 * (batch as i64 * p.v_stride[0] + head as i64 * p.v_stride[1]);
+    // 3. Quantize, transpose and store.
     let padded = padded_len(p.seq as usize, V8_TILE) as u64;
     let groups = (V8_TILE / 16) as u32;
-    let mut i = ptx::thread_idx_x();
+    let mut i = tid;
     while i < out_hd * groups {
         let (c, g) = (i % out_hd, i / out_hd);
         let mut q = [0u32; 16];
@@ -237,17 +310,16 @@ pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, ba
                     ptx::ld_shared_f32(inv_at(c)),
                 )
             };
+            // Channel c of row r is the (c & 1) half of the 4-byte word at 4 * (c / 2).
+            let (word, shift) = (4 * (c / 2), 16 * (c & 1));
             unroll::<16>(
                 #[inline(always)]
                 |r| {
-                    let key = key0 + 16 * g + r as u32;
-                    if key < p.seq {
-                        // SAFETY: key < seq and c < head_dim: inside V.
-                        let x = unsafe {
-                            ptx::ld_global_nc_u16(
-                                (base + 2 * (key as i64 * p.v_stride[2] + c as i64)) as u64,
-                            )
-                        };
+                    let row = 16 * g + r as u32;
+                    if key0 + row < p.seq {
+                        // SAFETY: row < 64, c < head_dim: inside the tile.
+                        let w = unsafe { ptx::ld_shared_u32(tile_smem + row * row_stride + word) };
+                        let x = (w >> shift) as u16;
                         let x = if p.in_bf16 != 0 {
                             f32::from_bits(u32::from(x) << 16)
                         } else {
