@@ -15,7 +15,9 @@ mod common;
 
 use common::{fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload};
 use rand::rngs::StdRng;
-use sageattention::device_config::{MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
+use sageattention::device_config::{
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, V8_FOLD_MAX_SEGMENTS,
+};
 use sageattention::hopper::hopper_available;
 use sageattention::quant_ref::{k_mean, quantize_k};
 use sageattention::reference::v8::quantize_v8;
@@ -168,6 +170,8 @@ fn pv8_v_preparation_is_bit_exact() {
     }
     let rt = runtime();
     let mut rng = fresh_rng("pv8_v_prep");
+    let v_limit = V8_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+    let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
     // (batch, kv_heads, kv_len, head_dim, dtype, layout): lengths around the 16-key permutation
     // groups, the 64-key tiles and the 256-row statistics segments; d = 96 is stored 128 wide.
     for (batch, kv_heads, kv_len, d, dtype, layout) in [
@@ -176,24 +180,12 @@ fn pv8_v_preparation_is_bit_exact() {
         (1, 3, 300, 96, DType::F16, Layout::Hnd),
         (1, 2, 1000, 128, DType::F16, Layout::Nhd),
         (2, 1, 513, 64, DType::BF16, Layout::Hnd),
-        // The longest sequence whose scales the quantization CTAs fold in, and one past it (a
-        // finalize launch between): the same bits either way.
-        (
-            1,
-            2,
-            MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS,
-            128,
-            DType::F16,
-            Layout::Hnd,
-        ),
-        (
-            1,
-            1,
-            MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS + 1,
-            96,
-            DType::BF16,
-            Layout::Nhd,
-        ),
+        // The longest sequence whose V scales (then K mean) the quantization CTAs fold in, and one
+        // past it (a finalize launch between): the same bits either way.
+        (1, 2, v_limit, 128, DType::F16, Layout::Hnd),
+        (1, 1, v_limit + 1, 96, DType::BF16, Layout::Nhd),
+        (1, 1, k_limit, 64, DType::F16, Layout::Nhd),
+        (1, 2, k_limit + 1, 128, DType::BF16, Layout::Hnd),
     ] {
         let case = Case {
             batch,

@@ -10,7 +10,7 @@ use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, padded_len, prep_job, prep_smem_bytes, prep_threads,
     prep_threads_ok, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, LOG2_E,
-    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_TILE,
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
@@ -118,12 +118,14 @@ impl PrepLaunch {
     }
 }
 
-/// The preparation's launches, in stream order, and whether the consumers of the K mean and the
-/// 8-bit V scales reduce the segment statistics themselves (`PrepareParams::fold`).
+/// The preparation's launches, in stream order, and whether the consumers of the K mean and of
+/// the 8-bit V scales reduce the segment statistics themselves (`PrepareParams::fold_k`,
+/// `fold_v8`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PrepPlan {
     pub(crate) launches: Vec<PrepLaunch>,
-    pub(crate) fold: bool,
+    pub(crate) fold_k: bool,
+    pub(crate) fold_v8: bool,
 }
 
 /// What the preparation does for a problem of this shape (pure: tested on the CPU). Every launch
@@ -131,18 +133,21 @@ pub(crate) struct PrepPlan {
 ///
 /// 1. Q quantization, K segment sums (smoothing), 8-bit V statistics, V to f16 — and K
 ///    quantization when K is not smoothed;
-/// 2. only when the sequence has more than `MEAN_FOLD_MAX_SEGMENTS` segments: the K mean and the
-///    8-bit V scales, one CTA per (batch, kv head);
-/// 3. K quantization (smoothing), the 8-bit Vᵀ and the LSE bias; without step 2 each CTA folds
-///    in the mean/scales it needs.
+/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 4096), the
+///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 2048); one CTA per
+///    (batch, kv head) each; no launch when neither applies;
+/// 3. K quantization (smoothing), the 8-bit Vᵀ and the LSE bias; each CTA folds in the mean or
+///    scales that step 2 did not compute.
 ///
-/// So 2 launches on both P·V paths (1 for f16 without smoothing), 3 past the fold limit.
+/// So 2 launches for f16 up to kv_len 4096 (1 without smoothing) and for the 8-bit P·V up to 2048;
+/// 3 beyond.
 pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
     use prep_job::*;
     let hd = s.head_dim;
     let segments = s.kv_len.div_ceil(MEAN_SEGMENT_ROWS);
     let kv = s.batch * s.kv_heads;
-    let fold = segments <= MEAN_FOLD_MAX_SEGMENTS;
+    let fold_k = segments <= MEAN_FOLD_MAX_SEGMENTS;
+    let fold_v8 = segments <= V8_FOLD_MAX_SEGMENTS;
     let threads = prep_threads(hd);
     let k_blocks = s.kv_len.div_ceil(K_BLOCK) * kv;
 
@@ -167,14 +172,14 @@ pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
         last.ctas[V8_QUANT] = padded_len(s.kv_len, V8_TILE) / V8_TILE * kv;
     }
     let mut launches = vec![first];
-    if !fold && (s.smooth_k || s.v8) {
-        let mut finalize = PrepLaunch::new(threads);
-        if s.smooth_k {
-            finalize.ctas[K_MEAN] = kv;
-        }
-        if s.v8 {
-            finalize.ctas[V8_FINALIZE] = kv;
-        }
+    let mut finalize = PrepLaunch::new(threads);
+    if s.smooth_k && !fold_k {
+        finalize.ctas[K_MEAN] = kv;
+    }
+    if s.v8 && !fold_v8 {
+        finalize.ctas[V8_FINALIZE] = kv;
+    }
+    if !finalize.is_empty() {
         launches.push(finalize);
     }
     if !last.is_empty() {
@@ -189,7 +194,11 @@ pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
             );
         }
     }
-    PrepPlan { launches, fold }
+    PrepPlan {
+        launches,
+        fold_k,
+        fold_v8,
+    }
 }
 
 /// The shape [`plan_prepare`] reads, from the problem and the scratch layout that was sized for it.
@@ -316,7 +325,9 @@ pub(crate) fn enqueue_prepare(
             _pad: 0,
         },
         ends: [0; prep_job::COUNT],
-        fold: u32::from(plan.fold),
+        fold_k: u32::from(plan.fold_k),
+        fold_v8: u32::from(plan.fold_v8),
+        _pad: 0,
     };
     for launch_spec in &plan.launches {
         params.ends = launch_spec.ends()?;
@@ -475,42 +486,37 @@ mod tests {
         }
     }
 
-    /// Short sequences: 2 launches on both P·V paths (1 with nothing to wait for); past the fold
-    /// limit a finalize launch comes between.
+    /// Short sequences: 2 launches on both P·V paths (1 with nothing to wait for); past a fold
+    /// limit (K: 4096 keys, 8-bit V: 2048) a finalize launch comes between.
     #[test]
     fn launch_counts() {
-        let limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+        let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+        let v_limit = V8_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+        assert!(v_limit <= k_limit);
         for hd in [64, 96, 128] {
-            for (kv_len, fold) in [(1, true), (1024, true), (limit, true), (limit + 1, false)] {
+            for kv_len in [1, 1024, v_limit, v_limit + 1, k_limit, k_limit + 1, 20_000] {
+                let (fold_k, fold_v8) = (kv_len <= k_limit, kv_len <= v_limit);
                 let count = |smooth, lse, v8| {
                     let plan = plan_prepare(&shape(kv_len, hd, smooth, lse, v8));
-                    assert_eq!(plan.fold, fold);
+                    assert_eq!((plan.fold_k, plan.fold_v8), (fold_k, fold_v8));
                     plan.launches.len()
                 };
-                let finalize = usize::from(!fold);
+                let what = format!("d{hd} N{kv_len}");
+                let f16 = 2 + usize::from(!fold_k);
+                assert_eq!(count(true, false, false), f16, "f16 {what}");
+                assert_eq!(count(true, true, false), f16, "f16 + LSE {what}");
+                assert_eq!(count(false, false, false), 1, "f16 unsmoothed {what}");
+                let int8 = 2 + usize::from(!fold_k || !fold_v8);
+                assert_eq!(count(true, true, true), int8, "int8 {what}");
+                let int8_unsmoothed = 2 + usize::from(!fold_v8);
                 assert_eq!(
-                    count(true, false, false),
-                    2 + finalize,
-                    "f16 d{hd} N{kv_len}"
+                    count(false, false, true),
+                    int8_unsmoothed,
+                    "int8 unsmoothed {what}"
                 );
-                assert_eq!(
-                    count(true, true, false),
-                    2 + finalize,
-                    "f16+lse d{hd} N{kv_len}"
-                );
-                assert_eq!(
-                    count(false, false, false),
-                    1,
-                    "f16 unsmoothed d{hd} N{kv_len}"
-                );
-                assert_eq!(
-                    count(true, true, true),
-                    2 + finalize,
-                    "int8 d{hd} N{kv_len}"
-                );
-                assert_eq!(count(false, false, true), 2 + finalize, "int8 unsmoothed");
             }
         }
+        assert_eq!(std::mem::size_of::<PrepareParams>() % 8, 0);
     }
 
     /// Every job runs exactly once over the launches, with its full CTA count, after the jobs it
@@ -519,7 +525,7 @@ mod tests {
     fn every_job_once_in_order_with_a_valid_geometry() {
         use prep_job::*;
         for hd in [64, 96, 128] {
-            for kv_len in [1, 63, 65, 1000, 4096, 4097, 20_000] {
+            for kv_len in [1, 63, 65, 1000, 2048, 2049, 4096, 4097, 20_000] {
                 for (smooth, lse, v8) in [
                     (true, false, false),
                     (true, true, false),
@@ -549,8 +555,8 @@ mod tests {
                     );
                     assert_eq!(total(LSE_BIAS) > 0, smooth && lse);
                     assert_eq!(total(CONVERT_V) > 0, s.copy_v);
-                    assert_eq!(total(K_MEAN) > 0, smooth && !plan.fold);
-                    assert_eq!(total(V8_FINALIZE) > 0, v8 && !plan.fold);
+                    assert_eq!(total(K_MEAN) > 0, smooth && !plan.fold_k);
+                    assert_eq!(total(V8_FINALIZE) > 0, v8 && !plan.fold_v8);
                     // Readers after writers.
                     let before = |w: usize, r: usize| match (launch_of(w), launch_of(r)) {
                         (Some(w), Some(r)) => assert!(w < r, "job {w} not before job {r}"),
@@ -559,7 +565,7 @@ mod tests {
                     };
                     if smooth {
                         before(SUM_K, QUANT_K);
-                        if plan.fold {
+                        if plan.fold_k {
                             before(SUM_K, LSE_BIAS);
                         } else {
                             before(SUM_K, K_MEAN);
@@ -569,7 +575,7 @@ mod tests {
                     }
                     if v8 {
                         before(V8_STATS, V8_QUANT);
-                        if !plan.fold {
+                        if !plan.fold_v8 {
                             before(V8_STATS, V8_FINALIZE);
                             before(V8_FINALIZE, V8_QUANT);
                         }

@@ -26,13 +26,18 @@ pub const Q_CHUNKS_PER_THREAD: usize = 8;
 /// The same for K: a 64-row block over [`prep_threads`] threads (half of Q's, which also leaves
 /// the registers for K's mean within the preparation kernel's 80-register bound).
 pub const K_CHUNKS_PER_THREAD: usize = 4;
-/// Longest sequence, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of a mean (the K
-/// quantization and LSE-bias CTAs for K's, the 8-bit V quantization CTAs for V's) reduce the
-/// segment statistics themselves, in the finalize order, instead of reading a mean a separate
-/// launch wrote: one launch less, at the price of every consumer CTA reading its head's
-/// `segments × head_dim` partials (from L2). 16 segments = 4096 rows: at most half a K block's
-/// own bytes. Longer sequences, where a launch matters less, keep the finalize launch.
+/// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
+/// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
+/// instead of reading the mean a separate launch wrote: one launch less, at the price of every
+/// consumer CTA reading its head's `segments × head_dim` sums (from L2, while its K loads are in
+/// flight). 16 segments = 4096 rows: at most half a K block's own bytes. Longer sequences, where a
+/// launch matters less, keep the `K_MEAN` launch.
 pub const MEAN_FOLD_MAX_SEGMENTS: usize = 16;
+/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 8 segments
+/// = 2048 rows. Three values per segment and channel (sum, max, min), read before the tile's
+/// loads (registers), make folding cost more than for K: at 16 segments a Vᵀ CTA would read
+/// 1.5× its tile's bytes from L2 first.
+pub const V8_FOLD_MAX_SEGMENTS: usize = 8;
 
 /// Threads of every launch of the preparation kernel: one per (16-byte chunk of a row, sequence
 /// lane), the geometry of the segment jobs (`2 * head_dim`: 256 at head_dim 128, 8 warps).

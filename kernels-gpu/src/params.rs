@@ -54,7 +54,7 @@ pub struct QuantParams {
     /// Input f16/bf16, any strides with unit last dim.
     pub x: u64,
     /// Nonzero: subtract K's mean (f32 `[batch][heads][head_dim]`, this buffer; the job stages it
-    /// as `PrepareParams::mean` and `PrepareParams::fold` say). 0: multiply by `mult` instead.
+    /// as `PrepareParams::mean` and `PrepareParams::fold_k` say). 0: multiply by `mult` instead.
     pub mean: u64,
     /// INT8 output `[batch][heads][padded_seq][out_head_dim]`.
     pub out: u64,
@@ -213,11 +213,16 @@ pub struct PrepareParams {
     /// Exclusive end of each job's CTA range, in `prep_job` order: CTAs `ends[j-1]..ends[j]`
     /// (from 0 for job 0) run job `j`; an empty range skips the job.
     pub ends: [u32; 9],
-    /// 1: the K-quantization and LSE-bias CTAs reduce K's segment sums into the mean
-    /// themselves, and the 8-bit V quantization CTAs V's statistics (`config::MEAN_FOLD_MAX_SEGMENTS`);
-    /// 0: they read the mean and scales that the `K_MEAN` / `V8_FINALIZE` jobs of an earlier launch
-    /// wrote.
-    pub fold: u32,
+    /// 1: the K-quantization and LSE-bias CTAs reduce K's segment sums into the mean themselves
+    /// (`config::MEAN_FOLD_MAX_SEGMENTS`); 0: they read the mean the `K_MEAN` job of an earlier
+    /// launch wrote.
+    pub fold_k: u32,
+    /// 1: the 8-bit V quantization CTAs reduce V's statistics into its mean and scales themselves
+    /// (`config::V8_FOLD_MAX_SEGMENTS`); 0: they read what the `V8_FINALIZE` job of an earlier
+    /// launch wrote.
+    pub fold_v8: u32,
+    /// Padding so the struct size is a multiple of 8.
+    pub _pad: u32,
 }
 
 /// The 8-bit V preparation jobs' parameters (statistics, finalize, quantization: one struct for

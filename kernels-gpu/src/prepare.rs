@@ -5,7 +5,8 @@
 //!
 //! 1. Q quantization, K segment sums, 8-bit V statistics, V to f16 (and K quantization when K is
 //!    not smoothed);
-//! 2. only for long sequences (`config::MEAN_FOLD_MAX_SEGMENTS`): K mean and 8-bit V scales;
+//! 2. only for longer sequences (`config::MEAN_FOLD_MAX_SEGMENTS`, `V8_FOLD_MAX_SEGMENTS`): K mean
+//!    and/or 8-bit V scales;
 //! 3. K quantization, 8-bit Vᵀ, LSE bias — each CTA reduces the segment statistics it needs in the
 //!    finalize order when step 2 did not run.
 //!
@@ -51,7 +52,7 @@ fn split(i: u32, per_head: u32, heads: u32) -> (u32, u32, u32) {
 pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     let bx = ptx::block_idx().0;
     let e = p.ends;
-    let fold = p.fold != 0;
+    let (fold_k, fold_v8) = (p.fold_k != 0, p.fold_v8 != 0);
     let segments = |seq: u32| seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
     // Every branch is CTA-uniform. SAFETY (all): the index is below the job's CTA count, which the
     // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
@@ -78,7 +79,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         let i = e[job::QUANT_K] - 1 - bx;
         let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
         let smooth = if p.k.mean != 0 {
-            Some((&p.mean, fold))
+            Some((&p.mean, fold_k))
         } else {
             None
         };
@@ -87,8 +88,8 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         let i = bx - e[job::V8_QUANT - 1];
         let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
         let (tile, head, batch) = split(i, tiles, p.v8.heads);
-        unsafe { v8::quantize(&p.v8, fold, tile, head, batch) }
+        unsafe { v8::quantize(&p.v8, fold_v8, tile, head, batch) }
     } else if bx < e[job::LSE_BIAS] {
-        unsafe { quant::lse_bias(&p.lse, &p.mean, fold, bx - e[job::LSE_BIAS - 1]) }
+        unsafe { quant::lse_bias(&p.lse, &p.mean, fold_k, bx - e[job::LSE_BIAS - 1]) }
     }
 }
