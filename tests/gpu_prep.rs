@@ -1,12 +1,11 @@
-//! The preparation (K mean, Q/K quantization, LSE bias, V to f16 or to the 8-bit Vᵀ) on the GPU:
+//! Timing of the preparation (K mean, Q/K quantization, LSE bias, V to f16 or to the 8-bit Vᵀ):
+//! `prep_perf_probe` prints the table of docs/perf-notes.md "Preparation v4" — at B = 4, H = 32,
+//! d = 128, f16, N = 1K/2K/4K, for the f16 and the 8-bit P·V: GPU time of the attention kernel
+//! alone, of the preparation alone and of the whole `sageattn_into`, and the host's enqueue time
+//! of both, measured with the GPU kept busy (see [`timed`]).
 //!
-//! * `prep_fold_limit_matches_emulation`: the jobs whose inputs come from a mean (K quantization,
-//!   LSE bias) and the V copy, on both sides of `MEAN_FOLD_MAX_SEGMENTS` (the consumers fold the
-//!   mean in / a finalize launch runs between), against the CPU emulation;
-//! * `prep_perf_probe`: the timing table of docs/perf-notes.md "Preparation v4" — at B = 4,
-//!   H = 32, d = 128, f16, N = 1K/2K/4K, for the f16 and the 8-bit P·V: GPU time of the attention
-//!   kernel alone, of the preparation alone and of the whole `sageattn_into`, and the host's
-//!   enqueue time of both, measured with the GPU kept busy (see [`timed`]).
+//! It uses only the public API (and `tests/common`), so the same file can be copied onto an
+//! older commit to time the preparation before a change.
 //!
 //! Run on a GPU with `cargo test --release --test gpu_prep -- --ignored --nocapture
 //! --test-threads=1`.
@@ -15,90 +14,9 @@ mod common;
 
 use std::time::Instant;
 
-use common::{
-    channel_offsets, fresh_rng, lse_max_error, random_device_tensor, random_tensor, runtime, upload,
-};
-use sageattention::device_config::{MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
+use common::{random_device_tensor, runtime};
 use sageattention::hopper::hopper_available;
-use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
 use sageattention::{sageattn_into, DType, Layout, Options, Prepared, PvPrecision, Tensor};
-
-/// As tests/gpu_attention.rs: kernel error against the emulation of the same quantization.
-const EMULATION_REL_L1: f64 = 3e-3;
-/// LSE against the emulation's (natural log), absolute.
-const LSE_TOL: f64 = 1e-3;
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn prep_fold_limit_matches_emulation() {
-    let rt = runtime();
-    let mut rng = fresh_rng("prep_fold_limit");
-    let limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
-    // (kv_len, head_dim, dtype, layout, smooth_k): the longest folded length and one past it; d = 96
-    // (zero-padded V copy on Hopper) and bf16 (V converted) exercise the V job; GQA 4:2 the LSE
-    // bias's kv head.
-    for (kv_len, head_dim, dtype, layout, smooth_k) in [
-        (limit, 128, DType::BF16, Layout::Hnd, true),
-        (limit + 1, 128, DType::BF16, Layout::Nhd, true),
-        (limit, 96, DType::F16, Layout::Nhd, true),
-        (limit + 1, 96, DType::F16, Layout::Hnd, true),
-        (limit + 1, 64, DType::BF16, Layout::Hnd, false),
-    ] {
-        let (batch, q_heads, kv_heads, qo_len) = (1, 4, 2, 37);
-        let offsets = channel_offsets(&mut rng, head_dim, 3.0);
-        let q = random_tensor(
-            &mut rng,
-            [batch, q_heads, qo_len, head_dim],
-            dtype,
-            1.0,
-            None,
-        );
-        let kv_shape = [batch, kv_heads, kv_len, head_dim];
-        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
-        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
-        let (qd, kd, vd) = (
-            upload(rt, &q, dtype, layout),
-            upload(rt, &k, dtype, layout),
-            upload(rt, &v, dtype, layout),
-        );
-        let shape = [batch, q_heads, qo_len, head_dim];
-        let mut out = Tensor::alloc_filled_nan(rt, dtype, shape, layout).unwrap();
-        let mut lse = rt
-            .stream()
-            .clone_htod(&vec![f32::NAN; batch * q_heads * qo_len])
-            .unwrap();
-        let opts = Options {
-            smooth_k,
-            layout,
-            return_lse: true,
-            ..Options::default()
-        };
-        sageattn_into(
-            rt,
-            &qd.view(),
-            &kd.view(),
-            &vd.view(),
-            &mut out.view_mut(),
-            Some(&mut lse),
-            &opts,
-        )
-        .unwrap();
-        let out = out.to_host_f32(rt).unwrap();
-        let lse = rt.stream().clone_dtoh(&lse).unwrap();
-        let emulated =
-            attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), smooth_k, false);
-        let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?} smooth {smooth_k}");
-        assert!(
-            out.iter().all(|x| x.is_finite()),
-            "unwritten output: {case}"
-        );
-        let m = compare(&out, &emulated.o);
-        assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
-        let lse_err = lse_max_error(&lse, &emulated.lse);
-        assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
-        eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
-    }
-}
 
 /// Per-call GPU time and host enqueue time of `op`, in µs (medians over 7 rounds): each round
 /// enqueues `filler` first, so that the GPU is busy while the host enqueues `reps` calls of `op`
