@@ -104,10 +104,9 @@ fn apply_launch_bounds(ptx: &str) -> String {
         };
     }
     for_each_sm90_attention_variant!(bound_sm90);
-    // The quantizer is memory-bound: bound its registers so that 3 CTAs of up to 256 threads
-    // (all their loads in flight) fit on an SM.
-    ptx = add_launch_bounds(&ptx, device_config::names::QUANTIZE, 256, 3);
-    ptx = add_launch_bounds(&ptx, device_config::names::QUANTIZE_Q_AND_SUM_K, 256, 3);
+    // The preparation kernel is memory-bound: bound its registers so that 3 CTAs of up to 256
+    // threads (all their loads in flight) fit on an SM.
+    ptx = add_launch_bounds(&ptx, device_config::names::PREPARE, 256, 3);
     ptx
 }
 

@@ -15,7 +15,11 @@ mod common;
 
 use common::{fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload};
 use rand::rngs::StdRng;
+use sageattention::device_config::{
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, V8_FOLD_MAX_SEGMENTS,
+};
 use sageattention::hopper::hopper_available;
+use sageattention::quant_ref::{k_mean, quantize_k};
 use sageattention::reference::v8::quantize_v8;
 use sageattention::reference::{
     attention_f64, attention_pv8_emulation, compare, HostTensor, RefOptions,
@@ -166,6 +170,8 @@ fn pv8_v_preparation_is_bit_exact() {
     }
     let rt = runtime();
     let mut rng = fresh_rng("pv8_v_prep");
+    let v_limit = V8_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+    let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
     // (batch, kv_heads, kv_len, head_dim, dtype, layout): lengths around the 16-key permutation
     // groups, the 64-key tiles and the 256-row statistics segments; d = 96 is stored 128 wide.
     for (batch, kv_heads, kv_len, d, dtype, layout) in [
@@ -174,6 +180,12 @@ fn pv8_v_preparation_is_bit_exact() {
         (1, 3, 300, 96, DType::F16, Layout::Hnd),
         (1, 2, 1000, 128, DType::F16, Layout::Nhd),
         (2, 1, 513, 64, DType::BF16, Layout::Hnd),
+        // The longest sequence whose V scales (then K mean) the quantization CTAs fold in, and one
+        // past it (a finalize launch between): the same bits either way.
+        (1, 2, v_limit, 128, DType::F16, Layout::Hnd),
+        (1, 1, v_limit + 1, 96, DType::BF16, Layout::Nhd),
+        (1, 1, k_limit, 64, DType::F16, Layout::Nhd),
+        (1, 2, k_limit + 1, 128, DType::BF16, Layout::Hnd),
     ] {
         let case = Case {
             batch,
@@ -225,6 +237,14 @@ fn pv8_v_preparation_is_bit_exact() {
             "{wrong} of {} Vᵀ bytes differ: {case:?}",
             cpu.data.len()
         );
+        // K shares the launches (its sums beside V's statistics, its quantization beside Vᵀ).
+        let k_mean_ref = k_mean(&k);
+        let gpu_mean = prepared.k_mean_to_host(rt).unwrap().expect("smoothing on");
+        assert_eq!(bits(&gpu_mean), bits(&k_mean_ref), "K mean: {case:?}");
+        let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+        let k_ref = quantize_k(&k, Some(&k_mean_ref));
+        assert_eq!(k_i8, k_ref.data, "K int8: {case:?}");
+        assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales: {case:?}");
         eprintln!("V8 {case:?}: bit-exact ({} bytes)", cpu.data.len());
     }
 }

@@ -4,14 +4,20 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, random_tensor, runtime, upload};
+use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, runtime, upload};
 use half::f16;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
-use sageattention::device_config::names;
+use sageattention::device_config::{names, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
+use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
 use sageattention::runtime::ModuleKind;
-use sageattention::{selftest, DType, Layout, Options, Prepared};
+use sageattention::{sageattn_into, selftest, DType, Layout, Options, Prepared, Tensor};
+
+/// As tests/gpu_attention.rs: kernel error against the emulation of the same quantization.
+const EMULATION_REL_L1: f64 = 3e-3;
+/// LSE against the emulation's (natural log), absolute.
+const LSE_TOL: f64 = 1e-3;
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -85,12 +91,17 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
     let rt = runtime();
     let mut rng = fresh_rng("quant");
     // Awkward lengths: shorter than a block, one past a block, not a multiple of either block.
+    // The longest K whose mean the quantization CTAs fold in, and one past it (a K-mean launch
+    // between): the same bits either way.
+    let fold_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
     let cases = [
         (1, 3, 1, 1, 64),
         (2, 4, 2, 129, 96),
         (1, 2, 1, 200, 128),
         (1, 1, 1, 65, 64),
         (2, 6, 3, 1000, 128),
+        (1, 2, 1, fold_limit, 96),
+        (1, 2, 2, fold_limit + 1, 128),
     ];
     for (i, &(batch, q_heads, kv_heads, seq, d)) in cases.iter().enumerate() {
         for dtype in [DType::F16, DType::BF16] {
@@ -132,8 +143,99 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
                 let k_ref = quantize_k(&k, Some(&mean_ref));
                 assert_eq!(k_i8, k_ref.data, "K int8, case {i}");
                 assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, case {i}");
+                // Without smoothing K is quantized in the first launch, beside Q.
+                let unsmoothed = Options {
+                    smooth_k: false,
+                    ..opts
+                };
+                let prepared =
+                    Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &unsmoothed).unwrap();
+                assert!(prepared.k_mean_to_host(rt).unwrap().is_none());
+                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+                let k_ref = quantize_k(&k, None);
+                assert_eq!(k_i8, k_ref.data, "unsmoothed K int8, case {i}");
+                assert_eq!(
+                    bits(&k_scale),
+                    bits(&k_ref.scale),
+                    "unsmoothed K scales, case {i}"
+                );
             }
         }
+    }
+}
+
+/// The jobs that read K's mean (K quantization, LSE bias) and the V copy, on both sides of
+/// `MEAN_FOLD_MAX_SEGMENTS` (the consumers fold the mean in / a `K_MEAN` launch runs between),
+/// against the CPU emulation of the whole call.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn lse_bias_and_v_copy_match_emulation_around_the_fold_limit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("fold_limit");
+    let limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+    // (kv_len, head_dim, dtype, layout, smooth_k): the longest folded length and one past it; d = 96
+    // (zero-padded V copy on Hopper) and bf16 (V converted) exercise the V job; GQA 4:2 the LSE
+    // bias's kv head.
+    for (kv_len, head_dim, dtype, layout, smooth_k) in [
+        (limit, 128, DType::BF16, Layout::Hnd, true),
+        (limit + 1, 128, DType::BF16, Layout::Nhd, true),
+        (limit, 96, DType::F16, Layout::Nhd, true),
+        (limit + 1, 96, DType::F16, Layout::Hnd, true),
+        (limit + 1, 64, DType::BF16, Layout::Hnd, false),
+    ] {
+        let (batch, q_heads, kv_heads, qo_len) = (1, 4, 2, 37);
+        let offsets = channel_offsets(&mut rng, head_dim, 3.0);
+        let q = random_tensor(
+            &mut rng,
+            [batch, q_heads, qo_len, head_dim],
+            dtype,
+            1.0,
+            None,
+        );
+        let kv_shape = [batch, kv_heads, kv_len, head_dim];
+        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
+        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
+        let (qd, kd, vd) = (
+            upload(rt, &q, dtype, layout),
+            upload(rt, &k, dtype, layout),
+            upload(rt, &v, dtype, layout),
+        );
+        let shape = [batch, q_heads, qo_len, head_dim];
+        let mut out = Tensor::alloc_filled_nan(rt, dtype, shape, layout).unwrap();
+        let mut lse = rt
+            .stream()
+            .clone_htod(&vec![f32::NAN; batch * q_heads * qo_len])
+            .unwrap();
+        let opts = Options {
+            smooth_k,
+            layout,
+            return_lse: true,
+            ..Options::default()
+        };
+        sageattn_into(
+            rt,
+            &qd.view(),
+            &kd.view(),
+            &vd.view(),
+            &mut out.view_mut(),
+            Some(&mut lse),
+            &opts,
+        )
+        .unwrap();
+        let out = out.to_host_f32(rt).unwrap();
+        let lse = rt.stream().clone_dtoh(&lse).unwrap();
+        let emulated =
+            attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), smooth_k, false);
+        let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?} smooth {smooth_k}");
+        assert!(
+            out.iter().all(|x| x.is_finite()),
+            "unwritten output: {case}"
+        );
+        let m = compare(&out, &emulated.o);
+        assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
+        let lse_err = lse_max_error(&lse, &emulated.lse);
+        assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
+        eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
     }
 }
 
@@ -146,14 +248,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
-    all.extend([
-        names::K_MEAN,
-        names::QUANTIZE,
-        names::QUANTIZE_Q_AND_SUM_K,
-        names::V_TO_F16,
-        names::COPY_COLUMNS,
-        names::LSE_BIAS,
-    ]);
+    all.extend([names::PREPARE, names::COPY_COLUMNS]);
     for name in all {
         let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
         eprintln!("{name}: {res:?}");

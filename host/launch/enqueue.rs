@@ -1,18 +1,20 @@
 //! Enqueuing one call's kernels on the runtime's stream: preparation (K mean, INT8 quantization
-//! of Q and K, LSE bias, V to f16) into scratch memory, then the attention kernel the dispatch
-//! chose (and, for a zero-padded head_dim, the copy of the real output columns).
+//! of Q and K, LSE bias, V to f16 or to the 8-bit Vᵀ) into scratch memory, as one to three
+//! launches of the fused preparation kernel ([`plan_prepare`]), then the attention kernel the
+//! dispatch chose (and, for a zero-padded head_dim, the copy of the real output columns).
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
-    attn_smem_bytes, cta_q, names, padded_len, quant_threads, ATTN_THREADS, CONVERT_THREADS,
-    K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, V8_QUANT_THREADS, V8_TILE,
+    attn_smem_bytes, cta_q, names, padded_len, prep_job, prep_smem_bytes, prep_threads,
+    prep_threads_ok, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, LOG2_E,
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
-use crate::launch::scratch::{ScratchLayout, ScratchShape, V8Regions};
+use crate::launch::scratch::{ScratchLayout, ScratchShape};
 use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
@@ -25,13 +27,8 @@ use crate::types::options::Options;
 // SAFETY: plain-old-data `#[repr(C)]` structs of integers and floats, laid out exactly as the
 // device crate (same source file) expects them.
 unsafe impl DeviceRepr for AttnParams {}
-unsafe impl DeviceRepr for QuantParams {}
-unsafe impl DeviceRepr for MeanParams {}
-unsafe impl DeviceRepr for ConvertParams {}
-unsafe impl DeviceRepr for LseBiasParams {}
 unsafe impl DeviceRepr for PrepareParams {}
 unsafe impl DeviceRepr for ColumnCopyParams {}
-unsafe impl DeviceRepr for V8Params {}
 
 /// Where one call's quantized data lives.
 #[derive(Clone, Copy, Debug)]
@@ -69,8 +66,161 @@ pub(crate) fn scratch_layout(
     })
 }
 
-/// Enqueues K mean, Q/K quantization, LSE bias and the V conversion (to f16, or for the 8-bit
-/// P·V to the INT8 Vᵀ) into `scratch`.
+/// One launch of the fused preparation kernel (`sage_prepare`): how many CTAs run each job
+/// (`prep_job` order), and the block size they share (`prep_threads`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct PrepLaunch {
+    pub(crate) ctas: [usize; prep_job::COUNT],
+    pub(crate) threads: usize,
+}
+
+impl PrepLaunch {
+    fn new(threads: usize) -> Self {
+        PrepLaunch {
+            ctas: [0; prep_job::COUNT],
+            threads,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.ctas.iter().all(|&c| c == 0)
+    }
+
+    /// The grid size.
+    pub(crate) fn grid(&self) -> usize {
+        self.ctas.iter().sum()
+    }
+
+    /// Dynamic shared memory: the most any of its jobs needs.
+    pub(crate) fn smem_bytes(&self, head_dim: usize, kernel_head_dim: usize) -> usize {
+        (0..prep_job::COUNT)
+            .filter(|&j| self.ctas[j] > 0)
+            .map(|j| prep_smem_bytes(j, head_dim, kernel_head_dim))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// `PrepareParams::ends`: each job's exclusive CTA end; `TooLarge` past the grid limit.
+    fn ends(&self) -> Result<[u32; prep_job::COUNT]> {
+        let mut ends = [0u32; prep_job::COUNT];
+        let mut end = 0usize;
+        for (e, &c) in ends.iter_mut().zip(&self.ctas) {
+            end += c;
+            *e = u32::try_from(end)
+                .ok()
+                .filter(|&x| x <= i32::MAX as u32)
+                .ok_or_else(|| Error::TooLarge {
+                    tensor: "q",
+                    reason: format!("{} preparation blocks exceed the grid limit", self.grid()),
+                })?;
+        }
+        Ok(ends)
+    }
+}
+
+/// The preparation's launches, in stream order, and whether the consumers of the K mean and of
+/// the 8-bit V scales reduce the segment statistics themselves (`PrepareParams::fold_k`,
+/// `fold_v8`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PrepPlan {
+    pub(crate) launches: Vec<PrepLaunch>,
+    pub(crate) fold_k: bool,
+    pub(crate) fold_v8: bool,
+}
+
+/// What the preparation does for a problem of this shape (pure: tested on the CPU). Every launch
+/// has `prep_threads(head_dim)` threads per CTA (`head_dim/8 × 16`, the segment jobs' geometry):
+///
+/// 1. Q quantization, K segment sums (smoothing), 8-bit V statistics, V to f16 — and K
+///    quantization when K is not smoothed;
+/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 4096), the
+///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 2048); one CTA per
+///    (batch, kv head) each; no launch when neither applies;
+/// 3. K quantization (smoothing), the 8-bit Vᵀ and the LSE bias; each CTA folds in the mean or
+///    scales that step 2 did not compute.
+///
+/// So 2 launches for f16 up to kv_len 4096 (1 without smoothing) and for the 8-bit P·V up to 2048;
+/// 3 beyond.
+pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
+    use prep_job::*;
+    let hd = s.head_dim;
+    let segments = s.kv_len.div_ceil(MEAN_SEGMENT_ROWS);
+    let kv = s.batch * s.kv_heads;
+    let fold_k = segments <= MEAN_FOLD_MAX_SEGMENTS;
+    let fold_v8 = segments <= V8_FOLD_MAX_SEGMENTS;
+    let threads = prep_threads(hd);
+    let k_blocks = s.kv_len.div_ceil(K_BLOCK) * kv;
+
+    let mut first = PrepLaunch::new(threads);
+    let mut last = PrepLaunch::new(threads);
+    first.ctas[QUANT_Q] = s.qo_len.div_ceil(Q_BLOCK) * s.q_heads * s.batch;
+    if s.smooth_k {
+        first.ctas[SUM_K] = segments * kv;
+        last.ctas[QUANT_K] = k_blocks;
+    } else {
+        first.ctas[QUANT_K] = k_blocks;
+    }
+    if s.lse_bias {
+        last.ctas[LSE_BIAS] = s.qo_len.div_ceil(threads) * s.q_heads * s.batch;
+    }
+    if s.copy_v {
+        let chunks = kv * s.kv_len * s.kernel_head_dim / 8;
+        first.ctas[CONVERT_V] = chunks.div_ceil(threads * CONVERT_CHUNKS_PER_THREAD);
+    }
+    if s.v8 {
+        first.ctas[V8_STATS] = segments * kv;
+        last.ctas[V8_QUANT] = padded_len(s.kv_len, V8_TILE) / V8_TILE * kv;
+    }
+    let mut launches = vec![first];
+    let mut finalize = PrepLaunch::new(threads);
+    if s.smooth_k && !fold_k {
+        finalize.ctas[K_MEAN] = kv;
+    }
+    if s.v8 && !fold_v8 {
+        finalize.ctas[V8_FINALIZE] = kv;
+    }
+    if !finalize.is_empty() {
+        launches.push(finalize);
+    }
+    if !last.is_empty() {
+        launches.push(last);
+    }
+    for l in &launches {
+        for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
+            debug_assert!(
+                prep_threads_ok(j, l.threads, hd),
+                "job {j} cannot run with {} threads at head_dim {hd}",
+                l.threads
+            );
+        }
+    }
+    PrepPlan {
+        launches,
+        fold_k,
+        fold_v8,
+    }
+}
+
+/// The shape [`plan_prepare`] reads, from the problem and the scratch layout that was sized for it.
+fn prep_shape(p: &Problem, kernel_head_dim: usize, l: &ScratchLayout) -> ScratchShape {
+    ScratchShape {
+        batch: p.batch,
+        q_heads: p.q_heads,
+        kv_heads: p.kv_heads,
+        qo_len: p.qo_len,
+        kv_len: p.kv_len,
+        head_dim: p.head_dim,
+        kernel_head_dim,
+        smooth_k: l.k_mean.is_some(),
+        lse_bias: l.lse_bias.is_some(),
+        copy_v: l.v_f16.is_some(),
+        pad_output: l.o_pad.is_some(),
+        v8: l.v8.is_some(),
+    }
+}
+
+/// Enqueues the preparation into `scratch` (K mean, Q/K quantization, LSE bias and V to f16 or,
+/// for the 8-bit P·V, to the INT8 Vᵀ): the launches of [`plan_prepare`].
 pub(crate) fn enqueue_prepare(
     rt: &Runtime,
     q: &TensorView,
@@ -82,14 +232,20 @@ pub(crate) fn enqueue_prepare(
 ) -> Result<()> {
     let stream = rt.stream();
     let l = &scratch.layout;
-    let q_blocks = p.qo_len.div_ceil(Q_BLOCK);
-    let k_blocks = p.kv_len.div_ceil(K_BLOCK);
+    let hd = kernel.head_dim;
+    let plan = plan_prepare(&prep_shape(p, hd, l));
     let in_bf16 = u32::from(p.in_dtype == DType::BF16);
     let (q_ptr, _q_guard) = q.device_ptr(stream);
     let (k_ptr, _k_guard) = k.device_ptr(stream);
-    let qs = q.strides();
-    let ks = k.strides();
-    let mean_ptr = l.k_mean.map(|off| scratch.at(off));
+    // V is read here only when it is converted or quantized.
+    let (v_ptr, _v_guard) = if l.v_f16.is_some() || l.v8.is_some() {
+        let (ptr, guard) = v.device_ptr(stream);
+        (ptr, Some(guard))
+    } else {
+        (0, None)
+    };
+    let (qs, ks, vs) = (q.strides(), k.strides(), v.strides());
+    let mean_ptr = l.k_mean.map_or(0, |off| scratch.at(off));
 
     let q_params = QuantParams {
         x: q_ptr,
@@ -103,89 +259,61 @@ pub(crate) fn enqueue_prepare(
         heads: p.q_heads as u32,
         head_dim: p.head_dim as u32,
         in_bf16,
-        out_head_dim: kernel.head_dim as u32,
+        out_head_dim: hd as u32,
         _pad: 0,
     };
-    let q_threads = quant_threads(Q_BLOCK, p.head_dim) as u32;
-    match (mean_ptr, l.k_partials) {
-        (Some(mean), Some(partials)) => {
-            // Q quantization and the K segment sums are independent: one launch for both.
-            let mean_params = MeanParams {
-                k: k_ptr,
-                partials: scratch.at(partials),
-                mean,
-                k_stride: [ks[0], ks[1], ks[2]],
-                seq: p.kv_len as u32,
-                heads: p.kv_heads as u32,
-                head_dim: p.head_dim as u32,
-                in_bf16,
-            };
-            let sum_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-            debug_assert_eq!(
-                sum_threads, q_threads,
-                "the fused launch needs one block size"
-            );
-            let q_ctas = q_blocks * p.q_heads * p.batch;
-            let sum_ctas = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) * p.kv_heads * p.batch;
-            let ctas = u32::try_from(q_ctas + sum_ctas)
-                .ok()
-                .filter(|&c| c <= i32::MAX as u32)
-                .ok_or_else(|| Error::TooLarge {
-                    tensor: "q",
-                    reason: format!("{} blocks exceed the grid limit", q_ctas + sum_ctas),
-                })?;
-            let params = PrepareParams {
-                quant: q_params,
-                mean: mean_params,
-                q_ctas: q_ctas as u32,
-                _pad: 0,
-            };
-            let smem = (MEAN_SEQ_LANES * p.head_dim * 4) as u32;
-            launch(
-                rt,
-                names::QUANTIZE_Q_AND_SUM_K,
-                (ctas, 1, 1),
-                q_threads,
-                smem,
-                &params,
-            )?;
-            let grid = (p.kv_heads as u32, p.batch as u32, 1);
-            launch(rt, names::K_MEAN, grid, p.head_dim as u32, 0, &mean_params)?;
-        }
-        _ => {
-            let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
-            launch(rt, names::QUANTIZE, grid, q_threads, 32, &q_params)?;
-        }
-    }
-
-    let k_params = QuantParams {
-        x: k_ptr,
-        mean: mean_ptr.unwrap_or(0),
-        out: scratch.at(l.k_i8),
-        scale: scratch.at(l.k_scale),
-        x_stride: [ks[0], ks[1], ks[2]],
-        mult: 1.0,
-        block: K_BLOCK as u32,
-        seq: p.kv_len as u32,
-        heads: p.kv_heads as u32,
-        ..q_params
-    };
-    let grid = (k_blocks as u32, p.kv_heads as u32, p.batch as u32);
-    launch(
-        rt,
-        names::QUANTIZE,
-        grid,
-        quant_threads(K_BLOCK, p.head_dim) as u32,
-        32,
-        &k_params,
-    )?;
-
-    if let (Some(mean), Some(bias)) = (mean_ptr, l.lse_bias) {
-        let rows = p.batch * p.q_heads * p.qo_len;
-        let params = LseBiasParams {
+    let mut params = PrepareParams {
+        q: q_params,
+        k: QuantParams {
+            x: k_ptr,
+            mean: mean_ptr,
+            out: scratch.at(l.k_i8),
+            scale: scratch.at(l.k_scale),
+            x_stride: [ks[0], ks[1], ks[2]],
+            mult: 1.0,
+            block: K_BLOCK as u32,
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            ..q_params
+        },
+        mean: MeanParams {
+            k: k_ptr,
+            partials: l.k_partials.map_or(0, |off| scratch.at(off)),
+            mean: mean_ptr,
+            k_stride: [ks[0], ks[1], ks[2]],
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            in_bf16,
+        },
+        convert: ConvertParams {
+            x: v_ptr,
+            out: l.v_f16.map_or(0, |off| scratch.at(off)),
+            x_stride: [vs[0], vs[1], vs[2]],
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            batch: p.batch as u32,
+            out_head_dim: hd as u32,
+            in_bf16,
+        },
+        v8: V8Params {
+            v: v_ptr,
+            partials: l.v8.map_or(0, |r| scratch.at(r.partials)),
+            mean: l.v8.map_or(0, |r| scratch.at(r.mean)),
+            scale: l.v8.map_or(0, |r| scratch.at(r.scale)),
+            out: l.v8.map_or(0, |r| scratch.at(r.vt)),
+            v_stride: [vs[0], vs[1], vs[2]],
+            seq: p.kv_len as u32,
+            heads: p.kv_heads as u32,
+            head_dim: p.head_dim as u32,
+            in_bf16,
+            out_head_dim: hd as u32,
+            _pad: 0,
+        },
+        lse: LseBiasParams {
             q: q_ptr,
-            mean,
-            bias: scratch.at(bias),
+            bias: l.lse_bias.map_or(0, |off| scratch.at(off)),
             q_stride: [qs[0], qs[1], qs[2]],
             sm_scale: p.sm_scale,
             seq: p.qo_len as u32,
@@ -195,97 +323,24 @@ pub(crate) fn enqueue_prepare(
             in_bf16,
             batch: p.batch as u32,
             _pad: 0,
-        };
-        let blocks = rows.div_ceil(256).min(1 << 16) as u32;
-        launch(rt, names::LSE_BIAS, (blocks, 1, 1), 256, 0, &params)?;
-    }
-
-    if let Some(v_f16) = l.v_f16 {
-        let (v_ptr, _v_guard) = v.device_ptr(stream);
-        let vs = v.strides();
-        let params = ConvertParams {
-            x: v_ptr,
-            out: scratch.at(v_f16),
-            x_stride: [vs[0], vs[1], vs[2]],
-            seq: p.kv_len as u32,
-            heads: p.kv_heads as u32,
-            head_dim: p.head_dim as u32,
-            batch: p.batch as u32,
-            out_head_dim: kernel.head_dim as u32,
-            in_bf16,
-        };
-        let chunks = p.batch * p.kv_heads * p.kv_len * kernel.head_dim / 8;
-        let blocks = chunks.div_ceil(CONVERT_THREADS).min(1 << 20) as u32;
+        },
+        ends: [0; prep_job::COUNT],
+        fold_k: u32::from(plan.fold_k),
+        fold_v8: u32::from(plan.fold_v8),
+        _pad: 0,
+    };
+    for launch_spec in &plan.launches {
+        params.ends = launch_spec.ends()?;
         launch(
             rt,
-            names::V_TO_F16,
-            (blocks, 1, 1),
-            CONVERT_THREADS as u32,
-            0,
+            names::PREPARE,
+            (launch_spec.grid() as u32, 1, 1),
+            launch_spec.threads as u32,
+            launch_spec.smem_bytes(p.head_dim, hd) as u32,
             &params,
         )?;
     }
-    if let Some(v8) = l.v8 {
-        enqueue_v8(rt, v, p, kernel.head_dim, scratch, &v8)?;
-    }
     Ok(())
-}
-
-/// The three launches of the 8-bit V (`kernels-gpu/src/v8.rs`): segment statistics, per-channel
-/// mean and scales, then the INT8 Vᵀ with `kernel_head_dim` rows per head.
-fn enqueue_v8(
-    rt: &Runtime,
-    v: &TensorView,
-    p: &Problem,
-    kernel_head_dim: usize,
-    scratch: &Scratch,
-    regions: &V8Regions,
-) -> Result<()> {
-    let (v_ptr, _v_guard) = v.device_ptr(rt.stream());
-    let vs = v.strides();
-    let params = V8Params {
-        v: v_ptr,
-        partials: scratch.at(regions.partials),
-        mean: scratch.at(regions.mean),
-        scale: scratch.at(regions.scale),
-        out: scratch.at(regions.vt),
-        v_stride: [vs[0], vs[1], vs[2]],
-        seq: p.kv_len as u32,
-        heads: p.kv_heads as u32,
-        head_dim: p.head_dim as u32,
-        in_bf16: u32::from(p.in_dtype == DType::BF16),
-        out_head_dim: kernel_head_dim as u32,
-        _pad: 0,
-    };
-    let (heads, batch) = (p.kv_heads as u32, p.batch as u32);
-    let segments = p.kv_len.div_ceil(MEAN_SEGMENT_ROWS) as u32;
-    let stats_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-    launch(
-        rt,
-        names::V8_STATS,
-        (segments, heads, batch),
-        stats_threads,
-        0,
-        &params,
-    )?;
-    let finalize_threads = kernel_head_dim as u32;
-    launch(
-        rt,
-        names::V8_FINALIZE,
-        (heads, batch, 1),
-        finalize_threads,
-        0,
-        &params,
-    )?;
-    let tiles = (padded_len(p.kv_len, V8_TILE) / V8_TILE) as u32;
-    launch(
-        rt,
-        names::V8_QUANTIZE,
-        (tiles, heads, batch),
-        V8_QUANT_THREADS as u32,
-        0,
-        &params,
-    )
 }
 
 /// Enqueues the attention kernel `kernel` on prepared scratch data; when the kernel's head_dim is
@@ -408,4 +463,134 @@ pub(crate) fn launch<P: DeviceRepr>(
     // kernel accesses with this grid, and the callers keep their access guards alive until this
     // returns.
     unsafe { rt.launch(&kernel, grid, (threads, 1, 1), smem, params) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(kv_len: usize, head_dim: usize, smooth_k: bool, lse: bool, v8: bool) -> ScratchShape {
+        ScratchShape {
+            batch: 4,
+            q_heads: 32,
+            kv_heads: 8,
+            qo_len: kv_len + 3,
+            kv_len,
+            head_dim,
+            kernel_head_dim: if head_dim == 96 { 128 } else { head_dim },
+            smooth_k,
+            lse_bias: smooth_k && lse,
+            copy_v: !v8 && head_dim == 96,
+            pad_output: head_dim == 96,
+            v8,
+        }
+    }
+
+    /// Short sequences: 2 launches on both P·V paths (1 with nothing to wait for); past a fold
+    /// limit (K: 4096 keys, 8-bit V: 2048) a finalize launch comes between.
+    #[test]
+    fn launch_counts() {
+        let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+        let v_limit = V8_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+        assert!(v_limit <= k_limit);
+        for hd in [64, 96, 128] {
+            for kv_len in [1, 1024, v_limit, v_limit + 1, k_limit, k_limit + 1, 20_000] {
+                let (fold_k, fold_v8) = (kv_len <= k_limit, kv_len <= v_limit);
+                let count = |smooth, lse, v8| {
+                    let plan = plan_prepare(&shape(kv_len, hd, smooth, lse, v8));
+                    assert_eq!((plan.fold_k, plan.fold_v8), (fold_k, fold_v8));
+                    plan.launches.len()
+                };
+                let what = format!("d{hd} N{kv_len}");
+                let f16 = 2 + usize::from(!fold_k);
+                assert_eq!(count(true, false, false), f16, "f16 {what}");
+                assert_eq!(count(true, true, false), f16, "f16 + LSE {what}");
+                assert_eq!(count(false, false, false), 1, "f16 unsmoothed {what}");
+                let int8 = 2 + usize::from(!fold_k || !fold_v8);
+                assert_eq!(count(true, true, true), int8, "int8 {what}");
+                let int8_unsmoothed = 2 + usize::from(!fold_v8);
+                assert_eq!(
+                    count(false, false, true),
+                    int8_unsmoothed,
+                    "int8 unsmoothed {what}"
+                );
+            }
+        }
+        assert_eq!(std::mem::size_of::<PrepareParams>() % 8, 0);
+    }
+
+    /// Every job runs exactly once over the launches, with its full CTA count, after the jobs it
+    /// reads, with a block size it accepts and shared memory that fits.
+    #[test]
+    fn every_job_once_in_order_with_a_valid_geometry() {
+        use prep_job::*;
+        for hd in [64, 96, 128] {
+            for kv_len in [1, 63, 65, 1000, 2048, 2049, 4096, 4097, 20_000] {
+                for (smooth, lse, v8) in [
+                    (true, false, false),
+                    (true, true, false),
+                    (false, false, false),
+                    (true, true, true),
+                    (false, false, true),
+                ] {
+                    let s = shape(kv_len, hd, smooth, lse, v8);
+                    let plan = plan_prepare(&s);
+                    let launch_of = |j: usize| {
+                        let at: Vec<usize> = (0..plan.launches.len())
+                            .filter(|&i| plan.launches[i].ctas[j] > 0)
+                            .collect();
+                        assert!(at.len() <= 1, "job {j} in launches {at:?}");
+                        at.first().copied()
+                    };
+                    let kv = s.batch * s.kv_heads;
+                    let segments = kv_len.div_ceil(MEAN_SEGMENT_ROWS);
+                    let total = |j: usize| plan.launches.iter().map(|l| l.ctas[j]).sum::<usize>();
+                    assert_eq!(total(QUANT_Q), s.qo_len.div_ceil(Q_BLOCK) * 128);
+                    assert_eq!(total(QUANT_K), kv_len.div_ceil(K_BLOCK) * kv);
+                    assert_eq!(total(SUM_K), if smooth { segments * kv } else { 0 });
+                    assert_eq!(total(V8_STATS), if v8 { segments * kv } else { 0 });
+                    assert_eq!(
+                        total(V8_QUANT),
+                        if v8 { kv_len.div_ceil(64) * kv } else { 0 }
+                    );
+                    assert_eq!(total(LSE_BIAS) > 0, smooth && lse);
+                    assert_eq!(total(CONVERT_V) > 0, s.copy_v);
+                    assert_eq!(total(K_MEAN) > 0, smooth && !plan.fold_k);
+                    assert_eq!(total(V8_FINALIZE) > 0, v8 && !plan.fold_v8);
+                    // Readers after writers.
+                    let before = |w: usize, r: usize| match (launch_of(w), launch_of(r)) {
+                        (Some(w), Some(r)) => assert!(w < r, "job {w} not before job {r}"),
+                        (None, Some(_)) => panic!("job {r} without job {w}"),
+                        _ => {}
+                    };
+                    if smooth {
+                        before(SUM_K, QUANT_K);
+                        if plan.fold_k {
+                            before(SUM_K, LSE_BIAS);
+                        } else {
+                            before(SUM_K, K_MEAN);
+                            before(K_MEAN, QUANT_K);
+                            before(K_MEAN, LSE_BIAS);
+                        }
+                    }
+                    if v8 {
+                        before(V8_STATS, V8_QUANT);
+                        if !plan.fold_v8 {
+                            before(V8_STATS, V8_FINALIZE);
+                            before(V8_FINALIZE, V8_QUANT);
+                        }
+                    }
+                    for l in &plan.launches {
+                        assert!(!l.is_empty());
+                        for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
+                            assert!(prep_threads_ok(j, l.threads, hd), "job {j}, {l:?}");
+                        }
+                        assert!(l.smem_bytes(hd, s.kernel_head_dim) <= 48 * 1024);
+                        let ends = l.ends().unwrap();
+                        assert_eq!(ends[COUNT - 1] as usize, l.grid());
+                    }
+                }
+            }
+        }
+    }
 }

@@ -20,18 +20,34 @@ pub const MEAN_SEQ_LANES: usize = 16;
 /// Rows per segment of the K-mean reduction: one CTA sums one segment of one (batch, head), so
 /// that even short sequences spread over many CTAs.
 pub const MEAN_SEGMENT_ROWS: usize = 256;
-/// 16-byte chunks each quantization thread holds in registers (one pass over global memory).
-pub const QUANT_CHUNKS_PER_THREAD: usize = 8;
+/// 16-byte chunks each thread of a Q quantization CTA holds in registers (one pass over global
+/// memory): a 128-row block over [`prep_threads`] threads.
+pub const Q_CHUNKS_PER_THREAD: usize = 8;
+/// The same for K: a 64-row block over [`prep_threads`] threads (half of Q's, which also leaves
+/// the registers for K's mean within the preparation kernel's 80-register bound).
+pub const K_CHUNKS_PER_THREAD: usize = 4;
+/// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
+/// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
+/// instead of reading the mean a separate launch wrote: one launch less, at the price of every
+/// consumer CTA reading its head's `segments × head_dim` sums (from L2, while its K loads are in
+/// flight). 16 segments = 4096 rows: at most half a K block's own bytes. Longer sequences, where a
+/// launch matters less, keep the `K_MEAN` launch.
+pub const MEAN_FOLD_MAX_SEGMENTS: usize = 16;
+/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 8 segments
+/// = 2048 rows. Three values per segment and channel (sum, max, min), read before the tile's
+/// loads (registers), make folding cost more than for K: at 16 segments a Vᵀ CTA would read
+/// 1.5× its tile's bytes from L2 first.
+pub const V8_FOLD_MAX_SEGMENTS: usize = 8;
 
-/// Threads of the quantization kernel for a block of `rows` rows: enough for every chunk, in
-/// whole warps (at most 8 warps for 128 rows of head_dim 128).
-pub const fn quant_threads(rows: usize, head_dim: usize) -> usize {
-    (rows * head_dim / 8)
-        .div_ceil(QUANT_CHUNKS_PER_THREAD)
-        .next_multiple_of(32)
+/// Threads of every launch of the preparation kernel: one per (16-byte chunk of a row, sequence
+/// lane), the geometry of the segment jobs (`2 * head_dim`: 256 at head_dim 128, 8 warps).
+pub const fn prep_threads(head_dim: usize) -> usize {
+    head_dim / 8 * MEAN_SEQ_LANES
 }
-/// Threads per V-conversion CTA.
+/// Threads per CTA of the column copy (`sage_copy_columns`).
 pub const CONVERT_THREADS: usize = 256;
+/// 16-byte chunks each thread of a V-conversion job copies (all loads in flight, then the stores).
+pub const CONVERT_CHUNKS_PER_THREAD: usize = 4;
 /// `log2(e)` as the quantizer folds it into Q's scale.
 pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 
@@ -95,8 +111,12 @@ pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool) -> usize {
 
 /// Keys per tile of the 8-bit Vᵀ (one attention key tile).
 pub const V8_TILE: usize = K_BLOCK;
-/// Threads of the 8-bit V quantization kernel (one 64-key tile per CTA).
-pub const V8_QUANT_THREADS: usize = 128;
+/// 16-byte chunks of V each thread of a Vᵀ CTA loads (a 64-key tile over [`prep_threads`]
+/// threads).
+pub const V8_CHUNKS_PER_THREAD: usize = 4;
+/// Bytes after every key row of the V tile a Vᵀ CTA stages in shared memory (keeps rows 16-byte
+/// aligned for the 16-byte stores).
+pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
 
@@ -134,24 +154,87 @@ macro_rules! for_each_attention_variant {
     };
 }
 
+/// The jobs of the fused preparation kernel (`sage_prepare`, `kernels-gpu/src/prepare.rs`). One
+/// launch runs any subset of them: CTAs `ends[j-1]..ends[j]` of the grid run job `j`, in this
+/// order. The order keeps what a later launch reads again in L2: the first launch reads K last
+/// (its segment sums), and the K quantization of the last launch starts from K's end (its CTAs
+/// run in reverse), so its first blocks are the most recently read ones.
+pub mod prep_job {
+    /// Q: one `Q_BLOCK` quantization block.
+    pub const QUANT_Q: usize = 0;
+    /// V to a contiguous f16 copy (bf16 converted, rows zero-padded).
+    pub const CONVERT_V: usize = 1;
+    /// 8-bit V: sum, max and min per channel over one `MEAN_SEGMENT_ROWS` segment.
+    pub const V8_STATS: usize = 2;
+    /// K: sum per channel over one segment (the first step of the K mean).
+    pub const SUM_K: usize = 3;
+    /// K mean from the segment sums (only when the consumers do not fold it).
+    pub const K_MEAN: usize = 4;
+    /// 8-bit V: mean and scales from the segment statistics (only when not folded).
+    pub const V8_FINALIZE: usize = 5;
+    /// K: one `K_BLOCK` quantization block (minus the mean when smoothing); CTAs in reverse.
+    pub const QUANT_K: usize = 6;
+    /// 8-bit V: one 64-key tile of the INT8 Vᵀ.
+    pub const V8_QUANT: usize = 7;
+    /// The LSE bias `sm_scale · q·mean(K)` of one block of query rows.
+    pub const LSE_BIAS: usize = 8;
+    /// Number of jobs.
+    pub const COUNT: usize = 9;
+}
+
+/// Whether a CTA of `threads` threads can run preparation job `job` at `head_dim` (the host
+/// checks every launch against it): the segment jobs map one thread to each (16-byte channel
+/// chunk, sequence lane); a quantization CTA holds its whole block in registers
+/// (`Q_CHUNKS_PER_THREAD` / `K_CHUNKS_PER_THREAD` chunks per thread, at most 8 warps) and every
+/// thread keeps one column chunk (`threads` a multiple of `head_dim / 8`); the others loop over
+/// whatever they get.
+pub const fn prep_threads_ok(job: usize, threads: usize, head_dim: usize) -> bool {
+    let chunks = head_dim / 8;
+    match job {
+        prep_job::SUM_K | prep_job::V8_STATS => threads == chunks * MEAN_SEQ_LANES,
+        prep_job::QUANT_Q => quant_threads_ok(threads, chunks, Q_BLOCK, Q_CHUNKS_PER_THREAD),
+        prep_job::QUANT_K => quant_threads_ok(threads, chunks, K_BLOCK, K_CHUNKS_PER_THREAD),
+        prep_job::V8_QUANT => {
+            threads > 0
+                && threads.is_multiple_of(32)
+                && threads * V8_CHUNKS_PER_THREAD >= V8_TILE * chunks
+        }
+        _ => threads > 0 && threads.is_multiple_of(32),
+    }
+}
+
+/// See [`prep_threads_ok`]: a quantization CTA of `threads` threads, `per_thread` chunks each,
+/// for a block of `rows` rows of `chunks` 16-byte chunks.
+const fn quant_threads_ok(threads: usize, chunks: usize, rows: usize, per_thread: usize) -> bool {
+    threads > 0
+        && threads.is_multiple_of(32)
+        && threads <= 256
+        && chunks > 0
+        && threads.is_multiple_of(chunks)
+        && threads * per_thread >= rows * chunks
+}
+
+/// Bytes of the warp-maximum slots of a quantization CTA (at most 8 warps, one f32 each); the
+/// K mean it subtracts follows them in shared memory.
+pub const QUANT_MAX_SLOTS_BYTES: usize = 32;
+
+/// Dynamic shared memory one CTA of preparation job `job` uses (see [`prep_job`]).
+pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -> usize {
+    match job {
+        prep_job::SUM_K => MEAN_SEQ_LANES * head_dim * 4,
+        prep_job::QUANT_Q => QUANT_MAX_SLOTS_BYTES,
+        prep_job::QUANT_K => QUANT_MAX_SLOTS_BYTES + head_dim * 4,
+        prep_job::LSE_BIAS => head_dim * 4,
+        prep_job::V8_QUANT => 2 * out_head_dim * 4 + V8_TILE * (2 * head_dim + V8_TILE_ROW_PAD),
+        _ => 0,
+    }
+}
+
 /// Entry names of the smoothing / quantization / conversion kernels and the primitive tests.
 pub mod names {
-    /// Per-(batch, head) mean of K from the segment sums.
-    pub const K_MEAN: &str = "sage_k_mean";
-    /// Per-block INT8 quantization of Q or K (optionally subtracting the K mean).
-    pub const QUANTIZE: &str = "sage_quantize_int8";
-    /// Q quantization and K segment sums in one launch.
-    pub const QUANTIZE_Q_AND_SUM_K: &str = "sage_quantize_q_and_sum_k";
-    /// Per-row LSE correction for smoothed K.
-    pub const LSE_BIAS: &str = "sage_lse_bias";
-    /// V to a contiguous f16 copy (bf16 converted, rows zero-padded when needed).
-    pub const V_TO_F16: &str = "sage_v_to_f16";
-    /// 8-bit V, step 1: per-segment sum, max and min of each channel.
-    pub const V8_STATS: &str = "sage_v8_stats";
-    /// 8-bit V, step 2: per-channel mean and scale from the segment statistics.
-    pub const V8_FINALIZE: &str = "sage_v8_finalize";
-    /// 8-bit V, step 3: smoothed, quantized, transposed and key-permuted V.
-    pub const V8_QUANTIZE: &str = "sage_v8_quantize";
+    /// The fused preparation kernel: any subset of the [`prep_job`](super::prep_job) jobs per
+    /// launch (K mean, Q/K quantization, LSE bias, V to f16, 8-bit V).
+    pub const PREPARE: &str = "sage_prepare";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Single-tile mma tests (one per mma shape).

@@ -1,7 +1,8 @@
 //! SageAttention device kernels, compiled to PTX by the root `build.rs`.
 //!
 //! Read order: `config` (tile constants shared with the host) → `attention` (kernel entry, mainloop
-//! step, softmax, epilogue) → `quant` (smoothing + INT8 quantization) → `frag` / `tile` (named
+//! step, softmax, epilogue) → `prepare` (the fused preparation kernel) → `quant` / `v8` (its jobs:
+//! smoothing, INT8 quantization, the 8-bit V) → `frag` / `tile` (named
 //! fragments and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only
 //! place with `asm!`).
 #![no_std]
@@ -17,6 +18,8 @@ mod unroll;
 mod attention;
 #[cfg(not(feature = "hopper"))]
 mod frag;
+#[cfg(not(feature = "hopper"))]
+mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
 #[cfg(not(feature = "hopper"))]

@@ -47,13 +47,14 @@ pub struct AttnParams {
     pub _pad: u32,
 }
 
-/// The quantization kernel's parameters (one launch quantizes one tensor).
+/// The quantization job's parameters (one struct per tensor).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct QuantParams {
     /// Input f16/bf16, any strides with unit last dim.
     pub x: u64,
-    /// f32 mean `[batch][heads][head_dim]` to subtract, or 0.
+    /// Nonzero: subtract K's mean (f32 `[batch][heads][head_dim]`, this buffer; the job stages it
+    /// as `PrepareParams::mean` and `PrepareParams::fold_k` say). 0: multiply by `mult` instead.
     pub mean: u64,
     /// INT8 output `[batch][heads][padded_seq][out_head_dim]`.
     pub out: u64,
@@ -80,7 +81,7 @@ pub struct QuantParams {
     pub _pad: u32,
 }
 
-/// The K-mean kernels' parameters (segment sums, then the mean).
+/// The K-mean jobs' parameters (segment sums, then the mean).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MeanParams {
@@ -102,7 +103,7 @@ pub struct MeanParams {
     pub in_bf16: u32,
 }
 
-/// The V-to-f16 kernel's parameters: V (f16 or bf16, any strides) to a contiguous f16
+/// The V-to-f16 job's parameters: V (f16 or bf16, any strides) to a contiguous f16
 /// `[b][h][seq][out_head_dim]`, zero past `head_dim`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
@@ -162,15 +163,14 @@ pub struct TestParams {
     pub d: u64,
 }
 
-/// Parameters of the LSE-bias kernel: `bias[b][h][i] = sm_scale * Σ_d q[b][h][i][d] * mean[b][h/ratio][d]`
-/// (f32, in order of d), the per-row score shift that subtracting the K mean removes.
+/// Parameters of the LSE-bias job: `bias[b][h][i] = sm_scale * Σ_d q[b][h][i][d] * mean[b][h/ratio][d]`
+/// (f32, in order of d), the per-row score shift that subtracting the K mean removes. K's mean
+/// comes from `PrepareParams::mean`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct LseBiasParams {
     /// Q (f16/bf16).
     pub q: u64,
-    /// f32 K mean `[batch][kv_heads][head_dim]`.
-    pub mean: u64,
     /// f32 output `[batch][q_heads][seq]`.
     pub bias: u64,
     /// Q strides (batch, head, seq) in elements.
@@ -193,22 +193,40 @@ pub struct LseBiasParams {
     pub _pad: u32,
 }
 
-/// Parameters of the fused Q-quantization + K-segment-sums launch.
+/// Parameters of the fused preparation kernel (`sage_prepare`): every job's parameters, and which
+/// CTAs of this launch run which job (`config::prep_job`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PrepareParams {
-    /// The Q quantization.
-    pub quant: QuantParams,
-    /// The K segment sums (ignored when `q_ctas` covers the whole grid).
+    /// Q quantization (`mean` is 0).
+    pub q: QuantParams,
+    /// K quantization; `mean` is K's mean buffer (smoothing) or 0.
+    pub k: QuantParams,
+    /// K segment sums and mean.
     pub mean: MeanParams,
-    /// CTAs (from 0) that quantize Q; the rest sum K segments.
-    pub q_ctas: u32,
+    /// V to f16.
+    pub convert: ConvertParams,
+    /// 8-bit V.
+    pub v8: V8Params,
+    /// LSE bias.
+    pub lse: LseBiasParams,
+    /// Exclusive end of each job's CTA range, in `prep_job` order: CTAs `ends[j-1]..ends[j]`
+    /// (from 0 for job 0) run job `j`; an empty range skips the job.
+    pub ends: [u32; 9],
+    /// 1: the K-quantization and LSE-bias CTAs reduce K's segment sums into the mean themselves
+    /// (`config::MEAN_FOLD_MAX_SEGMENTS`); 0: they read the mean the `K_MEAN` job of an earlier
+    /// launch wrote.
+    pub fold_k: u32,
+    /// 1: the 8-bit V quantization CTAs reduce V's statistics into its mean and scales themselves
+    /// (`config::V8_FOLD_MAX_SEGMENTS`); 0: they read what the `V8_FINALIZE` job of an earlier
+    /// launch wrote.
+    pub fold_v8: u32,
     /// Padding so the struct size is a multiple of 8.
     pub _pad: u32,
 }
 
-/// The 8-bit V preparation kernels' parameters (`sage_v8_stats`, `sage_v8_finalize`,
-/// `sage_v8_quantize`: one struct for the three launches).
+/// The 8-bit V preparation jobs' parameters (statistics, finalize, quantization: one struct for
+/// the three).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct V8Params {

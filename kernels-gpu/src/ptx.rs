@@ -118,6 +118,21 @@ pub unsafe fn st_shared_u32(addr: u32, v: u32) {
     }
 }
 
+/// `st.shared.v4.b32`: 16 bytes in one store.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
+    unsafe {
+        asm!(
+            "st.shared.v4.b32 [{0}], {{{1}, {2}, {3}, {4}}};",
+            in(reg32) addr, in(reg32) v[0], in(reg32) v[1], in(reg32) v[2], in(reg32) v[3],
+            options(nostack)
+        );
+    }
+}
+
 /// `ld.shared.f32`.
 ///
 /// # Safety

@@ -1,11 +1,13 @@
 //! Smoothing and per-block INT8 quantization, bit-exact with `host/quant_ref.rs` (the contract is
 //! docs/design.md, "Quantization"): f32 arithmetic in a fixed order, `max.NaN` for the block
-//! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V.
+//! maximum, `cvt.rni.sat` for rounding. Also the bf16 → f16 copy of V and the LSE bias. These are
+//! jobs of the fused preparation kernel (`prepare.rs`), one CTA at a time; `sage_copy_columns`
+//! (after the attention kernel) is the only entry here.
 
-use crate::config::{MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_CHUNKS_PER_THREAD, padded_len};
-use crate::params::{
-    ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams, QuantParams,
+use crate::config::{
+    CONVERT_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES, padded_len,
 };
+use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
 use crate::unroll::unroll;
 
@@ -38,14 +40,14 @@ fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
 }
 
 /// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
-/// step of the K mean (docs/design.md, "Quantization"), run by CTAs of
-/// [`sage_quantize_q_and_sum_k`]. `head_dim/8 * 16` threads: thread = (16-byte column chunk,
-/// sequence lane); `16 * head_dim * 4` bytes of dynamic shared memory.
+/// step of the K mean (docs/design.md, "Quantization"), job `SUM_K`. `head_dim/8 * 16` threads:
+/// thread = (16-byte column chunk, sequence lane); `16 * head_dim * 4` bytes of dynamic shared
+/// memory.
 ///
 /// # Safety
 /// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
 #[inline(always)]
-unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
+pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     let tid = ptx::thread_idx_x();
     let chunks = p.head_dim / 8;
     let (chunk, lane) = (tid % chunks, tid / chunks);
@@ -125,121 +127,154 @@ unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     }
 }
 
-/// K's mean from the segment sums: `((0 + s₀) + s₁) + …` in segment order, divided by the length.
-/// Grid (heads, batch); one thread per channel (`head_dim` threads).
+/// K's mean of channel `d` of head `bh` (`batch * heads + head`) from the segment sums:
+/// `((0 + s₀) + s₁) + …` in segment order, divided by the length (docs/design.md,
+/// "Quantization"). The one implementation of that order: the `K_MEAN` job and every CTA that folds
+/// the mean in (`stage_k_mean`) call it, so the mean has the same bits wherever it is computed.
 ///
 /// # Safety
-/// Launched by the host with validated parameters and that geometry, after the segment sums.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
-    let (head, batch, _) = ptx::block_idx();
-    let d = ptx::thread_idx_x() as u64;
+/// `d < head_dim`, `bh < batch * heads`; the segment sums were written by an earlier launch.
+#[inline(always)]
+unsafe fn k_mean_channel(p: &MeanParams, bh: u64, d: u64) -> f32 {
     let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
-    let bh = (batch * p.heads + head) as u64;
+    let step = 4 * p.head_dim as u64;
+    let mut at = p.partials + 4 * (bh * segments * p.head_dim as u64 + d);
     let mut total = 0.0f32;
     let mut seg = 0;
-    while seg < segments {
-        // SAFETY: inside the partials buffer.
-        total += unsafe {
-            ptx::ld_global_nc_f32(p.partials + 4 * ((bh * segments + seg) * p.head_dim as u64 + d))
-        };
-        seg += 1;
+    // Two loads in flight, then their adds in segment order.
+    while seg + 2 <= segments {
+        // SAFETY: segments seg, seg + 1 of this head, inside the partials buffer.
+        let (x0, x1) = unsafe { (ptx::ld_global_nc_f32(at), ptx::ld_global_nc_f32(at + step)) };
+        total += x0;
+        total += x1;
+        at += 2 * step;
+        seg += 2;
     }
-    // SAFETY: inside the [batch][heads][head_dim] mean buffer.
-    unsafe {
-        ptx::st_global_f32(
-            p.mean + 4 * (bh * p.head_dim as u64 + d),
-            total / p.seq as f32,
-        )
-    };
-}
-
-/// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid
-/// (blocks, heads, batch); `ceil(block * head_dim / 8 / QUANT_CHUNKS_PER_THREAD)` threads rounded up
-/// to whole warps (at most 8 warps); 32 bytes of dynamic shared memory.
-///
-/// One pass over global memory: each thread loads its `QUANT_CHUNKS_PER_THREAD` 16-byte chunks
-/// up front (all in flight at once), keeps them in registers for the block maximum, and quantizes
-/// from the same registers.
-///
-/// # Safety
-/// Launched by the host with validated parameters and that geometry.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
-    let (blk, head, batch) = ptx::block_idx();
-    // SAFETY: forwarded (this entry's own contract).
-    unsafe { quantize_block(&p, blk, head, batch) }
-}
-
-/// Q quantization and K segment sums in ONE launch (they are independent): CTAs
-/// `0..q_ctas` quantize Q blocks (as [`sage_quantize_int8`], flattened over (block, head, batch)),
-/// the rest sum K segments (flattened over (segment, head, batch)).
-/// One launch instead of two lets the two memory-bound passes overlap, which matters for short
-/// sequences. Block size and shared memory: the larger of the two kernels' (they are equal,
-/// `2 * head_dim` threads).
-///
-/// # Safety
-/// Launched by the host with validated parameters and that geometry.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_quantize_q_and_sum_k(p: PrepareParams) {
-    let bx = ptx::block_idx().0;
-    if bx < p.q_ctas {
-        let q_blocks = p.quant.seq.div_ceil(p.quant.block);
-        let (blk, rest) = (bx % q_blocks, bx / q_blocks);
-        // SAFETY: blk < q_blocks, rest < heads * batch by the grid size; CTA-uniform branch.
-        unsafe { quantize_block(&p.quant, blk, rest % p.quant.heads, rest / p.quant.heads) }
-    } else {
-        let i = bx - p.q_ctas;
-        let segments = p.mean.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
-        let (segment, rest) = (i % segments, i / segments);
-        // SAFETY: as above for the K segments.
-        unsafe { segment_sums(&p.mean, segment, rest % p.mean.heads, rest / p.mean.heads) }
+    if seg < segments {
+        // SAFETY: the last segment of this head.
+        total += unsafe { ptx::ld_global_nc_f32(at) };
     }
+    total / p.seq as f32
 }
 
-/// The body of [`sage_quantize_int8`] for one (block, head, batch).
+/// Job `K_MEAN`: K's mean of head `bh`, one thread per channel (any block size), into the mean
+/// buffer. Runs only when the consumers do not fold the mean in (`PrepareParams::fold`).
 ///
 /// # Safety
-/// As [`sage_quantize_int8`]; every thread of the CTA calls it with the same coordinates.
+/// Valid parameters, `bh < batch * heads`, after the launch that wrote the segment sums.
 #[inline(always)]
-unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
+pub(crate) unsafe fn k_mean(p: &MeanParams, bh: u32) {
+    let bh = bh as u64;
+    let mut d = ptx::thread_idx_x();
+    while d < p.head_dim {
+        // SAFETY: d < head_dim: inside the partials and the [batch][heads][head_dim] mean buffer.
+        unsafe {
+            let m = k_mean_channel(p, bh, d as u64);
+            ptx::st_global_f32(p.mean + 4 * (bh * p.head_dim as u64 + d as u64), m);
+        }
+        d += ptx::block_dim_x();
+    }
+}
+
+/// Puts K's mean of head `bh` (`head_dim` f32) into shared memory at `smem`: reduced from the
+/// segment sums when `fold` (and also stored to the mean buffer when `publish`, for the readers
+/// after this launch), else read from the mean buffer the `K_MEAN` job of an earlier launch wrote.
+/// Every thread of the CTA calls it; the caller syncs before reading `smem`.
+///
+/// # Safety
+/// Valid parameters, `bh < batch * heads`, `head_dim * 4` bytes of shared memory at `smem`; the
+/// segment sums (fold) or the mean (no fold) come from an earlier launch; when `publish`, no other
+/// CTA of this launch reads the mean buffer.
+#[inline(always)]
+unsafe fn stage_k_mean(p: &MeanParams, fold: bool, publish: bool, bh: u64, smem: u32) {
+    let mut d = ptx::thread_idx_x();
+    while d < p.head_dim {
+        let at = p.mean + 4 * (bh * p.head_dim as u64 + d as u64);
+        // SAFETY: d < head_dim: inside the partials, the mean buffer and `smem`.
+        unsafe {
+            let m = if fold {
+                let m = k_mean_channel(p, bh, d as u64);
+                if publish {
+                    ptx::st_global_f32(at, m);
+                }
+                m
+            } else {
+                ptx::ld_global_nc_f32(at)
+            };
+            ptx::st_shared_f32(smem + 4 * d, m);
+        }
+        d += ptx::block_dim_x();
+    }
+}
+
+/// Jobs `QUANT_Q` and `QUANT_K`: per-block symmetric INT8 quantization of Q (scaled by `mult`) or
+/// K (minus the mean when `smooth` is given: K's mean parameters and whether to fold the mean in).
+/// Block dimension: see `config::prep_threads_ok` (`CHUNKS` chunks per thread cover the block;
+/// every thread's chunks share one column chunk); `QUANT_MAX_SLOTS_BYTES` (+ `4 * head_dim` with
+/// `smooth`) bytes of dynamic shared memory.
+///
+/// One pass over global memory: each thread loads its `CHUNKS` 16-byte chunks
+/// up front (all in flight at once), keeps them in registers for the block maximum, and quantizes
+/// from the same registers. With `smooth` the mean is staged while those loads are in flight; the
+/// CTA of block 0 publishes it when it folds it.
+///
+/// # Safety
+/// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
+#[inline(always)]
+pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
+    p: &QuantParams,
+    blk: u32,
+    head: u32,
+    batch: u32,
+    smooth: Option<(&MeanParams, bool)>,
+) {
     let tid = ptx::thread_idx_x();
     let threads = ptx::block_dim_x();
     let chunks = p.head_dim / 8;
-    let total = p.block * chunks;
+    // `threads` is a multiple of `chunks`: chunk i of this thread is c = tid + i * threads, at row
+    // `row0 + first_row + i * rows_per_pass` of the block, column chunk `col` for every i.
+    let (col, first_row, rows_per_pass) = (tid % chunks, tid / chunks, threads / chunks);
     let row0 = blk * p.block;
     let bf16 = p.in_bf16 != 0;
     let head_ptr = p.x as i64 + 2 * (batch as i64 * p.x_stride[0] + head as i64 * p.x_stride[1]);
-    let mean_row = p.mean + 4 * (batch * p.heads + head) as u64 * p.head_dim as u64;
+    let block_row = |i: usize| first_row + i as u32 * rows_per_pass;
+    let in_block = |i: usize| block_row(i) < p.block;
+    let in_range = |i: usize| in_block(i) && row0 + block_row(i) < p.seq;
 
-    // Chunk i of this thread is c = tid + i * threads: (row, column chunk) of the block.
-    let mut raw = [[0u32; 4]; QUANT_CHUNKS_PER_THREAD];
-    unroll::<QUANT_CHUNKS_PER_THREAD>(
+    let mut raw = [[0u32; 4]; CHUNKS];
+    unroll::<CHUNKS>(
         #[inline(always)]
         |i| {
-            let c = tid + i as u32 * threads;
-            let row = row0 + c / chunks;
-            if c < total && row < p.seq {
-                let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + (c % chunks) as i64 * 8);
-                // SAFETY: row < seq, chunk < head_dim/8: inside the validated input.
+            if in_range(i) {
+                let row = row0 + block_row(i);
+                let ptr = head_ptr + 2 * (row as i64 * p.x_stride[2] + col as i64 * 8);
+                // SAFETY: row < seq, col < head_dim/8: inside the validated input.
                 raw[i] = unsafe { ptx::ld_global_nc_v4(ptr as u64) };
             }
         },
     );
+    // K's mean over this thread's 8 channels, staged while the loads are in flight.
+    let mut mean = [0.0f32; 8];
+    if let Some((mp, fold)) = smooth {
+        let smem = ptx::smem_base() + QUANT_MAX_SLOTS_BYTES as u32;
+        let bh = (batch * p.heads + head) as u64;
+        // SAFETY: forwarded; `head_dim * 4` bytes after the warp slots; block 0 publishes (each
+        // head has one), and no CTA of this launch reads the mean buffer when it folds.
+        unsafe { stage_k_mean(mp, fold, blk == 0, bh, smem) };
+        ptx::sync_threads();
+        unroll::<8>(
+            #[inline(always)]
+            // SAFETY: col * 8 + i < head_dim: inside the staged mean.
+            |i| mean[i] = unsafe { ptx::ld_shared_f32(smem + 4 * (col * 8 + i as u32)) },
+        );
+    }
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
-    let values = |raw: &[u32; 4], chunk: u32| -> [f32; 8] {
+    let values = |raw: &[u32; 4]| -> [f32; 8] {
         let mut x = unpack8(raw, bf16);
-        if p.mean != 0 {
-            // SAFETY: inside the [batch][heads][head_dim] mean buffer (16-byte aligned rows).
-            let m = unsafe {
-                [
-                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64),
-                    ptx::ld_global_nc_v4(mean_row + 32 * chunk as u64 + 16),
-                ]
-            };
+        if smooth.is_some() {
             unroll::<8>(
                 #[inline(always)]
-                |i| x[i] -= f32::from_bits(m[i / 4][i % 4]),
+                |i| x[i] -= mean[i],
             );
         } else {
             unroll::<8>(
@@ -249,17 +284,13 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
         }
         x
     };
-    let in_range = |i: usize| {
-        let c = tid + i as u32 * threads;
-        c < total && row0 + c / chunks < p.seq
-    };
 
     let mut amax = 0.0f32;
-    unroll::<QUANT_CHUNKS_PER_THREAD>(
+    unroll::<CHUNKS>(
         #[inline(always)]
         |i| {
             if in_range(i) {
-                let v = values(&raw[i], (tid + i as u32 * threads) % chunks);
+                let v = values(&raw[i]);
                 unroll::<8>(
                     #[inline(always)]
                     |e| amax = ptx::max_nan(amax, ptx::abs(v[e])),
@@ -300,15 +331,14 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
 
     let padded = blocks * p.block as u64;
     let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.out_head_dim as u64;
-    unroll::<QUANT_CHUNKS_PER_THREAD>(
+    unroll::<CHUNKS>(
         #[inline(always)]
         |i| {
-            let c = tid + i as u32 * threads;
-            if c < total {
-                let (row, chunk) = (row0 + c / chunks, c % chunks);
+            if in_block(i) {
+                let row = row0 + block_row(i);
                 let mut packed = [0u32; 2];
                 if row < p.seq {
-                    let v = values(&raw[i], chunk);
+                    let v = values(&raw[i]);
                     unroll::<8>(
                         #[inline(always)]
                         |e| {
@@ -318,7 +348,7 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
                     );
                 }
                 // Rows past the sequence end (padding up to the block) are stored as zeros.
-                let dst = out_head + row as u64 * p.out_head_dim as u64 + chunk as u64 * 8;
+                let dst = out_head + row as u64 * p.out_head_dim as u64 + col as u64 * 8;
                 // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.
                 unsafe { ptx::st_global_v2(dst, packed) };
             }
@@ -339,44 +369,58 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     }
 }
 
-/// Copies V (f16 or bf16) to a contiguous f16 buffer `[b][h][seq][out_head_dim]`, zero past
-/// `head_dim` (the P·V mma takes f16; the padding lets a larger-head_dim kernel run). Grid-stride
-/// over 16-byte output chunks.
+/// Job `CONVERT_V`: the `cta`-th piece of the copy of V (f16 or bf16) to a contiguous f16 buffer
+/// `[b][h][seq][out_head_dim]`, zero past `head_dim` (the P·V mma takes f16; the padding lets a
+/// larger-head_dim kernel run). A CTA copies `CONVERT_CHUNKS_PER_THREAD` 16-byte output chunks per
+/// thread (loads first, all in flight), any block size.
 ///
 /// # Safety
-/// Launched by the host with validated parameters.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_v_to_f16(p: ConvertParams) {
+/// Valid parameters; `cta` below `ceil(chunks / (block size * CONVERT_CHUNKS_PER_THREAD))`.
+#[inline(always)]
+pub(crate) unsafe fn convert_v(p: &ConvertParams, cta: u32) {
     let in_chunks = (p.head_dim / 8) as u64;
     let chunks = (p.out_head_dim / 8) as u64;
-    let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
-    let total = rows * chunks;
-    let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
-    let mut c = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
-    while c < total {
-        let (row, chunk) = (c / chunks, c % chunks);
-        let s = row % p.seq as u64;
-        let bh = row / p.seq as u64;
-        let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
-        let mut out = [0u32; 4];
-        if chunk < in_chunks {
-            let src = p.x as i64
-                + 2 * (b as i64 * p.x_stride[0]
-                    + h as i64 * p.x_stride[1]
-                    + s as i64 * p.x_stride[2]
-                    + chunk as i64 * 8);
-            // SAFETY: indices inside the validated input.
-            let raw = unsafe { ptx::ld_global_nc_v4(src as u64) };
-            out = if p.in_bf16 != 0 {
-                raw.map(ptx::bf16x2_to_f16x2)
-            } else {
-                raw
-            };
-        }
-        // SAFETY: c < total: inside the contiguous output.
-        unsafe { ptx::st_global_v4(p.out + 16 * c, out) };
-        c += step;
-    }
+    let total = p.batch as u64 * p.heads as u64 * p.seq as u64 * chunks;
+    let threads = ptx::block_dim_x() as u64;
+    let first =
+        cta as u64 * threads * CONVERT_CHUNKS_PER_THREAD as u64 + ptx::thread_idx_x() as u64;
+    let chunk_of = |j: usize| first + j as u64 * threads;
+    let mut raw = [[0u32; 4]; CONVERT_CHUNKS_PER_THREAD];
+    unroll::<CONVERT_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |j| {
+            let c = chunk_of(j);
+            let (row, chunk) = (c / chunks, c % chunks);
+            if c < total && chunk < in_chunks {
+                let s = row % p.seq as u64;
+                let bh = row / p.seq as u64;
+                let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
+                let src = p.x as i64
+                    + 2 * (b as i64 * p.x_stride[0]
+                        + h as i64 * p.x_stride[1]
+                        + s as i64 * p.x_stride[2]
+                        + chunk as i64 * 8);
+                // SAFETY: indices inside the validated input.
+                raw[j] = unsafe { ptx::ld_global_nc_v4(src as u64) };
+            }
+        },
+    );
+    unroll::<CONVERT_CHUNKS_PER_THREAD>(
+        #[inline(always)]
+        |j| {
+            let c = chunk_of(j);
+            if c < total {
+                // Zero chunks (past head_dim) stay zero: bf16 0 is f16 0.
+                let out = if p.in_bf16 != 0 {
+                    raw[j].map(ptx::bf16x2_to_f16x2)
+                } else {
+                    raw[j]
+                };
+                // SAFETY: c < total: inside the contiguous output.
+                unsafe { ptx::st_global_v4(p.out + 16 * c, out) };
+            }
+        },
+    );
 }
 
 /// Copies the first `cols` columns of every row from `src` to `dst` (16-bit elements, 16-byte
@@ -406,46 +450,50 @@ pub unsafe extern "ptx-kernel" fn sage_copy_columns(p: ColumnCopyParams) {
     }
 }
 
-/// The LSE correction for smoothed K: one thread per query row (grid-stride), `sm_scale · q·mean`.
-/// Only launched when the caller asks for the LSE with smoothing on.
+/// Job `LSE_BIAS`: the LSE correction for smoothed K, `sm_scale · q·mean` (an f32 `fma` chain in
+/// channel order), for one block of `block size` query rows of one (head, batch): CTA `cta` of
+/// `ceil(seq / block size) * heads * batch`, one thread per row. K's mean of the row's kv head is
+/// staged in shared memory (`4 * head_dim` bytes) first: folded in from the segment sums when
+/// `fold`, else read from the mean buffer. Only run when the caller asks for the LSE with
+/// smoothing on.
 ///
 /// # Safety
-/// Launched by the host with validated parameters.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_lse_bias(p: LseBiasParams) {
-    let rows = p.batch as u64 * p.heads as u64 * p.seq as u64;
-    let step = ptx::grid_dim_x() as u64 * ptx::block_dim_x() as u64;
-    let mut r = ptx::block_idx().0 as u64 * ptx::block_dim_x() as u64 + ptx::thread_idx_x() as u64;
-    let bf16 = p.in_bf16 != 0;
-    while r < rows {
-        let s = r % p.seq as u64;
-        let bh = r / p.seq as u64;
-        let (b, h) = (bh / p.heads as u64, bh % p.heads as u64);
-        let kv_head = h / (p.heads / p.kv_heads) as u64;
-        let row = p.q as i64
-            + 2 * (b as i64 * p.q_stride[0] + h as i64 * p.q_stride[1] + s as i64 * p.q_stride[2]);
-        let mean = p.mean + 4 * (b * p.kv_heads as u64 + kv_head) * p.head_dim as u64;
-        let mut dot = 0.0f32;
-        let mut chunk = 0;
-        while chunk < p.head_dim / 8 {
-            // SAFETY: inside the validated Q row and the mean buffer.
-            let (x, m) = unsafe {
-                (
-                    load8((row + 16 * chunk as i64) as u64, bf16),
-                    [
-                        ptx::ld_global_nc_v4(mean + 32 * chunk as u64),
-                        ptx::ld_global_nc_v4(mean + 32 * chunk as u64 + 16),
-                    ],
-                )
-            };
-            unroll::<8>(
-                #[inline(always)]
-                |i| dot = ptx::fma(x[i], f32::from_bits(m[i / 4][i % 4]), dot),
-            );
-            chunk += 1;
-        }
-        // SAFETY: r < batch * heads * seq, the bias buffer's length.
-        unsafe { ptx::st_global_f32(p.bias + 4 * r, dot * p.sm_scale) };
-        r += step;
+/// Valid parameters and that geometry; the segment sums (fold) or the mean come from an earlier
+/// launch.
+#[inline(always)]
+pub(crate) unsafe fn lse_bias(p: &LseBiasParams, mean: &MeanParams, fold: bool, cta: u32) {
+    let threads = ptx::block_dim_x();
+    let row_blocks = p.seq.div_ceil(threads);
+    let (rb, rest) = (cta % row_blocks, cta / row_blocks);
+    let (h, b) = (rest % p.heads, rest / p.heads);
+    let kv_head = h / (p.heads / p.kv_heads);
+    let smem = ptx::smem_base();
+    // SAFETY: forwarded; `4 * head_dim` bytes of shared memory; never publishes.
+    unsafe { stage_k_mean(mean, fold, false, (b * p.kv_heads + kv_head) as u64, smem) };
+    ptx::sync_threads();
+    let s = rb * threads + ptx::thread_idx_x();
+    if s >= p.seq {
+        return;
     }
+    let bf16 = p.in_bf16 != 0;
+    let row = p.q as i64
+        + 2 * (b as i64 * p.q_stride[0] + h as i64 * p.q_stride[1] + s as i64 * p.q_stride[2]);
+    let mut dot = 0.0f32;
+    let mut chunk = 0;
+    while chunk < p.head_dim / 8 {
+        // SAFETY: inside the validated Q row and the staged mean.
+        let x = unsafe { load8((row + 16 * chunk as i64) as u64, bf16) };
+        unroll::<8>(
+            #[inline(always)]
+            |i| {
+                // SAFETY: 8 * chunk + i < head_dim: inside the staged mean.
+                let m = unsafe { ptx::ld_shared_f32(smem + 4 * (8 * chunk + i as u32)) };
+                dot = ptx::fma(x[i], m, dot);
+            },
+        );
+        chunk += 1;
+    }
+    let r = ((b * p.heads + h) as u64) * p.seq as u64 + s as u64;
+    // SAFETY: r < batch * heads * seq, the bias buffer's length.
+    unsafe { ptx::st_global_f32(p.bias + 4 * r, dot * p.sm_scale) };
 }

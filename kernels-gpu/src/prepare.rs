@@ -1,0 +1,95 @@
+//! The fused preparation kernel: one entry, `sage_prepare`, runs any subset of the preparation
+//! jobs (`config::prep_job`) in one launch, each on its own range of CTAs
+//! (`PrepareParams::ends`). Memory-bound passes that do not depend on each other share a launch, so
+//! short sequences fill the GPU and pay fewer launches (docs/perf-notes.md, "Preparation v4"):
+//!
+//! 1. Q quantization, K segment sums, 8-bit V statistics, V to f16 (and K quantization when K is
+//!    not smoothed);
+//! 2. only for longer sequences (`config::MEAN_FOLD_MAX_SEGMENTS`, `V8_FOLD_MAX_SEGMENTS`): K mean
+//!    and/or 8-bit V scales;
+//! 3. K quantization, 8-bit Vᵀ, LSE bias — each CTA reduces the segment statistics it needs in the
+//!    finalize order when step 2 did not run.
+//!
+//! The jobs themselves live in `quant.rs` and `v8.rs`; this file maps CTAs to them.
+
+use crate::config::{
+    K_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, Q_CHUNKS_PER_THREAD, V8_TILE, padded_len,
+    prep_job as job,
+};
+use crate::params::PrepareParams;
+use crate::ptx;
+use crate::{quant, v8};
+
+// `PrepareParams::ends` has one entry per job, and the dispatch below tests them in this order.
+const _: () = assert!(
+    job::COUNT == 9
+        && job::QUANT_Q == 0
+        && job::CONVERT_V == 1
+        && job::V8_STATS == 2
+        && job::SUM_K == 3
+        && job::K_MEAN == 4
+        && job::V8_FINALIZE == 5
+        && job::QUANT_K == 6
+        && job::V8_QUANT == 7
+        && job::LSE_BIAS == 8
+);
+
+/// `i` → (index within a head, head, batch) for `per_head` CTAs per head and `heads` heads.
+#[inline(always)]
+fn split(i: u32, per_head: u32, heads: u32) -> (u32, u32, u32) {
+    let (x, rest) = (i % per_head, i / per_head);
+    (x, rest % heads, rest / heads)
+}
+
+/// Runs job `j` of the CTAs `ends[j-1]..ends[j]` (see the module docs). Grid `(ends[8], 1, 1)`;
+/// block size and dynamic shared memory as `config::prep_threads_ok` and
+/// `config::prep_smem_bytes` require of every job in the launch.
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry, after the launches whose
+/// results the jobs read.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
+    let bx = ptx::block_idx().0;
+    let e = p.ends;
+    let (fold_k, fold_v8) = (p.fold_k != 0, p.fold_v8 != 0);
+    let segments = |seq: u32| seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+    // Every branch is CTA-uniform. SAFETY (all): the index is below the job's CTA count, which the
+    // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
+    if bx < e[job::QUANT_Q] {
+        let (blk, head, batch) = split(bx, p.q.seq.div_ceil(p.q.block), p.q.heads);
+        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD>(&p.q, blk, head, batch, None) }
+    } else if bx < e[job::CONVERT_V] {
+        unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
+    } else if bx < e[job::V8_STATS] {
+        let i = bx - e[job::V8_STATS - 1];
+        let (segment, head, batch) = split(i, segments(p.v8.seq), p.v8.heads);
+        unsafe { v8::stats(&p.v8, segment, head, batch) }
+    } else if bx < e[job::SUM_K] {
+        let i = bx - e[job::SUM_K - 1];
+        let (segment, head, batch) = split(i, segments(p.mean.seq), p.mean.heads);
+        unsafe { quant::segment_sums(&p.mean, segment, head, batch) }
+    } else if bx < e[job::K_MEAN] {
+        unsafe { quant::k_mean(&p.mean, bx - e[job::K_MEAN - 1]) }
+    } else if bx < e[job::V8_FINALIZE] {
+        unsafe { v8::finalize(&p.v8, bx - e[job::V8_FINALIZE - 1]) }
+    } else if bx < e[job::QUANT_K] {
+        // In reverse: the first CTAs take K's last blocks, which the segment sums of the launch
+        // before read last (still in L2 when K is not much larger than it).
+        let i = e[job::QUANT_K] - 1 - bx;
+        let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
+        let smooth = if p.k.mean != 0 {
+            Some((&p.mean, fold_k))
+        } else {
+            None
+        };
+        unsafe { quant::quantize_block::<K_CHUNKS_PER_THREAD>(&p.k, blk, head, batch, smooth) }
+    } else if bx < e[job::V8_QUANT] {
+        let i = bx - e[job::V8_QUANT - 1];
+        let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
+        let (tile, head, batch) = split(i, tiles, p.v8.heads);
+        unsafe { v8::quantize(&p.v8, fold_v8, tile, head, batch) }
+    } else if bx < e[job::LSE_BIAS] {
+        unsafe { quant::lse_bias(&p.lse, &p.mean, fold_k, bx - e[job::LSE_BIAS - 1]) }
+    }
+}
