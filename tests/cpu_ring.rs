@@ -75,7 +75,8 @@ fn f64_ring_equals_one_call() {
                     })
                     .unwrap();
                     let one = exact(&q, &k, &v, causal);
-                    let what = format!("P={world} {layout:?} causal={causal} heads={heads:?} N={n}");
+                    let what =
+                        format!("P={world} {layout:?} causal={causal} heads={heads:?} N={n}");
                     assert!(max_abs_diff(&ring.o, &one.o) <= F64_TOL, "{what}: o");
                     assert!(max_abs_diff(&ring.lse, &one.lse) <= F64_TOL, "{what}: lse");
                 }
@@ -90,7 +91,11 @@ fn f64_ring_equals_one_call() {
 fn emulated_ring_is_as_accurate_as_one_call() {
     let n = 512;
     let [q, k, v] = qkv(7, 1, (4, 2), n, 64);
-    for (world, layout) in [(2, ShardLayout::ZigZag), (4, ShardLayout::ZigZag), (4, ShardLayout::Contiguous)] {
+    for (world, layout) in [
+        (2, ShardLayout::ZigZag),
+        (4, ShardLayout::ZigZag),
+        (4, ShardLayout::Contiguous),
+    ] {
         for causal in [false, true] {
             let sharding = Sharding::new(n, world, layout).unwrap();
             let emulate = |q: &HostTensor, k: &HostTensor, v: &HostTensor, c: bool| {
@@ -103,9 +108,18 @@ fn emulated_ring_is_as_accurate_as_one_call() {
             let ring = simulate_ring_host(&q, &k, &v, &sharding, causal, &emulate).unwrap();
             let one = emulate(&q, &k, &v, causal);
             let truth = exact(&q, &k, &v, causal);
-            let (m_ring, m_one) = (compare_f64(&ring.o, &truth.o), compare_f64(&one.o, &truth.o));
-            eprintln!("P={world} {layout:?} causal={causal}: ring rel L1 {:.5}, one call {:.5}", m_ring.rel_l1, m_one.rel_l1);
-            assert!(m_ring.rel_l1 <= 1.15 * m_one.rel_l1 + 1e-3, "{m_ring:?} vs {m_one:?}");
+            let (m_ring, m_one) = (
+                compare_f64(&ring.o, &truth.o),
+                compare_f64(&one.o, &truth.o),
+            );
+            eprintln!(
+                "P={world} {layout:?} causal={causal}: ring rel L1 {:.5}, one call {:.5}",
+                m_ring.rel_l1, m_one.rel_l1
+            );
+            assert!(
+                m_ring.rel_l1 <= 1.15 * m_one.rel_l1 + 1e-3,
+                "{m_ring:?} vs {m_one:?}"
+            );
             assert!(m_ring.cos_sim >= 0.9999, "{m_ring:?}");
             assert!(compare_f64(&ring.o, &one.o).rel_l1 <= 0.02);
         }
@@ -127,7 +141,13 @@ fn partial() -> impl Strategy<Value = (Vec<f64>, Vec<f64>)> {
         // A row without keys holds 0, as a call writes it.
         let o = rows
             .into_iter()
-            .flat_map(|(o, l)| if l == f64::NEG_INFINITY { vec![0.0; 3] } else { o })
+            .flat_map(|(o, l)| {
+                if l == f64::NEG_INFINITY {
+                    vec![0.0; 3]
+                } else {
+                    o
+                }
+            })
             .collect();
         (o, lse)
     })
@@ -234,14 +254,21 @@ fn a_bad_shard_on_one_rank_is_an_error_on_every_rank() {
     let mut bad = shards(&q, &k, &v, &s);
     bad[1].k = bad[1].k.rows(0, bad[1].k.seq() - 1);
     let out = ring_attention_host(&mut ring, &s, bad, true, &attend);
-    assert!(matches!(out[1], Err(Error::ShapeMismatch { .. })), "{:?}", out[1]);
+    assert!(
+        matches!(out[1], Err(Error::ShapeMismatch { .. })),
+        "{:?}",
+        out[1]
+    );
     assert_peers_failed(&out, 1);
 
     // Rank 2 was given a problem of other heads (valid on its own): every rank names it.
     let mut other = shards(&q, &k, &v, &s);
     let [q3, k3, v3] = qkv(4, 1, (2, 2), n, 16);
     other[2] = shards(&q3, &k3, &v3, &s).swap_remove(2);
-    for (r, res) in ring_attention_host(&mut ring, &s, other, false, &attend).iter().enumerate() {
+    for (r, res) in ring_attention_host(&mut ring, &s, other, false, &attend)
+        .iter()
+        .enumerate()
+    {
         match res {
             Err(Error::RingMismatch { rank, what }) => {
                 assert_eq!(*rank, r);
@@ -256,7 +283,9 @@ fn a_bad_shard_on_one_rank_is_an_error_on_every_rank() {
     few.pop();
     let out = ring_attention_host(&mut ring, &s, few, false, &attend);
     assert_eq!(out.len(), 3);
-    assert!(out.iter().all(|r| matches!(r, Err(Error::InvalidOption(_)))));
+    assert!(out
+        .iter()
+        .all(|r| matches!(r, Err(Error::InvalidOption(_)))));
 
     // The good inputs still work on the same ring.
     let out = ring_attention_host(&mut ring, &s, shards(&q, &k, &v, &s), true, &attend);
@@ -275,7 +304,13 @@ fn exact_smoothing_across_the_ring() {
     ] {
         let mut rng = StdRng::seed_from_u64(n as u64);
         let offsets = common::channel_offsets(&mut rng, 64, 8.0);
-        let k = random_tensor(&mut rng, [2, 2, n, 64], DType::F16, 1.0, Some(offsets.as_slice()));
+        let k = random_tensor(
+            &mut rng,
+            [2, 2, n, 64],
+            DType::F16,
+            1.0,
+            Some(offsets.as_slice()),
+        );
         let v = random_tensor(&mut rng, [2, 2, n, 64], DType::F16, 1.0, None);
         let s = Sharding::new(n, world, layout).unwrap();
         let mut ring = SimulatedRing::new(world).unwrap();
@@ -284,7 +319,10 @@ fn exact_smoothing_across_the_ring() {
         let one_mean = k_mean(&k);
         let one = quantize_k(&k, Some(&one_mean));
         for m in &means {
-            assert!(m.iter().zip(&one_mean).all(|(a, b)| a.to_bits() == b.to_bits()));
+            assert!(m
+                .iter()
+                .zip(&one_mean)
+                .all(|(a, b)| a.to_bits() == b.to_bits()));
         }
         let mut held: Vec<QuantizedKvShard> = (0..world)
             .map(|r| quantize_kv_shard(&s, r, &k_shards[r], &s.shard_host(&v, r), &means[r]))
@@ -297,7 +335,10 @@ fn exact_smoothing_across_the_ring() {
                     for (b, h) in [(0, 0), (1, 1)] {
                         for (i, g) in c.global.clone().enumerate() {
                             assert_eq!(quantized.row(b, h, i), one.row(b, h, g));
-                            assert_eq!(quantized.scale_of(b, h, i).to_bits(), one.scale_of(b, h, g).to_bits());
+                            assert_eq!(
+                                quantized.scale_of(b, h, i).to_bits(),
+                                one.scale_of(b, h, g).to_bits()
+                            );
                         }
                     }
                 }
@@ -308,7 +349,13 @@ fn exact_smoothing_across_the_ring() {
     // Chunks that do not fall on segments: the same mean up to f32 rounding of the order.
     let n = 1000;
     let mut rng = StdRng::seed_from_u64(1);
-    let k = random_tensor(&mut rng, [1, 2, n, 64], DType::F16, 1.0, Some(&[3.0; 64][..]));
+    let k = random_tensor(
+        &mut rng,
+        [1, 2, n, 64],
+        DType::F16,
+        1.0,
+        Some(&[3.0; 64][..]),
+    );
     let s = Sharding::new(n, 4, ShardLayout::ZigZag).unwrap();
     let mut ring = SimulatedRing::new(4).unwrap();
     let k_shards: Vec<HostTensor> = (0..4).map(|r| s.shard_host(&k, r)).collect();

@@ -59,7 +59,10 @@ pub(crate) fn agree<X: RingTransport + ?Sized>(
         })
         .collect();
     if let Err(e) = transport.all_reduce_sum_u64(&mut bufs) {
-        return ranks.iter().map(|_| Err(transport_error(&e, phase))).collect();
+        return ranks
+            .iter()
+            .map(|_| Err(transport_error(&e, phase)))
+            .collect();
     }
     let table = bufs.into_iter().next().unwrap_or_default();
     let failed: Vec<usize> = (0..world).filter(|&r| table[r * width] != 0).collect();
@@ -134,11 +137,7 @@ mod tests {
         let all_ok = agree(&mut ring, "validating", 2, vec![desc(2), desc(2), desc(2)]);
         assert!(all_ok.iter().all(Result::is_ok));
 
-        let local = vec![
-            desc(2),
-            Err(Error::InvalidOption("bad".into())),
-            desc(2),
-        ];
+        let local = vec![desc(2), Err(Error::InvalidOption("bad".into())), desc(2)];
         let out = agree(&mut ring, "validating their inputs", 2, local);
         assert!(matches!(out[1], Err(Error::InvalidOption(_))));
         for r in [0, 2] {

@@ -113,7 +113,10 @@ where
         if step + 1 < world {
             if let Err(e) = transport.shift(&mut held) {
                 let during = "passing K/V shards";
-                return ranks.iter().map(|_| Err(transport_error(&e, during))).collect();
+                return ranks
+                    .iter()
+                    .map(|_| Err(transport_error(&e, during)))
+                    .collect();
             }
         }
     }

@@ -129,7 +129,11 @@ impl DeviceKv {
     /// Views of the first `rows` rows of each head of K and V.
     pub fn views(&self, rows: usize) -> Result<(TensorView<'_>, TensorView<'_>)> {
         let shape = [self.batch, self.heads, rows, self.head_dim];
-        let (h, c, d) = (self.heads as i64, self.capacity as i64, self.head_dim as i64);
+        let (h, c, d) = (
+            self.heads as i64,
+            self.capacity as i64,
+            self.head_dim as i64,
+        );
         let strides = [h * c * d, c * d, d, 1];
         if rows > self.capacity {
             return Err(Error::OutOfBounds {
@@ -245,9 +249,10 @@ impl RankWork for GpuRank<'_> {
             };
             let part = sageattn(self.rt, &q, &kb, &vb, &opts)?;
             let o = part.o.to_host_f32(self.rt)?;
-            let lse_dev = part.lse.as_ref().ok_or_else(|| {
-                Error::InvalidOption("a partial call returned no LSE".into())
-            })?;
+            let lse_dev = part
+                .lse
+                .as_ref()
+                .ok_or_else(|| Error::InvalidOption("a partial call returned no LSE".into()))?;
             let lse = self
                 .rt
                 .stream()

@@ -65,7 +65,12 @@ impl<A: HostAttention> RankWork for HostRank<'_, A> {
 const HOST_FIELDS: usize = 7;
 
 /// Checks one rank's shards against the sharding; returns what every rank must agree on.
-fn check_host_shard(sharding: &Sharding, rank: usize, s: &HostShard, causal: bool) -> Result<Descriptor> {
+fn check_host_shard(
+    sharding: &Sharding,
+    rank: usize,
+    s: &HostShard,
+    causal: bool,
+) -> Result<Descriptor> {
     let [batch, q_heads, q_len, head_dim] = s.q.shape;
     let [kb, kv_heads, k_len, kd] = s.k.shape;
     for (name, t) in [("q", &s.q), ("k", &s.k), ("v", &s.v)] {
@@ -77,8 +82,7 @@ fn check_host_shard(sharding: &Sharding, rank: usize, s: &HostShard, causal: boo
         }
     }
     let want = sharding.shard_len(rank);
-    if q_len != want || k_len != want || s.v.shape != s.k.shape || kb != batch || kd != head_dim
-    {
+    if q_len != want || k_len != want || s.v.shape != s.k.shape || kb != batch || kd != head_dim {
         return Err(Error::ShapeMismatch {
             what: format!(
                 "rank {rank} holds q {:?}, k {:?}, v {:?}; its shard has {want} rows and k, v \

@@ -69,7 +69,9 @@ impl Sharding {
     /// Errors: [`Error::InvalidOption`] naming the values.
     pub fn new(seq_len: usize, world: usize, layout: ShardLayout) -> Result<Self> {
         if world == 0 {
-            return Err(Error::InvalidOption("a ring needs at least one rank".into()));
+            return Err(Error::InvalidOption(
+                "a ring needs at least one rank".into(),
+            ));
         }
         let s = Sharding {
             seq_len,
@@ -122,7 +124,11 @@ impl Sharding {
 
     /// The chunk indices rank `r` holds, ascending.
     pub fn chunk_indices(&self, rank: usize) -> Vec<usize> {
-        assert!(rank < self.world, "rank {rank} out of range ({} ranks)", self.world);
+        assert!(
+            rank < self.world,
+            "rank {rank} out of range ({} ranks)",
+            self.world
+        );
         match self.layout {
             ShardLayout::Contiguous => vec![rank],
             ShardLayout::ZigZag => vec![rank, 2 * self.world - 1 - rank],

@@ -148,7 +148,11 @@ impl<F: MergeFloat> Accumulator<F> {
     /// If the sizes disagree or the rows pass the shard's end.
     pub fn merge_block(&mut self, rows: Range<usize>, o: &[F], lse: &[F]) {
         let (len, w) = (rows.len(), self.width);
-        assert!(rows.end <= self.rows, "rows {rows:?} past the shard's {}", self.rows);
+        assert!(
+            rows.end <= self.rows,
+            "rows {rows:?} past the shard's {}",
+            self.rows
+        );
         assert_eq!(lse.len(), self.batch * self.heads * len, "partial LSE size");
         assert_eq!(o.len(), lse.len() * w, "partial output size");
         for bh in 0..self.batch * self.heads {

@@ -133,7 +133,10 @@ impl NcclRing {
         })?;
         for ((c, d), b) in self.comms.iter().zip(&dev).zip(bufs.iter_mut()) {
             // Same stream as the all-reduce: ordered after it.
-            *b = c.stream().clone_dtoh(d).op("copying an all-reduce result")?;
+            *b = c
+                .stream()
+                .clone_dtoh(d)
+                .op("copying an all-reduce result")?;
             c.stream().synchronize().op("waiting for an all-reduce")?;
         }
         Ok(())
@@ -215,10 +218,13 @@ fn touch(stream: &Arc<CudaStream>, sent: &DeviceKv, received: &mut DeviceKv) {
 
 impl RingShift<DeviceKv> for NcclRing {
     fn prepare(&mut self, local_index: usize, own: &DeviceKv) -> Result<()> {
-        let comm = self.comms.get(local_index).ok_or_else(|| Error::Transport {
-            op: "preparing the shift".into(),
-            reason: format!("no local rank {local_index}"),
-        })?;
+        let comm = self
+            .comms
+            .get(local_index)
+            .ok_or_else(|| Error::Transport {
+                op: "preparing the shift".into(),
+                reason: format!("no local rank {local_index}"),
+            })?;
         self.spares[local_index] = Some(own.alloc_like(&comm.stream())?);
         Ok(())
     }

@@ -153,8 +153,7 @@ mod tests {
                                             if b.causal && kj - b.k.start > qi - b.q.start {
                                                 continue;
                                             }
-                                            count[global(&qc, qi) * seq_len + global(&kc, kj)] +=
-                                                1;
+                                            count[global(&qc, qi) * seq_len + global(&kc, kj)] += 1;
                                         }
                                     }
                                 }

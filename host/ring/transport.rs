@@ -55,7 +55,9 @@ impl SimulatedRing {
     /// A ring of `world >= 1` simulated ranks.
     pub fn new(world: usize) -> Result<Self> {
         if world == 0 {
-            return Err(Error::InvalidOption("a ring needs at least one rank".into()));
+            return Err(Error::InvalidOption(
+                "a ring needs at least one rank".into(),
+            ));
         }
         Ok(SimulatedRing { world })
     }
