@@ -204,10 +204,12 @@ fn run(args: Args) -> Res<()> {
             mr.rel_l1, mr.cos_sim, mo.rel_l1, mo.cos_sim
         );
     }
+    // The two round Q and K to INT8 differently (blocks, K means): they differ from each other
+    // about as much as each from exact attention (tests/gpu_ring.rs uses the same bounds).
     let bound = if opts.pv_precision == PvPrecision::Int8 {
-        0.03
+        0.035
     } else {
-        0.02
+        0.025
     };
     if m.rel_l1 > bound || m.cos_sim.is_nan() {
         return Err(format!(

@@ -2,12 +2,15 @@
 //! (`SimulatedRing`, every block a real `sageattn` call) against
 //!
 //! * the CPU ring of the same blocks (the quantized emulation per block, merged in f64): the
-//!   kernel's own tolerance, rel L1 ≤ 4·10⁻³ (3·10⁻³ for one call, plus the f16 rounding of each
-//!   partial output before the merge) and LSE within 2·10⁻³;
+//!   kernel's own tolerance, rel L1 ≤ 4·10⁻³ (3·10⁻³ for one call, plus the rounding of each
+//!   partial output to f16 before the merge; 6·10⁻³ for bf16) and LSE within 2·10⁻³;
 //! * exact f64 attention on the whole sequence: cos ≥ 0.9999 (0.9998 for the 8-bit P·V) and rel
 //!   L1 ≤ 1.15 × that of one `sageattn` call + 10⁻³ (each call smooths and quantizes its own K
 //!   rows, so the INT8 rounding differs from one call's, not its size);
-//! * one `sageattn` call on the whole sequence: rel L1 ≤ 0.02 (0.03 for 8-bit P·V).
+//! * one `sageattn` call on the whole sequence: rel L1 ≤ 0.025 (0.035 for 8-bit P·V). The two
+//!   round Q and K to INT8 in different blocks and with different K means, so they differ from
+//!   each other about as much as each differs from exact attention (CPU emulation, N = 512:
+//!   0.011–0.016 between them, 0.011–0.012 each against exact).
 //!
 //! Both layouts, causal and not, GQA, f16 and bf16, strided (NHD) inputs, both P·V precisions
 //! (8-bit only on Hopper; skipped elsewhere). A one-rank ring is the single call bit for bit.
@@ -161,8 +164,15 @@ fn check_case(rt: &Runtime, case: &Case, rng: &mut StdRng) {
         "{case:?}\n  vs emulated ring: rel L1 {:.2e}, LSE {:.2e} | vs exact: ring {:.5} (cos {:.6}), one call {:.5} | ring vs one call {:.5} | LSE vs exact: ring {:.2e}, one call {:.2e}",
         m_emul.rel_l1, lse_emul, m_ring.rel_l1, m_ring.cos_sim, m_one.rel_l1, m_vs_one.rel_l1, lse_ring, lse_one
     );
+    // Each partial output is rounded to the input dtype before the merge: 2^-11 (f16) or 2^-8
+    // (bf16) relative on top of one call's bound.
+    let emul_tol = if case.dtype == DType::BF16 {
+        6e-3
+    } else {
+        4e-3
+    };
     assert!(
-        m_emul.rel_l1 <= 4e-3,
+        m_emul.rel_l1 <= emul_tol,
         "{case:?}: against the emulated ring {m_emul:?}"
     );
     assert!(
@@ -175,7 +185,7 @@ fn check_case(rt: &Runtime, case: &Case, rng: &mut StdRng) {
         "{case:?}: ring {m_ring:?}, one call {m_one:?}"
     );
     assert!(
-        m_vs_one.rel_l1 <= if pv8 { 0.03 } else { 0.02 },
+        m_vs_one.rel_l1 <= if pv8 { 0.035 } else { 0.025 },
         "{case:?}: {m_vs_one:?}"
     );
     assert!(

@@ -9,11 +9,10 @@
 //! each partial output into its result by the LSE merge ([`merge`]). After `P` steps every rank
 //! has the attention of its queries over the whole sequence.
 //!
-//! The algorithm ([`driver`](self) in `driver.rs`) is written once over two traits
-//! ([`transport`]): an in-process [`SimulatedRing`] (all ranks in one thread: tests, one GPU) and
-//! [`NcclRing`](nccl::NcclRing) (cargo feature `nccl`, `libnccl` loaded at run time). Before the
-//! first transfer the ranks agree on their inputs ([`agree`](self) in `agree.rs`): a bad input on
-//! one rank is an error on every rank, never a hang.
+//! The algorithm (`driver.rs`) is written once over two traits ([`transport`]): an in-process
+//! [`SimulatedRing`] (all ranks in one thread: tests, one GPU) and `nccl::NcclRing` (cargo feature
+//! `nccl`, `libnccl` loaded at run time). Before the first transfer the ranks agree on their
+//! inputs (`agree.rs`): a bad input on one rank is an error on every rank, never a hang.
 //!
 //! Two kinds of rank: [`ring_sageattn`] runs each block through the library's
 //! [`sageattn`](crate::sageattn) on a GPU; [`ring_attention_host`] runs any CPU attention (the
