@@ -116,6 +116,14 @@ impl DeviceKv {
         )
     }
 
+    /// The device the buffers live on.
+    pub fn ordinal(&self) -> usize {
+        match &self.data {
+            KvData::F16 { k, .. } => k.ordinal(),
+            KvData::BF16 { k, .. } => k.ordinal(),
+        }
+    }
+
     /// Rows a head can hold.
     pub fn capacity(&self) -> usize {
         self.capacity

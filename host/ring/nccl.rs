@@ -225,6 +225,13 @@ impl RingShift<DeviceKv> for NcclRing {
                 op: "preparing the shift".into(),
                 reason: format!("no local rank {local_index}"),
             })?;
+        if own.ordinal() != comm.ordinal() {
+            return Err(Error::WrongDevice {
+                tensor: "k",
+                expected: comm.ordinal(),
+                got: own.ordinal(),
+            });
+        }
         self.spares[local_index] = Some(own.alloc_like(&comm.stream())?);
         Ok(())
     }
