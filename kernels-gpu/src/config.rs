@@ -119,6 +119,10 @@ pub const V8_CHUNKS_PER_THREAD: usize = 4;
 pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
+/// Keys per tile of the 8-bit P·V: the u8 P is scaled to each tile's row maximum (tiles start at
+/// key 0), and each tile's s32 product is folded into the f32 output once. The sm_90a kernel's key
+/// tile (two 64-key K blocks).
+pub const P8_TILE: usize = 128;
 
 /// Slot of key `k` (within its aligned 16-key group) in the 8-bit Vᵀ rows. The u8 P operand of
 /// the wgmma is built from the Q·Kᵀ accumulator without shuffles: lane `4g + t` holds keys

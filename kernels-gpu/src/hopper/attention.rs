@@ -57,7 +57,7 @@ use super::smem::{
     qk_descs, v_desc,
 };
 use super::softmax::OnlineSoftmax;
-use crate::config::{K_BLOCK, P8_MAX, Q_BLOCK, padded_len};
+use crate::config::{K_BLOCK, P8_MAX, P8_TILE, Q_BLOCK, padded_len};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::unroll::unroll;
@@ -199,6 +199,8 @@ unsafe fn attention<
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
+        // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
+        assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
         // Every thread's share of a tile's copies fits the copy loop.
         let chunks = sm90_cta_k(PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
