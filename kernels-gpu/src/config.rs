@@ -127,10 +127,94 @@ pub const P8_TILE: usize = 128;
 /// Slot of key `k` (within its aligned 16-key group) in the 8-bit Vᵀ rows. The u8 P operand of
 /// the wgmma is built from the Q·Kᵀ accumulator without shuffles: lane `4g + t` holds keys
 /// `2t, 2t+1, 8+2t, 9+2t` of its rows, and puts them in k slots `4t..4t+4` of the A fragment, so
-/// Vᵀ stores key `2t + (e & 1) + 8(e >> 1)` at slot `4t + e`. This is its inverse.
+/// Vᵀ stores key `2t + (e & 1) + 8(e >> 1)` at slot `4t + e`. This is its inverse. The mma.sync
+/// m16n8k32 A fragment has the same per-warp layout (a0/a2: row g, k slots `4t..4t+4` /
+/// `16+4t..`), so the portable kernel packs P the same way, and its B fragment (b0/b1: k slots
+/// `4t..4t+4` / `16+4t..` of column g) is 4 contiguous bytes of a Vᵀ row: the prepared Vᵀ serves
+/// both kernels unchanged.
 pub const fn v8_key_slot(k: usize) -> usize {
     let (t, e) = ((k & 7) >> 1, (k & 1) | (((k >> 3) & 1) << 1));
     (k & !15) | (4 * t + e)
+}
+
+/// Warps per CTA of the portable 8-bit P·V kernel (`attention_pv8/`); each owns 16 query rows
+/// (one m-tile), so that a 128-key tile's scores fit in 64 registers beside the output.
+pub const PV8_WARPS: usize = 8;
+/// Threads per CTA of the portable 8-bit P·V kernel.
+pub const PV8_THREADS: usize = PV8_WARPS * 32;
+/// Query rows per CTA of the portable 8-bit P·V kernel: one Q quantization block.
+pub const PV8_CTA_Q: usize = PV8_WARPS * 16;
+/// Keys per tile of the portable 8-bit P·V kernel: one P tile (two K blocks).
+pub const PV8_CTA_K: usize = P8_TILE;
+/// Pipeline stages of its K and Vᵀ tiles (double buffering, one cp.async group per tile).
+pub const PV8_STAGES: usize = 2;
+
+/// Bytes of the INT8 Q tile of the portable 8-bit P·V kernel (padded rows, as [`q_tile_bytes`]).
+pub const fn pv8_q_tile_bytes(head_dim: usize) -> usize {
+    PV8_CTA_Q * smem_row_stride(head_dim)
+}
+/// Bytes of one INT8 K stage (one key per padded row).
+pub const fn pv8_k_stage_bytes(head_dim: usize) -> usize {
+    PV8_CTA_K * smem_row_stride(head_dim)
+}
+/// Bytes of one INT8 Vᵀ stage: one channel per padded row of `PV8_CTA_K` key slots, the layout of
+/// the prepared Vᵀ (so that its rows are the mma's B operand as K's rows are for Q·Kᵀ).
+pub const fn pv8_v_stage_bytes(head_dim: usize) -> usize {
+    head_dim * smem_row_stride(PV8_CTA_K)
+}
+/// Dynamic shared memory of the portable 8-bit P·V kernel: 48 KiB at d = 64 (two CTAs fit the
+/// 100 KiB of an Ada or Ampere GeForce SM), 69 KiB at d = 96, 90 KiB at d = 128.
+pub const fn pv8_smem_bytes(head_dim: usize) -> usize {
+    pv8_q_tile_bytes(head_dim)
+        + PV8_STAGES * (pv8_k_stage_bytes(head_dim) + pv8_v_stage_bytes(head_dim))
+}
+
+/// The key tiles a CTA visits, `(n_tiles, n_unmasked)`: tiles of `tile` keys from key 0, up to the
+/// sequence end and (causal, bottom-right aligned: query i sees key j iff `j <= i + kv_len -
+/// qo_len`) the limit of the CTA's last row among `q_row0..q_row0 + rows` (rows past `qo_len`
+/// do not count); the first `n_unmasked` of them need no mask for any row (whole tiles inside the
+/// sequence that the CTA's first row sees entirely).
+pub const fn key_tiles(
+    q_row0: usize,
+    rows: usize,
+    tile: usize,
+    qo_len: usize,
+    kv_len: usize,
+    causal: bool,
+) -> (usize, usize) {
+    let full_len_tiles = kv_len / tile;
+    if !causal {
+        return (kv_len.div_ceil(tile), full_len_tiles);
+    }
+    let diag = kv_len as i64 - qo_len as i64;
+    let row_end = if q_row0 + rows < qo_len {
+        q_row0 + rows
+    } else {
+        qo_len
+    };
+    // Keys the CTA's last row sees, clamped to 0..=kv_len.
+    let mut kv_end = row_end as i64 + diag;
+    if kv_end < 0 {
+        kv_end = 0;
+    }
+    if kv_end > kv_len as i64 {
+        kv_end = kv_len as i64;
+    }
+    let n_tiles = (kv_end as usize).div_ceil(tile);
+    // Keys the first row sees: the tiles entirely below that are unmasked for every row.
+    let first_visible = q_row0 as i64 + diag + 1;
+    let mut n_unmasked = if first_visible > 0 {
+        first_visible as usize / tile
+    } else {
+        0
+    };
+    if n_unmasked > full_len_tiles {
+        n_unmasked = full_len_tiles;
+    }
+    if n_unmasked > n_tiles {
+        n_unmasked = n_tiles;
+    }
+    (n_tiles, n_unmasked)
 }
 
 /// Rows padded up to a whole number of blocks.
@@ -155,6 +239,21 @@ macro_rules! for_each_attention_variant {
         $m!("sage_attn_hd128_causal_f16acc", 128, true, false);
         $m!("sage_attn_hd128_full_f32acc", 128, false, true);
         $m!("sage_attn_hd128_causal_f32acc", 128, true, true);
+    };
+}
+
+/// Calls `$m!(name, head_dim, causal)` once per entry of the portable 8-bit P·V kernel
+/// (`attention_pv8/`, mma.sync u8·s8, sm_80+). The device crate stamps the entries from it and the
+/// host builds its name table from it.
+#[macro_export]
+macro_rules! for_each_pv8_attention_variant {
+    ($m:ident) => {
+        $m!("sage_attn_pv8_hd64_full", 64, false);
+        $m!("sage_attn_pv8_hd64_causal", 64, true);
+        $m!("sage_attn_pv8_hd96_full", 96, false);
+        $m!("sage_attn_pv8_hd96_causal", 96, true);
+        $m!("sage_attn_pv8_hd128_full", 128, false);
+        $m!("sage_attn_pv8_hd128_causal", 128, true);
     };
 }
 

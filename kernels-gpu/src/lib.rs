@@ -1,21 +1,26 @@
 //! SageAttention device kernels, compiled to PTX by the root `build.rs`.
 //!
 //! Read order: `config` (tile constants shared with the host) → `attention` (kernel entry, mainloop
-//! step, softmax, epilogue) → `prepare` (the fused preparation kernel) → `quant` / `v8` (its jobs:
-//! smoothing, INT8 quantization, the 8-bit V) → `frag` / `tile` (named
-//! fragments and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only
-//! place with `asm!`).
+//! step, softmax, epilogue) → `attention_pv8` (the same for the 8-bit P·V, with `softmax16` and
+//! `p8`, which the sm_90a kernel shares) → `prepare` (the fused preparation kernel) → `quant` /
+//! `v8` (its jobs: smoothing, INT8 quantization, the 8-bit V) → `frag` / `tile` (named fragments
+//! and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only place with
+//! `asm!`).
 #![no_std]
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
 #![allow(clippy::missing_safety_doc)]
 
 pub mod config;
+mod p8;
 pub mod params;
 pub mod ptx;
+mod softmax16;
 mod unroll;
 
 #[cfg(not(feature = "hopper"))]
 mod attention;
+#[cfg(not(feature = "hopper"))]
+mod attention_pv8;
 #[cfg(not(feature = "hopper"))]
 mod frag;
 #[cfg(not(feature = "hopper"))]

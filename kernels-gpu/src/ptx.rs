@@ -443,6 +443,22 @@ pub fn mma_s8_m16n8k32(d: &mut [i32; 4], a: [u32; 4], b: [u32; 2]) {
     }
 }
 
+/// `D += A·B`, m16n8k32, u8·s8 → s32 (the 8-bit P·V: u8 P, s8 Vᵀ). Fragment layouts as
+/// [`mma_s8_m16n8k32`]; the bytes of A are unsigned.
+#[inline(always)]
+pub fn mma_u8s8_m16n8k32(d: &mut [i32; 4], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
 /// `D += A·B`, m16n8k16, f16·f16 → f32.
 /// A (16x16, 4 regs of f16x2): a0 = (row g, cols 2t,2t+1), a1 = (g+8, 2t..), a2 = (g, 8+2t..),
 /// a3 = (g+8, 8+2t..). B (16x8 "col"): b0 = (k 2t,2t+1, n g), b1 = (k 8+2t.., n g).
@@ -494,6 +510,21 @@ pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
         );
     }
     r
+}
+
+/// `vote.sync.all.pred` over the full warp: true iff `pred` holds on every lane. Must be called by
+/// all 32 lanes together.
+#[inline(always)]
+pub fn vote_all(pred: bool) -> bool {
+    let r: u32;
+    // SAFETY: register-only warp-collective op with a full member mask.
+    unsafe {
+        asm!(
+            "{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.all.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
+            out(reg32) r, in(reg32) pred as u32, options(nomem, nostack)
+        );
+    }
+    r != 0
 }
 
 /// [`shfl_xor_u32`] for f32.
@@ -1077,20 +1108,4 @@ pub fn wgmma_m64n128k32_u8s8_rs(d: &mut [[i32; 4]; 16], a: [u32; 4], b_desc: u64
             options(nostack)
         );
     }
-}
-
-/// `vote.sync.all.pred` over the full warp: true iff `pred` holds on every lane. Must be called by
-/// all 32 lanes together.
-#[cfg(feature = "hopper")]
-#[inline(always)]
-pub fn vote_all(pred: bool) -> bool {
-    let r: u32;
-    // SAFETY: register-only warp-collective op with a full member mask.
-    unsafe {
-        asm!(
-            "{{ .reg .pred p, q; setp.ne.u32 p, {1}, 0; vote.sync.all.pred q, p, 0xffffffff; selp.u32 {0}, 1, 0, q; }}",
-            out(reg32) r, in(reg32) pred as u32, options(nomem, nostack)
-        );
-    }
-    r != 0
 }

@@ -2,16 +2,17 @@
 //!
 //! Read order: `config` (launch constants shared with `host/hopper.rs`) → `attention` (the kernel:
 //! 3 or 4 warpgroups that compute and copy, mbarrier pipeline, intra-warpgroup overlap of
-//! softmax and P·V, pingpong between warpgroups) → `smem` (swizzled tile layouts, wgmma descriptors, issue helpers) → `softmax` →
-//! `selftest` (single-tile wgmma tests). The PTX wrappers (wgmma, mbarrier, proxy fences) are in the
-//! Hopper section at the end of `ptx.rs`.
+//! softmax and P·V, pingpong between warpgroups) → `smem` (swizzled tile layouts, wgmma
+//! descriptors, issue helpers) → `selftest` (single-tile wgmma tests). The online softmax
+//! (`crate::softmax16`) and the u8 P packing (`crate::p8`) are shared with the portable 8-bit
+//! P·V kernel; the PTX wrappers (wgmma, mbarrier, proxy fences) are in the Hopper section at the
+//! end of `ptx.rs`.
 
 pub mod config;
 
 mod attention;
 mod selftest;
 mod smem;
-mod softmax;
 
 use crate::params::TestParams;
 use crate::ptx;

@@ -1,7 +1,9 @@
-//! Online softmax in base 2 over one warp's 16 rows of a wgmma m64n64 score tile. The accumulator
-//! layout is the mma.sync m16n8 C layout per 8-key n-tile (lane holds rows g and g+8, index `h`),
-//! so this is `attention/softmax.rs` with one m-tile, kept arithmetic-for-arithmetic identical
-//! (the portable kernel's results are the reference for this one).
+//! Online softmax in base 2 over one warp's 16 rows of a score tile: a wgmma m64nN tile (the
+//! sm_90a kernel) or 16 rows of mma.sync m16n8 tiles (the portable 8-bit P·V kernel). The
+//! accumulator layout is the mma.sync m16n8 C layout per 8-key n-tile (lane holds rows g and g+8,
+//! index `h`), so this is `attention/softmax.rs` with one m-tile, kept arithmetic-for-arithmetic
+//! identical (the portable kernel's results are the reference for this one), plus the per-tile
+//! P scaling of the 8-bit P·V (`PER_TILE`), which both 8-bit kernels share.
 
 use crate::ptx;
 use crate::unroll::unroll;

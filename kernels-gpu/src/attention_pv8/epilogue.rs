@@ -1,0 +1,94 @@
+//! Epilogue of the portable 8-bit P·V kernel: normalize by the row sum, undo the 8-bit scalings
+//! (O is in units of `P8_MAX` and of each channel's V scale; the V mean smoothing took away is
+//! added back, except on rows that see no key, which stay 0), convert, store; write the LSE.
+//! The same arithmetic as the sm_90a kernel's 8-bit epilogue.
+
+use super::Geometry;
+use crate::config::P8_MAX;
+use crate::frag::{acc_col, acc_row};
+use crate::params::AttnParams;
+use crate::ptx;
+use crate::softmax16::OnlineSoftmax;
+use crate::unroll::unroll;
+
+const LN_2: f32 = core::f32::consts::LN_2;
+
+/// Writes this warp's 16 rows of O (and the LSE when requested).
+///
+/// # Safety
+/// `p.o` (and `p.lse` when non-zero) are valid for `[batch][q_heads][qo_len][HD]` with the given
+/// strides; `p.v_scale` / `p.v_mean` hold `[batch][kv_heads][2][HD]` / `[batch][kv_heads][HD]` f32.
+#[inline(always)]
+pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
+    p: &AttnParams,
+    geo: &Geometry,
+    softmax: &OnlineSoftmax,
+    out: &[[f32; 4]; NT],
+) {
+    let lane = ptx::lane_id();
+    let warp_row0 = geo.q_row0 + 16 * ptx::warp_id();
+    let head_base =
+        p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
+    let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+    let v_scale = p.v_scale + 4 * kv_head * 2 * HD as u64;
+    let v_mean = p.v_mean + 4 * kv_head * HD as u64;
+    unroll::<2>(
+        #[inline(always)]
+        |h| {
+            // Shuffles first: every lane must take part, whether or not its row exists.
+            let l = softmax.row_sum(h);
+            let inv = if l == 0.0 { 0.0 } else { ptx::rcp(l) };
+            let row = warp_row0 + acc_row(lane, 2 * h);
+            if row < p.qo_len {
+                let row_ptr = head_base + 2 * row as i64 * p.o_stride[2];
+                unroll::<NT>(
+                    #[inline(always)]
+                    |nt| {
+                        let c = out[nt];
+                        let col = 8 * nt as u32 + acc_col(lane, 0);
+                        let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
+                        if l != 0.0 {
+                            let at = 4 * col as u64;
+                            // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
+                            let (sa, sb, ma, mb) = unsafe {
+                                (
+                                    ptx::ld_global_nc_f32(v_scale + at),
+                                    ptx::ld_global_nc_f32(v_scale + at + 4),
+                                    ptx::ld_global_nc_f32(v_mean + at),
+                                    ptx::ld_global_nc_f32(v_mean + at + 4),
+                                )
+                            };
+                            a = ptx::fma(a, sa * (1.0 / P8_MAX), ma);
+                            b = ptx::fma(b, sb * (1.0 / P8_MAX), mb);
+                        }
+                        let packed = if p.out_bf16 != 0 {
+                            ptx::pack_bf16x2(a, b)
+                        } else {
+                            ptx::pack_f16x2(a, b)
+                        };
+                        // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                        unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
+                    },
+                );
+                if p.lse != 0 && lane & 3 == 0 {
+                    let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64)
+                        * p.qo_len as u64
+                        + row as u64;
+                    let lse = if l == 0.0 {
+                        f32::NEG_INFINITY
+                    } else {
+                        let smoothing_shift = if p.lse_bias != 0 {
+                            // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
+                            unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+                        } else {
+                            0.0
+                        };
+                        (softmax.max[h] + ptx::lg2(l)) * LN_2 + smoothing_shift
+                    };
+                    // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
+                    unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                }
+            }
+        },
+    );
+}

@@ -1,0 +1,436 @@
+//! The main loop of the portable 8-bit P·V kernel: a two-stage cp.async pipeline of 128-key K and
+//! Vᵀ tiles and the one `step` body every key tile runs (masked or not).
+//!
+//! cp.async groups: Q, then one group per tile (its K and its Vᵀ together). Step t waits for all
+//! of this thread's groups (only tile t's is in flight), and the barrier after the wait both makes
+//! tile t visible to every warp and guarantees that every warp has finished step t − 1, whose
+//! stage `(t + 1) % 2` tile t + 1 is then issued into. So each tile has a whole step to arrive,
+//! with one barrier per 128 keys.
+//!
+//! Shared memory (padded rows, `tile.rs`: conflict-free ldmatrix): the Q tile (128 rows × HD),
+//! then two K stages (128 keys × HD) and two Vᵀ stages (HD channels × 128 key slots, the
+//! prepared Vᵀ's layout: each 16-byte chunk is one cp.async from one Vᵀ row).
+
+use super::Geometry;
+use crate::config::{
+    K_BLOCK, PV8_CTA_K, PV8_CTA_Q, PV8_THREADS, Q_BLOCK, padded_len, pv8_k_stage_bytes,
+    pv8_q_tile_bytes, pv8_v_stage_bytes,
+};
+use crate::frag::{self, FragA, acc_col, acc_row};
+use crate::p8::pack_probs_u8;
+use crate::params::AttnParams;
+use crate::ptx;
+use crate::softmax16::OnlineSoftmax;
+use crate::tile::Tile;
+use crate::unroll::unroll;
+
+/// 8-key n-tiles of scores per tile.
+const NK: usize = PV8_CTA_K / 8;
+/// 32-key k-steps of the P·V per tile.
+const PV_K_STEPS: usize = PV8_CTA_K / 32;
+/// Unroll bound of the copy loops (d = 128: 4 chunks per thread and tile).
+const MAX_CHUNKS_PER_THREAD: usize = 4;
+
+/// Global sources, shared tiles and per-CTA constants of one CTA.
+pub(crate) struct Pipeline<const HD: usize> {
+    q_tile: Tile,
+    /// Stage 0 of K and of Vᵀ; stage 1 follows each at its stage size.
+    k_stage0: Tile,
+    v_stage0: Tile,
+    /// Row `q_row0` of this (batch, head) in the padded INT8 Q.
+    q_src: u64,
+    /// Row 0 of this (batch, kv head) in the padded INT8 K.
+    k_src: u64,
+    /// Channel row 0 of this (batch, kv head) in the INT8 Vᵀ (rows of `padded_k` key slots).
+    v_src: u64,
+    /// `kv_len` padded to whole 64-key blocks: K's rows and Vᵀ's key slots in memory.
+    padded_k: u32,
+    kv_len: u32,
+    n_tiles: u32,
+    diag: i32,
+    q_scale: f32,
+    /// Address of this (batch, kv head)'s first K scale.
+    k_scale_row: u64,
+    /// Index of this head's last K block.
+    last_k_block: u32,
+    /// First query row of this warp's 16 within the CTA, and within the head.
+    warp_row0: u32,
+    row0: u32,
+    lane: u32,
+    tid: u32,
+}
+
+impl<const HD: usize> Pipeline<HD> {
+    /// 16-byte chunks of a Q, K or Vᵀ tile each thread copies (`128 × HD / 16` over 256 threads:
+    /// `HD / 32`, at most [`MAX_CHUNKS_PER_THREAD`]).
+    const CHUNKS_PER_THREAD: usize = PV8_CTA_K * HD / 16 / PV8_THREADS;
+
+    #[inline(always)]
+    pub fn new(p: &AttnParams, geo: &Geometry) -> Self {
+        const {
+            // Every copy loop covers its tile exactly.
+            assert!(PV8_CTA_Q == PV8_CTA_K);
+            assert!(Self::CHUNKS_PER_THREAD * PV8_THREADS * 16 == PV8_CTA_K * HD);
+            assert!(Self::CHUNKS_PER_THREAD <= MAX_CHUNKS_PER_THREAD);
+        };
+        let base = ptx::smem_base();
+        let k0 = base + pv8_q_tile_bytes(HD) as u32;
+        let v0 = k0 + 2 * pv8_k_stage_bytes(HD) as u32;
+        let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
+        let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
+        let q_head = (geo.batch * p.q_heads + geo.head) as u64;
+        let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
+        let q_blocks = padded_q / Q_BLOCK as u64;
+        let k_blocks = padded_k / K_BLOCK as u64;
+        // SAFETY: q_head * q_blocks + q_row0 / Q_BLOCK < batch * q_heads * q_blocks.
+        let q_scale = unsafe {
+            ptx::ld_global_nc_f32(
+                p.q_scale + 4 * (q_head * q_blocks + (geo.q_row0 as usize / Q_BLOCK) as u64),
+            )
+        };
+        let tid = ptx::thread_idx_x();
+        let warp_row0 = 16 * (tid >> 5);
+        Pipeline {
+            q_tile: Tile::new(base, HD),
+            k_stage0: Tile::new(k0, HD),
+            v_stage0: Tile::new(v0, PV8_CTA_K),
+            q_src: p.q + (q_head * padded_q + geo.q_row0 as u64) * HD as u64,
+            k_src: p.k + kv_head * padded_k * HD as u64,
+            v_src: p.v + kv_head * HD as u64 * padded_k,
+            padded_k: padded_k as u32,
+            kv_len: p.kv_len,
+            n_tiles: geo.n_tiles,
+            diag: geo.diag,
+            q_scale,
+            k_scale_row: p.k_scale + 4 * kv_head * k_blocks,
+            last_k_block: k_blocks as u32 - 1,
+            warp_row0,
+            row0: geo.q_row0 + warp_row0,
+            lane: tid & 31,
+            tid,
+        }
+    }
+
+    /// The K stage tile `t` uses (arithmetic, not an array index: a run-time index into an array
+    /// of tiles would put the array in local memory).
+    #[inline(always)]
+    fn k_tile(&self, t: u32) -> Tile {
+        Tile {
+            base: self.k_stage0.base + (t & 1) * pv8_k_stage_bytes(HD) as u32,
+            ..self.k_stage0
+        }
+    }
+
+    /// The Vᵀ stage tile `t` uses (see [`Self::k_tile`]).
+    #[inline(always)]
+    fn v_tile(&self, t: u32) -> Tile {
+        Tile {
+            base: self.v_stage0.base + (t & 1) * pv8_v_stage_bytes(HD) as u32,
+            ..self.v_stage0
+        }
+    }
+
+    /// Issues the Q tile (one group) and tile 0 (a second group), waits for Q and returns this
+    /// warp's Q fragments (`KS` k-steps of 32 bytes), which stay in registers for the whole loop.
+    ///
+    /// # Safety
+    /// The sources are valid (host validation) and `n_tiles > 0`; every thread calls it.
+    #[inline(always)]
+    pub unsafe fn load_q_and_first_tile<const KS: usize>(&self) -> [FragA; KS] {
+        let cpr = (HD / 16) as u32;
+        unroll::<MAX_CHUNKS_PER_THREAD>(
+            #[inline(always)]
+            |j| {
+                if j >= Self::CHUNKS_PER_THREAD {
+                    return;
+                }
+                let c = self.tid + (PV8_THREADS * j) as u32;
+                let (row, chunk) = (c / cpr, c % cpr);
+                // SAFETY: the padded Q holds whole 128-row blocks, so every row of the CTA exists.
+                unsafe {
+                    ptx::cp_async_16(
+                        self.q_tile.addr(row, 16 * chunk),
+                        self.q_src + (row * HD as u32 + 16 * chunk) as u64,
+                    )
+                };
+            },
+        );
+        ptx::cp_async_commit();
+        // SAFETY: tile 0 exists (n_tiles > 0).
+        unsafe { self.load_tile(0) };
+        ptx::cp_async_commit();
+        ptx::cp_async_wait::<1>();
+        ptx::sync_threads();
+        let mut q = [[0u32; 4]; KS];
+        unroll::<KS>(
+            #[inline(always)]
+            |ks| {
+                // SAFETY: rows warp_row0..+16 and bytes 32ks..+32 lie inside the Q tile.
+                q[ks] = unsafe { frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane) };
+            },
+        );
+        q
+    }
+
+    /// Issues K and Vᵀ tile `t` into stage `t % 2`. Rows (K) and key slots (Vᵀ) past the padded
+    /// sequence — the second 64-key half of the last tile — are zero-filled without a read; those
+    /// inside it but past `kv_len` are the preparation's zero padding.
+    ///
+    /// # Safety
+    /// `t < n_tiles`; the stage is no longer read by any warp.
+    #[inline(always)]
+    unsafe fn load_tile(&self, t: u32) {
+        let key0 = t * PV8_CTA_K as u32;
+        let (k_tile, v_tile) = (self.k_tile(t), self.v_tile(t));
+        let k_src = self.k_src + key0 as u64 * HD as u64;
+        let k_cpr = (HD / 16) as u32;
+        let v_cpr = (PV8_CTA_K / 16) as u32;
+        unroll::<MAX_CHUNKS_PER_THREAD>(
+            #[inline(always)]
+            |j| {
+                if j >= Self::CHUNKS_PER_THREAD {
+                    return;
+                }
+                let c = self.tid + (PV8_THREADS * j) as u32;
+                let (row, chunk) = (c / k_cpr, c % k_cpr);
+                let dst = k_tile.addr(row, 16 * chunk);
+                if key0 + row < self.padded_k {
+                    // SAFETY: the row lies inside this head's padded K.
+                    unsafe { ptx::cp_async_16(dst, k_src + (row * HD as u32 + 16 * chunk) as u64) };
+                } else {
+                    // SAFETY: nothing is read (source size 0).
+                    unsafe { ptx::cp_async_16_zfill(dst, self.k_src, 0) };
+                }
+            },
+        );
+        unroll::<MAX_CHUNKS_PER_THREAD>(
+            #[inline(always)]
+            |j| {
+                if j >= Self::CHUNKS_PER_THREAD {
+                    return;
+                }
+                let c = self.tid + (PV8_THREADS * j) as u32;
+                let (channel, chunk) = (c / v_cpr, c % v_cpr);
+                let dst = v_tile.addr(channel, 16 * chunk);
+                let slot = key0 + 16 * chunk;
+                if slot < self.padded_k {
+                    // SAFETY: channel < HD rows of this head's Vᵀ, and the 16 slots lie inside
+                    // its padded keys (a multiple of 64).
+                    unsafe {
+                        ptx::cp_async_16(
+                            dst,
+                            self.v_src + channel as u64 * self.padded_k as u64 + slot as u64,
+                        )
+                    };
+                } else {
+                    // SAFETY: nothing is read (source size 0).
+                    unsafe { ptx::cp_async_16_zfill(dst, self.v_src, 0) };
+                }
+            },
+        );
+    }
+
+    /// K scales of the two 64-key halves of tile `t` (the second clamped to the last K block: its
+    /// keys, if it has none, are masked).
+    #[inline(always)]
+    fn k_scales(&self, t: u32) -> [f32; 2] {
+        let b = 2 * t;
+        let hi = if b + 1 < self.last_k_block {
+            b + 1
+        } else {
+            self.last_k_block
+        };
+        // SAFETY: both blocks are < k_blocks of this head.
+        unsafe {
+            [
+                ptx::ld_global_nc_f32(self.k_scale_row + 4 * b as u64),
+                ptx::ld_global_nc_f32(self.k_scale_row + 4 * hi as u64),
+            ]
+        }
+    }
+
+    /// One key tile: wait for tile t → issue tile t + 1 → `S = Q·Kₜᵀ` → dequantize, mask, online
+    /// softmax relative to the tile's row maximum → u8 P → `O = O·rescale + (P·Vₜ)·factor`.
+    ///
+    /// # Safety
+    /// `t < n_tiles`, called for t = 0, 1, … in order by every thread of the CTA, after
+    /// [`Self::load_q_and_first_tile`].
+    #[inline(always)]
+    pub unsafe fn step<const KS: usize, const NT: usize, const CAUSAL: bool, const MASK: bool>(
+        &self,
+        t: u32,
+        q: &[FragA; KS],
+        softmax: &mut OnlineSoftmax,
+        out: &mut [[f32; 4]; NT],
+    ) {
+        let k_scales = self.k_scales(t);
+        ptx::cp_async_wait::<0>();
+        ptx::sync_threads();
+        if t + 1 < self.n_tiles {
+            // SAFETY: stage (t + 1) % 2 was last read in step t − 1, which every warp has left.
+            unsafe { self.load_tile(t + 1) };
+            ptx::cp_async_commit();
+        }
+        // SAFETY: tile t is in its stage and visible (wait + barrier above).
+        let s = unsafe { self.qk::<KS>(self.k_tile(t), q) };
+        let (p, rescale, factor) = self.probabilities::<CAUSAL, MASK>(&s, t, k_scales, softmax);
+        let probs = pack_probs_u8::<NK>(&p);
+        // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
+        // row of the warp moved.
+        if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
+            unroll::<NT>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| out[j][e] *= rescale[e >> 1],
+                    );
+                },
+            );
+        }
+        // SAFETY: as for the Q·Kᵀ.
+        unsafe { self.pv::<NT>(self.v_tile(t), &probs, factor, out) };
+    }
+
+    /// `S = Q·Kᵀ` for this warp's 16 rows and the 128 keys of `k_tile` (16 n-tiles of 8 keys).
+    ///
+    /// # Safety
+    /// The tile is loaded and visible; the whole warp calls it.
+    #[inline(always)]
+    unsafe fn qk<const KS: usize>(&self, k_tile: Tile, q: &[FragA; KS]) -> [[i32; 4]; NK] {
+        let mut acc = [[0i32; 4]; NK];
+        unroll::<KS>(
+            #[inline(always)]
+            |ks| {
+                // Key n-tiles in pairs (one ldmatrix.x4 each).
+                unroll::<{ NK / 2 }>(
+                    #[inline(always)]
+                    |np| {
+                        // SAFETY: keys 16np..+16 and bytes 32ks..+32 lie inside the tile.
+                        let (b0, b1) = unsafe {
+                            frag::load_b_rows_pair(k_tile, 16 * np as u32, 32 * ks as u32, self.lane)
+                        };
+                        ptx::mma_s8_m16n8k32(&mut acc[2 * np], q[ks], b0);
+                        ptx::mma_s8_m16n8k32(&mut acc[2 * np + 1], q[ks], b1);
+                    },
+                );
+            },
+        );
+        acc
+    }
+
+    /// Scores of tile `t` → probabilities relative to the tile's row maximum (f32, accumulator
+    /// layout), with the rescale factor of the previous output and the tile's factor, per row
+    /// (`softmax16::OnlineSoftmax` with `PER_TILE`). Unmasked tiles scale the integer scores inside
+    /// the exponent (`update_unscaled`); masked ones dequantize, then set scores past `kv_len` and
+    /// (causal) past each row's diagonal to −∞.
+    #[inline(always)]
+    fn probabilities<const CAUSAL: bool, const MASK: bool>(
+        &self,
+        s_int: &[[i32; 4]; NK],
+        t: u32,
+        k_scales: [f32; 2],
+        softmax: &mut OnlineSoftmax,
+    ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
+        let scales = [self.q_scale * k_scales[0], self.q_scale * k_scales[1]];
+        let mut s = [[0.0f32; 4]; NK];
+        if !MASK {
+            unroll::<NK>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| s[j][e] = s_int[j][e] as f32,
+                    );
+                },
+            );
+            let (rescale, factor) = softmax.update_unscaled::<true, NK>(&mut s, scales);
+            return (s, rescale, factor);
+        }
+        let key0 = t * PV8_CTA_K as u32;
+        unroll::<NK>(
+            #[inline(always)]
+            |j| {
+                unroll::<4>(
+                    #[inline(always)]
+                    |e| {
+                        s[j][e] = s_int[j][e] as f32 * scales[j / 8];
+                        let key = key0 + 8 * j as u32 + acc_col(self.lane, e);
+                        let row = self.row0 + acc_row(self.lane, e);
+                        let mut visible = key < self.kv_len;
+                        if CAUSAL {
+                            visible &= key as i32 <= row as i32 + self.diag;
+                        }
+                        if !visible {
+                            s[j][e] = f32::NEG_INFINITY;
+                        }
+                    },
+                );
+            },
+        );
+        let (rescale, factor) = softmax.update::<true, NK>(&mut s);
+        (s, rescale, factor)
+    }
+
+    /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh s32 accumulator over the
+    /// tile's 4 k-steps of 32 keys (exact), then folded into the f32 output. B fragments are
+    /// 4-byte runs of Vᵀ rows: `ldmatrix` (no transpose) as for K.
+    ///
+    /// # Safety
+    /// The tile is loaded and visible; the whole warp calls it.
+    #[inline(always)]
+    unsafe fn pv<const NT: usize>(
+        &self,
+        v_tile: Tile,
+        probs: &[FragA; 4],
+        factor: [f32; 2],
+        out: &mut [[f32; 4]; NT],
+    ) {
+        unroll::<2>(
+            #[inline(always)]
+            |g| {
+                if 8 * g >= NT {
+                    return;
+                }
+                let mut acc = [[0i32; 4]; 8];
+                unroll::<PV_K_STEPS>(
+                    #[inline(always)]
+                    |kk| {
+                        unroll::<4>(
+                            #[inline(always)]
+                            |np| {
+                                let nt = 8 * g + 2 * np;
+                                if nt < NT {
+                                    // SAFETY: channels 8nt..+16 < HD and key slots 32kk..+32 lie
+                                    // inside the tile.
+                                    let (b0, b1) = unsafe {
+                                        frag::load_b_rows_pair(
+                                            v_tile,
+                                            8 * nt as u32,
+                                            32 * kk as u32,
+                                            self.lane,
+                                        )
+                                    };
+                                    ptx::mma_u8s8_m16n8k32(&mut acc[2 * np], probs[kk], b0);
+                                    ptx::mma_u8s8_m16n8k32(&mut acc[2 * np + 1], probs[kk], b1);
+                                }
+                            },
+                        );
+                    },
+                );
+                unroll::<8>(
+                    #[inline(always)]
+                    |j| {
+                        if 8 * g + j < NT {
+                            let o = &mut out[8 * g + j];
+                            unroll::<4>(
+                                #[inline(always)]
+                                |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                            );
+                        }
+                    },
+                );
+            },
+        );
+    }
+}

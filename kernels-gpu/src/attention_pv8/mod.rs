@@ -1,0 +1,133 @@
+//! The portable 8-bit P·V kernel (`PvPrecision::Int8` on any sm_80+ device: Ampere, Ada, Hopper
+//! without wgmma): INT8 Q·Kᵀ and u8 P · s8 Vᵀ, both with `mma.sync m16n8k32` (s32 accumulate).
+//!
+//! Same inputs, parameters and answers as the sm_90a kernel's 8-bit path (`hopper/attention.rs`,
+//! `step_serial`), and the same CPU emulation (`attention_pv8_emulation`, P tiles of
+//! `P8_TILE = 128` keys from key 0):
+//!
+//! 1. `S = Q·Kₜᵀ` for a 128-key tile (two 64-key K blocks, one K scale each) in 16 n-tiles of
+//!    s32 accumulators, Q's fragments held in registers for the whole loop;
+//! 2. dequantize (log2 units), mask (tails, causal), online softmax with the probabilities relative
+//!    to the tile's own row maximum (`softmax16`, `PER_TILE`), so that the u8 P uses its whole
+//!    range, and the tile's factor `2^(tile max − running max)`;
+//! 3. P packed to u8 straight from the accumulator registers (`p8::pack_probs_u8`): the mma.sync
+//!    m16n8k32 A fragment has the wgmma's per-warp layout, so the prepared Vᵀ's key permutation
+//!    (`config::v8_key_slot`) fits it, and Vᵀ rows (one channel each, key slots contiguous) are
+//!    the B operand exactly as K's rows are for Q·Kᵀ (`frag::load_b_rows_pair`, no transpose);
+//! 4. `acc = P·Vₜ` in a fresh s32 accumulator per group of 64 channels (exact), folded as
+//!    `O = O·rescale + acc·factor` in f32 (two-level accumulation);
+//! 5. epilogue: `o = O / l · v_scale / 255 + v_mean`, the LSE as on the f16 path.
+//!
+//! CTA: `PV8_WARPS = 8` warps × 16 query rows = 128 rows (one Q block, one Q scale); K and Vᵀ
+//! tiles of 128 keys in a two-stage cp.async pipeline (`mainloop`), one barrier per tile.
+//! Registers per thread: the f32 output (`HD/2`), the scores (64) or the packed P (16) and a
+//! 64-channel s32 accumulator (32), Q's fragments (`HD/8`). Shared memory: `config::pv8_smem_bytes`
+//! (48 KiB at d = 64, so two CTAs share an Ada or Ampere GeForce SM; 90 KiB at d = 128).
+//! Head dims 64, 96 and 128 natively (the prepared Vᵀ and Q/K are `HD` wide).
+
+mod epilogue;
+mod mainloop;
+
+use crate::config::{K_BLOCK, P8_TILE, PV8_CTA_K, PV8_CTA_Q, PV8_WARPS, Q_BLOCK, key_tiles};
+use crate::params::AttnParams;
+use crate::ptx;
+use crate::softmax16::OnlineSoftmax;
+use mainloop::Pipeline;
+
+/// Which rows and key tiles this CTA handles.
+pub(crate) struct Geometry {
+    pub batch: u32,
+    pub head: u32,
+    pub kv_head: u32,
+    /// First query row of the CTA.
+    pub q_row0: u32,
+    /// Key tiles to visit (the causal limit of the CTA's last row, and the sequence end).
+    pub n_tiles: u32,
+    /// Leading tiles that need no mask for any row of the CTA.
+    pub n_unmasked: u32,
+    /// `kv_len - qo_len`: query i sees key j iff `j <= i + diag` (bottom-right causal alignment).
+    pub diag: i32,
+}
+
+impl Geometry {
+    #[inline(always)]
+    fn new<const CAUSAL: bool>(p: &AttnParams) -> Self {
+        let (bx, head, batch) = ptx::block_idx();
+        let rows = PV8_CTA_Q as u32;
+        let q_blocks = p.qo_len.div_ceil(rows);
+        // Causal CTAs near the end of the sequence do the most work: start them first.
+        let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
+        let q_row0 = q_block * rows;
+        let (n_tiles, n_unmasked) = key_tiles(
+            q_row0 as usize,
+            PV8_CTA_Q,
+            PV8_CTA_K,
+            p.qo_len as usize,
+            p.kv_len as usize,
+            CAUSAL,
+        );
+        Geometry {
+            batch,
+            head,
+            kv_head: head / (p.q_heads / p.kv_heads),
+            q_row0,
+            n_tiles: n_tiles as u32,
+            n_unmasked: n_unmasked as u32,
+            diag: p.kv_len as i32 - p.qo_len as i32,
+        }
+    }
+}
+
+/// The kernel body shared by every variant: `KS = HD/32` k-steps of Q·Kᵀ, `NT = HD/8` output
+/// n-tiles.
+///
+/// # Safety
+/// `p` satisfies the host's validation (as for the portable kernel) with `v` the prepared INT8 Vᵀ
+/// (`[batch][kv_heads][HD][padded kv_len]`) and `v_scale`/`v_mean` its scales and mean; the launch
+/// has `ceil(qo_len / PV8_CTA_Q) × q_heads × batch` blocks of `PV8_THREADS` threads and
+/// `pv8_smem_bytes(HD)` bytes of dynamic shared memory.
+#[inline(always)]
+unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+    p: &AttnParams,
+) {
+    const {
+        assert!(KS * 32 == HD && NT * 8 == HD && NT <= 16);
+        // The CPU emulation scales P per P8_TILE keys from key 0: this kernel's key tiles.
+        assert!(PV8_CTA_K == P8_TILE && P8_TILE == 2 * K_BLOCK);
+        // One Q scale per CTA; one 16-row m-tile per warp.
+        assert!(PV8_CTA_Q == Q_BLOCK && PV8_CTA_Q == 16 * PV8_WARPS);
+    };
+    let geo = Geometry::new::<CAUSAL>(p);
+    let mut softmax = OnlineSoftmax::new();
+    let mut out = [[0.0f32; 4]; NT];
+    if geo.n_tiles > 0 {
+        let pipe = Pipeline::<HD>::new(p, &geo);
+        // SAFETY: the host validated every pointer and the padded quantized layouts.
+        let q = unsafe { pipe.load_q_and_first_tile::<KS>() };
+        for t in 0..geo.n_unmasked {
+            // SAFETY: t < n_tiles, in order, by every thread; see `Pipeline::step`.
+            unsafe { pipe.step::<KS, NT, CAUSAL, false>(t, &q, &mut softmax, &mut out) };
+        }
+        for t in geo.n_unmasked..geo.n_tiles {
+            // SAFETY: as above.
+            unsafe { pipe.step::<KS, NT, CAUSAL, true>(t, &q, &mut softmax, &mut out) };
+        }
+    }
+    // SAFETY: the output, LSE, V scale and V mean pointers were validated by the host.
+    unsafe { epilogue::store::<HD, NT>(p, &geo, &softmax, &out) };
+}
+
+macro_rules! pv8_attention_entry {
+    ($name:literal, $hd:literal, $causal:literal) => {
+        const _: () = {
+            /// Kernel entry (see the module docs); one per variant.
+            #[unsafe(export_name = $name)]
+            pub unsafe extern "ptx-kernel" fn pv8_attention_entry(p: AttnParams) {
+                // SAFETY: the host launches this entry only with validated parameters.
+                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal>(&p) }
+            }
+        };
+    };
+}
+
+crate::for_each_pv8_attention_variant!(pv8_attention_entry);
