@@ -20,7 +20,8 @@ use crate::reference::v8::QuantizedV8;
 use crate::types::error::{CudaResultExt, Error, Result};
 
 pub use crate::launch::dispatch::{
-    attention_kernel_name, attention_kernel_names, selected_kernel, SelectedKernel,
+    attention_kernel_name, attention_kernel_names, portable_pv8_kernel, pv8_attention_kernel_name,
+    selected_kernel, SelectedKernel,
 };
 pub use crate::types::options::{Backend, Options, PvAccum, PvPrecision};
 

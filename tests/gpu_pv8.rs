@@ -1,15 +1,18 @@
-//! GPU tests of the 8-bit P·V path ([`PvPrecision::Int8`]: u8 P per key tile × INT8 Vᵀ on the
-//! sm_90a kernel):
+//! GPU tests of the 8-bit P·V path ([`PvPrecision::Int8`]: u8 P per 128-key tile × INT8 Vᵀ), on
+//! both of its kernels: the sm_90a wgmma one (`Backend::Auto` on Hopper) and the portable
+//! mma.sync one (`kernels-gpu/src/attention_pv8/`: `Backend::Portable` anywhere, and
+//! `Backend::Auto` on any sm_80+ GPU that is not Hopper):
 //!
 //! * the V preparation (`kernels-gpu/src/v8.rs`) is bit-exact with its CPU emulation;
 //! * the attention equals [`attention_pv8_emulation`] over awkward lengths, causal, GQA,
-//!   qo_len ≠ kv_len, rows without keys, bf16, NHD, d = 64/96/128, LSE;
-//! * accuracy against exact float64 attention on N(0,1) and on hard inputs;
-//! * a typed error where no 8-bit kernel applies; a small matrix for compute-sanitizer; a timing
-//!   probe beside the f16 path.
+//!   qo_len ≠ kv_len, rows without keys, bf16, NHD, d = 64/96/128, LSE (both kernels); strided
+//!   (narrowed) views and tensors past 2^31 elements (portable kernel);
+//! * accuracy against exact float64 attention on N(0,1) and on hard inputs (both kernels);
+//! * the dispatch by backend; a small matrix for compute-sanitizer per kernel; timing probes
+//!   beside the f16 path.
 //!
-//! Every test but the misuse one skips (passes) on a GPU that is not compute capability 9.0.
-//! Run with `--ignored --test-threads=1`.
+//! The `pv8_*` tests of the sm_90a kernel skip (pass) on a GPU that is not compute capability 9.0;
+//! the `portable_pv8_*` ones run on any sm_80+ GPU. Run with `--ignored --test-threads=1`.
 
 mod common;
 
@@ -24,8 +27,9 @@ use sageattention::reference::v8::quantize_v8;
 use sageattention::reference::{
     attention_f64, attention_pv8_emulation, compare, HostTensor, RefOptions,
 };
+use sageattention::attention::{portable_pv8_kernel, selected_kernel};
 use sageattention::{
-    sageattn_into, Backend, DType, Error, Layout, Options, Prepared, PvPrecision, Tensor,
+    sageattn_into, Backend, DType, Layout, Options, Prepared, PvPrecision, Tensor, TensorView,
 };
 
 /// Against the CPU emulation: what is left is the GPU's `ex2.approx`/f32 rounding moving a u8 P
@@ -120,8 +124,14 @@ fn inputs(case: &Case, rng: &mut StdRng) -> (HostTensor, HostTensor, HostTensor)
     )
 }
 
-/// Runs one case on the GPU (outputs poisoned with NaN first): O and LSE as f32.
-fn run(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> (Vec<f32>, Vec<f32>) {
+/// Runs one case on the GPU with `backend` (outputs poisoned with NaN first): O and LSE as f32.
+fn run_with(
+    backend: Backend,
+    case: &Case,
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+) -> (Vec<f32>, Vec<f32>) {
     let rt = runtime();
     let (qd, kd, vd) = (
         upload(rt, q, case.in_dtype, case.layout),
@@ -132,7 +142,10 @@ fn run(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor) -> (Vec<f32>
     let rows = case.batch * case.q_heads * case.qo_len;
     let mut out = Tensor::alloc_filled_nan(rt, case.out_dtype, shape, case.layout).unwrap();
     let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
-    let opts = pv8_options(case.causal, case.layout, case.smooth_k);
+    let opts = Options {
+        backend,
+        ..pv8_options(case.causal, case.layout, case.smooth_k)
+    };
     sageattn_into(
         rt,
         &qd.view(),
@@ -255,7 +268,20 @@ fn pv8_attention_matches_emulation() {
     if skip_unless_hopper() {
         return;
     }
-    let mut rng = fresh_rng("pv8_attention");
+    check_matches_emulation(Backend::Auto, "pv8_attention");
+}
+
+/// The portable kernel on the same cases (any sm_80+ GPU).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_pv8_attention_matches_emulation() {
+    check_matches_emulation(Backend::Portable, "portable_pv8_attention");
+}
+
+/// Every case against [`attention_pv8_emulation`] (rel L1 ≤ [`EMULATION_REL_L1`], LSE within
+/// [`LSE_TOL`]); rows without a visible key are exactly 0 with LSE −∞.
+fn check_matches_emulation(backend: Backend, label: &str) {
+    let mut rng = fresh_rng(label);
     let (f16, bf16) = (DType::F16, DType::BF16);
     let (hnd, nhd) = (Layout::Hnd, Layout::Nhd);
     #[rustfmt::skip]
@@ -275,6 +301,13 @@ fn pv8_attention_matches_emulation() {
         (2, 2, 1, 129, 700, 128, true, bf16, f16, nhd, true),
         (1, 2, 2, 500, 700, 96, true, f16, f16, hnd, true),
         (1, 4, 2, 257, 1000, 96, false, bf16, bf16, nhd, true),
+        // Around the 128-key tiles and 128-row CTAs of the portable kernel (and the 64-key K
+        // blocks: a last tile with one K block, or two).
+        (1, 2, 1, 128, 128, 128, true, f16, f16, hnd, true),
+        (1, 2, 2, 129, 127, 64, true, bf16, bf16, nhd, true),
+        (2, 2, 2, 127, 129, 96, false, f16, f16, hnd, true),
+        (1, 2, 1, 256, 192, 128, true, f16, bf16, hnd, false),
+        (1, 2, 2, 383, 257, 64, false, f16, f16, nhd, true),
     ];
     for case in cases.map(Case::from) {
         let Case {
@@ -288,7 +321,7 @@ fn pv8_attention_matches_emulation() {
             ..
         } = case;
         let (q, k, v) = inputs(&case, &mut rng);
-        let (o, lse) = run(&case, &q, &k, &v);
+        let (o, lse) = run_with(backend, &case, &q, &k, &v);
         assert!(
             o.iter().all(|x| x.is_finite()),
             "unwritten or non-finite output: {case:?}"
@@ -306,7 +339,7 @@ fn pv8_attention_matches_emulation() {
         let m = compare(&o, &reference.o);
         let lse_err = lse_max_error(&lse, &reference.lse);
         eprintln!(
-            "PV8 {case:?}: vs emulation rel L1 {:.2e} max_abs {:.2e} LSE {lse_err:.2e}",
+            "PV8 {backend:?} {case:?}: vs emulation rel L1 {:.2e} max_abs {:.2e} LSE {lse_err:.2e}",
             m.rel_l1, m.max_abs
         );
         assert!(
@@ -341,7 +374,19 @@ fn pv8_accuracy_against_exact_reference() {
     if skip_unless_hopper() {
         return;
     }
-    let mut rng = fresh_rng("pv8_accuracy");
+    check_accuracy(Backend::Auto, "pv8_accuracy");
+}
+
+/// The portable kernel against the same bars (any sm_80+ GPU).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_pv8_accuracy_against_exact_reference() {
+    check_accuracy(Backend::Portable, "portable_pv8_accuracy");
+}
+
+/// See [`pv8_accuracy_against_exact_reference`].
+fn check_accuracy(backend: Backend, label: &str) {
+    let mut rng = fresh_rng(label);
     let n = 2048;
     for head_dim in [64, 96, 128] {
         for dtype in [DType::F16, DType::BF16] {
@@ -382,7 +427,7 @@ fn pv8_accuracy_against_exact_reference() {
                 let q = gen(&mut rng, q_scale);
                 let k = gen(&mut rng, 1.0);
                 let v = random_tensor(&mut rng, shape, dtype, 1.0, None);
-                let (o, _) = run(&case, &q, &k, &v);
+                let (o, _) = run_with(backend, &case, &q, &k, &v);
                 let exact = attention_f64(
                     &q,
                     &k,
@@ -394,7 +439,7 @@ fn pv8_accuracy_against_exact_reference() {
                 );
                 let m = compare(&o, &exact.o);
                 eprintln!(
-                    "PV8 QUALITY d={head_dim} {dtype:?} {label}: cos {:.6} rel_l1 {:.4}",
+                    "PV8 QUALITY {backend:?} d={head_dim} {dtype:?} {label}: cos {:.6} rel_l1 {:.4}",
                     m.cos_sim, m.rel_l1
                 );
                 assert!(
@@ -406,39 +451,232 @@ fn pv8_accuracy_against_exact_reference() {
     }
 }
 
-/// Where no 8-bit kernel applies (the portable backend; any non-Hopper GPU), the call fails with
-/// the typed error before any launch, and the output is untouched.
+/// Which 8-bit kernel runs: `Backend::Portable` always the portable one; `Backend::Auto` the
+/// sm_90a one on Hopper (d = 96 zero-padded to 128) and the portable one elsewhere. Both run.
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn pv8_unavailable_is_a_typed_error() {
+fn pv8_dispatch_follows_the_backend() {
     let rt = runtime();
+    for head_dim in [64, 96, 128] {
+        for causal in [false, true] {
+            let portable = Options {
+                backend: Backend::Portable,
+                ..pv8_options(causal, Layout::Hnd, true)
+            };
+            let expected = portable_pv8_kernel(head_dim, causal).unwrap();
+            assert_eq!(selected_kernel(rt, head_dim, &portable), Some(expected));
+            let auto = Options {
+                backend: Backend::Auto,
+                ..portable
+            };
+            let chosen = selected_kernel(rt, head_dim, &auto).unwrap();
+            assert!(chosen.pv8 && chosen.pv_f32);
+            if hopper_available(rt) {
+                assert_eq!(chosen.module, sageattention::runtime::ModuleKind::Hopper);
+                assert_eq!(chosen.head_dim, if head_dim == 96 { 128 } else { head_dim });
+            } else {
+                assert_eq!(chosen, expected);
+            }
+        }
+    }
     let shape = [1, 2, 100, 64];
     let (q, k, v) = (
         random_device_tensor(shape, 1),
         random_device_tensor(shape, 2),
         random_device_tensor(shape, 3),
     );
-    let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-    let mut call = |opts: &Options| {
-        let (q, k, v, o) = (q.view(), k.view(), v.view(), &mut out.view_mut());
-        sageattn_into(rt, &q, &k, &v, o, None, opts).unwrap_err()
-    };
-    let portable = Options {
-        backend: Backend::Portable,
-        return_lse: false,
-        ..pv8_options(false, Layout::Hnd, true)
-    };
-    let mut errors = vec![call(&portable)];
-    if !hopper_available(rt) {
-        errors.push(call(&Options {
-            backend: Backend::Auto,
-            ..portable
-        }));
+    for backend in [Backend::Portable, Backend::Auto] {
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let opts = Options {
+            backend,
+            return_lse: false,
+            ..pv8_options(false, Layout::Hnd, true)
+        };
+        sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            &opts,
+        )
+        .unwrap();
+        assert!(out.to_host_f32(rt).unwrap().iter().all(|x| x.is_finite()));
     }
-    for err in errors {
-        assert!(matches!(err, Error::PvPrecisionUnavailable { .. }), "{err}");
+}
+
+/// The portable kernel on strided views: Q, K, V and O are narrowed out of larger NHD tensors
+/// (one more head, 8 more channels: head stride `d + 8`, row stride `(heads + 1)(d + 8)`); the
+/// result equals the emulation and nothing outside the output view is written.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_pv8_strided_views() {
+    let rt = runtime();
+    let mut rng = fresh_rng("portable_pv8_strided");
+    for (head_dim, causal, dtype, qo_len, kv_len) in [
+        (64, false, DType::F16, 200, 300),
+        (96, true, DType::BF16, 300, 250),
+        (128, true, DType::F16, 129, 129),
+    ] {
+        let case = Case {
+            batch: 2,
+            q_heads: 4,
+            kv_heads: 2,
+            qo_len,
+            kv_len,
+            head_dim,
+            causal,
+            in_dtype: dtype,
+            out_dtype: dtype,
+            layout: Layout::Nhd,
+            smooth_k: true,
+        };
+        let (q, k, v) = inputs(&case, &mut rng);
+        // The logical tensor placed inside a larger one (zeros around it).
+        let widen = |t: &HostTensor| {
+            let [b, h, n, d] = t.shape;
+            HostTensor::from_fn([b, h + 1, n, d + 8], false, |bi, hi, si, di| {
+                if hi < h && di < d {
+                    t.get(bi, hi, si, di)
+                } else {
+                    0.0
+                }
+            })
+        };
+        let (qw, kw, vw) = (
+            upload(rt, &widen(&q), dtype, Layout::Nhd),
+            upload(rt, &widen(&k), dtype, Layout::Nhd),
+            upload(rt, &widen(&v), dtype, Layout::Nhd),
+        );
+        fn narrow(t: &Tensor, heads: usize, head_dim: usize) -> TensorView<'_> {
+            t.view()
+                .narrow(1, 0, heads)
+                .unwrap()
+                .narrow(3, 0, head_dim)
+                .unwrap()
+        }
+        let out_shape = [2, case.q_heads + 1, qo_len, head_dim + 8];
+        let mut out = Tensor::alloc_filled_nan(rt, dtype, out_shape, Layout::Nhd).unwrap();
+        let opts = Options {
+            backend: Backend::Portable,
+            ..pv8_options(causal, Layout::Nhd, true)
+        };
+        {
+            let mut whole = out.view_mut();
+            let mut heads = whole.narrow_mut(1, 0, case.q_heads).unwrap();
+            let mut o = heads.narrow_mut(3, 0, head_dim).unwrap();
+            sageattn_into(
+                rt,
+                &narrow(&qw, case.q_heads, head_dim),
+                &narrow(&kw, case.kv_heads, head_dim),
+                &narrow(&vw, case.kv_heads, head_dim),
+                &mut o,
+                None,
+                &opts,
+            )
+            .unwrap();
+        }
+        // The wide output in logical order [b][h + 1][n][d + 8] (to_host_f32 gives logical order).
+        let wide = out.to_host_f32(rt).unwrap();
+        let mut o = Vec::with_capacity(2 * case.q_heads * qo_len * head_dim);
+        for (i, &x) in wide.iter().enumerate() {
+            let c = i % (head_dim + 8);
+            let h = i / ((head_dim + 8) * qo_len) % (case.q_heads + 1);
+            if h < case.q_heads && c < head_dim {
+                o.push(x);
+            } else {
+                assert!(x.is_nan(), "written outside the output view: {case:?}");
+            }
+        }
+        let reference = attention_pv8_emulation(
+            &q,
+            &k,
+            &v,
+            &RefOptions {
+                causal,
+                sm_scale: None,
+            },
+            true,
+        );
+        let m = compare(&o, &reference.o);
+        eprintln!("PV8 strided {case:?}: vs emulation {m:?}");
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+            "{case:?}: {m:?}"
+        );
     }
-    assert!(out.to_host_f32(rt).unwrap().iter().all(|x| x.is_nan()));
+}
+
+/// Tensors of more than 2^31 elements on the portable kernel: the last batch entry (offsets past
+/// 2^31 in Q, K, V, O, and in the INT8 Q, K and Vᵀ of the scratch memory) is checked against the
+/// emulation; the rest is zeros, whose output is exactly 0.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_pv8_beyond_2_31_elements() {
+    use half::f16;
+    use sageattention::TensorViewMut;
+    let rt = runtime();
+    let stream = rt.stream();
+    let (batch, heads, seq, head_dim) = (8200usize, 2usize, 1024usize, 128usize);
+    let shape = [batch, heads, seq, head_dim];
+    let n = batch * heads * seq * head_dim;
+    assert!(n > 1 << 31);
+    let mut rng = fresh_rng("portable_pv8_huge");
+    let last = [1, heads, seq, head_dim];
+    let per_batch = heads * seq * head_dim;
+    let mut host = Vec::new();
+    let mut slices = Vec::new();
+    for _ in 0..3 {
+        let t = random_tensor(&mut rng, last, DType::F16, 1.0, None);
+        let mut dev = stream.alloc_zeros::<f16>(n).unwrap();
+        let data: Vec<f16> = t.data.iter().map(|&x| f16::from_f32(x)).collect();
+        stream
+            .memcpy_htod(&data, &mut dev.slice_mut(n - per_batch..n))
+            .unwrap();
+        host.push(t);
+        slices.push(dev);
+    }
+    let mut out = stream.alloc_zeros::<f16>(n).unwrap();
+    {
+        let views: Vec<TensorView> = slices
+            .iter()
+            .map(|s| TensorView::from_slice(s, shape, Layout::Hnd).unwrap())
+            .collect();
+        let mut out_view = TensorViewMut::from_slice(&mut out, shape, Layout::Hnd).unwrap();
+        let opts = Options {
+            backend: Backend::Portable,
+            pv_precision: PvPrecision::Int8,
+            ..Options::default()
+        };
+        sageattn_into(
+            rt,
+            &views[0],
+            &views[1],
+            &views[2],
+            &mut out_view,
+            None,
+            &opts,
+        )
+        .unwrap();
+    }
+    let to_f32 = |range: std::ops::Range<usize>| -> Vec<f32> {
+        stream
+            .clone_dtoh(&out.slice(range))
+            .unwrap()
+            .iter()
+            .map(|x| x.to_f32())
+            .collect()
+    };
+    assert!(
+        to_f32(0..per_batch).iter().all(|&x| x == 0.0),
+        "zero inputs must give zero outputs"
+    );
+    let emulated =
+        attention_pv8_emulation(&host[0], &host[1], &host[2], &RefOptions::default(), true);
+    let m = compare(&to_f32(n - per_batch..n), &emulated.o);
+    eprintln!("PV8 portable beyond 2^31: last batch vs emulation {m:?}");
+    assert!(m.rel_l1 <= EMULATION_REL_L1, "{m:?}");
 }
 
 /// Small shapes over every 8-bit variant for compute-sanitizer (memcheck, racecheck, initcheck,
@@ -449,11 +687,24 @@ fn sanitizer_pv8_small_matrix() {
     if skip_unless_hopper() {
         return;
     }
-    let mut rng = fresh_rng("pv8_sanitizer");
+    sanitizer_matrix(Backend::Auto, "pv8_sanitizer");
+}
+
+/// The same for the portable kernel (any sm_80+ GPU): every variant, a partial last 128-key tile
+/// with one or two K blocks, a 130-row Q (two CTAs, the second with 2 rows), rows without keys.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sanitizer_portable_pv8_small_matrix() {
+    sanitizer_matrix(Backend::Portable, "portable_pv8_sanitizer");
+}
+
+fn sanitizer_matrix(backend: Backend, label: &str) {
+    let mut rng = fresh_rng(label);
     for (head_dim, causal, kv_len, dtype, layout) in [
         (64, false, 100, DType::F16, Layout::Hnd),
         (64, true, 129, DType::BF16, Layout::Nhd),
         (96, true, 70, DType::F16, Layout::Hnd),
+        (96, false, 130, DType::BF16, Layout::Nhd),
         (128, false, 200, DType::BF16, Layout::Nhd),
         (128, true, 65, DType::F16, Layout::Hnd),
     ] {
@@ -471,7 +722,7 @@ fn sanitizer_pv8_small_matrix() {
             smooth_k: true,
         };
         let (q, k, v) = inputs(&case, &mut rng);
-        let (o, _) = run(&case, &q, &k, &v);
+        let (o, _) = run_with(backend, &case, &q, &k, &v);
         assert!(o.iter().all(|x| x.is_finite()), "{case:?}");
     }
 }
@@ -530,6 +781,68 @@ fn pv8_perf_probe() {
             });
             line += &format!(
                 " {precision:?} kernel {:.1} full {:.1} TOPS;",
+                tops(kernel),
+                tops(full)
+            );
+        }
+        eprintln!("{line}");
+    }
+}
+
+/// TOPS (4·B·H·N²·d / time, halved for causal) of the portable kernels, `Backend::Portable`:
+/// 8-bit P·V (`attention_pv8/`) against the f16 P·V (f16 accumulator, the default `PvAccum`),
+/// kernel alone (`Prepared::attend_into`) and whole call (`sageattn_into`), B = 4, H = 32. The
+/// first line (d = 128, N = 8K) is the measurement; the others show the trend. Runs on any
+/// sm_80+ GPU (on an H200 the portable kernels are not what `Backend::Auto` runs).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_pv8_perf_probe() {
+    let rt = runtime();
+    for (head_dim, n, causal) in [
+        (128, 8192, false),
+        (128, 2048, false),
+        (128, 16384, true),
+        (96, 8192, false),
+        (64, 8192, false),
+    ] {
+        let shape = [4, 32, n, head_dim];
+        let (q, k, v) = (
+            random_device_tensor(shape, 11),
+            random_device_tensor(shape, 12),
+            random_device_tensor(shape, 13),
+        );
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
+            / if causal { 2.0 } else { 1.0 };
+        let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
+        let mut line = format!("PERF portable d={head_dim} N={n} causal={causal}:");
+        for precision in [PvPrecision::F16, PvPrecision::Int8] {
+            let opts = Options {
+                causal,
+                pv_precision: precision,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
+            let kernel = median_ms(|| {
+                prepared
+                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+                    .unwrap()
+            });
+            let full = median_ms(|| {
+                sageattn_into(
+                    rt,
+                    &q.view(),
+                    &k.view(),
+                    &v.view(),
+                    &mut out.view_mut(),
+                    None,
+                    &opts,
+                )
+                .unwrap()
+            });
+            line += &format!(
+                " {precision:?} kernel {:.1} full {:.1} TOPS ({kernel:.3} / {full:.3} ms);",
                 tops(kernel),
                 tops(full)
             );

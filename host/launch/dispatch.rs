@@ -27,9 +27,10 @@ pub struct SelectedKernel {
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel (d = 96 zero-padded to the d = 128 one: a third more
-/// arithmetic, still faster than the portable kernel), else the portable variant. `None` for an
-/// unsupported head_dim, or for [`PvPrecision::Int8`] where only the sm_90a kernel has it and it
-/// does not apply. The one place that decides; launches and tools call it.
+/// arithmetic, still faster than the portable kernel), else the portable variant — for
+/// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`], any sm_80+
+/// device). `None` for an unsupported head_dim. The one place that decides; launches and tools
+/// call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
     if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
         return None;
@@ -48,7 +49,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         }
     }
     if pv8 {
-        return None;
+        return portable_pv8_kernel(head_dim, opts.causal);
     }
     // On Hopper the f16 accumulator is no faster than f32 for mma.sync (measured: 314 vs 341
     // TOPS at d = 96, H200), so Auto takes the f32 variant there: faster and more accurate.
@@ -64,6 +65,34 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     })
 }
 
+/// The portable 8-bit P·V kernel (`kernels-gpu/src/attention_pv8/`: mma.sync u8·s8, sm_80+) for
+/// this head_dim and mask: what [`PvPrecision::Int8`] runs with [`Backend::Portable`], and with
+/// [`Backend::Auto`] on any device but Hopper. Its P·V accumulates exactly per 128-key tile, then
+/// in f32 (`pv_f32`); its Q, K and Vᵀ are `head_dim` wide (no padding, d = 96 included).
+pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKernel> {
+    Some(SelectedKernel {
+        module: ModuleKind::Portable,
+        name: pv8_attention_kernel_name(head_dim, causal)?,
+        pv_f32: true,
+        pv8: true,
+        head_dim,
+    })
+}
+
+/// The portable 8-bit P·V entry compiled for this head_dim and mask (stamped from
+/// `for_each_pv8_attention_variant!`, as the device crate's entries).
+pub fn pv8_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'static str> {
+    macro_rules! find {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            if head_dim == $hd && causal == $causal {
+                return Some($name);
+            }
+        };
+    }
+    crate::for_each_pv8_attention_variant!(find);
+    None
+}
+
 /// The entry point compiled for this variant (the device crate stamps them from the same list).
 pub fn attention_kernel_name(head_dim: usize, causal: bool, pv_f32: bool) -> Option<&'static str> {
     macro_rules! find {
@@ -77,7 +106,7 @@ pub fn attention_kernel_name(head_dim: usize, causal: bool, pv_f32: bool) -> Opt
     None
 }
 
-/// Every attention entry point, for resource checks.
+/// Every attention entry point of the portable module (f16 and 8-bit P·V), for resource checks.
 pub fn attention_kernel_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     macro_rules! push {
@@ -86,6 +115,12 @@ pub fn attention_kernel_names() -> Vec<&'static str> {
         };
     }
     crate::for_each_attention_variant!(push);
+    macro_rules! push_pv8 {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            v.push($name);
+        };
+    }
+    crate::for_each_pv8_attention_variant!(push_pv8);
     v
 }
 
@@ -97,19 +132,17 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
             supported: &SUPPORTED_HEAD_DIMS,
         });
     }
-    selected_kernel(rt, p.head_dim, opts).ok_or_else(|| {
-        let (major, minor) = rt.compute_capability();
-        Error::PvPrecisionUnavailable {
-            precision: "Int8",
-            reason: if opts.backend != Backend::Auto {
-                "the 8-bit P·V kernel needs Backend::Auto".into()
-            } else {
-                format!(
-                    "the 8-bit P·V kernel needs compute capability 9.0 (sm_90a); this device is \
-                     {major}.{minor}"
-                )
-            },
-        }
+    // Every supported head_dim has a kernel for both P·V precisions (the portable ones run on any
+    // sm_80+ device); this is a guard against a variant list missing one.
+    selected_kernel(rt, p.head_dim, opts).ok_or_else(|| Error::PvPrecisionUnavailable {
+        precision: match opts.pv_precision {
+            PvPrecision::F16 => "F16",
+            PvPrecision::Int8 => "Int8",
+        },
+        reason: format!(
+            "no compiled kernel for head_dim {} (causal: {})",
+            p.head_dim, opts.causal
+        ),
     })
 }
 
@@ -128,6 +161,18 @@ mod tests {
             }
         }
         assert_eq!(attention_kernel_name(80, false, false), None);
-        assert_eq!(attention_kernel_names().len(), 12);
+        for hd in SUPPORTED_HEAD_DIMS {
+            for causal in [false, true] {
+                let k = portable_pv8_kernel(hd, causal).unwrap();
+                let mask = if causal { "causal" } else { "full" };
+                assert_eq!(k.name, format!("sage_attn_pv8_hd{hd}_{mask}"));
+                assert_eq!((k.module, k.pv8, k.pv_f32, k.head_dim), (ModuleKind::Portable, true, true, hd));
+            }
+        }
+        assert_eq!(portable_pv8_kernel(80, false), None);
+        let names = attention_kernel_names();
+        assert_eq!(names.len(), 18);
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
     }
 }

@@ -9,8 +9,9 @@ use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
     attn_smem_bytes, cta_q, names, padded_len, prep_job, prep_smem_bytes, prep_threads,
-    prep_threads_ok, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, LOG2_E,
-    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_FOLD_MAX_SEGMENTS, V8_TILE,
+    prep_threads_ok, pv8_smem_bytes, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS,
+    K_BLOCK, LOG2_E, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
+    V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
@@ -409,13 +410,22 @@ pub(crate) fn enqueue_attend(
             hopper::launch_hopper_attention(rt, kernel.name, hd, kernel.pv8, p.batch, &params)?
         };
     } else {
+        let (rows, threads, smem) = if kernel.pv8 {
+            // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps.
+            (PV8_CTA_Q, PV8_THREADS, pv8_smem_bytes(hd))
+        } else {
+            (
+                cta_q(hd, kernel.pv_f32),
+                ATTN_THREADS,
+                attn_smem_bytes(hd, kernel.pv_f32),
+            )
+        };
         let grid = (
-            p.qo_len.div_ceil(cta_q(hd, kernel.pv_f32)) as u32,
+            p.qo_len.div_ceil(rows) as u32,
             p.q_heads as u32,
             p.batch as u32,
         );
-        let smem = attn_smem_bytes(hd, kernel.pv_f32) as u32;
-        launch(rt, kernel.name, grid, ATTN_THREADS as u32, smem, &params)?;
+        launch(rt, kernel.name, grid, threads as u32, smem as u32, &params)?;
     }
     if l.o_pad.is_some() {
         let copy = ColumnCopyParams {
