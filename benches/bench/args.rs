@@ -46,7 +46,8 @@ pub enum PvArg {
 pub enum PvPrecisionArg {
     /// f16 P and V on the f16 tensor cores (the default, the v1 accuracy contract).
     F16,
-    /// 8-bit P·V: u8 P × s8 V on the INT8 tensor cores (sm_90a kernel, Hopper only).
+    /// 8-bit P·V: u8 P × s8 V on the INT8 tensor cores (the sm_90a kernel on Hopper, the
+    /// portable mma.sync kernel elsewhere or with `--portable`).
     Int8,
 }
 
@@ -91,7 +92,8 @@ pub struct Args {
     /// P·V accumulation: f16 (SageAttention's default, fastest) or f32.
     #[arg(long, value_enum, default_value_t = PvArg::F16)]
     pub pv_accum: PvArg,
-    /// P·V precision: f16 (default) or int8 (8-bit P·V, Hopper's sm_90a kernel only).
+    /// P·V precision: f16 (default) or int8 (8-bit P·V: the sm_90a kernel on Hopper, the portable
+    /// mma.sync kernel elsewhere).
     #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
     pub pv_precision: PvPrecisionArg,
     /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.

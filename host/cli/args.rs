@@ -117,7 +117,7 @@ pub struct RunArgs {
     pub pv_accum: PvAccumArg,
 
     /// P·V precision: f16 (default, the v1 accuracy) or int8 (u8 P × s8 V on the INT8 tensor
-    /// cores; Hopper only, about twice SageAttention2's FP8 accuracy, see the README).
+    /// cores, any sm_80+ GPU; about twice SageAttention2's FP8 accuracy, see the README).
     #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
     pub pv_precision: PvPrecisionArg,
 
@@ -237,7 +237,7 @@ impl From<PvAccumArg> for PvAccum {
 pub enum PvPrecisionArg {
     /// f16 P and V
     F16,
-    /// u8 P × s8 V (Hopper)
+    /// u8 P × s8 V (the wgmma kernel on Hopper, the portable mma.sync kernel elsewhere)
     Int8,
 }
 

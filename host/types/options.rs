@@ -24,24 +24,27 @@ pub enum PvPrecision {
     /// 8-bit P·V, the SageAttention2 class of speed: each key tile's probabilities are scaled so
     /// that their row maximum is 255 and rounded to u8; V is smoothed by its per-channel mean and
     /// quantized per channel to INT8; the product runs on the INT8 tensor cores (the FP8 peak on
-    /// Hopper) with an exact s32 result per key tile, accumulated in f32 (two levels). u8 P × s8 V
-    /// is used rather than e4m3 × e4m3 because it halves the error: on N(0,1), d = 128, N = 2048
-    /// (CPU model, docs/perf-notes.md) rel L1 ≈ 0.017–0.020 against 0.038 for e4m3 P and V. Needs
-    /// the sm_90a kernel: compute capability 9.0, [`Backend::Auto`], head_dim 64, 96 or 128;
-    /// elsewhere the call returns [`Error::PvPrecisionUnavailable`](crate::Error).
+    /// Hopper and on Ada with an f16 accumulator, twice Ada's FP8 rate with an f32 one) with an
+    /// exact s32 result per 128-key tile, accumulated in f32 (two levels). u8 P × s8 V is used
+    /// rather than e4m3 × e4m3 because it halves the error: on N(0,1), d = 128, N = 2048 (CPU
+    /// model, docs/perf-notes.md) rel L1 ≈ 0.017–0.020 against 0.038 for e4m3 P and V. Runs on
+    /// every sm_80+ GPU: the sm_90a wgmma kernel on Hopper with [`Backend::Auto`], the portable
+    /// mma.sync kernel (`mma.sync m16n8k32` u8·s8) everywhere else and with
+    /// [`Backend::Portable`]; both compute the same thing (one CPU emulation); head_dim 64, 96 or
+    /// 128.
     Int8,
 }
 
 /// Which attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim 64 and
-    /// 128 and the portable kernel's f32-accumulator variant for head_dim 96 (an f16 accumulator is
-    /// not faster on Hopper, so [`PvAccum::F16`] gets the more accurate f32 result there);
-    /// elsewhere the portable kernel as [`PvAccum`] asks.
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel (head_dim 96
+    /// zero-padded to 128; P·V in f32, which is not slower there); elsewhere the portable kernel
+    /// as [`PvAccum`] asks, or its 8-bit P·V variant for [`PvPrecision::Int8`].
     #[default]
     Auto,
-    /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device.
+    /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device (and
+    /// runs [`PvPrecision::Int8`] with its 8-bit P·V variant).
     Portable,
 }
 

@@ -11,7 +11,7 @@ from . import _native
 # schema (`_torch_ops`) and in `args::Keywords`.
 OUR_KEYWORDS: Dict[str, str] = {
     "pv_accum": "f16",  # "f16": FP16 accumulator per key tile (SageAttention's default); "f32"
-    "pv_precision": "f16",  # "f16"; "int8": 8-bit P·V (u8 P × s8 V), Hopper sm_90a kernel only
+    "pv_precision": "f16",  # "f16"; "int8": 8-bit P·V (u8 P × s8 V), any sm_80+ GPU
     "backend": "auto",  # "auto": the fastest kernel for the GPU; "portable": the mma.sync kernel
 }
 
@@ -90,8 +90,8 @@ def sageattn(
         INT8 error).
     pv_accum : keyword, "f16" (default) or "f32" accumulation of P·V.
     pv_precision : keyword, "f16" (default) or "int8": 8-bit P·V (u8 P × s8 V on the INT8 tensor
-        cores, SageAttention2's speed class, rel L1 about 0.02), on Hopper (sm_90) only;
-        elsewhere a ValueError.
+        cores, SageAttention2's speed class, rel L1 about 0.02): the wgmma kernel on Hopper, the
+        portable mma.sync kernel on any other sm_80+ GPU (or with backend="portable").
     backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
 
     Returns

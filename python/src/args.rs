@@ -50,7 +50,7 @@ pub(crate) fn pv_accum(s: &str) -> Result<PvAccum, Failure> {
 }
 
 /// `pv_precision`: `"f16"` (default, P and V in f16) or `"int8"` (the library's 8-bit P·V: u8 P ×
-/// s8 V on the INT8 tensor cores, SageAttention2's class of speed; Hopper's sm_90a kernel only).
+/// s8 V on the INT8 tensor cores, SageAttention2's class of speed; any sm_80+ GPU).
 pub(crate) fn pv_precision(s: &str) -> Result<PvPrecision, Failure> {
     match s {
         "f16" | "fp16" | "float16" => Ok(PvPrecision::F16),

@@ -99,19 +99,18 @@ PV8_REL_L1_BOUND = 0.04
 
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d", [64, 96, 128])
-def test_int8_pv(d, causal):
+@pytest.mark.parametrize("backend", ["auto", "portable"])
+def test_int8_pv(d, causal, backend):
+    """Both 8-bit kernels: the sm_90a one (auto on Hopper), the portable mma.sync one (portable,
+    and auto on any other GPU)."""
     q, k, v = make((2, 8, 2, 700, 900, d), torch.bfloat16, "NHD", seed=7)
-    if torch.cuda.get_device_capability() != (9, 0):
-        with pytest.raises(ValueError, match="P·V precision"):
-            sageattn(q, k, v, tensor_layout="NHD", pv_precision="int8")
-        return
-    out, lse = sageattn(q, k, v, tensor_layout="NHD", is_causal=causal, return_lse=True, pv_precision="int8")
+    out, lse = sageattn(
+        q, k, v, tensor_layout="NHD", is_causal=causal, return_lse=True, pv_precision="int8", backend=backend
+    )
     ref, ref_lse = reference(q, k, v, "NHD", causal)
     assert rel_l1(out, ref) <= PV8_REL_L1_BOUND
     finite = torch.isfinite(ref_lse)
     torch.testing.assert_close(lse[finite], ref_lse[finite], atol=LSE_ATOL, rtol=0)
-    with pytest.raises(ValueError, match="Backend::Auto"):
-        sageattn(q, k, v, tensor_layout="NHD", pv_precision="int8", backend="portable")
 
 
 def test_smoothing_handles_channel_offsets():
