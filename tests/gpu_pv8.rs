@@ -18,6 +18,7 @@ mod common;
 
 use common::{fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload};
 use rand::rngs::StdRng;
+use sageattention::attention::{portable_pv8_kernel, selected_kernel};
 use sageattention::device_config::{
     MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, V8_FOLD_MAX_SEGMENTS,
 };
@@ -27,7 +28,6 @@ use sageattention::reference::v8::quantize_v8;
 use sageattention::reference::{
     attention_f64, attention_pv8_emulation, compare, HostTensor, RefOptions,
 };
-use sageattention::attention::{portable_pv8_kernel, selected_kernel};
 use sageattention::{
     sageattn_into, Backend, DType, Layout, Options, Prepared, PvPrecision, Tensor, TensorView,
 };
@@ -272,7 +272,10 @@ fn check_v_preparation(backend: Backend) {
         let k_ref = quantize_k(&k, Some(&k_mean_ref));
         assert_eq!(k_i8, k_ref.data, "K int8: {case:?}");
         assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales: {case:?}");
-        eprintln!("V8 {backend:?} {case:?}: bit-exact ({} bytes)", cpu.data.len());
+        eprintln!(
+            "V8 {backend:?} {case:?}: bit-exact ({} bytes)",
+            cpu.data.len()
+        );
     }
 }
 

@@ -166,7 +166,10 @@ mod tests {
                 let k = portable_pv8_kernel(hd, causal).unwrap();
                 let mask = if causal { "causal" } else { "full" };
                 assert_eq!(k.name, format!("sage_attn_pv8_hd{hd}_{mask}"));
-                assert_eq!((k.module, k.pv8, k.pv_f32, k.head_dim), (ModuleKind::Portable, true, true, hd));
+                assert_eq!(
+                    (k.module, k.pv8, k.pv_f32, k.head_dim),
+                    (ModuleKind::Portable, true, true, hd)
+                );
             }
         }
         assert_eq!(portable_pv8_kernel(80, false), None);

@@ -166,7 +166,8 @@ impl<const HD: usize> Pipeline<HD> {
             #[inline(always)]
             |ks| {
                 // SAFETY: rows warp_row0..+16 and bytes 32ks..+32 lie inside the Q tile.
-                q[ks] = unsafe { frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane) };
+                q[ks] =
+                    unsafe { frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane) };
             },
         );
         q
@@ -308,7 +309,12 @@ impl<const HD: usize> Pipeline<HD> {
                     |np| {
                         // SAFETY: keys 16np..+16 and bytes 32ks..+32 lie inside the tile.
                         let (b0, b1) = unsafe {
-                            frag::load_b_rows_pair(k_tile, 16 * np as u32, 32 * ks as u32, self.lane)
+                            frag::load_b_rows_pair(
+                                k_tile,
+                                16 * np as u32,
+                                32 * ks as u32,
+                                self.lane,
+                            )
                         };
                         ptx::mma_s8_m16n8k32(&mut acc[2 * np], q[ks], b0);
                         ptx::mma_s8_m16n8k32(&mut acc[2 * np + 1], q[ks], b1);

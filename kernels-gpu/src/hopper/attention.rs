@@ -56,11 +56,11 @@ use super::smem::{
     self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs,
     qk_descs, v_desc,
 };
-use crate::softmax16::OnlineSoftmax;
 use crate::config::{K_BLOCK, P8_MAX, P8_TILE, Q_BLOCK, padded_len};
 use crate::p8::pack_probs_u8;
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::softmax16::OnlineSoftmax;
 use crate::unroll::unroll;
 
 const LN_2: f32 = core::f32::consts::LN_2;
