@@ -1,14 +1,16 @@
 //! Enqueuing one call's kernels on the runtime's stream: preparation (K mean, INT8 quantization
 //! of Q and K, LSE bias, V to f16) into scratch memory, then the attention kernel the dispatch
-//! chose (and, for a zero-padded head_dim, the copy of the real output columns).
+//! chose (and, for a head_dim zero-padded on the sm_90a kernel, the copy of the real output
+//! columns; the portable kernel stores only the caller's columns itself).
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
-    attn_smem_bytes, cta_q, names, padded_len, quant_threads, ATTN_THREADS, CONVERT_THREADS,
-    K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, V8_QUANT_THREADS, V8_TILE,
+    attn_smem_bytes, cta_q, names, padded_len, quant_smem_bytes, quant_threads, ATTN_THREADS,
+    CONVERT_THREADS, K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, Q_BLOCK, V8_QUANT_THREADS,
+    V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
@@ -52,6 +54,8 @@ pub(crate) fn scratch_layout(
     lse: bool,
     kernel: &SelectedKernel,
 ) -> Result<ScratchLayout> {
+    // A zero-padded problem reads V copied `kernel.head_dim` wide; only the sm_90a kernels also
+    // need a padded output (the portable kernel stores the caller's columns itself).
     let padded = kernel.head_dim != p.head_dim;
     ScratchLayout::new(ScratchShape {
         batch: p.batch,
@@ -64,7 +68,7 @@ pub(crate) fn scratch_layout(
         smooth_k: opts.smooth_k,
         lse_bias: opts.smooth_k && lse,
         copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
-        pad_output: padded,
+        pad_output: padded && kernel.module == ModuleKind::Hopper,
         v8: kernel.pv8,
     })
 }
@@ -121,8 +125,10 @@ pub(crate) fn enqueue_prepare(
                 in_bf16,
             };
             let sum_threads = (p.head_dim / 8 * MEAN_SEQ_LANES) as u32;
-            debug_assert_eq!(
-                sum_threads, q_threads,
+            // The fused launch runs q_threads (2·head_dim rounded up to whole warps); the sums'
+            // extra threads, if any, stay idle.
+            debug_assert!(
+                sum_threads <= q_threads,
                 "the fused launch needs one block size"
             );
             let q_ctas = q_blocks * p.q_heads * p.batch;
@@ -154,7 +160,8 @@ pub(crate) fn enqueue_prepare(
         }
         _ => {
             let grid = (q_blocks as u32, p.q_heads as u32, p.batch as u32);
-            launch(rt, names::QUANTIZE, grid, q_threads, 32, &q_params)?;
+            let smem = quant_smem_bytes(q_threads as usize) as u32;
+            launch(rt, names::QUANTIZE, grid, q_threads, smem, &q_params)?;
         }
     }
 
@@ -171,12 +178,13 @@ pub(crate) fn enqueue_prepare(
         ..q_params
     };
     let grid = (k_blocks as u32, p.kv_heads as u32, p.batch as u32);
+    let k_threads = quant_threads(K_BLOCK, p.head_dim);
     launch(
         rt,
         names::QUANTIZE,
         grid,
-        quant_threads(K_BLOCK, p.head_dim) as u32,
-        32,
+        k_threads as u32,
+        quant_smem_bytes(k_threads) as u32,
         &k_params,
     )?;
 
@@ -288,9 +296,10 @@ fn enqueue_v8(
     )
 }
 
-/// Enqueues the attention kernel `kernel` on prepared scratch data; when the kernel's head_dim is
-/// larger than the problem's (d = 96 on the d = 128 wgmma kernel, zero-padded), it writes a padded
-/// output in scratch memory and a copy kernel moves the real columns into `out`.
+/// Enqueues the attention kernel `kernel` on prepared scratch data. When the kernel's head_dim is
+/// larger than the problem's (zero-padded), the portable kernel stores the caller's columns
+/// directly; the sm_90a kernel writes a padded output in scratch memory and a copy kernel moves
+/// the real columns into `out`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_attend(
     rt: &Runtime,
@@ -344,7 +353,7 @@ pub(crate) fn enqueue_attend(
         q_heads: p.q_heads as u32,
         kv_heads: p.kv_heads as u32,
         out_bf16,
-        _pad: 0,
+        head_dim: p.head_dim as u32,
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers

@@ -10,8 +10,47 @@ pub const K_BLOCK: usize = 64;
 pub const ATTN_WARPS: usize = 4;
 /// Threads per attention CTA.
 pub const ATTN_THREADS: usize = ATTN_WARPS * 32;
-/// Head dimensions with a compiled attention kernel.
-pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 96, 128];
+/// Every head_dim a call accepts is a multiple of this (16-byte rows of f16/bf16 and of the
+/// quantizer's 8-value chunks).
+pub const HEAD_DIM_STEP: usize = 8;
+/// The largest head_dim a call accepts.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Head dimensions with a compiled portable attention kernel. Any other supported head_dim runs
+/// zero-padded on the smallest of these that is at least as large ([`portable_kernel_head_dim`]).
+pub const KERNEL_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
+/// Every head_dim a call accepts: the multiples of [`HEAD_DIM_STEP`] up to [`MAX_HEAD_DIM`].
+pub const SUPPORTED_HEAD_DIMS: [usize; MAX_HEAD_DIM / HEAD_DIM_STEP] = {
+    let mut dims = [0; MAX_HEAD_DIM / HEAD_DIM_STEP];
+    let mut i = 0;
+    while i < dims.len() {
+        dims[i] = (i + 1) * HEAD_DIM_STEP;
+        i += 1;
+    }
+    dims
+};
+/// [`SUPPORTED_HEAD_DIMS`] in words, for messages.
+pub const SUPPORTED_HEAD_DIMS_TEXT: &str = "every multiple of 8 from 8 to 256";
+
+/// Whether a call accepts `head_dim` (a member of [`SUPPORTED_HEAD_DIMS`]).
+pub const fn is_supported_head_dim(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim <= MAX_HEAD_DIM && head_dim % HEAD_DIM_STEP == 0
+}
+
+/// The portable kernel `head_dim` runs on: the smallest of [`KERNEL_HEAD_DIMS`] that is at least
+/// `head_dim` (the preparation kernels zero-pad Q, K and V to it). `None` for an unsupported one.
+pub const fn portable_kernel_head_dim(head_dim: usize) -> Option<usize> {
+    if !is_supported_head_dim(head_dim) {
+        return None;
+    }
+    let mut i = 0;
+    while i < KERNEL_HEAD_DIMS.len() {
+        if KERNEL_HEAD_DIMS[i] >= head_dim {
+            return Some(KERNEL_HEAD_DIMS[i]);
+        }
+        i += 1;
+    }
+    None
+}
 /// Extra bytes after every shared-memory row: makes the row stride ≡ 16 (mod 128) bytes, so the 8
 /// rows an `ldmatrix` reads at one column hit 8 distinct 16-byte bank groups (no conflicts).
 pub const SMEM_ROW_PAD: usize = 16;
@@ -24,11 +63,16 @@ pub const MEAN_SEGMENT_ROWS: usize = 256;
 pub const QUANT_CHUNKS_PER_THREAD: usize = 8;
 
 /// Threads of the quantization kernel for a block of `rows` rows: enough for every chunk, in
-/// whole warps (at most 8 warps for 128 rows of head_dim 128).
+/// whole warps (8 warps for 128 rows of head_dim 128, 16 for head_dim 256).
 pub const fn quant_threads(rows: usize, head_dim: usize) -> usize {
     (rows * head_dim / 8)
         .div_ceil(QUANT_CHUNKS_PER_THREAD)
         .next_multiple_of(32)
+}
+/// Dynamic shared memory of the quantization kernel for `threads` threads: one f32 per warp (the
+/// block maximum).
+pub const fn quant_smem_bytes(threads: usize) -> usize {
+    4 * threads.div_ceil(32)
 }
 /// Threads per V-conversion CTA.
 pub const CONVERT_THREADS: usize = 256;
@@ -38,8 +82,9 @@ pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// 16-row mma tiles per warp along the query dimension. Two tiles halve the shared-memory traffic
 /// of K and V per query row (one tile measured shared-memory bound at d = 128, H200). At d = 128
 /// the f16-accumulator variant keeps one: with two it spills (ptxas 12.9) even with 32-key tiles.
+/// At d = 256 both keep one: the f32 output of one 16-row tile alone is 128 registers per thread.
 pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
-    if head_dim > 96 && !pv_f32 {
+    if head_dim > 128 || (head_dim > 96 && !pv_f32) {
         1
     } else {
         2
@@ -47,13 +92,23 @@ pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
 }
 
 /// Keys per tile of the portable kernel's main loop (a divisor of `K_BLOCK`, so a tile has one
-/// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles.
+/// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles. At d = 256, 32-key
+/// tiles keep the two K/V stages and the Q tile at 67 KiB of shared memory, under the 99 KiB a
+/// block may have on sm_86/sm_89 (64-key tiles would need 117 KiB).
 pub const fn cta_k(head_dim: usize, pv_f32: bool) -> usize {
-    if head_dim > 96 && pv_f32 {
+    if head_dim > 128 || (head_dim > 96 && pv_f32) {
         32
     } else {
         64
     }
+}
+
+/// Whether the portable kernel has an f16-accumulator (`PvAccum::F16`) variant for `head_dim`.
+/// Not at d = 256: next to the 128 registers of the f32 output, the f16 partial sums did not fit
+/// in 255 registers in any schedule tried (ptxas 12.9 spilled 24–1008 B with 16- or 32-key tiles,
+/// either tile copy, per-tile or per-k-step partials), so `PvAccum::F16` runs the f32 variant.
+pub const fn has_f16_accum_variant(head_dim: usize) -> bool {
+    head_dim <= 128
 }
 
 /// Query rows per attention CTA.
@@ -131,6 +186,8 @@ macro_rules! for_each_attention_variant {
         $m!("sage_attn_hd128_causal_f16acc", 128, true, false);
         $m!("sage_attn_hd128_full_f32acc", 128, false, true);
         $m!("sage_attn_hd128_causal_f32acc", 128, true, true);
+        $m!("sage_attn_hd256_full_f32acc", 256, false, true);
+        $m!("sage_attn_hd256_causal_f32acc", 256, true, true);
     };
 }
 

@@ -39,8 +39,8 @@ fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
 
 /// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
 /// step of the K mean (docs/design.md, "Quantization"), run by CTAs of
-/// [`sage_quantize_q_and_sum_k`]. `head_dim/8 * 16` threads: thread = (16-byte column chunk,
-/// sequence lane); `16 * head_dim * 4` bytes of dynamic shared memory.
+/// [`sage_quantize_q_and_sum_k`]. `head_dim/8 * 16` threads or more: thread = (16-byte column
+/// chunk, sequence lane); `16 * head_dim * 4` bytes of dynamic shared memory.
 ///
 /// # Safety
 /// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
@@ -52,8 +52,15 @@ unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     let bf16 = p.in_bf16 != 0;
     let head_ptr = p.k as i64 + 2 * (batch as i64 * p.k_stride[0] + head as i64 * p.k_stride[1]);
     let start = segment * MEAN_SEGMENT_ROWS as u32;
-    let end = (start + MEAN_SEGMENT_ROWS as u32).min(p.seq);
     let lanes = MEAN_SEQ_LANES as u32;
+    // The fused launch rounds 2·head_dim threads up to whole warps: when head_dim/8 is odd the
+    // threads past the 16 lanes sum nothing and only join the barriers.
+    let active = lane < lanes;
+    let end = if active {
+        (start + MEAN_SEGMENT_ROWS as u32).min(p.seq)
+    } else {
+        start
+    };
     let row_ptr = |s: u32| (head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8)) as u64;
     let mut sum = [0.0f32; 8];
     // Rows start + lane, start + lane + 16, … are summed in increasing order (the contract); the
@@ -91,10 +98,12 @@ unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
     let base = ptx::smem_base();
     let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
     // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
-    unroll::<8>(
-        #[inline(always)]
-        |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) },
-    );
+    if active {
+        unroll::<8>(
+            #[inline(always)]
+            |i| unsafe { ptx::st_shared_f32(slot(lane, i), sum[i]) },
+        );
+    }
     let mut stride = lanes / 2;
     while stride > 0 {
         ptx::sync_threads();
@@ -156,7 +165,7 @@ pub unsafe extern "ptx-kernel" fn sage_k_mean(p: MeanParams) {
 
 /// Per-block symmetric INT8 quantization of Q (scaled by `mult`) or K (minus the mean). Grid
 /// (blocks, heads, batch); `ceil(block * head_dim / 8 / QUANT_CHUNKS_PER_THREAD)` threads rounded up
-/// to whole warps (at most 8 warps); 32 bytes of dynamic shared memory.
+/// to whole warps; 4 bytes of dynamic shared memory per warp (`config::quant_smem_bytes`).
 ///
 /// One pass over global memory: each thread loads its `QUANT_CHUNKS_PER_THREAD` 16-byte chunks
 /// up front (all in flight at once), keeps them in registers for the block maximum, and quantizes
@@ -175,8 +184,8 @@ pub unsafe extern "ptx-kernel" fn sage_quantize_int8(p: QuantParams) {
 /// `0..q_ctas` quantize Q blocks (as [`sage_quantize_int8`], flattened over (block, head, batch)),
 /// the rest sum K segments (flattened over (segment, head, batch)).
 /// One launch instead of two lets the two memory-bound passes overlap, which matters for short
-/// sequences. Block size and shared memory: the larger of the two kernels' (they are equal,
-/// `2 * head_dim` threads).
+/// sequences. Block size and shared memory: the larger of the two kernels' (`2 * head_dim`
+/// threads rounded up to whole warps).
 ///
 /// # Safety
 /// Launched by the host with validated parameters and that geometry.
@@ -276,7 +285,7 @@ unsafe fn quantize_block(p: &QuantParams, blk: u32, head: u32, batch: u32) {
     }
     let base = ptx::smem_base();
     let warps = threads / 32;
-    // SAFETY: at most 8 warps, 4 bytes each, inside the 32-byte buffer.
+    // SAFETY: 4 bytes per warp, inside the `quant_smem_bytes` buffer.
     unsafe {
         if tid & 31 == 0 {
             ptx::st_shared_f32(base + 4 * (tid >> 5), m);
