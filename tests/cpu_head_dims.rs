@@ -219,7 +219,7 @@ proptest! {
                 &format!("{case:?} width {width} smooth_k {smooth_k} f16 accumulator {f16_accum}"));
         }
         // 8-bit P·V: the sm_90a path, for the sizes it takes (multiples of 16 up to 128).
-        if d % 16 == 0 && width <= 128 {
+        if d.is_multiple_of(16) && width <= 128 {
             let plain = attention_pv8_emulation(&q, &k, &v, &plain_opts, true);
             let padded = attention_pv8_emulation(&qp, &kp, &vp, &padded_opts, true);
             assert_padded_output_equal(&padded, &plain, &format!("{case:?} width {width} pv8"));
@@ -275,7 +275,7 @@ fn launch_geometry_fits_every_head_dim() {
         for rows in [Q_BLOCK, K_BLOCK] {
             let threads = quant_threads(rows, d);
             assert!(
-                threads % 32 == 0 && threads <= 512,
+                threads.is_multiple_of(32) && threads <= 512,
                 "d={d} rows={rows}: {threads}"
             );
             assert!(

@@ -282,7 +282,7 @@ fn d256_feature_matrix() {
         (DType::F16, Layout::Nhd, Layout::Nhd),
         (DType::BF16, Layout::Hnd, Layout::Nhd),
     ];
-    let mut i = 0;
+    let mut i = 0usize;
     for causal in [false, true] {
         for pv_accum in [PvAccum::F16, PvAccum::F32] {
             for backend in [Backend::Portable, Backend::Auto] {
@@ -298,7 +298,7 @@ fn d256_feature_matrix() {
                         dtype,
                         layout,
                         out_layout,
-                        smooth_k: i % 2 == 0,
+                        smooth_k: i.is_multiple_of(2),
                         pv_accum,
                         backend,
                     };
@@ -355,12 +355,12 @@ fn d256_feature_matrix() {
 fn padded_quantization_is_bit_exact() {
     let rt = runtime();
     let mut rng = fresh_rng("padded_quantization");
-    for head_dim in [8, 40, 80, 160, 200, 256] {
+    for head_dim in [8usize, 40, 80, 160, 200, 256] {
         for backend in [Backend::Portable, Backend::Auto] {
             let case = Case {
                 qo_len: 300,
                 kv_len: 333,
-                dtype: if head_dim % 16 == 0 {
+                dtype: if head_dim.is_multiple_of(16) {
                     DType::BF16
                 } else {
                     DType::F16
@@ -443,7 +443,7 @@ fn int8_pv_needs_a_kernel_for_the_head_dim() {
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_head_dims() {
     let mut rng = fresh_rng("sanitizer_head_dims");
-    let mut i = 0;
+    let mut i = 0usize;
     for head_dim in [256, 40, 200] {
         for (causal, pv_accum, backend) in [
             (false, PvAccum::F16, Backend::Portable),
@@ -452,13 +452,21 @@ fn sanitizer_head_dims() {
         ] {
             let case = Case {
                 q_heads: 4,
-                kv_heads: if i % 2 == 0 { 2 } else { 4 },
+                kv_heads: if i.is_multiple_of(2) { 2 } else { 4 },
                 qo_len: 70 + 31 * (i % 3),
                 kv_len: 97 - 20 * (i % 2),
                 causal,
                 dtype: if causal { DType::BF16 } else { DType::F16 },
-                layout: if i % 2 == 0 { Layout::Nhd } else { Layout::Hnd },
-                out_layout: if i % 3 == 0 { Layout::Nhd } else { Layout::Hnd },
+                layout: if i.is_multiple_of(2) {
+                    Layout::Nhd
+                } else {
+                    Layout::Hnd
+                },
+                out_layout: if i.is_multiple_of(3) {
+                    Layout::Nhd
+                } else {
+                    Layout::Hnd
+                },
                 pv_accum,
                 backend,
                 ..Case::small(head_dim)

@@ -685,6 +685,6 @@ proptest! {
     #[test]
     fn head_dim_validation_matches_the_rule(d in 0usize..2048) {
         let ok = check_head_dim(d).is_ok();
-        prop_assert_eq!(ok, d > 0 && d <= 256 && d % 8 == 0);
+        prop_assert_eq!(ok, d > 0 && d <= 256 && d.is_multiple_of(8));
     }
 }

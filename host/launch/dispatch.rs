@@ -74,7 +74,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
 /// With the 8-bit P·V only head_dims that are multiples of 16 qualify: its V-statistics launch
 /// (`enqueue_v8`) runs `2 · head_dim` threads, which must be whole warps.
 fn hopper_kernel_head_dim(head_dim: usize, pv8: bool) -> Option<usize> {
-    if pv8 && head_dim % 16 != 0 {
+    if pv8 && !head_dim.is_multiple_of(16) {
         return None;
     }
     hopper::SM90_HEAD_DIMS
@@ -200,7 +200,7 @@ mod tests {
                 .filter(|&k| k >= d)
                 .min();
             assert_eq!(hopper_kernel_head_dim(d, false), want, "{d}");
-            let want8 = want.filter(|_| d % 16 == 0);
+            let want8 = want.filter(|_| d.is_multiple_of(16));
             assert_eq!(hopper_kernel_head_dim(d, true), want8, "{d}");
         }
         assert_eq!(hopper_kernel_head_dim(40, true), None);

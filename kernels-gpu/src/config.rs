@@ -33,7 +33,7 @@ pub const SUPPORTED_HEAD_DIMS_TEXT: &str = "every multiple of 8 from 8 to 256";
 
 /// Whether a call accepts `head_dim` (a member of [`SUPPORTED_HEAD_DIMS`]).
 pub const fn is_supported_head_dim(head_dim: usize) -> bool {
-    head_dim > 0 && head_dim <= MAX_HEAD_DIM && head_dim % HEAD_DIM_STEP == 0
+    head_dim > 0 && head_dim <= MAX_HEAD_DIM && head_dim.is_multiple_of(HEAD_DIM_STEP)
 }
 
 /// The portable kernel `head_dim` runs on: the smallest of [`KERNEL_HEAD_DIMS`] that is at least
