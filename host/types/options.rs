@@ -6,8 +6,9 @@ use super::dtype::Layout;
 /// How P·V accumulates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PvAccum {
-    /// f16 accumulator within each key tile (64 keys; 32 at kernel head_dim 256), summed into an
-    /// f32 running output (SageAttention's default; fastest).
+    /// f16 accumulator within each 64-key tile, summed into an f32 running output
+    /// (SageAttention's default; fastest). The portable kernel for head_dim above 128 (the d = 256
+    /// one) has only the f32 accumulator, which this then runs.
     #[default]
     F16,
     /// f32 accumulator throughout (slower, slightly more accurate).
