@@ -6,8 +6,9 @@ use super::dtype::Layout;
 /// How P·V accumulates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PvAccum {
-    /// f16 accumulator within each 64-key tile, summed into an f32 running output (SageAttention's
-    /// default; fastest).
+    /// f16 accumulator within each 64-key tile, summed into an f32 running output
+    /// (SageAttention's default; fastest). The portable kernel for head_dim above 128 (the d = 256
+    /// one) has only the f32 accumulator, which this then runs.
     #[default]
     F16,
     /// f32 accumulator throughout (slower, slightly more accurate).
@@ -27,18 +28,19 @@ pub enum PvPrecision {
     /// Hopper) with an exact s32 result per key tile, accumulated in f32 (two levels). u8 P × s8 V
     /// is used rather than e4m3 × e4m3 because it halves the error: on N(0,1), d = 128, N = 2048
     /// (CPU model, docs/perf-notes.md) rel L1 ≈ 0.017–0.020 against 0.038 for e4m3 P and V. Needs
-    /// the sm_90a kernel: compute capability 9.0, [`Backend::Auto`], head_dim 64, 96 or 128;
-    /// elsewhere the call returns [`Error::PvPrecisionUnavailable`](crate::Error).
+    /// the sm_90a kernel: compute capability 9.0, [`Backend::Auto`], head_dim a multiple of 16
+    /// up to 128; elsewhere the call returns [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
 }
 
 /// Which attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim 64 and
-    /// 128 and the portable kernel's f32-accumulator variant for head_dim 96 (an f16 accumulator is
-    /// not faster on Hopper, so [`PvAccum::F16`] gets the more accurate f32 result there);
-    /// elsewhere the portable kernel as [`PvAccum`] asks.
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim up to
+    /// 128 (zero-padded to 64 or 128) and the portable kernel's f32-accumulator variant for
+    /// head_dim in (128, 256] (an f16 accumulator is not faster on Hopper, so [`PvAccum::F16`]
+    /// gets the more accurate f32 result there); elsewhere the portable kernel as [`PvAccum`]
+    /// asks (zero-padded to 64, 96, 128 or 256).
     #[default]
     Auto,
     /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device.
