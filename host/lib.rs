@@ -25,6 +25,7 @@
 //!
 //! | layer | modules | what |
 //! |---|---|---|
+//! | context parallelism | [`ring`] | ring attention over `P` ranks (simulated, or NCCL with the `nccl` feature) |
 //! | API | [`attention`], [`varlen`] | [`sageattn`], [`sageattn_into`], [`Prepared`]: validate → dispatch → enqueue; [`sageattn_varlen`] over packed sequences |
 //! | launch | `launch/`: `validate`, `dispatch`, `enqueue`, `scratch`, [`hopper`], [`selftest`] | checks, kernel choice, scratch memory, launches |
 //! | device | `device/`: [`runtime`], `kernel`, [`kernels`], `alloc`, [`tensor`] | CUDA context, stream, modules, kernels, device memory and views |
@@ -45,6 +46,7 @@ pub mod attention;
 mod device;
 mod launch;
 pub mod reference;
+pub mod ring;
 pub mod tensor_file;
 mod types;
 pub mod varlen;

@@ -629,6 +629,7 @@ const LAYERS: &[&[&str]] = &[
     &["device", "tensor_file"],
     &["launch"],
     &["attention", "varlen"],
+    &["ring"],
 ];
 
 #[test]

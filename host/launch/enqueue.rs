@@ -136,13 +136,13 @@ pub(crate) struct PrepPlan {
 ///
 /// 1. Q quantization, K segment sums (smoothing), 8-bit V statistics, V to f16 — and K
 ///    quantization when K is not smoothed;
-/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 4096), the
-///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 2048); one CTA per
+/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 1024), the
+///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 1024); one CTA per
 ///    (batch, kv head) each; no launch when neither applies;
 /// 3. K quantization (smoothing), the 8-bit Vᵀ and the LSE bias; each CTA folds in the mean or
 ///    scales that step 2 did not compute.
 ///
-/// So 2 launches for f16 up to kv_len 4096 (1 without smoothing) and for the 8-bit P·V up to 2048;
+/// So 2 launches for f16 up to kv_len 1024 (1 without smoothing) and for the 8-bit P·V up to 1024;
 /// 3 beyond.
 pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
     use prep_job::*;
@@ -509,7 +509,7 @@ mod tests {
     }
 
     /// Short sequences: 2 launches on both P·V paths (1 with nothing to wait for); past a fold
-    /// limit (K: 4096 keys, 8-bit V: 2048) a finalize launch comes between.
+    /// limit (1024 keys for K and the 8-bit V) a finalize launch comes between.
     #[test]
     fn launch_counts() {
         let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;

@@ -240,9 +240,10 @@ mod tests {
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
         assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
-        // 8-bit P·V: 128-key K and Vᵀ stages, 6 of them at d = 128.
+        // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 8 stages at d = 64, 6 at d = 128.
         assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 6 * 32768 + 96);
+        assert_eq!(config::sm90_cta_k(true), crate::device_config::P8_TILE);
         // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
         for hd in SM90_HEAD_DIMS {
             for pv8 in [false, true] {

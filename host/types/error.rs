@@ -251,6 +251,38 @@ pub enum Error {
         max: usize,
     },
 
+    /// Context parallelism (`ring`): another rank of the ring failed — it returns the reason
+    /// itself — so this rank stopped at the same point instead of waiting for it.
+    #[error("ring rank {rank}: rank(s) {failed:?} failed {phase}; every rank stopped there")]
+    RingPeerFailed {
+        /// This rank.
+        rank: usize,
+        /// The ranks that failed, ascending.
+        failed: Vec<usize>,
+        /// Where (`"validating their inputs"`, `"computing their shard"`).
+        phase: &'static str,
+    },
+
+    /// Context parallelism: the ranks of one ring were given different problems (shapes, dtype,
+    /// options, sharding); every rank reports the same disagreement.
+    #[error("ring rank {rank}: the ranks disagree about {what}")]
+    RingMismatch {
+        /// This rank.
+        rank: usize,
+        /// The first field that differs, with rank 0's value and the other rank's.
+        what: String,
+    },
+
+    /// Context parallelism: communication between the ranks failed (NCCL, or a transport
+    /// misused).
+    #[error("ring transport failed while {op}: {reason}")]
+    Transport {
+        /// What the transport was doing.
+        op: String,
+        /// The transport's error.
+        reason: String,
+    },
+
     /// An option has an invalid value.
     #[error("invalid option: {0}")]
     InvalidOption(String),

@@ -69,14 +69,14 @@ pub const K_CHUNKS_PER_THREAD: usize = 4;
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
 /// instead of reading the mean a separate launch wrote: one launch less, at the price of every
 /// consumer CTA reading its head's `segments × head_dim` sums (from L2, while its K loads are in
-/// flight). 16 segments = 4096 rows: at most half a K block's own bytes. Longer sequences, where a
-/// launch matters less, keep the `K_MEAN` launch.
-pub const MEAN_FOLD_MAX_SEGMENTS: usize = 16;
-/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 8 segments
-/// = 2048 rows. Three values per segment and channel (sum, max, min), read before the tile's
-/// loads (registers), make folding cost more than for K: at 16 segments a Vᵀ CTA would read
-/// 1.5× its tile's bytes from L2 first.
-pub const V8_FOLD_MAX_SEGMENTS: usize = 8;
+/// flight). 4 segments = 1024 rows (an eighth of a K block's own bytes): at 16 segments the f16
+/// preparation measured 21% slower at 4096 rows than with the `K_MEAN` launch (H200,
+/// docs/perf-notes.md, v4). Longer sequences keep the `K_MEAN` launch.
+pub const MEAN_FOLD_MAX_SEGMENTS: usize = 4;
+/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 4 segments
+/// = 1024 rows, as K (never more than K's: `plan_prepare` relies on it). Three values per segment
+/// and channel (sum, max, min), read before the tile's loads, make folding cost more than for K.
+pub const V8_FOLD_MAX_SEGMENTS: usize = 4;
 
 /// Threads of every launch of the preparation kernel: one per (16-byte chunk of a row, sequence
 /// lane), the geometry of the segment jobs (`2 * head_dim`: 256 at head_dim 128, 8 warps; 512 at
@@ -174,6 +174,10 @@ pub const V8_CHUNKS_PER_THREAD: usize = 4;
 pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
+/// Keys per tile of the 8-bit P·V: the u8 P is scaled to each tile's row maximum (tiles start at
+/// key 0), and each tile's s32 product is folded into the f32 output once. The sm_90a kernel's key
+/// tile (two 64-key K blocks).
+pub const P8_TILE: usize = 128;
 
 /// Slot of key `k` (within its aligned 16-key group) in the 8-bit Vᵀ rows. The u8 P operand of
 /// the wgmma is built from the Q·Kᵀ accumulator without shuffles: lane `4g + t` holds keys

@@ -4,21 +4,25 @@
 //! registers, V from shared memory, N-major) into an f32 running output.
 //!
 //! With `PV8` (the 8-bit P·V, `PvPrecision::Int8`) the second product is `wgmma
-//! m64n{HD}k32.s32.u8.s8`: P as u8 relative to each key tile's row maximum (packed straight from
+//! m64n{≤64}k32.s32.u8.s8`: P as u8 relative to each key tile's row maximum (packed straight from
 //! the Q·Kᵀ accumulator, see [`pack_probs_u8`]), V as the key-permuted INT8 Vᵀ of `v8.rs` (K-major
-//! like a d = 64 K tile), a fresh s32 accumulator per tile folded into the f32 output after the
-//! softmax of the next tile (two-level accumulation), and the V scale and mean applied in the
-//! epilogue. Two warpgroups at d = 128 and three at d = 64: the extra accumulator does not fit
-//! more under the entry register cap.
+//! 64-key sub-tiles like a d = 64 K tile), each tile's product in a fresh s32 accumulator folded
+//! into the f32 output (two-level accumulation), and the V scale and mean applied in the epilogue.
+//! Its tiles hold 128 keys (two 64-key K blocks, one scale each), which halves the CUDA-core work
+//! per key that does not scale with the keys (the fold, barriers, descriptors), and each
+//! warpgroup runs its tile serially (`Consumer::step_serial`: Q·Kᵀ, softmax, then P·V in groups
+//! of 64 channels, each folded before the next is issued); the warp schedulers interleave the
+//! warpgroups, so one's softmax runs under another's wgmmas. Two warpgroups at d = 128 and three at
+//! d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3).
 //!
 //! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
 //! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (3 for d = 128, 4 for
-//! d = 64) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
-//! chunks of each K/V tile with cp.async (a producer warp would make the CTA 32 threads more than a
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (f16 P·V: 3 for
+//! d = 128, 4 for d = 64) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
+//! chunks of each K/V tile (f16 P·V) with cp.async (a producer warp would make the CTA 32 threads more than a
 //! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
 //! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
 //! either). Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with two mbarriers:
@@ -27,7 +31,7 @@
 //! wgmmas reading the stage are done). Tile `t` uses stage `t % S` in round `t / S`; waiting for
 //! round r's completion uses parity `r & 1`. Step t copies tile `t + lookahead` (see `Consumer::LOOKAHEAD`).
 //!
-//! Each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
+//! With f16 P·V, each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
 //! intra-warpgroup pipelining): step t issues `S_t = Q·K_tᵀ` and `O += P_{t-1}·V_{t-1}` together,
 //! waits for `S_t` alone, runs the softmax of tile t while the P·V wgmma still runs, then waits for
 //! it and rescales O (skipped when no row max of the warp moved). Across warpgroups, pingpong
@@ -53,7 +57,7 @@ use super::smem::{
     qk_descs, v_desc,
 };
 use super::softmax::OnlineSoftmax;
-use crate::config::{K_BLOCK, P8_MAX, Q_BLOCK, padded_len};
+use crate::config::{K_BLOCK, P8_MAX, P8_TILE, Q_BLOCK, padded_len};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::unroll::unroll;
@@ -195,6 +199,8 @@ unsafe fn attention<
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
+        // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
+        assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
         // Every thread's share of a tile's copies fits the copy loop.
         let chunks = sm90_cta_k(PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
@@ -587,11 +593,11 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         *probs = pack_probs(&next);
     }
 
-    /// Serial 8-bit step (`PV8_SERIAL`): `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
+    /// The 8-bit P·V step: `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
     /// fresh s32 accumulator and `O = O·rescale + acc·factor`, with nothing of this warpgroup in
     /// flight across the softmax: the other warpgroups' wgmmas fill the tensor cores meanwhile.
-    /// Holding only one of S and the s32 accumulator at a time is what lets 3 warpgroups (d = 128)
-    /// fit under the 168-register cap. Releases tile t-1's stage.
+    /// Holding only one of S and (half of) the s32 accumulator at a time is what lets 128-key
+    /// tiles fit the register cap. Releases tile t-1's stage.
     #[inline(always)]
     fn step_serial<
         const MASK: bool,
@@ -662,7 +668,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
         // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
         // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
-        // instead of 64, which is what lets 3 warpgroups with 128-key tiles fit 168 registers.
+        // instead of 64 beside the output's 64.
         const { assert!(NT % 8 == 0) };
         unroll::<2>(
             #[inline(always)]
