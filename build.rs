@@ -104,14 +104,31 @@ fn apply_launch_bounds(ptx: &str) -> String {
         };
     }
     for_each_sm90_attention_variant!(bound_sm90);
-    // The preparation kernel is memory-bound: bound its registers so that 3 CTAs of up to 256
-    // threads (all their loads in flight) fit on an SM.
-    ptx = add_launch_bounds(&ptx, device_config::names::PREPARE, 256, 3);
+    // The preparation kernel is memory-bound: bound its registers so that 3 CTAs of 256 threads
+    // (all their loads in flight) fit on an SM: 65536 / (3 · 256) rounded down to ptxas'
+    // granularity of 8 is 80, what `.maxntid 256` + `.minnctapersm 3` gave. A register cap
+    // rather than a block size, because head_dim 256 launches it with 512 threads
+    // (`config::prep_threads`; 512 · 80 registers still fit an SM).
+    ptx = add_max_registers(&ptx, device_config::names::PREPARE, 80);
     ptx
+}
+
+/// Inserts `.maxnreg regs` after entry `name`'s parameter list.
+fn add_max_registers(ptx: &str, name: &str, regs: usize) -> String {
+    insert_after_params(ptx, name, &format!("\n.maxnreg {regs}"))
 }
 
 /// Inserts `.maxntid threads, 1, 1` and `.minnctapersm ctas` after entry `name`'s parameter list.
 fn add_launch_bounds(ptx: &str, name: &str, threads: usize, ctas: usize) -> String {
+    insert_after_params(
+        ptx,
+        name,
+        &format!("\n.maxntid {threads}, 1, 1\n.minnctapersm {ctas}"),
+    )
+}
+
+/// Inserts `directives` after entry `name`'s parameter list.
+fn insert_after_params(ptx: &str, name: &str, directives: &str) -> String {
     let mut ptx = ptx.to_string();
     let entry = format!(".entry {name}(");
     if let Some(start) = ptx.find(&entry) {
@@ -121,10 +138,7 @@ fn add_launch_bounds(ptx: &str, name: &str, threads: usize, ctas: usize) -> Stri
             .find("\n)")
             .and_then(|c| ptx[start + c + 2..].find('\n').map(|e| start + c + 2 + e));
         if let Some(at) = close {
-            ptx.insert_str(
-                at,
-                &format!("\n.maxntid {threads}, 1, 1\n.minnctapersm {ctas}"),
-            );
+            ptx.insert_str(at, directives);
         }
     }
     ptx

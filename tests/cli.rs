@@ -457,20 +457,20 @@ fn unsupported_dtype() {
 
 #[test]
 fn unsupported_head_dim_lists_the_supported_ones() {
-    let s = [1, 2, 8, 80];
+    let s = [1, 2, 8, 36];
     expect_input_error(
         &qkv(Dtype::F16, &s, &s, &s),
         &[],
         &[
-            "unsupported head_dim 80",
-            "supported head_dims: 64, 96, 128",
+            "unsupported head_dim 36",
+            "supported head_dims: every multiple of 8 from 8 to 256",
         ],
     );
-    let s = [1, 2, 8, 256];
+    let s = [1, 2, 8, 264];
     expect_input_error(
         &qkv(Dtype::BF16, &s, &s, &s),
         &[],
-        &["unsupported head_dim 256"],
+        &["unsupported head_dim 264"],
     );
 }
 
@@ -565,9 +565,9 @@ fn bad_output_path() {
 fn failed_run_keeps_an_existing_output() {
     let (dir, input, out) = setup(&qkv(
         Dtype::F16,
-        &[1, 1, 8, 80],
-        &[1, 1, 8, 80],
-        &[1, 1, 8, 80],
+        &[1, 1, 8, 36],
+        &[1, 1, 8, 36],
+        &[1, 1, 8, 36],
     ));
     std::fs::write(&out, b"previous output").expect("write");
     sageattn(&[
@@ -576,7 +576,7 @@ fn failed_run_keeps_an_existing_output() {
         "--out",
         out.to_str().unwrap(),
     ])
-    .expect_error(2, &["head_dim 80"]);
+    .expect_error(2, &["head_dim 36"]);
     assert_eq!(std::fs::read(&out).expect("read"), b"previous output");
     assert_eq!(others(dir.path()), vec!["o.safetensors".to_string()]);
 }

@@ -391,11 +391,11 @@ fn bad_packed_tensors_get_the_batched_calls_errors() {
         "{e}"
     );
     // head_dim, dtype, heads, stride: the batched call's checks on the packed views.
-    let q = packed_view(DType::F16, 4, 8, 80, 1 << 20);
-    let k80 = packed_view(DType::F16, 2, 8, 80, 1 << 32);
-    let e = check_varlen_inputs(&q, &k80, &k80, cu, cu, 8, 8, &opts).unwrap_err();
+    let q = packed_view(DType::F16, 4, 8, 264, 1 << 20);
+    let k264 = packed_view(DType::F16, 2, 8, 264, 1 << 32);
+    let e = check_varlen_inputs(&q, &k264, &k264, cu, cu, 8, 8, &opts).unwrap_err();
     assert!(
-        matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }),
+        matches!(e, Error::UnsupportedHeadDim { head_dim: 264, .. }),
         "{e}"
     );
     let q = packed_view(DType::BF16, 4, 8, 64, 1 << 20);

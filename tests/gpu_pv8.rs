@@ -325,6 +325,11 @@ fn check_matches_emulation(backend: Backend, label: &str) {
         (2, 2, 2, 127, 129, 96, false, f16, f16, hnd, true),
         (1, 2, 1, 256, 192, 128, true, f16, bf16, hnd, false),
         (1, 2, 2, 383, 257, 64, false, f16, f16, nhd, true),
+        // Head dims that run zero-padded on the next 8-bit kernel (portable: 80 → 96, 32 → 64,
+        // 112 → 128; sm_90a: 80, 112 → 128, 32 → 64).
+        (1, 2, 1, 200, 300, 80, true, bf16, f16, nhd, true),
+        (1, 2, 2, 129, 130, 32, false, f16, f16, hnd, true),
+        (2, 4, 2, 100, 257, 112, true, f16, bf16, hnd, true),
     ];
     for case in cases.map(Case::from) {
         let Case {

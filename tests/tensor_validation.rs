@@ -3,10 +3,16 @@
 //! call, so nothing here dereferences them. Runs in CI (no CUDA driver needed).
 
 use proptest::prelude::*;
+use sageattention::device_config::{
+    is_supported_head_dim, portable_kernel_head_dim, KERNEL_HEAD_DIMS, MAX_HEAD_DIM,
+    SUPPORTED_HEAD_DIMS, SUPPORTED_HEAD_DIMS_TEXT,
+};
 use sageattention::error::{CudaResultExt, Error};
 use sageattention::tensor::{
     check_device_pointer, DType, Element, Layout, TensorView, TensorViewMut,
 };
+use sageattention::varlen::check_varlen_inputs;
+use sageattention::Options;
 
 /// A 16-byte aligned synthetic device address.
 const ALIGNED: u64 = 0x7f00_0000_0000;
@@ -401,6 +407,14 @@ fn error_messages_name_the_values() {
         supported: &[64, 128],
     };
     assert!(e.to_string().contains("80") && e.to_string().contains("64, 128"));
+    let e = Error::UnsupportedHeadDim {
+        head_dim: 264,
+        supported: &SUPPORTED_HEAD_DIMS,
+    };
+    assert_eq!(
+        e.to_string(),
+        format!("unsupported head_dim 264; supported: {SUPPORTED_HEAD_DIMS_TEXT}")
+    );
     let e = Error::HeadsNotDivisible {
         q_heads: 12,
         kv_heads: 5,
@@ -583,5 +597,94 @@ proptest! {
         let strides = layout.contiguous_strides(shape);
         prop_assert!(view(ALIGNED, dtype, shape, strides).validate("x").is_ok());
         prop_assert!(view_mut(ALIGNED, dtype, shape, strides).validate("x").is_ok());
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// head_dim: every multiple of 8 up to 256
+// ------------------------------------------------------------------------------------------------
+
+/// A packed `[1, heads, rows, head_dim]` NHD view (what the varlen checks take; they run the
+/// batched call's checks on it).
+fn packed(
+    dtype: DType,
+    heads: usize,
+    rows: usize,
+    head_dim: usize,
+    base: u64,
+) -> TensorView<'static> {
+    let row = (heads * head_dim) as i64;
+    view(
+        base,
+        dtype,
+        [1, heads, rows, head_dim],
+        [row * rows as i64, head_dim as i64, row, 1],
+    )
+}
+
+fn check_head_dim(head_dim: usize) -> Result<(), Error> {
+    let q = packed(DType::F16, 4, 16, head_dim, ALIGNED);
+    let k = packed(DType::F16, 2, 16, head_dim, ALIGNED << 1);
+    let v = packed(DType::F16, 2, 16, head_dim, ALIGNED << 2);
+    check_varlen_inputs(&q, &k, &v, &[0, 16], &[0, 16], 16, 16, &Options::default()).map(|_| ())
+}
+
+#[test]
+fn supported_head_dims_are_the_multiples_of_8_up_to_256() {
+    assert_eq!(SUPPORTED_HEAD_DIMS.len(), 32);
+    assert_eq!(
+        SUPPORTED_HEAD_DIMS.to_vec(),
+        (1..=32).map(|i| 8 * i).collect::<Vec<_>>()
+    );
+    assert_eq!(MAX_HEAD_DIM, 256);
+    for d in 0..=600 {
+        assert_eq!(
+            is_supported_head_dim(d),
+            SUPPORTED_HEAD_DIMS.contains(&d),
+            "{d}"
+        );
+        assert_eq!(
+            portable_kernel_head_dim(d).is_some(),
+            is_supported_head_dim(d)
+        );
+    }
+    assert_eq!(KERNEL_HEAD_DIMS, [64, 96, 128, 256]);
+}
+
+#[test]
+fn every_supported_head_dim_passes_validation() {
+    for d in SUPPORTED_HEAD_DIMS {
+        check_head_dim(d).unwrap_or_else(|e| panic!("head_dim {d}: {e}"));
+    }
+}
+
+/// 0, above 256 and not a multiple of 8 are refused by name, with the supported set, before any
+/// other check (a zero head_dim is not reported as an empty tensor).
+#[test]
+fn unsupported_head_dims_name_the_supported_set() {
+    for d in [
+        0usize, 1, 4, 12, 36, 100, 250, 255, 257, 264, 288, 512, 1024,
+    ] {
+        let e = check_head_dim(d).unwrap_err();
+        assert!(
+            matches!(e, Error::UnsupportedHeadDim { head_dim, supported }
+                if head_dim == d && supported == SUPPORTED_HEAD_DIMS),
+            "head_dim {d}: {e}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.contains(&format!("head_dim {d}"))
+                && text.contains("every multiple of 8 from 8 to 256"),
+            "{text}"
+        );
+    }
+}
+
+proptest! {
+    /// Any head_dim: accepted exactly when it is a multiple of 8 in 8..=256.
+    #[test]
+    fn head_dim_validation_matches_the_rule(d in 0usize..2048) {
+        let ok = check_head_dim(d).is_ok();
+        prop_assert_eq!(ok, d > 0 && d <= 256 && d.is_multiple_of(8));
     }
 }

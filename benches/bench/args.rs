@@ -1,7 +1,7 @@
 //! The command line: every flag, its defaults, and the checks clap cannot make.
 
 use clap::{Parser, ValueEnum};
-use sageattention::device_config::SUPPORTED_HEAD_DIMS;
+use sageattention::device_config::{is_supported_head_dim, SUPPORTED_HEAD_DIMS_TEXT};
 use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
 use std::path::PathBuf;
 
@@ -63,7 +63,7 @@ pub enum PathsArg {
 #[derive(Parser, Debug, Clone)]
 #[command(name = "bench", version, about, long_about = None)]
 pub struct Args {
-    /// Head dimensions (comma-separated; supported: 64, 96, 128).
+    /// Head dimensions (comma-separated; supported: every multiple of 8 from 8 to 256).
     #[arg(long, value_delimiter = ',', default_value = "64,96,128")]
     pub head_dims: Vec<usize>,
     /// Sequence lengths of queries and keys (comma-separated; `4096`, `4k`, `1M` all work).
@@ -257,13 +257,9 @@ impl Args {
         if self.head_dims.is_empty() || self.seq_lens.is_empty() {
             return Err("--head-dims and --seq-lens need at least one value".into());
         }
-        if let Some(d) = self
-            .head_dims
-            .iter()
-            .find(|d| !SUPPORTED_HEAD_DIMS.contains(d))
-        {
+        if let Some(d) = self.head_dims.iter().find(|&&d| !is_supported_head_dim(d)) {
             return Err(format!(
-                "--head-dims: {d} is not supported (supported: {SUPPORTED_HEAD_DIMS:?})"
+                "--head-dims: {d} is not supported (supported: {SUPPORTED_HEAD_DIMS_TEXT})"
             ));
         }
         if self.batch == 0 || self.heads == 0 || self.kv_heads() == 0 {
@@ -455,7 +451,8 @@ pub(crate) mod tests {
     fn bad_arguments_are_refused() {
         for bad in [
             &["--kv-heads", "5"][..],
-            &["--head-dims", "80"],
+            &["--head-dims", "36"],
+            &["--head-dims", "264"],
             &["--min-iters", "0"],
             &["--warmup-ms=-1"],
             &["--max-seconds-per-case=nan"],

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use sageattention::device_config::SUPPORTED_HEAD_DIMS;
+use sageattention::device_config::SUPPORTED_HEAD_DIMS_TEXT;
 use sageattention::{Backend, Layout, Options, PvAccum, PvPrecision};
 
 use super::input::{InputOptions, MaxSeqlens, TensorNames};
@@ -29,7 +29,6 @@ pub enum Command {
 
 /// The long help of `run` (names the supported head dims from the library's constant).
 fn run_long_about() -> String {
-    let dims: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
     format!(
         "Run attention on Q, K, V read from a .safetensors file and write the output `o` (and \
          `lse`).
@@ -37,7 +36,7 @@ fn run_long_about() -> String {
 Inputs: three rank-4 tensors of one dtype, F16, BF16 or F32. F32 inputs are rounded to F16 for \
 the GPU (which computes in F16) and the output is written back as F32. Shapes are [batch, heads, \
 seq, head_dim] with --layout hnd (the default) or [batch, seq, heads, head_dim] with --layout nhd; \
-head_dim must be one of {dims}; K and V have the same shape; Q's heads must be a multiple of K's \
+head_dim must be {dims}; K and V have the same shape; Q's heads must be a multiple of K's \
 (grouped-query attention); batch and head_dim agree.
 
 Packed (variable-length) input: when the file also holds `cu_seqlens_q` and `cu_seqlens_k` \
@@ -50,7 +49,7 @@ q_heads, qo_len] (natural log; packed: [q_heads, total_q]). The file is written 
 directory, fsync, rename): a failed run never leaves a partial file nor touches an existing one.
 
 Exit status: 0 success, 1 GPU or runtime error, 2 bad usage or input, 3 --max-rel-l1 exceeded.",
-        dims = dims.join(", ")
+        dims = SUPPORTED_HEAD_DIMS_TEXT
     )
 }
 

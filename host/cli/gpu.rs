@@ -1,7 +1,7 @@
 //! The GPU side: running `sageattn` on loaded inputs, and `info`.
 
 use sageattention::attention::{attention_kernel_names, selected_kernel};
-use sageattention::device_config::{names, SUPPORTED_HEAD_DIMS};
+use sageattention::device_config::{names, KERNEL_HEAD_DIMS, SUPPORTED_HEAD_DIMS_TEXT};
 use sageattention::error::CudaResultExt;
 use sageattention::hopper::{hopper_attention_kernel_names, hopper_available};
 use sageattention::runtime::ModuleKind;
@@ -82,8 +82,11 @@ pub fn run_on_gpu(
 /// each variant's resources; the first GPU error ends it.
 pub fn info(device: usize) -> Result<(), CliError> {
     println!("sageattention {}", env!("CARGO_PKG_VERSION"));
-    let dims: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
-    println!("head_dims: {}", dims.join(", "));
+    let dims: Vec<String> = KERNEL_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    println!(
+        "head_dims: {SUPPORTED_HEAD_DIMS_TEXT} (compiled: {}; others zero-padded to the next)",
+        dims.join(", ")
+    );
     let variants = attention_kernel_names();
     println!(
         "attention variants ({}): {}",

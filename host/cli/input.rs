@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView as StView};
-use sageattention::device_config::SUPPORTED_HEAD_DIMS;
+use sageattention::device_config::{is_supported_head_dim, SUPPORTED_HEAD_DIMS_TEXT};
 use sageattention::reference::HostTensor;
 use sageattention::tensor_file::{decode_logical, describe_error};
 use sageattention::varlen::VarlenBatch;
@@ -262,12 +262,10 @@ pub fn check_shapes(
     }
     let [batch, q_heads, qo_len, head_dim] = logical_shape(q_file, layout);
     let [k_batch, kv_heads, kv_len, k_dim] = logical_shape(k_file, layout);
-    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        let supported: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    if !is_supported_head_dim(head_dim) {
         return Err(CliError::Usage(format!(
             "unsupported head_dim {head_dim} (tensor {ql} has shape {q_file:?} {dims}); \
-             supported head_dims: {}",
-            supported.join(", ")
+             supported head_dims: {SUPPORTED_HEAD_DIMS_TEXT}"
         )));
     }
     if k_batch != batch {
@@ -323,12 +321,10 @@ pub fn check_packed_shapes(
     }
     let [total_q, q_heads, head_dim] = q_file;
     let [total_k, kv_heads, k_dim] = k_file;
-    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        let supported: Vec<String> = SUPPORTED_HEAD_DIMS.iter().map(|d| d.to_string()).collect();
+    if !is_supported_head_dim(head_dim) {
         return Err(CliError::Usage(format!(
             "unsupported head_dim {head_dim} (tensor {ql} has shape {q_file:?} {PACKED_DIMS}); \
-             supported head_dims: {}",
-            supported.join(", ")
+             supported head_dims: {SUPPORTED_HEAD_DIMS_TEXT}"
         )));
     }
     if k_dim != head_dim {
@@ -621,8 +617,8 @@ mod tests {
             Err(CliError::Usage(m)) => m,
             other => panic!("expected a usage error, got {other:?}"),
         };
-        assert!(err([[1, 1, 1, 80], [1, 1, 1, 80], [1, 1, 1, 80]])
-            .contains("supported head_dims: 64, 96, 128"));
+        assert!(err([[1, 1, 1, 36], [1, 1, 1, 36], [1, 1, 1, 36]])
+            .contains("supported head_dims: every multiple of 8 from 8 to 256"));
         assert!(err([[1, 0, 1, 64], [1, 1, 1, 64], [1, 1, 1, 64]]).contains("empty"));
         assert!(err([[2, 1, 1, 64], [1, 1, 1, 64], [1, 1, 1, 64]]).contains("batch mismatch"));
         assert!(err([[1, 1, 1, 64], [1, 1, 1, 128], [1, 1, 1, 128]]).contains("head_dim mismatch"));
@@ -804,7 +800,10 @@ mod tests {
             Err(CliError::Usage(m)) => m,
             other => panic!("expected a usage error, got {other:?}"),
         };
-        assert!(err([5, 2, 80], [5, 2, 80], [5, 2, 80]).contains("unsupported head_dim 80"));
+        assert!(err([5, 2, 36], [5, 2, 36], [5, 2, 36])
+            .contains("unsupported head_dim 36 (tensor `q` has shape [5, 2, 36]"));
+        assert!(err([5, 2, 264], [5, 2, 264], [5, 2, 264])
+            .contains("supported head_dims: every multiple of 8 from 8 to 256"));
         assert!(err([5, 2, 64], [5, 2, 128], [5, 2, 128]).contains("head_dim mismatch"));
         assert!(err([5, 2, 64], [5, 2, 64], [6, 2, 64]).contains("must have the shape"));
         assert!(err([5, 3, 64], [5, 2, 64], [5, 2, 64]).contains("not a multiple"));

@@ -3,7 +3,10 @@
 //! device crate's entries (`for_each_attention_variant!`), so names cannot drift.
 
 use crate::device::runtime::{ModuleKind, Runtime};
-use crate::device_config::SUPPORTED_HEAD_DIMS;
+use crate::device_config::{
+    has_f16_accum_variant, is_supported_head_dim, portable_kernel_head_dim, PV8_KERNEL_HEAD_DIMS,
+    SUPPORTED_HEAD_DIMS,
+};
 use crate::launch::hopper;
 use crate::launch::validate::Problem;
 use crate::types::error::{Error, Result};
@@ -21,31 +24,34 @@ pub struct SelectedKernel {
     /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ).
     pub pv8: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
-    /// to run on it (d = 96 on the d = 128 wgmma kernel).
+    /// to run on it (the next compiled size up: d = 80 on the portable d = 96 kernel, d = 96 on
+    /// the d = 128 wgmma kernel, d = 160 on the portable d = 256 kernel).
     pub head_dim: usize,
 }
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
-/// [`Backend::Auto`] the sm_90a wgmma kernel (d = 96 zero-padded to the d = 128 one: a third more
-/// arithmetic, still faster than the portable kernel), else the portable variant — for
-/// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`], any sm_80+
-/// device). `None` for an unsupported head_dim. The one place that decides; launches and tools
-/// call it.
+/// [`Backend::Auto`] the sm_90a wgmma kernel of the smallest compiled head_dim ≥ `head_dim`
+/// (64 or 128; zero-padded when larger: a third more arithmetic at d = 96, still faster than the
+/// portable kernel), else the portable variant of the smallest compiled head_dim ≥ `head_dim`
+/// (64, 96, 128 or 256; on Hopper d in (128, 256] takes this path) — for
+/// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96 or 128,
+/// any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
+/// head_dim no 8-bit kernel takes ([`select`] says why). The one place that decides; launches and
+/// tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
-    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        return None;
-    }
+    let portable_dim = portable_kernel_head_dim(head_dim)?;
     let pv8 = opts.pv_precision == PvPrecision::Int8;
     if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
-        let kernel_dim = if head_dim == 96 { 128 } else { head_dim };
-        if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal, pv8) {
-            return Some(SelectedKernel {
-                module: ModuleKind::Hopper,
-                name,
-                pv_f32: true,
-                pv8,
-                head_dim: kernel_dim,
-            });
+        if let Some(kernel_dim) = hopper_kernel_head_dim(head_dim, pv8) {
+            if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal, pv8) {
+                return Some(SelectedKernel {
+                    module: ModuleKind::Hopper,
+                    name,
+                    pv_f32: true,
+                    pv8,
+                    head_dim: kernel_dim,
+                });
+            }
         }
     }
     if pv8 {
@@ -53,29 +59,55 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     }
     // On Hopper the f16 accumulator is no faster than f32 for mma.sync (measured: 314 vs 341
     // TOPS at d = 96, H200), so Auto takes the f32 variant there: faster and more accurate.
+    // d = 256 has only the f32 variant (config::has_f16_accum_variant).
     let f32_is_free = opts.backend == Backend::Auto && rt.compute_capability() == (9, 0);
-    let pv_f32 = opts.pv_accum == PvAccum::F32 || f32_is_free;
-    let name = attention_kernel_name(head_dim, opts.causal, pv_f32)?;
+    let pv_f32 =
+        opts.pv_accum == PvAccum::F32 || f32_is_free || !has_f16_accum_variant(portable_dim);
+    let name = attention_kernel_name(portable_dim, opts.causal, pv_f32)?;
     Some(SelectedKernel {
         module: ModuleKind::Portable,
         name,
         pv_f32,
         pv8: false,
-        head_dim,
+        head_dim: portable_dim,
     })
 }
 
+/// The sm_90a kernel size `head_dim` runs on: the smallest of `SM90_HEAD_DIMS` at least as large.
+/// With the 8-bit P·V only head_dims that are multiples of 16 qualify: its V-statistics job
+/// (the `V8_STATS` job of `sage_prepare`) runs `2 · head_dim` threads, which must be whole warps.
+fn hopper_kernel_head_dim(head_dim: usize, pv8: bool) -> Option<usize> {
+    if pv8 && !head_dim.is_multiple_of(16) {
+        return None;
+    }
+    hopper::SM90_HEAD_DIMS
+        .iter()
+        .copied()
+        .filter(|&k| k >= head_dim)
+        .min()
+}
+
 /// The portable 8-bit P·V kernel (`kernels-gpu/src/attention_pv8/`: mma.sync u8·s8, sm_80+) for
-/// this head_dim and mask: what [`PvPrecision::Int8`] runs with [`Backend::Portable`], and with
-/// [`Backend::Auto`] on any device but Hopper. Its P·V accumulates exactly per 128-key tile, then
-/// in f32 (`pv_f32`); its Q, K and Vᵀ are `head_dim` wide (no padding, d = 96 included).
+/// `head_dim` and the mask: what [`PvPrecision::Int8`] runs with [`Backend::Portable`], and with
+/// [`Backend::Auto`] on any device but Hopper. Compiled for head_dim 64, 96 and 128 (Q, K and Vᵀ
+/// that wide: d = 96 is not padded); another head_dim runs zero-padded on the smallest of them at
+/// least as large, if it is a multiple of 16 (the V statistics run `2 · head_dim` threads in whole
+/// warps, as for the sm_90a kernel). Its P·V accumulates exactly per 128-key tile, then in f32.
 pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKernel> {
+    if !is_supported_head_dim(head_dim) || !head_dim.is_multiple_of(16) {
+        return None;
+    }
+    let kernel_dim = PV8_KERNEL_HEAD_DIMS
+        .iter()
+        .copied()
+        .filter(|&k| k >= head_dim)
+        .min()?;
     Some(SelectedKernel {
         module: ModuleKind::Portable,
-        name: pv8_attention_kernel_name(head_dim, causal)?,
+        name: pv8_attention_kernel_name(kernel_dim, causal)?,
         pv_f32: true,
         pv8: true,
-        head_dim,
+        head_dim: kernel_dim,
     })
 }
 
@@ -126,42 +158,69 @@ pub fn attention_kernel_names() -> Vec<&'static str> {
 
 /// The kernel for this problem, or the typed error when none exists.
 pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<SelectedKernel> {
-    if !SUPPORTED_HEAD_DIMS.contains(&p.head_dim) {
+    if !is_supported_head_dim(p.head_dim) {
         return Err(Error::UnsupportedHeadDim {
             head_dim: p.head_dim,
             supported: &SUPPORTED_HEAD_DIMS,
         });
     }
-    // Every supported head_dim has a kernel for both P·V precisions (the portable ones run on any
-    // sm_80+ device); this is a guard against a variant list missing one.
+    // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V (sm_90a or portable) exists
+    // up to head_dim 128, for multiples of 16.
     selected_kernel(rt, p.head_dim, opts).ok_or_else(|| Error::PvPrecisionUnavailable {
         precision: match opts.pv_precision {
             PvPrecision::F16 => "F16",
             PvPrecision::Int8 => "Int8",
         },
-        reason: format!(
-            "no compiled kernel for head_dim {} (causal: {})",
-            p.head_dim, opts.causal
-        ),
+        reason: int8_head_dim_reason(p.head_dim),
     })
+}
+
+/// Why the 8-bit P·V has no kernel for `head_dim` (the sm_90a and the portable 8-bit kernels
+/// both stop at 128 and both need multiples of 16).
+fn int8_head_dim_reason(head_dim: usize) -> String {
+    let largest = PV8_KERNEL_HEAD_DIMS.iter().copied().max().unwrap_or(0);
+    if head_dim > largest {
+        format!(
+            "the 8-bit P·V kernel exists for head_dim up to {largest}; head_dim {head_dim} runs \
+             with PvPrecision::F16 only"
+        )
+    } else {
+        format!(
+            "the 8-bit P·V path needs head_dim a multiple of 16 (its V statistics run 2·head_dim \
+             threads in whole warps); head_dim {head_dim} runs with PvPrecision::F16 only"
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_config::KERNEL_HEAD_DIMS;
 
     #[test]
     fn kernel_names_cover_every_supported_variant() {
-        for hd in SUPPORTED_HEAD_DIMS {
+        for hd in KERNEL_HEAD_DIMS {
             for causal in [false, true] {
                 for pv_f32 in [false, true] {
-                    let name = attention_kernel_name(hd, causal, pv_f32).unwrap();
-                    assert!(name.contains(&format!("hd{hd}_")));
+                    let name = attention_kernel_name(hd, causal, pv_f32);
+                    if pv_f32 || has_f16_accum_variant(hd) {
+                        assert!(name.unwrap().contains(&format!("hd{hd}_")));
+                    } else {
+                        assert_eq!(name, None);
+                    }
                 }
             }
         }
         assert_eq!(attention_kernel_name(80, false, false), None);
-        for hd in SUPPORTED_HEAD_DIMS {
+        let names = attention_kernel_names();
+        assert_eq!(names.len(), 20);
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+    }
+
+    #[test]
+    fn portable_pv8_sizes_pad_to_the_next_8bit_kernel() {
+        for hd in PV8_KERNEL_HEAD_DIMS {
             for causal in [false, true] {
                 let k = portable_pv8_kernel(hd, causal).unwrap();
                 let mask = if causal { "causal" } else { "full" };
@@ -172,10 +231,64 @@ mod tests {
                 );
             }
         }
-        assert_eq!(portable_pv8_kernel(80, false), None);
-        let names = attention_kernel_names();
-        assert_eq!(names.len(), 18);
-        let unique: std::collections::HashSet<_> = names.iter().collect();
-        assert_eq!(unique.len(), names.len());
+        for d in SUPPORTED_HEAD_DIMS {
+            let want = PV8_KERNEL_HEAD_DIMS
+                .iter()
+                .copied()
+                .filter(|&k| k >= d && d.is_multiple_of(16))
+                .min();
+            assert_eq!(
+                portable_pv8_kernel(d, false).map(|k| k.head_dim),
+                want,
+                "{d}"
+            );
+        }
+        assert_eq!(portable_pv8_kernel(80, true).unwrap().head_dim, 96);
+        assert_eq!(portable_pv8_kernel(32, false).unwrap().head_dim, 64);
+        for bad in [0, 40, 100, 144, 256] {
+            assert_eq!(portable_pv8_kernel(bad, false), None, "{bad}");
+        }
+        // The Hopper 8-bit kernel takes the same head_dims (its sizes differ).
+        for d in SUPPORTED_HEAD_DIMS {
+            assert_eq!(
+                hopper_kernel_head_dim(d, true).is_some(),
+                portable_pv8_kernel(d, false).is_some(),
+                "{d}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_supported_head_dim_has_a_portable_kernel_at_most_one_size_up() {
+        for d in SUPPORTED_HEAD_DIMS {
+            let k = portable_kernel_head_dim(d).unwrap();
+            assert!(k >= d && KERNEL_HEAD_DIMS.contains(&k), "{d} -> {k}");
+            // No compiled size lies between d and the kernel chosen for it.
+            assert!(!KERNEL_HEAD_DIMS.iter().any(|&c| c >= d && c < k), "{d}");
+            assert!(attention_kernel_name(k, true, true).is_some());
+        }
+        assert_eq!(portable_kernel_head_dim(80), Some(96));
+        assert_eq!(portable_kernel_head_dim(160), Some(256));
+        assert_eq!(portable_kernel_head_dim(32), Some(64));
+        for bad in [0, 4, 12, 100, 264, 512] {
+            assert_eq!(portable_kernel_head_dim(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hopper_sizes_pad_to_the_next_wgmma_kernel() {
+        for d in SUPPORTED_HEAD_DIMS {
+            let want = hopper::SM90_HEAD_DIMS
+                .iter()
+                .copied()
+                .filter(|&k| k >= d)
+                .min();
+            assert_eq!(hopper_kernel_head_dim(d, false), want, "{d}");
+            let want8 = want.filter(|_| d.is_multiple_of(16));
+            assert_eq!(hopper_kernel_head_dim(d, true), want8, "{d}");
+        }
+        assert_eq!(hopper_kernel_head_dim(40, true), None);
+        assert!(int8_head_dim_reason(264).contains("up to"));
+        assert!(int8_head_dim_reason(40).contains("multiple of 16"));
     }
 }

@@ -1,7 +1,8 @@
 //! Enqueuing one call's kernels on the runtime's stream: preparation (K mean, INT8 quantization
 //! of Q and K, LSE bias, V to f16 or to the 8-bit Vᵀ) into scratch memory, as one to three
 //! launches of the fused preparation kernel ([`plan_prepare`]), then the attention kernel the
-//! dispatch chose (and, for a zero-padded head_dim, the copy of the real output columns).
+//! dispatch chose (and, for a head_dim zero-padded on the sm_90a kernel, the copy of the real
+//! output columns; the portable kernel stores only the caller's columns itself).
 
 use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 
@@ -50,6 +51,8 @@ pub(crate) fn scratch_layout(
     lse: bool,
     kernel: &SelectedKernel,
 ) -> Result<ScratchLayout> {
+    // A zero-padded problem reads V copied `kernel.head_dim` wide; only the sm_90a kernels also
+    // need a padded output (the portable kernel stores the caller's columns itself).
     let padded = kernel.head_dim != p.head_dim;
     ScratchLayout::new(ScratchShape {
         batch: p.batch,
@@ -62,7 +65,7 @@ pub(crate) fn scratch_layout(
         smooth_k: opts.smooth_k,
         lse_bias: opts.smooth_k && lse,
         copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
-        pad_output: padded,
+        pad_output: padded && kernel.module == ModuleKind::Hopper,
         v8: kernel.pv8,
     })
 }
@@ -134,13 +137,13 @@ pub(crate) struct PrepPlan {
 ///
 /// 1. Q quantization, K segment sums (smoothing), 8-bit V statistics, V to f16 — and K
 ///    quantization when K is not smoothed;
-/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 4096), the
-///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 2048); one CTA per
+/// 2. the K mean when K has more than `MEAN_FOLD_MAX_SEGMENTS` segments (kv_len > 1024), the
+///    8-bit V scales when V has more than `V8_FOLD_MAX_SEGMENTS` (kv_len > 1024); one CTA per
 ///    (batch, kv head) each; no launch when neither applies;
 /// 3. K quantization (smoothing), the 8-bit Vᵀ and the LSE bias; each CTA folds in the mean or
 ///    scales that step 2 did not compute.
 ///
-/// So 2 launches for f16 up to kv_len 4096 (1 without smoothing) and for the 8-bit P·V up to 2048;
+/// So 2 launches for f16 up to kv_len 1024 (1 without smoothing) and for the 8-bit P·V up to 1024;
 /// 3 beyond.
 pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
     use prep_job::*;
@@ -344,9 +347,10 @@ pub(crate) fn enqueue_prepare(
     Ok(())
 }
 
-/// Enqueues the attention kernel `kernel` on prepared scratch data; when the kernel's head_dim is
-/// larger than the problem's (d = 96 on the d = 128 wgmma kernel, zero-padded), it writes a padded
-/// output in scratch memory and a copy kernel moves the real columns into `out`.
+/// Enqueues the attention kernel `kernel` on prepared scratch data. When the kernel's head_dim is
+/// larger than the problem's (zero-padded), the portable kernel stores the caller's columns
+/// directly; the sm_90a kernel writes a padded output in scratch memory and a copy kernel moves
+/// the real columns into `out`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_attend(
     rt: &Runtime,
@@ -400,7 +404,7 @@ pub(crate) fn enqueue_attend(
         q_heads: p.q_heads as u32,
         kv_heads: p.kv_heads as u32,
         out_bf16,
-        _pad: 0,
+        head_dim: p.head_dim as u32,
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
@@ -478,8 +482,26 @@ pub(crate) fn launch<P: DeviceRepr>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device_config::{portable_kernel_head_dim, SUPPORTED_HEAD_DIMS};
 
+    /// The 8-bit P·V's head dims: multiples of 16 up to 128 (the sm_90a kernel's).
+    fn has_v8(head_dim: usize) -> bool {
+        head_dim.is_multiple_of(16) && head_dim <= 128
+    }
+
+    /// A problem at `head_dim` on the kernel the dispatch would pick: the sm_90a one (64 or 128)
+    /// for the 8-bit P·V, else the portable one (64, 96, 128 or 256); zero-padded when larger.
     fn shape(kv_len: usize, head_dim: usize, smooth_k: bool, lse: bool, v8: bool) -> ScratchShape {
+        let kernel_head_dim = if v8 {
+            assert!(has_v8(head_dim));
+            if head_dim <= 64 {
+                64
+            } else {
+                128
+            }
+        } else {
+            portable_kernel_head_dim(head_dim).unwrap()
+        };
         ScratchShape {
             batch: 4,
             q_heads: 32,
@@ -487,23 +509,23 @@ mod tests {
             qo_len: kv_len + 3,
             kv_len,
             head_dim,
-            kernel_head_dim: if head_dim == 96 { 128 } else { head_dim },
+            kernel_head_dim,
             smooth_k,
             lse_bias: smooth_k && lse,
-            copy_v: !v8 && head_dim == 96,
-            pad_output: head_dim == 96,
+            copy_v: !v8 && kernel_head_dim != head_dim,
+            pad_output: v8 && kernel_head_dim != head_dim,
             v8,
         }
     }
 
     /// Short sequences: 2 launches on both P·V paths (1 with nothing to wait for); past a fold
-    /// limit (K: 4096 keys, 8-bit V: 2048) a finalize launch comes between.
+    /// limit (1024 keys for K and the 8-bit V) a finalize launch comes between.
     #[test]
     fn launch_counts() {
         let k_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
         let v_limit = V8_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
         assert!(v_limit <= k_limit);
-        for hd in [64, 96, 128] {
+        for hd in [8, 40, 64, 96, 128, 200, 256] {
             for kv_len in [1, 1024, v_limit, v_limit + 1, k_limit, k_limit + 1, 20_000] {
                 let (fold_k, fold_v8) = (kv_len <= k_limit, kv_len <= v_limit);
                 let count = |smooth, lse, v8| {
@@ -516,6 +538,9 @@ mod tests {
                 assert_eq!(count(true, false, false), f16, "f16 {what}");
                 assert_eq!(count(true, true, false), f16, "f16 + LSE {what}");
                 assert_eq!(count(false, false, false), 1, "f16 unsmoothed {what}");
+                if !has_v8(hd) {
+                    continue;
+                }
                 let int8 = 2 + usize::from(!fold_k || !fold_v8);
                 assert_eq!(count(true, true, true), int8, "int8 {what}");
                 let int8_unsmoothed = 2 + usize::from(!fold_v8);
@@ -530,11 +555,12 @@ mod tests {
     }
 
     /// Every job runs exactly once over the launches, with its full CTA count, after the jobs it
-    /// reads, with a block size it accepts and shared memory that fits.
+    /// reads, with a block size it accepts and shared memory that fits, at every supported
+    /// head_dim (the 8-bit P·V at the ones it takes).
     #[test]
     fn every_job_once_in_order_with_a_valid_geometry() {
         use prep_job::*;
-        for hd in [64, 96, 128] {
+        for hd in SUPPORTED_HEAD_DIMS {
             for kv_len in [1, 63, 65, 1000, 2048, 2049, 4096, 4097, 20_000] {
                 for (smooth, lse, v8) in [
                     (true, false, false),
@@ -543,6 +569,9 @@ mod tests {
                     (true, true, true),
                     (false, false, true),
                 ] {
+                    if v8 && !has_v8(hd) {
+                        continue;
+                    }
                     let s = shape(kv_len, hd, smooth, lse, v8);
                     let plan = plan_prepare(&s);
                     let launch_of = |j: usize| {
@@ -592,6 +621,7 @@ mod tests {
                     }
                     for l in &plan.launches {
                         assert!(!l.is_empty());
+                        assert_eq!(l.threads, prep_threads(hd));
                         for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
                             assert!(prep_threads_ok(j, l.threads, hd), "job {j}, {l:?}");
                         }

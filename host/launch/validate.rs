@@ -6,7 +6,7 @@ use cudarc::driver::CudaSlice;
 
 use crate::device::runtime::Runtime;
 use crate::device::tensor::{TensorView, TensorViewMut};
-use crate::device_config::SUPPORTED_HEAD_DIMS;
+use crate::device_config::{is_supported_head_dim, SUPPORTED_HEAD_DIMS};
 use crate::types::dtype::DType;
 use crate::types::error::{Error, Result};
 use crate::types::options::Options;
@@ -65,6 +65,17 @@ pub(crate) fn check_problem(
     v: &TensorView,
     opts: &Options,
 ) -> Result<Problem> {
+    // head_dim first: 0 (an empty tensor otherwise), above 256 or not a multiple of 8 is named
+    // as such, with the supported set.
+    for t in [q, k, v] {
+        let head_dim = t.shape()[3];
+        if !is_supported_head_dim(head_dim) {
+            return Err(Error::UnsupportedHeadDim {
+                head_dim,
+                supported: &SUPPORTED_HEAD_DIMS,
+            });
+        }
+    }
     for (name, t) in [("q", q), ("k", k), ("v", v)] {
         t.validate(name)?;
         if !matches!(t.dtype(), DType::F16 | DType::BF16) {
@@ -86,12 +97,6 @@ pub(crate) fn check_problem(
     }
     let [batch, q_heads, qo_len, head_dim] = q.shape();
     let [kb, kv_heads, kv_len, kd] = k.shape();
-    if !SUPPORTED_HEAD_DIMS.contains(&head_dim) {
-        return Err(Error::UnsupportedHeadDim {
-            head_dim,
-            supported: &SUPPORTED_HEAD_DIMS,
-        });
-    }
     if kb != batch || kd != head_dim {
         return Err(Error::ShapeMismatch {
             what: format!(
@@ -258,11 +263,23 @@ mod tests {
             matches!(e, Error::UnsupportedDType { tensor: "q", .. }),
             "{e}"
         );
-        let e = qkv(f16, f16, f16, [1, 2, 64, 80], [1, 2, 64, 80]).unwrap_err();
-        assert!(
-            matches!(e, Error::UnsupportedHeadDim { head_dim: 80, .. }),
-            "{e}"
-        );
+        for bad in [0, 4, 36, 100, 264, 512] {
+            let e = qkv(f16, f16, f16, [1, 2, 64, bad], [1, 2, 64, bad]).unwrap_err();
+            assert!(
+                matches!(e, Error::UnsupportedHeadDim { head_dim, supported }
+                    if head_dim == bad && supported == SUPPORTED_HEAD_DIMS),
+                "{e}"
+            );
+            assert!(
+                e.to_string().contains("every multiple of 8 from 8 to 256"),
+                "{e}"
+            );
+        }
+        for good in [8, 32, 40, 80, 160, 200, 248, 256] {
+            let p = qkv(f16, f16, f16, [1, 2, 64, good], [1, 1, 64, good]).unwrap();
+            assert_eq!(p.head_dim, good);
+            assert!((p.sm_scale - 1.0 / (good as f32).sqrt()).abs() < 1e-9);
+        }
         let e = qkv(f16, f16, f16, [1, 3, 64, 64], [1, 2, 64, 64]).unwrap_err();
         assert!(
             matches!(

@@ -56,8 +56,9 @@ pub enum Error {
         supported: &'static [DType],
     },
 
-    /// The head dimension is not one the kernels were built for.
-    #[error("unsupported head_dim {head_dim}; supported: {}", list(supported))]
+    /// The head dimension is not one the library accepts (for a call: 0, above 256 or not a
+    /// multiple of 8; `supported` is then every multiple of 8 from 8 to 256).
+    #[error("unsupported head_dim {head_dim}; supported: {}", dims(supported))]
     UnsupportedHeadDim {
         /// The head dimension of the inputs.
         head_dim: usize,
@@ -389,4 +390,17 @@ fn list<T: std::fmt::Display>(items: &[T]) -> String {
         let _ = write!(s, "{item}");
     }
     s
+}
+
+/// Formats head dims as [`list`] does, or a run of four or more equally spaced values `s, 2s, …,
+/// n·s` as `every multiple of s from s to n·s`.
+fn dims(items: &[usize]) -> String {
+    if let [first, second, .., last] = *items {
+        let step = second.wrapping_sub(first);
+        let spaced = items.windows(2).all(|w| w[1].wrapping_sub(w[0]) == step);
+        if items.len() >= 4 && step > 0 && first == step && spaced {
+            return format!("every multiple of {step} from {first} to {last}");
+        }
+    }
+    list(items)
 }

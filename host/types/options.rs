@@ -6,8 +6,9 @@ use super::dtype::Layout;
 /// How P·V accumulates.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PvAccum {
-    /// f16 accumulator within each 64-key tile, summed into an f32 running output (SageAttention's
-    /// default; fastest).
+    /// f16 accumulator within each 64-key tile, summed into an f32 running output
+    /// (SageAttention's default; fastest). The portable kernel for head_dim above 128 (the d = 256
+    /// one) has only the f32 accumulator, which this then runs.
     #[default]
     F16,
     /// f32 accumulator throughout (slower, slightly more accurate).
@@ -30,17 +31,21 @@ pub enum PvPrecision {
     /// model, docs/perf-notes.md) rel L1 ≈ 0.017–0.020 against 0.038 for e4m3 P and V. Runs on
     /// every sm_80+ GPU: the sm_90a wgmma kernel on Hopper with [`Backend::Auto`], the portable
     /// mma.sync kernel (`mma.sync m16n8k32` u8·s8) everywhere else and with
-    /// [`Backend::Portable`]; both compute the same thing (one CPU emulation); head_dim 64, 96 or
-    /// 128.
+    /// [`Backend::Portable`]; both compute the same thing (one CPU emulation). head_dim a
+    /// multiple of 16 up to 128; others return
+    /// [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
 }
 
 /// Which attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel (head_dim 96
-    /// zero-padded to 128; P·V in f32, which is not slower there); elsewhere the portable kernel
-    /// as [`PvAccum`] asks, or its 8-bit P·V variant for [`PvPrecision::Int8`].
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim up to
+    /// 128 (zero-padded to 64 or 128) and the portable kernel's f32-accumulator variant for
+    /// head_dim in (128, 256] (an f16 accumulator is not faster on Hopper, so [`PvAccum::F16`]
+    /// gets the more accurate f32 result there); elsewhere the portable kernel as [`PvAccum`]
+    /// asks (zero-padded to 64, 96, 128 or 256), or its 8-bit P·V variant for
+    /// [`PvPrecision::Int8`].
     #[default]
     Auto,
     /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device (and

@@ -10,8 +10,47 @@ pub const K_BLOCK: usize = 64;
 pub const ATTN_WARPS: usize = 4;
 /// Threads per attention CTA.
 pub const ATTN_THREADS: usize = ATTN_WARPS * 32;
-/// Head dimensions with a compiled attention kernel.
-pub const SUPPORTED_HEAD_DIMS: [usize; 3] = [64, 96, 128];
+/// Every head_dim a call accepts is a multiple of this (16-byte rows of f16/bf16 and of the
+/// quantizer's 8-value chunks).
+pub const HEAD_DIM_STEP: usize = 8;
+/// The largest head_dim a call accepts.
+pub const MAX_HEAD_DIM: usize = 256;
+/// Head dimensions with a compiled portable attention kernel. Any other supported head_dim runs
+/// zero-padded on the smallest of these that is at least as large ([`portable_kernel_head_dim`]).
+pub const KERNEL_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
+/// Every head_dim a call accepts: the multiples of [`HEAD_DIM_STEP`] up to [`MAX_HEAD_DIM`].
+pub const SUPPORTED_HEAD_DIMS: [usize; MAX_HEAD_DIM / HEAD_DIM_STEP] = {
+    let mut dims = [0; MAX_HEAD_DIM / HEAD_DIM_STEP];
+    let mut i = 0;
+    while i < dims.len() {
+        dims[i] = (i + 1) * HEAD_DIM_STEP;
+        i += 1;
+    }
+    dims
+};
+/// [`SUPPORTED_HEAD_DIMS`] in words, for messages.
+pub const SUPPORTED_HEAD_DIMS_TEXT: &str = "every multiple of 8 from 8 to 256";
+
+/// Whether a call accepts `head_dim` (a member of [`SUPPORTED_HEAD_DIMS`]).
+pub const fn is_supported_head_dim(head_dim: usize) -> bool {
+    head_dim > 0 && head_dim <= MAX_HEAD_DIM && head_dim.is_multiple_of(HEAD_DIM_STEP)
+}
+
+/// The portable kernel `head_dim` runs on: the smallest of [`KERNEL_HEAD_DIMS`] that is at least
+/// `head_dim` (the preparation kernels zero-pad Q, K and V to it). `None` for an unsupported one.
+pub const fn portable_kernel_head_dim(head_dim: usize) -> Option<usize> {
+    if !is_supported_head_dim(head_dim) {
+        return None;
+    }
+    let mut i = 0;
+    while i < KERNEL_HEAD_DIMS.len() {
+        if KERNEL_HEAD_DIMS[i] >= head_dim {
+            return Some(KERNEL_HEAD_DIMS[i]);
+        }
+        i += 1;
+    }
+    None
+}
 /// Extra bytes after every shared-memory row: makes the row stride ≡ 16 (mod 128) bytes, so the 8
 /// rows an `ldmatrix` reads at one column hit 8 distinct 16-byte bank groups (no conflicts).
 pub const SMEM_ROW_PAD: usize = 16;
@@ -30,20 +69,25 @@ pub const K_CHUNKS_PER_THREAD: usize = 4;
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
 /// instead of reading the mean a separate launch wrote: one launch less, at the price of every
 /// consumer CTA reading its head's `segments × head_dim` sums (from L2, while its K loads are in
-/// flight). 16 segments = 4096 rows: at most half a K block's own bytes. Longer sequences, where a
-/// launch matters less, keep the `K_MEAN` launch.
-pub const MEAN_FOLD_MAX_SEGMENTS: usize = 16;
-/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 8 segments
-/// = 2048 rows. Three values per segment and channel (sum, max, min), read before the tile's
-/// loads (registers), make folding cost more than for K: at 16 segments a Vᵀ CTA would read
-/// 1.5× its tile's bytes from L2 first.
-pub const V8_FOLD_MAX_SEGMENTS: usize = 8;
+/// flight). 4 segments = 1024 rows (an eighth of a K block's own bytes): at 16 segments the f16
+/// preparation measured 21% slower at 4096 rows than with the `K_MEAN` launch (H200,
+/// docs/perf-notes.md, v4). Longer sequences keep the `K_MEAN` launch.
+pub const MEAN_FOLD_MAX_SEGMENTS: usize = 4;
+/// The same for the 8-bit V's scales (the Vᵀ CTAs reduce V's statistics themselves): 4 segments
+/// = 1024 rows, as K (never more than K's: `plan_prepare` relies on it). Three values per segment
+/// and channel (sum, max, min), read before the tile's loads, make folding cost more than for K.
+pub const V8_FOLD_MAX_SEGMENTS: usize = 4;
 
 /// Threads of every launch of the preparation kernel: one per (16-byte chunk of a row, sequence
-/// lane), the geometry of the segment jobs (`2 * head_dim`: 256 at head_dim 128, 8 warps).
+/// lane), the geometry of the segment jobs (`2 * head_dim`: 256 at head_dim 128, 8 warps; 512 at
+/// head_dim 256). Not always whole warps: when `head_dim / 8` is odd (d = 8, 24, 40, …) the last
+/// warp has 16 threads, which every job allows for (`prep_threads_ok`).
 pub const fn prep_threads(head_dim: usize) -> usize {
     head_dim / 8 * MEAN_SEQ_LANES
 }
+/// The most threads a preparation CTA has: `prep_threads(MAX_HEAD_DIM)`. The kernel is capped at
+/// 80 registers (build.rs), so 512 · 80 fits the 64 Ki registers of an SM.
+pub const PREP_MAX_THREADS: usize = prep_threads(MAX_HEAD_DIM);
 /// Threads per CTA of the column copy (`sage_copy_columns`).
 pub const CONVERT_THREADS: usize = 256;
 /// 16-byte chunks each thread of a V-conversion job copies (all loads in flight, then the stores).
@@ -54,8 +98,9 @@ pub const LOG2_E: f32 = core::f32::consts::LOG2_E;
 /// 16-row mma tiles per warp along the query dimension. Two tiles halve the shared-memory traffic
 /// of K and V per query row (one tile measured shared-memory bound at d = 128, H200). At d = 128
 /// the f16-accumulator variant keeps one: with two it spills (ptxas 12.9) even with 32-key tiles.
+/// At d = 256 both keep one: the f32 output of one 16-row tile alone is 128 registers per thread.
 pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
-    if head_dim > 96 && !pv_f32 {
+    if head_dim > 128 || (head_dim > 96 && !pv_f32) {
         1
     } else {
         2
@@ -63,13 +108,23 @@ pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
 }
 
 /// Keys per tile of the portable kernel's main loop (a divisor of `K_BLOCK`, so a tile has one
-/// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles.
+/// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles. At d = 256, 32-key
+/// tiles keep the two K/V stages and the Q tile at 67 KiB of shared memory, under the 99 KiB a
+/// block may have on sm_86/sm_89 (64-key tiles would need 117 KiB).
 pub const fn cta_k(head_dim: usize, pv_f32: bool) -> usize {
-    if head_dim > 96 && pv_f32 {
+    if head_dim > 128 || (head_dim > 96 && pv_f32) {
         32
     } else {
         64
     }
+}
+
+/// Whether the portable kernel has an f16-accumulator (`PvAccum::F16`) variant for `head_dim`.
+/// Not at d = 256: next to the 128 registers of the f32 output, the f16 partial sums did not fit
+/// in 255 registers in any schedule tried (ptxas 12.9 spilled 24–1008 B with 16- or 32-key tiles,
+/// either tile copy, per-tile or per-k-step partials), so `PvAccum::F16` runs the f32 variant.
+pub const fn has_f16_accum_variant(head_dim: usize) -> bool {
+    head_dim <= 128
 }
 
 /// Query rows per attention CTA.
@@ -137,6 +192,10 @@ pub const fn v8_key_slot(k: usize) -> usize {
     (k & !15) | (4 * t + e)
 }
 
+/// Head dimensions with a compiled portable 8-bit P·V kernel (`attention_pv8/`, the entries of
+/// [`for_each_pv8_attention_variant`]); other head_dims that are multiples of 16 run zero-padded
+/// on the smallest of these at least as large (`dispatch::portable_pv8_kernel`).
+pub const PV8_KERNEL_HEAD_DIMS: [usize; 3] = [64, 96, 128];
 /// Warps per CTA of the portable 8-bit P·V kernel (`attention_pv8/`); each owns 16 query rows
 /// (one m-tile), so that a 128-key tile's scores fit in 64 registers beside the output.
 pub const PV8_WARPS: usize = 8;
@@ -239,6 +298,8 @@ macro_rules! for_each_attention_variant {
         $m!("sage_attn_hd128_causal_f16acc", 128, true, false);
         $m!("sage_attn_hd128_full_f32acc", 128, false, true);
         $m!("sage_attn_hd128_causal_f32acc", 128, true, true);
+        $m!("sage_attn_hd256_full_f32acc", 256, false, true);
+        $m!("sage_attn_hd256_causal_f32acc", 256, true, true);
     };
 }
 
@@ -288,38 +349,36 @@ pub mod prep_job {
 /// Whether a CTA of `threads` threads can run preparation job `job` at `head_dim` (the host
 /// checks every launch against it): the segment jobs map one thread to each (16-byte channel
 /// chunk, sequence lane); a quantization CTA holds its whole block in registers
-/// (`Q_CHUNKS_PER_THREAD` / `K_CHUNKS_PER_THREAD` chunks per thread, at most 8 warps) and every
-/// thread keeps one column chunk (`threads` a multiple of `head_dim / 8`); the others loop over
-/// whatever they get.
+/// (`Q_CHUNKS_PER_THREAD` / `K_CHUNKS_PER_THREAD` chunks per thread, at most
+/// [`PREP_MAX_THREADS`]) and every thread keeps one column chunk (`threads` a multiple of
+/// `head_dim / 8`); the others loop over whatever they get. A last warp that is not whole is
+/// allowed (its block-maximum butterfly names only the warp's threads) except for the 8-bit V's
+/// statistics, whose shuffles span whole warps (the 8-bit P·V runs only for head_dims that are
+/// multiples of 16, where `prep_threads` is whole warps).
 pub const fn prep_threads_ok(job: usize, threads: usize, head_dim: usize) -> bool {
     let chunks = head_dim / 8;
+    if threads == 0 || threads > PREP_MAX_THREADS {
+        return false;
+    }
     match job {
-        prep_job::SUM_K | prep_job::V8_STATS => threads == chunks * MEAN_SEQ_LANES,
+        prep_job::SUM_K => threads == chunks * MEAN_SEQ_LANES,
+        prep_job::V8_STATS => threads == chunks * MEAN_SEQ_LANES && threads.is_multiple_of(32),
         prep_job::QUANT_Q => quant_threads_ok(threads, chunks, Q_BLOCK, Q_CHUNKS_PER_THREAD),
         prep_job::QUANT_K => quant_threads_ok(threads, chunks, K_BLOCK, K_CHUNKS_PER_THREAD),
-        prep_job::V8_QUANT => {
-            threads > 0
-                && threads.is_multiple_of(32)
-                && threads * V8_CHUNKS_PER_THREAD >= V8_TILE * chunks
-        }
-        _ => threads > 0 && threads.is_multiple_of(32),
+        prep_job::V8_QUANT => threads * V8_CHUNKS_PER_THREAD >= V8_TILE * chunks,
+        _ => true,
     }
 }
 
 /// See [`prep_threads_ok`]: a quantization CTA of `threads` threads, `per_thread` chunks each,
 /// for a block of `rows` rows of `chunks` 16-byte chunks.
 const fn quant_threads_ok(threads: usize, chunks: usize, rows: usize, per_thread: usize) -> bool {
-    threads > 0
-        && threads.is_multiple_of(32)
-        && threads <= 256
-        && chunks > 0
-        && threads.is_multiple_of(chunks)
-        && threads * per_thread >= rows * chunks
+    chunks > 0 && threads.is_multiple_of(chunks) && threads * per_thread >= rows * chunks
 }
 
-/// Bytes of the warp-maximum slots of a quantization CTA (at most 8 warps, one f32 each); the
-/// K mean it subtracts follows them in shared memory.
-pub const QUANT_MAX_SLOTS_BYTES: usize = 32;
+/// Bytes of the warp-maximum slots of a quantization CTA (one f32 per warp, at most
+/// `PREP_MAX_THREADS / 32` = 16 warps); the K mean it subtracts follows them in shared memory.
+pub const QUANT_MAX_SLOTS_BYTES: usize = 4 * PREP_MAX_THREADS.div_ceil(32);
 
 /// Dynamic shared memory one CTA of preparation job `job` uses (see [`prep_job`]).
 pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -> usize {

@@ -43,8 +43,11 @@ pub struct AttnParams {
     pub kv_heads: u32,
     /// 1: store bf16, 0: store f16.
     pub out_bf16: u32,
-    /// Padding so the struct size is a multiple of 8.
-    pub _pad: u32,
+    /// The caller's head_dim (a multiple of 8, at most the kernel's): the portable kernel stores
+    /// only the output columns below it, so a zero-padded problem (Q, K and V prepared
+    /// `out_head_dim` wide with zero columns) needs no output copy. The sm_90a kernels ignore it:
+    /// the host gives them an output padded to their head_dim and copies the columns after.
+    pub head_dim: u32,
 }
 
 /// The quantization job's parameters (one struct per tensor).

@@ -533,6 +533,23 @@ pub fn shfl_xor_f32(x: f32, mask: u32) -> f32 {
     f32::from_bits(shfl_xor_u32(x.to_bits(), mask))
 }
 
+/// Butterfly shuffle among the lanes of `members` (a warp that is not whole: the lanes that
+/// exist): returns `x` of lane `lane ^ mask`, unspecified when that lane is not in `members` (the
+/// caller discards it). Must be called by every lane of `members` together, each in `members`.
+#[inline(always)]
+pub fn shfl_xor_f32_among(x: f32, mask: u32, members: u32) -> f32 {
+    let r: u32;
+    // SAFETY: register-only warp-collective op; the caller names the participating lanes.
+    unsafe {
+        asm!(
+            "shfl.sync.bfly.b32 {0}, {1}, {2}, 0x1f, {3};",
+            out(reg32) r, in(reg32) x.to_bits(), in(reg32) mask, in(reg32) members,
+            options(nomem, nostack)
+        );
+    }
+    f32::from_bits(r)
+}
+
 // ---------------------------------------------------------------------------------------------
 // Arithmetic and conversions (non-collective: `pure, nomem`)
 // ---------------------------------------------------------------------------------------------

@@ -298,16 +298,31 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
             }
         },
     );
-    // Block-wide NaN-propagating max: warp butterfly, then one slot per warp.
+    // Block-wide NaN-propagating max: warp butterfly, then one slot per warp. `threads` need not
+    // be whole warps (`prep_threads` is an odd multiple of 16 at d = 8, 24, 40, …): the butterfly
+    // names only the threads of this warp, and a lane takes its partner's value only when the
+    // partner exists, so lane 0 ends with the maximum over the warp's threads (the maximum does
+    // not depend on the order).
+    let lane = tid & 31;
+    let warp_threads = (threads - (tid & !31)).min(32);
+    let members = if warp_threads == 32 {
+        u32::MAX
+    } else {
+        (1u32 << warp_threads) - 1
+    };
     let mut m = amax;
     let mut mask = 16;
     while mask > 0 {
-        m = ptx::max_nan(m, ptx::shfl_xor_f32(m, mask));
+        let other = ptx::shfl_xor_f32_among(m, mask, members);
+        if lane ^ mask < warp_threads {
+            m = ptx::max_nan(m, other);
+        }
         mask /= 2;
     }
     let base = ptx::smem_base();
-    let warps = threads / 32;
-    // SAFETY: at most 8 warps, 4 bytes each, inside the 32-byte buffer.
+    let warps = threads.div_ceil(32);
+    // SAFETY: one slot per warp (at most `PREP_MAX_THREADS / 32`), inside the
+    // `QUANT_MAX_SLOTS_BYTES` buffer.
     unsafe {
         if tid & 31 == 0 {
             ptx::st_shared_f32(base + 4 * (tid >> 5), m);

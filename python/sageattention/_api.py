@@ -74,7 +74,8 @@ def sageattn(
     Parameters
     ----------
     q, k, v : torch.Tensor
-        float16 or bfloat16 (all three the same), on one CUDA device, head_dim 64, 96 or 128;
+        float16 or bfloat16 (all three the same), on one CUDA device, head_dim a multiple of 8
+        from 8 to 256;
         ``[batch, heads, seq, head_dim]`` for ``tensor_layout="HND"``,
         ``[batch, seq, heads, head_dim]`` for ``"NHD"``. Any strides with a contiguous last
         dimension and 16-byte aligned rows; k and v may have fewer heads than q (GQA/MQA, q's
@@ -133,8 +134,9 @@ def sageattn_varlen(
         ``[total_q, q_heads, head_dim]``: the query rows of every sequence one after the other.
     k, v : torch.Tensor
         ``[total_k, kv_heads, head_dim]``; q's heads a multiple of k's (GQA/MQA). float16 or
-        bfloat16 (all three the same), head_dim 64, 96 or 128, on one CUDA device; any strides
-        with a contiguous last dimension and 16-byte aligned rows (slices of a fused qkv work).
+        bfloat16 (all three the same), head_dim a multiple of 8 from 8 to 256, on one CUDA
+        device; any strides with a contiguous last dimension and 16-byte aligned rows (slices of
+        a fused qkv work).
     cu_seqlens_q, cu_seqlens_k : torch.Tensor
         int32 (or int64) prefix sums, ``[batch + 1]``: sequence ``i`` is q rows
         ``cu_seqlens_q[i]:cu_seqlens_q[i + 1]`` and k/v rows ``cu_seqlens_k[i]:cu_seqlens_k[i + 1]``.
@@ -192,11 +194,11 @@ def scaled_dot_product_attention(
     applies.
 
     Our path needs: 4-d float16/bfloat16 CUDA tensors on one device of compute capability 8.0+,
-    head_dim 64, 96 or 128 (the same for q, k and v), no ``attn_mask``, ``dropout_p == 0``,
-    ``is_causal`` only with equal query and key lengths (torch aligns the mask top-left, this
-    library bottom-right), k/v heads equal to q's (or dividing them with ``enable_gqa=True``),
-    strides the kernels take (contiguous last dimension, 16-byte rows), and no input that
-    requires grad while autograd is on (the kernel has no backward). Anything else runs torch's
+    head_dim a multiple of 8 from 8 to 256 (the same for q, k and v), no ``attn_mask``,
+    ``dropout_p == 0``, ``is_causal`` only with equal query and key lengths (torch aligns the
+    mask top-left, this library bottom-right), k/v heads equal to q's (or dividing them with
+    ``enable_gqa=True``), strides the kernels take (contiguous last dimension, 16-byte rows), and
+    no input that requires grad while autograd is on (the kernel has no backward). Anything else runs torch's
     own function unchanged; each reason is logged once (logger ``sageattention``, WARNING).
     """
     ops = _ops_for("scaled_dot_product_attention", query=query, key=key, value=value)

@@ -408,7 +408,7 @@ def fallback_reason(
     if d not in SUPPORTED_HEAD_DIMS or k.shape[-1] != d or v.shape[-1] != d:
         return "head_dim", (
             f"head dims {d}/{k.shape[-1]}/{v.shape[-1]} "
-            f"(needs one of {', '.join(map(str, SUPPORTED_HEAD_DIMS))} for all three)"
+            "(needs a multiple of 8 from 8 to 256 for all three)"
         )
     b, hq, L, _ = q.shape
     if k.shape != v.shape or k.shape[0] != b:

@@ -9,11 +9,12 @@ use crate::unroll::unroll;
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Writes this warp's rows of O (and LSE when requested).
+/// Writes this warp's rows of O (and LSE when requested): the first `p.head_dim` of the `HD`
+/// columns (the rest belong to the zero padding of a smaller head_dim).
 ///
 /// # Safety
-/// `p.o` (and `p.lse` when non-zero) are valid for `[batch][q_heads][qo_len][HD]` with the given
-/// strides.
+/// `p.o` (and `p.lse` when non-zero) are valid for `[batch][q_heads][qo_len][p.head_dim]` with
+/// the given strides, `p.head_dim <= HD`.
 #[inline(always)]
 pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
     p: &AttnParams,
@@ -40,6 +41,9 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
                         unroll::<NT>(
                             #[inline(always)]
                             |nt| {
+                                if nt as u32 * 8 >= p.head_dim {
+                                    return;
+                                }
                                 let c = out[mt][nt];
                                 let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
                                 let packed = if p.out_bf16 != 0 {
@@ -48,7 +52,8 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
                                     ptx::pack_f16x2(a, b)
                                 };
                                 let col = nt as u32 * 8 + acc_col(lane, 0);
-                                // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                                // SAFETY: row < qo_len and col + 1 < p.head_dim: inside the
+                                // validated output.
                                 unsafe {
                                     ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed)
                                 };

@@ -50,6 +50,12 @@ pub(crate) struct StepArgs<'a> {
 }
 
 impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
+    /// d = 256 copies K and V tiles row-per-thread ([`Self::copy_rows`]): one copy address per
+    /// thread stays live across the tile loop instead of one per chunk (8 for V), which with the
+    /// 128 output registers is what fits (ptxas 12.9: 240–243 registers instead of 246–255).
+    /// The d ≤ 128 variants keep the copy they were measured with (docs/perf-notes.md, v4).
+    const WIDE: bool = HD > 128;
+
     #[inline(always)]
     pub fn new(p: &AttnParams, geo: &BlockGeometry) -> Self {
         let base = ptx::smem_base();
@@ -125,6 +131,11 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     /// Issues key tile `t` into stage `t % 2`.
     #[inline(always)]
     unsafe fn load_k(&self, t: u32) {
+        if Self::WIDE {
+            let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
+            // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len: every row exists.
+            return unsafe { self.copy_rows(self.k_tile(t), src, HD as u64, HD, u32::MAX) };
+        }
         let tile = self.k_tile(t);
         let chunks_per_row = (HD / 16) as u32;
         let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
@@ -143,8 +154,16 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     }
 
     /// Issues value tile `t` into stage `t % 2`; rows past `kv_len` are zero-filled, never read.
+    /// (V is `HD` wide: a zero-padded problem's V is copied to `HD` columns by the host.)
     #[inline(always)]
     unsafe fn load_v(&self, t: u32) {
+        if Self::WIDE {
+            let key0 = t * cta_k(HD, PV_F32) as u32;
+            let src = self.v_src + key0 as u64 * self.v_row_bytes;
+            let rows = self.kv_len.saturating_sub(key0);
+            // SAFETY: rows below kv_len - key0 are inside V.
+            return unsafe { self.copy_rows(self.v_tile(t), src, self.v_row_bytes, 2 * HD, rows) };
+        }
         let tile = self.v_tile(t);
         let chunks_per_row = (HD / 8) as u32;
         let mut c = self.tid;
@@ -165,6 +184,49 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
             }
             c += ATTN_THREADS as u32;
         }
+    }
+
+    /// Row-per-thread copy of a `cta_k`-row tile of `row_bytes`-byte rows from `src` (row stride
+    /// `src_stride` bytes): thread `tid` copies row `tid / TPR` (`TPR = ATTN_THREADS / cta_k`
+    /// threads per row), 16-byte chunks `tid % TPR + TPR·j`. Per copy instruction the `TPR`
+    /// threads of a row read `16·TPR` contiguous bytes, and the shared and global addresses are
+    /// one base plus an immediate, so the tile loop keeps one address per thread instead of one
+    /// per chunk. Rows `≥ rows` are zero-filled (nothing read).
+    ///
+    /// # Safety
+    /// Every row below `rows` (and below `cta_k`) is readable.
+    #[inline(always)]
+    unsafe fn copy_rows(&self, tile: Tile, src: u64, src_stride: u64, row_bytes: usize, rows: u32) {
+        const {
+            let tpr = ATTN_THREADS / cta_k(HD, PV_F32);
+            assert!(
+                tpr * cta_k(HD, PV_F32) == ATTN_THREADS && (HD / 16) % tpr == 0,
+                "every thread copies whole 16-byte chunks of one row"
+            );
+        };
+        let tpr = (ATTN_THREADS / cta_k(HD, PV_F32)) as u32;
+        let per_thread = row_bytes / 16 / tpr as usize;
+        let (row, lane_chunk) = (self.tid / tpr, self.tid % tpr);
+        let src = src + row as u64 * src_stride + 16 * lane_chunk as u64;
+        let dst = tile.addr(row, 16 * lane_chunk);
+        let row_ok = row < rows;
+        unroll::<32>(
+            #[inline(always)]
+            |j| {
+                if j >= per_thread {
+                    return;
+                }
+                let off = 16 * tpr * j as u32;
+                // SAFETY: see the function's contract; the zero-fill form reads nothing.
+                unsafe {
+                    if row_ok {
+                        ptx::cp_async_16(dst + off, src + off as u64);
+                    } else {
+                        ptx::cp_async_16_zfill(dst + off, self.v_src, 0);
+                    }
+                }
+            },
+        );
     }
 
     /// One key tile: wait Kₜ → issue Kₜ₊₁ → S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax →

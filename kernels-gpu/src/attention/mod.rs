@@ -3,8 +3,14 @@
 //! m16n8k16 (f16 accumulator per key tile summed into an f32 running output, or f32 throughout).
 //!
 //! One CTA owns `cta_q(HD, PV_F32)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
-//! tiles of 64 keys stream through a two-stage cp.async pipeline (`mainloop`). The entry is:
-//! block geometry → prologue loads → unmasked tiles → masked tiles → epilogue.
+//! tiles of `cta_k(HD, PV_F32)` keys (64, or 32 for d = 128 f32-acc and d = 256) stream through a
+//! two-stage cp.async pipeline (`mainloop`). The entry is: block geometry → prologue loads →
+//! unmasked tiles → masked tiles → epilogue.
+//!
+//! Variants exist for HD = 64, 96, 128 and 256 (`config::for_each_attention_variant!`). A smaller
+//! head_dim `p.head_dim` runs on the next one up: Q and K arrive quantized `HD` wide and V
+//! converted `HD` wide, with zero columns past `p.head_dim`, and the epilogue stores only the
+//! first `p.head_dim` output columns.
 
 mod epilogue;
 mod mainloop;

@@ -13,11 +13,14 @@ use crate::unroll::unroll;
 
 const LN_2: f32 = core::f32::consts::LN_2;
 
-/// Writes this warp's 16 rows of O (and the LSE when requested).
+/// Writes this warp's 16 rows of O (and the LSE when requested): the first `p.head_dim` of the
+/// `HD` columns (the rest belong to the zero padding of a smaller head_dim, as in the f16 P·V
+/// kernel's epilogue).
 ///
 /// # Safety
-/// `p.o` (and `p.lse` when non-zero) are valid for `[batch][q_heads][qo_len][HD]` with the given
-/// strides; `p.v_scale` / `p.v_mean` hold `[batch][kv_heads][2][HD]` / `[batch][kv_heads][HD]` f32.
+/// `p.o` (and `p.lse` when non-zero) are valid for `[batch][q_heads][qo_len][p.head_dim]` with
+/// the given strides, `p.head_dim <= HD` a multiple of 8; `p.v_scale` / `p.v_mean` hold
+/// `[batch][kv_heads][2][HD]` / `[batch][kv_heads][HD]` f32.
 #[inline(always)]
 pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
     p: &AttnParams,
@@ -44,6 +47,9 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
                 unroll::<NT>(
                     #[inline(always)]
                     |nt| {
+                        if nt as u32 * 8 >= p.head_dim {
+                            return;
+                        }
                         let c = out[nt];
                         let col = 8 * nt as u32 + acc_col(lane, 0);
                         let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
@@ -66,7 +72,8 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
                         } else {
                             ptx::pack_f16x2(a, b)
                         };
-                        // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                        // SAFETY: row < qo_len and col + 1 < p.head_dim: inside the validated
+                        // output.
                         unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
                     },
                 );
