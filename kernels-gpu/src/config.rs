@@ -193,7 +193,7 @@ pub const fn v8_key_slot(k: usize) -> usize {
 }
 
 /// Head dimensions with a compiled portable 8-bit P·V kernel (`attention_pv8/`, the entries of
-/// [`for_each_pv8_attention_variant`]); other head_dims that are multiples of 16 run zero-padded
+/// `for_each_pv8_attention_variant!`); other head_dims that are multiples of 16 run zero-padded
 /// on the smallest of these at least as large (`dispatch::portable_pv8_kernel`).
 pub const PV8_KERNEL_HEAD_DIMS: [usize; 3] = [64, 96, 128];
 /// Warps per CTA of the portable 8-bit P·V kernel (`attention_pv8/`); each owns 16 query rows
@@ -221,8 +221,8 @@ pub const fn pv8_k_stage_bytes(head_dim: usize) -> usize {
 pub const fn pv8_v_stage_bytes(head_dim: usize) -> usize {
     head_dim * smem_row_stride(PV8_CTA_K)
 }
-/// Dynamic shared memory of the portable 8-bit P·V kernel: 48 KiB at d = 64 (two CTAs fit the
-/// 100 KiB of an Ada or Ampere GeForce SM), 69 KiB at d = 96, 90 KiB at d = 128.
+/// Dynamic shared memory of the portable 8-bit P·V kernel: 48 KiB at d = 64, 69 KiB at d = 96,
+/// 90 KiB at d = 128 (within the 99 KiB a block may opt in to on sm_86/sm_89).
 pub const fn pv8_smem_bytes(head_dim: usize) -> usize {
     pv8_q_tile_bytes(head_dim)
         + PV8_STAGES * (pv8_k_stage_bytes(head_dim) + pv8_v_stage_bytes(head_dim))

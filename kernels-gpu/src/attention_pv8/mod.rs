@@ -21,8 +21,9 @@
 //! CTA: `PV8_WARPS = 8` warps × 16 query rows = 128 rows (one Q block, one Q scale); K and Vᵀ
 //! tiles of 128 keys in a two-stage cp.async pipeline (`mainloop`), one barrier per tile.
 //! Registers per thread: the f32 output (`HD/2`), the scores (64) or the packed P (16) and a
-//! 64-channel s32 accumulator (32), Q's fragments (`HD/8`). Shared memory: `config::pv8_smem_bytes`
-//! (48 KiB at d = 64, so two CTAs share an Ada or Ampere GeForce SM; 90 KiB at d = 128).
+//! 64-channel s32 accumulator (32), Q's fragments (`HD/8`): ptxas 12.9 gives 203–255, so one CTA
+//! (8 warps) per SM. Shared memory: `config::pv8_smem_bytes` (48 KiB at d = 64, 90 KiB at
+//! d = 128, within the 99 KiB an Ada or GA10x block may opt in to).
 //! Variants for HD = 64, 96 and 128 (the prepared Vᵀ and Q/K are `HD` wide, d = 96 included). A
 //! smaller head_dim `p.head_dim` (a multiple of 16) runs on the next one up: Q, K and Vᵀ arrive
 //! with zero channels past it (zero V scale and mean there) and the epilogue stores only its first
