@@ -11,8 +11,9 @@
 //! * the dispatch by backend; a small matrix for compute-sanitizer per kernel; timing probes
 //!   beside the f16 path.
 //!
-//! The `pv8_*` tests of the sm_90a kernel skip (pass) on a GPU that is not compute capability 9.0;
-//! the `portable_pv8_*` ones run on any sm_80+ GPU. Run with `--ignored --test-threads=1`.
+//! The tests of the sm_90a kernel (`pv8_attention_*`, `pv8_accuracy_*`, `sanitizer_pv8_*`,
+//! `pv8_perf_probe`) skip (pass) on a GPU that is not compute capability 9.0; the others run on
+//! any sm_80+ GPU. Run with `--ignored --test-threads=1`.
 
 mod common;
 
