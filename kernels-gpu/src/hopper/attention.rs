@@ -668,46 +668,39 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             );
         }
         // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
-        // and its own commit group: the first group is folded while the second is still on the
-        // tensor cores.
+        // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
+        // instead of 64 beside the output's 64. (Issuing both groups back to back and folding the
+        // first under the second measured 1–2% slower: docs/perf-notes.md, v3.1.)
         const { assert!(NT % 8 == 0 && NT <= 16) };
-        let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
-        let vd0 = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
-        // Channel rows 64.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 descriptor units.
-        let mut vd1 = vd0;
-        unroll::<4>(
+        unroll::<2>(
             #[inline(always)]
-            |kk| vd1[kk] += 256,
-        );
-        ptx::wgmma_fence();
-        let mut acc0 = issue_pv8::<8>(&probs, &vd0, Self::CK as usize / 32);
-        ptx::wgmma_commit();
-        let mut acc1 = if NT == 16 {
-            issue_pv8::<8>(&probs, &vd1, Self::CK as usize / 32)
-        } else {
-            [[0; 4]; 8]
-        };
-        ptx::wgmma_commit();
-        let fold = |out: &mut [[f32; 4]; NT], acc: &[[i32; 4]; 8], g: usize| {
-            unroll::<8>(
-                #[inline(always)]
-                |j| {
-                    let o = &mut out[8 * g + j];
+            |g| {
+                if 8 * g < NT {
+                    // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
+                    let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+                    let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
                     unroll::<4>(
                         #[inline(always)]
-                        |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                        |kk| vd[kk] += 256 * g as u64,
                     );
-                },
-            );
-        };
-        ptx::wgmma_wait::<1>();
-        smem::pin_acc(&mut acc0);
-        fold(out, &acc0, 0);
-        ptx::wgmma_wait::<0>();
-        if NT == 16 {
-            smem::pin_acc(&mut acc1);
-            fold(out, &acc1, 1);
-        }
+                    ptx::wgmma_fence();
+                    let mut acc = issue_pv8::<8>(&probs, &vd, Self::CK as usize / 32);
+                    ptx::wgmma_commit();
+                    ptx::wgmma_wait::<0>();
+                    smem::pin_acc(&mut acc);
+                    unroll::<8>(
+                        #[inline(always)]
+                        |j| {
+                            let o = &mut out[8 * g + j];
+                            unroll::<4>(
+                                #[inline(always)]
+                                |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                            );
+                        },
+                    );
+                }
+            },
+        );
     }
 
     /// f16 P·V: the last `P·V` (tile `t`).
