@@ -10,7 +10,7 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, runtime, upload};
+use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime};
 use proptest::prelude::*;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
@@ -53,22 +53,6 @@ struct Run {
 
 /// Runs one case on the GPU with a NaN-poisoned output and computes both CPU references.
 fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_refs: bool) -> Run {
-    let rt = runtime();
-    let (qd, kd, vd) = (
-        upload(rt, q, case.dtype, case.layout),
-        upload(rt, k, case.dtype, case.layout),
-        upload(rt, v, case.dtype, case.layout),
-    );
-    let out_dtype = case.dtype;
-    let mut out = Tensor::alloc_filled_nan(
-        rt,
-        out_dtype,
-        [case.batch, case.q_heads, case.qo_len, case.head_dim],
-        case.out_layout,
-    )
-    .unwrap();
-    let rows = case.batch * case.q_heads * case.qo_len;
-    let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
     let opts = Options {
         causal: case.causal,
         smooth_k: case.smooth_k,
@@ -79,18 +63,15 @@ fn run_case(case: &Case, q: &HostTensor, k: &HostTensor, v: &HostTensor, with_re
         return_lse: true,
         backend: case.backend,
     };
-    sageattn_into(
-        rt,
-        &qd.view(),
-        &kd.view(),
-        &vd.view(),
-        &mut out.view_mut(),
-        Some(&mut lse),
+    let (out, lse) = run_poisoned(
+        [q, k, v],
+        case.dtype,
+        case.layout,
+        case.dtype,
+        case.out_layout,
         &opts,
     )
     .unwrap();
-    let out = out.to_host_f32(rt).unwrap();
-    let lse = rt.stream().clone_dtoh(&lse).unwrap();
     let ref_opts = RefOptions {
         causal: case.causal,
         sm_scale: case.sm_scale,

@@ -18,7 +18,9 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, runtime, upload};
+use common::{
+    channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime, upload,
+};
 use proptest::prelude::*;
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::reference::{
@@ -115,29 +117,15 @@ fn inputs(case: &Case, rng: &mut rand::rngs::StdRng, k_offset_amp: f32) -> Input
 
 /// Runs `case` into a NaN-poisoned output and LSE; returns both (logical order).
 fn run_gpu(case: &Case, x: &Inputs) -> (Vec<f32>, Vec<f32>) {
-    let rt = runtime();
-    let (qd, kd, vd) = (
-        upload(rt, &x.q, case.dtype, case.layout),
-        upload(rt, &x.k, case.dtype, case.layout),
-        upload(rt, &x.v, case.dtype, case.layout),
-    );
-    let shape = [case.batch, case.q_heads, case.qo_len, case.head_dim];
-    let mut out = Tensor::alloc_filled_nan(rt, case.dtype, shape, case.out_layout).unwrap();
-    let rows = case.batch * case.q_heads * case.qo_len;
-    let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
-    sageattn_into(
-        rt,
-        &qd.view(),
-        &kd.view(),
-        &vd.view(),
-        &mut out.view_mut(),
-        Some(&mut lse),
+    run_poisoned(
+        [&x.q, &x.k, &x.v],
+        case.dtype,
+        case.layout,
+        case.dtype,
+        case.out_layout,
         &case.options(),
     )
-    .unwrap_or_else(|e| panic!("{case:?}: {e}"));
-    let out = out.to_host_f32(rt).unwrap();
-    let lse = rt.stream().clone_dtoh(&lse).unwrap();
-    (out, lse)
+    .unwrap_or_else(|e| panic!("{case:?}: {e}"))
 }
 
 fn emulation(case: &Case, x: &Inputs) -> RefOutput {

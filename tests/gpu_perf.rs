@@ -4,25 +4,8 @@
 
 mod common;
 
-use common::{median_ms, random_device_tensor, runtime};
+use common::{full_call_ms, kernel_and_full_ms, median_ms, random_qkv, runtime};
 use sageattention::{sageattn_into, DType, Layout, Options, Prepared, PvAccum, Tensor};
-
-/// Median time of the whole call (`sageattn_into`: preparation + attention).
-fn full_call_ms(q: &Tensor, k: &Tensor, v: &Tensor, out: &mut Tensor, opts: &Options) -> f32 {
-    let rt = runtime();
-    median_ms(|| {
-        sageattn_into(
-            rt,
-            &q.view(),
-            &k.view(),
-            &v.view(),
-            &mut out.view_mut(),
-            None,
-            opts,
-        )
-        .unwrap()
-    })
-}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -38,11 +21,7 @@ fn perf_probe() {
     ] {
         let (b, h) = (4usize, 32usize);
         let shape = [b, h, seq, head_dim];
-        let (q, k, v) = (
-            random_device_tensor(shape, 1),
-            random_device_tensor(shape, 2),
-            random_device_tensor(shape, 3),
-        );
+        let (q, k, v) = random_qkv(shape, [1, 2, 3]);
         let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
         let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64
             / if causal { 2.0 } else { 1.0 };
@@ -52,13 +31,7 @@ fn perf_probe() {
                 pv_accum,
                 ..Options::default()
             };
-            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
-            let kernel = median_ms(|| {
-                prepared
-                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
-                    .unwrap()
-            });
-            let full = full_call_ms(&q, &k, &v, &mut out, &opts);
+            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
             eprintln!(
                 "PERF d={head_dim} N={seq} causal={causal} {pv_accum:?}: kernel {kernel:.3} ms = {:.0} TOPS, full {full:.3} ms = {:.0} TOPS, quant {:.1}%",
                 flops / kernel as f64 / 1e9,
@@ -80,11 +53,7 @@ fn perf_prepare_small() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(1024);
     let shape = [4, 32, n, 128];
-    let (q, k, v) = (
-        random_device_tensor(shape, 1),
-        random_device_tensor(shape, 2),
-        random_device_tensor(shape, 3),
-    );
+    let (q, k, v) = random_qkv(shape, [1, 2, 3]);
     let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
     let opts = Options::default();
     let full = full_call_ms(&q, &k, &v, &mut out, &opts);
@@ -117,11 +86,7 @@ fn perf_portable() {
     for head_dim in [64usize, 96, 128] {
         let (b, h, seq) = (4usize, 32usize, 8192usize);
         let shape = [b, h, seq, head_dim];
-        let (q, k, v) = (
-            random_device_tensor(shape, 1),
-            random_device_tensor(shape, 2),
-            random_device_tensor(shape, 3),
-        );
+        let (q, k, v) = random_qkv(shape, [1, 2, 3]);
         let mut out = Tensor::alloc(rt, DType::F16, shape, Layout::Hnd).unwrap();
         let flops = 4.0 * (b * h) as f64 * (seq as f64).powi(2) * head_dim as f64;
         for pv_accum in [PvAccum::F16, PvAccum::F32] {

@@ -17,7 +17,10 @@
 
 mod common;
 
-use common::{fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload};
+use common::{
+    fresh_rng, kernel_and_full_ms, lse_max_error, random_qkv, random_tensor, run_poisoned, runtime,
+    upload,
+};
 use rand::rngs::StdRng;
 use sageattention::attention::{portable_pv8_kernel, selected_kernel};
 use sageattention::device_config::{
@@ -133,47 +136,19 @@ fn run_with(
     k: &HostTensor,
     v: &HostTensor,
 ) -> (Vec<f32>, Vec<f32>) {
-    let rt = runtime();
-    let (qd, kd, vd) = (
-        upload(rt, q, case.in_dtype, case.layout),
-        upload(rt, k, case.in_dtype, case.layout),
-        upload(rt, v, case.in_dtype, case.layout),
-    );
-    let shape = [case.batch, case.q_heads, case.qo_len, case.head_dim];
-    let rows = case.batch * case.q_heads * case.qo_len;
-    let mut out = Tensor::alloc_filled_nan(rt, case.out_dtype, shape, case.layout).unwrap();
-    let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
     let opts = Options {
         backend,
         ..pv8_options(case.causal, case.layout, case.smooth_k)
     };
-    sageattn_into(
-        rt,
-        &qd.view(),
-        &kd.view(),
-        &vd.view(),
-        &mut out.view_mut(),
-        Some(&mut lse),
+    run_poisoned(
+        [q, k, v],
+        case.in_dtype,
+        case.layout,
+        case.out_dtype,
+        case.layout,
         &opts,
     )
-    .unwrap();
-    (
-        out.to_host_f32(rt).unwrap(),
-        rt.stream().clone_dtoh(&lse).unwrap(),
-    )
-}
-
-fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
-    lse.iter()
-        .zip(reference)
-        .map(|(&a, &b)| {
-            if f64::from(a) == b {
-                0.0
-            } else {
-                (f64::from(a) - b).abs()
-            }
-        })
-        .fold(0.0, f64::max)
+    .unwrap()
 }
 
 #[test]
@@ -503,11 +478,7 @@ fn pv8_dispatch_follows_the_backend() {
         }
     }
     let shape = [1, 2, 100, 64];
-    let (q, k, v) = (
-        random_device_tensor(shape, 1),
-        random_device_tensor(shape, 2),
-        random_device_tensor(shape, 3),
-    );
+    let (q, k, v) = random_qkv(shape, [1, 2, 3]);
     for backend in [Backend::Portable, Backend::Auto] {
         let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
         let opts = Options {
@@ -768,11 +739,7 @@ fn pv8_perf_probe() {
         (64, 16384, false),
     ] {
         let shape = [4, 32, n, head_dim];
-        let (q, k, v) = (
-            random_device_tensor(shape, 11),
-            random_device_tensor(shape, 12),
-            random_device_tensor(shape, 13),
-        );
+        let (q, k, v) = random_qkv(shape, [11, 12, 13]);
         let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
         let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
             / if causal { 2.0 } else { 1.0 };
@@ -784,24 +751,7 @@ fn pv8_perf_probe() {
                 pv_precision: precision,
                 ..Options::default()
             };
-            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
-            let kernel = median_ms(|| {
-                prepared
-                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
-                    .unwrap()
-            });
-            let full = median_ms(|| {
-                sageattn_into(
-                    rt,
-                    &q.view(),
-                    &k.view(),
-                    &v.view(),
-                    &mut out.view_mut(),
-                    None,
-                    &opts,
-                )
-                .unwrap()
-            });
+            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
             line += &format!(
                 " {precision:?} kernel {:.1} full {:.1} TOPS;",
                 tops(kernel),
@@ -829,11 +779,7 @@ fn portable_pv8_perf_probe() {
         (64, 8192, false),
     ] {
         let shape = [4, 32, n, head_dim];
-        let (q, k, v) = (
-            random_device_tensor(shape, 11),
-            random_device_tensor(shape, 12),
-            random_device_tensor(shape, 13),
-        );
+        let (q, k, v) = random_qkv(shape, [11, 12, 13]);
         let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
         let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
             / if causal { 2.0 } else { 1.0 };
@@ -846,24 +792,7 @@ fn portable_pv8_perf_probe() {
                 backend: Backend::Portable,
                 ..Options::default()
             };
-            let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), &opts).unwrap();
-            let kernel = median_ms(|| {
-                prepared
-                    .attend_into(rt, &v.view(), &mut out.view_mut(), None)
-                    .unwrap()
-            });
-            let full = median_ms(|| {
-                sageattn_into(
-                    rt,
-                    &q.view(),
-                    &k.view(),
-                    &v.view(),
-                    &mut out.view_mut(),
-                    None,
-                    &opts,
-                )
-                .unwrap()
-            });
+            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
             line += &format!(
                 " {precision:?} kernel {:.1} full {:.1} TOPS ({kernel:.3} / {full:.3} ms);",
                 tops(kernel),

@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, runtime, upload};
+use common::{
+    channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime, upload,
+};
 use half::f16;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
@@ -12,7 +14,7 @@ use sageattention::device_config::{names, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_R
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
 use sageattention::runtime::ModuleKind;
-use sageattention::{sageattn_into, selftest, DType, Layout, Options, Prepared, Tensor};
+use sageattention::{selftest, DType, Layout, Options, Prepared};
 
 /// As tests/gpu_attention.rs: kernel error against the emulation of the same quantization.
 const EMULATION_REL_L1: f64 = 3e-3;
@@ -170,7 +172,6 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn lse_bias_and_v_copy_match_emulation_around_the_fold_limit() {
-    let rt = runtime();
     let mut rng = fresh_rng("fold_limit");
     let limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
     // (kv_len, head_dim, dtype, layout, smooth_k): the longest folded length and one past it; d = 96
@@ -195,35 +196,13 @@ fn lse_bias_and_v_copy_match_emulation_around_the_fold_limit() {
         let kv_shape = [batch, kv_heads, kv_len, head_dim];
         let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
         let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
-        let (qd, kd, vd) = (
-            upload(rt, &q, dtype, layout),
-            upload(rt, &k, dtype, layout),
-            upload(rt, &v, dtype, layout),
-        );
-        let shape = [batch, q_heads, qo_len, head_dim];
-        let mut out = Tensor::alloc_filled_nan(rt, dtype, shape, layout).unwrap();
-        let mut lse = rt
-            .stream()
-            .clone_htod(&vec![f32::NAN; batch * q_heads * qo_len])
-            .unwrap();
         let opts = Options {
             smooth_k,
             layout,
             return_lse: true,
             ..Options::default()
         };
-        sageattn_into(
-            rt,
-            &qd.view(),
-            &kd.view(),
-            &vd.view(),
-            &mut out.view_mut(),
-            Some(&mut lse),
-            &opts,
-        )
-        .unwrap();
-        let out = out.to_host_f32(rt).unwrap();
-        let lse = rt.stream().clone_dtoh(&lse).unwrap();
+        let (out, lse) = run_poisoned([&q, &k, &v], dtype, layout, dtype, layout, &opts).unwrap();
         let emulated =
             attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), smooth_k, false);
         let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?} smooth {smooth_k}");

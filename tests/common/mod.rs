@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
 use sageattention::reference::HostTensor;
-use sageattention::{DType, Layout, Runtime, Tensor};
+use sageattention::{sageattn_into, DType, Error, Layout, Options, Prepared, Runtime, Tensor};
 
 /// The runtime shared by every test of the binary (module load and PTX JIT happen once).
 pub fn runtime() -> &'static Runtime {
@@ -120,6 +120,86 @@ pub fn median_ms(mut f: impl FnMut()) -> f32 {
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     times[times.len() / 2]
+}
+
+/// Three device tensors of `random_device_tensor(shape, seed)`, one per seed (Q, K, V).
+pub fn random_qkv(shape: [usize; 4], seeds: [u64; 3]) -> (Tensor, Tensor, Tensor) {
+    (
+        random_device_tensor(shape, seeds[0]),
+        random_device_tensor(shape, seeds[1]),
+        random_device_tensor(shape, seeds[2]),
+    )
+}
+
+/// Median time of the whole call (`sageattn_into`: preparation + attention).
+pub fn full_call_ms(q: &Tensor, k: &Tensor, v: &Tensor, out: &mut Tensor, opts: &Options) -> f32 {
+    let rt = runtime();
+    median_ms(|| {
+        sageattn_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &mut out.view_mut(),
+            None,
+            opts,
+        )
+        .unwrap()
+    })
+}
+
+/// Median times of the attention kernel alone (`Prepared::attend_into`) and of the whole call
+/// (`full_call_ms`), in that order.
+pub fn kernel_and_full_ms(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &mut Tensor,
+    opts: &Options,
+) -> (f32, f32) {
+    let rt = runtime();
+    let prepared = Prepared::new(rt, &q.view(), &k.view(), &v.view(), opts).unwrap();
+    let kernel = median_ms(|| {
+        prepared
+            .attend_into(rt, &v.view(), &mut out.view_mut(), None)
+            .unwrap()
+    });
+    let full = full_call_ms(q, k, v, out, opts);
+    (kernel, full)
+}
+
+/// Uploads Q, K, V (logical order) as `dtype` in `layout` and runs `sageattn_into` into an output
+/// of `out_dtype` in `out_layout` (Q's shape) and an LSE, both poisoned with NaN first; returns O
+/// and LSE as f32 (logical order).
+pub fn run_poisoned(
+    [q, k, v]: [&HostTensor; 3],
+    dtype: DType,
+    layout: Layout,
+    out_dtype: DType,
+    out_layout: Layout,
+    opts: &Options,
+) -> Result<(Vec<f32>, Vec<f32>), Error> {
+    let rt = runtime();
+    let (qd, kd, vd) = (
+        upload(rt, q, dtype, layout),
+        upload(rt, k, dtype, layout),
+        upload(rt, v, dtype, layout),
+    );
+    let mut out = Tensor::alloc_filled_nan(rt, out_dtype, q.shape, out_layout).unwrap();
+    let rows = q.batch() * q.heads() * q.seq();
+    let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+    sageattn_into(
+        rt,
+        &qd.view(),
+        &kd.view(),
+        &vd.view(),
+        &mut out.view_mut(),
+        Some(&mut lse),
+        opts,
+    )?;
+    let out = out.to_host_f32(rt).unwrap();
+    let lse = rt.stream().clone_dtoh(&lse).unwrap();
+    Ok((out, lse))
 }
 
 /// The sequences (each `[1, heads, len, head_dim]`) packed NHD, `[1, heads, total, head_dim]`,
