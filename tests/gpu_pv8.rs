@@ -729,8 +729,7 @@ fn pv8_perf_probe() {
     if skip_unless_hopper() {
         return;
     }
-    let rt = runtime();
-    for (head_dim, n, causal) in [
+    for case in [
         (128, 2048, false),
         (128, 8192, false),
         (128, 16384, false),
@@ -738,28 +737,50 @@ fn pv8_perf_probe() {
         (128, 16384, true),
         (64, 16384, false),
     ] {
-        let shape = [4, 32, n, head_dim];
-        let (q, k, v) = random_qkv(shape, [11, 12, 13]);
-        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
-            / if causal { 2.0 } else { 1.0 };
-        let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
-        let mut line = format!("PERF d={head_dim} N={n} causal={causal}:");
-        for precision in [PvPrecision::F16, PvPrecision::Int8] {
-            let opts = Options {
-                causal,
-                pv_precision: precision,
-                ..Options::default()
-            };
-            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
-            line += &format!(
+        eprintln!("{}", perf_line("PERF", Backend::Auto, case, false));
+    }
+}
+
+/// One line of the perf probes at B = 4, H = 32, `(head_dim, n, causal)`: `label`, then per P·V
+/// precision (f16, 8-bit) the TOPS of the kernel alone and of the whole call with `backend`, and
+/// with `with_ms` their times too.
+fn perf_line(
+    label: &str,
+    backend: Backend,
+    (head_dim, n, causal): (usize, usize, bool),
+    with_ms: bool,
+) -> String {
+    let rt = runtime();
+    let shape = [4, 32, n, head_dim];
+    let (q, k, v) = random_qkv(shape, [11, 12, 13]);
+    let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
+    let ops =
+        4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64 / if causal { 2.0 } else { 1.0 };
+    let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
+    let mut line = format!("{label} d={head_dim} N={n} causal={causal}:");
+    for precision in [PvPrecision::F16, PvPrecision::Int8] {
+        let opts = Options {
+            causal,
+            pv_precision: precision,
+            backend,
+            ..Options::default()
+        };
+        let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
+        line += &if with_ms {
+            format!(
+                " {precision:?} kernel {:.1} full {:.1} TOPS ({kernel:.3} / {full:.3} ms);",
+                tops(kernel),
+                tops(full)
+            )
+        } else {
+            format!(
                 " {precision:?} kernel {:.1} full {:.1} TOPS;",
                 tops(kernel),
                 tops(full)
-            );
-        }
-        eprintln!("{line}");
+            )
+        };
     }
+    line
 }
 
 /// TOPS (4·B·H·N²·d / time, halved for causal) of the portable kernels, `Backend::Portable`:
@@ -770,35 +791,16 @@ fn pv8_perf_probe() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn portable_pv8_perf_probe() {
-    let rt = runtime();
-    for (head_dim, n, causal) in [
+    for case in [
         (128, 8192, false),
         (128, 2048, false),
         (128, 16384, true),
         (96, 8192, false),
         (64, 8192, false),
     ] {
-        let shape = [4, 32, n, head_dim];
-        let (q, k, v) = random_qkv(shape, [11, 12, 13]);
-        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
-            / if causal { 2.0 } else { 1.0 };
-        let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
-        let mut line = format!("PERF portable d={head_dim} N={n} causal={causal}:");
-        for precision in [PvPrecision::F16, PvPrecision::Int8] {
-            let opts = Options {
-                causal,
-                pv_precision: precision,
-                backend: Backend::Portable,
-                ..Options::default()
-            };
-            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
-            line += &format!(
-                " {precision:?} kernel {:.1} full {:.1} TOPS ({kernel:.3} / {full:.3} ms);",
-                tops(kernel),
-                tops(full)
-            );
-        }
-        eprintln!("{line}");
+        eprintln!(
+            "{}",
+            perf_line("PERF portable", Backend::Portable, case, true)
+        );
     }
 }
