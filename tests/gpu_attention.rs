@@ -10,7 +10,10 @@
 
 mod common;
 
-use common::{channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime};
+use common::{
+    channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime,
+    zeros_but_last_batch,
+};
 use proptest::prelude::*;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
@@ -529,20 +532,8 @@ fn beyond_2_31_elements() {
     let n = batch * heads * seq * head_dim;
     assert!(n > 1 << 31);
     let mut rng = fresh_rng("huge");
-    let last = [1, heads, seq, head_dim];
     let per_batch = heads * seq * head_dim;
-    let mut host = Vec::new();
-    let mut slices = Vec::new();
-    for _ in 0..3 {
-        let t = random_tensor(&mut rng, last, DType::F16, 1.0, None);
-        let mut dev = stream.alloc_zeros::<f16>(n).unwrap();
-        let data: Vec<f16> = t.data.iter().map(|&x| f16::from_f32(x)).collect();
-        stream
-            .memcpy_htod(&data, &mut dev.slice_mut(n - per_batch..n))
-            .unwrap();
-        host.push(t);
-        slices.push(dev);
-    }
+    let (host, slices) = zeros_but_last_batch(&mut rng, shape);
     let mut out = stream.alloc_zeros::<f16>(n).unwrap();
     stream.memset_zeros(&mut out).unwrap();
     {

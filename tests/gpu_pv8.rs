@@ -19,7 +19,7 @@ mod common;
 
 use common::{
     fresh_rng, kernel_and_full_ms, lse_max_error, random_qkv, random_tensor, run_poisoned, runtime,
-    upload,
+    upload, zeros_but_last_batch,
 };
 use rand::rngs::StdRng;
 use sageattention::attention::{portable_pv8_kernel, selected_kernel};
@@ -617,20 +617,8 @@ fn portable_pv8_beyond_2_31_elements() {
     let n = batch * heads * seq * head_dim;
     assert!(n > 1 << 31);
     let mut rng = fresh_rng("portable_pv8_huge");
-    let last = [1, heads, seq, head_dim];
     let per_batch = heads * seq * head_dim;
-    let mut host = Vec::new();
-    let mut slices = Vec::new();
-    for _ in 0..3 {
-        let t = random_tensor(&mut rng, last, DType::F16, 1.0, None);
-        let mut dev = stream.alloc_zeros::<f16>(n).unwrap();
-        let data: Vec<f16> = t.data.iter().map(|&x| f16::from_f32(x)).collect();
-        stream
-            .memcpy_htod(&data, &mut dev.slice_mut(n - per_batch..n))
-            .unwrap();
-        host.push(t);
-        slices.push(dev);
-    }
+    let (host, slices) = zeros_but_last_batch(&mut rng, shape);
     let mut out = stream.alloc_zeros::<f16>(n).unwrap();
     {
         let views: Vec<TensorView> = slices

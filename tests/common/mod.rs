@@ -5,6 +5,7 @@
 
 use std::sync::OnceLock;
 
+use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -200,6 +201,33 @@ pub fn run_poisoned(
     let out = out.to_host_f32(rt).unwrap();
     let lse = rt.stream().clone_dtoh(&lse).unwrap();
     Ok((out, lse))
+}
+
+/// Q, K, V of `shape` as f16 device buffers of zeros but for the last batch entry, N(0,1) values
+/// rounded to f16 (for the tests past 2^31 elements); returns those last entries
+/// (`[1, heads, seq, head_dim]`) and the three buffers.
+pub fn zeros_but_last_batch(
+    rng: &mut StdRng,
+    shape: [usize; 4],
+) -> (Vec<HostTensor>, Vec<CudaSlice<f16>>) {
+    let stream = runtime().stream();
+    let [_, heads, seq, head_dim] = shape;
+    let n: usize = shape.iter().product();
+    let last = [1, heads, seq, head_dim];
+    let per_batch = heads * seq * head_dim;
+    let mut host = Vec::new();
+    let mut slices = Vec::new();
+    for _ in 0..3 {
+        let t = random_tensor(rng, last, DType::F16, 1.0, None);
+        let mut dev = stream.alloc_zeros::<f16>(n).unwrap();
+        let data: Vec<f16> = t.data.iter().map(|&x| f16::from_f32(x)).collect();
+        stream
+            .memcpy_htod(&data, &mut dev.slice_mut(n - per_batch..n))
+            .unwrap();
+        host.push(t);
+        slices.push(dev);
+    }
+    (host, slices)
 }
 
 /// The sequences (each `[1, heads, len, head_dim]`) packed NHD, `[1, heads, total, head_dim]`,
