@@ -3,7 +3,7 @@
 
 use cudarc::driver::{CudaEvent, DevicePtr};
 use sageattention::error::CudaResultExt;
-use sageattention::reference::{attention_f64, compare, HostTensor, RefOptions};
+use sageattention::reference::{attention_f64, compare, HostTensor, Metrics, RefOptions};
 use sageattention::{
     sageattn, sageattn_into, DType, Error as SageError, Prepared, PvPrecision, Runtime, Tensor,
     TensorView,
@@ -50,6 +50,33 @@ pub fn causal_name(c: bool) -> &'static str {
     } else {
         "off"
     }
+}
+
+/// A contiguous (HND) host tensor of `data`, for the float64 references of the self-checks.
+pub fn contiguous_host(data: Vec<f32>, shape: [usize; 4]) -> HostTensor {
+    HostTensor::from_parts(data, shape, HostTensor::contiguous_strides(shape, false))
+}
+
+/// A self-check's `(rel_l1, cos_sim, ok)` from its comparison against float64: a non-finite
+/// output anywhere fails the check (compare() leaves such positions out).
+pub fn check_verdict(m: &Metrics) -> (f64, f64, bool) {
+    let (rel_l1, cos_sim) = if m.n_nan_mismatch > 0 {
+        (f64::NAN, f64::NAN)
+    } else {
+        (m.rel_l1, m.cos_sim)
+    };
+    let ok = rel_l1.is_finite() && cos_sim.is_finite() && rel_l1 <= 0.05 && cos_sim >= 0.995;
+    (rel_l1, cos_sim, ok)
+}
+
+/// The report of one timed path of `flops` floating-point operations (None without samples).
+pub fn to_path(timed: &Timed, flops: f64) -> Option<PathJson> {
+    summarize(&timed.samples).map(|stats| PathJson {
+        host_enqueue_ms: Some(timed.host_ms),
+        tops: tops(flops, stats.median_ms),
+        tops_max: tops(flops, stats.min_ms),
+        stats,
+    })
 }
 
 impl Bench<'_> {
@@ -112,10 +139,11 @@ impl Bench<'_> {
             &args.options(causal),
         )?;
         let o = out.o.to_host_f32(&self.rt)?;
-        let host = |data: Vec<f32>, shape| {
-            HostTensor::from_parts(data, shape, HostTensor::contiguous_strides(shape, false))
-        };
-        let (q, k, v) = (host(q, shape), host(k, kv_shape), host(v, kv_shape));
+        let (q, k, v) = (
+            contiguous_host(q, shape),
+            contiguous_host(k, kv_shape),
+            contiguous_host(v, kv_shape),
+        );
         let r = attention_f64(
             &q,
             &k,
@@ -126,13 +154,7 @@ impl Bench<'_> {
             },
         );
         let m = compare(&o, &r.o);
-        // A non-finite output anywhere fails the check (compare() leaves such positions out).
-        let (rel_l1, cos_sim) = if m.n_nan_mismatch > 0 {
-            (f64::NAN, f64::NAN)
-        } else {
-            (m.rel_l1, m.cos_sim)
-        };
-        let ok = rel_l1.is_finite() && cos_sim.is_finite() && rel_l1 <= 0.05 && cos_sim >= 0.995;
+        let (rel_l1, cos_sim, ok) = check_verdict(&m);
         Ok(SelfCheckJson {
             head_dim,
             causal,
@@ -164,14 +186,6 @@ impl Bench<'_> {
             causal_name(causal),
             s.seq
         );
-        let to_path = |timed: &Timed| {
-            summarize(&timed.samples).map(|stats| PathJson {
-                host_enqueue_ms: Some(timed.host_ms),
-                tops: tops(flops, stats.median_ms),
-                tops_max: tops(flops, stats.min_ms),
-                stats,
-            })
-        };
         let mut kernel = None;
         if self.args.run_kernel() {
             let prepared = views
@@ -185,7 +199,7 @@ impl Bench<'_> {
             })?;
             drop(prepared);
             self.rt.synchronize()?;
-            kernel = to_path(&samples);
+            kernel = to_path(&samples, flops);
             self.progress_done += 1;
             if let Some(p) = &kernel {
                 self.progress(&format!(
@@ -202,7 +216,7 @@ impl Bench<'_> {
                 let (q, k, v) = &views[j];
                 sageattn_into(rt, q, k, v, &mut outs[j].view_mut(), None, &opts)
             })?;
-            full = to_path(&samples);
+            full = to_path(&samples, flops);
             self.progress_done += 1;
             if let Some(p) = &full {
                 self.progress(&format!(

@@ -14,7 +14,7 @@
 
 use cudarc::driver::DevicePtr;
 use sageattention::error::CudaResultExt;
-use sageattention::reference::{attention_varlen_f64, compare, HostTensor, RefOptions};
+use sageattention::reference::{attention_varlen_f64, compare, RefOptions};
 use sageattention::{
     sageattn_into, sageattn_varlen, sageattn_varlen_into, Error as SageError, Layout, Tensor,
     TensorView,
@@ -25,8 +25,8 @@ use super::error::{is_fatal, one_line};
 use super::inputs::{make_pool, normal_values};
 use super::plan::{gib, MEMORY_SLACK};
 use super::report::PathJson;
-use super::stats::{rotation_sets, summarize, tops};
-use super::sweep::{causal_name, Bench};
+use super::stats::rotation_sets;
+use super::sweep::{causal_name, check_verdict, contiguous_host, to_path, Bench};
 use super::timing::time_launches;
 use super::varlen_report::{
     prefix_sums, speedup, varlen_flops, VarlenCase, VarlenCaseJson, VarlenCheckJson, VarlenReport,
@@ -127,13 +127,10 @@ impl Bench<'_> {
             &args.options(causal),
         )?;
         let o = out.o.to_host_f32(&self.rt)?;
-        let host = |data: Vec<f32>, shape| {
-            HostTensor::from_parts(data, shape, HostTensor::contiguous_strides(shape, false))
-        };
         let r = attention_varlen_f64(
-            &host(q, q_shape),
-            &host(k, kv_shape),
-            &host(v, kv_shape),
+            &contiguous_host(q, q_shape),
+            &contiguous_host(k, kv_shape),
+            &contiguous_host(v, kv_shape),
             (&cu_q, &cu_k),
             &RefOptions {
                 causal,
@@ -141,12 +138,7 @@ impl Bench<'_> {
             },
         );
         let m = compare(&o, &r.o);
-        let (rel_l1, cos_sim) = if m.n_nan_mismatch > 0 {
-            (f64::NAN, f64::NAN)
-        } else {
-            (m.rel_l1, m.cos_sim)
-        };
-        let ok = rel_l1.is_finite() && cos_sim.is_finite() && rel_l1 <= 0.05 && cos_sim >= 0.995;
+        let (rel_l1, cos_sim, ok) = check_verdict(&m);
         Ok(VarlenCheckJson {
             head_dim,
             causal,
@@ -179,14 +171,6 @@ impl Bench<'_> {
         })?;
         let longest = case.batched().1;
         let timing = self.timing();
-        let to_path = |timed: &super::timing::Timed| {
-            summarize(&timed.samples).map(|stats| PathJson {
-                host_enqueue_ms: Some(timed.host_ms),
-                tops: tops(flops, stats.median_ms),
-                tops_max: tops(flops, stats.min_ms),
-                stats,
-            })
-        };
         let label = format!("d={d} causal={} {}", causal_name(case.causal), case.label());
 
         // The packed batch.
@@ -225,7 +209,7 @@ impl Bench<'_> {
             )
         })?;
         drop(outs);
-        let varlen = to_path(&timed);
+        let varlen = to_path(&timed, flops);
         self.progress_done += 1;
         if let Some(p) = &varlen {
             self.progress(&format!(
@@ -258,7 +242,7 @@ impl Bench<'_> {
             sageattn_into(rt, q, k, v, &mut outs[j].view_mut(), None, &opts)
         })?;
         drop(outs);
-        let batched = to_path(&timed);
+        let batched = to_path(&timed, flops);
         self.progress_done += 1;
         if let Some(p) = &batched {
             self.progress(&format!(
