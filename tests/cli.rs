@@ -179,10 +179,8 @@ fn others(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Runs `run IN --out OUT extra...` on `specs` and expects an input error (exit 2) with the
-/// needles, and no output or temporary file left behind.
-fn expect_input_error(specs: &[Spec], extra: &[&str], needles: &[&str]) -> String {
-    let (dir, input, out) = setup(specs);
+/// Runs `run INPUT --out OUT extra...`.
+fn run_on(input: &Path, out: &Path, extra: &[&str]) -> RunResult {
     let mut args = vec![
         "run",
         input.to_str().unwrap(),
@@ -190,7 +188,14 @@ fn expect_input_error(specs: &[Spec], extra: &[&str], needles: &[&str]) -> Strin
         out.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    let line = sageattn(&args).expect_error(2, needles);
+    sageattn(&args)
+}
+
+/// Runs `run IN --out OUT extra...` on `specs` and expects an input error (exit 2) with the
+/// needles, and no output or temporary file left behind.
+fn expect_input_error(specs: &[Spec], extra: &[&str], needles: &[&str]) -> String {
+    let (dir, input, out) = setup(specs);
+    let line = run_on(&input, &out, extra).expect_error(2, needles);
     assert_eq!(others(dir.path()), Vec::<String>::new(), "nothing written");
     line
 }
@@ -282,13 +287,7 @@ fn missing_file() {
     let dir = tempfile::tempdir().expect("tempdir");
     let input = dir.path().join("nope.safetensors");
     let out = dir.path().join("o.safetensors");
-    sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .expect_error(2, &["cannot read", "nope.safetensors", "no such file"]);
+    run_on(&input, &out, &[]).expect_error(2, &["cannot read", "nope.safetensors", "no such file"]);
     assert!(!out.exists());
     // A directory is not a file either.
     sageattn(&["run", dir.path().to_str().unwrap(), "--check"]).expect_error(2, &["directory"]);
@@ -308,13 +307,7 @@ fn not_a_safetensors_file() {
     ] {
         let input = dir.path().join(name);
         std::fs::write(&input, content).expect("write");
-        sageattn(&[
-            "run",
-            input.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
-        .expect_error(2, &[name, "is not a valid .safetensors file"]);
+        run_on(&input, &out, &[]).expect_error(2, &[name, "is not a valid .safetensors file"]);
     }
     // A valid header followed by truncated data.
     let input = dir.path().join("truncated.safetensors");
@@ -324,13 +317,7 @@ fn not_a_safetensors_file() {
     );
     let bytes = std::fs::read(&input).expect("read");
     std::fs::write(&input, &bytes[..bytes.len() - 10]).expect("truncate");
-    sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .expect_error(2, &["is not a valid .safetensors file", "truncated"]);
+    run_on(&input, &out, &[]).expect_error(2, &["is not a valid .safetensors file", "truncated"]);
     assert!(!out.exists());
 }
 
@@ -544,20 +531,8 @@ fn bad_output_path() {
     let s = [1, 1, 8, 64];
     let (dir, input, _) = setup(&qkv(Dtype::F16, &s, &s, &s));
     let missing = dir.path().join("no-such-dir").join("o.safetensors");
-    sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        missing.to_str().unwrap(),
-    ])
-    .expect_error(2, &["--out", "does not exist"]);
-    sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        dir.path().to_str().unwrap(),
-    ])
-    .expect_error(2, &["--out", "is a directory"]);
+    run_on(&input, &missing, &[]).expect_error(2, &["--out", "does not exist"]);
+    run_on(&input, dir.path(), &[]).expect_error(2, &["--out", "is a directory"]);
     assert_eq!(others(dir.path()), Vec::<String>::new());
 }
 
@@ -570,13 +545,7 @@ fn failed_run_keeps_an_existing_output() {
         &[1, 1, 8, 36],
     ));
     std::fs::write(&out, b"previous output").expect("write");
-    sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ])
-    .expect_error(2, &["head_dim 36"]);
+    run_on(&input, &out, &[]).expect_error(2, &["head_dim 36"]);
     assert_eq!(std::fs::read(&out).expect("read"), b"previous output");
     assert_eq!(others(dir.path()), vec!["o.safetensors".to_string()]);
 }
@@ -592,13 +561,7 @@ fn valid_input_without_gpu_is_a_runtime_error() {
     let s = [1, 2, 64, 64];
     let (dir, input, out) = setup(&qkv(Dtype::F16, &s, &s, &s));
     std::fs::write(&out, b"previous output").expect("write");
-    let r = sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--check",
-    ]);
+    let r = run_on(&input, &out, &["--check"]);
     r.expect_error(1, &["CUDA"]);
     assert!(r.stdout.contains("input: q [1, 2, 64, 64]"), "{}", r.stdout);
     assert_eq!(std::fs::read(&out).expect("read"), b"previous output");
@@ -736,13 +699,7 @@ fn valid_packed_input_without_gpu_is_a_runtime_error() {
         return;
     }
     let (dir, input, out) = setup(&packed(&[0, 3, 3, 10], &[0, 0, 5, 12]));
-    let r = sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--check",
-    ]);
+    let r = run_on(&input, &out, &["--check"]);
     r.expect_error(1, &["CUDA"]);
     assert!(
         r.stdout
@@ -848,13 +805,7 @@ fn round_trip(
         },
     ];
     write_file(&input, &specs);
-    let mut args = vec![
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--check",
-    ];
+    let mut args = vec!["--check"];
     if nhd {
         args.extend(["--layout", "nhd"]);
     }
@@ -865,7 +816,7 @@ fn round_trip(
         args.push("--lse");
     }
     args.extend_from_slice(extra);
-    let r = sageattn(&args);
+    let r = run_on(&input, &out, &args);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     let printed = printed_rel_l1(&r.stdout);
     assert!(printed <= 0.02, "printed rel L1 {printed}");
@@ -978,14 +929,7 @@ fn gpu_max_rel_l1_exceeded_exits_3() {
     let s = [1, 2, 128, 64];
     let specs = f16_normal_qkv(&mut rng, &s);
     let (dir, input, out) = setup(&specs);
-    let r = sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--max-rel-l1",
-        "0",
-    ]);
+    let r = run_on(&input, &out, &["--max-rel-l1", "0"]);
     r.expect_error(3, &["exceeds --max-rel-l1 0"]);
     // The run itself succeeded, so its output is written.
     assert!(out.exists());
@@ -1016,15 +960,7 @@ fn gpu_acceptance_d128_n4096() {
     let s = [1, 8, 4096, 128];
     let specs = f16_normal_qkv(&mut rng, &s);
     let (_dir, input, out) = setup(&specs);
-    let r = sageattn(&[
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--check",
-        "--max-rel-l1",
-        "0.0135",
-    ]);
+    let r = run_on(&input, &out, &["--check", "--max-rel-l1", "0.0135"]);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     let rel = printed_rel_l1(&r.stdout);
     println!("acceptance rel L1 = {rel:.4e}");
@@ -1068,19 +1004,12 @@ fn varlen_round_trip(
     specs.push(cu("cu_seqlens_q", Dtype::I32, &cu_q));
     specs.push(cu("cu_seqlens_k", Dtype::I32, &cu_k));
     let (_dir, input, out) = setup(&specs);
-    let mut args = vec![
-        "run",
-        input.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--check",
-        "--lse",
-    ];
+    let mut args = vec!["--check", "--lse"];
     if causal {
         args.push("--causal");
     }
     args.extend_from_slice(extra);
-    let r = sageattn(&args);
+    let r = run_on(&input, &out, &args);
     assert_eq!(r.code, Some(0), "stderr: {}", r.stderr);
     assert!(r.stdout.contains("input: packed q"), "{}", r.stdout);
     let printed = printed_rel_l1(&r.stdout);
