@@ -84,6 +84,20 @@ def _check_devices(func: str, q: Tensor, k: Tensor, v: Tensor) -> None:
         )
 
 
+def _empty_outputs(q: Tensor, return_lse: bool, lse_shape) -> Tuple[Tensor, Optional[Tensor]]:
+    """`out` like `q` and, with `return_lse`, a float32 `lse` of shape `lse_shape()`."""
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    lse = (
+        torch.empty(lse_shape(), dtype=torch.float32, device=q.device) if return_lse else None
+    )
+    return out, lse
+
+
+def _tensor_args(q: Tensor, k: Tensor, v: Tensor, out: Tensor, lse: Optional[Tensor]):
+    """The leading tensor arguments of the native calls: q, k, v, out and lse (or None)."""
+    return (_arg(q), _arg(k), _arg(v), _arg(out), _arg(lse) if lse is not None else None)
+
+
 def _run(
     q: Tensor,
     k: Tensor,
@@ -99,18 +113,9 @@ def _run(
 ) -> Tuple[Tensor, Optional[Tensor]]:
     """The real implementation: torch allocates, Rust runs on torch's current stream."""
     _check_devices("sageattn", q, k, v)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = (
-        torch.empty(_lse_shape(q, tensor_layout), dtype=torch.float32, device=q.device)
-        if return_lse
-        else None
-    )
+    out, lse = _empty_outputs(q, return_lse, lambda: _lse_shape(q, tensor_layout))
     _native.attention(
-        _arg(q),
-        _arg(k),
-        _arg(v),
-        _arg(out),
-        _arg(lse) if lse is not None else None,
+        *_tensor_args(q, k, v, out, lse),
         tensor_layout=tensor_layout,
         is_causal=is_causal,
         sm_scale=sm_scale,
@@ -287,18 +292,9 @@ def _run_varlen(
                 f"{tuple(t.shape)}"
             )
     _check_devices("sageattn_varlen", q, k, v)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    lse = (
-        torch.empty(_packed_lse_shape(q), dtype=torch.float32, device=q.device)
-        if return_lse
-        else None
-    )
+    out, lse = _empty_outputs(q, return_lse, lambda: _packed_lse_shape(q))
     _native.attention_varlen(
-        _arg(q),
-        _arg(k),
-        _arg(v),
-        _arg(out),
-        _arg(lse) if lse is not None else None,
+        *_tensor_args(q, k, v, out, lse),
         cu_q,
         cu_k,
         max_seqlen_q,
