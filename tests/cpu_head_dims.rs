@@ -146,6 +146,30 @@ fn arb_case() -> impl Strategy<Value = Case> {
         )
 }
 
+/// Q (N(0,1)) and K (N(0,1) plus per-channel offsets of `case.k_offset` · N(0,1)) of `case`.
+fn random_q_k(rng: &mut StdRng, case: &Case) -> (HostTensor, HostTensor) {
+    let d = case.head_dim;
+    let offsets: Vec<f32> = (0..d)
+        .map(|_| case.k_offset * rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let zeros = vec![0.0f32; d];
+    let q = random(
+        rng,
+        [case.batch, case.q_heads, case.qo_len, d],
+        case.nhd,
+        1.0,
+        &zeros,
+    );
+    let k = random(
+        rng,
+        [case.batch, case.kv_heads, case.kv_len, d],
+        case.nhd,
+        1.0,
+        &offsets,
+    );
+    (q, k)
+}
+
 /// Every compiled size the dispatch may pad `d` to (portable 64/96/128/256, sm_90a 64/128).
 fn widths_for(d: usize) -> Vec<usize> {
     let widths: Vec<usize> = KERNEL_HEAD_DIMS.into_iter().filter(|&k| k > d).collect();
@@ -164,10 +188,7 @@ proptest! {
     fn padding_leaves_the_quantization_unchanged(case in arb_case(), seed in any::<u64>()) {
         let mut rng = StdRng::seed_from_u64(seed);
         let d = case.head_dim;
-        let offsets: Vec<f32> = (0..d).map(|_| case.k_offset * rng.sample::<f32, _>(StandardNormal)).collect();
-        let zeros = vec![0.0f32; d];
-        let q = random(&mut rng, [case.batch, case.q_heads, case.qo_len, d], case.nhd, 1.0, &zeros);
-        let k = random(&mut rng, [case.batch, case.kv_heads, case.kv_len, d], case.nhd, 1.0, &offsets);
+        let (q, k) = random_q_k(&mut rng, &case);
         // The caller's softmax scale (1/sqrt(d), in f32 as the library computes it).
         let sm_scale = RefOptions::default().sm_scale_for(d);
         let (plain_q, plain_mean) = (quantize_q(&q, sm_scale), k_mean(&k));
@@ -198,11 +219,8 @@ proptest! {
     fn padding_leaves_the_emulated_attention_unchanged(case in arb_case(), seed in any::<u64>()) {
         let mut rng = StdRng::seed_from_u64(seed);
         let d = case.head_dim;
-        let offsets: Vec<f32> = (0..d).map(|_| case.k_offset * rng.sample::<f32, _>(StandardNormal)).collect();
-        let zeros = vec![0.0f32; d];
-        let q = random(&mut rng, [case.batch, case.q_heads, case.qo_len, d], case.nhd, 1.0, &zeros);
-        let k = random(&mut rng, [case.batch, case.kv_heads, case.kv_len, d], case.nhd, 1.0, &offsets);
-        let v = random(&mut rng, [case.batch, case.kv_heads, case.kv_len, d], case.nhd, 1.0, &zeros);
+        let (q, k) = random_q_k(&mut rng, &case);
+        let v = random(&mut rng, [case.batch, case.kv_heads, case.kv_len, d], case.nhd, 1.0, &vec![0.0f32; d]);
         // The unpadded call takes the default scale (1/sqrt(d)); the padded one must be given the
         // caller's, as the library does (it never derives the scale from the kernel's head_dim).
         let plain_opts = RefOptions { causal: case.causal, sm_scale: None };
