@@ -600,20 +600,16 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Holding only one of S and (half of) the s32 accumulator at a time is what lets 128-key
     /// tiles fit the register cap. Releases tile t-1's stage.
     #[inline(always)]
-    fn step_serial<
-        const MASK: bool,
-        const CAUSAL: bool,
-        const KS: usize,
-        const NT: usize,
-        const NK: usize,
-    >(
+    fn step_serial<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
         t: u32,
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
         k_scales_t: &mut [f32; 2],
     ) {
-        const { assert!(NK * 8 == sm90_cta_k(true) && (NK == 8 || NK == 16)) };
+        // 8-key n-tiles of a 128-key tile: its two 64-key halves are issued as two Q·Kᵀ products.
+        const NK: usize = sm90_cta_k(true) / 8;
+        const { assert!(NK == 16) };
         self.wait_k(t);
         self.make_visible();
         let k_scales = *k_scales_t;
@@ -623,27 +619,15 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
         // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.
-        let kd_hi = if NK == 16 {
-            qk_descs::<KS>(0, self.k_desc(t, 1))[1]
-        } else {
-            [0; KS]
-        };
-        self.sched_wait();
+        let kd_hi = qk_descs::<KS>(0, self.k_desc(t, 1))[1];
         ptx::wgmma_fence();
         let mut s_lo = issue_qk::<KS>(&qd);
-        let mut s_hi = if NK == 16 {
-            issue_qk::<KS>(&[qd[0], kd_hi])
-        } else {
-            [[0; 4]; 8]
-        };
+        let mut s_hi = issue_qk::<KS>(&[qd[0], kd_hi]);
         ptx::wgmma_commit();
-        self.sched_pass();
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s_lo);
-        if NK == 16 {
-            smem::pin_s(&mut s_hi);
-        }
+        smem::pin_s(&mut s_hi);
         let mut s = [[0i32; 4]; NK];
         unroll::<NK>(
             #[inline(always)]
@@ -847,14 +831,13 @@ unsafe fn consume<
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
         if PV8 {
-            const NK: usize = sm90_cta_k(true) / 8;
             let mut k_scales = c.k_scales(0);
             let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
             for t in 0..geo.n_unmasked {
-                c.step_serial::<false, CAUSAL, KS, NT, NK>(t, o_, s_, k_);
+                c.step_serial::<false, CAUSAL, KS, NT>(t, o_, s_, k_);
             }
             for t in geo.n_unmasked..geo.n_tiles {
-                c.step_serial::<true, CAUSAL, KS, NT, NK>(t, o_, s_, k_);
+                c.step_serial::<true, CAUSAL, KS, NT>(t, o_, s_, k_);
             }
         } else {
             let mut probs = if geo.n_unmasked > 0 {
