@@ -15,6 +15,7 @@ mod p8;
 pub mod params;
 pub mod ptx;
 mod softmax16;
+mod store;
 mod unroll;
 
 #[cfg(not(feature = "hopper"))]

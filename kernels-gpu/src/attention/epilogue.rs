@@ -5,9 +5,8 @@ use super::{BlockGeometry, OutAcc};
 use crate::frag::{acc_col, acc_row};
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::store::{pack_out, store_lse};
 use crate::unroll::unroll;
-
-const LN_2: f32 = core::f32::consts::LN_2;
 
 /// Writes this warp's rows of O (and LSE when requested): the first `p.head_dim` of the `HD`
 /// columns (the rest belong to the zero padding of a smaller head_dim).
@@ -46,11 +45,7 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
                                 }
                                 let c = out[mt][nt];
                                 let (a, b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
-                                let packed = if p.out_bf16 != 0 {
-                                    ptx::pack_bf16x2(a, b)
-                                } else {
-                                    ptx::pack_f16x2(a, b)
-                                };
+                                let packed = pack_out(p, a, b);
                                 let col = nt as u32 * 8 + acc_col(lane, 0);
                                 // SAFETY: row < qo_len and col + 1 < p.head_dim: inside the
                                 // validated output.
@@ -60,22 +55,8 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
                             },
                         );
                         if p.lse != 0 && lane & 3 == 0 {
-                            let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64)
-                                * p.qo_len as u64
-                                + row as u64;
-                            let lse = if l == 0.0 {
-                                f32::NEG_INFINITY
-                            } else {
-                                let smoothing_shift = if p.lse_bias != 0 {
-                                    // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
-                                    unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
-                                } else {
-                                    0.0
-                                };
-                                (softmax.max[mt][h] + ptx::lg2(l)) * LN_2 + smoothing_shift
-                            };
-                            // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
-                            unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                            // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
+                            unsafe { store_lse(p, geo.batch, geo.head, row, l, softmax.max[mt][h]) };
                         }
                     }
                 },

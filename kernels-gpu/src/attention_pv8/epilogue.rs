@@ -4,14 +4,12 @@
 //! The same arithmetic as the sm_90a kernel's 8-bit epilogue.
 
 use super::Geometry;
-use crate::config::P8_MAX;
 use crate::frag::{acc_col, acc_row};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;
+use crate::store::{pack_out, store_lse, unsmooth_v8};
 use crate::unroll::unroll;
-
-const LN_2: f32 = core::f32::consts::LN_2;
 
 /// Writes this warp's 16 rows of O (and the LSE when requested): the first `p.head_dim` of the
 /// `HD` columns (the rest belong to the zero padding of a smaller head_dim, as in the f16 P·V
@@ -54,46 +52,18 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
                         let col = 8 * nt as u32 + acc_col(lane, 0);
                         let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
                         if l != 0.0 {
-                            let at = 4 * col as u64;
                             // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
-                            let (sa, sb, ma, mb) = unsafe {
-                                (
-                                    ptx::ld_global_nc_f32(v_scale + at),
-                                    ptx::ld_global_nc_f32(v_scale + at + 4),
-                                    ptx::ld_global_nc_f32(v_mean + at),
-                                    ptx::ld_global_nc_f32(v_mean + at + 4),
-                                )
-                            };
-                            a = ptx::fma(a, sa * (1.0 / P8_MAX), ma);
-                            b = ptx::fma(b, sb * (1.0 / P8_MAX), mb);
+                            (a, b) = unsafe { unsmooth_v8(v_scale, v_mean, col, a, b) };
                         }
-                        let packed = if p.out_bf16 != 0 {
-                            ptx::pack_bf16x2(a, b)
-                        } else {
-                            ptx::pack_f16x2(a, b)
-                        };
+                        let packed = pack_out(p, a, b);
                         // SAFETY: row < qo_len and col + 1 < p.head_dim: inside the validated
                         // output.
                         unsafe { ptx::st_global_u32((row_ptr + 2 * col as i64) as u64, packed) };
                     },
                 );
                 if p.lse != 0 && lane & 3 == 0 {
-                    let idx = (geo.batch as u64 * p.q_heads as u64 + geo.head as u64)
-                        * p.qo_len as u64
-                        + row as u64;
-                    let lse = if l == 0.0 {
-                        f32::NEG_INFINITY
-                    } else {
-                        let smoothing_shift = if p.lse_bias != 0 {
-                            // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
-                            unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
-                        } else {
-                            0.0
-                        };
-                        (softmax.max[h] + ptx::lg2(l)) * LN_2 + smoothing_shift
-                    };
-                    // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
-                    unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+                    // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
+                    unsafe { store_lse(p, geo.batch, geo.head, row, l, softmax.max[h]) };
                 }
             }
         },

@@ -1,0 +1,65 @@
+//! What every attention kernel's epilogue does the same way once a row's values are final: the
+//! output pair in the output dtype, the 8-bit P·V's undoing of its V scalings, and the LSE. Shared
+//! by the portable f16 and 8-bit kernels and the sm_90a kernel.
+
+use crate::config::P8_MAX;
+use crate::params::AttnParams;
+use crate::ptx;
+
+const LN_2: f32 = core::f32::consts::LN_2;
+
+/// Two adjacent output values packed in the output dtype (bf16 or f16).
+#[inline(always)]
+pub(crate) fn pack_out(p: &AttnParams, a: f32, b: f32) -> u32 {
+    if p.out_bf16 != 0 {
+        ptx::pack_bf16x2(a, b)
+    } else {
+        ptx::pack_f16x2(a, b)
+    }
+}
+
+/// Columns `col`, `col + 1` of an 8-bit P·V row (normalized, in units of `P8_MAX` and of each
+/// channel's V scale) back in V's units, with the V mean that smoothing took away added back.
+///
+/// # Safety
+/// `v_scale` / `v_mean` point at this kv head's scales and mean, `col + 1` inside them.
+#[inline(always)]
+pub(crate) unsafe fn unsmooth_v8(v_scale: u64, v_mean: u64, col: u32, a: f32, b: f32) -> (f32, f32) {
+    let at = 4 * col as u64;
+    // SAFETY: the caller's contract.
+    let (sa, sb, ma, mb) = unsafe {
+        (
+            ptx::ld_global_nc_f32(v_scale + at),
+            ptx::ld_global_nc_f32(v_scale + at + 4),
+            ptx::ld_global_nc_f32(v_mean + at),
+            ptx::ld_global_nc_f32(v_mean + at + 4),
+        )
+    };
+    (
+        ptx::fma(a, sa * (1.0 / P8_MAX), ma),
+        ptx::fma(b, sb * (1.0 / P8_MAX), mb),
+    )
+}
+
+/// Writes the LSE (natural log) of query `row` of (batch, head): `-inf` for a row that saw no key
+/// (`sum == 0`), else `(max + log2 sum)·ln 2` plus the smoothing shift of `p.lse_bias` if any.
+///
+/// # Safety
+/// `p.lse` (and `p.lse_bias` when non-zero) hold `batch * q_heads * qo_len` f32, `row < qo_len`.
+#[inline(always)]
+pub(crate) unsafe fn store_lse(p: &AttnParams, batch: u32, head: u32, row: u32, sum: f32, max: f32) {
+    let idx = (batch as u64 * p.q_heads as u64 + head as u64) * p.qo_len as u64 + row as u64;
+    let lse = if sum == 0.0 {
+        f32::NEG_INFINITY
+    } else {
+        let smoothing_shift = if p.lse_bias != 0 {
+            // SAFETY: idx < batch * q_heads * qo_len, the bias buffer's length.
+            unsafe { ptx::ld_global_nc_f32(p.lse_bias + 4 * idx) }
+        } else {
+            0.0
+        };
+        (max + ptx::lg2(sum)) * LN_2 + smoothing_shift
+    };
+    // SAFETY: idx < batch * q_heads * qo_len, the LSE buffer's length.
+    unsafe { ptx::st_global_f32(p.lse + 4 * idx, lse) };
+}
