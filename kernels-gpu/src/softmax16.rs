@@ -23,6 +23,26 @@ impl OnlineSoftmax {
         }
     }
 
+    /// Row `h`'s step to a new running max from its lane's part of the tile max: reduces the tile
+    /// max over the quad, moves `max`, sets `rescale[h]` (what the previous output is worth now)
+    /// and returns the quad's tile max and the base the probabilities are taken against.
+    #[inline(always)]
+    fn advance(&mut self, h: usize, lane_max: f32, rescale: &mut [f32; 2]) -> (f32, f32) {
+        let mut tile_max = lane_max.max(ptx::shfl_xor_f32(lane_max, 1));
+        tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
+        let new_max = self.max[h].max(tile_max);
+        // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
+        // 2^(-inf - 0) = 0 rather than NaN.
+        let base = if new_max == f32::NEG_INFINITY {
+            0.0
+        } else {
+            new_max
+        };
+        rescale[h] = ptx::ex2(self.max[h] - base);
+        self.max[h] = new_max;
+        (tile_max, base)
+    }
+
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max)` and returns the factor each row's previous output must be scaled by, and the
     /// tile factor (1). With `PER_TILE` (the 8-bit P·V), `s` becomes `2^(s - tile max)` instead,
@@ -45,18 +65,7 @@ impl OnlineSoftmax {
                         tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
                     },
                 );
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-                let new_max = self.max[h].max(tile_max);
-                // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
-                // 2^(-inf - 0) = 0 rather than NaN.
-                let base = if new_max == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    new_max
-                };
-                rescale[h] = ptx::ex2(self.max[h] - base);
-                self.max[h] = new_max;
+                let (tile_max, base) = self.advance(h, tile_max, &mut rescale);
                 let p_base = if PER_TILE {
                     tile_factor[h] = ptx::ex2(tile_max - base);
                     if tile_max == f32::NEG_INFINITY {
@@ -124,16 +133,7 @@ impl OnlineSoftmax {
                     },
                 );
                 // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
-                tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-                let new_max = self.max[h].max(tile_max);
-                let base = if new_max == f32::NEG_INFINITY {
-                    0.0
-                } else {
-                    new_max
-                };
-                rescale[h] = ptx::ex2(self.max[h] - base);
-                self.max[h] = new_max;
+                let (tile_max, base) = self.advance(h, tile_max, &mut rescale);
                 // Unmasked: every score is finite (or NaN), so the tile max is too.
                 let p_base = if PER_TILE {
                     tile_factor[h] = ptx::ex2(tile_max - base);
