@@ -233,25 +233,26 @@ fn cases(pv: PvPrecision) -> Vec<Case> {
     cases
 }
 
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn simulated_ring_matches_one_call_f16_pv() {
+/// Every case of `pv` against the single call, with fresh inputs (seed printed under `label`).
+fn check_cases(label: &str, pv: PvPrecision) {
     let rt = runtime();
-    let mut rng = fresh_rng("ring f16 P·V");
-    for case in cases(PvPrecision::F16) {
+    let mut rng = fresh_rng(label);
+    for case in cases(pv) {
         check_case(rt, &case, &mut rng);
     }
 }
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn simulated_ring_matches_one_call_f16_pv() {
+    check_cases("ring f16 P·V", PvPrecision::F16);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn simulated_ring_matches_one_call_int8_pv() {
     // The sm_90a kernel on Hopper, the portable mma.sync one elsewhere.
-    let rt = runtime();
-    let mut rng = fresh_rng("ring int8 P·V");
-    for case in cases(PvPrecision::Int8) {
-        check_case(rt, &case, &mut rng);
-    }
+    check_cases("ring int8 P·V", PvPrecision::Int8);
 }
 
 #[test]

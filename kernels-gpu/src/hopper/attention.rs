@@ -25,7 +25,7 @@
 //! chunks of each K/V tile (f16 P·V) with cp.async (a producer warp would make the CTA 32 threads more than a
 //! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
 //! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
-//! either). Pipeline per `sm90_stages(HD)`-deep stage `s` of a K and a V tile, with two mbarriers:
+//! either). Pipeline per `sm90_stages(HD, PV8)`-deep stage `s` of a K and a V tile, with two mbarriers:
 //! `full[s]` (one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its
 //! copies have landed) and `empty[s]` (one arrival per warp: its lane 0 once its warpgroup's
 //! wgmmas reading the stage are done). Tile `t` uses stage `t % S` in round `t / S`; waiting for

@@ -2,10 +2,11 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d)` warpgroups (3 for d = 128, 4 for d = 64) of 64 query
-//! rows each (a warpgroup's rows share one 128-row Q quantization block), and no producer warp:
-//! every thread also issues its share of the cp.async copies of the 64-key K/V tiles, into
-//! `sm90_stages(head_dim)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
+//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 128, 4 for d = 64;
+//! 8-bit: 2 and 3) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
+//! block), and no producer warp: every thread also issues its share of the cp.async copies of the
+//! K/V tiles (`sm90_cta_k(pv8)` keys: 64, or 128 for the 8-bit P·V), into
+//! `sm90_stages(head_dim, pv8)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
 //! base rounded up to 1024 bytes, the 128-byte swizzle period): Q tile, the K stages, the V stages,
 //! then the mbarriers.
 
