@@ -163,7 +163,8 @@ fn check_against_emulation(case: &Case, out: &[f32], lse: &[f32], emulated: &Ref
 /// size of the issue: rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact float64 attention, N = 2048,
 /// 16 heads (one draw's error varies by a few percent; over 16 heads it stays inside the bound),
 /// plus the kernel error against the emulation. `Backend::Auto`, P·V accumulator F16 (on Hopper
-/// Auto takes f32; d ≤ 128 runs the wgmma kernel there, d > 128 the portable d = 256 kernel).
+/// Auto takes f32 and runs the wgmma kernels there: d ≤ 64, ≤ 128 and ≤ 256 on the 64, 128 and
+/// 256 ones).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn accuracy_every_head_dim_against_exact_reference() {
@@ -444,6 +445,7 @@ fn sanitizer_head_dims() {
             (false, PvAccum::F16, Backend::Portable),
             (true, PvAccum::F32, Backend::Portable),
             (true, PvAccum::F16, Backend::Auto),
+            (false, PvAccum::F32, Backend::Auto),
         ] {
             let case = Case {
                 q_heads: 4,

@@ -31,9 +31,9 @@ pub struct SelectedKernel {
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel of the smallest compiled head_dim ≥ `head_dim`
-/// (64 or 128; zero-padded when larger: a third more arithmetic at d = 96, still faster than the
-/// portable kernel), else the portable variant of the smallest compiled head_dim ≥ `head_dim`
-/// (64, 96, 128 or 256; on Hopper d in (128, 256] takes this path) — for
+/// (64, 128 or 256, the 8-bit P·V 64 or 128; zero-padded when larger: a third more arithmetic at
+/// d = 96, still faster than the portable kernel), else the portable variant of the smallest
+/// compiled head_dim ≥ `head_dim` (64, 96, 128 or 256) — for
 /// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96 or 128,
 /// any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
 /// head_dim no 8-bit kernel takes ([`select`] says why). The one place that decides; launches and
@@ -73,18 +73,20 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     })
 }
 
-/// The sm_90a kernel size `head_dim` runs on: the smallest of `SM90_HEAD_DIMS` at least as large.
-/// With the 8-bit P·V only head_dims that are multiples of 16 qualify: its V-statistics job
-/// (the `V8_STATS` job of `sage_prepare`) runs `2 · head_dim` threads, which must be whole warps.
+/// The sm_90a kernel size `head_dim` runs on: the smallest of `SM90_HEAD_DIMS` (8-bit P·V:
+/// `SM90_PV8_HEAD_DIMS`) at least as large. With the 8-bit P·V only head_dims that are multiples
+/// of 16 qualify: its V-statistics job (the `V8_STATS` job of `sage_prepare`) runs
+/// `2 · head_dim` threads, which must be whole warps.
 fn hopper_kernel_head_dim(head_dim: usize, pv8: bool) -> Option<usize> {
     if pv8 && !head_dim.is_multiple_of(16) {
         return None;
     }
-    hopper::SM90_HEAD_DIMS
-        .iter()
-        .copied()
-        .filter(|&k| k >= head_dim)
-        .min()
+    let sizes: &[usize] = if pv8 {
+        &hopper::SM90_PV8_HEAD_DIMS
+    } else {
+        &hopper::SM90_HEAD_DIMS
+    };
+    sizes.iter().copied().filter(|&k| k >= head_dim).min()
 }
 
 /// The portable 8-bit P·V kernel (`kernels-gpu/src/attention_pv8/`: mma.sync u8·s8, sm_80+) for
@@ -284,7 +286,7 @@ mod tests {
                 .filter(|&k| k >= d)
                 .min();
             assert_eq!(hopper_kernel_head_dim(d, false), want, "{d}");
-            let want8 = want.filter(|_| d.is_multiple_of(16));
+            let want8 = want.filter(|&k| d.is_multiple_of(16) && k <= 128);
             assert_eq!(hopper_kernel_head_dim(d, true), want8, "{d}");
         }
         assert_eq!(hopper_kernel_head_dim(40, true), None);

@@ -18,12 +18,14 @@
 //! |---|---|---|---|---|---|
 //! | 64 | f16 | 4 | 256 | 512 | 1024 + 16384 + 8·12288 + 128 = 115 840 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
+//! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
 //! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·8192 + 128 = 78 976 |
 //! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 8·16384 + 128 = 148 608 |
 //!
 //! (each warpgroup owns 64 query rows and every thread also copies its share of the K/V tiles; no
-//! producer warp). Head dims 64 and 128 (`host/attention.rs` runs d = 96 on the d = 128 kernel
-//! with zero-padded inputs).
+//! producer warp). Head dims 64, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch` runs
+//! the sizes between them zero-padded on the next one up (d = 96 on the d = 128 kernel, d = 160
+//! and 192 on d = 256).
 
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::params::AttnParams;
@@ -33,7 +35,7 @@ use crate::types::error::{Error, Result};
 #[path = "../../kernels-gpu/src/hopper/config.rs"]
 pub mod config;
 
-pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS};
+pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS, SM90_PV8_HEAD_DIMS};
 
 /// The sm_90a attention entry for this head dim, masking and P·V precision (`pv8`: 8-bit), or
 /// `None` when there is none (head dim 96, or anything else): the caller then uses the portable
@@ -216,7 +218,9 @@ mod tests {
         for hd in SM90_HEAD_DIMS {
             for causal in [false, true] {
                 for pv8 in [false, true] {
-                    let name = hopper_attention_kernel_name(hd, causal, pv8).unwrap();
+                    let name = hopper_attention_kernel_name(hd, causal, pv8);
+                    assert_eq!(name.is_some(), !pv8 || SM90_PV8_HEAD_DIMS.contains(&hd));
+                    let Some(name) = name else { continue };
                     let tail = match (causal, pv8) {
                         (false, false) => "full",
                         (true, false) => "causal",
@@ -228,7 +232,7 @@ mod tests {
             }
         }
         assert_eq!(hopper_attention_kernel_name(96, false, false), None);
-        assert_eq!(hopper_attention_kernel_names().len(), 8);
+        assert_eq!(hopper_attention_kernel_names().len(), 10);
         let c = hopper_launch_config(128, false, 1000, 32, 4);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
@@ -240,15 +244,19 @@ mod tests {
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
         assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
+        assert_eq!(sm90_smem_bytes(256, false), 1024 + 32768 + 4 * 49152 + 64);
+        let c = hopper_launch_config(256, false, 1000, 32, 4);
+        assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
         // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 8 stages at d = 64, 6 at d = 128.
         assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 6 * 32768 + 96);
         assert_eq!(config::sm90_cta_k(true), crate::device_config::P8_TILE);
         // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
         for hd in SM90_HEAD_DIMS {
-            for pv8 in [false, true] {
-                assert!(sm90_smem_bytes(hd, pv8) <= 227 * 1024);
-            }
+            assert!(sm90_smem_bytes(hd, false) <= 227 * 1024);
+        }
+        for hd in SM90_PV8_HEAD_DIMS {
+            assert!(sm90_smem_bytes(hd, true) <= 227 * 1024);
         }
     }
 }

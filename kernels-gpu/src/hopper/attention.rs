@@ -21,7 +21,7 @@
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
 //! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (f16 P·V: 3 for
-//! d = 128, 4 for d = 64) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
+//! d = 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
 //! chunks of each K/V tile (f16 P·V) with cp.async (a producer warp would make the CTA 32 threads more than a
 //! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
 //! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
@@ -74,7 +74,7 @@ const PINGPONG: bool = true;
 
 /// Upper bound of the 16-byte K/V copies one thread issues per tile (see `Consumer::copy_tile`;
 /// the per-variant count is `chunks.div_ceil(threads)`, checked below).
-const MAX_COPIES_PER_THREAD: usize = 8;
+const MAX_COPIES_PER_THREAD: usize = 12;
 
 /// Whether this variant uses pingpong: the f16 P·V does; the 8-bit one runs each warpgroup's
 /// tile serially and lets the warp schedulers interleave the warpgroups (pingpong measured 6%
@@ -197,7 +197,8 @@ unsafe fn attention<
     p: &AttnParams,
 ) {
     const {
-        assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128));
+        assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128 || HD == 256));
+        assert!(!PV8 || HD <= 128);
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
         // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
         assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
@@ -561,7 +562,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             self.release(t - 2);
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        let vd = pv_descs(v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
@@ -654,7 +655,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
         // instead of 64 beside the output's 64. (Issuing both groups back to back and folding the
         // first under the second measured 1–2% slower: docs/perf-notes.md, v3.1.)
-        const { assert!(NT % 8 == 0 && NT <= 16) };
+        const { assert!(!PV8 || (NT % 8 == 0 && NT <= 16)) };
         unroll::<2>(
             #[inline(always)]
             |g| {
@@ -693,7 +694,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         if t >= 1 {
             self.release(t - 1);
         }
-        let vd = pv_descs(v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
@@ -759,7 +760,7 @@ unsafe fn consume<
         let q_dst = sm.q + wg_row0 * HD as u32;
         let cpr = (HD / 16) as u32;
         let wtid = tid & 127;
-        unroll::<{ 64 * 8 / 128 }>(
+        unroll::<{ 64 * 16 / 128 }>(
             #[inline(always)]
             |j| {
                 // HD/16 chunks per row: 64 rows × HD/16 chunks over 128 threads = HD/32 per thread.

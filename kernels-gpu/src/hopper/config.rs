@@ -16,15 +16,17 @@
 /// 128 threads, so the register cap at entry (one CTA per SM) is 255 for 256 threads, 168 for 384
 /// and 128 for 512. FP16 P·V: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which
 /// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
-/// same softmax). 8-bit P·V (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32
-/// product of a tile in column groups of 32 registers beside the f32 output: two warpgroups at
-/// d = 128 (three spill at the 168 cap and measured 15% slower), three at d = 64 (four spill).
+/// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
+/// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
+/// column groups of 32 registers beside the f32 output: two warpgroups at d = 128 (three spill at
+/// the 168 cap and measured 15% slower), three at d = 64 (four spill); no d = 256 variant.
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
-    match (head_dim > 64, pv8) {
-        (true, false) => 3,
-        (false, false) => 4,
-        (true, true) => 2,
-        (false, true) => 3,
+    match (head_dim, pv8) {
+        (129.., _) => 2,
+        (65.., false) => 3,
+        (_, false) => 4,
+        (65.., true) => 2,
+        (_, true) => 3,
     }
 }
 
@@ -51,13 +53,19 @@ pub const fn sm90_threads(head_dim: usize, pv8: bool) -> usize {
 /// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
 pub const SM90_SMEM_ALIGN: usize = 1024;
-/// Head dimensions with an sm_90a kernel.
-pub const SM90_HEAD_DIMS: [usize; 2] = [64, 128];
+/// Head dimensions with an sm_90a kernel (f16 P·V).
+pub const SM90_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+/// Head dimensions with an sm_90a 8-bit P·V kernel.
+pub const SM90_PV8_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
-/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have.
+/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have; at
+/// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
+/// 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if head_dim > 64 && sm90_cta_k(pv8) == 128 {
+    if head_dim > 128 {
+        4
+    } else if head_dim > 64 && sm90_cta_k(pv8) == 128 {
         6
     } else {
         8
@@ -116,6 +124,8 @@ macro_rules! for_each_sm90_attention_variant {
         $m!("sage_attn_sm90_hd64_causal", 64, true, false);
         $m!("sage_attn_sm90_hd128_full", 128, false, false);
         $m!("sage_attn_sm90_hd128_causal", 128, true, false);
+        $m!("sage_attn_sm90_hd256_full", 256, false, false);
+        $m!("sage_attn_sm90_hd256_causal", 256, true, false);
         $m!("sage_attn_sm90_hd64_full_pv8", 64, false, true);
         $m!("sage_attn_sm90_hd64_causal_pv8", 64, true, true);
         $m!("sage_attn_sm90_hd128_full_pv8", 128, false, true);

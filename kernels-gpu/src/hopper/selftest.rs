@@ -114,7 +114,7 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
-    let vd = pv_descs(v_desc(base));
+    let vd = pv_descs::<NT>(v_desc(base));
     ptx::wgmma_fence();
     issue_pv::<NT>(&mut o, &a, &vd);
     ptx::wgmma_commit();

@@ -6,9 +6,12 @@
 //!   row `r` is stored at chunk `c ^ (r % 8)`; 8 rows (1024 bytes) form one swizzle atom, so the
 //!   descriptor's stride byte offset (between 8-row groups) is 1024. With `HD = 64` a row is 64
 //!   bytes and the tile uses the 64-byte swizzle: chunk `c` of row `r` at `c ^ ((r / 2) % 4)`,
-//!   atoms of 8 rows = 512 bytes. A k-step of 32 bytes advances the descriptor's start address by
-//!   32 bytes (the hardware applies the XOR to the final address bits, which is why the tiles must
-//!   sit at 1024-byte aligned addresses).
+//!   atoms of 8 rows = 512 bytes. With `HD = 256` a row is two 128-byte halves, stored as two
+//!   64-row column blocks of the `HD = 128` layout one after the other (chunks `8b..8b+8` of row
+//!   `r` in block b): the 128-byte swizzle spans one row of a block, so this is the widest row it
+//!   takes. A k-step of 32 bytes advances the descriptor's start address by 32 bytes, and by a
+//!   block at every fourth k-step of `HD = 256` (the hardware applies the XOR to the final address
+//!   bits, which is why the tiles must sit at 1024-byte aligned addresses).
 //! * **N-major f16 V tiles** (one key per row, head dim contiguous: for P·V the key is the k
 //!   dimension and the head dim is n, so the layout is MN-major, `imm-trans-b = 1`). The tile is
 //!   split into `HD / 64` column blocks of 64 head-dim values; each block is 64 key rows × 128
@@ -20,10 +23,16 @@ use super::config::SM90_CTA_K;
 use crate::ptx;
 use crate::unroll::unroll;
 
-/// Byte offset of 16-byte chunk `c` of row `r` in a K-major INT8 tile with `HD`-byte rows.
+/// Bytes of one column block of a K-major `HD = 256` tile (64 rows of 128 bytes).
+pub const KMAJOR_BLOCK_BYTES: u32 = 64 * 128;
+
+/// Byte offset of 16-byte chunk `c` of row `r` in a K-major INT8 tile with `HD`-byte rows (with
+/// `HD = 256`, a tile of 64 rows).
 #[inline(always)]
 pub const fn kmajor_offset<const HD: usize>(r: u32, c: u32) -> u32 {
-    if HD == 128 {
+    if HD == 256 {
+        (c >> 3) * KMAJOR_BLOCK_BYTES + r * 128 + (((c & 7) ^ (r & 7)) << 4)
+    } else if HD == 128 {
         r * 128 + ((c ^ (r & 7)) << 4)
     } else {
         r * 64 + ((c ^ ((r >> 1) & 3)) << 4)
@@ -54,7 +63,7 @@ pub const fn descriptor(addr: u32, leading: u32, stride: u32, swizzle: u64) -> u
 /// Descriptor of a K-major INT8 tile of `HD`-byte rows at `addr` (1024-byte aligned).
 #[inline(always)]
 pub const fn kmajor_desc<const HD: usize>(addr: u32) -> u64 {
-    if HD == 128 {
+    if HD >= 128 {
         descriptor(addr, 16, 1024, 1)
     } else {
         descriptor(addr, 16, 512, 2)
@@ -76,9 +85,15 @@ pub fn qk_descs<const KS: usize>(q_desc: u64, k_desc: u64) -> [[u64; KS]; 2] {
     unroll::<KS>(
         #[inline(always)]
         |ks| {
-            // 32 bytes per k-step = 2 in descriptor units (16 bytes).
-            d[0][ks] = q_desc + 2 * ks as u64;
-            d[1][ks] = k_desc + 2 * ks as u64;
+            // 32 bytes per k-step = 2 in descriptor units (16 bytes); HD = 256 (KS = 8) moves to
+            // the second column block after 4 k-steps.
+            let step = if KS == 8 {
+                (ks / 4) as u64 * (KMAJOR_BLOCK_BYTES / 16) as u64 + 2 * (ks % 4) as u64
+            } else {
+                2 * ks as u64
+            };
+            d[0][ks] = q_desc + step;
+            d[1][ks] = k_desc + step;
             ptx::pin_u64(&mut d[0][ks]);
             ptx::pin_u64(&mut d[1][ks]);
         },
@@ -105,16 +120,22 @@ pub fn pv8_descs<const HD: usize>(v_desc: u64, steps: usize) -> [u64; 4] {
     d
 }
 
-/// The descriptors of the 4 k-steps (16 keys each) of `P·V`, pinned (see [`qk_descs`]).
+/// The descriptors of the 4 k-steps (16 keys each) of `P·V`, pinned (see [`qk_descs`]): `[0]`
+/// for the first 128 head-dim columns (all of them when `NT <= 16`), `[1]` for columns 128..256
+/// (`NT = 32`: two column blocks further).
 #[inline(always)]
-pub fn pv_descs(v_desc: u64) -> [u64; 4] {
-    let mut d = [0u64; 4];
+pub fn pv_descs<const NT: usize>(v_desc: u64) -> [[u64; 4]; 2] {
+    let mut d = [[0u64; 4]; 2];
     unroll::<4>(
         #[inline(always)]
         |kk| {
             // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
-            d[kk] = v_desc + 128 * kk as u64;
-            ptx::pin_u64(&mut d[kk]);
+            d[0][kk] = v_desc + 128 * kk as u64;
+            ptx::pin_u64(&mut d[0][kk]);
+            if NT == 32 {
+                d[1][kk] = d[0][kk] + (2 * V_BLOCK_BYTES / 16) as u64;
+                ptx::pin_u64(&mut d[1][kk]);
+            }
         },
     );
     d
@@ -137,21 +158,34 @@ pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
 }
 
 /// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
-/// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`.
+/// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`;
+/// d = 256 takes two n = 128 wgmmas per k-step (n = 256 would need all 128 output registers as
+/// operands of one asm statement, for the same tensor work).
 #[inline(always)]
-pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[u64; 4]) {
-    const { assert!(NT == 8 || NT == 16) };
+pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[[u64; 4]; 2]) {
+    const { assert!(NT == 8 || NT == 16 || NT == 32) };
     unroll::<4>(
         #[inline(always)]
         |kk| {
-            if NT == 16 {
+            if NT == 32 {
+                let base = o as *mut [[f32; 4]; NT];
+                // SAFETY: NT == 32: the two halves are disjoint 16-tile arrays inside `o`.
+                let (lo, hi) = unsafe {
+                    (
+                        &mut *base.cast::<[[f32; 4]; 16]>(),
+                        &mut *base.cast::<[f32; 4]>().add(16).cast::<[[f32; 4]; 16]>(),
+                    )
+                };
+                ptx::wgmma_m64n128k16_f32_f16_rs(lo, p[kk], d[0][kk]);
+                ptx::wgmma_m64n128k16_f32_f16_rs(hi, p[kk], d[1][kk]);
+            } else if NT == 16 {
                 // SAFETY: NT == 16, so this is the same array.
                 let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
-                ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[kk]);
+                ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[0][kk]);
             } else {
                 // SAFETY: NT == 8, so this is the same array.
                 let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
-                ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[kk]);
+                ptx::wgmma_m64n64k16_f32_f16_rs(o8, p[kk], d[0][kk]);
             }
         },
     );
