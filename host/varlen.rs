@@ -28,10 +28,10 @@
 //! They are passed as [`CuSeqlens`]: a host slice (`&[i32]`, `&Vec<i32>`), checked on the host,
 //! or a device buffer (`&CudaSlice<i32>`), which is **copied to the host synchronously** (the
 //! stream is synchronized) and then checked the same way. The copy is not a shortcut around a
-//! device check: this implementation needs the lengths on the host anyway, to cut the packed
-//! tensors into per-sequence views and launch each sequence. A fused kernel, which would not need
-//! them, would check on the device instead. [`check_varlen_inputs`] runs every check that needs
-//! no GPU.
+//! device check: this implementation needs the lengths on the host anyway, to group the
+//! sequences into batched calls and cut the packed tensors into their views. A fused kernel,
+//! which would not need them, would check on the device instead. [`check_varlen_inputs`] runs
+//! every check that needs no GPU.
 //!
 //! # Semantics
 //!
@@ -44,14 +44,26 @@
 //!
 //! # Cost
 //!
-//! This is the correct-first implementation: **one batched call per sequence that has queries and
-//! keys** (each its own preparation launches, its own attention launch, and per-call host work),
-//! plus, with an LSE, one 2-d copy per sequence into the packed LSE. With many short sequences the
-//! launch overhead dominates and small sequences fill the GPU poorly; it is not yet the issue's
-//! speed target. A fused varlen kernel (one preparation and one attention launch over all
-//! sequences, a grid over (sequence, Q block)) is the follow-up; the results it must reproduce
-//! are these, and [`reference::attention_varlen`](crate::reference::attention_varlen) is their CPU
-//! form.
+//! A maximal run of consecutive sequences with the same query length and the same key length
+//! (both non-zero) is, in memory, a batched problem `[sequences, heads, len, head_dim]`: each
+//! sequence's rows follow the previous one's, so the batch stride is `len` rows. Such a run is
+//! **one batched [`sageattn_into`] call** (its preparation launches and its attention launch),
+//! which computes per batch entry exactly what it computes per sequence; a packed batch of equal
+//! lengths therefore costs what the batched call with the same tokens costs, plus the varlen
+//! call's host-side checks. Every other sequence with queries and keys is a run of one, its own
+//! call with batch 1: a mix of different lengths still pays one call per sequence, and with many
+//! short sequences launch overhead dominates and small sequences fill the GPU poorly. A run is
+//! split where sequences × query heads × the longer of its two lengths would pass 2^24, which
+//! keeps each call far below the batched call's grid limit and bounds its scratch memory; the
+//! runtime's workspace grows to the largest run's scratch, as for the batched call with those
+//! tokens. With an LSE, each run adds 2-d copies into the packed LSE (one per sequence or one per
+//! head, the fewer: the batched call's LSE layout differs);
+//! sequences without keys are written with 2-d memsets.
+//!
+//! A fused varlen kernel (one preparation and one attention launch over all sequences, a grid
+//! over (sequence, Q block)) would remove the per-call cost of mixes; the results it must
+//! reproduce are these, and [`reference::attention_varlen`](crate::reference::attention_varlen)
+//! is their CPU form.
 
 use std::borrow::Cow;
 
@@ -62,7 +74,8 @@ use crate::device::runtime::Runtime;
 use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::launch::validate::validate_output;
 use crate::launch::varlen::{
-    check_varlen, copy_lse_rows, fill_rows_without_keys, validate_varlen, Seqlens, VarlenProblem,
+    check_varlen, copy_lse_run, equal_length_runs, fill_rows_without_keys, validate_varlen,
+    Seqlens, VarlenProblem,
 };
 use crate::types::dtype::Layout;
 use crate::types::error::{CudaResultExt, Error, Result};
@@ -183,7 +196,7 @@ pub fn sageattn_varlen<'c>(
     } else {
         None
     };
-    run_sequences(rt, q, k, v, &problem, &mut o.view_mut(), lse.as_mut(), opts)?;
+    run_batched(rt, q, k, v, &problem, &mut o.view_mut(), lse.as_mut(), opts)?;
     Ok(Output { o, lse })
 }
 
@@ -213,7 +226,7 @@ pub fn sageattn_varlen_into<'c>(
         (max_seqlen_q, max_seqlen_k),
         opts,
     )?;
-    run_sequences(rt, q, k, v, &problem, out, lse, opts)
+    run_batched(rt, q, k, v, &problem, out, lse, opts)
 }
 
 /// The prefix sums on the host (copied when on the device), then every check of the call.
@@ -235,13 +248,13 @@ fn validate_call(
     validate_varlen(rt, q, k, v, seqlens, opts)
 }
 
-/// The per-sequence path: checks the packed output, then runs [`sageattn_into`] on each
-/// sequence's rows (views of the packed tensors, batch 1), its LSE into a buffer of the longest
-/// sequence that is then copied into the packed LSE (the batched call writes its LSE
-/// `[batch][q_heads][qo_len]` contiguous, and a sequence's rows of the packed LSE are `q_heads`
-/// strided runs).
+/// Checks the packed output, then runs [`sageattn_into`] once per run of equal-length sequences
+/// ([`equal_length_runs`]; a sequence of its own lengths is a run of one) on the run's rows of the
+/// packed tensors viewed as a batch, and writes the rows of sequences without keys. With an LSE,
+/// each run's goes to a staging buffer first: the batched call writes `[batch][q_heads][qo_len]`
+/// contiguous, while a run's columns of the packed LSE are `q_heads` strided rows.
 #[allow(clippy::too_many_arguments)]
-fn run_sequences(
+fn run_batched(
     rt: &Runtime,
     q: &TensorView,
     k: &TensorView,
@@ -253,32 +266,35 @@ fn run_sequences(
 ) -> Result<()> {
     let p = &problem.packed;
     validate_output(rt, p, out, lse.as_deref(), &[("q", q), ("k", k), ("v", v)])?;
-    let mut seq_lse = match lse {
-        Some(_) => Some(rt.alloc_zeros::<f32>(p.q_heads * problem.batch.longest_q().max(1))?),
+    let runs = equal_length_runs(&problem.batch, p.q_heads);
+    let mut run_lse = match lse {
+        Some(_) => {
+            let rows = runs.iter().map(|r| r.q_rows().len()).max().unwrap_or(0);
+            Some(rt.alloc_zeros::<f32>(p.q_heads * rows.max(1))?)
+        }
         None => None,
     };
     let total_q = p.qo_len;
-    for seq in problem.batch.sequences() {
-        if seq.q.is_empty() {
-            continue;
-        }
-        let mut o = out.narrow_mut(2, seq.q.start, seq.q.len())?;
-        if seq.k.is_empty() {
-            fill_rows_without_keys(rt, &mut o, lse.as_deref_mut(), seq.q.clone(), total_q)?;
-            continue;
-        }
-        let (kv_start, kv_len) = (seq.k.start, seq.k.len());
+    for run in &runs {
+        let (rows, keys) = (run.q_rows(), run.k_rows());
+        let mut run_out = out.narrow_mut(2, rows.start, rows.len())?;
         sageattn_into(
             rt,
-            &q.narrow(2, seq.q.start, seq.q.len())?,
-            &k.narrow(2, kv_start, kv_len)?,
-            &v.narrow(2, kv_start, kv_len)?,
-            &mut o,
-            seq_lse.as_mut(),
+            &q.narrow(2, rows.start, rows.len())?.split_seq(run.q_len)?,
+            &k.narrow(2, keys.start, keys.len())?.split_seq(run.k_len)?,
+            &v.narrow(2, keys.start, keys.len())?.split_seq(run.k_len)?,
+            &mut run_out.split_seq_mut(run.q_len)?,
+            run_lse.as_mut(),
             opts,
         )?;
-        if let (Some(src), Some(dst)) = (&seq_lse, lse.as_deref_mut()) {
-            copy_lse_rows(rt, src, dst, p.q_heads, seq.q.clone(), total_q)?;
+        if let (Some(src), Some(dst)) = (&run_lse, lse.as_deref_mut()) {
+            copy_lse_run(rt, src, dst, p.q_heads, run, total_q)?;
+        }
+    }
+    for seq in problem.batch.sequences() {
+        if !seq.q.is_empty() && seq.k.is_empty() {
+            let mut o = out.narrow_mut(2, seq.q.start, seq.q.len())?;
+            fill_rows_without_keys(rt, &mut o, lse.as_deref_mut(), seq.q.clone(), total_q)?;
         }
     }
     Ok(())

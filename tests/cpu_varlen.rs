@@ -15,7 +15,7 @@ use sageattention::reference::{
     attention_varlen_quantized_emulation, HostTensor, RefOptions, RefOutput,
 };
 use sageattention::varlen::{check_varlen_inputs, VarlenSequence, MAX_VARLEN_BATCH};
-use sageattention::{DType, Error, Options, TensorView};
+use sageattention::{DType, Error, Layout, Options, TensorView, TensorViewMut};
 
 /// A packed batch: each sequence's own Q, K, V and the packed tensors with their prefix sums.
 struct Batch {
@@ -500,4 +500,64 @@ fn packed_views_narrow_to_their_sequences() {
         empty.validate("q"),
         Err(Error::EmptyTensor { .. })
     ));
+}
+
+/// `n` equal-length sequences of a packed view, `narrow(2, start, n·len).split_seq(len)`, are
+/// the batched view `[n, heads, len, d]`: for a contiguous packed tensor exactly the NHD
+/// strides of that batch, the pointer at the first sequence; the writable form passes the
+/// output's no-overlap check; misuse gets typed errors.
+#[test]
+fn equal_length_sequences_split_into_a_batch() {
+    let packed = packed_view(DType::F16, 4, 100, 64, 1 << 20);
+    let run = packed.narrow(2, 20, 60).unwrap().split_seq(20).unwrap();
+    assert_eq!(run.shape(), [3, 4, 20, 64]);
+    assert_eq!(
+        run.strides(),
+        Layout::Nhd.contiguous_strides([3, 4, 20, 64])
+    );
+    assert!(
+        format!("{run:?}").contains(&format!("{:#x}", (1u64 << 20) + 20 * 256 * 2)),
+        "{run:?}"
+    );
+    run.validate("q").unwrap();
+    // A whole packed tensor of one sequence is batch 1; other strides (heads outermost) keep
+    // theirs, the batch stride is `len` rows.
+    assert_eq!(packed.split_seq(100).unwrap().shape(), [1, 4, 100, 64]);
+    // SAFETY: only the pure checks see these views; they read their geometry, never memory.
+    let hnd = unsafe {
+        TensorView::from_raw(
+            1 << 20,
+            DType::BF16,
+            [1, 2, 96, 128],
+            [2 * 96 * 128, 96 * 128, 128, 1],
+            0,
+        )
+    };
+    let split = hnd.split_seq(32).unwrap();
+    assert_eq!(split.shape(), [3, 2, 32, 128]);
+    assert_eq!(split.strides(), [32 * 128, 96 * 128, 128, 1]);
+    split.validate("k").unwrap();
+    // SAFETY: as above.
+    let mut out = unsafe {
+        TensorViewMut::from_raw(
+            1 << 32,
+            DType::F16,
+            [1, 4, 100, 64],
+            [100 * 256, 64, 256, 1],
+            0,
+        )
+    };
+    let mut rows = out.narrow_mut(2, 40, 50).unwrap();
+    let batch = rows.split_seq_mut(10).unwrap();
+    assert_eq!(
+        (batch.shape(), batch.strides()),
+        ([5, 4, 10, 64], [10 * 256, 64, 256, 1])
+    );
+    batch.validate("out").unwrap();
+    for (view, len) in [(&packed, 0), (&packed, 30), (&run, 10)] {
+        assert!(
+            matches!(view.split_seq(len), Err(Error::ShapeMismatch { .. })),
+            "{view:?} split by {len}"
+        );
+    }
 }

@@ -2,8 +2,9 @@
 //! checks everything before any launch and returns the call's `Problem`; [`dispatch`] picks the
 //! kernel; [`enqueue`] lays out the [`scratch`] memory and queues the preparation and attention
 //! launches (the Hopper kernel's through [`hopper`]). [`selftest`] runs the device crate's
-//! single-tile primitive kernels for the GPU tests. [`varlen`] checks packed (variable-length) inputs
-//! and holds the LSE copy and row fill the per-sequence varlen path needs.
+//! single-tile primitive kernels for the GPU tests. [`varlen`] checks packed (variable-length) inputs,
+//! groups their sequences into batched problems and holds the LSE copy and row fill the varlen
+//! call needs.
 //!
 //! Each step imports only the steps before it and the layers below (`device`, `types`).
 

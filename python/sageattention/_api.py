@@ -163,8 +163,9 @@ def sageattn_varlen(
     Raises TypeError, ValueError (shapes, strides, devices, every bad ``cu_seqlens``: not
     starting at 0, decreasing, not ending at the row count, batch sizes that differ, a length
     above its ``max_seqlen``) or RuntimeError, with the library's message. Today it runs one
-    batched call per sequence (fine for a few long sequences; launch-bound with many short ones)
-    and cannot be captured in a CUDA graph. Works under ``torch.compile`` as the custom op
+    batched call per run of consecutive sequences with equal lengths, so packed equal lengths
+    cost a batched call, and one call per sequence otherwise (fine for a few long sequences;
+    launch-bound with many short ones); it cannot be captured in a CUDA graph. Works under ``torch.compile`` as the custom op
     ``torch.ops.sageattention_rs.sageattn_varlen``.
     """
     return_lse = kwargs.pop("return_lse", False)

@@ -269,13 +269,13 @@ impl Device {
     }
 
     /// Runs one varlen call, fenced like [`Device::run`]. Not during a graph capture: the call
-    /// is one batched call per sequence from host-side lengths, on the runtime's workspace.
+    /// chooses its batched calls from host-side lengths, on the runtime's workspace.
     pub(crate) fn run_varlen(&self, call: &VarlenCall) -> Result<(), Failure> {
         self.fenced(call.call.stream, |capturing| {
             if capturing {
                 return Err(Failure::Runtime(
-                    "sageattn_varlen cannot be captured in a CUDA graph (it runs one call per \
-                     sequence from lengths read on the host); call it outside the capture"
+                    "sageattn_varlen cannot be captured in a CUDA graph (it chooses its calls \
+                     from lengths read on the host); call it outside the capture"
                         .into(),
                 ));
             }

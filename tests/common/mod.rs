@@ -79,6 +79,11 @@ pub fn upload(rt: &Runtime, t: &HostTensor, dtype: DType, layout: Layout) -> Ten
 /// A device tensor of approximately N(0,1) values (a sum of 4 uniforms), generated in parallel
 /// on the host from `seed`: fast enough for the large shapes of the timing tests.
 pub fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
+    random_device_tensor_in(shape, seed, Layout::Hnd)
+}
+
+/// [`random_device_tensor`] stored in `layout` (the same logical values).
+pub fn random_device_tensor_in(shape: [usize; 4], seed: u64, layout: Layout) -> Tensor {
     let n: usize = shape.iter().product();
     let data: Vec<f32> = (0..n)
         .into_par_iter()
@@ -97,7 +102,7 @@ pub fn random_device_tensor(shape: [usize; 4], seed: u64) -> Tensor {
             (acc - 2.0) * 1.732
         })
         .collect();
-    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, Layout::Hnd).unwrap()
+    Tensor::from_host_f32(runtime(), &data, DType::F16, shape, layout).unwrap()
 }
 
 /// Median GPU time (CUDA events) of `f` over 15 runs after 3 warm-up runs.

@@ -121,6 +121,42 @@ impl ViewGeometry {
         Ok((narrowed, offset))
     }
 
+    /// The geometry of `[1, heads, n·len, head_dim]` as `[n, heads, len, head_dim]`: batch entry
+    /// `b` is rows `b·len..(b + 1)·len` of the sequence dimension, so the batch stride is `len`
+    /// times the seq stride and every other stride, the pointer and the extent stay.
+    ///
+    /// Errors: [`Error::ShapeMismatch`] when the batch is not 1, `len` is 0 or the sequence
+    /// length is not a multiple of `len`; [`Error::InvalidStride`] for a negative stride;
+    /// [`Error::TooLarge`] when the batch stride overflows `i64`.
+    pub(super) fn split_seq(&self, len: usize) -> Result<Self> {
+        let [batch, _, seq, _] = self.shape;
+        if batch != 1 || len == 0 || seq % len != 0 {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "cannot split the sequence of shape {:?} into batch entries of {len} rows \
+                     (needs batch 1 and a sequence length that is a multiple of {len})",
+                    self.shape
+                ),
+            });
+        }
+        self.check_non_negative(UNNAMED)?;
+        let batch_stride = i64::try_from(len)
+            .ok()
+            .and_then(|len| len.checked_mul(self.strides[2]))
+            .ok_or_else(|| Error::TooLarge {
+                tensor: UNNAMED,
+                reason: format!(
+                    "batch stride {len} × {} (the seq stride) overflows i64",
+                    self.strides[2]
+                ),
+            })?;
+        let mut split = *self;
+        split.shape[0] = seq / len;
+        split.shape[2] = len;
+        split.strides[0] = batch_stride;
+        Ok(split)
+    }
+
     /// The bytes the view spans, `[start, end)` (`None` if the extent is invalid); used to
     /// refuse outputs that overlap inputs.
     pub(crate) fn byte_range(&self) -> Option<(u64, u64)> {

@@ -273,6 +273,24 @@ impl<'a> TensorView<'a> {
             offset: self.offset + offset,
         })
     }
+
+    /// The view `[1, heads, n·len, head_dim]` as the batch `[n, heads, len, head_dim]`, batch
+    /// entry `b` being rows `b·len..(b + 1)·len`: same memory, same stream tracking, the batch
+    /// stride `len` times the seq stride (`n` equal-length sequences of a packed batch,
+    /// `packed.narrow(2, start, n * len)?.split_seq(len)`, are the batched problem of those
+    /// sequences).
+    ///
+    /// Errors: [`Error::ShapeMismatch`](crate::Error::ShapeMismatch) when the batch is not 1,
+    /// `len` is 0 or the sequence length is not a multiple of `len`,
+    /// [`Error::InvalidStride`](crate::Error::InvalidStride) for a negative stride,
+    /// [`Error::TooLarge`](crate::Error::TooLarge) when the batch stride overflows.
+    pub fn split_seq(&self, len: usize) -> Result<TensorView<'a>> {
+        Ok(TensorView {
+            geom: self.geom.split_seq(len)?,
+            origin: self.origin,
+            offset: self.offset,
+        })
+    }
 }
 
 impl Deref for TensorView<'_> {
@@ -415,6 +433,18 @@ impl<'a> TensorViewMut<'a> {
                 None => None,
             },
             offset: self.offset + offset,
+        })
+    }
+
+    /// The writable form of [`TensorView::split_seq`], borrowing this view. Errors as there.
+    pub fn split_seq_mut(&mut self, len: usize) -> Result<TensorViewMut<'_>> {
+        Ok(TensorViewMut {
+            geom: self.geom.split_seq(len)?,
+            origin: match self.origin.as_deref_mut() {
+                Some(o) => Some(o),
+                None => None,
+            },
+            offset: self.offset,
         })
     }
 
