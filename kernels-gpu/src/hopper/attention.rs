@@ -76,11 +76,12 @@ const PINGPONG: bool = true;
 /// the per-variant count is `chunks.div_ceil(threads)`, checked below).
 const MAX_COPIES_PER_THREAD: usize = 12;
 
-/// Whether this variant uses pingpong: the f16 P·V does; the 8-bit one runs each warpgroup's
-/// tile serially and lets the warp schedulers interleave the warpgroups (pingpong measured 6%
-/// slower there at d = 128, docs/perf-notes.md).
-const fn pingpong(pv8: bool) -> bool {
-    PINGPONG && !pv8
+/// Whether this variant uses pingpong: the f16 P·V at d ≤ 128 does; the 8-bit one runs each
+/// warpgroup's tile serially and lets the warp schedulers interleave the warpgroups (pingpong
+/// measured 6% slower there at d = 128), and at d = 256 (two warpgroups, twice the tensor work
+/// per softmax) the kernel without it measured 1.5–5% faster (docs/perf-notes.md, v7).
+const fn pingpong(pv8: bool, head_dim: usize) -> bool {
+    PINGPONG && !pv8 && head_dim <= 128
 }
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
@@ -275,7 +276,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
-        if pingpong(PV8) {
+        if pingpong(PV8, HD) {
             ptx::named_barrier_sync(SCHED_BAR0 + self.wg, 256);
         }
     }
@@ -283,7 +284,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: passes the turn to the next warpgroup (after this one's wgmmas are issued).
     #[inline(always)]
     fn sched_pass(&self) {
-        if pingpong(PV8) {
+        if pingpong(PV8, HD) {
             let w = sm90_consumer_warpgroups(HD, PV8) as u32;
             let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
             ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
@@ -826,7 +827,7 @@ unsafe fn consume<
         ptx::fence_proxy_async_shared();
         ptx::named_barrier_sync(1 + wg, 128);
 
-        if pingpong(PV8) && wg == 0 {
+        if pingpong(PV8, HD) && wg == 0 {
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
