@@ -183,19 +183,37 @@ impl Prepared {
     }
 
     /// Copies the quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and
-    /// its scales (`[batch][q_heads][q_blocks]`) to the host, for inspection and tests.
+    /// its per-token scales (`[batch][q_heads][padded_qo]`, 0 on padding rows) to the host, for
+    /// inspection and tests.
     pub fn q_quantized_to_host(&self, rt: &Runtime) -> Result<(Vec<i8>, Vec<f32>)> {
         let (p, l) = (&self.problem, &self.scratch.layout);
-        self.quantized_to_host(rt, (l.q_i8, l.q_scale), p.q_heads, p.qo_len, Q_BLOCK)
+        let padded = padded_len(p.qo_len, Q_BLOCK);
+        self.quantized_to_host(
+            rt,
+            (l.q_i8, l.q_scale),
+            p.q_heads,
+            p.qo_len,
+            Q_BLOCK,
+            padded,
+        )
     }
 
     /// Copies the quantized K (padded to 64 rows) and its scales to the host.
     pub fn k_quantized_to_host(&self, rt: &Runtime) -> Result<(Vec<i8>, Vec<f32>)> {
         let (p, l) = (&self.problem, &self.scratch.layout);
-        self.quantized_to_host(rt, (l.k_i8, l.k_scale), p.kv_heads, p.kv_len, K_BLOCK)
+        let blocks = p.kv_len.div_ceil(K_BLOCK);
+        self.quantized_to_host(
+            rt,
+            (l.k_i8, l.k_scale),
+            p.kv_heads,
+            p.kv_len,
+            K_BLOCK,
+            blocks,
+        )
     }
 
-    /// Values and scales of one quantized tensor (`heads` heads of `seq` rows in `block`-row blocks).
+    /// Values and scales of one quantized tensor (`heads` heads of `seq` rows padded to whole
+    /// `block`-row blocks, `scales_per_head` scales per head).
     fn quantized_to_host(
         &self,
         rt: &Runtime,
@@ -203,6 +221,7 @@ impl Prepared {
         heads: usize,
         seq: usize,
         block: usize,
+        scales_per_head: usize,
     ) -> Result<(Vec<i8>, Vec<f32>)> {
         let p = &self.problem;
         let rows = p.batch * heads;
@@ -219,7 +238,7 @@ impl Prepared {
             .flat_map(|row| &row[..p.head_dim])
             .copied()
             .collect();
-        let scales = download::<f32>(rt, self.scratch.at(scales), rows * seq.div_ceil(block))?;
+        let scales = download::<f32>(rt, self.scratch.at(scales), rows * scales_per_head)?;
         Ok((values, scales))
     }
 

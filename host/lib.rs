@@ -1,5 +1,5 @@
 //! SageAttention for NVIDIA GPUs (sm_80+), in pure Rust: attention whose Q·Kᵀ runs in INT8 (Q per
-//! block of 128 tokens, K per block of 64 after subtracting its mean over the sequence) and whose
+//! token, K per block of 64 after subtracting its mean over the sequence) and whose
 //! P·V runs in FP16, giving the answer of scaled-dot-product attention to about 1% faster than
 //! FlashAttention (SageAttention, arXiv 2410.02367).
 //!

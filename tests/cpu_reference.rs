@@ -206,22 +206,21 @@ fn assert_close(
     Ok(())
 }
 
-/// Check every block of `quant` against the contract, given the transformed values `v(b, h, s, d)`.
+/// Check every block of `quant` (`block` rows per scale, rows padded to a multiple of `pad`)
+/// against the contract, given the transformed values `v(b, h, s, d)`.
 fn check_quantized(
     quant: &Quantized,
     input_shape: [usize; 4],
-    block: usize,
+    (block, pad): (usize, usize),
     v: impl Fn(usize, usize, usize, usize) -> f32,
 ) -> Result<(), TestCaseError> {
     let [batch, heads, seq, head_dim] = input_shape;
-    let n_blocks = seq.div_ceil(block);
+    let padded = seq.div_ceil(pad) * pad;
+    let n_blocks = padded / block;
     prop_assert_eq!(quant.block, block);
     prop_assert_eq!(quant.n_blocks, n_blocks);
-    prop_assert_eq!(quant.padded_seq, n_blocks * block);
-    prop_assert_eq!(
-        quant.data.len(),
-        batch * heads * n_blocks * block * head_dim
-    );
+    prop_assert_eq!(quant.padded_seq, padded);
+    prop_assert_eq!(quant.data.len(), batch * heads * padded * head_dim);
     prop_assert_eq!(quant.scale.len(), batch * heads * n_blocks);
     for b in 0..batch {
         for h in 0..heads {
@@ -351,26 +350,32 @@ fn quantize_q_folds_scale_and_log2e_and_pads_with_zero() {
     let sm_scale = 0.25_f32;
     let quant = quantize_q(&q, sm_scale);
     let mult = sm_scale * LOG2_E;
-    // Re-quantize each block by hand through quantize_block and compare bit for bit.
+    // Re-quantize each row (one scale per token) by hand through quantize_block and compare bit
+    // for bit; the padding rows have scale 0.
     for h in 0..2 {
-        for blk in 0..2 {
-            let rows = blk * Q_BLOCK..((blk + 1) * Q_BLOCK).min(shape[2]);
-            let values: Vec<f32> = rows
-                .clone()
-                .flat_map(|s| (0..16).map(move |d| (s, d)))
-                .map(|(s, d)| q.get(0, h, s, d) * mult)
+        for s in 0..2 * Q_BLOCK {
+            let values: Vec<f32> = (0..16)
+                .filter(|_| s < shape[2])
+                .map(|d| q.get(0, h, s, d) * mult)
                 .collect();
             let mut expected = vec![0_i8; values.len()];
             let scale = quantize_block(&values, &mut expected);
             assert_eq!(
-                quant.scale_of(0, h, blk * Q_BLOCK).to_bits(),
-                scale.to_bits()
+                quant.scale_of(0, h, s).to_bits(),
+                scale.to_bits(),
+                "row {s}"
             );
-            let got: Vec<i8> = rows.flat_map(|s| quant.row(0, h, s).to_vec()).collect();
-            assert_eq!(got, expected);
+            if s < shape[2] {
+                assert_eq!(quant.row(0, h, s), &expected[..]);
+            } else {
+                assert_eq!(scale, 0.0);
+            }
         }
     }
-    assert_eq!(quant.padded_seq, 2 * Q_BLOCK);
+    assert_eq!(
+        (quant.padded_seq, quant.n_blocks),
+        (2 * Q_BLOCK, 2 * Q_BLOCK)
+    );
     assert!(quant.data[(Q_BLOCK + 3) * 16..2 * Q_BLOCK * 16]
         .iter()
         .all(|&x| x == 0));
@@ -380,7 +385,8 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// Every element is within half a quantization step of its value, the block maximum maps to
-    /// ±127, and the scale is exactly `amax / 127`; for Q, K with smoothing and K without.
+    /// ±127, and the scale is exactly `amax / 127`; for Q (blocks of one row, padded to
+    /// `Q_BLOCK` rows), K with smoothing and K without.
     #[test]
     fn quantization_error_is_at_most_half_a_step(
         batch in 1..=2_usize,
@@ -400,16 +406,16 @@ proptest! {
 
         let mult = sm_scale * LOG2_E;
         let q = quantize_q(&x, sm_scale);
-        check_quantized(&q, shape, Q_BLOCK, |b, h, s, d| x.get(b, h, s, d) * mult)?;
+        check_quantized(&q, shape, (1, Q_BLOCK), |b, h, s, d| x.get(b, h, s, d) * mult)?;
 
         let mean = k_mean(&x);
         let k_smooth = quantize_k(&x, Some(&mean));
-        check_quantized(&k_smooth, shape, K_BLOCK, |b, h, s, d| {
+        check_quantized(&k_smooth, shape, (K_BLOCK, K_BLOCK), |b, h, s, d| {
             x.get(b, h, s, d) - mean[(b * heads + h) * head_dim + d]
         })?;
 
         let k_plain = quantize_k(&x, None);
-        check_quantized(&k_plain, shape, K_BLOCK, |b, h, s, d| x.get(b, h, s, d))?;
+        check_quantized(&k_plain, shape, (K_BLOCK, K_BLOCK), |b, h, s, d| x.get(b, h, s, d))?;
     }
 
     /// The lane/tree mean agrees with the exact mean up to f32 summation error.
@@ -695,7 +701,7 @@ fn nan_in_one_q_row_stays_in_that_row() {
 // ---------------------------------------------------------------------------------------------
 
 #[test]
-fn nan_in_q_block_poisons_exactly_that_block_in_emulation() {
+fn nan_in_q_row_poisons_exactly_that_row_in_emulation() {
     let mut rng = StdRng::seed_from_u64(17);
     let qo_len = Q_BLOCK + 72;
     let mut q = normal_tensor(&mut rng, [1, 2, qo_len, 16], false, false);
@@ -703,8 +709,8 @@ fn nan_in_q_block_poisons_exactly_that_block_in_emulation() {
     let v = normal_tensor(&mut rng, [1, 1, 40, 16], false, false);
     q.set(0, 1, 5, 0, f32::NAN);
     let out = attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), true, false);
-    // Head 1, rows 0..Q_BLOCK share the NaN scale; the second block and head 0 stay finite.
-    let expected: Vec<usize> = (qo_len..qo_len + Q_BLOCK).collect();
+    // Q's scales are per token: only head 1's row 5 has the NaN scale.
+    let expected = vec![qo_len + 5];
     assert_eq!(nan_rows(&out), expected);
     for row in (0..2 * qo_len).filter(|r| !expected.contains(r)) {
         assert!(row_is_finite(&out, row), "row {row}");

@@ -350,7 +350,8 @@ fn causal_rows_never_see_the_future() {
 }
 
 /// NaN in the inputs gives NaN wherever the exact reference has NaN; rows the reference keeps
-/// finite are finite and correct unless they share the NaN's quantization block (documented).
+/// finite are finite and correct unless they share the NaN's quantization block (documented; Q's
+/// scales are per token, so for Q that is the reference's own rows).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn nan_inputs_propagate_like_the_reference() {
@@ -371,8 +372,8 @@ fn nan_inputs_propagate_like_the_reference() {
         sm_scale: None,
         backend: Backend::Auto,
     };
-    // NaN in one Q element (row 200 of head 1): the reference's row 200 is NaN; ours is NaN for
-    // every row of that 128-row quantization block of head 1 (rows 128..256), exact elsewhere.
+    // NaN in one Q element (row 200 of head 1): the reference's row 200 is NaN, and so is ours
+    // (its scale is that row's own); every other row is finite.
     let (mut q, k, v) = inputs(&case, &mut rng, 0.0);
     q.set(0, 1, 200, 5, f32::NAN);
     let run = run_case(&case, &q, &k, &v, true);
@@ -385,11 +386,6 @@ fn nan_inputs_propagate_like_the_reference() {
                 assert!(
                     ours.iter().all(|x| x.is_nan()),
                     "row {i} head {h} should be NaN"
-                );
-            } else if h == 1 && (128..256).contains(&i) {
-                assert!(
-                    ours.iter().all(|x| x.is_nan()),
-                    "row {i} shares the NaN's Q block"
                 );
             } else {
                 assert!(

@@ -75,7 +75,8 @@ impl ScratchLayout {
             padded_len(s.qo_len, Q_BLOCK),
             s.kernel_head_dim,
         ]))?;
-        let q_scale = region(mul(&[s.batch, s.q_heads, s.qo_len.div_ceil(Q_BLOCK), 4]))?;
+        // One scale per token, padding rows included (0).
+        let q_scale = region(mul(&[s.batch, s.q_heads, padded_len(s.qo_len, Q_BLOCK), 4]))?;
         let k_i8 = region(mul(&[
             s.batch,
             s.kv_heads,
@@ -180,7 +181,7 @@ mod tests {
         let l = ScratchLayout::new(shape).unwrap();
         let regions = [
             (l.q_i8, 2 * 6 * 256 * 128),
-            (l.q_scale, 2 * 6 * 2 * 4),
+            (l.q_scale, 2 * 6 * 256 * 4),
             (l.k_i8, 2 * 3 * 128 * 128),
             (l.k_scale, 2 * 3 * 2 * 4),
             (l.k_mean.unwrap(), 2 * 3 * 96 * 4),

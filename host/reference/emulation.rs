@@ -31,8 +31,8 @@ use crate::device_config::{P8_MAX, P8_TILE};
 /// Because it uses the final row max and `f64` exponentials, this is not bit-exact against the GPU's
 /// online softmax (which rescales with running maxima and uses `ex2.approx`); it isolates the error
 /// that quantization and f16 rounding cause, so GPU results should sit within a tight bound of it.
-/// Non-finite inputs follow the design contract: a NaN/Inf in a Q block makes every row of that
-/// block NaN, a NaN/Inf in a K block makes every row that sees a key of that block NaN (with
+/// Non-finite inputs follow the design contract: a NaN/Inf in a Q row makes that row NaN (Q's
+/// scales are per token), a NaN/Inf in a K block makes every row that sees a key of that block NaN (with
 /// `smooth_k` the NaN/Inf also reaches every K block of that head through the mean, so every row of
 /// the head that sees any key is NaN).
 ///

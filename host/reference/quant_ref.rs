@@ -12,7 +12,8 @@
 //! * [`k_mean`]: per (batch, kv head, channel) mean of K over the sequence, summed in
 //!   [`MEAN_LANES`] = 16 sequential lanes and then combined by a tree with strides 8, 4, 2, 1,
 //!   finally divided by `kv_len as f32`.
-//! * [`quantize_q`]: blocks of [`Q_BLOCK`] = 128 tokens of `q * (sm_scale * LOG2_E)`.
+//! * [`quantize_q`]: `q * (sm_scale * LOG2_E)`, one scale per token, rows padded with zeros to
+//!   whole [`Q_BLOCK`] = 128-row blocks (padding rows have scale 0).
 //! * [`quantize_k`]: blocks of [`K_BLOCK`] = 64 tokens of `k - mean` (or `k` without smoothing).
 //! * [`quantize_block`]: `amax = max |v|` (NaN propagates), `inv = 127 / amax` (0 when `amax == 0`),
 //!   `scale = amax / 127`, `q = clamp(round_ties_even(v * inv), -127, 127)`, NaN products give 0.
@@ -101,11 +102,11 @@ pub struct Quantized {
     pub seq: usize,
     /// Channels per token.
     pub head_dim: usize,
-    /// `seq` rounded up to a multiple of `block`.
+    /// `seq` rounded up to a multiple of the padding unit ([`Q_BLOCK`] for Q, [`K_BLOCK`] for K).
     pub padded_seq: usize,
-    /// Number of blocks per (batch, head): `padded_seq / block`.
+    /// Number of scales per (batch, head): `padded_seq / block`.
     pub n_blocks: usize,
-    /// Tokens per block ([`Q_BLOCK`] or [`K_BLOCK`]).
+    /// Tokens per scale (1 for Q: per token; [`K_BLOCK`] for K).
     pub block: usize,
 }
 
@@ -165,8 +166,9 @@ impl Quantized {
     }
 }
 
-/// Quantize Q in blocks of [`Q_BLOCK`] tokens after folding in the softmax scale and the base change
-/// to log2: `v = q * mult` with `mult = sm_scale * LOG2_E` (an `f32` product).
+/// Quantize Q per token after folding in the softmax scale and the base change to log2:
+/// `v = q * mult` with `mult = sm_scale * LOG2_E` (an `f32` product); rows padded with zeros (scale
+/// 0) to whole [`Q_BLOCK`]-row blocks, as the GPU stores them.
 ///
 /// The resulting scores `(q_i8 · k_i8) * q_scale * k_scale` are therefore in log2 units, ready for
 /// `exp2`.
@@ -175,7 +177,7 @@ impl Quantized {
 /// If `head_dim == 0`.
 pub fn quantize_q(q: &HostTensor, sm_scale: f32) -> Quantized {
     let mult = sm_scale * LOG2_E;
-    quantize_blocks(q, Q_BLOCK, |_, _, _, x| x * mult)
+    quantize_blocks(q, 1, Q_BLOCK, |_, _, _, x| x * mult)
 }
 
 /// Quantize K in blocks of [`K_BLOCK`] tokens, subtracting the per-channel `mean` first when given
@@ -194,11 +196,11 @@ pub fn quantize_k(k: &HostTensor, mean: Option<&[f32]>) -> Quantized {
                 batch * heads * head_dim,
                 "K mean must have batch * kv_heads * head_dim = {batch} * {heads} * {head_dim} elements"
             );
-            quantize_blocks(k, K_BLOCK, |b, h, d, x| {
+            quantize_blocks(k, K_BLOCK, K_BLOCK, |b, h, d, x| {
                 x - mean[(b * heads + h) * head_dim + d]
             })
         }
-        None => quantize_blocks(k, K_BLOCK, |_, _, _, x| x),
+        None => quantize_blocks(k, K_BLOCK, K_BLOCK, |_, _, _, x| x),
     }
 }
 
@@ -255,16 +257,19 @@ pub(crate) fn round_to_int8(x: f32) -> i8 {
 
 /// Shared driver of [`quantize_q`] and [`quantize_k`]: walks every (batch, head) in parallel, builds
 /// each block's transformed values with `transform(b, h, d, x)` and quantizes it with
-/// [`quantize_block`]. Padding rows stay 0.
+/// [`quantize_block`] (`block` rows per scale), the rows padded to a multiple of `pad` (a multiple
+/// of `block`). Padding rows stay 0, and so do the scales of blocks of padding rows only.
 fn quantize_blocks(
     input: &HostTensor,
     block: usize,
+    pad: usize,
     transform: impl Fn(usize, usize, usize, f32) -> f32 + Sync,
 ) -> Quantized {
     let [batch, heads, seq, head_dim] = input.shape;
     assert!(head_dim > 0, "cannot quantize a tensor with head_dim == 0");
-    let n_blocks = seq.div_ceil(block);
-    let padded_seq = n_blocks * block;
+    assert!(pad.is_multiple_of(block));
+    let padded_seq = seq.div_ceil(pad) * pad;
+    let n_blocks = padded_seq / block;
     let mut data = vec![0_i8; batch * heads * padded_seq * head_dim];
     let mut scale = vec![0.0_f32; batch * heads * n_blocks];
 
@@ -277,7 +282,7 @@ fn quantize_blocks(
                 let mut values = Vec::with_capacity(block * head_dim);
                 for (blk, block_scale) in head_scales.iter_mut().enumerate() {
                     let first = blk * block;
-                    let rows = (seq - first).min(block);
+                    let rows = seq.saturating_sub(first).min(block);
                     values.clear();
                     for s in first..first + rows {
                         for d in 0..head_dim {

@@ -2,7 +2,9 @@
 //! the host (which includes this file with `#[path]`, so the two cannot drift). Plain `const`s and
 //! `const fn`s only: this file must compile for both nvptx64 and the host.
 
-/// Tokens per Q quantization block (one scale per block, per batch and head).
+/// Rows of a Q quantization block: the unit Q is padded to and one preparation CTA quantizes.
+/// Q's scales are per token (one per row, per batch and head; rows past the sequence get 0), which
+/// at d = 256 cuts the error of the block scale by a tenth (docs/perf-notes.md, v8).
 pub const Q_BLOCK: usize = 128;
 /// Tokens per K quantization block; equal to the attention kernel's key tile.
 pub const K_BLOCK: usize = 64;
@@ -324,7 +326,7 @@ macro_rules! for_each_pv8_attention_variant {
 /// (its segment sums), and the K quantization of the last launch starts from K's end (its CTAs
 /// run in reverse), so its first blocks are the most recently read ones.
 pub mod prep_job {
-    /// Q: one `Q_BLOCK` quantization block.
+    /// Q: one `Q_BLOCK` block of rows, one scale per row.
     pub const QUANT_Q: usize = 0;
     /// V to a contiguous f16 copy (bf16 converted, rows zero-padded).
     pub const CONVERT_V: usize = 1;
@@ -384,7 +386,8 @@ pub const QUANT_MAX_SLOTS_BYTES: usize = 4 * PREP_MAX_THREADS.div_ceil(32);
 pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -> usize {
     match job {
         prep_job::SUM_K => MEAN_SEQ_LANES * head_dim * 4,
-        prep_job::QUANT_Q => QUANT_MAX_SLOTS_BYTES,
+        // One maximum per row of the block (Q's scales are per token).
+        prep_job::QUANT_Q => 4 * Q_BLOCK,
         prep_job::QUANT_K => QUANT_MAX_SLOTS_BYTES + head_dim * 4,
         prep_job::LSE_BIAS => head_dim * 4,
         prep_job::V8_QUANT => 2 * out_head_dim * 4 + V8_TILE * (2 * head_dim + V8_TILE_ROW_PAD),

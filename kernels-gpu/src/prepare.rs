@@ -58,7 +58,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
     if bx < e[job::QUANT_Q] {
         let (blk, head, batch) = split(bx, p.q.seq.div_ceil(p.q.block), p.q.heads);
-        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD>(&p.q, blk, head, batch, None) }
+        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD, true>(&p.q, blk, head, batch, None) }
     } else if bx < e[job::CONVERT_V] {
         unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
     } else if bx < e[job::V8_STATS] {
@@ -83,7 +83,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         } else {
             None
         };
-        unsafe { quant::quantize_block::<K_CHUNKS_PER_THREAD>(&p.k, blk, head, batch, smooth) }
+        unsafe { quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&p.k, blk, head, batch, smooth) }
     } else if bx < e[job::V8_QUANT] {
         let i = bx - e[job::V8_QUANT - 1];
         let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;

@@ -118,6 +118,17 @@ pub unsafe fn st_shared_u32(addr: u32, v: u32) {
     }
 }
 
+/// `red.shared.max.u32`: `*addr = max(*addr, v)` atomically (no result).
+///
+/// # Safety
+/// `addr` is a 4-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn red_shared_max_u32(addr: u32, v: u32) {
+    unsafe {
+        asm!("red.shared.max.u32 [{0}], {1};", in(reg32) addr, in(reg32) v, options(nostack));
+    }
+}
+
 /// `st.shared.v4.b32`: 16 bytes in one store.
 ///
 /// # Safety

@@ -207,21 +207,21 @@ unsafe fn stage_k_mean(p: &MeanParams, fold: bool, publish: bool, bh: u64, smem:
     }
 }
 
-/// Jobs `QUANT_Q` and `QUANT_K`: per-block symmetric INT8 quantization of Q (scaled by `mult`) or
-/// K (minus the mean when `smooth` is given: K's mean parameters and whether to fold the mean in).
-/// Block dimension: see `config::prep_threads_ok` (`CHUNKS` chunks per thread cover the block;
-/// every thread's chunks share one column chunk); `QUANT_MAX_SLOTS_BYTES` (+ `4 * head_dim` with
-/// `smooth`) bytes of dynamic shared memory.
+/// Jobs `QUANT_Q` and `QUANT_K`: symmetric INT8 quantization of one block of rows of Q (scaled by
+/// `mult`; one scale per row, `PER_ROW`) or K (minus the mean when `smooth` is given: K's mean
+/// parameters and whether to fold the mean in; one scale per block). Block dimension: see
+/// `config::prep_threads_ok` (`CHUNKS` chunks per thread cover the block; every thread's chunks
+/// share one column chunk); `config::prep_smem_bytes` bytes of dynamic shared memory.
 ///
 /// One pass over global memory: each thread loads its `CHUNKS` 16-byte chunks
-/// up front (all in flight at once), keeps them in registers for the block maximum, and quantizes
+/// up front (all in flight at once), keeps them in registers for the maxima, and quantizes
 /// from the same registers. With `smooth` the mean is staged while those loads are in flight; the
 /// CTA of block 0 publishes it when it folds it.
 ///
 /// # Safety
 /// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
 #[inline(always)]
-pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
+pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     p: &QuantParams,
     blk: u32,
     head: u32,
@@ -285,7 +285,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
         x
     };
 
-    let mut amax = 0.0f32;
+    let mut chunk_amax = [0.0f32; CHUNKS];
     unroll::<CHUNKS>(
         #[inline(always)]
         |i| {
@@ -293,55 +293,106 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
                 let v = values(&raw[i]);
                 unroll::<8>(
                     #[inline(always)]
-                    |e| amax = ptx::max_nan(amax, ptx::abs(v[e])),
+                    |e| chunk_amax[i] = ptx::max_nan(chunk_amax[i], ptx::abs(v[e])),
                 );
             }
         },
     );
-    // Block-wide NaN-propagating max: warp butterfly, then one slot per warp. `threads` need not
-    // be whole warps (`prep_threads` is an odd multiple of 16 at d = 8, 24, 40, …): the butterfly
-    // names only the threads of this warp, and a lane takes its partner's value only when the
-    // partner exists, so lane 0 ends with the maximum over the warp's threads (the maximum does
-    // not depend on the order).
-    let lane = tid & 31;
-    let warp_threads = (threads - (tid & !31)).min(32);
-    let members = if warp_threads == 32 {
-        u32::MAX
-    } else {
-        (1u32 << warp_threads) - 1
-    };
-    let mut m = amax;
-    let mut mask = 16;
-    while mask > 0 {
-        let other = ptx::shfl_xor_f32_among(m, mask, members);
-        if lane ^ mask < warp_threads {
-            m = ptx::max_nan(m, other);
-        }
-        mask /= 2;
-    }
     let base = ptx::smem_base();
-    let warps = threads.div_ceil(32);
-    // SAFETY: one slot per warp (at most `PREP_MAX_THREADS / 32`), inside the
-    // `QUANT_MAX_SLOTS_BYTES` buffer.
-    unsafe {
-        if tid & 31 == 0 {
-            ptx::st_shared_f32(base + 4 * (tid >> 5), m);
+    // The maximum behind the scale of chunk i's row.
+    let mut amax = [0.0f32; CHUNKS];
+    if PER_ROW {
+        // One slot per row of the block, maxed over the row's threads (which need not share a
+        // warp: d/8 of them, e.g. 12 at d = 96). The bits of a non-negative f32 order like its
+        // value and a NaN with the sign cleared compares above every number, so an unsigned
+        // integer max is the NaN-propagating maximum.
+        // SAFETY (this block): the slots are `p.block <= Q_BLOCK` words of the job's
+        // `prep_smem_bytes`.
+        let mut r = tid;
+        while r < p.block {
+            unsafe { ptx::st_shared_u32(base + 4 * r, 0) };
+            r += threads;
         }
         ptx::sync_threads();
-        m = ptx::ld_shared_f32(base);
-        let mut w = 1;
-        while w < warps {
-            m = ptx::max_nan(m, ptx::ld_shared_f32(base + 4 * w));
-            w += 1;
+        unroll::<CHUNKS>(
+            #[inline(always)]
+            |i| {
+                if in_block(i) {
+                    let bits = chunk_amax[i].to_bits() & 0x7fff_ffff;
+                    unsafe { ptx::red_shared_max_u32(base + 4 * block_row(i), bits) };
+                }
+            },
+        );
+        ptx::sync_threads();
+        unroll::<CHUNKS>(
+            #[inline(always)]
+            |i| {
+                if in_block(i) {
+                    amax[i] = f32::from_bits(unsafe { ptx::ld_shared_u32(base + 4 * block_row(i)) });
+                }
+            },
+        );
+    } else {
+        let mut m = 0.0f32;
+        unroll::<CHUNKS>(
+            #[inline(always)]
+            |i| m = ptx::max_nan(m, chunk_amax[i]),
+        );
+        // Block-wide NaN-propagating max: warp butterfly, then one slot per warp. `threads` need
+        // not be whole warps (`prep_threads` is an odd multiple of 16 at d = 8, 24, 40, …): the
+        // butterfly names only the threads of this warp, and a lane takes its partner's value only
+        // when the partner exists, so lane 0 ends with the maximum over the warp's threads (the
+        // maximum does not depend on the order).
+        let lane = tid & 31;
+        let warp_threads = (threads - (tid & !31)).min(32);
+        let members = if warp_threads == 32 {
+            u32::MAX
+        } else {
+            (1u32 << warp_threads) - 1
+        };
+        let mut mask = 16;
+        while mask > 0 {
+            let other = ptx::shfl_xor_f32_among(m, mask, members);
+            if lane ^ mask < warp_threads {
+                m = ptx::max_nan(m, other);
+            }
+            mask /= 2;
         }
+        let warps = threads.div_ceil(32);
+        // SAFETY: one slot per warp (at most `PREP_MAX_THREADS / 32`), inside the
+        // `QUANT_MAX_SLOTS_BYTES` buffer.
+        unsafe {
+            if tid & 31 == 0 {
+                ptx::st_shared_f32(base + 4 * (tid >> 5), m);
+            }
+            ptx::sync_threads();
+            m = ptx::ld_shared_f32(base);
+            let mut w = 1;
+            while w < warps {
+                m = ptx::max_nan(m, ptx::ld_shared_f32(base + 4 * w));
+                w += 1;
+            }
+        }
+        amax = [m; CHUNKS];
     }
-    let amax = m;
-    let inv = if amax == 0.0 { 0.0 } else { 127.0 / amax };
     let blocks = padded_len(p.seq as usize, p.block as usize) as u64 / p.block as u64;
-    if tid == 0 {
-        let idx = (batch * p.heads + head) as u64 * blocks + blk as u64;
+    let bh = (batch * p.heads + head) as u64;
+    if PER_ROW {
+        if col == 0 {
+            unroll::<CHUNKS>(
+                #[inline(always)]
+                |i| {
+                    if in_block(i) {
+                        let idx = bh * blocks * p.block as u64 + (row0 + block_row(i)) as u64;
+                        // SAFETY: inside the [batch][heads][padded rows] scale buffer.
+                        unsafe { ptx::st_global_f32(p.scale + 4 * idx, amax[i] / 127.0) };
+                    }
+                },
+            );
+        }
+    } else if tid == 0 {
         // SAFETY: inside the [batch][heads][blocks] scale buffer.
-        unsafe { ptx::st_global_f32(p.scale + 4 * idx, amax / 127.0) };
+        unsafe { ptx::st_global_f32(p.scale + 4 * (bh * blocks + blk as u64), amax[0] / 127.0) };
     }
 
     let padded = blocks * p.block as u64;
@@ -353,6 +404,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize>(
                 let row = row0 + block_row(i);
                 let mut packed = [0u32; 2];
                 if row < p.seq {
+                    let inv = if amax[i] == 0.0 { 0.0 } else { 127.0 / amax[i] };
                     let v = values(&raw[i]);
                     unroll::<8>(
                         #[inline(always)]

@@ -97,16 +97,16 @@ impl OnlineSoftmax {
     }
 
     /// [`Self::update`] for a tile without masked scores, taking them unscaled: `s` holds the integer
-    /// scores as f32 (exact), `scales` the dequantization factors (>= 0) of its 64-key halves
-    /// (n-tiles `8h..8h+8` use `scales[h]`; a 64-key tile uses `scales[0]` only). The row max is taken on
-    /// the unscaled scores and scaled once, and each probability is `2^(s·scale - max)` with one
+    /// scores as f32 (exact), `scales[h]` the dequantization factors (>= 0) of row `h`'s two 64-key
+    /// halves (n-tiles `8k..8k+8` use `scales[h][k]`; a 64-key tile uses `scales[h][0]` only). The
+    /// row max is taken on the unscaled scores and scaled once, and each probability is `2^(s·scale - max)` with one
     /// fused multiply-add, saving a multiply and a subtraction per score (the result differs from
     /// [`Self::update`] by the rounding of that product only).
     #[inline(always)]
     pub fn update_unscaled<const PER_TILE: bool, const NK: usize>(
         &mut self,
         s: &mut [[f32; 4]; NK],
-        scales: [f32; 2],
+        scales: [[f32; 2]; 2],
     ) -> ([f32; 2], [f32; 2]) {
         const { assert!(NK == 8 || NK == 16) };
         let mut rescale = [1.0f32; 2];
@@ -128,7 +128,7 @@ impl OnlineSoftmax {
                                     raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
                                 },
                             );
-                            tile_max = tile_max.max(raw_max * scales[half]);
+                            tile_max = tile_max.max(raw_max * scales[h][half]);
                         }
                     },
                 );
@@ -148,7 +148,8 @@ impl OnlineSoftmax {
                         unroll::<2>(
                             #[inline(always)]
                             |e| {
-                                let v = ptx::ex2(ptx::fma(s[nt][2 * h + e], scales[nt / 8], -p_base));
+                                let v =
+                                    ptx::ex2(ptx::fma(s[nt][2 * h + e], scales[h][nt / 8], -p_base));
                                 s[nt][2 * h + e] = v;
                                 row_sum += v;
                             },

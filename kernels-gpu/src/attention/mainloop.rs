@@ -41,9 +41,10 @@ pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool> {
 }
 
 /// Per-CTA constants the step needs.
-pub(crate) struct StepArgs<'a> {
+pub(crate) struct StepArgs<'a, const MT: usize> {
     pub geo: &'a BlockGeometry,
-    pub q_scale: f32,
+    /// Q's scales (per token) of this thread's rows: m-tile `mt`, row g (`[mt][0]`) and g + 8.
+    pub q_scale: [[f32; 2]; MT],
     /// Address of this (batch, kv head)'s first K scale.
     pub k_scale_row: u64,
     pub kv_len: u32,
@@ -248,7 +249,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     >(
         &self,
         t: u32,
-        args: &StepArgs,
+        args: &StepArgs<MT>,
         softmax: &mut OnlineSoftmax<MT>,
         out: &mut OutAcc<NT, MT>,
     ) {
@@ -265,7 +266,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         ptx::cp_async_commit();
 
         let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(t)) };
-        let mut s = dequantize::<MT, KT>(&s_int, args.q_scale * k_scale);
+        let mut s = dequantize::<MT, KT>(&s_int, &args.q_scale, k_scale);
         if MASK {
             self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
         }
@@ -365,7 +366,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         &self,
         s: &mut [[AccF32; KT]; MT],
         t: u32,
-        args: &StepArgs,
+        args: &StepArgs<MT>,
     ) {
         let key0 = t * cta_k(HD, PV_F32) as u32;
         let row0 = args.geo.q_row0 + self.warp_row0;
@@ -496,22 +497,24 @@ const fn m_tiles_of<const HD: usize, const PV_F32: bool>() -> u32 {
     crate::config::m_tiles(HD, PV_F32) as u32
 }
 
-/// Integer scores → f32 log2-domain scores.
+/// Integer scores → f32 log2-domain scores: each times its row's `q_scale * k_scale`.
 #[inline(always)]
 fn dequantize<const MT: usize, const KT: usize>(
     s: &[[AccS32; KT]; MT],
-    scale: f32,
+    q_scale: &[[f32; 2]; MT],
+    k_scale: f32,
 ) -> [[AccF32; KT]; MT] {
     let mut r = [[[0.0f32; 4]; KT]; MT];
     unroll::<MT>(
         #[inline(always)]
         |mt| {
+            let scale = [q_scale[mt][0] * k_scale, q_scale[mt][1] * k_scale];
             unroll::<KT>(
                 #[inline(always)]
                 |nt| {
                     unroll::<4>(
                         #[inline(always)]
-                        |e| r[mt][nt][e] = s[mt][nt][e] as f32 * scale,
+                        |e| r[mt][nt][e] = s[mt][nt][e] as f32 * scale[e >> 1],
                     );
                 },
             );

@@ -20,6 +20,7 @@ use crate::config::{K_BLOCK, Q_BLOCK, cta_k, cta_q, m_tiles, padded_len};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::unroll::unroll;
 use mainloop::{Pipeline, StepArgs};
 use softmax::OnlineSoftmax;
 
@@ -115,14 +116,16 @@ unsafe fn attention<
         );
         assert!(
             Q_BLOCK % cta_q(HD, PV_F32) == 0,
-            "a CTA's rows must share one Q scale"
+            "a CTA's rows lie inside the padded Q"
         );
     };
     let geo = BlockGeometry::new::<HD, PV_F32, CAUSAL>(p);
     let pipe = Pipeline::<HD, PV_F32>::new(p, &geo);
-    let q_blocks = padded_len(p.qo_len as usize, Q_BLOCK) / Q_BLOCK;
-    let q_scale_idx = (geo.batch * p.q_heads + geo.head) as u64 * q_blocks as u64
-        + (geo.q_row0 as usize / Q_BLOCK) as u64;
+    // Q's scales are per token: this thread's rows are g and g + 8 of each of its m-tiles.
+    let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
+    let tid = ptx::thread_idx_x();
+    let thread_row0 = geo.q_row0 + (tid >> 5) * 16 * MT as u32 + ((tid & 31) >> 2);
+    let q_scale_row = (geo.batch * p.q_heads + geo.head) as u64 * padded_q + thread_row0 as u64;
     let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
     let k_scale_row =
         p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
@@ -132,10 +135,22 @@ unsafe fn attention<
 
     if geo.n_tiles > 0 {
         // SAFETY: the host validated every pointer and the padded quantized layouts.
-        let q_scale = unsafe {
-            pipe.load_q_and_first_tile();
-            ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx)
-        };
+        unsafe { pipe.load_q_and_first_tile() };
+        let mut q_scale = [[0.0f32; 2]; MT];
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<2>(
+                    #[inline(always)]
+                    |h| {
+                        let row = q_scale_row + (16 * mt + 8 * h) as u64;
+                        // SAFETY: the CTA's rows lie inside the padded Q (whole Q_BLOCK blocks),
+                        // whose scales are [b][h][padded_q].
+                        q_scale[mt][h] = unsafe { ptx::ld_global_nc_f32(p.q_scale + 4 * row) };
+                    },
+                );
+            },
+        );
         let args = StepArgs {
             geo: &geo,
             q_scale,

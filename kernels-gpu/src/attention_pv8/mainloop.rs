@@ -48,7 +48,8 @@ pub(crate) struct Pipeline<const HD: usize> {
     kv_len: u32,
     n_tiles: u32,
     diag: i32,
-    q_scale: f32,
+    /// Q's scales of this thread's two rows.
+    q_scale: [f32; 2],
     /// Address of this (batch, kv head)'s first K scale.
     k_scale_row: u64,
     /// Index of this head's last K block.
@@ -80,16 +81,18 @@ impl<const HD: usize> Pipeline<HD> {
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let q_head = (geo.batch * p.q_heads + geo.head) as u64;
         let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-        let q_blocks = padded_q / Q_BLOCK as u64;
         let k_blocks = padded_k / K_BLOCK as u64;
-        // SAFETY: q_head * q_blocks + q_row0 / Q_BLOCK < batch * q_heads * q_blocks.
-        let q_scale = unsafe {
-            ptx::ld_global_nc_f32(
-                p.q_scale + 4 * (q_head * q_blocks + (geo.q_row0 as usize / Q_BLOCK) as u64),
-            )
-        };
         let tid = ptx::thread_idx_x();
         let warp_row0 = 16 * (tid >> 5);
+        // Q's scales (per token) of this thread's rows g and g + 8 of its warp's 16.
+        let q_scale_row = q_head * padded_q + (geo.q_row0 + warp_row0 + ((tid & 31) >> 2)) as u64;
+        // SAFETY: q_row0 + 127 < padded_q: inside the [b][h][padded_q] scales.
+        let q_scale = unsafe {
+            [
+                ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_row),
+                ptx::ld_global_nc_f32(p.q_scale + 4 * (q_scale_row + 8)),
+            ]
+        };
         Pipeline {
             q_tile: Tile::new(base, HD),
             k_stage0: Tile::new(k0, HD),
@@ -338,7 +341,10 @@ impl<const HD: usize> Pipeline<HD> {
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        let scales = [self.q_scale * k_scales[0], self.q_scale * k_scales[1]];
+        let scales = [
+            [self.q_scale[0] * k_scales[0], self.q_scale[0] * k_scales[1]],
+            [self.q_scale[1] * k_scales[0], self.q_scale[1] * k_scales[1]],
+        ];
         let mut s = [[0.0f32; 4]; NK];
         if !MASK {
             unroll::<NK>(
@@ -360,7 +366,7 @@ impl<const HD: usize> Pipeline<HD> {
                 unroll::<4>(
                     #[inline(always)]
                     |e| {
-                        s[j][e] = s_int[j][e] as f32 * scales[j / 8];
+                        s[j][e] = s_int[j][e] as f32 * scales[e >> 1][j / 8];
                         let key = key0 + 8 * j as u32 + acc_col(self.lane, e);
                         let row = self.row0 + acc_row(self.lane, e);
                         let mut visible = key < self.kv_len;

@@ -18,7 +18,8 @@
 //!    `O = O·rescale + acc·factor` in f32 (two-level accumulation);
 //! 5. epilogue: `o = O / l · v_scale / 255 + v_mean`, the LSE as on the f16 path.
 //!
-//! CTA: `PV8_WARPS = 8` warps × 16 query rows = 128 rows (one Q block, one Q scale); K and Vᵀ
+//! CTA: `PV8_WARPS = 8` warps × 16 query rows = 128 rows (one Q block; two Q scales per thread,
+//! its rows'); K and Vᵀ
 //! tiles of 128 keys in a two-stage cp.async pipeline (`mainloop`), one barrier per tile.
 //! Registers per thread: the f32 output (`HD/2`), the scores (64) or the packed P (16) and a
 //! 64-channel s32 accumulator (32), Q's fragments (`HD/8`): ptxas 12.9 gives 203–255, so one CTA

@@ -1,5 +1,5 @@
 //! The sm_90a SageAttention forward kernel: INT8 `Q·Kᵀ` with `wgmma m64n64k32.s32.s8.s8` (Q and
-//! K from swizzled shared memory), dequantize with `q_scale * k_scale` (log2 units), online softmax
+//! K from swizzled shared memory), dequantize with `q_scale * k_scale` (per row and key block, log2 units), online softmax
 //! with `ex2`, P packed to f16 in registers, `P·V` with `wgmma m64n{HD}k16.f32.f16.f16` (P from
 //! registers, V from shared memory, N-major) into an f32 running output.
 //!
@@ -239,7 +239,8 @@ unsafe fn attention<
 struct Consumer<const HD: usize, const PV8: bool> {
     sm: Smem<HD, PV8>,
     q_desc: u64,
-    q_scale: f32,
+    /// Q's scales of this thread's two rows (`h`: lane/4 and lane/4 + 8 of its warp's 16).
+    q_scale: [f32; 2],
     /// Address of this (batch, kv head)'s first K scale.
     k_scale_row: u64,
     kv_len: u32,
@@ -451,7 +452,10 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        let scales = [self.q_scale * k_scales[0], self.q_scale * k_scales[1]];
+        let scales = [
+            [self.q_scale[0] * k_scales[0], self.q_scale[0] * k_scales[1]],
+            [self.q_scale[1] * k_scales[0], self.q_scale[1] * k_scales[1]],
+        ];
         let mut s = [[0.0f32; 4]; NK];
         if !MASK {
             unroll::<NK>(
@@ -471,7 +475,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             |j| {
                 unroll::<4>(
                     #[inline(always)]
-                    |e| s[j][e] = s_int[j][e] as f32 * scales[j / 8],
+                    |e| s[j][e] = s_int[j][e] as f32 * scales[e >> 1][j / 8],
                 );
             },
         );
@@ -779,13 +783,19 @@ unsafe fn consume<
             },
         );
         ptx::cp_async_commit();
-        let q_blocks = padded_q / Q_BLOCK as u64;
-        let q_scale_idx = q_head * q_blocks + wg_q_row / Q_BLOCK as u64;
+        // The scales of this thread's two rows (per token; the rows the Q tile holds).
+        let q_scale_row = q_head * padded_q + wg_q_row + 16 * ((tid >> 5) & 3) as u64
+            + (lane >> 2) as u64;
         let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
         let k_scale_row =
             p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
-        // SAFETY: q_scale_idx < batch * q_heads * q_blocks.
-        let q_scale = unsafe { ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_idx) };
+        // SAFETY: q_scale_row + 8 < (q_head + 1) * padded_q: inside the [b][h][padded_q] scales.
+        let q_scale = unsafe {
+            [
+                ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_row),
+                ptx::ld_global_nc_f32(p.q_scale + 4 * (q_scale_row + 8)),
+            ]
+        };
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
         // f16 V: any strides; INT8 Vᵀ: [batch][kv_heads][HD][padded_k], contiguous.
