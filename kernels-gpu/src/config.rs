@@ -4,7 +4,8 @@
 
 /// Rows of a Q quantization block: the unit Q is padded to and one preparation CTA quantizes.
 /// Q's scales are per token (one per row, per batch and head; rows past the sequence get 0), which
-/// cut the end-to-end error by 15% on the f16 P·V path and 8% on the 8-bit one (docs/perf-notes.md, v8).
+/// cut the end-to-end error by 15% on the f16 P·V path and 8% on the 8-bit one (docs/perf-notes.md,
+/// v8).
 pub const Q_BLOCK: usize = 128;
 /// Tokens per K quantization block; equal to the attention kernel's key tile.
 pub const K_BLOCK: usize = 64;
