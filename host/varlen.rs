@@ -51,36 +51,59 @@
 //! which computes per batch entry exactly what it computes per sequence; a packed batch of equal
 //! lengths therefore costs what the batched call with the same tokens costs, plus the varlen
 //! call's host-side checks. Every other sequence with queries and keys is a run of one, its own
-//! call with batch 1: a mix of different lengths still pays one call per sequence, and with many
-//! short sequences launch overhead dominates and small sequences fill the GPU poorly. A run is
+//! call with batch 1: a mix of different lengths pays one call's launches per sequence. A run is
 //! split where sequences × query heads × the longer of its two lengths would pass 2^24, which
-//! keeps each call far below the batched call's grid limit and bounds its scratch memory; the
-//! runtime's workspace grows to the largest run's scratch, as for the batched call with those
-//! tokens. With an LSE, each run adds 2-d copies into the packed LSE (one per sequence or one per
-//! head, the fewer: the batched call's LSE layout differs);
-//! sequences without keys are written with 2-d memsets.
+//! keeps each call far below the batched call's grid limit and bounds its scratch memory. With an
+//! LSE, each run adds 2-d copies into the packed LSE (one per sequence or one per head, the
+//! fewer: the batched call's LSE layout differs); sequences without keys are written with 2-d
+//! memsets.
+//!
+//! **The runs of one call execute concurrently.** One short sequence fills a large GPU poorly (a
+//! 300-token sequence with 32 heads is about 64 CTAs of 128 queries, on a 132-SM H200), and one
+//! call after another leaves most SMs idle during every short call and every call's tail. So the
+//! runs are spread over up to [`Runtime::varlen_streams`] streams (default
+//! [`DEFAULT_VARLEN_STREAMS`]): the runtime's own and worker streams the runtime creates once and
+//! keeps. The longest run goes first, onto the runtime's stream, and each next one onto the
+//! stream with the least estimated work so far (query–key pairs attended, causal mask included,
+//! plus a preparation term per row), so short runs fill the GPU beside and behind the long ones.
+//! The results do not depend on the streams, bit for bit.
+//!
+//! From the caller's side nothing changes: the call is asynchronous as before (nothing waits on
+//! the host), and it is ordered on the runtime's stream like one batched call. The worker streams
+//! wait for an event recorded on the runtime's stream before their first launch, and the
+//! runtime's stream waits for an event recorded on each of them before the call returns; the
+//! inputs, output and LSE are accessed once, on the runtime's stream, for the whole call (for
+//! views of cudarc slices: waiting there for earlier writers, and recording the accesses there
+//! after the join). Work queued on the runtime's stream after the call sees its results and may
+//! overwrite or free its inputs. Each worker stream has its own scratch workspace (one shared by
+//! concurrent calls would race), as large as the largest batched call it ran: a call may hold up
+//! to `streams` workspaces where one batched call holds one ([`Runtime::release_workspace`] frees
+//! them all). With a single run, with [`Runtime::set_varlen_streams`]`(1)`, or while the
+//! runtime's stream is being captured into a CUDA graph (worker streams cannot be created in a
+//! capture), every run is enqueued on the runtime's stream in packed order, one after another.
 //!
 //! A fused varlen kernel (one preparation and one attention launch over all sequences, a grid
-//! over (sequence, Q block)) would remove the per-call cost of mixes; the results it must
+//! over (sequence, Q block)) would remove the per-run launches too; the results it must
 //! reproduce are these, and [`reference::attention_varlen`](crate::reference::attention_varlen)
 //! is their CPU form.
 
 use std::borrow::Cow;
 
-use cudarc::driver::CudaSlice;
+use cudarc::driver::{CudaSlice, DevicePtrMut};
 
 use crate::attention::{sageattn_into, Output};
 use crate::device::runtime::Runtime;
 use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::launch::validate::validate_output;
 use crate::launch::varlen::{
-    check_varlen, copy_lse_run, equal_length_runs, fill_rows_without_keys, validate_varlen,
-    Seqlens, VarlenProblem,
+    check_varlen, copy_lse_run, equal_length_runs, fill_rows_without_keys, schedule_runs,
+    validate_varlen, Seqlens, VarlenProblem,
 };
 use crate::types::dtype::Layout;
 use crate::types::error::{CudaResultExt, Error, Result};
 use crate::types::options::Options;
 
+pub use crate::device::runtime::{DEFAULT_VARLEN_STREAMS, MAX_VARLEN_STREAMS};
 pub use crate::types::varlen::{VarlenBatch, VarlenSequence, MAX_VARLEN_BATCH};
 
 /// `cu_seqlens` prefix sums (int32, `batch + 1` entries), on the host or on the device.
@@ -163,6 +186,14 @@ pub fn check_varlen_inputs(
         max_k: max_seqlen_k,
     };
     Ok(check_varlen(q, k, v, seqlens, opts)?.batch)
+}
+
+/// How many streams [`sageattn_varlen`] runs `batch` (with `q_heads` query heads) on with `rt`
+/// outside a graph capture: one per run of equal lengths (see the [module](self)'s cost), at most
+/// [`Runtime::varlen_streams`], at least 1.
+pub fn streams_used(rt: &Runtime, batch: &VarlenBatch, q_heads: usize) -> usize {
+    let runs = equal_length_runs(batch, q_heads).len();
+    runs.clamp(1, rt.varlen_streams())
 }
 
 /// Runs SageAttention over a packed batch of sequences and allocates the packed output
@@ -250,9 +281,11 @@ fn validate_call(
 
 /// Checks the packed output, then runs [`sageattn_into`] once per run of equal-length sequences
 /// ([`equal_length_runs`]; a sequence of its own lengths is a run of one) on the run's rows of the
-/// packed tensors viewed as a batch, and writes the rows of sequences without keys. With an LSE,
-/// each run's goes to a staging buffer first: the batched call writes `[batch][q_heads][qo_len]`
-/// contiguous, while a run's columns of the packed LSE are `q_heads` strided rows.
+/// packed tensors viewed as a batch, spread over the runtime's worker streams
+/// ([`schedule_runs`]), and writes the rows of sequences without keys. With an LSE, each run's
+/// goes to its stream's staging buffer first: the batched call writes
+/// `[batch][q_heads][qo_len]` contiguous, while a run's columns of the packed LSE are `q_heads`
+/// strided rows.
 #[allow(clippy::too_many_arguments)]
 fn run_batched(
     rt: &Runtime,
@@ -261,41 +294,78 @@ fn run_batched(
     v: &TensorView,
     problem: &VarlenProblem,
     out: &mut TensorViewMut,
-    mut lse: Option<&mut CudaSlice<f32>>,
+    lse: Option<&mut CudaSlice<f32>>,
     opts: &Options,
 ) -> Result<()> {
     let p = &problem.packed;
     validate_output(rt, p, out, lse.as_deref(), &[("q", q), ("k", k), ("v", v)])?;
     let runs = equal_length_runs(&problem.batch, p.q_heads);
-    let mut run_lse = match lse {
-        Some(_) => {
-            let rows = runs.iter().map(|r| r.q_rows().len()).max().unwrap_or(0);
-            Some(rt.alloc_zeros::<f32>(p.q_heads * rows.max(1))?)
-        }
-        None => None,
+    // A capture stays on the runtime's stream: worker streams would have to join the capture,
+    // and creating them is not capturable.
+    let streams = match rt.varlen_streams() {
+        n if n > 1 && runs.len() > 1 && !rt.is_capturing() => n,
+        _ => 1,
     };
+    let schedule = schedule_runs(&runs, opts.causal, streams);
+    // Allocated on the runtime's stream before the fork and freed there after the join (dropped
+    // last), so every stream's use of its own buffer lies between the two.
+    let mut staging = Vec::with_capacity(schedule.streams);
+    if lse.is_some() {
+        for &rows in &schedule.rows {
+            staging.push(Some(rt.alloc_zeros::<f32>(p.q_heads * rows.max(1))?));
+        }
+    } else {
+        staging.resize_with(schedule.streams, || None);
+    }
+    rt.bind()?;
+    let stream = rt.stream();
+    // The call takes each caller buffer's access once, on the runtime's stream, and the streams
+    // work through untracked views of it: per-buffer events would chain the streams behind one
+    // another (a write waits for the previous writer), and a buffer's one read event could only
+    // remember the last stream that read it. The guards are declared before the fork, so they
+    // drop after the join, whatever happens: they then record the accesses on the runtime's
+    // stream, after all of the streams' work.
+    // SAFETY: every launch through these views goes to a stream of `fork`, joined into
+    // `stream` before the guards drop (on success by `join`, on an early return by the fork's
+    // drop, which runs first).
+    let (q, _q_access) = unsafe { q.detach(stream) };
+    let (k, _k_access) = unsafe { k.detach(stream) };
+    let (v, _v_access) = unsafe { v.detach(stream) };
+    let (mut out, _out_access) = unsafe { out.detach_mut(stream) };
+    let (lse, _lse_access) = match lse {
+        Some(l) => {
+            let (ptr, guard) = l.device_ptr_mut(stream);
+            (Some(ptr), Some(guard))
+        }
+        None => (None, None),
+    };
+    let fork = rt.fork(schedule.streams)?;
     let total_q = p.qo_len;
-    for run in &runs {
+    for &(i, lane) in &schedule.order {
+        let (run, lane_rt) = (&runs[i], fork.lane(lane));
         let (rows, keys) = (run.q_rows(), run.k_rows());
         let mut run_out = out.narrow_mut(2, rows.start, rows.len())?;
         sageattn_into(
-            rt,
+            lane_rt,
             &q.narrow(2, rows.start, rows.len())?.split_seq(run.q_len)?,
             &k.narrow(2, keys.start, keys.len())?.split_seq(run.k_len)?,
             &v.narrow(2, keys.start, keys.len())?.split_seq(run.k_len)?,
             &mut run_out.split_seq_mut(run.q_len)?,
-            run_lse.as_mut(),
+            staging[lane].as_mut(),
             opts,
         )?;
-        if let (Some(src), Some(dst)) = (&run_lse, lse.as_deref_mut()) {
-            copy_lse_run(rt, src, dst, p.q_heads, run, total_q)?;
+        if let (Some(src), Some(dst)) = (&staging[lane], lse) {
+            // SAFETY: `dst` is the packed LSE, validated to hold `q_heads * total_q` floats,
+            // whose access is held on the runtime's stream until `fork` is joined.
+            unsafe { copy_lse_run(lane_rt, src, dst, p.q_heads, run, total_q)? };
         }
     }
     for seq in problem.batch.sequences() {
         if !seq.q.is_empty() && seq.k.is_empty() {
             let mut o = out.narrow_mut(2, seq.q.start, seq.q.len())?;
-            fill_rows_without_keys(rt, &mut o, lse.as_deref_mut(), seq.q.clone(), total_q)?;
+            // SAFETY: as for the LSE copies above.
+            unsafe { fill_rows_without_keys(rt, &mut o, lse, seq.q.clone(), total_q)? };
         }
     }
-    Ok(())
+    fork.join()
 }

@@ -8,8 +8,12 @@
 //!   `gpu_attention.rs`; outputs and LSE poisoned with NaN first;
 //! * sequences without keys, the 8-bit P·V (sm_90), and prefix sums given as device buffers.
 //!
+//! * runs on several streams: a mix of very different lengths equals the per-sequence calls and
+//!   the one-stream call bit for bit; work queued on the runtime's stream (or, through tracked
+//!   buffers, on another stream) right after a call sees the finished call;
 //! * `varlen_probe` (timing, prints `VARLEN_PROBE` lines): packed equal lengths against the
-//!   batched call with the same tokens, and the 16-sequence mix of `bench --varlen`.
+//!   batched call with the same tokens, and the 16-sequence mix of `bench --varlen` on one and
+//!   several streams.
 //!
 //! Run on a GPU with `--include-ignored --test-threads=1` (add `--nocapture` for the probe).
 
@@ -19,7 +23,7 @@ use common::{
     fresh_rng, full_call_ms, lse_max_error, median_ms, pack, prefix_sums, random_device_tensor_in,
     random_tensor, round_to, runtime,
 };
-use cudarc::driver::{CudaSlice, DeviceRepr};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use half::{bf16, f16};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
@@ -31,9 +35,12 @@ use sageattention::reference::{
     HostTensor, RefOptions,
 };
 use sageattention::tensor::Element;
+use sageattention::varlen::{
+    check_varlen_inputs, streams_used, VarlenBatch, DEFAULT_VARLEN_STREAMS, MAX_VARLEN_STREAMS,
+};
 use sageattention::{
     sageattn_into, sageattn_varlen, sageattn_varlen_into, Backend, DType, Error, Layout, Options,
-    PvAccum, PvPrecision, Runtime, Tensor, TensorView,
+    PvAccum, PvPrecision, Runtime, Tensor, TensorView, TensorViewMut,
 };
 
 /// Kernel error bound against the CPU emulation (as in `gpu_attention.rs`).
@@ -618,6 +625,49 @@ fn per_sequence_calls(case: &Case, p: &Packed) -> Vec<Option<(Vec<f32>, Vec<f32>
         .collect()
 }
 
+/// The packed output `[h][row][d]` and LSE `[h][row]` of a varlen call (NaN-poisoned before it)
+/// equal, bit for bit, each sequence's own batch-1 call ([`per_sequence_calls`]); rows of
+/// sequences without keys are 0 with LSE -inf.
+fn assert_equals_per_sequence_calls(
+    case: &Case,
+    p: &Packed,
+    (out, lse): (&[f32], &[f32]),
+    label: &str,
+) {
+    assert!(
+        out.iter().all(|x| x.is_finite()),
+        "unwritten output: {label}"
+    );
+    assert!(lse.iter().all(|x| !x.is_nan()), "unwritten LSE: {label}");
+    let (total_q, d) = (p.q.seq(), case.head_dim);
+    for (i, seq) in per_sequence_calls(case, p).iter().enumerate() {
+        let (q0, lq) = (p.cu_q[i] as usize, case.lens[i].0);
+        for h in 0..case.q_heads {
+            for r in 0..lq {
+                let packed = h * total_q + q0 + r;
+                let got = &out[packed * d..(packed + 1) * d];
+                let Some((o, l)) = seq else {
+                    assert!(got.iter().all(|&x| x == 0.0), "{label}: seq {i}");
+                    assert_eq!(lse[packed], f32::NEG_INFINITY, "{label}: seq {i}");
+                    continue;
+                };
+                let own = h * lq + r;
+                assert!(
+                    got.iter()
+                        .zip(&o[own * d..(own + 1) * d])
+                        .all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{label}: sequence {i} head {h} row {r} differs from its own call"
+                );
+                assert_eq!(
+                    lse[packed].to_bits(),
+                    l[own].to_bits(),
+                    "{label}: LSE of sequence {i} head {h} row {r}"
+                );
+            }
+        }
+    }
+}
+
 /// Runs of equal lengths are one batched call each, so the packed call equals, bit for bit
 /// (output and LSE, both NaN-poisoned first), the batched call on the same memory viewed
 /// `[batch, heads, len, d]` when all lengths are equal, and the batch-1 call of each sequence
@@ -668,40 +718,10 @@ fn runs_of_equal_lengths_equal_the_batched_calls_bit_for_bit() {
                 );
                 let p = packed_inputs(&case, &mut rng);
                 let (out, lse) = run_varlen(&case, &p);
-                assert!(
-                    out.iter().all(|x| x.is_finite()),
-                    "unwritten output: {label}"
-                );
-                assert!(lse.iter().all(|x| !x.is_nan()), "unwritten LSE: {label}");
+                assert_equals_per_sequence_calls(&case, &p, (&out, &lse), &label);
                 let total_q = p.q.seq();
                 let d = head_dim;
                 let row_of = |h: usize, r: usize| h * total_q + r;
-                for (i, seq) in per_sequence_calls(&case, &p).iter().enumerate() {
-                    let (q0, lq) = (p.cu_q[i] as usize, case.lens[i].0);
-                    for h in 0..q_heads {
-                        for r in 0..lq {
-                            let packed = row_of(h, q0 + r);
-                            let got = &out[packed * d..(packed + 1) * d];
-                            let Some((o, l)) = seq else {
-                                assert!(got.iter().all(|&x| x == 0.0), "{label}: seq {i}");
-                                assert_eq!(lse[packed], f32::NEG_INFINITY, "{label}: seq {i}");
-                                continue;
-                            };
-                            let own = h * lq + r;
-                            assert!(
-                                got.iter()
-                                    .zip(&o[own * d..(own + 1) * d])
-                                    .all(|(a, b)| a.to_bits() == b.to_bits()),
-                                "{label}: sequence {i} head {h} row {r} differs from its own call"
-                            );
-                            assert_eq!(
-                                lse[packed].to_bits(),
-                                l[own].to_bits(),
-                                "{label}: LSE of sequence {i} head {h} row {r}"
-                            );
-                        }
-                    }
-                }
                 if lens.iter().any(|l| *l != lens[0]) {
                     continue;
                 }
@@ -757,12 +777,287 @@ fn runs_of_equal_lengths_equal_the_batched_calls_bit_for_bit() {
     }
 }
 
+/// Sets the shared runtime's stream count for a varlen call and puts the default back on drop
+/// (also when an assertion fails), so the other tests run with the default.
+struct VarlenStreams(&'static Runtime);
+
+impl VarlenStreams {
+    fn set(rt: &'static Runtime, streams: usize) -> Self {
+        rt.set_varlen_streams(streams);
+        VarlenStreams(rt)
+    }
+}
+
+impl Drop for VarlenStreams {
+    fn drop(&mut self) {
+        self.0.set_varlen_streams(DEFAULT_VARLEN_STREAMS);
+    }
+}
+
+/// The runs of a mix of very different lengths (one row to 8K keys, a chunk of 64 queries
+/// against 8K keys, a run of two 4K sequences, sequences without keys or queries) execute on
+/// several streams concurrently. The output and LSE (NaN-poisoned first) equal each sequence's
+/// own batch-1 call bit for bit, and equal the call on one stream bit for bit for every stream
+/// count: the streams change when the work runs, never what it computes.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn concurrent_runs_equal_per_sequence_calls_bit_for_bit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("concurrent_runs");
+    let lens = vec![
+        (129, 129),
+        (4096, 4096),
+        (4096, 4096),
+        (1, 1),
+        (300, 2500),
+        (0, 64),
+        (2000, 2000),
+        (77, 0),
+        (700, 700),
+        (64, 8192),
+    ];
+    for (dtype, q_heads, kv_heads, head_dim, causal) in [
+        (DType::F16, 8, 2, 128, false),
+        (DType::BF16, 4, 4, 64, true),
+    ] {
+        let case = Case {
+            lens: lens.clone(),
+            q_heads,
+            kv_heads,
+            head_dim,
+            dtype,
+            causal,
+            smooth_k: true,
+            pv_accum: PvAccum::F16,
+            pv_precision: PvPrecision::F16,
+            sm_scale: None,
+            backend: Backend::Auto,
+            row_pad: 0,
+            device_cu_seqlens: false,
+        };
+        let label = format!("{dtype:?} heads {q_heads}/{kv_heads} d={head_dim} causal={causal}");
+        let p = packed_inputs(&case, &mut rng);
+        let batch = VarlenBatch::new(
+            &p.cu_q,
+            &p.cu_k,
+            (p.q.seq(), p.k.seq()),
+            (usize::MAX, usize::MAX),
+        )
+        .unwrap();
+        let one = {
+            let _streams = VarlenStreams::set(rt, 1);
+            assert_eq!(streams_used(rt, &batch, q_heads), 1);
+            run_varlen(&case, &p)
+        };
+        assert_equals_per_sequence_calls(&case, &p, (&one.0, &one.1), &label);
+        for streams in [2, DEFAULT_VARLEN_STREAMS, MAX_VARLEN_STREAMS] {
+            let _streams = VarlenStreams::set(rt, streams);
+            // Seven runs.
+            assert_eq!(streams_used(rt, &batch, q_heads), streams.min(7));
+            let (out, lse) = run_varlen(&case, &p);
+            let same = |a: &[f32], b: &[f32]| {
+                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+            };
+            assert!(same(&out, &one.0), "{label}: output on {streams} streams");
+            assert!(same(&lse, &one.1), "{label}: LSE on {streams} streams");
+        }
+    }
+}
+
+/// The device address of a tensor (for raw views and raw driver calls).
+fn address(t: &Tensor) -> u64 {
+    let rt = runtime();
+    let view = t.view();
+    let (ptr, _access) = view.device_ptr(rt.stream());
+    ptr
+}
+
+/// An untracked view of a whole tensor: only stream order protects its accesses.
+fn raw_view(t: &Tensor) -> TensorView<'static> {
+    // SAFETY: the tensors outlive every use of the view in the test, which orders all access by
+    // stream order on the runtime's stream.
+    unsafe { TensorView::from_raw(address(t), t.dtype(), t.shape(), t.strides(), t.ordinal()) }
+}
+
+/// The bytes of a tensor, copied on `stream` (waiting for `stream` only: no cudarc tracking)
+/// into host memory.
+fn bytes_on(stream: &CudaStream, ptr: u64, len: usize) -> Vec<u8> {
+    let mut host = vec![0u8; len];
+    // SAFETY: `ptr` is `len` bytes of device memory that outlive the copy (the stream is
+    // synchronized before returning).
+    unsafe { cudarc::driver::result::memcpy_dtoh_async(&mut host, ptr, stream.cu_stream()) }
+        .unwrap();
+    stream.synchronize().unwrap();
+    host
+}
+
+/// A varlen call is ordered on the runtime's stream like any other call: work queued there right
+/// after it, with no synchronization in between, overwrites the inputs only after every stream
+/// has read them and reads the finished output and LSE. First through raw views (no cudarc
+/// tracking: only the call's join orders that work), then through tracked views with the later
+/// work on another stream (only the access events the call records on the runtime's stream
+/// after its join order it). In each mix the worker streams carry more estimated work than the
+/// runtime's stream (the longest run is alone on it), so without the join the later work would
+/// start while they still run.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn later_work_sees_the_finished_call() {
+    let rt = runtime();
+    let (h, d) = (32usize, 128usize);
+    let mixes = [
+        (2, vec![4096usize, 3000, 3008]),
+        (
+            DEFAULT_VARLEN_STREAMS,
+            vec![4096, 3000, 2992, 3008, 2984, 3016, 2976],
+        ),
+    ];
+    for (streams, lens) in mixes {
+        let total: usize = lens.iter().sum();
+        let longest = *lens.iter().max().unwrap();
+        let cu = prefix_sums(lens.iter().copied());
+        let shape = [1, h, total, d];
+        let bytes = total * h * d * 2;
+        let opts = Options {
+            layout: Layout::Nhd,
+            ..Options::default()
+        };
+        let inputs = || {
+            (
+                random_device_tensor_in(shape, 11, Layout::Nhd),
+                random_device_tensor_in(shape, 12, Layout::Nhd),
+                random_device_tensor_in(shape, 13, Layout::Nhd),
+            )
+        };
+        let nan_lse = || rt.stream().clone_htod(&vec![f32::NAN; h * total]).unwrap();
+        // The reference: one stream, finished before anything else.
+        let (q, k, v) = inputs();
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Nhd).unwrap();
+        let mut lse = nan_lse();
+        {
+            let _one = VarlenStreams::set(rt, 1);
+            let call = (&q.view(), &k.view(), &v.view());
+            sageattn_varlen_into(
+                rt,
+                call.0,
+                call.1,
+                call.2,
+                &cu,
+                &cu,
+                longest,
+                longest,
+                &mut out.view_mut(),
+                Some(&mut lse),
+                &opts,
+            )
+            .unwrap();
+        }
+        rt.synchronize().unwrap();
+        let want_out = bytes_on(rt.stream(), address(&out), bytes);
+        let want_lse = rt.stream().clone_dtoh(&lse).unwrap();
+        assert!(want_lse.iter().all(|x| x.is_finite()));
+        let _streams = VarlenStreams::set(rt, streams);
+        let label = format!("{streams} streams, lengths {lens:?}");
+
+        // Raw views, later work on the runtime's stream.
+        let (q, k, v) = inputs();
+        let out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Nhd).unwrap();
+        let mut lse = nan_lse();
+        rt.synchronize().unwrap();
+        let out_ptr = address(&out);
+        // SAFETY: as `raw_view`.
+        let mut out_view = unsafe {
+            TensorViewMut::from_raw(out_ptr, DType::F16, shape, out.strides(), out.ordinal())
+        };
+        sageattn_varlen_into(
+            rt,
+            &raw_view(&q),
+            &raw_view(&k),
+            &raw_view(&v),
+            &cu,
+            &cu,
+            longest,
+            longest,
+            &mut out_view,
+            Some(&mut lse),
+            &opts,
+        )
+        .unwrap();
+        for t in [&q, &k, &v] {
+            // SAFETY: the whole of a live tensor; 0xFF bytes are NaN in f16.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    address(t),
+                    0xFF,
+                    bytes,
+                    rt.stream().cu_stream(),
+                )
+            }
+            .unwrap();
+        }
+        let got_lse = rt.stream().clone_dtoh(&lse).unwrap();
+        let got_out = bytes_on(rt.stream(), out_ptr, bytes);
+        assert!(got_out == want_out, "{label}: raw views, output");
+        assert!(
+            got_lse
+                .iter()
+                .zip(&want_lse)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label}: raw views, LSE"
+        );
+
+        // Tracked views, later work on another stream.
+        let (mut q, mut k, mut v) = inputs();
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Nhd).unwrap();
+        let mut lse = nan_lse();
+        rt.synchronize().unwrap();
+        sageattn_varlen_into(
+            rt,
+            &q.view(),
+            &k.view(),
+            &v.view(),
+            &cu,
+            &cu,
+            longest,
+            longest,
+            &mut out.view_mut(),
+            Some(&mut lse),
+            &opts,
+        )
+        .unwrap();
+        let other = rt.context().new_stream().unwrap();
+        for t in [&mut q, &mut k, &mut v] {
+            let mut view = t.view_mut();
+            // Waits on `other` for the call's reads, recorded on the runtime's stream.
+            let (ptr, _access) = view.device_ptr_mut(&other);
+            // SAFETY: the whole of a live tensor; 0xFF bytes are NaN in f16.
+            unsafe { cudarc::driver::result::memset_d8_async(ptr, 0xFF, bytes, other.cu_stream()) }
+                .unwrap();
+        }
+        let got_lse = other.clone_dtoh(&lse).unwrap();
+        let got_out = {
+            let view = out.view();
+            // Waits on `other` for the call's writes.
+            let (ptr, _access) = view.device_ptr(&other);
+            bytes_on(&other, ptr, bytes)
+        };
+        assert!(got_out == want_out, "{label}: tracked views, output");
+        assert!(
+            got_lse
+                .iter()
+                .zip(&want_lse)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{label}: tracked views, LSE"
+        );
+    }
+}
+
 /// `VARLEN_PROBE`: in one process, on the same inputs, the median time (CUDA events, as
 /// `gpu_perf.rs`) and the host enqueue time of (a) the batched call B = 4, H = 32, N = 4096,
 /// d = 128, f16, NHD, (b) `sageattn_varlen_into` on the same tokens packed (4 × 4096, the same
 /// memory), their ratio (the issue's target: within 5%), and (c) the mix of `bench --varlen`
 /// (16 lengths from 128..=8192, its default seed) against the batched call padded to the
-/// longest. Run with `--ignored --nocapture varlen_probe`.
+/// longest, on one stream and on 2, 8 and the default number of concurrent streams (each line
+/// says how many the mix used). Run with `--ignored --nocapture varlen_probe`.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn varlen_probe() {
@@ -845,13 +1140,24 @@ fn varlen_probe() {
     let bv = random_device_tensor_in(padded_shape, 9, Layout::Nhd);
     let mut packed_out = Tensor::alloc(rt, DType::F16, packed_shape, Layout::Nhd).unwrap();
     let mut padded_out = Tensor::alloc(rt, DType::F16, padded_shape, Layout::Nhd).unwrap();
+    let batch = check_varlen_inputs(
+        &pq.view(),
+        &pk.view(),
+        &pv.view(),
+        &cu,
+        &cu,
+        longest,
+        longest,
+        &Options::default(),
+    )
+    .unwrap();
     for causal in [false, true] {
         let opts = Options {
             causal,
             layout: Layout::Nhd,
             ..Options::default()
         };
-        let varlen_ms = median_ms(|| {
+        let mut varlen = || {
             sageattn_varlen_into(
                 rt,
                 &pq.view(),
@@ -866,12 +1172,31 @@ fn varlen_probe() {
                 &opts,
             )
             .unwrap()
-        });
+        };
+        // One stream (the calls one after another, as before issue 12), then concurrent
+        // streams; the default last, as the line the ratio to the padded call refers to.
+        let mut one_ms = f32::NAN;
+        for streams in [1, 2, MAX_VARLEN_STREAMS, DEFAULT_VARLEN_STREAMS] {
+            let _streams = VarlenStreams::set(rt, streams);
+            let used = streams_used(rt, &batch, h);
+            let ms = median_ms(&mut varlen);
+            let us = host_enqueue_us(&mut varlen);
+            if streams == 1 {
+                one_ms = ms;
+            }
+            println!(
+                "VARLEN_PROBE mix 16 seqs H={h} d={d} f16 NHD causal={causal} streams={used}: \
+                 varlen {ms:.3} ms, one stream/this {:.3} (host enqueue per call {us:.0} us)",
+                one_ms / ms
+            );
+        }
+        let varlen_ms = median_ms(&mut varlen);
         let padded_ms = full_call_ms(&bq, &bk, &bv, &mut padded_out, &opts);
         println!(
-            "VARLEN_PROBE mix 16 seqs H={h} d={d} f16 NHD causal={causal} lens {lens:?}: \
-             varlen {varlen_ms:.3} ms, batched padded to {longest} {padded_ms:.3} ms, \
+            "VARLEN_PROBE mix 16 seqs H={h} d={d} f16 NHD causal={causal} lens {lens:?} \
+             streams={}: varlen {varlen_ms:.3} ms, batched padded to {longest} {padded_ms:.3} ms, \
              padded/varlen {:.3}",
+            streams_used(rt, &batch, h),
             padded_ms / varlen_ms
         );
     }

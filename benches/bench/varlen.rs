@@ -60,7 +60,8 @@ fn qkv_views(
     );
     // SAFETY: the caller places the views inside the pool, which holds initialized 16-bit
     // elements, outlives every view (it is dropped after the run) and is never written after its
-    // upload; all work goes to the runtime's one stream.
+    // upload; all work is ordered on the runtime's stream (a varlen call's worker streams are
+    // joined back into it before the call returns).
     unsafe {
         (
             TensorView::from_raw(base, dtype, q_shape, qs, ordinal),

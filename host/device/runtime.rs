@@ -5,18 +5,32 @@
 //! the kernel cache. Modules are loaded (JIT-compiled by the driver from the embedded PTX) on the
 //! first request of one of their kernels; the modules and kernels themselves are
 //! `device/kernel.rs`.
+//!
+//! # Worker streams
+//!
+//! A varlen call runs its independent batched calls concurrently (`Runtime::fork`): a few worker
+//! streams of the runtime's own, created on first use and kept, each with its own scratch
+//! workspace (one workspace shared by concurrent calls would race). The caller never sees them:
+//! they wait for an event recorded on the runtime's stream before their first launch, and the
+//! runtime's stream waits for an event recorded on each of them before the call returns, so from
+//! outside the call is ordered on the runtime's stream like any other. They are created with the
+//! driver directly rather than with `CudaContext::new_stream`, which would switch cudarc into its
+//! multi-stream mode (synchronizing the whole context the first time, and attaching events to
+//! every slice afterwards) in contexts that had no cudarc stream: the ordering here is explicit,
+//! with nothing for cudarc to track.
 
 use super::alloc::DeviceAlloc;
 use super::kernel::{lock, non_negative, Module};
 use crate::types::dtype::Element;
 use crate::types::error::{driver_library_present, CudaResultExt, Error, Result};
 use cudarc::driver::{
-    result as cu_result, sys, CudaContext, CudaSlice, CudaStream, DevicePtrMut, DeviceRepr,
-    DeviceSlice, ValidAsZeroBits,
+    result as cu_result, sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtrMut,
+    DeviceRepr, DeviceSlice, ValidAsZeroBits,
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use super::kernel::{Kernel, KernelResources, ModuleKind, DEFAULT_MAX_DYNAMIC_SMEM};
 
@@ -58,23 +72,100 @@ pub struct DeviceInfo {
     pub max_shared_per_block_optin: u32,
 }
 
+/// Most streams one varlen call runs its batched calls on (the runtime's own and its workers):
+/// the ceiling of [`Runtime::set_varlen_streams`].
+pub const MAX_VARLEN_STREAMS: usize = 8;
+
+/// Streams a varlen call uses unless [`Runtime::set_varlen_streams`] says otherwise. A handful
+/// is enough to fill the GPU with short sequences while a long one runs; each worker stream
+/// keeps a workspace as large as the largest call it ran.
+pub const DEFAULT_VARLEN_STREAMS: usize = 4;
+
 struct Inner {
     ctx: Arc<CudaContext>,
-    stream: Arc<CudaStream>,
     cc: (i32, i32),
     smem_optin: u32,
     modules: [Mutex<Option<Arc<Module>>>; 2],
     kernels: [Mutex<HashMap<String, Kernel>>; 2],
-    /// Scratch memory reused by every `sageattn` call on this runtime (grow-only; see
-    /// [`Runtime::release_workspace`]). The lock is held while a call enqueues its kernels, so two
-    /// threads sharing the runtime cannot interleave their use of it.
-    workspace: Mutex<Option<DeviceAlloc>>,
+    /// The worker streams (see the module docs), created on first use. The lock is held from a
+    /// fork to its join, so concurrent varlen calls on one runtime take turns enqueueing.
+    workers: Mutex<Workers>,
+    /// Streams a varlen call may use, 1..=[`MAX_VARLEN_STREAMS`].
+    varlen_streams: AtomicUsize,
 }
 
-/// A CUDA context, the stream all of this library's work goes to, and the kernel cache.
+/// A stream and the scratch workspace of the calls issued on it.
+struct Lane {
+    /// Scratch memory reused by every `sageattn` call on this stream (grow-only; see
+    /// [`Runtime::release_workspace`]). The lock is held while a call enqueues its kernels, so two
+    /// threads sharing the stream cannot interleave their use of it.
+    workspace: Mutex<Option<DeviceAlloc>>,
+    stream: Arc<CudaStream>,
+    /// Destroys the stream after the fields above are gone (worker lanes only; the runtime's own
+    /// stream belongs to cudarc). Declared last: fields drop in order, and the workspace is freed
+    /// in stream order on this stream.
+    _owned: Option<OwnedStream>,
+}
+
+impl Lane {
+    fn new(stream: Arc<CudaStream>, owned: Option<OwnedStream>) -> Self {
+        Lane {
+            workspace: Mutex::new(None),
+            stream,
+            _owned: owned,
+        }
+    }
+
+    fn release_workspace(&self) {
+        *self.workspace.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// A stream handle created with the driver, destroyed on drop. Only the [`Lane`] that owns it
+/// holds the cudarc wrapper of it, so nothing uses the handle after this drops.
+struct OwnedStream {
+    ctx: Arc<CudaContext>,
+    cu_stream: sys::CUstream,
+}
+
+// SAFETY: a CUDA stream handle may be used and destroyed from any thread of its context.
+unsafe impl Send for OwnedStream {}
+// SAFETY: as above; this type never uses the handle through `&self`.
+unsafe impl Sync for OwnedStream {}
+
+impl Drop for OwnedStream {
+    fn drop(&mut self) {
+        // SAFETY: created by `cu_result::stream::create` in `ctx` and destroyed once, here. Work
+        // still queued on it completes first (the driver defers the release). An error can only
+        // be reported by leaking, which is what ignoring it does.
+        unsafe {
+            let _ = self.ctx.bind_to_thread();
+            let _ = cu_result::stream::destroy(self.cu_stream);
+        }
+    }
+}
+
+/// The worker lanes and their events, grown on demand.
+#[derive(Default)]
+struct Workers {
+    /// Recorded on the runtime's stream at a fork; each worker waits for it.
+    fork: Option<CudaEvent>,
+    lanes: Vec<Worker>,
+}
+
+struct Worker {
+    lane: Arc<Lane>,
+    /// Recorded on the worker's stream at a join; the runtime's stream waits for it.
+    done: CudaEvent,
+}
+
+/// A CUDA context, the stream all of this library's work is ordered on, and the kernel cache.
 #[derive(Clone)]
 pub struct Runtime {
     inner: Arc<Inner>,
+    /// The stream this runtime issues on: the caller's for every `Runtime` the API hands out, a
+    /// worker's for the runtimes a [`Fork`] lends.
+    lane: Arc<Lane>,
 }
 
 impl fmt::Debug for Runtime {
@@ -82,8 +173,59 @@ impl fmt::Debug for Runtime {
         f.debug_struct("Runtime")
             .field("ordinal", &self.ordinal())
             .field("compute_capability", &self.inner.cc)
-            .field("stream", &self.inner.stream.cu_stream())
+            .field("stream", &self.lane.stream.cu_stream())
             .finish()
+    }
+}
+
+/// Work of one call spread over the runtime's stream and worker streams, ordered after
+/// everything queued on the runtime's stream before [`Runtime::fork`] and, once joined, before
+/// everything queued there after. Dropping it joins too (ignoring errors), so an early return
+/// still leaves every launch ordered before whatever follows on the runtime's stream.
+pub(crate) struct Fork<'a> {
+    main: &'a Runtime,
+    /// Held until the join when workers take part: the events are reused by the next fork.
+    workers: Option<MutexGuard<'a, Workers>>,
+    /// `lanes[0]` is `main` itself, then one runtime per worker taking part.
+    lanes: Vec<Runtime>,
+    joined: bool,
+}
+
+impl Fork<'_> {
+    /// The runtime that issues on stream `i` (0: the runtime's own stream).
+    pub(crate) fn lane(&self, i: usize) -> &Runtime {
+        &self.lanes[i]
+    }
+
+    /// Makes the runtime's stream wait for everything queued so far on the workers taking part.
+    pub(crate) fn join(mut self) -> Result<()> {
+        self.join_workers()
+    }
+
+    fn join_workers(&mut self) -> Result<()> {
+        let Some(workers) = self.workers.as_ref().filter(|_| !self.joined) else {
+            return Ok(());
+        };
+        self.joined = true;
+        let main = self.main.stream();
+        // Every worker is waited for even when one fails, so that as much as possible stays
+        // ordered; the first error is reported.
+        let mut result = Ok(());
+        for worker in &workers.lanes[..self.lanes.len() - 1] {
+            let joined = worker
+                .done
+                .record(&worker.lane.stream)
+                .and_then(|()| main.wait(&worker.done))
+                .op("joining a worker stream back into the runtime's stream");
+            result = result.and(joined);
+        }
+        result
+    }
+}
+
+impl Drop for Fork<'_> {
+    fn drop(&mut self) {
+        let _ = self.join_workers();
     }
 }
 
@@ -110,7 +252,9 @@ impl Runtime {
     }
 
     /// Uses the caller's cudarc stream (and its context); all of the library's work is issued on
-    /// it, so it is ordered with the caller's own work on that stream.
+    /// it, so it is ordered with the caller's own work on that stream. (A varlen call also runs
+    /// work on worker streams of the runtime's, which wait for this stream when the call starts
+    /// and which this stream waits for before the call returns: the same ordering.)
     pub fn from_stream(stream: Arc<CudaStream>) -> Result<Self> {
         let ctx = stream.context().clone();
         ctx.bind_to_thread()
@@ -129,13 +273,14 @@ impl Runtime {
         Ok(Runtime {
             inner: Arc::new(Inner {
                 ctx,
-                stream,
                 cc,
                 smem_optin,
                 modules: Default::default(),
                 kernels: Default::default(),
-                workspace: Mutex::new(None),
+                workers: Mutex::new(Workers::default()),
+                varlen_streams: AtomicUsize::new(DEFAULT_VARLEN_STREAMS),
             }),
+            lane: Arc::new(Lane::new(stream, None)),
         })
     }
 
@@ -148,33 +293,138 @@ impl Runtime {
         f: impl FnOnce(u64) -> Result<R>,
     ) -> Result<R> {
         let mut ws = self
-            .inner
+            .lane
             .workspace
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if ws.as_ref().is_none_or(|w| w.bytes() < bytes) {
             // Free the old one first (stream-ordered) so peak memory is not old + new.
             *ws = None;
-            *ws = Some(DeviceAlloc::new(&self.inner.stream, bytes.max(1 << 20))?);
+            *ws = Some(DeviceAlloc::new(&self.lane.stream, bytes.max(1 << 20))?);
         }
         let ptr = ws.as_ref().map_or(0, DeviceAlloc::ptr);
         f(ptr)
     }
 
-    /// Frees the scratch workspace `sageattn` keeps between calls (stream-ordered); the next call
-    /// allocates it again. The workspace is about `(qo_len·q_heads + kv_len·kv_heads)·head_dim·batch`
-    /// bytes for the largest call so far (plus V for bf16 inputs).
+    /// Frees the scratch workspaces `sageattn` and `sageattn_varlen` keep between calls
+    /// (stream-ordered); the next call allocates them again. The runtime's workspace is about
+    /// `(qo_len·q_heads + kv_len·kv_heads)·head_dim·batch` bytes for the largest call so far (plus
+    /// V for bf16 inputs); each worker stream of varlen calls keeps one as large as the largest
+    /// batched call it ran.
     pub fn release_workspace(&self) {
-        *self
-            .inner
-            .workspace
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = None;
+        self.lane.release_workspace();
+        let workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
+        for worker in &workers.lanes {
+            worker.lane.release_workspace();
+        }
+    }
+
+    /// How many streams a varlen call may run its batched calls on (see
+    /// [`set_varlen_streams`](Runtime::set_varlen_streams)).
+    pub fn varlen_streams(&self) -> usize {
+        self.inner.varlen_streams.load(Ordering::Relaxed)
+    }
+
+    /// Sets how many streams a varlen call may run its batched calls on concurrently, this
+    /// runtime's own included (clamped to `1..=MAX_VARLEN_STREAMS`; default
+    /// [`DEFAULT_VARLEN_STREAMS`]); shared by the runtime's clones. 1 runs every batched call on
+    /// the runtime's stream, one after another. Either way the results are the same, bit for bit.
+    pub fn set_varlen_streams(&self, streams: usize) {
+        self.inner
+            .varlen_streams
+            .store(streams.clamp(1, MAX_VARLEN_STREAMS), Ordering::Relaxed);
+    }
+
+    /// Whether the runtime's stream is being captured into a CUDA graph. A failed query counts
+    /// as capturing: the caller then keeps to the runtime's stream, as it would in a capture.
+    pub(crate) fn is_capturing(&self) -> bool {
+        // SAFETY: a query of the live stream handle (allowed during a capture).
+        let status = unsafe { cu_result::stream::is_capturing(self.lane.stream.cu_stream()) };
+        !matches!(
+            status,
+            Ok(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        )
+    }
+
+    /// Forks `streams - 1` worker streams (created on first use) from the runtime's stream: each
+    /// waits for everything queued on the runtime's stream so far. The [`Fork`] lends one
+    /// runtime per stream (the first is this one) and joins them back into this runtime's
+    /// stream. Must not be called during a graph capture of the runtime's stream (worker
+    /// creation is not capturable); `streams` ≤ [`MAX_VARLEN_STREAMS`].
+    ///
+    /// The worker runtimes issue only on their own stream and use their own workspace; the
+    /// caller orders their access to its buffers (every launch on a worker is ordered after the
+    /// fork and before whatever follows the join on this runtime's stream).
+    pub(crate) fn fork(&self, streams: usize) -> Result<Fork<'_>> {
+        debug_assert!((1..=MAX_VARLEN_STREAMS).contains(&streams));
+        let extra = streams.saturating_sub(1);
+        let mut fork = Fork {
+            main: self,
+            workers: None,
+            lanes: vec![self.clone()],
+            joined: false,
+        };
+        if extra == 0 {
+            return Ok(fork);
+        }
+        let mut workers = self.inner.workers.lock().unwrap_or_else(|e| e.into_inner());
+        self.bind()?;
+        if workers.fork.is_none() {
+            workers.fork = Some(self.new_event()?);
+        }
+        while workers.lanes.len() < extra {
+            let lane = self.new_worker_lane()?;
+            workers.lanes.push(Worker {
+                lane: Arc::new(lane),
+                done: self.new_event()?,
+            });
+        }
+        // An error on the way leaves only waits queued on the workers: nothing to join.
+        let event = workers.fork.as_ref().expect("created above");
+        event
+            .record(self.stream())
+            .op("recording the fork event on the runtime's stream")?;
+        for worker in &workers.lanes[..extra] {
+            worker
+                .lane
+                .stream
+                .wait(event)
+                .op("making a worker stream wait for the runtime's stream")?;
+            fork.lanes.push(Runtime {
+                inner: self.inner.clone(),
+                lane: worker.lane.clone(),
+            });
+        }
+        fork.workers = Some(workers);
+        Ok(fork)
+    }
+
+    fn new_event(&self) -> Result<CudaEvent> {
+        self.inner
+            .ctx
+            .new_event(Some(sys::CUevent_flags::CU_EVENT_DISABLE_TIMING))
+            .with_op(|| format!("creating an event on device {}", self.ordinal()))
+    }
+
+    /// A non-blocking stream of the runtime's context, made with the driver (see the module
+    /// docs), with an empty workspace.
+    fn new_worker_lane(&self) -> Result<Lane> {
+        let ctx = &self.inner.ctx;
+        let cu_stream = cu_result::stream::create(cu_result::stream::StreamKind::NonBlocking)
+            .with_op(|| format!("creating a worker stream on device {}", self.ordinal()))?;
+        let owned = OwnedStream {
+            ctx: ctx.clone(),
+            cu_stream,
+        };
+        // SAFETY: a live stream of this context (bound by the caller), kept alive by `owned`,
+        // which the lane drops after the wrapper and the workspace that holds a clone of it.
+        let stream = unsafe { ctx.wrap_borrowed_stream(cu_stream) };
+        Ok(Lane::new(stream, Some(owned)))
     }
 
     /// The stream all work is issued on.
     pub fn stream(&self) -> &Arc<CudaStream> {
-        &self.inner.stream
+        &self.lane.stream
     }
 
     /// The CUDA context.
@@ -204,7 +454,7 @@ impl Runtime {
     /// Waits until all work issued on the runtime's stream has finished. Errors from
     /// asynchronous kernel failures surface here.
     pub fn synchronize(&self) -> Result<()> {
-        self.inner
+        self.lane
             .stream
             .synchronize()
             .with_op(|| format!("synchronizing the stream of device {}", self.ordinal()))
@@ -316,7 +566,7 @@ impl Runtime {
         func.raise_smem_limit(dynamic_smem, self.inner.smem_optin)?;
         // SAFETY: forwarded to the caller (parameter struct, pointers, lifetimes); the
         // configuration was checked against the kernel's and the device's limits above.
-        unsafe { func.launch_on(&self.inner.stream, grid, block, dynamic_smem, params) }
+        unsafe { func.launch_on(&self.lane.stream, grid, block, dynamic_smem, params) }
     }
 
     /// Allocates `len` zeroed elements on the runtime's stream (stream-ordered).
@@ -325,7 +575,7 @@ impl Runtime {
     /// overflows, [`Error::Cuda`] when out of memory.
     pub fn alloc_zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize) -> Result<CudaSlice<T>> {
         let bytes = alloc_bytes::<T>(len)?;
-        self.inner.stream.alloc_zeros(len).with_op(|| {
+        self.lane.stream.alloc_zeros(len).with_op(|| {
             format!(
                 "allocating {bytes} zeroed bytes on device {}",
                 self.ordinal()
@@ -343,7 +593,7 @@ impl Runtime {
     pub unsafe fn alloc_uninit<T: DeviceRepr>(&self, len: usize) -> Result<CudaSlice<T>> {
         let bytes = alloc_bytes::<T>(len)?;
         // SAFETY: forwarded to the caller (see above).
-        unsafe { self.inner.stream.alloc(len) }
+        unsafe { self.lane.stream.alloc(len) }
             .with_op(|| format!("allocating {bytes} bytes on device {}", self.ordinal()))
     }
 
@@ -363,7 +613,7 @@ impl Runtime {
     pub(crate) unsafe fn memset_bytes<T>(&self, slice: &mut CudaSlice<T>, byte: u8) -> Result<()> {
         self.bind()?;
         let bytes = DeviceSlice::num_bytes(slice);
-        let stream = &self.inner.stream;
+        let stream = &self.lane.stream;
         let (ptr, _guard) = slice.device_ptr_mut(stream);
         // SAFETY: `ptr` is the start of `slice`'s allocation of `bytes` bytes; the guard keeps the
         // write ordered with other users of the slice; the caller guarantees the pattern is a

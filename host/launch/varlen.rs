@@ -1,12 +1,13 @@
 //! The launch-layer half of the varlen call (`crate::varlen`): the checks of packed inputs
 //! ([`check_varlen`], pure, testable without a GPU), the grouping of the sequences into batched
-//! problems ([`equal_length_runs`], pure), and the two device operations the varlen call needs
-//! besides the batched call: placing a run's LSE into the packed LSE ([`copy_lse_run`]) and
-//! writing the rows of a sequence that has no keys ([`fill_rows_without_keys`]).
+//! problems ([`equal_length_runs`], pure), their spreading over streams ([`schedule_runs`],
+//! pure), and the two device operations the varlen call needs besides the batched call: placing
+//! a run's LSE into the packed LSE ([`copy_lse_run`]) and writing the rows of a sequence that has
+//! no keys ([`fill_rows_without_keys`]).
 
 use std::ops::Range;
 
-use cudarc::driver::{sys, CudaSlice, DevicePtr, DevicePtrMut};
+use cudarc::driver::{sys, CudaSlice, DevicePtr};
 
 use super::dispatch::select;
 use super::validate::{check_on_device, check_problem, Problem};
@@ -154,26 +155,97 @@ pub(crate) fn equal_length_runs(batch: &VarlenBatch, q_heads: usize) -> Vec<Run>
     runs
 }
 
+/// Query–key pairs a causal (bottom-right) sequence of `q` queries and `k` keys attends, or all
+/// `q·k` without the mask: the `min(q, k)` last query rows see `k - min(q, k) + 1 ..= k` keys.
+fn visible_pairs(q: u128, k: u128, causal: bool) -> u128 {
+    if !causal {
+        return q * k;
+    }
+    let m = q.min(k);
+    m * k - m * (m - 1) / 2
+}
+
+/// Weight of a Q or K row's preparation (reading it, quantizing it, writing it back: memory
+/// bound) in query–key pairs of attention (tensor bound). An estimate from the H200's peak rates,
+/// not a measurement: a 128-wide f16 row moves about 500 bytes, as long at 4.8 TB/s as 100–200
+/// pairs of 512 INT8/f16 operations at 500–600 TOPS. It only matters for short sequences, whose
+/// attention is small next to their preparation.
+const PREP_PAIRS_PER_ROW: u128 = 128;
+
+/// Estimated GPU work of a run (arbitrary units, for comparing the runs of one call: the head
+/// count and head_dim are common to all of them).
+pub(crate) fn run_cost(run: &Run, causal: bool) -> u128 {
+    let (q, k) = (run.q_len as u128, run.k_len as u128);
+    run.count as u128 * (visible_pairs(q, k, causal) + PREP_PAIRS_PER_ROW * (q + k))
+}
+
+/// Which stream each run of a varlen call goes to, and in which order they are enqueued.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Schedule {
+    /// Streams used, 1 ..= the most allowed (never more than there are runs); stream 0 is the
+    /// runtime's own.
+    pub(crate) streams: usize,
+    /// `(run index, stream)` in enqueue order.
+    pub(crate) order: Vec<(usize, usize)>,
+    /// Most query rows of the runs of each stream (the size of its LSE staging).
+    pub(crate) rows: Vec<usize>,
+}
+
+/// Spreads `runs` over at most `max_streams` streams. With one stream (or one run) the runs go
+/// to the runtime's stream in packed order, as they always did. Otherwise longest first, each
+/// onto the stream with the least estimated work so far ([`run_cost`]; the lowest index on a
+/// tie, so the longest run goes to the runtime's own stream): the long runs start first and the
+/// short ones fill the GPU beside them and behind them, instead of leaving it idle while a
+/// short run's few CTAs finish alone.
+pub(crate) fn schedule_runs(runs: &[Run], causal: bool, max_streams: usize) -> Schedule {
+    let streams = max_streams.min(runs.len()).max(1);
+    let mut order: Vec<usize> = (0..runs.len()).collect();
+    if streams > 1 {
+        // Stable: equal costs keep their packed order.
+        order.sort_by_key(|&i| std::cmp::Reverse(run_cost(&runs[i], causal)));
+    }
+    let mut load = vec![0u128; streams];
+    let mut rows = vec![0usize; streams];
+    let order = order
+        .into_iter()
+        .map(|i| {
+            let stream = (0..streams).min_by_key(|&s| load[s]).unwrap_or(0);
+            load[stream] += run_cost(&runs[i], causal);
+            rows[stream] = rows[stream].max(runs[i].q_rows().len());
+            (i, stream)
+        })
+        .collect();
+    Schedule {
+        streams,
+        order,
+        rows,
+    }
+}
+
 /// Copies a run's LSE, `[run.count][heads][run.q_len]` contiguous at the start of `src` (what
-/// the batched call writes), into the packed LSE `dst`, `[heads][total]`, at columns
-/// `run.q_rows()`, on the runtime's stream: one 2-d copy per sequence (`heads` rows of `q_len`
-/// floats) or one per head (`count` rows of `q_len` floats, contiguous in `dst`), whichever
-/// takes fewer.
-pub(crate) fn copy_lse_run(
+/// the batched call writes), into the packed LSE at `dst`, `[heads][total]` f32, at columns
+/// `run.q_rows()`, on `rt`'s stream: one 2-d copy per sequence (`heads` rows of `q_len` floats)
+/// or one per head (`count` rows of `q_len` floats, contiguous in `dst`), whichever takes fewer.
+///
+/// # Safety
+///
+/// `dst` is the address of `heads * total` f32 of device memory of `rt`'s context, and the
+/// caller orders the copy with every other access to them (the varlen call holds their access
+/// guard on the runtime's stream until its worker streams are joined back into it).
+pub(crate) unsafe fn copy_lse_run(
     rt: &Runtime,
     src: &CudaSlice<f32>,
-    dst: &mut CudaSlice<f32>,
+    dst_ptr: u64,
     heads: usize,
     run: &Run,
     total: usize,
 ) -> Result<()> {
     let (len, count) = (run.q_len, run.count);
-    debug_assert!(src.len() >= count * heads * len && dst.len() >= heads * total);
+    debug_assert!(src.len() >= count * heads * len);
     debug_assert!(run.q_rows().end <= total);
     rt.bind()?;
     let stream = rt.stream();
     let (src_ptr, _src_guard) = src.device_ptr(stream);
-    let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
     let copy = |c: Copy2d| {
         c.enqueue(rt, src_ptr, dst_ptr).with_op(|| {
             format!(
@@ -244,8 +316,8 @@ impl Copy2d {
         };
         // SAFETY: the callers' geometry keeps both sides inside their buffers (rows of `width`
         // floats from the first float, `pitch` apart, `height` rows), which are device memory of
-        // the runtime's context, bound by the caller, whose access guards order the copy with
-        // other users of the two buffers.
+        // the runtime's context, bound by the caller, who orders the copy with other users of
+        // the two buffers (an access guard, or the varlen call's fork and join).
         unsafe { sys::cuMemcpy2DAsync_v2(&copy, rt.stream().cu_stream()) }.result()
     }
 }
@@ -253,12 +325,17 @@ impl Copy2d {
 /// Writes what the batched call writes for query rows that see no key, for a sequence whose K is
 /// empty (which the batched call, refusing empty tensors, cannot be asked for): zeros into
 /// `out` (that sequence's rows of the packed output, `[1, heads, len, head_dim]`) and `-inf` into
-/// the packed LSE `[heads][total]` at columns `rows` when given. 2-d memsets on the runtime's
-/// stream, one per head for the output.
-pub(crate) fn fill_rows_without_keys(
+/// the packed LSE at `lse` (`[heads][total]` f32) at columns `rows` when given. 2-d memsets on
+/// the runtime's stream, one per head for the output.
+///
+/// # Safety
+///
+/// As for [`copy_lse_run`]'s `dst`: `lse` is the address of `heads * total` f32 of device memory
+/// of `rt`'s context, and the caller orders the memset with every other access to them.
+pub(crate) unsafe fn fill_rows_without_keys(
     rt: &Runtime,
     out: &mut TensorViewMut,
-    lse: Option<&mut CudaSlice<f32>>,
+    lse: Option<u64>,
     rows: Range<usize>,
     total: usize,
 ) -> Result<()> {
@@ -285,11 +362,10 @@ pub(crate) fn fill_rows_without_keys(
                 format!("zeroing {len} output rows of head {h} (a sequence without keys)")
             })?;
     }
-    if let Some(lse) = lse {
-        let (lse_ptr, _lse_guard) = lse.device_ptr_mut(stream);
+    if let Some(lse_ptr) = lse {
         let ptr = lse_ptr + (rows.start * F32) as u64;
         // SAFETY: `heads` rows of the packed LSE, `total` floats apart, columns `rows` (inside
-        // the buffer, validated to hold `heads * total` floats).
+        // the buffer, which holds `heads * total` floats: validated, and the caller's promise).
         unsafe {
             sys::cuMemsetD2D32Async(
                 ptr,
@@ -438,6 +514,96 @@ mod tests {
         assert_eq!(runs.iter().map(|r| r.count).collect::<Vec<_>>(), [2, 1]);
     }
 
+    /// Runs of single sequences with the given `(q_len, k_len)`, packed one after the other.
+    fn singles(lens: &[(usize, usize)]) -> Vec<Run> {
+        equal_length_runs(&batch(lens), 1)
+    }
+
+    #[test]
+    fn visible_pairs_follow_the_bottom_right_mask() {
+        // Brute force over small shapes: query i sees key j iff j <= i + k - q.
+        for q in 1..12u128 {
+            for k in 1..12u128 {
+                let brute = (0..q)
+                    .map(|i| (0..k).filter(|&j| j + q <= i + k).count() as u128)
+                    .sum::<u128>();
+                assert_eq!(visible_pairs(q, k, true), brute, "q {q} k {k}");
+                assert_eq!(visible_pairs(q, k, false), q * k);
+            }
+        }
+    }
+
+    #[test]
+    fn one_run_or_one_stream_keeps_the_packed_order_on_the_runtime_stream() {
+        let runs = singles(&[(100, 100), (5000, 5000), (300, 300)]);
+        let s = schedule_runs(&runs, false, 1);
+        assert_eq!(s.streams, 1);
+        assert_eq!(s.order, [(0, 0), (1, 0), (2, 0)]);
+        assert_eq!(s.rows, [5000]);
+        let s = schedule_runs(&runs[1..2], true, 4);
+        assert_eq!((s.streams, s.order, s.rows), (1, vec![(0, 0)], vec![5000]));
+        // No runs at all (every sequence without queries or keys): one stream, nothing on it.
+        let s = schedule_runs(&[], false, 4);
+        assert_eq!((s.streams, s.order.len(), s.rows), (1, 0, vec![0]));
+    }
+
+    #[test]
+    fn fewer_runs_than_streams_get_a_stream_each_longest_on_the_runtime_stream() {
+        let runs = singles(&[(128, 128), (8000, 8000)]);
+        let s = schedule_runs(&runs, false, 4);
+        assert_eq!(s.streams, 2);
+        assert_eq!(s.order, [(1, 0), (0, 1)]);
+        assert_eq!(s.rows, [8000, 128]);
+    }
+
+    /// Longest first, each onto the least-loaded stream (lowest index on ties), worked by hand:
+    /// squares of 8..1 thousand rows (cost ≈ side², the preparation term aside), 3 streams.
+    #[test]
+    fn longest_first_onto_the_least_loaded_stream() {
+        let lens: Vec<_> = [3, 8, 1, 6, 4, 7, 2, 5]
+            .iter()
+            .map(|&t| (t * 1000, t * 1000))
+            .collect();
+        let runs = singles(&lens);
+        let s = schedule_runs(&runs, false, 3);
+        // Sides in enqueue order 8, 7, 6, 5, 4, 3, 2, 1 (indices 1, 5, 3, 7, 4, 0, 6, 2).
+        // Loads (in millions): 64 | 49 | 36; 5² → stream 2 (61); 4² → 1 (65); 3² → 2 (70);
+        // 2² → 0 (68); 1² → 1 (66).
+        assert_eq!(
+            s.order,
+            [
+                (1, 0),
+                (5, 1),
+                (3, 2),
+                (7, 2),
+                (4, 1),
+                (0, 2),
+                (6, 0),
+                (2, 1)
+            ]
+        );
+        assert_eq!(s.rows, [8000, 7000, 6000]);
+    }
+
+    /// Causal masking changes the order: a chunk of queries against a long cached context
+    /// attends more pairs than a square sequence with more queries.
+    #[test]
+    fn causal_cost_counts_visible_pairs() {
+        let runs = singles(&[(2000, 2000), (1500, 4000)]);
+        // Full: 4.0M vs 6.0M pairs. Causal: 2.0M vs 6.0M - 1.1M = 4.9M. Either way the chunk
+        // first.
+        assert_eq!(schedule_runs(&runs, false, 2).order[0].0, 1);
+        assert_eq!(schedule_runs(&runs, true, 2).order[0].0, 1);
+        let runs = singles(&[(3000, 3000), (1000, 8000)]);
+        // Causal: 4.5M vs 8M - 0.5M = 7.5M: the chunk first; full: 9M vs 8M, the square.
+        assert_eq!(schedule_runs(&runs, true, 2).order[0].0, 1);
+        assert_eq!(schedule_runs(&runs, false, 2).order[0].0, 0);
+        // A run of several sequences counts each.
+        let runs = singles(&[(1000, 1000), (1000, 1000), (1000, 1000), (1500, 1500)]);
+        assert_eq!(runs.len(), 2);
+        assert_eq!(schedule_runs(&runs, false, 2).order[0].0, 0);
+    }
+
     fn length() -> impl Strategy<Value = usize> {
         prop_oneof![2 => Just(0usize), 3 => Just(4usize), 3 => Just(6usize), 1 => 1usize..=9]
     }
@@ -476,6 +642,40 @@ mod tests {
                     && w[0].k_rows().end == w[1].k_start;
                 let full = heads * w[0].q_len.max(w[0].k_len) * (w[0].count + 1) > MAX_RUN_HEAD_ROWS;
                 prop_assert!(!joinable || full, "{:?} could join", w);
+            }
+        }
+
+        /// Every run is scheduled once; with several streams the order is by non-increasing
+        /// cost and each run goes to a stream that was least loaded when it was placed; the
+        /// staging rows fit every run of their stream.
+        #[test]
+        fn schedule_places_every_run_once_on_a_least_loaded_stream(
+            lens in prop::collection::vec((1usize..3000, 1usize..3000), 1..40),
+            causal in any::<bool>(),
+            max_streams in 1usize..=8,
+        ) {
+            let runs = equal_length_runs(&batch(&lens), 2);
+            let s = schedule_runs(&runs, causal, max_streams);
+            prop_assert_eq!(s.streams, max_streams.min(runs.len()).max(1));
+            prop_assert_eq!(s.rows.len(), s.streams);
+            let mut seen: Vec<usize> = s.order.iter().map(|&(i, _)| i).collect();
+            seen.sort_unstable();
+            prop_assert_eq!(seen, (0..runs.len()).collect::<Vec<_>>());
+            let mut load = vec![0u128; s.streams];
+            let mut prev = u128::MAX;
+            for &(i, stream) in &s.order {
+                let cost = run_cost(&runs[i], causal);
+                if s.streams > 1 {
+                    prop_assert!(cost <= prev);
+                    prev = cost;
+                }
+                prop_assert!(stream < s.streams);
+                prop_assert_eq!(load[stream], *load.iter().min().unwrap());
+                prop_assert!(runs[i].q_rows().len() <= s.rows[stream]);
+                load[stream] += cost;
+            }
+            if s.streams == 1 {
+                prop_assert!(s.order.iter().enumerate().all(|(n, &(i, st))| i == n && st == 0));
             }
         }
     }

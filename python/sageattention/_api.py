@@ -165,7 +165,8 @@ def sageattn_varlen(
     above its ``max_seqlen``) or RuntimeError, with the library's message. Today it runs one
     batched call per run of consecutive sequences with equal lengths, so packed equal lengths
     cost a batched call, and one call per sequence otherwise (fine for a few long sequences;
-    launch-bound with many short ones); it cannot be captured in a CUDA graph. Works under ``torch.compile`` as the custom op
+    launch-bound with many short ones), the calls running concurrently on up to 4 streams so
+    that short sequences overlap long ones; it cannot be captured in a CUDA graph. Works under ``torch.compile`` as the custom op
     ``torch.ops.sageattention_rs.sageattn_varlen``.
     """
     return_lse = kwargs.pop("return_lse", False)

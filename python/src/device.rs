@@ -1,14 +1,16 @@
 //! One library [`Runtime`] per GPU, and the ordering of its work with the caller's stream.
 //!
-//! The library issues all of a runtime's work on the runtime's one stream, and a runtime loads
-//! (JIT-compiles) its kernel modules once. torch's current stream changes (side streams, the
-//! stream a CUDA graph is captured on), so one runtime per torch stream would load the modules
-//! again for every stream, possibly during a graph capture. Instead each device has one runtime
-//! on a private non-blocking stream, and every call is fenced with torch's current stream by two
-//! events: the private stream waits for what torch queued before the call, and torch's stream
-//! waits for the call's kernels. In eager mode that orders the call exactly as if it ran on
-//! torch's stream; during a graph capture the private stream joins the capture (fork) and is
-//! joined back (join) before the call returns, which is how CUDA captures work across streams.
+//! The library orders all of a runtime's work on the runtime's one stream (a varlen call spreads
+//! its batched calls over worker streams forked from it and joined back into it before the call
+//! returns), and a runtime loads (JIT-compiles) its kernel modules once. torch's current stream
+//! changes (side streams, the stream a CUDA graph is captured on), so one runtime per torch
+//! stream would load the modules again for every stream, possibly during a graph capture.
+//! Instead each device has one runtime on a private non-blocking stream, and every call is fenced
+//! with torch's current stream by two events: the private stream waits for what torch queued
+//! before the call, and torch's stream waits for the call's kernels. In eager mode that orders
+//! the call exactly as if it ran on torch's stream; during a graph capture the private stream
+//! joins the capture (fork) and is joined back (join) before the call returns, which is how CUDA
+//! captures work across streams.
 //!
 //! Scratch memory: outside a capture, calls use the runtime's reusable workspace (the library's
 //! ordinary `sageattn_into`). While the caller's stream is capturing, the workspace must not be

@@ -61,7 +61,8 @@ impl ViewGeometry {
     pub fn ordinal(&self) -> usize {
         self.ordinal
     }
-    /// Whether the view was made from a cudarc slice (stream-tracked) rather than a raw pointer.
+    /// Whether the view was made from a cudarc slice (stream-tracked, unless the library
+    /// detached it for one call's worker streams) rather than a raw pointer.
     pub fn is_tracked(&self) -> bool {
         self.origin_bytes.is_some()
     }

@@ -247,6 +247,33 @@ impl<'a> TensorView<'a> {
         }
     }
 
+    /// Takes this view's read access on `stream` for work that other streams will do on its
+    /// behalf: `stream` waits for earlier writes of the slice now, the returned guard records the
+    /// read on `stream` when dropped, and the returned view (same memory and geometry, the
+    /// slice's bounds still known) has no stream tracking of its own. Work on several streams
+    /// through it therefore neither waits for nor records anything: one varlen call's worker
+    /// streams would otherwise chain behind each other's events, and the slice's single read
+    /// event would remember only the last of them. Raw views come back as they are, with a
+    /// no-op guard.
+    ///
+    /// # Safety
+    ///
+    /// Every access through the returned view, or views made from it, must be ordered before
+    /// the guard's drop on `stream`: work on another stream must be joined into `stream` (an
+    /// event recorded there that `stream` waits for) before the guard is dropped.
+    pub(crate) unsafe fn detach<'s>(
+        &'s self,
+        stream: &'s CudaStream,
+    ) -> (TensorView<'s>, AccessGuard<'s>) {
+        let (ptr, guard) = self.device_ptr(stream);
+        let view = TensorView {
+            geom: ViewGeometry { ptr, ..self.geom },
+            origin: None,
+            offset: 0,
+        };
+        (view, guard)
+    }
+
     /// Checks that the kernels can use this view, in this order: every dimension ≥ 1; strides
     /// non-negative and head_dim stride 1; seq/heads/batch strides (of dimensions larger than 1)
     /// multiples of [`DType::stride_multiple`] elements (16-byte rows); base pointer non-null and
@@ -405,6 +432,28 @@ impl<'a> TensorViewMut<'a> {
             }
             None => (self.geom.ptr, AccessGuard::none()),
         }
+    }
+
+    /// The write form of [`TensorView::detach`]: `stream` waits for earlier reads and writes of
+    /// the slice now, the guard records the write on `stream` when dropped, and the returned view
+    /// has no stream tracking of its own.
+    ///
+    /// # Safety
+    ///
+    /// As for [`TensorView::detach`]: every access through the returned view must be joined
+    /// into `stream` before the guard is dropped.
+    pub(crate) unsafe fn detach_mut<'s>(
+        &'s mut self,
+        stream: &'s CudaStream,
+    ) -> (TensorViewMut<'s>, AccessGuard<'s>) {
+        let geom = self.geom;
+        let (ptr, guard) = self.device_ptr_mut(stream);
+        let view = TensorViewMut {
+            geom: ViewGeometry { ptr, ..geom },
+            origin: None,
+            offset: 0,
+        };
+        (view, guard)
     }
 
     /// A read-only view of the same memory, borrowing this one.
