@@ -97,6 +97,32 @@ struct Case {
 }
 
 impl Case {
+    /// The default options (smoothing on, f16 P·V, `Backend::Auto`) for these sequences and
+    /// heads, contiguous rows, host `cu_seqlens`.
+    fn defaults(
+        lens: &[(usize, usize)],
+        (q_heads, kv_heads): (usize, usize),
+        head_dim: usize,
+        dtype: DType,
+        causal: bool,
+    ) -> Self {
+        Case {
+            lens: lens.to_vec(),
+            q_heads,
+            kv_heads,
+            head_dim,
+            dtype,
+            causal,
+            smooth_k: true,
+            pv_accum: PvAccum::F16,
+            pv_precision: PvPrecision::F16,
+            sm_scale: None,
+            backend: Backend::Auto,
+            row_pad: 0,
+            device_cu_seqlens: false,
+        }
+    }
+
     fn options(&self) -> Options {
         Options {
             causal: self.causal,
@@ -699,19 +725,8 @@ fn runs_of_equal_lengths_equal_the_batched_calls_bit_for_bit() {
         {
             for causal in [false, true] {
                 let case = Case {
-                    lens: lens.clone(),
-                    q_heads,
-                    kv_heads,
-                    head_dim,
-                    dtype,
-                    causal,
-                    smooth_k: true,
-                    pv_accum: PvAccum::F16,
-                    pv_precision: PvPrecision::F16,
-                    sm_scale: None,
-                    backend: Backend::Auto,
                     row_pad,
-                    device_cu_seqlens: false,
+                    ..Case::defaults(lens, (q_heads, kv_heads), head_dim, dtype, causal)
                 };
                 let label = format!(
                     "{dtype:?} heads {q_heads}/{kv_heads} d={head_dim} causal={causal} lens {lens:?}"
@@ -820,21 +835,7 @@ fn concurrent_runs_equal_per_sequence_calls_bit_for_bit() {
         (DType::F16, 8, 2, 128, false),
         (DType::BF16, 4, 4, 64, true),
     ] {
-        let case = Case {
-            lens: lens.clone(),
-            q_heads,
-            kv_heads,
-            head_dim,
-            dtype,
-            causal,
-            smooth_k: true,
-            pv_accum: PvAccum::F16,
-            pv_precision: PvPrecision::F16,
-            sm_scale: None,
-            backend: Backend::Auto,
-            row_pad: 0,
-            device_cu_seqlens: false,
-        };
+        let case = Case::defaults(&lens, (q_heads, kv_heads), head_dim, dtype, causal);
         let label = format!("{dtype:?} heads {q_heads}/{kv_heads} d={head_dim} causal={causal}");
         let p = packed_inputs(&case, &mut rng);
         let batch = VarlenBatch::new(
