@@ -292,9 +292,19 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
     }
 
+    /// 16-byte chunks of one K tile.
+    const K_CHUNKS: u32 = (sm90_cta_k(PV8) * HD / 16) as u32;
+    /// 16-byte chunks of one K and one V tile: 12·HD with f16 V (HD/32 per thread with 384
+    /// threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
+    /// 128-key tiles, 16/3 with 384 threads at d = 64).
+    const CHUNKS: u32 = Self::K_CHUNKS * if PV8 { 2 } else { 3 };
+    /// Threads of the CTA (all of them copy).
+    const THREADS: u32 = sm90_threads(HD, PV8) as u32;
+
     /// Copies K and V tile `u` into its stage (every thread of the CTA: `HD/32` 16-byte copies
     /// each), after the stage's previous tile has been released; completion is signalled on
-    /// `full` through `cp.async.mbarrier.arrive.noinc`.
+    /// `full` through `cp.async.mbarrier.arrive.noinc`. A tile that lies wholly inside the padded
+    /// K and V (every tile but the sequence's last) is copied without any per-chunk bounds test.
     #[inline(always)]
     fn copy_tile(&self, u: u32) {
         let s_count = Smem::<HD, PV8>::S;
@@ -303,27 +313,51 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             // SAFETY: an initialised barrier.
             unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
         }
-        let threads = sm90_threads(HD, PV8) as u32;
-        let ck = Self::CK;
-        let k_chunks = ck * HD as u32 / 16;
+        let key0 = u * Self::CK;
+        let inside = if PV8 {
+            key0 + Self::CK <= self.padded_k
+        } else {
+            key0 + Self::CK <= self.kv_len
+        };
+        if inside {
+            self.copy_chunks::<false>(s, u);
+        } else {
+            self.copy_chunks::<true>(s, u);
+        }
+        // SAFETY: an initialised barrier.
+        unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
+    }
+
+    /// This thread's chunks of tile `u` into stage `s`; with `EDGE`, chunks past the padded K
+    /// (8-bit P·V: also Vᵀ) or past `kv_len` (f16 V) are zero-filled without a read.
+    #[inline(always)]
+    fn copy_chunks<const EDGE: bool>(&self, s: u32, u: u32) {
+        let (threads, ck, k_chunks) = (Self::THREADS, Self::CK, Self::K_CHUNKS);
         let key0 = u * ck;
         let k_src = self.k_head + (u as u64) * (ck as u64 * HD as u64);
-        let full_tile = key0 + ck <= self.kv_len;
-        // 16-byte chunks of a K and a V tile: 12·HD with f16 V (HD/32 per thread with 384
-        // threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
-        // 128-key tiles, 16/3 with 384 threads at d = 64).
-        let chunks = if PV8 { 2 * k_chunks } else { 3 * k_chunks };
         unroll::<MAX_COPIES_PER_THREAD>(
             #[inline(always)]
             |j| {
                 let c = self.tid + threads * j as u32;
-                if (j as u32) < chunks.div_ceil(threads) && c < chunks {
-                    if c < k_chunks {
+                // With whole rounds of the CTA's threads (tid < threads), which chunks exist and
+                // which are K's is known per j at compile time.
+                let exists = if Self::CHUNKS.is_multiple_of(threads) {
+                    (j as u32) < Self::CHUNKS / threads
+                } else {
+                    (j as u32) < Self::CHUNKS.div_ceil(threads) && c < Self::CHUNKS
+                };
+                let is_k = if k_chunks.is_multiple_of(threads) {
+                    (j as u32) < k_chunks / threads
+                } else {
+                    c < k_chunks
+                };
+                if exists {
+                    if is_k {
                         let cpr = (HD / 16) as u32;
                         let (r, col) = (c / cpr, c % cpr);
                         let dst = self.sm.k_stage(s) + kmajor_offset::<HD>(r, col);
                         let src = k_src + (r * HD as u32 + 16 * col) as u64;
-                        if ck == K_BLOCK as u32 || key0 + r < self.padded_k {
+                        if !EDGE || ck == K_BLOCK as u32 || key0 + r < self.padded_k {
                             // SAFETY: K is padded to whole 64-row blocks; this row is inside.
                             unsafe { ptx::cp_async_16(dst, src) };
                         } else {
@@ -341,7 +375,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                             + (col / 4) * (HD as u32 * 64)
                             + kmajor_offset::<64>(r, col % 4);
                         let key = key0 + 16 * col;
-                        if ck == K_BLOCK as u32 || key < self.padded_k {
+                        if !EDGE || ck == K_BLOCK as u32 || key < self.padded_k {
                             // SAFETY: r < HD rows of this head's Vᵀ, padded with zero keys to whole
                             // 64-key blocks, and this chunk lies inside.
                             unsafe {
@@ -361,7 +395,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                         let dst = self.sm.v_stage(s) + smem::v_offset(r, col);
                         let src =
                             self.v_head + (key0 + r) as u64 * self.v_row_bytes + 16 * col as u64;
-                        if full_tile {
+                        if !EDGE {
                             // SAFETY: every key of the tile is inside V.
                             unsafe { ptx::cp_async_16(dst, src) };
                         } else {
@@ -379,8 +413,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 }
             },
         );
-        // SAFETY: an initialised barrier.
-        unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
     }
 
     /// Copies tile `u` if it exists.
