@@ -52,7 +52,7 @@ fn every_variant_fits_shared_memory() {
             assert_eq!(
                 128 % cta_q(head_dim, pv_f32),
                 0,
-                "a CTA's rows must share one Q scale"
+                "a CTA's rows lie inside whole Q blocks"
             );
             assert_eq!(
                 64 % cta_k(head_dim, pv_f32),
