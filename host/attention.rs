@@ -39,7 +39,7 @@ pub struct Output {
 /// (logical order; any strides with a contiguous last dim, see [`TensorView::validate`]);
 /// f16 or bf16 (all three the same); head_dim any multiple of 8 from 8 to 256 (sizes without a
 /// kernel of their own run zero-padded on the next one, see
-/// [`selected_kernel`](crate::attention::selected_kernel)); `q_heads % kv_heads == 0` (GQA/MQA).
+/// [`selected_kernel`]); `q_heads % kv_heads == 0` (GQA/MQA).
 /// Inputs are never modified. Work is queued on the runtime's stream; errors are reported before
 /// anything is launched. Scratch memory comes from the runtime's reusable workspace.
 pub fn sageattn(

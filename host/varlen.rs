@@ -11,7 +11,7 @@
 //! strides `[_, head_dim, heads * head_dim, 1]` for a contiguous buffer
 //! (`TensorView::from_slice(&buf, [1, heads, total, d], Layout::Nhd)`). Any row and head
 //! strides work as in the batched call (contiguous last dim, 16-byte aligned rows); a view with
-//! batch ≠ 1 is [`Error::NotPacked`](crate::Error::NotPacked). The output is packed the same way
+//! batch ≠ 1 is [`Error::NotPacked`]. The output is packed the same way
 //! (`[1, q_heads, total_q, head_dim]`; [`sageattn_varlen`] allocates it NHD, whatever
 //! [`Options::layout`] says), and the LSE is f32 `[q_heads, total_q]` contiguous.
 //!

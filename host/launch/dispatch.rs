@@ -36,7 +36,7 @@ pub struct SelectedKernel {
 /// compiled head_dim ≥ `head_dim` (64, 96, 128 or 256) — for
 /// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96 or 128,
 /// any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
-/// head_dim no 8-bit kernel takes ([`select`] says why). The one place that decides; launches and
+/// head_dim no 8-bit kernel takes (`select` says why). The one place that decides; launches and
 /// tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
     let portable_dim = portable_kernel_head_dim(head_dim)?;

@@ -2,7 +2,7 @@
 //! (the contract is docs/design.md, "8-bit P·V").
 //!
 //! Per (batch, kv head, channel): `mean` is the K mean's exact summation order over V
-//! ([`lane_tree_sum`] per 256-row segment, segments in order, divided by `seq`);
+//! (`lane_tree_sum` per 256-row segment, segments in order, divided by `seq`);
 //! `amax = max(max_v - mean, mean - min_v)` (NaN-propagating), `scale = amax / 127`,
 //! `inv = 127 / amax` (0 when amax is 0), and `q = clamp(round_ties_even((v - mean) · inv), -127,
 //! 127)`. The GPU stores q transposed (keys contiguous) and key-permuted within 16-key groups
