@@ -20,17 +20,7 @@ pub type AccF32 = [f32; 4];
 /// f16 accumulator of one 16x8 tile (two f16x2 registers: rows g and g+8).
 pub type AccF16 = [u32; 2];
 
-/// Row (0..16) within the 16x8 tile of accumulator element `e` held by `lane`.
-#[inline(always)]
-pub const fn acc_row(lane: u32, e: usize) -> u32 {
-    (lane >> 2) + 8 * (e as u32 >> 1)
-}
-
-/// Column (0..8) within the 16x8 tile of accumulator element `e` held by `lane`.
-#[inline(always)]
-pub const fn acc_col(lane: u32, e: usize) -> u32 {
-    2 * (lane & 3) + (e as u32 & 1)
-}
+pub use crate::acc_layout::{acc_col, acc_row};
 
 /// Loads the A fragment covering rows `row0..row0+16` and bytes `byte0..byte0+32` of a row-major
 /// tile (int8: 32 k-values; f16: 16 k-values). Matrices: 0 = rows 0-7 / bytes 0-15, 1 = rows 8-15 /

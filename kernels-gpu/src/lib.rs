@@ -12,6 +12,7 @@
 
 pub mod config;
 mod p8;
+mod acc_layout;
 pub mod params;
 pub mod ptx;
 mod softmax16;

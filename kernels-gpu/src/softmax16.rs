@@ -5,8 +5,22 @@
 //! identical (the portable kernel's results are the reference for this one), plus the per-tile
 //! P scaling of the 8-bit P·V (`PER_TILE`), which both 8-bit kernels share.
 
+use crate::acc_layout::{acc_col, acc_row};
 use crate::ptx;
 use crate::unroll::unroll;
+
+/// Which scores of a tile a warp may see: key `j` of row `i` iff `j < kv_len` and, causal,
+/// `j <= i + diag` (bottom-right alignment).
+pub(crate) struct TileBounds {
+    /// First key of the tile.
+    pub key0: u32,
+    /// The warp's first query row (within the head).
+    pub row0: u32,
+    pub lane: u32,
+    pub kv_len: u32,
+    /// `kv_len - qo_len`.
+    pub diag: i32,
+}
 
 /// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
 pub(crate) struct OnlineSoftmax {
@@ -160,6 +174,61 @@ impl OnlineSoftmax {
             },
         );
         (rescale, tile_factor)
+    }
+
+    /// A tile of integer scores (accumulator layout, `NK` n-tiles of 8 keys) → probabilities,
+    /// with the previous output's rescale factor and the tile factor ([`Self::update`]). Row `h`'s
+    /// scores in the tile's 64-key half `k` are worth `q_scale[h] · k_scales[k]`. Unmasked tiles
+    /// take the scale inside the exponent ([`Self::update_unscaled`]); with `MASK` the scores are
+    /// dequantized and those `bounds` hides set to −∞ first.
+    #[inline(always)]
+    pub fn update_tile<const PER_TILE: bool, const MASK: bool, const CAUSAL: bool, const NK: usize>(
+        &mut self,
+        s_int: &[[i32; 4]; NK],
+        q_scale: [f32; 2],
+        k_scales: [f32; 2],
+        bounds: &TileBounds,
+    ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
+        let scales = [
+            [q_scale[0] * k_scales[0], q_scale[0] * k_scales[1]],
+            [q_scale[1] * k_scales[0], q_scale[1] * k_scales[1]],
+        ];
+        let mut s = [[0.0f32; 4]; NK];
+        if !MASK {
+            unroll::<NK>(
+                #[inline(always)]
+                |j| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| s[j][e] = s_int[j][e] as f32,
+                    );
+                },
+            );
+            let (rescale, factor) = self.update_unscaled::<PER_TILE, NK>(&mut s, scales);
+            return (s, rescale, factor);
+        }
+        unroll::<NK>(
+            #[inline(always)]
+            |j| {
+                unroll::<4>(
+                    #[inline(always)]
+                    |e| {
+                        s[j][e] = s_int[j][e] as f32 * scales[e >> 1][j / 8];
+                        let key = bounds.key0 + 8 * j as u32 + acc_col(bounds.lane, e);
+                        let row = bounds.row0 + acc_row(bounds.lane, e);
+                        let mut visible = key < bounds.kv_len;
+                        if CAUSAL {
+                            visible &= key as i32 <= row as i32 + bounds.diag;
+                        }
+                        if !visible {
+                            s[j][e] = f32::NEG_INFINITY;
+                        }
+                    },
+                );
+            },
+        );
+        let (rescale, factor) = self.update::<PER_TILE, NK>(&mut s);
+        (s, rescale, factor)
     }
 
     /// The full sum of row `h` (reduces the quad's partial sums).

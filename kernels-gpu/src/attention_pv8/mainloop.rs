@@ -16,11 +16,11 @@ use crate::config::{
     K_BLOCK, PV8_CTA_K, PV8_CTA_Q, PV8_THREADS, Q_BLOCK, padded_len, pv8_k_stage_bytes,
     pv8_q_tile_bytes, pv8_v_stage_bytes,
 };
-use crate::frag::{self, FragA, acc_col, acc_row};
+use crate::frag::{self, FragA};
 use crate::p8::pack_probs_u8;
 use crate::params::AttnParams;
 use crate::ptx;
-use crate::softmax16::OnlineSoftmax;
+use crate::softmax16::{OnlineSoftmax, TileBounds};
 use crate::tile::Tile;
 use crate::unroll::unroll;
 
@@ -341,47 +341,14 @@ impl<const HD: usize> Pipeline<HD> {
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        let scales = [
-            [self.q_scale[0] * k_scales[0], self.q_scale[0] * k_scales[1]],
-            [self.q_scale[1] * k_scales[0], self.q_scale[1] * k_scales[1]],
-        ];
-        let mut s = [[0.0f32; 4]; NK];
-        if !MASK {
-            unroll::<NK>(
-                #[inline(always)]
-                |j| {
-                    unroll::<4>(
-                        #[inline(always)]
-                        |e| s[j][e] = s_int[j][e] as f32,
-                    );
-                },
-            );
-            let (rescale, factor) = softmax.update_unscaled::<true, NK>(&mut s, scales);
-            return (s, rescale, factor);
-        }
-        let key0 = t * PV8_CTA_K as u32;
-        unroll::<NK>(
-            #[inline(always)]
-            |j| {
-                unroll::<4>(
-                    #[inline(always)]
-                    |e| {
-                        s[j][e] = s_int[j][e] as f32 * scales[e >> 1][j / 8];
-                        let key = key0 + 8 * j as u32 + acc_col(self.lane, e);
-                        let row = self.row0 + acc_row(self.lane, e);
-                        let mut visible = key < self.kv_len;
-                        if CAUSAL {
-                            visible &= key as i32 <= row as i32 + self.diag;
-                        }
-                        if !visible {
-                            s[j][e] = f32::NEG_INFINITY;
-                        }
-                    },
-                );
-            },
-        );
-        let (rescale, factor) = softmax.update::<true, NK>(&mut s);
-        (s, rescale, factor)
+        let bounds = TileBounds {
+            key0: t * PV8_CTA_K as u32,
+            row0: self.row0,
+            lane: self.lane,
+            kv_len: self.kv_len,
+            diag: self.diag,
+        };
+        softmax.update_tile::<true, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
     }
 
     /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh s32 accumulator over the

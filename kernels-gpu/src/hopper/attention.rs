@@ -60,7 +60,7 @@ use crate::config::{K_BLOCK, P8_TILE, Q_BLOCK, padded_len};
 use crate::p8::pack_probs_u8;
 use crate::params::AttnParams;
 use crate::ptx;
-use crate::softmax16::OnlineSoftmax;
+use crate::softmax16::{OnlineSoftmax, TileBounds};
 use crate::store::{pack_out, store_lse, unsmooth_v8};
 use crate::unroll::unroll;
 
@@ -484,55 +484,14 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        let scales = [
-            [self.q_scale[0] * k_scales[0], self.q_scale[0] * k_scales[1]],
-            [self.q_scale[1] * k_scales[0], self.q_scale[1] * k_scales[1]],
-        ];
-        let mut s = [[0.0f32; 4]; NK];
-        if !MASK {
-            unroll::<NK>(
-                #[inline(always)]
-                |j| {
-                    unroll::<4>(
-                        #[inline(always)]
-                        |e| s[j][e] = s_int[j][e] as f32,
-                    );
-                },
-            );
-            let (rescale, tile_factor) = softmax.update_unscaled::<PV8, NK>(&mut s, scales);
-            return (s, rescale, tile_factor);
-        }
-        unroll::<NK>(
-            #[inline(always)]
-            |j| {
-                unroll::<4>(
-                    #[inline(always)]
-                    |e| s[j][e] = s_int[j][e] as f32 * scales[e >> 1][j / 8],
-                );
-            },
-        );
-        let key0 = t * Self::CK;
-        unroll::<NK>(
-            #[inline(always)]
-            |j| {
-                unroll::<4>(
-                    #[inline(always)]
-                    |e| {
-                        let key = key0 + 8 * j as u32 + 2 * (self.lane & 3) + (e as u32 & 1);
-                        let row = self.warp_row0 + (self.lane >> 2) + 8 * (e as u32 >> 1);
-                        let mut visible = key < self.kv_len;
-                        if CAUSAL {
-                            visible &= key as i32 <= row as i32 + self.diag;
-                        }
-                        if !visible {
-                            s[j][e] = f32::NEG_INFINITY;
-                        }
-                    },
-                );
-            },
-        );
-        let (rescale, tile_factor) = softmax.update::<PV8, NK>(&mut s);
-        (s, rescale, tile_factor)
+        let bounds = TileBounds {
+            key0: t * Self::CK,
+            row0: self.warp_row0,
+            lane: self.lane,
+            kv_len: self.kv_len,
+            diag: self.diag,
+        };
+        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
     }
 
     /// After the f16 P·V wait: `out *= rescale`, skipped when it is 1 for every row of the warp
