@@ -102,11 +102,12 @@ fn run_with_workspace(
         &[("q", q), ("k", k), ("v", v)],
     )?;
     let kernel = select(rt, problem, opts)?;
-    let layout = scratch_layout(problem, opts, lse.is_some(), &kernel)?;
+    // The sm_90a kernels quantize Q themselves: no Q job in the preparation.
+    let layout = scratch_layout(problem, opts, lse.is_some(), &kernel, !kernel.quantizes_q())?;
     rt.with_workspace(layout.bytes, |base| {
         let scratch = Scratch { base, layout };
         enqueue_prepare(rt, q, k, v, problem, &kernel, &scratch)?;
-        enqueue_attend(rt, problem, &kernel, &scratch, v, out, lse)
+        enqueue_attend(rt, problem, &kernel, &scratch, Some(q), v, out, lse)
     })
 }
 
@@ -133,7 +134,8 @@ impl Prepared {
     ) -> Result<Self> {
         let problem = validate_inputs(rt, q, k, v, opts)?;
         let kernel = select(rt, &problem, opts)?;
-        let layout = scratch_layout(&problem, opts, opts.return_lse, &kernel)?;
+        // Q is quantized here whatever the kernel: the attention runs later, without it.
+        let layout = scratch_layout(&problem, opts, opts.return_lse, &kernel, true)?;
         let memory = DeviceAlloc::new(rt.stream(), layout.bytes)?;
         let scratch = Scratch {
             base: memory.ptr(),
@@ -179,7 +181,7 @@ impl Prepared {
             ));
         }
         validate_output(rt, p, out, lse.as_deref(), &[("v", v)])?;
-        enqueue_attend(rt, p, &self.kernel, &self.scratch, v, out, lse)
+        enqueue_attend(rt, p, &self.kernel, &self.scratch, None, v, out, lse)
     }
 
     /// Copies the quantized Q (`[batch][q_heads][padded_qo][head_dim]`, padded to 128 rows) and
@@ -190,7 +192,10 @@ impl Prepared {
         let padded = padded_len(p.qo_len, Q_BLOCK);
         self.quantized_to_host(
             rt,
-            (l.q_i8, l.q_scale),
+            // A Prepared always quantizes Q (scratch_layout above).
+            l.q.map(|r| (r.i8, r.scale)).ok_or_else(|| {
+                Error::InvalidOption("this preparation holds no quantized Q".into())
+            })?,
             p.q_heads,
             p.qo_len,
             Q_BLOCK,

@@ -386,3 +386,118 @@ fn hopper_perf_probe() {
         eprintln!("{line}");
     }
 }
+
+/// The sm_90a kernels quantize the caller's Q themselves in `sageattn` (no Q job in the
+/// preparation, `kernels-gpu/src/hopper/q_tile.rs`), while a `Prepared` hands them the Q the
+/// preparation quantized. Both must give the same bits: the output and the LSE of the two routes
+/// are compared for exact equality (so the in-kernel INT8 values and per-token scales equal the
+/// preparation's, which `gpu_prep` proves bit-exact with the CPU emulation). Covers every sm_90a
+/// kernel (d 64/128/256, f16 and 8-bit P·V), zero-padded sizes (32, 48, 80, 96, 160), f16/bf16,
+/// causal, GQA, qo_len ≠ kv_len, partial and empty CTAs (3 warpgroups of 64 rows at d = 128),
+/// NHD, a Q view with a padded row stride, and rows of Q 40 times larger than the rest.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_in_kernel_q_equals_prepared_q() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    let mut rng = fresh_rng("hopper_in_kernel_q");
+    let (f16i, bf16i) = (DType::F16, DType::BF16);
+    let (hnd, nhd) = (Layout::Hnd, Layout::Nhd);
+    let (f16p, int8p) = (PvPrecision::F16, PvPrecision::Int8);
+    #[rustfmt::skip]
+    let cases = [
+        // batch, q_heads, kv_heads, qo_len, kv_len, head_dim, causal, dtype, layout, precision, padded Q rows
+        (1, 2, 1, 1, 1, 64, false, f16i, hnd, f16p, false),
+        (2, 4, 2, 333, 300, 128, true, f16i, nhd, f16p, true),
+        (1, 2, 2, 200, 1000, 128, false, bf16i, hnd, f16p, false),
+        (1, 4, 1, 129, 129, 256, true, f16i, hnd, f16p, true),
+        (1, 2, 2, 300, 77, 160, false, bf16i, nhd, f16p, false),
+        (1, 2, 1, 65, 500, 96, true, f16i, hnd, f16p, true),
+        (1, 2, 2, 100, 100, 32, false, f16i, hnd, f16p, false),
+        (1, 2, 2, 257, 257, 80, true, bf16i, nhd, f16p, false),
+        (1, 2, 2, 190, 190, 48, false, f16i, hnd, f16p, false),
+        (2, 4, 2, 333, 300, 128, true, f16i, nhd, int8p, true),
+        (1, 3, 1, 200, 700, 64, false, bf16i, hnd, int8p, false),
+        (1, 2, 2, 129, 129, 96, true, f16i, hnd, int8p, false),
+    ];
+    for (batch, q_heads, kv_heads, qo_len, kv_len, d, causal, dtype, layout, precision, pad_rows) in
+        cases
+    {
+        let what = format!(
+            "b{batch} hq{q_heads} hkv{kv_heads} qo{qo_len} kv{kv_len} d{d} causal {causal} \
+             {dtype:?} {layout:?} {precision:?} padded Q rows {pad_rows}"
+        );
+        // Q wider than d when its rows are padded (the view narrows it: row stride d + 16); a few
+        // rows 40 times larger, so that per-token scales differ widely.
+        let q_width = if pad_rows { d + 16 } else { d };
+        let mut q = random_tensor(&mut rng, [batch, q_heads, qo_len, q_width], dtype, 1.0, None);
+        for i in (0..qo_len).step_by(7) {
+            for c in 0..q_width {
+                let x = q.get(0, 0, i, c);
+                q.set(0, 0, i, c, x * 40.0);
+            }
+        }
+        let k = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
+        let v = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
+        let (qd, kd, vd) = (
+            upload(rt, &q, dtype, layout),
+            upload(rt, &k, dtype, layout),
+            upload(rt, &v, dtype, layout),
+        );
+        let q_full = qd.view();
+        let q_view = q_full.narrow(3, 0, d).unwrap();
+        let opts = Options {
+            causal,
+            layout,
+            pv_precision: precision,
+            return_lse: true,
+            ..Options::default()
+        };
+        let kernel = sageattention::attention::selected_kernel(rt, d, &opts).unwrap();
+        assert!(kernel.quantizes_q(), "{what}: {kernel:?}");
+        let shape = [batch, q_heads, qo_len, d];
+        let rows = batch * q_heads * qo_len;
+        let mut out_k = Tensor::alloc_filled_nan(rt, dtype, shape, layout).unwrap();
+        let mut out_p = Tensor::alloc_filled_nan(rt, dtype, shape, layout).unwrap();
+        let mut lse_k = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+        let mut lse_p = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+        sageattention::sageattn_into(
+            rt,
+            &q_view,
+            &kd.view(),
+            &vd.view(),
+            &mut out_k.view_mut(),
+            Some(&mut lse_k),
+            &opts,
+        )
+        .unwrap();
+        Prepared::new(rt, &q_view, &kd.view(), &vd.view(), &opts)
+            .unwrap()
+            .attend_into(rt, &vd.view(), &mut out_p.view_mut(), Some(&mut lse_p))
+            .unwrap();
+        let (o_k, o_p) = (
+            out_k.to_host_f32(rt).unwrap(),
+            out_p.to_host_f32(rt).unwrap(),
+        );
+        let (l_k, l_p) = (
+            rt.stream().clone_dtoh(&lse_k).unwrap(),
+            rt.stream().clone_dtoh(&lse_p).unwrap(),
+        );
+        assert!(o_p.iter().all(|x| x.is_finite()), "{what}: prepared route not finite");
+        let differing = o_k
+            .iter()
+            .zip(&o_p)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(differing, 0, "{what}: {differing} of {} outputs differ", o_k.len());
+        let lse_differing = l_k
+            .iter()
+            .zip(&l_p)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert_eq!(lse_differing, 0, "{what}: {lse_differing} LSE values differ");
+        eprintln!("{what}: {} outputs and {rows} LSE values identical", o_k.len());
+    }
+}

@@ -29,6 +29,15 @@ pub struct SelectedKernel {
     pub head_dim: usize,
 }
 
+impl SelectedKernel {
+    /// Whether the kernel can quantize the caller's Q itself (the sm_90a kernels, bit for bit as
+    /// the preparation: `kernels-gpu/src/hopper/q_tile.rs`). `sageattn` then leaves Q out of the
+    /// preparation; a [`Prepared`](crate::Prepared) still quantizes it (it keeps no Q).
+    pub fn quantizes_q(&self) -> bool {
+        self.module == ModuleKind::Hopper
+    }
+}
+
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel of the smallest compiled head_dim ≥ `head_dim`
 /// (64, 128 or 256, the 8-bit P·V 64 or 128; zero-padded when larger: a third more arithmetic at

@@ -45,11 +45,14 @@ impl Scratch {
     }
 }
 
+/// The scratch layout of a call; `quantize_q`: whether the preparation quantizes Q (false when
+/// the attention kernel is given the caller's Q, see [`SelectedKernel::quantizes_q`]).
 pub(crate) fn scratch_layout(
     p: &Problem,
     opts: &Options,
     lse: bool,
     kernel: &SelectedKernel,
+    quantize_q: bool,
 ) -> Result<ScratchLayout> {
     // A zero-padded problem reads V copied `kernel.head_dim` wide; only the sm_90a kernels also
     // need a padded output (the portable kernel stores the caller's columns itself).
@@ -62,6 +65,7 @@ pub(crate) fn scratch_layout(
         kv_len: p.kv_len,
         head_dim: p.head_dim,
         kernel_head_dim: kernel.head_dim,
+        quantize_q,
         smooth_k: opts.smooth_k,
         lse_bias: opts.smooth_k && lse,
         copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
@@ -157,7 +161,9 @@ pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
 
     let mut first = PrepLaunch::new(threads);
     let mut last = PrepLaunch::new(threads);
-    first.ctas[QUANT_Q] = s.qo_len.div_ceil(Q_BLOCK) * s.q_heads * s.batch;
+    if s.quantize_q {
+        first.ctas[QUANT_Q] = s.qo_len.div_ceil(Q_BLOCK) * s.q_heads * s.batch;
+    }
     if s.smooth_k {
         first.ctas[SUM_K] = segments * kv;
         last.ctas[QUANT_K] = k_blocks;
@@ -215,6 +221,7 @@ fn prep_shape(p: &Problem, kernel_head_dim: usize, l: &ScratchLayout) -> Scratch
         kv_len: p.kv_len,
         head_dim: p.head_dim,
         kernel_head_dim,
+        quantize_q: l.q.is_some(),
         smooth_k: l.k_mean.is_some(),
         lse_bias: l.lse_bias.is_some(),
         copy_v: l.v_f16.is_some(),
@@ -254,8 +261,8 @@ pub(crate) fn enqueue_prepare(
     let q_params = QuantParams {
         x: q_ptr,
         mean: 0,
-        out: scratch.at(l.q_i8),
-        scale: scratch.at(l.q_scale),
+        out: l.q.map_or(0, |r| scratch.at(r.i8)),
+        scale: l.q.map_or(0, |r| scratch.at(r.scale)),
         x_stride: [qs[0], qs[1], qs[2]],
         mult: p.sm_scale * LOG2_E,
         block: Q_BLOCK as u32,
@@ -350,13 +357,15 @@ pub(crate) fn enqueue_prepare(
 /// Enqueues the attention kernel `kernel` on prepared scratch data. When the kernel's head_dim is
 /// larger than the problem's (zero-padded), the portable kernel stores the caller's columns
 /// directly; the sm_90a kernel writes a padded output in scratch memory and a copy kernel moves
-/// the real columns into `out`.
+/// the real columns into `out`. `q` is the caller's Q, which the kernel quantizes itself when the
+/// scratch holds no prepared Q (it must then be given; it is ignored otherwise).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn enqueue_attend(
     rt: &Runtime,
     p: &Problem,
     kernel: &SelectedKernel,
     scratch: &Scratch,
+    q: Option<&TensorView>,
     v: &TensorView,
     out: &mut TensorViewMut,
     lse: Option<&mut CudaSlice<f32>>,
@@ -364,6 +373,20 @@ pub(crate) fn enqueue_attend(
     let stream = rt.stream();
     let l = &scratch.layout;
     let hd = kernel.head_dim;
+    let (q_raw, q_stride, _q_guard) = match (l.q, q) {
+        (Some(_), _) => (0, [0; 3], None),
+        (None, Some(q)) if kernel.quantizes_q() => {
+            let (ptr, guard) = q.device_ptr(stream);
+            let qs = q.strides();
+            (ptr, [qs[0], qs[1], qs[2]], Some(guard))
+        }
+        (None, _) => {
+            return Err(Error::InvalidOption(format!(
+                "{} needs a prepared Q or the caller's Q to quantize",
+                kernel.name
+            )))
+        }
+    };
     let (v_ptr, v_stride, _v_guard): (u64, [i64; 3], Option<AccessGuard>) = match l.v_f16 {
         // The INT8 Vᵀ's layout is fixed ([batch][kv_heads][hd][padded kv_len]).
         _ if l.v8.is_some() => (l.v8.map_or(0, |r| scratch.at(r.vt)), [0; 3], None),
@@ -387,24 +410,28 @@ pub(crate) fn enqueue_attend(
     };
     let lse_ptr = lse.map(|l| l.device_ptr_mut(stream));
     let params = AttnParams {
-        q: scratch.at(l.q_i8),
+        q: l.q.map_or(0, |r| scratch.at(r.i8)),
+        q_raw,
         k: scratch.at(l.k_i8),
         v: v_ptr,
         o: kernel_o,
         lse: lse_ptr.as_ref().map_or(0, |(ptr, _)| *ptr),
         lse_bias: l.lse_bias.map_or(0, |off| scratch.at(off)),
-        q_scale: scratch.at(l.q_scale),
+        q_scale: l.q.map_or(0, |r| scratch.at(r.scale)),
         k_scale: scratch.at(l.k_scale),
         v_scale: l.v8.map_or(0, |r| scratch.at(r.scale)),
         v_mean: l.v8.map_or(0, |r| scratch.at(r.mean)),
         v_stride,
         o_stride: kernel_o_stride,
+        q_stride,
         qo_len: p.qo_len as u32,
         kv_len: p.kv_len as u32,
         q_heads: p.q_heads as u32,
         kv_heads: p.kv_heads as u32,
         out_bf16,
         head_dim: p.head_dim as u32,
+        q_mult: p.sm_scale * LOG2_E,
+        q_bf16: u32::from(p.in_dtype == DType::BF16),
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
@@ -510,6 +537,7 @@ mod tests {
             kv_len,
             head_dim,
             kernel_head_dim,
+            quantize_q: true,
             smooth_k,
             lse_bias: smooth_k && lse,
             copy_v: !v8 && kernel_head_dim != head_dim,
@@ -529,8 +557,15 @@ mod tests {
             for kv_len in [1, 1024, v_limit, v_limit + 1, k_limit, k_limit + 1, 20_000] {
                 let (fold_k, fold_v8) = (kv_len <= k_limit, kv_len <= v_limit);
                 let count = |smooth, lse, v8| {
-                    let plan = plan_prepare(&shape(kv_len, hd, smooth, lse, v8));
+                    let s = shape(kv_len, hd, smooth, lse, v8);
+                    let plan = plan_prepare(&s);
                     assert_eq!((plan.fold_k, plan.fold_v8), (fold_k, fold_v8));
+                    // Q quantized in the kernel: the same launches, one job less.
+                    let without_q = plan_prepare(&ScratchShape {
+                        quantize_q: false,
+                        ..s
+                    });
+                    assert_eq!(without_q.launches.len(), plan.launches.len());
                     plan.launches.len()
                 };
                 let what = format!("d{hd} N{kv_len}");
@@ -572,62 +607,73 @@ mod tests {
                     if v8 && !has_v8(hd) {
                         continue;
                     }
-                    let s = shape(kv_len, hd, smooth, lse, v8);
-                    let plan = plan_prepare(&s);
-                    let launch_of = |j: usize| {
-                        let at: Vec<usize> = (0..plan.launches.len())
-                            .filter(|&i| plan.launches[i].ctas[j] > 0)
-                            .collect();
-                        assert!(at.len() <= 1, "job {j} in launches {at:?}");
-                        at.first().copied()
-                    };
-                    let kv = s.batch * s.kv_heads;
-                    let segments = kv_len.div_ceil(MEAN_SEGMENT_ROWS);
-                    let total = |j: usize| plan.launches.iter().map(|l| l.ctas[j]).sum::<usize>();
-                    assert_eq!(total(QUANT_Q), s.qo_len.div_ceil(Q_BLOCK) * 128);
-                    assert_eq!(total(QUANT_K), kv_len.div_ceil(K_BLOCK) * kv);
-                    assert_eq!(total(SUM_K), if smooth { segments * kv } else { 0 });
-                    assert_eq!(total(V8_STATS), if v8 { segments * kv } else { 0 });
-                    assert_eq!(
-                        total(V8_QUANT),
-                        if v8 { kv_len.div_ceil(64) * kv } else { 0 }
-                    );
-                    assert_eq!(total(LSE_BIAS) > 0, smooth && lse);
-                    assert_eq!(total(CONVERT_V) > 0, s.copy_v);
-                    assert_eq!(total(K_MEAN) > 0, smooth && !plan.fold_k);
-                    assert_eq!(total(V8_FINALIZE) > 0, v8 && !plan.fold_v8);
-                    // Readers after writers.
-                    let before = |w: usize, r: usize| match (launch_of(w), launch_of(r)) {
-                        (Some(w), Some(r)) => assert!(w < r, "job {w} not before job {r}"),
-                        (None, Some(_)) => panic!("job {r} without job {w}"),
-                        _ => {}
-                    };
-                    if smooth {
-                        before(SUM_K, QUANT_K);
-                        if plan.fold_k {
-                            before(SUM_K, LSE_BIAS);
+                    for quantize_q in [true, false] {
+                        let s = ScratchShape {
+                            quantize_q,
+                            ..shape(kv_len, hd, smooth, lse, v8)
+                        };
+                        let plan = plan_prepare(&s);
+                        let launch_of = |j: usize| {
+                            let at: Vec<usize> = (0..plan.launches.len())
+                                .filter(|&i| plan.launches[i].ctas[j] > 0)
+                                .collect();
+                            assert!(at.len() <= 1, "job {j} in launches {at:?}");
+                            at.first().copied()
+                        };
+                        let kv = s.batch * s.kv_heads;
+                        let segments = kv_len.div_ceil(MEAN_SEGMENT_ROWS);
+                        let total =
+                            |j: usize| plan.launches.iter().map(|l| l.ctas[j]).sum::<usize>();
+                        let q_ctas = if quantize_q {
+                            s.qo_len.div_ceil(Q_BLOCK) * 128
                         } else {
-                            before(SUM_K, K_MEAN);
-                            before(K_MEAN, QUANT_K);
-                            before(K_MEAN, LSE_BIAS);
+                            0
+                        };
+                        assert_eq!(total(QUANT_Q), q_ctas);
+                        assert_eq!(total(QUANT_K), kv_len.div_ceil(K_BLOCK) * kv);
+                        assert_eq!(total(SUM_K), if smooth { segments * kv } else { 0 });
+                        assert_eq!(total(V8_STATS), if v8 { segments * kv } else { 0 });
+                        assert_eq!(
+                            total(V8_QUANT),
+                            if v8 { kv_len.div_ceil(64) * kv } else { 0 }
+                        );
+                        assert_eq!(total(LSE_BIAS) > 0, smooth && lse);
+                        assert_eq!(total(CONVERT_V) > 0, s.copy_v);
+                        assert_eq!(total(K_MEAN) > 0, smooth && !plan.fold_k);
+                        assert_eq!(total(V8_FINALIZE) > 0, v8 && !plan.fold_v8);
+                        // Readers after writers.
+                        let before = |w: usize, r: usize| match (launch_of(w), launch_of(r)) {
+                            (Some(w), Some(r)) => assert!(w < r, "job {w} not before job {r}"),
+                            (None, Some(_)) => panic!("job {r} without job {w}"),
+                            _ => {}
+                        };
+                        if smooth {
+                            before(SUM_K, QUANT_K);
+                            if plan.fold_k {
+                                before(SUM_K, LSE_BIAS);
+                            } else {
+                                before(SUM_K, K_MEAN);
+                                before(K_MEAN, QUANT_K);
+                                before(K_MEAN, LSE_BIAS);
+                            }
                         }
-                    }
-                    if v8 {
-                        before(V8_STATS, V8_QUANT);
-                        if !plan.fold_v8 {
-                            before(V8_STATS, V8_FINALIZE);
-                            before(V8_FINALIZE, V8_QUANT);
+                        if v8 {
+                            before(V8_STATS, V8_QUANT);
+                            if !plan.fold_v8 {
+                                before(V8_STATS, V8_FINALIZE);
+                                before(V8_FINALIZE, V8_QUANT);
+                            }
                         }
-                    }
-                    for l in &plan.launches {
-                        assert!(!l.is_empty());
-                        assert_eq!(l.threads, prep_threads(hd));
-                        for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
-                            assert!(prep_threads_ok(j, l.threads, hd), "job {j}, {l:?}");
+                        for l in &plan.launches {
+                            assert!(!l.is_empty());
+                            assert_eq!(l.threads, prep_threads(hd));
+                            for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
+                                assert!(prep_threads_ok(j, l.threads, hd), "job {j}, {l:?}");
+                            }
+                            assert!(l.smem_bytes(hd, s.kernel_head_dim) <= 48 * 1024);
+                            let ends = l.ends().unwrap();
+                            assert_eq!(ends[COUNT - 1] as usize, l.grid());
                         }
-                        assert!(l.smem_bytes(hd, s.kernel_head_dim) <= 48 * 1024);
-                        let ends = l.ends().unwrap();
-                        assert_eq!(ends[COUNT - 1] as usize, l.grid());
                     }
                 }
             }

@@ -1,5 +1,6 @@
-//! Scratch memory of one attention call: the INT8 Q and K, their scales, K's mean, the LSE bias and
-//! bf16 V converted to f16, carved out of ONE raw stream-ordered allocation
+//! Scratch memory of one attention call: the INT8 Q (unless the kernel quantizes Q itself) and K,
+//! their scales, K's mean, the LSE bias and bf16 V converted to f16, carved out of ONE raw
+//! stream-ordered allocation
 //! ([`DeviceAlloc`](crate::device::alloc::DeviceAlloc)). `sageattn` and `sageattn_into` reuse the
 //! runtime's workspace; a [`Prepared`](crate::Prepared) owns its own allocation.
 
@@ -12,8 +13,8 @@ const REGION_ALIGN: usize = 256;
 /// Byte offsets of each buffer inside the scratch allocation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ScratchLayout {
-    pub q_i8: usize,
-    pub q_scale: usize,
+    /// The prepared Q; `None` when the attention kernel quantizes the caller's Q itself.
+    pub q: Option<QRegions>,
     pub k_i8: usize,
     pub k_scale: usize,
     pub k_mean: Option<usize>,
@@ -23,6 +24,14 @@ pub(crate) struct ScratchLayout {
     pub v8: Option<V8Regions>,
     pub o_pad: Option<usize>,
     pub bytes: usize,
+}
+
+/// The INT8 Q, `[batch][q_heads][padded_qo][kernel_head_dim]`, and its per-token scales
+/// `[batch][q_heads][padded_qo]` (0 on padding rows).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct QRegions {
+    pub i8: usize,
+    pub scale: usize,
 }
 
 /// The 8-bit P·V path's V (`kernels-gpu/src/v8.rs`): its segment statistics, per-channel mean and
@@ -46,6 +55,8 @@ pub(crate) struct ScratchShape {
     pub head_dim: usize,
     /// Row width of the quantized Q/K, the V copy and the padded output (≥ head_dim).
     pub kernel_head_dim: usize,
+    /// The preparation quantizes Q (false when the sm_90a kernel quantizes the caller's Q).
+    pub quantize_q: bool,
     pub smooth_k: bool,
     pub lse_bias: bool,
     /// V is copied to f16 (bf16 input, or rows padded to kernel_head_dim).
@@ -69,14 +80,16 @@ impl ScratchLayout {
             Ok(start)
         };
         let mul = |xs: &[usize]| xs.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
-        let q_i8 = region(mul(&[
-            s.batch,
-            s.q_heads,
-            padded_len(s.qo_len, Q_BLOCK),
-            s.kernel_head_dim,
-        ]))?;
-        // One scale per token, padding rows included (0).
-        let q_scale = region(mul(&[s.batch, s.q_heads, padded_len(s.qo_len, Q_BLOCK), 4]))?;
+        let q = if s.quantize_q {
+            let rows = padded_len(s.qo_len, Q_BLOCK);
+            Some(QRegions {
+                i8: region(mul(&[s.batch, s.q_heads, rows, s.kernel_head_dim]))?,
+                // One scale per token, padding rows included (0).
+                scale: region(mul(&[s.batch, s.q_heads, rows, 4]))?,
+            })
+        } else {
+            None
+        };
         let k_i8 = region(mul(&[
             s.batch,
             s.kv_heads,
@@ -136,8 +149,7 @@ impl ScratchLayout {
             None
         };
         Ok(ScratchLayout {
-            q_i8,
-            q_scale,
+            q,
             k_i8,
             k_scale,
             k_mean,
@@ -172,6 +184,7 @@ mod tests {
             kv_len: 65,
             head_dim: 96,
             kernel_head_dim: 128,
+            quantize_q: true,
             smooth_k: true,
             lse_bias: true,
             copy_v: true,
@@ -180,8 +193,8 @@ mod tests {
         };
         let l = ScratchLayout::new(shape).unwrap();
         let regions = [
-            (l.q_i8, 2 * 6 * 256 * 128),
-            (l.q_scale, 2 * 6 * 256 * 4),
+            (l.q.unwrap().i8, 2 * 6 * 256 * 128),
+            (l.q.unwrap().scale, 2 * 6 * 256 * 4),
             (l.k_i8, 2 * 3 * 128 * 128),
             (l.k_scale, 2 * 3 * 2 * 4),
             (l.k_mean.unwrap(), 2 * 3 * 96 * 4),
@@ -196,6 +209,7 @@ mod tests {
         }
         assert_eq!(l.bytes, regions[8].0 + regions[8].1);
         let none = ScratchLayout::new(ScratchShape {
+            quantize_q: false,
             smooth_k: false,
             lse_bias: false,
             copy_v: false,
@@ -207,6 +221,7 @@ mod tests {
             (none.k_mean, none.lse_bias, none.v_f16, none.o_pad),
             (None, None, None, None)
         );
+        assert!(none.q.is_none() && none.bytes < l.bytes);
         let huge = ScratchLayout::new(ScratchShape {
             batch: usize::MAX / 2,
             ..shape

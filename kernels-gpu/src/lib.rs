@@ -15,6 +15,7 @@ mod p8;
 mod acc_layout;
 pub mod params;
 pub mod ptx;
+mod quant_arith;
 mod softmax16;
 mod store;
 mod unroll;

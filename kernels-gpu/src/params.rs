@@ -7,8 +7,12 @@
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct AttnParams {
-    /// INT8 Q, `[batch][q_heads][padded_qo][head_dim]` contiguous.
+    /// INT8 Q, `[batch][q_heads][padded_qo][head_dim]` contiguous (read when `q_raw` is 0).
     pub q: u64,
+    /// sm_90a kernels only: the caller's Q (f16 or bf16 as `q_bf16` says, any strides with unit
+    /// last dim, `head_dim` wide), which the kernel quantizes itself, bit for bit as the
+    /// preparation would (then `q` and `q_scale` are unused); 0 = read the prepared `q`.
+    pub q_raw: u64,
     /// INT8 K, `[batch][kv_heads][padded_kv][head_dim]` contiguous.
     pub k: u64,
     /// f16 V, any strides with unit last dim.
@@ -20,7 +24,7 @@ pub struct AttnParams {
     /// Optional f32 `[batch][q_heads][qo_len]` added to the LSE (the score shift K smoothing
     /// removed, `sm_scale · q·mean(K)`); 0 = none.
     pub lse_bias: u64,
-    /// f32 `[batch][q_heads][q_blocks]`.
+    /// f32 `[batch][q_heads][padded_qo]` (per token; read when `q_raw` is 0).
     pub q_scale: u64,
     /// f32 `[batch][kv_heads][k_blocks]`.
     pub k_scale: u64,
@@ -33,6 +37,8 @@ pub struct AttnParams {
     pub v_stride: [i64; 3],
     /// Output strides (batch, head, seq) in elements.
     pub o_stride: [i64; 3],
+    /// `q_raw`'s strides (batch, head, seq) in elements.
+    pub q_stride: [i64; 3],
     /// Query rows per head.
     pub qo_len: u32,
     /// Keys per head.
@@ -46,8 +52,13 @@ pub struct AttnParams {
     /// The caller's head_dim (a multiple of 8, at most the kernel's): the portable kernel stores
     /// only the output columns below it, so a zero-padded problem (Q, K and V prepared
     /// `out_head_dim` wide with zero columns) needs no output copy. The sm_90a kernels ignore it:
-    /// the host gives them an output padded to their head_dim and copies the columns after.
+    /// the host gives them an output padded to their head_dim and copies the columns after (and
+    /// read `q_raw` only below it, the kernel's columns past it being zero).
     pub head_dim: u32,
+    /// `sm_scale · LOG2_E`, Q's multiplier before quantization (with `q_raw`).
+    pub q_mult: f32,
+    /// 1: `q_raw` is bf16, 0: f16.
+    pub q_bf16: u32,
 }
 
 /// The quantization job's parameters (one struct per tensor).

@@ -523,6 +523,21 @@ pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
     r
 }
 
+/// Indexed shuffle over the full warp: returns `x` of lane `src` (0..32). Must be called by all 32
+/// lanes together.
+#[inline(always)]
+pub fn shfl_idx_u32(x: u32, src: u32) -> u32 {
+    let r: u32;
+    // SAFETY: register-only warp-collective op with a full member mask.
+    unsafe {
+        asm!(
+            "shfl.sync.idx.b32 {0}, {1}, {2}, 0x1f, 0xffffffff;",
+            out(reg32) r, in(reg32) x, in(reg32) src, options(nomem, nostack)
+        );
+    }
+    r
+}
+
 /// `vote.sync.all.pred` over the full warp: true iff `pred` holds on every lane. Must be called by
 /// all 32 lanes together.
 #[inline(always)]

@@ -9,6 +9,7 @@ use crate::config::{
 };
 use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
+use crate::quant_arith::{abs_max8, inv_scale, pack_s8x8, scaled8, unpack8};
 use crate::unroll::unroll;
 
 /// Loads 8 consecutive f16 or bf16 values (16 bytes) as f32.
@@ -18,25 +19,6 @@ use crate::unroll::unroll;
 #[inline(always)]
 pub(crate) unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
     unpack8(&unsafe { ptx::ld_global_nc_v4(ptr) }, bf16)
-}
-
-/// 8 f16 or bf16 values packed in 16 bytes, as f32 (exact).
-#[inline(always)]
-fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
-    let mut v = [0.0f32; 8];
-    unroll::<4>(
-        #[inline(always)]
-        |i| {
-            let (lo, hi) = if bf16 {
-                ptx::unpack_bf16x2(raw[i])
-            } else {
-                ptx::unpack_f16x2(raw[i])
-            };
-            v[2 * i] = lo;
-            v[2 * i + 1] = hi;
-        },
-    );
-    v
 }
 
 /// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
@@ -270,19 +252,16 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     }
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
     let values = |raw: &[u32; 4]| -> [f32; 8] {
-        let mut x = unpack8(raw, bf16);
         if smooth.is_some() {
+            let mut x = unpack8(raw, bf16);
             unroll::<8>(
                 #[inline(always)]
                 |i| x[i] -= mean[i],
             );
+            x
         } else {
-            unroll::<8>(
-                #[inline(always)]
-                |i| x[i] *= p.mult,
-            );
+            scaled8(raw, bf16, p.mult)
         }
-        x
     };
 
     let mut chunk_amax = [0.0f32; CHUNKS];
@@ -290,11 +269,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         #[inline(always)]
         |i| {
             if in_range(i) {
-                let v = values(&raw[i]);
-                unroll::<8>(
-                    #[inline(always)]
-                    |e| chunk_amax[i] = ptx::max_nan(chunk_amax[i], ptx::abs(v[e])),
-                );
+                chunk_amax[i] = abs_max8(0.0, &values(&raw[i]));
             }
         },
     );
@@ -402,18 +377,11 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         |i| {
             if in_block(i) {
                 let row = row0 + block_row(i);
-                let mut packed = [0u32; 2];
-                if row < p.seq {
-                    let inv = if amax[i] == 0.0 { 0.0 } else { 127.0 / amax[i] };
-                    let v = values(&raw[i]);
-                    unroll::<8>(
-                        #[inline(always)]
-                        |e| {
-                            let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
-                            packed[e / 4] |= q << (8 * (e % 4));
-                        },
-                    );
-                }
+                let packed = if row < p.seq {
+                    pack_s8x8(&values(&raw[i]), inv_scale(amax[i]))
+                } else {
+                    [0; 2]
+                };
                 // Rows past the sequence end (padding up to the block) are stored as zeros.
                 let dst = out_head + row as u64 * p.out_head_dim as u64 + col as u64 * 8;
                 // SAFETY: row < padded length, inside the padded INT8 buffer; 8-byte aligned.

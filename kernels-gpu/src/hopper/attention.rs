@@ -51,6 +51,7 @@ use super::config::{
     sm90_cta_k, sm90_cta_q, sm90_k_offset, sm90_k_stage_bytes, sm90_lookahead, sm90_stages,
     sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
 };
+use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
     self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs,
@@ -686,10 +687,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// f16 P·V: the last `P·V` (tile `t`).
     #[inline(always)]
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
-        // V_t arrived with K_t, waited for (and made visible) in the step of tile t.
-        if t >= 1 {
-            self.release(t - 1);
-        }
+        // V_t arrived with K_t, waited for (and made visible) in the step of tile t. Tile t - 1's
+        // stage is not released: the next tile to use it would be t - 1 + S > t, the last.
         let vd = pv_descs::<NT>(v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
@@ -742,51 +741,16 @@ unsafe fn consume<
     let mut out = [[0.0f32; 4]; NT];
 
     if geo.n_tiles > 0 {
-        // This warpgroup's 64 Q rows (the padded Q holds whole 128-row blocks).
-        let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
-        let q_head = (geo.batch * p.q_heads + geo.head) as u64;
-        // With 3 warpgroups (192 rows) the CTA may reach past the padded Q: a warpgroup whose rows
-        // all lie past it (and past qo_len) computes on rows of the first block instead, and
-        // stores nothing.
-        let mut wg_q_row = (geo.q_row0 + wg_row0) as u64;
-        if wg_q_row >= padded_q {
-            wg_q_row = 0;
-        }
-        let q_src = p.q + (q_head * padded_q + wg_q_row) * HD as u64;
+        // This warpgroup's 64 Q rows: loads started here, landed after the first K/V copies.
         let q_dst = sm.q + wg_row0 * HD as u32;
-        let cpr = (HD / 16) as u32;
         let wtid = tid & 127;
-        unroll::<{ 64 * 16 / 128 }>(
-            #[inline(always)]
-            |j| {
-                // HD/16 chunks per row: 64 rows × HD/16 chunks over 128 threads = HD/32 per thread.
-                if (j as u32) < (HD / 32) as u32 {
-                    let i = wtid + 128 * j as u32;
-                    let (r, c) = (i / cpr, i % cpr);
-                    // SAFETY: inside the padded Q.
-                    unsafe {
-                        ptx::cp_async_16(
-                            q_dst + kmajor_offset::<HD>(r, c),
-                            q_src + (r * HD as u32 + 16 * c) as u64,
-                        )
-                    };
-                }
-            },
-        );
-        ptx::cp_async_commit();
-        // The scales of this thread's two rows (per token; the rows the Q tile holds).
-        let q_scale_row = q_head * padded_q + wg_q_row + 16 * ((tid >> 5) & 3) as u64
-            + (lane >> 2) as u64;
+        // SAFETY: validated parameters; q_dst is this warpgroup's tile.
+        let q_tile = unsafe {
+            QTile::begin::<HD>(p, geo.batch, geo.head, geo.q_row0 + wg_row0, q_dst, wtid)
+        };
         let k_blocks = padded_len(p.kv_len as usize, K_BLOCK) / K_BLOCK;
         let k_scale_row =
             p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
-        // SAFETY: q_scale_row + 8 < (q_head + 1) * padded_q: inside the [b][h][padded_q] scales.
-        let q_scale = unsafe {
-            [
-                ptx::ld_global_nc_f32(p.q_scale + 4 * q_scale_row),
-                ptx::ld_global_nc_f32(p.q_scale + 4 * (q_scale_row + 8)),
-            ]
-        };
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
         // f16 V: any strides; INT8 Vᵀ: [batch][kv_heads][HD][padded_k], contiguous.
@@ -796,10 +760,10 @@ unsafe fn consume<
             let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
             ((p.v as i64 + 2 * v_head) as u64, 2 * p.v_stride[2] as u64)
         };
-        let c = Consumer::<HD, PV8> {
+        let mut c = Consumer::<HD, PV8> {
             sm,
             q_desc: kmajor_desc::<HD>(q_dst),
-            q_scale,
+            q_scale: [0.0; 2],
             k_scale_row,
             kv_len: p.kv_len,
             diag: geo.diag,
@@ -815,7 +779,7 @@ unsafe fn consume<
             v_row_bytes,
             n_tiles: geo.n_tiles,
         };
-        // The first tiles (not in a cp.async group: the wait below is for Q only).
+        // The first tiles (not in a cp.async group: `QTile::finish` waits for Q's only).
         unroll::<8>(
             #[inline(always)]
             |u| {
@@ -824,7 +788,8 @@ unsafe fn consume<
                 }
             },
         );
-        ptx::cp_async_wait::<0>();
+        // SAFETY: as for `begin`.
+        c.q_scale = unsafe { q_tile.finish::<HD>(p, q_dst, wtid) };
         ptx::fence_proxy_async_shared();
         ptx::named_barrier_sync(1 + wg, 128);
 

@@ -11,6 +11,7 @@
 pub mod config;
 
 mod attention;
+mod q_tile;
 mod selftest;
 mod smem;
 

@@ -1,0 +1,70 @@
+//! The arithmetic of the INT8 quantization contract (docs/design.md, "Quantization" 2), shared by
+//! the preparation's jobs (`quant.rs`) and the sm_90a kernels that quantize Q themselves
+//! (`hopper/q_tile.rs`): one definition, so the two produce the same bits and the CPU emulation
+//! (`host/reference/quant_ref.rs`) covers both.
+
+use crate::ptx;
+use crate::unroll::unroll;
+
+/// The values Q quantizes (docs/design.md, "Quantization" 2): 8 f16 or bf16 inputs times `mult`.
+#[inline(always)]
+pub(crate) fn scaled8(raw: &[u32; 4], bf16: bool, mult: f32) -> [f32; 8] {
+    let mut x = unpack8(raw, bf16);
+    unroll::<8>(
+        #[inline(always)]
+        |i| x[i] *= mult,
+    );
+    x
+}
+
+/// `max(acc, |v₀|, …, |v₇|)` with NaN propagating.
+#[inline(always)]
+pub(crate) fn abs_max8(acc: f32, v: &[f32; 8]) -> f32 {
+    let mut m = acc;
+    unroll::<8>(
+        #[inline(always)]
+        |e| m = ptx::max_nan(m, ptx::abs(v[e])),
+    );
+    m
+}
+
+/// The quantization multiplier of a block whose maximum is `amax`: `127 / amax`, 0 for an
+/// all-zero block.
+#[inline(always)]
+pub(crate) fn inv_scale(amax: f32) -> f32 {
+    if amax == 0.0 { 0.0 } else { 127.0 / amax }
+}
+
+/// `clamp(round_ties_even(v · inv), −127, 127)` of 8 values (NaN → 0), packed 4 per word, first
+/// value in the low byte.
+#[inline(always)]
+pub(crate) fn pack_s8x8(v: &[f32; 8], inv: f32) -> [u32; 2] {
+    let mut packed = [0u32; 2];
+    unroll::<8>(
+        #[inline(always)]
+        |e| {
+            let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
+            packed[e / 4] |= q << (8 * (e % 4));
+        },
+    );
+    packed
+}
+
+/// 8 f16 or bf16 values packed in 16 bytes, as f32 (exact).
+#[inline(always)]
+pub(crate) fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
+    let mut v = [0.0f32; 8];
+    unroll::<4>(
+        #[inline(always)]
+        |i| {
+            let (lo, hi) = if bf16 {
+                ptx::unpack_bf16x2(raw[i])
+            } else {
+                ptx::unpack_f16x2(raw[i])
+            };
+            v[2 * i] = lo;
+            v[2 * i + 1] = hi;
+        },
+    );
+    v
+}
