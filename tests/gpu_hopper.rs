@@ -432,7 +432,13 @@ fn hopper_in_kernel_q_equals_prepared_q() {
         // Q wider than d when its rows are padded (the view narrows it: row stride d + 16); a few
         // rows 40 times larger, so that per-token scales differ widely.
         let q_width = if pad_rows { d + 16 } else { d };
-        let mut q = random_tensor(&mut rng, [batch, q_heads, qo_len, q_width], dtype, 1.0, None);
+        let mut q = random_tensor(
+            &mut rng,
+            [batch, q_heads, qo_len, q_width],
+            dtype,
+            1.0,
+            None,
+        );
         for i in (0..qo_len).step_by(7) {
             for c in 0..q_width {
                 let x = q.get(0, 0, i, c);
@@ -485,19 +491,33 @@ fn hopper_in_kernel_q_equals_prepared_q() {
             rt.stream().clone_dtoh(&lse_k).unwrap(),
             rt.stream().clone_dtoh(&lse_p).unwrap(),
         );
-        assert!(o_p.iter().all(|x| x.is_finite()), "{what}: prepared route not finite");
+        assert!(
+            o_p.iter().all(|x| x.is_finite()),
+            "{what}: prepared route not finite"
+        );
         let differing = o_k
             .iter()
             .zip(&o_p)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(differing, 0, "{what}: {differing} of {} outputs differ", o_k.len());
+        assert_eq!(
+            differing,
+            0,
+            "{what}: {differing} of {} outputs differ",
+            o_k.len()
+        );
         let lse_differing = l_k
             .iter()
             .zip(&l_p)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
-        assert_eq!(lse_differing, 0, "{what}: {lse_differing} LSE values differ");
-        eprintln!("{what}: {} outputs and {rows} LSE values identical", o_k.len());
+        assert_eq!(
+            lse_differing, 0,
+            "{what}: {lse_differing} LSE values differ"
+        );
+        eprintln!(
+            "{what}: {} outputs and {rows} LSE values identical",
+            o_k.len()
+        );
     }
 }

