@@ -18,6 +18,7 @@ pub(crate) fn scaled8(raw: &[u32; 4], bf16: bool, mult: f32) -> [f32; 8] {
 }
 
 /// `max(acc, |v₀|, …, |v₇|)` with NaN propagating.
+#[cfg(not(feature = "hopper"))]
 #[inline(always)]
 pub(crate) fn abs_max8(acc: f32, v: &[f32; 8]) -> f32 {
     let mut m = acc;
@@ -71,6 +72,7 @@ pub(crate) fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
 
 /// 1.5 · 2²³: added to an f32 of magnitude below 2²², it leaves the value rounded to an integer
 /// (ties to even) in the low mantissa bits, in two's complement for negative values.
+#[cfg(feature = "hopper")]
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
 /// [`pack_s8x8`]`(&`[`scaled8`]`(raw, bf16, mult), inv)` without the float-to-int conversion (which
@@ -80,6 +82,7 @@ const ROUNDING_MAGIC: f32 = 12_582_912.0;
 /// large as every `|x · mult|` (then each product is at most 127 · (1 + 2⁻²⁴)², and no clamp is
 /// needed either); take `pack_s8x8` otherwise (a NaN or infinite maximum, or an `inv` that
 /// overflowed).
+#[cfg(feature = "hopper")]
 #[inline(always)]
 pub(crate) fn pack_s8x8_bounded(raw: &[u32; 4], bf16: bool, mult: f32, inv: f32) -> [u32; 2] {
     let x = unpack8(raw, bf16);
