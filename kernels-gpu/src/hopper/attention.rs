@@ -512,23 +512,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
     }
 
-    /// A warpgroup whose 64 rows all lie past `qo_len` computes nothing: it copies its share of
-    /// every tile, hands each stage back as soon as the stage holds its tile (the stage's previous
-    /// round is then complete, so the arrival counts toward this one), and takes its pingpong
-    /// turns, so that the other warpgroups' barriers see the arrivals they count on. (It used to
-    /// compute on rows of the first Q block and store nothing: at N = 1K, d = 128, a sixth of
-    /// the CTAs spent two thirds of their tensor work so.)
-    #[inline(always)]
-    fn idle(&self) {
-        for t in 0..self.n_tiles {
-            self.wait_k(t);
-            self.release(t);
-            self.sched_wait();
-            self.sched_pass();
-            self.copy_ahead(t + Self::LOOKAHEAD);
-        }
-    }
-
     /// f16 P·V, tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns
     /// the packed P.
     #[inline(always)]
@@ -814,10 +797,7 @@ unsafe fn consume<
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
-        if geo.q_row0 + wg_row0 >= p.qo_len {
-            // No row of this warpgroup exists (the last CTA of a head, with 192-row CTAs).
-            c.idle();
-        } else if PV8 {
+        if PV8 {
             let mut k_scales = c.k_scales(0);
             let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
             for t in 0..geo.n_unmasked {

@@ -40,16 +40,15 @@ pub(super) struct QTile {
     raw: [[u32; 4]; MAX_RAW_LOADS],
     /// Prepared Q: the scales of this thread's two fragment rows.
     scale: [f32; 2],
-    /// Whether the warpgroup has rows below `qo_len` (else nothing is loaded: it computes nothing).
-    active: bool,
 }
 
 impl QTile {
     /// Starts loading the 64 rows of Q from query row `row0` of (`batch`, `head`) into the
     /// warpgroup's tile at shared address `dst` (every thread of the warpgroup calls it; `wtid`
     /// is its index there). Rows past `qo_len` become zeros with scale 0, as the preparation's
-    /// padding rows; a warpgroup with no row below `qo_len` loads nothing (it computes nothing,
-    /// see `Consumer::idle`).
+    /// padding rows. The prepared source holds whole 128-row blocks, so a warpgroup whose rows
+    /// all lie past it (the third of a 192-row CTA) reads the first block instead and stores
+    /// nothing.
     ///
     /// # Safety
     /// `p` is validated for this launch; `dst` is the warpgroup's `64 · HD`-byte tile.
@@ -66,11 +65,7 @@ impl QTile {
         let mut tile = QTile {
             raw: [[0; 4]; MAX_RAW_LOADS],
             scale: [0.0; 2],
-            active: row0 < p.qo_len,
         };
-        if !tile.active {
-            return tile;
-        }
         if p.q_raw != 0 {
             // Two threads per row (lanes 2r and 2r + 1 of a warp hold row 16·warp + r), each
             // 8 channels of every 16-channel chunk: a warp's load reads 32 whole bytes per row.
@@ -92,9 +87,11 @@ impl QTile {
                 },
             );
         } else {
-            // row0 < qo_len: the 64 rows lie inside the padded Q (whole 128-row blocks).
             let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
-            let first = row0 as u64;
+            let mut first = row0 as u64;
+            if first >= padded_q {
+                first = 0;
+            }
             let src = p.q + (q_head * padded_q + first) * HD as u64;
             let cpr = (HD / 16) as u32;
             unroll::<{ 64 * 16 / 128 }>(
@@ -136,9 +133,6 @@ impl QTile {
     /// As [`QTile::begin`], with the same `dst` and `wtid`.
     #[inline(always)]
     pub(super) unsafe fn finish<const HD: usize>(self, p: &AttnParams, dst: u32, wtid: u32) -> [f32; 2] {
-        if !self.active {
-            return [0.0; 2];
-        }
         if p.q_raw == 0 {
             ptx::cp_async_wait::<0>();
             return self.scale;
