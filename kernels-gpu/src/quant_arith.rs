@@ -97,7 +97,11 @@ pub(crate) fn pack_s8x8_bounded(raw: &[u32; 4], bf16: bool, mult: f32, inv: f32)
     );
     // Low bytes of four words: pairs with prmt selector 0x0040, then the pairs with 0x5410.
     let word = |b: &[u32]| {
-        ptx::prmt(ptx::prmt(b[0], b[1], 0x0040), ptx::prmt(b[2], b[3], 0x0040), 0x5410)
+        ptx::prmt(
+            ptx::prmt(b[0], b[1], 0x0040),
+            ptx::prmt(b[2], b[3], 0x0040),
+            0x5410,
+        )
     };
     [word(&bits[0..4]), word(&bits[4..8])]
 }

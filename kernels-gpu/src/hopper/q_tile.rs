@@ -8,9 +8,10 @@
 //!   "Quantization" 2, per token, through `quant_arith`), so the bits are the same and the CPU
 //!   emulation holds unchanged. Two shortcuts keep the prologue short, both exact: the row
 //!   maximum is taken on the 16-bit inputs (`max.u16x2`) and scaled once, and the rounding is a
-//!   magic-number add instead of a conversion (`quant_arith::pack_s8x8_bounded`). The call then has no Q job: it
-//!   saves reading Q and writing its INT8 copy in the preparation, and the kernel reads 2 bytes
-//!   per value instead of 1 (issue 11: the preparation is a third of a call at N = 1K).
+//!   magic-number add instead of a conversion (`quant_arith::pack_s8x8_bounded`). The call then
+//!   has no Q job: it saves reading Q and writing its INT8 copy in the preparation, and the
+//!   kernel reads 2 bytes per value instead of 1 (issue 11: the preparation was a third of a
+//!   call at N = 1K; docs/perf-notes.md, v9, for what it gained and what it costs).
 //!
 //! Both are split in two so that the first K/V tile copies are issued in between: [`QTile::begin`]
 //! starts the loads, [`QTile::finish`] lands the tile and returns the scales. Then the caller
@@ -113,7 +114,8 @@ impl QTile {
             );
             ptx::cp_async_commit();
             let lane = wtid & 31;
-            let scale_row = q_head * padded_q + first + 16 * (wtid >> 5) as u64 + (lane >> 2) as u64;
+            let scale_row =
+                q_head * padded_q + first + 16 * (wtid >> 5) as u64 + (lane >> 2) as u64;
             // SAFETY: scale_row + 8 < (q_head + 1) * padded_q: inside the [b][h][padded_q] scales.
             tile.scale = unsafe {
                 [
@@ -132,7 +134,12 @@ impl QTile {
     /// # Safety
     /// As [`QTile::begin`], with the same `dst` and `wtid`.
     #[inline(always)]
-    pub(super) unsafe fn finish<const HD: usize>(self, p: &AttnParams, dst: u32, wtid: u32) -> [f32; 2] {
+    pub(super) unsafe fn finish<const HD: usize>(
+        self,
+        p: &AttnParams,
+        dst: u32,
+        wtid: u32,
+    ) -> [f32; 2] {
         if p.q_raw == 0 {
             ptx::cp_async_wait::<0>();
             return self.scale;
