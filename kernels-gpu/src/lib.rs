@@ -10,9 +10,9 @@
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
 #![allow(clippy::missing_safety_doc)]
 
+mod acc_layout;
 pub mod config;
 mod p8;
-mod acc_layout;
 pub mod params;
 pub mod ptx;
 mod quant_arith;
@@ -31,11 +31,11 @@ mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
 #[cfg(not(feature = "hopper"))]
-mod v8;
-#[cfg(not(feature = "hopper"))]
 mod selftest;
 #[cfg(not(feature = "hopper"))]
 mod tile;
+#[cfg(not(feature = "hopper"))]
+mod v8;
 
 #[cfg(feature = "hopper")]
 mod hopper;

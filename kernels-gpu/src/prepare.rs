@@ -83,7 +83,9 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         } else {
             None
         };
-        unsafe { quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&p.k, blk, head, batch, smooth) }
+        unsafe {
+            quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&p.k, blk, head, batch, smooth)
+        }
     } else if bx < e[job::V8_QUANT] {
         let i = bx - e[job::V8_QUANT - 1];
         let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;

@@ -303,7 +303,8 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             #[inline(always)]
             |i| {
                 if in_block(i) {
-                    amax[i] = f32::from_bits(unsafe { ptx::ld_shared_u32(base + 4 * block_row(i)) });
+                    amax[i] =
+                        f32::from_bits(unsafe { ptx::ld_shared_u32(base + 4 * block_row(i)) });
                 }
             },
         );

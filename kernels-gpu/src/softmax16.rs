@@ -162,8 +162,11 @@ impl OnlineSoftmax {
                         unroll::<2>(
                             #[inline(always)]
                             |e| {
-                                let v =
-                                    ptx::ex2(ptx::fma(s[nt][2 * h + e], scales[h][nt / 8], -p_base));
+                                let v = ptx::ex2(ptx::fma(
+                                    s[nt][2 * h + e],
+                                    scales[h][nt / 8],
+                                    -p_base,
+                                ));
                                 s[nt][2 * h + e] = v;
                                 row_sum += v;
                             },
@@ -182,7 +185,12 @@ impl OnlineSoftmax {
     /// take the scale inside the exponent ([`Self::update_unscaled`]); with `MASK` the scores are
     /// dequantized and those `bounds` hides set to −∞ first.
     #[inline(always)]
-    pub fn update_tile<const PER_TILE: bool, const MASK: bool, const CAUSAL: bool, const NK: usize>(
+    pub fn update_tile<
+        const PER_TILE: bool,
+        const MASK: bool,
+        const CAUSAL: bool,
+        const NK: usize,
+    >(
         &mut self,
         s_int: &[[i32; 4]; NK],
         q_scale: [f32; 2],

@@ -24,7 +24,13 @@ pub(crate) fn pack_out(p: &AttnParams, a: f32, b: f32) -> u32 {
 /// # Safety
 /// `v_scale` / `v_mean` point at this kv head's scales and mean, `col + 1` inside them.
 #[inline(always)]
-pub(crate) unsafe fn unsmooth_v8(v_scale: u64, v_mean: u64, col: u32, a: f32, b: f32) -> (f32, f32) {
+pub(crate) unsafe fn unsmooth_v8(
+    v_scale: u64,
+    v_mean: u64,
+    col: u32,
+    a: f32,
+    b: f32,
+) -> (f32, f32) {
     let at = 4 * col as u64;
     // SAFETY: the caller's contract.
     let (sa, sb, ma, mb) = unsafe {
@@ -47,7 +53,14 @@ pub(crate) unsafe fn unsmooth_v8(v_scale: u64, v_mean: u64, col: u32, a: f32, b:
 /// # Safety
 /// `p.lse` (and `p.lse_bias` when non-zero) hold `batch * q_heads * qo_len` f32, `row < qo_len`.
 #[inline(always)]
-pub(crate) unsafe fn store_lse(p: &AttnParams, batch: u32, head: u32, row: u32, sum: f32, max: f32) {
+pub(crate) unsafe fn store_lse(
+    p: &AttnParams,
+    batch: u32,
+    head: u32,
+    row: u32,
+    sum: f32,
+    max: f32,
+) {
     let idx = (batch as u64 * p.q_heads as u64 + head as u64) * p.qo_len as u64 + row as u64;
     let lse = if sum == 0.0 {
         f32::NEG_INFINITY

@@ -47,15 +47,15 @@
 //! this thread's global loads, so the K scales are loaded a tile ahead.
 
 use super::config::{
-    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups,
-    sm90_cta_k, sm90_cta_q, sm90_k_offset, sm90_k_stage_bytes, sm90_lookahead, sm90_stages,
-    sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
+    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q,
+    sm90_k_offset, sm90_k_stage_bytes, sm90_lookahead, sm90_stages, sm90_threads, sm90_v_offset,
+    sm90_v_stage_bytes,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs,
-    qk_descs, v_desc,
+    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs, qk_descs,
+    v_desc,
 };
 use crate::config::{K_BLOCK, P8_TILE, Q_BLOCK, padded_len};
 use crate::p8::pack_probs_u8;
@@ -266,7 +266,6 @@ struct Consumer<const HD: usize, const PV8: bool> {
     n_tiles: u32,
 }
 
-
 impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Tiles copied ahead of the one being computed: tile `t + LOOKAHEAD` is issued in step t into
     /// the stage of tile `t + LOOKAHEAD - S`, which every warpgroup released in its step t - 1
@@ -469,7 +468,10 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     #[inline(always)]
     fn k_scales(&self, t: u32) -> [f32; 2] {
         let b = t * (Self::CK / K_BLOCK as u32);
-        [self.k_scale(b), self.k_scale((b + 1).min(self.last_k_block))]
+        [
+            self.k_scale(b),
+            self.k_scale((b + 1).min(self.last_k_block)),
+        ]
     }
 
     /// Scores of tile `t` → probabilities: dequantize, mask, online softmax. Returns the f32
@@ -630,8 +632,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             #[inline(always)]
             |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
         );
-        let (mut p, rescale, factor) =
-            self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax);
+        let (mut p, rescale, factor) = self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax);
         unroll::<NK>(
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut p[j]),
@@ -844,7 +845,10 @@ unsafe fn store<const NT: usize, const PV8: bool>(
         p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
     let hd = 8 * NT as u64;
     let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-    let (v_scale, v_mean) = (p.v_scale + 4 * kv_head * 2 * hd, p.v_mean + 4 * kv_head * hd);
+    let (v_scale, v_mean) = (
+        p.v_scale + 4 * kv_head * 2 * hd,
+        p.v_mean + 4 * kv_head * hd,
+    );
     unroll::<2>(
         #[inline(always)]
         |h| {
