@@ -13,8 +13,8 @@
 //! The jobs themselves live in `quant.rs` and `v8.rs`; this file maps CTAs to them.
 
 use crate::config::{
-    K_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, Q_CHUNKS_PER_THREAD, V8_TILE, padded_len,
-    prep_job as job,
+    padded_len, prep_job as job, K_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, Q_CHUNKS_PER_THREAD,
+    V8_TILE,
 };
 use crate::params::PrepareParams;
 use crate::ptx;

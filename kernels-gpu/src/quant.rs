@@ -5,7 +5,7 @@
 //! (after the attention kernel) is the only entry here.
 
 use crate::config::{
-    CONVERT_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES, padded_len,
+    padded_len, CONVERT_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES,
 };
 use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;

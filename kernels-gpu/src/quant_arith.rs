@@ -33,7 +33,11 @@ pub(crate) fn abs_max8(acc: f32, v: &[f32; 8]) -> f32 {
 /// all-zero block.
 #[inline(always)]
 pub(crate) fn inv_scale(amax: f32) -> f32 {
-    if amax == 0.0 { 0.0 } else { 127.0 / amax }
+    if amax == 0.0 {
+        0.0
+    } else {
+        127.0 / amax
+    }
 }
 
 /// `clamp(round_ties_even(v · inv), −127, 127)` of 8 values (NaN → 0), packed 4 per word, first

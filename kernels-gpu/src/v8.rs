@@ -8,8 +8,8 @@
 //! in a fixed order, `max.NaN`/`min.NaN`, `cvt.rni.sat`.
 
 use crate::config::{
-    MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_CHUNKS_PER_THREAD, V8_TILE, V8_TILE_ROW_PAD, padded_len,
-    v8_key_slot,
+    padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_CHUNKS_PER_THREAD, V8_TILE,
+    V8_TILE_ROW_PAD,
 };
 use crate::params::V8Params;
 use crate::ptx;

@@ -10,10 +10,10 @@
 use super::softmax::OnlineSoftmax;
 use super::{BlockGeometry, OutAcc};
 use crate::config::{
-    ATTN_THREADS, K_BLOCK, Q_BLOCK, cta_k, cta_q, k_stage_bytes, padded_len, q_tile_bytes,
-    v_stage_bytes,
+    cta_k, cta_q, k_stage_bytes, padded_len, q_tile_bytes, v_stage_bytes, ATTN_THREADS, K_BLOCK,
+    Q_BLOCK,
 };
-use crate::frag::{self, AccF16, AccF32, AccS32, FragA, acc_col, acc_row};
+use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::tile::Tile;

@@ -16,7 +16,7 @@ mod epilogue;
 mod mainloop;
 mod softmax;
 
-use crate::config::{K_BLOCK, Q_BLOCK, cta_k, cta_q, m_tiles, padded_len};
+use crate::config::{cta_k, cta_q, m_tiles, padded_len, K_BLOCK, Q_BLOCK};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;

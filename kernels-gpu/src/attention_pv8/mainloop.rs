@@ -13,8 +13,8 @@
 
 use super::Geometry;
 use crate::config::{
-    K_BLOCK, PV8_CTA_K, PV8_CTA_Q, PV8_THREADS, Q_BLOCK, padded_len, pv8_k_stage_bytes,
-    pv8_q_tile_bytes, pv8_v_stage_bytes,
+    padded_len, pv8_k_stage_bytes, pv8_q_tile_bytes, pv8_v_stage_bytes, K_BLOCK, PV8_CTA_K,
+    PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
 };
 use crate::frag::{self, FragA};
 use crate::p8::pack_probs_u8;

@@ -33,7 +33,7 @@
 mod epilogue;
 mod mainloop;
 
-use crate::config::{K_BLOCK, P8_TILE, PV8_CTA_K, PV8_CTA_Q, PV8_WARPS, Q_BLOCK, key_tiles};
+use crate::config::{key_tiles, K_BLOCK, P8_TILE, PV8_CTA_K, PV8_CTA_Q, PV8_WARPS, Q_BLOCK};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;

@@ -34,7 +34,11 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
 /// costs per key: the s32 → f32 fold of the P·V product, barriers, descriptors; measured +15–20%
 /// at d = 128, docs/perf-notes.md). A 128-key tile is stored as two 64-key tiles.
 pub const fn sm90_cta_k(pv8: bool) -> usize {
-    if pv8 { 128 } else { SM90_CTA_K }
+    if pv8 {
+        128
+    } else {
+        SM90_CTA_K
+    }
 }
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
 pub const fn sm90_cta_q(head_dim: usize, pv8: bool) -> usize {

@@ -18,7 +18,7 @@
 //! makes the tile visible to wgmma (proxy fence) and synchronises the warpgroup.
 
 use super::smem::kmajor_offset;
-use crate::config::{Q_BLOCK, padded_len};
+use crate::config::{padded_len, Q_BLOCK};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::quant_arith::{inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
