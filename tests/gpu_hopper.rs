@@ -13,7 +13,8 @@
 mod common;
 
 use common::{
-    channel_offsets, fresh_rng, median_ms, random_device_tensor, random_tensor, runtime, upload,
+    bit_differences, channel_offsets, fresh_rng, median_ms, random_device_tensor, random_tensor,
+    runtime, upload,
 };
 use half::f16;
 use rand::Rng;
@@ -495,22 +496,14 @@ fn hopper_in_kernel_q_equals_prepared_q() {
             o_p.iter().all(|x| x.is_finite()),
             "{what}: prepared route not finite"
         );
-        let differing = o_k
-            .iter()
-            .zip(&o_p)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let differing = bit_differences(&o_k, &o_p);
         assert_eq!(
             differing,
             0,
             "{what}: {differing} of {} outputs differ",
             o_k.len()
         );
-        let lse_differing = l_k
-            .iter()
-            .zip(&l_p)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let lse_differing = bit_differences(&l_k, &l_p);
         assert_eq!(
             lse_differing, 0,
             "{what}: {lse_differing} LSE values differ"

@@ -20,8 +20,8 @@
 mod common;
 
 use common::{
-    fresh_rng, full_call_ms, lse_max_error, median_ms, pack, prefix_sums, random_device_tensor_in,
-    random_tensor, round_to, runtime,
+    bit_differences, fresh_rng, full_call_ms, lse_max_error, median_ms, pack, prefix_sums,
+    random_device_tensor_in, random_tensor, round_to, runtime,
 };
 use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr};
 use half::{bf16, f16};
@@ -856,11 +856,16 @@ fn concurrent_runs_equal_per_sequence_calls_bit_for_bit() {
             // Seven runs.
             assert_eq!(streams_used(rt, &batch, q_heads), streams.min(7));
             let (out, lse) = run_varlen(&case, &p);
-            let same = |a: &[f32], b: &[f32]| {
-                a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
-            };
-            assert!(same(&out, &one.0), "{label}: output on {streams} streams");
-            assert!(same(&lse, &one.1), "{label}: LSE on {streams} streams");
+            assert_eq!(
+                bit_differences(&out, &one.0),
+                0,
+                "{label}: output on {streams} streams"
+            );
+            assert_eq!(
+                bit_differences(&lse, &one.1),
+                0,
+                "{label}: LSE on {streams} streams"
+            );
         }
     }
 }

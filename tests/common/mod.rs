@@ -267,6 +267,17 @@ pub fn prefix_sums(lens: impl IntoIterator<Item = usize>) -> Vec<i32> {
     cu
 }
 
+/// How many elements of `a` and `b` differ in their bits (NaN payloads included), counting a
+/// length difference as that many elements: 0 means bit-for-bit equal.
+pub fn bit_differences(a: &[f32], b: &[f32]) -> usize {
+    let differing = a
+        .iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count();
+    differing + a.len().abs_diff(b.len())
+}
+
 /// Largest absolute LSE difference; equal values (both `-inf` included) count as 0.
 pub fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
     lse.iter()
