@@ -25,7 +25,10 @@ pub(crate) fn aligned_smem_base() -> u32 {
 unsafe fn wgmma_s8_test<const HD: usize, const KS: usize>(p: &TestParams) {
     let tid = ptx::thread_idx_x();
     let base = aligned_smem_base();
-    let (a_s, b_s) = (base, base + const { (64 * sm90_kmajor_row_bytes(HD)) as u32 });
+    let (a_s, b_s) = (
+        base,
+        base + const { (64 * sm90_kmajor_row_bytes(HD)) as u32 },
+    );
     let cpr = (HD / 16) as u32;
     let mut i = tid;
     while i < 64 * cpr {
@@ -82,7 +85,11 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
         // SAFETY: the host passes 64×HD f16 for B.
         unsafe {
             ptx::cp_async_16(
-                base + if HD == 96 { v96_offset(r, c) } else { v_offset(r, c) },
+                base + if HD == 96 {
+                    v96_offset(r, c)
+                } else {
+                    v_offset(r, c)
+                },
                 p.b + (2 * (r * HD as u32) + 16 * c) as u64,
             )
         };
@@ -115,7 +122,11 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
-    let vd = pv_descs::<NT>(if HD == 96 { v96_desc(base) } else { v_desc(base) });
+    let vd = pv_descs::<NT>(if HD == 96 {
+        v96_desc(base)
+    } else {
+        v_desc(base)
+    });
     ptx::wgmma_fence();
     issue_pv::<NT>(&mut o, &a, &vd);
     ptx::wgmma_commit();
