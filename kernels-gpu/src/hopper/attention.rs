@@ -49,16 +49,16 @@
 //! this thread's global loads, so the K scales are loaded a tile ahead.
 
 use super::config::{
-    SM90_CTA_K, sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q,
-    sm90_k_offset, sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages,
-    sm90_threads, sm90_v_offset, sm90_v_stage_bytes,
+    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset,
+    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages, sm90_threads,
+    sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv_descs, pv8_descs, qk_descs,
+    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs, pv_descs, qk_descs,
 };
-use crate::config::{K_BLOCK, P8_TILE, Q_BLOCK, padded_len};
+use crate::config::{padded_len, K_BLOCK, P8_TILE, Q_BLOCK};
 use crate::p8::pack_probs_u8;
 use crate::params::AttnParams;
 use crate::ptx;

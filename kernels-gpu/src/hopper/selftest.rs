@@ -4,10 +4,10 @@
 //! compare them with exact CPU products. Launch: 1 block of 128 threads,
 //! `config::SM90_TEST_SMEM` bytes of dynamic shared memory.
 
-use super::config::{SM90_SMEM_ALIGN, sm90_kmajor_row_bytes};
+use super::config::{sm90_kmajor_row_bytes, SM90_SMEM_ALIGN};
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, v_offset,
-    v96_desc, v96_offset,
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v96_desc, v96_offset,
+    v_desc, v_offset,
 };
 use crate::params::TestParams;
 use crate::ptx;
