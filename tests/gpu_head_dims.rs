@@ -1,6 +1,6 @@
 //! GPU tests of every head_dim up to 256 (issue 15): the native d = 256 portable kernel and the
-//! sizes that run zero-padded on the next compiled kernel (64, 96, 128, 256; 64 or 128 on the
-//! sm_90a kernel with `Backend::Auto`).
+//! sizes that run zero-padded on the next compiled kernel (64, 96, 128, 256; on the sm_90a kernel
+//! with `Backend::Auto` the same sizes, d = 96 native there since branch d96-native).
 //!
 //! * `accuracy_every_head_dim_against_exact_reference`: the project's contract on N(0,1) inputs,
 //!   rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact float64 attention, for d ∈ {32, 48, 64, 80,
@@ -163,8 +163,8 @@ fn check_against_emulation(case: &Case, out: &[f32], lse: &[f32], emulated: &Ref
 /// size of the issue: rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact float64 attention, N = 2048,
 /// 16 heads (one draw's error varies by a few percent; over 16 heads it stays inside the bound),
 /// plus the kernel error against the emulation. `Backend::Auto`, P·V accumulator F16 (on Hopper
-/// Auto takes f32 and runs the wgmma kernels there: d ≤ 64, ≤ 128 and ≤ 256 on the 64, 128 and
-/// 256 ones).
+/// Auto takes f32 and runs the wgmma kernels there: d ≤ 64, ≤ 96, ≤ 128 and ≤ 256 on the 64, 96,
+/// 128 and 256 ones).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn accuracy_every_head_dim_against_exact_reference() {
@@ -173,7 +173,7 @@ fn accuracy_every_head_dim_against_exact_reference() {
     for head_dim in DIMS {
         runs.push((head_dim, DType::F16, 0.0f32));
     }
-    for head_dim in [80, 160, 256] {
+    for head_dim in [80, 96, 160, 256] {
         runs.push((head_dim, DType::BF16, 0.0));
         runs.push((head_dim, DType::F16, 8.0));
     }
@@ -433,14 +433,14 @@ fn int8_pv_needs_a_kernel_for_the_head_dim() {
 
 /// A small matrix for compute-sanitizer (memcheck, racecheck, initcheck, synccheck): d = 256
 /// (both accumulators, causal and not, both backends, GQA, bf16 NHD) and the odd sizes 40 (the
-/// fused K-sum launch with idle threads; padded to 64) and 200 (padded to 256), each against the
-/// emulation.
+/// fused K-sum launch with idle threads; padded to 64), 200 (padded to 256) and 88 (padded to 96:
+/// the native sm_90a d = 96 kernel with `Backend::Auto` on Hopper), each against the emulation.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_head_dims() {
     let mut rng = fresh_rng("sanitizer_head_dims");
     let mut i = 0usize;
-    for head_dim in [256, 40, 200] {
+    for head_dim in [256, 40, 200, 88] {
         for (causal, pv_accum, backend) in [
             (false, PvAccum::F16, Backend::Portable),
             (true, PvAccum::F32, Backend::Portable),

@@ -47,7 +47,7 @@ fn hopper_wgmma_s8_tile_equals_integer_matmul() {
     }
     let rt = runtime();
     let mut rng = fresh_rng("hopper_wgmma_s8");
-    for hd in [64usize, 128] {
+    for hd in [64usize, 96, 128] {
         for _ in 0..4 {
             let a: Vec<i8> = (0..64 * hd).map(|_| rng.gen_range(-128..=127)).collect();
             let b: Vec<i8> = (0..64 * hd).map(|_| rng.gen_range(-128..=127)).collect();
@@ -82,7 +82,8 @@ fn hopper_wgmma_f16_tile_equals_exact_product() {
     // Small multiples of 0.5: every product and every partial sum of 64 terms is exact in f32.
     let mut small = || f16::from_f32(rng.gen_range(-4i32..=4) as f32 * 0.5).to_bits();
     let f = |x: u16| f16::from_bits(x).to_f32();
-    for hd in [64usize, 128] {
+    // 96: the m64n96k16 wgmma on V in 64-byte-swizzled blocks of 32 channels.
+    for hd in [64usize, 96, 128] {
         for _ in 0..4 {
             let a: Vec<u16> = (0..64 * 64).map(|_| small()).collect();
             let b: Vec<u16> = (0..64 * hd).map(|_| small()).collect();
@@ -167,6 +168,17 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
         backend: Backend::Auto,
         ..opts
     };
+    // The sm_90a kernel of the smallest compiled size >= d (d = 65..=96: the native d = 96 one).
+    let kernel = sageattention::attention::selected_kernel(rt, d, &auto).unwrap();
+    let want = hopper::SM90_HEAD_DIMS
+        .iter()
+        .copied()
+        .filter(|&k| k >= d)
+        .min();
+    assert!(
+        kernel.quantizes_q() && Some(kernel.head_dim) == want,
+        "{case:?}: {kernel:?}"
+    );
     let prepared_h = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &auto).unwrap();
     let shape = [case.batch, case.q_heads, case.qo_len, d];
     let rows = case.batch * case.q_heads * case.qo_len;
@@ -292,6 +304,17 @@ fn hopper_attention_matches_portable_and_emulation() {
         (1, 3, 3, 1000, 1, 64, false, f16i, f16o, hnd, true),
         (1, 8, 1, 300, 300, 64, false, f16i, bf16o, hnd, true),
         (2, 2, 1, 129, 700, 128, true, bf16i, f16o, nhd, true),
+        // The native d = 96 kernel (and 72/80/88, zero-padded to 96): partial tiles, GQA,
+        // qo_len != kv_len, rows without keys, bf16 in and out, both layouts.
+        (1, 2, 2, 63, 63, 96, false, f16i, f16o, hnd, true),
+        (1, 4, 1, 200, 65, 96, true, f16i, bf16o, nhd, true),
+        (2, 4, 2, 1000, 1000, 96, true, bf16i, f16o, hnd, false),
+        (1, 2, 2, 200, 1000, 96, false, bf16i, bf16o, nhd, true),
+        (1, 1, 1, 1, 1000, 96, true, f16i, f16o, hnd, true),
+        (2, 8, 2, 333, 257, 80, true, f16i, f16o, hnd, true),
+        (1, 2, 1, 129, 700, 80, false, bf16i, f16o, nhd, false),
+        (1, 3, 3, 1000, 1, 72, false, f16i, bf16o, hnd, true),
+        (1, 2, 2, 190, 190, 88, true, bf16i, bf16o, nhd, true),
     ];
     for (
         batch,
@@ -393,7 +416,8 @@ fn hopper_perf_probe() {
 /// preparation quantized. Both must give the same bits: the output and the LSE of the two routes
 /// are compared for exact equality (so the in-kernel INT8 values and per-token scales equal the
 /// preparation's, which `gpu_prep` proves bit-exact with the CPU emulation). Covers every sm_90a
-/// kernel (d 64/128/256, f16 and 8-bit P·V), zero-padded sizes (32, 48, 80, 96, 160), f16/bf16,
+/// kernel (d 64/96/128/256, f16 and 8-bit P·V), zero-padded sizes (32, 48, 72, 80, 160; 96 with
+/// the 8-bit P·V), f16/bf16,
 /// causal, GQA, qo_len ≠ kv_len, partial and empty CTAs (3 warpgroups of 64 rows at d = 128),
 /// NHD, a Q view with a padded row stride, and rows of Q 40 times larger than the rest.
 #[test]
@@ -422,6 +446,10 @@ fn hopper_in_kernel_q_equals_prepared_q() {
         (2, 4, 2, 333, 300, 128, true, f16i, nhd, int8p, true),
         (1, 3, 1, 200, 700, 64, false, bf16i, hnd, int8p, false),
         (1, 2, 2, 129, 129, 96, true, f16i, hnd, int8p, false),
+        // The native d = 96 kernel: full, GQA, bf16, partial CTAs; 72 zero-padded to it.
+        (2, 4, 1, 333, 1000, 96, false, bf16i, nhd, f16p, true),
+        (1, 2, 2, 1, 77, 96, false, f16i, hnd, f16p, false),
+        (1, 2, 1, 200, 150, 72, true, f16i, nhd, f16p, false),
     ];
     for (batch, q_heads, kv_heads, qo_len, kv_len, d, causal, dtype, layout, precision, pad_rows) in
         cases

@@ -24,8 +24,8 @@ pub struct SelectedKernel {
     /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ).
     pub pv8: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
-    /// to run on it (the next compiled size up: d = 80 on the portable d = 96 kernel, d = 96 on
-    /// the d = 128 wgmma kernel, d = 160 on the portable d = 256 kernel).
+    /// to run on it (the next compiled size up: d = 80 on the portable or the wgmma d = 96
+    /// kernel, d = 96 with the 8-bit P·V on the d = 128 wgmma kernel, d = 160 on d = 256).
     pub head_dim: usize,
 }
 
@@ -40,8 +40,9 @@ impl SelectedKernel {
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel of the smallest compiled head_dim ≥ `head_dim`
-/// (64, 128 or 256, the 8-bit P·V 64 or 128; zero-padded when larger: a third more arithmetic at
-/// d = 96, still faster than the portable kernel), else the portable variant of the smallest
+/// (64, 96, 128 or 256, the 8-bit P·V 64 or 128; zero-padded when larger: a third more
+/// arithmetic for the 8-bit P·V at d = 96, still faster than the portable kernel), else the
+/// portable variant of the smallest
 /// compiled head_dim ≥ `head_dim` (64, 96, 128 or 256) — for
 /// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96 or 128,
 /// any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
@@ -295,9 +296,20 @@ mod tests {
                 .filter(|&k| k >= d)
                 .min();
             assert_eq!(hopper_kernel_head_dim(d, false), want, "{d}");
-            let want8 = want.filter(|&k| d.is_multiple_of(16) && k <= 128);
+            let want8 = hopper::SM90_PV8_HEAD_DIMS
+                .iter()
+                .copied()
+                .filter(|&k| k >= d && d.is_multiple_of(16))
+                .min();
             assert_eq!(hopper_kernel_head_dim(d, true), want8, "{d}");
         }
+        // Native d = 96 (f16 P·V) for 65..=96; the 8-bit P·V stays on 64/128.
+        for d in [72, 80, 88, 96] {
+            assert_eq!(hopper_kernel_head_dim(d, false), Some(96), "{d}");
+        }
+        assert_eq!(hopper_kernel_head_dim(104, false), Some(128));
+        assert_eq!(hopper_kernel_head_dim(96, true), Some(128));
+        assert_eq!(hopper_kernel_head_dim(80, true), Some(128));
         assert_eq!(hopper_kernel_head_dim(40, true), None);
         assert!(int8_head_dim_reason(264).contains("up to"));
         assert!(int8_head_dim_reason(40).contains("multiple of 16"));

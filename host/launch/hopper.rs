@@ -7,7 +7,7 @@
 //! layouts, scales, V/O strides, LSE and `lse_bias`) and gives the same answers; its P·V
 //! accumulates in f32 throughout (on Hopper an f16 accumulator is not faster), so it serves both
 //! `PvAccum` options. `attention::selected_kernel` decides when it runs (compute capability 9.0,
-//! `Backend::Auto`; head_dim 96 runs zero-padded on the d = 128 kernel) and `enqueue_attend`
+//! `Backend::Auto`; head_dim 72..=88 runs zero-padded on the d = 96 kernel) and `enqueue_attend`
 //! launches it through `launch_hopper_attention`.
 //!
 //! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / sm90_cta_q(d)), q_heads,
@@ -17,15 +17,17 @@
 //! | head dim | P·V | warpgroups | rows per CTA | threads | shared memory |
 //! |---|---|---|---|---|---|
 //! | 64 | f16 | 4 | 256 | 512 | 1024 + 16384 + 8·12288 + 128 = 115 840 |
+//! | 96 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·20480 + 128 = 189 568 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
 //! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·8192 + 128 = 78 976 |
 //! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 8·16384 + 128 = 148 608 |
 //!
 //! (each warpgroup owns 64 query rows and every thread also copies its share of the K/V tiles; no
-//! producer warp). Head dims 64, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch` runs
-//! the sizes between them zero-padded on the next one up (d = 96 on the d = 128 kernel, d = 160
-//! and 192 on d = 256).
+//! producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
+//! runs the sizes between them zero-padded on the next one up (d = 80 on the d = 96 kernel,
+//! d = 160 and 192 on d = 256; with the 8-bit P·V d = 96 on d = 128). d = 96 stores Q and K in
+//! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).
 
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::params::AttnParams;
@@ -38,8 +40,8 @@ pub mod config;
 pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS, SM90_PV8_HEAD_DIMS};
 
 /// The sm_90a attention entry for this head dim, masking and P·V precision (`pv8`: 8-bit), or
-/// `None` when there is none (head dim 96, or anything else): the caller then uses the portable
-/// kernel.
+/// `None` when there is none (head dim 80, the 8-bit P·V at 96, or anything else): the caller
+/// then uses the portable kernel.
 pub(crate) fn hopper_attention_kernel_name(
     head_dim: usize,
     causal: bool,
@@ -167,10 +169,11 @@ where
 
 /// Single-tile test of the Q·Kᵀ wgmma path: `D[64][64] = A[64][hd] · B[64][hd]ᵀ` (s8 → s32), both
 /// operands row-major (as Q and K are stored), staged in the kernel's swizzled layout. Returns D
-/// row-major. `hd` is 64 or 128.
+/// row-major. `hd` is 64, 96 or 128.
 pub fn wgmma_s8_tile(rt: &Runtime, hd: usize, a: &[i8], b: &[i8]) -> Result<Vec<i32>> {
     let name = match hd {
         64 => config::sm90_test_names::WGMMA_S8_HD64,
+        96 => config::sm90_test_names::WGMMA_S8_HD96,
         128 => config::sm90_test_names::WGMMA_S8_HD128,
         _ => {
             return Err(Error::UnsupportedHeadDim {
@@ -189,10 +192,12 @@ pub fn wgmma_s8_tile(rt: &Runtime, hd: usize, a: &[i8], b: &[i8]) -> Result<Vec<
 
 /// Single-tile test of the P·V wgmma path: `D[64][hd] = A[64][64] · B[64][hd]` (f16 → f32, raw
 /// f16 bits), A loaded into registers in the P-fragment layout, B (keys × head dim, as V is
-/// stored) staged in the kernel's N-major swizzled layout. Returns D row-major.
+/// stored) staged in the kernel's N-major swizzled layout. Returns D row-major. `hd` is 64, 96 or
+/// 128.
 pub fn wgmma_f16_tile(rt: &Runtime, hd: usize, a: &[u16], b: &[u16]) -> Result<Vec<f32>> {
     let name = match hd {
         64 => config::sm90_test_names::WGMMA_F16_HD64,
+        96 => config::sm90_test_names::WGMMA_F16_HD96,
         128 => config::sm90_test_names::WGMMA_F16_HD128,
         _ => {
             return Err(Error::UnsupportedHeadDim {
@@ -231,8 +236,13 @@ mod tests {
                 }
             }
         }
-        assert_eq!(hopper_attention_kernel_name(96, false, false), None);
-        assert_eq!(hopper_attention_kernel_names().len(), 10);
+        assert_eq!(hopper_attention_kernel_name(80, false, false), None);
+        assert_eq!(hopper_attention_kernel_name(96, false, true), None);
+        assert_eq!(
+            hopper_attention_kernel_name(96, true, false),
+            Some("sage_attn_sm90_hd96_causal")
+        );
+        assert_eq!(hopper_attention_kernel_names().len(), 12);
         let c = hopper_launch_config(128, false, 1000, 32, 4);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
@@ -243,6 +253,13 @@ mod tests {
         let c = hopper_launch_config(64, true, 1000, 32, 4);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
+        // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
+        assert_eq!(
+            sm90_smem_bytes(96, false),
+            1024 + 24576 + 8 * (8192 + 12288) + 128
+        );
+        let c = hopper_launch_config(96, false, 1000, 32, 4);
+        assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
         assert_eq!(sm90_smem_bytes(256, false), 1024 + 32768 + 4 * 49152 + 64);
         let c = hopper_launch_config(256, false, 1000, 32, 4);

@@ -43,7 +43,7 @@ pub enum PvPrecision {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
     /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim up to
-    /// 128 (zero-padded to 64 or 128) and the portable kernel's f32-accumulator variant for
+    /// 128 (zero-padded to 64, 96 or 128; the 8-bit P·V to 64 or 128) and the portable kernel's f32-accumulator variant for
     /// head_dim in (128, 256] (an f16 accumulator is not faster on Hopper, so [`PvAccum::F16`]
     /// gets the more accurate f32 result there); elsewhere the portable kernel as [`PvAccum`]
     /// asks (zero-padded to 64, 96, 128 or 256), or its 8-bit P·V variant for

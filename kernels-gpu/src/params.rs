@@ -89,7 +89,7 @@ pub struct QuantParams {
     /// 1: input is bf16, 0: f16.
     pub in_bf16: u32,
     /// Row width of the output (≥ `head_dim`, multiple of 16): columns past `head_dim` are zero,
-    /// so a kernel for a larger head_dim can run on the data (d = 96 on the d = 128 wgmma kernel).
+    /// so a kernel for a larger head_dim can run on the data (d = 80 on the d = 96 kernels).
     pub out_head_dim: u32,
     /// Padding so the struct size is a multiple of 8.
     pub _pad: u32,

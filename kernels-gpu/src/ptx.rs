@@ -1092,6 +1092,36 @@ pub fn wgmma_m64n128k16_f32_f16_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: 
     }
 }
 
+/// `D += A·B`, `wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
+/// in registers and B (16 k-rows × 96 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
+/// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.
+/// D: as [`wgmma_m64n64k32_s8_first`] over 12 n-tiles.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n96k16_f32_f16_rs(d: &mut [[f32; 4]; 12], a: [u32; 4], b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n96k16.f32.f16.f16 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}}}, {{{48}, {49}, {50}, {51}}}, {52}, 1, 1, 1, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            inout(reg32) d[8][0], inout(reg32) d[8][1], inout(reg32) d[8][2], inout(reg32) d[8][3],
+            inout(reg32) d[9][0], inout(reg32) d[9][1], inout(reg32) d[9][2], inout(reg32) d[9][3],
+            inout(reg32) d[10][0], inout(reg32) d[10][1], inout(reg32) d[10][2], inout(reg32) d[10][3],
+            inout(reg32) d[11][0], inout(reg32) d[11][1], inout(reg32) d[11][2], inout(reg32) d[11][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
 /// `D = A·B` (scale-d 0), `wgmma.mma_async.sync.aligned.m64n64k32.s32.u8.s8` (sm_90a): A (64 rows ×
 /// 32 k of u8) in registers, in the mma.sync m16n8k32 A layout for rows `16·(warp%4)..+16`
 /// (`a[0]`: row `lane/4`, k `4·(lane%4)..+4`, lowest k in the lowest byte; `a[1]`: row + 8;

@@ -1,7 +1,9 @@
 //! The sm_90a SageAttention forward kernel: INT8 `Q·Kᵀ` with `wgmma m64n64k32.s32.s8.s8` (Q and
 //! K from swizzled shared memory), dequantize with `q_scale * k_scale` (per row and key block, log2 units), online softmax
 //! with `ex2`, P packed to f16 in registers, `P·V` with `wgmma m64n{HD}k16.f32.f16.f16` (P from
-//! registers, V from shared memory, N-major) into an f32 running output.
+//! registers, V from shared memory, N-major) into an f32 running output. d = 96 keeps the d = 128
+//! shared-memory rows for Q and K (3 k-steps of the 4) and stores V in 64-byte-swizzled blocks of
+//! 32 channels for one `m64n96k16` per k-step (`smem.rs`); its global Q, K and V rows are 96 wide.
 //!
 //! With `PV8` (the 8-bit P·V, `PvPrecision::Int8`) the second product is `wgmma
 //! m64n{≤64}k32.s32.u8.s8`: P as u8 relative to each key tile's row maximum (packed straight from
@@ -21,7 +23,7 @@
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
 //! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (f16 P·V: 3 for
-//! d = 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
+//! d = 96 and 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
 //! chunks of each K/V tile (f16 P·V) with cp.async (a producer warp would make the CTA 32 threads more than a
 //! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
 //! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
@@ -48,14 +50,13 @@
 
 use super::config::{
     sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset,
-    sm90_k_stage_bytes, sm90_lookahead, sm90_stages, sm90_threads, sm90_v_offset,
-    sm90_v_stage_bytes, SM90_CTA_K,
+    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages, sm90_threads,
+    sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
     self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs, pv_descs, qk_descs,
-    v_desc,
 };
 use crate::config::{padded_len, K_BLOCK, P8_TILE, Q_BLOCK};
 use crate::p8::pack_probs_u8;
@@ -199,8 +200,16 @@ unsafe fn attention<
     p: &AttnParams,
 ) {
     const {
-        assert!(KS * 32 == HD && NT * 8 == HD && (HD == 64 || HD == 128 || HD == 256));
+        assert!(KS * 32 == HD && NT * 8 == HD && matches!(HD, 64 | 96 | 128 | 256));
         assert!(!PV8 || HD <= 128);
+        // d = 96 (f16 P·V only): `copy_chunks_hd96` takes every chunk to exist and the first
+        // round of threads to copy K.
+        assert!(
+            HD != 96
+                || (!PV8
+                    && (sm90_cta_k(PV8) * HD / 16) % sm90_threads(HD, PV8) == 0
+                    && (sm90_cta_k(PV8) * HD / 16 * 3) % sm90_threads(HD, PV8) == 0)
+        );
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
         // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
         assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
@@ -319,7 +328,17 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         } else {
             key0 + Self::CK <= self.kv_len
         };
-        if inside {
+        // d = 96 has a copy loop of its own (`copy_chunks_hd96`), chosen by `if const`: with it
+        // the other head dims' PTX is exactly what it was before d = 96, while a branch on
+        // `HD == 96` inside `copy_chunks` (plain or `if const`) or a constant function pointer
+        // for the V offset changed their instruction order (d = 64: 128 → 127 registers).
+        if const { HD == 96 } {
+            if inside {
+                self.copy_chunks_hd96::<false>(s, u);
+            } else {
+                self.copy_chunks_hd96::<true>(s, u);
+            }
+        } else if inside {
             self.copy_chunks::<false>(s, u);
         } else {
             self.copy_chunks::<true>(s, u);
@@ -415,6 +434,55 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         );
     }
 
+    /// [`Self::copy_chunks`] for d = 96 (f16 V only): 3 chunks per thread, K rows of 6 chunks
+    /// into the 128-byte rows of the d = 128 layout, V rows of 12 chunks into three 64-byte
+    /// swizzled blocks of 32 channels (`smem::v96_offset`). Every chunk exists and the first
+    /// round of the CTA's threads copies K (384 threads, 384 K chunks: checked in `attention`).
+    /// Instantiated, never called, for the other head dims too, so it holds no `const` checks.
+    #[inline(always)]
+    fn copy_chunks_hd96<const EDGE: bool>(&self, s: u32, u: u32) {
+        let (threads, ck, k_chunks) = (Self::THREADS, Self::CK, Self::K_CHUNKS);
+        let key0 = u * ck;
+        let k_src = self.k_head + (u as u64) * (ck as u64 * HD as u64);
+        unroll::<MAX_COPIES_PER_THREAD>(
+            #[inline(always)]
+            |j| {
+                let c = self.tid + threads * j as u32;
+                if (j as u32) < Self::CHUNKS / threads {
+                    if (j as u32) < k_chunks / threads {
+                        let cpr = (HD / 16) as u32;
+                        let (r, col) = (c / cpr, c % cpr);
+                        let dst = self.sm.k_stage(s) + kmajor_offset::<HD>(r, col);
+                        let src = k_src + (r * HD as u32 + 16 * col) as u64;
+                        // SAFETY: K is padded to whole 64-row blocks; this row is inside.
+                        unsafe { ptx::cp_async_16(dst, src) };
+                    } else {
+                        let c = c - k_chunks;
+                        let cpr = (HD / 8) as u32;
+                        let (r, col) = (c / cpr, c % cpr);
+                        let dst = self.sm.v_stage(s) + smem::v96_offset(r, col);
+                        let src =
+                            self.v_head + (key0 + r) as u64 * self.v_row_bytes + 16 * col as u64;
+                        if !EDGE {
+                            // SAFETY: every key of the tile is inside V.
+                            unsafe { ptx::cp_async_16(dst, src) };
+                        } else {
+                            // Keys past kv_len are zero-filled (nothing read), as in
+                            // `copy_chunks`.
+                            let (src, bytes) = if key0 + r < self.kv_len {
+                                (src, 16)
+                            } else {
+                                (self.v_head, 0)
+                            };
+                            // SAFETY: see above.
+                            unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
+                        }
+                    }
+                }
+            },
+        );
+    }
+
     /// Copies tile `u` if it exists.
     #[inline(always)]
     fn copy_ahead(&self, u: u32) {
@@ -450,10 +518,22 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
     }
 
+    /// Descriptor of the f16 V tile at `addr` (d = 96: `smem::v96_desc`; `if const` as in
+    /// [`Self::copy_tile`]).
+    #[inline(always)]
+    fn v_desc(addr: u32) -> u64 {
+        if const { HD == 96 } {
+            smem::v96_desc(addr)
+        } else {
+            smem::v_desc(addr)
+        }
+    }
+
     /// Descriptor of the K tile `t`'s 64-key half `h` (a 128-key tile is two 64-key tiles).
     #[inline(always)]
     fn k_desc(&self, t: u32, h: u32) -> u64 {
-        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S) + h * (64 * HD as u32))
+        let row_bytes = const { sm90_kmajor_row_bytes(HD) as u32 };
+        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S) + h * (64 * row_bytes))
     }
 
     /// K scale of tile `t` (64-key tiles).
@@ -561,7 +641,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             self.release(t - 2);
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        let vd = pv_descs::<NT>(v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(Self::v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
@@ -690,7 +770,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t. Tile t - 1's
         // stage is not released: the next tile to use it would be t - 1 + S > t, the last.
-        let vd = pv_descs::<NT>(v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(Self::v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();
@@ -743,7 +823,7 @@ unsafe fn consume<
 
     if geo.n_tiles > 0 {
         // This warpgroup's 64 Q rows: loads started here, landed after the first K/V copies.
-        let q_dst = sm.q + wg_row0 * HD as u32;
+        let q_dst = sm.q + wg_row0 * const { sm90_kmajor_row_bytes(HD) as u32 };
         let wtid = tid & 127;
         // SAFETY: validated parameters; q_dst is this warpgroup's tile.
         let q_tile = unsafe {

@@ -2,7 +2,7 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 128, 4 for d = 64;
+//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4 for d = 64;
 //! 8-bit: 2 and 3) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
 //! block), and no producer warp: every thread also issues its share of the cp.async copies of the
 //! K/V tiles (`sm90_cta_k(pv8)` keys: 64, or 128 for the 8-bit P·V), into
@@ -54,12 +54,13 @@ pub const fn sm90_threads(head_dim: usize, pv8: bool) -> usize {
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
 pub const SM90_SMEM_ALIGN: usize = 1024;
 /// Head dimensions with an sm_90a kernel (f16 P·V).
-pub const SM90_HEAD_DIMS: [usize; 3] = [64, 128, 256];
+pub const SM90_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
 /// Head dimensions with an sm_90a 8-bit P·V kernel.
 pub const SM90_PV8_HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
-/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have; at
+/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have (d = 96:
+/// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
 /// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
 /// 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
@@ -78,18 +79,31 @@ pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
     sm90_stages(head_dim, pv8) - 3
 }
 
-/// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `head_dim` bytes, K-major swizzled).
+/// Bytes of one row of a K-major INT8 tile (Q, K) in shared memory: `head_dim`, except at d = 96,
+/// whose 96-byte rows sit in the 128-byte rows of the d = 128 layout (the 128-byte swizzle; the
+/// last 32 bytes of each row are never written nor read: Q·Kᵀ runs 3 k-steps of 32).
+pub const fn sm90_kmajor_row_bytes(head_dim: usize) -> usize {
+    if head_dim == 96 {
+        128
+    } else {
+        head_dim
+    }
+}
+
+/// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `sm90_kmajor_row_bytes` bytes, K-major
+/// swizzled).
 pub const fn sm90_q_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_q(head_dim, pv8) * head_dim
+    sm90_cta_q(head_dim, pv8) * sm90_kmajor_row_bytes(head_dim)
 }
 
 /// Bytes of one INT8 K stage.
 pub const fn sm90_k_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_k(pv8) * head_dim
+    sm90_cta_k(pv8) * sm90_kmajor_row_bytes(head_dim)
 }
 
-/// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes), or with
-/// `pv8` the INT8 Vᵀ (`head_dim` rows of 64 keys, K-major like a d = 64 K tile).
+/// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes; d = 96:
+/// three blocks of 32 channels, 64 keys × 64 bytes each), or with `pv8` the INT8 Vᵀ (`head_dim`
+/// rows of 64 keys, K-major like a d = 64 K tile).
 pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
     sm90_cta_k(pv8) * head_dim * if pv8 { 1 } else { 2 }
 }
@@ -122,6 +136,8 @@ macro_rules! for_each_sm90_attention_variant {
     ($m:ident) => {
         $m!("sage_attn_sm90_hd64_full", 64, false, false);
         $m!("sage_attn_sm90_hd64_causal", 64, true, false);
+        $m!("sage_attn_sm90_hd96_full", 96, false, false);
+        $m!("sage_attn_sm90_hd96_causal", 96, true, false);
         $m!("sage_attn_sm90_hd128_full", 128, false, false);
         $m!("sage_attn_sm90_hd128_causal", 128, true, false);
         $m!("sage_attn_sm90_hd256_full", 256, false, false);
@@ -138,10 +154,14 @@ macro_rules! for_each_sm90_attention_variant {
 pub mod sm90_test_names {
     /// `D[64][64] (s32) = A[64][HD] (s8) · B[64][HD]ᵀ (s8)`, HD = 64.
     pub const WGMMA_S8_HD64: &str = "sage_sm90_test_wgmma_s8_hd64";
+    /// As [`WGMMA_S8_HD64`] with HD = 96 (the d = 128 layout, 3 k-steps).
+    pub const WGMMA_S8_HD96: &str = "sage_sm90_test_wgmma_s8_hd96";
     /// As [`WGMMA_S8_HD64`] with HD = 128.
     pub const WGMMA_S8_HD128: &str = "sage_sm90_test_wgmma_s8_hd128";
     /// `D[64][HD] (f32) = A[64][64] (f16, from registers) · B[64][HD] (f16, N-major)`, HD = 64.
     pub const WGMMA_F16_HD64: &str = "sage_sm90_test_wgmma_f16_hd64";
+    /// As [`WGMMA_F16_HD64`] with HD = 96 (`m64n96k16`, V in 64-byte-swizzled column blocks).
+    pub const WGMMA_F16_HD96: &str = "sage_sm90_test_wgmma_f16_hd96";
     /// As [`WGMMA_F16_HD64`] with HD = 128.
     pub const WGMMA_F16_HD128: &str = "sage_sm90_test_wgmma_f16_hd128";
 }

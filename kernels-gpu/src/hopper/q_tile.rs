@@ -52,7 +52,8 @@ impl QTile {
     /// nothing.
     ///
     /// # Safety
-    /// `p` is validated for this launch; `dst` is the warpgroup's `64 · HD`-byte tile.
+    /// `p` is validated for this launch; `dst` is the warpgroup's tile of 64 rows of
+    /// `config::sm90_kmajor_row_bytes(HD)` bytes.
     #[inline(always)]
     pub(super) unsafe fn begin<const HD: usize>(
         p: &AttnParams,

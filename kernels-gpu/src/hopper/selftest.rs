@@ -4,9 +4,10 @@
 //! compare them with exact CPU products. Launch: 1 block of 128 threads,
 //! `config::SM90_TEST_SMEM` bytes of dynamic shared memory.
 
-use super::config::SM90_SMEM_ALIGN;
+use super::config::{sm90_kmajor_row_bytes, SM90_SMEM_ALIGN};
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v_desc, v_offset,
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v96_desc, v96_offset,
+    v_desc, v_offset,
 };
 use crate::params::TestParams;
 use crate::ptx;
@@ -24,7 +25,10 @@ pub(crate) fn aligned_smem_base() -> u32 {
 unsafe fn wgmma_s8_test<const HD: usize, const KS: usize>(p: &TestParams) {
     let tid = ptx::thread_idx_x();
     let base = aligned_smem_base();
-    let (a_s, b_s) = (base, base + (64 * HD) as u32);
+    let (a_s, b_s) = (
+        base,
+        base + const { (64 * sm90_kmajor_row_bytes(HD)) as u32 },
+    );
     let cpr = (HD / 16) as u32;
     let mut i = tid;
     while i < 64 * cpr {
@@ -81,7 +85,11 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
         // SAFETY: the host passes 64×HD f16 for B.
         unsafe {
             ptx::cp_async_16(
-                base + v_offset(r, c),
+                base + if HD == 96 {
+                    v96_offset(r, c)
+                } else {
+                    v_offset(r, c)
+                },
                 p.b + (2 * (r * HD as u32) + 16 * c) as u64,
             )
         };
@@ -114,7 +122,11 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
-    let vd = pv_descs::<NT>(v_desc(base));
+    let vd = pv_descs::<NT>(if HD == 96 {
+        v96_desc(base)
+    } else {
+        v_desc(base)
+    });
     ptx::wgmma_fence();
     issue_pv::<NT>(&mut o, &a, &vd);
     ptx::wgmma_commit();
@@ -153,6 +165,8 @@ macro_rules! test_entry {
 }
 
 test_entry!("sage_sm90_test_wgmma_s8_hd64", wgmma_s8_test, 64, 2);
+test_entry!("sage_sm90_test_wgmma_s8_hd96", wgmma_s8_test, 96, 3);
 test_entry!("sage_sm90_test_wgmma_s8_hd128", wgmma_s8_test, 128, 4);
 test_entry!("sage_sm90_test_wgmma_f16_hd64", wgmma_f16_test, 64, 8);
+test_entry!("sage_sm90_test_wgmma_f16_hd96", wgmma_f16_test, 96, 12);
 test_entry!("sage_sm90_test_wgmma_f16_hd128", wgmma_f16_test, 128, 16);

@@ -9,7 +9,8 @@
 //!   atoms of 8 rows = 512 bytes. With `HD = 256` a row is two 128-byte halves, stored as two
 //!   64-row column blocks of the `HD = 128` layout one after the other (chunks `8b..8b+8` of row
 //!   `r` in block b): the 128-byte swizzle spans one row of a block, so this is the widest row it
-//!   takes. A k-step of 32 bytes advances the descriptor's start address by 32 bytes, and by a
+//!   takes. With `HD = 96` the tile is the `HD = 128` one with only the first 6 chunks of each row
+//!   written (rows 128 bytes apart, `config::sm90_kmajor_row_bytes`) and 3 k-steps issued. A k-step of 32 bytes advances the descriptor's start address by 32 bytes, and by a
 //!   block at every fourth k-step of `HD = 256` (the hardware applies the XOR to the final address
 //!   bits, which is why the tiles must sit at 1024-byte aligned addresses).
 //! * **N-major f16 V tiles** (one key per row, head dim contiguous: for P·V the key is the k
@@ -17,7 +18,11 @@
 //!   split into `HD / 64` column blocks of 64 head-dim values; each block is 64 key rows × 128
 //!   bytes with the 128-byte swizzle. Descriptor: leading byte offset = distance between column
 //!   blocks (64·128 bytes), stride byte offset = distance between 8-key groups (1024 bytes). A
-//!   k-step of 16 keys advances the start address by 2048 bytes.
+//!   k-step of 16 keys advances the start address by 2048 bytes. With `HD = 96` (n = 96 is not a
+//!   whole number of 64-channel blocks, and CUTLASS picks the 64-byte swizzle for such an N-major
+//!   operand) the tile is three column blocks of 32 channels, each 64 key rows × 64 bytes with the
+//!   64-byte swizzle (chunk `c` of row `r` at `c ^ ((r / 2) % 4)`, as a d = 64 K tile): leading
+//!   byte offset 64·64 bytes, stride byte offset 512 (8 keys × 64 bytes), 1024 bytes per k-step.
 
 use super::config::SM90_CTA_K;
 use crate::ptx;
@@ -32,7 +37,7 @@ pub const KMAJOR_BLOCK_BYTES: u32 = 64 * 128;
 pub const fn kmajor_offset<const HD: usize>(r: u32, c: u32) -> u32 {
     if HD == 256 {
         (c >> 3) * KMAJOR_BLOCK_BYTES + r * 128 + (((c & 7) ^ (r & 7)) << 4)
-    } else if HD == 128 {
+    } else if HD == 128 || HD == 96 {
         r * 128 + ((c ^ (r & 7)) << 4)
     } else {
         r * 64 + ((c ^ ((r >> 1) & 3)) << 4)
@@ -42,10 +47,22 @@ pub const fn kmajor_offset<const HD: usize>(r: u32, c: u32) -> u32 {
 /// Bytes between the column blocks of a V tile.
 pub const V_BLOCK_BYTES: u32 = (SM90_CTA_K * 128) as u32;
 
-/// Byte offset of 16-byte chunk `c` (head-dim values `8c..8c+8`) of key row `r` in a V tile.
+/// Bytes between the 32-channel column blocks of a `HD = 96` V tile (64-byte swizzle).
+pub const V96_BLOCK_BYTES: u32 = (SM90_CTA_K * 64) as u32;
+
+/// Byte offset of 16-byte chunk `c` (head-dim values `8c..8c+8`) of key row `r` in a V tile
+/// (d = 96: [`v96_offset`]).
 #[inline(always)]
 pub const fn v_offset(r: u32, c: u32) -> u32 {
     (c >> 3) * V_BLOCK_BYTES + r * 128 + (((c & 7) ^ (r & 7)) << 4)
+}
+
+/// [`v_offset`] of a `HD = 96` V tile (three 32-channel blocks, 64-byte swizzle). A function of
+/// its own rather than a branch in `v_offset`: making that generic changed the d = 64 kernel's
+/// copy code (LLVM inlines and folds it differently).
+#[inline(always)]
+pub const fn v96_offset(r: u32, c: u32) -> u32 {
+    (c >> 2) * V96_BLOCK_BYTES + r * 64 + (((c & 3) ^ ((r >> 1) & 3)) << 4)
 }
 
 /// `(x & 0x3FFFF) >> 4`, the descriptor encoding of addresses and offsets.
@@ -63,17 +80,24 @@ pub const fn descriptor(addr: u32, leading: u32, stride: u32, swizzle: u64) -> u
 /// Descriptor of a K-major INT8 tile of `HD`-byte rows at `addr` (1024-byte aligned).
 #[inline(always)]
 pub const fn kmajor_desc<const HD: usize>(addr: u32) -> u64 {
-    if HD >= 128 {
+    if HD > 64 {
         descriptor(addr, 16, 1024, 1)
     } else {
         descriptor(addr, 16, 512, 2)
     }
 }
 
-/// Descriptor of an N-major f16 V tile at `addr` (1024-byte aligned).
+/// Descriptor of an N-major f16 V tile at `addr` (1024-byte aligned; d = 96: [`v96_desc`]).
 #[inline(always)]
 pub const fn v_desc(addr: u32) -> u64 {
     descriptor(addr, V_BLOCK_BYTES, 1024, 1)
+}
+
+/// Descriptor of a `HD = 96` V tile at `addr` (512-byte aligned): three 32-channel column blocks
+/// ([`v96_offset`]), 64-byte swizzle.
+#[inline(always)]
+pub const fn v96_desc(addr: u32) -> u64 {
+    descriptor(addr, V96_BLOCK_BYTES, 512, 2)
 }
 
 /// The descriptors of the `KS` k-steps of `Q·Kᵀ` (Q's, then K's), computed and pinned before the
@@ -129,8 +153,10 @@ pub fn pv_descs<const NT: usize>(v_desc: u64) -> [[u64; 4]; 2] {
     unroll::<4>(
         #[inline(always)]
         |kk| {
-            // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units.
-            d[0][kk] = v_desc + 128 * kk as u64;
+            // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units (NT = 12, the 64-byte rows
+            // of d = 96: 1024 bytes = 64 units).
+            let step = if NT == 12 { 64 } else { 128 };
+            d[0][kk] = v_desc + step * kk as u64;
             ptx::pin_u64(&mut d[0][kk]);
             if NT == 32 {
                 d[1][kk] = d[0][kk] + (2 * V_BLOCK_BYTES / 16) as u64;
@@ -159,11 +185,11 @@ pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
 
 /// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
 /// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`;
-/// d = 256 takes two n = 128 wgmmas per k-step (n = 256 would need all 128 output registers as
-/// operands of one asm statement, for the same tensor work).
+/// d = 96 takes one n = 96 wgmma per k-step; d = 256 two n = 128 ones (n = 256 would need all
+/// 128 output registers as operands of one asm statement, for the same tensor work).
 #[inline(always)]
 pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[[u64; 4]; 2]) {
-    const { assert!(NT == 8 || NT == 16 || NT == 32) };
+    const { assert!(NT == 8 || NT == 12 || NT == 16 || NT == 32) };
     unroll::<4>(
         #[inline(always)]
         |kk| {
@@ -182,6 +208,10 @@ pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &
                 // SAFETY: NT == 16, so this is the same array.
                 let o16 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
                 ptx::wgmma_m64n128k16_f32_f16_rs(o16, p[kk], d[0][kk]);
+            } else if NT == 12 {
+                // SAFETY: NT == 12, so this is the same array.
+                let o12 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 12]>() };
+                ptx::wgmma_m64n96k16_f32_f16_rs(o12, p[kk], d[0][kk]);
             } else {
                 // SAFETY: NT == 8, so this is the same array.
                 let o8 = unsafe { &mut *(o as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
