@@ -518,17 +518,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
     }
 
-    /// Descriptor of the f16 V tile at `addr` (d = 96: `smem::v96_desc`; `if const` as in
-    /// [`Self::copy_tile`]).
-    #[inline(always)]
-    fn v_desc(addr: u32) -> u64 {
-        if const { HD == 96 } {
-            smem::v96_desc(addr)
-        } else {
-            smem::v_desc(addr)
-        }
-    }
-
     /// Descriptor of the K tile `t`'s 64-key half `h` (a 128-key tile is two 64-key tiles).
     #[inline(always)]
     fn k_desc(&self, t: u32, h: u32) -> u64 {
@@ -641,7 +630,9 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             self.release(t - 2);
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        let vd = pv_descs::<NT>(Self::v_desc(self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
+            self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S),
+        ));
         self.sched_wait();
         ptx::wgmma_fence();
         let mut s = issue_qk::<KS>(&qd);
@@ -770,7 +761,9 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t. Tile t - 1's
         // stage is not released: the next tile to use it would be t - 1 + S > t, the last.
-        let vd = pv_descs::<NT>(Self::v_desc(self.sm.v_stage(t % Smem::<HD, PV8>::S)));
+        let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
+            self.sm.v_stage(t % Smem::<HD, PV8>::S),
+        ));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
         ptx::wgmma_commit();

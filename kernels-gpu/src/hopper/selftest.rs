@@ -6,8 +6,8 @@
 
 use super::config::{sm90_kmajor_row_bytes, SM90_SMEM_ALIGN};
 use super::smem::{
-    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v96_desc, v96_offset,
-    v_desc, v_offset,
+    self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v96_offset, v_offset,
+    v_tile_desc,
 };
 use crate::params::TestParams;
 use crate::ptx;
@@ -122,11 +122,7 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
-    let vd = pv_descs::<NT>(if HD == 96 {
-        v96_desc(base)
-    } else {
-        v_desc(base)
-    });
+    let vd = pv_descs::<NT>(v_tile_desc::<HD>(base));
     ptx::wgmma_fence();
     issue_pv::<NT>(&mut o, &a, &vd);
     ptx::wgmma_commit();

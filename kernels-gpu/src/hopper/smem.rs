@@ -100,6 +100,17 @@ pub const fn v96_desc(addr: u32) -> u64 {
     descriptor(addr, V96_BLOCK_BYTES, 512, 2)
 }
 
+/// The descriptor of an f16 V tile of head dim `HD` at `addr`: [`v96_desc`] at d = 96, else
+/// [`v_desc`] (chosen by `if const`, so each head dim's code is exactly its own).
+#[inline(always)]
+pub fn v_tile_desc<const HD: usize>(addr: u32) -> u64 {
+    if const { HD == 96 } {
+        v96_desc(addr)
+    } else {
+        v_desc(addr)
+    }
+}
+
 /// The descriptors of the `KS` k-steps of `Q·Kᵀ` (Q's, then K's), computed and pinned before the
 /// issue sequence: ptxas serializes wgmmas (C7513) when a non-wgmma instruction defines one of their
 /// inputs between the `wgmma.fence` and the wait.
