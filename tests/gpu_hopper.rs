@@ -123,6 +123,12 @@ struct Case {
 /// Runs one case through both kernels on the same `Prepared` and checks them against each other
 /// and against the CPU emulation.
 fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
+    check_case_with(case, rng, true);
+}
+
+/// [`check_case`], against the CPU emulation only when `emulate` (long sequences: the portable
+/// kernel, itself checked against the emulation elsewhere, is the reference).
+fn check_case_with(case: Case, rng: &mut rand::rngs::StdRng, emulate: bool) {
     let rt = runtime();
     let d = case.head_dim;
     let offsets = channel_offsets(rng, d, 2.0);
@@ -218,6 +224,21 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
             }
         })
         .fold(0.0, f64::max);
+    if !emulate {
+        eprintln!(
+            "{case:?}: vs portable rel L1 {:.2e} max_abs {:.2e} LSE {lse_diff:.2e}",
+            m.rel_l1, m.max_abs
+        );
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= PORTABLE_REL_L1,
+            "vs portable: {case:?} {m:?}"
+        );
+        assert!(
+            lse_diff <= LSE_TOL,
+            "LSE vs portable {lse_diff:.2e}: {case:?}"
+        );
+        return;
+    }
 
     let reference = attention_quantized_emulation(
         &q,
@@ -277,6 +298,50 @@ fn check_case(case: Case, rng: &mut rand::rngs::StdRng) {
         lse_ref <= LSE_TOL,
         "LSE vs emulation {lse_ref:.2e}: {case:?}"
     );
+}
+
+/// Causal launches whose heads' K and V do not fit in L2 together run in head chunks, longest
+/// first within each (`hopper::causal_chunk`): two chunks here, the second partial (its CTAs past
+/// the last head leave at once), with qo_len < kv_len and GQA, against the portable kernel.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_causal_head_chunks_match_portable() {
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    let mut rng = fresh_rng("hopper_causal_chunks");
+    // 16K keys: 6 MiB of K and V per kv head at d = 128.
+    let (batch, q_heads, kv_heads, qo_len, kv_len) = (1, 24, 12, 3000, 16384);
+    let chunk = hopper::causal_chunk(
+        128,
+        false,
+        qo_len,
+        q_heads,
+        kv_len,
+        kv_heads,
+        batch,
+        rt.l2_bytes(),
+    ) as usize;
+    let pairs = batch * q_heads;
+    assert!(
+        chunk > 0 && chunk < pairs && pairs % chunk != 0,
+        "chunk {chunk} of {pairs} pairs: not several chunks with a partial last one"
+    );
+    let case = Case {
+        batch,
+        q_heads,
+        kv_heads,
+        qo_len,
+        kv_len,
+        head_dim: 128,
+        causal: true,
+        in_dtype: DType::F16,
+        out_dtype: DType::F16,
+        layout: Layout::Hnd,
+        smooth_k: true,
+    };
+    check_case_with(case, &mut rng, false);
 }
 
 #[test]

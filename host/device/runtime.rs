@@ -85,6 +85,8 @@ struct Inner {
     ctx: Arc<CudaContext>,
     cc: (i32, i32),
     smem_optin: u32,
+    /// L2 cache bytes (the sm_90a causal launch order depends on whether K and V fit in it).
+    l2_bytes: u64,
     modules: [Mutex<Option<Arc<Module>>>; 2],
     kernels: [Mutex<HashMap<String, Kernel>>; 2],
     /// The worker streams (see the module docs), created on first use. The lock is held from a
@@ -270,11 +272,16 @@ impl Runtime {
             &ctx,
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?);
+        let l2_bytes = u64::from(non_negative(device_attr(
+            &ctx,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE,
+        )?));
         Ok(Runtime {
             inner: Arc::new(Inner {
                 ctx,
                 cc,
                 smem_optin,
+                l2_bytes,
                 modules: Default::default(),
                 kernels: Default::default(),
                 workers: Mutex::new(Workers::default()),
@@ -442,6 +449,11 @@ impl Runtime {
         self.inner.cc
     }
 
+    /// L2 cache size in bytes.
+    pub fn l2_bytes(&self) -> u64 {
+        self.inner.l2_bytes
+    }
+
     /// Makes the runtime's context current on the calling thread (surfacing any error cudarc
     /// recorded in the context meanwhile).
     pub fn bind(&self) -> Result<()> {
@@ -474,7 +486,7 @@ impl Runtime {
             memory_clock_mhz: attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? / 1000,
             memory_bus_width: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
             total_memory_bytes: ctx.total_mem().op("querying the device memory size")? as u64,
-            l2_bytes: u64::from(attr(A::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE)?),
+            l2_bytes: self.inner.l2_bytes,
             max_shared_per_block_optin: self.inner.smem_optin,
         })
     }

@@ -23,6 +23,8 @@ pub struct SelectedKernel {
     pub pv_f32: bool,
     /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ).
     pub pv8: bool,
+    /// Whether it applies the causal mask.
+    pub causal: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
     /// to run on it (the next compiled size up: d = 80 on the portable or the wgmma d = 96
     /// kernel, d = 96 with the 8-bit P·V on the d = 128 wgmma kernel, d = 160 on d = 256).
@@ -59,6 +61,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
                     name,
                     pv_f32: true,
                     pv8,
+                    causal: opts.causal,
                     head_dim: kernel_dim,
                 });
             }
@@ -79,6 +82,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         name,
         pv_f32,
         pv8: false,
+        causal: opts.causal,
         head_dim: portable_dim,
     })
 }
@@ -119,6 +123,7 @@ pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKern
         name: pv8_attention_kernel_name(kernel_dim, causal)?,
         pv_f32: true,
         pv8: true,
+        causal,
         head_dim: kernel_dim,
     })
 }

@@ -432,14 +432,14 @@ pub(crate) fn enqueue_attend(
         head_dim: p.head_dim as u32,
         q_mult: p.sm_scale * LOG2_E,
         q_bf16: u32::from(p.in_dtype == DType::BF16),
+        causal_chunk: 0,
+        batch: p.batch as u32,
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
         // until after the launch.
-        unsafe {
-            hopper::launch_hopper_attention(rt, kernel.name, hd, kernel.pv8, p.batch, &params)?
-        };
+        unsafe { hopper::launch_hopper_attention(rt, kernel, p.batch, &params)? };
     } else {
         let (rows, threads, smem) = if kernel.pv8 {
             // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps.

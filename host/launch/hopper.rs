@@ -30,6 +30,7 @@
 //! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).
 
 use crate::device::runtime::{ModuleKind, Runtime};
+use crate::launch::dispatch::SelectedKernel;
 use crate::params::AttnParams;
 use crate::types::error::{Error, Result};
 
@@ -79,7 +80,9 @@ pub fn hopper_available(rt: &Runtime) -> bool {
 /// Grid, block and dynamic shared memory of one sm_90a attention launch.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LaunchConfig {
-    /// `(ceil(qo_len / sm90_cta_q(head_dim)), q_heads, batch)`.
+    /// `(ceil(qo_len / sm90_cta_q(head_dim)), q_heads, batch)`, or with the causal
+    /// longest-first order in head chunks of `c` (`AttnParams::causal_chunk`) `(c,
+    /// ceil(qo_len / sm90_cta_q(head_dim)), ceil(q_heads · batch / c))`.
     pub grid: (u32, u32, u32),
     /// [`sm90_threads`]`(head_dim)` threads.
     pub threads: u32,
@@ -94,20 +97,57 @@ pub fn hopper_launch_config(
     qo_len: usize,
     q_heads: usize,
     batch: usize,
+    causal_chunk: u32,
 ) -> LaunchConfig {
+    let q_blocks = qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u32;
+    let pairs = (q_heads * batch) as u32;
     LaunchConfig {
-        grid: (
-            qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u32,
-            q_heads as u32,
-            batch as u32,
-        ),
+        grid: if causal_chunk > 0 {
+            (causal_chunk, q_blocks, pairs.div_ceil(causal_chunk))
+        } else {
+            (q_blocks, q_heads as u32, batch as u32)
+        },
         threads: sm90_threads(head_dim, pv8) as u32,
         smem_bytes: sm90_smem_bytes(head_dim, pv8) as u32,
     }
 }
 
-/// Launches the sm_90a entry `name` (from [`hopper_attention_kernel_name`]) for `batch` batches
-/// on the runtime's stream, with the geometry of [`hopper_launch_config`].
+/// The head chunk of a causal launch's longest-first order (`AttnParams::causal_chunk`): as many
+/// (batch, head) pairs as have their K and V (INT8 K and f16 V, or INT8 K and INT8 Vᵀ) fit in
+/// 7/8 of the L2 together, so that each head's K and V, read by its Q blocks in different waves,
+/// stay in L2 between them (at N = 1K, B = 4, H = 32, d = 128 all 128 pairs: 48 MiB of the
+/// H200's 60, leaving 7.5 MiB for the streaming Q and O — a guess for the measurement to settle,
+/// docs/perf-notes.md v12). 0 (each head's blocks longest first, the old order) when not even one
+/// kv head fits or the grid would not allow it (`q_blocks` and the chunk count ≤ 65535).
+#[allow(clippy::too_many_arguments)]
+pub fn causal_chunk(
+    head_dim: usize,
+    pv8: bool,
+    qo_len: usize,
+    q_heads: usize,
+    kv_len: usize,
+    kv_heads: usize,
+    batch: usize,
+    l2_bytes: u64,
+) -> u32 {
+    let bytes_per_key = head_dim as u64 * if pv8 { 2 } else { 3 };
+    let kv_head_bytes = (kv_len as u64 * bytes_per_key).max(1);
+    let kv_fit = l2_bytes / 8 * 7 / kv_head_bytes;
+    let pairs = (q_heads * batch) as u64;
+    let chunk = (kv_fit * (q_heads / kv_heads.max(1)) as u64).min(pairs);
+    let fits_grid = |n: u64| n <= 65_535;
+    if chunk == 0
+        || !fits_grid(qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u64)
+        || !fits_grid(pairs.div_ceil(chunk))
+    {
+        0
+    } else {
+        chunk as u32
+    }
+}
+
+/// Launches the sm_90a entry of `kernel` for `batch` batches on the runtime's stream, with the
+/// geometry of [`hopper_launch_config`] (causal: in the head chunks of [`causal_chunk`]).
 ///
 /// # Safety
 /// `params` satisfies everything the portable attention kernel requires (validated shapes and
@@ -117,20 +157,32 @@ pub fn hopper_launch_config(
 /// this returns).
 pub(crate) unsafe fn launch_hopper_attention(
     rt: &Runtime,
-    name: &str,
-    head_dim: usize,
-    pv8: bool,
+    kernel: &SelectedKernel,
     batch: usize,
     params: &AttnParams,
 ) -> Result<()> {
-    let cfg = hopper_launch_config(
-        head_dim,
-        pv8,
-        params.qo_len as usize,
-        params.q_heads as usize,
-        batch,
-    );
-    let kernel = rt.function(ModuleKind::Hopper, name)?;
+    let (head_dim, pv8) = (kernel.head_dim, kernel.pv8);
+    let (qo_len, q_heads) = (params.qo_len as usize, params.q_heads as usize);
+    let chunk = if kernel.causal {
+        causal_chunk(
+            head_dim,
+            pv8,
+            qo_len,
+            q_heads,
+            params.kv_len as usize,
+            params.kv_heads as usize,
+            batch,
+            rt.l2_bytes(),
+        )
+    } else {
+        0
+    };
+    let params = &AttnParams {
+        causal_chunk: chunk,
+        ..*params
+    };
+    let cfg = hopper_launch_config(head_dim, pv8, qo_len, q_heads, batch, chunk);
+    let kernel = rt.function(ModuleKind::Hopper, kernel.name)?;
     // SAFETY: `params` is the struct the entry takes (params.rs is shared); the caller guarantees
     // the pointers are valid for this grid.
     unsafe {
@@ -243,14 +295,14 @@ mod tests {
             Some("sage_attn_sm90_hd96_causal")
         );
         assert_eq!(hopper_attention_kernel_names().len(), 12);
-        let c = hopper_launch_config(128, false, 1000, 32, 4);
+        let c = hopper_launch_config(128, false, 1000, 32, 4, 0);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
-        let c = hopper_launch_config(64, false, 1000, 32, 4);
+        let c = hopper_launch_config(64, false, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((4, 32, 4), 512));
-        let c = hopper_launch_config(128, true, 1000, 32, 4);
+        let c = hopper_launch_config(128, true, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
-        let c = hopper_launch_config(64, true, 1000, 32, 4);
+        let c = hopper_launch_config(64, true, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
         // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
@@ -258,11 +310,46 @@ mod tests {
             sm90_smem_bytes(96, false),
             1024 + 24576 + 8 * (8192 + 12288) + 128
         );
-        let c = hopper_launch_config(96, false, 1000, 32, 4);
+        // Causal, longest first within head chunks: pairs of a chunk in x, Q-block rank in y,
+        // chunks in z.
+        let c = hopper_launch_config(128, false, 1000, 32, 4, 128);
+        assert_eq!((c.grid, c.threads), ((128, 6, 1), 384));
+        let c = hopper_launch_config(128, false, 1000, 32, 4, 70);
+        assert_eq!(c.grid, (70, 6, 2));
+        // K and V of B = 4, H = 32, d = 128 take 48 MiB at N = 1K (f16 V): all 128 pairs in
+        // 7/8 of the H200's 60 MiB L2; at 2K 70 of them (768 KiB each); 8-bit Vᵀ halves V.
+        let mib = 1 << 20;
+        assert_eq!(
+            causal_chunk(128, false, 1024, 32, 1024, 32, 4, 60 * mib),
+            128
+        );
+        assert_eq!(
+            causal_chunk(128, false, 2048, 32, 2048, 32, 4, 60 * mib),
+            70
+        );
+        assert_eq!(
+            causal_chunk(128, true, 2048, 32, 2048, 32, 4, 60 * mib),
+            105
+        );
+        // GQA: 4 q heads per kv head, a chunk holds whole groups of them.
+        assert_eq!(
+            causal_chunk(128, false, 16384, 32, 16384, 8, 4, 60 * mib),
+            32
+        );
+        // Not one kv head fits, or too many chunks or Q blocks for the grid: the old order.
+        assert_eq!(
+            causal_chunk(128, false, 1 << 20, 1, 1 << 20, 1, 1, 60 * mib),
+            0
+        );
+        assert_eq!(
+            causal_chunk(128, false, 192 * 65_536, 1, 8, 1, 1, 60 * mib),
+            0
+        );
+        let c = hopper_launch_config(96, false, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
         assert_eq!(sm90_smem_bytes(256, false), 1024 + 32768 + 4 * 49152 + 64);
-        let c = hopper_launch_config(256, false, 1000, 32, 4);
+        let c = hopper_launch_config(256, false, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
         // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 8 stages at d = 64, 6 at d = 128.
         assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);

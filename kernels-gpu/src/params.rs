@@ -59,6 +59,15 @@ pub struct AttnParams {
     pub q_mult: f32,
     /// 1: `q_raw` is bf16, 0: f16.
     pub q_bf16: u32,
+    /// sm_90a causal kernels only: `c > 0` = the (batch, head) pairs are taken in chunks of `c`
+    /// (as many as have their K and V fit in L2 together), and within a chunk the Q blocks
+    /// longest first across its heads: grid `(c, q_blocks, ceil(q_heads · batch / c))`, pair
+    /// `blockIdx.z · c + blockIdx.x`, Q block rank `blockIdx.y` (the hardware starts CTAs in that
+    /// order, so the longest blocks of a chunk's heads start first: longest-processing-time
+    /// order); 0 = grid `(q_blocks, q_heads, batch)`, each head's blocks longest first.
+    pub causal_chunk: u32,
+    /// Batches (the pairs past `q_heads · batch` of the last chunk have nothing to do).
+    pub batch: u32,
 }
 
 /// The quantization job's parameters (one struct per tensor).

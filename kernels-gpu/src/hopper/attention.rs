@@ -106,11 +106,18 @@ struct Geometry {
 impl Geometry {
     #[inline(always)]
     fn new<const HD: usize, const CAUSAL: bool, const PV8: bool>(p: &AttnParams) -> Self {
-        let (bx, head, batch) = ptx::block_idx();
         let rows = sm90_cta_q(HD, PV8) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
-        // Causal CTAs near the end of the sequence do the most work: start them first.
-        let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
+        let (bx, by, bz) = ptx::block_idx();
+        // Causal CTAs near the end of the sequence do the most work: start them first (see
+        // `AttnParams::causal_lpt` for the two orders).
+        let (rank, head, batch) = if CAUSAL && p.causal_chunk != 0 {
+            let pair = bz * p.causal_chunk + bx;
+            (by, pair % p.q_heads, pair / p.q_heads)
+        } else {
+            (bx, by, bz)
+        };
+        let q_block = if CAUSAL { q_blocks - 1 - rank } else { rank };
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
@@ -220,6 +227,11 @@ unsafe fn attention<
         assert!(sm90_stages(HD, PV8) >= sm90_lookahead(HD, PV8) + 3 && sm90_stages(HD, PV8) <= 8);
     };
     let geo = Geometry::new::<HD, CAUSAL, PV8>(p);
+    if CAUSAL && geo.batch >= p.batch {
+        // A CTA of the last head chunk past the last (batch, head) pair: the whole CTA leaves
+        // before any barrier.
+        return;
+    }
     let sm = Smem::<HD, PV8>::new();
     let tid = ptx::thread_idx_x();
     if tid == 0 {
