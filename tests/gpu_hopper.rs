@@ -311,8 +311,9 @@ fn hopper_causal_head_chunks_match_portable() {
     }
     let rt = runtime();
     let mut rng = fresh_rng("hopper_causal_chunks");
-    // 16K keys: 6 MiB of K and V per kv head at d = 128.
-    let (batch, q_heads, kv_heads, qo_len, kv_len) = (1, 24, 12, 3000, 16384);
+    // 2K keys: 768 KiB of K and V per kv head at d = 128, 70 kv heads (140 q heads) per chunk
+    // in the H200's L2, 192 pairs.
+    let (batch, q_heads, kv_heads, qo_len, kv_len) = (3, 64, 32, 1500, 2048);
     let chunk = hopper::causal_chunk(
         128,
         false,

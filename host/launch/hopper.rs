@@ -117,8 +117,16 @@ pub fn hopper_launch_config(
 /// 7/8 of the L2 together, so that each head's K and V, read by its Q blocks in different waves,
 /// stay in L2 between them (at N = 1K, B = 4, H = 32, d = 128 all 128 pairs: 48 MiB of the
 /// H200's 60, leaving 7.5 MiB for the streaming Q and O — a guess for the measurement to settle,
-/// docs/perf-notes.md v12). 0 (each head's blocks longest first, the old order) when not even one
-/// kv head fits or the grid would not allow it (`q_blocks` and the chunk count ≤ 65535).
+/// docs/perf-notes.md v12). 0 (each head's blocks longest first, the old order) when a chunk would
+/// hold fewer than [`MIN_CAUSAL_CHUNK`] pairs and not all of them, or the grid would not allow it
+/// (`q_blocks` and the chunk count ≤ 65535).
+/// The smallest head chunk worth the longest-first order (H200, B = 4, H = 32, v12 in
+/// docs/perf-notes.md): chunks of 128 pairs (N = 1K) and 70 (2K, and 4K at d = 64) made the causal
+/// call 0–11% faster, chunks of 35–46 (4K at d = 96 / 128) made the kernel 4–5% slower and chunks
+/// of 8–17 (16K) the kernel or the call 2–4%: small chunks spread the concurrent CTAs over more heads than L2 holds
+/// well, and their tails are short anyway.
+pub const MIN_CAUSAL_CHUNK: u64 = 64;
+
 #[allow(clippy::too_many_arguments)]
 pub fn causal_chunk(
     head_dim: usize,
@@ -136,7 +144,7 @@ pub fn causal_chunk(
     let pairs = (q_heads * batch) as u64;
     let chunk = (kv_fit * (q_heads / kv_heads.max(1)) as u64).min(pairs);
     let fits_grid = |n: u64| n <= 65_535;
-    if chunk == 0
+    if chunk < pairs.min(MIN_CAUSAL_CHUNK)
         || !fits_grid(qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u64)
         || !fits_grid(pairs.div_ceil(chunk))
     {
@@ -333,9 +341,17 @@ mod tests {
         );
         // GQA: 4 q heads per kv head, a chunk holds whole groups of them.
         assert_eq!(
-            causal_chunk(128, false, 16384, 32, 16384, 8, 4, 60 * mib),
-            32
+            causal_chunk(128, false, 4096, 32, 4096, 8, 4, 60 * mib),
+            128
         );
+        // Chunks of fewer than MIN_CAUSAL_CHUNK pairs (35 at 4K, 8 at 16K): the old order,
+        // unless the chunk holds every pair.
+        assert_eq!(causal_chunk(128, false, 4096, 32, 4096, 32, 4, 60 * mib), 0);
+        assert_eq!(
+            causal_chunk(128, false, 16384, 32, 16384, 32, 4, 60 * mib),
+            0
+        );
+        assert_eq!(causal_chunk(128, false, 16384, 8, 16384, 8, 1, 60 * mib), 8);
         // Not one kv head fits, or too many chunks or Q blocks for the grid: the old order.
         assert_eq!(
             causal_chunk(128, false, 1 << 20, 1, 1 << 20, 1, 1, 60 * mib),
