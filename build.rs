@@ -110,6 +110,14 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // rather than a block size, because head_dim 256 launches it with 512 threads
     // (`config::prep_threads`; 512 · 80 registers still fit an SM).
     ptx = add_max_registers(&ptx, device_config::names::PREPARE, 80);
+    // The one-CTA-per-head K preparation: up to 768 threads, one CTA per SM (ptxas then caps it
+    // at 80 registers, see `config::K_HEAD_MAX_THREADS`).
+    ptx = add_launch_bounds(
+        &ptx,
+        device_config::names::PREPARE_K_HEAD,
+        device_config::K_HEAD_MAX_THREADS,
+        1,
+    );
     ptx
 }
 

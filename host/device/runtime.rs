@@ -87,6 +87,8 @@ struct Inner {
     smem_optin: u32,
     /// L2 cache bytes (the sm_90a causal launch order depends on whether K and V fit in it).
     l2_bytes: u64,
+    /// Streaming multiprocessors (queried once: the preparation plan reads it on every call).
+    sm_count: u32,
     modules: [Mutex<Option<Arc<Module>>>; 2],
     kernels: [Mutex<HashMap<String, Kernel>>; 2],
     /// The worker streams (see the module docs), created on first use. The lock is held from a
@@ -276,12 +278,17 @@ impl Runtime {
             &ctx,
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE,
         )?));
+        let sm_count = non_negative(device_attr(
+            &ctx,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )?);
         Ok(Runtime {
             inner: Arc::new(Inner {
                 ctx,
                 cc,
                 smem_optin,
                 l2_bytes,
+                sm_count,
                 modules: Default::default(),
                 kernels: Default::default(),
                 workers: Mutex::new(Workers::default()),
@@ -481,7 +488,7 @@ impl Runtime {
             name: ctx.name().op("querying the device name")?,
             major: self.inner.cc.0,
             minor: self.inner.cc.1,
-            sm_count: attr(A::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?,
+            sm_count: self.inner.sm_count,
             clock_mhz: attr(A::CU_DEVICE_ATTRIBUTE_CLOCK_RATE)? / 1000,
             memory_clock_mhz: attr(A::CU_DEVICE_ATTRIBUTE_MEMORY_CLOCK_RATE)? / 1000,
             memory_bus_width: attr(A::CU_DEVICE_ATTRIBUTE_GLOBAL_MEMORY_BUS_WIDTH)?,
@@ -489,6 +496,12 @@ impl Runtime {
             l2_bytes: self.inner.l2_bytes,
             max_shared_per_block_optin: self.inner.smem_optin,
         })
+    }
+
+    /// Number of streaming multiprocessors (as [`DeviceInfo::sm_count`], queried once when the
+    /// runtime was made).
+    pub fn sm_count(&self) -> u32 {
+        self.inner.sm_count
     }
 
     /// [`Error::UnsupportedDevice`] unless the device has compute capability 8.0 or newer.

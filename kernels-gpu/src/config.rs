@@ -68,6 +68,12 @@ pub const Q_CHUNKS_PER_THREAD: usize = 8;
 /// The same for K: a 64-row block over [`prep_threads`] threads (half of Q's, which also leaves
 /// the registers for K's mean within the preparation kernel's 80-register bound).
 pub const K_CHUNKS_PER_THREAD: usize = 4;
+/// Rows of K each thread of a `SUM_K` CTA loads before adding them (all in flight; the adds
+/// stay in row order, so this never changes the bits).
+pub const SUM_K_AHEAD: usize = 8;
+/// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (64 registers a thread there;
+/// 1024 threads × 4 × 16 B = 64 KiB in flight per SM).
+pub const K_HEAD_SUM_AHEAD: usize = 4;
 /// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
 /// instead of reading the mean a separate launch wrote: one launch less, at the price of every
@@ -396,11 +402,70 @@ pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -
     }
 }
 
+/// Most threads of a `sage_prepare_k_head` CTA (the one-CTA-per-head K preparation,
+/// docs/perf-notes.md, "Preparation v6"): [`k_head_groups`] groups of [`prep_threads`] threads.
+/// The entry is bounded `.maxntid K_HEAD_MAX_THREADS, .minnctapersm 1` (build.rs), so ptxas caps
+/// it at 65536 / 768 → 80 registers (its granularity): one CTA per SM. 1024 threads (64
+/// registers) spilled 8–48 bytes in the quantization (ptxas 12.9), 768 needs 75 (sm_80) / 79
+/// (sm_90), no spills.
+pub const K_HEAD_MAX_THREADS: usize = 768;
+/// Most groups of a `sage_prepare_k_head` CTA: each group syncs on its own named barrier
+/// (`bar.sync 1 + group, prep_threads`), and a CTA has 16 (0 is the whole CTA's).
+pub const K_HEAD_MAX_GROUPS: usize = 8;
+/// Longest K that the one-CTA-per-head preparation takes (`plan_prepare`'s choice): a head's K
+/// (at most 2048 × 256 × 2 = 1 MiB, 512 KiB at d = 128) is read twice by one CTA, the second
+/// time from L2, and its segment sums (8 segments) stay in shared memory.
+pub const K_HEAD_MAX_KV_LEN: usize = 2048;
+
+/// Whether the one-CTA-per-head K preparation runs at `head_dim`: its groups must be whole warps
+/// (named barriers count warps), i.e. `head_dim / 8` even.
+pub const fn k_head_supported(head_dim: usize) -> bool {
+    is_supported_head_dim(head_dim) && head_dim.is_multiple_of(2 * HEAD_DIM_STEP)
+}
+
+/// Groups of a `sage_prepare_k_head` CTA at `head_dim` (each one the segment / quantization
+/// geometry of [`prep_threads`] threads): 6 at d = 64, 4 at d = 96, 3 at d = 128, 1 at d = 256.
+pub const fn k_head_groups(head_dim: usize) -> usize {
+    let g = K_HEAD_MAX_THREADS / prep_threads(head_dim);
+    if g > K_HEAD_MAX_GROUPS {
+        K_HEAD_MAX_GROUPS
+    } else {
+        g
+    }
+}
+
+/// Threads of a `sage_prepare_k_head` CTA at `head_dim`.
+pub const fn k_head_threads(head_dim: usize) -> usize {
+    k_head_groups(head_dim) * prep_threads(head_dim)
+}
+
+/// Bytes of one group's shared memory in a `sage_prepare_k_head` CTA: the segment sums' tree
+/// (`MEAN_SEQ_LANES × head_dim` f32), reused for the block maximum's warp slots.
+pub const fn k_head_group_smem_bytes(head_dim: usize) -> usize {
+    let tree = MEAN_SEQ_LANES * head_dim * 4;
+    if tree > QUANT_MAX_SLOTS_BYTES {
+        tree
+    } else {
+        QUANT_MAX_SLOTS_BYTES
+    }
+}
+
+/// Dynamic shared memory of a `sage_prepare_k_head` CTA: K's mean (`head_dim` f32), the head's
+/// segment sums (`segments × head_dim` f32), then one region per group
+/// ([`k_head_group_smem_bytes`]). At most 25 KiB (d = 256, 2048 keys); 28.5 KiB at d = 128.
+pub const fn k_head_smem_bytes(head_dim: usize, kv_len: usize) -> usize {
+    let segments = kv_len.div_ceil(MEAN_SEGMENT_ROWS);
+    (1 + segments) * head_dim * 4 + k_head_groups(head_dim) * k_head_group_smem_bytes(head_dim)
+}
+
 /// Entry names of the smoothing / quantization / conversion kernels and the primitive tests.
 pub mod names {
     /// The fused preparation kernel: any subset of the [`prep_job`](super::prep_job) jobs per
     /// launch (K mean, Q/K quantization, LSE bias, V to f16, 8-bit V).
     pub const PREPARE: &str = "sage_prepare";
+    /// K's preparation with smoothing (segment sums, mean, INT8 K and scales) for short K, one
+    /// CTA per (batch, kv head): see `config::K_HEAD_MAX_KV_LEN`.
+    pub const PREPARE_K_HEAD: &str = "sage_prepare_k_head";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Single-tile mma tests (one per mma shape).

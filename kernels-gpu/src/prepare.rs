@@ -14,7 +14,7 @@
 
 use crate::config::{
     padded_len, prep_job as job, K_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, Q_CHUNKS_PER_THREAD,
-    V8_TILE,
+    SUM_K_AHEAD, V8_TILE,
 };
 use crate::params::PrepareParams;
 use crate::ptx;
@@ -58,7 +58,10 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
     if bx < e[job::QUANT_Q] {
         let (blk, head, batch) = split(bx, p.q.seq.div_ceil(p.q.block), p.q.heads);
-        unsafe { quant::quantize_block::<Q_CHUNKS_PER_THREAD, true>(&p.q, blk, head, batch, None) }
+        let g = quant::Group::cta();
+        unsafe {
+            quant::quantize_block::<Q_CHUNKS_PER_THREAD, true>(&g, &p.q, blk, head, batch, None)
+        }
     } else if bx < e[job::CONVERT_V] {
         unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
     } else if bx < e[job::V8_STATS] {
@@ -68,7 +71,17 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     } else if bx < e[job::SUM_K] {
         let i = bx - e[job::SUM_K - 1];
         let (segment, head, batch) = split(i, segments(p.mean.seq), p.mean.heads);
-        unsafe { quant::segment_sums(&p.mean, segment, head, batch) }
+        let g = quant::Group::cta();
+        unsafe {
+            quant::segment_sums::<SUM_K_AHEAD>(
+                &g,
+                &p.mean,
+                segment,
+                head,
+                batch,
+                quant::SumsOut::Global,
+            )
+        }
     } else if bx < e[job::K_MEAN] {
         unsafe { quant::k_mean(&p.mean, bx - e[job::K_MEAN - 1]) }
     } else if bx < e[job::V8_FINALIZE] {
@@ -79,12 +92,13 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         let i = e[job::QUANT_K] - 1 - bx;
         let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
         let smooth = if p.k.mean != 0 {
-            Some((&p.mean, fold_k))
+            Some(quant::MeanFrom::Stage(&p.mean, fold_k))
         } else {
             None
         };
+        let g = quant::Group::cta();
         unsafe {
-            quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&p.k, blk, head, batch, smooth)
+            quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&g, &p.k, blk, head, batch, smooth)
         }
     } else if bx < e[job::V8_QUANT] {
         let i = bx - e[job::V8_QUANT - 1];
@@ -94,4 +108,22 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     } else if bx < e[job::LSE_BIAS] {
         unsafe { quant::lse_bias(&p.lse, &p.mean, fold_k, bx - e[job::LSE_BIAS - 1]) }
     }
+}
+
+/// The smoothed-K preparation of short K, one CTA per (batch, kv head) (`quant::k_head`): K's
+/// segment sums, mean (also stored to the mean buffer) and INT8 K with its scales, in one launch,
+/// bit for bit what the `SUM_K` and `QUANT_K` jobs of `sage_prepare` produce. Grid
+/// `(batch * kv_heads, 1, 1)`, block `config::k_head_threads(head_dim)`,
+/// `config::k_head_smem_bytes(head_dim, seq)` bytes of dynamic shared memory. Reads `p.mean` and
+/// `p.k` only.
+///
+/// # Safety
+/// Launched by the host with validated parameters and that geometry, `head_dim / 8` even and
+/// `seq <= config::K_HEAD_MAX_KV_LEN`.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_k_head(p: PrepareParams) {
+    let bx = ptx::block_idx().0;
+    let (head, batch) = (bx % p.k.heads, bx / p.k.heads);
+    // SAFETY: bx < batch * kv_heads (the grid); the rest is the caller's contract.
+    unsafe { quant::k_head(&p.mean, &p.k, head, batch) }
 }

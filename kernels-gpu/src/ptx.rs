@@ -892,9 +892,22 @@ pub fn fence_proxy_async_shared() {
     }
 }
 
+/// `x`, through a `mov` the compiler may not move out of a loop (volatile asm): values computed
+/// from it inside a loop are recomputed there instead of being hoisted and kept in registers
+/// across it (register pressure; `sage_prepare_k_head`: 75 registers at sm_80 with it, where the
+/// 80-register cap leaves little room).
+#[inline(always)]
+pub fn opaque_u32(x: u32) -> u32 {
+    let r: u32;
+    // SAFETY: a register move; no memory is touched.
+    unsafe {
+        asm!("mov.u32 {0}, {1};", out(reg32) r, in(reg32) x, options(nomem, nostack));
+    }
+    r
+}
+
 /// `bar.sync id, count`: a named barrier for `count` threads (a multiple of 32; every warp that
 /// takes part reaches it with all its threads).
-#[cfg(feature = "hopper")]
 #[inline(always)]
 pub fn named_barrier_sync(id: u32, count: u32) {
     // SAFETY: callers keep the barrier in uniform control flow of the participating warps.

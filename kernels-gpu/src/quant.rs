@@ -5,12 +5,84 @@
 //! (after the attention kernel) is the only entry here.
 
 use crate::config::{
-    padded_len, CONVERT_CHUNKS_PER_THREAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES,
+    k_head_group_smem_bytes, padded_len, CONVERT_CHUNKS_PER_THREAD, K_CHUNKS_PER_THREAD,
+    K_HEAD_SUM_AHEAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES,
 };
 use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
 use crate::quant_arith::{abs_max8, inv_scale, pack_s8x8, scaled8, unpack8};
 use crate::unroll::unroll;
+
+/// The threads that run one job together and how they sync: the whole CTA (`Group::cta`, every
+/// job of `sage_prepare`), or one of the groups of a `sage_prepare_k_head` CTA (`Group::part`):
+/// `threads` consecutive threads of the block, a thread index from 0 within the group, their own
+/// named barrier and their own shared memory. A job run by a group computes exactly what it
+/// computes as a whole CTA of `threads` threads: the same thread ↔ data map (from the group-local
+/// index), the same arithmetic, the same shared-memory layout (from the group's base).
+#[derive(Clone, Copy)]
+pub(crate) struct Group {
+    /// Thread index within the group.
+    tid: u32,
+    /// Threads of the group.
+    threads: u32,
+    /// Named barrier of the group; 0: the group is the CTA (`bar.sync 0`).
+    barrier: u32,
+    /// Shared address of the group's dynamic shared memory.
+    smem: u32,
+}
+
+impl Group {
+    /// The whole CTA.
+    #[inline(always)]
+    pub(crate) fn cta() -> Self {
+        Group {
+            tid: ptx::thread_idx_x(),
+            threads: ptx::block_dim_x(),
+            barrier: 0,
+            smem: ptx::smem_base(),
+        }
+    }
+
+    /// Group `index` of `threads` threads (a multiple of 32), barrier `1 + index`, shared memory
+    /// at `smem`.
+    #[inline(always)]
+    pub(crate) fn part(index: u32, threads: u32, smem: u32) -> Self {
+        Group {
+            tid: ptx::thread_idx_x() - index * threads,
+            threads,
+            barrier: 1 + index,
+            smem,
+        }
+    }
+
+    /// Waits for every thread of the group (every thread of it must call it).
+    #[inline(always)]
+    pub(crate) fn sync(&self) {
+        if self.barrier == 0 {
+            ptx::sync_threads();
+        } else {
+            ptx::named_barrier_sync(self.barrier, self.threads);
+        }
+    }
+}
+
+/// Where a segment's sums go: K's segment-sum buffer (`MeanParams::partials`, read by a later
+/// launch), or `[segment][head_dim]` f32 in shared memory at this address (`sage_prepare_k_head`).
+#[derive(Clone, Copy)]
+pub(crate) enum SumsOut {
+    Global,
+    Shared(u32),
+}
+
+/// Where a smoothing K quantization gets K's mean.
+#[derive(Clone, Copy)]
+pub(crate) enum MeanFrom<'a> {
+    /// Staged by the CTA (`stage_k_mean`): folded from the segment sums when the flag is set,
+    /// else read from the mean buffer.
+    Stage(&'a MeanParams, bool),
+    /// Already in shared memory at this address (`head_dim` f32), visible to every thread.
+    Shared(u32),
+}
 
 /// Loads 8 consecutive f16 or bf16 values (16 bytes) as f32.
 ///
@@ -22,15 +94,23 @@ pub(crate) unsafe fn load8(ptr: u64, bf16: bool) -> [f32; 8] {
 }
 
 /// Sum of K over one segment of `MEAN_SEGMENT_ROWS` rows, per (batch, head, channel): the first
-/// step of the K mean (docs/design.md, "Quantization"), job `SUM_K`. `head_dim/8 * 16` threads:
-/// thread = (16-byte column chunk, sequence lane); `16 * head_dim * 4` bytes of dynamic shared
-/// memory.
+/// step of the K mean (docs/design.md, "Quantization"), job `SUM_K`. A group of
+/// `head_dim/8 * 16` threads: thread = (16-byte column chunk, sequence lane); `16 * head_dim * 4`
+/// bytes of the group's shared memory. The sums go to `out`.
 ///
 /// # Safety
-/// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
+/// Valid parameters and that geometry; every thread of the group calls it with the same
+/// coordinates; with `SumsOut::Shared`, the buffer holds the head's segments.
 #[inline(always)]
-pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch: u32) {
-    let tid = ptx::thread_idx_x();
+pub(crate) unsafe fn segment_sums<const AHEAD: usize>(
+    g: &Group,
+    p: &MeanParams,
+    segment: u32,
+    head: u32,
+    batch: u32,
+    out: SumsOut,
+) {
+    let tid = g.tid;
     let chunks = p.head_dim / 8;
     let (chunk, lane) = (tid % chunks, tid / chunks);
     let bf16 = p.in_bf16 != 0;
@@ -41,17 +121,19 @@ pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch
     let row_ptr = |s: u32| (head_ptr + 2 * (s as i64 * p.k_stride[2] + chunk as i64 * 8)) as u64;
     let mut sum = [0.0f32; 8];
     // Rows start + lane, start + lane + 16, … are summed in increasing order (the contract); the
-    // loads of AHEAD rows are issued before their adds so each thread keeps several in flight.
-    const AHEAD: u32 = 8;
+    // loads of AHEAD rows are issued before their adds so each thread keeps several in flight
+    // (AHEAD changes only when the loads are issued, never the order of the adds: any AHEAD gives
+    // the same bits).
+    let ahead = AHEAD as u32;
     let mut s = start + lane;
-    while s + (AHEAD - 1) * lanes < end {
-        let mut x = [[0.0f32; 8]; AHEAD as usize];
+    while s + (ahead - 1) * lanes < end {
+        let mut x = [[0.0f32; 8]; AHEAD];
         // SAFETY: every row s + j*16 < end <= seq and chunk < head_dim/8: inside K.
-        unroll::<{ AHEAD as usize }>(
+        unroll::<AHEAD>(
             #[inline(always)]
             |j| x[j] = unsafe { load8(row_ptr(s + j as u32 * lanes), bf16) },
         );
-        unroll::<{ AHEAD as usize }>(
+        unroll::<AHEAD>(
             #[inline(always)]
             |j| {
                 unroll::<8>(
@@ -60,7 +142,7 @@ pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch
                 )
             },
         );
-        s += AHEAD * lanes;
+        s += ahead * lanes;
     }
     while s < end {
         // SAFETY: s < seq and chunk < head_dim/8: inside K.
@@ -72,7 +154,7 @@ pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch
         s += lanes;
     }
     // partial[lane][channel] in shared memory, then the fixed tree over lanes (8, 4, 2, 1).
-    let base = ptx::smem_base();
+    let base = g.smem;
     let slot = |lane: u32, i: usize| base + 4 * (lane * p.head_dim + chunk * 8 + i as u32);
     // SAFETY: lane < 16 and channel < head_dim: inside the 16*head_dim*4-byte buffer.
     unroll::<8>(
@@ -81,7 +163,7 @@ pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch
     );
     let mut stride = lanes / 2;
     while stride > 0 {
-        ptx::sync_threads();
+        g.sync();
         if lane < stride {
             unroll::<8>(
                 #[inline(always)]
@@ -94,8 +176,21 @@ pub(crate) unsafe fn segment_sums(p: &MeanParams, segment: u32, head: u32, batch
         }
         stride /= 2;
     }
-    ptx::sync_threads();
+    g.sync();
     if lane == 0 {
+        if let SumsOut::Shared(sums) = out {
+            let at = sums + 4 * (segment * p.head_dim + chunk * 8);
+            unroll::<8>(
+                #[inline(always)]
+                |i| {
+                    // SAFETY: inside the [segments][head_dim] shared buffer.
+                    unsafe {
+                        ptx::st_shared_f32(at + 4 * i as u32, ptx::ld_shared_f32(slot(0, i)))
+                    };
+                },
+            );
+            return;
+        }
         let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
         let row = ((batch * p.heads + head) as u64 * segments + segment as u64) * p.head_dim as u64;
         let out = p.partials + 4 * (row + chunk as u64 * 8);
@@ -204,14 +299,14 @@ unsafe fn stage_k_mean(p: &MeanParams, fold: bool, publish: bool, bh: u64, smem:
 /// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
 #[inline(always)]
 pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
+    g: &Group,
     p: &QuantParams,
     blk: u32,
     head: u32,
     batch: u32,
-    smooth: Option<(&MeanParams, bool)>,
+    smooth: Option<MeanFrom>,
 ) {
-    let tid = ptx::thread_idx_x();
-    let threads = ptx::block_dim_x();
+    let (tid, threads) = (g.tid, g.threads);
     let chunks = p.head_dim / 8;
     // `threads` is a multiple of `chunks`: chunk i of this thread is c = tid + i * threads, at row
     // `row0 + first_row + i * rows_per_pass` of the block, column chunk `col` for every i.
@@ -237,13 +332,20 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     );
     // K's mean over this thread's 8 channels, staged while the loads are in flight.
     let mut mean = [0.0f32; 8];
-    if let Some((mp, fold)) = smooth {
-        let smem = ptx::smem_base() + QUANT_MAX_SLOTS_BYTES as u32;
-        let bh = (batch * p.heads + head) as u64;
-        // SAFETY: forwarded; `head_dim * 4` bytes after the warp slots; block 0 publishes (each
-        // head has one), and no CTA of this launch reads the mean buffer when it folds.
-        unsafe { stage_k_mean(mp, fold, blk == 0, bh, smem) };
-        ptx::sync_threads();
+    if let Some(from) = smooth {
+        let smem = match from {
+            MeanFrom::Stage(mp, fold) => {
+                let smem = g.smem + QUANT_MAX_SLOTS_BYTES as u32;
+                let bh = (batch * p.heads + head) as u64;
+                // SAFETY: forwarded; `head_dim * 4` bytes after the warp slots; block 0 publishes
+                // (each head has one), and no CTA of this launch reads the mean buffer when it
+                // folds. Only for a whole CTA (`stage_k_mean` strides over the block).
+                unsafe { stage_k_mean(mp, fold, blk == 0, bh, smem) };
+                g.sync();
+                smem
+            }
+            MeanFrom::Shared(smem) => smem,
+        };
         unroll::<8>(
             #[inline(always)]
             // SAFETY: col * 8 + i < head_dim: inside the staged mean.
@@ -251,7 +353,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         );
     }
     // The value the contract quantizes: x * mult (Q, and K without smoothing) or x - mean (K).
-    let values = |raw: &[u32; 4]| -> [f32; 8] {
+    let values = |raw: &[u32; 4], mean: &[f32; 8]| -> [f32; 8] {
         if smooth.is_some() {
             let mut x = unpack8(raw, bf16);
             unroll::<8>(
@@ -269,11 +371,11 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         #[inline(always)]
         |i| {
             if in_range(i) {
-                chunk_amax[i] = abs_max8(0.0, &values(&raw[i]));
+                chunk_amax[i] = abs_max8(0.0, &values(&raw[i], &mean));
             }
         },
     );
-    let base = ptx::smem_base();
+    let base = g.smem;
     // The maximum behind the scale of chunk i's row.
     let mut amax = [0.0f32; CHUNKS];
     if PER_ROW {
@@ -288,7 +390,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             unsafe { ptx::st_shared_u32(base + 4 * r, 0) };
             r += threads;
         }
-        ptx::sync_threads();
+        g.sync();
         unroll::<CHUNKS>(
             #[inline(always)]
             |i| {
@@ -298,7 +400,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
                 }
             },
         );
-        ptx::sync_threads();
+        g.sync();
         unroll::<CHUNKS>(
             #[inline(always)]
             |i| {
@@ -341,7 +443,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             if tid & 31 == 0 {
                 ptx::st_shared_f32(base + 4 * (tid >> 5), m);
             }
-            ptx::sync_threads();
+            g.sync();
             m = ptx::ld_shared_f32(base);
             let mut w = 1;
             while w < warps {
@@ -371,6 +473,17 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         unsafe { ptx::st_global_f32(p.scale + 4 * (bh * blocks + blk as u64), amax[0] / 127.0) };
     }
 
+    // With the mean in shared memory for the whole CTA, reload it (after the barriers above, so
+    // not merged with the first loads): the values are then recomputed from `raw` for the stores
+    // instead of being kept (32 registers against 16 + 8), which keeps `sage_prepare_k_head`
+    // within 64 registers. The same values either way.
+    if let Some(MeanFrom::Shared(smem)) = smooth {
+        unroll::<8>(
+            #[inline(always)]
+            // SAFETY: col * 8 + i < head_dim: inside the staged mean.
+            |i| mean[i] = unsafe { ptx::ld_shared_f32(smem + 4 * (col * 8 + i as u32)) },
+        );
+    }
     let padded = blocks * p.block as u64;
     let out_head = p.out + (batch * p.heads + head) as u64 * padded * p.out_head_dim as u64;
     unroll::<CHUNKS>(
@@ -379,7 +492,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             if in_block(i) {
                 let row = row0 + block_row(i);
                 let packed = if row < p.seq {
-                    pack_s8x8(&values(&raw[i]), inv_scale(amax[i]))
+                    pack_s8x8(&values(&raw[i], &mean), inv_scale(amax[i]))
                 } else {
                     [0; 2]
                 };
@@ -402,6 +515,101 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             col += 8;
         }
         row += threads;
+    }
+}
+
+/// The whole smoothed-K preparation of one (batch, kv head) by one CTA (`sage_prepare_k_head`,
+/// short K: `config::K_HEAD_MAX_KV_LEN`): the CTA is `k_head_groups` groups of the usual
+/// `prep_threads` geometry, each with its own named barrier and shared memory
+/// (`config::k_head_smem_bytes` bytes in all: mean, segment sums, group regions).
+///
+/// 1. Segment sums: group `i` sums segments `i, i + groups, …` with `segment_sums` itself (the
+///    same code as the `SUM_K` job, group-local thread index and barrier), into shared memory.
+/// 2. The mean, one thread per channel: `((0 + s₀) + s₁) + …` in segment order, then `/ seq`.
+/// 3. INT8 K: group `i` quantizes the blocks `n-1-i, n-1-i-groups, …` (K's end first: the
+///    segments read last, most likely still in L2) with `quantize_block::<K_CHUNKS_PER_THREAD,
+///    false>`, the `QUANT_K` job's code, the mean taken from shared memory.
+///
+/// Why the bits are those of the two-launch path (and so of `host/reference/quant_ref.rs`):
+/// - a segment's sums: `segment_sums` with a group of `head_dim/8 × 16` threads maps thread
+///   `tid` (group-local) to (chunk, lane) = (`tid % chunks`, `tid / chunks`) as a `SUM_K` CTA
+///   does, sums the same rows in the same order per thread and runs the same lane tree; the
+///   result is stored to shared memory instead of global memory (an f32 copy: no rounding);
+/// - the mean: `k_mean_channel` adds `total = 0; total += s₀; total += s₁; …` (two loads in
+///   flight, the adds still one at a time in segment order) and divides by `seq as f32`; step 2
+///   does the same adds in the same order on the same values (f32 `add.rn`, no FMA: Rust never
+///   contracts), then the same division;
+/// - the quantization: `quantize_block` with a group of `prep_threads` threads is the `QUANT_K`
+///   CTA's code with the same thread count (the group is whole warps, so the warp butterfly and
+///   the per-warp slots see the same lanes) and the same mean values.
+///
+/// The mean is also stored to the mean buffer (the LSE bias of a later launch reads it).
+///
+/// # Safety
+/// Valid parameters; `head_dim / 8` even, `seq <= K_HEAD_MAX_KV_LEN`; block size
+/// `k_head_threads(head_dim)`, `k_head_smem_bytes(head_dim, seq)` bytes of dynamic shared memory;
+/// every thread of the CTA calls it with the same coordinates.
+#[inline(always)]
+pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch: u32) {
+    let hd = mp.head_dim;
+    let group_threads = hd / 8 * MEAN_SEQ_LANES as u32;
+    let groups = ptx::block_dim_x() / group_threads;
+    let index = ptx::thread_idx_x() / group_threads;
+    let segments = mp.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+    let mean_smem = ptx::smem_base();
+    let sums = mean_smem + 4 * hd;
+    let group_bytes = k_head_group_smem_bytes(hd as usize) as u32;
+    let g = Group::part(
+        index,
+        group_threads,
+        sums + 4 * segments * hd + index * group_bytes,
+    );
+    let mut segment = index;
+    while segment < segments {
+        // SAFETY: forwarded; the group's tree region and the sums buffer are inside
+        // `k_head_smem_bytes`.
+        unsafe {
+            segment_sums::<K_HEAD_SUM_AHEAD>(&g, mp, segment, head, batch, SumsOut::Shared(sums))
+        };
+        segment += groups;
+    }
+    ptx::sync_threads();
+    let bh = (batch * mp.heads + head) as u64;
+    let mut d = ptx::thread_idx_x();
+    while d < hd {
+        let mut total = 0.0f32;
+        let mut s = 0;
+        while s < segments {
+            // SAFETY: s < segments, d < head_dim: inside the sums buffer.
+            total += unsafe { ptx::ld_shared_f32(sums + 4 * (s * hd + d)) };
+            s += 1;
+        }
+        let m = total / mp.seq as f32;
+        // SAFETY: d < head_dim: inside the staged mean and the [batch][heads][head_dim] buffer.
+        unsafe {
+            ptx::st_shared_f32(mean_smem + 4 * d, m);
+            ptx::st_global_f32(mp.mean + 4 * (bh * hd as u64 + d as u64), m);
+        }
+        d += ptx::block_dim_x();
+    }
+    ptx::sync_threads();
+    let blocks = kp.seq.div_ceil(kp.block);
+    let mut i = index;
+    while i < blocks {
+        // SAFETY: forwarded; blk < blocks; the group's region holds the warp slots.
+        unsafe {
+            quantize_block::<K_CHUNKS_PER_THREAD, false>(
+                &g,
+                kp,
+                blocks - 1 - i,
+                ptx::opaque_u32(head),
+                ptx::opaque_u32(batch),
+                Some(MeanFrom::Shared(mean_smem)),
+            )
+        };
+        // The next block reuses the warp slots of the block maximum.
+        g.sync();
+        i += groups;
     }
 }
 
