@@ -10,7 +10,9 @@ use common::{
 use half::f16;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
-use sageattention::device_config::{names, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS};
+use sageattention::device_config::{
+    k_head_supported, names, K_HEAD_MAX_KV_LEN, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS,
+};
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
 use sageattention::runtime::ModuleKind;
@@ -218,6 +220,114 @@ fn lse_bias_and_v_copy_match_emulation_around_the_fold_limit() {
     }
 }
 
+/// (batch, kv heads) for the one-CTA-per-head K preparation on `rt`'s GPU: batch 2 and
+/// `sm_count / 2` kv heads, so that the pairs (`sm_count - 1` or `sm_count`) are one wave of at
+/// least 3/4 of the SMs, which `plan_prepare` (`enqueue::use_k_head`) requires.
+fn k_head_shape(sm_count: usize) -> (usize, usize) {
+    let (batch, kv_heads) = (2, sm_count / 2);
+    let pairs = batch * kv_heads;
+    assert!(4 * pairs >= 3 * sm_count && pairs <= sm_count);
+    (batch, kv_heads)
+}
+
+/// `sage_prepare_k_head` (one CTA per (batch, kv head), short K): K's mean, INT8 K and scales
+/// equal the CPU emulation bit for bit, at every length up to `K_HEAD_MAX_KV_LEN` with a partial
+/// segment / block, d = 64, 96, 128, f16 and bf16, HND and NHD, GQA 2:1 and MHA. The shapes have
+/// `batch × kv_heads` ≈ the SM count, which selects that path.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn k_head_preparation_equals_cpu_emulation_bit_for_bit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("k_head");
+    let (batch, kv_heads) = k_head_shape(rt.sm_count() as usize);
+    let mut lengths = vec![1, 63, 64, 255, 256, 1000, 1024, 2048];
+    lengths.retain(|&n| n <= K_HEAD_MAX_KV_LEN);
+    for kv_len in lengths {
+        for d in [64, 96, 128] {
+            assert!(k_head_supported(d));
+            for dtype in [DType::F16, DType::BF16] {
+                for layout in [Layout::Hnd, Layout::Nhd] {
+                    for q_heads in [2 * kv_heads, kv_heads] {
+                        let case = format!(
+                            "kv_len {kv_len} d{d} {dtype:?} {layout:?} q_heads {q_heads} \
+                             kv_heads {kv_heads}"
+                        );
+                        let offsets = channel_offsets(&mut rng, d, 4.0);
+                        let q = random_tensor(&mut rng, [batch, q_heads, 5, d], dtype, 1.0, None);
+                        let kv_shape = [batch, kv_heads, kv_len, d];
+                        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
+                        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
+                        let (qd, kd, vd) = (
+                            upload(rt, &q, dtype, layout),
+                            upload(rt, &k, dtype, layout),
+                            upload(rt, &v, dtype, layout),
+                        );
+                        let opts = Options {
+                            layout,
+                            ..Options::default()
+                        };
+                        let prepared =
+                            Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+                        let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
+                        let mean_ref = k_mean(&k);
+                        assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {case}");
+                        let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+                        let k_ref = quantize_k(&k, Some(&mean_ref));
+                        assert_eq!(k_i8, k_ref.data, "K int8, {case}");
+                        assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, {case}");
+                    }
+                }
+            }
+        }
+        eprintln!("kv_len {kv_len}: bit-exact");
+    }
+}
+
+/// A whole call on the one-CTA-per-head path with the LSE (its bias reads the mean the head
+/// CTAs stored) and a bf16 V copy in the launch after, against the emulation of the call.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn k_head_call_with_lse_matches_emulation() {
+    let rt = runtime();
+    let mut rng = fresh_rng("k_head_call");
+    let (batch, kv_heads) = k_head_shape(rt.sm_count() as usize);
+    for (kv_len, head_dim, dtype, layout) in [
+        (1000, 128, DType::BF16, Layout::Hnd),
+        (K_HEAD_MAX_KV_LEN, 64, DType::F16, Layout::Nhd),
+    ] {
+        let (q_heads, qo_len) = (2 * kv_heads, 37);
+        let offsets = channel_offsets(&mut rng, head_dim, 3.0);
+        let q = random_tensor(
+            &mut rng,
+            [batch, q_heads, qo_len, head_dim],
+            dtype,
+            1.0,
+            None,
+        );
+        let kv_shape = [batch, kv_heads, kv_len, head_dim];
+        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
+        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
+        let opts = Options {
+            layout,
+            return_lse: true,
+            ..Options::default()
+        };
+        let (out, lse) = run_poisoned([&q, &k, &v], dtype, layout, dtype, layout, &opts).unwrap();
+        let emulated =
+            attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), true, false);
+        let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?}");
+        assert!(
+            out.iter().all(|x| x.is_finite()),
+            "unwritten output: {case}"
+        );
+        let m = compare(&out, &emulated.o);
+        assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
+        let lse_err = lse_max_error(&lse, &emulated.lse);
+        assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
+        eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
+    }
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
@@ -227,7 +337,7 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
-    all.extend([names::PREPARE, names::COPY_COLUMNS]);
+    all.extend([names::PREPARE, names::PREPARE_K_HEAD, names::COPY_COLUMNS]);
     for name in all {
         let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
         eprintln!("{name}: {res:?}");

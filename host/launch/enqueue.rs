@@ -9,9 +9,10 @@ use cudarc::driver::{CudaSlice, DevicePtrMut, DeviceRepr};
 use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
-    attn_smem_bytes, cta_q, names, padded_len, prep_job, prep_smem_bytes, prep_threads,
-    prep_threads_ok, pv8_smem_bytes, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS,
-    K_BLOCK, LOG2_E, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
+    attn_smem_bytes, cta_q, k_head_smem_bytes, k_head_supported, k_head_threads, names, padded_len,
+    prep_job, prep_smem_bytes, prep_threads, prep_threads_ok, pv8_smem_bytes, ATTN_THREADS,
+    CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, K_HEAD_MAX_KV_LEN, LOG2_E,
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
     V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
@@ -131,6 +132,10 @@ impl PrepLaunch {
 /// `fold_v8`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct PrepPlan {
+    /// CTAs of the one-CTA-per-(batch, kv head) K preparation (`sage_prepare_k_head`: K's segment
+    /// sums, mean and INT8 K in one launch, before `launches`); 0 when the `SUM_K` / `QUANT_K`
+    /// jobs of `launches` prepare K ([`use_k_head`]).
+    pub(crate) k_head: usize,
     pub(crate) launches: Vec<PrepLaunch>,
     pub(crate) fold_k: bool,
     pub(crate) fold_v8: bool,
@@ -149,9 +154,35 @@ pub(crate) struct PrepPlan {
 ///
 /// So 2 launches for f16 up to kv_len 1024 (1 without smoothing) and for the 8-bit P·V up to 1024;
 /// 3 beyond.
-pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
+///
+/// When [`use_k_head`] says so (short smoothed K, enough (batch, kv head) pairs to fill the
+/// `sm_count` SMs), K is instead prepared by one `sage_prepare_k_head` launch, one CTA per pair,
+/// first; the other jobs (Q quantization, V to f16, LSE bias from the mean that launch
+/// published) share one launch after it.
+pub(crate) fn plan_prepare(s: &ScratchShape, sm_count: usize) -> PrepPlan {
     use prep_job::*;
     let hd = s.head_dim;
+    if use_k_head(s, sm_count) {
+        let threads = prep_threads(hd);
+        let mut rest = PrepLaunch::new(threads);
+        if s.quantize_q {
+            rest.ctas[QUANT_Q] = s.qo_len.div_ceil(Q_BLOCK) * s.q_heads * s.batch;
+        }
+        if s.copy_v {
+            let chunks = s.batch * s.kv_heads * s.kv_len * s.kernel_head_dim / 8;
+            rest.ctas[CONVERT_V] = chunks.div_ceil(threads * CONVERT_CHUNKS_PER_THREAD);
+        }
+        if s.lse_bias {
+            rest.ctas[LSE_BIAS] = s.qo_len.div_ceil(threads) * s.q_heads * s.batch;
+        }
+        return PrepPlan {
+            k_head: s.batch * s.kv_heads,
+            launches: if rest.is_empty() { vec![] } else { vec![rest] },
+            // The LSE bias reads the mean the head CTAs stored.
+            fold_k: false,
+            fold_v8: false,
+        };
+    }
     let segments = s.kv_len.div_ceil(MEAN_SEGMENT_ROWS);
     let kv = s.batch * s.kv_heads;
     let fold_k = segments <= MEAN_FOLD_MAX_SEGMENTS;
@@ -205,10 +236,30 @@ pub(crate) fn plan_prepare(s: &ScratchShape) -> PrepPlan {
         }
     }
     PrepPlan {
+        k_head: 0,
         launches,
         fold_k,
         fold_v8,
     }
+}
+
+/// Whether K's smoothed preparation runs as one `sage_prepare_k_head` launch, one CTA per
+/// (batch, kv head) (docs/perf-notes.md, "Preparation v6"): smoothing on, the f16 P·V (the 8-bit
+/// one keeps its jobs, which share launches with V's), kv_len ≤ `K_HEAD_MAX_KV_LEN`, a head_dim
+/// whose groups are whole warps (`k_head_supported`), and enough pairs that the CTA waves fill
+/// the `sm_count` SMs at least to 3/4 (`pairs ≥ 0.75 · waves · sm_count`: 128 pairs on 132 SMs
+/// yes, 64 or 140 no). Each CTA takes one SM (768 threads), so a part-empty wave leaves SMs idle
+/// while the two-launch path's small CTAs would spread over all of them.
+pub(crate) fn use_k_head(s: &ScratchShape, sm_count: usize) -> bool {
+    let pairs = s.batch * s.kv_heads;
+    if !s.smooth_k || s.v8 || s.kv_len > K_HEAD_MAX_KV_LEN || !k_head_supported(s.head_dim) {
+        return false;
+    }
+    if sm_count == 0 || pairs == 0 {
+        return false;
+    }
+    let waves = pairs.div_ceil(sm_count);
+    4 * pairs >= 3 * waves * sm_count
 }
 
 /// The shape [`plan_prepare`] reads, from the problem and the scratch layout that was sized for it.
@@ -244,7 +295,7 @@ pub(crate) fn enqueue_prepare(
     let stream = rt.stream();
     let l = &scratch.layout;
     let hd = kernel.head_dim;
-    let plan = plan_prepare(&prep_shape(p, hd, l));
+    let plan = plan_prepare(&prep_shape(p, hd, l), rt.sm_count() as usize);
     let in_bf16 = u32::from(p.in_dtype == DType::BF16);
     let (q_ptr, _q_guard) = q.device_ptr(stream);
     let (k_ptr, _k_guard) = k.device_ptr(stream);
@@ -340,6 +391,16 @@ pub(crate) fn enqueue_prepare(
         fold_v8: u32::from(plan.fold_v8),
         _pad: 0,
     };
+    if plan.k_head > 0 {
+        launch(
+            rt,
+            names::PREPARE_K_HEAD,
+            (plan.k_head as u32, 1, 1),
+            k_head_threads(p.head_dim) as u32,
+            k_head_smem_bytes(p.head_dim, p.kv_len) as u32,
+            &params,
+        )?;
+    }
     for launch_spec in &plan.launches {
         params.ends = launch_spec.ends()?;
         launch(
@@ -509,7 +570,13 @@ pub(crate) fn launch<P: DeviceRepr>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device_config::{portable_kernel_head_dim, SUPPORTED_HEAD_DIMS};
+    use crate::device_config::{
+        k_head_groups, portable_kernel_head_dim, K_HEAD_MAX_THREADS, SUPPORTED_HEAD_DIMS,
+    };
+
+    /// The H200's SM count (the shapes of `shape` have 32 (batch, kv head) pairs: too few for the
+    /// one-CTA-per-head K preparation there).
+    const SMS: usize = 132;
 
     /// The 8-bit P·V's head dims: multiples of 16 up to 128 (the sm_90a kernel's).
     fn has_v8(head_dim: usize) -> bool {
@@ -558,13 +625,16 @@ mod tests {
                 let (fold_k, fold_v8) = (kv_len <= k_limit, kv_len <= v_limit);
                 let count = |smooth, lse, v8| {
                     let s = shape(kv_len, hd, smooth, lse, v8);
-                    let plan = plan_prepare(&s);
+                    let plan = plan_prepare(&s, SMS);
                     assert_eq!((plan.fold_k, plan.fold_v8), (fold_k, fold_v8));
                     // Q quantized in the kernel: the same launches, one job less.
-                    let without_q = plan_prepare(&ScratchShape {
-                        quantize_q: false,
-                        ..s
-                    });
+                    let without_q = plan_prepare(
+                        &ScratchShape {
+                            quantize_q: false,
+                            ..s
+                        },
+                        SMS,
+                    );
                     assert_eq!(without_q.launches.len(), plan.launches.len());
                     plan.launches.len()
                 };
@@ -612,7 +682,7 @@ mod tests {
                             quantize_q,
                             ..shape(kv_len, hd, smooth, lse, v8)
                         };
-                        let plan = plan_prepare(&s);
+                        let plan = plan_prepare(&s, SMS);
                         let launch_of = |j: usize| {
                             let at: Vec<usize> = (0..plan.launches.len())
                                 .filter(|&i| plan.launches[i].ctas[j] > 0)
@@ -673,6 +743,103 @@ mod tests {
                             assert!(l.smem_bytes(hd, s.kernel_head_dim) <= 48 * 1024);
                             let ends = l.ends().unwrap();
                             assert_eq!(ends[COUNT - 1] as usize, l.grid());
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one-CTA-per-head K preparation: chosen exactly for short smoothed K on the f16 P·V
+    /// with enough (batch, kv head) pairs to fill the SMs, at head_dims whose groups are whole
+    /// warps.
+    #[test]
+    fn k_head_selection() {
+        let with =
+            |batch: usize, kv_heads: usize, kv_len: usize, hd: usize, v8: bool| ScratchShape {
+                batch,
+                kv_heads,
+                q_heads: 2 * kv_heads,
+                ..shape(kv_len, hd, true, false, v8)
+            };
+        // B = 4, H = 32 on an H200: 128 pairs, one wave at 97%.
+        for kv_len in [1, 63, 64, 1000, 1024, 2048] {
+            for hd in [16, 32, 64, 96, 128, 256] {
+                assert!(
+                    use_k_head(&with(4, 32, kv_len, hd, false), SMS),
+                    "N{kv_len} d{hd}"
+                );
+            }
+            // Odd head_dim / 8: a group is not whole warps.
+            for hd in [8, 24, 40, 200] {
+                assert!(!use_k_head(&with(4, 32, kv_len, hd, false), SMS), "d{hd}");
+            }
+            // The 8-bit P·V keeps its launches.
+            assert!(!use_k_head(&with(4, 32, kv_len, 128, true), SMS));
+            // Without smoothing there is no mean.
+            let unsmoothed = ScratchShape {
+                smooth_k: false,
+                ..with(4, 32, kv_len, 128, false)
+            };
+            assert!(!use_k_head(&unsmoothed, SMS));
+        }
+        assert!(!use_k_head(
+            &with(4, 32, K_HEAD_MAX_KV_LEN + 1, 128, false),
+            SMS
+        ));
+        // Pairs against SMs: 99 of 132 is 3/4 of a wave; 98 not; 140 = 1.06 waves; 256 = 2 full.
+        assert!(use_k_head(&with(1, 99, 512, 128, false), SMS));
+        assert!(!use_k_head(&with(1, 98, 512, 128, false), SMS));
+        assert!(!use_k_head(&with(2, 70, 512, 128, false), SMS));
+        assert!(use_k_head(&with(8, 32, 512, 128, false), SMS));
+        assert!(!use_k_head(&with(4, 32, 512, 128, false), 0));
+        // GQA with few kv heads: 4 × 8 pairs.
+        assert!(!use_k_head(&with(4, 8, 512, 128, false), SMS));
+    }
+
+    /// With the one-CTA-per-head K preparation: no K job in the `sage_prepare` launches, which
+    /// are at most one (Q, V copy, LSE bias from the published mean), and the head launch's
+    /// geometry fits (threads, shared memory, named barriers).
+    #[test]
+    fn k_head_plan_and_geometry() {
+        use prep_job::*;
+        for hd in SUPPORTED_HEAD_DIMS
+            .into_iter()
+            .filter(|&d| k_head_supported(d))
+        {
+            let threads = k_head_threads(hd);
+            assert!(threads <= K_HEAD_MAX_THREADS && threads.is_multiple_of(32));
+            assert!((1..=8).contains(&k_head_groups(hd)));
+            assert!(
+                k_head_smem_bytes(hd, K_HEAD_MAX_KV_LEN) <= 48 * 1024,
+                "d{hd}"
+            );
+            for kv_len in [1, 255, 256, 1000, 2048] {
+                for (lse, quantize_q) in
+                    [(false, false), (true, false), (false, true), (true, true)]
+                {
+                    let s = ScratchShape {
+                        batch: 4,
+                        kv_heads: 32,
+                        q_heads: 32,
+                        quantize_q,
+                        ..shape(kv_len, hd, true, lse, false)
+                    };
+                    let plan = plan_prepare(&s, SMS);
+                    assert_eq!(plan.k_head, 128);
+                    assert!(!plan.fold_k);
+                    assert!(plan.launches.len() <= 1);
+                    let total = |j: usize| plan.launches.iter().map(|l| l.ctas[j]).sum::<usize>();
+                    for j in [SUM_K, K_MEAN, QUANT_K, V8_STATS, V8_FINALIZE, V8_QUANT] {
+                        assert_eq!(total(j), 0, "job {j}");
+                    }
+                    assert_eq!(total(LSE_BIAS) > 0, lse);
+                    assert_eq!(total(QUANT_Q) > 0, quantize_q);
+                    assert_eq!(total(CONVERT_V) > 0, s.copy_v);
+                    assert_eq!(plan.launches.is_empty(), !lse && !quantize_q && !s.copy_v);
+                    for l in &plan.launches {
+                        for j in (0..COUNT).filter(|&j| l.ctas[j] > 0) {
+                            assert!(prep_threads_ok(j, l.threads, hd), "job {j}, {l:?}");
                         }
                     }
                 }
