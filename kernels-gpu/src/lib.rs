@@ -7,8 +7,10 @@
 //! and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only place with
 //! `asm!`).
 #![no_std]
-#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch)]
+#![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)]
 #![allow(clippy::missing_safety_doc)]
+// `link_llvm_intrinsics` (internal) gives `ptx` the convergent barrier intrinsics.
+#![allow(internal_features)]
 
 mod acc_layout;
 pub mod config;

@@ -906,14 +906,24 @@ pub fn opaque_u32(x: u32) -> u32 {
     r
 }
 
+// The named barriers go through LLVM's intrinsics, not `asm!`: the intrinsics are `convergent`,
+// inline asm is not, and LLVM tail-duplicated an asm `bar.sync` into both arms of a lane-dependent
+// branch (`sage_prepare_k_head`: lane 0 and lanes 1–31 of a warp then wait at two different
+// `bar.sync` instructions, which the aligned barrier forbids: the CTA hung on the H200).
+unsafe extern "C" {
+    #[link_name = "llvm.nvvm.barrier.cta.sync.aligned.count"]
+    fn barrier_cta_sync_aligned_count(id: u32, count: u32);
+    #[cfg(feature = "hopper")]
+    #[link_name = "llvm.nvvm.barrier.cta.arrive.aligned.count"]
+    fn barrier_cta_arrive_aligned_count(id: u32, count: u32);
+}
+
 /// `bar.sync id, count`: a named barrier for `count` threads (a multiple of 32; every warp that
 /// takes part reaches it with all its threads).
 #[inline(always)]
 pub fn named_barrier_sync(id: u32, count: u32) {
     // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
-    unsafe {
-        asm!("bar.sync {0}, {1};", in(reg32) id, in(reg32) count, options(nostack));
-    }
+    unsafe { barrier_cta_sync_aligned_count(id, count) }
 }
 
 /// `bar.arrive id, count`: arrives at a named barrier without waiting (the `count` threads of
@@ -922,9 +932,7 @@ pub fn named_barrier_sync(id: u32, count: u32) {
 #[inline(always)]
 pub fn named_barrier_arrive(id: u32, count: u32) {
     // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
-    unsafe {
-        asm!("bar.arrive {0}, {1};", in(reg32) id, in(reg32) count, options(nostack));
-    }
+    unsafe { barrier_cta_arrive_aligned_count(id, count) }
 }
 
 /// `mbarrier.init.shared::cta.b64 [addr], count`.
