@@ -500,7 +500,17 @@ pub(crate) fn enqueue_attend(
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
         // until after the launch.
-        unsafe { hopper::launch_hopper_attention(rt, kernel, p.batch, &params)? };
+        unsafe {
+            hopper::launch_hopper_attention(
+                rt,
+                kernel.name,
+                kernel.head_dim,
+                kernel.pv8,
+                kernel.causal,
+                p.batch,
+                &params,
+            )?
+        };
     } else {
         let (rows, threads, smem) = if kernel.pv8 {
             // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps.

@@ -30,7 +30,6 @@
 //! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).
 
 use crate::device::runtime::{ModuleKind, Runtime};
-use crate::launch::dispatch::SelectedKernel;
 use crate::params::AttnParams;
 use crate::types::error::{Error, Result};
 
@@ -154,7 +153,7 @@ pub fn causal_chunk(
     }
 }
 
-/// Launches the sm_90a entry of `kernel` for `batch` batches on the runtime's stream, with the
+/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`) for `batch` batches on the runtime's stream, with the
 /// geometry of [`hopper_launch_config`] (causal: in the head chunks of [`causal_chunk`]).
 ///
 /// # Safety
@@ -165,13 +164,15 @@ pub fn causal_chunk(
 /// this returns).
 pub(crate) unsafe fn launch_hopper_attention(
     rt: &Runtime,
-    kernel: &SelectedKernel,
+    name: &str,
+    head_dim: usize,
+    pv8: bool,
+    causal: bool,
     batch: usize,
     params: &AttnParams,
 ) -> Result<()> {
-    let (head_dim, pv8) = (kernel.head_dim, kernel.pv8);
     let (qo_len, q_heads) = (params.qo_len as usize, params.q_heads as usize);
-    let chunk = if kernel.causal {
+    let chunk = if causal {
         causal_chunk(
             head_dim,
             pv8,
@@ -190,7 +191,7 @@ pub(crate) unsafe fn launch_hopper_attention(
         ..*params
     };
     let cfg = hopper_launch_config(head_dim, pv8, qo_len, q_heads, batch, chunk);
-    let kernel = rt.function(ModuleKind::Hopper, kernel.name)?;
+    let kernel = rt.function(ModuleKind::Hopper, name)?;
     // SAFETY: `params` is the struct the entry takes (params.rs is shared); the caller guarantees
     // the pointers are valid for this grid.
     unsafe {
