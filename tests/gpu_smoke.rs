@@ -8,6 +8,7 @@ use common::{
     channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime, upload,
 };
 use half::f16;
+use rand::rngs::StdRng;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
 use sageattention::device_config::{
@@ -15,7 +16,7 @@ use sageattention::device_config::{
 };
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
-use sageattention::runtime::ModuleKind;
+use sageattention::runtime::{ModuleKind, Runtime};
 use sageattention::{selftest, DType, Layout, Options, Prepared};
 
 /// As tests/gpu_attention.rs: kernel error against the emulation of the same quantization.
@@ -248,39 +249,80 @@ fn k_head_preparation_equals_cpu_emulation_bit_for_bit() {
             for dtype in [DType::F16, DType::BF16] {
                 for layout in [Layout::Hnd, Layout::Nhd] {
                     for q_heads in [2 * kv_heads, kv_heads] {
-                        let case = format!(
-                            "kv_len {kv_len} d{d} {dtype:?} {layout:?} q_heads {q_heads} \
-                             kv_heads {kv_heads}"
-                        );
-                        let offsets = channel_offsets(&mut rng, d, 4.0);
-                        let q = random_tensor(&mut rng, [batch, q_heads, 5, d], dtype, 1.0, None);
-                        let kv_shape = [batch, kv_heads, kv_len, d];
-                        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
-                        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
-                        let (qd, kd, vd) = (
-                            upload(rt, &q, dtype, layout),
-                            upload(rt, &k, dtype, layout),
-                            upload(rt, &v, dtype, layout),
-                        );
-                        let opts = Options {
-                            layout,
-                            ..Options::default()
-                        };
-                        let prepared =
-                            Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
-                        let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
-                        let mean_ref = k_mean(&k);
-                        assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {case}");
-                        let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
-                        let k_ref = quantize_k(&k, Some(&mean_ref));
-                        assert_eq!(k_i8, k_ref.data, "K int8, {case}");
-                        assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, {case}");
+                        let shape = (batch, q_heads, kv_heads, kv_len, d);
+                        check_k_head_case(rt, &mut rng, shape, dtype, layout);
                     }
                 }
             }
         }
         eprintln!("kv_len {kv_len}: bit-exact");
     }
+}
+
+/// The same for every other head_dim the one-CTA-per-head path takes (multiples of 16 up to
+/// 256: 1 to 8 groups of `prep_threads(d)` threads, zero-padded rows where the kernel is wider),
+/// at a partial block, a partial segment and the longest K.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn k_head_preparation_every_head_dim_bit_for_bit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("k_head_dims");
+    let (batch, kv_heads) = k_head_shape(rt.sm_count() as usize);
+    let dims = (16..=256)
+        .step_by(16)
+        .filter(|d| ![64, 96, 128].contains(d));
+    for (i, d) in dims.enumerate() {
+        assert!(k_head_supported(d), "d{d}");
+        let (dtype, layout) = if i % 2 == 0 {
+            (DType::F16, Layout::Hnd)
+        } else {
+            (DType::BF16, Layout::Nhd)
+        };
+        for kv_len in [63, 1000, K_HEAD_MAX_KV_LEN] {
+            check_k_head_case(
+                rt,
+                &mut rng,
+                (batch, kv_heads, kv_heads, kv_len, d),
+                dtype,
+                layout,
+            );
+        }
+        eprintln!("d{d}: bit-exact");
+    }
+}
+
+/// One case of the k_head tests: `(batch, q_heads, kv_heads, kv_len, d)`, K with channel offsets.
+fn check_k_head_case(
+    rt: &Runtime,
+    rng: &mut StdRng,
+    (batch, q_heads, kv_heads, kv_len, d): (usize, usize, usize, usize, usize),
+    dtype: DType,
+    layout: Layout,
+) {
+    let case =
+        format!("kv_len {kv_len} d{d} {dtype:?} {layout:?} q_heads {q_heads} kv_heads {kv_heads}");
+    let offsets = channel_offsets(rng, d, 4.0);
+    let q = random_tensor(rng, [batch, q_heads, 5, d], dtype, 1.0, None);
+    let kv_shape = [batch, kv_heads, kv_len, d];
+    let k = random_tensor(rng, kv_shape, dtype, 1.0, Some(&offsets));
+    let v = random_tensor(rng, kv_shape, dtype, 1.0, None);
+    let (qd, kd, vd) = (
+        upload(rt, &q, dtype, layout),
+        upload(rt, &k, dtype, layout),
+        upload(rt, &v, dtype, layout),
+    );
+    let opts = Options {
+        layout,
+        ..Options::default()
+    };
+    let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+    let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
+    let mean_ref = k_mean(&k);
+    assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {case}");
+    let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+    let k_ref = quantize_k(&k, Some(&mean_ref));
+    assert_eq!(k_i8, k_ref.data, "K int8, {case}");
+    assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, {case}");
 }
 
 /// A whole call on the one-CTA-per-head path with the LSE (its bias reads the mean the head
