@@ -187,37 +187,8 @@ fn lse_bias_and_v_copy_match_emulation_around_the_fold_limit() {
         (limit + 1, 96, DType::F16, Layout::Hnd, true),
         (limit + 1, 64, DType::BF16, Layout::Hnd, false),
     ] {
-        let (batch, q_heads, kv_heads, qo_len) = (1, 4, 2, 37);
-        let offsets = channel_offsets(&mut rng, head_dim, 3.0);
-        let q = random_tensor(
-            &mut rng,
-            [batch, q_heads, qo_len, head_dim],
-            dtype,
-            1.0,
-            None,
-        );
-        let kv_shape = [batch, kv_heads, kv_len, head_dim];
-        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
-        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
-        let opts = Options {
-            smooth_k,
-            layout,
-            return_lse: true,
-            ..Options::default()
-        };
-        let (out, lse) = run_poisoned([&q, &k, &v], dtype, layout, dtype, layout, &opts).unwrap();
-        let emulated =
-            attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), smooth_k, false);
-        let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?} smooth {smooth_k}");
-        assert!(
-            out.iter().all(|x| x.is_finite()),
-            "unwritten output: {case}"
-        );
-        let m = compare(&out, &emulated.o);
-        assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
-        let lse_err = lse_max_error(&lse, &emulated.lse);
-        assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
-        eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
+        let shape = (1, 4, 2, 37, kv_len, head_dim);
+        check_call_with_lse(&mut rng, shape, dtype, layout, smooth_k);
     }
 }
 
@@ -291,6 +262,52 @@ fn k_head_preparation_every_head_dim_bit_for_bit() {
     }
 }
 
+/// One whole call with the LSE, K with channel offsets, `(batch, q_heads, kv_heads, qo_len,
+/// kv_len, head_dim)`, against the emulation of the call ([`EMULATION_REL_L1`], [`LSE_TOL`]),
+/// its output poisoned first.
+fn check_call_with_lse(
+    rng: &mut StdRng,
+    (batch, q_heads, kv_heads, qo_len, kv_len, head_dim): (
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    ),
+    dtype: DType,
+    layout: Layout,
+    smooth_k: bool,
+) {
+    let offsets = channel_offsets(rng, head_dim, 3.0);
+    let q = random_tensor(rng, [batch, q_heads, qo_len, head_dim], dtype, 1.0, None);
+    let kv_shape = [batch, kv_heads, kv_len, head_dim];
+    let k = random_tensor(rng, kv_shape, dtype, 1.0, Some(&offsets));
+    let v = random_tensor(rng, kv_shape, dtype, 1.0, None);
+    let opts = Options {
+        smooth_k,
+        layout,
+        return_lse: true,
+        ..Options::default()
+    };
+    let (out, lse) = run_poisoned([&q, &k, &v], dtype, layout, dtype, layout, &opts).unwrap();
+    let emulated =
+        attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), smooth_k, false);
+    let case = format!(
+        "q_heads {q_heads} kv_heads {kv_heads} kv_len {kv_len} d{head_dim} {dtype:?} {layout:?} \
+         smooth {smooth_k}"
+    );
+    assert!(
+        out.iter().all(|x| x.is_finite()),
+        "unwritten output: {case}"
+    );
+    let m = compare(&out, &emulated.o);
+    assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
+    let lse_err = lse_max_error(&lse, &emulated.lse);
+    assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
+    eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
+}
+
 /// One case of the k_head tests: `(batch, q_heads, kv_heads, kv_len, d)`, K with channel offsets.
 fn check_k_head_case(
     rt: &Runtime,
@@ -337,36 +354,8 @@ fn k_head_call_with_lse_matches_emulation() {
         (1000, 128, DType::BF16, Layout::Hnd),
         (K_HEAD_MAX_KV_LEN, 64, DType::F16, Layout::Nhd),
     ] {
-        let (q_heads, qo_len) = (2 * kv_heads, 37);
-        let offsets = channel_offsets(&mut rng, head_dim, 3.0);
-        let q = random_tensor(
-            &mut rng,
-            [batch, q_heads, qo_len, head_dim],
-            dtype,
-            1.0,
-            None,
-        );
-        let kv_shape = [batch, kv_heads, kv_len, head_dim];
-        let k = random_tensor(&mut rng, kv_shape, dtype, 1.0, Some(&offsets));
-        let v = random_tensor(&mut rng, kv_shape, dtype, 1.0, None);
-        let opts = Options {
-            layout,
-            return_lse: true,
-            ..Options::default()
-        };
-        let (out, lse) = run_poisoned([&q, &k, &v], dtype, layout, dtype, layout, &opts).unwrap();
-        let emulated =
-            attention_quantized_emulation(&q, &k, &v, &RefOptions::default(), true, false);
-        let case = format!("kv_len {kv_len} d{head_dim} {dtype:?} {layout:?}");
-        assert!(
-            out.iter().all(|x| x.is_finite()),
-            "unwritten output: {case}"
-        );
-        let m = compare(&out, &emulated.o);
-        assert!(m.rel_l1 <= EMULATION_REL_L1, "{case}: {m:?}");
-        let lse_err = lse_max_error(&lse, &emulated.lse);
-        assert!(lse_err <= LSE_TOL, "{case}: LSE error {lse_err:.2e}");
-        eprintln!("{case}: rel L1 {:.2e}, LSE error {lse_err:.2e}", m.rel_l1);
+        let shape = (batch, 2 * kv_heads, kv_heads, 37, kv_len, head_dim);
+        check_call_with_lse(&mut rng, shape, dtype, layout, true);
     }
 }
 
