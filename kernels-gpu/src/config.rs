@@ -71,8 +71,9 @@ pub const K_CHUNKS_PER_THREAD: usize = 4;
 /// Rows of K each thread of a `SUM_K` CTA loads before adding them (all in flight; the adds
 /// stay in row order, so this never changes the bits).
 pub const SUM_K_AHEAD: usize = 8;
-/// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (64 registers a thread there;
-/// 1024 threads × 4 × 16 B = 64 KiB in flight per SM).
+/// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (768 threads × 4 × 16 B = 48
+/// KiB in flight per SM). 8 spills 8 bytes for sm_86 / sm_89 at that entry's 80-register cap
+/// (ptxas 12.9); 6 would leave 4 of a thread's 16 rows per segment to one-at-a-time loads.
 pub const K_HEAD_SUM_AHEAD: usize = 4;
 /// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
