@@ -204,34 +204,42 @@ pub(crate) unsafe fn segment_sums<const AHEAD: usize>(
     }
 }
 
-/// K's mean of channel `d` of head `bh` (`batch * heads + head`) from the segment sums:
-/// `((0 + s₀) + s₁) + …` in segment order, divided by the length (docs/design.md,
-/// "Quantization"). The one implementation of that order: the `K_MEAN` job and every CTA that folds
-/// the mean in (`stage_k_mean`) call it, so the mean has the same bits wherever it is computed.
+/// K's mean of channel `d` of head `bh` (`batch * heads + head`) from the segment sums in the
+/// partials buffer ([`mean_of_segment_sums`]): the `K_MEAN` job and every CTA that folds the mean
+/// in (`stage_k_mean`) call it.
 ///
 /// # Safety
 /// `d < head_dim`, `bh < batch * heads`; the segment sums were written by an earlier launch.
 #[inline(always)]
 unsafe fn k_mean_channel(p: &MeanParams, bh: u64, d: u64) -> f32 {
     let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
+    let at = p.partials + 4 * (bh * segments * p.head_dim as u64 + d);
     let step = 4 * p.head_dim as u64;
-    let mut at = p.partials + 4 * (bh * segments * p.head_dim as u64 + d);
+    // SAFETY: segment s < segments of this head: inside the partials buffer.
+    mean_of_segment_sums(p.seq, |s| unsafe { ptx::ld_global_nc_f32(at + s * step) })
+}
+
+/// K's mean of one channel from its segment sums (`sum(s)` for segment `s`):
+/// `((0 + s₀) + s₁) + …` in segment order, divided by the length (docs/design.md,
+/// "Quantization"). The one implementation of that order, whether the sums are in global memory
+/// (`k_mean_channel`) or in shared memory (`k_head`), so the mean has the same bits wherever it is
+/// computed.
+#[inline(always)]
+fn mean_of_segment_sums(seq: u32, sum: impl Fn(u64) -> f32) -> f32 {
+    let segments = seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
     let mut total = 0.0f32;
     let mut seg = 0;
     // Two loads in flight, then their adds in segment order.
     while seg + 2 <= segments {
-        // SAFETY: segments seg, seg + 1 of this head, inside the partials buffer.
-        let (x0, x1) = unsafe { (ptx::ld_global_nc_f32(at), ptx::ld_global_nc_f32(at + step)) };
+        let (x0, x1) = (sum(seg), sum(seg + 1));
         total += x0;
         total += x1;
-        at += 2 * step;
         seg += 2;
     }
     if seg < segments {
-        // SAFETY: the last segment of this head.
-        total += unsafe { ptx::ld_global_nc_f32(at) };
+        total += sum(seg);
     }
-    total / p.seq as f32
+    total / seq as f32
 }
 
 /// Job `K_MEAN`: K's mean of head `bh`, one thread per channel (any block size), into the mean
@@ -296,7 +304,8 @@ unsafe fn stage_k_mean(p: &MeanParams, fold: bool, publish: bool, bh: u64, smem:
 /// CTA of block 0 publishes it when it folds it.
 ///
 /// # Safety
-/// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
+/// Valid parameters and that geometry; every thread of the group calls it with the same
+/// coordinates.
 #[inline(always)]
 pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     g: &Group,
@@ -476,7 +485,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     // With the mean in shared memory for the whole CTA, reload it (after the barriers above, so
     // not merged with the first loads): the values are then recomputed from `raw` for the stores
     // instead of being kept (32 registers against 16 + 8), which keeps `sage_prepare_k_head`
-    // within 64 registers. The same values either way.
+    // within its 80-register cap. The same values either way.
     if let Some(MeanFrom::Shared(smem)) = smooth {
         unroll::<8>(
             #[inline(always)]
@@ -525,7 +534,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
 ///
 /// 1. Segment sums: group `i` sums segments `i, i + groups, …` with `segment_sums` itself (the
 ///    same code as the `SUM_K` job, group-local thread index and barrier), into shared memory.
-/// 2. The mean, one thread per channel: `((0 + s₀) + s₁) + …` in segment order, then `/ seq`.
+/// 2. The mean, one thread per channel, with `mean_of_segment_sums` (the segment-order adds).
 /// 3. INT8 K: group `i` quantizes the blocks `n-1-i, n-1-i-groups, …` (K's end first: the
 ///    segments read last, most likely still in L2) with `quantize_block::<K_CHUNKS_PER_THREAD,
 ///    false>`, the `QUANT_K` job's code, the mean taken from shared memory.
@@ -535,10 +544,7 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
 ///   `tid` (group-local) to (chunk, lane) = (`tid % chunks`, `tid / chunks`) as a `SUM_K` CTA
 ///   does, sums the same rows in the same order per thread and runs the same lane tree; the
 ///   result is stored to shared memory instead of global memory (an f32 copy: no rounding);
-/// - the mean: `k_mean_channel` adds `total = 0; total += s₀; total += s₁; …` (two loads in
-///   flight, the adds still one at a time in segment order) and divides by `seq as f32`; step 2
-///   does the same adds in the same order on the same values (f32 `add.rn`, no FMA: Rust never
-///   contracts), then the same division;
+/// - the mean: step 2 and `k_mean_channel` both call `mean_of_segment_sums` on the same values;
 /// - the quantization: `quantize_block` with a group of `prep_threads` threads is the `QUANT_K`
 ///   CTA's code with the same thread count (the group is whole warps, so the warp butterfly and
 ///   the per-warp slots see the same lanes) and the same mean values.
@@ -577,14 +583,10 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
     let bh = (batch * mp.heads + head) as u64;
     let mut d = ptx::thread_idx_x();
     while d < hd {
-        let mut total = 0.0f32;
-        let mut s = 0;
-        while s < segments {
-            // SAFETY: s < segments, d < head_dim: inside the sums buffer.
-            total += unsafe { ptx::ld_shared_f32(sums + 4 * (s * hd + d)) };
-            s += 1;
-        }
-        let m = total / mp.seq as f32;
+        // SAFETY: s < segments, d < head_dim: inside the sums buffer.
+        let m = mean_of_segment_sums(mp.seq, |s| unsafe {
+            ptx::ld_shared_f32(sums + 4 * (s as u32 * hd + d))
+        });
         // SAFETY: d < head_dim: inside the staged mean and the [batch][heads][head_dim] buffer.
         unsafe {
             ptx::st_shared_f32(mean_smem + 4 * d, m);
