@@ -111,21 +111,21 @@ pub fn hopper_launch_config(
     }
 }
 
+/// The smallest head chunk worth the longest-first order (H200, B = 4, H = 32, v12 in
+/// docs/perf-notes.md): chunks of 128 pairs (N = 1K) and 70 (2K, and 4K at d = 64) made the causal
+/// call 0–11% faster, chunks of 35–46 (4K at d = 96 / 128) made the kernel 4–5% slower and chunks
+/// of 8–17 (16K) the kernel or the call 2–4%: small chunks spread the concurrent CTAs over more
+/// heads than L2 holds well, and their tails are short anyway.
+pub const MIN_CAUSAL_CHUNK: u64 = 64;
+
 /// The head chunk of a causal launch's longest-first order (`AttnParams::causal_chunk`): as many
 /// (batch, head) pairs as have their K and V (INT8 K and f16 V, or INT8 K and INT8 Vᵀ) fit in
 /// 7/8 of the L2 together, so that each head's K and V, read by its Q blocks in different waves,
 /// stay in L2 between them (at N = 1K, B = 4, H = 32, d = 128 all 128 pairs: 48 MiB of the
-/// H200's 60, leaving 7.5 MiB for the streaming Q and O — a guess for the measurement to settle,
+/// H200's 60, leaving 7.5 MiB for the streaming Q and O; measured in
 /// docs/perf-notes.md v12). 0 (each head's blocks longest first, the old order) when a chunk would
 /// hold fewer than [`MIN_CAUSAL_CHUNK`] pairs and not all of them, or the grid would not allow it
 /// (`q_blocks` and the chunk count ≤ 65535).
-/// The smallest head chunk worth the longest-first order (H200, B = 4, H = 32, v12 in
-/// docs/perf-notes.md): chunks of 128 pairs (N = 1K) and 70 (2K, and 4K at d = 64) made the causal
-/// call 0–11% faster, chunks of 35–46 (4K at d = 96 / 128) made the kernel 4–5% slower and chunks
-/// of 8–17 (16K) the kernel or the call 2–4%: small chunks spread the concurrent CTAs over more heads than L2 holds
-/// well, and their tails are short anyway.
-pub const MIN_CAUSAL_CHUNK: u64 = 64;
-
 #[allow(clippy::too_many_arguments)]
 pub fn causal_chunk(
     head_dim: usize,
@@ -153,8 +153,9 @@ pub fn causal_chunk(
     }
 }
 
-/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`) for `batch` batches on the runtime's stream, with the
-/// geometry of [`hopper_launch_config`] (causal: in the head chunks of [`causal_chunk`]).
+/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`) for `batch`
+/// batches on the runtime's stream, with the geometry of [`hopper_launch_config`] (causal: in the
+/// head chunks of [`causal_chunk`]).
 ///
 /// # Safety
 /// `params` satisfies everything the portable attention kernel requires (validated shapes and

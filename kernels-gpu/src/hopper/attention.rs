@@ -110,7 +110,7 @@ impl Geometry {
         let q_blocks = p.qo_len.div_ceil(rows);
         let (bx, by, bz) = ptx::block_idx();
         // Causal CTAs near the end of the sequence do the most work: start them first (see
-        // `AttnParams::causal_lpt` for the two orders).
+        // `AttnParams::causal_chunk` for the two orders).
         let (rank, head, batch) = if CAUSAL && p.causal_chunk != 0 {
             let pair = bz * p.causal_chunk + bx;
             (by, pair % p.q_heads, pair / p.q_heads)
