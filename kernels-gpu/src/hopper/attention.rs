@@ -15,7 +15,9 @@
 //! warpgroup runs its tile serially (`Consumer::step_serial`: Q·Kᵀ, softmax, then P·V in groups
 //! of 64 channels, each folded before the next is issued); the warp schedulers interleave the
 //! warpgroups, so one's softmax runs under another's wgmmas. Two warpgroups at d = 128 and three at
-//! d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3).
+//! d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3). At
+//! d = 128 the tiles are also pipelined within each warpgroup (`Consumer::step_pipe`, v3.5): the
+//! Q·Kᵀ of tile t+1 is issued before the softmax of tile t.
 //!
 //! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
 //! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
@@ -84,6 +86,12 @@ const MAX_COPIES_PER_THREAD: usize = 12;
 /// per softmax) the kernel without it measured 1.5–5% faster (docs/perf-notes.md, v7).
 const fn pingpong(pv8: bool, head_dim: usize) -> bool {
     PINGPONG && !pv8 && head_dim <= 128
+}
+/// Whether the 8-bit P·V variant pipelines its tiles (`Consumer::step_pipe`: `S_{t+1}` in
+/// flight during tile t's softmax and P·V). It holds a second set of scores (64 registers), which
+/// fits beside d = 128's two warpgroups (255-register cap) but not d = 64's three (168).
+const fn pv8_pipelined(head_dim: usize) -> bool {
+    head_dim == 128
 }
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
@@ -676,11 +684,30 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         *probs = pack_probs(&next);
     }
 
-    /// The 8-bit P·V step: `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
+    /// Issues `S_t = Q·K_tᵀ` for a 128-key tile (its two 64-key halves as two products) into
+    /// one commit group, with no wait (tile t waited for and made visible).
+    #[inline(always)]
+    fn issue_qk_pv8<const KS: usize>(&self, t: u32) -> [[i32; 4]; 16] {
+        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
+        // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.
+        let kd_hi = qk_descs::<KS>(0, self.k_desc(t, 1))[1];
+        ptx::wgmma_fence();
+        let s_lo = issue_qk::<KS>(&qd);
+        let s_hi = issue_qk::<KS>(&[qd[0], kd_hi]);
+        ptx::wgmma_commit();
+        let mut s = [[0i32; 4]; 16];
+        unroll::<16>(
+            #[inline(always)]
+            |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
+        );
+        s
+    }
+
+    /// The 8-bit P·V step, serial: `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
     /// fresh s32 accumulator and `O = O·rescale + acc·factor`, with nothing of this warpgroup in
     /// flight across the softmax: the other warpgroups' wgmmas fill the tensor cores meanwhile.
     /// Holding only one of S and (half of) the s32 accumulator at a time is what lets 128-key
-    /// tiles fit the register cap. Releases tile t-1's stage.
+    /// tiles fit the register cap of three warpgroups (d = 64). Releases tile t-1's stage.
     #[inline(always)]
     fn step_serial<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
@@ -689,9 +716,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         softmax: &mut OnlineSoftmax,
         k_scales_t: &mut [f32; 2],
     ) {
-        // 8-key n-tiles of a 128-key tile: its two 64-key halves are issued as two Q·Kᵀ products.
-        const NK: usize = sm90_cta_k(true) / 8;
-        const { assert!(NK == 16) };
         self.wait_k(t);
         self.make_visible();
         let k_scales = *k_scales_t;
@@ -699,23 +723,80 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         if t >= 1 {
             self.release(t - 1);
         }
-        let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.
-        let kd_hi = qk_descs::<KS>(0, self.k_desc(t, 1))[1];
-        ptx::wgmma_fence();
-        let mut s_lo = issue_qk::<KS>(&qd);
-        let mut s_hi = issue_qk::<KS>(&[qd[0], kd_hi]);
-        ptx::wgmma_commit();
+        let mut s = self.issue_qk_pv8::<KS>(t);
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<0>();
-        smem::pin_s(&mut s_lo);
-        smem::pin_s(&mut s_hi);
-        let mut s = [[0i32; 4]; NK];
-        unroll::<NK>(
+        unroll::<16>(
             #[inline(always)]
-            |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
+            |j| ptx::pin_i32x4(&mut s[j]),
         );
-        let (mut p, rescale, factor) = self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax);
+        self.softmax_pv8::<MASK, CAUSAL, NT>(t, &s, out, softmax, k_scales);
+    }
+
+    /// 8-bit P·V, tile 0 of the pipelined loop: issues `S_0` and waits for it.
+    #[inline(always)]
+    fn first_pv8<const KS: usize>(&self) -> [[i32; 4]; 16] {
+        self.wait_k(0);
+        self.make_visible();
+        let mut s = self.issue_qk_pv8::<KS>(0);
+        ptx::wgmma_wait::<0>();
+        unroll::<16>(
+            #[inline(always)]
+            |j| ptx::pin_i32x4(&mut s[j]),
+        );
+        s
+    }
+
+    /// The 8-bit P·V step, pipelined across tiles (t < the last tile): issues
+    /// `S_{t+1} = Q·K_{t+1}ᵀ` first, then runs the softmax and the P·V of tile t (whose scores
+    /// `s` holds on entry) while it computes, so that the tensor cores work through this
+    /// warpgroup's softmax instead of waiting for it; `s` holds `S_{t+1}` on return. Releases
+    /// tile t-1's stage (its V was read by the P·V that step t-1 waited for).
+    #[inline(always)]
+    fn step_pipe<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
+        &self,
+        t: u32,
+        s: &mut [[i32; 4]; 16],
+        out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+        k_scales_t: &mut [f32; 2],
+    ) {
+        self.wait_k(t + 1);
+        self.make_visible();
+        let k_scales = *k_scales_t;
+        *k_scales_t = self.k_scales(t + 1);
+        if t >= 1 {
+            self.release(t - 1);
+        }
+        let mut next = self.issue_qk_pv8::<KS>(t + 1);
+        // The P·V waits below also complete S_{t+1} (one wait for all committed groups).
+        self.softmax_pv8::<MASK, CAUSAL, NT>(t, s, out, softmax, k_scales);
+        unroll::<16>(
+            #[inline(always)]
+            |j| ptx::pin_i32x4(&mut next[j]),
+        );
+        // The copies come last, when tile t's scores are dead (issued beside them, their
+        // addresses spilled).
+        self.copy_ahead(t + Self::LOOKAHEAD);
+        *s = next;
+    }
+
+    /// The second half of an 8-bit P·V step: the softmax of tile t's scores `s`, P as u8,
+    /// `O *= rescale`, then `P_t·V_t` in column groups of 64 channels, each into a fresh s32
+    /// accumulator folded into O (`O += acc·factor`) before the next group is issued.
+    #[inline(always)]
+    fn softmax_pv8<const MASK: bool, const CAUSAL: bool, const NT: usize>(
+        &self,
+        t: u32,
+        s: &[[i32; 4]; 16],
+        out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+        k_scales: [f32; 2],
+    ) {
+        // 8-key n-tiles of a 128-key tile.
+        const NK: usize = sm90_cta_k(true) / 8;
+        const { assert!(NK == 16) };
+        let (mut p, rescale, factor) = self.softmax::<MASK, CAUSAL, NK>(s, t, k_scales, softmax);
         unroll::<NK>(
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut p[j]),
@@ -883,7 +964,25 @@ unsafe fn consume<
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
-        if PV8 {
+        if PV8 && pv8_pipelined(HD) {
+            let mut k_scales = c.k_scales(0);
+            let mut s = c.first_pv8::<KS>();
+            let last = geo.n_tiles - 1;
+            let unmasked = geo.n_unmasked.min(last);
+            let (o_, s_, k_, sc) = (&mut out, &mut softmax, &mut k_scales, &mut s);
+            for t in 0..unmasked {
+                c.step_pipe::<false, CAUSAL, KS, NT>(t, sc, o_, s_, k_);
+            }
+            for t in unmasked..last {
+                c.step_pipe::<true, CAUSAL, KS, NT>(t, sc, o_, s_, k_);
+            }
+            // Tile last - 1's stage is not released: no tile is left to load into it.
+            if geo.n_unmasked == geo.n_tiles {
+                c.softmax_pv8::<false, CAUSAL, NT>(last, sc, o_, s_, *k_);
+            } else {
+                c.softmax_pv8::<true, CAUSAL, NT>(last, sc, o_, s_, *k_);
+            }
+        } else if PV8 {
             let mut k_scales = c.k_scales(0);
             let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
             for t in 0..geo.n_unmasked {
