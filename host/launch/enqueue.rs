@@ -18,6 +18,7 @@ use crate::device_config::{
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
 use crate::launch::scratch::{ScratchLayout, ScratchShape};
+use crate::launch::tma::pv8_tensor_maps;
 use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
@@ -72,6 +73,7 @@ pub(crate) fn scratch_layout(
         copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
         pad_output: padded && kernel.module == ModuleKind::Hopper,
         v8: kernel.pv8,
+        tma: kernel.pv8 && kernel.module == ModuleKind::Hopper,
     })
 }
 
@@ -278,6 +280,7 @@ fn prep_shape(p: &Problem, kernel_head_dim: usize, l: &ScratchLayout) -> Scratch
         copy_v: l.v_f16.is_some(),
         pad_output: l.o_pad.is_some(),
         v8: l.v8.is_some(),
+        tma: l.tma.is_some(),
     }
 }
 
@@ -495,6 +498,29 @@ pub(crate) fn enqueue_attend(
         q_bf16: u32::from(p.in_dtype == DType::BF16),
         causal_chunk: 0,
         batch: p.batch as u32,
+        tma: 0,
+    };
+    let params = match l.tma {
+        Some(off) if kernel.module == ModuleKind::Hopper && kernel.pv8 => {
+            let maps = pv8_tensor_maps(
+                params.k,
+                params.v,
+                p.batch * p.kv_heads,
+                padded_len(p.kv_len, K_BLOCK),
+                hd,
+            )?;
+            let dst = scratch.at(off);
+            // SAFETY: `dst` is the scratch's TMA region (TMA_MAPS_BYTES bytes, allocated for this
+            // call); the copy is ordered on the stream before the launch that reads it, and from
+            // pageable memory the driver stages `maps` before returning.
+            unsafe { cudarc::driver::result::memcpy_htod_async(dst, &maps, stream.cu_stream()) }
+                .map_err(|source| Error::Cuda {
+                    op: "copying the TMA descriptors to the device".into(),
+                    source,
+                })?;
+            AttnParams { tma: dst, ..params }
+        }
+        _ => params,
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
@@ -620,6 +646,7 @@ mod tests {
             copy_v: !v8 && kernel_head_dim != head_dim,
             pad_output: v8 && kernel_head_dim != head_dim,
             v8,
+            tma: false,
         }
     }
 

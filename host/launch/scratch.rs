@@ -5,6 +5,7 @@
 //! runtime's workspace; a [`Prepared`](crate::Prepared) owns its own allocation.
 
 use crate::device_config::{padded_len, K_BLOCK, MEAN_SEGMENT_ROWS, Q_BLOCK, V8_TILE};
+use crate::launch::tma::TMA_MAPS_BYTES;
 use crate::types::error::{Error, Result};
 
 /// Alignment of every region (the kernels need 16 bytes; 256 matches cudaMalloc).
@@ -23,6 +24,8 @@ pub(crate) struct ScratchLayout {
     pub v_f16: Option<usize>,
     pub v8: Option<V8Regions>,
     pub o_pad: Option<usize>,
+    /// The sm_90a 8-bit P·V kernel's TMA descriptors (`launch::tma`).
+    pub tma: Option<usize>,
     pub bytes: usize,
 }
 
@@ -65,6 +68,8 @@ pub(crate) struct ScratchShape {
     pub pad_output: bool,
     /// 8-bit P·V: V is quantized to an INT8 Vᵀ (instead of any f16 copy).
     pub v8: bool,
+    /// The attention kernel reads K and Vᵀ through TMA descriptors (sm_90a, 8-bit P·V).
+    pub tma: bool,
 }
 
 impl ScratchLayout {
@@ -148,6 +153,12 @@ impl ScratchLayout {
         } else {
             None
         };
+        // REGION_ALIGN (256) is a multiple of the 64 bytes a descriptor needs.
+        let tma = if s.tma {
+            Some(region(Some(TMA_MAPS_BYTES))?)
+        } else {
+            None
+        };
         Ok(ScratchLayout {
             q,
             k_i8,
@@ -158,6 +169,7 @@ impl ScratchLayout {
             v_f16,
             v8,
             o_pad,
+            tma,
             bytes: end,
         })
     }
@@ -190,6 +202,7 @@ mod tests {
             copy_v: true,
             pad_output: true,
             v8: false,
+            tma: true,
         };
         let l = ScratchLayout::new(shape).unwrap();
         let regions = [
@@ -202,24 +215,26 @@ mod tests {
             (l.lse_bias.unwrap(), 2 * 6 * 130 * 4),
             (l.v_f16.unwrap(), 2 * 3 * 65 * 128 * 2),
             (l.o_pad.unwrap(), 2 * 6 * 130 * 128 * 2),
+            (l.tma.unwrap(), TMA_MAPS_BYTES),
         ];
         for w in regions.windows(2) {
             assert_eq!(w[0].0 % REGION_ALIGN, 0);
             assert!(w[0].0 + w[0].1 <= w[1].0, "{regions:?}");
         }
-        assert_eq!(l.bytes, regions[8].0 + regions[8].1);
+        assert_eq!(l.bytes, regions[9].0 + regions[9].1);
         let none = ScratchLayout::new(ScratchShape {
             quantize_q: false,
             smooth_k: false,
             lse_bias: false,
             copy_v: false,
             pad_output: false,
+            tma: false,
             ..shape
         })
         .unwrap();
         assert_eq!(
-            (none.k_mean, none.lse_bias, none.v_f16, none.o_pad),
-            (None, None, None, None)
+            (none.k_mean, none.lse_bias, none.v_f16, none.o_pad, none.tma),
+            (None, None, None, None, None)
         );
         assert!(none.q.is_none() && none.bytes < l.bytes);
         let huge = ScratchLayout::new(ScratchShape {

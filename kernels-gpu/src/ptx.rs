@@ -990,6 +990,53 @@ pub unsafe fn mbarrier_arrive(addr: u32) {
     }
 }
 
+/// `mbarrier.arrive.expect_tx`: one arrival, and the barrier's current phase also waits for
+/// `bytes` more bytes of asynchronous (TMA) copies to complete on it.
+///
+/// # Safety
+/// `addr` is an initialised mbarrier in shared memory.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn mbarrier_arrive_expect_tx(addr: u32, bytes: u32) {
+    unsafe {
+        asm!(
+            "mbarrier.arrive.expect_tx.shared::cta.b64 _, [{0}], {1};",
+            in(reg32) addr, in(reg32) bytes, options(nostack)
+        );
+    }
+}
+
+/// `cp.async.bulk.tensor.3d` (TMA, sm_90): copies the box at coordinates `(c0, c1, c2)` of the
+/// tensor map at generic address `map` into shared memory at `dst` (laid out and swizzled as the
+/// map says; coordinates past the tensor's extent are filled with zeros), and signals its bytes
+/// on the mbarrier `bar` (`complete_tx`). Issued by one thread.
+///
+/// # Safety
+/// `map` is the generic address of a valid, 64-byte aligned `CUtensorMap` in param, const or
+/// global memory that outlives the copy; `dst` has room for the box and the alignment its swizzle
+/// needs; `bar` is an initialised mbarrier expecting these bytes.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn tma_load_3d(dst: u32, map: u64, c0: i32, c1: i32, c2: i32, bar: u32) {
+    unsafe {
+        asm!(
+            "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{0}], [{1}, {{{2}, {3}, {4}}}], [{5}];",
+            in(reg32) dst, in(reg64) map, in(reg32) c0, in(reg32) c1, in(reg32) c2, in(reg32) bar,
+            options(nostack)
+        );
+    }
+}
+
+/// `prefetch.tensormap`: brings the tensor map at generic address `map` into the TMA unit's cache.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn prefetch_tensormap(map: u64) {
+    // SAFETY: a prefetch has no effect on memory; a bad address is ignored.
+    unsafe {
+        asm!("prefetch.tensormap [{0}];", in(reg64) map, options(nostack));
+    }
+}
+
 /// `cp.async.mbarrier.arrive.noinc.shared::cta.b64`: the barrier receives one arrival (counted
 /// in its expected count) once every cp.async this thread issued before has completed.
 ///

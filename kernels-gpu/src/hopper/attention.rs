@@ -91,7 +91,7 @@ const fn pingpong(pv8: bool, head_dim: usize) -> bool {
 /// flight during tile t's softmax and P·V). It holds a second set of scores (64 registers), which
 /// fits beside d = 128's two warpgroups (255-register cap) but not d = 64's three (168).
 const fn pv8_pipelined(head_dim: usize) -> bool {
-    head_dim == 128
+    sm90_consumer_warpgroups(head_dim, true) == 2
 }
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
@@ -249,7 +249,10 @@ unsafe fn attention<
                 if (s as u32) < Smem::<HD, PV8>::S {
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
-                        ptx::mbarrier_init(sm.full(s as u32), sm90_threads(HD, PV8) as u32);
+                        // f16 P·V: every thread's cp.async arrival; 8-bit: thread 0's TMA
+                        // arrival (and the bytes it announces).
+                        let arrivals = if PV8 { 1 } else { sm90_threads(HD, PV8) as u32 };
+                        ptx::mbarrier_init(sm.full(s as u32), arrivals);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
                             4 * sm90_consumer_warpgroups(HD, PV8) as u32,
@@ -293,6 +296,10 @@ struct Consumer<const HD: usize, const PV8: bool> {
     v_head: u64,
     v_row_bytes: u64,
     n_tiles: u32,
+    /// 8-bit P·V: the TMA descriptors (`AttnParams::tma`) and this (batch, kv head)'s index in
+    /// them.
+    tma: u64,
+    kv_head_index: u32,
 }
 
 impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
@@ -338,16 +345,16 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     fn copy_tile(&self, u: u32) {
         let s_count = Smem::<HD, PV8>::S;
         let (s, round) = (u % s_count, u / s_count);
+        if PV8 {
+            self.tma_tile(s, round, u);
+            return;
+        }
         if round > 0 {
             // SAFETY: an initialised barrier.
             unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
         }
         let key0 = u * Self::CK;
-        let inside = if PV8 {
-            key0 + Self::CK <= self.padded_k
-        } else {
-            key0 + Self::CK <= self.kv_len
-        };
+        let inside = key0 + Self::CK <= self.kv_len;
         // d = 96 has a copy loop of its own (`copy_chunks_hd96`), chosen by `if const`: with it
         // the other head dims' PTX is exactly what it was before d = 96, while a branch on
         // `HD == 96` inside `copy_chunks` (plain or `if const`) or a constant function pointer
@@ -367,8 +374,39 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
     }
 
-    /// This thread's chunks of tile `u` into stage `s`; with `EDGE`, chunks past the padded K
-    /// (8-bit P·V: also Vᵀ) or past `kv_len` (f16 V) are zero-filled without a read.
+    /// 8-bit P·V: thread 0 copies K and Vᵀ tile `u` into stage `s` (its `round`-th use) with
+    /// TMA, once the stage's previous tile has been released: one 128-key K box and two 64-key Vᵀ
+    /// boxes, swizzled by the copy engine into the layouts the wgmma descriptors read; keys past
+    /// the padded K read as zeros. `full[s]` completes when thread 0 has arrived and every byte
+    /// has landed.
+    #[inline(always)]
+    fn tma_tile(&self, s: u32, round: u32, u: u32) {
+        if round > 0 {
+            // Every thread waits (uniform control flow; thread 0 alone measured more registers).
+            // SAFETY: an initialised barrier.
+            unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
+        }
+        if self.tid != 0 {
+            return;
+        }
+        let key0 = (u * Self::CK) as i32;
+        let head = self.kv_head_index as i32;
+        let full = self.sm.full(s);
+        let (k_map, v_map) = (self.tma, self.tma + 128);
+        let sub_tile = const { (HD * 64) as u32 };
+        // SAFETY: the host encoded both maps for this call's K and Vᵀ (`launch::tma`), 64-byte
+        // aligned in global memory; the stage holds a 128 × HD K box and two HD × 64 Vᵀ boxes at
+        // 1024-byte aligned offsets; `full[s]` expects exactly their bytes.
+        unsafe {
+            ptx::mbarrier_arrive_expect_tx(full, (2 * Self::CK * HD as u32) as u32);
+            ptx::tma_load_3d(self.sm.k_stage(s), k_map, 0, key0, head, full);
+            ptx::tma_load_3d(self.sm.v_stage(s), v_map, key0, 0, head, full);
+            ptx::tma_load_3d(self.sm.v_stage(s) + sub_tile, v_map, key0 + 64, 0, head, full);
+        }
+    }
+
+    /// f16 P·V: this thread's chunks of tile `u` into stage `s`; with `EDGE`, V rows past
+    /// `kv_len` are zero-filled without a read.
     #[inline(always)]
     fn copy_chunks<const EDGE: bool>(&self, s: u32, u: u32) {
         let (threads, ck, k_chunks) = (Self::THREADS, Self::CK, Self::K_CHUNKS);
@@ -396,37 +434,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                         let (r, col) = (c / cpr, c % cpr);
                         let dst = self.sm.k_stage(s) + kmajor_offset::<HD>(r, col);
                         let src = k_src + (r * HD as u32 + 16 * col) as u64;
-                        if !EDGE || ck == K_BLOCK as u32 || key0 + r < self.padded_k {
-                            // SAFETY: K is padded to whole 64-row blocks; this row is inside.
-                            unsafe { ptx::cp_async_16(dst, src) };
-                        } else {
-                            // The second half of a 128-key tile past the padded K: zero-filled.
-                            // SAFETY: nothing is read (source size 0).
-                            unsafe { ptx::cp_async_16_zfill(dst, self.k_head, 0) };
-                        }
-                    } else if PV8 {
-                        // Vᵀ row = one channel's CK keys (CK/16 chunks), stored as CK/64 sub-tiles
-                        // of 64 keys, each K-major like a d = 64 K tile.
-                        let c = c - k_chunks;
-                        let cpr = ck / 16;
-                        let (r, col) = (c / cpr, c % cpr);
-                        let dst = self.sm.v_stage(s)
-                            + (col / 4) * (HD as u32 * 64)
-                            + kmajor_offset::<64>(r, col % 4);
-                        let key = key0 + 16 * col;
-                        if !EDGE || ck == K_BLOCK as u32 || key < self.padded_k {
-                            // SAFETY: r < HD rows of this head's Vᵀ, padded with zero keys to whole
-                            // 64-key blocks, and this chunk lies inside.
-                            unsafe {
-                                ptx::cp_async_16(
-                                    dst,
-                                    self.v_head + r as u64 * self.v_row_bytes + key as u64,
-                                )
-                            };
-                        } else {
-                            // SAFETY: nothing is read (source size 0).
-                            unsafe { ptx::cp_async_16_zfill(dst, self.v_head, 0) };
-                        }
+                        // SAFETY: K is padded to whole 64-row blocks, the f16 P·V's tiles.
+                        unsafe { ptx::cp_async_16(dst, src) };
                     } else {
                         let c = c - k_chunks;
                         let cpr = (HD / 8) as u32;
@@ -525,6 +534,10 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// in flight here (the K scales are loaded one tile ahead, after it).
     #[inline(always)]
     fn make_visible(&self) {
+        if PV8 {
+            // TMA writes through the async proxy, which wgmma reads: nothing to order.
+            return;
+        }
         ptx::fence_proxy_async_shared();
     }
 
@@ -945,7 +958,13 @@ unsafe fn consume<
             v_head,
             v_row_bytes,
             n_tiles: geo.n_tiles,
+            tma: p.tma,
+            kv_head_index: kv_head as u32,
         };
+        if PV8 && tid == 0 {
+            ptx::prefetch_tensormap(p.tma);
+            ptx::prefetch_tensormap(p.tma + 128);
+        }
         // The first tiles (not in a cp.async group: `QTile::finish` waits for Q's only).
         unroll::<8>(
             #[inline(always)]

@@ -25,7 +25,7 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
         (129.., _) => 2,
         (65.., false) => 3,
         (_, false) => 4,
-        (65.., true) => 2,
+        (65.., true) => 3,
         (_, true) => 3,
     }
 }
