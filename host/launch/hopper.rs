@@ -20,11 +20,12 @@
 //! | 96 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·20480 + 128 = 189 568 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
-//! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·8192 + 128 = 78 976 |
-//! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 8·16384 + 128 = 148 608 |
+//! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·16384 + 128 = 144 512 |
+//! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 6·32768 + 96 = 214 112 |
 //!
-//! (each warpgroup owns 64 query rows and every thread also copies its share of the K/V tiles; no
-//! producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
+//! (each warpgroup owns 64 query rows; with f16 P·V every thread also copies its share of the K/V
+//! tiles, with the 8-bit P·V thread 0 copies them by TMA through descriptors the call encodes,
+//! `launch::tma`; no producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
 //! runs the sizes between them zero-padded on the next one up (d = 80 on the d = 96 kernel,
 //! d = 160 and 192 on d = 256; with the 8-bit P·V d = 96 on d = 128). d = 96 stores Q and K in
 //! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).
@@ -315,6 +316,9 @@ mod tests {
         let c = hopper_launch_config(64, true, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
+        // The 8-bit P·V rows of the module docs' table (128-key K and Vᵀ stages).
+        assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);
+        assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 6 * 32768 + 96);
         // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
         assert_eq!(
             sm90_smem_bytes(96, false),

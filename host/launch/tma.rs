@@ -104,3 +104,16 @@ fn encode_3d(
     })?;
     Ok(map)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_dims_without_a_tma_layout_are_refused_before_the_driver() {
+        for hd in [32, 96, 256] {
+            let err = pv8_tensor_maps(0x1000, 0x2000, 4, 1024, hd).unwrap_err();
+            assert!(matches!(err, Error::InvalidOption(_)), "{hd}: {err}");
+        }
+    }
+}

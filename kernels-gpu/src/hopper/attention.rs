@@ -25,14 +25,18 @@
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
 //! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (f16 P·V: 3 for
-//! d = 96 and 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp: every thread also copies `HD/32` 16-byte
-//! chunks of each K/V tile (f16 P·V) with cp.async (a producer warp would make the CTA 32 threads more than a
-//! multiple of 128, which lowers the entry register cap to 128 for 3 warpgroups; ptxas allocates
-//! the whole kernel under that cap even after `setmaxnreg`, so a producer warpgroup would not help
-//! either). Pipeline per `sm90_stages(HD, PV8)`-deep stage `s` of a K and a V tile, with two mbarriers:
-//! `full[s]` (one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its
-//! copies have landed) and `empty[s]` (one arrival per warp: its lane 0 once its warpgroup's
-//! wgmmas reading the stage are done). Tile `t` uses stage `t % S` in round `t / S`; waiting for
+//! d = 96 and 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp. With
+//! f16 P·V every thread also copies `HD/32` 16-byte chunks of each K/V tile with cp.async (a
+//! producer warp would make the CTA 32 threads more than a multiple of 128, which lowers the entry
+//! register cap to 128 for 3 warpgroups; ptxas allocates the whole kernel under that cap even
+//! after `setmaxnreg`, so a producer warpgroup would not help either); with the 8-bit P·V thread
+//! 0 copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
+//! `AttnParams::tma`), which frees the copies' address registers. Pipeline per
+//! `sm90_stages(HD, PV8)`-deep stage `s` of a K and a V tile, with two mbarriers: `full[s]` (f16
+//! P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its copies
+//! have landed; 8-bit: thread 0's arrival announcing the TMA bytes) and `empty[s]` (one arrival
+//! per warp: its lane 0 once its warpgroup's wgmmas reading the stage are done). Tile `t` uses
+//! stage `t % S` in round `t / S`; waiting for
 //! round r's completion uses parity `r & 1`. Step t copies tile `t + lookahead` (see `Consumer::LOOKAHEAD`).
 //!
 //! With f16 P·V, each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
@@ -284,14 +288,12 @@ struct Consumer<const HD: usize, const PV8: bool> {
     last_tile: u32,
     /// Index of this head's last 64-key K block (its scale is the last one).
     last_k_block: u32,
-    /// `kv_len` padded to whole 64-key blocks: the rows of K and the keys of Vᵀ in memory.
-    padded_k: u32,
     lane: u32,
     /// This consumer warpgroup's index.
     wg: u32,
-    /// Thread index in the CTA (all threads copy K/V tiles).
+    /// Thread index in the CTA (f16 P·V: all threads copy K/V tiles; 8-bit: thread 0, by TMA).
     tid: u32,
-    /// This (batch, kv head)'s K (padded, INT8) and V (f16, first row) in global memory.
+    /// f16 P·V: this (batch, kv head)'s K (padded, INT8) and V (f16, first row) in global memory.
     k_head: u64,
     v_head: u64,
     v_row_bytes: u64,
@@ -933,9 +935,9 @@ unsafe fn consume<
             p.k_scale + 4 * (geo.batch * p.kv_heads + geo.kv_head) as u64 * k_blocks as u64;
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;
-        // f16 V: any strides; INT8 Vᵀ: [batch][kv_heads][HD][padded_k], contiguous.
+        // f16 V: any strides (the 8-bit P·V reads K and its INT8 Vᵀ through the TMA maps).
         let (v_head, v_row_bytes) = if PV8 {
-            (p.v + kv_head * HD as u64 * padded_k, padded_k)
+            (0, 0)
         } else {
             let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
             ((p.v as i64 + 2 * v_head) as u64, 2 * p.v_stride[2] as u64)
@@ -950,7 +952,6 @@ unsafe fn consume<
             warp_row0,
             last_tile: geo.n_tiles - 1,
             last_k_block: k_blocks as u32 - 1,
-            padded_k: padded_k as u32,
             lane,
             wg,
             tid,
