@@ -18,7 +18,7 @@ use crate::device_config::{
 use crate::launch::dispatch::SelectedKernel;
 use crate::launch::hopper;
 use crate::launch::scratch::{ScratchLayout, ScratchShape};
-use crate::launch::tma::pv8_tensor_maps;
+use crate::launch::tma::{f16_tensor_maps, pv8_tensor_maps};
 use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
@@ -73,7 +73,7 @@ pub(crate) fn scratch_layout(
         copy_v: !kernel.pv8 && (p.in_dtype == DType::BF16 || padded),
         pad_output: padded && kernel.module == ModuleKind::Hopper,
         v8: kernel.pv8,
-        tma: kernel.pv8 && kernel.module == ModuleKind::Hopper,
+        tma: kernel.module == ModuleKind::Hopper && (kernel.pv8 || kernel.head_dim != 96),
     })
 }
 
@@ -500,15 +500,28 @@ pub(crate) fn enqueue_attend(
         batch: p.batch as u32,
         tma: 0,
     };
-    let params = match l.tma {
-        Some(off) if kernel.module == ModuleKind::Hopper && kernel.pv8 => {
-            let maps = pv8_tensor_maps(
-                params.k,
-                params.v,
-                p.batch * p.kv_heads,
-                padded_len(p.kv_len, K_BLOCK),
-                hd,
-            )?;
+    let maps = match l.tma {
+        Some(_) if kernel.module == ModuleKind::Hopper && kernel.pv8 => Some(pv8_tensor_maps(
+            params.k,
+            params.v,
+            p.batch * p.kv_heads,
+            padded_len(p.kv_len, K_BLOCK),
+            hd,
+        )?),
+        Some(_) if kernel.module == ModuleKind::Hopper => f16_tensor_maps(
+            params.k,
+            params.v,
+            params.v_stride,
+            p.batch,
+            p.kv_heads,
+            p.kv_len,
+            padded_len(p.kv_len, K_BLOCK),
+            hd,
+        ),
+        _ => None,
+    };
+    let params = match (maps, l.tma) {
+        (Some(maps), Some(off)) => {
             let dst = scratch.at(off);
             // SAFETY: `dst` is the scratch's TMA region (TMA_MAPS_BYTES bytes, allocated for this
             // call); the copy is ordered on the stream before the launch that reads it, and from

@@ -1,7 +1,9 @@
-//! TMA descriptors (`CUtensorMap`) of the sm_90a 8-bit P·V kernels' K and Vᵀ tiles: one thread of
-//! the CTA copies each tile with `cp.async.bulk.tensor`, which swizzles it into the K-major layout
-//! the wgmmas read (`kernels-gpu/src/hopper/smem.rs`), instead of every thread issuing 16-byte
-//! copies (whose addresses took the registers a third warpgroup needs). Encoding is a host-only
+//! TMA descriptors (`CUtensorMap`) of the sm_90a kernels' K and V tiles: one thread of the CTA
+//! copies each tile with `cp.async.bulk.tensor`, which swizzles it into the layouts the wgmmas
+//! read (`kernels-gpu/src/hopper/smem.rs`), instead of every thread issuing 16-byte copies with
+//! their address arithmetic. The 8-bit P·V reads its INT8 K and Vᵀ this way always; the f16 P·V
+//! (d = 64, 128, 256) its INT8 K and the caller's f16 V whenever TMA can describe that V (16-byte
+//! aligned base and strides), else the kernel falls back to per-thread copies. Encoding is a host-only
 //! driver call; the descriptors then go to the call's scratch memory (`ScratchLayout::tma`) with
 //! a stream-ordered copy, and the kernel gets their address (`AttnParams::tma`). (Kernel
 //! parameters would save the copy, but rustc's nvptx64 calling convention cannot give a
@@ -46,47 +48,115 @@ pub(crate) fn pv8_tensor_maps(
         }
     };
     let (d, n, h) = (head_dim as u64, padded_k as u64, heads as u64);
-    let k_map = encode_3d(
-        "K",
+    let u8 = CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8;
+    let failed = |what: &'static str| {
+        move |source| Error::Cuda {
+            op: format!("encoding the TMA descriptor of the 8-bit P·V {what}"),
+            source,
+        }
+    };
+    let k_map = encode(
+        u8,
         k,
-        [d, n, h],
-        [d, n * d],
-        [head_dim as u32, K_BOX_KEYS, 1],
+        &[d, n, h],
+        &[d, n * d],
+        &[head_dim as u32, K_BOX_KEYS, 1],
         k_swizzle,
-    )?;
-    let v_map = encode_3d(
-        "Vᵀ",
+    )
+    .map_err(failed("K"))?;
+    let v_map = encode(
+        u8,
         vt,
-        [n, d, h],
-        [n, n * d],
-        [V_BOX_KEYS, head_dim as u32, 1],
+        &[n, d, h],
+        &[n, n * d],
+        &[V_BOX_KEYS, head_dim as u32, 1],
         CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
-    )?;
-    let mut maps = [0u64; TMA_MAPS_BYTES / 8];
-    maps[..16].copy_from_slice(&k_map.opaque);
-    maps[16..].copy_from_slice(&v_map.opaque);
-    Ok(maps)
+    )
+    .map_err(failed("Vᵀ"))?;
+    Ok(pack(&k_map, &v_map))
 }
 
-/// A 3-D UINT8 tiled descriptor: `dims` innermost first, `strides` in bytes of dims 1 and 2.
-fn encode_3d(
-    what: &str,
+/// The descriptors of the INT8 K `[heads][padded_k][head_dim]` at `k` (boxes of 64 keys ×
+/// 128 bytes, or 64 at d = 64) and of the f16 V at `v` with element strides `v_stride` (batch,
+/// head, seq; boxes of 64 keys × 64 channels, 128-byte swizzle), for the f16 P·V kernel; `None`
+/// when the head dim has no TMA layout (96) or the driver cannot describe V (a stride or the base
+/// not 16-byte aligned, a broadcast stride): the kernel then copies with cp.async.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn f16_tensor_maps(
+    k: u64,
+    v: u64,
+    v_stride: [i64; 3],
+    batch: usize,
+    kv_heads: usize,
+    kv_len: usize,
+    padded_k: usize,
+    head_dim: usize,
+) -> Option<TmaMaps> {
+    let k_swizzle = match head_dim {
+        128 | 256 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+        64 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
+        _ => return None,
+    };
+    let bytes = |s: i64| u64::try_from(s).ok().filter(|&b| b > 0).map(|b| 2 * b);
+    let [vb, vh, vs] = [
+        bytes(v_stride[0])?,
+        bytes(v_stride[1])?,
+        bytes(v_stride[2])?,
+    ];
+    if v % 16 != 0 || [vb, vh, vs].iter().any(|s| s % 16 != 0) {
+        return None;
+    }
+    let (d, n) = (head_dim as u64, padded_k as u64);
+    let k_map = encode(
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        k,
+        &[d, n, (batch * kv_heads) as u64],
+        &[d, n * d],
+        &[head_dim.min(128) as u32, 64, 1],
+        k_swizzle,
+    )
+    .ok()?;
+    let v_map = encode(
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
+        v,
+        &[d, kv_len as u64, kv_heads as u64, batch as u64],
+        &[vs, vh, vb],
+        &[64, 64, 1, 1],
+        CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+    )
+    .ok()?;
+    Some(pack(&k_map, &v_map))
+}
+
+/// The two descriptors in the kernel's order.
+fn pack(k: &CUtensorMap, v: &CUtensorMap) -> TmaMaps {
+    let mut maps = [0u64; TMA_MAPS_BYTES / 8];
+    maps[..16].copy_from_slice(&k.opaque);
+    maps[16..].copy_from_slice(&v.opaque);
+    maps
+}
+
+/// A tiled descriptor of rank `dims.len()` (3 or 4): `dims` innermost first, `strides` in bytes
+/// of dims 1.., `boxes` the box per dim.
+fn encode(
+    dtype: CUtensorMapDataType,
     base: u64,
-    dims: [u64; 3],
-    strides: [u64; 2],
-    boxes: [u32; 3],
+    dims: &[u64],
+    strides: &[u64],
+    boxes: &[u32],
     swizzle: CUtensorMapSwizzle,
-) -> Result<CUtensorMap> {
+) -> std::result::Result<CUtensorMap, cudarc::driver::DriverError> {
+    assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len() && dims.len() <= 5);
     let mut map = CUtensorMap { opaque: [0; 16] };
-    let element_strides = [1u32; 3];
-    // SAFETY: every pointer refers to a live local array of the length the rank (3) implies; the
-    // call only writes `map`. `base` is a device address the driver checks, never dereferenced
-    // on the host.
+    let element_strides = [1u32; 5];
+    // SAFETY: every pointer refers to a live local array of at least the rank's length (checked
+    // above); the call only writes `map`. `base` is a device address the driver checks, never
+    // dereferenced on the host.
     let status = unsafe {
         cuTensorMapEncodeTiled(
             &mut map,
-            CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-            3,
+            dtype,
+            dims.len() as u32,
             base as *mut core::ffi::c_void,
             dims.as_ptr(),
             strides.as_ptr(),
@@ -98,10 +168,7 @@ fn encode_3d(
             CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
         )
     };
-    status.result().map_err(|source| Error::Cuda {
-        op: format!("encoding the TMA descriptor of the 8-bit P·V {what} (dims {dims:?})"),
-        source,
-    })?;
+    status.result()?;
     Ok(map)
 }
 
@@ -115,5 +182,20 @@ mod tests {
             let err = pv8_tensor_maps(0x1000, 0x2000, 4, 1024, hd).unwrap_err();
             assert!(matches!(err, Error::InvalidOption(_)), "{hd}: {err}");
         }
+    }
+
+    #[test]
+    fn f16_maps_fall_back_before_the_driver_when_tma_cannot_describe_v() {
+        let maps = |v: u64, stride: [i64; 3], hd: usize| {
+            f16_tensor_maps(0x1000, v, stride, 2, 4, 1000, 1024, hd)
+        };
+        let contiguous = [4 * 1000 * 128, 1000 * 128, 128];
+        // d = 96 keeps its own copy path; a broadcast or negative stride, a stride or base not a
+        // multiple of 16 bytes cannot be described.
+        assert!(maps(0x2000, contiguous, 96).is_none());
+        assert!(maps(0x2000, [0, 1000 * 128, 128], 128).is_none());
+        assert!(maps(0x2000, [-1, 1000 * 128, 128], 128).is_none());
+        assert!(maps(0x2000, [4 * 1000 * 132, 1000 * 132, 132], 128).is_none());
+        assert!(maps(0x2008, contiguous, 128).is_none());
     }
 }

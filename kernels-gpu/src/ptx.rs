@@ -1027,6 +1027,22 @@ pub unsafe fn tma_load_3d(dst: u32, map: u64, c0: i32, c1: i32, c2: i32, bar: u3
     }
 }
 
+/// As [`tma_load_3d`] for a 4-D tensor map.
+///
+/// # Safety
+/// As for [`tma_load_3d`].
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub unsafe fn tma_load_4d(dst: u32, map: u64, c: [i32; 4], bar: u32) {
+    unsafe {
+        asm!(
+            "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [{0}], [{1}, {{{2}, {3}, {4}, {5}}}], [{6}];",
+            in(reg32) dst, in(reg64) map, in(reg32) c[0], in(reg32) c[1], in(reg32) c[2],
+            in(reg32) c[3], in(reg32) bar, options(nostack)
+        );
+    }
+}
+
 /// `prefetch.tensormap`: brings the tensor map at generic address `map` into the TMA unit's cache.
 #[cfg(feature = "hopper")]
 #[inline(always)]

@@ -253,9 +253,10 @@ unsafe fn attention<
                 if (s as u32) < Smem::<HD, PV8>::S {
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
-                        // f16 P·V: every thread's cp.async arrival; 8-bit: thread 0's TMA
-                        // arrival (and the bytes it announces).
-                        let arrivals = if PV8 { 1 } else { sm90_threads(HD, PV8) as u32 };
+                        // cp.async: every thread's arrival; TMA: thread 0's (announcing the
+                        // bytes), see `Consumer::uses_tma`.
+                        let tma = PV8 || (HD != 96 && p.tma != 0);
+                        let arrivals = if tma { 1 } else { sm90_threads(HD, PV8) as u32 };
                         ptx::mbarrier_init(sm.full(s as u32), arrivals);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
@@ -298,10 +299,12 @@ struct Consumer<const HD: usize, const PV8: bool> {
     v_head: u64,
     v_row_bytes: u64,
     n_tiles: u32,
-    /// 8-bit P·V: the TMA descriptors (`AttnParams::tma`) and this (batch, kv head)'s index in
-    /// them.
+    /// The TMA descriptors (`AttnParams::tma`; 0 = none), this (batch, kv head)'s index in the
+    /// 3-D maps, and the two for the f16 V's 4-D one.
     tma: u64,
     kv_head_index: u32,
+    kv_head: u32,
+    batch: u32,
 }
 
 impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
@@ -347,7 +350,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     fn copy_tile(&self, u: u32) {
         let s_count = Smem::<HD, PV8>::S;
         let (s, round) = (u % s_count, u / s_count);
-        if PV8 {
+        if self.uses_tma() {
             self.tma_tile(s, round, u);
             return;
         }
@@ -376,15 +379,25 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
     }
 
-    /// 8-bit P·V: thread 0 copies K and Vᵀ tile `u` into stage `s` (its `round`-th use) with
-    /// TMA, once the stage's previous tile has been released: one 128-key K box and two 64-key Vᵀ
-    /// boxes, swizzled by the copy engine into the layouts the wgmma descriptors read; keys past
-    /// the padded K read as zeros. `full[s]` completes when thread 0 has arrived and every byte
-    /// has landed.
+    /// Whether the tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except d = 96,
+    /// whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
+    /// (`AttnParams::tma` nonzero; else every thread copies with cp.async).
+    #[inline(always)]
+    fn uses_tma(&self) -> bool {
+        PV8 || (HD != 96 && self.tma != 0)
+    }
+
+    /// Thread 0 copies K and V tile `u` into stage `s` (its `round`-th use) with TMA, once the
+    /// stage's previous tile has been released (every thread waits: uniform control flow, which
+    /// ptxas allocates fewer registers for). The copy engine swizzles each box into the layout the
+    /// wgmma descriptors read; keys past the tensor (8-bit: past the padded K; f16 V: past
+    /// `kv_len`) read as zeros. `full[s]` completes when thread 0 has arrived and every byte has
+    /// landed. K: 128-byte-wide boxes of the tile's keys (d = 256: two column blocks). V: 8-bit,
+    /// two Vᵀ sub-tiles of 64 keys × d channels; f16, `d/64` column blocks of 64 keys × 64
+    /// channels of the caller's V (a 4-D map over its strides).
     #[inline(always)]
     fn tma_tile(&self, s: u32, round: u32, u: u32) {
         if round > 0 {
-            // Every thread waits (uniform control flow; thread 0 alone measured more registers).
             // SAFETY: an initialised barrier.
             unsafe { ptx::mbarrier_wait_parity(self.sm.empty(s), (round - 1) & 1) };
         }
@@ -392,18 +405,48 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             return;
         }
         let key0 = (u * Self::CK) as i32;
-        let head = self.kv_head_index as i32;
         let full = self.sm.full(s);
         let (k_map, v_map) = (self.tma, self.tma + 128);
-        let sub_tile = const { (HD * 64) as u32 };
-        // SAFETY: the host encoded both maps for this call's K and Vᵀ (`launch::tma`), 64-byte
-        // aligned in global memory; the stage holds a 128 × HD K box and two HD × 64 Vᵀ boxes at
-        // 1024-byte aligned offsets; `full[s]` expects exactly their bytes.
+        let bytes = Self::CK * HD as u32 * if PV8 { 2 } else { 3 };
+        // SAFETY: the host encoded both maps for this call's K and V (`launch::tma`), 64-byte
+        // aligned in global memory; each box lands inside its stage at an offset aligned for its
+        // swizzle (multiples of 4 KiB); `full[s]` expects exactly their bytes.
         unsafe {
-            ptx::mbarrier_arrive_expect_tx(full, (2 * Self::CK * HD as u32) as u32);
-            ptx::tma_load_3d(self.sm.k_stage(s), k_map, 0, key0, head, full);
-            ptx::tma_load_3d(self.sm.v_stage(s), v_map, key0, 0, head, full);
-            ptx::tma_load_3d(self.sm.v_stage(s) + sub_tile, v_map, key0 + 64, 0, head, full);
+            ptx::mbarrier_arrive_expect_tx(full, bytes);
+            let head = self.kv_head_index as i32;
+            unroll::<2>(
+                #[inline(always)]
+                |b| {
+                    if b < HD.div_ceil(128) {
+                        let dst = self.sm.k_stage(s) + b as u32 * smem::KMAJOR_BLOCK_BYTES;
+                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key0, head, full);
+                    }
+                },
+            );
+            if PV8 {
+                let sub_tile = const { (HD * 64) as u32 };
+                ptx::tma_load_3d(self.sm.v_stage(s), v_map, key0, 0, head, full);
+                ptx::tma_load_3d(
+                    self.sm.v_stage(s) + sub_tile,
+                    v_map,
+                    key0 + 64,
+                    0,
+                    head,
+                    full,
+                );
+            } else {
+                let (kv_head, batch) = (self.kv_head as i32, self.batch as i32);
+                unroll::<4>(
+                    #[inline(always)]
+                    |b| {
+                        if b < HD / 64 {
+                            let dst = self.sm.v_stage(s) + b as u32 * smem::V_BLOCK_BYTES;
+                            let c = [64 * b as i32, key0, kv_head, batch];
+                            ptx::tma_load_4d(dst, v_map, c, full);
+                        }
+                    },
+                );
+            }
         }
     }
 
@@ -536,7 +579,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// in flight here (the K scales are loaded one tile ahead, after it).
     #[inline(always)]
     fn make_visible(&self) {
-        if PV8 {
+        if self.uses_tma() {
             // TMA writes through the async proxy, which wgmma reads: nothing to order.
             return;
         }
@@ -961,8 +1004,10 @@ unsafe fn consume<
             n_tiles: geo.n_tiles,
             tma: p.tma,
             kv_head_index: kv_head as u32,
+            kv_head: geo.kv_head,
+            batch: geo.batch,
         };
-        if PV8 && tid == 0 {
+        if c.uses_tma() && tid == 0 {
             ptx::prefetch_tensormap(p.tma);
             ptx::prefetch_tensormap(p.tma + 128);
         }
