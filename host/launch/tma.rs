@@ -103,7 +103,7 @@ pub(crate) fn f16_tensor_maps(
         bytes(v_stride[1])?,
         bytes(v_stride[2])?,
     ];
-    if v % 16 != 0 || [vb, vh, vs].iter().any(|s| s % 16 != 0) {
+    if !v.is_multiple_of(16) || [vb, vh, vs].iter().any(|s| !s.is_multiple_of(16)) {
         return None;
     }
     let (d, n) = (head_dim as u64, padded_k as u64);
