@@ -13,6 +13,7 @@ use cudarc::driver::sys::{
     cuTensorMapEncodeTiled, CUtensorMap, CUtensorMapDataType, CUtensorMapFloatOOBfill,
     CUtensorMapInterleave, CUtensorMapL2promotion, CUtensorMapSwizzle,
 };
+use cudarc::driver::DriverError;
 
 use crate::types::error::{Error, Result};
 
@@ -38,34 +39,26 @@ pub(crate) fn pv8_tensor_maps(
     padded_k: usize,
     head_dim: usize,
 ) -> Result<TmaMaps> {
-    let k_swizzle = match head_dim {
-        128 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-        64 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
-        _ => {
-            return Err(Error::InvalidOption(format!(
-                "no TMA layout for the 8-bit P·V at head_dim {head_dim}"
-            )))
-        }
+    let no_layout = || {
+        Error::InvalidOption(format!(
+            "no TMA layout for the 8-bit P·V at head_dim {head_dim}"
+        ))
     };
-    let (d, n, h) = (head_dim as u64, padded_k as u64, heads as u64);
-    let u8 = CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8;
+    if head_dim > 128 {
+        return Err(no_layout());
+    }
     let failed = |what: &'static str| {
         move |source| Error::Cuda {
             op: format!("encoding the TMA descriptor of the 8-bit P·V {what}"),
             source,
         }
     };
-    let k_map = encode(
-        u8,
-        k,
-        &[d, n, h],
-        &[d, n * d],
-        &[head_dim as u32, K_BOX_KEYS, 1],
-        k_swizzle,
-    )
-    .map_err(failed("K"))?;
+    let k_map = k_map(k, heads, padded_k, head_dim, K_BOX_KEYS)
+        .ok_or_else(no_layout)?
+        .map_err(failed("K"))?;
+    let (d, n, h) = (head_dim as u64, padded_k as u64, heads as u64);
     let v_map = encode(
-        u8,
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
         vt,
         &[n, d, h],
         &[n, n * d],
@@ -92,11 +85,6 @@ pub(crate) fn f16_tensor_maps(
     padded_k: usize,
     head_dim: usize,
 ) -> Option<TmaMaps> {
-    let k_swizzle = match head_dim {
-        128 | 256 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
-        64 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
-        _ => return None,
-    };
     let bytes = |s: i64| u64::try_from(s).ok().filter(|&b| b > 0).map(|b| 2 * b);
     let [vb, vh, vs] = [
         bytes(v_stride[0])?,
@@ -106,26 +94,49 @@ pub(crate) fn f16_tensor_maps(
     if !v.is_multiple_of(16) || [vb, vh, vs].iter().any(|s| !s.is_multiple_of(16)) {
         return None;
     }
-    let (d, n) = (head_dim as u64, padded_k as u64);
-    let k_map = encode(
-        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
-        k,
-        &[d, n, (batch * kv_heads) as u64],
-        &[d, n * d],
-        &[head_dim.min(128) as u32, 64, 1],
-        k_swizzle,
-    )
-    .ok()?;
+    let k_map = k_map(k, batch * kv_heads, padded_k, head_dim, 64)?.ok()?;
     let v_map = encode(
         CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_FLOAT16,
         v,
-        &[d, kv_len as u64, kv_heads as u64, batch as u64],
+        &[
+            head_dim as u64,
+            kv_len as u64,
+            kv_heads as u64,
+            batch as u64,
+        ],
         &[vs, vh, vb],
         &[64, 64, 1, 1],
         CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
     )
     .ok()?;
     Some(pack(&k_map, &v_map))
+}
+
+/// The descriptor of the INT8 K `[heads][padded_k][head_dim]` at `k`: boxes of `box_keys` keys ×
+/// 128 bytes (d = 256: one of its two column blocks) with the 128-byte swizzle, or × 64 bytes with
+/// the 64-byte one at d = 64, the kernels' K-major layouts (`smem::kmajor_offset`). `None` for a
+/// head dim without such a layout.
+fn k_map(
+    k: u64,
+    heads: usize,
+    padded_k: usize,
+    head_dim: usize,
+    box_keys: u32,
+) -> Option<std::result::Result<CUtensorMap, DriverError>> {
+    let swizzle = match head_dim {
+        128 | 256 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+        64 => CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_64B,
+        _ => return None,
+    };
+    let (d, n) = (head_dim as u64, padded_k as u64);
+    Some(encode(
+        CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_UINT8,
+        k,
+        &[d, n, heads as u64],
+        &[d, n * d],
+        &[head_dim.min(128) as u32, box_keys, 1],
+        swizzle,
+    ))
 }
 
 /// The two descriptors in the kernel's order.
@@ -145,7 +156,7 @@ fn encode(
     strides: &[u64],
     boxes: &[u32],
     swizzle: CUtensorMapSwizzle,
-) -> std::result::Result<CUtensorMap, cudarc::driver::DriverError> {
+) -> std::result::Result<CUtensorMap, DriverError> {
     assert!(strides.len() + 1 == dims.len() && boxes.len() == dims.len() && dims.len() <= 5);
     let mut map = CUtensorMap { opaque: [0; 16] };
     let element_strides = [1u32; 5];
