@@ -359,6 +359,20 @@ fn k_head_call_with_lse_matches_emulation() {
     }
 }
 
+/// The one-CTA-per-head K preparation under compute-sanitizer (the suite runs every
+/// `sanitizer_` test with memcheck, racecheck, initcheck and synccheck): one short call, a
+/// partial segment and block, GQA 2:1, with the LSE, at the `batch × kv_heads` ≈ SM count that
+/// selects the path.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn sanitizer_k_head_call() {
+    let rt = runtime();
+    let mut rng = fresh_rng("sanitizer_k_head");
+    let (batch, kv_heads) = k_head_shape(rt.sm_count() as usize);
+    let shape = (batch, 2 * kv_heads, kv_heads, 37, 100, 128);
+    check_call_with_lse(&mut rng, shape, DType::F16, Layout::Hnd, true);
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }
