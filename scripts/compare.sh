@@ -32,12 +32,16 @@
 #   device:     run(command="bash scripts/compare.sh --varlen only", carry=[".device", ".whl"])
 #
 # Outputs in $OUT (default ./compare-out): table.txt, compare.json, peers.json, ours.json,
-# chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log.
+# chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log,
+# and with the 2.2 peer built, sage2-kernels.txt: the registers, stack and shared memory of its
+# attention kernels (cuobjdump -res-usage; what decides its CTAs per SM), plus with SAGE2_SASS=1
+# sage2-sass.txt.gz, their SASS (to compare its per-tile instruction path with ours).
 #
 # Environment: OUT, SAGE_BENCH (our bench binary, default .device/bench), SAGE_WHEEL_DIR
 # (default .whl), SAGE_RS_WHEEL_DIR (our wheel, default .device/wheels), PYTHON (default python3), SAGE2 (0: no 2.2 peer), SAGE2_TARBALL (default
 # .peers/sage2.tar.gz), SAGE2_BUILD_TIMEOUT (seconds, default 330), MAX_JOBS (default 16),
-# SAGE2_RECIPE (for --pack-sage2; default ../shared/peers/sage2-sm90).
+# SAGE2_RECIPE (for --pack-sage2; default ../shared/peers/sage2-sm90), SAGE2_SASS (1: write
+# sage2-sass.txt.gz).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,6 +103,21 @@ build_sage2() {
     export SAGE2_DIR="$dest/sage2"
 }
 
+# Writes what the official 2.2 attention kernels use per thread and CTA (and, with SAGE2_SASS=1,
+# their SASS) next to the table, from the extension build_sage2 made; a missing cuobjdump only
+# leaves the files out.
+describe_sage2() {
+    local so cuobjdump
+    so="$(ls "$SAGE2_DIR"/sageattention/_qattn_sm90*.so 2>/dev/null | head -1)"
+    cuobjdump="$(command -v cuobjdump || echo /usr/local/cuda/bin/cuobjdump)"
+    [[ -n "$so" && -x "$cuobjdump" ]] || { echo "compare.sh: no cuobjdump or no _qattn_sm90 extension: sage2-kernels.txt left out"; return 0; }
+    "$cuobjdump" -res-usage "$so" 2>/dev/null | grep -A1 -E "Function .*attn" > "$OUT/sage2-kernels.txt" || true
+    echo "compare.sh: wrote sage2-kernels.txt ($(grep -c Function "$OUT/sage2-kernels.txt") kernels)"
+    if [[ "${SAGE2_SASS:-0}" == 1 ]]; then
+        "$cuobjdump" -sass "$so" 2>/dev/null | gzip > "$OUT/sage2-sass.txt.gz"
+    fi
+}
+
 export PYTHONUNBUFFERED=1
 OUT="${OUT:-$PWD/compare-out}"
 export OUT
@@ -143,7 +162,7 @@ export SAGE_BENCH="${SAGE_BENCH:-.device/bench}"
     tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
     unset SAGE2_DIR SAGE2_ERROR
     if [[ "${SAGE2:-1}" != 0 && -f "$tarball" ]]; then
-        build_sage2 "$tarball"
+        build_sage2 "$tarball" && describe_sage2
     elif [[ "${SAGE2:-1}" != 0 ]]; then
         echo "compare.sh: no $tarball (carry .peers; scripts/compare.sh --pack-sage2): no SageAttention 2.2 peer"
     fi
