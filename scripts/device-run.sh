@@ -18,7 +18,7 @@
 # Environment:
 #   OUT                      where logs go (the device tool sets it; default ./.device-out)
 #   SAGE_TEST_FILTER         passed to every test executable as its name filter (default: `--skip
-#                            probe`, which leaves out the timing probes: with them the suite runs
+#                            probe --skip perf_`, which leaves out the timing probes: with them the suite runs
 #                            past one device call's 600 s; SAGE_RUN_PROBES=1 keeps them)
 #   SAGE_TEST_TIMEOUT        seconds per test executable (default 300)
 #   SAGE_SANITIZER_FILTER    test name filter for compute-sanitizer (default sanitizer_)
@@ -48,7 +48,7 @@ SAN_TOOLS="${SAGE_SANITIZER_TOOLS:-memcheck racecheck initcheck synccheck}"
 SAN_TIMEOUT="${SAGE_SANITIZER_TIMEOUT:-300}"
 BENCH_TIMEOUT="${SAGE_BENCH_TIMEOUT:-300}"
 if [[ -z "${SAGE_TEST_FILTER:-}" && "${SAGE_RUN_PROBES:-0}" != 1 ]]; then
-    TEST_FILTER=(--skip probe)
+    TEST_FILTER=(--skip probe --skip perf_)
 else
     # shellcheck disable=SC2206
     TEST_FILTER=(${SAGE_TEST_FILTER:-})
