@@ -35,7 +35,8 @@
 # chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log,
 # and with the 2.2 peer built, sage2-kernels.txt: the registers, stack and shared memory of its
 # attention kernels (cuobjdump -res-usage; what decides its CTAs per SM), plus with SAGE2_SASS=1
-# sage2-sass.txt.gz, their SASS (to compare its per-tile instruction path with ours).
+# sage2-sass.txt.gz, their SASS (to compare its per-tile instruction path with ours:
+# python3 scripts/sass-mix.py sage2-sass.txt.gz qk_int8_sv_f8_attn_kernel).
 #
 # Environment: OUT, SAGE_BENCH (our bench binary, default .device/bench), SAGE_WHEEL_DIR
 # (default .whl), SAGE_RS_WHEEL_DIR (our wheel, default .device/wheels), PYTHON (default python3), SAGE2 (0: no 2.2 peer), SAGE2_TARBALL (default
