@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# A/B timing of bench binaries on the GPU machine, in one process run of this script: each binary
+# runs the same bench arguments in turn, the whole round twice (A B A B, so drift hits all of
+# them alike), and the table gives each case's best TOPS per binary and its ratio to the first.
+#
+#   run(command="bash scripts/device-ab.sh main=.devpack/bench-main branch=.device/bench \
+#                -- --head-dims 64,128 --seq-lens 2048,16384 --causal both --paths both",
+#       carry=[".devpack"])
+#
+# Arguments: NAME=PATH for each binary (the first is the baseline), then `--`, then the bench's
+# arguments (`--json`, `-q` and `--no-check` are added). Output: the table on stdout and in
+# $OUT/ab.txt; each run's JSON stays in /tmp (only the table comes back, the device tool returns
+# few files). Environment: OUT (default ./.device-out), ROUNDS (default 2), AB_TIMEOUT (seconds
+# per bench run, default 150).
+set -uo pipefail
+
+names=()
+paths=()
+while (($#)) && [[ "$1" != -- ]]; do
+    [[ "$1" == *=* ]] || { echo "device-ab: expected NAME=PATH, got '$1'" >&2; exit 2; }
+    names+=("${1%%=*}")
+    paths+=("${1#*=}")
+    shift
+done
+[[ "${1:-}" == -- ]] && shift
+((${#names[@]} >= 2)) || { echo "device-ab: give at least two NAME=PATH binaries" >&2; exit 2; }
+for p in "${paths[@]}"; do
+    [[ -x "$p" ]] || { echo "device-ab: $p is not an executable" >&2; exit 2; }
+done
+
+OUT="${OUT:-$PWD/.device-out}"
+mkdir -p "$OUT"
+work="$(mktemp -d /tmp/device-ab.XXXXXX)"
+t0=$SECONDS
+for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
+    for i in "${!names[@]}"; do
+        json="$work/${names[$i]}.$round.json"
+        timeout "${AB_TIMEOUT:-150}" "${paths[$i]}" "$@" -q --no-check --json "$json" \
+            > "$work/${names[$i]}.$round.log" 2>&1
+        echo "device-ab: ${names[$i]} round $round: exit $? ($((SECONDS - t0)) s)"
+    done
+done
+
+python3 - "$work" "${names[@]}" <<'EOF' | tee "$OUT/ab.txt"
+import glob, json, os, sys
+
+work, names = sys.argv[1], sys.argv[2:]
+best = {}  # (head_dim, seq_len, causal, path) -> {name: best TOPS}
+for name in names:
+    for f in sorted(glob.glob(os.path.join(work, f"{name}.*.json"))):
+        try:
+            cases = json.load(open(f))["cases"]
+        except (OSError, ValueError, KeyError) as e:
+            print(f"device-ab: {f}: {e}")
+            continue
+        for c in cases:
+            for path in ("kernel", "full"):
+                if c.get(path):
+                    key = (c["head_dim"], c["seq_len"], int(bool(c.get("causal"))), path)
+                    got = best.setdefault(key, {})
+                    got[name] = max(got.get(name, 0.0), c[path]["tops"])
+base = names[0]
+print("d      N  causal  path    " + "".join(f"{n:>10}" for n in names)
+      + "".join(f"{n + '/' + base:>16}" for n in names[1:]))
+for (d, n, causal, path), got in sorted(best.items()):
+    row = f"{d:<4}{n:>7}  {causal:>6}  {path:<6}"
+    row += "".join(f"{got.get(x, 0.0):>10.1f}" for x in names)
+    ref = got.get(base, 0.0)
+    row += "".join(f"{(got.get(x, 0.0) / ref if ref else 0.0):>16.3f}" for x in names[1:])
+    print(row)
+EOF
