@@ -97,6 +97,14 @@ const fn pingpong(pv8: bool, head_dim: usize) -> bool {
 const fn pv8_pipelined(head_dim: usize) -> bool {
     sm90_consumer_warpgroups(head_dim, true) == 2
 }
+/// Whether a launch's K/V tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except
+/// d = 96, whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
+/// (`AttnParams::tma` nonzero; else every thread copies with cp.async). One decision for the
+/// barrier counts and the copies.
+#[inline(always)]
+fn tiles_by_tma<const HD: usize, const PV8: bool>(tma: u64) -> bool {
+    PV8 || (HD != 96 && tma != 0)
+}
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
 
@@ -254,9 +262,12 @@ unsafe fn attention<
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
                         // cp.async: every thread's arrival; TMA: thread 0's (announcing the
-                        // bytes), see `Consumer::uses_tma`.
-                        let tma = PV8 || (HD != 96 && p.tma != 0);
-                        let arrivals = if tma { 1 } else { sm90_threads(HD, PV8) as u32 };
+                        // bytes).
+                        let arrivals = if tiles_by_tma::<HD, PV8>(p.tma) {
+                            1
+                        } else {
+                            sm90_threads(HD, PV8) as u32
+                        };
                         ptx::mbarrier_init(sm.full(s as u32), arrivals);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
@@ -379,12 +390,10 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
     }
 
-    /// Whether the tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except d = 96,
-    /// whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
-    /// (`AttnParams::tma` nonzero; else every thread copies with cp.async).
+    /// Whether the tiles come by TMA ([`tiles_by_tma`]).
     #[inline(always)]
     fn uses_tma(&self) -> bool {
-        PV8 || (HD != 96 && self.tma != 0)
+        tiles_by_tma::<HD, PV8>(self.tma)
     }
 
     /// Thread 0 copies K and V tile `u` into stage `s` (its `round`-th use) with TMA, once the
