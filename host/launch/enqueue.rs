@@ -500,29 +500,38 @@ pub(crate) fn enqueue_attend(
         batch: p.batch as u32,
         tma: 0,
     };
+    // The sm_90a kernels' K/V descriptors, when the layout has their region: always with the
+    // 8-bit P·V; with f16 P·V when TMA can describe the caller's V (else the kernel copies with
+    // cp.async and `params.tma` stays 0).
+    let padded_k = padded_len(p.kv_len, K_BLOCK);
     let maps = match l.tma {
-        Some(_) if kernel.module == ModuleKind::Hopper && kernel.pv8 => Some(pv8_tensor_maps(
-            params.k,
-            params.v,
-            p.batch * p.kv_heads,
-            padded_len(p.kv_len, K_BLOCK),
-            hd,
-        )?),
-        Some(_) if kernel.module == ModuleKind::Hopper => f16_tensor_maps(
-            params.k,
-            params.v,
-            params.v_stride,
-            p.batch,
-            p.kv_heads,
-            p.kv_len,
-            padded_len(p.kv_len, K_BLOCK),
-            hd,
-        ),
+        Some(off) if kernel.module == ModuleKind::Hopper => {
+            let maps = if kernel.pv8 {
+                Some(pv8_tensor_maps(
+                    params.k,
+                    params.v,
+                    p.batch * p.kv_heads,
+                    padded_k,
+                    hd,
+                )?)
+            } else {
+                f16_tensor_maps(
+                    params.k,
+                    params.v,
+                    params.v_stride,
+                    p.batch,
+                    p.kv_heads,
+                    p.kv_len,
+                    padded_k,
+                    hd,
+                )
+            };
+            maps.map(|maps| (scratch.at(off), maps))
+        }
         _ => None,
     };
-    let params = match (maps, l.tma) {
-        (Some(maps), Some(off)) => {
-            let dst = scratch.at(off);
+    let params = match maps {
+        Some((dst, maps)) => {
             // SAFETY: `dst` is the scratch's TMA region (TMA_MAPS_BYTES bytes, allocated for this
             // call); the copy is ordered on the stream before the launch that reads it, and from
             // pageable memory the driver stages `maps` before returning.
@@ -533,7 +542,7 @@ pub(crate) fn enqueue_attend(
                 })?;
             AttnParams { tma: dst, ..params }
         }
-        _ => params,
+        None => params,
     };
     if kernel.module == ModuleKind::Hopper {
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers

@@ -23,9 +23,9 @@
 //! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·16384 + 128 = 144 512 |
 //! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 6·32768 + 96 = 214 112 |
 //!
-//! (each warpgroup owns 64 query rows; with f16 P·V every thread also copies its share of the K/V
-//! tiles, with the 8-bit P·V thread 0 copies them by TMA through descriptors the call encodes,
-//! `launch::tma`; no producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
+//! (each warpgroup owns 64 query rows; thread 0 copies the K/V tiles by TMA through descriptors
+//! the call encodes, `launch::tma`, except with f16 P·V at d = 96 or a V that TMA cannot
+//! describe, where every thread copies its share; no producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
 //! runs the sizes between them zero-padded on the next one up (d = 80 on the d = 96 kernel,
 //! d = 160 and 192 on d = 256; with the 8-bit P·V d = 96 on d = 128). d = 96 stores Q and K in
 //! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).

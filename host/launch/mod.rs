@@ -1,7 +1,7 @@
 //! The launch layer: what happens between the API call and the GPU, in call order. [`validate`]
 //! checks everything before any launch and returns the call's `Problem`; [`dispatch`] picks the
 //! kernel; [`enqueue`] lays out the [`scratch`] memory and queues the preparation and attention
-//! launches (the Hopper kernel's through [`hopper`], its 8-bit P·V's TMA descriptors from [`tma`]). [`selftest`] runs the device crate's
+//! launches (the Hopper kernel's through [`hopper`], its TMA descriptors from [`tma`]). [`selftest`] runs the device crate's
 //! single-tile primitive kernels for the GPU tests. [`varlen`] checks packed (variable-length) inputs,
 //! groups their sequences into batched problems and holds the LSE copy and row fill the varlen
 //! call needs.

@@ -24,7 +24,7 @@ pub(crate) struct ScratchLayout {
     pub v_f16: Option<usize>,
     pub v8: Option<V8Regions>,
     pub o_pad: Option<usize>,
-    /// The sm_90a 8-bit P·V kernel's TMA descriptors (`launch::tma`).
+    /// The sm_90a kernels' TMA descriptors of K and V (`launch::tma`).
     pub tma: Option<usize>,
     pub bytes: usize,
 }
@@ -68,7 +68,8 @@ pub(crate) struct ScratchShape {
     pub pad_output: bool,
     /// 8-bit P·V: V is quantized to an INT8 Vᵀ (instead of any f16 copy).
     pub v8: bool,
-    /// The attention kernel reads K and Vᵀ through TMA descriptors (sm_90a, 8-bit P·V).
+    /// The attention kernel may read K and V through TMA descriptors (sm_90a; always with the
+    /// 8-bit P·V, with f16 P·V when the caller's V can be described).
     pub tma: bool,
 }
 

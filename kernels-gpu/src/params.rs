@@ -68,9 +68,10 @@ pub struct AttnParams {
     pub causal_chunk: u32,
     /// Batches (the pairs past `q_heads · batch` of the last chunk have nothing to do).
     pub batch: u32,
-    /// sm_90a 8-bit P·V kernels only (else 0): global address of two `CUtensorMap`s (64-byte
-    /// aligned, 128 bytes each), the TMA descriptors of the INT8 K tiles and then of the Vᵀ
-    /// sub-tiles (host `launch::tma`).
+    /// sm_90a kernels only (else 0; f16 P·V: 0 also when TMA cannot describe V, and the kernel
+    /// copies with cp.async): global address of two `CUtensorMap`s (64-byte aligned, 128 bytes
+    /// each), the TMA descriptors of the INT8 K tiles and then of the V tiles (the 8-bit P·V's
+    /// INT8 Vᵀ sub-tiles, or the caller's f16 V) (host `launch::tma`).
     pub tma: u64,
 }
 

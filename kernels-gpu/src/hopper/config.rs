@@ -5,8 +5,8 @@
 //! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4 for d = 64;
 //! 8-bit: 2 and 3) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
 //! block), and no producer warp: every thread also issues its share of the cp.async copies of the
-//! K/V tiles (`sm90_cta_k(pv8)` keys: 64, or 128 for the 8-bit P·V, whose tiles thread 0 copies
-//! with TMA instead), into
+//! K/V tiles (`sm90_cta_k(pv8)` keys: 64, or 128 for the 8-bit P·V) where thread 0 does not copy
+//! them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
 //! `sm90_stages(head_dim, pv8)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
 //! base rounded up to 1024 bytes, the 128-byte swizzle period): Q tile, the K stages, the V stages,
 //! then the mbarriers.
