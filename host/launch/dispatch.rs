@@ -42,7 +42,7 @@ impl SelectedKernel {
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
 /// [`Backend::Auto`] the sm_90a wgmma kernel of the smallest compiled head_dim ≥ `head_dim`
-/// (64, 96, 128 or 256, the 8-bit P·V 64 or 128; zero-padded when larger: a third more
+/// (64, 96, 128 or 256, the 8-bit P·V 64, 128 or 256; zero-padded when larger: a third more
 /// arithmetic for the 8-bit P·V at d = 96, still faster than the portable kernel), else the
 /// portable variant of the smallest
 /// compiled head_dim ≥ `head_dim` (64, 96, 128 or 256) — for
@@ -181,8 +181,8 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
             supported: &SUPPORTED_HEAD_DIMS,
         });
     }
-    // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V (sm_90a or portable) exists
-    // up to head_dim 128, for multiples of 16.
+    // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V exists for multiples of 16,
+    // up to head_dim 256 on the sm_90a kernel and up to 128 on the portable one.
     selected_kernel(rt, p.head_dim, opts).ok_or_else(|| Error::PvPrecisionUnavailable {
         precision: match opts.pv_precision {
             PvPrecision::F16 => "F16",
@@ -192,14 +192,16 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
     })
 }
 
-/// Why the 8-bit P·V has no kernel for `head_dim` (the sm_90a and the portable 8-bit kernels
-/// both stop at 128 and both need multiples of 16).
+/// Why the 8-bit P·V has no kernel for `head_dim` (both 8-bit kernels need multiples of 16; the
+/// portable one, which every device but Hopper with `Backend::Auto` runs, stops at 128).
 fn int8_head_dim_reason(head_dim: usize) -> String {
     let largest = PV8_KERNEL_HEAD_DIMS.iter().copied().max().unwrap_or(0);
-    if head_dim > largest {
+    let largest_sm90 = hopper::SM90_PV8_HEAD_DIMS.iter().copied().max().unwrap_or(0);
+    if head_dim > largest && head_dim.is_multiple_of(16) {
         format!(
-            "the 8-bit P·V kernel exists for head_dim up to {largest}; head_dim {head_dim} runs \
-             with PvPrecision::F16 only"
+            "the portable 8-bit P·V kernel exists for head_dim up to {largest} (the sm_90a one, \
+             on Hopper with Backend::Auto, up to {largest_sm90}); head_dim {head_dim} runs with \
+             PvPrecision::F16 only on this device and backend"
         )
     } else {
         format!(
@@ -265,11 +267,12 @@ mod tests {
         for bad in [0, 40, 100, 144, 256] {
             assert_eq!(portable_pv8_kernel(bad, false), None, "{bad}");
         }
-        // The Hopper 8-bit kernel takes the same head_dims (its sizes differ).
+        // The Hopper 8-bit kernel takes the same head_dims up to 128, and every multiple of 16
+        // up to 256.
         for d in SUPPORTED_HEAD_DIMS {
             assert_eq!(
                 hopper_kernel_head_dim(d, true).is_some(),
-                portable_pv8_kernel(d, false).is_some(),
+                portable_pv8_kernel(d, false).is_some() || (d > 128 && d.is_multiple_of(16)),
                 "{d}"
             );
         }
@@ -316,7 +319,11 @@ mod tests {
         assert_eq!(hopper_kernel_head_dim(96, true), Some(128));
         assert_eq!(hopper_kernel_head_dim(80, true), Some(128));
         assert_eq!(hopper_kernel_head_dim(40, true), None);
-        assert!(int8_head_dim_reason(264).contains("up to"));
+        assert_eq!(hopper_kernel_head_dim(144, true), Some(256));
+        assert_eq!(hopper_kernel_head_dim(256, true), Some(256));
+        assert_eq!(hopper_kernel_head_dim(200, true), None);
+        assert!(int8_head_dim_reason(256).contains("up to 128"));
+        assert!(int8_head_dim_reason(256).contains("up to 256"));
         assert!(int8_head_dim_reason(40).contains("multiple of 16"));
     }
 }

@@ -23,13 +23,20 @@ pub(crate) const TMA_MAPS_BYTES: usize = 256;
 /// The K and Vᵀ descriptors, in the order the kernel reads them.
 pub(crate) type TmaMaps = [u64; TMA_MAPS_BYTES / 8];
 
-/// Keys of one K box (a whole 128-key tile).
-const K_BOX_KEYS: u32 = 128;
+/// Keys of one K box: a whole 128-key tile, or at d = 256, whose 128-key tile is stored as two
+/// 64-key tiles of two column blocks each, one of those 64-key blocks.
+const fn pv8_k_box_keys(head_dim: usize) -> u32 {
+    if head_dim > 128 {
+        64
+    } else {
+        128
+    }
+}
 /// Keys of one Vᵀ box (a 64-key sub-tile; a tile is two).
 const V_BOX_KEYS: u32 = 64;
 
 /// The descriptors of the INT8 K `[heads][padded_k][head_dim]` at `k` and the INT8 Vᵀ
-/// `[heads][head_dim][padded_k]` at `vt` (`heads` = batch · kv_heads). `head_dim` is 64 or 128
+/// `[heads][head_dim][padded_k]` at `vt` (`heads` = batch · kv_heads). `head_dim` is 64, 128 or 256
 /// and `padded_k` a multiple of 64, so every stride is a multiple of 16 bytes as TMA needs; keys
 /// past `padded_k` read as zeros.
 pub(crate) fn pv8_tensor_maps(
@@ -44,7 +51,7 @@ pub(crate) fn pv8_tensor_maps(
             "no TMA layout for the 8-bit P·V at head_dim {head_dim}"
         ))
     };
-    if head_dim > 128 {
+    if !matches!(head_dim, 64 | 128 | 256) {
         return Err(no_layout());
     }
     let failed = |what: &'static str| {
@@ -53,7 +60,7 @@ pub(crate) fn pv8_tensor_maps(
             source,
         }
     };
-    let k_map = k_map(k, heads, padded_k, head_dim, K_BOX_KEYS)
+    let k_map = k_map(k, heads, padded_k, head_dim, pv8_k_box_keys(head_dim))
         .ok_or_else(no_layout)?
         .map_err(failed("K"))?;
     let (d, n, h) = (head_dim as u64, padded_k as u64, heads as u64);
@@ -189,7 +196,7 @@ mod tests {
 
     #[test]
     fn head_dims_without_a_tma_layout_are_refused_before_the_driver() {
-        for hd in [32, 96, 256] {
+        for hd in [32, 96, 160] {
             let err = pv8_tensor_maps(0x1000, 0x2000, 4, 1024, hd).unwrap_err();
             assert!(matches!(err, Error::InvalidOption(_)), "{hd}: {err}");
         }

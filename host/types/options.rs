@@ -34,20 +34,19 @@ pub enum PvPrecision {
     /// every sm_80+ GPU: the sm_90a wgmma kernel on Hopper with [`Backend::Auto`], the portable
     /// mma.sync kernel (`mma.sync m16n8k32` u8·s8) everywhere else and with
     /// [`Backend::Portable`]; both compute the same thing (one CPU emulation). head_dim a
-    /// multiple of 16 up to 128; others return
-    /// [`Error::PvPrecisionUnavailable`](crate::Error).
+    /// multiple of 16, up to 256 on the sm_90a kernel and up to 128 on the portable one; others
+    /// return [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
 }
 
 /// Which attention kernel runs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Backend {
-    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel for head_dim up to
-    /// 128 (zero-padded to 64, 96 or 128; the 8-bit P·V to 64 or 128) and the portable kernel's f32-accumulator variant for
-    /// head_dim in (128, 256] (an f16 accumulator is not faster on Hopper, so [`PvAccum::F16`]
-    /// gets the more accurate f32 result there); elsewhere the portable kernel as [`PvAccum`]
-    /// asks (zero-padded to 64, 96, 128 or 256), or its 8-bit P·V variant for
-    /// [`PvPrecision::Int8`].
+    /// The fastest kernel for the device: on Hopper (sm_90) the wgmma kernel (zero-padded to
+    /// 64, 96, 128 or 256; the 8-bit P·V to 64, 128 or 256), whose P·V accumulates in f32 (an
+    /// f16 accumulator is not faster on Hopper, so [`PvAccum::F16`] gets the more accurate f32
+    /// result there); elsewhere the portable kernel as [`PvAccum`] asks (zero-padded to 64, 96,
+    /// 128 or 256), or its 8-bit P·V variant for [`PvPrecision::Int8`].
     #[default]
     Auto,
     /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device (and

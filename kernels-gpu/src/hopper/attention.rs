@@ -93,9 +93,10 @@ const fn pingpong(pv8: bool, head_dim: usize) -> bool {
 }
 /// Whether the 8-bit P·V variant pipelines its tiles (`Consumer::step_pipe`: `S_{t+1}` in
 /// flight during tile t's softmax and P·V). It holds a second set of scores (64 registers), which
-/// fits beside d = 128's two warpgroups (255-register cap) but not d = 64's three (168).
+/// fits beside d = 128's two warpgroups (255-register cap) but not d = 64's three (168), nor
+/// beside d = 256's 128 output registers.
 const fn pv8_pipelined(head_dim: usize) -> bool {
-    sm90_consumer_warpgroups(head_dim, true) == 2
+    head_dim == 128
 }
 /// Whether a launch's K/V tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except
 /// d = 96, whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
@@ -228,7 +229,7 @@ unsafe fn attention<
 ) {
     const {
         assert!(KS * 32 == HD && NT * 8 == HD && matches!(HD, 64 | 96 | 128 | 256));
-        assert!(!PV8 || HD <= 128);
+        assert!(!PV8 || HD != 96);
         // d = 96 (f16 P·V only): `copy_chunks_hd96` takes every chunk to exist and the first
         // round of threads to copy K.
         assert!(
@@ -240,11 +241,15 @@ unsafe fn attention<
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
         // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
         assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
-        // Every thread's share of a tile's copies fits the copy loop.
+        // Every thread's share of a tile's copies fits the copy loop (the 8-bit P·V copies by
+        // TMA only).
         let chunks = sm90_cta_k(PV8) * HD / 16 * if PV8 { 2 } else { 3 };
-        assert!(chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
-        // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before.
-        assert!(sm90_stages(HD, PV8) >= sm90_lookahead(HD, PV8) + 3 && sm90_stages(HD, PV8) <= 8);
+        assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
+        // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
+        // (the serial 8-bit steps release tile t - 1 at the start of step t).
+        let margin = if PV8 && !pv8_pipelined(HD) { 2 } else { 3 };
+        let (stages, ahead) = (sm90_stages(HD, PV8), sm90_lookahead(HD, PV8));
+        assert!(ahead >= 1 && stages >= ahead + margin && stages <= 8);
     };
     let geo = Geometry::new::<HD, CAUSAL, PV8>(p);
     if CAUSAL && geo.batch >= p.batch {
@@ -423,12 +428,19 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         unsafe {
             ptx::mbarrier_arrive_expect_tx(full, bytes);
             let head = self.kv_head_index as i32;
-            unroll::<2>(
+            // d = 256: 64-key boxes of one 128-byte column block each (a 128-key tile is two
+            // 64-key K tiles, each of two column blocks); else one box per column block.
+            let halves = const { if HD == 256 { sm90_cta_k(PV8) / 64 } else { 1 } };
+            unroll::<4>(
                 #[inline(always)]
-                |b| {
-                    if b < HD.div_ceil(128) {
-                        let dst = self.sm.k_stage(s) + b as u32 * smem::KMAJOR_BLOCK_BYTES;
-                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key0, head, full);
+                |i| {
+                    let (h, b) = (i / 2, i % 2);
+                    if b < HD.div_ceil(128) && h < halves {
+                        let dst = self.sm.k_stage(s)
+                            + h as u32 * const { 64 * sm90_kmajor_row_bytes(HD) as u32 }
+                            + b as u32 * smem::KMAJOR_BLOCK_BYTES;
+                        let key = key0 + 64 * h as i32;
+                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key, head, full);
                     }
                 },
             );
@@ -756,6 +768,24 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     #[inline(always)]
     fn issue_qk_pv8<const KS: usize>(&self, t: u32) -> [[i32; 4]; 16] {
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
+        if HD == 256 {
+            // Eight k-steps per half: the second half's descriptors are made only after the
+            // first half is issued (two commit groups), so that 32 descriptor registers, not 48,
+            // are live beside the 128 output and 64 score registers.
+            ptx::wgmma_fence();
+            let s_lo = issue_qk::<KS>(&qd);
+            ptx::wgmma_commit();
+            let qd_hi = qk_descs::<KS>(self.q_desc, self.k_desc(t, 1));
+            ptx::wgmma_fence();
+            let s_hi = issue_qk::<KS>(&qd_hi);
+            ptx::wgmma_commit();
+            let mut s = [[0i32; 4]; 16];
+            unroll::<16>(
+                #[inline(always)]
+                |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
+            );
+            return s;
+        }
         // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.
         let kd_hi = qk_descs::<KS>(0, self.k_desc(t, 1))[1];
         ptx::wgmma_fence();
@@ -884,8 +914,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
         // instead of 64 beside the output's 64. (Issuing both groups back to back and folding the
         // first under the second measured 1–2% slower: docs/perf-notes.md, v3.1.)
-        const { assert!(!PV8 || (NT % 8 == 0 && NT <= 16)) };
-        unroll::<2>(
+        const { assert!(!PV8 || (NT % 8 == 0 && NT <= 32)) };
+        unroll::<4>(
             #[inline(always)]
             |g| {
                 if 8 * g < NT {

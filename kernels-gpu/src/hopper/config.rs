@@ -20,7 +20,8 @@
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
 /// column groups of 32 registers beside the f32 output: two warpgroups at d = 128 (three spill at
-/// the 168 cap and measured 15% slower), three at d = 64 (four spill); no d = 256 variant.
+/// the 168 cap and measured 15% slower), three at d = 64 (four spill), two at d = 256 (serial
+/// tiles: the f32 output takes 128 registers, a tile's scores 64).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., _) => 2,
@@ -57,15 +58,18 @@ pub const SM90_SMEM_ALIGN: usize = 1024;
 /// Head dimensions with an sm_90a kernel (f16 P·V).
 pub const SM90_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
 /// Head dimensions with an sm_90a 8-bit P·V kernel.
-pub const SM90_PV8_HEAD_DIMS: [usize; 2] = [64, 128];
+pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
 /// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
 /// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have (d = 96:
 /// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
 /// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
-/// 225 KiB.
+/// 225 KiB; the 8-bit P·V at d = 256 (a 128-key stage is 32 KiB of K and 32 KiB of Vᵀ): 3
+/// stages beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if head_dim > 128 {
+    if head_dim > 128 && pv8 {
+        3
+    } else if head_dim > 128 {
         4
     } else if head_dim > 64 && sm90_cta_k(pv8) == 128 {
         6
@@ -76,8 +80,14 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
 
 /// Tiles copied ahead of the one being computed (tile `t + lookahead` in step t, into the stage
 /// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least).
+/// The 8-bit P·V at d = 256 runs its tiles serially, releasing tile t - 1 at the start of step t,
+/// so one stage of margin suffices there: 3 stages, one tile ahead.
 pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
-    sm90_stages(head_dim, pv8) - 3
+    if head_dim > 128 && pv8 {
+        1
+    } else {
+        sm90_stages(head_dim, pv8) - 3
+    }
 }
 
 /// Bytes of one row of a K-major INT8 tile (Q, K) in shared memory: `head_dim`, except at d = 96,
@@ -147,6 +157,8 @@ macro_rules! for_each_sm90_attention_variant {
         $m!("sage_attn_sm90_hd64_causal_pv8", 64, true, true);
         $m!("sage_attn_sm90_hd128_full_pv8", 128, false, true);
         $m!("sage_attn_sm90_hd128_causal_pv8", 128, true, true);
+        $m!("sage_attn_sm90_hd256_full_pv8", 256, false, true);
+        $m!("sage_attn_sm90_hd256_causal_pv8", 256, true, true);
     };
 }
 
