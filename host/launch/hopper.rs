@@ -376,7 +376,9 @@ mod tests {
         // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 8 stages at d = 64, 6 at d = 128.
         assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 6 * 32768 + 96);
-        assert_eq!(config::sm90_cta_k(true), crate::device_config::P8_TILE);
+        for hd in SM90_PV8_HEAD_DIMS {
+            assert_eq!(config::sm90_cta_k(hd, true), crate::device_config::p8_tile(hd));
+        }
         // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
         for hd in SM90_HEAD_DIMS {
             assert!(sm90_smem_bytes(hd, false) <= 227 * 1024);

@@ -6,7 +6,7 @@ use super::host_tensor::HostTensor;
 use super::quant_ref::{self, K_BLOCK};
 use super::rows::{Dims, RefOptions, RefOutput};
 use super::v8::{quantize_v8, QuantizedV8};
-use crate::device_config::{P8_MAX, P8_TILE};
+use crate::device_config::{p8_tile, P8_MAX};
 
 /// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
 ///
@@ -63,7 +63,8 @@ pub fn attention_quantized_emulation(
 /// [`attention_quantized_emulation`] for the 8-bit P·V ([`PvPrecision::Int8`](crate::PvPrecision)):
 /// steps 1–3 and 5 as there; step 4 becomes
 /// * V quantized bit-exactly as the GPU does ([`quantize_v8`]: per-channel mean and scale),
-/// * per key tile t of [`P8_TILE`] keys (counted from key 0), with `m_t` the row's largest score
+/// * per key tile t of [`p8_tile`]`(d)` keys (counted from key 0: 128, or 64 above head_dim
+///   128), with `m_t` the row's largest score
 ///   of the tile, `u_j = round(255 · 2^(s_j - m_t))` (exact integers, f64 exponentials),
 /// * `o_c = Σ_t 2^(m_t - m) · (Σ_j u_j · v8_jc) · scale_c / 255 / Σ p + mean_c`.
 ///
@@ -152,8 +153,9 @@ fn emulate(
             PvEmulation::Int8(v8) => {
                 let (b, kv) = (task.b, task.kv_head);
                 let mut tile_sum = vec![0_i64; d];
-                for tile_start in (0..task.visible).step_by(P8_TILE) {
-                    let tile = &scores[tile_start..(tile_start + P8_TILE).min(task.visible)];
+                let p_tile = p8_tile(d);
+                for tile_start in (0..task.visible).step_by(p_tile) {
+                    let tile = &scores[tile_start..(tile_start + p_tile).min(task.visible)];
                     let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     tile_sum.fill(0);
                     for (j, &s) in tile.iter().enumerate() {

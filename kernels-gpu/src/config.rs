@@ -184,10 +184,22 @@ pub const V8_CHUNKS_PER_THREAD: usize = 4;
 pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
-/// Keys per tile of the 8-bit P·V: the u8 P is scaled to each tile's row maximum (tiles start at
-/// key 0), and each tile's s32 product is folded into the f32 output once. The sm_90a kernel's key
-/// tile (two 64-key K blocks).
+/// Keys per tile of the 8-bit P·V up to head_dim 128: the u8 P is scaled to each tile's row
+/// maximum (tiles start at key 0), and each tile's s32 product is folded into the f32 output once.
+/// The key tile of the portable and the sm_90a 8-bit kernels (two 64-key K blocks); see
+/// [`p8_tile`] for larger head dims.
 pub const P8_TILE: usize = 128;
+
+/// The P tile of the 8-bit P·V for a head_dim (the caller's or the kernel's: both sides of 128
+/// agree): [`P8_TILE`] up to 128, one 64-key K block above (the sm_90a d = 256 kernel, whose
+/// 128 f32 output registers per thread leave room for a 64-key tile's scores only).
+pub const fn p8_tile(head_dim: usize) -> usize {
+    if head_dim <= 128 {
+        P8_TILE
+    } else {
+        K_BLOCK
+    }
+}
 
 /// Slot of key `k` (within its aligned 16-key group) in the 8-bit Vᵀ rows. The u8 P operand of
 /// the wgmma is built from the Q·Kᵀ accumulator without shuffles: lane `4g + t` holds keys

@@ -64,7 +64,7 @@ use super::selftest::aligned_smem_base;
 use super::smem::{
     self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs, pv_descs, qk_descs,
 };
-use crate::config::{padded_len, K_BLOCK, P8_TILE, Q_BLOCK};
+use crate::config::{p8_tile, padded_len, K_BLOCK, Q_BLOCK};
 use crate::p8::pack_probs_u8;
 use crate::params::AttnParams;
 use crate::ptx;
@@ -142,7 +142,7 @@ impl Geometry {
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
-        let tile = sm90_cta_k(PV8) as i32;
+        let tile = sm90_cta_k(HD, PV8) as i32;
         let full_len_tiles = p.kv_len / tile as u32;
         let (n_tiles, n_unmasked) = if CAUSAL {
             let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
@@ -235,15 +235,17 @@ unsafe fn attention<
         assert!(
             HD != 96
                 || (!PV8
-                    && (sm90_cta_k(PV8) * HD / 16) % sm90_threads(HD, PV8) == 0
-                    && (sm90_cta_k(PV8) * HD / 16 * 3) % sm90_threads(HD, PV8) == 0)
+                    && (sm90_cta_k(HD, PV8) * HD / 16) % sm90_threads(HD, PV8) == 0
+                    && (sm90_cta_k(HD, PV8) * HD / 16 * 3) % sm90_threads(HD, PV8) == 0)
         );
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
-        // The CPU emulation of the 8-bit P·V scales P per `P8_TILE` keys, as this kernel's tiles.
-        assert!(sm90_cta_k(true) == P8_TILE && P8_TILE == 2 * K_BLOCK);
+        // The CPU emulation of the 8-bit P·V scales P per `p8_tile(d)` keys, as this kernel's
+        // tiles: two 64-key K blocks, or one at d = 256.
+        assert!(!PV8 || sm90_cta_k(HD, true) == p8_tile(HD));
+        assert!(matches!(sm90_cta_k(HD, PV8), 64 | 128) && K_BLOCK == 64);
         // Every thread's share of a tile's copies fits the copy loop (the 8-bit P·V copies by
         // TMA only).
-        let chunks = sm90_cta_k(PV8) * HD / 16 * if PV8 { 2 } else { 3 };
+        let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
         // (the serial 8-bit steps release tile t - 1 at the start of step t).
@@ -330,7 +332,9 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// measured 1–2% faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
     const LOOKAHEAD: u32 = sm90_lookahead(HD, PV8) as u32;
     /// Keys per tile.
-    const CK: u32 = sm90_cta_k(PV8) as u32;
+    const CK: u32 = sm90_cta_k(HD, PV8) as u32;
+    /// 8-key n-tiles of a tile's scores.
+    const NK: usize = sm90_cta_k(HD, PV8) / 8;
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
@@ -350,7 +354,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     }
 
     /// 16-byte chunks of one K tile.
-    const K_CHUNKS: u32 = (sm90_cta_k(PV8) * HD / 16) as u32;
+    const K_CHUNKS: u32 = (sm90_cta_k(HD, PV8) * HD / 16) as u32;
     /// 16-byte chunks of one K and one V tile: 12·HD with f16 V (HD/32 per thread with 384
     /// threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
     /// 128-key tiles, 16/3 with 384 threads at d = 64).
@@ -407,7 +411,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// wgmma descriptors read; keys past the tensor (8-bit: past the padded K; f16 V: past
     /// `kv_len`) read as zeros. `full[s]` completes when thread 0 has arrived and every byte has
     /// landed. K: 128-byte-wide boxes of the tile's keys (d = 256: two column blocks). V: 8-bit,
-    /// two Vᵀ sub-tiles of 64 keys × d channels; f16, `d/64` column blocks of 64 keys × 64
+    /// one Vᵀ sub-tile of 64 keys × d channels per 64 keys; f16, `d/64` column blocks of 64 keys × 64
     /// channels of the caller's V (a 4-D map over its strides).
     #[inline(always)]
     fn tma_tile(&self, s: u32, round: u32, u: u32) {
@@ -428,32 +432,29 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         unsafe {
             ptx::mbarrier_arrive_expect_tx(full, bytes);
             let head = self.kv_head_index as i32;
-            // d = 256: 64-key boxes of one 128-byte column block each (a 128-key tile is two
-            // 64-key K tiles, each of two column blocks); else one box per column block.
-            let halves = const { if HD == 256 { sm90_cta_k(PV8) / 64 } else { 1 } };
-            unroll::<4>(
+            // One box per 128-byte column block (two at d = 256, whose tiles are 64 keys with
+            // either P·V).
+            unroll::<2>(
                 #[inline(always)]
-                |i| {
-                    let (h, b) = (i / 2, i % 2);
-                    if b < HD.div_ceil(128) && h < halves {
-                        let dst = self.sm.k_stage(s)
-                            + h as u32 * const { 64 * sm90_kmajor_row_bytes(HD) as u32 }
-                            + b as u32 * smem::KMAJOR_BLOCK_BYTES;
-                        let key = key0 + 64 * h as i32;
-                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key, head, full);
+                |b| {
+                    if b < HD.div_ceil(128) {
+                        let dst = self.sm.k_stage(s) + b as u32 * smem::KMAJOR_BLOCK_BYTES;
+                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key0, head, full);
                     }
                 },
             );
             if PV8 {
+                // One Vᵀ box per 64-key sub-tile (d = 256: one).
                 let sub_tile = const { (HD * 64) as u32 };
-                ptx::tma_load_3d(self.sm.v_stage(s), v_map, key0, 0, head, full);
-                ptx::tma_load_3d(
-                    self.sm.v_stage(s) + sub_tile,
-                    v_map,
-                    key0 + 64,
-                    0,
-                    head,
-                    full,
+                unroll::<2>(
+                    #[inline(always)]
+                    |h| {
+                        if (h as u32) < Self::CK / 64 {
+                            let dst = self.sm.v_stage(s) + h as u32 * sub_tile;
+                            let key = key0 + 64 * h as i32;
+                            ptx::tma_load_3d(dst, v_map, key, 0, head, full);
+                        }
+                    },
                 );
             } else {
                 let (kv_head, batch) = (self.kv_head as i32, self.batch as i32);
@@ -635,6 +636,11 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// its keys, if any are missing, are masked).
     #[inline(always)]
     fn k_scales(&self, t: u32) -> [f32; 2] {
+        if Self::CK == K_BLOCK as u32 {
+            // A 64-key tile is one K block (its "second half" is never read).
+            let k = self.k_scale(t);
+            return [k, k];
+        }
         let b = t * (Self::CK / K_BLOCK as u32);
         [
             self.k_scale(b),
@@ -764,25 +770,19 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     }
 
     /// Issues `S_t = Q·K_tᵀ` for a 128-key tile (its two 64-key halves as two products) into
-    /// one commit group, with no wait (tile t waited for and made visible).
+    /// one commit group, with no wait (tile t waited for and made visible). With 64-key tiles
+    /// (d = 256) only the first [`Self::NK`] n-tiles are scores; the rest stay zero, never read.
     #[inline(always)]
     fn issue_qk_pv8<const KS: usize>(&self, t: u32) -> [[i32; 4]; 16] {
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        if HD == 256 {
-            // Eight k-steps per half: the second half's descriptors are made only after the
-            // first half is issued (two commit groups), so that 32 descriptor registers, not 48,
-            // are live beside the 128 output and 64 score registers.
+        if Self::CK == 64 {
             ptx::wgmma_fence();
             let s_lo = issue_qk::<KS>(&qd);
             ptx::wgmma_commit();
-            let qd_hi = qk_descs::<KS>(self.q_desc, self.k_desc(t, 1));
-            ptx::wgmma_fence();
-            let s_hi = issue_qk::<KS>(&qd_hi);
-            ptx::wgmma_commit();
             let mut s = [[0i32; 4]; 16];
-            unroll::<16>(
+            unroll::<8>(
                 #[inline(always)]
-                |j| s[j] = if j < 8 { s_lo[j] } else { s_hi[j - 8] },
+                |j| s[j] = s_lo[j],
             );
             return s;
         }
@@ -825,7 +825,11 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         ptx::wgmma_wait::<0>();
         unroll::<16>(
             #[inline(always)]
-            |j| ptx::pin_i32x4(&mut s[j]),
+            |j| {
+                if j < Self::NK {
+                    ptx::pin_i32x4(&mut s[j])
+                }
+            },
         );
         self.softmax_pv8::<MASK, CAUSAL, NT>(t, &s, out, softmax, k_scales);
     }
@@ -839,7 +843,11 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         ptx::wgmma_wait::<0>();
         unroll::<16>(
             #[inline(always)]
-            |j| ptx::pin_i32x4(&mut s[j]),
+            |j| {
+                if j < Self::NK {
+                    ptx::pin_i32x4(&mut s[j])
+                }
+            },
         );
         s
     }
@@ -870,7 +878,11 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         self.softmax_pv8::<MASK, CAUSAL, NT>(t, s, out, softmax, k_scales);
         unroll::<16>(
             #[inline(always)]
-            |j| ptx::pin_i32x4(&mut next[j]),
+            |j| {
+                if j < Self::NK {
+                    ptx::pin_i32x4(&mut next[j])
+                }
+            },
         );
         // The copies come last, when tile t's scores are dead (issued beside them, their
         // addresses spilled).
@@ -890,9 +902,26 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         softmax: &mut OnlineSoftmax,
         k_scales: [f32; 2],
     ) {
-        // 8-key n-tiles of a 128-key tile.
-        const NK: usize = sm90_cta_k(true) / 8;
-        const { assert!(NK == 16) };
+        if Self::NK == 8 {
+            let Some(s8) = s.first_chunk::<8>() else {
+                return;
+            };
+            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 8>(t, s8, out, softmax, k_scales);
+        } else {
+            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 16>(t, s, out, softmax, k_scales);
+        }
+    }
+
+    /// [`Self::softmax_pv8`] for `NK` 8-key n-tiles of scores (16: 128-key tiles, 8: 64-key).
+    #[inline(always)]
+    fn softmax_pv8_nk<const MASK: bool, const CAUSAL: bool, const NT: usize, const NK: usize>(
+        &self,
+        t: u32,
+        s: &[[i32; 4]; NK],
+        out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+        k_scales: [f32; 2],
+    ) {
         let (mut p, rescale, factor) = self.softmax::<MASK, CAUSAL, NK>(s, t, k_scales, softmax);
         unroll::<NK>(
             #[inline(always)]
@@ -941,6 +970,14 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                             );
                         },
                     );
+                    // d = 256: ptxas would issue the next group's product while this one is
+                    // still being folded, two 32-register accumulators beside the 128 output
+                    // registers, and spill. A branch on the fold's last result ends the basic
+                    // block, so the next issue stays after it (never taken: an FMA makes a
+                    // canonical NaN, never all-ones bits). d ≤ 128 keep their schedule.
+                    if HD == 256 && out[8 * g + 7][3].to_bits() == u32::MAX {
+                        ptx::trap();
+                    }
                 }
             },
         );

@@ -5,8 +5,8 @@
 //! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4 for d = 64;
 //! 8-bit: 2 and 3) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
 //! block), and no producer warp: every thread also issues its share of the cp.async copies of the
-//! K/V tiles (`sm90_cta_k(pv8)` keys: 64, or 128 for the 8-bit P·V) where thread 0 does not copy
-//! them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
+//! K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up to d = 128) where thread
+//! 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
 //! `sm90_stages(head_dim, pv8)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
 //! base rounded up to 1024 bytes, the 128-byte swizzle period): Q tile, the K stages, the V stages,
 //! then the mbarriers.
@@ -21,7 +21,7 @@
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
 /// column groups of 32 registers beside the f32 output: two warpgroups at d = 128 (three spill at
 /// the 168 cap and measured 15% slower), three at d = 64 (four spill), two at d = 256 (serial
-/// tiles: the f32 output takes 128 registers, a tile's scores 64).
+/// 64-key tiles: the f32 output takes 128 registers).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., _) => 2,
@@ -32,11 +32,14 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     }
 }
 
-/// Keys per K/V tile: 64 for the f16 P·V, 128 for the 8-bit one (which halves its per-tile
-/// costs per key: the s32 → f32 fold of the P·V product, barriers, descriptors; measured +15–20%
-/// at d = 128, docs/perf-notes.md). A 128-key tile is stored as two 64-key tiles.
-pub const fn sm90_cta_k(pv8: bool) -> usize {
-    if pv8 {
+/// Keys per K/V tile: 64 for the f16 P·V, 128 for the 8-bit one up to d = 128 (which halves its
+/// per-tile costs per key: the s32 → f32 fold of the P·V product, barriers, descriptors; measured
+/// +15–20% at d = 128, docs/perf-notes.md; a 128-key tile is stored as two 64-key tiles), 64 for
+/// the 8-bit one at d = 256, whose 128 output registers leave room for 32 score registers, not 64
+/// (ptxas spilled 320–344 bytes with 128-key tiles). Equal to the P tile of the 8-bit P·V
+/// (`config::p8_tile`), which the CPU emulation follows.
+pub const fn sm90_cta_k(head_dim: usize, pv8: bool) -> usize {
+    if pv8 && head_dim <= 128 {
         128
     } else {
         SM90_CTA_K
@@ -64,14 +67,12 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have (d = 96:
 /// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
 /// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
-/// 225 KiB; the 8-bit P·V at d = 256 (a 128-key stage is 32 KiB of K and 32 KiB of Vᵀ): 3
-/// stages beside the 32 KiB Q tile, 225 KiB.
+/// 225 KiB; the 8-bit P·V at d = 256 (64-key stages of 16 KiB of K and 16 KiB of Vᵀ): 6 stages
+/// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if head_dim > 128 && pv8 {
-        3
-    } else if head_dim > 128 {
+    if head_dim > 128 && !pv8 {
         4
-    } else if head_dim > 64 && sm90_cta_k(pv8) == 128 {
+    } else if head_dim > 64 && pv8 {
         6
     } else {
         8
@@ -80,14 +81,8 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
 
 /// Tiles copied ahead of the one being computed (tile `t + lookahead` in step t, into the stage
 /// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least).
-/// The 8-bit P·V at d = 256 runs its tiles serially, releasing tile t - 1 at the start of step t,
-/// so one stage of margin suffices there: 3 stages, one tile ahead.
 pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
-    if head_dim > 128 && pv8 {
-        1
-    } else {
-        sm90_stages(head_dim, pv8) - 3
-    }
+    sm90_stages(head_dim, pv8) - 3
 }
 
 /// Bytes of one row of a K-major INT8 tile (Q, K) in shared memory: `head_dim`, except at d = 96,
@@ -109,14 +104,14 @@ pub const fn sm90_q_bytes(head_dim: usize, pv8: bool) -> usize {
 
 /// Bytes of one INT8 K stage.
 pub const fn sm90_k_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_k(pv8) * sm90_kmajor_row_bytes(head_dim)
+    sm90_cta_k(head_dim, pv8) * sm90_kmajor_row_bytes(head_dim)
 }
 
 /// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes; d = 96:
 /// three blocks of 32 channels, 64 keys × 64 bytes each), or with `pv8` the INT8 Vᵀ (`head_dim`
 /// rows of 64 keys, K-major like a d = 64 K tile).
 pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_k(pv8) * head_dim * if pv8 { 1 } else { 2 }
+    sm90_cta_k(head_dim, pv8) * head_dim * if pv8 { 1 } else { 2 }
 }
 
 /// Offset of the first K stage from the aligned base.
