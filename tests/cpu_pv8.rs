@@ -8,7 +8,7 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
-use sageattention::device_config::{key_tiles, padded_len, v8_key_slot, P8_TILE, V8_TILE};
+use sageattention::device_config::{key_tiles, p8_tile, padded_len, v8_key_slot, P8_TILE, V8_TILE};
 use sageattention::reference::v8::quantize_v8;
 use sageattention::reference::{
     attention_f64, attention_pv8_emulation, compare, HostTensor, RefOptions,
@@ -83,11 +83,13 @@ proptest! {
 }
 
 /// The emulated 8-bit algorithm against exact attention on N(0,1) inputs: rel L1 ≤ 0.020 and
-/// cos ≥ 0.9998, the bar the GPU path is held to in tests/gpu_pv8.rs.
+/// cos ≥ 0.9998, the bar the GPU path is held to in tests/gpu_pv8.rs; d = 256 with its 64-key P
+/// tiles (`p8_tile`) too.
 #[test]
 fn pv8_emulation_meets_the_accuracy_bar() {
     let mut rng = StdRng::seed_from_u64(42);
-    for (head_dim, causal) in [(64, false), (128, true)] {
+    assert_eq!((p8_tile(128), p8_tile(256)), (128, 64));
+    for (head_dim, causal) in [(64, false), (128, true), (256, false), (256, true)] {
         let shape = [1, 2, 1024, head_dim];
         let zero = vec![0.0; head_dim];
         let q = normal_tensor(&mut rng, shape, &zero);

@@ -196,7 +196,11 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
 /// portable one, which every device but Hopper with `Backend::Auto` runs, stops at 128).
 fn int8_head_dim_reason(head_dim: usize) -> String {
     let largest = PV8_KERNEL_HEAD_DIMS.iter().copied().max().unwrap_or(0);
-    let largest_sm90 = hopper::SM90_PV8_HEAD_DIMS.iter().copied().max().unwrap_or(0);
+    let largest_sm90 = hopper::SM90_PV8_HEAD_DIMS
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(0);
     if head_dim > largest && head_dim.is_multiple_of(16) {
         format!(
             "the portable 8-bit P·V kernel exists for head_dim up to {largest} (the sm_90a one, \

@@ -305,7 +305,7 @@ mod tests {
             hopper_attention_kernel_name(96, true, false),
             Some("sage_attn_sm90_hd96_causal")
         );
-        assert_eq!(hopper_attention_kernel_names().len(), 12);
+        assert_eq!(hopper_attention_kernel_names().len(), 14);
         let c = hopper_launch_config(128, false, 1000, 32, 4, 0);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
@@ -376,8 +376,15 @@ mod tests {
         // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 8 stages at d = 64, 6 at d = 128.
         assert_eq!(sm90_smem_bytes(64, true), 1024 + 12288 + 8 * 16384 + 128);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 16384 + 6 * 32768 + 96);
+        // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 6 stages.
+        assert_eq!(sm90_smem_bytes(256, true), 1024 + 32768 + 6 * 32768 + 96);
+        let c = hopper_launch_config(256, true, 1000, 32, 4, 0);
+        assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
         for hd in SM90_PV8_HEAD_DIMS {
-            assert_eq!(config::sm90_cta_k(hd, true), crate::device_config::p8_tile(hd));
+            assert_eq!(
+                config::sm90_cta_k(hd, true),
+                crate::device_config::p8_tile(hd)
+            );
         }
         // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
         for hd in SM90_HEAD_DIMS {

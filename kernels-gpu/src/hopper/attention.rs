@@ -1174,6 +1174,22 @@ unsafe fn store<const NT: usize, const PV8: bool>(
         p.v_scale + 4 * kv_head * 2 * hd,
         p.v_mean + 4 * kv_head * hd,
     );
+    if PV8 && NT == 32 {
+        // SAFETY: forwarded.
+        unsafe {
+            store_pv8_by_column(
+                p,
+                geo,
+                head_base,
+                (v_scale, v_mean),
+                warp_row0,
+                lane,
+                softmax,
+                out,
+            )
+        };
+        return;
+    }
     unroll::<2>(
         #[inline(always)]
         |h| {
@@ -1202,6 +1218,63 @@ unsafe fn store<const NT: usize, const PV8: bool>(
                     // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
                     unsafe { store_lse(p, geo.batch, geo.head, row, l, softmax.max[h]) };
                 }
+            }
+        },
+    );
+}
+
+/// [`store`] for the 8-bit P·V at d = 256, columns outermost: each column pair's V scale and mean
+/// are loaded once for both of the thread's rows, and both rows' outputs of a column die
+/// together. Row by row (as `store`), ptxas spilled 4–8 bytes beside the 128 output registers.
+///
+/// # Safety
+/// As [`store`]; `v8` is this kv head's V scales and mean.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn store_pv8_by_column<const NT: usize>(
+    p: &AttnParams,
+    geo: &Geometry,
+    head_base: i64,
+    (v_scale, v_mean): (u64, u64),
+    warp_row0: u32,
+    lane: u32,
+    softmax: &OnlineSoftmax,
+    out: &[[f32; 4]; NT],
+) {
+    // Shuffles first: every lane must take part, whether or not its rows exist.
+    let l = [softmax.row_sum(0), softmax.row_sum(1)];
+    let inv = l.map(|l| if l == 0.0 { 0.0 } else { ptx::rcp(l) });
+    let row = [warp_row0 + (lane >> 2), warp_row0 + (lane >> 2) + 8];
+    let row_ptr = row.map(|r| head_base + 2 * r as i64 * p.o_stride[2]);
+    unroll::<NT>(
+        #[inline(always)]
+        |nt| {
+            let c = out[nt];
+            let col = nt as u32 * 8 + 2 * (lane & 3);
+            unroll::<2>(
+                #[inline(always)]
+                |h| {
+                    if row[h] < p.qo_len {
+                        let (mut a, mut b) = (c[2 * h] * inv[h], c[2 * h + 1] * inv[h]);
+                        if l[h] != 0.0 {
+                            // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
+                            (a, b) = unsafe { unsmooth_v8(v_scale, v_mean, col, a, b) };
+                        }
+                        let packed = pack_out(p, a, b);
+                        let at = (row_ptr[h] + 2 * col as i64) as u64;
+                        // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
+                        unsafe { ptx::st_global_u32(at, packed) };
+                    }
+                },
+            );
+        },
+    );
+    unroll::<2>(
+        #[inline(always)]
+        |h| {
+            if row[h] < p.qo_len && p.lse != 0 && lane & 3 == 0 {
+                // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
+                unsafe { store_lse(p, geo.batch, geo.head, row[h], l[h], softmax.max[h]) };
             }
         },
     );
