@@ -11,11 +11,13 @@
 //! 64-key sub-tiles like a d = 64 K tile), each tile's product in a fresh s32 accumulator folded
 //! into the f32 output (two-level accumulation), and the V scale and mean applied in the epilogue.
 //! Its tiles hold 128 keys (two 64-key K blocks, one scale each), which halves the CUDA-core work
-//! per key that does not scale with the keys (the fold, barriers, descriptors), and each
+//! per key that does not scale with the keys (the fold, barriers, descriptors) — except at
+//! d = 256, whose 128 output registers leave room for a 64-key tile's scores only — and each
 //! warpgroup runs its tile serially (`Consumer::step_serial`: Q·Kᵀ, softmax, then P·V in groups
 //! of 64 channels, each folded before the next is issued); the warp schedulers interleave the
-//! warpgroups, so one's softmax runs under another's wgmmas. Two warpgroups at d = 128 and three at
-//! d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3). At
+//! warpgroups, so one's softmax runs under another's wgmmas. Two warpgroups at d = 128 and 256 and
+//! three at d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3
+//! and "8-bit P·V at d = 256"). At
 //! d = 128 the tiles are also pipelined within each warpgroup (`Consumer::step_pipe`, v3.5): the
 //! Q·Kᵀ of tile t+1 is issued before the softmax of tile t.
 //!
