@@ -185,13 +185,10 @@ fn check_v_preparation(backend: Backend) {
         (1, 1, v_limit + 1, 96, DType::BF16, Layout::Nhd),
         (1, 1, k_limit, 64, DType::F16, Layout::Nhd),
         (1, 2, k_limit + 1, 128, DType::BF16, Layout::Hnd),
-        // d = 256 and 160 (stored 256 wide): the sm_90a kernel only.
+        // d = 256 and 160 (stored 256 wide).
         (1, 2, 300, 256, DType::F16, Layout::Hnd),
         (2, 1, 129, 160, DType::BF16, Layout::Nhd),
     ] {
-        if d > 128 && backend != Backend::Auto {
-            continue;
-        }
         let case = Case {
             batch,
             q_heads: kv_heads,
@@ -316,17 +313,13 @@ fn check_matches_emulation(backend: Backend, label: &str) {
         (1, 2, 1, 200, 300, 80, true, bf16, f16, nhd, true),
         (1, 2, 2, 129, 130, 32, false, f16, f16, hnd, true),
         (2, 4, 2, 100, 257, 112, true, f16, bf16, hnd, true),
-        // d = 256 (64-key P tiles) and 160 → 256: the sm_90a kernel only (skipped below for the
-        // portable one, which stops at 128).
+        // d = 256 (64-key P tiles; 64-row CTAs in the portable kernel) and 160 → 256.
         (1, 2, 1, 200, 300, 256, true, f16, f16, hnd, true),
         (1, 2, 2, 130, 129, 256, false, bf16, bf16, nhd, true),
         (2, 2, 1, 65, 1000, 256, true, f16, bf16, hnd, false),
         (1, 2, 2, 100, 250, 160, true, f16, bf16, hnd, true),
     ];
     for case in cases.map(Case::from) {
-        if case.head_dim > 128 && backend != Backend::Auto {
-            continue;
-        }
         let Case {
             batch,
             q_heads,
@@ -405,12 +398,7 @@ fn portable_pv8_accuracy_against_exact_reference() {
 fn check_accuracy(backend: Backend, label: &str) {
     let mut rng = fresh_rng(label);
     let n = 2048;
-    let head_dims: &[usize] = if backend == Backend::Auto {
-        &[64, 96, 128, 256]
-    } else {
-        &[64, 96, 128]
-    };
-    for &head_dim in head_dims {
+    for head_dim in [64, 96, 128, 256] {
         for dtype in [DType::F16, DType::BF16] {
             for (label, q_scale, outliers, bar_l1, bar_cos) in [
                 ("N(0,1)", 1.0f32, false, 0.020, 0.9998),
@@ -479,7 +467,7 @@ fn check_accuracy(backend: Backend, label: &str) {
 #[ignore = "needs a CUDA GPU"]
 fn pv8_dispatch_follows_the_backend() {
     let rt = runtime();
-    for head_dim in [64, 96, 128] {
+    for head_dim in [64, 96, 128, 256] {
         for causal in [false, true] {
             let portable = Options {
                 backend: Backend::Portable,
@@ -536,6 +524,7 @@ fn portable_pv8_strided_views() {
         (64, false, DType::F16, 200, 300),
         (96, true, DType::BF16, 300, 250),
         (128, true, DType::F16, 129, 129),
+        (256, true, DType::BF16, 130, 200),
     ] {
         let case = Case {
             batch: 2,
@@ -716,9 +705,6 @@ fn sanitizer_matrix(backend: Backend, label: &str) {
         (256, true, 130, DType::F16, Layout::Hnd),
         (160, false, 100, DType::BF16, Layout::Nhd),
     ] {
-        if head_dim > 128 && backend != Backend::Auto {
-            continue;
-        }
         let case = Case {
             batch: 1,
             q_heads: 2,

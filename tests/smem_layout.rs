@@ -4,7 +4,10 @@
 //! shared memory fits the opt-in limit of every target (99 KiB per block on sm_86/sm_89, the
 //! smallest; 163 KiB on A100, 227 KiB on H100).
 
-use sageattention::device_config::{attn_smem_bytes, cta_k, cta_q, smem_offset, KERNEL_HEAD_DIMS};
+use sageattention::device_config::{
+    attn_smem_bytes, cta_k, cta_q, p8_tile, pv8_cta_k, pv8_cta_q, pv8_smem_bytes, smem_offset,
+    KERNEL_HEAD_DIMS, K_BLOCK, PV8_KERNEL_HEAD_DIMS, Q_BLOCK,
+};
 
 /// 16-byte bank group (of 8 per 128-byte bank row) of a shared-memory byte offset.
 fn bank_group(offset: usize) -> usize {
@@ -60,5 +63,25 @@ fn every_variant_fits_shared_memory() {
                 "a key tile must share one K scale"
             );
         }
+    }
+}
+
+#[test]
+fn every_pv8_variant_fits_shared_memory() {
+    const SM86_OPTIN: usize = 99 * 1024;
+    for head_dim in PV8_KERNEL_HEAD_DIMS {
+        let bytes = pv8_smem_bytes(head_dim);
+        assert!(bytes <= SM86_OPTIN, "pv8 d={head_dim}: {bytes} B");
+        assert_eq!(
+            Q_BLOCK % pv8_cta_q(head_dim),
+            0,
+            "a CTA's rows lie inside whole Q blocks"
+        );
+        assert_eq!(
+            pv8_cta_k(head_dim),
+            p8_tile(head_dim),
+            "a key tile is one P tile of the CPU emulation"
+        );
+        assert_eq!(pv8_cta_k(head_dim) % K_BLOCK, 0, "whole K blocks per tile");
     }
 }

@@ -46,8 +46,8 @@ impl SelectedKernel {
 /// arithmetic for the 8-bit P·V at d = 96, still faster than the portable kernel), else the
 /// portable variant of the smallest
 /// compiled head_dim ≥ `head_dim` (64, 96, 128 or 256) — for
-/// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96 or 128,
-/// any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
+/// [`PvPrecision::Int8`] the portable 8-bit P·V kernel ([`portable_pv8_kernel`]: 64, 96, 128 or
+/// 256, any sm_80+ device). `None` for an unsupported head_dim, or for [`PvPrecision::Int8`] with a
 /// head_dim no 8-bit kernel takes (`select` says why). The one place that decides; launches and
 /// tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
@@ -105,10 +105,11 @@ fn hopper_kernel_head_dim(head_dim: usize, pv8: bool) -> Option<usize> {
 
 /// The portable 8-bit P·V kernel (`kernels-gpu/src/attention_pv8/`: mma.sync u8·s8, sm_80+) for
 /// `head_dim` and the mask: what [`PvPrecision::Int8`] runs with [`Backend::Portable`], and with
-/// [`Backend::Auto`] on any device but Hopper. Compiled for head_dim 64, 96 and 128 (Q, K and Vᵀ
-/// that wide: d = 96 is not padded); another head_dim runs zero-padded on the smallest of them at
-/// least as large, if it is a multiple of 16 (the V statistics run `2 · head_dim` threads in whole
-/// warps, as for the sm_90a kernel). Its P·V accumulates exactly per 128-key tile, then in f32.
+/// [`Backend::Auto`] on any device but Hopper. Compiled for head_dim 64, 96, 128 and 256 (Q, K
+/// and Vᵀ that wide: d = 96 is not padded); another head_dim runs zero-padded on the smallest of
+/// them at least as large, if it is a multiple of 16 (the V statistics run `2 · head_dim` threads
+/// in whole warps, as for the sm_90a kernel). Its P·V accumulates exactly per key tile
+/// (`config::p8_tile`: 128 keys, 64 at d = 256), then in f32.
 pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKernel> {
     if !is_supported_head_dim(head_dim) || !head_dim.is_multiple_of(16) {
         return None;
@@ -181,8 +182,8 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
             supported: &SUPPORTED_HEAD_DIMS,
         });
     }
-    // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V exists for multiples of 16,
-    // up to head_dim 256 on the sm_90a kernel and up to 128 on the portable one.
+    // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V exists for multiples of 16
+    // (up to 256, on both 8-bit kernels).
     selected_kernel(rt, p.head_dim, opts).ok_or_else(|| Error::PvPrecisionUnavailable {
         precision: match opts.pv_precision {
             PvPrecision::F16 => "F16",
@@ -192,27 +193,14 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
     })
 }
 
-/// Why the 8-bit P·V has no kernel for `head_dim` (both 8-bit kernels need multiples of 16; the
-/// portable one, which every device but Hopper with `Backend::Auto` runs, stops at 128).
+/// Why the 8-bit P·V has no kernel for `head_dim` (a supported one: both 8-bit kernels go up to
+/// the largest, and need multiples of 16).
 fn int8_head_dim_reason(head_dim: usize) -> String {
     let largest = PV8_KERNEL_HEAD_DIMS.iter().copied().max().unwrap_or(0);
-    let largest_sm90 = hopper::SM90_PV8_HEAD_DIMS
-        .iter()
-        .copied()
-        .max()
-        .unwrap_or(0);
-    if head_dim > largest && head_dim.is_multiple_of(16) {
-        format!(
-            "the portable 8-bit P·V kernel exists for head_dim up to {largest} (the sm_90a one, \
-             on Hopper with Backend::Auto, up to {largest_sm90}); head_dim {head_dim} runs with \
-             PvPrecision::F16 only on this device and backend"
-        )
-    } else {
-        format!(
-            "the 8-bit P·V path needs head_dim a multiple of 16 (its V statistics run 2·head_dim \
-             threads in whole warps); head_dim {head_dim} runs with PvPrecision::F16 only"
-        )
-    }
+    format!(
+        "the 8-bit P·V path needs head_dim a multiple of 16 up to {largest} (its V statistics run \
+         2·head_dim threads in whole warps); head_dim {head_dim} runs with PvPrecision::F16 only"
+    )
 }
 
 #[cfg(test)]
@@ -236,7 +224,7 @@ mod tests {
         }
         assert_eq!(attention_kernel_name(80, false, false), None);
         let names = attention_kernel_names();
-        assert_eq!(names.len(), 20);
+        assert_eq!(names.len(), 22);
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
     }
@@ -268,15 +256,16 @@ mod tests {
         }
         assert_eq!(portable_pv8_kernel(80, true).unwrap().head_dim, 96);
         assert_eq!(portable_pv8_kernel(32, false).unwrap().head_dim, 64);
-        for bad in [0, 40, 100, 144, 256] {
+        assert_eq!(portable_pv8_kernel(160, true).unwrap().head_dim, 256);
+        assert_eq!(portable_pv8_kernel(256, false).unwrap().head_dim, 256);
+        for bad in [0, 40, 100, 136, 264] {
             assert_eq!(portable_pv8_kernel(bad, false), None, "{bad}");
         }
-        // The Hopper 8-bit kernel takes the same head_dims up to 128, and every multiple of 16
-        // up to 256.
+        // Both 8-bit kernels take the same head_dims: every multiple of 16 up to 256.
         for d in SUPPORTED_HEAD_DIMS {
             assert_eq!(
                 hopper_kernel_head_dim(d, true).is_some(),
-                portable_pv8_kernel(d, false).is_some() || (d > 128 && d.is_multiple_of(16)),
+                portable_pv8_kernel(d, false).is_some(),
                 "{d}"
             );
         }
@@ -326,8 +315,11 @@ mod tests {
         assert_eq!(hopper_kernel_head_dim(144, true), Some(256));
         assert_eq!(hopper_kernel_head_dim(256, true), Some(256));
         assert_eq!(hopper_kernel_head_dim(200, true), None);
-        assert!(int8_head_dim_reason(256).contains("up to 128"));
-        assert!(int8_head_dim_reason(256).contains("up to 256"));
-        assert!(int8_head_dim_reason(40).contains("multiple of 16"));
+        assert!(int8_head_dim_reason(40).contains("multiple of 16 up to 256"));
+        // The two 8-bit kernels cover the same sizes.
+        assert_eq!(
+            PV8_KERNEL_HEAD_DIMS.iter().max(),
+            hopper::SM90_PV8_HEAD_DIMS.iter().max()
+        );
     }
 }

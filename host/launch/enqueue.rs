@@ -12,7 +12,7 @@ use crate::device_config::{
     attn_smem_bytes, cta_q, k_head_smem_bytes, k_head_supported, k_head_threads, names, padded_len,
     prep_job, prep_smem_bytes, prep_threads, prep_threads_ok, pv8_smem_bytes, ATTN_THREADS,
     CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, K_HEAD_MAX_KV_LEN, LOG2_E,
-    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, pv8_cta_q, pv8_threads, Q_BLOCK,
     V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
@@ -561,8 +561,9 @@ pub(crate) fn enqueue_attend(
         };
     } else {
         let (rows, threads, smem) = if kernel.pv8 {
-            // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps.
-            (PV8_CTA_Q, PV8_THREADS, pv8_smem_bytes(hd))
+            // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps, 64-row
+            // CTAs of 4 above head_dim 128.
+            (pv8_cta_q(hd), pv8_threads(hd), pv8_smem_bytes(hd))
         } else {
             (
                 cta_q(hd, kernel.pv_f32),
@@ -636,20 +637,21 @@ mod tests {
     /// one-CTA-per-head K preparation there).
     const SMS: usize = 132;
 
-    /// The 8-bit P·V's head dims: multiples of 16 up to 128 (the sm_90a kernel's).
+    /// The 8-bit P·V's head dims: multiples of 16 (up to 256, both kernels).
     fn has_v8(head_dim: usize) -> bool {
-        head_dim.is_multiple_of(16) && head_dim <= 128
+        head_dim.is_multiple_of(16) && head_dim <= 256
     }
 
-    /// A problem at `head_dim` on the kernel the dispatch would pick: the sm_90a one (64 or 128)
-    /// for the 8-bit P·V, else the portable one (64, 96, 128 or 256); zero-padded when larger.
+    /// A problem at `head_dim` on the kernel the dispatch would pick: the sm_90a one (64, 128 or
+    /// 256) for the 8-bit P·V, else the portable one (64, 96, 128 or 256); zero-padded when
+    /// larger.
     fn shape(kv_len: usize, head_dim: usize, smooth_k: bool, lse: bool, v8: bool) -> ScratchShape {
         let kernel_head_dim = if v8 {
             assert!(has_v8(head_dim));
-            if head_dim <= 64 {
-                64
-            } else {
-                128
+            match head_dim {
+                ..=64 => 64,
+                ..=128 => 128,
+                _ => 256,
             }
         } else {
             portable_kernel_head_dim(head_dim).unwrap()

@@ -34,8 +34,7 @@ pub enum PvPrecision {
     /// every sm_80+ GPU: the sm_90a wgmma kernel on Hopper with [`Backend::Auto`], the portable
     /// mma.sync kernel (`mma.sync m16n8k32` u8·s8) everywhere else and with
     /// [`Backend::Portable`]; both compute the same thing (one CPU emulation). head_dim a
-    /// multiple of 16, up to 256 on the sm_90a kernel and up to 128 on the portable one; others
-    /// return [`Error::PvPrecisionUnavailable`](crate::Error).
+    /// multiple of 16 up to 256; others return [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
 }
 

@@ -217,34 +217,50 @@ pub const fn v8_key_slot(k: usize) -> usize {
 /// Head dimensions with a compiled portable 8-bit P·V kernel (`attention_pv8/`, the entries of
 /// `for_each_pv8_attention_variant!`); other head_dims that are multiples of 16 run zero-padded
 /// on the smallest of these at least as large (`dispatch::portable_pv8_kernel`).
-pub const PV8_KERNEL_HEAD_DIMS: [usize; 3] = [64, 96, 128];
+pub const PV8_KERNEL_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
 /// Warps per CTA of the portable 8-bit P·V kernel (`attention_pv8/`); each owns 16 query rows
-/// (one m-tile), so that a 128-key tile's scores fit in 64 registers beside the output.
-pub const PV8_WARPS: usize = 8;
+/// (one m-tile). 8 up to head_dim 128; 4 above, where the 128-row Q tile and two stages of K and
+/// Vᵀ would pass the 99 KiB a block may opt in to on sm_86/sm_89 (see [`pv8_smem_bytes`]).
+pub const fn pv8_warps(head_dim: usize) -> usize {
+    if head_dim <= 128 {
+        8
+    } else {
+        4
+    }
+}
 /// Threads per CTA of the portable 8-bit P·V kernel.
-pub const PV8_THREADS: usize = PV8_WARPS * 32;
-/// Query rows per CTA of the portable 8-bit P·V kernel: one Q quantization block.
-pub const PV8_CTA_Q: usize = PV8_WARPS * 16;
-/// Keys per tile of the portable 8-bit P·V kernel: one P tile (two K blocks).
-pub const PV8_CTA_K: usize = P8_TILE;
+pub const fn pv8_threads(head_dim: usize) -> usize {
+    pv8_warps(head_dim) * 32
+}
+/// Query rows per CTA of the portable 8-bit P·V kernel: one Q quantization block up to head_dim
+/// 128, half of one above (Q's scales are per token, and the padded Q holds whole blocks).
+pub const fn pv8_cta_q(head_dim: usize) -> usize {
+    pv8_warps(head_dim) * 16
+}
+/// Keys per tile of the portable 8-bit P·V kernel: one P tile ([`p8_tile`]: two K blocks up to
+/// head_dim 128, one above, where the 128 f32 output registers per thread leave room for a 64-key
+/// tile's scores only, as in the sm_90a kernel).
+pub const fn pv8_cta_k(head_dim: usize) -> usize {
+    p8_tile(head_dim)
+}
 /// Pipeline stages of its K and Vᵀ tiles (double buffering, one cp.async group per tile).
 pub const PV8_STAGES: usize = 2;
 
 /// Bytes of the INT8 Q tile of the portable 8-bit P·V kernel (padded rows, as [`q_tile_bytes`]).
 pub const fn pv8_q_tile_bytes(head_dim: usize) -> usize {
-    PV8_CTA_Q * smem_row_stride(head_dim)
+    pv8_cta_q(head_dim) * smem_row_stride(head_dim)
 }
 /// Bytes of one INT8 K stage (one key per padded row).
 pub const fn pv8_k_stage_bytes(head_dim: usize) -> usize {
-    PV8_CTA_K * smem_row_stride(head_dim)
+    pv8_cta_k(head_dim) * smem_row_stride(head_dim)
 }
-/// Bytes of one INT8 Vᵀ stage: one channel per padded row of `PV8_CTA_K` key slots, the layout of
-/// the prepared Vᵀ (so that its rows are the mma's B operand as K's rows are for Q·Kᵀ).
+/// Bytes of one INT8 Vᵀ stage: one channel per padded row of [`pv8_cta_k`] key slots, the layout
+/// of the prepared Vᵀ (so that its rows are the mma's B operand as K's rows are for Q·Kᵀ).
 pub const fn pv8_v_stage_bytes(head_dim: usize) -> usize {
-    head_dim * smem_row_stride(PV8_CTA_K)
+    head_dim * smem_row_stride(pv8_cta_k(head_dim))
 }
 /// Dynamic shared memory of the portable 8-bit P·V kernel: 48 KiB at d = 64, 69 KiB at d = 96,
-/// 90 KiB at d = 128 (within the 99 KiB a block may opt in to on sm_86/sm_89).
+/// 90 KiB at d = 128, 91 KiB at d = 256 (within the 99 KiB a block may opt in to on sm_86/sm_89).
 pub const fn pv8_smem_bytes(head_dim: usize) -> usize {
     pv8_q_tile_bytes(head_dim)
         + PV8_STAGES * (pv8_k_stage_bytes(head_dim) + pv8_v_stage_bytes(head_dim))
@@ -337,6 +353,8 @@ macro_rules! for_each_pv8_attention_variant {
         $m!("sage_attn_pv8_hd96_causal", 96, true);
         $m!("sage_attn_pv8_hd128_full", 128, false);
         $m!("sage_attn_pv8_hd128_causal", 128, true);
+        $m!("sage_attn_pv8_hd256_full", 256, false);
+        $m!("sage_attn_pv8_hd256_causal", 256, true);
     };
 }
 

@@ -92,8 +92,8 @@ def sageattn(
     pv_accum : keyword, "f16" (default) or "f32" accumulation of P·V.
     pv_precision : keyword, "f16" (default) or "int8": 8-bit P·V (u8 P × s8 V on the INT8 tensor
         cores, SageAttention2's speed class, rel L1 about 0.015 on N(0,1) inputs against 0.011
-        for "f16"), head_dim a multiple of 16: up to 256 on the wgmma kernel (Hopper), up to 128
-        on the portable mma.sync kernel (any other sm_80+ GPU, or backend="portable").
+        for "f16"), head_dim a multiple of 16 up to 256, on the wgmma kernel (Hopper) and on the
+        portable mma.sync kernel (any other sm_80+ GPU, or backend="portable").
     backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
 
     Returns

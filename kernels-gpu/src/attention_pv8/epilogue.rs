@@ -27,7 +27,14 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
     out: &[[f32; 4]; NT],
 ) {
     let lane = ptx::lane_id();
-    let warp_row0 = geo.q_row0 + 16 * ptx::warp_id();
+    // d = 256: recomputed here (opaque), not kept from the main loop's copy, whose one register
+    // across the loop spilled. d ≤ 128 keep their schedule.
+    let warp = if HD > 128 {
+        ptx::opaque_u32(ptx::warp_id())
+    } else {
+        ptx::warp_id()
+    };
+    let warp_row0 = geo.q_row0 + 16 * warp;
     let head_base =
         p.o as i64 + 2 * (geo.batch as i64 * p.o_stride[0] + geo.head as i64 * p.o_stride[1]);
     let kv_head = (geo.batch * p.kv_heads + geo.kv_head) as u64;

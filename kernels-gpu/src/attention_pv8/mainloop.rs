@@ -1,20 +1,23 @@
-//! The main loop of the portable 8-bit P·V kernel: a two-stage cp.async pipeline of 128-key K and
-//! Vᵀ tiles and the one `step` body every key tile runs (masked or not).
+//! The main loop of the portable 8-bit P·V kernel: a two-stage cp.async pipeline of K and Vᵀ
+//! tiles (128 keys up to head_dim 128, 64 above: `config::pv8_cta_k`) and the one `step` body
+//! every key tile runs (masked or not).
 //!
 //! cp.async groups: Q, then one group per tile (its K and its Vᵀ together). Step t waits for all
 //! of this thread's groups (only tile t's is in flight), and the barrier after the wait both makes
 //! tile t visible to every warp and guarantees that every warp has finished step t − 1, whose
 //! stage `(t + 1) % 2` tile t + 1 is then issued into. So each tile has a whole step to arrive,
-//! with one barrier per 128 keys.
+//! with one barrier per tile.
 //!
-//! Shared memory (padded rows, `tile.rs`: conflict-free ldmatrix): the Q tile (128 rows × HD),
-//! then two K stages (128 keys × HD) and two Vᵀ stages (HD channels × 128 key slots, the
-//! prepared Vᵀ's layout: each 16-byte chunk is one cp.async from one Vᵀ row).
+//! Shared memory (padded rows, `tile.rs`: conflict-free ldmatrix): the Q tile (CTA rows × HD),
+//! then two K stages (tile keys × HD) and two Vᵀ stages (HD channels × tile key slots, the
+//! prepared Vᵀ's layout: each 16-byte chunk is one cp.async from one Vᵀ row). Up to head_dim 128
+//! each warp holds its Q fragments in registers for the whole loop; above, the 128 f32 output
+//! registers per thread leave no room for them, and each k-step reads them from the Q tile.
 
 use super::Geometry;
 use crate::config::{
-    padded_len, pv8_k_stage_bytes, pv8_q_tile_bytes, pv8_v_stage_bytes, K_BLOCK, PV8_CTA_K,
-    PV8_CTA_Q, PV8_THREADS, Q_BLOCK,
+    padded_len, pv8_cta_k, pv8_cta_q, pv8_k_stage_bytes, pv8_q_tile_bytes, pv8_threads,
+    pv8_v_stage_bytes, K_BLOCK, Q_BLOCK,
 };
 use crate::frag::{self, FragA};
 use crate::p8::pack_probs_u8;
@@ -24,12 +27,8 @@ use crate::softmax16::{OnlineSoftmax, TileBounds};
 use crate::tile::Tile;
 use crate::unroll::unroll;
 
-/// 8-key n-tiles of scores per tile.
-const NK: usize = PV8_CTA_K / 8;
-/// 32-key k-steps of the P·V per tile.
-const PV_K_STEPS: usize = PV8_CTA_K / 32;
-/// Unroll bound of the copy loops (d = 128: 4 chunks per thread and tile).
-const MAX_CHUNKS_PER_THREAD: usize = 4;
+/// Unroll bound of the copy loops (d = 128: 4 chunks per thread and tile; d = 256: 8).
+const MAX_CHUNKS_PER_THREAD: usize = 8;
 
 /// Global sources, shared tiles and per-CTA constants of one CTA.
 pub(crate) struct Pipeline<const HD: usize> {
@@ -62,17 +61,27 @@ pub(crate) struct Pipeline<const HD: usize> {
 }
 
 impl<const HD: usize> Pipeline<HD> {
-    /// 16-byte chunks of a Q, K or Vᵀ tile each thread copies (`128 × HD / 16` over 256 threads:
-    /// `HD / 32`, at most [`MAX_CHUNKS_PER_THREAD`]).
-    const CHUNKS_PER_THREAD: usize = PV8_CTA_K * HD / 16 / PV8_THREADS;
+    const THREADS: usize = pv8_threads(HD);
+    /// Keys per tile.
+    const CTA_K: usize = pv8_cta_k(HD);
+    /// 16-byte chunks of the Q tile each thread copies (`CTA rows × HD / 16` over the threads).
+    const Q_CHUNKS_PER_THREAD: usize = pv8_cta_q(HD) * HD / 16 / Self::THREADS;
+    /// 16-byte chunks of a K or Vᵀ tile each thread copies (`tile keys × HD / 16` over the
+    /// threads; at most [`MAX_CHUNKS_PER_THREAD`]).
+    const CHUNKS_PER_THREAD: usize = Self::CTA_K * HD / 16 / Self::THREADS;
+    /// Whether each warp keeps its Q fragments in registers (see the module docs).
+    const Q_IN_REGISTERS: bool = HD <= 128;
 
     #[inline(always)]
     pub fn new(p: &AttnParams, geo: &Geometry) -> Self {
         const {
             // Every copy loop covers its tile exactly.
-            assert!(PV8_CTA_Q == PV8_CTA_K);
-            assert!(Self::CHUNKS_PER_THREAD * PV8_THREADS * 16 == PV8_CTA_K * HD);
+            assert!(Self::Q_CHUNKS_PER_THREAD * Self::THREADS * 16 == pv8_cta_q(HD) * HD);
+            assert!(Self::CHUNKS_PER_THREAD * Self::THREADS * 16 == Self::CTA_K * HD);
+            assert!(Self::Q_CHUNKS_PER_THREAD <= MAX_CHUNKS_PER_THREAD);
             assert!(Self::CHUNKS_PER_THREAD <= MAX_CHUNKS_PER_THREAD);
+            // One K scale per 64-key half of a tile.
+            assert!(Self::CTA_K == K_BLOCK || Self::CTA_K == 2 * K_BLOCK);
         };
         let base = ptx::smem_base();
         let k0 = base + pv8_q_tile_bytes(HD) as u32;
@@ -96,7 +105,7 @@ impl<const HD: usize> Pipeline<HD> {
         Pipeline {
             q_tile: Tile::new(base, HD),
             k_stage0: Tile::new(k0, HD),
-            v_stage0: Tile::new(v0, PV8_CTA_K),
+            v_stage0: Tile::new(v0, Self::CTA_K),
             q_src: p.q + (q_head * padded_q + geo.q_row0 as u64) * HD as u64,
             k_src: p.k + kv_head * padded_k * HD as u64,
             v_src: p.v + kv_head * HD as u64 * padded_k,
@@ -134,7 +143,8 @@ impl<const HD: usize> Pipeline<HD> {
     }
 
     /// Issues the Q tile (one group) and tile 0 (a second group), waits for Q and returns this
-    /// warp's Q fragments (`KS` k-steps of 32 bytes), which stay in registers for the whole loop.
+    /// warp's Q fragments (`KS` k-steps of 32 bytes), which stay in registers for the whole loop
+    /// (zeros, unused, when [`Self::Q_IN_REGISTERS`] is false: the k-steps read the Q tile).
     ///
     /// # Safety
     /// The sources are valid (host validation) and `n_tiles > 0`; every thread calls it.
@@ -144,12 +154,13 @@ impl<const HD: usize> Pipeline<HD> {
         unroll::<MAX_CHUNKS_PER_THREAD>(
             #[inline(always)]
             |j| {
-                if j >= Self::CHUNKS_PER_THREAD {
+                if j >= Self::Q_CHUNKS_PER_THREAD {
                     return;
                 }
-                let c = self.tid + (PV8_THREADS * j) as u32;
+                let c = self.tid + (Self::THREADS * j) as u32;
                 let (row, chunk) = (c / cpr, c % cpr);
-                // SAFETY: the padded Q holds whole 128-row blocks, so every row of the CTA exists.
+                // SAFETY: the padded Q holds whole 128-row blocks, and a CTA's rows lie inside
+                // one, so every row of the CTA exists.
                 unsafe {
                     ptx::cp_async_16(
                         self.q_tile.addr(row, 16 * chunk),
@@ -165,6 +176,9 @@ impl<const HD: usize> Pipeline<HD> {
         ptx::cp_async_wait::<1>();
         ptx::sync_threads();
         let mut q = [[0u32; 4]; KS];
+        if !Self::Q_IN_REGISTERS {
+            return q;
+        }
         unroll::<KS>(
             #[inline(always)]
             |ks| {
@@ -177,25 +191,25 @@ impl<const HD: usize> Pipeline<HD> {
     }
 
     /// Issues K and Vᵀ tile `t` into stage `t % 2`. Rows (K) and key slots (Vᵀ) past the padded
-    /// sequence — the second 64-key half of the last tile — are zero-filled without a read; those
-    /// inside it but past `kv_len` are the preparation's zero padding.
+    /// sequence — the second 64-key half of the last 128-key tile — are zero-filled without a
+    /// read; those inside it but past `kv_len` are the preparation's zero padding.
     ///
     /// # Safety
     /// `t < n_tiles`; the stage is no longer read by any warp.
     #[inline(always)]
     unsafe fn load_tile(&self, t: u32) {
-        let key0 = t * PV8_CTA_K as u32;
+        let key0 = t * Self::CTA_K as u32;
         let (k_tile, v_tile) = (self.k_tile(t), self.v_tile(t));
         let k_src = self.k_src + key0 as u64 * HD as u64;
         let k_cpr = (HD / 16) as u32;
-        let v_cpr = (PV8_CTA_K / 16) as u32;
+        let v_cpr = (Self::CTA_K / 16) as u32;
         unroll::<MAX_CHUNKS_PER_THREAD>(
             #[inline(always)]
             |j| {
                 if j >= Self::CHUNKS_PER_THREAD {
                     return;
                 }
-                let c = self.tid + (PV8_THREADS * j) as u32;
+                let c = self.tid + (Self::THREADS * j) as u32;
                 let (row, chunk) = (c / k_cpr, c % k_cpr);
                 let dst = k_tile.addr(row, 16 * chunk);
                 if key0 + row < self.padded_k {
@@ -213,7 +227,7 @@ impl<const HD: usize> Pipeline<HD> {
                 if j >= Self::CHUNKS_PER_THREAD {
                     return;
                 }
-                let c = self.tid + (PV8_THREADS * j) as u32;
+                let c = self.tid + (Self::THREADS * j) as u32;
                 let (channel, chunk) = (c / v_cpr, c % v_cpr);
                 let dst = v_tile.addr(channel, 16 * chunk);
                 let slot = key0 + 16 * chunk;
@@ -235,9 +249,14 @@ impl<const HD: usize> Pipeline<HD> {
     }
 
     /// K scales of the two 64-key halves of tile `t` (the second clamped to the last K block: its
-    /// keys, if it has none, are masked).
+    /// keys, if it has none, are masked; a 64-key tile uses the first only).
     #[inline(always)]
     fn k_scales(&self, t: u32) -> [f32; 2] {
+        if Self::CTA_K == K_BLOCK {
+            // SAFETY: t < n_tiles = this head's K blocks.
+            let s = unsafe { ptx::ld_global_nc_f32(self.k_scale_row + 4 * t as u64) };
+            return [s, s];
+        }
         let b = 2 * t;
         let hi = if b + 1 < self.last_k_block {
             b + 1
@@ -260,7 +279,13 @@ impl<const HD: usize> Pipeline<HD> {
     /// `t < n_tiles`, called for t = 0, 1, … in order by every thread of the CTA, after
     /// [`Self::load_q_and_first_tile`].
     #[inline(always)]
-    pub unsafe fn step<const KS: usize, const NT: usize, const CAUSAL: bool, const MASK: bool>(
+    pub unsafe fn step<
+        const KS: usize,
+        const NT: usize,
+        const NK: usize,
+        const CAUSAL: bool,
+        const MASK: bool,
+    >(
         &self,
         t: u32,
         q: &[FragA; KS],
@@ -276,8 +301,9 @@ impl<const HD: usize> Pipeline<HD> {
             ptx::cp_async_commit();
         }
         // SAFETY: tile t is in its stage and visible (wait + barrier above).
-        let s = unsafe { self.qk::<KS>(self.k_tile(t), q) };
-        let (p, rescale, factor) = self.probabilities::<CAUSAL, MASK>(&s, t, k_scales, softmax);
+        let s = unsafe { self.qk::<KS, NK>(self.k_tile(t), q) };
+        let (p, rescale, factor) =
+            self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
         let probs = pack_probs_u8::<NK>(&p);
         // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
         // row of the warp moved.
@@ -293,23 +319,38 @@ impl<const HD: usize> Pipeline<HD> {
             );
         }
         // SAFETY: as for the Q·Kᵀ.
-        unsafe { self.pv::<NT>(self.v_tile(t), &probs, factor, out) };
+        unsafe { self.pv::<NT, NK>(self.v_tile(t), &probs, factor, out) };
     }
 
-    /// `S = Q·Kᵀ` for this warp's 16 rows and the 128 keys of `k_tile` (16 n-tiles of 8 keys).
+    /// `S = Q·Kᵀ` for this warp's 16 rows and the keys of `k_tile` (`NK` n-tiles of 8 keys).
     ///
     /// # Safety
-    /// The tile is loaded and visible; the whole warp calls it.
+    /// The tile (and the Q tile) is loaded and visible; the whole warp calls it.
     #[inline(always)]
-    unsafe fn qk<const KS: usize>(&self, k_tile: Tile, q: &[FragA; KS]) -> [[i32; 4]; NK] {
+    unsafe fn qk<const KS: usize, const NK: usize>(
+        &self,
+        k_tile: Tile,
+        q: &[FragA; KS],
+    ) -> [[i32; 4]; NK] {
         let mut acc = [[0i32; 4]; NK];
         unroll::<KS>(
             #[inline(always)]
             |ks| {
+                let a = if Self::Q_IN_REGISTERS {
+                    q[ks]
+                } else {
+                    // SAFETY: rows warp_row0..+16 and bytes 32ks..+32 lie inside the Q tile.
+                    unsafe {
+                        frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane)
+                    }
+                };
                 // Key n-tiles in pairs (one ldmatrix.x4 each).
-                unroll::<{ NK / 2 }>(
+                unroll::<8>(
                     #[inline(always)]
                     |np| {
+                        if 2 * np >= NK {
+                            return;
+                        }
                         // SAFETY: keys 16np..+16 and bytes 32ks..+32 lie inside the tile.
                         let (b0, b1) = unsafe {
                             frag::load_b_rows_pair(
@@ -319,8 +360,8 @@ impl<const HD: usize> Pipeline<HD> {
                                 self.lane,
                             )
                         };
-                        ptx::mma_s8_m16n8k32(&mut acc[2 * np], q[ks], b0);
-                        ptx::mma_s8_m16n8k32(&mut acc[2 * np + 1], q[ks], b1);
+                        ptx::mma_s8_m16n8k32(&mut acc[2 * np], a, b0);
+                        ptx::mma_s8_m16n8k32(&mut acc[2 * np + 1], a, b1);
                     },
                 );
             },
@@ -334,7 +375,7 @@ impl<const HD: usize> Pipeline<HD> {
     /// the exponent (`update_unscaled`); masked ones dequantize, then set scores past `kv_len` and
     /// (causal) past each row's diagonal to −∞.
     #[inline(always)]
-    fn probabilities<const CAUSAL: bool, const MASK: bool>(
+    fn probabilities<const CAUSAL: bool, const MASK: bool, const NK: usize>(
         &self,
         s_int: &[[i32; 4]; NK],
         t: u32,
@@ -342,7 +383,7 @@ impl<const HD: usize> Pipeline<HD> {
         softmax: &mut OnlineSoftmax,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
         let bounds = TileBounds {
-            key0: t * PV8_CTA_K as u32,
+            key0: t * Self::CTA_K as u32,
             row0: self.row0,
             lane: self.lane,
             kv_len: self.kv_len,
@@ -352,29 +393,32 @@ impl<const HD: usize> Pipeline<HD> {
     }
 
     /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh s32 accumulator over the
-    /// tile's 4 k-steps of 32 keys (exact), then folded into the f32 output. B fragments are
-    /// 4-byte runs of Vᵀ rows: `ldmatrix` (no transpose) as for K.
+    /// tile's `NK / 4` k-steps of 32 keys (exact), then folded into the f32 output. B fragments
+    /// are 4-byte runs of Vᵀ rows: `ldmatrix` (no transpose) as for K.
     ///
     /// # Safety
     /// The tile is loaded and visible; the whole warp calls it.
     #[inline(always)]
-    unsafe fn pv<const NT: usize>(
+    unsafe fn pv<const NT: usize, const NK: usize>(
         &self,
         v_tile: Tile,
         probs: &[FragA; 4],
         factor: [f32; 2],
         out: &mut [[f32; 4]; NT],
     ) {
-        unroll::<2>(
+        unroll::<4>(
             #[inline(always)]
             |g| {
                 if 8 * g >= NT {
                     return;
                 }
                 let mut acc = [[0i32; 4]; 8];
-                unroll::<PV_K_STEPS>(
+                unroll::<4>(
                     #[inline(always)]
                     |kk| {
+                        if 4 * kk >= NK {
+                            return;
+                        }
                         unroll::<4>(
                             #[inline(always)]
                             |np| {

@@ -3,10 +3,11 @@
 //!
 //! Same inputs, parameters and answers as the sm_90a kernel's 8-bit path (`hopper/attention.rs`,
 //! `step_serial`), and the same CPU emulation (`attention_pv8_emulation`, P tiles of
-//! `P8_TILE = 128` keys from key 0):
+//! `config::p8_tile(HD)` keys from key 0: 128 up to head_dim 128, 64 above):
 //!
-//! 1. `S = Q·Kₜᵀ` for a 128-key tile (two 64-key K blocks, one K scale each) in 16 n-tiles of
-//!    s32 accumulators, Q's fragments held in registers for the whole loop;
+//! 1. `S = Q·Kₜᵀ` for a key tile (128 keys: two 64-key K blocks, one K scale each; 64 keys at
+//!    d = 256) in n-tiles of 8 keys of s32 accumulators, Q's fragments held in registers for the
+//!    whole loop (read from the Q tile per k-step at d = 256);
 //! 2. dequantize (log2 units), mask (tails, causal), online softmax with the probabilities relative
 //!    to the tile's own row maximum (`softmax16`, `PER_TILE`), so that the u8 P uses its whole
 //!    range, and the tile's factor `2^(tile max − running max)`;
@@ -18,22 +19,22 @@
 //!    `O = O·rescale + acc·factor` in f32 (two-level accumulation);
 //! 5. epilogue: `o = O / l · v_scale / 255 + v_mean`, the LSE as on the f16 path.
 //!
-//! CTA: `PV8_WARPS = 8` warps × 16 query rows = 128 rows (one Q block; two Q scales per thread,
-//! its rows'); K and Vᵀ
-//! tiles of 128 keys in a two-stage cp.async pipeline (`mainloop`), one barrier per tile.
-//! Registers per thread: the f32 output (`HD/2`), the scores (64) or the packed P (16) and a
-//! 64-channel s32 accumulator (32), Q's fragments (`HD/8`): ptxas 12.9 gives 203–255, so one CTA
-//! (8 warps) per SM. Shared memory: `config::pv8_smem_bytes` (48 KiB at d = 64, 90 KiB at
-//! d = 128, within the 99 KiB an Ada or GA10x block may opt in to).
-//! Variants for HD = 64, 96 and 128 (the prepared Vᵀ and Q/K are `HD` wide, d = 96 included). A
-//! smaller head_dim `p.head_dim` (a multiple of 16) runs on the next one up: Q, K and Vᵀ arrive
-//! with zero channels past it (zero V scale and mean there) and the epilogue stores only its first
-//! `p.head_dim` output columns.
+//! CTA: `config::pv8_warps(HD)` warps × 16 query rows — 8 warps, 128 rows (one Q block) up to
+//! d = 128; 4 warps, 64 rows at d = 256 (two Q scales per thread, its rows'); K and Vᵀ tiles in a
+//! two-stage cp.async pipeline (`mainloop`), one barrier per tile. Registers per thread: the f32
+//! output (`HD/2`), the scores (`2 · tile keys / 8`) or the packed P and a 64-channel s32
+//! accumulator (32), Q's fragments (`HD/8`, up to d = 128): ptxas 12.9 gives 203–255, so one CTA
+//! per SM. Shared memory: `config::pv8_smem_bytes` (48 KiB at d = 64, 90 KiB at d = 128, 91 KiB at
+//! d = 256, within the 99 KiB an Ada or GA10x block may opt in to).
+//! Variants for HD = 64, 96, 128 and 256 (the prepared Vᵀ and Q/K are `HD` wide, d = 96
+//! included). A smaller head_dim `p.head_dim` (a multiple of 16) runs on the next one up: Q, K and
+//! Vᵀ arrive with zero channels past it (zero V scale and mean there) and the epilogue stores only
+//! its first `p.head_dim` output columns.
 
 mod epilogue;
 mod mainloop;
 
-use crate::config::{key_tiles, K_BLOCK, P8_TILE, PV8_CTA_K, PV8_CTA_Q, PV8_WARPS, Q_BLOCK};
+use crate::config::{key_tiles, p8_tile, pv8_cta_k, pv8_cta_q, pv8_warps, K_BLOCK, Q_BLOCK};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;
@@ -56,17 +57,17 @@ pub(crate) struct Geometry {
 
 impl Geometry {
     #[inline(always)]
-    fn new<const CAUSAL: bool>(p: &AttnParams) -> Self {
+    fn new<const HD: usize, const CAUSAL: bool>(p: &AttnParams) -> Self {
         let (bx, head, batch) = ptx::block_idx();
-        let rows = PV8_CTA_Q as u32;
+        let rows = pv8_cta_q(HD) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
         // Causal CTAs near the end of the sequence do the most work: start them first.
         let q_block = if CAUSAL { q_blocks - 1 - bx } else { bx };
         let q_row0 = q_block * rows;
         let (n_tiles, n_unmasked) = key_tiles(
             q_row0 as usize,
-            PV8_CTA_Q,
-            PV8_CTA_K,
+            pv8_cta_q(HD),
+            pv8_cta_k(HD),
             p.qo_len as usize,
             p.kv_len as usize,
             CAUSAL,
@@ -84,25 +85,33 @@ impl Geometry {
 }
 
 /// The kernel body shared by every variant: `KS = HD/32` k-steps of Q·Kᵀ, `NT = HD/8` output
-/// n-tiles.
+/// n-tiles, `NK = p8_tile(HD)/8` n-tiles of scores per key tile.
 ///
 /// # Safety
 /// `p` satisfies the host's validation (as for the portable kernel) with `v` the prepared INT8 Vᵀ
 /// (`[batch][kv_heads][HD][padded kv_len]`) and `v_scale`/`v_mean` its scales and mean; the launch
-/// has `ceil(qo_len / PV8_CTA_Q) × q_heads × batch` blocks of `PV8_THREADS` threads and
+/// has `ceil(qo_len / pv8_cta_q(HD)) × q_heads × batch` blocks of `pv8_threads(HD)` threads and
 /// `pv8_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
-unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAUSAL: bool>(
+unsafe fn attention<
+    const HD: usize,
+    const KS: usize,
+    const NT: usize,
+    const NK: usize,
+    const CAUSAL: bool,
+>(
     p: &AttnParams,
 ) {
     const {
-        assert!(KS * 32 == HD && NT * 8 == HD && NT <= 16);
-        // The CPU emulation scales P per P8_TILE keys from key 0: this kernel's key tiles.
-        assert!(PV8_CTA_K == P8_TILE && P8_TILE == 2 * K_BLOCK);
-        // One Q scale per CTA; one 16-row m-tile per warp.
-        assert!(PV8_CTA_Q == Q_BLOCK && PV8_CTA_Q == 16 * PV8_WARPS);
+        assert!(KS * 32 == HD && NT * 8 == HD && NT <= 32);
+        // The CPU emulation scales P per p8_tile(HD) keys from key 0: this kernel's key tiles,
+        // whole K blocks; the packed P holds at most four 32-key k-steps.
+        assert!(pv8_cta_k(HD) == p8_tile(HD) && NK * 8 == pv8_cta_k(HD));
+        assert!(pv8_cta_k(HD) % K_BLOCK == 0 && NK <= 16);
+        // A CTA's rows lie inside one padded Q block; one 16-row m-tile per warp.
+        assert!(Q_BLOCK % pv8_cta_q(HD) == 0 && pv8_cta_q(HD) == 16 * pv8_warps(HD));
     };
-    let geo = Geometry::new::<CAUSAL>(p);
+    let geo = Geometry::new::<HD, CAUSAL>(p);
     let mut softmax = OnlineSoftmax::new();
     let mut out = [[0.0f32; 4]; NT];
     if geo.n_tiles > 0 {
@@ -111,11 +120,11 @@ unsafe fn attention<const HD: usize, const KS: usize, const NT: usize, const CAU
         let q = unsafe { pipe.load_q_and_first_tile::<KS>() };
         for t in 0..geo.n_unmasked {
             // SAFETY: t < n_tiles, in order, by every thread; see `Pipeline::step`.
-            unsafe { pipe.step::<KS, NT, CAUSAL, false>(t, &q, &mut softmax, &mut out) };
+            unsafe { pipe.step::<KS, NT, NK, CAUSAL, false>(t, &q, &mut softmax, &mut out) };
         }
         for t in geo.n_unmasked..geo.n_tiles {
             // SAFETY: as above.
-            unsafe { pipe.step::<KS, NT, CAUSAL, true>(t, &q, &mut softmax, &mut out) };
+            unsafe { pipe.step::<KS, NT, NK, CAUSAL, true>(t, &q, &mut softmax, &mut out) };
         }
     }
     // SAFETY: the output, LSE, V scale and V mean pointers were validated by the host.
@@ -129,7 +138,9 @@ macro_rules! pv8_attention_entry {
             #[unsafe(export_name = $name)]
             pub unsafe extern "ptx-kernel" fn pv8_attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
-                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal>(&p) }
+                unsafe {
+                    attention::<$hd, { $hd / 32 }, { $hd / 8 }, { p8_tile($hd) / 8 }, $causal>(&p)
+                }
             }
         };
     };
