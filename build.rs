@@ -1,9 +1,11 @@
-//! Builds the device crate `kernels-gpu` into two PTX modules in `OUT_DIR`, which
+//! Builds the device crate `kernels-gpu` into three PTX modules in `OUT_DIR`, which
 //! `host/kernels.rs` embeds:
 //!
 //! - `sage_sm80.ptx`: the portable module, `-C target-cpu=sm_80` (runs on Ampere, Ada and Hopper
 //!   through the driver's JIT);
-//! - `sage_sm90a.ptx`: the Hopper module, `--features hopper`, `-C target-cpu=sm_90a`.
+//! - `sage_sm90a.ptx`: the Hopper module, `--features hopper`, `-C target-cpu=sm_90a`;
+//! - `sage_sm89.ptx`: the FP8 module, `--features ada_fp8`, `-C target-cpu=sm_89`, PTX ISA 8.7
+//!   (mma.sync e4m3; runs on Ada and, through the JIT, on Hopper).
 //!
 //! Each is built by a separate cargo invocation (own target dir, clean environment) for
 //! `nvptx64-nvidia-cuda` with `-Zbuild-std=core`. The PTX toolchain is looked up in this order:
@@ -45,12 +47,13 @@ struct Module {
     dir: &'static str,
     cpu: &'static str,
     /// PTX ISA version (digits) unless `SAGE_PTX_ISA` overrides it: 8.0 for the portable module
-    /// (every CUDA 12 driver), 8.4 for the Hopper one (wgmma with mixed u8/s8 operands).
+    /// (every CUDA 12 driver), 8.4 for the Hopper one (wgmma with mixed u8/s8 operands), 8.7 for
+    /// the FP8 one (the first ISA with `mma.sync … e4m3` on sm_89; CUDA 12.8+ drivers).
     ptx_isa: &'static str,
     features: &'static [&'static str],
 }
 
-static MODULES: [Module; 2] = [
+static MODULES: [Module; 3] = [
     Module {
         file: "sage_sm80.ptx",
         dir: "sm80",
@@ -64,6 +67,13 @@ static MODULES: [Module; 2] = [
         cpu: "sm_90a",
         ptx_isa: "84",
         features: &["hopper"],
+    },
+    Module {
+        file: "sage_sm89.ptx",
+        dir: "sm89",
+        cpu: "sm_89",
+        ptx_isa: "87",
+        features: &["ada_fp8"],
     },
 ];
 

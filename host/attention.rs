@@ -16,7 +16,8 @@ use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK, V8_TILE};
 use crate::launch::dispatch::select;
 use crate::launch::enqueue::{enqueue_attend, enqueue_prepare, scratch_layout, Scratch};
 use crate::launch::validate::{validate_inputs, validate_output, Problem};
-use crate::reference::v8::QuantizedV8;
+use crate::device::runtime::ModuleKind;
+use crate::reference::v8::{QuantizedV8, VFormat};
 use crate::types::error::{CudaResultExt, Error, Result};
 
 pub use crate::launch::dispatch::{
@@ -260,9 +261,10 @@ impl Prepared {
             None => Ok(None),
         }
     }
-    /// Copies the 8-bit P·V's V (INT8 Vᵀ, per-channel mean and scales, `kernel head_dim`
-    /// channels) to the host, when this call prepared it ([`PvPrecision::Int8`]); in the layout
-    /// of [`reference::v8::QuantizedV8`](crate::reference::v8::QuantizedV8).
+    /// Copies the 8-bit P·V's V (INT8 or e4m3 Vᵀ, per-channel mean and scales, `kernel head_dim`
+    /// channels) to the host, when this call prepared it ([`PvPrecision::Int8`],
+    /// [`PvPrecision::Fp8`]); in the layout of
+    /// [`reference::v8::QuantizedV8`](crate::reference::v8::QuantizedV8).
     pub fn v8_to_host(&self, rt: &Runtime) -> Result<Option<QuantizedV8>> {
         let (p, hd) = (&self.problem, self.kernel.head_dim);
         let Some(r) = self.scratch.layout.v8 else {
@@ -272,6 +274,11 @@ impl Prepared {
         let padded_seq = padded_len(p.kv_len, V8_TILE);
         Ok(Some(QuantizedV8 {
             data: download::<i8>(rt, self.scratch.at(r.vt), heads * hd * padded_seq)?,
+            format: if self.kernel.module == ModuleKind::AdaFp8 {
+                VFormat::E4m3
+            } else {
+                VFormat::Int8
+            },
             mean: download::<f32>(rt, self.scratch.at(r.mean), heads * hd)?,
             scale: download::<f32>(rt, self.scratch.at(r.scale), heads * 2 * hd)?,
             batch: p.batch,

@@ -4,7 +4,7 @@
 //!
 //! [`Runtime`]: super::runtime::Runtime
 
-use super::kernels::{PTX_HOPPER, PTX_PORTABLE};
+use super::kernels::{PTX_ADA_FP8, PTX_HOPPER, PTX_PORTABLE};
 use crate::types::error::{CudaResultExt, Error, Result};
 use cudarc::driver::{result as cu_result, sys, CudaContext, CudaStream, DeviceRepr};
 use std::ffi::{c_void, CString};
@@ -32,14 +32,17 @@ pub enum ModuleKind {
     Portable,
     /// Built for `sm_90a`; runs on compute capability 9.0 only.
     Hopper,
+    /// Built for `sm_89` (the FP8 P·V); runs on compute capability 8.9 and newer.
+    AdaFp8,
 }
 
 impl ModuleKind {
-    /// `"portable"` or `"hopper"`.
+    /// `"portable"`, `"hopper"` or `"ada-fp8"`.
     pub const fn name(self) -> &'static str {
         match self {
             ModuleKind::Portable => "portable",
             ModuleKind::Hopper => "hopper",
+            ModuleKind::AdaFp8 => "ada-fp8",
         }
     }
 
@@ -47,6 +50,7 @@ impl ModuleKind {
         match self {
             ModuleKind::Portable => PTX_PORTABLE,
             ModuleKind::Hopper => PTX_HOPPER,
+            ModuleKind::AdaFp8 => PTX_ADA_FP8,
         }
     }
 
@@ -54,12 +58,13 @@ impl ModuleKind {
         match self {
             ModuleKind::Portable => 0,
             ModuleKind::Hopper => 1,
+            ModuleKind::AdaFp8 => 2,
         }
     }
 
     /// The module's PTX as a C string, once the checks that need no driver call pass: the device
-    /// can run it (the Hopper module needs compute capability 9.0 exactly; the portable module's
-    /// sm_80 check is the runtime's) and the build embeds it.
+    /// can run it (the Hopper module needs compute capability 9.0 exactly, the FP8 module 8.9 or
+    /// newer; the portable module's sm_80 check is the runtime's) and the build embeds it.
     pub(super) fn image(self, (major, minor): (i32, i32)) -> Result<CString> {
         let unavailable = |reason: String| Error::ModuleUnavailable {
             module: self.name(),
@@ -69,6 +74,12 @@ impl ModuleKind {
             return Err(unavailable(format!(
                 "it is built for sm_90a and needs compute capability 9.0, the device has \
                  {major}.{minor}"
+            )));
+        }
+        if self == ModuleKind::AdaFp8 && (major, minor) < (8, 9) {
+            return Err(unavailable(format!(
+                "it is built for sm_89 (mma.sync e4m3) and needs compute capability 8.9 or newer, \
+                 the device has {major}.{minor}"
             )));
         }
         let ptx = self.ptx();

@@ -89,8 +89,8 @@ struct Inner {
     l2_bytes: u64,
     /// Streaming multiprocessors (queried once: the preparation plan reads it on every call).
     sm_count: u32,
-    modules: [Mutex<Option<Arc<Module>>>; 2],
-    kernels: [Mutex<HashMap<String, Kernel>>; 2],
+    modules: [Mutex<Option<Arc<Module>>>; 3],
+    kernels: [Mutex<HashMap<String, Kernel>>; 3],
     /// The worker streams (see the module docs), created on first use. The lock is held from a
     /// fork to its join, so concurrent varlen calls on one runtime take turns enqueueing.
     workers: Mutex<Workers>,

@@ -21,7 +21,8 @@ pub struct SelectedKernel {
     pub name: &'static str,
     /// Whether P·V accumulates in f32 (always on the Hopper kernel).
     pub pv_f32: bool,
-    /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ).
+    /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ; or
+    /// [`PvPrecision::Fp8`], `module` [`ModuleKind::AdaFp8`]: an e4m3 Vᵀ of the same layout).
     pub pv8: bool,
     /// Whether it applies the causal mask.
     pub causal: bool,
@@ -52,6 +53,12 @@ impl SelectedKernel {
 /// tools call it.
 pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<SelectedKernel> {
     let portable_dim = portable_kernel_head_dim(head_dim)?;
+    if opts.pv_precision == PvPrecision::Fp8 {
+        if rt.compute_capability() < FP8_MIN_CC {
+            return None;
+        }
+        return fp8_kernel(head_dim, opts.causal, opts.pv_accum == PvAccum::F16);
+    }
     let pv8 = opts.pv_precision == PvPrecision::Int8;
     if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
         if let Some(kernel_dim) = hopper_kernel_head_dim(head_dim, pv8) {
@@ -129,6 +136,53 @@ pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKern
     })
 }
 
+/// The oldest compute capability with e4m3 `mma.sync` (Ada).
+pub const FP8_MIN_CC: (i32, i32) = (8, 9);
+
+/// The FP8 P·V kernel (`kernels-gpu/src/attention_pv8/` with e4m3 P and Vᵀ, the sm_89 module) for
+/// `head_dim`, the mask and the accumulator of each tile's product: what [`PvPrecision::Fp8`]
+/// runs on a device of compute capability [`FP8_MIN_CC`] or newer, with either [`Backend`]. The
+/// same head_dims and zero-padding as [`portable_pv8_kernel`] (the same kernel, CTA and V layout).
+pub fn fp8_kernel(head_dim: usize, causal: bool, f16_accum: bool) -> Option<SelectedKernel> {
+    let int8 = portable_pv8_kernel(head_dim, causal)?;
+    Some(SelectedKernel {
+        module: ModuleKind::AdaFp8,
+        name: fp8_attention_kernel_name(int8.head_dim, causal, f16_accum)?,
+        pv_f32: !f16_accum,
+        ..int8
+    })
+}
+
+/// The FP8 P·V entry compiled for this head_dim, mask and accumulator (stamped from
+/// `for_each_fp8_attention_variant!`, as the device crate's entries).
+pub fn fp8_attention_kernel_name(
+    head_dim: usize,
+    causal: bool,
+    f16_accum: bool,
+) -> Option<&'static str> {
+    macro_rules! find {
+        ($name:literal, $hd:literal, $causal:literal, $f16acc:literal) => {
+            if head_dim == $hd && causal == $causal && f16_accum == $f16acc {
+                return Some($name);
+            }
+        };
+    }
+    crate::for_each_fp8_attention_variant!(find);
+    None
+}
+
+/// Every entry of the FP8 module's attention kernels, for resource checks.
+pub fn fp8_attention_kernel_names() -> Vec<&'static str> {
+    let mut v = Vec::new();
+    macro_rules! push {
+        ($name:literal, $hd:literal, $causal:literal, $f16acc:literal) => {
+            v.push($name);
+        };
+    }
+    crate::for_each_fp8_attention_variant!(push);
+    v
+}
+
 /// The portable 8-bit P·V entry compiled for this head_dim and mask (stamped from
 /// `for_each_pv8_attention_variant!`, as the device crate's entries).
 pub fn pv8_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'static str> {
@@ -185,12 +239,20 @@ pub(crate) fn select(rt: &Runtime, p: &Problem, opts: &Options) -> Result<Select
     // Every supported head_dim has an f16 P·V kernel; the 8-bit P·V exists for multiples of 16
     // (up to 256, on both 8-bit kernels).
     selected_kernel(rt, p.head_dim, opts).ok_or_else(|| Error::PvPrecisionUnavailable {
-        precision: match opts.pv_precision {
-            PvPrecision::F16 => "F16",
-            PvPrecision::Int8 => "Int8",
+        precision: opts.pv_precision.name(),
+        reason: match (opts.pv_precision, rt.compute_capability()) {
+            (PvPrecision::Fp8, cc) if cc < FP8_MIN_CC => fp8_device_reason(cc),
+            _ => int8_head_dim_reason(p.head_dim),
         },
-        reason: int8_head_dim_reason(p.head_dim),
     })
+}
+
+/// Why the FP8 P·V has no kernel on a device of compute capability `cc`.
+fn fp8_device_reason((major, minor): (i32, i32)) -> String {
+    format!(
+        "the FP8 P·V (mma.sync e4m3) needs compute capability 8.9 or newer (Ada, Hopper); the \
+         device has {major}.{minor}: use PvPrecision::Int8 (same speed class, more accurate)"
+    )
 }
 
 /// Why the 8-bit P·V has no kernel for `head_dim` (a supported one: both 8-bit kernels go up to
@@ -269,6 +331,36 @@ mod tests {
                 "{d}"
             );
         }
+    }
+
+    #[test]
+    fn fp8_kernels_take_the_8bit_sizes_in_the_sm89_module() {
+        for d in SUPPORTED_HEAD_DIMS {
+            for causal in [false, true] {
+                for f16_accum in [false, true] {
+                    let int8 = portable_pv8_kernel(d, causal);
+                    let fp8 = fp8_kernel(d, causal, f16_accum);
+                    assert_eq!(int8.map(|k| k.head_dim), fp8.map(|k| k.head_dim), "{d}");
+                    let Some(k) = fp8 else { continue };
+                    let mask = if causal { "causal" } else { "full" };
+                    let acc = if f16_accum { "f16acc" } else { "f32acc" };
+                    assert_eq!(
+                        k.name,
+                        format!("sage_attn_fp8_hd{}_{mask}_{acc}", k.head_dim)
+                    );
+                    assert_eq!(
+                        (k.module, k.pv8, k.pv_f32, k.causal),
+                        (ModuleKind::AdaFp8, true, !f16_accum, causal)
+                    );
+                }
+            }
+        }
+        let names = fp8_attention_kernel_names();
+        assert_eq!(names.len(), 16);
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        assert!(fp8_device_reason((8, 6)).contains("8.9 or newer"));
+        assert!(fp8_device_reason((8, 6)).contains("8.6"));
     }
 
     #[test]

@@ -394,9 +394,17 @@ pub(crate) fn enqueue_prepare(
         fold_v8: u32::from(plan.fold_v8),
         _pad: 0,
     };
+    // The FP8 module's preparation kernel is the portable one but for its 8-bit V job, which
+    // writes the e4m3 Vᵀ (kernels-gpu/src/v8.rs).
+    let prep_module = if kernel.module == ModuleKind::AdaFp8 {
+        ModuleKind::AdaFp8
+    } else {
+        ModuleKind::Portable
+    };
     if plan.k_head > 0 {
-        launch(
+        launch_in(
             rt,
+            prep_module,
             names::PREPARE_K_HEAD,
             (plan.k_head as u32, 1, 1),
             k_head_threads(p.head_dim) as u32,
@@ -406,8 +414,9 @@ pub(crate) fn enqueue_prepare(
     }
     for launch_spec in &plan.launches {
         params.ends = launch_spec.ends()?;
-        launch(
+        launch_in(
             rt,
+            prep_module,
             names::PREPARE,
             (launch_spec.grid() as u32, 1, 1),
             launch_spec.threads as u32,
@@ -561,8 +570,8 @@ pub(crate) fn enqueue_attend(
         };
     } else {
         let (rows, threads, smem) = if kernel.pv8 {
-            // The portable 8-bit P·V kernel (`attention_pv8/`): 128-row CTAs of 8 warps, 64-row
-            // CTAs of 4 above head_dim 128.
+            // The 8-bit P·V kernel (`attention_pv8/`, INT8 or FP8): 128-row CTAs of 8 warps,
+            // 64-row CTAs of 4 above head_dim 128.
             (pv8_cta_q(hd), pv8_threads(hd), pv8_smem_bytes(hd))
         } else {
             (
@@ -576,7 +585,15 @@ pub(crate) fn enqueue_attend(
             p.q_heads as u32,
             p.batch as u32,
         );
-        launch(rt, kernel.name, grid, threads as u32, smem as u32, &params)?;
+        launch_in(
+            rt,
+            kernel.module,
+            kernel.name,
+            grid,
+            threads as u32,
+            smem as u32,
+            &params,
+        )?;
     }
     if l.o_pad.is_some() {
         let copy = ColumnCopyParams {
@@ -618,7 +635,21 @@ pub(crate) fn launch<P: DeviceRepr>(
     smem: u32,
     params: &P,
 ) -> Result<()> {
-    let kernel = rt.function(ModuleKind::Portable, name)?;
+    launch_in(rt, ModuleKind::Portable, name, grid, threads, smem, params)
+}
+
+/// [`launch`] for a kernel of module `module` (the FP8 module shares the portable kernels'
+/// parameter structs).
+pub(crate) fn launch_in<P: DeviceRepr>(
+    rt: &Runtime,
+    module: ModuleKind,
+    name: &str,
+    grid: (u32, u32, u32),
+    threads: u32,
+    smem: u32,
+    params: &P,
+) -> Result<()> {
+    let kernel = rt.function(module, name)?;
     // SAFETY: `params` is the struct the named kernel takes (both sides include params.rs); every
     // pointer in it was validated (inputs/outputs) or allocated (scratch) for the extents the
     // kernel accesses with this grid, and the callers keep their access guards alive until this

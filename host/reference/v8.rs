@@ -7,19 +7,62 @@
 //! `inv = 127 / amax` (0 when amax is 0), and `q = clamp(round_ties_even((v - mean) · inv), -127,
 //! 127)`. The GPU stores q transposed (keys contiguous) and key-permuted within 16-key groups
 //! ([`v8_key_slot`]); [`QuantizedV8::value`] undoes that.
+//!
+//! The FP8 P·V ([`VFormat::E4m3`], the sm_89 module's preparation) is the same but for the scale
+//! bound and the rounding: `scale = amax / V_FP8_MAX`, `inv = V_FP8_MAX / amax`, and
+//! `q = e4m3((v - mean) · inv)` (round to nearest even, saturating: `float8::F8E4M3::from_f32`,
+//! the semantics of `cvt.rn.satfinite.e4m3x2.f32`), stored as its bit pattern.
 
 use rayon::prelude::*;
 
 use super::host_tensor::HostTensor;
 use super::quant_ref::{lane_tree_sum, nan_propagating_max, round_to_int8, INT8_MAX};
-use crate::device_config::{padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, V8_TILE};
+use crate::device_config::{padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, V8_TILE, V_FP8_MAX};
+use float8::F8E4M3;
+
+/// The element format of the 8-bit Vᵀ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VFormat {
+    /// INT8, `|q| ≤ 127` ([`PvPrecision::Int8`](crate::PvPrecision)).
+    Int8,
+    /// e4m3 bit patterns, `|q| ≤ V_FP8_MAX` ([`PvPrecision::Fp8`](crate::PvPrecision)).
+    E4m3,
+}
+
+impl VFormat {
+    /// The largest |V − mean| after scaling.
+    pub fn max(self) -> f32 {
+        match self {
+            VFormat::Int8 => INT8_MAX,
+            VFormat::E4m3 => V_FP8_MAX,
+        }
+    }
+
+    /// One smoothed, scaled value as the stored byte.
+    pub fn encode(self, x: f32) -> i8 {
+        match self {
+            VFormat::Int8 => round_to_int8(x),
+            VFormat::E4m3 => F8E4M3::from_f32(x).to_bits() as i8,
+        }
+    }
+
+    /// The value a stored byte stands for.
+    pub fn decode(self, q: i8) -> f32 {
+        match self {
+            VFormat::Int8 => f32::from(q),
+            VFormat::E4m3 => F8E4M3::from_bits(q as u8).to_f32(),
+        }
+    }
+}
 
 /// V as the 8-bit P·V kernels read it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedV8 {
     /// Vᵀ `[batch][heads][out_head_dim][padded_seq]`, keys in slot order; zero past `seq` and
-    /// past `head_dim`.
+    /// past `head_dim`. INT8 values, or e4m3 bit patterns for [`VFormat::E4m3`].
     pub data: Vec<i8>,
+    /// What `data` holds.
+    pub format: VFormat,
     /// Per-channel mean `[batch][heads][out_head_dim]` (0 past `head_dim`).
     pub mean: Vec<f32>,
     /// `[batch][heads][2][out_head_dim]`: the dequantization scale, then its inverse.
@@ -46,6 +89,11 @@ impl QuantizedV8 {
             [((b * self.heads + h) * self.out_head_dim + c) * self.padded_seq + v8_key_slot(key)]
     }
 
+    /// [`Self::value`] as the number it stands for (in units of the channel's scale).
+    pub fn value_f64(&self, b: usize, h: usize, key: usize, c: usize) -> f64 {
+        f64::from(self.format.decode(self.value(b, h, key, c)))
+    }
+
     /// The mean smoothing subtracted from channel `c`.
     pub fn mean_of(&self, b: usize, h: usize, c: usize) -> f32 {
         self.mean[(b * self.heads + h) * self.out_head_dim + c]
@@ -63,6 +111,14 @@ impl QuantizedV8 {
 /// # Panics
 /// If `out_head_dim < head_dim`.
 pub fn quantize_v8(v: &HostTensor, out_head_dim: usize) -> QuantizedV8 {
+    quantize_v8_as(v, out_head_dim, VFormat::Int8)
+}
+
+/// [`quantize_v8`] in either format: the e4m3 Vᵀ of the FP8 P·V with [`VFormat::E4m3`].
+///
+/// # Panics
+/// If `out_head_dim < head_dim`.
+pub fn quantize_v8_as(v: &HostTensor, out_head_dim: usize, format: VFormat) -> QuantizedV8 {
     let [batch, heads, seq, head_dim] = v.shape;
     assert!(
         out_head_dim >= head_dim,
@@ -92,18 +148,20 @@ pub fn quantize_v8(v: &HostTensor, out_head_dim: usize) -> QuantizedV8 {
                 }
                 let m = total / seq as f32;
                 let amax = nan_propagating_max(max - m, m - min);
-                let inv = if amax == 0.0 { 0.0 } else { INT8_MAX / amax };
+                let v_max = format.max();
+                let inv = if amax == 0.0 { 0.0 } else { v_max / amax };
                 head_mean[c] = m;
-                head_scale[c] = amax / INT8_MAX;
+                head_scale[c] = amax / v_max;
                 head_scale[out_head_dim + c] = inv;
                 let row = &mut head_data[c * padded_seq..(c + 1) * padded_seq];
                 for s in 0..seq {
-                    row[v8_key_slot(s)] = round_to_int8((v.get(b, h, s, c) - m) * inv);
+                    row[v8_key_slot(s)] = format.encode((v.get(b, h, s, c) - m) * inv);
                 }
             }
         });
     QuantizedV8 {
         data,
+        format,
         mean,
         scale,
         batch,

@@ -36,6 +36,29 @@ pub enum PvPrecision {
     /// [`Backend::Portable`]; both compute the same thing (one CPU emulation). head_dim a
     /// multiple of 16 up to 256; others return [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
+    /// FP8 P·V, the SageAttention2/2++ algorithm of the RTX 4090: as [`PvPrecision::Int8`]
+    /// (INT8 Q·Kᵀ, per-tile P, V smoothed by its per-channel mean, two-level accumulation) but
+    /// with P and V in e4m3 (`mma.sync m16n8k32 e4m3·e4m3`, the sm_89 module). P is scaled to
+    /// 448 per tile, V per channel to ±1 (so that an f16 accumulator cannot overflow).
+    /// [`PvAccum`] picks the accumulator of each key tile's product: [`PvAccum::F16`] (the
+    /// default; twice the f32 rate on GeForce Ada) or [`PvAccum::F32`]. **Less accurate than
+    /// `Int8`:** e4m3 keeps 3 mantissa bits against u8/s8's 8/7 bits, and on N(0,1) inputs the
+    /// CPU emulation gives rel L1 ≈ 0.03–0.04 against exact attention (docs/perf-notes.md, "FP8
+    /// P·V on Ada"), above the 0.020 that `Int8` meets; use it where that speed matters more.
+    /// Runs on compute capability 8.9 and newer (Ada; Hopper, with either [`Backend`]); older
+    /// devices get [`Error::PvPrecisionUnavailable`](crate::Error). head_dim as `Int8`.
+    Fp8,
+}
+
+impl PvPrecision {
+    /// The variant's name, as errors and the CLI print it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PvPrecision::F16 => "F16",
+            PvPrecision::Int8 => "Int8",
+            PvPrecision::Fp8 => "Fp8",
+        }
+    }
 }
 
 /// Which attention kernel runs.
@@ -65,7 +88,8 @@ pub struct Options {
     pub sm_scale: Option<f32>,
     /// Memory layout of the output [`sageattn`](crate::sageattn) allocates.
     pub layout: Layout,
-    /// P·V accumulation (of the f16 P·V; the 8-bit one always accumulates exactly per tile).
+    /// P·V accumulation (of the f16 and the FP8 P·V; the INT8 one always accumulates exactly per
+    /// tile).
     pub pv_accum: PvAccum,
     /// P·V precision (default f16).
     pub pv_precision: PvPrecision,

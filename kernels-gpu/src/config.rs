@@ -184,6 +184,16 @@ pub const V8_CHUNKS_PER_THREAD: usize = 4;
 pub const V8_TILE_ROW_PAD: usize = 16;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;
+/// The largest P after its per-tile scaling on the FP8 P·V (e4m3 × e4m3, `PvPrecision::Fp8`):
+/// e4m3's largest finite value, so that P uses the whole format (its smallest probabilities stay
+/// out of the subnormals down to `2^-6 / 448`).
+pub const P_FP8_MAX: f32 = 448.0;
+/// The largest |V − mean| of a channel after its FP8 scaling. With an f16 accumulator, one key
+/// tile's `Σ P·V` is at most `keys · P_FP8_MAX · V_FP8_MAX` = 128 · 448 · 1 = 57344 < 65504 (the
+/// f16 maximum), so no tile can overflow whatever the data; a power of two, so the e4m3 rounding
+/// of V is the same relative rounding as at any other scale (only values below `2^-6` of the
+/// channel's range become subnormal).
+pub const V_FP8_MAX: f32 = 1.0;
 /// Keys per tile of the 8-bit P·V up to head_dim 128: the u8 P is scaled to each tile's row
 /// maximum (tiles start at key 0), and each tile's s32 product is folded into the f32 output once.
 /// The key tile of the portable and the sm_90a 8-bit kernels (two 64-key K blocks); see
@@ -355,6 +365,31 @@ macro_rules! for_each_pv8_attention_variant {
         $m!("sage_attn_pv8_hd128_causal", 128, true);
         $m!("sage_attn_pv8_hd256_full", 256, false);
         $m!("sage_attn_pv8_hd256_causal", 256, true);
+    };
+}
+
+/// Calls `$m!(name, head_dim, causal, f16_accum)` once per entry of the FP8 P·V kernel
+/// (`attention_pv8/` with e4m3 P and Vᵀ, mma.sync m16n8k32 e4m3·e4m3, the sm_89 module: Ada and
+/// Hopper). The device crate stamps the entries from it and the host builds its name table from it.
+#[macro_export]
+macro_rules! for_each_fp8_attention_variant {
+    ($m:ident) => {
+        $m!("sage_attn_fp8_hd64_full_f32acc", 64, false, false);
+        $m!("sage_attn_fp8_hd64_causal_f32acc", 64, true, false);
+        $m!("sage_attn_fp8_hd64_full_f16acc", 64, false, true);
+        $m!("sage_attn_fp8_hd64_causal_f16acc", 64, true, true);
+        $m!("sage_attn_fp8_hd96_full_f32acc", 96, false, false);
+        $m!("sage_attn_fp8_hd96_causal_f32acc", 96, true, false);
+        $m!("sage_attn_fp8_hd96_full_f16acc", 96, false, true);
+        $m!("sage_attn_fp8_hd96_causal_f16acc", 96, true, true);
+        $m!("sage_attn_fp8_hd128_full_f32acc", 128, false, false);
+        $m!("sage_attn_fp8_hd128_causal_f32acc", 128, true, false);
+        $m!("sage_attn_fp8_hd128_full_f16acc", 128, false, true);
+        $m!("sage_attn_fp8_hd128_causal_f16acc", 128, true, true);
+        $m!("sage_attn_fp8_hd256_full_f32acc", 256, false, false);
+        $m!("sage_attn_fp8_hd256_causal_f32acc", 256, true, false);
+        $m!("sage_attn_fp8_hd256_full_f16acc", 256, false, true);
+        $m!("sage_attn_fp8_hd256_causal_f16acc", 256, true, true);
     };
 }
 

@@ -6,11 +6,19 @@
 //! `v8` (its jobs: smoothing, INT8 quantization, the 8-bit V) → `frag` / `tile` (named fragments
 //! and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only place with
 //! `asm!`).
+//!
+//! Three modules are built from this crate (root `build.rs`): the portable one (sm_80, no
+//! feature), the Hopper one (sm_90a, feature `hopper`) and the FP8 one (sm_89, feature
+//! `ada_fp8`: the 8-bit P·V kernel with e4m3 P and Vᵀ, and the preparation kernel, whose 8-bit V
+//! job writes e4m3 there; Ada and Hopper).
 #![no_std]
 #![feature(abi_ptx, stdarch_nvptx, asm_experimental_arch, link_llvm_intrinsics)]
 #![allow(clippy::missing_safety_doc)]
 // `link_llvm_intrinsics` (internal) gives `ptx` the convergent barrier intrinsics.
 #![allow(internal_features)]
+// The sm_89 module compiles the shared fragment, packing and tile code for the FP8 kernels only,
+// which leave parts of it (the INT8 and f16 P·V helpers) unused there.
+#![cfg_attr(feature = "ada_fp8", allow(dead_code))]
 
 mod acc_layout;
 pub mod config;
@@ -22,7 +30,7 @@ mod softmax16;
 mod store;
 mod unroll;
 
-#[cfg(not(feature = "hopper"))]
+#[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
 mod attention;
 #[cfg(not(feature = "hopper"))]
 mod attention_pv8;
@@ -32,7 +40,7 @@ mod frag;
 mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
-#[cfg(not(feature = "hopper"))]
+#[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
 mod selftest;
 #[cfg(not(feature = "hopper"))]
 mod tile;

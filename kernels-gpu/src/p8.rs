@@ -29,6 +29,29 @@ pub(crate) fn pack_bytes(a: u32, b: u32, c: u32, d: u32) -> u32 {
 /// `NK / 4` k-steps (2 for a 64-key tile, 4 for 128); the rest are zero.
 #[inline(always)]
 pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
+    pack_probs::<NK>(
+        s,
+        #[inline(always)]
+        |a, b, c, d| {
+            pack_bytes(
+                p_to_u8_bits(a),
+                p_to_u8_bits(b),
+                p_to_u8_bits(c),
+                p_to_u8_bits(d),
+            )
+        },
+    )
+}
+
+/// [`pack_probs_u8`]'s fragment layout with any byte format: `pack(a, b, c, d)` turns four
+/// probabilities into one word, `a` in the lowest byte. The 8-bit formats share this layout (the
+/// mma.sync m16n8k32 A fragment is the same for u8, s8 and e4m3), so the prepared Vᵀ's key order
+/// serves all of them.
+#[inline(always)]
+pub(crate) fn pack_probs<const NK: usize>(
+    s: &[[f32; 4]; NK],
+    pack: impl Fn(f32, f32, f32, f32) -> u32,
+) -> [[u32; 4]; 4] {
     let mut probs = [[0u32; 4]; 4];
     unroll::<4>(
         #[inline(always)]
@@ -36,12 +59,12 @@ pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4
             if 4 * kk >= NK {
                 return;
             }
-            let u = |j: usize, e: usize| p_to_u8_bits(s[4 * kk + j][e]);
+            let p = |j: usize| s[4 * kk + j];
             probs[kk] = [
-                pack_bytes(u(0, 0), u(0, 1), u(1, 0), u(1, 1)),
-                pack_bytes(u(0, 2), u(0, 3), u(1, 2), u(1, 3)),
-                pack_bytes(u(2, 0), u(2, 1), u(3, 0), u(3, 1)),
-                pack_bytes(u(2, 2), u(2, 3), u(3, 2), u(3, 3)),
+                pack(p(0)[0], p(0)[1], p(1)[0], p(1)[1]),
+                pack(p(0)[2], p(0)[3], p(1)[2], p(1)[3]),
+                pack(p(2)[0], p(2)[1], p(3)[0], p(3)[1]),
+                pack(p(2)[2], p(2)[3], p(3)[2], p(3)[3]),
             ];
         },
     );

@@ -519,6 +519,41 @@ pub fn mma_f16_m16n8k16_f16(d: &mut [u32; 2], a: [u32; 4], b: [u32; 2]) {
     }
 }
 
+/// `D += A·B`, m16n8k32, e4m3·e4m3 → f32 (the FP8 P·V: e4m3 P, e4m3 Vᵀ; PTX ISA 8.7, sm_89+, so
+/// only in the sm_89 module). Fragment layouts as [`mma_s8_m16n8k32`], one e4m3 per byte.
+#[cfg(feature = "ada_fp8")]
+#[inline(always)]
+pub fn mma_e4m3_m16n8k32_f32(d: &mut [f32; 4], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 {{{0}, {1}, {2}, {3}}}, {{{4}, {5}, {6}, {7}}}, {{{8}, {9}}}, {{{0}, {1}, {2}, {3}}};",
+            inout(reg32) d[0], inout(reg32) d[1], inout(reg32) d[2], inout(reg32) d[3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
+/// `D += A·B`, m16n8k32, e4m3·e4m3 → f16 (f16 accumulator: twice the f32 form's rate on GeForce
+/// Ada). Operands as [`mma_e4m3_m16n8k32_f32`]; D: d0 = f16x2 (row g, cols 2t,2t+1), d1 = (row
+/// g+8, ...), as [`mma_f16_m16n8k16_f16`].
+#[cfg(feature = "ada_fp8")]
+#[inline(always)]
+pub fn mma_e4m3_m16n8k32_f16(d: &mut [u32; 2], a: [u32; 4], b: [u32; 2]) {
+    // SAFETY: register-only warp-collective op; every lane of the warp executes it together.
+    unsafe {
+        asm!(
+            "mma.sync.aligned.m16n8k32.row.col.f16.e4m3.e4m3.f16 {{{0}, {1}}}, {{{2}, {3}, {4}, {5}}}, {{{6}, {7}}}, {{{0}, {1}}};",
+            inout(reg32) d[0], inout(reg32) d[1],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg32) b[0], in(reg32) b[1],
+            options(nomem, nostack)
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Warp shuffles
 // ---------------------------------------------------------------------------------------------
@@ -682,6 +717,38 @@ pub fn cvt_rni_sat_s8(x: f32) -> i32 {
         );
     }
     r as i32
+}
+
+/// Four f32 as e4m3 bytes (round to nearest even, saturating to ±448; NaN stays NaN), `a` in the
+/// lowest byte. sm_89+ (`cvt … e4m3x2` puts its first source in the upper byte).
+#[cfg(feature = "ada_fp8")]
+#[inline(always)]
+pub fn pack_e4m3x4(a: f32, b: f32, c: f32, d: f32) -> u32 {
+    let r: u32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "{{ .reg .b16 e4lo, e4hi; cvt.rn.satfinite.e4m3x2.f32 e4lo, {2}, {1}; cvt.rn.satfinite.e4m3x2.f32 e4hi, {4}, {3}; mov.b32 {0}, {{e4lo, e4hi}}; }}",
+            out(reg32) r, in(reg32) a, in(reg32) b, in(reg32) c, in(reg32) d,
+            options(pure, nomem, nostack)
+        );
+    }
+    r
+}
+
+/// One f32 as an e4m3 byte (as [`pack_e4m3x4`]), in the low 8 bits.
+#[cfg(feature = "ada_fp8")]
+#[inline(always)]
+pub fn cvt_e4m3(x: f32) -> u32 {
+    let r: u16;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "{{ .reg .f32 e4z; mov.f32 e4z, 0f00000000; cvt.rn.satfinite.e4m3x2.f32 {0}, e4z, {1}; }}",
+            out(reg16) r, in(reg32) x, options(pure, nomem, nostack)
+        );
+    }
+    u32::from(r) & 0xff
 }
 
 /// One f16 (raw bits) as f32 (exact).

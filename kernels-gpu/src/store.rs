@@ -2,7 +2,6 @@
 //! output pair in the output dtype, the 8-bit P·V's undoing of its V scalings, and the LSE. Shared
 //! by the portable f16 and 8-bit kernels and the sm_90a kernel.
 
-use crate::config::P8_MAX;
 use crate::params::AttnParams;
 use crate::ptx;
 
@@ -23,6 +22,7 @@ pub(crate) fn pack_out(p: &AttnParams, a: f32, b: f32) -> u32 {
 ///
 /// # Safety
 /// `v_scale` / `v_mean` point at this kv head's scales and mean, `col + 1` inside them.
+#[cfg(feature = "hopper")]
 #[inline(always)]
 pub(crate) unsafe fn unsmooth_v8(
     v_scale: u64,
@@ -30,6 +30,24 @@ pub(crate) unsafe fn unsmooth_v8(
     col: u32,
     a: f32,
     b: f32,
+) -> (f32, f32) {
+    // SAFETY: the caller's contract.
+    unsafe { unsmooth_v8_scaled(v_scale, v_mean, col, a, b, 1.0 / crate::config::P8_MAX) }
+}
+
+/// [`unsmooth_v8`] with O in units of `1 / inv_p_max` (the FP8 P·V's P is scaled to
+/// `config::P_FP8_MAX`, not `P8_MAX`).
+///
+/// # Safety
+/// As [`unsmooth_v8`].
+#[inline(always)]
+pub(crate) unsafe fn unsmooth_v8_scaled(
+    v_scale: u64,
+    v_mean: u64,
+    col: u32,
+    a: f32,
+    b: f32,
+    inv_p_max: f32,
 ) -> (f32, f32) {
     let at = 4 * col as u64;
     // SAFETY: the caller's contract.
@@ -42,8 +60,8 @@ pub(crate) unsafe fn unsmooth_v8(
         )
     };
     (
-        ptx::fma(a, sa * (1.0 / P8_MAX), ma),
-        ptx::fma(b, sb * (1.0 / P8_MAX), mb),
+        ptx::fma(a, sa * inv_p_max, ma),
+        ptx::fma(b, sb * inv_p_max, mb),
     )
 }
 

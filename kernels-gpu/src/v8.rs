@@ -16,6 +16,27 @@ use crate::ptx;
 use crate::quant::load8;
 use crate::unroll::unroll;
 
+/// The largest |V − mean| after the per-channel scaling: 127 for the INT8 Vᵀ; in the sm_89 module
+/// (`ada_fp8`), whose preparation writes the e4m3 Vᵀ of the FP8 P·V, `config::V_FP8_MAX`.
+#[cfg(not(feature = "ada_fp8"))]
+const V_MAX: f32 = 127.0;
+#[cfg(feature = "ada_fp8")]
+const V_MAX: f32 = crate::config::V_FP8_MAX;
+
+/// One smoothed, scaled V value as the byte the Vᵀ stores: INT8 (`round_ties_even`, clamped to
+/// ±127) in the portable module, e4m3 (`cvt.rn.satfinite`) in the sm_89 one.
+#[inline(always)]
+fn v_byte(x: f32) -> u32 {
+    #[cfg(not(feature = "ada_fp8"))]
+    {
+        (ptx::cvt_rni_sat_s8(x).max(-127) as u32) & 0xff
+    }
+    #[cfg(feature = "ada_fp8")]
+    {
+        ptx::cvt_e4m3(x)
+    }
+}
+
 /// `max.NaN` and its mirror: NaN anywhere makes the result NaN.
 #[inline(always)]
 fn min_nan(a: f32, b: f32) -> f32 {
@@ -102,7 +123,7 @@ pub(crate) unsafe fn stats(p: &V8Params, segment: u32, head: u32, batch: u32) {
 
 /// Step 2 for one channel `c < head_dim` of head `bh` (`batch * heads + head`): `mean = (Σ segment
 /// sums, in order) / seq`, `amax = max(max - mean, mean - min)` (the largest |v - mean|),
-/// `scale = amax / 127`, `inv = 127 / amax` (0 when amax is 0). Returns (mean, scale, inv). The one
+/// `scale = amax / V_MAX`, `inv = V_MAX / amax` (0 when amax is 0; `V_MAX` = 127, or 1 for e4m3). Returns (mean, scale, inv). The one
 /// implementation of that order: the `V8_FINALIZE` job and the quantization CTAs that fold it in
 /// call it.
 ///
@@ -158,8 +179,8 @@ unsafe fn channel_scale(p: &V8Params, bh: u64, c: u64) -> (f32, f32, f32) {
     }
     let mean = total / p.seq as f32;
     let amax = ptx::max_nan(max - mean, mean - min);
-    let inv = if amax == 0.0 { 0.0 } else { 127.0 / amax };
-    (mean, amax / 127.0, inv)
+    let inv = if amax == 0.0 { 0.0 } else { V_MAX / amax };
+    (mean, amax / V_MAX, inv)
 }
 
 /// Channel `c < out_head_dim` of head `bh`: [`channel_scale`] for `c < head_dim`, zeros past it.
@@ -325,8 +346,7 @@ pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, ba
                         } else {
                             ptx::f16_to_f32(x)
                         };
-                        q[v8_key_slot(r)] =
-                            (ptx::cvt_rni_sat_s8((x - m) * k).max(-127) as u32) & 0xff;
+                        q[v8_key_slot(r)] = v_byte((x - m) * k);
                     }
                 },
             );

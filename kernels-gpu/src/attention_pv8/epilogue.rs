@@ -8,7 +8,8 @@ use crate::frag::{acc_col, acc_row};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;
-use crate::store::{pack_out, store_lse, unsmooth_v8};
+use super::format::PvFormat;
+use crate::store::{pack_out, store_lse, unsmooth_v8_scaled};
 use crate::unroll::unroll;
 
 /// Writes this warp's 16 rows of O (and the LSE when requested): the first `p.head_dim` of the
@@ -20,7 +21,7 @@ use crate::unroll::unroll;
 /// the given strides, `p.head_dim <= HD` a multiple of 8; `p.v_scale` / `p.v_mean` hold
 /// `[batch][kv_heads][2][HD]` / `[batch][kv_heads][HD]` f32.
 #[inline(always)]
-pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
+pub(crate) unsafe fn store<F: PvFormat, const HD: usize, const NT: usize>(
     p: &AttnParams,
     geo: &Geometry,
     softmax: &OnlineSoftmax,
@@ -60,7 +61,9 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize>(
                         let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
                         if l != 0.0 {
                             // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
-                            (a, b) = unsafe { unsmooth_v8(v_scale, v_mean, col, a, b) };
+                            (a, b) = unsafe {
+                                unsmooth_v8_scaled(v_scale, v_mean, col, a, b, F::INV_P_MAX)
+                            };
                         }
                         let packed = pack_out(p, a, b);
                         // SAFETY: row < qo_len and col + 1 < p.head_dim: inside the validated

@@ -20,7 +20,7 @@ use crate::config::{
     pv8_v_stage_bytes, K_BLOCK, Q_BLOCK,
 };
 use crate::frag::{self, FragA};
-use crate::p8::pack_probs_u8;
+use super::format::PvFormat;
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::{OnlineSoftmax, TileBounds};
@@ -280,6 +280,7 @@ impl<const HD: usize> Pipeline<HD> {
     /// [`Self::load_q_and_first_tile`].
     #[inline(always)]
     pub unsafe fn step<
+        F: PvFormat,
         const KS: usize,
         const NT: usize,
         const NK: usize,
@@ -304,7 +305,7 @@ impl<const HD: usize> Pipeline<HD> {
         let s = unsafe { self.qk::<KS, NK>(self.k_tile(t), q) };
         let (p, rescale, factor) =
             self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
-        let probs = pack_probs_u8::<NK>(&p);
+        let probs = F::pack::<NK>(&p);
         // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
         // row of the warp moved.
         if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
@@ -319,7 +320,7 @@ impl<const HD: usize> Pipeline<HD> {
             );
         }
         // SAFETY: as for the Q·Kᵀ.
-        unsafe { self.pv::<NT, NK>(self.v_tile(t), &probs, factor, out) };
+        unsafe { self.pv::<F, NT, NK>(self.v_tile(t), &probs, factor, out) };
     }
 
     /// `S = Q·Kᵀ` for this warp's 16 rows and the keys of `k_tile` (`NK` n-tiles of 8 keys).
@@ -392,14 +393,14 @@ impl<const HD: usize> Pipeline<HD> {
         softmax.update_tile::<true, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
     }
 
-    /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh s32 accumulator over the
-    /// tile's `NK / 4` k-steps of 32 keys (exact), then folded into the f32 output. B fragments
+    /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh accumulator of format
+    /// `F` over the tile's `NK / 4` k-steps of 32 keys (s32: exact), then folded into the f32 output. B fragments
     /// are 4-byte runs of Vᵀ rows: `ldmatrix` (no transpose) as for K.
     ///
     /// # Safety
     /// The tile is loaded and visible; the whole warp calls it.
     #[inline(always)]
-    unsafe fn pv<const NT: usize, const NK: usize>(
+    unsafe fn pv<F: PvFormat, const NT: usize, const NK: usize>(
         &self,
         v_tile: Tile,
         probs: &[FragA; 4],
@@ -412,7 +413,7 @@ impl<const HD: usize> Pipeline<HD> {
                 if 8 * g >= NT {
                     return;
                 }
-                let mut acc = [[0i32; 4]; 8];
+                let mut acc = [F::ZERO; 8];
                 unroll::<4>(
                     #[inline(always)]
                     |kk| {
@@ -434,8 +435,8 @@ impl<const HD: usize> Pipeline<HD> {
                                             self.lane,
                                         )
                                     };
-                                    ptx::mma_u8s8_m16n8k32(&mut acc[2 * np], probs[kk], b0);
-                                    ptx::mma_u8s8_m16n8k32(&mut acc[2 * np + 1], probs[kk], b1);
+                                    F::mma(&mut acc[2 * np], probs[kk], b0);
+                                    F::mma(&mut acc[2 * np + 1], probs[kk], b1);
                                 }
                             },
                         );
@@ -445,11 +446,7 @@ impl<const HD: usize> Pipeline<HD> {
                     #[inline(always)]
                     |j| {
                         if 8 * g + j < NT {
-                            let o = &mut out[8 * g + j];
-                            unroll::<4>(
-                                #[inline(always)]
-                                |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
-                            );
+                            F::fold(&acc[j], factor, &mut out[8 * g + j]);
                         }
                     },
                 );

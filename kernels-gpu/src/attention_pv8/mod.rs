@@ -32,12 +32,14 @@
 //! its first `p.head_dim` output columns.
 
 mod epilogue;
+mod format;
 mod mainloop;
 
 use crate::config::{key_tiles, p8_tile, pv8_cta_k, pv8_cta_q, pv8_warps, K_BLOCK, Q_BLOCK};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;
+use format::PvFormat;
 use mainloop::Pipeline;
 
 /// Which rows and key tiles this CTA handles.
@@ -94,6 +96,7 @@ impl Geometry {
 /// `pv8_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
 unsafe fn attention<
+    F: PvFormat,
     const HD: usize,
     const KS: usize,
     const NT: usize,
@@ -120,17 +123,18 @@ unsafe fn attention<
         let q = unsafe { pipe.load_q_and_first_tile::<KS>() };
         for t in 0..geo.n_unmasked {
             // SAFETY: t < n_tiles, in order, by every thread; see `Pipeline::step`.
-            unsafe { pipe.step::<KS, NT, NK, CAUSAL, false>(t, &q, &mut softmax, &mut out) };
+            unsafe { pipe.step::<F, KS, NT, NK, CAUSAL, false>(t, &q, &mut softmax, &mut out) };
         }
         for t in geo.n_unmasked..geo.n_tiles {
             // SAFETY: as above.
-            unsafe { pipe.step::<KS, NT, NK, CAUSAL, true>(t, &q, &mut softmax, &mut out) };
+            unsafe { pipe.step::<F, KS, NT, NK, CAUSAL, true>(t, &q, &mut softmax, &mut out) };
         }
     }
     // SAFETY: the output, LSE, V scale and V mean pointers were validated by the host.
-    unsafe { epilogue::store::<HD, NT>(p, &geo, &softmax, &out) };
+    unsafe { epilogue::store::<F, HD, NT>(p, &geo, &softmax, &out) };
 }
 
+#[cfg(not(feature = "ada_fp8"))]
 macro_rules! pv8_attention_entry {
     ($name:literal, $hd:literal, $causal:literal) => {
         const _: () = {
@@ -139,11 +143,58 @@ macro_rules! pv8_attention_entry {
             pub unsafe extern "ptx-kernel" fn pv8_attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
                 unsafe {
-                    attention::<$hd, { $hd / 32 }, { $hd / 8 }, { p8_tile($hd) / 8 }, $causal>(&p)
+                    attention::<
+                        format::Int8,
+                        $hd,
+                        { $hd / 32 },
+                        { $hd / 8 },
+                        { p8_tile($hd) / 8 },
+                        $causal,
+                    >(&p)
                 }
             }
         };
     };
 }
 
+#[cfg(not(feature = "ada_fp8"))]
 crate::for_each_pv8_attention_variant!(pv8_attention_entry);
+
+/// The FP8 entries (the sm_89 module): the same kernel with e4m3 P and Vᵀ; `$f16acc` picks the
+/// accumulator of one key tile's product.
+#[cfg(feature = "ada_fp8")]
+macro_rules! fp8_attention_entry {
+    ($name:literal, $hd:literal, $causal:literal, $f16acc:literal) => {
+        const _: () = {
+            /// Kernel entry (see the module docs); one per variant.
+            #[unsafe(export_name = $name)]
+            pub unsafe extern "ptx-kernel" fn fp8_attention_entry(p: AttnParams) {
+                // SAFETY: the host launches this entry only with validated parameters.
+                unsafe {
+                    if $f16acc {
+                        attention::<
+                            format::Fp8F16,
+                            $hd,
+                            { $hd / 32 },
+                            { $hd / 8 },
+                            { p8_tile($hd) / 8 },
+                            $causal,
+                        >(&p)
+                    } else {
+                        attention::<
+                            format::Fp8F32,
+                            $hd,
+                            { $hd / 32 },
+                            { $hd / 8 },
+                            { p8_tile($hd) / 8 },
+                            $causal,
+                        >(&p)
+                    }
+                }
+            }
+        };
+    };
+}
+
+#[cfg(feature = "ada_fp8")]
+crate::for_each_fp8_attention_variant!(fp8_attention_entry);
