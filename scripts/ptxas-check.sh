@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Assembles the two PTX modules with ptxas -v and checks every kernel for local memory use.
+# Assembles the three PTX modules with ptxas -v and checks every kernel for local memory use.
 #
-#   bash scripts/ptxas-check.sh [PORTABLE.ptx [HOPPER.ptx]]
+#   bash scripts/ptxas-check.sh [PORTABLE.ptx [HOPPER.ptx [FP8.ptx]]]
 #
-# Without arguments it takes the newest sage_sm80.ptx / sage_sm90a.ptx under
+# Without arguments it takes the newest sage_sm80.ptx / sage_sm90a.ptx / sage_sm89.ptx under
 # target/*/build/sageattention-*/out/ (what build.rs wrote). The portable module is assembled for
-# sm_80, sm_86, sm_89 and sm_90, the Hopper module for sm_90a. Prints, per kernel and architecture,
+# sm_80, sm_86, sm_89 and sm_90, the Hopper module for sm_90a, the FP8 module for sm_89 (Ada) and
+# sm_90 (what the driver JIT-compiles on Hopper). Prints, per kernel and architecture,
 # registers / stack frame bytes / spill store bytes / spill load bytes (and shared memory), and
 # exits non-zero if any kernel has a stack frame or spills, if ptxas rejects a module, or if a
 # module has no kernel.
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 
 PORTABLE_ARCHS=(sm_80 sm_86 sm_89 sm_90)
 HOPPER_ARCHS=(sm_90a)
+FP8_ARCHS=(sm_89 sm_90)
 
 ptxas="${PTXAS:-}"
 if [[ -z "$ptxas" ]]; then
@@ -42,8 +44,10 @@ newest() {
 
 portable="${1:-}"
 hopper="${2:-}"
+fp8="${3:-}"
 [[ -n "$portable" ]] || portable="$(newest sage_sm80.ptx)"
 [[ -n "$hopper" ]] || hopper="$(newest sage_sm90a.ptx)"
+[[ -n "$fp8" ]] || fp8="$(newest sage_sm89.ptx)"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -99,6 +103,7 @@ check_module() {
 
 check_module portable "$portable" "${PORTABLE_ARCHS[@]}"
 check_module hopper "$hopper" "${HOPPER_ARCHS[@]}"
+check_module fp8 "$fp8" "${FP8_ARCHS[@]}"
 
 # One line per kernel: regs/stack/spill-stores/spill-loads for each arch, then smem (first arch).
 print_table() {
@@ -125,8 +130,9 @@ print_table() {
 }
 print_table portable "${PORTABLE_ARCHS[@]}"
 print_table hopper "${HOPPER_ARCHS[@]}"
+print_table fp8 "${FP8_ARCHS[@]}"
 
-for mod in portable hopper; do
+for mod in portable hopper fp8; do
     if [[ -s "$rows" ]] && ! grep -q "^$mod " "$rows" && [[ $status == 0 ]]; then
         echo "ptxas-check: the $mod module has no kernel" >&2
         status=1

@@ -5,8 +5,9 @@ use half::f16;
 use super::host_tensor::HostTensor;
 use super::quant_ref::{self, K_BLOCK};
 use super::rows::{Dims, RefOptions, RefOutput};
-use super::v8::{quantize_v8, QuantizedV8};
-use crate::device_config::{p8_tile, P8_MAX};
+use super::v8::{quantize_v8, quantize_v8_as, QuantizedV8, VFormat};
+use crate::device_config::{p8_tile, P8_MAX, P_FP8_MAX};
+use float8::F8E4M3;
 
 /// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
 ///
@@ -81,6 +82,33 @@ pub fn attention_pv8_emulation(
     emulate(q, k, v, opts, smooth_k, PvEmulation::Int8(v8))
 }
 
+/// [`attention_pv8_emulation`] for the FP8 P·V ([`PvPrecision::Fp8`](crate::PvPrecision)): the
+/// same tiles, with
+/// * V quantized as the sm_89 preparation does ([`quantize_v8_as`] with [`VFormat::E4m3`]),
+/// * `p_j = e4m3(448 · f32(2^(s_j - m_t)))` (`float8::F8E4M3`: round to nearest even, saturating),
+/// * each tile's `Σ_j p_j · v_jc` exact (`f16_accum == false`: the f32 accumulator, whose sums of
+///   e4m3 products are exact or nearly so), or (`f16_accum == true`) rounded to f16 after every
+///   32-key k-step from the tile's start, the model of the `.f16` accumulator;
+/// * `o_c = Σ_t 2^(m_t - m) · tile_c · scale_c / 448 / Σ p + mean_c`.
+///
+/// The GPU's p_j can differ by one e4m3 step where `ex2.approx` puts `448 · p` on the other side
+/// of a rounding boundary, and the hardware's f16 accumulation order within an mma is not
+/// specified; the tests bound both.
+pub fn attention_fp8_emulation(
+    q: &HostTensor,
+    k: &HostTensor,
+    v: &HostTensor,
+    opts: &RefOptions,
+    smooth_k: bool,
+    f16_accum: bool,
+) -> RefOutput {
+    let v8 = quantize_v8_as(v, v.head_dim(), VFormat::E4m3);
+    emulate(q, k, v, opts, smooth_k, PvEmulation::Fp8 { v8, f16_accum })
+}
+
+/// Keys of one k-step of the 8-bit mma (m16n8k32): the f16 accumulator rounds after each.
+const PV8_MMA_K: usize = 32;
+
 /// The P·V step of the emulation, with the V it reads.
 enum PvEmulation {
     /// V rounded to f16 (contiguous f64), optionally an f16 accumulator per key block.
@@ -90,6 +118,8 @@ enum PvEmulation {
     },
     /// u8 P (per key tile) and INT8 V (per channel, mean-smoothed).
     Int8(QuantizedV8),
+    /// e4m3 P (per key tile) and e4m3 V (per channel, mean-smoothed), f32 or f16 accumulator.
+    Fp8 { v8: QuantizedV8, f16_accum: bool },
 }
 
 fn emulate(
@@ -171,6 +201,43 @@ fn emulate(
                 }
                 for (c, acc) in task.o_row.iter_mut().enumerate() {
                     let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(P8_MAX);
+                    *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
+                }
+            }
+            PvEmulation::Fp8 { v8, f16_accum } => {
+                let (b, kv) = (task.b, task.kv_head);
+                let mut tile_sum = vec![0.0_f64; d];
+                let mut step_sum = vec![0.0_f64; d];
+                let p_tile = p8_tile(d);
+                for tile_start in (0..task.visible).step_by(p_tile) {
+                    let tile = &scores[tile_start..(tile_start + p_tile).min(task.visible)];
+                    let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    tile_sum.fill(0.0);
+                    for (step, chunk) in tile.chunks(PV8_MMA_K).enumerate() {
+                        step_sum.fill(0.0);
+                        for (i, &s) in chunk.iter().enumerate() {
+                            let p = ((s - tile_max).exp2() as f32) * P_FP8_MAX;
+                            let p = f64::from(F8E4M3::from_f32(p).to_f32());
+                            let key = tile_start + step * PV8_MMA_K + i;
+                            for (c, sum) in step_sum.iter_mut().enumerate() {
+                                *sum += p * v8.value_f64(b, kv, key, c);
+                            }
+                        }
+                        for (acc, &sum) in tile_sum.iter_mut().zip(&step_sum) {
+                            *acc = if *f16_accum {
+                                f64::from(f16::from_f64(*acc + sum).to_f32())
+                            } else {
+                                *acc + sum
+                            };
+                        }
+                    }
+                    let factor = (tile_max - row_max).exp2();
+                    for (acc, &sum) in task.o_row.iter_mut().zip(&tile_sum) {
+                        *acc += factor * sum;
+                    }
+                }
+                for (c, acc) in task.o_row.iter_mut().enumerate() {
+                    let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(P_FP8_MAX);
                     *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
                 }
             }

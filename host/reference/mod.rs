@@ -34,7 +34,9 @@ mod rows;
 pub mod v8;
 mod varlen;
 
-pub use emulation::{attention_pv8_emulation, attention_quantized_emulation};
+pub use emulation::{
+    attention_fp8_emulation, attention_pv8_emulation, attention_quantized_emulation,
+};
 pub use exact::{attention_f64, naive_attention_f64};
 pub use host_tensor::HostTensor;
 pub use metrics::{compare, compare_f64, Metrics};

@@ -29,21 +29,28 @@ pub(crate) fn pack_bytes(a: u32, b: u32, c: u32, d: u32) -> u32 {
 /// `NK / 4` k-steps (2 for a 64-key tile, 4 for 128); the rest are zero.
 #[inline(always)]
 pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
-    pack_probs::<NK>(
-        s,
+    // Not [`pack_probs`] with a byte closure: that order of the conversions changed the
+    // instruction schedule (the PTX) of the INT8 kernels, which stay as they were measured.
+    let mut probs = [[0u32; 4]; 4];
+    unroll::<4>(
         #[inline(always)]
-        |a, b, c, d| {
-            pack_bytes(
-                p_to_u8_bits(a),
-                p_to_u8_bits(b),
-                p_to_u8_bits(c),
-                p_to_u8_bits(d),
-            )
+        |kk| {
+            if 4 * kk >= NK {
+                return;
+            }
+            let u = |j: usize, e: usize| p_to_u8_bits(s[4 * kk + j][e]);
+            probs[kk] = [
+                pack_bytes(u(0, 0), u(0, 1), u(1, 0), u(1, 1)),
+                pack_bytes(u(0, 2), u(0, 3), u(1, 2), u(1, 3)),
+                pack_bytes(u(2, 0), u(2, 1), u(3, 0), u(3, 1)),
+                pack_bytes(u(2, 2), u(2, 3), u(3, 2), u(3, 3)),
+            ];
         },
-    )
+    );
+    probs
 }
 
-/// [`pack_probs_u8`]'s fragment layout with any byte format: `pack(a, b, c, d)` turns four
+/// [`pack_probs_u8`]'s fragment layout with any byte format (the FP8 P·V's e4m3): `pack(a, b, c, d)` turns four
 /// probabilities into one word, `a` in the lowest byte. The 8-bit formats share this layout (the
 /// mma.sync m16n8k32 A fragment is the same for u8, s8 and e4m3), so the prepared Vᵀ's key order
 /// serves all of them.
