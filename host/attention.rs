@@ -21,8 +21,9 @@ use crate::reference::v8::{QuantizedV8, VFormat};
 use crate::types::error::{CudaResultExt, Error, Result};
 
 pub use crate::launch::dispatch::{
-    attention_kernel_name, attention_kernel_names, portable_pv8_kernel, pv8_attention_kernel_name,
-    selected_kernel, SelectedKernel,
+    attention_kernel_name, attention_kernel_names, fp8_attention_kernel_name,
+    fp8_attention_kernel_names, fp8_kernel, portable_pv8_kernel, pv8_attention_kernel_name,
+    selected_kernel, SelectedKernel, FP8_MIN_CC,
 };
 pub use crate::types::options::{Backend, Options, PvAccum, PvPrecision};
 

@@ -6,7 +6,11 @@
 # Without arguments it takes the newest sage_sm80.ptx / sage_sm90a.ptx / sage_sm89.ptx under
 # target/*/build/sageattention-*/out/ (what build.rs wrote). The portable module is assembled for
 # sm_80, sm_86, sm_89 and sm_90, the Hopper module for sm_90a, the FP8 module for sm_89 (Ada) and
-# sm_90 (what the driver JIT-compiles on Hopper). Prints, per kernel and architecture,
+# sm_90 (what the driver JIT-compiles on Hopper). The FP8 module's sm_90 spills are listed but do
+# not fail the check: Hopper has no e4m3 mma.sync (ptxas emulates it with F2FP + HMMA, which needs
+# more registers; its f32-accumulator d = 128 entries spill 16-28 bytes there, none on sm_89), and
+# that path exists for testing the Ada kernel on the H200, not for speed (docs/perf-notes.md,
+# "FP8 P·V on Ada"). Prints, per kernel and architecture,
 # registers / stack frame bytes / spill store bytes / spill load bytes (and shared memory), and
 # exits non-zero if any kernel has a stack frame or spills, if ptxas rejects a module, or if a
 # module has no kernel.
@@ -116,7 +120,7 @@ print_table() {
         $1 != mod { next }
         { k = $3; if (!(k in seen)) { seen[k] = 1; order[n++] = k }
           cell[k, $2] = $4 "/" $5 "/" $6 "/" $7; if (!(k in smem)) smem[k] = $8
-          if ($5 > 0 || $6 > 0 || $7 > 0) bad[k] = 1 }
+          if (($5 > 0 || $6 > 0 || $7 > 0) && !(mod == "fp8" && $2 == "sm_90")) bad[k] = 1 }
         END {
             na = split(archs, a, " ")
             w = 6; for (i = 0; i < n; i++) if (length(order[i]) > w) w = length(order[i])
@@ -138,7 +142,13 @@ for mod in portable hopper fp8; do
         status=1
     fi
 done
-bad="$(awk '$5 > 0 || $6 > 0 || $7 > 0' "$rows")"
+tolerated="$(awk '$1 == "fp8" && $2 == "sm_90" && ($5 > 0 || $6 > 0 || $7 > 0)' "$rows")"
+if [[ -n "$tolerated" ]]; then
+    echo
+    echo "ptxas-check: note: FP8 module on sm_90 (emulated e4m3 mma, test path only), spills tolerated:"
+    echo "$tolerated" | sed 's/^/  /'
+fi
+bad="$(awk '!($1 == "fp8" && $2 == "sm_90") && ($5 > 0 || $6 > 0 || $7 > 0)' "$rows")"
 if [[ -n "$bad" ]]; then
     echo >&2
     echo "ptxas-check: FAIL: kernels with a stack frame or spills (module arch kernel regs stack spill-st spill-ld smem):" >&2

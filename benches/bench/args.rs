@@ -49,6 +49,9 @@ pub enum PvPrecisionArg {
     /// 8-bit P·V: u8 P × s8 V on the INT8 tensor cores (the sm_90a kernel on Hopper, the
     /// portable mma.sync kernel elsewhere or with `--portable`).
     Int8,
+    /// FP8 P·V: e4m3 P × e4m3 V (the sm_89 mma.sync kernel, compute capability 8.9+; `--pv-accum`
+    /// picks the accumulator of each key tile's product).
+    Fp8,
 }
 
 /// Which paths to time.
@@ -92,8 +95,8 @@ pub struct Args {
     /// P·V accumulation: f16 (SageAttention's default, fastest) or f32.
     #[arg(long, value_enum, default_value_t = PvArg::F16)]
     pub pv_accum: PvArg,
-    /// P·V precision: f16 (default) or int8 (8-bit P·V: the sm_90a kernel on Hopper, the portable
-    /// mma.sync kernel elsewhere).
+    /// P·V precision: f16 (default), int8 (8-bit P·V: the sm_90a kernel on Hopper, the portable
+    /// mma.sync kernel elsewhere) or fp8 (e4m3 P·V: the sm_89 kernel, Ada and Hopper).
     #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
     pub pv_precision: PvPrecisionArg,
     /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.
@@ -221,13 +224,15 @@ impl Args {
         match self.pv_precision {
             PvPrecisionArg::F16 => PvPrecision::F16,
             PvPrecisionArg::Int8 => PvPrecision::Int8,
+            PvPrecisionArg::Fp8 => PvPrecision::Fp8,
         }
     }
-    /// `f16` or `int8`, as the flag spells it.
+    /// `f16`, `int8` or `fp8`, as the flag spells it.
     pub fn pv_precision_name(&self) -> &'static str {
         match self.pv_precision {
             PvPrecisionArg::F16 => "f16",
             PvPrecisionArg::Int8 => "int8",
+            PvPrecisionArg::Fp8 => "fp8",
         }
     }
     pub fn options(&self, causal: bool) -> Options {

@@ -115,8 +115,10 @@ pub struct RunArgs {
     #[arg(long, value_enum, default_value_t = PvAccumArg::F16)]
     pub pv_accum: PvAccumArg,
 
-    /// P·V precision: f16 (default, the v1 accuracy) or int8 (u8 P × s8 V on the INT8 tensor
-    /// cores, any sm_80+ GPU; about twice SageAttention2's FP8 accuracy, see the README).
+    /// P·V precision: f16 (default, the v1 accuracy), int8 (u8 P × s8 V on the INT8 tensor
+    /// cores, any sm_80+ GPU; about twice SageAttention2's FP8 accuracy, see the README) or fp8
+    /// (e4m3 P × e4m3 V, compute capability 8.9+; --pv-accum picks its accumulator; rel L1 ≈ 0.036
+    /// on N(0,1)).
     #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
     pub pv_precision: PvPrecisionArg,
 
@@ -238,6 +240,9 @@ pub enum PvPrecisionArg {
     F16,
     /// u8 P × s8 V (the wgmma kernel on Hopper, the portable mma.sync kernel elsewhere)
     Int8,
+    /// e4m3 P × e4m3 V (the sm_89 mma.sync kernel; Ada and Hopper; --pv-accum picks its
+    /// accumulator; less accurate than int8)
+    Fp8,
 }
 
 impl From<PvPrecisionArg> for PvPrecision {
@@ -245,6 +250,7 @@ impl From<PvPrecisionArg> for PvPrecision {
         match p {
             PvPrecisionArg::F16 => PvPrecision::F16,
             PvPrecisionArg::Int8 => PvPrecision::Int8,
+            PvPrecisionArg::Fp8 => PvPrecision::Fp8,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The GPU side: running `sageattn` on loaded inputs, and `info`.
 
-use sageattention::attention::{attention_kernel_names, selected_kernel};
+use sageattention::attention::{
+    attention_kernel_names, fp8_attention_kernel_names, selected_kernel, FP8_MIN_CC,
+};
 use sageattention::device_config::{names, KERNEL_HEAD_DIMS, SUPPORTED_HEAD_DIMS_TEXT};
 use sageattention::error::CudaResultExt;
 use sageattention::hopper::{hopper_attention_kernel_names, hopper_available};
@@ -115,6 +117,22 @@ pub fn info(device: usize) -> Result<(), CliError> {
         println!(
             "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
             r.num_regs, r.local_bytes, r.static_shared_bytes
+        );
+    }
+    if (di.major, di.minor) >= FP8_MIN_CC {
+        println!("FP8 module (sm_89 PTX, --pv-precision fp8): JIT-compiled for this device");
+        for name in fp8_attention_kernel_names() {
+            let r = rt.function_resources(ModuleKind::AdaFp8, name)?;
+            println!(
+                "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
+                r.num_regs, r.local_bytes, r.static_shared_bytes
+            );
+        }
+    } else {
+        println!(
+            "FP8 module (sm_89 PTX): not used (needs compute capability 8.9 or newer, this device \
+             has {}.{})",
+            di.major, di.minor
         );
     }
     if hopper_available(&rt) {

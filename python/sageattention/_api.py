@@ -11,7 +11,7 @@ from . import _native
 # schema (`_torch_ops`) and in `args::Keywords`.
 OUR_KEYWORDS: Dict[str, str] = {
     "pv_accum": "f16",  # "f16": FP16 accumulator per key tile (SageAttention's default); "f32"
-    "pv_precision": "f16",  # "f16"; "int8": 8-bit P·V (u8 P × s8 V), any sm_80+ GPU
+    "pv_precision": "f16",  # "f16"; "int8": 8-bit P·V (u8 P × s8 V), any sm_80+ GPU; "fp8": e4m3, sm_89+
     "backend": "auto",  # "auto": the fastest kernel for the GPU; "portable": the mma.sync kernel
 }
 
@@ -93,7 +93,9 @@ def sageattn(
     pv_precision : keyword, "f16" (default) or "int8": 8-bit P·V (u8 P × s8 V on the INT8 tensor
         cores, SageAttention2's speed class, rel L1 about 0.015 on N(0,1) inputs against 0.011
         for "f16"), head_dim a multiple of 16 up to 256, on the wgmma kernel (Hopper) and on the
-        portable mma.sync kernel (any other sm_80+ GPU, or backend="portable").
+        portable mma.sync kernel (any other sm_80+ GPU, or backend="portable"); or "fp8": e4m3 P ×
+        e4m3 V (SageAttention2's FP8 P·V; compute capability 8.9+, Ada and Hopper; pv_accum picks
+        the accumulator of each key tile; rel L1 about 0.036 on N(0,1), less accurate than "int8").
     backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
 
     Returns

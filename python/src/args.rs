@@ -49,14 +49,17 @@ pub(crate) fn pv_accum(s: &str) -> Result<PvAccum, Failure> {
     }
 }
 
-/// `pv_precision`: `"f16"` (default, P and V in f16) or `"int8"` (the library's 8-bit P·V: u8 P ×
-/// s8 V on the INT8 tensor cores, SageAttention2's class of speed; any sm_80+ GPU).
+/// `pv_precision`: `"f16"` (default, P and V in f16), `"int8"` (the library's 8-bit P·V: u8 P ×
+/// s8 V on the INT8 tensor cores, SageAttention2's class of speed; any sm_80+ GPU) or `"fp8"`
+/// (e4m3 P × e4m3 V, compute capability 8.9+, less accurate than `"int8"`).
 pub(crate) fn pv_precision(s: &str) -> Result<PvPrecision, Failure> {
     match s {
         "f16" | "fp16" | "float16" => Ok(PvPrecision::F16),
         "int8" | "i8" => Ok(PvPrecision::Int8),
+        "fp8" | "e4m3" => Ok(PvPrecision::Fp8),
         _ => Err(Failure::Value(format!(
-            "pv_precision must be \"f16\" or \"int8\" (8-bit P·V: u8 P × s8 V), got {s:?}"
+            "pv_precision must be \"f16\", \"int8\" (8-bit P·V: u8 P × s8 V) or \"fp8\" (e4m3 P × \
+             e4m3 V), got {s:?}"
         ))),
     }
 }

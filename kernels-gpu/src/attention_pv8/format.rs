@@ -16,9 +16,6 @@ pub(crate) trait PvFormat {
     type Acc: Copy;
     /// A fresh accumulator.
     const ZERO: Self::Acc;
-    /// n-tiles of 8 channels per accumulator group (even, at most 8): the registers one group's
-    /// accumulators hold, live beside the f32 output and the packed P.
-    const GROUP: usize;
     /// `1 /` the largest P after its per-tile scaling (O is in those units until the epilogue).
     const INV_P_MAX: f32;
     /// Probabilities in [0, 1] (accumulator layout) → the A fragments of the product.
@@ -35,7 +32,6 @@ pub(crate) struct Int8;
 impl PvFormat for Int8 {
     type Acc = [i32; 4];
     const ZERO: [i32; 4] = [0; 4];
-    const GROUP: usize = 8;
     const INV_P_MAX: f32 = 1.0 / crate::config::P8_MAX;
 
     #[inline(always)]
@@ -79,9 +75,6 @@ pub(crate) struct Fp8F32;
 impl PvFormat for Fp8F32 {
     type Acc = [f32; 4];
     const ZERO: [f32; 4] = [0.0; 4];
-    // 32 channels: on sm_90, where ptxas emulates the e4m3 mma with F2FP + HMMA, a 64-channel
-    // group spilled 16 bytes at d = 128 (255 registers); sm_89 did not.
-    const GROUP: usize = 4;
     const INV_P_MAX: f32 = 1.0 / crate::config::P_FP8_MAX;
 
     #[inline(always)]
@@ -111,7 +104,6 @@ pub(crate) struct Fp8F16;
 impl PvFormat for Fp8F16 {
     type Acc = [u32; 2];
     const ZERO: [u32; 2] = [0; 2];
-    const GROUP: usize = 8;
     const INV_P_MAX: f32 = 1.0 / crate::config::P_FP8_MAX;
 
     #[inline(always)]

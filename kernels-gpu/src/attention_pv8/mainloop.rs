@@ -393,8 +393,8 @@ impl<const HD: usize> Pipeline<HD> {
         softmax.update_tile::<true, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
     }
 
-    /// `O += (P·Vₜ)·factor`: per group of `F::GROUP` n-tiles of 8 channels, a fresh accumulator of
-    /// format `F` over the tile's `NK / 4` k-steps of 32 keys (s32: exact), then folded into the f32 output. B fragments
+    /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh accumulator of format
+    /// `F` over the tile's `NK / 4` k-steps of 32 keys (s32: exact), then folded into the f32 output. B fragments
     /// are 4-byte runs of Vᵀ rows: `ldmatrix` (no transpose) as for K.
     ///
     /// # Safety
@@ -407,11 +407,10 @@ impl<const HD: usize> Pipeline<HD> {
         factor: [f32; 2],
         out: &mut [[f32; 4]; NT],
     ) {
-        // Groups of `F::GROUP` n-tiles (a fresh accumulator each); at most 32 / 4 groups.
-        unroll::<8>(
+        unroll::<4>(
             #[inline(always)]
             |g| {
-                if F::GROUP * g >= NT {
+                if 8 * g >= NT {
                     return;
                 }
                 let mut acc = [F::ZERO; 8];
@@ -424,8 +423,8 @@ impl<const HD: usize> Pipeline<HD> {
                         unroll::<4>(
                             #[inline(always)]
                             |np| {
-                                let nt = F::GROUP * g + 2 * np;
-                                if 2 * np < F::GROUP && nt < NT {
+                                let nt = 8 * g + 2 * np;
+                                if nt < NT {
                                     // SAFETY: channels 8nt..+16 < HD and key slots 32kk..+32 lie
                                     // inside the tile.
                                     let (b0, b1) = unsafe {
@@ -446,8 +445,8 @@ impl<const HD: usize> Pipeline<HD> {
                 unroll::<8>(
                     #[inline(always)]
                     |j| {
-                        if j < F::GROUP && F::GROUP * g + j < NT {
-                            F::fold(&acc[j], factor, &mut out[F::GROUP * g + j]);
+                        if 8 * g + j < NT {
+                            F::fold(&acc[j], factor, &mut out[8 * g + j]);
                         }
                     },
                 );
