@@ -10,13 +10,13 @@
 use cudarc::driver::CudaSlice;
 
 use crate::device::alloc::DeviceAlloc;
+use crate::device::runtime::ModuleKind;
 use crate::device::runtime::Runtime;
 use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK, V8_TILE};
 use crate::launch::dispatch::select;
 use crate::launch::enqueue::{enqueue_attend, enqueue_prepare, scratch_layout, Scratch};
 use crate::launch::validate::{validate_inputs, validate_output, Problem};
-use crate::device::runtime::ModuleKind;
 use crate::reference::v8::{QuantizedV8, VFormat};
 use crate::types::error::{CudaResultExt, Error, Result};
 

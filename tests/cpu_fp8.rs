@@ -11,13 +11,11 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use sageattention::device_config::{
-    p8_tile, padded_len, P8_TILE, P_FP8_MAX, V8_TILE, V_FP8_MAX,
-};
+use sageattention::device_config::{p8_tile, padded_len, P8_TILE, P_FP8_MAX, V8_TILE, V_FP8_MAX};
 use sageattention::reference::v8::{quantize_v8_as, VFormat};
 use sageattention::reference::{
-    attention_f64, attention_fp8_emulation, attention_pv8_emulation, compare, HostTensor,
-    Metrics, RefOptions,
+    attention_f64, attention_fp8_emulation, attention_pv8_emulation, compare, HostTensor, Metrics,
+    RefOptions,
 };
 
 fn normal_tensor(rng: &mut StdRng, shape: [usize; 4], offset: &[f32]) -> HostTensor {

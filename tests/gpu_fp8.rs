@@ -17,7 +17,10 @@
 
 mod common;
 
-use common::{fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime, upload};
+use common::{
+    fresh_rng, kernel_and_full_ms, lse_max_error, random_qkv, random_tensor, run_poisoned, runtime,
+    upload,
+};
 use rand::rngs::StdRng;
 use sageattention::attention::{fp8_kernel, selected_kernel, FP8_MIN_CC};
 use sageattention::quant_ref::{k_mean, quantize_k};
@@ -27,7 +30,7 @@ use sageattention::reference::{
 };
 use sageattention::runtime::ModuleKind;
 use sageattention::{
-    Backend, DType, Error, Layout, Options, Prepared, PvAccum, PvPrecision,
+    Backend, DType, Error, Layout, Options, Prepared, PvAccum, PvPrecision, Tensor,
 };
 
 /// Against the CPU emulation: the GPU's `ex2.approx`/f32 rounding moving an e4m3 P by one step
@@ -180,7 +183,11 @@ fn fp8_v_preparation_is_bit_exact() {
             let (row, slot) = (i / gpu.padded_seq, i % gpu.padded_seq);
             eprintln!("  differs: Vᵀ row {row} slot {slot}: gpu {g:#04x} cpu {c:#04x}");
         }
-        assert!(wrong.is_empty(), "{} Vᵀ bytes differ: {case:?}", wrong.len());
+        assert!(
+            wrong.is_empty(),
+            "{} Vᵀ bytes differ: {case:?}",
+            wrong.len()
+        );
         // Q/K share the launches: the sm_89 module's preparation quantizes them as the portable one.
         let k_mean_ref = k_mean(&k);
         let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
@@ -249,8 +256,12 @@ fn fp8_attention_matches_emulation() {
                 Backend::Portable
             };
             let (o, lse) = run(&case, f16_accum, backend, (&q, &k, &v));
-            assert!(o.iter().all(|x| x.is_finite()), "unwritten output: {case:?}");
-            let reference = attention_fp8_emulation(&q, &k, &v, &ref_opts, case.smooth_k, f16_accum);
+            assert!(
+                o.iter().all(|x| x.is_finite()),
+                "unwritten output: {case:?}"
+            );
+            let reference =
+                attention_fp8_emulation(&q, &k, &v, &ref_opts, case.smooth_k, f16_accum);
             let m = compare(&o, &reference.o);
             let lse_err = lse_max_error(&lse, &reference.lse);
             eprintln!(
@@ -358,7 +369,13 @@ fn fp8_dispatch_and_errors() {
     )
     .unwrap_err();
     assert!(
-        matches!(err, Error::PvPrecisionUnavailable { precision: "Fp8", .. }),
+        matches!(
+            err,
+            Error::PvPrecisionUnavailable {
+                precision: "Fp8",
+                ..
+            }
+        ),
         "{err:?}"
     );
 }
@@ -396,5 +413,47 @@ fn sanitizer_fp8_small_matrix() {
         let (q, k, v) = inputs(&case, &mut rng);
         let (o, _) = run(&case, f16_accum, Backend::Portable, (&q, &k, &v));
         assert!(o.iter().all(|x| x.is_finite()), "{case:?}");
+    }
+}
+
+/// TOPS (4·B·H·N²·d / time, halved for causal), B = 4, H = 32, `Backend::Portable`: the FP8 P·V
+/// with each accumulator beside the portable INT8 P·V, kernel alone and whole call. On the H200
+/// the e4m3 mma is emulated (F2FP + HMMA): a proxy that shows the kernel runs, not Ada's speed
+/// (docs/perf-notes.md, "FP8 P·V on Ada", has the 4090 model). Prints; asserts nothing.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fp8_perf_probe() {
+    if skip_below_sm89() {
+        return;
+    }
+    let rt = runtime();
+    for (head_dim, n, causal) in [(128, 8192, false), (128, 16384, true), (64, 8192, false)] {
+        let shape = [4, 32, n, head_dim];
+        let (q, k, v) = random_qkv(shape, [21, 22, 23]);
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        let ops = 4.0 * 4.0 * 32.0 * (n as f64).powi(2) * head_dim as f64
+            / if causal { 2.0 } else { 1.0 };
+        let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
+        let mut line = format!("FP8 PERF d={head_dim} N={n} causal={causal}:");
+        for (label, precision, accum) in [
+            ("int8", PvPrecision::Int8, PvAccum::F16),
+            ("fp8 f32acc", PvPrecision::Fp8, PvAccum::F32),
+            ("fp8 f16acc", PvPrecision::Fp8, PvAccum::F16),
+        ] {
+            let opts = Options {
+                causal,
+                pv_precision: precision,
+                pv_accum: accum,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);
+            line += &format!(
+                " {label} kernel {:.1} full {:.1} TOPS;",
+                tops(kernel),
+                tops(full)
+            );
+        }
+        eprintln!("{line}");
     }
 }

@@ -31,8 +31,8 @@ use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use sageattention::reference::{
-    attention_pv8_emulation, attention_varlen, attention_varlen_quantized_emulation, compare,
-    HostTensor, RefOptions,
+    attention_fp8_emulation, attention_pv8_emulation, attention_varlen,
+    attention_varlen_quantized_emulation, compare, HostTensor, RefOptions,
 };
 use sageattention::tensor::Element;
 use sageattention::varlen::{
@@ -262,6 +262,9 @@ fn check_against_emulation(case: &Case, p: &Packed) {
         ),
         PvPrecision::Int8 => attention_varlen(&p.q, &p.k, &p.v, cu, |q, k, v| {
             attention_pv8_emulation(q, k, v, &opts, case.smooth_k)
+        }),
+        PvPrecision::Fp8 => attention_varlen(&p.q, &p.k, &p.v, cu, |q, k, v| {
+            attention_fp8_emulation(q, k, v, &opts, case.smooth_k, case.pv_accum == PvAccum::F16)
         }),
     };
     let m = compare(&out, &reference.o);

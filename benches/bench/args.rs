@@ -478,13 +478,25 @@ pub(crate) mod tests {
             &["--seq-lens", "0"],
             &["--seq-lens", "12x"],
             &["--dtype", "f32"],
-            &["--pv-precision", "fp8"],
+            &["--pv-precision", "fp4"],
         ] {
             let mut v = vec!["bench"];
             v.extend_from_slice(bad);
             assert!(Args::try_parse_from(v).is_err(), "{bad:?}");
         }
     }
+    #[test]
+    fn fp8_precision_flag() {
+        let a = parse(&["--pv-precision", "fp8", "--pv-accum", "f32"]);
+        assert!(a.check().is_ok());
+        let o = a.options(true);
+        assert_eq!(
+            (o.pv_precision, o.pv_accum),
+            (PvPrecision::Fp8, PvAccum::F32)
+        );
+        assert_eq!(a.config_json().pv_precision, "fp8");
+    }
+
     #[test]
     fn varlen_flags() {
         let a = parse(&["--varlen"]);

@@ -401,6 +401,7 @@ pub fn render_chart(report: &Report, peers: Option<&Peers>) -> String {
         String::new()
     };
     let pv8 = cfg.pv_precision == "int8";
+    let fp8 = cfg.pv_precision == "fp8";
     let subtitle = format!(
         "{device} | batch {}, heads {}{gqa}, {} {}, PV {} | median of CUDA-event times, inputs rotated over >2x L2",
         cfg.batch,
@@ -409,12 +410,16 @@ pub fn render_chart(report: &Report, peers: Option<&Peers>) -> String {
         cfg.layout.to_uppercase(),
         if pv8 {
             "INT8 (u8 P x s8 V, exact per tile, f32 across tiles)".to_string()
+        } else if fp8 {
+            format!("FP8 (e4m3 P x e4m3 V, {} per tile, f32 across tiles)", cfg.pv_accum)
         } else {
             format!("accumulation {}", cfg.pv_accum)
         }
     );
     let title = if pv8 {
         "SageAttention (INT8 QK, INT8 PV) in Rust: attention speed"
+    } else if fp8 {
+        "SageAttention (INT8 QK, FP8 PV) in Rust: attention speed"
     } else {
         "SageAttention (INT8 QK, FP16 PV) in Rust: attention speed"
     };

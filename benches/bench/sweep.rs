@@ -326,7 +326,8 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
     let args = bench.args;
     let dtype = args.dtype();
     let bf16 = dtype == DType::BF16;
-    let pv8 = args.pv_precision() == PvPrecision::Int8;
+    // Both 8-bit P·V precisions prepare a one-byte Vᵀ.
+    let pv8 = matches!(args.pv_precision(), PvPrecision::Int8 | PvPrecision::Fp8);
     let causal = args.causal_list();
 
     if !args.no_check {

@@ -54,6 +54,7 @@ pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4
 /// probabilities into one word, `a` in the lowest byte. The 8-bit formats share this layout (the
 /// mma.sync m16n8k32 A fragment is the same for u8, s8 and e4m3), so the prepared Vᵀ's key order
 /// serves all of them.
+#[cfg(feature = "ada_fp8")]
 #[inline(always)]
 pub(crate) fn pack_probs<const NK: usize>(
     s: &[[f32; 4]; NK],

@@ -3,12 +3,12 @@
 //! added back, except on rows that see no key, which stay 0), convert, store; write the LSE.
 //! The same arithmetic as the sm_90a kernel's 8-bit epilogue.
 
+use super::format::PvFormat;
 use super::Geometry;
 use crate::frag::{acc_col, acc_row};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::OnlineSoftmax;
-use super::format::PvFormat;
 use crate::store::{pack_out, store_lse, unsmooth_v8_scaled};
 use crate::unroll::unroll;
 

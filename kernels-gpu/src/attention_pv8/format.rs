@@ -61,9 +61,7 @@ fn pack_e4m3<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
     crate::p8::pack_probs::<NK>(
         p,
         #[inline(always)]
-        |a, b, c, d| {
-            ptx::pack_e4m3x4(a * P_FP8_MAX, b * P_FP8_MAX, c * P_FP8_MAX, d * P_FP8_MAX)
-        },
+        |a, b, c, d| ptx::pack_e4m3x4(a * P_FP8_MAX, b * P_FP8_MAX, c * P_FP8_MAX, d * P_FP8_MAX),
     )
 }
 

@@ -14,13 +14,13 @@
 //! each warp holds its Q fragments in registers for the whole loop; above, the 128 f32 output
 //! registers per thread leave no room for them, and each k-step reads them from the Q tile.
 
+use super::format::PvFormat;
 use super::Geometry;
 use crate::config::{
     padded_len, pv8_cta_k, pv8_cta_q, pv8_k_stage_bytes, pv8_q_tile_bytes, pv8_threads,
     pv8_v_stage_bytes, K_BLOCK, Q_BLOCK,
 };
 use crate::frag::{self, FragA};
-use super::format::PvFormat;
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::{OnlineSoftmax, TileBounds};
@@ -303,8 +303,7 @@ impl<const HD: usize> Pipeline<HD> {
         }
         // SAFETY: tile t is in its stage and visible (wait + barrier above).
         let s = unsafe { self.qk::<KS, NK>(self.k_tile(t), q) };
-        let (p, rescale, factor) =
-            self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
+        let (p, rescale, factor) = self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
         let probs = F::pack::<NK>(&p);
         // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
         // row of the warp moved.
@@ -341,9 +340,7 @@ impl<const HD: usize> Pipeline<HD> {
                     q[ks]
                 } else {
                     // SAFETY: rows warp_row0..+16 and bytes 32ks..+32 lie inside the Q tile.
-                    unsafe {
-                        frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane)
-                    }
+                    unsafe { frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane) }
                 };
                 // Key n-tiles in pairs (one ldmatrix.x4 each).
                 unroll::<8>(
