@@ -10,9 +10,9 @@ use crate::device::runtime::{ModuleKind, Runtime};
 use crate::device::tensor::{AccessGuard, TensorView, TensorViewMut};
 use crate::device_config::{
     attn_smem_bytes, cta_q, k_head_smem_bytes, k_head_supported, k_head_threads, names, padded_len,
-    prep_job, prep_smem_bytes, prep_threads, prep_threads_ok, pv8_smem_bytes, ATTN_THREADS,
-    CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK, K_HEAD_MAX_KV_LEN, LOG2_E,
-    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, pv8_cta_q, pv8_threads, Q_BLOCK,
+    prep_job, prep_smem_bytes, prep_threads, prep_threads_ok, pv8_cta_q, pv8_smem_bytes,
+    pv8_threads, ATTN_THREADS, CONVERT_CHUNKS_PER_THREAD, CONVERT_THREADS, K_BLOCK,
+    K_HEAD_MAX_KV_LEN, LOG2_E, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK,
     V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use crate::launch::dispatch::SelectedKernel;
@@ -648,11 +648,7 @@ mod tests {
     fn shape(kv_len: usize, head_dim: usize, smooth_k: bool, lse: bool, v8: bool) -> ScratchShape {
         let kernel_head_dim = if v8 {
             assert!(has_v8(head_dim));
-            match head_dim {
-                ..=64 => 64,
-                ..=128 => 128,
-                _ => 256,
-            }
+            [64, 128, 256].into_iter().find(|&k| k >= head_dim).unwrap()
         } else {
             portable_kernel_head_dim(head_dim).unwrap()
         };

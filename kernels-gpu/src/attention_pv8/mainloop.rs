@@ -302,8 +302,7 @@ impl<const HD: usize> Pipeline<HD> {
         }
         // SAFETY: tile t is in its stage and visible (wait + barrier above).
         let s = unsafe { self.qk::<KS, NK>(self.k_tile(t), q) };
-        let (p, rescale, factor) =
-            self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
+        let (p, rescale, factor) = self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
         let probs = pack_probs_u8::<NK>(&p);
         // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
         // row of the warp moved.
@@ -340,9 +339,7 @@ impl<const HD: usize> Pipeline<HD> {
                     q[ks]
                 } else {
                     // SAFETY: rows warp_row0..+16 and bytes 32ks..+32 lie inside the Q tile.
-                    unsafe {
-                        frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane)
-                    }
+                    unsafe { frag::load_a(self.q_tile, self.warp_row0, 32 * ks as u32, self.lane) }
                 };
                 // Key n-tiles in pairs (one ldmatrix.x4 each).
                 unroll::<8>(
