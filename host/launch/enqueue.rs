@@ -679,11 +679,7 @@ mod tests {
     fn shape(kv_len: usize, head_dim: usize, smooth_k: bool, lse: bool, v8: bool) -> ScratchShape {
         let kernel_head_dim = if v8 {
             assert!(has_v8(head_dim));
-            match head_dim {
-                ..=64 => 64,
-                ..=128 => 128,
-                _ => 256,
-            }
+            [64, 128, 256].into_iter().find(|&k| k >= head_dim).unwrap()
         } else {
             portable_kernel_head_dim(head_dim).unwrap()
         };
