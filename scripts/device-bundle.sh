@@ -4,7 +4,7 @@
 #   .device/tests/<name>     every test executable (integration tests by file name, the library's
 #                            unit tests as `lib`), release build, debug info stripped
 #   .device/bench, .device/sageattn   the binaries, likewise
-#   .device/ptx/sage_sm80.ptx, .device/ptx/sage_sm90a.ptx   the modules the binaries embed
+#   .device/ptx/sage_sm80.ptx, sage_sm90a.ptx, sage_sm89.ptx   the modules the binaries embed
 #                            (only with SAGE_BUNDLE_PTX=1: the transfer limit)
 #   .device/device-run.sh    the script that runs it all there (a copy of scripts/device-run.sh)
 #   .device/wheels/sageattention-*.whl   the Python wheel, for scripts/device-python.sh (with
@@ -101,7 +101,7 @@ for line in open(sys.argv[1]).readlines() or open(sys.argv[2]):
 EOF
 )"
 [[ -n "$out_dir" && -f "$out_dir/sage_sm80.ptx" ]] || die "build.rs's OUT_DIR not found in cargo's output"
-for f in sage_sm80.ptx sage_sm90a.ptx; do
+for f in sage_sm80.ptx sage_sm90a.ptx sage_sm89.ptx; do
     [[ -s "$out_dir/$f" ]] || die "$out_dir/$f is empty or missing"
     # The binaries embed them; the copies (for ncu / cuobjdump there) only with SAGE_BUNDLE_PTX=1.
     [[ "${SAGE_BUNDLE_PTX:-0}" == 1 ]] && cp "$out_dir/$f" "$DEV/ptx/$f"

@@ -73,7 +73,8 @@ pub enum Backend {
     #[default]
     Auto,
     /// The portable mma.sync kernel (sm_80+), which honours [`PvAccum`] on every device (and
-    /// runs [`PvPrecision::Int8`] with its 8-bit P·V variant).
+    /// runs [`PvPrecision::Int8`] with its 8-bit P·V variant). [`PvPrecision::Fp8`] runs the
+    /// sm_89 kernel with either backend.
     Portable,
 }
 
