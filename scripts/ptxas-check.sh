@@ -8,9 +8,9 @@
 # sm_80, sm_86, sm_89 and sm_90, the Hopper module for sm_90a, the FP8 module for sm_89 (Ada) and
 # sm_90 (what the driver JIT-compiles on Hopper). The FP8 module's sm_90 spills are listed but do
 # not fail the check: Hopper has no e4m3 mma.sync (ptxas emulates it with F2FP + HMMA, which needs
-# more registers; its f32-accumulator d = 128 entries spill 16-28 bytes there, none on sm_89), and
-# that path exists for testing the Ada kernel on the H200, not for speed (docs/perf-notes.md,
-# "FP8 P·V on Ada"). Prints, per kernel and architecture,
+# more registers; its f32-accumulator d = 128 entries spill 16-28 bytes there, none on sm_89: values
+# stored before the main loop and reloaded after it, none inside), and that path exists for testing
+# the Ada kernel on the H200, not for speed (docs/perf-notes.md, "FP8 P·V on Ada"). Prints, per kernel and architecture,
 # registers / stack frame bytes / spill store bytes / spill load bytes (and shared memory), and
 # exits non-zero if any kernel has a stack frame or spills, if ptxas rejects a module, or if a
 # module has no kernel.
