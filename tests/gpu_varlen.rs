@@ -30,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
+use sageattention::attention::FP8_MIN_CC;
 use sageattention::reference::{
     attention_fp8_emulation, attention_pv8_emulation, attention_varlen,
     attention_varlen_quantized_emulation, compare, HostTensor, RefOptions,
@@ -514,8 +515,42 @@ fn int8_pv_per_sequence() {
         device_cu_seqlens: true,
     };
     let mut rng = fresh_rng("int8_pv");
-    for head_dim in [64, 96, 128] {
+    for head_dim in [64, 96, 128, 256] {
         case.head_dim = head_dim;
+        let p = packed_inputs(&case, &mut rng);
+        check_against_emulation(&case, &p);
+    }
+}
+
+/// The FP8 P·V (the sm_89 module; on Hopper through the driver's JIT) per sequence equals its
+/// emulation, f32 accumulator (the f16 one's rounding order is the hardware's: `gpu_fp8.rs`
+/// checks it with a wider bound), both backends.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fp8_pv_per_sequence() {
+    if runtime().compute_capability() < FP8_MIN_CC {
+        eprintln!("compute capability below 8.9: no e4m3 mma.sync, skipped");
+        return;
+    }
+    let mut case = Case {
+        lens: vec![(200, 200), (0, 3), (1, 64), (64, 700), (300, 129)],
+        q_heads: 8,
+        kv_heads: 2,
+        head_dim: 128,
+        dtype: DType::F16,
+        causal: true,
+        smooth_k: true,
+        pv_accum: PvAccum::F32,
+        pv_precision: PvPrecision::Fp8,
+        sm_scale: None,
+        backend: Backend::Auto,
+        row_pad: 0,
+        device_cu_seqlens: true,
+    };
+    let mut rng = fresh_rng("fp8_pv");
+    for (head_dim, backend) in [(64, Backend::Auto), (128, Backend::Portable)] {
+        case.head_dim = head_dim;
+        case.backend = backend;
         let p = packed_inputs(&case, &mut rng);
         check_against_emulation(&case, &p);
     }
