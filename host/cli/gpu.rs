@@ -112,22 +112,10 @@ pub fn info(device: usize) -> Result<(), CliError> {
         "attention kernels: portable module (sm_80 PTX, JIT-compiled by the driver for sm_{}{})",
         di.major, di.minor
     );
-    for name in &variants {
-        let r = rt.function_resources(ModuleKind::Portable, name)?;
-        println!(
-            "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
-            r.num_regs, r.local_bytes, r.static_shared_bytes
-        );
-    }
+    print_resources(&rt, ModuleKind::Portable, &variants)?;
     if (di.major, di.minor) >= FP8_MIN_CC {
         println!("FP8 module (sm_89 PTX, --pv-precision fp8): JIT-compiled for this device");
-        for name in fp8_attention_kernel_names() {
-            let r = rt.function_resources(ModuleKind::AdaFp8, name)?;
-            println!(
-                "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
-                r.num_regs, r.local_bytes, r.static_shared_bytes
-            );
-        }
+        print_resources(&rt, ModuleKind::AdaFp8, &fp8_attention_kernel_names())?;
     } else {
         println!(
             "FP8 module (sm_89 PTX): not used (needs compute capability 8.9 or newer, this device \
@@ -138,21 +126,27 @@ pub fn info(device: usize) -> Result<(), CliError> {
     if hopper_available(&rt) {
         rt.function(ModuleKind::Hopper, names::HOPPER_SMOKE)?;
         println!(
-            "hopper module (sm_90a PTX): loaded; head_dim 64 and 128 run its wgmma kernels by \
+            "hopper module (sm_90a PTX): loaded; every head_dim runs its wgmma kernels by \
              default (--backend portable selects the kernels above)"
         );
-        for name in hopper_attention_kernel_names() {
-            let r = rt.function_resources(ModuleKind::Hopper, name)?;
-            println!(
-                "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
-                r.num_regs, r.local_bytes, r.static_shared_bytes
-            );
-        }
+        print_resources(&rt, ModuleKind::Hopper, &hopper_attention_kernel_names())?;
     } else {
         println!(
             "hopper module (sm_90a PTX): not used (needs compute capability 9.0, this device has \
              {}.{})",
             di.major, di.minor
+        );
+    }
+    Ok(())
+}
+
+/// One line per kernel of `module`: registers, local memory (spills) and static shared memory.
+fn print_resources(rt: &Runtime, module: ModuleKind, kernels: &[&str]) -> Result<(), CliError> {
+    for name in kernels {
+        let r = rt.function_resources(module, name)?;
+        println!(
+            "  {name}: {} registers/thread, {} B local memory, {} B static shared memory",
+            r.num_regs, r.local_bytes, r.static_shared_bytes
         );
     }
     Ok(())
