@@ -134,17 +134,17 @@ unsafe fn attention<
     unsafe { epilogue::store::<F, HD, NT>(p, &geo, &softmax, &out) };
 }
 
-#[cfg(not(feature = "ada_fp8"))]
-macro_rules! pv8_attention_entry {
-    ($name:literal, $hd:literal, $causal:literal) => {
+/// One kernel entry: [`attention`] with P·V format `$format` (see the module docs).
+macro_rules! attention_entry {
+    ($name:literal, $format:ty, $hd:literal, $causal:literal) => {
         const _: () = {
             /// Kernel entry (see the module docs); one per variant.
             #[unsafe(export_name = $name)]
-            pub unsafe extern "ptx-kernel" fn pv8_attention_entry(p: AttnParams) {
+            pub unsafe extern "ptx-kernel" fn attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
                 unsafe {
                     attention::<
-                        format::Int8,
+                        $format,
                         $hd,
                         { $hd / 32 },
                         { $hd / 8 },
@@ -157,42 +157,26 @@ macro_rules! pv8_attention_entry {
     };
 }
 
+/// The INT8 entries (the portable module).
+#[cfg(not(feature = "ada_fp8"))]
+macro_rules! pv8_attention_entry {
+    ($name:literal, $hd:literal, $causal:literal) => {
+        attention_entry!($name, format::Int8, $hd, $causal);
+    };
+}
+
 #[cfg(not(feature = "ada_fp8"))]
 crate::for_each_pv8_attention_variant!(pv8_attention_entry);
 
-/// The FP8 entries (the sm_89 module): the same kernel with e4m3 P and Vᵀ; `$f16acc` picks the
-/// accumulator of one key tile's product.
+/// The FP8 entries (the sm_89 module): the same kernel with e4m3 P and Vᵀ; the last argument
+/// picks the accumulator of one key tile's product (`true`: f16).
 #[cfg(feature = "ada_fp8")]
 macro_rules! fp8_attention_entry {
-    ($name:literal, $hd:literal, $causal:literal, $f16acc:literal) => {
-        const _: () = {
-            /// Kernel entry (see the module docs); one per variant.
-            #[unsafe(export_name = $name)]
-            pub unsafe extern "ptx-kernel" fn fp8_attention_entry(p: AttnParams) {
-                // SAFETY: the host launches this entry only with validated parameters.
-                unsafe {
-                    if $f16acc {
-                        attention::<
-                            format::Fp8F16,
-                            $hd,
-                            { $hd / 32 },
-                            { $hd / 8 },
-                            { p8_tile($hd) / 8 },
-                            $causal,
-                        >(&p)
-                    } else {
-                        attention::<
-                            format::Fp8F32,
-                            $hd,
-                            { $hd / 32 },
-                            { $hd / 8 },
-                            { p8_tile($hd) / 8 },
-                            $causal,
-                        >(&p)
-                    }
-                }
-            }
-        };
+    ($name:literal, $hd:literal, $causal:literal, true) => {
+        attention_entry!($name, format::Fp8F16, $hd, $causal);
+    };
+    ($name:literal, $hd:literal, $causal:literal, false) => {
+        attention_entry!($name, format::Fp8F32, $hd, $causal);
     };
 }
 
