@@ -109,6 +109,58 @@ pub fn attention_fp8_emulation(
 /// Keys of one k-step of the 8-bit mma (m16n8k32): the f16 accumulator rounds after each.
 const PV8_MMA_K: usize = 32;
 
+/// Step 4 of the 8-bit P·V emulations (INT8 and FP8) for one row: per key tile of
+/// [`p8_tile`]`(d)` keys with `m_t` the tile's largest score, `p_j = quantize_p(2^(s_j - m_t))`
+/// (in units of `p_max`), the tile's `Σ_j p_j · v_jc` summed per 32-key k-step (rounded to f16
+/// after each step when `f16_steps`: the FP8 f16 accumulator), then
+/// `o_c = Σ_t 2^(m_t - m) · tile_c · scale_c / p_max / Σ p + mean_c`. The INT8 sums are integers
+/// below 2^53, so exact in f64 whatever the order.
+#[allow(clippy::too_many_arguments)]
+fn pv8_row(
+    o_row: &mut [f64],
+    scores: &[f64],
+    (row_max, denominator): (f64, f64),
+    v8: &QuantizedV8,
+    (b, kv): (usize, usize),
+    p_max: f32,
+    quantize_p: impl Fn(f64) -> f64,
+    f16_steps: bool,
+) {
+    let d = o_row.len();
+    let mut tile_sum = vec![0.0_f64; d];
+    let mut step_sum = vec![0.0_f64; d];
+    let p_tile = p8_tile(d);
+    for (t, tile) in scores.chunks(p_tile).enumerate() {
+        let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        tile_sum.fill(0.0);
+        for (step, chunk) in tile.chunks(PV8_MMA_K).enumerate() {
+            step_sum.fill(0.0);
+            for (i, &s) in chunk.iter().enumerate() {
+                let p = quantize_p((s - tile_max).exp2());
+                let key = t * p_tile + step * PV8_MMA_K + i;
+                for (c, sum) in step_sum.iter_mut().enumerate() {
+                    *sum += p * v8.value_f64(b, kv, key, c);
+                }
+            }
+            for (acc, &sum) in tile_sum.iter_mut().zip(&step_sum) {
+                *acc = if f16_steps {
+                    f64::from(f16::from_f64(*acc + sum).to_f32())
+                } else {
+                    *acc + sum
+                };
+            }
+        }
+        let factor = (tile_max - row_max).exp2();
+        for (acc, &sum) in o_row.iter_mut().zip(&tile_sum) {
+            *acc += factor * sum;
+        }
+    }
+    for (c, acc) in o_row.iter_mut().enumerate() {
+        let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(p_max);
+        *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
+    }
+}
+
 /// The P·V step of the emulation, with the V it reads.
 enum PvEmulation {
     /// V rounded to f16 (contiguous f64), optionally an f16 accumulator per key block.
@@ -180,67 +232,26 @@ fn emulate(
                     *acc /= denominator;
                 }
             }
-            PvEmulation::Int8(v8) => {
-                let (b, kv) = (task.b, task.kv_head);
-                let mut tile_sum = vec![0_i64; d];
-                let p_tile = p8_tile(d);
-                for tile_start in (0..task.visible).step_by(p_tile) {
-                    let tile = &scores[tile_start..(tile_start + p_tile).min(task.visible)];
-                    let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    tile_sum.fill(0);
-                    for (j, &s) in tile.iter().enumerate() {
-                        let u = (P8_MAX as f64 * (s - tile_max).exp2()).round_ties_even() as i64;
-                        for (c, sum) in tile_sum.iter_mut().enumerate() {
-                            *sum += u * i64::from(v8.value(b, kv, tile_start + j, c));
-                        }
-                    }
-                    let factor = (tile_max - row_max).exp2();
-                    for (acc, &sum) in task.o_row.iter_mut().zip(&tile_sum) {
-                        *acc += factor * sum as f64;
-                    }
-                }
-                for (c, acc) in task.o_row.iter_mut().enumerate() {
-                    let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(P8_MAX);
-                    *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
-                }
-            }
-            PvEmulation::Fp8 { v8, f16_accum } => {
-                let (b, kv) = (task.b, task.kv_head);
-                let mut tile_sum = vec![0.0_f64; d];
-                let mut step_sum = vec![0.0_f64; d];
-                let p_tile = p8_tile(d);
-                for tile_start in (0..task.visible).step_by(p_tile) {
-                    let tile = &scores[tile_start..(tile_start + p_tile).min(task.visible)];
-                    let tile_max = tile.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                    tile_sum.fill(0.0);
-                    for (step, chunk) in tile.chunks(PV8_MMA_K).enumerate() {
-                        step_sum.fill(0.0);
-                        for (i, &s) in chunk.iter().enumerate() {
-                            let p = ((s - tile_max).exp2() as f32) * P_FP8_MAX;
-                            let p = f64::from(F8E4M3::from_f32(p).to_f32());
-                            let key = tile_start + step * PV8_MMA_K + i;
-                            for (c, sum) in step_sum.iter_mut().enumerate() {
-                                *sum += p * v8.value_f64(b, kv, key, c);
-                            }
-                        }
-                        for (acc, &sum) in tile_sum.iter_mut().zip(&step_sum) {
-                            *acc = if *f16_accum {
-                                f64::from(f16::from_f64(*acc + sum).to_f32())
-                            } else {
-                                *acc + sum
-                            };
-                        }
-                    }
-                    let factor = (tile_max - row_max).exp2();
-                    for (acc, &sum) in task.o_row.iter_mut().zip(&tile_sum) {
-                        *acc += factor * sum;
-                    }
-                }
-                for (c, acc) in task.o_row.iter_mut().enumerate() {
-                    let scale = f64::from(v8.scale_of(b, kv, c)) / f64::from(P_FP8_MAX);
-                    *acc = *acc * scale / denominator + f64::from(v8.mean_of(b, kv, c));
-                }
-            }
+            PvEmulation::Int8(v8) => pv8_row(
+                task.o_row,
+                &scores[..task.visible],
+                (row_max, denominator),
+                v8,
+                (task.b, task.kv_head),
+                P8_MAX,
+                |x| (f64::from(P8_MAX) * x).round_ties_even(),
+                false,
+            ),
+            PvEmulation::Fp8 { v8, f16_accum } => pv8_row(
+                task.o_row,
+                &scores[..task.visible],
+                (row_max, denominator),
+                v8,
+                (task.b, task.kv_head),
+                P_FP8_MAX,
+                |x| f64::from(F8E4M3::from_f32(x as f32 * P_FP8_MAX).to_f32()),
+                *f16_accum,
+            ),
         }
         // Smoothing subtracted `mean` from every key, which lowered every score of the row by
         // `sm_scale * q_i · mean`; add it back so the LSE refers to the original K, as the contract
