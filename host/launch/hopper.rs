@@ -22,12 +22,14 @@
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
 //! | 64 | 8-bit | 3 | 192 | 384 | 1024 + 12288 + 8·16384 + 128 = 144 512 |
 //! | 128 | 8-bit | 2 | 128 | 256 | 1024 + 16384 + 6·32768 + 96 = 214 112 |
+//! | 256 | 8-bit | 2 | 128 | 256 | 1024 + 32768 + 6·32768 + 96 = 230 496 |
 //!
 //! (each warpgroup owns 64 query rows; thread 0 copies the K/V tiles by TMA through descriptors
 //! the call encodes, `launch::tma`, except with f16 P·V at d = 96 or a V that TMA cannot
-//! describe, where every thread copies its share; no producer warp). Head dims 64, 96, 128 and 256 (8-bit P·V: 64 and 128); `launch::dispatch`
-//! runs the sizes between them zero-padded on the next one up (d = 80 on the d = 96 kernel,
-//! d = 160 and 192 on d = 256; with the 8-bit P·V d = 96 on d = 128). d = 96 stores Q and K in
+//! describe, where every thread copies its share; no producer warp). Head dims 64, 96, 128 and
+//! 256 (8-bit P·V: 64, 128 and 256, with 64-key tiles at 256); `launch::dispatch` runs the sizes
+//! between them zero-padded on the next one up (d = 80 on the d = 96 kernel, d = 160 and 192 on
+//! d = 256; with the 8-bit P·V d = 96 on d = 128). d = 96 stores Q and K in
 //! the d = 128 kernel's 128-byte shared-memory rows (its stage is 8 KiB of K + 12 KiB of V).
 
 use crate::device::runtime::{ModuleKind, Runtime};
