@@ -60,7 +60,7 @@ proptest! {
     fn fp8_v_quantization_error_and_layout(
         seq in 1usize..300,
         heads in 1usize..3,
-        head_dim in prop::sample::select(vec![16usize, 64, 96, 128]),
+        head_dim in prop::sample::select(vec![16usize, 64, 96, 128, 256]),
         pad in prop::sample::select(vec![0usize, 32]),
         seed in any::<u64>(),
     ) {
@@ -106,7 +106,7 @@ proptest! {
     fn fp8_emulation_accumulators_agree(
         qo_len in 1usize..200,
         kv_len in 1usize..300,
-        head_dim in prop::sample::select(vec![32usize, 64, 96, 128]),
+        head_dim in prop::sample::select(vec![32usize, 64, 96, 128, 256]),
         causal in any::<bool>(),
         gqa in any::<bool>(),
         seed in any::<u64>(),

@@ -49,7 +49,7 @@ proptest! {
     fn v8_quantization_error_and_layout(
         seq in 1usize..300,
         heads in 1usize..3,
-        head_dim in prop::sample::select(vec![8usize, 64, 96, 128]),
+        head_dim in prop::sample::select(vec![8usize, 64, 96, 128, 256]),
         pad in prop::sample::select(vec![0usize, 32]),
         seed in any::<u64>(),
     ) {
