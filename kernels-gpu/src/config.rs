@@ -471,10 +471,11 @@ pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -
 /// Most threads of a `sage_prepare_k_head` CTA (the one-CTA-per-head K preparation,
 /// docs/perf-notes.md, "Preparation v6"): [`k_head_groups`] groups of [`prep_threads`] threads.
 /// The entry is bounded `.maxntid K_HEAD_MAX_THREADS, .minnctapersm 1` (build.rs), so ptxas caps
-/// it at 65536 / 768 → 80 registers (its granularity): one CTA per SM. 1024 threads (64
-/// registers) spilled 8–48 bytes in the quantization (ptxas 12.9), 768 needs 75 (sm_80) / 79
-/// (sm_90), no spills.
-pub const K_HEAD_MAX_THREADS: usize = 768;
+/// it at 65536 / 1024 = 64 registers: one CTA per SM. 1024 threads (4 groups at d = 128, against 3
+/// at 768: the segments and blocks of a 1K or 2K head spread evenly) fit with 59 (sm_80/86/89) /
+/// 64 (sm_90) registers and no spill once the phase-3 group and the segment count go through
+/// opaque moves (`quant::k_head`).
+pub const K_HEAD_MAX_THREADS: usize = 1024;
 /// Most groups of a `sage_prepare_k_head` CTA: each group syncs on its own named barrier
 /// (`bar.sync 1 + group, prep_threads`), and a CTA has 16 (0 is the whole CTA's).
 pub const K_HEAD_MAX_GROUPS: usize = 8;
@@ -490,7 +491,7 @@ pub const fn k_head_supported(head_dim: usize) -> bool {
 }
 
 /// Groups of a `sage_prepare_k_head` CTA at `head_dim` (each one the segment / quantization
-/// geometry of [`prep_threads`] threads): 6 at d = 64, 4 at d = 96, 3 at d = 128, 1 at d = 256.
+/// geometry of [`prep_threads`] threads): 8 at d = 64, 5 at d = 96, 4 at d = 128, 2 at d = 256.
 pub const fn k_head_groups(head_dim: usize) -> usize {
     let g = K_HEAD_MAX_THREADS / prep_threads(head_dim);
     if g > K_HEAD_MAX_GROUPS {

@@ -583,8 +583,10 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
     let bh = (batch * mp.heads + head) as u64;
     let mut d = ptx::thread_idx_x();
     while d < hd {
-        // SAFETY: s < segments, d < head_dim: inside the sums buffer.
-        let m = mean_of_segment_sums(mp.seq, |s| unsafe {
+        // SAFETY: s < segments, d < head_dim: inside the sums buffer. (The length through an
+        // opaque move: the fold's trip count, derived from it before phase 1 and kept, spilled
+        // at 1024 threads on sm_90.)
+        let m = mean_of_segment_sums(ptx::opaque_u32(mp.seq), |s| unsafe {
             ptx::ld_shared_f32(sums + 4 * (s as u32 * hd + d))
         });
         // SAFETY: d < head_dim: inside the staged mean and the [batch][heads][head_dim] buffer.
@@ -598,6 +600,14 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
     let blocks = kp.seq.div_ceil(kp.block);
     let mut i = index;
     while i < blocks {
+        // The group rebuilt from an opaque index in every round: kept across the loop, its
+        // fields spilled at 1024 threads (64 registers, sm_90).
+        let opaque = ptx::opaque_u32(index);
+        let g = Group::part(
+            opaque,
+            group_threads,
+            sums + 4 * ptx::opaque_u32(segments) * hd + opaque * group_bytes,
+        );
         // SAFETY: forwarded; blk < blocks; the group's region holds the warp slots.
         unsafe {
             quantize_block::<K_CHUNKS_PER_THREAD, false>(
