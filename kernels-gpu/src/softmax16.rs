@@ -22,6 +22,11 @@ pub(crate) struct TileBounds {
     pub diag: i32,
 }
 
+/// How far (log2 units) a tile's row max may pass the 8-bit P·V's reference max before the
+/// reference moves ([`OnlineSoftmax::advance`]): factors up to 2^8 cannot overflow the f32 output
+/// (each tile adds at most its u8 product, below 2^23, times 2^8).
+pub(crate) const LAZY_MAX_SLACK: f32 = 8.0;
+
 /// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
 pub(crate) struct OnlineSoftmax {
     pub max: [f32; 2],
@@ -40,11 +45,26 @@ impl OnlineSoftmax {
     /// Row `h`'s step to a new running max from its lane's part of the tile max: reduces the tile
     /// max over the quad, moves `max`, sets `rescale[h]` (what the previous output is worth now)
     /// and returns the quad's tile max and the base the probabilities are taken against.
+    ///
+    /// With `PER_TILE` the running max is only a reference point: each tile's probabilities are
+    /// taken against the tile's own max, and what they are worth against the reference goes into
+    /// the f32 fold. So the reference moves only when a tile max passes it by more than
+    /// [`LAZY_MAX_SLACK`]: most tiles then leave every row of the warp unchanged and the output's
+    /// rescale is skipped (the f32 output and sums grow by at most 2^slack in between).
     #[inline(always)]
-    fn advance(&mut self, h: usize, lane_max: f32, rescale: &mut [f32; 2]) -> (f32, f32) {
+    fn advance<const PER_TILE: bool>(
+        &mut self,
+        h: usize,
+        lane_max: f32,
+        rescale: &mut [f32; 2],
+    ) -> (f32, f32) {
         let mut tile_max = lane_max.max(ptx::shfl_xor_f32(lane_max, 1));
         tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-        let new_max = self.max[h].max(tile_max);
+        let new_max = if PER_TILE && tile_max <= self.max[h] + LAZY_MAX_SLACK {
+            self.max[h]
+        } else {
+            self.max[h].max(tile_max)
+        };
         // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so that
         // 2^(-inf - 0) = 0 rather than NaN.
         let base = if new_max == f32::NEG_INFINITY {
@@ -79,7 +99,7 @@ impl OnlineSoftmax {
                         tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
                     },
                 );
-                let (tile_max, base) = self.advance(h, tile_max, &mut rescale);
+                let (tile_max, base) = self.advance::<PER_TILE>(h, tile_max, &mut rescale);
                 let p_base = if PER_TILE {
                     tile_factor[h] = ptx::ex2(tile_max - base);
                     if tile_max == f32::NEG_INFINITY {
@@ -147,7 +167,7 @@ impl OnlineSoftmax {
                     },
                 );
                 // A NaN scale (non-finite input) leaves the max alone; the probabilities are NaN.
-                let (tile_max, base) = self.advance(h, tile_max, &mut rescale);
+                let (tile_max, base) = self.advance::<PER_TILE>(h, tile_max, &mut rescale);
                 // Unmasked: every score is finite (or NaN), so the tile max is too.
                 let p_base = if PER_TILE {
                     tile_factor[h] = ptx::ex2(tile_max - base);
