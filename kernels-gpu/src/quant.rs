@@ -565,11 +565,15 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
     let mean_smem = ptx::smem_base();
     let sums = mean_smem + 4 * hd;
     let group_bytes = k_head_group_smem_bytes(hd as usize) as u32;
-    let g = Group::part(
-        index,
-        group_threads,
-        sums + 4 * segments * hd + index * group_bytes,
-    );
+    // Group `index`'s tree region and warp slots, past the `segments` segment sums.
+    let group_at = |index: u32, segments: u32| {
+        Group::part(
+            index,
+            group_threads,
+            sums + 4 * segments * hd + index * group_bytes,
+        )
+    };
+    let g = group_at(index, segments);
     let mut segment = index;
     while segment < segments {
         // SAFETY: forwarded; the group's tree region and the sums buffer are inside
@@ -602,12 +606,7 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
     while i < blocks {
         // The group rebuilt from an opaque index in every round: kept across the loop, its
         // fields spilled at 1024 threads (64 registers, sm_90).
-        let opaque = ptx::opaque_u32(index);
-        let g = Group::part(
-            opaque,
-            group_threads,
-            sums + 4 * ptx::opaque_u32(segments) * hd + opaque * group_bytes,
-        );
+        let g = group_at(ptx::opaque_u32(index), ptx::opaque_u32(segments));
         // SAFETY: forwarded; blk < blocks; the group's region holds the warp slots.
         unsafe {
             quantize_block::<K_CHUNKS_PER_THREAD, false>(
