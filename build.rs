@@ -106,11 +106,16 @@ mod hopper_config;
 /// 6%, H200.)
 fn apply_launch_bounds(ptx: &str) -> String {
     let mut ptx = ptx.to_string();
-    // The sm_90a kernels: their block size, one CTA per SM at least (keeps them launchable if
-    // registers grow; the 416-thread d = 64 kernel must stay at ≤ 152 registers).
+    // The sm_90a kernels: their block size and the CTAs that must share an SM (one for most,
+    // which keeps them launchable if registers grow; three for the one-warpgroup 8-bit d = 128
+    // kernel, which caps it at 168 registers).
     macro_rules! bound_sm90 {
         ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
-            ptx = add_launch_bounds(&ptx, $name, hopper_config::sm90_threads($hd, $pv8), 1);
+            let (threads, ctas) = (
+                hopper_config::sm90_threads($hd, $pv8),
+                hopper_config::sm90_ctas_per_sm($hd, $pv8),
+            );
+            ptx = add_launch_bounds(&ptx, $name, threads, ctas);
         };
     }
     for_each_sm90_attention_variant!(bound_sm90);

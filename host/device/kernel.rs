@@ -13,6 +13,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Dynamic shared memory a kernel may use without opting in (48 KiB).
 pub const DEFAULT_MAX_DYNAMIC_SMEM: u32 = 48 * 1024;
+/// `CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT` for every kernel past that default: the
+/// most shared memory the unified L1 can give (`CU_SHAREDMEM_CARVEOUT_MAX_SHARED`).
+const MAX_SHARED_CARVEOUT_PERCENT: i32 = 100;
 
 /// A non-negative driver-reported quantity as u32.
 pub(super) fn non_negative(v: i32) -> u32 {
@@ -286,6 +289,18 @@ impl Kernel {
                         k.name
                     )
                 })?;
+                // The whole unified L1 as shared memory: a hint, without which the driver may
+                // size the carveout for one CTA of a kernel meant to run several per SM (the
+                // 75 KiB 8-bit d = 128 sm_90a kernel, three per SM).
+                // SAFETY: as above.
+                unsafe {
+                    cu_result::function::set_function_attribute(
+                        k.cu_function,
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
+                        MAX_SHARED_CARVEOUT_PERCENT,
+                    )
+                }
+                .with_op(|| format!("setting the shared memory carveout of kernel `{}`", k.name))?;
                 *raised = true;
             }
         }

@@ -57,9 +57,9 @@
 //! this thread's global loads, so the K scales are loaded a tile ahead.
 
 use super::config::{
-    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset,
-    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages, sm90_threads,
-    sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
+    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_ctas_per_sm,
+    sm90_k_offset, sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages,
+    sm90_threads, sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
@@ -95,10 +95,17 @@ const fn pingpong(pv8: bool, head_dim: usize) -> bool {
 }
 /// Whether the 8-bit P·V variant pipelines its tiles (`Consumer::step_pipe`: `S_{t+1}` in
 /// flight during tile t's softmax and P·V). It holds a second set of scores (64 registers), which
-/// fits beside d = 128's two warpgroups (255-register cap) but not d = 64's three (168), nor
+/// fits beside d = 128's output in a 255-register cap (one CTA of two warpgroups per SM) but not
+/// in the 168 of three warpgroups per SM (d = 64; d = 128 as three one-warpgroup CTAs), nor
 /// beside d = 256's 128 output registers.
 const fn pv8_pipelined(head_dim: usize) -> bool {
-    head_dim == 128
+    head_dim == 128 && sm90_ctas_per_sm(head_dim, true) == 1
+}
+/// Whether a serial 8-bit step loads its tile's K scales itself (under its Q·Kᵀ) instead of
+/// carrying them from the previous step: the one-warpgroup CTA, where the two carried registers
+/// made ptxas spill at the 168 cap.
+const fn k_scales_in_step(head_dim: usize, pv8: bool) -> bool {
+    pv8 && sm90_consumer_warpgroups(head_dim, pv8) == 1
 }
 /// Whether a launch's K/V tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except
 /// d = 96, whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
@@ -250,8 +257,16 @@ unsafe fn attention<
         let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
-        // (the serial 8-bit steps release tile t - 1 at the start of step t).
-        let margin = if PV8 && !pv8_pipelined(HD) { 2 } else { 3 };
+        // (the serial 8-bit steps release tile t - 1 at the start of step t: a CTA of one
+        // warpgroup may copy into that stage right after, others keep one tile of slack for the
+        // slowest warpgroup).
+        let margin = if sm90_consumer_warpgroups(HD, PV8) == 1 {
+            1
+        } else if PV8 && !pv8_pipelined(HD) {
+            2
+        } else {
+            3
+        };
         let (stages, ahead) = (sm90_stages(HD, PV8), sm90_lookahead(HD, PV8));
         assert!(ahead >= 1 && stages >= ahead + margin && stages <= 8);
     };
@@ -817,8 +832,13 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     ) {
         self.wait_k(t);
         self.make_visible();
-        let k_scales = *k_scales_t;
-        *k_scales_t = self.k_scales((t + 1).min(self.last_tile));
+        let k_scales = if k_scales_in_step(HD, PV8) {
+            self.k_scales(t)
+        } else {
+            let k_scales = *k_scales_t;
+            *k_scales_t = self.k_scales((t + 1).min(self.last_tile));
+            k_scales
+        };
         if t >= 1 {
             self.release(t - 1);
         }

@@ -20,15 +20,29 @@
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
 /// column groups of 32 registers beside the f32 output: two warpgroups at d = 128 (three spill at
-/// the 168 cap and measured 15% slower), three at d = 64 (four spill), two at d = 256 (serial
-/// 64-key tiles: the f32 output takes 128 registers).
+/// the 168 cap and measured 15% slower in one CTA), three at d = 64 (four spill), two at d = 256
+/// (serial 64-key tiles: the f32 output takes 128 registers). The 8-bit d = 128 kernel is
+/// instead one warpgroup per CTA, three CTAs per SM ([`sm90_ctas_per_sm`]), the official 2.2
+/// kernel's occupancy: serial tiles, 168 registers (docs/perf-notes.md, v3.9).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., _) => 2,
         (65.., false) => 3,
         (_, false) => 4,
-        (65.., true) => 2,
+        (65.., true) => 1,
         (_, true) => 3,
+    }
+}
+
+/// CTAs that must fit on one SM (the entry's `.minnctapersm`, which caps ptxas' registers at
+/// 65536 / (CTAs · threads) rounded down to 8): 3 for the one-warpgroup 8-bit d = 128 kernel
+/// (168 registers, 75 KiB of shared memory each), 1 for every other (their shared memory
+/// holds one CTA per SM).
+pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
+    if sm90_consumer_warpgroups(head_dim, pv8) == 1 {
+        3
+    } else {
+        1
     }
 }
 
@@ -70,7 +84,10 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// 225 KiB; the 8-bit P·V at d = 256 (64-key stages of 16 KiB of K and 16 KiB of Vᵀ): 6 stages
 /// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if head_dim > 128 && !pv8 {
+    if sm90_ctas_per_sm(head_dim, pv8) == 3 {
+        // Three CTAs share an SM's 228 KiB: 8 KiB of Q and two 32 KiB stages each.
+        2
+    } else if head_dim > 128 && !pv8 {
         4
     } else if head_dim > 64 && pv8 {
         6
@@ -80,9 +97,15 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
 }
 
 /// Tiles copied ahead of the one being computed (tile `t + lookahead` in step t, into the stage
-/// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least).
+/// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least;
+/// a CTA of one warpgroup releases tile t - 1 at the start of step t, right before it copies
+/// tile t + 1 into that stage).
 pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
-    sm90_stages(head_dim, pv8) - 3
+    if sm90_consumer_warpgroups(head_dim, pv8) == 1 {
+        sm90_stages(head_dim, pv8) - 1
+    } else {
+        sm90_stages(head_dim, pv8) - 3
+    }
 }
 
 /// Bytes of one row of a K-major INT8 tile (Q, K) in shared memory: `head_dim`, except at d = 96,
