@@ -961,6 +961,31 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 },
             );
         }
+        if const { HD == 128 && k_scales_in_step(HD, PV8) } && !(MASK && CAUSAL) {
+            // The one-warpgroup d = 128 kernel: S is dead here, so the whole product fits as one
+            // n = 128 wgmma per k-step into 64 s32 registers, with one wait, as the official
+            // kernel does (on causal masked tiles ptxas spilled with it: column groups there).
+            let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+            let vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
+            ptx::wgmma_fence();
+            let mut acc = issue_pv8::<16>(&probs, &vd, Self::CK as usize / 32);
+            ptx::wgmma_commit();
+            ptx::wgmma_wait::<0>();
+            smem::pin_acc(&mut acc);
+            unroll::<16>(
+                #[inline(always)]
+                |j| {
+                    if j < NT {
+                        let o = &mut out[j];
+                        unroll::<4>(
+                            #[inline(always)]
+                            |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                        );
+                    }
+                },
+            );
+            return;
+        }
         // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
         // folded before the next is issued: at d = 128 this keeps 32 accumulator registers live
         // instead of 64 beside the output's 64. (Issuing both groups back to back and folding the
