@@ -29,8 +29,7 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
         (129.., _) => 2,
         (65.., false) => 3,
         (_, false) => 4,
-        (65.., true) => 1,
-        (_, true) => 3,
+        (_, true) => 1,
     }
 }
 
@@ -85,8 +84,13 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
     if sm90_ctas_per_sm(head_dim, pv8) == 3 {
-        // Three CTAs share an SM's 228 KiB: 8 KiB of Q and two 32 KiB stages each.
-        2
+        // Three CTAs share an SM's 228 KiB: d = 128, 8 KiB of Q and two 32 KiB stages each;
+        // d = 64, 4 KiB of Q and four 16 KiB stages.
+        if head_dim > 64 {
+            2
+        } else {
+            4
+        }
     } else if head_dim > 128 && !pv8 {
         4
     } else if head_dim > 64 && pv8 {
