@@ -19,11 +19,11 @@
 /// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
-/// column groups of 32 registers beside the f32 output: two warpgroups at d = 128 (three spill at
-/// the 168 cap and measured 15% slower in one CTA), three at d = 64 (four spill), two at d = 256
-/// (serial 64-key tiles: the f32 output takes 128 registers). The 8-bit d = 128 kernel is
-/// instead one warpgroup per CTA, three CTAs per SM ([`sm90_ctas_per_sm`]), the official 2.2
-/// kernel's occupancy: serial tiles, 168 registers (docs/perf-notes.md, v3.9).
+/// column groups of 32 registers beside the f32 output: one warpgroup per CTA at d = 64 and 128,
+/// three CTAs per SM ([`sm90_ctas_per_sm`]: the official 2.2 kernel's occupancy; serial tiles,
+/// 168 registers), which measured 8–23% (d = 128) and 12–26% (d = 64) faster than two or three
+/// warpgroups in one CTA (docs/perf-notes.md, v3.9); two at d = 256 (serial 64-key tiles: the
+/// f32 output takes 128 registers).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., _) => 2,
