@@ -20,7 +20,7 @@
 //! | 96 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·20480 + 128 = 189 568 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
-//! | 64 | 8-bit | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 4096 + 4·16384 + 64 = 70 720 |
+//! | 64 | 8-bit | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 3·16384 + 48 = 54 320 |
 //! | 128 | 8-bit | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 8192 + 2·32768 + 32 = 74 784 |
 //! | 256 | 8-bit | 2 | 128 | 256 | 1024 + 32768 + 6·32768 + 96 = 230 496 |
 //!
@@ -320,7 +320,7 @@ mod tests {
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
         // The 8-bit P·V rows of the module docs' table (128-key K and Vᵀ stages).
-        assert_eq!(sm90_smem_bytes(64, true), 1024 + 4096 + 4 * 16384 + 64);
+        assert_eq!(sm90_smem_bytes(64, true), 1024 + 4096 + 3 * 16384 + 48);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 8192 + 2 * 32768 + 32);
         // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
         assert_eq!(
@@ -376,13 +376,13 @@ mod tests {
         assert_eq!(sm90_smem_bytes(256, false), 1024 + 32768 + 4 * 49152 + 64);
         let c = hopper_launch_config(256, false, 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
-        // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 4 stages at d = 64, 2 at d = 128 (three
-        // CTAs share an SM's 228 KiB, 1 KiB of it reserved per CTA).
-        assert_eq!(sm90_smem_bytes(64, true), 1024 + 4096 + 4 * 16384 + 64);
+        // 8-bit P·V: 128-key tiles of INT8 K and Vᵀ; 3 stages at d = 64 (four CTAs per SM), 2
+        // at d = 128 (three; 1 KiB of an SM's 228 KiB is reserved per CTA).
+        assert_eq!(sm90_smem_bytes(64, true), 1024 + 4096 + 3 * 16384 + 48);
         assert_eq!(sm90_smem_bytes(128, true), 1024 + 8192 + 2 * 32768 + 32);
-        for hd in [64, 128] {
-            assert!(3 * (sm90_smem_bytes(hd, true) + 1024) <= 228 * 1024);
-            assert_eq!(config::sm90_ctas_per_sm(hd, true), 3);
+        for (hd, ctas) in [(64, 4), (128, 3)] {
+            assert!(ctas * (sm90_smem_bytes(hd, true) + 1024) <= 228 * 1024);
+            assert_eq!(config::sm90_ctas_per_sm(hd, true), ctas);
         }
         // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 6 stages.
         assert_eq!(sm90_smem_bytes(256, true), 1024 + 32768 + 6 * 32768 + 96);

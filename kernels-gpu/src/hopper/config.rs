@@ -38,10 +38,12 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
 /// (168 registers, 75 KiB of shared memory each), 1 for every other (their shared memory
 /// holds one CTA per SM).
 pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
-    if sm90_consumer_warpgroups(head_dim, pv8) == 1 {
-        3
-    } else {
+    if sm90_consumer_warpgroups(head_dim, pv8) > 1 {
         1
+    } else if head_dim <= 64 {
+        4
+    } else {
+        3
     }
 }
 
@@ -83,13 +85,13 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// 225 KiB; the 8-bit P·V at d = 256 (64-key stages of 16 KiB of K and 16 KiB of Vᵀ): 6 stages
 /// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if sm90_ctas_per_sm(head_dim, pv8) == 3 {
+    if sm90_ctas_per_sm(head_dim, pv8) > 1 {
         // Three CTAs share an SM's 228 KiB: d = 128, 8 KiB of Q and two 32 KiB stages each;
         // d = 64, 4 KiB of Q and four 16 KiB stages.
         if head_dim > 64 {
             2
         } else {
-            4
+            3
         }
     } else if head_dim > 128 && !pv8 {
         4
