@@ -2,8 +2,9 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4 for d = 64;
-//! 8-bit: 2 and 3) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
+//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4
+//! for d = 64, 2 for d = 256; 8-bit: one per CTA with `sm90_ctas_per_sm` CTAs per SM up to
+//! d = 128, 2 at d = 256) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
 //! block), and no producer warp: every thread also issues its share of the cp.async copies of the
 //! K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up to d = 128) where thread
 //! 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
@@ -20,10 +21,9 @@
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
 /// column groups of 32 registers beside the f32 output: one warpgroup per CTA at d = 64 and 128,
-/// three CTAs per SM ([`sm90_ctas_per_sm`]: the official 2.2 kernel's occupancy; serial tiles,
-/// 168 registers), which measured 8–23% (d = 128) and 12–26% (d = 64) faster than two or three
-/// warpgroups in one CTA (docs/perf-notes.md, v3.9); two at d = 256 (serial 64-key tiles: the
-/// f32 output takes 128 registers).
+/// several CTAs per SM ([`sm90_ctas_per_sm`]; serial tiles), which measured 8–23% (d = 128) and
+/// 12–26% (d = 64) faster than two or three warpgroups in one CTA (docs/perf-notes.md, v3.9);
+/// two at d = 256 (serial 64-key tiles: the f32 output takes 128 registers).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., _) => 2,
@@ -34,9 +34,10 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
 }
 
 /// CTAs that must fit on one SM (the entry's `.minnctapersm`, which caps ptxas' registers at
-/// 65536 / (CTAs · threads) rounded down to 8): 3 for the one-warpgroup 8-bit d = 128 kernel
-/// (168 registers, 75 KiB of shared memory each), 1 for every other (their shared memory
-/// holds one CTA per SM).
+/// 65536 / (CTAs · threads) rounded down to 8): for the one-warpgroup 8-bit kernels, 3 at
+/// d = 128 (168 registers: the official 2.2 kernel's occupancy; 73 KiB of shared memory each)
+/// and 4 at d = 64 (128 registers, 53 KiB; +2–8% over 3, docs/perf-notes.md, v3.10); 1 for every
+/// other kernel (its shared memory holds one CTA per SM).
 pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
     if sm90_consumer_warpgroups(head_dim, pv8) > 1 {
         1
@@ -86,8 +87,8 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
     if sm90_ctas_per_sm(head_dim, pv8) > 1 {
-        // Three CTAs share an SM's 228 KiB: d = 128, 8 KiB of Q and two 32 KiB stages each;
-        // d = 64, 4 KiB of Q and four 16 KiB stages.
+        // Several CTAs share an SM's 228 KiB: d = 128, three of 8 KiB of Q and two 32 KiB
+        // stages; d = 64, four of 4 KiB of Q and three 16 KiB stages.
         if head_dim > 64 {
             2
         } else {
