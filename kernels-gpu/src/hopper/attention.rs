@@ -965,25 +965,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             // The one-warpgroup d = 128 kernel: S is dead here, so the whole product fits as one
             // n = 128 wgmma per k-step into 64 s32 registers, with one wait, as the official
             // kernel does (on causal masked tiles ptxas spilled with it: column groups there).
-            let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
-            let vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
-            ptx::wgmma_fence();
-            let mut acc = issue_pv8::<16>(&probs, &vd, Self::CK as usize / 32);
-            ptx::wgmma_commit();
-            ptx::wgmma_wait::<0>();
-            smem::pin_acc(&mut acc);
-            unroll::<16>(
-                #[inline(always)]
-                |j| {
-                    if j < NT {
-                        let o = &mut out[j];
-                        unroll::<4>(
-                            #[inline(always)]
-                            |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
-                        );
-                    }
-                },
-            );
+            let acc = self.pv8_product::<16>(t, &probs, 0);
+            Self::fold_pv8(out, 0, &acc, factor);
             return;
         }
         // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
@@ -995,28 +978,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             #[inline(always)]
             |g| {
                 if 8 * g < NT {
-                    // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
-                    let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
-                    let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
-                    unroll::<4>(
-                        #[inline(always)]
-                        |kk| vd[kk] += 256 * g as u64,
-                    );
-                    ptx::wgmma_fence();
-                    let mut acc = issue_pv8::<8>(&probs, &vd, Self::CK as usize / 32);
-                    ptx::wgmma_commit();
-                    ptx::wgmma_wait::<0>();
-                    smem::pin_acc(&mut acc);
-                    unroll::<8>(
-                        #[inline(always)]
-                        |j| {
-                            let o = &mut out[8 * g + j];
-                            unroll::<4>(
-                                #[inline(always)]
-                                |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
-                            );
-                        },
-                    );
+                    let acc = self.pv8_product::<8>(t, &probs, g);
+                    Self::fold_pv8(out, 8 * g, &acc, factor);
                     // d = 256: ptxas would issue the next group's product while this one is
                     // still being folded, two 32-register accumulators beside the 128 output
                     // registers, and spill. A branch on the fold's last result ends the basic
@@ -1025,6 +988,52 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                     if HD == 256 && out[8 * g + 7][3].to_bits() == u32::MAX {
                         ptx::trap();
                     }
+                }
+            },
+        );
+    }
+
+    /// `P_t·V_t` for the channels `64g ..` of tile t (`N` n-tiles of 8 channels: 8, or 16 for
+    /// d = 128 at once), issued into a fresh s32 accumulator and waited for.
+    #[inline(always)]
+    fn pv8_product<const N: usize>(
+        &self,
+        t: u32,
+        probs: &[[u32; 4]; 4],
+        g: usize,
+    ) -> [[i32; 4]; N] {
+        // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+        let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| vd[kk] += 256 * g as u64,
+        );
+        ptx::wgmma_fence();
+        let mut acc = issue_pv8::<N>(probs, &vd, Self::CK as usize / 32);
+        ptx::wgmma_commit();
+        ptx::wgmma_wait::<0>();
+        smem::pin_acc(&mut acc);
+        acc
+    }
+
+    /// `O += acc·factor` for the output n-tiles `first ..` (`factor`: the tile's P scale per row).
+    #[inline(always)]
+    fn fold_pv8<const NT: usize, const N: usize>(
+        out: &mut [[f32; 4]; NT],
+        first: usize,
+        acc: &[[i32; 4]; N],
+        factor: [f32; 2],
+    ) {
+        unroll::<N>(
+            #[inline(always)]
+            |j| {
+                if first + j < NT {
+                    let o = &mut out[first + j];
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                    );
                 }
             },
         );
