@@ -107,8 +107,8 @@ mod hopper_config;
 fn apply_launch_bounds(ptx: &str) -> String {
     let mut ptx = ptx.to_string();
     // The sm_90a kernels: their block size and the CTAs that must share an SM (one for most,
-    // which keeps them launchable if registers grow; three for the one-warpgroup 8-bit d = 128
-    // kernel, which caps it at 168 registers).
+    // which keeps them launchable if registers grow; three or four for the one-warpgroup 8-bit
+    // kernels, which caps them at 168 or 128 registers).
     macro_rules! bound_sm90 {
         ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
             let (threads, ctas) = (

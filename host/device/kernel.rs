@@ -291,7 +291,7 @@ impl Kernel {
                 })?;
                 // The whole unified L1 as shared memory: a hint, without which the driver may
                 // size the carveout for one CTA of a kernel meant to run several per SM (the
-                // 75 KiB 8-bit d = 128 sm_90a kernel, three per SM).
+                // one-warpgroup 8-bit sm_90a kernels, three or four per SM).
                 // SAFETY: as above.
                 unsafe {
                     cu_result::function::set_function_attribute(

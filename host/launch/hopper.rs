@@ -383,6 +383,12 @@ mod tests {
         for (hd, ctas) in [(64, 4), (128, 3)] {
             assert!(ctas * (sm90_smem_bytes(hd, true) + 1024) <= 228 * 1024);
             assert_eq!(config::sm90_ctas_per_sm(hd, true), ctas);
+            // The carveout hint for several CTAs per SM is set with the shared-memory opt-in
+            // (`Kernel::raise_smem_limit`), which only kernels past 48 KiB take.
+            assert!(
+                sm90_smem_bytes(hd, true)
+                    > crate::device::kernel::DEFAULT_MAX_DYNAMIC_SMEM as usize
+            );
         }
         // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 6 stages.
         assert_eq!(sm90_smem_bytes(256, true), 1024 + 32768 + 6 * 32768 + 96);

@@ -14,12 +14,12 @@
 //! per key that does not scale with the keys (the fold, barriers, descriptors) — except at
 //! d = 256, whose 128 output registers leave room for a 64-key tile's scores only — and each
 //! warpgroup runs its tile serially (`Consumer::step_serial`: Q·Kᵀ, softmax, then P·V in groups
-//! of 64 channels, each folded before the next is issued); the warp schedulers interleave the
-//! warpgroups, so one's softmax runs under another's wgmmas. Two warpgroups at d = 128 and 256 and
-//! three at d = 64 fit the entry register cap without spilling (docs/perf-notes.md, 8-bit P·V v3
-//! and "8-bit P·V at d = 256"). At
-//! d = 128 the tiles are also pipelined within each warpgroup (`Consumer::step_pipe`, v3.5): the
-//! Q·Kᵀ of tile t+1 is issued before the softmax of tile t.
+//! of 64 channels, each folded before the next is issued; at d = 128 one n = 128 product except on
+//! causal masked tiles); the warp schedulers interleave the warpgroups, so one's softmax runs
+//! under another's wgmmas. At d = 64 and 128 a CTA is a single warpgroup and several CTAs share
+//! an SM (`sm90_ctas_per_sm`: four and three, 128 and 168 registers), which keeps warpgroups
+//! that share no stage barrier out of lockstep; d = 256 has two warpgroups (docs/perf-notes.md,
+//! 8-bit P·V v3.9–v3.10 and "8-bit P·V at d = 256").
 //!
 //! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
 //! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
@@ -54,11 +54,11 @@
 //! reads the previous ones has completed), or ptxas serialises the wgmmas (C7513); (2) ptxas
 //! hoists `wgmma.wait_group 0` to the top of the softmax unless a branch ends the basic block
 //! first (see `Consumer::step`); (3) the proxy fence compiles to `MEMBAR.ALL.CTA`, which waits for
-//! this thread's global loads, so the K scales are loaded a tile ahead.
+//! this thread's global loads, so the K scales are loaded a tile ahead where tiles come by
+//! cp.async (TMA needs no fence: the one-warpgroup 8-bit step loads its own).
 
 use super::config::{
-    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_ctas_per_sm,
-    sm90_k_offset, sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages,
+    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset, sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages,
     sm90_threads, sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
@@ -92,14 +92,6 @@ const MAX_COPIES_PER_THREAD: usize = 12;
 /// per softmax) the kernel without it measured 1.5–5% faster (docs/perf-notes.md, v7).
 const fn pingpong(pv8: bool, head_dim: usize) -> bool {
     PINGPONG && !pv8 && head_dim <= 128
-}
-/// Whether the 8-bit P·V variant pipelines its tiles (`Consumer::step_pipe`: `S_{t+1}` in
-/// flight during tile t's softmax and P·V). It holds a second set of scores (64 registers), which
-/// fits beside d = 128's output in a 255-register cap (one CTA of two warpgroups per SM) but not
-/// in the 168 of three warpgroups per SM (d = 64; d = 128 as three one-warpgroup CTAs), nor
-/// beside d = 256's 128 output registers.
-const fn pv8_pipelined(head_dim: usize) -> bool {
-    head_dim == 128 && sm90_ctas_per_sm(head_dim, true) == 1
 }
 /// Whether a serial 8-bit step loads its tile's K scales itself (under its Q·Kᵀ) instead of
 /// carrying them from the previous step: the one-warpgroup CTA, where the two carried registers
@@ -258,11 +250,11 @@ unsafe fn attention<
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
         // (the serial 8-bit steps release tile t - 1 at the start of step t: a CTA of one
-        // warpgroup may copy into that stage right after, others keep one tile of slack for the
+        // warpgroup may copy into that stage right after, several keep one tile of slack for the
         // slowest warpgroup).
         let margin = if sm90_consumer_warpgroups(HD, PV8) == 1 {
             1
-        } else if PV8 && !pv8_pipelined(HD) {
+        } else if PV8 {
             2
         } else {
             3
@@ -820,8 +812,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// The 8-bit P·V step, serial: `S_t = Q·K_tᵀ`, its softmax, then `P_t·V_t` into a
     /// fresh s32 accumulator and `O = O·rescale + acc·factor`, with nothing of this warpgroup in
     /// flight across the softmax: the other warpgroups' wgmmas fill the tensor cores meanwhile.
-    /// Holding only one of S and (half of) the s32 accumulator at a time is what lets 128-key
-    /// tiles fit the register cap of three warpgroups (d = 64). Releases tile t-1's stage.
+    /// Holding only one of S and the s32 accumulator at a time is what lets 128-key tiles fit the
+    /// register cap of three or four warpgroups per SM. Releases tile t-1's stage.
     #[inline(always)]
     fn step_serial<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
@@ -854,62 +846,6 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
             },
         );
         self.softmax_pv8::<MASK, CAUSAL, NT>(t, &s, out, softmax, k_scales);
-    }
-
-    /// 8-bit P·V, tile 0 of the pipelined loop: issues `S_0` and waits for it.
-    #[inline(always)]
-    fn first_pv8<const KS: usize>(&self) -> [[i32; 4]; 16] {
-        self.wait_k(0);
-        self.make_visible();
-        let mut s = self.issue_qk_pv8::<KS>(0);
-        ptx::wgmma_wait::<0>();
-        unroll::<16>(
-            #[inline(always)]
-            |j| {
-                if j < Self::NK {
-                    ptx::pin_i32x4(&mut s[j])
-                }
-            },
-        );
-        s
-    }
-
-    /// The 8-bit P·V step, pipelined across tiles (t < the last tile): issues
-    /// `S_{t+1} = Q·K_{t+1}ᵀ` first, then runs the softmax and the P·V of tile t (whose scores
-    /// `s` holds on entry) while it computes, so that the tensor cores work through this
-    /// warpgroup's softmax instead of waiting for it; `s` holds `S_{t+1}` on return. Releases
-    /// tile t-1's stage (its V was read by the P·V that step t-1 waited for).
-    #[inline(always)]
-    fn step_pipe<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
-        &self,
-        t: u32,
-        s: &mut [[i32; 4]; 16],
-        out: &mut [[f32; 4]; NT],
-        softmax: &mut OnlineSoftmax,
-        k_scales_t: &mut [f32; 2],
-    ) {
-        self.wait_k(t + 1);
-        self.make_visible();
-        let k_scales = *k_scales_t;
-        *k_scales_t = self.k_scales(t + 1);
-        if t >= 1 {
-            self.release(t - 1);
-        }
-        let mut next = self.issue_qk_pv8::<KS>(t + 1);
-        // The P·V waits below also complete S_{t+1} (one wait for all committed groups).
-        self.softmax_pv8::<MASK, CAUSAL, NT>(t, s, out, softmax, k_scales);
-        unroll::<16>(
-            #[inline(always)]
-            |j| {
-                if j < Self::NK {
-                    ptx::pin_i32x4(&mut next[j])
-                }
-            },
-        );
-        // The copies come last, when tile t's scores are dead (issued beside them, their
-        // addresses spilled).
-        self.copy_ahead(t + Self::LOOKAHEAD);
-        *s = next;
     }
 
     /// The second half of an 8-bit P·V step: the softmax of tile t's scores `s`, P as u8,
@@ -1161,25 +1097,7 @@ unsafe fn consume<
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
-        if PV8 && pv8_pipelined(HD) {
-            let mut k_scales = c.k_scales(0);
-            let mut s = c.first_pv8::<KS>();
-            let last = geo.n_tiles - 1;
-            let unmasked = geo.n_unmasked.min(last);
-            let (o_, s_, k_, sc) = (&mut out, &mut softmax, &mut k_scales, &mut s);
-            for t in 0..unmasked {
-                c.step_pipe::<false, CAUSAL, KS, NT>(t, sc, o_, s_, k_);
-            }
-            for t in unmasked..last {
-                c.step_pipe::<true, CAUSAL, KS, NT>(t, sc, o_, s_, k_);
-            }
-            // Tile last - 1's stage is not released: no tile is left to load into it.
-            if geo.n_unmasked == geo.n_tiles {
-                c.softmax_pv8::<false, CAUSAL, NT>(last, sc, o_, s_, *k_);
-            } else {
-                c.softmax_pv8::<true, CAUSAL, NT>(last, sc, o_, s_, *k_);
-            }
-        } else if PV8 {
+        if PV8 {
             let mut k_scales = c.k_scales(0);
             let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
             for t in 0..geo.n_unmasked {
