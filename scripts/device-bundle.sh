@@ -14,6 +14,9 @@
 # Then, with the device tool: run(command="bash .device/device-run.sh", carry=[".device"]).
 # SAGE_BUNDLE_MINIMAL=1: only the binaries (bench, sageattn; no tests, no wheel), about 15 MiB, for
 # scripts/compare.sh runs that carry more beside .device (e.g. .whl and .peers).
+# SAGE_BUNDLE_TESTS="gpu_pv8 gpu_hopper": only those test executables (and the binaries, no wheel):
+# a kernel change's own tests and sanitizer tests in one short call, e.g.
+#   run(command="bash .device/device-run.sh", carry=[".device"])  (a few minutes instead of six).
 # The transfer is limited to 64 MiB in all; when .device/ is larger than ${SAGE_BUNDLE_MAX_MIB:-56}
 # MiB the script packs it with xz into .devpack/ (ignored), about a tenth of the size, with an
 # unpack script: run(command="bash .devpack/unpack.sh && bash .device/device-run.sh",
@@ -32,8 +35,18 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 
 MINIMAL="${SAGE_BUNDLE_MINIMAL:-0}"
+ONLY_TESTS="${SAGE_BUNDLE_TESTS:-}"
+ONLY_TESTS="${ONLY_TESTS//,/ }"
 if [[ "$MINIMAL" == 1 ]]; then
     : > "$tmp/tests.json"
+elif [[ -n "$ONLY_TESTS" ]]; then
+    test_args=()
+    for t in $ONLY_TESTS; do
+        [[ -f "tests/$t.rs" ]] || die "SAGE_BUNDLE_TESTS: no tests/$t.rs"
+        test_args+=(--test "$t")
+    done
+    echo "device-bundle: cargo test --release --no-run ${test_args[*]}" >&2
+    cargo test --release --no-run "${test_args[@]}" --message-format=json-render-diagnostics > "$tmp/tests.json"
 else
     echo "device-bundle: cargo test --release --no-run" >&2
     cargo test --release --no-run --message-format=json-render-diagnostics > "$tmp/tests.json"
@@ -111,7 +124,7 @@ chmod +x "$DEV/device-run.sh"
 
 # The Python wheel (abi3, maturin; embeds the same PTX), run there by scripts/device-python.sh:
 #   run(command="bash scripts/device-python.sh", carry=[".device"])
-if [[ "$MINIMAL" != 1 ]]; then
+if [[ "$MINIMAL" != 1 && -z "$ONLY_TESTS" ]]; then
 echo "device-bundle: python wheel (python/build-wheel.sh)" >&2
 bash python/build-wheel.sh --test-deps "$DEV/wheels" > /dev/null || die "building the Python wheel failed"
 echo "device-bundle: the wheel's tests: run(command=\"bash scripts/device-python.sh\", carry=[\".device\"])" >&2
