@@ -58,8 +58,9 @@
 //! cp.async (TMA needs no fence: the one-warpgroup 8-bit step loads its own).
 
 use super::config::{
-    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset, sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages,
-    sm90_threads, sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
+    sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset,
+    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages, sm90_threads,
+    sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
