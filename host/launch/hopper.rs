@@ -400,12 +400,22 @@ mod tests {
                 crate::device_config::p8_tile(hd)
             );
         }
-        // Fits the 227 KiB per-block opt-in limit of sm_90 (d = 128: 217 KiB).
-        for hd in SM90_HEAD_DIMS {
-            assert!(sm90_smem_bytes(hd, false) <= 227 * 1024);
-        }
-        for hd in SM90_PV8_HEAD_DIMS {
-            assert!(sm90_smem_bytes(hd, true) <= 227 * 1024);
+        // Every variant: `sm90_ctas_per_sm` CTAs fit an SM's 228 KiB of shared memory (1 KiB of it
+        // reserved per CTA; one CTA: the 227 KiB per-block opt-in limit, d = 128 f16: 217 KiB)
+        // and its 64K registers at ptxas' cap, which leaves at least 128 registers per thread.
+        let variants = SM90_HEAD_DIMS
+            .map(|hd| (hd, false))
+            .into_iter()
+            .chain(SM90_PV8_HEAD_DIMS.map(|hd| (hd, true)));
+        for (hd, pv8) in variants {
+            let ctas = config::sm90_ctas_per_sm(hd, pv8);
+            assert!(
+                ctas * (sm90_smem_bytes(hd, pv8) + 1024) <= 228 * 1024,
+                "d={hd} pv8={pv8}"
+            );
+            assert!(sm90_smem_bytes(hd, pv8) <= 227 * 1024, "d={hd} pv8={pv8}");
+            let cap = 65536 / (ctas * sm90_threads(hd, pv8));
+            assert!(cap >= 128, "d={hd} pv8={pv8}: {cap} registers");
         }
     }
 }
