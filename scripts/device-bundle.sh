@@ -15,8 +15,8 @@
 # SAGE_BUNDLE_MINIMAL=1: only the binaries (bench, sageattn; no tests, no wheel), about 15 MiB, for
 # scripts/compare.sh runs that carry more beside .device (e.g. .whl and .peers).
 # SAGE_BUNDLE_TESTS="gpu_pv8 gpu_hopper": only those test executables (and the binaries, no wheel):
-# a kernel change's own tests and sanitizer tests in one short call, e.g.
-#   run(command="bash .device/device-run.sh", carry=[".device"])  (a few minutes instead of six).
+# a kernel change's own tests and sanitizer tests in one short call (a few minutes instead of
+# six; with two or more executables the bundle passes 56 MiB and is packed, see below).
 # The transfer is limited to 64 MiB in all; when .device/ is larger than ${SAGE_BUNDLE_MAX_MIB:-56}
 # MiB the script packs it with xz into .devpack/ (ignored), about a tenth of the size, with an
 # unpack script: run(command="bash .devpack/unpack.sh && bash .device/device-run.sh",

@@ -898,7 +898,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 },
             );
         }
-        if const { HD == 128 && k_scales_in_step(HD, PV8) } && !(MASK && CAUSAL) {
+        if const { HD == 128 && sm90_consumer_warpgroups(HD, PV8) == 1 } && !(MASK && CAUSAL) {
             // The one-warpgroup d = 128 kernel: S is dead here, so the whole product fits as one
             // n = 128 wgmma per k-step into 64 s32 registers, with one wait, as the official
             // kernel does (on causal masked tiles ptxas spilled with it: column groups there).
