@@ -22,7 +22,7 @@
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
 //! | 64 | 8-bit | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 3·16384 + 48 = 54 320 |
 //! | 128 | 8-bit | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 8192 + 2·32768 + 32 = 74 784 |
-//! | 256 | 8-bit | 2 | 128 | 256 | 1024 + 32768 + 6·32768 + 96 = 230 496 |
+//! | 256 | 8-bit | 1 (2 CTAs per SM) | 64 | 128 | 1024 + 16384 + 2·32768 + 32 = 82 976 |
 //!
 //! (each warpgroup owns 64 query rows; thread 0 copies the K/V tiles by TMA through descriptors
 //! the call encodes, `launch::tma`, except with f16 P·V at d = 96 or a V that TMA cannot
@@ -386,10 +386,13 @@ mod tests {
                     > crate::device::kernel::DEFAULT_MAX_DYNAMIC_SMEM as usize
             );
         }
-        // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 6 stages.
-        assert_eq!(sm90_smem_bytes(256, true), 1024 + 32768 + 6 * 32768 + 96);
+        // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 2 stages, two
+        // one-warpgroup CTAs per SM.
+        assert_eq!(sm90_smem_bytes(256, true), 1024 + 16384 + 2 * 32768 + 32);
+        assert!(2 * (sm90_smem_bytes(256, true) + 1024) <= 228 * 1024);
+        assert_eq!(config::sm90_ctas_per_sm(256, true), 2);
         let c = hopper_launch_config(256, true, 1000, 32, 4, 0);
-        assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
+        assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         for hd in SM90_PV8_HEAD_DIMS {
             assert_eq!(
                 config::sm90_cta_k(hd, true),

@@ -26,7 +26,7 @@
 /// two at d = 256 (serial 64-key tiles: the f32 output takes 128 registers).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
-        (129.., _) => 2,
+        (129.., false) => 2,
         (65.., false) => 3,
         (_, false) => 4,
         (_, true) => 1,
@@ -43,8 +43,10 @@ pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
         1
     } else if head_dim <= 64 {
         4
-    } else {
+    } else if head_dim <= 128 {
         3
+    } else {
+        2
     }
 }
 
@@ -87,12 +89,13 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// beside the 32 KiB Q tile, 225 KiB.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
     if sm90_ctas_per_sm(head_dim, pv8) > 1 {
-        // Several CTAs share an SM's 228 KiB: d = 128, three of 8 KiB of Q and two 32 KiB
-        // stages; d = 64, four of 4 KiB of Q and three 16 KiB stages.
-        if head_dim > 64 {
-            2
-        } else {
+        // Several CTAs share an SM's 228 KiB: d = 256, two of 16 KiB of Q and two 32 KiB
+        // stages (three would pass 228 KiB by 96 bytes); d = 128, three of 8 KiB of Q and two
+        // 32 KiB stages; d = 64, four of 4 KiB of Q and three 16 KiB stages.
+        if head_dim <= 64 {
             3
+        } else {
+            2
         }
     } else if head_dim > 128 && !pv8 {
         4
