@@ -3,8 +3,8 @@
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
 //! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4
-//! for d = 64, 2 for d = 256; 8-bit: one per CTA with `sm90_ctas_per_sm` CTAs per SM up to
-//! d = 128, 2 at d = 256) of 64 query rows each (a warpgroup's rows share one 128-row Q quantization
+//! for d = 64, 2 for d = 256; 8-bit: one per CTA, `sm90_ctas_per_sm` CTAs per SM) of 64 query
+//! rows each (a warpgroup's rows share one 128-row Q quantization
 //! block), and no producer warp: every thread also issues its share of the cp.async copies of the
 //! K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up to d = 128) where thread
 //! 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
@@ -20,10 +20,10 @@
 /// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
-/// column groups of 32 registers beside the f32 output: one warpgroup per CTA at d = 64 and 128,
-/// several CTAs per SM ([`sm90_ctas_per_sm`]; serial tiles), which measured 8–23% (d = 128) and
-/// 12–26% (d = 64) faster than two or three warpgroups in one CTA (docs/perf-notes.md, v3.9);
-/// two at d = 256 (serial 64-key tiles: the f32 output takes 128 registers).
+/// column groups of 32 registers beside the f32 output: one warpgroup per CTA at every d, several
+/// CTAs per SM ([`sm90_ctas_per_sm`]; serial tiles), which measured 8–23% (d = 128), 12–26%
+/// (d = 64) and 1–13% (d = 256, 64-key tiles) faster than two or three warpgroups in one CTA
+/// (docs/perf-notes.md, v3.9 and v3.11).
 pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
     match (head_dim, pv8) {
         (129.., false) => 2,
@@ -36,8 +36,8 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
 /// CTAs that must fit on one SM (the entry's `.minnctapersm`, which caps ptxas' registers at
 /// 65536 / (CTAs · threads) rounded down to 8): for the one-warpgroup 8-bit kernels, 3 at
 /// d = 128 (168 registers: the official 2.2 kernel's occupancy; 73 KiB of shared memory each)
-/// and 4 at d = 64 (128 registers, 53 KiB; +2–8% over 3, docs/perf-notes.md, v3.10); 1 for every
-/// other kernel (its shared memory holds one CTA per SM).
+/// 4 at d = 64 (128 registers, 53 KiB; +2–8% over 3, docs/perf-notes.md, v3.10) and 2 at d = 256
+/// (255 registers, 81 KiB); 1 for every other kernel (its shared memory holds one CTA per SM).
 pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
     if sm90_consumer_warpgroups(head_dim, pv8) > 1 {
         1
@@ -85,8 +85,7 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have (d = 96:
 /// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
 /// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
-/// 225 KiB; the 8-bit P·V at d = 256 (64-key stages of 16 KiB of K and 16 KiB of Vᵀ): 6 stages
-/// beside the 32 KiB Q tile, 225 KiB.
+/// 225 KiB. The 8-bit P·V, several CTAs per SM: see the first branch.
 pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
     if sm90_ctas_per_sm(head_dim, pv8) > 1 {
         // Several CTAs share an SM's 228 KiB: d = 256, two of 16 KiB of Q and two 32 KiB
