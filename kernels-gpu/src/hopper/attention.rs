@@ -16,10 +16,10 @@
 //! warpgroup runs its tile serially (`Consumer::step_serial`: Q·Kᵀ, softmax, then P·V in groups
 //! of 64 channels, each folded before the next is issued; at d = 128 one n = 128 product except on
 //! causal masked tiles); the warp schedulers interleave the warpgroups, so one's softmax runs
-//! under another's wgmmas. At d = 64 and 128 a CTA is a single warpgroup and several CTAs share
-//! an SM (`sm90_ctas_per_sm`: four and three, 128 and 168 registers), which keeps warpgroups
-//! that share no stage barrier out of lockstep; d = 256 has two warpgroups (docs/perf-notes.md,
-//! 8-bit P·V v3.9–v3.10 and "8-bit P·V at d = 256").
+//! under another's wgmmas. A CTA is a single warpgroup and several CTAs share an SM
+//! (`sm90_ctas_per_sm`: four, three and two at d = 64, 128 and 256; 128, 168 and 255 registers),
+//! which keeps warpgroups that share no stage barrier out of lockstep (docs/perf-notes.md, 8-bit
+//! P·V v3.9–v3.11 and "8-bit P·V at d = 256").
 //!
 //! Same inputs, parameters and semantics as the portable kernel (`attention/`): bottom-right causal
 //! alignment, rows without a visible key give 0 and LSE `-inf`, LSE plus `lse_bias`, f16 or bf16
