@@ -94,12 +94,6 @@ const MAX_COPIES_PER_THREAD: usize = 12;
 const fn pingpong(pv8: bool, head_dim: usize) -> bool {
     PINGPONG && !pv8 && head_dim <= 128
 }
-/// Whether a serial 8-bit step loads its tile's K scales itself (under its Q·Kᵀ) instead of
-/// carrying them from the previous step: the one-warpgroup CTA, where the two carried registers
-/// made ptxas spill at the 168 cap.
-const fn k_scales_in_step(head_dim: usize, pv8: bool) -> bool {
-    pv8 && sm90_consumer_warpgroups(head_dim, pv8) == 1
-}
 /// Whether a launch's K/V tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except
 /// d = 96, whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
 /// (`AttnParams::tma` nonzero; else every thread copies with cp.async). One decision for the
@@ -250,13 +244,10 @@ unsafe fn attention<
         let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
-        // (the serial 8-bit steps release tile t - 1 at the start of step t: a CTA of one
-        // warpgroup may copy into that stage right after, several keep one tile of slack for the
-        // slowest warpgroup).
+        // (a one-warpgroup CTA, the 8-bit P·V, releases tile t - 1 at the start of step t and
+        // may copy into that stage right after).
         let margin = if sm90_consumer_warpgroups(HD, PV8) == 1 {
             1
-        } else if PV8 {
-            2
         } else {
             3
         };
@@ -814,24 +805,19 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// fresh s32 accumulator and `O = O·rescale + acc·factor`, with nothing of this warpgroup in
     /// flight across the softmax: the other warpgroups' wgmmas fill the tensor cores meanwhile.
     /// Holding only one of S and the s32 accumulator at a time is what lets 128-key tiles fit the
-    /// register cap of three or four warpgroups per SM. Releases tile t-1's stage.
+    /// register cap of two to four warpgroups per SM. Loads its tile's K scales itself, under
+    /// its Q·Kᵀ (carried from the previous step, the two registers made ptxas spill at the 168
+    /// cap). Releases tile t-1's stage.
     #[inline(always)]
     fn step_serial<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
         &self,
         t: u32,
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
-        k_scales_t: &mut [f32; 2],
     ) {
         self.wait_k(t);
         self.make_visible();
-        let k_scales = if k_scales_in_step(HD, PV8) {
-            self.k_scales(t)
-        } else {
-            let k_scales = *k_scales_t;
-            *k_scales_t = self.k_scales((t + 1).min(self.last_tile));
-            k_scales
-        };
+        let k_scales = self.k_scales(t);
         if t >= 1 {
             self.release(t - 1);
         }
@@ -898,8 +884,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
                 },
             );
         }
-        if const { HD == 128 && sm90_consumer_warpgroups(HD, PV8) == 1 } && !(MASK && CAUSAL) {
-            // The one-warpgroup d = 128 kernel: S is dead here, so the whole product fits as one
+        if HD == 128 && !(MASK && CAUSAL) {
+            // d = 128 (one warpgroup per CTA, as at every d): S is dead here, so the whole product fits as one
             // n = 128 wgmma per k-step into 64 s32 registers, with one wait, as the official
             // kernel does (on causal masked tiles ptxas spilled with it: column groups there).
             let acc = self.pv8_product::<16>(t, &probs, 0);
@@ -1099,13 +1085,12 @@ unsafe fn consume<
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
         if PV8 {
-            let mut k_scales = c.k_scales(0);
-            let (o_, s_, k_) = (&mut out, &mut softmax, &mut k_scales);
+            let (o_, s_) = (&mut out, &mut softmax);
             for t in 0..geo.n_unmasked {
-                c.step_serial::<false, CAUSAL, KS, NT>(t, o_, s_, k_);
+                c.step_serial::<false, CAUSAL, KS, NT>(t, o_, s_);
             }
             for t in geo.n_unmasked..geo.n_tiles {
-                c.step_serial::<true, CAUSAL, KS, NT>(t, o_, s_, k_);
+                c.step_serial::<true, CAUSAL, KS, NT>(t, o_, s_);
             }
         } else {
             let mut probs = if geo.n_unmasked > 0 {

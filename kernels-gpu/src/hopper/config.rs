@@ -19,8 +19,9 @@
 /// and 128 for 512. FP16 P·V: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which
 /// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
 /// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
-/// (`pv8`): 128-key tiles, whose scores take 64 registers, plus the s32 product of a tile in
-/// column groups of 32 registers beside the f32 output: one warpgroup per CTA at every d, several
+/// (`pv8`): 128-key tiles, whose scores take 64 registers, then the s32 product of a tile (one
+/// n = 128 product at d = 128, else column groups of 32 registers) beside the f32 output: one
+/// warpgroup per CTA at every d, several
 /// CTAs per SM ([`sm90_ctas_per_sm`]; serial tiles), which measured 8–23% (d = 128), 12–26%
 /// (d = 64) and 1–13% (d = 256, 64-key tiles) faster than two or three warpgroups in one CTA
 /// (docs/perf-notes.md, v3.9 and v3.11).
@@ -96,10 +97,8 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
         } else {
             2
         }
-    } else if head_dim > 128 && !pv8 {
+    } else if head_dim > 128 {
         4
-    } else if head_dim > 64 && pv8 {
-        6
     } else {
         8
     }
