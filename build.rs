@@ -110,10 +110,10 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // which keeps them launchable if registers grow; three or four for the one-warpgroup 8-bit
     // kernels, which caps them at 168 or 128 registers).
     macro_rules! bound_sm90 {
-        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal, $narrow:literal) => {
             let (threads, ctas) = (
-                hopper_config::sm90_threads($hd, $pv8),
-                hopper_config::sm90_ctas_per_sm($hd, $pv8),
+                hopper_config::sm90_threads($hd, $pv8, $narrow),
+                hopper_config::sm90_ctas_per_sm($hd, $pv8, $narrow),
             );
             ptx = add_launch_bounds(&ptx, $name, threads, ctas);
         };

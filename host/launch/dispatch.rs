@@ -62,7 +62,9 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     let pv8 = opts.pv_precision == PvPrecision::Int8;
     if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
         if let Some(kernel_dim) = hopper_kernel_head_dim(head_dim, pv8) {
-            if let Some(name) = hopper::hopper_attention_kernel_name(kernel_dim, opts.causal, pv8) {
+            if let Some(name) =
+                hopper::hopper_attention_kernel_name(kernel_dim, opts.causal, pv8, false)
+            {
                 return Some(SelectedKernel {
                     module: ModuleKind::Hopper,
                     name,

@@ -20,6 +20,9 @@
 //! | 96 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·20480 + 128 = 189 568 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
+//! | 64, causal, N ≤ 1K | f16 | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 4·12288 + 64 = 54 336 |
+//! | 96, causal, N ≤ 1K | f16 | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 8192 + 3·20480 + 48 = 70 704 |
+//! | 128, causal, N ≤ 1K | f16 | 1 (2 CTAs per SM) | 64 | 128 | 1024 + 8192 + 4·24576 + 64 = 107 584 |
 //! | 64 | 8-bit | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 3·16384 + 48 = 54 320 |
 //! | 128 | 8-bit | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 8192 + 2·32768 + 32 = 74 784 |
 //! | 256 | 8-bit | 1 (2 CTAs per SM) | 64 | 128 | 1024 + 16384 + 2·32768 + 32 = 82 976 |
@@ -42,17 +45,19 @@ pub mod config;
 
 pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS, SM90_PV8_HEAD_DIMS};
 
-/// The sm_90a attention entry for this head dim, masking and P·V precision (`pv8`: 8-bit), or
-/// `None` when there is none (head dim 80, the 8-bit P·V at 96, or anything else): the caller
-/// then uses the portable kernel.
+/// The sm_90a attention entry for this head dim, masking, P·V precision (`pv8`: 8-bit) and CTA
+/// shape (`narrow`: see [`narrow_pays`]), or `None` when there is none (head dim 80, the 8-bit
+/// P·V at 96, a narrow kernel other than the causal f16 ones at d ≤ 128, or anything else): the
+/// caller then uses the portable kernel.
 pub(crate) fn hopper_attention_kernel_name(
     head_dim: usize,
     causal: bool,
     pv8: bool,
+    narrow: bool,
 ) -> Option<&'static str> {
     macro_rules! find {
-        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
-            if head_dim == $hd && causal == $causal && pv8 == $pv8 {
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal, $narrow:literal) => {
+            if head_dim == $hd && causal == $causal && pv8 == $pv8 && narrow == $narrow {
                 return Some($name);
             }
         };
@@ -65,7 +70,7 @@ pub(crate) fn hopper_attention_kernel_name(
 pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     macro_rules! push {
-        ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
+        ($name:literal, $hd:literal, $causal:literal, $pv8:literal, $narrow:literal) => {
             v.push($name);
         };
     }
@@ -77,6 +82,18 @@ pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
 /// (H100, H200, GH200) and a build that embeds the Hopper PTX.
 pub fn hopper_available(rt: &Runtime) -> bool {
     rt.compute_capability() == (9, 0) && !crate::device::kernels::PTX_HOPPER.trim().is_empty()
+}
+
+/// Longest sequence (queries and keys) for which a causal f16 call runs the narrow kernel.
+pub const NARROW_MAX_LEN: usize = 1024;
+
+/// Whether a launch takes the narrow (one-warpgroup, 64-row CTA) variant of the f16 kernel:
+/// causal, d ≤ 128, both lengths at most [`NARROW_MAX_LEN`] — where its finer CTAs balance the
+/// triangle's work (kernel +31% at d = 64 and +15% at d = 96, causal 1K; slower on
+/// longer or non-causal calls, whose tiles the wide CTAs' pingpong and deeper pipeline serve
+/// better: docs/perf-notes.md, v14 and v14.1).
+pub fn narrow_pays(head_dim: usize, pv8: bool, causal: bool, qo_len: usize, kv_len: usize) -> bool {
+    !pv8 && causal && head_dim <= 128 && qo_len <= NARROW_MAX_LEN && kv_len <= NARROW_MAX_LEN
 }
 
 /// Grid, block and dynamic shared memory of one sm_90a attention launch.
@@ -95,13 +112,13 @@ pub struct LaunchConfig {
 /// The launch geometry for a problem (see the module docs).
 pub fn hopper_launch_config(
     head_dim: usize,
-    pv8: bool,
+    (pv8, narrow): (bool, bool),
     qo_len: usize,
     q_heads: usize,
     batch: usize,
     causal_chunk: u32,
 ) -> LaunchConfig {
-    let q_blocks = qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u32;
+    let q_blocks = qo_len.div_ceil(sm90_cta_q(head_dim, pv8, narrow)) as u32;
     let pairs = (q_heads * batch) as u32;
     LaunchConfig {
         grid: if causal_chunk > 0 {
@@ -109,8 +126,8 @@ pub fn hopper_launch_config(
         } else {
             (q_blocks, q_heads as u32, batch as u32)
         },
-        threads: sm90_threads(head_dim, pv8) as u32,
-        smem_bytes: sm90_smem_bytes(head_dim, pv8) as u32,
+        threads: sm90_threads(head_dim, pv8, narrow) as u32,
+        smem_bytes: sm90_smem_bytes(head_dim, pv8, narrow) as u32,
     }
 }
 
@@ -132,7 +149,7 @@ pub const MIN_CAUSAL_CHUNK: u64 = 64;
 #[allow(clippy::too_many_arguments)]
 pub fn causal_chunk(
     head_dim: usize,
-    pv8: bool,
+    (pv8, narrow): (bool, bool),
     qo_len: usize,
     q_heads: usize,
     kv_len: usize,
@@ -147,7 +164,7 @@ pub fn causal_chunk(
     let chunk = (kv_fit * (q_heads / kv_heads.max(1)) as u64).min(pairs);
     let fits_grid = |n: u64| n <= 65_535;
     if chunk < pairs.min(MIN_CAUSAL_CHUNK)
-        || !fits_grid(qo_len.div_ceil(sm90_cta_q(head_dim, pv8)) as u64)
+        || !fits_grid(qo_len.div_ceil(sm90_cta_q(head_dim, pv8, narrow)) as u64)
         || !fits_grid(pairs.div_ceil(chunk))
     {
         0
@@ -156,9 +173,9 @@ pub fn causal_chunk(
     }
 }
 
-/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`) for `batch`
-/// batches on the runtime's stream, with the geometry of [`hopper_launch_config`] (causal: in the
-/// head chunks of [`causal_chunk`]).
+/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`; or its narrow
+/// variant where [`narrow_pays`]) for `batch` batches on the runtime's stream, with the geometry
+/// of [`hopper_launch_config`] (causal: in the head chunks of [`causal_chunk`]).
 ///
 /// # Safety
 /// `params` satisfies everything the portable attention kernel requires (validated shapes and
@@ -176,10 +193,14 @@ pub(crate) unsafe fn launch_hopper_attention(
     params: &AttnParams,
 ) -> Result<()> {
     let (qo_len, q_heads) = (params.qo_len as usize, params.q_heads as usize);
+    let narrow_name = narrow_pays(head_dim, pv8, causal, qo_len, params.kv_len as usize)
+        .then(|| hopper_attention_kernel_name(head_dim, causal, pv8, true))
+        .flatten();
+    let (name, narrow) = narrow_name.map_or((name, false), |n| (n, true));
     let chunk = if causal {
         causal_chunk(
             head_dim,
-            pv8,
+            (pv8, narrow),
             qo_len,
             q_heads,
             params.kv_len as usize,
@@ -194,7 +215,7 @@ pub(crate) unsafe fn launch_hopper_attention(
         causal_chunk: chunk,
         ..*params
     };
-    let cfg = hopper_launch_config(head_dim, pv8, qo_len, q_heads, batch, chunk);
+    let cfg = hopper_launch_config(head_dim, (pv8, narrow), qo_len, q_heads, batch, chunk);
     let kernel = rt.function(ModuleKind::Hopper, name)?;
     // SAFETY: `params` is the struct the entry takes (params.rs is shared); the caller guarantees
     // the pointers are valid for this grid.
@@ -288,7 +309,7 @@ mod tests {
         for hd in SM90_HEAD_DIMS {
             for causal in [false, true] {
                 for pv8 in [false, true] {
-                    let name = hopper_attention_kernel_name(hd, causal, pv8);
+                    let name = hopper_attention_kernel_name(hd, causal, pv8, false);
                     assert_eq!(name.is_some(), !pv8 || SM90_PV8_HEAD_DIMS.contains(&hd));
                     let Some(name) = name else { continue };
                     let tail = match (causal, pv8) {
@@ -301,95 +322,123 @@ mod tests {
                 }
             }
         }
-        assert_eq!(hopper_attention_kernel_name(80, false, false), None);
-        assert_eq!(hopper_attention_kernel_name(96, false, true), None);
+        assert_eq!(hopper_attention_kernel_name(80, false, false, false), None);
+        assert_eq!(hopper_attention_kernel_name(96, false, true, false), None);
         assert_eq!(
-            hopper_attention_kernel_name(96, true, false),
+            hopper_attention_kernel_name(96, true, false, false),
             Some("sage_attn_sm90_hd96_causal")
         );
-        assert_eq!(hopper_attention_kernel_names().len(), 14);
-        let c = hopper_launch_config(128, false, 1000, 32, 4, 0);
+        assert_eq!(
+            hopper_attention_kernel_name(96, true, false, true),
+            Some("sage_attn_sm90_hd96_causal_narrow")
+        );
+        assert_eq!(hopper_attention_kernel_names().len(), 17);
+        let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 0);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
-        let c = hopper_launch_config(64, false, 1000, 32, 4, 0);
+        let c = hopper_launch_config(64, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((4, 32, 4), 512));
         // The 8-bit d = 128 kernel: one warpgroup of 64 rows per CTA, three CTAs per SM.
-        let c = hopper_launch_config(128, true, 1000, 32, 4, 0);
+        let c = hopper_launch_config(128, (true, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
-        let c = hopper_launch_config(64, true, 1000, 32, 4, 0);
+        let c = hopper_launch_config(64, (true, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
-        assert_eq!(sm90_smem_bytes(64, false), 1024 + 16384 + 8 * 12288 + 128);
+        assert_eq!(
+            sm90_smem_bytes(64, false, false),
+            1024 + 16384 + 8 * 12288 + 128
+        );
         // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
         assert_eq!(
-            sm90_smem_bytes(96, false),
+            sm90_smem_bytes(96, false, false),
             1024 + 24576 + 8 * (8192 + 12288) + 128
         );
         // Causal, longest first within head chunks: pairs of a chunk in x, Q-block rank in y,
         // chunks in z.
-        let c = hopper_launch_config(128, false, 1000, 32, 4, 128);
+        let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 128);
         assert_eq!((c.grid, c.threads), ((128, 6, 1), 384));
-        let c = hopper_launch_config(128, false, 1000, 32, 4, 70);
+        let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 70);
         assert_eq!(c.grid, (70, 6, 2));
         // K and V of B = 4, H = 32, d = 128 take 48 MiB at N = 1K (f16 V): all 128 pairs in
         // 7/8 of the H200's 60 MiB L2; at 2K 70 of them (768 KiB each); 8-bit Vᵀ halves V.
         let mib = 1 << 20;
         assert_eq!(
-            causal_chunk(128, false, 1024, 32, 1024, 32, 4, 60 * mib),
+            causal_chunk(128, (false, false), 1024, 32, 1024, 32, 4, 60 * mib),
             128
         );
         assert_eq!(
-            causal_chunk(128, false, 2048, 32, 2048, 32, 4, 60 * mib),
+            causal_chunk(128, (false, false), 2048, 32, 2048, 32, 4, 60 * mib),
             70
         );
         assert_eq!(
-            causal_chunk(128, true, 2048, 32, 2048, 32, 4, 60 * mib),
+            causal_chunk(128, (true, false), 2048, 32, 2048, 32, 4, 60 * mib),
             105
         );
         // GQA: 4 q heads per kv head, a chunk holds whole groups of them.
         assert_eq!(
-            causal_chunk(128, false, 4096, 32, 4096, 8, 4, 60 * mib),
+            causal_chunk(128, (false, false), 4096, 32, 4096, 8, 4, 60 * mib),
             128
         );
         // Chunks of fewer than MIN_CAUSAL_CHUNK pairs (35 at 4K, 8 at 16K): the old order,
         // unless the chunk holds every pair.
-        assert_eq!(causal_chunk(128, false, 4096, 32, 4096, 32, 4, 60 * mib), 0);
         assert_eq!(
-            causal_chunk(128, false, 16384, 32, 16384, 32, 4, 60 * mib),
+            causal_chunk(128, (false, false), 4096, 32, 4096, 32, 4, 60 * mib),
             0
         );
-        assert_eq!(causal_chunk(128, false, 16384, 8, 16384, 8, 1, 60 * mib), 8);
+        assert_eq!(
+            causal_chunk(128, (false, false), 16384, 32, 16384, 32, 4, 60 * mib),
+            0
+        );
+        assert_eq!(
+            causal_chunk(128, (false, false), 16384, 8, 16384, 8, 1, 60 * mib),
+            8
+        );
         // Not one kv head fits, or too many chunks or Q blocks for the grid: the old order.
         assert_eq!(
-            causal_chunk(128, false, 1 << 20, 1, 1 << 20, 1, 1, 60 * mib),
+            causal_chunk(128, (false, false), 1 << 20, 1, 1 << 20, 1, 1, 60 * mib),
             0
         );
         assert_eq!(
-            causal_chunk(128, false, 192 * 65_536, 1, 8, 1, 1, 60 * mib),
+            causal_chunk(128, (false, false), 192 * 65_536, 1, 8, 1, 1, 60 * mib),
             0
         );
-        let c = hopper_launch_config(96, false, 1000, 32, 4, 0);
+        let c = hopper_launch_config(96, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
-        assert_eq!(sm90_smem_bytes(128, false), 1024 + 24576 + 8 * 24576 + 128);
-        assert_eq!(sm90_smem_bytes(256, false), 1024 + 32768 + 4 * 49152 + 64);
-        let c = hopper_launch_config(256, false, 1000, 32, 4, 0);
+        assert_eq!(
+            sm90_smem_bytes(128, false, false),
+            1024 + 24576 + 8 * 24576 + 128
+        );
+        assert_eq!(
+            sm90_smem_bytes(256, false, false),
+            1024 + 32768 + 4 * 49152 + 64
+        );
+        let c = hopper_launch_config(256, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
         // 8-bit P·V (the module docs' table): 128-key tiles of INT8 K and Vᵀ; 3 stages at d = 64
         // (four CTAs per SM), 2 at d = 128 (three) and at d = 256 (two; 64-key tiles, below);
         // they fit the SM: the all-variant loop below.
-        assert_eq!(sm90_smem_bytes(64, true), 1024 + 4096 + 3 * 16384 + 48);
-        assert_eq!(sm90_smem_bytes(128, true), 1024 + 8192 + 2 * 32768 + 32);
+        assert_eq!(
+            sm90_smem_bytes(64, true, false),
+            1024 + 4096 + 3 * 16384 + 48
+        );
+        assert_eq!(
+            sm90_smem_bytes(128, true, false),
+            1024 + 8192 + 2 * 32768 + 32
+        );
         for (hd, ctas) in [(64, 4), (128, 3), (256, 2)] {
-            assert_eq!(config::sm90_ctas_per_sm(hd, true), ctas);
+            assert_eq!(config::sm90_ctas_per_sm(hd, true, false), ctas);
             // The carveout hint for several CTAs per SM is set with the shared-memory opt-in
             // (`Kernel::raise_smem_limit`), which only kernels past 48 KiB take.
             assert!(
-                sm90_smem_bytes(hd, true)
+                sm90_smem_bytes(hd, true, false)
                     > crate::device::kernel::DEFAULT_MAX_DYNAMIC_SMEM as usize
             );
         }
         // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 2 stages.
-        assert_eq!(sm90_smem_bytes(256, true), 1024 + 16384 + 2 * 32768 + 32);
-        let c = hopper_launch_config(256, true, 1000, 32, 4, 0);
+        assert_eq!(
+            sm90_smem_bytes(256, true, false),
+            1024 + 16384 + 2 * 32768 + 32
+        );
+        let c = hopper_launch_config(256, (true, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         for hd in SM90_PV8_HEAD_DIMS {
             assert_eq!(
@@ -401,18 +450,42 @@ mod tests {
         // reserved per CTA; one CTA: the 227 KiB per-block opt-in limit, d = 128 f16: 217 KiB)
         // and its 64K registers at ptxas' cap, which leaves at least 128 registers per thread.
         let variants = SM90_HEAD_DIMS
-            .map(|hd| (hd, false))
+            .map(|hd| (hd, false, false))
             .into_iter()
-            .chain(SM90_PV8_HEAD_DIMS.map(|hd| (hd, true)));
-        for (hd, pv8) in variants {
-            let ctas = config::sm90_ctas_per_sm(hd, pv8);
+            .chain(SM90_PV8_HEAD_DIMS.map(|hd| (hd, true, false)))
+            .chain([64, 96, 128].map(|hd| (hd, false, true)));
+        for (hd, pv8, narrow) in variants {
+            let case = format!("d={hd} pv8={pv8} narrow={narrow}");
+            let ctas = config::sm90_ctas_per_sm(hd, pv8, narrow);
             assert!(
-                ctas * (sm90_smem_bytes(hd, pv8) + 1024) <= 228 * 1024,
-                "d={hd} pv8={pv8}"
+                ctas * (sm90_smem_bytes(hd, pv8, narrow) + 1024) <= 228 * 1024,
+                "{case}"
             );
-            assert!(sm90_smem_bytes(hd, pv8) <= 227 * 1024, "d={hd} pv8={pv8}");
-            let cap = 65536 / (ctas * sm90_threads(hd, pv8));
-            assert!(cap >= 128, "d={hd} pv8={pv8}: {cap} registers");
+            assert!(sm90_smem_bytes(hd, pv8, narrow) <= 227 * 1024, "{case}");
+            let cap = 65536 / (ctas * sm90_threads(hd, pv8, narrow));
+            assert!(cap >= 128, "{case}: {cap} registers");
+            assert!(
+                hopper_attention_kernel_name(hd, true, pv8, narrow).is_some(),
+                "{case}"
+            );
         }
+        // The narrow f16 kernels (the module docs' table): one warpgroup, 4 / 3 / 2 CTAs per SM,
+        // for causal calls up to NARROW_MAX_LEN only.
+        for (hd, ctas, smem) in [
+            (64, 4, 1024 + 4096 + 4 * 12288 + 64),
+            (96, 3, 1024 + 8192 + 3 * 20480 + 48),
+            (128, 2, 1024 + 8192 + 4 * 24576 + 64),
+        ] {
+            assert_eq!(config::sm90_ctas_per_sm(hd, false, true), ctas);
+            assert_eq!(sm90_smem_bytes(hd, false, true), smem);
+            let c = hopper_launch_config(hd, (false, true), 1000, 32, 4, 0);
+            assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
+            assert!(hopper_attention_kernel_name(hd, false, false, true).is_none());
+            assert!(narrow_pays(hd, false, true, 1024, 1024));
+            assert!(!narrow_pays(hd, false, true, 1024, NARROW_MAX_LEN + 1));
+            assert!(!narrow_pays(hd, false, false, 1024, 1024));
+            assert!(!narrow_pays(hd, true, true, 1024, 1024));
+        }
+        assert!(!narrow_pays(256, false, true, 1024, 1024));
     }
 }

@@ -26,7 +26,7 @@
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8)` warpgroups (f16 P·V: 3 for
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8, NARROW)` warpgroups (f16 P·V: 3 for
 //! d = 96 and 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp. With
 //! f16 P·V every thread also copies `HD/32` 16-byte chunks of each K/V tile with cp.async (a
 //! producer warp would make the CTA 32 threads more than a multiple of 128, which lowers the entry
@@ -34,7 +34,7 @@
 //! after `setmaxnreg`, so a producer warpgroup would not help either); with the 8-bit P·V thread
 //! 0 copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
 //! `AttnParams::tma`), which frees the copies' address registers. Pipeline per
-//! `sm90_stages(HD, PV8)`-deep stage `s` of a K and a V tile, with two mbarriers: `full[s]` (f16
+//! `sm90_stages(HD, PV8, NARROW)`-deep stage `s` of a K and a V tile, with two mbarriers: `full[s]` (f16
 //! P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its copies
 //! have landed; 8-bit: thread 0's arrival announcing the TMA bytes) and `empty[s]` (one arrival
 //! per warp: its lane 0 once its warpgroup's wgmmas reading the stage are done). Tile `t` uses
@@ -91,8 +91,9 @@ const MAX_COPIES_PER_THREAD: usize = 12;
 /// warpgroup's tile serially and lets the warp schedulers interleave the warpgroups (pingpong
 /// measured 6% slower there at d = 128), and at d = 256 (two warpgroups, twice the tensor work
 /// per softmax) the kernel without it measured 1.5–5% faster (docs/perf-notes.md, v7).
-const fn pingpong(pv8: bool, head_dim: usize) -> bool {
-    PINGPONG && !pv8 && head_dim <= 128
+/// A one-warpgroup CTA (`narrow`) has no partner warpgroup to alternate with.
+const fn pingpong(pv8: bool, head_dim: usize, narrow: bool) -> bool {
+    PINGPONG && !pv8 && head_dim <= 128 && !narrow
 }
 /// Whether a launch's K/V tiles come by TMA: always with the 8-bit P·V, and with f16 P·V (except
 /// d = 96, whose 96-byte rows sit in 128-byte ones) when the host could describe the caller's V
@@ -122,8 +123,10 @@ struct Geometry {
 
 impl Geometry {
     #[inline(always)]
-    fn new<const HD: usize, const CAUSAL: bool, const PV8: bool>(p: &AttnParams) -> Self {
-        let rows = sm90_cta_q(HD, PV8) as u32;
+    fn new<const HD: usize, const CAUSAL: bool, const PV8: bool, const NARROW: bool>(
+        p: &AttnParams,
+    ) -> Self {
+        let rows = sm90_cta_q(HD, PV8, NARROW) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
         let (bx, by, bz) = ptx::block_idx();
         // Causal CTAs near the end of the sequence do the most work: start them first (see
@@ -169,24 +172,24 @@ impl Geometry {
 
 /// Shared-memory addresses of the CTA (all derived from the aligned base).
 #[derive(Clone, Copy)]
-struct Smem<const HD: usize, const PV8: bool> {
+struct Smem<const HD: usize, const PV8: bool, const NARROW: bool> {
     q: u32,
     k0: u32,
     v0: u32,
     bars: u32,
 }
 
-impl<const HD: usize, const PV8: bool> Smem<HD, PV8> {
-    const S: u32 = sm90_stages(HD, PV8) as u32;
+impl<const HD: usize, const PV8: bool, const NARROW: bool> Smem<HD, PV8, NARROW> {
+    const S: u32 = sm90_stages(HD, PV8, NARROW) as u32;
 
     #[inline(always)]
     fn new() -> Self {
         let base = aligned_smem_base();
         Smem {
             q: base,
-            k0: base + sm90_k_offset(HD, PV8) as u32,
-            v0: base + sm90_v_offset(HD, PV8) as u32,
-            bars: base + sm90_barrier_offset(HD, PV8) as u32,
+            k0: base + sm90_k_offset(HD, PV8, NARROW) as u32,
+            v0: base + sm90_v_offset(HD, PV8, NARROW) as u32,
+            bars: base + sm90_barrier_offset(HD, PV8, NARROW) as u32,
         }
     }
     #[inline(always)]
@@ -211,7 +214,7 @@ impl<const HD: usize, const PV8: bool> Smem<HD, PV8> {
 ///
 /// # Safety
 /// `p` satisfies the host's validation (as for the portable kernel); the launch has
-/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD, PV8)` threads and
+/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD, PV8, NARROW)` threads and
 /// `sm90_smem_bytes(HD)` bytes of dynamic shared memory.
 #[inline(always)]
 unsafe fn attention<
@@ -220,6 +223,7 @@ unsafe fn attention<
     const NT: usize,
     const CAUSAL: bool,
     const PV8: bool,
+    const NARROW: bool,
 >(
     p: &AttnParams,
 ) {
@@ -231,8 +235,8 @@ unsafe fn attention<
         assert!(
             HD != 96
                 || (!PV8
-                    && (sm90_cta_k(HD, PV8) * HD / 16) % sm90_threads(HD, PV8) == 0
-                    && (sm90_cta_k(HD, PV8) * HD / 16 * 3) % sm90_threads(HD, PV8) == 0)
+                    && (sm90_cta_k(HD, PV8) * HD / 16) % sm90_threads(HD, PV8, NARROW) == 0
+                    && (sm90_cta_k(HD, PV8) * HD / 16 * 3) % sm90_threads(HD, PV8, NARROW) == 0)
         );
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
         // The CPU emulation of the 8-bit P·V scales P per `p8_tile(d)` keys, as this kernel's
@@ -242,31 +246,35 @@ unsafe fn attention<
         // Every thread's share of a tile's copies fits the copy loop (the 8-bit P·V copies by
         // TMA only).
         let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
-        assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8)) <= MAX_COPIES_PER_THREAD);
+        assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8, NARROW)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
         // (a one-warpgroup CTA, the 8-bit P·V, releases tile t - 1 at the start of step t and
         // may copy into that stage right after).
-        let margin = if sm90_consumer_warpgroups(HD, PV8) == 1 {
-            1
-        } else {
-            3
+        let margin = match (sm90_consumer_warpgroups(HD, PV8, NARROW), PV8) {
+            (1, true) => 1,
+            // The f16 step releases tile t - 2 in step t.
+            (1, false) => 2,
+            _ => 3,
         };
-        let (stages, ahead) = (sm90_stages(HD, PV8), sm90_lookahead(HD, PV8));
+        let (stages, ahead) = (
+            sm90_stages(HD, PV8, NARROW),
+            sm90_lookahead(HD, PV8, NARROW),
+        );
         assert!(ahead >= 1 && stages >= ahead + margin && stages <= 8);
     };
-    let geo = Geometry::new::<HD, CAUSAL, PV8>(p);
+    let geo = Geometry::new::<HD, CAUSAL, PV8, NARROW>(p);
     if CAUSAL && geo.batch >= p.batch {
         // A CTA of the last head chunk past the last (batch, head) pair: the whole CTA leaves
         // before any barrier.
         return;
     }
-    let sm = Smem::<HD, PV8>::new();
+    let sm = Smem::<HD, PV8, NARROW>::new();
     let tid = ptx::thread_idx_x();
     if tid == 0 {
         unroll::<8>(
             #[inline(always)]
             |s| {
-                if (s as u32) < Smem::<HD, PV8>::S {
+                if (s as u32) < Smem::<HD, PV8, NARROW>::S {
                     // SAFETY: the barrier words lie inside the launch's dynamic shared memory.
                     unsafe {
                         // cp.async: every thread's arrival; TMA: thread 0's (announcing the
@@ -274,12 +282,12 @@ unsafe fn attention<
                         let arrivals = if tiles_by_tma::<HD, PV8>(p.tma) {
                             1
                         } else {
-                            sm90_threads(HD, PV8) as u32
+                            sm90_threads(HD, PV8, NARROW) as u32
                         };
                         ptx::mbarrier_init(sm.full(s as u32), arrivals);
                         ptx::mbarrier_init(
                             sm.empty(s as u32),
-                            4 * sm90_consumer_warpgroups(HD, PV8) as u32,
+                            4 * sm90_consumer_warpgroups(HD, PV8, NARROW) as u32,
                         );
                     }
                 }
@@ -289,12 +297,12 @@ unsafe fn attention<
     ptx::sync_threads();
 
     // SAFETY: as for the kernel.
-    unsafe { consume::<HD, KS, NT, CAUSAL, PV8>(p, &geo, sm, tid) };
+    unsafe { consume::<HD, KS, NT, CAUSAL, PV8, NARROW>(p, &geo, sm, tid) };
 }
 
 /// Per-warpgroup constants of the consumer loop.
-struct Consumer<const HD: usize, const PV8: bool> {
-    sm: Smem<HD, PV8>,
+struct Consumer<const HD: usize, const PV8: bool, const NARROW: bool> {
+    sm: Smem<HD, PV8, NARROW>,
     q_desc: u64,
     /// Q's scales of this thread's two rows (`h`: lane/4 and lane/4 + 8 of its warp's 16).
     q_scale: [f32; 2],
@@ -326,12 +334,12 @@ struct Consumer<const HD: usize, const PV8: bool> {
     batch: u32,
 }
 
-impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
+impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NARROW> {
     /// Tiles copied ahead of the one being computed: tile `t + LOOKAHEAD` is issued in step t into
     /// the stage of tile `t + LOOKAHEAD - S`, which every warpgroup released in its step t - 1
     /// (with `S - LOOKAHEAD = 3`), so the wait for it rarely blocks. (H200: 8 stages / 5 ahead
     /// measured 1–2% faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
-    const LOOKAHEAD: u32 = sm90_lookahead(HD, PV8) as u32;
+    const LOOKAHEAD: u32 = sm90_lookahead(HD, PV8, NARROW) as u32;
     /// Keys per tile.
     const CK: u32 = sm90_cta_k(HD, PV8) as u32;
     /// 8-key n-tiles of a tile's scores.
@@ -339,7 +347,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
-        if pingpong(PV8, HD) {
+        if pingpong(PV8, HD, NARROW) {
             ptx::named_barrier_sync(SCHED_BAR0 + self.wg, 256);
         }
     }
@@ -347,8 +355,8 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Pingpong: passes the turn to the next warpgroup (after this one's wgmmas are issued).
     #[inline(always)]
     fn sched_pass(&self) {
-        if pingpong(PV8, HD) {
-            let w = sm90_consumer_warpgroups(HD, PV8) as u32;
+        if pingpong(PV8, HD, NARROW) {
+            let w = sm90_consumer_warpgroups(HD, PV8, NARROW) as u32;
             let next = if self.wg + 1 == w { 0 } else { self.wg + 1 };
             ptx::named_barrier_arrive(SCHED_BAR0 + next, 256);
         }
@@ -361,7 +369,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// 128-key tiles, 16/3 with 384 threads at d = 64).
     const CHUNKS: u32 = Self::K_CHUNKS * if PV8 { 2 } else { 3 };
     /// Threads of the CTA (all of them copy).
-    const THREADS: u32 = sm90_threads(HD, PV8) as u32;
+    const THREADS: u32 = sm90_threads(HD, PV8, NARROW) as u32;
 
     /// Copies K and V tile `u` into its stage (every thread of the CTA: `HD/32` 16-byte copies
     /// each), after the stage's previous tile has been released; completion is signalled on
@@ -369,7 +377,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// K and V (every tile but the sequence's last) is copied without any per-chunk bounds test.
     #[inline(always)]
     fn copy_tile(&self, u: u32) {
-        let s_count = Smem::<HD, PV8>::S;
+        let s_count = Smem::<HD, PV8, NARROW>::S;
         let (s, round) = (u % s_count, u / s_count);
         if self.uses_tma() {
             self.tma_tile(s, round, u);
@@ -591,7 +599,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     /// Waits until K and V tile `t` are in shared memory (follow with [`Self::make_visible`]).
     #[inline(always)]
     fn wait_k(&self, t: u32) {
-        let s = Smem::<HD, PV8>::S;
+        let s = Smem::<HD, PV8, NARROW>::S;
         // SAFETY: an initialised barrier.
         unsafe { ptx::mbarrier_wait_parity(self.sm.full(t % s), (t / s) & 1) };
     }
@@ -615,7 +623,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     fn release(&self, t: u32) {
         if self.lane == 0 {
             // SAFETY: an initialised barrier.
-            unsafe { ptx::mbarrier_arrive(self.sm.empty(t % Smem::<HD, PV8>::S)) };
+            unsafe { ptx::mbarrier_arrive(self.sm.empty(t % Smem::<HD, PV8, NARROW>::S)) };
         }
     }
 
@@ -623,7 +631,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
     #[inline(always)]
     fn k_desc(&self, t: u32, h: u32) -> u64 {
         let row_bytes = const { sm90_kmajor_row_bytes(HD) as u32 };
-        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8>::S) + h * (64 * row_bytes))
+        kmajor_desc::<HD>(self.sm.k_stage(t % Smem::<HD, PV8, NARROW>::S) + h * (64 * row_bytes))
     }
 
     /// K scale of tile `t` (64-key tiles).
@@ -737,7 +745,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
         let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
-            self.sm.v_stage((t - 1) % Smem::<HD, PV8>::S),
+            self.sm.v_stage((t - 1) % Smem::<HD, PV8, NARROW>::S),
         ));
         self.sched_wait();
         ptx::wgmma_fence();
@@ -926,7 +934,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         g: usize,
     ) -> [[i32; 4]; N] {
         // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
-        let stage = self.sm.v_stage(t % Smem::<HD, PV8>::S);
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
         let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
         unroll::<4>(
             #[inline(always)]
@@ -968,7 +976,7 @@ impl<const HD: usize, const PV8: bool> Consumer<HD, PV8> {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t. Tile t - 1's
         // stage is not released: the next tile to use it would be t - 1 + S > t, the last.
         let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
-            self.sm.v_stage(t % Smem::<HD, PV8>::S),
+            self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S),
         ));
         ptx::wgmma_fence();
         issue_pv::<NT>(out, probs, &vd);
@@ -1007,13 +1015,14 @@ unsafe fn consume<
     const NT: usize,
     const CAUSAL: bool,
     const PV8: bool,
+    const NARROW: bool,
 >(
     p: &AttnParams,
     geo: &Geometry,
-    sm: Smem<HD, PV8>,
+    sm: Smem<HD, PV8, NARROW>,
     tid: u32,
 ) {
-    let wg = tid >> 7; // < sm90_consumer_warpgroups(HD, PV8)
+    let wg = tid >> 7; // < sm90_consumer_warpgroups(HD, PV8, NARROW)
     let lane = tid & 31;
     let wg_row0 = 64 * wg;
     let warp_row0 = geo.q_row0 + wg_row0 + 16 * ((tid >> 5) & 3);
@@ -1040,7 +1049,7 @@ unsafe fn consume<
             let v_head = geo.batch as i64 * p.v_stride[0] + geo.kv_head as i64 * p.v_stride[1];
             ((p.v as i64 + 2 * v_head) as u64, 2 * p.v_stride[2] as u64)
         };
-        let mut c = Consumer::<HD, PV8> {
+        let mut c = Consumer::<HD, PV8, NARROW> {
             sm,
             q_desc: kmajor_desc::<HD>(q_dst),
             q_scale: [0.0; 2],
@@ -1070,7 +1079,7 @@ unsafe fn consume<
         unroll::<8>(
             #[inline(always)]
             |u| {
-                if (u as u32) < Consumer::<HD, PV8>::LOOKAHEAD {
+                if (u as u32) < Consumer::<HD, PV8, NARROW>::LOOKAHEAD {
                     c.copy_ahead(u as u32)
                 }
             },
@@ -1080,7 +1089,7 @@ unsafe fn consume<
         ptx::fence_proxy_async_shared();
         ptx::named_barrier_sync(1 + wg, 128);
 
-        if pingpong(PV8, HD) && wg == 0 {
+        if pingpong(PV8, HD, NARROW) && wg == 0 {
             // The first turn is warpgroup 0's: its own arrival completes its first wait.
             ptx::named_barrier_arrive(SCHED_BAR0, 256);
         }
@@ -1241,13 +1250,13 @@ unsafe fn store_pv8_by_column<const NT: usize>(
 }
 
 macro_rules! sm90_attention_entry {
-    ($name:literal, $hd:literal, $causal:literal, $pv8:literal) => {
+    ($name:literal, $hd:literal, $causal:literal, $pv8:literal, $narrow:literal) => {
         const _: () = {
             /// Kernel entry (see the module docs); one per variant.
             #[unsafe(export_name = $name)]
             pub unsafe extern "ptx-kernel" fn sm90_attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
-                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, $pv8>(&p) }
+                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, $pv8, $narrow>(&p) }
             }
         };
     };

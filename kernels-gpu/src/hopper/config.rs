@@ -25,8 +25,14 @@
 /// CTAs per SM ([`sm90_ctas_per_sm`]; serial tiles), which measured 8–23% (d = 128), 12–26%
 /// (d = 64) and 1–13% (d = 256, 64-key tiles) faster than two or three warpgroups in one CTA
 /// (docs/perf-notes.md, v3.9 and v3.11).
-pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
+///
+/// `narrow`: the f16 P·V at d ≤ 128 as one-warpgroup CTAs, several per SM
+/// ([`sm90_ctas_per_sm`]), for causal calls over short sequences, where 64-row CTAs spread the
+/// triangle's uneven work more evenly (measured +15–31% on the kernel at causal 1K, d = 64 / 96,
+/// and slower elsewhere: docs/perf-notes.md, v14 and v14.1).
+pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     match (head_dim, pv8) {
+        _ if narrow => 1,
         (129.., false) => 2,
         (65.., false) => 3,
         (_, false) => 4,
@@ -38,10 +44,18 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool) -> usize {
 /// 65536 / (CTAs · threads) rounded down to 8): for the one-warpgroup 8-bit kernels, 3 at
 /// d = 128 (168 registers: the official 2.2 kernel's occupancy; 73 KiB of shared memory each)
 /// 4 at d = 64 (128 registers, 53 KiB; +2–8% over 3, docs/perf-notes.md, v3.10) and 2 at d = 256
-/// (255 registers, 81 KiB); 1 for every other kernel (its shared memory holds one CTA per SM).
-pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool) -> usize {
-    if sm90_consumer_warpgroups(head_dim, pv8) > 1 {
+/// (255 registers, 81 KiB); the narrow f16 kernels 4, 3 and 2 at d = 64, 96 and 128 (128, 168 and
+/// 255 registers; 54, 70 and 106 KiB); 1 for every other kernel (its shared memory holds one CTA
+/// per SM).
+pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    if sm90_consumer_warpgroups(head_dim, pv8, narrow) > 1 {
         1
+    } else if narrow {
+        match head_dim {
+            ..=64 => 4,
+            65..=96 => 3,
+            _ => 2,
+        }
     } else if head_dim <= 64 {
         4
     } else if head_dim <= 128 {
@@ -65,14 +79,14 @@ pub const fn sm90_cta_k(head_dim: usize, pv8: bool) -> usize {
     }
 }
 /// Query rows per CTA (each warpgroup's 64 rows lie inside one 128-row Q quantization block).
-pub const fn sm90_cta_q(head_dim: usize, pv8: bool) -> usize {
-    64 * sm90_consumer_warpgroups(head_dim, pv8)
+pub const fn sm90_cta_q(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    64 * sm90_consumer_warpgroups(head_dim, pv8, narrow)
 }
 /// Keys per K/V tile of the f16 P·V (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
-pub const fn sm90_threads(head_dim: usize, pv8: bool) -> usize {
-    128 * sm90_consumer_warpgroups(head_dim, pv8)
+pub const fn sm90_threads(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    128 * sm90_consumer_warpgroups(head_dim, pv8, narrow)
 }
 /// Alignment of the tiles in shared memory (the 128-byte swizzle repeats every 1024 bytes and the
 /// wgmma descriptors assume that phase); the kernel rounds the dynamic base up to it.
@@ -87,8 +101,17 @@ pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 /// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
 /// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
 /// 225 KiB. The 8-bit P·V, several CTAs per SM: see the first branch.
-pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
-    if sm90_ctas_per_sm(head_dim, pv8) > 1 {
+pub const fn sm90_stages(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    if narrow {
+        // f16, one warpgroup: d = 64, four CTAs of 4 KiB of Q and four 12 KiB stages; d = 96,
+        // three of 8 KiB of Q and three 20 KiB stages; d = 128, two of 8 KiB of Q and four
+        // 24 KiB stages (the f16 step releases tile t - 2 in step t: three stages hold one tile
+        // ahead, four two).
+        match head_dim {
+            65..=96 => 3,
+            _ => 4,
+        }
+    } else if sm90_ctas_per_sm(head_dim, pv8, narrow) > 1 {
         // Several CTAs share an SM's 228 KiB: d = 256, two of 16 KiB of Q and two 32 KiB
         // stages (three would pass 228 KiB by 96 bytes); d = 128, three of 8 KiB of Q and two
         // 32 KiB stages; d = 64, four of 4 KiB of Q and three 16 KiB stages.
@@ -108,11 +131,13 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool) -> usize {
 /// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least;
 /// a CTA of one warpgroup releases tile t - 1 at the start of step t, right before it copies
 /// tile t + 1 into that stage).
-pub const fn sm90_lookahead(head_dim: usize, pv8: bool) -> usize {
-    if sm90_consumer_warpgroups(head_dim, pv8) == 1 {
-        sm90_stages(head_dim, pv8) - 1
-    } else {
-        sm90_stages(head_dim, pv8) - 3
+pub const fn sm90_lookahead(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    let stages = sm90_stages(head_dim, pv8, narrow);
+    match (sm90_consumer_warpgroups(head_dim, pv8, narrow), pv8) {
+        (1, true) => stages - 1,
+        // The one-warpgroup f16 step releases tile t - 2 in step t.
+        (1, false) => stages - 2,
+        _ => stages - 3,
     }
 }
 
@@ -129,8 +154,8 @@ pub const fn sm90_kmajor_row_bytes(head_dim: usize) -> usize {
 
 /// Bytes of the INT8 Q tile (`sm90_cta_q` rows of `sm90_kmajor_row_bytes` bytes, K-major
 /// swizzled).
-pub const fn sm90_q_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_q(head_dim, pv8) * sm90_kmajor_row_bytes(head_dim)
+pub const fn sm90_q_bytes(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_cta_q(head_dim, pv8, narrow) * sm90_kmajor_row_bytes(head_dim)
 }
 
 /// Bytes of one INT8 K stage.
@@ -146,45 +171,53 @@ pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
 }
 
 /// Offset of the first K stage from the aligned base.
-pub const fn sm90_k_offset(head_dim: usize, pv8: bool) -> usize {
-    sm90_q_bytes(head_dim, pv8)
+pub const fn sm90_k_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_q_bytes(head_dim, pv8, narrow)
 }
 
 /// Offset of the first V stage from the aligned base.
-pub const fn sm90_v_offset(head_dim: usize, pv8: bool) -> usize {
-    sm90_k_offset(head_dim, pv8) + sm90_stages(head_dim, pv8) * sm90_k_stage_bytes(head_dim, pv8)
+pub const fn sm90_v_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_k_offset(head_dim, pv8, narrow)
+        + sm90_stages(head_dim, pv8, narrow) * sm90_k_stage_bytes(head_dim, pv8)
 }
 
 /// Offset of the mbarriers from the aligned base: `full[stages]`, `empty[stages]`, 8 bytes each.
-pub const fn sm90_barrier_offset(head_dim: usize, pv8: bool) -> usize {
-    sm90_v_offset(head_dim, pv8) + sm90_stages(head_dim, pv8) * sm90_v_stage_bytes(head_dim, pv8)
+pub const fn sm90_barrier_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_v_offset(head_dim, pv8, narrow)
+        + sm90_stages(head_dim, pv8, narrow) * sm90_v_stage_bytes(head_dim, pv8)
 }
 
 /// Dynamic shared memory to launch with (includes the slack for aligning the base).
-pub const fn sm90_smem_bytes(head_dim: usize, pv8: bool) -> usize {
-    SM90_SMEM_ALIGN + sm90_barrier_offset(head_dim, pv8) + 2 * 8 * sm90_stages(head_dim, pv8)
+pub const fn sm90_smem_bytes(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    SM90_SMEM_ALIGN
+        + sm90_barrier_offset(head_dim, pv8, narrow)
+        + 2 * 8 * sm90_stages(head_dim, pv8, narrow)
 }
 
-/// Calls `$m!(name, head_dim, causal, pv8)` once per sm_90a attention entry (`pv8`: P·V on
-/// u8 P · s8 Vᵀ instead of f16). The device crate stamps the entries from it and the host builds
+/// Calls `$m!(name, head_dim, causal, pv8, narrow)` once per sm_90a attention entry (`pv8`: P·V
+/// on u8 P · s8 Vᵀ instead of f16; `narrow`: one-warpgroup f16 CTAs, see
+/// [`sm90_consumer_warpgroups`]). The device crate stamps the entries from it and the host builds
 /// its name table from it.
 #[macro_export]
 macro_rules! for_each_sm90_attention_variant {
     ($m:ident) => {
-        $m!("sage_attn_sm90_hd64_full", 64, false, false);
-        $m!("sage_attn_sm90_hd64_causal", 64, true, false);
-        $m!("sage_attn_sm90_hd96_full", 96, false, false);
-        $m!("sage_attn_sm90_hd96_causal", 96, true, false);
-        $m!("sage_attn_sm90_hd128_full", 128, false, false);
-        $m!("sage_attn_sm90_hd128_causal", 128, true, false);
-        $m!("sage_attn_sm90_hd256_full", 256, false, false);
-        $m!("sage_attn_sm90_hd256_causal", 256, true, false);
-        $m!("sage_attn_sm90_hd64_full_pv8", 64, false, true);
-        $m!("sage_attn_sm90_hd64_causal_pv8", 64, true, true);
-        $m!("sage_attn_sm90_hd128_full_pv8", 128, false, true);
-        $m!("sage_attn_sm90_hd128_causal_pv8", 128, true, true);
-        $m!("sage_attn_sm90_hd256_full_pv8", 256, false, true);
-        $m!("sage_attn_sm90_hd256_causal_pv8", 256, true, true);
+        $m!("sage_attn_sm90_hd64_full", 64, false, false, false);
+        $m!("sage_attn_sm90_hd64_causal", 64, true, false, false);
+        $m!("sage_attn_sm90_hd96_full", 96, false, false, false);
+        $m!("sage_attn_sm90_hd96_causal", 96, true, false, false);
+        $m!("sage_attn_sm90_hd128_full", 128, false, false, false);
+        $m!("sage_attn_sm90_hd128_causal", 128, true, false, false);
+        $m!("sage_attn_sm90_hd256_full", 256, false, false, false);
+        $m!("sage_attn_sm90_hd256_causal", 256, true, false, false);
+        $m!("sage_attn_sm90_hd64_causal_narrow", 64, true, false, true);
+        $m!("sage_attn_sm90_hd96_causal_narrow", 96, true, false, true);
+        $m!("sage_attn_sm90_hd128_causal_narrow", 128, true, false, true);
+        $m!("sage_attn_sm90_hd64_full_pv8", 64, false, true, false);
+        $m!("sage_attn_sm90_hd64_causal_pv8", 64, true, true, false);
+        $m!("sage_attn_sm90_hd128_full_pv8", 128, false, true, false);
+        $m!("sage_attn_sm90_hd128_causal_pv8", 128, true, true, false);
+        $m!("sage_attn_sm90_hd256_full_pv8", 256, false, true, false);
+        $m!("sage_attn_sm90_hd256_causal_pv8", 256, true, true, false);
     };
 }
 
