@@ -26,16 +26,17 @@
 //! output with any strides. The P·V accumulator is f32 throughout (on Hopper an f16 accumulator
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
-//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8, NARROW)` warpgroups (f16 P·V: 3 for
-//! d = 96 and 128, 4 for d = 64, 2 for d = 256) of 64 query rows each, and no producer warp. With
+//! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8, NARROW)` warpgroups (f16 P·V:
+//! 3 for d = 96 and 128, 4 for d = 64, 2 for d = 256; one with `NARROW`, the variant for short
+//! causal calls, several CTAs per SM) of 64 query rows each, and no producer warp. With
 //! f16 P·V every thread also copies `HD/32` 16-byte chunks of each K/V tile with cp.async (a
 //! producer warp would make the CTA 32 threads more than a multiple of 128, which lowers the entry
 //! register cap to 128 for 3 warpgroups; ptxas allocates the whole kernel under that cap even
 //! after `setmaxnreg`, so a producer warpgroup would not help either); with the 8-bit P·V thread
 //! 0 copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
 //! `AttnParams::tma`), which frees the copies' address registers. Pipeline per
-//! `sm90_stages(HD, PV8, NARROW)`-deep stage `s` of a K and a V tile, with two mbarriers: `full[s]` (f16
-//! P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its copies
+//! `sm90_stages(HD, PV8, NARROW)`-deep stage `s` of a K and a V tile, with two mbarriers:
+//! `full[s]` (f16 P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its copies
 //! have landed; 8-bit: thread 0's arrival announcing the TMA bytes) and `empty[s]` (one arrival
 //! per warp: its lane 0 once its warpgroup's wgmmas reading the stage are done). Tile `t` uses
 //! stage `t % S` in round `t / S`; waiting for
@@ -214,8 +215,9 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Smem<HD, PV8, NARROW>
 ///
 /// # Safety
 /// `p` satisfies the host's validation (as for the portable kernel); the launch has
-/// `ceil(qo_len / sm90_cta_q(HD)) × q_heads × batch` blocks of `sm90_threads(HD, PV8, NARROW)` threads and
-/// `sm90_smem_bytes(HD)` bytes of dynamic shared memory.
+/// `ceil(qo_len / sm90_cta_q(HD, PV8, NARROW)) × q_heads × batch` blocks of
+/// `sm90_threads(HD, PV8, NARROW)` threads and `sm90_smem_bytes(HD, PV8, NARROW)` bytes of dynamic
+/// shared memory.
 #[inline(always)]
 unsafe fn attention<
     const HD: usize,
