@@ -381,10 +381,12 @@ fn hopper_attention_matches_portable_and_emulation() {
         (1, 2, 1, 129, 700, 80, false, bf16i, f16o, nhd, false),
         (1, 3, 3, 1000, 1, 72, false, f16i, bf16o, hnd, true),
         (1, 2, 2, 190, 190, 88, true, bf16i, bf16o, nhd, true),
-        // Causal f16 calls up to `hopper::NARROW_MAX_LEN` run the narrow kernels (every causal
-        // case above); these run the wide ones, at the boundary and past it.
+        // Causal f16 calls up to `hopper::narrow_max_len` (2K at d = 64, 1K at 96 / 128) run the
+        // narrow kernels (every causal case above, and d = 64 between 1K and 2K here); the others
+        // run the wide ones, at the boundary and past it.
         (1, 2, 1, 1024, 1025, 128, true, f16i, f16o, hnd, true),
         (1, 2, 2, 1100, 1300, 64, true, bf16i, f16o, nhd, true),
+        (1, 2, 1, 2000, 2049, 64, true, f16i, f16o, hnd, true),
         (1, 4, 2, 1025, 1025, 96, true, f16i, bf16o, hnd, false),
     ];
     for (

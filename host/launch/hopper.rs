@@ -20,7 +20,7 @@
 //! | 96 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·20480 + 128 = 189 568 |
 //! | 128 | f16 | 3 | 192 | 384 | 1024 + 24576 + 8·24576 + 128 = 222 336 |
 //! | 256 | f16 | 2 | 128 | 256 | 1024 + 32768 + 4·49152 + 64 = 230 464 |
-//! | 64, causal, N ≤ 1K | f16 | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 4·12288 + 64 = 54 336 |
+//! | 64, causal, N ≤ 2K | f16 | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 4·12288 + 64 = 54 336 |
 //! | 96, causal, N ≤ 1K | f16 | 1 (3 CTAs per SM) | 64 | 128 | 1024 + 8192 + 3·20480 + 48 = 70 704 |
 //! | 128, causal, N ≤ 1K | f16 | 1 (2 CTAs per SM) | 64 | 128 | 1024 + 8192 + 4·24576 + 64 = 107 584 |
 //! | 64 | 8-bit | 1 (4 CTAs per SM) | 64 | 128 | 1024 + 4096 + 3·16384 + 48 = 54 320 |
@@ -84,16 +84,25 @@ pub fn hopper_available(rt: &Runtime) -> bool {
     rt.compute_capability() == (9, 0) && !crate::device::kernels::PTX_HOPPER.trim().is_empty()
 }
 
-/// Longest sequence (queries and keys) for which a causal f16 call runs the narrow kernel.
-pub const NARROW_MAX_LEN: usize = 1024;
+/// Longest sequence (queries and keys) for which a causal f16 call at `head_dim` runs the narrow
+/// kernel: 2048 at d ≤ 64, 1024 at d = 96 and 128, 0 above. H200, whole calls against the wide
+/// kernels (docs/perf-notes.md, v14.1): causal 1K +23% / +17% / +9% at d = 64 / 96 / 128, causal
+/// 2K +8.5% / −6% / −8%, causal 4K −4% / −6% / −6%.
+pub const fn narrow_max_len(head_dim: usize) -> usize {
+    match head_dim {
+        ..=64 => 2048,
+        65..=128 => 1024,
+        _ => 0,
+    }
+}
 
 /// Whether a launch takes the narrow (one-warpgroup, 64-row CTA) variant of the f16 kernel:
-/// causal, d ≤ 128, both lengths at most [`NARROW_MAX_LEN`] — where its finer CTAs balance the
-/// triangle's work (kernel +31% at d = 64 and +15% at d = 96, causal 1K; slower on
-/// longer or non-causal calls, whose tiles the wide CTAs' pingpong and deeper pipeline serve
-/// better: docs/perf-notes.md, v14 and v14.1).
+/// causal, both lengths at most [`narrow_max_len`] — where its finer CTAs balance the triangle's
+/// work; longer or non-causal calls run faster on the wide CTAs, whose pingpong and deeper
+/// pipeline serve long rows of tiles better.
 pub fn narrow_pays(head_dim: usize, pv8: bool, causal: bool, qo_len: usize, kv_len: usize) -> bool {
-    !pv8 && causal && head_dim <= 128 && qo_len <= NARROW_MAX_LEN && kv_len <= NARROW_MAX_LEN
+    let max = narrow_max_len(head_dim);
+    !pv8 && causal && qo_len <= max && kv_len <= max
 }
 
 /// Grid, block and dynamic shared memory of one sm_90a attention launch.
@@ -470,7 +479,7 @@ mod tests {
             );
         }
         // The narrow f16 kernels (the module docs' table): one warpgroup, 4 / 3 / 2 CTAs per SM,
-        // for causal calls up to NARROW_MAX_LEN only.
+        // for causal calls up to `narrow_max_len` only.
         for (hd, ctas, smem) in [
             (64, 4, 1024 + 4096 + 4 * 12288 + 64),
             (96, 3, 1024 + 8192 + 3 * 20480 + 48),
@@ -482,7 +491,8 @@ mod tests {
             assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
             assert!(hopper_attention_kernel_name(hd, false, false, true).is_none());
             assert!(narrow_pays(hd, false, true, 1024, 1024));
-            assert!(!narrow_pays(hd, false, true, 1024, NARROW_MAX_LEN + 1));
+            assert!(!narrow_pays(hd, false, true, 1024, narrow_max_len(hd) + 1));
+            assert!(!narrow_pays(hd, false, true, narrow_max_len(hd) + 1, 1024));
             assert!(!narrow_pays(hd, false, false, 1024, 1024));
             assert!(!narrow_pays(hd, true, true, 1024, 1024));
         }
