@@ -352,15 +352,6 @@ mod tests {
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         let c = hopper_launch_config(64, (true, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
-        assert_eq!(
-            sm90_smem_bytes(64, false, false),
-            1024 + 16384 + 8 * 12288 + 128
-        );
-        // d = 96: Q and K in 128-byte rows (as d = 128), V in three 32-channel blocks.
-        assert_eq!(
-            sm90_smem_bytes(96, false, false),
-            1024 + 24576 + 8 * (8192 + 12288) + 128
-        );
         // Causal, longest first within head chunks: pairs of a chunk in x, Q-block rank in y,
         // chunks in z.
         let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 128);
@@ -412,27 +403,8 @@ mod tests {
         );
         let c = hopper_launch_config(96, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((6, 32, 4), 384));
-        assert_eq!(
-            sm90_smem_bytes(128, false, false),
-            1024 + 24576 + 8 * 24576 + 128
-        );
-        assert_eq!(
-            sm90_smem_bytes(256, false, false),
-            1024 + 32768 + 4 * 49152 + 64
-        );
         let c = hopper_launch_config(256, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((8, 32, 4), 256));
-        // 8-bit P·V (the module docs' table): 128-key tiles of INT8 K and Vᵀ; 3 stages at d = 64
-        // (four CTAs per SM), 2 at d = 128 (three) and at d = 256 (two; 64-key tiles, below);
-        // they fit the SM: the all-variant loop below.
-        assert_eq!(
-            sm90_smem_bytes(64, true, false),
-            1024 + 4096 + 3 * 16384 + 48
-        );
-        assert_eq!(
-            sm90_smem_bytes(128, true, false),
-            1024 + 8192 + 2 * 32768 + 32
-        );
         for (hd, ctas) in [(64, 4), (128, 3), (256, 2)] {
             assert_eq!(config::sm90_ctas_per_sm(hd, true, false), ctas);
             // The carveout hint for several CTAs per SM is set with the shared-memory opt-in
@@ -442,11 +414,6 @@ mod tests {
                     > crate::device::kernel::DEFAULT_MAX_DYNAMIC_SMEM as usize
             );
         }
-        // d = 256: 64-key tiles (16 KiB of K and 16 KiB of Vᵀ per stage), 2 stages.
-        assert_eq!(
-            sm90_smem_bytes(256, true, false),
-            1024 + 16384 + 2 * 32768 + 32
-        );
         let c = hopper_launch_config(256, (true, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         for hd in SM90_PV8_HEAD_DIMS {
@@ -454,6 +421,21 @@ mod tests {
                 config::sm90_cta_k(hd, true),
                 crate::device_config::p8_tile(hd)
             );
+        }
+        // Shared memory, the module docs' table: d = 96 keeps Q and K in 128-byte rows (as
+        // d = 128) and V in three 32-channel blocks; the 8-bit P·V takes 128-key tiles of INT8 K
+        // and Vᵀ (3 stages at d = 64, 2 at d = 128) except at d = 256 (64-key tiles, 16 KiB of K
+        // and 16 KiB of Vᵀ per stage, 2 stages).
+        for (hd, pv8, smem) in [
+            (64, false, 1024 + 16384 + 8 * 12288 + 128),
+            (96, false, 1024 + 24576 + 8 * (8192 + 12288) + 128),
+            (128, false, 1024 + 24576 + 8 * 24576 + 128),
+            (256, false, 1024 + 32768 + 4 * 49152 + 64),
+            (64, true, 1024 + 4096 + 3 * 16384 + 48),
+            (128, true, 1024 + 8192 + 2 * 32768 + 32),
+            (256, true, 1024 + 16384 + 2 * 32768 + 32),
+        ] {
+            assert_eq!(sm90_smem_bytes(hd, pv8, false), smem, "d={hd} pv8={pv8}");
         }
         // Every variant: `sm90_ctas_per_sm` CTAs fit an SM's 228 KiB of shared memory (1 KiB of it
         // reserved per CTA; one CTA: the 227 KiB per-block opt-in limit, d = 128 f16: 217 KiB)
