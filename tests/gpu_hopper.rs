@@ -302,7 +302,9 @@ fn check_case_with(case: Case, rng: &mut rand::rngs::StdRng, emulate: bool) {
 
 /// Causal launches whose heads' K and V do not fit in L2 together run in head chunks, longest
 /// first within each (`hopper::causal_chunk`): two chunks here, the second partial (its CTAs past
-/// the last head leave at once), with qo_len < kv_len and GQA, against the portable kernel.
+/// the last head leave at once), with qo_len < kv_len and GQA, against the portable kernel — on
+/// the wide kernel (d = 128) and on the narrow one (d = 64, both lengths within
+/// `hopper::narrow_max_len`).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn hopper_causal_head_chunks_match_portable() {
@@ -311,38 +313,44 @@ fn hopper_causal_head_chunks_match_portable() {
     }
     let rt = runtime();
     let mut rng = fresh_rng("hopper_causal_chunks");
-    // 2K keys: 768 KiB of K and V per kv head at d = 128, 70 kv heads (140 q heads) per chunk
-    // in the H200's L2, 192 pairs.
-    let (batch, q_heads, kv_heads, qo_len, kv_len) = (3, 64, 32, 1500, 2048);
-    let chunk = hopper::causal_chunk(
-        128,
-        (false, false),
-        qo_len,
-        q_heads,
-        kv_len,
-        kv_heads,
-        batch,
-        rt.l2_bytes(),
-    ) as usize;
-    let pairs = batch * q_heads;
-    assert!(
-        chunk > 0 && chunk < pairs && pairs % chunk != 0,
-        "chunk {chunk} of {pairs} pairs: not several chunks with a partial last one"
-    );
-    let case = Case {
-        batch,
-        q_heads,
-        kv_heads,
-        qo_len,
-        kv_len,
-        head_dim: 128,
-        causal: true,
-        in_dtype: DType::F16,
-        out_dtype: DType::F16,
-        layout: Layout::Hnd,
-        smooth_k: true,
-    };
-    check_case_with(case, &mut rng, false);
+    // 2K keys: 768 KiB of K and V per kv head at d = 128 (70 kv heads, 140 q heads per chunk in
+    // the H200's L2; 192 pairs), 384 KiB at d = 64 (140 kv heads, 280 q heads; 384 pairs).
+    for (head_dim, batch, narrow) in [(128, 3, false), (64, 6, true)] {
+        let (q_heads, kv_heads, qo_len, kv_len) = (64, 32, 1500, 2048);
+        assert_eq!(
+            hopper::narrow_pays(head_dim, false, true, qo_len, kv_len),
+            narrow
+        );
+        let chunk = hopper::causal_chunk(
+            head_dim,
+            (false, narrow),
+            qo_len,
+            q_heads,
+            kv_len,
+            kv_heads,
+            batch,
+            rt.l2_bytes(),
+        ) as usize;
+        let pairs = batch * q_heads;
+        assert!(
+            chunk > 0 && chunk < pairs && pairs % chunk != 0,
+            "d{head_dim}: chunk {chunk} of {pairs} pairs: not several chunks with a partial last one"
+        );
+        let case = Case {
+            batch,
+            q_heads,
+            kv_heads,
+            qo_len,
+            kv_len,
+            head_dim,
+            causal: true,
+            in_dtype: DType::F16,
+            out_dtype: DType::F16,
+            layout: Layout::Hnd,
+            smooth_k: true,
+        };
+        check_case_with(case, &mut rng, false);
+    }
 }
 
 #[test]
