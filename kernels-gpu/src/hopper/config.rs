@@ -2,15 +2,15 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d, pv8)` warpgroups (f16 P·V: 3 for d = 96 and 128, 4
-//! for d = 64, 2 for d = 256; 8-bit: one per CTA, `sm90_ctas_per_sm` CTAs per SM) of 64 query
-//! rows each (a warpgroup's rows share one 128-row Q quantization
-//! block), and no producer warp: every thread also issues its share of the cp.async copies of the
-//! K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up to d = 128) where thread
-//! 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot describe), into
-//! `sm90_stages(head_dim, pv8)` shared-memory stages tracked by mbarriers. Shared memory (from the dynamic
-//! base rounded up to 1024 bytes, the 128-byte swizzle period): Q tile, the K stages, the V stages,
-//! then the mbarriers.
+//! CTA layout: `sm90_consumer_warpgroups(d, pv8, narrow)` warpgroups (f16 P·V: 3 for d = 96 and
+//! 128, 4 for d = 64, 2 for d = 256; 8-bit, and the narrow f16 kernels of short causal calls: one
+//! per CTA, `sm90_ctas_per_sm` CTAs per SM) of 64 query rows each (a warpgroup's rows share one
+//! 128-row Q quantization block), and no producer warp: every thread also issues its share of the
+//! cp.async copies of the K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up
+//! to d = 128) where thread 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot
+//! describe), into `sm90_stages(d, pv8, narrow)` shared-memory stages tracked by mbarriers.
+//! Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle period):
+//! Q tile, the K stages, the V stages, then the mbarriers.
 
 #![allow(dead_code)] // each side (device, host) uses a different subset
 
@@ -44,9 +44,9 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool, narrow: bool) 
 /// 65536 / (CTAs · threads) rounded down to 8): for the one-warpgroup 8-bit kernels, 3 at
 /// d = 128 (168 registers: the official 2.2 kernel's occupancy; 73 KiB of shared memory each)
 /// 4 at d = 64 (128 registers, 53 KiB; +2–8% over 3, docs/perf-notes.md, v3.10) and 2 at d = 256
-/// (255 registers, 81 KiB); the narrow f16 kernels 4, 3 and 2 at d = 64, 96 and 128 (128, 168 and
-/// 255 registers; 54, 70 and 106 KiB); 1 for every other kernel (its shared memory holds one CTA
-/// per SM).
+/// (255 registers, 81 KiB); the narrow f16 kernels 4, 3 and 2 at d = 64, 96 and 128 (caps of
+/// 128, 168 and 255 registers, of which ptxas takes 128, 168 and 206; 54, 70 and 106 KiB); 1 for
+/// every other kernel (its shared memory holds one CTA per SM).
 pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     if sm90_consumer_warpgroups(head_dim, pv8, narrow) > 1 {
         1
