@@ -36,10 +36,10 @@
 //! 0 copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
 //! `AttnParams::tma`), which frees the copies' address registers. Pipeline per
 //! `sm90_stages(HD, PV8, NARROW)`-deep stage `s` of a K and a V tile, with two mbarriers:
-//! `full[s]` (f16 P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e. when its copies
-//! have landed; 8-bit: thread 0's arrival announcing the TMA bytes) and `empty[s]` (one arrival
-//! per warp: its lane 0 once its warpgroup's wgmmas reading the stage are done). Tile `t` uses
-//! stage `t % S` in round `t / S`; waiting for
+//! `full[s]` (f16 P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e.
+//! when its copies have landed; 8-bit: thread 0's arrival announcing the TMA bytes) and
+//! `empty[s]` (one arrival per warp: its lane 0 once its warpgroup's wgmmas reading the stage are
+//! done). Tile `t` uses stage `t % S` in round `t / S`; waiting for
 //! round r's completion uses parity `r & 1`. Step t copies tile `t + lookahead` (see `Consumer::LOOKAHEAD`).
 //!
 //! With f16 P·V, each consumer warpgroup overlaps its softmax with its tensor-core work (FlashAttention-3's
@@ -60,8 +60,8 @@
 
 use super::config::{
     sm90_barrier_offset, sm90_consumer_warpgroups, sm90_cta_k, sm90_cta_q, sm90_k_offset,
-    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stages, sm90_threads,
-    sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
+    sm90_k_stage_bytes, sm90_kmajor_row_bytes, sm90_lookahead, sm90_stage_slack, sm90_stages,
+    sm90_threads, sm90_v_offset, sm90_v_stage_bytes, SM90_CTA_K,
 };
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
@@ -249,15 +249,9 @@ unsafe fn attention<
         // TMA only).
         let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8, NARROW)) <= MAX_COPIES_PER_THREAD);
-        // Tile t + lookahead overwrites tile t + lookahead - S, released in step t - 1 or before
-        // (a one-warpgroup CTA, the 8-bit P·V, releases tile t - 1 at the start of step t and
-        // may copy into that stage right after).
-        let margin = match (sm90_consumer_warpgroups(HD, PV8, NARROW), PV8) {
-            (1, true) => 1,
-            // The f16 step releases tile t - 2 in step t.
-            (1, false) => 2,
-            _ => 3,
-        };
+        // Tile t + lookahead overwrites tile t + lookahead - S, which must be released by then
+        // (`sm90_stage_slack`).
+        let margin = sm90_stage_slack(HD, PV8, NARROW);
         let (stages, ahead) = (
             sm90_stages(HD, PV8, NARROW),
             sm90_lookahead(HD, PV8, NARROW),
@@ -895,9 +889,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             );
         }
         if HD == 128 && !(MASK && CAUSAL) {
-            // d = 128 (one warpgroup per CTA, as at every d): S is dead here, so the whole product fits as one
-            // n = 128 wgmma per k-step into 64 s32 registers, with one wait, as the official
-            // kernel does (on causal masked tiles ptxas spilled with it: column groups there).
+            // d = 128 (one warpgroup per CTA, as at every d): S is dead here, so the whole
+            // product fits as one n = 128 wgmma per k-step into 64 s32 registers, with one wait,
+            // as the official kernel does (on causal masked tiles ptxas spilled with it: column
+            // groups there).
             let acc = self.pv8_product::<16>(t, &probs, 0);
             Self::fold_pv8(out, 0, &acc, factor);
             return;

@@ -127,18 +127,22 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     }
 }
 
-/// Tiles copied ahead of the one being computed (tile `t + lookahead` in step t, into the stage
-/// of tile `t + lookahead - stages`, released by every warpgroup two steps earlier at least;
-/// a CTA of one warpgroup releases tile t - 1 at the start of step t, right before it copies
-/// tile t + 1 into that stage).
-pub const fn sm90_lookahead(head_dim: usize, pv8: bool, narrow: bool) -> usize {
-    let stages = sm90_stages(head_dim, pv8, narrow);
+/// How many tiles behind step t's tile a stage may still be held when step t copies: a CTA of one
+/// warpgroup with the serial 8-bit step releases tile t - 1 at the start of step t (1); the
+/// one-warpgroup f16 step, which overlaps tile t's softmax with tile t - 1's P·V, releases tile
+/// t - 2 (2); several warpgroups keep one tile of slack for the slowest (3).
+pub const fn sm90_stage_slack(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     match (sm90_consumer_warpgroups(head_dim, pv8, narrow), pv8) {
-        (1, true) => stages - 1,
-        // The one-warpgroup f16 step releases tile t - 2 in step t.
-        (1, false) => stages - 2,
-        _ => stages - 3,
+        (1, true) => 1,
+        (1, false) => 2,
+        _ => 3,
     }
+}
+
+/// Tiles copied ahead of the one being computed: tile `t + lookahead` in step t, into the stage
+/// of tile `t + lookahead - stages`, which [`sm90_stage_slack`] says is free by then.
+pub const fn sm90_lookahead(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_stages(head_dim, pv8, narrow) - sm90_stage_slack(head_dim, pv8, narrow)
 }
 
 /// Bytes of one row of a K-major INT8 tile (Q, K) in shared memory: `head_dim`, except at d = 96,
