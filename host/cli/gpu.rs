@@ -21,7 +21,8 @@ pub struct GpuOutput {
     pub lse: Option<Vec<f32>>,
     /// The device's name.
     pub device: String,
-    /// The attention kernel that ran (the library's choice for this device and these options).
+    /// The attention kernel that ran (the library's choice for this device, these options and
+    /// lengths).
     pub kernel: &'static str,
 }
 
@@ -40,7 +41,16 @@ pub fn run_on_gpu(
         .unwrap_or_else(|_| format!("device {device}"));
     let dtype = inputs.dtype.gpu_dtype();
     let layout = inputs.layout;
-    let kernel = selected_kernel(&rt, inputs.problem.head_dim, opts).map_or("none", |k| k.name);
+    // A packed input names the entry of its longest sequences (shorter causal ones may run the
+    // narrow variant).
+    let (qo_len, kv_len) = inputs
+        .varlen
+        .as_ref()
+        .map_or((inputs.problem.qo_len, inputs.problem.kv_len), |s| {
+            (s.max_seqlen_q, s.max_seqlen_k)
+        });
+    let kernel = selected_kernel(&rt, inputs.problem.head_dim, opts)
+        .map_or("none", |k| k.entry(qo_len, kv_len).0);
     let upload = |t: &sageattention::reference::HostTensor| {
         Tensor::from_host_f32(&rt, &t.data, dtype, t.shape, layout)
     };

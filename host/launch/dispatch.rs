@@ -39,6 +39,20 @@ impl SelectedKernel {
     pub fn quantizes_q(&self) -> bool {
         self.module == ModuleKind::Hopper
     }
+
+    /// The entry a launch over `qo_len` queries and `kv_len` keys runs, and whether it is the
+    /// narrow sm_90a variant: `name`, except for the causal f16 sm_90a kernels where
+    /// [`hopper::narrow_pays`] (one-warpgroup CTAs for short sequences).
+    pub fn entry(&self, qo_len: usize, kv_len: usize) -> (&'static str, bool) {
+        let narrow = self.module == ModuleKind::Hopper
+            && hopper::narrow_pays(self.head_dim, self.pv8, self.causal, qo_len, kv_len);
+        narrow
+            .then(|| {
+                hopper::hopper_attention_kernel_name(self.head_dim, self.causal, self.pv8, true)
+            })
+            .flatten()
+            .map_or((self.name, false), |n| (n, true))
+    }
 }
 
 /// The kernel `sageattn` runs for `head_dim` and `opts` on this runtime's device: on Hopper with
@@ -380,6 +394,38 @@ mod tests {
         for bad in [0, 4, 12, 100, 264, 512] {
             assert_eq!(portable_kernel_head_dim(bad), None, "{bad}");
         }
+    }
+
+    /// The entry a launch runs: the narrow sm_90a variant only for short causal f16 calls, the
+    /// selected name otherwise (and always off Hopper).
+    #[test]
+    fn entry_takes_the_narrow_variant_for_short_causal_calls() {
+        let wide = |head_dim: usize, causal: bool, pv8: bool| SelectedKernel {
+            module: ModuleKind::Hopper,
+            name: hopper::hopper_attention_kernel_name(head_dim, causal, pv8, false).unwrap(),
+            pv_f32: true,
+            pv8,
+            causal,
+            head_dim,
+        };
+        for d in [64, 96, 128] {
+            let k = wide(d, true, false);
+            let max = hopper::narrow_max_len(d);
+            let narrow = hopper::hopper_attention_kernel_name(d, true, false, true).unwrap();
+            assert_eq!(k.entry(max, max), (narrow, true), "d{d}");
+            assert_eq!(k.entry(max + 1, max), (k.name, false), "d{d}");
+            assert_eq!(k.entry(max, max + 1), (k.name, false), "d{d}");
+            let full = wide(d, false, false);
+            assert_eq!(full.entry(64, 64), (full.name, false), "d{d}");
+        }
+        for k in [wide(256, true, false), wide(128, true, true)] {
+            assert_eq!(k.entry(64, 64), (k.name, false));
+        }
+        let portable = SelectedKernel {
+            module: ModuleKind::Portable,
+            ..wide(128, true, false)
+        };
+        assert_eq!(portable.entry(64, 64), (portable.name, false));
     }
 
     #[test]

@@ -554,15 +554,16 @@ pub(crate) fn enqueue_attend(
         None => params,
     };
     if kernel.module == ModuleKind::Hopper {
+        let (name, narrow) = kernel.entry(p.qo_len, p.kv_len);
         // SAFETY: `params` is the AttnParams the sm_90a kernels take (same semantics and buffers
         // as the portable kernel's, `hd`-wide), validated and allocated as above; the guards live
         // until after the launch.
         unsafe {
             hopper::launch_hopper_attention(
                 rt,
-                kernel.name,
+                name,
                 kernel.head_dim,
-                kernel.pv8,
+                (kernel.pv8, narrow),
                 kernel.causal,
                 p.batch,
                 &params,

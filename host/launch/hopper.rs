@@ -7,8 +7,9 @@
 //! layouts, scales, V/O strides, LSE and `lse_bias`) and gives the same answers; its P·V
 //! accumulates in f32 throughout (on Hopper an f16 accumulator is not faster), so it serves both
 //! `PvAccum` options. `attention::selected_kernel` decides when it runs (compute capability 9.0,
-//! `Backend::Auto`; head_dim 72..=88 runs zero-padded on the d = 96 kernel) and `enqueue_attend`
-//! launches it through `launch_hopper_attention`.
+//! `Backend::Auto`; head_dim 72..=88 runs zero-padded on the d = 96 kernel; its narrow variant
+//! for short causal calls: `SelectedKernel::entry`) and `enqueue_attend` launches it through
+//! `launch_hopper_attention`.
 //!
 //! Launch geometry ([`hopper_launch_config`]): grid `(ceil(qo_len / sm90_cta_q(d)), q_heads,
 //! batch)`, block [`sm90_threads`]`(d)` threads, [`sm90_smem_bytes`]`(d)` bytes of dynamic shared
@@ -182,9 +183,10 @@ pub fn causal_chunk(
     }
 }
 
-/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal`; or its narrow
-/// variant where [`narrow_pays`]) for `batch` batches on the runtime's stream, with the geometry
-/// of [`hopper_launch_config`] (causal: in the head chunks of [`causal_chunk`]).
+/// Launches the sm_90a entry `name` (compiled for `head_dim`, `pv8`, `causal` and `narrow`: the
+/// entry `SelectedKernel::entry` gives for the call's lengths) for `batch` batches on the
+/// runtime's stream, with the geometry of [`hopper_launch_config`] (causal: in the head chunks of
+/// [`causal_chunk`]).
 ///
 /// # Safety
 /// `params` satisfies everything the portable attention kernel requires (validated shapes and
@@ -196,16 +198,12 @@ pub(crate) unsafe fn launch_hopper_attention(
     rt: &Runtime,
     name: &str,
     head_dim: usize,
-    pv8: bool,
+    (pv8, narrow): (bool, bool),
     causal: bool,
     batch: usize,
     params: &AttnParams,
 ) -> Result<()> {
     let (qo_len, q_heads) = (params.qo_len as usize, params.q_heads as usize);
-    let narrow_name = narrow_pays(head_dim, pv8, causal, qo_len, params.kv_len as usize)
-        .then(|| hopper_attention_kernel_name(head_dim, causal, pv8, true))
-        .flatten();
-    let (name, narrow) = narrow_name.map_or((name, false), |n| (n, true));
     let chunk = if causal {
         causal_chunk(
             head_dim,
