@@ -119,6 +119,13 @@ fn apply_launch_bounds(ptx: &str) -> String {
         };
     }
     for_each_sm90_attention_variant!(bound_sm90);
+    // The FP8 P·V entries: the 8-bit kernel's CTA.
+    macro_rules! bound_sm90_fp8 {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            bound_sm90!($name, $hd, $causal, true, false);
+        };
+    }
+    for_each_sm90_fp8_variant!(bound_sm90_fp8);
     // The preparation kernel is memory-bound: bound its registers so that 3 CTAs of 256 threads
     // (all their loads in flight) fit on an SM: 65536 / (3 · 256) rounded down to ptxas'
     // granularity of 8 is 80, what `.maxntid 256` + `.minnctapersm 3` gave. A register cap

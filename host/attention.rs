@@ -10,7 +10,6 @@
 use cudarc::driver::CudaSlice;
 
 use crate::device::alloc::DeviceAlloc;
-use crate::device::runtime::ModuleKind;
 use crate::device::runtime::Runtime;
 use crate::device::tensor::{Tensor, TensorView, TensorViewMut};
 use crate::device_config::{padded_len, K_BLOCK, Q_BLOCK, V8_TILE};
@@ -22,8 +21,8 @@ use crate::types::error::{CudaResultExt, Error, Result};
 
 pub use crate::launch::dispatch::{
     attention_kernel_name, attention_kernel_names, fp8_attention_kernel_name,
-    fp8_attention_kernel_names, fp8_kernel, portable_pv8_kernel, pv8_attention_kernel_name,
-    selected_kernel, SelectedKernel, FP8_MIN_CC,
+    fp8_attention_kernel_names, fp8_kernel, hopper_fp8_kernel, portable_pv8_kernel,
+    pv8_attention_kernel_name, selected_kernel, SelectedKernel, FP8_MIN_CC,
 };
 pub use crate::types::options::{Backend, Options, PvAccum, PvPrecision};
 
@@ -275,7 +274,7 @@ impl Prepared {
         let padded_seq = padded_len(p.kv_len, V8_TILE);
         Ok(Some(QuantizedV8 {
             data: download::<i8>(rt, self.scratch.at(r.vt), heads * hd * padded_seq)?,
-            format: if self.kernel.module == ModuleKind::AdaFp8 {
+            format: if self.kernel.fp8 {
                 VFormat::E4m3
             } else {
                 VFormat::Int8

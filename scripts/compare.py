@@ -23,20 +23,28 @@ Runs on the GPU machine (see docs/bench.md; normally through scripts/compare.sh)
      inputs, and K with a +8*N(0,1) per-channel offset, causal off and on; then (causal off) the
      hard inputs: 4 channels x20 in Q and K, Q x6, Q x40: rel L1 and cosine similarity against a
      float64 reference computed with torch on the GPU, for every peer and for ours (our outputs
-     come from `bench --accuracy-file`, once per P.V precision)
-  3. our bench on the same shapes (`bench --json --peers --plot`) -> $OUT/ours.json, chart.svg;
-     with the 8-bit P.V (--ours-int8, on by default on compute capability 9.0) once more with
-     `--pv-precision int8` -> $OUT/ours-int8.json, chart-int8.svg
+     come from `bench --accuracy-file`, once per P.V precision: columns ours, ours-int8,
+     ours-fp8)
+  3. our bench on the same shapes (`bench --json --peers --plot`) -> $OUT/ours.json, chart.svg:
+     columns "ours kernel", "ours full", ratios "ours/<peer>"; with the 8-bit P.V
+     (--ours-int8, on by default on compute capability 9.0) once more with `--pv-precision int8`
+     -> $OUT/ours-int8.json, chart-int8.svg: columns "ours int8 kernel", "ours int8 full",
+     ratios "int8/<peer>"; with the FP8 P.V (--ours-fp8, the same default) with
+     `--pv-precision fp8` -> $OUT/ours-fp8.json, chart-fp8.svg: "ours fp8 kernel", "ours fp8
+     full", "fp8/<peer>" (a ratio is our full call / the peer, our kernel / a -kernel peer)
   4. varlen (--varlen on, the default; `only` runs nothing else): packed sequences timed in this
      one process on the same inputs, for d=128 (--varlen-head-dims), causal off and on: a mix of
      16 lengths drawn (seeded) from 128..8192, and the same number of equal lengths (the mix's
      mean): our `sageattn_varlen` through our wheel (compare.sh installs it from .device/wheels
      into $SAGE_RS_SITE; imported as `sageattention_rs`, both packages being `sageattention`),
-     with the prefix sums on the GPU and on the host; the official SageAttention 1.0.6
-     `sageattn_varlen` (Triton, the same package as above); PyTorch SDPA's flash backend on
+     with the prefix sums on the GPU and on the host, and (as --ours-int8 / --ours-fp8 say) on
+     the GPU with pv_precision="int8" / "fp8" (ours-int8, ours-fp8); the official SageAttention
+     1.0.6 `sageattn_varlen` (Triton, the same package as above); PyTorch SDPA's flash backend on
      nested (jagged) tensors when torch runs them, else one call per sequence (the table says
-     which). Accuracy: rel L1 against SDPA's output on the same inputs.
-  5. the table -> stdout and $OUT/table.txt; everything -> $OUT/compare.json
+     which). Ratios: ours/, int8/, fp8/ flash and sage (TOPS / TOPS). Accuracy: rel L1 against
+     SDPA's output on the same inputs.
+  5. the table -> stdout and $OUT/table.txt; everything -> $OUT/compare.json (ours, ours_int8,
+     ours_fp8, peers, accuracy, varlen)
 
 A peer that fails (import error, unsupported shape, out of memory) shows `failed` in its column
 and the reasons are listed under the table; the run goes on.
@@ -67,6 +75,19 @@ SHORT = {
     "sage-1.0.6-kernel": "sage-kern",
     "sage-2.2-sm90": "sage2",
     "sage-2.2-sm90-kernel": "sage2-kern",
+}
+# Our result sets beyond the default f16 P.V, in the table's order: the bench's --pv-precision
+# (and the wheel's pv_precision) -> the header line that says what its columns are. Each has its
+# flag --ours-<pv>, its columns "ours <pv> kernel/full", ratios "<pv>/<peer>", accuracy key
+# "ours-<pv>", report ours-<pv>.json and varlen peer "ours-<pv>".
+OURS_PV = {
+    "int8": "ours int8 = the same with --pv-precision int8 (8-bit P.V: u8 P x s8 V on the INT8 "
+            "tensor cores; V quantized in the full call); int8/X = ours int8 full / X "
+            "(ours int8 kernel / X for a -kernel peer)",
+    "fp8": "ours fp8 = the same with --pv-precision fp8 (e4m3 P x e4m3 V on the FP8 tensor cores, "
+           "each 128-key tile's product accumulated in f32 then added to the output, the official "
+           "2.2's algorithm; V quantized in the full call); fp8/X = ours fp8 full / X "
+           "(ours fp8 kernel / X for a -kernel peer)",
 }
 # Accuracy inputs beyond N(0,1) and the K offset, causal off only (issue 9's hard inputs).
 HARD_KINDS = ["QK ch x20", "Q x6", "Q x40"]
@@ -212,21 +233,24 @@ def fmt_acc(m):
     return f"{m['rel_l1']:.2e} / {m['cos_sim']:.5f}"
 
 
-def our_variants(ours, ours8):
-    """Our result sets: (column label, bench report, ratio prefix, accuracy metrics key). The int8
-    one is there when `ours8` is not None (an empty dict: asked for, but the bench gave nothing)."""
+def our_variants(ours, extra):
+    """Our result sets: (column label, bench report, ratio prefix, accuracy metrics key). Those of
+    OURS_PV are there when `extra` (P.V precision -> bench report) has one that is not None (an
+    empty dict: asked for, but the bench gave nothing)."""
     v = [("ours", ours, "ours", "ours")]
-    if ours8 is not None:
-        v.append(("ours int8", ours8, "int8", "ours-int8"))
+    for pv in OURS_PV:
+        if (extra or {}).get(pv) is not None:
+            v.append((f"ours {pv}", extra[pv], pv, f"ours-{pv}"))
     return v
 
 
-def render_table(ours, peers, accuracy, ours8=None):
-    """ONE table: performance rows (TOPS; ratios ours / peer, and with the 8-bit P.V, int8 /
-    peer), then accuracy rows (rel L1 / cos sim against float64). Returns (text, notes)."""
+def render_table(ours, peers, accuracy, extra=None):
+    """ONE table: performance rows (TOPS; ratios ours / peer, and for each result set of `extra`
+    (P.V precision -> bench report), <pv> / peer), then accuracy rows (rel L1 / cos sim against
+    float64). Returns (text, notes)."""
     names = list(peers.get("peers", [])) if peers else []
     peer_cases = {case_key(c): c.get("results", {}) for c in (peers or {}).get("cases", [])}
-    variants = our_variants(ours, ours8)
+    variants = our_variants(ours, extra)
     header = ["case"] + names
     for label, _, _, _ in variants:
         header += [f"{label} kernel", f"{label} full"]
@@ -306,9 +330,10 @@ def render_table(ours, peers, accuracy, ours8=None):
     return text, notes
 
 
-def header_lines(ours, peers, ours8=None):
+def header_lines(ours, peers, extra=None):
     lines = []
-    dev = (ours or {}).get("device") or (ours8 or {}).get("device") or {}
+    reports = [r or {} for r in [ours] + [(extra or {}).get(pv) for pv in OURS_PV]]
+    dev = next((r["device"] for r in reports if r.get("device")), {})
     pdev = (peers or {}).get("device") or {}
     name = dev.get("name") or pdev.get("name") or "unknown GPU"
     lines.append(
@@ -321,7 +346,7 @@ def header_lines(ours, peers, ours8=None):
                      ", sageattn_qk_int8_pv_fp8_cuda_sm90 (per-thread INT8 QK, FP8 PV, "
                      "fp32+fp32 accumulation, smooth_k), built on this machine; -kernel = its "
                      "attention kernel on inputs it prepared beforehand")
-    cfg = (ours or {}).get("config") or (ours8 or {}).get("config") or \
+    cfg = next((r["config"] for r in reports if r.get("config")), None) or \
         (peers or {}).get("config") or {}
     if cfg:
         lines.append(
@@ -332,11 +357,7 @@ def header_lines(ours, peers, ours8=None):
         "ours kernel = attention kernel on pre-quantized inputs; ours full = sageattn_into "
         "(K mean + INT8 quantization + attention); ours/X = ours full / X "
         "(ours kernel / X for a -kernel peer)")
-    if ours8 is not None:
-        lines.append(
-            "ours int8 = the same with --pv-precision int8 (8-bit P.V: u8 P x s8 V on the INT8 "
-            "tensor cores; V quantized in the full call); int8/X = ours int8 full / X "
-            "(ours int8 kernel / X for a -kernel peer)")
+    lines += [line for pv, line in OURS_PV.items() if (extra or {}).get(pv) is not None]
     return lines
 
 
@@ -857,10 +878,21 @@ def from_layout(o, layout, peer):
 # ----------------------------------------------------------------------------------------------
 
 # Columns of the varlen section: SDPA, the official 1.0.6, ours with the prefix sums on the GPU
-# (as the others take them) and on the host (no read-back).
+# (as the others take them) and on the host (no read-back); then, as pv_list says, "ours-<pv>":
+# "ours" with pv_precision=<pv> (varlen_peers).
 VARLEN_PEERS = ["sdpa-flash", "sage-1.0.6", "ours", "ours-host-cu"]
-# Accuracy columns (against SDPA's output).
+# Accuracy columns (against SDPA's output), with the "ours-<pv>" peers after them.
 VARLEN_ACC = ["sage-1.0.6", "ours"]
+
+
+def varlen_peers(pvs):
+    return VARLEN_PEERS + [f"ours-{pv}" for pv in pvs if pv in OURS_PV]
+
+
+def varlen_pv(name):
+    """The P.V precision of the varlen peer `name` ("ours-fp8" -> "fp8"); None for the others."""
+    pv = name[len("ours-"):] if name.startswith("ours-") else None
+    return pv if pv in OURS_PV else None
 
 
 def varlen_lengths(a):
@@ -975,13 +1007,15 @@ def varlen_callable(torch, name, sets, cu, lens, causal, gqa):
     n = len(sets)
     mx = max(lens)
     same = (lambda o: o)
-    if name in ("ours", "ours-host-cu"):
+    if name in ("ours", "ours-host-cu") or varlen_pv(name):
         rs = load_ours_wheel()
-        cu_arg = cu if name == "ours" else cu.cpu()
+        cu_arg = cu.cpu() if name == "ours-host-cu" else cu
+        # Only the 8-bit peers pass the keyword: "ours" stays the wheel's default call.
+        kw = {"pv_precision": varlen_pv(name)} if varlen_pv(name) else {}
 
         def fn(i):
             q, k, v = sets[i % n]
-            return rs.sageattn_varlen(q, k, v, cu_arg, cu_arg, mx, mx, is_causal=causal)
+            return rs.sageattn_varlen(q, k, v, cu_arg, cu_arg, mx, mx, is_causal=causal, **kw)
 
         return contextlib.nullcontext, fn, same, None
     if name == "sage-1.0.6":
@@ -1003,18 +1037,21 @@ def varlen_callable(torch, name, sets, cu, lens, causal, gqa):
     raise PeerUnavailable(f"unknown varlen peer {name}")
 
 
-def run_varlen_section(torch, a):
-    """Times VARLEN_PEERS on every case of `varlen_cases` in this process and measures their
-    accuracy against SDPA's output; returns the section's JSON document."""
+def run_varlen_section(torch, a, pvs):
+    """Times the varlen peers (with ours for each 8-bit P.V of `pvs`) on every case of
+    `varlen_cases` in this process and measures their accuracy against SDPA's output; returns
+    the section's JSON document."""
     dtype = torch_dtype(torch, a.dtype)
     heads, kv_heads = a.heads, a.kv_heads
     gqa = heads != kv_heads
     l2 = device_info(torch)["l2_bytes"]
     cases = varlen_cases(a)
+    peers = varlen_peers(pvs)
+    acc_peers = VARLEN_ACC + [p for p in peers if varlen_pv(p)]
     out = {"config": {"heads": heads, "kv_heads": kv_heads, "dtype": a.dtype,
                       "head_dims": a.varlen_head_dims, "seed": a.seed,
                       "mix": varlen_lengths(a)},
-           "peers": VARLEN_PEERS, "cases": []}
+           "peers": peers, "cases": []}
     try:
         ours = load_ours_wheel()
         out["config"]["ours"] = f"sageattention {ours.__version__} (our wheel)"
@@ -1042,14 +1079,14 @@ def run_varlen_section(torch, a):
                           for h in (heads, kv_heads, kv_heads)) for _ in range(sets)]
         except Exception as e:  # noqa: BLE001 - out of memory: every peer fails this case
             err = first_line(e)
-            doc["results"] = {p: {"error": err} for p in VARLEN_PEERS}
+            doc["results"] = {p: {"error": err} for p in peers}
             log(f"varlen {label}: inputs not made: {err}")
             torch.cuda.empty_cache()
             continue
         # Accuracy first, on pristine inputs (the official call changes k in place).
         q0, k0, v0 = data[0]
         ref = None
-        for name in ["sdpa-flash"] + VARLEN_ACC:
+        for name in ["sdpa-flash"] + acc_peers:
             try:
                 one = [(q0, k0.clone(), v0)]
                 ctx, fn, to_packed, mode = varlen_callable(torch, name, one, cu, lens, causal, gqa)
@@ -1071,7 +1108,7 @@ def run_varlen_section(torch, a):
                 torch.cuda.synchronize()
         del ref
         torch.cuda.empty_cache()
-        for name in VARLEN_PEERS:
+        for name in peers:
             try:
                 ctx, fn, _, _ = varlen_callable(torch, name, data, cu, lens, causal, gqa)
                 with ctx():
@@ -1104,6 +1141,10 @@ def render_varlen_table(section):
     way SDPA ran and the failures. Pure (works on the section's JSON)."""
     cfg = section.get("config", {})
     peers = section.get("peers", VARLEN_PEERS)
+    eight = [p for p in peers if varlen_pv(p)]
+    # (ratio prefix, peer): ours, then each 8-bit P.V.
+    mine = [("ours", "ours")] + [(varlen_pv(p), p) for p in eight]
+    acc_peers = VARLEN_ACC + eight
     mix = cfg.get("mix", [])
     lines = [
         f"varlen (packed sequences, one process, same inputs): heads {cfg.get('heads')}, kv_heads "
@@ -1112,10 +1153,16 @@ def render_varlen_table(section):
         "TOPS = sum over the sequences of 4*L^2*H*d / median time (halved when causal); ours = "
         "our sageattn_varlen with cu_seqlens on the GPU (read back each call), ours-host-cu = "
         "on the host; accuracy = rel L1 / cos sim against SDPA's output",
-        "",
     ]
-    header = ["case", "tokens"] + peers + ["ours/flash", "ours/sage"] + \
-        [f"acc {p}" for p in VARLEN_ACC]
+    if eight:
+        pvs = [varlen_pv(p) for p in eight]
+        lines.append(" / ".join(eight) + " = ours with pv_precision="
+                     + " / ".join(f'"{pv}"' for pv in pvs) + " (the 8-bit P.V); "
+                     + ", ".join(f"{pv}/X" for pv in pvs) + " = their TOPS / X's")
+    lines.append("")
+    header = ["case", "tokens"] + peers + \
+        [f"{prefix}/{other}" for prefix, _ in mine for other in ("flash", "sage")] + \
+        [f"acc {p}" for p in acc_peers]
     rows, failures, modes = [], {}, []
     for c in section.get("cases", []):
         label = varlen_label(c)
@@ -1131,9 +1178,10 @@ def render_varlen_table(section):
             else:
                 t[p] = r.get("tops")
                 row.append(fmt_tops(r.get("tops")))
-        for other in ("sdpa-flash", "sage-1.0.6"):
-            row.append(f"{t['ours'] / t[other]:.2f}x" if t.get("ours") and t.get(other) else "")
-        for p in VARLEN_ACC:
+        for _, p in mine:
+            for other in ("sdpa-flash", "sage-1.0.6"):
+                row.append(f"{t[p] / t[other]:.2f}x" if t.get(p) and t.get(other) else "")
+        for p in acc_peers:
             m = c.get("accuracy", {}).get(p)
             row.append(fmt_acc(m))
             if m and "error" in m:
@@ -1407,8 +1455,12 @@ def parse_args(argv):
                    help="comma-separated subset of " + ", ".join(PEERS) + " (default: all but "
                    "the sage-2.2 ones, which are added when compare.sh built them)")
     p.add_argument("--ours-int8", choices=["auto", "on", "off"], default="auto",
-                   help="also run our bench with --pv-precision int8 (8-bit P.V); auto: on "
-                   "compute capability 9.0 (where the library has it)")
+                   help="also run our bench with --pv-precision int8 (8-bit P.V), and the varlen "
+                   "section's ours-int8; auto: on compute capability 9.0 (where the library "
+                   "has it)")
+    p.add_argument("--ours-fp8", choices=["auto", "on", "off"], default="auto",
+                   help="also run our bench with --pv-precision fp8 (e4m3 P.V), and the varlen "
+                   "section's ours-fp8; auto: on compute capability 9.0 (its fast path: Hopper)")
     p.add_argument("--no-hard-inputs", action="store_true",
                    help="accuracy without the hard inputs (QK channel outliers x20, Q x6, Q x40)")
     p.add_argument("--varlen", choices=["on", "off", "only"], default="on",
@@ -1447,22 +1499,21 @@ def parse_args(argv):
 
 
 def pv_list(a, torch):
-    """Our P.V precisions to run: f16, and int8 as --ours-int8 says."""
-    if a.ours_int8 == "on":
-        return ["f16", "int8"]
-    if a.ours_int8 == "auto" and torch is not None:
+    """Our P.V precisions to run: f16, then those of OURS_PV as --ours-<pv> says."""
+    hopper = False
+    if torch is not None:
         try:
-            if torch.cuda.get_device_capability(0) == (9, 0):
-                return ["f16", "int8"]
+            hopper = torch.cuda.get_device_capability(0) == (9, 0)
         except Exception:  # noqa: BLE001
             pass
-    return ["f16"]
+    flags = {pv: getattr(a, f"ours_{pv}") for pv in OURS_PV}
+    return ["f16"] + [pv for pv, f in flags.items() if f == "on" or (f == "auto" and hopper)]
 
 
-def varlen_section(torch, a):
+def varlen_section(torch, a, pvs):
     """The varlen section's document; a failure of the whole section becomes its `error`."""
     try:
-        return run_varlen_section(torch, a)
+        return run_varlen_section(torch, a, pvs)
     except Exception as e:  # noqa: BLE001 - reported under the table
         log(f"varlen section failed: {first_line(e)}")
         traceback.print_exc()
@@ -1479,14 +1530,14 @@ def varlen_text(section):
     return table + ("\n" + "\n".join(notes) + "\n" if notes else "")
 
 
-def varlen_only(torch, a):
+def varlen_only(torch, a, pvs):
     """--varlen only: the varlen section alone -> stdout, table.txt, compare.json."""
     os.makedirs(a.out, exist_ok=True)
     if torch is None:
         log("--varlen only needs torch with a CUDA GPU")
         return 1
     info = device_info(torch)
-    section = varlen_section(torch, a)
+    section = varlen_section(torch, a, pvs)
     text = (f"GPU: {info['name']} ({info['sm_count']} SMs); torch {info['torch']}, triton "
             f"{info['triton']}, official sageattention {info['sageattention']}\n\n"
             + varlen_text(section))
@@ -1516,10 +1567,10 @@ def main(argv):
     if torch is not None and not torch.cuda.is_available():
         log("torch sees no CUDA GPU: no peers, no accuracy")
         torch = None
-    if a.varlen == "only":
-        return varlen_only(torch, a)
     pvs = pv_list(a, torch)
     log(f"ours: P.V precision(s) {', '.join(pvs)}")
+    if a.varlen == "only":
+        return varlen_only(torch, a, pvs)
 
     cases = [(d, c, n) for d in a.head_dims for c in causal_list(a) for n in a.seq_lens]
     in_process = [p for p in a.peer_names if p not in SAGE2_PEERS]
@@ -1567,40 +1618,41 @@ def main(argv):
         acc = None  # frees the inputs on the GPU
     varlen = None
     if torch is not None and a.varlen == "on":
-        varlen = varlen_section(torch, a)
+        varlen = varlen_section(torch, a, pvs)
     if torch is not None:
         torch.cuda.synchronize()
         torch.cuda.empty_cache()
-    ours, ours8, notes = None, None, []
+    # extra: P.V precision -> our bench's report on it ({}: it gave none; absent: not run).
+    ours, extra, notes = None, {}, []
     if not a.skip_ours:
         ours, problem = run_ours(a, peers_path, a.out)
         if problem:
             notes.append(f"ours: {problem}")
-        if "int8" in pvs:
-            ours8, problem = run_ours(a, peers_path, a.out, "int8")
-            ours8 = ours8 or {}
+        for pv in pvs[1:]:
+            report, problem = run_ours(a, peers_path, a.out, pv)
+            extra[pv] = report or {}
             if problem:
-                notes.append(f"ours int8: {problem}")
+                notes.append(f"ours {pv}: {problem}")
 
-    table, table_notes = render_table(ours, peers, accuracy, ours8)
+    table, table_notes = render_table(ours, peers, accuracy, extra)
     notes = table_notes + notes
-    for label, report in (("ours", ours), ("ours int8", ours8)):
+    for label, report in [("ours", ours)] + [(f"ours {pv}", r) for pv, r in extra.items()]:
         if report and report.get("error"):
             notes.append(f"{label}: the bench stopped early: {report['error']}")
-    head = header_lines(ours, peers, ours8)
+    head = header_lines(ours, peers, extra)
     text = "\n".join(head) + "\n\n" + table + ("\n" + "\n".join(notes) + "\n" if notes else "")
     if varlen is not None:
         text += "\n" + varlen_text(varlen)
     with open(os.path.join(a.out, "table.txt"), "w") as f:
         f.write(text)
     with open(os.path.join(a.out, "compare.json"), "w") as f:
-        json.dump({"ours": ours, "ours_int8": ours8, "peers": peers, "accuracy": accuracy,
-                   "varlen": varlen}, f, indent=1)
+        json.dump(dict({"ours": ours}, **{f"ours_{pv}": extra.get(pv) for pv in OURS_PV},
+                       peers=peers, accuracy=accuracy, varlen=varlen), f, indent=1)
     print()
     print(text, end="")
-    written = [f for f in ("table.txt", "compare.json", "peers.json", "ours.json", "chart.svg",
-                           "ours-int8.json", "chart-int8.svg")
-               if os.path.exists(os.path.join(a.out, f))]
+    outputs = ["table.txt", "compare.json", "peers.json", "ours.json", "chart.svg"]
+    outputs += [f for pv in OURS_PV for f in (f"ours-{pv}.json", f"chart-{pv}.svg")]
+    written = [f for f in outputs if os.path.exists(os.path.join(a.out, f))]
     log(f"wrote {', '.join(written)} in {a.out}")
     return 0
 
@@ -1616,7 +1668,7 @@ def fake_data():
                 "mean_ms": ms, "p10_ms": ms * 0.99, "p90_ms": ms * 1.02, "tops": tops(flops, ms),
                 "tops_max": tops(flops, ms * 0.98)}
 
-    ours_cases, ours8_cases, peer_cases, sage2_cases = [], [], [], []
+    ours_cases, ours8_cases, oursf_cases, peer_cases, sage2_cases = [], [], [], [], []
     old_peers = [p for p in PEERS if p not in SAGE2_PEERS]
     for d in (64, 128):
         for causal in (False, True):
@@ -1631,6 +1683,10 @@ def fake_data():
                 ours8_cases.append(dict(case, kernel=path(fl / 800e12 * 1e3, fl),
                                         full=path(fl / 640e12 * 1e3, fl),
                                         quant_overhead_pct=20.0, skipped=None))
+                # ours fp8: kernel 1000 TOPS, full 760
+                oursf_cases.append(dict(case, kernel=path(fl / 1000e12 * 1e3, fl),
+                                        full=path(fl / 760e12 * 1e3, fl),
+                                        quant_overhead_pct=24.0, skipped=None))
                 res = {"sdpa-flash": path(fl / 300e12 * 1e3, fl),
                        "sdpa-cudnn": {"error": "RuntimeError: No available kernel. Aborting execution."},
                        "sage-1.0.6": path(fl / 250e12 * 1e3, fl),
@@ -1646,10 +1702,13 @@ def fake_data():
     ours_cases[-1] = dict(ours_cases[-1], kernel=None, full=None, skipped="does not fit in GPU memory")
     ours8_cases[0] = dict(ours8_cases[0], kernel=None, full=None,
                           skipped="the 8-bit P.V needs the sm_90a kernel")
+    oursf_cases[1] = dict(oursf_cases[1], kernel=None, full=None,
+                          skipped="the FP8 P.V needs the sm_90a kernel")
     dev = {"name": "NVIDIA H100 80GB HBM3", "sm_count": 132, "l2_bytes": 50 << 20}
     cfg = {"batch": 4, "heads": 32, "kv_heads": 32, "dtype": "f16", "layout": "hnd"}
     ours = {"device": dev, "config": cfg, "cases": ours_cases}
     ours8 = {"device": dev, "config": dict(cfg, pv_precision="int8"), "cases": ours8_cases}
+    oursf = {"device": dev, "config": dict(cfg, pv_precision="fp8"), "cases": oursf_cases}
     peers = {"peers": old_peers, "cases": peer_cases,
              "device": {"name": "NVIDIA H100 80GB HBM3", "torch": "2.11.0", "triton": "3.6.0",
                         "cudnn": "91000"}}
@@ -1661,8 +1720,9 @@ def fake_data():
                         "sage-2.2-sm90": {"rel_l1": 3.8e-2, "cos_sim": 0.99929},
                         "sage-2.2-sm90-kernel": {"error": "sage2 worker exited with status -9: "},
                         "ours": {"rel_l1": 1.1e-2, "cos_sim": 0.99991},
-                        "ours-int8": {"rel_l1": 1.8e-2, "cos_sim": 0.99984}}}]
-    return ours, ours8, peers, sage2_cases, acc
+                        "ours-int8": {"rel_l1": 1.8e-2, "cos_sim": 0.99984},
+                        "ours-fp8": {"rel_l1": 3.6e-2, "cos_sim": 0.99935}}}]
+    return ours, ours8, oursf, peers, sage2_cases, acc
 
 
 def selftest():
@@ -1686,9 +1746,22 @@ def selftest():
     saved = {k: os.environ.pop(k, None) for k in ("SAGE2_DIR", "SAGE2_ERROR")}
     try:
         a = parse_args([])
-        assert a.peer_names == PEERS[:4] and a.ours_int8 == "auto" and not a.no_hard_inputs
+        assert a.peer_names == PEERS[:4] and a.ours_int8 == a.ours_fp8 == "auto"
+        assert not a.no_hard_inputs
         assert "SAGE2_DIR is not set" in sage2_unavailable()
         assert pv_list(a, None) == ["f16"] and pv_list(parse_args(["--ours-int8", "on"]), None) == ["f16", "int8"]
+        assert pv_list(parse_args(["--ours-fp8", "on"]), None) == ["f16", "fp8"]
+        assert pv_list(parse_args(["--ours-fp8", "on", "--ours-int8", "on"]), None) == \
+            ["f16", "int8", "fp8"]
+
+        def gpu(cc):
+            return type("T", (), {"cuda": type("C", (), {
+                "get_device_capability": staticmethod(lambda i: cc)})})
+
+        assert pv_list(a, gpu((9, 0))) == ["f16", "int8", "fp8"]
+        assert pv_list(a, gpu((8, 9))) == ["f16"]
+        assert pv_list(parse_args(["--ours-int8", "off"]), gpu((9, 0))) == ["f16", "fp8"]
+        assert pv_list(parse_args(["--ours-fp8", "on"]), gpu((8, 0))) == ["f16", "fp8"]
         assert len(accuracy_cases(a)) == 2 * 2 * 2 + 2 * len(HARD_KINDS)
         assert accuracy_cases(a)[:8] == [(d, k, c) for d in (64, 128) for k in ("N(0,1)", "K+8N(0,1)")
                                          for c in (False, True)]
@@ -1705,13 +1778,13 @@ def selftest():
             if v is not None:
                 os.environ[k] = v
 
-    ours, ours8, peers, sage2_cases, acc = fake_data()
+    ours, ours8, oursf, peers, sage2_cases, acc = fake_data()
     # Without the 8-bit P.V and the sage-2.2 peers: the table as before.
     text, notes = render_table(ours, peers, [dict(acc[0], metrics={
         k: v for k, v in acc[0]["metrics"].items() if k in PEERS[:4] + ["ours"]})])
     lines = text.splitlines()
     assert lines[0].startswith("case") and "ours/flash" in lines[0] and "ours/sage-kern" in lines[0]
-    assert "int8" not in lines[0] and "sage2" not in lines[0]
+    assert "int8" not in lines[0] and "fp8" not in lines[0] and "sage2" not in lines[0]
     assert len(lines[0]) == len(lines[1])
     row = next(ln for ln in lines if ln.startswith("d=64 causal=off N=1K"))
     # ours full = 400/1.1 = 363.6 TOPS; flash 300 -> 1.21x; kernel 400 vs sage-kernel 280 -> 1.43x
@@ -1730,31 +1803,64 @@ def selftest():
     merge_peers(peers, names, sage2_cases)
     assert peers["peers"] == PEERS and len(peers["cases"]) == 8
     peers["device"]["sageattention2"] = "2.2.0 from thu-ml/SageAttention d1a57a5"
-    text, notes = render_table(ours, peers, acc, ours8)
-    print("\n".join(header_lines(ours, peers, ours8)) + "\n")
+    both = {"int8": ours8, "fp8": oursf}
+    text, notes = render_table(ours, peers, acc, both)
+    head_lines = header_lines(ours, peers, both)
+    print("\n".join(head_lines) + "\n")
     print(text + "\n".join(notes))
+    assert head_lines[-2] == OURS_PV["int8"] and head_lines[-1] == OURS_PV["fp8"], head_lines
+    assert head_lines[-1].startswith("ours fp8 = the same with --pv-precision fp8 (e4m3 P x e4m3 V")
     lines = text.splitlines()
     head = lines[0]
     for col in ("sage-2.2-sm90", "sage-2.2-sm90-kernel", "ours int8 kernel", "ours int8 full",
-                "ours/sage2", "int8/sage2", "int8/sage2-kern", "int8/flash"):
+                "ours/sage2", "int8/sage2", "int8/sage2-kern", "int8/flash", "ours fp8 kernel",
+                "ours fp8 full", "fp8/flash", "fp8/cudnn", "fp8/sage2", "fp8/sage2-kern"):
         assert col in head, col
+    # Our columns, then the ratios, each in the order ours, int8, fp8.
+    assert head.index("ours int8 full") < head.index("ours fp8 kernel") < head.index("ours/flash")
+    assert head.index("ours/sage2-kern") < head.index("int8/flash") < head.index("fp8/flash")
     assert len(lines[0]) == len(lines[1])
     row = next(ln for ln in lines if ln.startswith("d=128 causal=off N=1K"))
     # int8 full 640 / sage2 500 = 1.28x; int8 kernel 800 / sage2 kernel 900 = 0.89x;
     # ours full 363.6 / sage2 500 = 0.73x
     assert "640.0" in row and "1.28x" in row and "0.89x" in row and "0.73x" in row, row
+    # fp8 full 760 / flash 300 = 2.53x, / sage2 500 = 1.52x; fp8 kernel 1000 / sage2 kernel 900
+    # = 1.11x, / sage kernel 280 = 3.57x
+    assert "760.0" in row and "1000.0" in row, row
+    assert "2.53x" in row and "1.52x" in row and "1.11x" in row and "3.57x" in row, row
     row = next(ln for ln in lines if ln.startswith("d=128 causal=on N=2K"))
-    assert row.count("failed") == 3 and "skipped" in row, row  # cudnn, both sage2; ours skipped
+    assert row.count("failed") == 3 and row.count("skipped") == 2, row  # cudnn, sage2; ours
     row = next(ln for ln in lines if ln.startswith("d=64 causal=off N=1K"))
     assert row.count("skipped") == 2, row  # ours int8
+    row = next(ln for ln in lines if ln.startswith("d=64 causal=off N=2K"))
+    assert row.count("skipped") == 2 and "640.0" in row, row  # ours fp8
     arow = next(ln for ln in lines if ln.startswith("acc d=64"))
     assert "3.80e-02 / 0.99929" in arow and "1.80e-02 / 0.99984" in arow and "failed" in arow
+    assert arow.index("1.80e-02 / 0.99984") < arow.index("3.60e-02 / 0.99935"), arow
     assert any(n.startswith("sage-2.2-sm90 failed on 2 case(s)") for n in notes), notes
     assert any(n.startswith("sage-2.2-sm90-kernel failed on 3 case(s)") for n in notes), notes
     assert any(n.startswith("ours int8 failed on 1 case(s)") and "sm_90a" in n for n in notes), notes
-    # int8 asked for but the bench gave nothing: the columns are there, empty.
-    text, _ = render_table(ours, peers, acc, {})
-    assert "ours int8 full" in text.splitlines()[0]
+    assert any(n.startswith("ours fp8 failed on 1 case(s) [d=64 causal=off N=2K]") and
+               "FP8 P.V" in n for n in notes), notes
+    # Without the fp8 run (--ours-fp8 off): none of its columns, lines or notes.
+    for extra in ({"int8": ours8}, {"int8": ours8, "fp8": None}):
+        text, notes = render_table(ours, peers, acc, extra)
+        assert "fp8" not in text and not any("fp8" in n for n in notes), extra.keys()
+        assert "ours int8 full" in text.splitlines()[0]
+        assert "ours fp8" not in "\n".join(header_lines(ours, peers, extra))
+    # fp8 alone: its columns follow ours directly.
+    text, _ = render_table(ours, peers, acc, {"fp8": oursf})
+    assert "int8" not in text.splitlines()[0] and "fp8/sage2-kern" in text.splitlines()[0]
+    # int8 / fp8 asked for but the bench gave nothing: the columns are there, empty.
+    text, _ = render_table(ours, peers, acc, {"int8": {}, "fp8": {}})
+    lines = text.splitlines()
+    assert "ours int8 full" in lines[0] and "ours fp8 full" in lines[0]
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=off N=1K"))
+    assert row.split()[9:15] == ["400.0", "363.6"] + ["-"] * 4 and "skipped" not in row, row
+    # The device and shapes from the fp8 report when it is the only one.
+    head_lines = header_lines(None, peers, {"fp8": oursf})
+    assert head_lines[0].startswith("GPU: NVIDIA H100 80GB HBM3 (132 SMs"), head_lines
+    assert head_lines[2].startswith("shapes: batch 4, heads 32"), head_lines
 
     varlen_selftest()
     print("\ncompare.py selftest: ok")
@@ -1820,7 +1926,74 @@ def varlen_selftest():
     assert notes[0] == "sdpa-flash ran as: nested jagged tensors (one flash varlen call)", notes
     assert any(n.startswith("sage-1.0.6 failed on 2 case(s)") for n in notes), notes
     assert any(n.startswith("sage-1.0.6 (accuracy) failed on 2 case(s)") for n in notes), notes
+    assert "int8" not in text and "fp8" not in text
     assert varlen_text({"error": "boom"}).startswith("varlen section failed: boom")
+
+    # Ours with the 8-bit P.V: int8 at 4 ms, fp8 at 3.2 ms where an older wheel takes it (it
+    # refuses the equal cases here).
+    assert varlen_peers(["f16"]) == VARLEN_PEERS
+    assert varlen_peers(["f16", "int8", "fp8"]) == VARLEN_PEERS + ["ours-int8", "ours-fp8"]
+    assert [varlen_pv(p) for p in ("ours", "ours-host-cu", "ours-int8", "ours-fp8")] == \
+        [None, None, "int8", "fp8"]
+    old_wheel = 'ValueError: pv_precision must be "f16" or "int8"'
+    for doc in docs:
+        fl = doc["flops"]
+        doc["results"]["ours-int8"] = st(4.0, fl)
+        doc["accuracy"]["ours-int8"] = {"rel_l1": 1.9e-2, "cos_sim": 0.99982}
+        if doc["kind"] == "equal":
+            doc["results"]["ours-fp8"] = doc["accuracy"]["ours-fp8"] = {"error": old_wheel}
+        else:
+            doc["results"]["ours-fp8"] = st(3.2, fl)
+            doc["accuracy"]["ours-fp8"] = {"rel_l1": 3.7e-2, "cos_sim": 0.99931}
+    section["peers"] = varlen_peers(["f16", "int8", "fp8"])
+    text, notes = render_varlen_table(section)
+    print("\n" + text + "\n".join(notes))
+    lines = text.splitlines()
+    assert 'ours-int8 / ours-fp8 = ours with pv_precision="int8" / "fp8" (the 8-bit P.V); ' \
+        "int8/X, fp8/X = their TOPS / X's" in lines, lines
+    head = next(i for i, ln in enumerate(lines) if ln.startswith("case"))
+    assert len(lines[head]) == len(lines[head + 1])
+    cols = lines[head].split()
+    assert cols[2:] == VARLEN_PEERS + ["ours-int8", "ours-fp8", "ours/flash", "ours/sage",
+                                       "int8/flash", "int8/sage", "fp8/flash", "fp8/sage", "acc",
+                                       "sage-1.0.6", "acc", "ours", "acc", "ours-int8", "acc",
+                                       "ours-fp8"], cols
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=off mix 16 x"))
+    # ours 2.00x / 1.60x; int8 10/4 = 2.50x, 8/4 = 2.00x; fp8 10/3.2 = 3.12x, 8/3.2 = 2.50x
+    assert row.split()[13:19] == ["2.00x", "1.60x", "2.50x", "2.00x", "3.12x", "2.50x"], row
+    assert "1.90e-02 / 0.99982" in row and row.endswith("3.70e-02 / 0.99931"), row
+    row = next(ln for ln in lines if ln.startswith("d=128 causal=on equal 16 x"))
+    # sage-1.0.6 and ours-fp8 failed, timing and accuracy; no ratio against sage
+    assert row.count("failed") == 4 and row.split()[13:15] == ["2.00x", "2.50x"], row
+    assert any(n.startswith("ours-fp8 failed on 2 case(s)") and n.endswith(old_wheel)
+               for n in notes), notes
+    assert any(n.startswith("ours-fp8 (accuracy) failed on 2 case(s)") for n in notes), notes
+
+    # The calls: the 8-bit peers add only pv_precision to ours' (cu_seqlens on the GPU).
+    calls = []
+
+    class Cu:
+        def cpu(self):
+            return "host cu"
+
+    class Wheel:
+        @staticmethod
+        def sageattn_varlen(*args, **kw):
+            calls.append((args[3], kw))
+
+    saved = sys.modules.get("sageattention_rs")
+    sys.modules["sageattention_rs"] = Wheel
+    try:
+        cu = Cu()
+        for name in ("ours", "ours-host-cu", "ours-int8", "ours-fp8"):
+            varlen_callable(None, name, [("q", "k", "v")], cu, [3, 5], True, False)[1](0)
+    finally:
+        sys.modules.pop("sageattention_rs")
+        if saved is not None:
+            sys.modules["sageattention_rs"] = saved
+    assert calls == [(cu, {"is_causal": True}), ("host cu", {"is_causal": True}),
+                     (cu, {"is_causal": True, "pv_precision": "int8"}),
+                     (cu, {"is_causal": True, "pv_precision": "fp8"})], calls
 
 
 if __name__ == "__main__":

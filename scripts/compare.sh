@@ -32,7 +32,8 @@
 #   device:     run(command="bash scripts/compare.sh --varlen only", carry=[".device", ".whl"])
 #
 # Outputs in $OUT (default ./compare-out): table.txt, compare.json, peers.json, ours.json,
-# chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg), compare.log, sage2-build.log,
+# chart.svg (with the 8-bit P.V: ours-int8.json, chart-int8.svg; with the FP8 P.V: ours-fp8.json,
+# chart-fp8.svg), compare.log, sage2-build.log,
 # and with the 2.2 peer built, sage2-kernels.txt: the registers, stack and shared memory of its
 # attention kernels (cuobjdump -res-usage; what decides its CTAs per SM), plus with SAGE2_SASS=1
 # sage2-sass.txt.gz, their SASS (to compare its per-tile instruction path with ours:

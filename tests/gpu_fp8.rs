@@ -1,7 +1,10 @@
-//! GPU tests of the FP8 P·V path ([`PvPrecision::Fp8`]: e4m3 P per 128-key tile × e4m3 Vᵀ,
-//! `mma.sync m16n8k32 e4m3·e4m3` with an f32 or an f16 accumulator, the sm_89 module). No Ada card
-//! is available here: on the H200 the driver JIT-compiles the sm_89 PTX for sm_90 (where ptxas
-//! emulates the e4m3 mma), which is how these tests run it. Both backends select it.
+//! GPU tests of the FP8 P·V path ([`PvPrecision::Fp8`]: e4m3 P per 128-key tile × e4m3 Vᵀ). Two
+//! kernels compute it: the sm_89 module's `mma.sync m16n8k32 e4m3·e4m3` with an f32 or an f16
+//! accumulator (Ada; `Backend::Portable` anywhere from 8.9), and on Hopper with `Backend::Auto`
+//! the sm_90a kernel's `wgmma m64nNk32.f32.e4m3.e4m3` (f32 accumulator per tile). No Ada card is
+//! available here: on the H200 the driver JIT-compiles the sm_89 PTX for sm_90 (where ptxas
+//! emulates the e4m3 mma), which is how these tests run it; each test also runs `Backend::Auto`,
+//! which is the sm_90a kernel there (the sm_89 one on Ada).
 //!
 //! * the e4m3 V preparation (the sm_89 module's `sage_prepare`) is bit-exact with its CPU
 //!   emulation ([`quantize_v8_as`] with [`VFormat::E4m3`]);
@@ -22,7 +25,8 @@ use common::{
     upload,
 };
 use rand::rngs::StdRng;
-use sageattention::attention::{fp8_kernel, selected_kernel, FP8_MIN_CC};
+use sageattention::attention::{fp8_kernel, hopper_fp8_kernel, selected_kernel, FP8_MIN_CC};
+use sageattention::hopper::hopper_available;
 use sageattention::quant_ref::{k_mean, quantize_k};
 use sageattention::reference::v8::{quantize_v8_as, VFormat};
 use sageattention::reference::{
@@ -101,6 +105,27 @@ fn inputs(case: &Case, rng: &mut StdRng) -> (HostTensor, HostTensor, HostTensor)
         random_tensor(rng, kv_shape, case.dtype, 1.0, Some(&k_off)),
         random_tensor(rng, kv_shape, case.dtype, 1.0, Some(&v_off)),
     )
+}
+
+/// The routes each test runs: `(backend, f16 accumulator requested)`: the sm_89 kernel with each
+/// accumulator, and `Backend::Auto` (the sm_90a kernel on Hopper, the sm_89 f16-accumulator
+/// kernel on Ada).
+const ROUTES: [(Backend, bool); 3] = [
+    (Backend::Portable, false),
+    (Backend::Portable, true),
+    (Backend::Auto, true),
+];
+
+/// Whether the kernel a route selects accumulates each tile in f16 (the emulation to compare
+/// with): the sm_90a kernel always accumulates in f32.
+fn route_f16_accum(case: &Case, backend: Backend, f16_accum: bool) -> bool {
+    let opts = Options {
+        backend,
+        ..fp8_options(case.causal, case.layout, case.smooth_k, f16_accum)
+    };
+    !selected_kernel(runtime(), case.head_dim, &opts)
+        .expect("an FP8 kernel for this head_dim")
+        .pv_f32
 }
 
 /// One case on the GPU (output and LSE poisoned with NaN first): O and LSE as f32.
@@ -249,24 +274,20 @@ fn fp8_attention_matches_emulation() {
             causal: case.causal,
             sm_scale: None,
         };
-        for f16_accum in [false, true] {
-            let backend = if f16_accum {
-                Backend::Auto
-            } else {
-                Backend::Portable
-            };
-            let (o, lse) = run(&case, f16_accum, backend, (&q, &k, &v));
+        for (backend, requested) in ROUTES {
+            let f16_accum = route_f16_accum(&case, backend, requested);
+            let (o, lse) = run(&case, requested, backend, (&q, &k, &v));
             assert!(
                 o.iter().all(|x| x.is_finite()),
-                "unwritten output: {case:?}"
+                "unwritten output: {backend:?} {case:?}"
             );
             let reference =
                 attention_fp8_emulation(&q, &k, &v, &ref_opts, case.smooth_k, f16_accum);
             let m = compare(&o, &reference.o);
             let lse_err = lse_max_error(&lse, &reference.lse);
             eprintln!(
-                "FP8 f16acc={f16_accum} {case:?}: vs emulation rel L1 {:.2e} max_abs {:.2e} LSE \
-                 {lse_err:.2e}",
+                "FP8 {backend:?} f16acc={f16_accum} {case:?}: vs emulation rel L1 {:.2e} max_abs \
+                 {:.2e} LSE {lse_err:.2e}",
                 m.rel_l1, m.max_abs
             );
             let tol = if f16_accum {
@@ -274,8 +295,14 @@ fn fp8_attention_matches_emulation() {
             } else {
                 EMULATION_REL_L1
             };
-            assert!(m.n_nan_mismatch == 0 && m.rel_l1 <= tol, "{case:?}: {m:?}");
-            assert!(lse_err <= LSE_TOL, "LSE {lse_err:.2e}: {case:?}");
+            assert!(
+                m.n_nan_mismatch == 0 && m.rel_l1 <= tol,
+                "{backend:?} {case:?}: {m:?}"
+            );
+            assert!(
+                lse_err <= LSE_TOL,
+                "LSE {lse_err:.2e}: {backend:?} {case:?}"
+            );
             let (rows, d) = (case.batch * case.q_heads * case.qo_len, case.head_dim);
             for r in 0..rows {
                 let i = r % case.qo_len;
@@ -315,24 +342,27 @@ fn fp8_accuracy_against_exact_reference() {
             let k = random_tensor(&mut rng, shape, dtype, 1.0, None);
             let v = random_tensor(&mut rng, shape, dtype, 1.0, None);
             let exact = attention_f64(&q, &k, &v, &RefOptions::default());
-            for f16_accum in [false, true] {
-                let (o, _) = run(&case, f16_accum, Backend::Portable, (&q, &k, &v));
+            for (backend, requested) in ROUTES {
+                let f16_accum = route_f16_accum(&case, backend, requested);
+                let (o, _) = run(&case, requested, backend, (&q, &k, &v));
                 let m = compare(&o, &exact.o);
                 eprintln!(
-                    "FP8 QUALITY d={head_dim} {dtype:?} f16acc={f16_accum}: cos {:.6} rel_l1 {:.4}",
+                    "FP8 QUALITY {backend:?} d={head_dim} {dtype:?} f16acc={f16_accum}: cos {:.6} \
+                     rel_l1 {:.4}",
                     m.cos_sim, m.rel_l1
                 );
                 assert!(
                     m.rel_l1 <= FP8_REL_L1 && m.cos_sim >= FP8_COS,
-                    "d={head_dim} {dtype:?} f16acc={f16_accum}: {m:?}"
+                    "{backend:?} d={head_dim} {dtype:?} f16acc={f16_accum}: {m:?}"
                 );
             }
         }
     }
 }
 
-/// Both backends select the sm_89 kernel (the accumulator as `pv_accum` asks); a head_dim no
-/// 8-bit kernel takes is a typed error before any launch.
+/// `Backend::Portable` selects the sm_89 kernel (the accumulator as `pv_accum` asks), and so does
+/// `Backend::Auto` except on Hopper, where it selects the sm_90a FP8 kernel (f32 accumulator, V
+/// from the FP8 module); a head_dim no 8-bit kernel takes is a typed error before any launch.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fp8_dispatch_and_errors() {
@@ -349,8 +379,14 @@ fn fp8_dispatch_and_errors() {
                         ..fp8_options(causal, Layout::Hnd, true, f16_accum)
                     };
                     let k = selected_kernel(rt, head_dim, &opts).unwrap();
-                    assert_eq!(Some(k), fp8_kernel(head_dim, causal, f16_accum));
-                    assert_eq!(k.module, ModuleKind::AdaFp8);
+                    assert!(k.pv8 && k.fp8, "{k:?}");
+                    if backend == Backend::Auto && hopper_available(rt) {
+                        assert_eq!(Some(k), hopper_fp8_kernel(head_dim, causal));
+                        assert_eq!((k.module, k.pv_f32), (ModuleKind::Hopper, true));
+                    } else {
+                        assert_eq!(Some(k), fp8_kernel(head_dim, causal, f16_accum));
+                        assert_eq!(k.module, ModuleKind::AdaFp8);
+                    }
                 }
             }
         }
@@ -381,7 +417,8 @@ fn fp8_dispatch_and_errors() {
 }
 
 /// compute-sanitizer: every head_dim, both accumulators, partial last tiles, a 130-row Q (two
-/// CTAs), rows without keys.
+/// CTAs), rows without keys; each case also through `Backend::Auto` (the sm_90a kernel on
+/// Hopper).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_fp8_small_matrix() {
@@ -411,15 +448,19 @@ fn sanitizer_fp8_small_matrix() {
             smooth_k: true,
         };
         let (q, k, v) = inputs(&case, &mut rng);
-        let (o, _) = run(&case, f16_accum, Backend::Portable, (&q, &k, &v));
-        assert!(o.iter().all(|x| x.is_finite()), "{case:?}");
+        for backend in [Backend::Portable, Backend::Auto] {
+            let (o, _) = run(&case, f16_accum, backend, (&q, &k, &v));
+            assert!(o.iter().all(|x| x.is_finite()), "{backend:?} {case:?}");
+        }
     }
 }
 
-/// TOPS (4·B·H·N²·d / time, halved for causal), B = 4, H = 32, `Backend::Portable`: the FP8 P·V
-/// with each accumulator beside the portable INT8 P·V, kernel alone and whole call. On the H200
-/// the e4m3 mma is emulated (F2FP + HMMA): a proxy that shows the kernel runs, not Ada's speed
-/// (docs/perf-notes.md, "FP8 P·V on Ada", has the 4090 model). Prints; asserts nothing.
+/// TOPS (4·B·H·N²·d / time, halved for causal), B = 4, H = 32: the sm_89 FP8 P·V with each
+/// accumulator beside the portable INT8 P·V (`Backend::Portable`), and `Backend::Auto`'s INT8 and
+/// FP8 kernels, kernel alone and whole call. On the H200 the sm_89 kernel's e4m3 mma is emulated
+/// (F2FP + HMMA): a proxy that shows the kernel runs, not Ada's speed (docs/perf-notes.md, "FP8
+/// P·V on Ada", has the 4090 model); `Backend::Auto` there is the sm_90a wgmma kernels. Prints;
+/// asserts nothing.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fp8_perf_probe() {
@@ -435,16 +476,28 @@ fn fp8_perf_probe() {
             / if causal { 2.0 } else { 1.0 };
         let tops = |ms: f32| ops / (f64::from(ms) * 1e-3) / 1e12;
         let mut line = format!("FP8 PERF d={head_dim} N={n} causal={causal}:");
-        for (label, precision, accum) in [
-            ("int8", PvPrecision::Int8, PvAccum::F16),
-            ("fp8 f32acc", PvPrecision::Fp8, PvAccum::F32),
-            ("fp8 f16acc", PvPrecision::Fp8, PvAccum::F16),
+        for (label, precision, accum, backend) in [
+            ("int8", PvPrecision::Int8, PvAccum::F16, Backend::Portable),
+            (
+                "fp8 f32acc",
+                PvPrecision::Fp8,
+                PvAccum::F32,
+                Backend::Portable,
+            ),
+            (
+                "fp8 f16acc",
+                PvPrecision::Fp8,
+                PvAccum::F16,
+                Backend::Portable,
+            ),
+            ("auto int8", PvPrecision::Int8, PvAccum::F16, Backend::Auto),
+            ("auto fp8", PvPrecision::Fp8, PvAccum::F16, Backend::Auto),
         ] {
             let opts = Options {
                 causal,
                 pv_precision: precision,
                 pv_accum: accum,
-                backend: Backend::Portable,
+                backend,
                 ..Options::default()
             };
             let (kernel, full) = kernel_and_full_ms(&q, &k, &v, &mut out, &opts);

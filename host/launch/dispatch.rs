@@ -22,8 +22,12 @@ pub struct SelectedKernel {
     /// Whether P·V accumulates in f32 (always on the Hopper kernel).
     pub pv_f32: bool,
     /// Whether P·V is 8-bit ([`PvPrecision::Int8`]: V is quantized to an INT8 Vᵀ; or
-    /// [`PvPrecision::Fp8`], `module` [`ModuleKind::AdaFp8`]: an e4m3 Vᵀ of the same layout).
+    /// [`PvPrecision::Fp8`]: an e4m3 Vᵀ of the same layout).
     pub pv8: bool,
+    /// Whether the 8-bit P·V is e4m3 ([`PvPrecision::Fp8`]): its V is prepared by the FP8 module
+    /// ([`ModuleKind::AdaFp8`]), whichever module runs the attention kernel (that one, or on
+    /// Hopper the sm_90a wgmma kernel).
+    pub fp8: bool,
     /// Whether it applies the causal mask.
     pub causal: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
@@ -71,6 +75,11 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         if rt.compute_capability() < FP8_MIN_CC {
             return None;
         }
+        if opts.backend == Backend::Auto && hopper::hopper_available(rt) {
+            if let Some(k) = hopper_fp8_kernel(head_dim, opts.causal) {
+                return Some(k);
+            }
+        }
         return fp8_kernel(head_dim, opts.causal, opts.pv_accum == PvAccum::F16);
     }
     let pv8 = opts.pv_precision == PvPrecision::Int8;
@@ -84,6 +93,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
                     name,
                     pv_f32: true,
                     pv8,
+                    fp8: false,
                     causal: opts.causal,
                     head_dim: kernel_dim,
                 });
@@ -105,6 +115,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         name,
         pv_f32,
         pv8: false,
+        fp8: false,
         causal: opts.causal,
         head_dim: portable_dim,
     })
@@ -147,6 +158,7 @@ pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKern
         name: pv8_attention_kernel_name(kernel_dim, causal)?,
         pv_f32: true,
         pv8: true,
+        fp8: false,
         causal,
         head_dim: kernel_dim,
     })
@@ -165,7 +177,26 @@ pub fn fp8_kernel(head_dim: usize, causal: bool, f16_accum: bool) -> Option<Sele
         module: ModuleKind::AdaFp8,
         name: fp8_attention_kernel_name(int8.head_dim, causal, f16_accum)?,
         pv_f32: !f16_accum,
+        fp8: true,
         ..int8
+    })
+}
+
+/// The sm_90a FP8 P·V kernel (the 8-bit wgmma kernel with e4m3 P and Vᵀ, `wgmma
+/// m64nNk32.f32.e4m3.e4m3`) for `head_dim` and the mask: what [`PvPrecision::Fp8`] runs on Hopper
+/// with [`Backend::Auto`]. The 8-bit sm_90a kernels' sizes and padding; each tile's product
+/// accumulates in f32 whichever [`PvAccum`] (an f16 accumulator is no faster on Hopper), i.e. the
+/// sm_89 kernel's `PvAccum::F32` arithmetic. Its V comes from the FP8 module's preparation.
+pub fn hopper_fp8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKernel> {
+    let kernel_dim = hopper_kernel_head_dim(head_dim, true)?;
+    Some(SelectedKernel {
+        module: ModuleKind::Hopper,
+        name: hopper::hopper_fp8_kernel_name(kernel_dim, causal)?,
+        pv_f32: true,
+        pv8: true,
+        fp8: true,
+        causal,
+        head_dim: kernel_dim,
     })
 }
 
@@ -405,6 +436,7 @@ mod tests {
             name: hopper::hopper_attention_kernel_name(head_dim, causal, pv8, false).unwrap(),
             pv_f32: true,
             pv8,
+            fp8: false,
             causal,
             head_dim,
         };

@@ -395,8 +395,8 @@ pub(crate) fn enqueue_prepare(
         _pad: 0,
     };
     // The FP8 module's preparation kernel is the portable one but for its 8-bit V job, which
-    // writes the e4m3 Vᵀ (kernels-gpu/src/v8.rs).
-    let prep_module = if kernel.module == ModuleKind::AdaFp8 {
+    // writes the e4m3 Vᵀ (kernels-gpu/src/v8.rs): the FP8 P·V's, whichever module attends.
+    let prep_module = if kernel.fp8 {
         ModuleKind::AdaFp8
     } else {
         ModuleKind::Portable

@@ -67,6 +67,20 @@ pub(crate) fn hopper_attention_kernel_name(
     None
 }
 
+/// The sm_90a FP8 P·V entry (`PvPrecision::Fp8`: the 8-bit kernel with e4m3 P and Vᵀ) for this
+/// head dim and masking, or `None` when there is none (the 8-bit kernels' sizes: 64, 128, 256).
+pub(crate) fn hopper_fp8_kernel_name(head_dim: usize, causal: bool) -> Option<&'static str> {
+    macro_rules! find {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            if head_dim == $hd && causal == $causal {
+                return Some($name);
+            }
+        };
+    }
+    crate::for_each_sm90_fp8_variant!(find);
+    None
+}
+
 /// Every sm_90a attention entry point, for resource checks.
 pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -76,6 +90,12 @@ pub fn hopper_attention_kernel_names() -> Vec<&'static str> {
         };
     }
     crate::for_each_sm90_attention_variant!(push);
+    macro_rules! push_fp8 {
+        ($name:literal, $hd:literal, $causal:literal) => {
+            v.push($name);
+        };
+    }
+    crate::for_each_sm90_fp8_variant!(push_fp8);
     v
 }
 

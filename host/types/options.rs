@@ -36,12 +36,15 @@ pub enum PvPrecision {
     /// [`Backend::Portable`]; both compute the same thing (one CPU emulation). head_dim a
     /// multiple of 16 up to 256; others return [`Error::PvPrecisionUnavailable`](crate::Error).
     Int8,
-    /// FP8 P·V, the SageAttention2/2++ algorithm of the RTX 4090: as [`PvPrecision::Int8`]
-    /// (INT8 Q·Kᵀ, per-tile P, V smoothed by its per-channel mean, two-level accumulation) but
-    /// with P and V in e4m3 (`mma.sync m16n8k32 e4m3·e4m3`, the sm_89 module). P is scaled to
-    /// 448 per tile, V per channel to ±1 (so that an f16 accumulator cannot overflow).
-    /// [`PvAccum`] picks the accumulator of each key tile's product: [`PvAccum::F16`] (the
-    /// default; twice the f32 rate on GeForce Ada) or [`PvAccum::F32`]. **Less accurate than
+    /// FP8 P·V, the SageAttention2/2++ algorithm: as [`PvPrecision::Int8`] (INT8 Q·Kᵀ,
+    /// per-tile P, V smoothed by its per-channel mean, two-level accumulation) but with P and V
+    /// in e4m3: `mma.sync m16n8k32 e4m3·e4m3` (the sm_89 module), and on Hopper with
+    /// [`Backend::Auto`] the sm_90a kernel's `wgmma m64nNk32.f32.e4m3.e4m3` (the official
+    /// SageAttention 2.2 sm90 algorithm). P is scaled to 448 per tile, V per channel to ±1 (so
+    /// that an f16 accumulator cannot overflow). [`PvAccum`] picks the accumulator of each key
+    /// tile's product on the sm_89 kernel: [`PvAccum::F16`] (the default; twice the f32 rate on
+    /// GeForce Ada) or [`PvAccum::F32`]; the sm_90a kernel accumulates in f32 whichever is asked
+    /// (an f16 accumulator is no faster on Hopper). **Less accurate than
     /// `Int8`:** e4m3 keeps 3 mantissa bits against u8/s8's 8/7 bits, and on N(0,1) inputs the
     /// CPU emulation gives rel L1 ≈ 0.036, cos ≈ 0.99934 against exact attention with either
     /// accumulator (docs/perf-notes.md, "FP8 P·V on Ada"), where `Int8` gives 0.015 / 0.99989;

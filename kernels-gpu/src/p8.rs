@@ -52,9 +52,9 @@ pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4
 
 /// [`pack_probs_u8`]'s fragment layout with any byte format (the FP8 P·V's e4m3): `pack(a, b, c, d)` turns four
 /// probabilities into one word, `a` in the lowest byte. The 8-bit formats share this layout (the
-/// mma.sync m16n8k32 A fragment is the same for u8, s8 and e4m3), so the prepared Vᵀ's key order
-/// serves all of them.
-#[cfg(feature = "ada_fp8")]
+/// mma.sync m16n8k32 A fragment and wgmma's A from registers are the same for u8, s8 and e4m3),
+/// so the prepared Vᵀ's key order serves all of them.
+#[cfg(any(feature = "ada_fp8", feature = "hopper"))]
 #[inline(always)]
 pub(crate) fn pack_probs<const NK: usize>(
     s: &[[f32; 4]; NK],
@@ -77,4 +77,18 @@ pub(crate) fn pack_probs<const NK: usize>(
         },
     );
     probs
+}
+
+/// Probabilities in [0, 1] → e4m3 fragments scaled so that the tile's row maximum is
+/// `P_FP8_MAX` (`cvt.rn.satfinite`): the FP8 P·V of the sm_89 mma.sync kernel and of the sm_90a
+/// wgmma kernel, which round P the same way (one CPU emulation).
+#[cfg(any(feature = "ada_fp8", feature = "hopper"))]
+#[inline(always)]
+pub(crate) fn pack_probs_e4m3<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
+    use crate::config::P_FP8_MAX;
+    pack_probs::<NK>(
+        p,
+        #[inline(always)]
+        |a, b, c, d| ptx::pack_e4m3x4(a * P_FP8_MAX, b * P_FP8_MAX, c * P_FP8_MAX, d * P_FP8_MAX),
+    )
 }

@@ -721,7 +721,7 @@ pub fn cvt_rni_sat_s8(x: f32) -> i32 {
 
 /// Four f32 as e4m3 bytes (round to nearest even, saturating to ±448; NaN stays NaN), `a` in the
 /// lowest byte. sm_89+ (`cvt … e4m3x2` puts its first source in the upper byte).
-#[cfg(feature = "ada_fp8")]
+#[cfg(any(feature = "ada_fp8", feature = "hopper"))]
 #[inline(always)]
 pub fn pack_e4m3x4(a: f32, b: f32, c: f32, d: f32) -> u32 {
     let r: u32;
@@ -1370,6 +1370,124 @@ pub fn wgmma_m64n128k32_u8s8_rs(d: &mut [[i32; 4]; 16], a: [u32; 4], b_desc: u64
     unsafe {
         asm!(
             "wgmma.mma_async.sync.aligned.m64n128k32.s32.u8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            inout(reg32) d[8][0], inout(reg32) d[8][1], inout(reg32) d[8][2], inout(reg32) d[8][3],
+            inout(reg32) d[9][0], inout(reg32) d[9][1], inout(reg32) d[9][2], inout(reg32) d[9][3],
+            inout(reg32) d[10][0], inout(reg32) d[10][1], inout(reg32) d[10][2], inout(reg32) d[10][3],
+            inout(reg32) d[11][0], inout(reg32) d[11][1], inout(reg32) d[11][2], inout(reg32) d[11][3],
+            inout(reg32) d[12][0], inout(reg32) d[12][1], inout(reg32) d[12][2], inout(reg32) d[12][3],
+            inout(reg32) d[13][0], inout(reg32) d[13][1], inout(reg32) d[13][2], inout(reg32) d[13][3],
+            inout(reg32) d[14][0], inout(reg32) d[14][1], inout(reg32) d[14][2], inout(reg32) d[14][3],
+            inout(reg32) d[15][0], inout(reg32) d[15][1], inout(reg32) d[15][2], inout(reg32) d[15][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
+/// `D = A·B` (scale-d 0), `wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3` (sm_90a): A
+/// (64 rows × 32 k of e4m3) in registers, in the layout of [`wgmma_m64n64k32_u8s8_rs_first`]'s
+/// u8 A (the 8-bit formats share it); B (64 n-rows × 32 bytes of k, e4m3, K-major) in shared
+/// memory. D: f32, in the accumulator layout of [`wgmma_m64n64k32_u8s8_rs_first`].
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_e4m3_rs_first(a: [u32; 4], b_desc: u64) -> [[f32; 4]; 8] {
+    let mut d = [[0.0f32; 4]; 8];
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, 0, 1, 1;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·B`, as [`wgmma_m64n64k32_e4m3_rs_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n64k32_e4m3_rs(d: &mut [[f32; 4]; 8], a: [u32; 4], b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}}}, {{{32}, {33}, {34}, {35}}}, {36}, 1, 1, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
+/// `D = A·B` (scale-d 0), `wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3` (sm_90a): A
+/// (64 rows × 32 k of e4m3) in registers, in the layout of [`wgmma_m64n128k32_u8s8_rs_first`]'s
+/// u8 A (the 8-bit formats share it); B (128 n-rows × 32 bytes of k, e4m3, K-major) in shared
+/// memory. D: f32, in the accumulator layout of [`wgmma_m64n128k32_u8s8_rs_first`].
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_e4m3_rs_first(a: [u32; 4], b_desc: u64) -> [[f32; 4]; 16] {
+    let mut d = [[0.0f32; 4]; 16];
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 0, 1, 1;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            out(reg32) d[8][0], out(reg32) d[8][1], out(reg32) d[8][2], out(reg32) d[8][3],
+            out(reg32) d[9][0], out(reg32) d[9][1], out(reg32) d[9][2], out(reg32) d[9][3],
+            out(reg32) d[10][0], out(reg32) d[10][1], out(reg32) d[10][2], out(reg32) d[10][3],
+            out(reg32) d[11][0], out(reg32) d[11][1], out(reg32) d[11][2], out(reg32) d[11][3],
+            out(reg32) d[12][0], out(reg32) d[12][1], out(reg32) d[12][2], out(reg32) d[12][3],
+            out(reg32) d[13][0], out(reg32) d[13][1], out(reg32) d[13][2], out(reg32) d[13][3],
+            out(reg32) d[14][0], out(reg32) d[14][1], out(reg32) d[14][2], out(reg32) d[14][3],
+            out(reg32) d[15][0], out(reg32) d[15][1], out(reg32) d[15][2], out(reg32) d[15][3],
+            in(reg32) a[0], in(reg32) a[1], in(reg32) a[2], in(reg32) a[3],
+            in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·B`, as [`wgmma_m64n128k32_e4m3_rs_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_e4m3_rs(d: &mut [[f32; 4]; 16], a: [u32; 4], b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptor points into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {{{64}, {65}, {66}, {67}}}, {68}, 1, 1, 1;",
             inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
             inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
             inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],

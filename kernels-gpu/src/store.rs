@@ -17,29 +17,12 @@ pub(crate) fn pack_out(p: &AttnParams, a: f32, b: f32) -> u32 {
     }
 }
 
-/// Columns `col`, `col + 1` of an 8-bit P·V row (normalized, in units of `P8_MAX` and of each
+/// Columns `col`, `col + 1` of an 8-bit P·V row (normalized, in units of the largest P of each
+/// tile's scaling, `1 / inv_p_max`: `P8_MAX` for u8 P, `P_FP8_MAX` for e4m3, and of each
 /// channel's V scale) back in V's units, with the V mean that smoothing took away added back.
 ///
 /// # Safety
 /// `v_scale` / `v_mean` point at this kv head's scales and mean, `col + 1` inside them.
-#[cfg(feature = "hopper")]
-#[inline(always)]
-pub(crate) unsafe fn unsmooth_v8(
-    v_scale: u64,
-    v_mean: u64,
-    col: u32,
-    a: f32,
-    b: f32,
-) -> (f32, f32) {
-    // SAFETY: the caller's contract.
-    unsafe { unsmooth_v8_scaled(v_scale, v_mean, col, a, b, 1.0 / crate::config::P8_MAX) }
-}
-
-/// [`unsmooth_v8`] with O in units of `1 / inv_p_max` (the FP8 P·V's P is scaled to
-/// `config::P_FP8_MAX`, not `P8_MAX`).
-///
-/// # Safety
-/// As [`unsmooth_v8`].
 #[inline(always)]
 pub(crate) unsafe fn unsmooth_v8_scaled(
     v_scale: u64,

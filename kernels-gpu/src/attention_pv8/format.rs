@@ -53,18 +53,6 @@ impl PvFormat for Int8 {
     }
 }
 
-/// Probabilities → e4m3 fragments, scaled so that the tile's row maximum is `P_FP8_MAX`.
-#[cfg(feature = "ada_fp8")]
-#[inline(always)]
-fn pack_e4m3<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
-    use crate::config::P_FP8_MAX;
-    crate::p8::pack_probs::<NK>(
-        p,
-        #[inline(always)]
-        |a, b, c, d| ptx::pack_e4m3x4(a * P_FP8_MAX, b * P_FP8_MAX, c * P_FP8_MAX, d * P_FP8_MAX),
-    )
-}
-
 /// e4m3 P × e4m3 Vᵀ → f32.
 #[cfg(feature = "ada_fp8")]
 pub(crate) struct Fp8F32;
@@ -77,7 +65,7 @@ impl PvFormat for Fp8F32 {
 
     #[inline(always)]
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
-        pack_e4m3::<NK>(p)
+        crate::p8::pack_probs_e4m3::<NK>(p)
     }
 
     #[inline(always)]
@@ -106,7 +94,7 @@ impl PvFormat for Fp8F16 {
 
     #[inline(always)]
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
-        pack_e4m3::<NK>(p)
+        crate::p8::pack_probs_e4m3::<NK>(p)
     }
 
     #[inline(always)]

@@ -66,14 +66,15 @@ use super::config::{
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_pv8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs, pv_descs, qk_descs,
+    self, issue_pv, issue_pv8, issue_pv_fp8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs,
+    pv_descs, qk_descs,
 };
-use crate::config::{p8_tile, padded_len, K_BLOCK, Q_BLOCK};
-use crate::p8::pack_probs_u8;
+use crate::config::{p8_tile, padded_len, K_BLOCK, P8_MAX, P_FP8_MAX, Q_BLOCK};
+use crate::p8::{pack_probs_e4m3, pack_probs_u8};
 use crate::params::AttnParams;
 use crate::ptx;
 use crate::softmax16::{OnlineSoftmax, TileBounds};
-use crate::store::{pack_out, store_lse, unsmooth_v8};
+use crate::store::{pack_out, store_lse, unsmooth_v8_scaled};
 use crate::unroll::unroll;
 
 /// Pingpong scheduling of the warpgroups (FlashAttention-3): each warpgroup issues its wgmmas
@@ -226,10 +227,13 @@ unsafe fn attention<
     const CAUSAL: bool,
     const PV8: bool,
     const NARROW: bool,
+    const FP8: bool,
 >(
     p: &AttnParams,
 ) {
     const {
+        // The FP8 P·V is the 8-bit step with e4m3 P and Vᵀ.
+        assert!(!FP8 || PV8);
         assert!(KS * 32 == HD && NT * 8 == HD && matches!(HD, 64 | 96 | 128 | 256));
         assert!(!PV8 || HD != 96);
         // d = 96 (f16 P·V only): `copy_chunks_hd96` takes every chunk to exist and the first
@@ -293,7 +297,7 @@ unsafe fn attention<
     ptx::sync_threads();
 
     // SAFETY: as for the kernel.
-    unsafe { consume::<HD, KS, NT, CAUSAL, PV8, NARROW>(p, &geo, sm, tid) };
+    unsafe { consume::<HD, KS, NT, CAUSAL, PV8, NARROW, FP8>(p, &geo, sm, tid) };
 }
 
 /// Per-warpgroup constants of the consumer loop.
@@ -813,7 +817,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     /// its Q·Kᵀ (carried from the previous step, the two registers made ptxas spill at the 168
     /// cap). Releases tile t-1's stage.
     #[inline(always)]
-    fn step_serial<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
+    fn step_serial<
+        const MASK: bool,
+        const CAUSAL: bool,
+        const KS: usize,
+        const NT: usize,
+        const FP8: bool,
+    >(
         &self,
         t: u32,
         out: &mut [[f32; 4]; NT],
@@ -836,14 +846,14 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 }
             },
         );
-        self.softmax_pv8::<MASK, CAUSAL, NT>(t, &s, out, softmax, k_scales);
+        self.softmax_pv8::<MASK, CAUSAL, NT, FP8>(t, &s, out, softmax, k_scales);
     }
 
     /// The second half of an 8-bit P·V step: the softmax of tile t's scores `s`, P as u8,
     /// `O *= rescale`, then `P_t·V_t` in column groups of 64 channels, each into a fresh s32
     /// accumulator folded into O (`O += acc·factor`) before the next group is issued.
     #[inline(always)]
-    fn softmax_pv8<const MASK: bool, const CAUSAL: bool, const NT: usize>(
+    fn softmax_pv8<const MASK: bool, const CAUSAL: bool, const NT: usize, const FP8: bool>(
         &self,
         t: u32,
         s: &[[i32; 4]; 16],
@@ -855,15 +865,21 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             let Some(s8) = s.first_chunk::<8>() else {
                 return;
             };
-            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 8>(t, s8, out, softmax, k_scales);
+            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 8, FP8>(t, s8, out, softmax, k_scales);
         } else {
-            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 16>(t, s, out, softmax, k_scales);
+            self.softmax_pv8_nk::<MASK, CAUSAL, NT, 16, FP8>(t, s, out, softmax, k_scales);
         }
     }
 
     /// [`Self::softmax_pv8`] for `NK` 8-key n-tiles of scores (16: 128-key tiles, 8: 64-key).
     #[inline(always)]
-    fn softmax_pv8_nk<const MASK: bool, const CAUSAL: bool, const NT: usize, const NK: usize>(
+    fn softmax_pv8_nk<
+        const MASK: bool,
+        const CAUSAL: bool,
+        const NT: usize,
+        const NK: usize,
+        const FP8: bool,
+    >(
         &self,
         t: u32,
         s: &[[i32; 4]; NK],
@@ -876,7 +892,11 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut p[j]),
         );
-        let probs = pack_probs_u8(&p);
+        let probs = if FP8 {
+            pack_probs_e4m3(&p)
+        } else {
+            pack_probs_u8(&p)
+        };
         if !ptx::vote_all(rescale[0] == 1.0 && rescale[1] == 1.0) {
             unroll::<NT>(
                 #[inline(always)]
@@ -893,8 +913,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             // product fits as one n = 128 wgmma per k-step into 64 s32 registers, with one wait,
             // as the official kernel does (on causal masked tiles ptxas spilled with it: column
             // groups there).
-            let acc = self.pv8_product::<16>(t, &probs, 0);
-            Self::fold_pv8(out, 0, &acc, factor);
+            if FP8 {
+                let acc = self.pv_fp8_product::<16>(t, &probs, 0);
+                Self::fold_fp8(out, 0, &acc, factor);
+            } else {
+                let acc = self.pv8_product::<16>(t, &probs, 0);
+                Self::fold_pv8(out, 0, &acc, factor);
+            }
             return;
         }
         // The product in column groups of at most 64 channels, each into a fresh s32 accumulator
@@ -906,8 +931,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             #[inline(always)]
             |g| {
                 if 8 * g < NT {
-                    let acc = self.pv8_product::<8>(t, &probs, g);
-                    Self::fold_pv8(out, 8 * g, &acc, factor);
+                    if FP8 {
+                        let acc = self.pv_fp8_product::<8>(t, &probs, g);
+                        Self::fold_fp8(out, 8 * g, &acc, factor);
+                    } else {
+                        let acc = self.pv8_product::<8>(t, &probs, g);
+                        Self::fold_pv8(out, 8 * g, &acc, factor);
+                    }
                     // d = 256: ptxas would issue the next group's product while this one is
                     // still being folded, two 32-register accumulators beside the 128 output
                     // registers, and spill. A branch on the fold's last result ends the basic
@@ -967,6 +997,50 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         );
     }
 
+    /// [`Self::pv8_product`] for the FP8 P·V: e4m3 P × the e4m3 Vᵀ into a fresh f32 accumulator.
+    #[inline(always)]
+    fn pv_fp8_product<const N: usize>(
+        &self,
+        t: u32,
+        probs: &[[u32; 4]; 4],
+        g: usize,
+    ) -> [[f32; 4]; N] {
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
+        let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| vd[kk] += 256 * g as u64,
+        );
+        ptx::wgmma_fence();
+        let mut acc = issue_pv_fp8::<N>(probs, &vd, Self::CK as usize / 32);
+        ptx::wgmma_commit();
+        ptx::wgmma_wait::<0>();
+        smem::pin_o(&mut acc);
+        acc
+    }
+
+    /// `O += acc·factor` for the FP8 P·V's f32 tile product ([`Self::fold_pv8`]'s order).
+    #[inline(always)]
+    fn fold_fp8<const NT: usize, const N: usize>(
+        out: &mut [[f32; 4]; NT],
+        first: usize,
+        acc: &[[f32; 4]; N],
+        factor: [f32; 2],
+    ) {
+        unroll::<N>(
+            #[inline(always)]
+            |j| {
+                if first + j < NT {
+                    let o = &mut out[first + j];
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| o[e] = ptx::fma(acc[j][e], factor[e >> 1], o[e]),
+                    );
+                }
+            },
+        );
+    }
+
     /// f16 P·V: the last `P·V` (tile `t`).
     #[inline(always)]
     fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
@@ -1013,6 +1087,7 @@ unsafe fn consume<
     const CAUSAL: bool,
     const PV8: bool,
     const NARROW: bool,
+    const FP8: bool,
 >(
     p: &AttnParams,
     geo: &Geometry,
@@ -1093,10 +1168,10 @@ unsafe fn consume<
         if PV8 {
             let (o_, s_) = (&mut out, &mut softmax);
             for t in 0..geo.n_unmasked {
-                c.step_serial::<false, CAUSAL, KS, NT>(t, o_, s_);
+                c.step_serial::<false, CAUSAL, KS, NT, FP8>(t, o_, s_);
             }
             for t in geo.n_unmasked..geo.n_tiles {
-                c.step_serial::<true, CAUSAL, KS, NT>(t, o_, s_);
+                c.step_serial::<true, CAUSAL, KS, NT, FP8>(t, o_, s_);
             }
         } else {
             let mut probs = if geo.n_unmasked > 0 {
@@ -1117,14 +1192,14 @@ unsafe fn consume<
         }
     }
     // SAFETY: the output and LSE pointers were validated by the host for these shapes.
-    unsafe { store::<NT, PV8>(p, geo, warp_row0, lane, &softmax, &out) };
+    unsafe { store::<NT, PV8, FP8>(p, geo, warp_row0, lane, &softmax, &out) };
 }
 
 /// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`. With
 /// `PV8`, O is in units of `P8_MAX` and of each channel's V scale, and the V mean smoothing took
 /// away is added back (except on rows that see no key, which stay 0).
 #[inline(always)]
-unsafe fn store<const NT: usize, const PV8: bool>(
+unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
     p: &AttnParams,
     geo: &Geometry,
     warp_row0: u32,
@@ -1140,6 +1215,8 @@ unsafe fn store<const NT: usize, const PV8: bool>(
         p.v_scale + 4 * kv_head * 2 * hd,
         p.v_mean + 4 * kv_head * hd,
     );
+    // O is in units of the largest P of each tile's scaling.
+    let inv_p_max = if FP8 { 1.0 / P_FP8_MAX } else { 1.0 / P8_MAX };
     if PV8 && NT == 32 {
         // SAFETY: forwarded.
         unsafe {
@@ -1147,7 +1224,7 @@ unsafe fn store<const NT: usize, const PV8: bool>(
                 p,
                 geo,
                 head_base,
-                (v_scale, v_mean),
+                (v_scale, v_mean, inv_p_max),
                 warp_row0,
                 lane,
                 softmax,
@@ -1173,7 +1250,9 @@ unsafe fn store<const NT: usize, const PV8: bool>(
                         let (mut a, mut b) = (c[2 * h] * inv, c[2 * h + 1] * inv);
                         if PV8 && l != 0.0 {
                             // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
-                            (a, b) = unsafe { unsmooth_v8(v_scale, v_mean, col, a, b) };
+                            (a, b) = unsafe {
+                                unsmooth_v8_scaled(v_scale, v_mean, col, a, b, inv_p_max)
+                            };
                         }
                         let packed = pack_out(p, a, b);
                         // SAFETY: row < qo_len and col + 1 < HD: inside the validated output.
@@ -1201,7 +1280,7 @@ unsafe fn store_pv8_by_column<const NT: usize>(
     p: &AttnParams,
     geo: &Geometry,
     head_base: i64,
-    (v_scale, v_mean): (u64, u64),
+    (v_scale, v_mean, inv_p_max): (u64, u64, f32),
     warp_row0: u32,
     lane: u32,
     softmax: &OnlineSoftmax,
@@ -1224,7 +1303,9 @@ unsafe fn store_pv8_by_column<const NT: usize>(
                         let (mut a, mut b) = (c[2 * h] * inv[h], c[2 * h + 1] * inv[h]);
                         if l[h] != 0.0 {
                             // SAFETY: col + 1 < HD: inside this kv head's scales and mean.
-                            (a, b) = unsafe { unsmooth_v8(v_scale, v_mean, col, a, b) };
+                            (a, b) = unsafe {
+                                unsmooth_v8_scaled(v_scale, v_mean, col, a, b, inv_p_max)
+                            };
                         }
                         let packed = pack_out(p, a, b);
                         let at = (row_ptr[h] + 2 * col as i64) as u64;
@@ -1253,10 +1334,29 @@ macro_rules! sm90_attention_entry {
             #[unsafe(export_name = $name)]
             pub unsafe extern "ptx-kernel" fn sm90_attention_entry(p: AttnParams) {
                 // SAFETY: the host launches this entry only with validated parameters.
-                unsafe { attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, $pv8, $narrow>(&p) }
+                unsafe {
+                    attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, $pv8, $narrow, false>(&p)
+                }
             }
         };
     };
 }
 
 crate::for_each_sm90_attention_variant!(sm90_attention_entry);
+
+macro_rules! sm90_fp8_attention_entry {
+    ($name:literal, $hd:literal, $causal:literal) => {
+        const _: () = {
+            /// Kernel entry of the FP8 P·V (the 8-bit step with e4m3 P and Vᵀ); one per variant.
+            #[unsafe(export_name = $name)]
+            pub unsafe extern "ptx-kernel" fn sm90_fp8_attention_entry(p: AttnParams) {
+                // SAFETY: the host launches this entry only with validated parameters.
+                unsafe {
+                    attention::<$hd, { $hd / 32 }, { $hd / 8 }, $causal, true, false, true>(&p)
+                }
+            }
+        };
+    };
+}
+
+crate::for_each_sm90_fp8_variant!(sm90_fp8_attention_entry);

@@ -225,6 +225,22 @@ macro_rules! for_each_sm90_attention_variant {
     };
 }
 
+/// Calls `$m!(name, head_dim, causal)` once per sm_90a FP8 P·V entry (`PvPrecision::Fp8` on
+/// Hopper): the 8-bit kernel (`pv8` in the configuration functions: same CTA, tiles and stages)
+/// with e4m3 P and Vᵀ and an f32 accumulator per tile. The device crate stamps the entries from
+/// it and the host builds its name table from it.
+#[macro_export]
+macro_rules! for_each_sm90_fp8_variant {
+    ($m:ident) => {
+        $m!("sage_attn_sm90_hd64_full_fp8", 64, false);
+        $m!("sage_attn_sm90_hd64_causal_fp8", 64, true);
+        $m!("sage_attn_sm90_hd128_full_fp8", 128, false);
+        $m!("sage_attn_sm90_hd128_causal_fp8", 128, true);
+        $m!("sage_attn_sm90_hd256_full_fp8", 256, false);
+        $m!("sage_attn_sm90_hd256_causal_fp8", 256, true);
+    };
+}
+
 /// Entry names of the single-tile wgmma tests (one warpgroup, 128 threads,
 /// [`SM90_TEST_SMEM`] bytes of dynamic shared memory, `TestParams {a, b, d}`).
 pub mod sm90_test_names {

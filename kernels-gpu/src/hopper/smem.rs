@@ -267,6 +267,45 @@ pub fn issue_pv8<const NT: usize>(p: &[[u32; 4]; 4], d: &[u64; 4], steps: usize)
     acc
 }
 
+/// [`issue_pv8`] with e4m3 P and an e4m3 Vᵀ (the FP8 P·V): the same descriptors and k-steps,
+/// `wgmma m64n{8NT}k32.f32.e4m3.e4m3` into a fresh f32 accumulator (the tile's product alone: the
+/// two-level accumulation that keeps wgmma's FP8 sums short).
+#[inline(always)]
+pub fn issue_pv_fp8<const NT: usize>(
+    p: &[[u32; 4]; 4],
+    d: &[u64; 4],
+    steps: usize,
+) -> [[f32; 4]; NT] {
+    const { assert!(NT == 8 || NT == 16) };
+    let mut acc = [[0.0f32; 4]; NT];
+    if NT == 16 {
+        // SAFETY: NT == 16, so this is the same array.
+        let a16 = unsafe { &mut *(&mut acc as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 16]>() };
+        *a16 = ptx::wgmma_m64n128k32_e4m3_rs_first(p[0], d[0]);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| {
+                if kk > 0 && kk < steps {
+                    ptx::wgmma_m64n128k32_e4m3_rs(a16, p[kk], d[kk]);
+                }
+            },
+        );
+    } else {
+        // SAFETY: NT == 8, so this is the same array.
+        let a8 = unsafe { &mut *(&mut acc as *mut [[f32; 4]; NT]).cast::<[[f32; 4]; 8]>() };
+        *a8 = ptx::wgmma_m64n64k32_e4m3_rs_first(p[0], d[0]);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| {
+                if kk > 0 && kk < steps {
+                    ptx::wgmma_m64n64k32_e4m3_rs(a8, p[kk], d[kk]);
+                }
+            },
+        );
+    }
+    acc
+}
+
 /// Ordering point after a wgmma wait for the s32 accumulator of [`issue_pv8`].
 #[inline(always)]
 pub fn pin_acc<const NT: usize>(a: &mut [[i32; 4]; NT]) {
