@@ -410,6 +410,33 @@ mod tests {
         assert!(fp8_device_reason((8, 6)).contains("8.6"));
     }
 
+    /// The sm_90a FP8 kernel takes the 8-bit sm_90a sizes, always f32-accumulating, and marks its
+    /// V as e4m3 (the FP8 module's preparation).
+    #[test]
+    fn hopper_fp8_kernels_take_the_sm90_8bit_sizes() {
+        for d in SUPPORTED_HEAD_DIMS {
+            for causal in [false, true] {
+                let k = hopper_fp8_kernel(d, causal);
+                assert_eq!(
+                    k.map(|k| k.head_dim),
+                    hopper_kernel_head_dim(d, true),
+                    "{d}"
+                );
+                let Some(k) = k else { continue };
+                let mask = if causal { "causal" } else { "full" };
+                assert_eq!(
+                    k.name,
+                    format!("sage_attn_sm90_hd{}_{mask}_fp8", k.head_dim)
+                );
+                assert_eq!(
+                    (k.module, k.pv8, k.fp8, k.pv_f32, k.causal),
+                    (ModuleKind::Hopper, true, true, true, causal)
+                );
+                assert_eq!(k.entry(64, 64), (k.name, false));
+            }
+        }
+    }
+
     #[test]
     fn every_supported_head_dim_has_a_portable_kernel_at_most_one_size_up() {
         for d in SUPPORTED_HEAD_DIMS {

@@ -359,7 +359,21 @@ mod tests {
             hopper_attention_kernel_name(96, true, false, true),
             Some("sage_attn_sm90_hd96_causal_narrow")
         );
-        assert_eq!(hopper_attention_kernel_names().len(), 17);
+        // 17 f16 / 8-bit entries and 6 FP8 ones, every name once.
+        let names = hopper_attention_kernel_names();
+        assert_eq!(names.len(), 23);
+        let unique: std::collections::HashSet<_> = names.iter().collect();
+        assert_eq!(unique.len(), names.len());
+        for d in [64, 128, 256] {
+            for (causal, mask) in [(false, "full"), (true, "causal")] {
+                assert_eq!(
+                    hopper_fp8_kernel_name(d, causal),
+                    Some(format!("sage_attn_sm90_hd{d}_{mask}_fp8").as_str())
+                        .filter(|n| names.contains(n))
+                );
+            }
+        }
+        assert_eq!(hopper_fp8_kernel_name(96, false), None);
         let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 0);
         assert_eq!(c.grid, (6, 32, 4));
         assert_eq!(c.threads, 384);
