@@ -94,8 +94,10 @@ def sageattn(
         cores, SageAttention2's speed class, rel L1 about 0.015 on N(0,1) inputs against 0.011
         for "f16"), head_dim a multiple of 16 up to 256, on the wgmma kernel (Hopper) and on the
         portable mma.sync kernel (any other sm_80+ GPU, or backend="portable"); or "fp8": e4m3 P ×
-        e4m3 V (SageAttention2's FP8 P·V; compute capability 8.9+, Ada and Hopper; pv_accum picks
-        the accumulator of each key tile; rel L1 about 0.036 on N(0,1), less accurate than "int8").
+        e4m3 V (SageAttention2's FP8 P·V; compute capability 8.9+: on Hopper the wgmma kernel,
+        the official SageAttention 2.2 sm90 algorithm, f32 per key tile; on Ada, or with
+        backend="portable", the mma.sync kernel, where pv_accum picks the accumulator of each key
+        tile; rel L1 about 0.036 on N(0,1), less accurate than "int8").
     backend : keyword, "auto" (default) or "portable" (forces the mma.sync kernel on Hopper).
 
     Returns

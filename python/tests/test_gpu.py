@@ -124,11 +124,21 @@ FP8_REL_L1_BOUND = 0.055
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("pv_accum", ["f16", "f32"])
-def test_fp8_pv(d, causal, pv_accum):
-    """The sm_89 FP8 kernel (e4m3 P and V), either accumulator."""
+@pytest.mark.parametrize("backend", ["auto", "portable"])
+def test_fp8_pv(d, causal, pv_accum, backend):
+    """The FP8 P·V (e4m3 P and V): the sm_89 kernel with either accumulator, and with
+    backend="auto" on Hopper the sm_90a wgmma kernel."""
     q, k, v = make((2, 8, 2, 700, 900, d), torch.bfloat16, "NHD", seed=8)
     out, lse = sageattn(
-        q, k, v, tensor_layout="NHD", is_causal=causal, return_lse=True, pv_precision="fp8", pv_accum=pv_accum
+        q,
+        k,
+        v,
+        tensor_layout="NHD",
+        is_causal=causal,
+        return_lse=True,
+        pv_precision="fp8",
+        pv_accum=pv_accum,
+        backend=backend,
     )
     ref, ref_lse = reference(q, k, v, "NHD", causal)
     assert rel_l1(out, ref) <= FP8_REL_L1_BOUND

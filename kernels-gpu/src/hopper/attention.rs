@@ -10,6 +10,10 @@
 //! the Q·Kᵀ accumulator, see [`pack_probs_u8`]), V as the key-permuted INT8 Vᵀ of `v8.rs` (K-major
 //! 64-key sub-tiles like a d = 64 K tile), each tile's product in a fresh s32 accumulator folded
 //! into the f32 output (two-level accumulation), and the V scale and mean applied in the epilogue.
+//! With `FP8` as well (`PvPrecision::Fp8`, the `*_fp8` entries) the same step runs on e4m3: P
+//! packed as e4m3 (`pack_probs_e4m3`, scaled to 448), the FP8 module's e4m3 Vᵀ (same layout),
+//! `wgmma m64n{≤128}k32.f32.e4m3.e4m3` into a fresh f32 accumulator per tile — the official
+//! SageAttention 2.2 sm90 algorithm.
 //! Its tiles hold 128 keys (two 64-key K blocks, one scale each), which halves the CUDA-core work
 //! per key that does not scale with the keys (the fold, barriers, descriptors) — except at
 //! d = 256, whose 128 output registers leave room for a 64-key tile's scores only — and each
@@ -849,9 +853,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.softmax_pv8::<MASK, CAUSAL, NT, FP8>(t, &s, out, softmax, k_scales);
     }
 
-    /// The second half of an 8-bit P·V step: the softmax of tile t's scores `s`, P as u8,
-    /// `O *= rescale`, then `P_t·V_t` in column groups of 64 channels, each into a fresh s32
-    /// accumulator folded into O (`O += acc·factor`) before the next group is issued.
+    /// The second half of an 8-bit P·V step: the softmax of tile t's scores `s`, P as u8 (e4m3
+    /// with `FP8`), `O *= rescale`, then `P_t·V_t` in column groups of 64 channels, each into a
+    /// fresh s32 (f32) accumulator folded into O (`O += acc·factor`) before the next group is
+    /// issued.
     #[inline(always)]
     fn softmax_pv8<const MASK: bool, const CAUSAL: bool, const NT: usize, const FP8: bool>(
         &self,
@@ -915,10 +920,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             // groups there).
             if FP8 {
                 let acc = self.pv_fp8_product::<16>(t, &probs, 0);
-                Self::fold_fp8(out, 0, &acc, factor);
+                Self::fold(out, 0, &acc, factor, |a| a);
             } else {
                 let acc = self.pv8_product::<16>(t, &probs, 0);
-                Self::fold_pv8(out, 0, &acc, factor);
+                Self::fold(out, 0, &acc, factor, |a| a as f32);
             }
             return;
         }
@@ -933,10 +938,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 if 8 * g < NT {
                     if FP8 {
                         let acc = self.pv_fp8_product::<8>(t, &probs, g);
-                        Self::fold_fp8(out, 8 * g, &acc, factor);
+                        Self::fold(out, 8 * g, &acc, factor, |a| a);
                     } else {
                         let acc = self.pv8_product::<8>(t, &probs, g);
-                        Self::fold_pv8(out, 8 * g, &acc, factor);
+                        Self::fold(out, 8 * g, &acc, factor, |a| a as f32);
                     }
                     // d = 256: ptxas would issue the next group's product while this one is
                     // still being folded, two 32-register accumulators beside the 128 output
@@ -960,13 +965,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         probs: &[[u32; 4]; 4],
         g: usize,
     ) -> [[i32; 4]; N] {
-        // Channel rows 64g.. of every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units.
-        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
-        let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
-        unroll::<4>(
-            #[inline(always)]
-            |kk| vd[kk] += 256 * g as u64,
-        );
+        let vd = self.vt_descs(t, g);
         ptx::wgmma_fence();
         let mut acc = issue_pv8::<N>(probs, &vd, Self::CK as usize / 32);
         ptx::wgmma_commit();
@@ -975,13 +974,28 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         acc
     }
 
-    /// `O += acc·factor` for the output n-tiles `first ..` (`factor`: the tile's P scale per row).
+    /// The Vᵀ descriptors of tile t's k-steps for the channels `64g ..` (channel rows 64g.. of
+    /// every Vᵀ sub-tile: 64 rows × 64 bytes = 256 units), shared by both 8-bit products.
     #[inline(always)]
-    fn fold_pv8<const NT: usize, const N: usize>(
+    fn vt_descs(&self, t: u32, g: usize) -> [u64; 4] {
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
+        let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
+        unroll::<4>(
+            #[inline(always)]
+            |kk| vd[kk] += 256 * g as u64,
+        );
+        vd
+    }
+
+    /// `O += acc·factor` for the output n-tiles `first ..` (`factor`: the tile's P scale per row),
+    /// `acc` the tile's product as f32 (`to_f32`: the s32 one's conversion, or the f32 one as is).
+    #[inline(always)]
+    fn fold<const NT: usize, const N: usize, A: Copy>(
         out: &mut [[f32; 4]; NT],
         first: usize,
-        acc: &[[i32; 4]; N],
+        acc: &[[A; 4]; N],
         factor: [f32; 2],
+        to_f32: impl Fn(A) -> f32,
     ) {
         unroll::<N>(
             #[inline(always)]
@@ -990,7 +1004,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                     let o = &mut out[first + j];
                     unroll::<4>(
                         #[inline(always)]
-                        |e| o[e] = ptx::fma(acc[j][e] as f32, factor[e >> 1], o[e]),
+                        |e| o[e] = ptx::fma(to_f32(acc[j][e]), factor[e >> 1], o[e]),
                     );
                 }
             },
@@ -1005,40 +1019,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         probs: &[[u32; 4]; 4],
         g: usize,
     ) -> [[f32; 4]; N] {
-        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
-        let mut vd = pv8_descs::<HD>(kmajor_desc::<64>(stage), Self::CK as usize / 32);
-        unroll::<4>(
-            #[inline(always)]
-            |kk| vd[kk] += 256 * g as u64,
-        );
+        let vd = self.vt_descs(t, g);
         ptx::wgmma_fence();
         let mut acc = issue_pv_fp8::<N>(probs, &vd, Self::CK as usize / 32);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(&mut acc);
         acc
-    }
-
-    /// `O += acc·factor` for the FP8 P·V's f32 tile product ([`Self::fold_pv8`]'s order).
-    #[inline(always)]
-    fn fold_fp8<const NT: usize, const N: usize>(
-        out: &mut [[f32; 4]; NT],
-        first: usize,
-        acc: &[[f32; 4]; N],
-        factor: [f32; 2],
-    ) {
-        unroll::<N>(
-            #[inline(always)]
-            |j| {
-                if first + j < NT {
-                    let o = &mut out[first + j];
-                    unroll::<4>(
-                        #[inline(always)]
-                        |e| o[e] = ptx::fma(acc[j][e], factor[e >> 1], o[e]),
-                    );
-                }
-            },
-        );
     }
 
     /// f16 P·V: the last `P·V` (tile `t`).
@@ -1196,8 +1183,8 @@ unsafe fn consume<
 }
 
 /// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`. With
-/// `PV8`, O is in units of `P8_MAX` and of each channel's V scale, and the V mean smoothing took
-/// away is added back (except on rows that see no key, which stay 0).
+/// `PV8`, O is in units of `P8_MAX` (`P_FP8_MAX` with `FP8`) and of each channel's V scale, and
+/// the V mean smoothing took away is added back (except on rows that see no key, which stay 0).
 #[inline(always)]
 unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
     p: &AttnParams,
