@@ -22,7 +22,7 @@ use crate::launch::tma::{f16_tensor_maps, pv8_tensor_maps};
 use crate::launch::validate::Problem;
 use crate::params::{
     AttnParams, ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, PrepareParams,
-    QuantParams, V8Params,
+    QuantParams, TmaMapsParams, V8Params,
 };
 use crate::types::dtype::DType;
 use crate::types::error::{Error, Result};
@@ -33,6 +33,7 @@ use crate::types::options::Options;
 unsafe impl DeviceRepr for AttnParams {}
 unsafe impl DeviceRepr for PrepareParams {}
 unsafe impl DeviceRepr for ColumnCopyParams {}
+unsafe impl DeviceRepr for TmaMapsParams {}
 
 /// Where one call's quantized data lives.
 #[derive(Clone, Copy, Debug)]
@@ -541,14 +542,18 @@ pub(crate) fn enqueue_attend(
     };
     let params = match maps {
         Some((dst, maps)) => {
-            // SAFETY: `dst` is the scratch's TMA region (TMA_MAPS_BYTES bytes, allocated for this
-            // call); the copy is ordered on the stream before the launch that reads it, and from
-            // pageable memory the driver stages `maps` before returning.
-            unsafe { cudarc::driver::result::memcpy_htod_async(dst, &maps, stream.cu_stream()) }
-                .map_err(|source| Error::Cuda {
-                    op: "copying the TMA descriptors to the device".into(),
-                    source,
-                })?;
+            // Written by a kernel from its parameters, not copied from host memory: a CUDA graph
+            // captures a kernel's parameters by value, but a host-to-device copy by its host
+            // address, which would be replayed from a dead stack frame (an invalid descriptor:
+            // the TMA load faults with an illegal instruction).
+            launch(
+                rt,
+                names::STORE_TMA_MAPS,
+                (1, 1, 1),
+                32,
+                0,
+                &TmaMapsParams { dst, words: maps },
+            )?;
             AttnParams { tma: dst, ..params }
         }
         None => params,

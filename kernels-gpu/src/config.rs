@@ -535,6 +535,8 @@ pub mod names {
     pub const PREPARE_K_HEAD: &str = "sage_prepare_k_head";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
+    /// Writes a call's TMA descriptors into its scratch (from kernel parameters: graph-safe).
+    pub const STORE_TMA_MAPS: &str = "sage_store_tma_maps";
     /// Single-tile mma tests (one per mma shape).
     pub const TEST_MMA_S8: &str = "sage_test_mma_s8";
     /// See [`TEST_MMA_S8`].

@@ -285,3 +285,16 @@ pub struct V8Params {
     /// Padding so the struct size is a multiple of 8.
     pub _pad: u32,
 }
+
+/// Parameters of `sage_store_tma_maps`: the sm_90a kernels' two TMA descriptors (K, then V; 128
+/// bytes each) and where in the call's scratch to write them. They travel as kernel parameters,
+/// which a CUDA graph captures by value, where a copy from host memory would be replayed from
+/// whatever that host memory holds by then.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TmaMapsParams {
+    /// Destination, 64-byte aligned device memory of 256 bytes.
+    pub dst: u64,
+    /// The descriptors' bytes.
+    pub words: [u64; 32],
+}

@@ -271,6 +271,17 @@ pub unsafe fn st_global_v2(ptr: u64, v: [u32; 2]) {
     }
 }
 
+/// 8-byte global store of one u64.
+///
+/// # Safety
+/// As [`st_global_v4`] with 8-byte alignment.
+#[inline(always)]
+pub unsafe fn st_global_u64(ptr: u64, v: u64) {
+    unsafe {
+        asm!("st.global.b64 [{0}], {1};", in(reg64) ptr, in(reg64) v, options(nostack));
+    }
+}
+
 /// 4-byte global store.
 ///
 /// # Safety

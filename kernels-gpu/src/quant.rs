@@ -705,6 +705,23 @@ pub unsafe extern "ptx-kernel" fn sage_copy_columns(p: ColumnCopyParams) {
     }
 }
 
+/// Writes the sm_90a kernels' TMA descriptors (`p.words`) to `p.dst`, one thread: see
+/// [`TmaMapsParams`](crate::params::TmaMapsParams) for why they come as parameters. The next
+/// launch on the stream reads them (kernel boundaries order the writes before its TMA loads).
+///
+/// # Safety
+/// Launched by the host with `p.dst` 256 bytes of device memory, 8-byte aligned.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_store_tma_maps(p: crate::params::TmaMapsParams) {
+    if ptx::thread_idx_x() == 0 {
+        unroll::<32>(
+            #[inline(always)]
+            // SAFETY: i < 32 words inside the destination (the caller's contract).
+            |i| unsafe { ptx::st_global_u64(p.dst + 8 * i as u64, p.words[i]) },
+        );
+    }
+}
+
 /// Job `LSE_BIAS`: the LSE correction for smoothed K, `sm_scale · q·mean` (an f32 `fma` chain in
 /// channel order), for one block of `block size` query rows of one (head, batch): CTA `cta` of
 /// `ceil(seq / block size) * heads * batch`, one thread per row. K's mean of the row's kv head is
