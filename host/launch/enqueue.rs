@@ -550,7 +550,7 @@ pub(crate) fn enqueue_attend(
                 rt,
                 names::STORE_TMA_MAPS,
                 (1, 1, 1),
-                32,
+                1,
                 0,
                 &TmaMapsParams { dst, words: maps },
             )?;
