@@ -11,7 +11,9 @@ use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
-use sageattention::device_config::{p8_tile, padded_len, P8_TILE, P_FP8_MAX, V8_TILE, V_FP8_MAX};
+use sageattention::device_config::{
+    p8_tile, padded_len, LOG2_P_FP8_MAX, P8_TILE, P_FP8_MAX, V8_TILE, V_FP8_MAX,
+};
 use sageattention::reference::v8::{quantize_v8_as, VFormat};
 use sageattention::reference::{
     attention_f64, attention_fp8_emulation, attention_pv8_emulation, compare, HostTensor, Metrics,
@@ -47,6 +49,17 @@ fn f16_accumulator_cannot_overflow() {
     // cvt.rn.satfinite saturates: a product rounded past 448 stays 448.
     assert_eq!(F8E4M3::from_f32(1.0e6).to_f32(), 448.0);
     assert_eq!(p8_tile(256), 64);
+}
+
+/// The kernels take P in e4m3 units straight from the exponential (`2^(s - max + LOG2_P_FP8_MAX)`,
+/// no multiply by 448): the constant is `log2 448` to f32 precision, and a probability of 1 comes
+/// out as 448 (or a hair above, which `cvt.rn.satfinite` keeps at 448), as the emulation's
+/// `e4m3(448 · p)` has it.
+#[test]
+fn p_unit_exponent_is_log2_of_the_e4m3_scale() {
+    let unit = f64::from(LOG2_P_FP8_MAX).exp2();
+    assert!((unit / f64::from(P_FP8_MAX) - 1.0).abs() < 1e-6, "{unit}");
+    assert_eq!(F8E4M3::from_f32(unit as f32).to_f32(), P_FP8_MAX);
 }
 
 proptest! {

@@ -188,6 +188,9 @@ pub const P8_MAX: f32 = 255.0;
 /// e4m3's largest finite value, so that P uses the whole format (its smallest probabilities stay
 /// out of the subnormals down to `2^-6 / 448`).
 pub const P_FP8_MAX: f32 = 448.0;
+/// `log2(P_FP8_MAX)`: the FP8 P·V's softmax adds it in the exponent, which gives P in e4m3 units
+/// without a multiply per probability (its row sums come out in the same unit).
+pub const LOG2_P_FP8_MAX: f32 = 8.807_355;
 /// The largest |V − mean| of a channel after its FP8 scaling. With an f16 accumulator, one key
 /// tile's `Σ P·V` is at most `keys · P_FP8_MAX · V_FP8_MAX` = 128 · 448 · 1 = 57344 < 65504 (the
 /// f16 maximum), so no tile can overflow whatever the data; a power of two, so the e4m3 rounding

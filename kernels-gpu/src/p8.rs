@@ -79,16 +79,12 @@ pub(crate) fn pack_probs<const NK: usize>(
     probs
 }
 
-/// Probabilities in [0, 1] → e4m3 fragments scaled so that the tile's row maximum is
-/// `P_FP8_MAX` (`cvt.rn.satfinite`): the FP8 P·V of the sm_89 mma.sync kernel and of the sm_90a
-/// wgmma kernel, which round P the same way (one CPU emulation).
+/// Probabilities already in e4m3 units (the tile's row maximum at `P_FP8_MAX`: the softmax's
+/// `p_scale_log2` is `LOG2_P_FP8_MAX`) → e4m3 fragments (`cvt.rn.satfinite`): the FP8 P·V of the
+/// sm_89 mma.sync kernel and of the sm_90a wgmma kernel, which round P the same way (one CPU
+/// emulation).
 #[cfg(any(feature = "ada_fp8", feature = "hopper"))]
 #[inline(always)]
 pub(crate) fn pack_probs_e4m3<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
-    use crate::config::P_FP8_MAX;
-    pack_probs::<NK>(
-        p,
-        #[inline(always)]
-        |a, b, c, d| ptx::pack_e4m3x4(a * P_FP8_MAX, b * P_FP8_MAX, c * P_FP8_MAX, d * P_FP8_MAX),
-    )
+    pack_probs::<NK>(p, ptx::pack_e4m3x4)
 }

@@ -78,7 +78,9 @@ impl OnlineSoftmax {
     }
 
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
-    /// `2^(s - max)` and returns the factor each row's previous output must be scaled by, and the
+    /// `2^(s - max + p_scale_log2)` (`p_scale_log2`: the probabilities' unit, 0 for P in [0, 1];
+    /// the FP8 P·V takes `log2 448`, the e4m3 scale, which saves a multiply per probability; the
+    /// row sums are in the same unit) and returns the factor each row's previous output must be scaled by, and the
     /// tile factor (1). With `PER_TILE` (the 8-bit P·V), `s` becomes `2^(s - tile max)` instead,
     /// which puts each row's largest probability of the tile at 1, and the tile factor is
     /// `2^(tile max - max)`, what those probabilities are worth against the running maximum.
@@ -86,6 +88,7 @@ impl OnlineSoftmax {
     pub fn update<const PER_TILE: bool, const NK: usize>(
         &mut self,
         s: &mut [[f32; 4]; NK],
+        p_scale_log2: f32,
     ) -> ([f32; 2], [f32; 2]) {
         let mut rescale = [1.0f32; 2];
         let mut tile_factor = [1.0f32; 2];
@@ -109,7 +112,7 @@ impl OnlineSoftmax {
                     }
                 } else {
                     base
-                };
+                } - p_scale_log2;
                 let mut row_sum = 0.0f32;
                 unroll::<NK>(
                     #[inline(always)]
@@ -141,6 +144,7 @@ impl OnlineSoftmax {
         &mut self,
         s: &mut [[f32; 4]; NK],
         scales: [[f32; 2]; 2],
+        p_scale_log2: f32,
     ) -> ([f32; 2], [f32; 2]) {
         const { assert!(NK == 8 || NK == 16) };
         let mut rescale = [1.0f32; 2];
@@ -174,7 +178,7 @@ impl OnlineSoftmax {
                     tile_max
                 } else {
                     base
-                };
+                } - p_scale_log2;
                 let mut row_sum = 0.0f32;
                 unroll::<NK>(
                     #[inline(always)]
@@ -216,6 +220,7 @@ impl OnlineSoftmax {
         q_scale: [f32; 2],
         k_scales: [f32; 2],
         bounds: &TileBounds,
+        p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
         let scales = [
             [q_scale[0] * k_scales[0], q_scale[0] * k_scales[1]],
@@ -232,7 +237,7 @@ impl OnlineSoftmax {
                     );
                 },
             );
-            let (rescale, factor) = self.update_unscaled::<PER_TILE, NK>(&mut s, scales);
+            let (rescale, factor) = self.update_unscaled::<PER_TILE, NK>(&mut s, scales, p_scale_log2);
             return (s, rescale, factor);
         }
         unroll::<NK>(
@@ -255,7 +260,7 @@ impl OnlineSoftmax {
                 );
             },
         );
-        let (rescale, factor) = self.update::<PER_TILE, NK>(&mut s);
+        let (rescale, factor) = self.update::<PER_TILE, NK>(&mut s, p_scale_log2);
         (s, rescale, factor)
     }
 

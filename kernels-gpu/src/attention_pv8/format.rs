@@ -16,9 +16,16 @@ pub(crate) trait PvFormat {
     type Acc: Copy;
     /// A fresh accumulator.
     const ZERO: Self::Acc;
-    /// `1 /` the largest P after its per-tile scaling (O is in those units until the epilogue).
+    /// What the normalized output `O / l` is multiplied by in the epilogue: `1 /` the largest P
+    /// after its per-tile scaling when the row sums `l` are of P in [0, 1] (u8), 1 when they are
+    /// in P's unit already (e4m3, see [`Self::P_SCALE_LOG2`]).
     const INV_P_MAX: f32;
-    /// Probabilities in [0, 1] (accumulator layout) → the A fragments of the product.
+    /// The softmax's `p_scale_log2`: probabilities come out as `2^(s - max + P_SCALE_LOG2)`, in
+    /// the format's unit (e4m3: `log2 448`, no multiply per probability), or in [0, 1] (u8, whose
+    /// packing multiplies by 255 inside the fused multiply-add that rounds).
+    const P_SCALE_LOG2: f32;
+    /// Probabilities (accumulator layout, in [0, 1] times `2^P_SCALE_LOG2`) → the A fragments of
+    /// the product.
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4];
     /// `acc += A·B`, m16n8k32 (the whole warp calls it).
     fn mma(acc: &mut Self::Acc, a: [u32; 4], b: [u32; 2]);
@@ -33,6 +40,7 @@ impl PvFormat for Int8 {
     type Acc = [i32; 4];
     const ZERO: [i32; 4] = [0; 4];
     const INV_P_MAX: f32 = 1.0 / crate::config::P8_MAX;
+    const P_SCALE_LOG2: f32 = 0.0;
 
     #[inline(always)]
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
@@ -61,7 +69,8 @@ pub(crate) struct Fp8F32;
 impl PvFormat for Fp8F32 {
     type Acc = [f32; 4];
     const ZERO: [f32; 4] = [0.0; 4];
-    const INV_P_MAX: f32 = 1.0 / crate::config::P_FP8_MAX;
+    const INV_P_MAX: f32 = 1.0;
+    const P_SCALE_LOG2: f32 = crate::config::LOG2_P_FP8_MAX;
 
     #[inline(always)]
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
@@ -90,7 +99,8 @@ pub(crate) struct Fp8F16;
 impl PvFormat for Fp8F16 {
     type Acc = [u32; 2];
     const ZERO: [u32; 2] = [0; 2];
-    const INV_P_MAX: f32 = 1.0 / crate::config::P_FP8_MAX;
+    const INV_P_MAX: f32 = 1.0;
+    const P_SCALE_LOG2: f32 = crate::config::LOG2_P_FP8_MAX;
 
     #[inline(always)]
     fn pack<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {

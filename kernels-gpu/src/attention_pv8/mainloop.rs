@@ -303,7 +303,8 @@ impl<const HD: usize> Pipeline<HD> {
         }
         // SAFETY: tile t is in its stage and visible (wait + barrier above).
         let s = unsafe { self.qk::<KS, NK>(self.k_tile(t), q) };
-        let (p, rescale, factor) = self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax);
+        let (p, rescale, factor) =
+            self.probabilities::<CAUSAL, MASK, NK>(&s, t, k_scales, softmax, F::P_SCALE_LOG2);
         let probs = F::pack::<NK>(&p);
         // Once the row maxima settle, most tiles leave them unchanged: skip the rescale when no
         // row of the warp moved.
@@ -379,6 +380,7 @@ impl<const HD: usize> Pipeline<HD> {
         t: u32,
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
+        p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
         let bounds = TileBounds {
             key0: t * Self::CTA_K as u32,
@@ -387,7 +389,13 @@ impl<const HD: usize> Pipeline<HD> {
             kv_len: self.kv_len,
             diag: self.diag,
         };
-        softmax.update_tile::<true, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
+        softmax.update_tile::<true, MASK, CAUSAL, NK>(
+            s_int,
+            self.q_scale,
+            k_scales,
+            &bounds,
+            p_scale_log2,
+        )
     }
 
     /// `O += (P·Vₜ)·factor`: per group of 64 channels (8 n-tiles), a fresh accumulator of format

@@ -73,7 +73,7 @@ use super::smem::{
     self, issue_pv, issue_pv8, issue_pv_fp8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs,
     pv_descs, qk_descs,
 };
-use crate::config::{p8_tile, padded_len, K_BLOCK, P8_MAX, P_FP8_MAX, Q_BLOCK};
+use crate::config::{p8_tile, padded_len, K_BLOCK, LOG2_P_FP8_MAX, P8_MAX, Q_BLOCK};
 use crate::p8::{pack_probs_e4m3, pack_probs_u8};
 use crate::params::AttnParams;
 use crate::ptx;
@@ -673,6 +673,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         t: u32,
         k_scales: [f32; 2],
         softmax: &mut OnlineSoftmax,
+        p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
         let bounds = TileBounds {
             key0: t * Self::CK,
@@ -681,7 +682,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             kv_len: self.kv_len,
             diag: self.diag,
         };
-        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(s_int, self.q_scale, k_scales, &bounds)
+        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(
+            s_int,
+            self.q_scale,
+            k_scales,
+            &bounds,
+            p_scale_log2,
+        )
     }
 
     /// After the f16 P·V wait: `out *= rescale`, skipped when it is 1 for every row of the warp
@@ -720,7 +727,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(Self::LOOKAHEAD);
         ptx::wgmma_wait::<0>();
         smem::pin_s(&mut s);
-        let (p, _, _) = self.softmax::<MASK, CAUSAL, 8>(&s, 0, [k_scale; 2], softmax);
+        let (p, _, _) = self.softmax::<MASK, CAUSAL, 8>(&s, 0, [k_scale; 2], softmax, 0.0);
         pack_probs(&p)
     }
 
@@ -761,7 +768,8 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_s(&mut s);
-        let (mut next, rescale, _) = self.softmax::<MASK, CAUSAL, 8>(&s, t, [k_scale; 2], softmax);
+        let (mut next, rescale, _) =
+            self.softmax::<MASK, CAUSAL, 8>(&s, t, [k_scale; 2], softmax, 0.0);
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
         // the softmax's last result (the row sums) ends the basic block there, so the wait stays
@@ -892,7 +900,9 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         softmax: &mut OnlineSoftmax,
         k_scales: [f32; 2],
     ) {
-        let (mut p, rescale, factor) = self.softmax::<MASK, CAUSAL, NK>(s, t, k_scales, softmax);
+        let p_scale_log2 = if FP8 { LOG2_P_FP8_MAX } else { 0.0 };
+        let (mut p, rescale, factor) =
+            self.softmax::<MASK, CAUSAL, NK>(s, t, k_scales, softmax, p_scale_log2);
         unroll::<NK>(
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut p[j]),
@@ -1202,16 +1212,21 @@ unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
         p.v_scale + 4 * kv_head * 2 * hd,
         p.v_mean + 4 * kv_head * hd,
     );
-    // O is in units of the largest P of each tile's scaling.
-    let inv_p_max = if FP8 { 1.0 / P_FP8_MAX } else { 1.0 / P8_MAX };
-    if PV8 && NT == 32 {
+    // u8: O is in units of the largest P of each tile's scaling, the row sums of P in [0, 1];
+    // e4m3: both in P's unit (the softmax's `p_scale_log2`), which the LSE takes back out.
+    let (inv_p_max, p_scale_log2) = if FP8 {
+        (1.0, LOG2_P_FP8_MAX)
+    } else {
+        (1.0 / P8_MAX, 0.0)
+    };
+    if PV8 && (NT == 32 || (FP8 && NT == 16)) {
         // SAFETY: forwarded.
         unsafe {
             store_pv8_by_column(
                 p,
                 geo,
                 head_base,
-                (v_scale, v_mean, inv_p_max),
+                (v_scale, v_mean, inv_p_max, p_scale_log2),
                 warp_row0,
                 lane,
                 softmax,
@@ -1247,8 +1262,9 @@ unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
                     },
                 );
                 if p.lse != 0 && lane & 3 == 0 {
+                    let max = softmax.max[h] - p_scale_log2;
                     // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
-                    unsafe { store_lse(p, geo.batch, geo.head, row, l, softmax.max[h]) };
+                    unsafe { store_lse(p, geo.batch, geo.head, row, l, max) };
                 }
             }
         },
@@ -1267,7 +1283,7 @@ unsafe fn store_pv8_by_column<const NT: usize>(
     p: &AttnParams,
     geo: &Geometry,
     head_base: i64,
-    (v_scale, v_mean, inv_p_max): (u64, u64, f32),
+    (v_scale, v_mean, inv_p_max, p_scale_log2): (u64, u64, f32, f32),
     warp_row0: u32,
     lane: u32,
     softmax: &OnlineSoftmax,
@@ -1307,8 +1323,9 @@ unsafe fn store_pv8_by_column<const NT: usize>(
         #[inline(always)]
         |h| {
             if row[h] < p.qo_len && p.lse != 0 && lane & 3 == 0 {
+                let max = softmax.max[h] - p_scale_log2;
                 // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
-                unsafe { store_lse(p, geo.batch, geo.head, row[h], l[h], softmax.max[h]) };
+                unsafe { store_lse(p, geo.batch, geo.head, row[h], l[h], max) };
             }
         },
     );
