@@ -1194,6 +1194,70 @@ pub fn wgmma_m64n64k32_s8(d: &mut [[i32; 4]; 8], a_desc: u64, b_desc: u64) {
     }
 }
 
+/// `D = A·Bᵀ` as [`wgmma_m64n64k32_s8_first`] with 128 B rows (`m64n128k32.s32.s8.s8`): the
+/// 8-bit P·V's 128-key K tile in one product per k-step (its two 64-key halves are consecutive
+/// K-major rows). D: 16 n-tiles of 8 keys, as [`wgmma_m64n64k32_s8_first`]'s.
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_s8_first(a_desc: u64, b_desc: u64) -> [[i32; 4]; 16] {
+    let mut d = [[0i32; 4]; 16];
+    // SAFETY: warpgroup-collective; the descriptors point into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {64}, {65}, 0;",
+            out(reg32) d[0][0], out(reg32) d[0][1], out(reg32) d[0][2], out(reg32) d[0][3],
+            out(reg32) d[1][0], out(reg32) d[1][1], out(reg32) d[1][2], out(reg32) d[1][3],
+            out(reg32) d[2][0], out(reg32) d[2][1], out(reg32) d[2][2], out(reg32) d[2][3],
+            out(reg32) d[3][0], out(reg32) d[3][1], out(reg32) d[3][2], out(reg32) d[3][3],
+            out(reg32) d[4][0], out(reg32) d[4][1], out(reg32) d[4][2], out(reg32) d[4][3],
+            out(reg32) d[5][0], out(reg32) d[5][1], out(reg32) d[5][2], out(reg32) d[5][3],
+            out(reg32) d[6][0], out(reg32) d[6][1], out(reg32) d[6][2], out(reg32) d[6][3],
+            out(reg32) d[7][0], out(reg32) d[7][1], out(reg32) d[7][2], out(reg32) d[7][3],
+            out(reg32) d[8][0], out(reg32) d[8][1], out(reg32) d[8][2], out(reg32) d[8][3],
+            out(reg32) d[9][0], out(reg32) d[9][1], out(reg32) d[9][2], out(reg32) d[9][3],
+            out(reg32) d[10][0], out(reg32) d[10][1], out(reg32) d[10][2], out(reg32) d[10][3],
+            out(reg32) d[11][0], out(reg32) d[11][1], out(reg32) d[11][2], out(reg32) d[11][3],
+            out(reg32) d[12][0], out(reg32) d[12][1], out(reg32) d[12][2], out(reg32) d[12][3],
+            out(reg32) d[13][0], out(reg32) d[13][1], out(reg32) d[13][2], out(reg32) d[13][3],
+            out(reg32) d[14][0], out(reg32) d[14][1], out(reg32) d[14][2], out(reg32) d[14][3],
+            out(reg32) d[15][0], out(reg32) d[15][1], out(reg32) d[15][2], out(reg32) d[15][3],
+            in(reg64) a_desc, in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+    d
+}
+
+/// `D += A·Bᵀ`, as [`wgmma_m64n128k32_s8_first`] but accumulating (scale-d 1).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn wgmma_m64n128k32_s8(d: &mut [[i32; 4]; 16], a_desc: u64, b_desc: u64) {
+    // SAFETY: warpgroup-collective; the descriptors point into this CTA's shared memory (caller).
+    unsafe {
+        asm!(
+            "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 {{{0}, {1}, {2}, {3}, {4}, {5}, {6}, {7}, {8}, {9}, {10}, {11}, {12}, {13}, {14}, {15}, {16}, {17}, {18}, {19}, {20}, {21}, {22}, {23}, {24}, {25}, {26}, {27}, {28}, {29}, {30}, {31}, {32}, {33}, {34}, {35}, {36}, {37}, {38}, {39}, {40}, {41}, {42}, {43}, {44}, {45}, {46}, {47}, {48}, {49}, {50}, {51}, {52}, {53}, {54}, {55}, {56}, {57}, {58}, {59}, {60}, {61}, {62}, {63}}}, {64}, {65}, 1;",
+            inout(reg32) d[0][0], inout(reg32) d[0][1], inout(reg32) d[0][2], inout(reg32) d[0][3],
+            inout(reg32) d[1][0], inout(reg32) d[1][1], inout(reg32) d[1][2], inout(reg32) d[1][3],
+            inout(reg32) d[2][0], inout(reg32) d[2][1], inout(reg32) d[2][2], inout(reg32) d[2][3],
+            inout(reg32) d[3][0], inout(reg32) d[3][1], inout(reg32) d[3][2], inout(reg32) d[3][3],
+            inout(reg32) d[4][0], inout(reg32) d[4][1], inout(reg32) d[4][2], inout(reg32) d[4][3],
+            inout(reg32) d[5][0], inout(reg32) d[5][1], inout(reg32) d[5][2], inout(reg32) d[5][3],
+            inout(reg32) d[6][0], inout(reg32) d[6][1], inout(reg32) d[6][2], inout(reg32) d[6][3],
+            inout(reg32) d[7][0], inout(reg32) d[7][1], inout(reg32) d[7][2], inout(reg32) d[7][3],
+            inout(reg32) d[8][0], inout(reg32) d[8][1], inout(reg32) d[8][2], inout(reg32) d[8][3],
+            inout(reg32) d[9][0], inout(reg32) d[9][1], inout(reg32) d[9][2], inout(reg32) d[9][3],
+            inout(reg32) d[10][0], inout(reg32) d[10][1], inout(reg32) d[10][2], inout(reg32) d[10][3],
+            inout(reg32) d[11][0], inout(reg32) d[11][1], inout(reg32) d[11][2], inout(reg32) d[11][3],
+            inout(reg32) d[12][0], inout(reg32) d[12][1], inout(reg32) d[12][2], inout(reg32) d[12][3],
+            inout(reg32) d[13][0], inout(reg32) d[13][1], inout(reg32) d[13][2], inout(reg32) d[13][3],
+            inout(reg32) d[14][0], inout(reg32) d[14][1], inout(reg32) d[14][2], inout(reg32) d[14][3],
+            inout(reg32) d[15][0], inout(reg32) d[15][1], inout(reg32) d[15][2], inout(reg32) d[15][3],
+            in(reg64) a_desc, in(reg64) b_desc,
+            options(nostack)
+        );
+    }
+}
+
 /// `D += A·B`, `wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16` (sm_90a) with A (64×16 f16)
 /// in registers and B (16 k-rows × 64 n, N-major: `imm-trans-b = 1`) in shared memory. A: four
 /// f16x2 registers per thread in the mma.sync m16n8k16 A layout for rows `16·(warp%4)..+16`.

@@ -237,7 +237,8 @@ impl OnlineSoftmax {
                     );
                 },
             );
-            let (rescale, factor) = self.update_unscaled::<PER_TILE, NK>(&mut s, scales, p_scale_log2);
+            let (rescale, factor) =
+                self.update_unscaled::<PER_TILE, NK>(&mut s, scales, p_scale_log2);
             return (s, rescale, factor);
         }
         unroll::<NK>(

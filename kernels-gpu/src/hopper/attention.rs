@@ -70,8 +70,8 @@ use super::config::{
 use super::q_tile::QTile;
 use super::selftest::aligned_smem_base;
 use super::smem::{
-    self, issue_pv, issue_pv8, issue_pv_fp8, issue_qk, kmajor_desc, kmajor_offset, pv8_descs,
-    pv_descs, qk_descs,
+    self, issue_pv, issue_pv8, issue_pv_fp8, issue_qk, issue_qk128, kmajor_desc, kmajor_offset,
+    pv8_descs, pv_descs, qk_descs,
 };
 use crate::config::{p8_tile, padded_len, K_BLOCK, LOG2_P_FP8_MAX, P8_MAX, Q_BLOCK};
 use crate::p8::{pack_probs_e4m3, pack_probs_u8};
@@ -805,6 +805,15 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 #[inline(always)]
                 |j| s[j] = s_lo[j],
             );
+            return s;
+        }
+        if HD <= 128 {
+            // The two 64-key halves are consecutive K-major rows: one n = 128 product per k-step,
+            // as the official kernel (measured slower in v3.7's pipelined two-warpgroup kernel;
+            // this serial step waits for the whole product either way).
+            ptx::wgmma_fence();
+            let s = issue_qk128::<KS>(&qd);
+            ptx::wgmma_commit();
             return s;
         }
         // A 128-key tile's second half: the same Q descriptors, K's from its second 64 rows.

@@ -194,6 +194,22 @@ pub fn issue_qk<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 8] {
     s
 }
 
+/// [`issue_qk`] for a 128-key K tile stored as two consecutive 64-key ones (d = 64 and 128,
+/// whose K-major rows continue linearly across them): one `m64n128k32` per k-step.
+#[inline(always)]
+pub fn issue_qk128<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 16] {
+    let mut s = ptx::wgmma_m64n128k32_s8_first(d[0][0], d[1][0]);
+    unroll::<KS>(
+        #[inline(always)]
+        |ks| {
+            if ks > 0 {
+                ptx::wgmma_m64n128k32_s8(&mut s, d[0][ks], d[1][ks]);
+            }
+        },
+    );
+    s
+}
+
 /// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
 /// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`;
 /// d = 96 takes one n = 96 wgmma per k-step; d = 256 two n = 128 ones (n = 256 would need all
