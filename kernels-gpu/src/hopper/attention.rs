@@ -790,7 +790,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         *probs = pack_probs(&next);
     }
 
-    /// Issues `S_t = Q·K_tᵀ` for a 128-key tile (its two 64-key halves as two products) into
+    /// Issues `S_t = Q·K_tᵀ` for a 128-key tile (one n = 128 product per k-step at d ≤ 128) into
     /// one commit group, with no wait (tile t waited for and made visible). With 64-key tiles
     /// (d = 256) only the first [`Self::NK`] n-tiles are scores; the rest stay zero, never read.
     #[inline(always)]
