@@ -91,9 +91,10 @@ pub fn attention_pv8_emulation(
 ///   32-key k-step from the tile's start, the model of the `.f16` accumulator;
 /// * `o_c = Σ_t 2^(m_t - m) · tile_c · scale_c / 448 / Σ p + mean_c`.
 ///
-/// The GPU's p_j can differ by one e4m3 step where `ex2.approx` puts `448 · p` on the other side
-/// of a rounding boundary, and the hardware's f16 accumulation order within an mma is not
-/// specified; the tests bound both.
+/// The GPU's p_j can differ by one e4m3 step where `ex2.approx` (which takes the 448 inside the
+/// exponent: `2^(s_j - m_t + log2 448)`) puts the value on the other side of a rounding
+/// boundary, and the hardware's f16 accumulation order within an mma is not specified; the tests
+/// bound both.
 pub fn attention_fp8_emulation(
     q: &HostTensor,
     k: &HostTensor,

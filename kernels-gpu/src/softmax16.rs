@@ -80,8 +80,8 @@ impl OnlineSoftmax {
     /// Folds one key tile of scores `s` (8 n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max + p_scale_log2)` (`p_scale_log2`: the probabilities' unit, 0 for P in [0, 1];
     /// the FP8 P·V takes `log2 448`, the e4m3 scale, which saves a multiply per probability; the
-    /// row sums are in the same unit) and returns the factor each row's previous output must be scaled by, and the
-    /// tile factor (1). With `PER_TILE` (the 8-bit P·V), `s` becomes `2^(s - tile max)` instead,
+    /// row sums are in the same unit) and returns the factor each row's previous output must be
+    /// scaled by, and the tile factor (1). With `PER_TILE` (the 8-bit P·V), `s` becomes `2^(s - tile max)` instead,
     /// which puts each row's largest probability of the tile at 1, and the tile factor is
     /// `2^(tile max - max)`, what those probabilities are worth against the running maximum.
     #[inline(always)]
