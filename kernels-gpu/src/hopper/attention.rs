@@ -1280,9 +1280,10 @@ unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
     );
 }
 
-/// [`store`] for the 8-bit P·V at d = 256, columns outermost: each column pair's V scale and mean
-/// are loaded once for both of the thread's rows, and both rows' outputs of a column die
-/// together. Row by row (as `store`), ptxas spilled 4–8 bytes beside the 128 output registers.
+/// [`store`] for the 8-bit P·V at d = 256 and the FP8 one at d = 128, columns outermost: each
+/// column pair's V scale and mean are loaded once for both of the thread's rows, and both rows'
+/// outputs of a column die together. Row by row (as `store`), ptxas spilled 4–8 bytes beside
+/// d = 256's 128 output registers, and 16 bytes at the FP8 d = 128 kernel's 168-register cap.
 ///
 /// # Safety
 /// As [`store`]; `v8` is this kv head's V scales and mean.
