@@ -938,10 +938,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             // as the official kernel does (on causal masked tiles ptxas spilled with it: column
             // groups there).
             if FP8 {
-                let acc = self.pv_fp8_product::<16>(t, &probs, 0);
+                let acc = self.pv8_product(t, &probs, 0, issue_pv_fp8::<16>, smem::pin_o);
                 Self::fold(out, 0, &acc, factor, |a| a);
             } else {
-                let acc = self.pv8_product::<16>(t, &probs, 0);
+                let acc = self.pv8_product(t, &probs, 0, issue_pv8::<16>, smem::pin_acc);
                 Self::fold(out, 0, &acc, factor, |a| a as f32);
             }
             return;
@@ -956,10 +956,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             |g| {
                 if 8 * g < NT {
                     if FP8 {
-                        let acc = self.pv_fp8_product::<8>(t, &probs, g);
+                        let acc = self.pv8_product(t, &probs, g, issue_pv_fp8::<8>, smem::pin_o);
                         Self::fold(out, 8 * g, &acc, factor, |a| a);
                     } else {
-                        let acc = self.pv8_product::<8>(t, &probs, g);
+                        let acc = self.pv8_product(t, &probs, g, issue_pv8::<8>, smem::pin_acc);
                         Self::fold(out, 8 * g, &acc, factor, |a| a as f32);
                     }
                     // d = 256: ptxas would issue the next group's product while this one is
@@ -976,20 +976,23 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     }
 
     /// `P_t·V_t` for the channels `64g ..` of tile t (`N` n-tiles of 8 channels: 8, or 16 for
-    /// d = 128 at once), issued into a fresh s32 accumulator and waited for.
+    /// d = 128 at once), issued by `issue` into a fresh accumulator (`issue_pv8`: u8 P × s8 Vᵀ
+    /// into s32; `issue_pv_fp8`: e4m3 × e4m3 into f32), waited for and pinned by `pin`.
     #[inline(always)]
-    fn pv8_product<const N: usize>(
+    fn pv8_product<const N: usize, A>(
         &self,
         t: u32,
         probs: &[[u32; 4]; 4],
         g: usize,
-    ) -> [[i32; 4]; N] {
+        issue: impl FnOnce(&[[u32; 4]; 4], &[u64; 4], usize) -> [[A; 4]; N],
+        pin: impl FnOnce(&mut [[A; 4]; N]),
+    ) -> [[A; 4]; N] {
         let vd = self.vt_descs(t, g);
         ptx::wgmma_fence();
-        let mut acc = issue_pv8::<N>(probs, &vd, Self::CK as usize / 32);
+        let mut acc = issue(probs, &vd, Self::CK as usize / 32);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
-        smem::pin_acc(&mut acc);
+        pin(&mut acc);
         acc
     }
 
@@ -1028,23 +1031,6 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 }
             },
         );
-    }
-
-    /// [`Self::pv8_product`] for the FP8 P·V: e4m3 P × the e4m3 Vᵀ into a fresh f32 accumulator.
-    #[inline(always)]
-    fn pv_fp8_product<const N: usize>(
-        &self,
-        t: u32,
-        probs: &[[u32; 4]; 4],
-        g: usize,
-    ) -> [[f32; 4]; N] {
-        let vd = self.vt_descs(t, g);
-        ptx::wgmma_fence();
-        let mut acc = issue_pv_fp8::<N>(probs, &vd, Self::CK as usize / 32);
-        ptx::wgmma_commit();
-        ptx::wgmma_wait::<0>();
-        smem::pin_o(&mut acc);
-        acc
     }
 
     /// f16 P·V: the last `P·V` (tile `t`).
