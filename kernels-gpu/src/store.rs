@@ -17,9 +17,10 @@ pub(crate) fn pack_out(p: &AttnParams, a: f32, b: f32) -> u32 {
     }
 }
 
-/// Columns `col`, `col + 1` of an 8-bit P·V row (normalized, in units of the largest P of each
-/// tile's scaling, `1 / inv_p_max`: `P8_MAX` for u8 P, `P_FP8_MAX` for e4m3, and of each
-/// channel's V scale) back in V's units, with the V mean that smoothing took away added back.
+/// Columns `col`, `col + 1` of an 8-bit P·V row (`O / l`, in units of `1 / inv_p_max` — `P8_MAX`
+/// for u8 P, whose row sums `l` are of P in [0, 1]; 1 for e4m3, whose row sums are in P's unit —
+/// and of each channel's V scale) back in V's units, with the V mean that smoothing took away
+/// added back.
 ///
 /// # Safety
 /// `v_scale` / `v_mean` point at this kv head's scales and mean, `col + 1` inside them.
@@ -49,7 +50,9 @@ pub(crate) unsafe fn unsmooth_v8_scaled(
 }
 
 /// Writes the LSE (natural log) of query `row` of (batch, head): `-inf` for a row that saw no key
-/// (`sum == 0`), else `(max + log2 sum)·ln 2` plus the smoothing shift of `p.lse_bias` if any.
+/// (`sum == 0`), else `(max + log2 sum − sum_unit_log2)·ln 2` plus the smoothing shift of
+/// `p.lse_bias` if any. `sum_unit_log2`: the row sum's unit (0 for sums of P in [0, 1]; the FP8
+/// P·V's sums are in its e4m3 P's unit, `LOG2_P_FP8_MAX`).
 ///
 /// # Safety
 /// `p.lse` (and `p.lse_bias` when non-zero) hold `batch * q_heads * qo_len` f32, `row < qo_len`.
@@ -61,7 +64,9 @@ pub(crate) unsafe fn store_lse(
     row: u32,
     sum: f32,
     max: f32,
+    sum_unit_log2: f32,
 ) {
+    let max = max - sum_unit_log2;
     let idx = (batch as u64 * p.q_heads as u64 + head as u64) * p.qo_len as u64 + row as u64;
     let lse = if sum == 0.0 {
         f32::NEG_INFINITY

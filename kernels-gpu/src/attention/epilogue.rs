@@ -57,7 +57,7 @@ pub(crate) unsafe fn store<const HD: usize, const NT: usize, const MT: usize>(
                         if p.lse != 0 && lane & 3 == 0 {
                             // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
                             unsafe {
-                                store_lse(p, geo.batch, geo.head, row, l, softmax.max[mt][h])
+                                store_lse(p, geo.batch, geo.head, row, l, softmax.max[mt][h], 0.0)
                             };
                         }
                     }

@@ -72,9 +72,18 @@ pub(crate) unsafe fn store<F: PvFormat, const HD: usize, const NT: usize>(
                     },
                 );
                 if p.lse != 0 && lane & 3 == 0 {
-                    let max = softmax.max[h] - F::P_SCALE_LOG2;
                     // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
-                    unsafe { store_lse(p, geo.batch, geo.head, row, l, max) };
+                    unsafe {
+                        store_lse(
+                            p,
+                            geo.batch,
+                            geo.head,
+                            row,
+                            l,
+                            softmax.max[h],
+                            F::P_SCALE_LOG2,
+                        )
+                    };
                 }
             }
         },

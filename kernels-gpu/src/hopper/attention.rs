@@ -1188,8 +1188,9 @@ unsafe fn consume<
 }
 
 /// Writes this warp's 16 rows of O (and LSE when requested), as `attention/epilogue.rs`. With
-/// `PV8`, O is in units of `P8_MAX` (`P_FP8_MAX` with `FP8`) and of each channel's V scale, and
-/// the V mean smoothing took away is added back (except on rows that see no key, which stay 0).
+/// `PV8`, O is in units of `P8_MAX` (with `FP8`: O and the row sums both in the e4m3 P's unit)
+/// and of each channel's V scale, and the V mean smoothing took away is added back (except on
+/// rows that see no key, which stay 0).
 #[inline(always)]
 unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
     p: &AttnParams,
@@ -1257,9 +1258,10 @@ unsafe fn store<const NT: usize, const PV8: bool, const FP8: bool>(
                     },
                 );
                 if p.lse != 0 && lane & 3 == 0 {
-                    let max = softmax.max[h] - p_scale_log2;
                     // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
-                    unsafe { store_lse(p, geo.batch, geo.head, row, l, max) };
+                    unsafe {
+                        store_lse(p, geo.batch, geo.head, row, l, softmax.max[h], p_scale_log2)
+                    };
                 }
             }
         },
@@ -1319,9 +1321,18 @@ unsafe fn store_pv8_by_column<const NT: usize>(
         #[inline(always)]
         |h| {
             if row[h] < p.qo_len && p.lse != 0 && lane & 3 == 0 {
-                let max = softmax.max[h] - p_scale_log2;
                 // SAFETY: row < qo_len; the LSE buffers were validated for these shapes.
-                unsafe { store_lse(p, geo.batch, geo.head, row[h], l[h], max) };
+                unsafe {
+                    store_lse(
+                        p,
+                        geo.batch,
+                        geo.head,
+                        row[h],
+                        l[h],
+                        softmax.max[h],
+                        p_scale_log2,
+                    )
+                };
             }
         },
     );
