@@ -373,6 +373,94 @@ fn sanitizer_k_head_call() {
     check_call_with_lse(&mut rng, shape, DType::F16, Layout::Hnd, true);
 }
 
+/// K blocks whose values are not ordinary: an all-zero block (its maximum 0, `inv = 0`), a block
+/// with an infinite value, a block of f16 subnormals, and a NaN in another head. The quantization
+/// rounds whole blocks by a magic-number add only when the block maximum and `127 / max` are finite,
+/// and converts otherwise; every branch must give the CPU emulation's bits (NaN as any NaN), on the
+/// one-CTA-per-head path and on the two-launch path (with the mean folded in and from a K-mean
+/// launch), smoothed and not, f16 and bf16.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn k_quantization_of_special_blocks_bit_for_bit() {
+    let rt = runtime();
+    let mut rng = fresh_rng("k_special");
+    let (head_batch, head_kv_heads) = k_head_shape(rt.sm_count() as usize);
+    let fold_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+    // (batch, kv heads, kv_len): one CTA per head; two launches with the mean folded in; two
+    // launches with a K-mean launch between.
+    let shapes = [
+        (head_batch, head_kv_heads, 1000),
+        (1, 2, fold_limit - 24),
+        (1, 2, 3 * fold_limit + 40),
+    ];
+    let d = 128;
+    for (batch, kv_heads, kv_len) in shapes {
+        for dtype in [DType::F16, DType::BF16] {
+            for smooth_k in [true, false] {
+                let case = format!(
+                    "b{batch} kv_heads {kv_heads} kv_len {kv_len} {dtype:?} smooth {smooth_k}"
+                );
+                let q = random_tensor(&mut rng, [batch, kv_heads, 5, d], dtype, 1.0, None);
+                let mut k = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
+                let v = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
+                for s in 64..128 {
+                    for c in 0..d {
+                        k.set(0, 0, s, c, 0.0);
+                    }
+                }
+                k.set(0, 0, 130, 3, f32::INFINITY);
+                for s in 192..256 {
+                    for c in 0..d {
+                        // Multiples of 2^-24, the f16 subnormal step (exact in both dtypes).
+                        let tiny = rng.gen_range(-40i32..=40) as f32 * 2f32.powi(-24);
+                        k.set(0, 0, s, c, tiny);
+                    }
+                }
+                k.set(batch - 1, kv_heads - 1, 700, 9, f32::NAN);
+                let layout = Layout::Hnd;
+                let (qd, kd, vd) = (
+                    upload(rt, &q, dtype, layout),
+                    upload(rt, &k, dtype, layout),
+                    upload(rt, &v, dtype, layout),
+                );
+                let opts = Options {
+                    smooth_k,
+                    ..Options::default()
+                };
+                let prepared =
+                    Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
+                let mean_ref = smooth_k.then(|| k_mean(&k));
+                if let Some(mean_ref) = &mean_ref {
+                    let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
+                    assert_eq!(nan_as_one(&mean), nan_as_one(mean_ref), "K mean, {case}");
+                }
+                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
+                let k_ref = quantize_k(&k, mean_ref.as_deref());
+                assert_eq!(k_i8, k_ref.data, "K int8, {case}");
+                assert_eq!(
+                    nan_as_one(&k_scale),
+                    nan_as_one(&k_ref.scale),
+                    "K scales, {case}"
+                );
+            }
+        }
+    }
+}
+
+/// The bits of each value, every NaN as the same one (the GPU's `max.NaN` gives the canonical NaN,
+/// the CPU whichever NaN it met).
+fn nan_as_one(x: &[f32]) -> Vec<u32> {
+    x.iter()
+        .map(|v| {
+            if v.is_nan() {
+                f32::NAN.to_bits()
+            } else {
+                v.to_bits()
+            }
+        })
+        .collect()
+}
+
 fn bits(x: &[f32]) -> Vec<u32> {
     x.iter().map(|v| v.to_bits()).collect()
 }

@@ -159,6 +159,25 @@ pub unsafe fn st_shared_v2(addr: u32, v: [u32; 2]) {
     }
 }
 
+/// `ld.shared.v4.b32`: 16 bytes in one load.
+///
+/// # Safety
+/// `addr` is a 16-byte aligned shared address inside the launch's dynamic shared memory.
+#[inline(always)]
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    let v: [u32; 4];
+    unsafe {
+        let (a, b, c, d): (u32, u32, u32, u32);
+        asm!(
+            "ld.shared.v4.b32 {{{0}, {1}, {2}, {3}}}, [{4}];",
+            out(reg32) a, out(reg32) b, out(reg32) c, out(reg32) d, in(reg32) addr,
+            options(readonly, nostack)
+        );
+        v = [a, b, c, d];
+    }
+    v
+}
+
 /// `ld.shared.f32`.
 ///
 /// # Safety
@@ -826,6 +845,21 @@ pub fn unpack_bf16x2(x: u32) -> (f32, f32) {
 pub fn bf16x2_to_f16x2(x: u32) -> u32 {
     let (lo, hi) = unpack_bf16x2(x);
     pack_f16x2(lo, hi)
+}
+
+/// `max(acc, |x|)` with NaN propagating (`abs.f32` then `max.NaN.f32`, which ptxas folds into one
+/// `FMNMX` with an absolute-value operand; clearing the sign bit by hand costs a `LOP3` more).
+#[inline(always)]
+pub fn max_nan_abs(acc: f32, x: f32) -> f32 {
+    let r: f32;
+    // SAFETY: pure arithmetic.
+    unsafe {
+        asm!(
+            "{{ .reg .f32 t; abs.f32 t, {2}; max.NaN.f32 {0}, {1}, t; }}",
+            out(reg32) r, in(reg32) acc, in(reg32) x, options(pure, nomem, nostack)
+        );
+    }
+    r
 }
 
 /// `|x|` by clearing the sign bit (keeps NaN a NaN).

@@ -10,7 +10,9 @@ use crate::config::{
 };
 use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
-use crate::quant_arith::{abs_max8, inv_scale, pack_s8x8, scaled8, unpack8};
+use crate::quant_arith::{
+    abs_max8, bounded_pack_exact, inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8, unpack8,
+};
 use crate::unroll::unroll;
 
 /// The threads that run one job together and how they sync: the whole CTA (`Group::cta`, every
@@ -315,6 +317,10 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
     batch: u32,
     smooth: Option<MeanFrom>,
 ) {
+    if !PER_ROW && is_whole_block::<CHUNKS>(g, p, blk) {
+        // SAFETY (both): forwarded; the geometry is the one `quantize_whole_block` requires.
+        return unsafe { quantize_whole_block::<CHUNKS>(g, p, blk, head, batch, smooth) };
+    }
     let (tid, threads) = (g.tid, g.threads);
     let chunks = p.head_dim / 8;
     // `threads` is a multiple of `chunks`: chunk i of this thread is c = tid + i * threads, at row
@@ -445,22 +451,8 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
             }
             mask /= 2;
         }
-        let warps = threads.div_ceil(32);
-        // SAFETY: one slot per warp (at most `PREP_MAX_THREADS / 32`), inside the
-        // `QUANT_MAX_SLOTS_BYTES` buffer.
-        unsafe {
-            if tid & 31 == 0 {
-                ptx::st_shared_f32(base + 4 * (tid >> 5), m);
-            }
-            g.sync();
-            m = ptx::ld_shared_f32(base);
-            let mut w = 1;
-            while w < warps {
-                m = ptx::max_nan(m, ptx::ld_shared_f32(base + 4 * w));
-                w += 1;
-            }
-        }
-        amax = [m; CHUNKS];
+        // SAFETY: the group's shared base holds the warp slots.
+        amax = [unsafe { block_max_through_slots(g, m) }; CHUNKS];
     }
     let blocks = padded_len(p.seq as usize, p.block as usize) as u64 / p.block as u64;
     let bh = (batch * p.heads + head) as u64;
@@ -525,6 +517,193 @@ pub(crate) unsafe fn quantize_block<const CHUNKS: usize, const PER_ROW: bool>(
         }
         row += threads;
     }
+}
+
+/// The NaN-propagating maximum over the group of each warp's `m` (lane 0's, after the warp's
+/// butterfly): one slot per warp in the group's shared memory (at most `PREP_MAX_THREADS / 32`,
+/// inside the 16-byte aligned `QUANT_MAX_SLOTS_BYTES` buffer at `g.smem`), read back four at a
+/// time. The quads are read whole, up to 3 slots past the last warp's (inside the buffer), and
+/// those values discarded. An unrolled, guarded read: a loop over the warps is unrolled by LLVM
+/// with its remainder's counters hoisted out of `k_head`'s block loop, which spilled at the
+/// 64-register cap. The caller syncs the group before the slots are written again.
+///
+/// # Safety
+/// `g.smem` holds `QUANT_MAX_SLOTS_BYTES` bytes; every thread of the group calls it.
+#[inline(always)]
+unsafe fn block_max_through_slots(g: &Group, mut m: f32) -> f32 {
+    const SLOT_QUADS: usize = QUANT_MAX_SLOTS_BYTES / 16;
+    let warps = g.threads.div_ceil(32);
+    // SAFETY: slot `tid / 32 < warps` and the quads are inside the buffer (the caller's contract).
+    unsafe {
+        if g.tid & 31 == 0 {
+            ptx::st_shared_f32(g.smem + 4 * (g.tid >> 5), m);
+        }
+        g.sync();
+        unroll::<SLOT_QUADS>(
+            #[inline(always)]
+            |q| {
+                let first = 4 * q as u32;
+                if first < warps {
+                    let quad = ptx::ld_shared_v4(g.smem + 4 * first);
+                    unroll::<4>(
+                        #[inline(always)]
+                        |j| {
+                            if first + (j as u32) < warps {
+                                m = ptx::max_nan(m, f32::from_bits(quad[j]));
+                            }
+                        },
+                    );
+                }
+            },
+        );
+    }
+    m
+}
+
+/// Whether block `blk` takes [`quantize_whole_block`]: one scale per block, every row of it inside
+/// the sequence, the group's chunks covering it exactly (`CHUNKS` passes of `threads / chunks`
+/// rows), whole warps, and no zero columns to write past `head_dim`. Every block of K but a
+/// sequence's last partial one, at `prep_threads` threads and even `head_dim / 8`.
+#[inline(always)]
+fn is_whole_block<const CHUNKS: usize>(g: &Group, p: &QuantParams, blk: u32) -> bool {
+    let chunks = p.head_dim / 8;
+    (blk + 1) * p.block <= p.seq
+        && g.threads / chunks * CHUNKS as u32 == p.block
+        && g.threads.is_multiple_of(32)
+        // Through an opaque move: hoisted out of `k_head`'s block loop, this test's predicate took
+        // a register there across the loop and spilled at the 64-register cap (sm_80/86/89).
+        && ptx::opaque_u32(p.out_head_dim) == p.head_dim
+}
+
+/// [`quantize_block`] of a block that [`is_whole_block`] accepts, one scale per block, with the
+/// same bits in fewer instructions (the general path spends about 26 per value on per-chunk range
+/// tests, per-chunk address products, a sign-clearing op per maximum, the float-to-int conversions
+/// and their packing):
+/// - the chunks' addresses step by constant strides from one base, without range tests;
+/// - the mean's 8 channels are two `ld.shared.v4`;
+/// - when the block maximum and its reciprocal are finite (the branch is uniform), the values are
+///   rounded by a magic-number add ([`pack_s8x8_bounded`], exact under that bound), else
+///   converted as the general path does.
+///
+/// # Safety
+/// As [`quantize_block`], and [`is_whole_block`] holds.
+#[inline(always)]
+unsafe fn quantize_whole_block<const CHUNKS: usize>(
+    g: &Group,
+    p: &QuantParams,
+    blk: u32,
+    head: u32,
+    batch: u32,
+    smooth: Option<MeanFrom>,
+) {
+    let (tid, threads) = (g.tid, g.threads);
+    let chunks = p.head_dim / 8;
+    let (col, rows_per_pass) = (tid % chunks, threads / chunks);
+    let row = blk * p.block + tid / chunks;
+    let bf16 = p.in_bf16 != 0;
+    let src = p.x as i64
+        + 2 * (batch as i64 * p.x_stride[0]
+            + head as i64 * p.x_stride[1]
+            + row as i64 * p.x_stride[2]
+            + col as i64 * 8);
+    let src_step = 2 * rows_per_pass as i64 * p.x_stride[2];
+    let mut raw = [[0u32; 4]; CHUNKS];
+    unroll::<CHUNKS>(
+        #[inline(always)]
+        // SAFETY: every row of the block is below seq and col < head_dim/8: inside the input.
+        |i| raw[i] = unsafe { ptx::ld_global_nc_v4((src + i as i64 * src_step) as u64) },
+    );
+    // The mean is staged while the loads are in flight (as in `quantize_block`).
+    let mean_smem = smooth.map(|from| match from {
+        MeanFrom::Stage(mp, fold) => {
+            let smem = g.smem + QUANT_MAX_SLOTS_BYTES as u32;
+            let bh = (batch * p.heads + head) as u64;
+            // SAFETY: as in `quantize_block`.
+            unsafe { stage_k_mean(mp, fold, blk == 0, bh, smem) };
+            g.sync();
+            smem
+        }
+        MeanFrom::Shared(smem) => smem,
+    });
+    // This thread's 8 channels of the mean (two `ld.shared.v4`), read once for each pass over
+    // the values: computed once for the maximum and again for the packing, the same bits both
+    // times. Holding all 32 values across the block maximum spills at `sage_prepare_k_head`'s
+    // 64-register cap; reading the mean again after the barrier keeps LLVM from merging the two
+    // passes back into one held set.
+    let mean = || {
+        let mut mean = [0.0f32; 8];
+        if let Some(smem) = mean_smem {
+            // SAFETY: the 8 channels of chunk `col`, 32-byte aligned (the staged mean is 16-byte
+            // aligned: the shared base and the slots before it are).
+            let (lo, hi) = unsafe {
+                (
+                    ptx::ld_shared_v4(smem + 32 * col),
+                    ptx::ld_shared_v4(smem + 32 * col + 16),
+                )
+            };
+            unroll::<4>(
+                #[inline(always)]
+                |i| {
+                    mean[i] = f32::from_bits(lo[i]);
+                    mean[4 + i] = f32::from_bits(hi[i]);
+                },
+            );
+        }
+        mean
+    };
+    // The values of a chunk: `x − mean` or `x · mult`.
+    let values = |raw: &[u32; 4], mean: &[f32; 8]| -> [f32; 8] {
+        if smooth.is_some() {
+            let mut x = unpack8(raw, bf16);
+            unroll::<8>(
+                #[inline(always)]
+                |e| x[e] -= mean[e],
+            );
+            x
+        } else {
+            scaled8(raw, bf16, p.mult)
+        }
+    };
+    let mut m = 0.0f32;
+    {
+        let mean = mean();
+        unroll::<CHUNKS>(
+            #[inline(always)]
+            |i| m = ptx::max_nan(m, abs_max8(0.0, &values(&raw[i], &mean))),
+        );
+    }
+    let mut mask = 16;
+    while mask > 0 {
+        m = ptx::max_nan(m, ptx::shfl_xor_f32(m, mask));
+        mask /= 2;
+    }
+    // SAFETY: the group's shared base holds the warp slots.
+    let m = unsafe { block_max_through_slots(g, m) };
+    let bh = (batch * p.heads + head) as u64;
+    let blocks = p.seq.div_ceil(p.block) as u64;
+    if tid == 0 {
+        // SAFETY: inside the [batch][heads][blocks] scale buffer.
+        unsafe { ptx::st_global_f32(p.scale + 4 * (bh * blocks + blk as u64), m / 127.0) };
+    }
+    let inv = inv_scale(m);
+    let out_row = (bh * blocks * p.block as u64 + row as u64) * p.out_head_dim as u64;
+    let dst = p.out + out_row + col as u64 * 8;
+    let dst_step = rows_per_pass as u64 * p.out_head_dim as u64;
+    let bounded = bounded_pack_exact(m, inv);
+    let mean = mean();
+    unroll::<CHUNKS>(
+        #[inline(always)]
+        |i| {
+            let x = values(&raw[i], &mean);
+            let packed = if bounded {
+                pack_s8x8_bounded(&x, inv)
+            } else {
+                pack_s8x8(&x, inv)
+            };
+            // SAFETY: a row of the block, inside the padded INT8 buffer; 8-byte aligned.
+            unsafe { ptx::st_global_v2(dst + i as u64 * dst_step, packed) };
+        },
+    );
 }
 
 /// The whole smoothed-K preparation of one (batch, kv head) by one CTA (`sage_prepare_k_head`,

@@ -17,14 +17,15 @@ pub(crate) fn scaled8(raw: &[u32; 4], bf16: bool, mult: f32) -> [f32; 8] {
     x
 }
 
-/// `max(acc, |v₀|, …, |v₇|)` with NaN propagating.
+/// `max(acc, |v₀|, …, |v₇|)` with NaN propagating (the order does not matter: `max.NaN` returns
+/// the canonical NaN whichever input is one).
 #[cfg(not(feature = "hopper"))]
 #[inline(always)]
 pub(crate) fn abs_max8(acc: f32, v: &[f32; 8]) -> f32 {
     let mut m = acc;
     unroll::<8>(
         #[inline(always)]
-        |e| m = ptx::max_nan(m, ptx::abs(v[e])),
+        |e| m = ptx::max_nan_abs(m, v[e]),
     );
     m
 }
@@ -76,26 +77,22 @@ pub(crate) fn unpack8(raw: &[u32; 4], bf16: bool) -> [f32; 8] {
 
 /// 1.5 · 2²³: added to an f32 of magnitude below 2²², it leaves the value rounded to an integer
 /// (ties to even) in the low mantissa bits, in two's complement for negative values.
-#[cfg(feature = "hopper")]
 const ROUNDING_MAGIC: f32 = 12_582_912.0;
 
-/// [`pack_s8x8`]`(&`[`scaled8`]`(raw, bf16, mult), inv)` without the float-to-int conversion (which
-/// issues at a fraction of the FP32 rate): the rounding is an add of [`ROUNDING_MAGIC`], and the
-/// byte is the low byte of the sum's bits. The same bits as the conversion whenever every
-/// `|x · mult · inv| < 2²²`, which holds when `inv` is finite and comes from a maximum at least as
-/// large as every `|x · mult|` (then each product is at most 127 · (1 + 2⁻²⁴)², and no clamp is
-/// needed either); take `pack_s8x8` otherwise (a NaN or infinite maximum, or an `inv` that
-/// overflowed).
-#[cfg(feature = "hopper")]
+/// [`pack_s8x8`]`(v, inv)` without the float-to-int conversion (which issues at a fraction of the
+/// FP32 rate): the rounding is an add of [`ROUNDING_MAGIC`], and the byte is the low byte of the
+/// sum's bits. The same bits as the conversion whenever every `|v · inv| < 2²²`, which holds when
+/// `inv` is finite and comes from a maximum at least as large as every `|v|` (then each product
+/// is at most 127 · (1 + 2⁻²⁴), and no clamp is needed either); take `pack_s8x8` otherwise (a
+/// NaN or infinite maximum, or an `inv` that overflowed).
 #[inline(always)]
-pub(crate) fn pack_s8x8_bounded(raw: &[u32; 4], bf16: bool, mult: f32, inv: f32) -> [u32; 2] {
-    let x = unpack8(raw, bf16);
+pub(crate) fn pack_s8x8_bounded(v: &[f32; 8], inv: f32) -> [u32; 2] {
     let mut bits = [0u32; 8];
     unroll::<8>(
         #[inline(always)]
         |e| {
-            // Each step rounded on its own, as in `scaled8` and `pack_s8x8`: no fma contraction.
-            let t = ptx::mul_rn(ptx::mul_rn(x[e], mult), inv);
+            // Rounded on its own, as in `pack_s8x8`: no fma contraction with the add.
+            let t = ptx::mul_rn(v[e], inv);
             bits[e] = ptx::add_rn(t, ROUNDING_MAGIC).to_bits();
         },
     );
@@ -108,4 +105,13 @@ pub(crate) fn pack_s8x8_bounded(raw: &[u32; 4], bf16: bool, mult: f32, inv: f32)
         )
     };
     [word(&bits[0..4]), word(&bits[4..8])]
+}
+
+/// Whether [`pack_s8x8_bounded`] gives [`pack_s8x8`]'s bits for every value whose magnitude is at
+/// most `amax`, quantized with `inv = inv_scale(amax)`: neither is NaN or infinite (a subnormal
+/// `amax` can make `127 / amax` overflow; an all-zero block has `inv = 0` and packs zeros either
+/// way).
+#[inline(always)]
+pub(crate) fn bounded_pack_exact(amax: f32, inv: f32) -> bool {
+    amax.is_finite() && inv.is_finite()
 }

@@ -21,7 +21,7 @@ use super::smem::kmajor_offset;
 use crate::config::{padded_len, Q_BLOCK};
 use crate::params::AttnParams;
 use crate::ptx;
-use crate::quant_arith::{inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
+use crate::quant_arith::{bounded_pack_exact, inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
 use crate::unroll::unroll;
 
 /// Upper bound of one thread's 16-byte loads of raw Q: `HD/16` (two threads per row).
@@ -173,15 +173,16 @@ impl QTile {
         let inv = inv_scale(amax);
         // The conversion-free rounding holds unless the maximum is NaN or infinite or `inv`
         // overflowed (a subnormal maximum); such a row takes the preparation's conversion.
-        let bounded = amax.is_finite() && inv.is_finite();
+        let bounded = bounded_pack_exact(amax, inv);
         unroll::<MAX_RAW_LOADS>(
             #[inline(always)]
             |j| {
                 if j < HD / 16 {
+                    let x = scaled8(&self.raw[j], bf16, p.q_mult);
                     let packed = if bounded {
-                        pack_s8x8_bounded(&self.raw[j], bf16, p.q_mult, inv)
+                        pack_s8x8_bounded(&x, inv)
                     } else {
-                        pack_s8x8(&scaled8(&self.raw[j], bf16, p.q_mult), inv)
+                        pack_s8x8(&x, inv)
                     };
                     let dst = dst + kmajor_offset::<HD>(r, j as u32) + 8 * half;
                     // SAFETY: r < 64 and j < HD/16: inside the warpgroup's tile; 8-byte aligned.
