@@ -470,7 +470,12 @@ fn bits(x: &[f32]) -> Vec<u32> {
 fn every_kernel_uses_no_local_memory() {
     let rt = runtime();
     let mut all: Vec<&str> = attention_kernel_names();
-    all.extend([names::PREPARE, names::PREPARE_K_HEAD, names::COPY_COLUMNS]);
+    all.extend([
+        names::PREPARE,
+        names::PREPARE_SUM_K,
+        names::PREPARE_K_HEAD,
+        names::COPY_COLUMNS,
+    ]);
     for name in all {
         let res = rt.function_resources(ModuleKind::Portable, name).unwrap();
         eprintln!("{name}: {res:?}");

@@ -98,6 +98,17 @@ impl PrepLaunch {
         self.ctas.iter().all(|&c| c == 0)
     }
 
+    /// The entry that runs it: `sage_prepare_sum_k` when K's segment sums are its only job (more
+    /// CTAs per SM than `sage_prepare`'s register bound allows), else `sage_prepare`.
+    pub(crate) fn entry(&self) -> &'static str {
+        let only_sum_k = (0..prep_job::COUNT).all(|j| (self.ctas[j] > 0) == (j == prep_job::SUM_K));
+        if only_sum_k {
+            names::PREPARE_SUM_K
+        } else {
+            names::PREPARE
+        }
+    }
+
     /// The grid size.
     pub(crate) fn grid(&self) -> usize {
         self.ctas.iter().sum()
@@ -418,7 +429,7 @@ pub(crate) fn enqueue_prepare(
         launch_in(
             rt,
             prep_module,
-            names::PREPARE,
+            launch_spec.entry(),
             (launch_spec.grid() as u32, 1, 1),
             launch_spec.threads as u32,
             launch_spec.smem_bytes(p.head_dim, hd) as u32,
@@ -751,6 +762,46 @@ mod tests {
             }
         }
         assert_eq!(std::mem::size_of::<PrepareParams>() % 8, 0);
+    }
+
+    /// The SUM_K-only entry takes exactly the launches whose one job is K's segment sums: the
+    /// first of the f16 P·V's smoothed two-launch path when the attention kernel quantizes Q and V
+    /// needs no copy, never a launch with another job.
+    #[test]
+    fn sum_k_entry_only_for_sum_k_alone() {
+        let s = ScratchShape {
+            quantize_q: false,
+            ..shape(4096, 128, true, true, false)
+        };
+        let plan = plan_prepare(&s, SMS);
+        assert_eq!(plan.launches[0].entry(), names::PREPARE_SUM_K);
+        for l in &plan.launches[1..] {
+            assert_eq!(l.entry(), names::PREPARE);
+        }
+        for hd in SUPPORTED_HEAD_DIMS {
+            for kv_len in [1, 1000, 4096, 20_000] {
+                for (smooth, lse, v8, quantize_q) in [
+                    (true, false, false, true),
+                    (true, true, false, false),
+                    (false, false, false, false),
+                    (true, true, true, false),
+                ] {
+                    if v8 && !has_v8(hd) {
+                        continue;
+                    }
+                    let s = ScratchShape {
+                        quantize_q,
+                        ..shape(kv_len, hd, smooth, lse, v8)
+                    };
+                    for l in &plan_prepare(&s, SMS).launches {
+                        let alone = (0..prep_job::COUNT)
+                            .filter(|&j| l.ctas[j] > 0)
+                            .eq([prep_job::SUM_K]);
+                        assert_eq!(l.entry() == names::PREPARE_SUM_K, alone, "{l:?}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every job runs exactly once over the launches, with its full CTA count, after the jobs it

@@ -536,6 +536,8 @@ pub mod names {
     /// K's preparation with smoothing (segment sums, mean, INT8 K and scales) for short K, one
     /// CTA per (batch, kv head): see `config::K_HEAD_MAX_KV_LEN`.
     pub const PREPARE_K_HEAD: &str = "sage_prepare_k_head";
+    /// The `SUM_K` job alone, at a tighter register bound than [`PREPARE`] (more CTAs per SM).
+    pub const PREPARE_SUM_K: &str = "sage_prepare_sum_k";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Writes a call's TMA descriptors into its scratch (from kernel parameters: graph-safe).

@@ -110,6 +110,34 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     }
 }
 
+/// The `SUM_K` job alone (a launch whose only job it is: the first launch of the f16 P·V's
+/// two-launch K preparation, `Q` quantized by the attention kernel), bounded at 64 registers where
+/// `sage_prepare` takes 80 (build.rs): 4 CTAs of 256 threads per SM instead of 3, so a 4K head
+/// set's segments fit one wave and twice the loads are in flight (docs/perf-notes.md,
+/// "Preparation v9"). The same CTA mapping and bits as `sage_prepare`'s `SUM_K` range, whose
+/// `ends` it takes.
+///
+/// # Safety
+/// As [`sage_prepare`], with `ends` covering `SUM_K` CTAs only.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_sum_k(p: PrepareParams) {
+    let i = ptx::block_idx().0 - p.ends[job::SUM_K - 1];
+    let segments = p.mean.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+    let (segment, head, batch) = split(i, segments, p.mean.heads);
+    let g = quant::Group::cta();
+    // SAFETY: i < the SUM_K CTA count, which the host sized from the same shapes.
+    unsafe {
+        quant::segment_sums::<SUM_K_AHEAD>(
+            &g,
+            &p.mean,
+            segment,
+            head,
+            batch,
+            quant::SumsOut::Global,
+        )
+    }
+}
+
 /// The smoothed-K preparation of short K, one CTA per (batch, kv head) (`quant::k_head`): K's
 /// segment sums, mean (also stored to the mean buffer) and INT8 K with its scales, in one launch,
 /// bit for bit what the `SUM_K` and `QUANT_K` jobs of `sage_prepare` produce. Grid
