@@ -132,8 +132,10 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // rather than a block size, because head_dim 256 launches it with 512 threads
     // (`config::prep_threads`; 512 · 80 registers still fit an SM).
     ptx = add_max_registers(&ptx, device_config::names::PREPARE, 80);
-    // Its SUM_K job alone: 64 registers, 4 CTAs of 256 threads per SM (2 of 512 at head_dim 256).
+    // Its SUM_K and QUANT_K jobs alone: 64 registers, 4 CTAs of 256 threads per SM (2 of 512 at
+    // head_dim 256).
     ptx = add_max_registers(&ptx, device_config::names::PREPARE_SUM_K, 64);
+    ptx = add_max_registers(&ptx, device_config::names::PREPARE_QUANT_K, 64);
     // The one-CTA-per-head K preparation: up to 768 threads, one CTA per SM (ptxas then caps it
     // at 80 registers, see `config::K_HEAD_MAX_THREADS`).
     ptx = add_launch_bounds(

@@ -473,6 +473,7 @@ fn every_kernel_uses_no_local_memory() {
     all.extend([
         names::PREPARE,
         names::PREPARE_SUM_K,
+        names::PREPARE_QUANT_K,
         names::PREPARE_K_HEAD,
         names::COPY_COLUMNS,
     ]);

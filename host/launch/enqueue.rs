@@ -98,12 +98,15 @@ impl PrepLaunch {
         self.ctas.iter().all(|&c| c == 0)
     }
 
-    /// The entry that runs it: `sage_prepare_sum_k` when K's segment sums are its only job (more
-    /// CTAs per SM than `sage_prepare`'s register bound allows), else `sage_prepare`.
+    /// The entry that runs it: `sage_prepare_sum_k` / `sage_prepare_quant_k` when K's segment
+    /// sums / K's quantization are its only job (more CTAs per SM than `sage_prepare`'s register
+    /// bound allows), else `sage_prepare`.
     pub(crate) fn entry(&self) -> &'static str {
-        let only_sum_k = (0..prep_job::COUNT).all(|j| (self.ctas[j] > 0) == (j == prep_job::SUM_K));
-        if only_sum_k {
+        let only = |job: usize| (0..prep_job::COUNT).all(|j| (self.ctas[j] > 0) == (j == job));
+        if only(prep_job::SUM_K) {
             names::PREPARE_SUM_K
+        } else if only(prep_job::QUANT_K) {
+            names::PREPARE_QUANT_K
         } else {
             names::PREPARE
         }
@@ -764,24 +767,29 @@ mod tests {
         assert_eq!(std::mem::size_of::<PrepareParams>() % 8, 0);
     }
 
-    /// The SUM_K-only entry takes exactly the launches whose one job is K's segment sums: the
-    /// first of the f16 P·V's smoothed two-launch path when the attention kernel quantizes Q and V
-    /// needs no copy, never a launch with another job.
+    /// The single-job entries take exactly the launches whose one job is theirs: the f16 P·V's
+    /// smoothed two-launch path (Q quantized by the attention kernel, no V copy, no LSE) is one
+    /// `SUM_K` and one `QUANT_K` launch; a launch with two jobs always runs `sage_prepare`.
     #[test]
-    fn sum_k_entry_only_for_sum_k_alone() {
+    fn single_job_entries_only_for_their_job_alone() {
         let s = ScratchShape {
             quantize_q: false,
-            ..shape(4096, 128, true, true, false)
+            ..shape(4096, 128, true, false, false)
         };
-        let plan = plan_prepare(&s, SMS);
-        assert_eq!(plan.launches[0].entry(), names::PREPARE_SUM_K);
-        for l in &plan.launches[1..] {
-            assert_eq!(l.entry(), names::PREPARE);
-        }
+        let entries: Vec<_> = plan_prepare(&s, SMS)
+            .launches
+            .iter()
+            .map(PrepLaunch::entry)
+            .collect();
+        assert_eq!(
+            entries,
+            [names::PREPARE_SUM_K, names::PREPARE, names::PREPARE_QUANT_K]
+        );
         for hd in SUPPORTED_HEAD_DIMS {
             for kv_len in [1, 1000, 4096, 20_000] {
                 for (smooth, lse, v8, quantize_q) in [
                     (true, false, false, true),
+                    (true, false, false, false),
                     (true, true, false, false),
                     (false, false, false, false),
                     (true, true, true, false),
@@ -794,10 +802,14 @@ mod tests {
                         ..shape(kv_len, hd, smooth, lse, v8)
                     };
                     for l in &plan_prepare(&s, SMS).launches {
-                        let alone = (0..prep_job::COUNT)
-                            .filter(|&j| l.ctas[j] > 0)
-                            .eq([prep_job::SUM_K]);
-                        assert_eq!(l.entry() == names::PREPARE_SUM_K, alone, "{l:?}");
+                        let jobs: Vec<usize> =
+                            (0..prep_job::COUNT).filter(|&j| l.ctas[j] > 0).collect();
+                        let want = match jobs[..] {
+                            [prep_job::SUM_K] => names::PREPARE_SUM_K,
+                            [prep_job::QUANT_K] => names::PREPARE_QUANT_K,
+                            _ => names::PREPARE,
+                        };
+                        assert_eq!(l.entry(), want, "{l:?}");
                     }
                 }
             }

@@ -75,6 +75,10 @@ pub const SUM_K_AHEAD: usize = 8;
 /// KiB in flight per SM). 8 spills 8 bytes for sm_86 / sm_89 at that entry's 80-register cap
 /// (ptxas 12.9); 6 would leave 4 of a thread's 16 rows per segment to one-at-a-time loads.
 pub const K_HEAD_SUM_AHEAD: usize = 4;
+/// Segment sums each thread of the `K_MEAN` job (and of a CTA that folds the mean in) loads from
+/// global memory before adding them, in segment order (never changes the bits): 8 puts a 4K head's
+/// 16 sums in two round trips instead of eight.
+pub const K_MEAN_AHEAD: usize = 8;
 /// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,
 /// instead of reading the mean a separate launch wrote: one launch less, at the price of every
@@ -538,6 +542,8 @@ pub mod names {
     pub const PREPARE_K_HEAD: &str = "sage_prepare_k_head";
     /// The `SUM_K` job alone, at a tighter register bound than [`PREPARE`] (more CTAs per SM).
     pub const PREPARE_SUM_K: &str = "sage_prepare_sum_k";
+    /// The `QUANT_K` job alone, likewise.
+    pub const PREPARE_QUANT_K: &str = "sage_prepare_quant_k";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Writes a call's TMA descriptors into its scratch (from kernel parameters: graph-safe).

@@ -69,37 +69,13 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
         let (segment, head, batch) = split(i, segments(p.v8.seq), p.v8.heads);
         unsafe { v8::stats(&p.v8, segment, head, batch) }
     } else if bx < e[job::SUM_K] {
-        let i = bx - e[job::SUM_K - 1];
-        let (segment, head, batch) = split(i, segments(p.mean.seq), p.mean.heads);
-        let g = quant::Group::cta();
-        unsafe {
-            quant::segment_sums::<SUM_K_AHEAD>(
-                &g,
-                &p.mean,
-                segment,
-                head,
-                batch,
-                quant::SumsOut::Global,
-            )
-        }
+        unsafe { sum_k(&p, bx - e[job::SUM_K - 1]) }
     } else if bx < e[job::K_MEAN] {
         unsafe { quant::k_mean(&p.mean, bx - e[job::K_MEAN - 1]) }
     } else if bx < e[job::V8_FINALIZE] {
         unsafe { v8::finalize(&p.v8, bx - e[job::V8_FINALIZE - 1]) }
     } else if bx < e[job::QUANT_K] {
-        // In reverse: the first CTAs take K's last blocks, which the segment sums of the launch
-        // before read last (still in L2 when K is not much larger than it).
-        let i = e[job::QUANT_K] - 1 - bx;
-        let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
-        let smooth = if p.k.mean != 0 {
-            Some(quant::MeanFrom::Stage(&p.mean, fold_k))
-        } else {
-            None
-        };
-        let g = quant::Group::cta();
-        unsafe {
-            quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&g, &p.k, blk, head, batch, smooth)
-        }
+        unsafe { quant_k(&p, e[job::QUANT_K] - 1 - bx) }
     } else if bx < e[job::V8_QUANT] {
         let i = bx - e[job::V8_QUANT - 1];
         let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
@@ -110,22 +86,16 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     }
 }
 
-/// The `SUM_K` job alone (a launch whose only job it is: the first launch of the f16 P·V's
-/// two-launch K preparation, `Q` quantized by the attention kernel), bounded at 64 registers where
-/// `sage_prepare` takes 80 (build.rs): 4 CTAs of 256 threads per SM instead of 3, so a 4K head
-/// set's segments fit one wave and twice the loads are in flight (docs/perf-notes.md,
-/// "Preparation v9"). The same CTA mapping and bits as `sage_prepare`'s `SUM_K` range, whose
-/// `ends` it takes.
+/// Job `SUM_K`, CTA `i` of its range: one segment of one (batch, head).
 ///
 /// # Safety
-/// As [`sage_prepare`], with `ends` covering `SUM_K` CTAs only.
-#[unsafe(no_mangle)]
-pub unsafe extern "ptx-kernel" fn sage_prepare_sum_k(p: PrepareParams) {
-    let i = ptx::block_idx().0 - p.ends[job::SUM_K - 1];
+/// `i` below the job's CTA count, which the host sized from the same shapes; the job's contract.
+#[inline(always)]
+unsafe fn sum_k(p: &PrepareParams, i: u32) {
     let segments = p.mean.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
     let (segment, head, batch) = split(i, segments, p.mean.heads);
     let g = quant::Group::cta();
-    // SAFETY: i < the SUM_K CTA count, which the host sized from the same shapes.
+    // SAFETY: the caller's.
     unsafe {
         quant::segment_sums::<SUM_K_AHEAD>(
             &g,
@@ -136,6 +106,54 @@ pub unsafe extern "ptx-kernel" fn sage_prepare_sum_k(p: PrepareParams) {
             quant::SumsOut::Global,
         )
     }
+}
+
+/// Job `QUANT_K`, CTA `i` of its range counted from its end: in reverse, the first CTAs take K's
+/// last blocks, which the segment sums of the launch before read last (still in L2 when K is not
+/// much larger than it).
+///
+/// # Safety
+/// As [`sum_k`].
+#[inline(always)]
+unsafe fn quant_k(p: &PrepareParams, i: u32) {
+    let (blk, head, batch) = split(i, p.k.seq.div_ceil(p.k.block), p.k.heads);
+    let smooth = if p.k.mean != 0 {
+        Some(quant::MeanFrom::Stage(&p.mean, p.fold_k != 0))
+    } else {
+        None
+    };
+    let g = quant::Group::cta();
+    // SAFETY: the caller's.
+    unsafe {
+        quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&g, &p.k, blk, head, batch, smooth)
+    }
+}
+
+/// The `SUM_K` job alone, for a launch whose only job it is (the first launch of the f16 P·V's
+/// two-launch K preparation when the attention kernel quantizes Q), bounded at 64 registers where
+/// `sage_prepare` takes 80 (build.rs): 4 CTAs of 256 threads per SM instead of 3, so more of the
+/// segments run in one wave, with a third more loads in flight (docs/perf-notes.md, "Preparation
+/// v9"). `sage_prepare`'s CTA mapping, `ends` and bits.
+///
+/// # Safety
+/// As [`sage_prepare`], with `ends` covering `SUM_K` CTAs only.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_sum_k(p: PrepareParams) {
+    // SAFETY: the block index is inside the job's range (the grid); the rest is the caller's.
+    unsafe { sum_k(&p, ptx::block_idx().0 - p.ends[job::SUM_K - 1]) }
+}
+
+/// The `QUANT_K` job alone, for a launch whose only job it is (the last launch of the f16 P·V's
+/// smoothed preparation without an LSE), bounded at 64 registers like
+/// [`sage_prepare_sum_k`] (docs/perf-notes.md, "Preparation v10"). `sage_prepare`'s CTA mapping,
+/// `ends` and bits.
+///
+/// # Safety
+/// As [`sage_prepare`], with `ends` covering `QUANT_K` CTAs only.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_quant_k(p: PrepareParams) {
+    // SAFETY: as `sage_prepare_sum_k`.
+    unsafe { quant_k(&p, p.ends[job::QUANT_K] - 1 - ptx::block_idx().0) }
 }
 
 /// The smoothed-K preparation of short K, one CTA per (batch, kv head) (`quant::k_head`): K's

@@ -6,7 +6,7 @@
 
 use crate::config::{
     k_head_group_smem_bytes, padded_len, CONVERT_CHUNKS_PER_THREAD, K_CHUNKS_PER_THREAD,
-    K_HEAD_SUM_AHEAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES,
+    K_HEAD_SUM_AHEAD, K_MEAN_AHEAD, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, QUANT_MAX_SLOTS_BYTES,
 };
 use crate::params::{ColumnCopyParams, ConvertParams, LseBiasParams, MeanParams, QuantParams};
 use crate::ptx;
@@ -213,30 +213,47 @@ pub(crate) unsafe fn segment_sums<const AHEAD: usize>(
 /// # Safety
 /// `d < head_dim`, `bh < batch * heads`; the segment sums were written by an earlier launch.
 #[inline(always)]
-unsafe fn k_mean_channel(p: &MeanParams, bh: u64, d: u64) -> f32 {
+unsafe fn k_mean_channel<const AHEAD: usize>(p: &MeanParams, bh: u64, d: u64) -> f32 {
     let segments = p.seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
     let at = p.partials + 4 * (bh * segments * p.head_dim as u64 + d);
     let step = 4 * p.head_dim as u64;
     // SAFETY: segment s < segments of this head: inside the partials buffer.
-    mean_of_segment_sums(p.seq, |s| unsafe { ptx::ld_global_nc_f32(at + s * step) })
+    mean_of_segment_sums::<AHEAD>(p.seq, |s| unsafe { ptx::ld_global_nc_f32(at + s * step) })
 }
 
 /// K's mean of one channel from its segment sums (`sum(s)` for segment `s`):
 /// `((0 + s₀) + s₁) + …` in segment order, divided by the length (docs/design.md,
 /// "Quantization"). The one implementation of that order, whether the sums are in global memory
 /// (`k_mean_channel`) or in shared memory (`k_head`), so the mean has the same bits wherever it is
-/// computed.
+/// computed. `AHEAD` (≥ 2) sums are loaded before their adds: it changes when the loads are
+/// issued, never the adds' order.
 #[inline(always)]
-fn mean_of_segment_sums(seq: u32, sum: impl Fn(u64) -> f32) -> f32 {
+fn mean_of_segment_sums<const AHEAD: usize>(seq: u32, sum: impl Fn(u64) -> f32) -> f32 {
     let segments = seq.div_ceil(MEAN_SEGMENT_ROWS as u32) as u64;
+    let ahead = AHEAD as u64;
     let mut total = 0.0f32;
     let mut seg = 0;
-    // Two loads in flight, then their adds in segment order.
-    while seg + 2 <= segments {
-        let (x0, x1) = (sum(seg), sum(seg + 1));
-        total += x0;
-        total += x1;
-        seg += 2;
+    while seg + ahead <= segments {
+        let mut x = [0.0f32; AHEAD];
+        unroll::<AHEAD>(
+            #[inline(always)]
+            |j| x[j] = sum(seg + j as u64),
+        );
+        unroll::<AHEAD>(
+            #[inline(always)]
+            |j| total += x[j],
+        );
+        seg += ahead;
+    }
+    // The rest in pairs, then one (for AHEAD = 2 only the one: no loop, which k_head's
+    // 64-register budget and the folds' need).
+    if AHEAD > 2 {
+        while seg + 2 <= segments {
+            let (x0, x1) = (sum(seg), sum(seg + 1));
+            total += x0;
+            total += x1;
+            seg += 2;
+        }
     }
     if seg < segments {
         total += sum(seg);
@@ -256,7 +273,7 @@ pub(crate) unsafe fn k_mean(p: &MeanParams, bh: u32) {
     while d < p.head_dim {
         // SAFETY: d < head_dim: inside the partials and the [batch][heads][head_dim] mean buffer.
         unsafe {
-            let m = k_mean_channel(p, bh, d as u64);
+            let m = k_mean_channel::<K_MEAN_AHEAD>(p, bh, d as u64);
             ptx::st_global_f32(p.mean + 4 * (bh * p.head_dim as u64 + d as u64), m);
         }
         d += ptx::block_dim_x();
@@ -280,7 +297,7 @@ unsafe fn stage_k_mean(p: &MeanParams, fold: bool, publish: bool, bh: u64, smem:
         // SAFETY: d < head_dim: inside the partials, the mean buffer and `smem`.
         unsafe {
             let m = if fold {
-                let m = k_mean_channel(p, bh, d as u64);
+                let m = k_mean_channel::<2>(p, bh, d as u64);
                 if publish {
                     ptx::st_global_f32(at, m);
                 }
@@ -769,7 +786,7 @@ pub(crate) unsafe fn k_head(mp: &MeanParams, kp: &QuantParams, head: u32, batch:
         // SAFETY: s < segments, d < head_dim: inside the sums buffer. (The length through an
         // opaque move: the fold's trip count, derived from it before phase 1 and kept, spilled
         // at 1024 threads on sm_90.)
-        let m = mean_of_segment_sums(ptx::opaque_u32(mp.seq), |s| unsafe {
+        let m = mean_of_segment_sums::<2>(ptx::opaque_u32(mp.seq), |s| unsafe {
             ptx::ld_shared_f32(sums + 4 * (s as u32 * hd + d))
         });
         // SAFETY: d < head_dim: inside the staged mean and the [batch][heads][head_dim] buffer.
