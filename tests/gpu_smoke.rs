@@ -12,7 +12,8 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use sageattention::attention::attention_kernel_names;
 use sageattention::device_config::{
-    k_head_supported, names, K_HEAD_MAX_KV_LEN, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS,
+    k_head_supported, names, K_HEAD_MAX_KV_LEN, K_MEAN_AHEAD, MEAN_FOLD_MAX_SEGMENTS,
+    MEAN_SEGMENT_ROWS,
 };
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
 use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
@@ -107,6 +108,10 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
         (2, 6, 3, 1000, 128),
         (1, 2, 1, fold_limit, 96),
         (1, 2, 2, fold_limit + 1, 128),
+        // The K-mean launch's batches of K_MEAN_AHEAD segment sums: one and a single, two and a
+        // pair.
+        (1, 1, 1, K_MEAN_AHEAD * MEAN_SEGMENT_ROWS + 1, 128),
+        (1, 2, 1, 2 * K_MEAN_AHEAD * MEAN_SEGMENT_ROWS + 300, 64),
     ];
     for (i, &(batch, q_heads, kv_heads, seq, d)) in cases.iter().enumerate() {
         for dtype in [DType::F16, DType::BF16] {
