@@ -75,9 +75,9 @@ pub const SUM_K_AHEAD: usize = 8;
 /// KiB in flight per SM). 8 spills 8 bytes for sm_86 / sm_89 at that entry's 80-register cap
 /// (ptxas 12.9); 6 would leave 4 of a thread's 16 rows per segment to one-at-a-time loads.
 pub const K_HEAD_SUM_AHEAD: usize = 4;
-/// Segment sums each thread of the `K_MEAN` job (and of a CTA that folds the mean in) loads from
-/// global memory before adding them, in segment order (never changes the bits): 8 puts a 4K head's
-/// 16 sums in two round trips instead of eight.
+/// Segment sums each thread of the `K_MEAN` job loads from global memory before adding them, in
+/// segment order (never changes the bits): 8 puts a 4K head's 16 sums in two round trips instead
+/// of eight. The CTAs that fold the mean in (at most `MEAN_FOLD_MAX_SEGMENTS` sums) keep 2.
 pub const K_MEAN_AHEAD: usize = 8;
 /// Longest K, in `MEAN_SEGMENT_ROWS` segments, for which the consumers of K's mean (the K
 /// quantization and LSE-bias CTAs) reduce the segment sums themselves, in the `K_MEAN` order,

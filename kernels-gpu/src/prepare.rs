@@ -10,6 +10,12 @@
 //! 3. K quantization, 8-bit Vᵀ, LSE bias — each CTA reduces the segment statistics it needs in the
 //!    finalize order when step 2 did not run.
 //!
+//! A launch with one job only, K's segment sums or K's quantization, runs instead through an entry
+//! of its own (`sage_prepare_sum_k`, `sage_prepare_quant_k`): the same code, bounded at 64
+//! registers rather than the 80 that `sage_prepare`'s other jobs need, so 4 CTAs share an SM
+//! (docs/perf-notes.md, "Preparation v9" and "v10"). `sage_prepare_k_head` does K's whole
+//! smoothed preparation for short K, one CTA per head.
+//!
 //! The jobs themselves live in `quant.rs` and `v8.rs`; this file maps CTAs to them.
 
 use crate::config::{
