@@ -136,8 +136,8 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // head_dim 256).
     ptx = add_max_registers(&ptx, device_config::names::PREPARE_SUM_K, 64);
     ptx = add_max_registers(&ptx, device_config::names::PREPARE_QUANT_K, 64);
-    // The one-CTA-per-head K preparation: up to 768 threads, one CTA per SM (ptxas then caps it
-    // at 80 registers, see `config::K_HEAD_MAX_THREADS`).
+    // The one-CTA-per-head K preparation: up to 1024 threads, one CTA per SM (ptxas then caps it
+    // at 64 registers, see `config::K_HEAD_MAX_THREADS`).
     ptx = add_launch_bounds(
         &ptx,
         device_config::names::PREPARE_K_HEAD,

@@ -71,9 +71,10 @@ pub const K_CHUNKS_PER_THREAD: usize = 4;
 /// Rows of K each thread of a `SUM_K` CTA loads before adding them (all in flight; the adds
 /// stay in row order, so this never changes the bits).
 pub const SUM_K_AHEAD: usize = 8;
-/// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (768 threads × 4 × 16 B = 48
-/// KiB in flight per SM). 8 spills 8 bytes for sm_86 / sm_89 at that entry's 80-register cap
-/// (ptxas 12.9); 6 would leave 4 of a thread's 16 rows per segment to one-at-a-time loads.
+/// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (1024 threads × 4 × 16 B = 64
+/// KiB in flight per SM). 8 spilled 8 bytes for sm_86 / sm_89 already at that entry's former
+/// 80-register cap (768 threads; ptxas 12.9), and the cap is 64 now; 6 would leave 4 of a
+/// thread's 16 rows per segment to one-at-a-time loads.
 pub const K_HEAD_SUM_AHEAD: usize = 4;
 /// Segment sums each thread of the `K_MEAN` job loads from global memory before adding them, in
 /// segment order (never changes the bits): 8 puts a 4K head's 16 sums in two round trips instead
@@ -479,7 +480,7 @@ pub const fn prep_smem_bytes(job: usize, head_dim: usize, out_head_dim: usize) -
 /// docs/perf-notes.md, "Preparation v6"): [`k_head_groups`] groups of [`prep_threads`] threads.
 /// The entry is bounded `.maxntid K_HEAD_MAX_THREADS, .minnctapersm 1` (build.rs), so ptxas caps
 /// it at 65536 / 1024 = 64 registers: one CTA per SM. 1024 threads (4 groups at d = 128, against 3
-/// at 768: the segments and blocks of a 1K or 2K head spread evenly) fit with 59 (sm_80/86/89) /
+/// at 768: the segments and blocks of a 1K or 2K head spread evenly) fit with 62 (sm_80/86/89) /
 /// 64 (sm_90) registers and no spill once the phase-3 group and the segment count go through
 /// opaque moves (`quant::k_head`).
 pub const K_HEAD_MAX_THREADS: usize = 1024;
