@@ -16,7 +16,7 @@ use sageattention::device_config::{
     MEAN_SEGMENT_ROWS,
 };
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
-use sageattention::reference::{attention_quantized_emulation, compare, RefOptions};
+use sageattention::reference::{attention_quantized_emulation, compare, HostTensor, RefOptions};
 use sageattention::runtime::{ModuleKind, Runtime};
 use sageattention::{selftest, DType, Layout, Options, Prepared};
 
@@ -138,21 +138,12 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
                 };
                 let prepared =
                     Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
-                let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
-                let mean_ref = k_mean(&k);
-                assert_eq!(
-                    bits(&mean),
-                    bits(&mean_ref),
-                    "K mean, case {i} {dtype:?} {layout:?}"
-                );
+                let case = format!("case {i} {dtype:?} {layout:?}");
+                assert_k_prepared_as_emulated(rt, &prepared, &k, true, bits, &case);
                 let (q_i8, q_scale) = prepared.q_quantized_to_host(rt).unwrap();
                 let q_ref = quantize_q(&q, sm_scale);
                 assert_eq!(q_i8, q_ref.data, "Q int8, case {i}");
                 assert_eq!(bits(&q_scale), bits(&q_ref.scale), "Q scales, case {i}");
-                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
-                let k_ref = quantize_k(&k, Some(&mean_ref));
-                assert_eq!(k_i8, k_ref.data, "K int8, case {i}");
-                assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, case {i}");
                 // Without smoothing K is quantized in the first launch, beside Q.
                 let unsmoothed = Options {
                     smooth_k: false,
@@ -160,15 +151,8 @@ fn quantization_kernels_equal_cpu_emulation_bit_for_bit() {
                 };
                 let prepared =
                     Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &unsmoothed).unwrap();
-                assert!(prepared.k_mean_to_host(rt).unwrap().is_none());
-                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
-                let k_ref = quantize_k(&k, None);
-                assert_eq!(k_i8, k_ref.data, "unsmoothed K int8, case {i}");
-                assert_eq!(
-                    bits(&k_scale),
-                    bits(&k_ref.scale),
-                    "unsmoothed K scales, case {i}"
-                );
+                let case = format!("unsmoothed, {case}");
+                assert_k_prepared_as_emulated(rt, &prepared, &k, false, bits, &case);
             }
         }
     }
@@ -338,13 +322,31 @@ fn check_k_head_case(
         ..Options::default()
     };
     let prepared = Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
-    let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
-    let mean_ref = k_mean(&k);
-    assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {case}");
+    assert_k_prepared_as_emulated(rt, &prepared, &k, true, bits, &case);
+}
+
+/// K's preparation against the CPU emulation: the mean when K is smoothed (none otherwise), the
+/// INT8 K and its scales; each f32's bits compared through `key` (`bits`, or `nan_as_one` for
+/// inputs holding a NaN).
+fn assert_k_prepared_as_emulated(
+    rt: &Runtime,
+    prepared: &Prepared,
+    k: &HostTensor,
+    smooth_k: bool,
+    key: fn(&[f32]) -> Vec<u32>,
+    case: &str,
+) {
+    let mean = prepared.k_mean_to_host(rt).unwrap();
+    let mean_ref = smooth_k.then(|| k_mean(k));
+    assert_eq!(
+        mean.as_deref().map(key),
+        mean_ref.as_deref().map(key),
+        "K mean, {case}"
+    );
     let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
-    let k_ref = quantize_k(&k, Some(&mean_ref));
+    let k_ref = quantize_k(k, mean_ref.as_deref());
     assert_eq!(k_i8, k_ref.data, "K int8, {case}");
-    assert_eq!(bits(&k_scale), bits(&k_ref.scale), "K scales, {case}");
+    assert_eq!(key(&k_scale), key(&k_ref.scale), "K scales, {case}");
 }
 
 /// A whole call on the one-CTA-per-head path with the LSE (its bias reads the mean the head
@@ -434,19 +436,7 @@ fn k_quantization_of_special_blocks_bit_for_bit() {
                 };
                 let prepared =
                     Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
-                let mean_ref = smooth_k.then(|| k_mean(&k));
-                if let Some(mean_ref) = &mean_ref {
-                    let mean = prepared.k_mean_to_host(rt).unwrap().unwrap();
-                    assert_eq!(nan_as_one(&mean), nan_as_one(mean_ref), "K mean, {case}");
-                }
-                let (k_i8, k_scale) = prepared.k_quantized_to_host(rt).unwrap();
-                let k_ref = quantize_k(&k, mean_ref.as_deref());
-                assert_eq!(k_i8, k_ref.data, "K int8, {case}");
-                assert_eq!(
-                    nan_as_one(&k_scale),
-                    nan_as_one(&k_ref.scale),
-                    "K scales, {case}"
-                );
+                assert_k_prepared_as_emulated(rt, &prepared, &k, smooth_k, nan_as_one, &case);
             }
         }
     }
