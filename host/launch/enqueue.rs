@@ -265,8 +265,8 @@ pub(crate) fn plan_prepare(s: &ScratchShape, sm_count: usize) -> PrepPlan {
 /// one keeps its jobs, which share launches with V's), kv_len ≤ `K_HEAD_MAX_KV_LEN`, a head_dim
 /// whose groups are whole warps (`k_head_supported`), and enough pairs that the CTA waves fill
 /// the `sm_count` SMs at least to 3/4 (`pairs ≥ 0.75 · waves · sm_count`: 128 pairs on 132 SMs
-/// yes, 64 or 140 no). Each CTA takes one SM (up to 1024 threads), so a part-empty wave leaves SMs idle
-/// while the two-launch path's small CTAs would spread over all of them.
+/// yes, 64 or 140 no). Each CTA takes one SM (up to 1024 threads), so a part-empty wave leaves
+/// SMs idle while the two-launch path's small CTAs would spread over all of them.
 pub(crate) fn use_k_head(s: &ScratchShape, sm_count: usize) -> bool {
     let pairs = s.batch * s.kv_heads;
     if !s.smooth_k || s.v8 || s.kv_len > K_HEAD_MAX_KV_LEN || !k_head_supported(s.head_dim) {
