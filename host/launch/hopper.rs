@@ -374,9 +374,10 @@ mod tests {
             }
         }
         assert_eq!(hopper_fp8_kernel_name(96, false), None);
+        // The f16 d = 128 kernel: two warpgroups of 64 rows and 128-key tiles.
         let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 0);
-        assert_eq!(c.grid, (6, 32, 4));
-        assert_eq!(c.threads, 384);
+        assert_eq!(c.grid, (8, 32, 4));
+        assert_eq!(c.threads, 256);
         let c = hopper_launch_config(64, (false, false), 1000, 32, 4, 0);
         assert_eq!((c.grid, c.threads), ((4, 32, 4), 512));
         // The 8-bit d = 128 kernel: one warpgroup of 64 rows per CTA, three CTAs per SM.
@@ -387,9 +388,9 @@ mod tests {
         // Causal, longest first within head chunks: pairs of a chunk in x, Q-block rank in y,
         // chunks in z.
         let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 128);
-        assert_eq!((c.grid, c.threads), ((128, 6, 1), 384));
+        assert_eq!((c.grid, c.threads), ((128, 8, 1), 256));
         let c = hopper_launch_config(128, (false, false), 1000, 32, 4, 70);
-        assert_eq!(c.grid, (70, 6, 2));
+        assert_eq!(c.grid, (70, 8, 2));
         // K and V of B = 4, H = 32, d = 128 take 48 MiB at N = 1K (f16 V): all 128 pairs in
         // 7/8 of the H200's 60 MiB L2; at 2K 70 of them (768 KiB each); 8-bit Vᵀ halves V.
         let mib = 1 << 20;
@@ -450,7 +451,7 @@ mod tests {
         assert_eq!((c.grid, c.threads), ((16, 32, 4), 128));
         for hd in SM90_PV8_HEAD_DIMS {
             assert_eq!(
-                config::sm90_cta_k(hd, true),
+                config::sm90_cta_k(hd, true, false),
                 crate::device_config::p8_tile(hd)
             );
         }
@@ -461,7 +462,7 @@ mod tests {
         for (hd, pv8, smem) in [
             (64, false, 1024 + 16384 + 8 * 12288 + 128),
             (96, false, 1024 + 24576 + 8 * (8192 + 12288) + 128),
-            (128, false, 1024 + 24576 + 8 * 24576 + 128),
+            (128, false, 1024 + 16384 + 4 * 49152 + 64),
             (256, false, 1024 + 32768 + 4 * 49152 + 64),
             (64, true, 1024 + 4096 + 3 * 16384 + 48),
             (128, true, 1024 + 8192 + 2 * 32768 + 32),

@@ -147,7 +147,7 @@ impl Geometry {
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
-        let tile = sm90_cta_k(HD, PV8) as i32;
+        let tile = sm90_cta_k(HD, PV8, NARROW) as i32;
         let full_len_tiles = p.kv_len / tile as u32;
         let (n_tiles, n_unmasked) = if CAUSAL {
             let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
@@ -200,11 +200,11 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Smem<HD, PV8, NARROW>
     }
     #[inline(always)]
     fn k_stage(self, s: u32) -> u32 {
-        self.k0 + s * sm90_k_stage_bytes(HD, PV8) as u32
+        self.k0 + s * sm90_k_stage_bytes(HD, PV8, NARROW) as u32
     }
     #[inline(always)]
     fn v_stage(self, s: u32) -> u32 {
-        self.v0 + s * sm90_v_stage_bytes(HD, PV8) as u32
+        self.v0 + s * sm90_v_stage_bytes(HD, PV8, NARROW) as u32
     }
     #[inline(always)]
     fn full(self, s: u32) -> u32 {
@@ -245,17 +245,20 @@ unsafe fn attention<
         assert!(
             HD != 96
                 || (!PV8
-                    && (sm90_cta_k(HD, PV8) * HD / 16) % sm90_threads(HD, PV8, NARROW) == 0
-                    && (sm90_cta_k(HD, PV8) * HD / 16 * 3) % sm90_threads(HD, PV8, NARROW) == 0)
+                    && (sm90_cta_k(HD, PV8, NARROW) * HD / 16) % sm90_threads(HD, PV8, NARROW)
+                        == 0
+                    && (sm90_cta_k(HD, PV8, NARROW) * HD / 16 * 3)
+                        % sm90_threads(HD, PV8, NARROW)
+                        == 0)
         );
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
         // The CPU emulation of the 8-bit P·V scales P per `p8_tile(d)` keys, as this kernel's
         // tiles: two 64-key K blocks, or one at d = 256.
-        assert!(!PV8 || sm90_cta_k(HD, true) == p8_tile(HD));
-        assert!(matches!(sm90_cta_k(HD, PV8), 64 | 128) && K_BLOCK == 64);
+        assert!(!PV8 || sm90_cta_k(HD, true, NARROW) == p8_tile(HD));
+        assert!(matches!(sm90_cta_k(HD, PV8, NARROW), 64 | 128) && K_BLOCK == 64);
         // Every thread's share of a tile's copies fits the copy loop (the 8-bit P·V copies by
         // TMA only).
-        let chunks = sm90_cta_k(HD, PV8) * HD / 16 * if PV8 { 2 } else { 3 };
+        let chunks = sm90_cta_k(HD, PV8, NARROW) * HD / 16 * if PV8 { 2 } else { 3 };
         assert!(PV8 || chunks.div_ceil(sm90_threads(HD, PV8, NARROW)) <= MAX_COPIES_PER_THREAD);
         // Tile t + lookahead overwrites tile t + lookahead - S, which must be released by then
         // (`sm90_stage_slack`).
@@ -345,9 +348,9 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     /// measured 1–2% faster at d = 128 and 2.5% at d = 64 than 6 / 3.)
     const LOOKAHEAD: u32 = sm90_lookahead(HD, PV8, NARROW) as u32;
     /// Keys per tile.
-    const CK: u32 = sm90_cta_k(HD, PV8) as u32;
+    const CK: u32 = sm90_cta_k(HD, PV8, NARROW) as u32;
     /// 8-key n-tiles of a tile's scores.
-    const NK: usize = sm90_cta_k(HD, PV8) / 8;
+    const NK: usize = sm90_cta_k(HD, PV8, NARROW) / 8;
     /// Pingpong: waits for this warpgroup's turn to issue wgmmas.
     #[inline(always)]
     fn sched_wait(&self) {
@@ -367,7 +370,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     }
 
     /// 16-byte chunks of one K tile.
-    const K_CHUNKS: u32 = (sm90_cta_k(HD, PV8) * HD / 16) as u32;
+    const K_CHUNKS: u32 = (sm90_cta_k(HD, PV8, NARROW) * HD / 16) as u32;
     /// 16-byte chunks of one K and one V tile: 12·HD with f16 V (HD/32 per thread with 384
     /// threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
     /// 128-key tiles, 16/3 with 384 threads at d = 64).
@@ -446,7 +449,8 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             ptx::mbarrier_arrive_expect_tx(full, bytes);
             let head = self.kv_head_index as i32;
             // One box per 128-byte column block (two at d = 256, whose tiles are 64 keys with
-            // either P·V).
+            // either P·V); the f16 P·V's K boxes are 64 keys, two per 128-key tile (whose
+            // K-major rows continue across them).
             unroll::<2>(
                 #[inline(always)]
                 |b| {
@@ -456,6 +460,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                     }
                 },
             );
+            if !PV8 && Self::CK == 128 {
+                let dst = self.sm.k_stage(s) + 64 * const { sm90_kmajor_row_bytes(HD) as u32 };
+                ptx::tma_load_3d(dst, k_map, 0, key0 + 64, head, full);
+            }
             if PV8 {
                 // One Vᵀ box per 64-key sub-tile (d = 256: one).
                 let sub_tile = const { (HD * 64) as u32 };
@@ -471,13 +479,23 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 );
             } else {
                 let (kv_head, batch) = (self.kv_head as i32, self.batch as i32);
+                // Boxes of 64 keys × 64 channels: a 128-key tile's column block takes two.
                 unroll::<4>(
                     #[inline(always)]
                     |b| {
                         if b < HD / 64 {
-                            let dst = self.sm.v_stage(s) + b as u32 * smem::V_BLOCK_BYTES;
-                            let c = [64 * b as i32, key0, kv_head, batch];
-                            ptx::tma_load_4d(dst, v_map, c, full);
+                            let block = self.sm.v_stage(s) + b as u32 * smem::v_block_bytes(Self::CK);
+                            unroll::<2>(
+                                #[inline(always)]
+                                |h| {
+                                    if (h as u32) < Self::CK / 64 {
+                                        let dst = block + h as u32 * smem::v_block_bytes(64);
+                                        let key = key0 + 64 * h as i32;
+                                        let c = [64 * b as i32, key, kv_head, batch];
+                                        ptx::tma_load_4d(dst, v_map, c, full);
+                                    }
+                                },
+                            );
                         }
                     },
                 );
@@ -520,7 +538,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                         let c = c - k_chunks;
                         let cpr = (HD / 8) as u32;
                         let (r, col) = (c / cpr, c % cpr);
-                        let dst = self.sm.v_stage(s) + smem::v_offset(r, col);
+                        let dst = self.sm.v_stage(s) + smem::v_offset(r, col, ck);
                         let src =
                             self.v_head + (key0 + r) as u64 * self.v_row_bytes + 16 * col as u64;
                         if !EDGE {
@@ -709,45 +727,53 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     }
 
     /// f16 P·V, tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns
-    /// the packed P.
+    /// the packed P (`NK` 8-key n-tiles of scores, `PK = NK / 2` 16-key fragments of P).
     #[inline(always)]
-    fn first<const MASK: bool, const CAUSAL: bool, const KS: usize>(
+    fn first<const MASK: bool, const CAUSAL: bool, const KS: usize, const NK: usize, const PK: usize>(
         &self,
         softmax: &mut OnlineSoftmax,
-    ) -> [[u32; 4]; 4] {
+    ) -> [[u32; 4]; PK] {
         self.wait_k(0);
         self.make_visible();
-        let k_scale = self.k_scale(0);
+        let k_scales = self.k_scales(0);
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(0, 0));
         self.sched_wait();
         ptx::wgmma_fence();
-        let mut s = issue_qk::<KS>(&qd);
+        let mut s = issue_scores::<KS, NK>(&qd);
         ptx::wgmma_commit();
         self.sched_pass();
         self.copy_ahead(Self::LOOKAHEAD);
         ptx::wgmma_wait::<0>();
-        smem::pin_s(&mut s);
-        let (p, _, _) = self.softmax::<MASK, CAUSAL, 8>(&s, 0, [k_scale; 2], softmax, 0.0);
+        smem::pin_acc(&mut s);
+        let (p, _, _) = self.softmax::<MASK, CAUSAL, NK>(&s, 0, k_scales, softmax, 0.0);
         pack_probs(&p)
     }
 
     /// f16 P·V, step t ≥ 1: issue `S_t = Q·K_tᵀ` and `P_{t-1}·V_{t-1}`; softmax of tile t
     /// while the P·V runs; then rescale O. Releases tile t-2's stage. `probs` holds `P_{t-1}` on
-    /// entry and `P_t` on return.
+    /// entry and `P_t` on return; `k_scales_t` tile t's K scales on entry, tile t + 1's on return.
     #[inline(always)]
-    fn step<const MASK: bool, const CAUSAL: bool, const KS: usize, const NT: usize>(
+    fn step<
+        const MASK: bool,
+        const CAUSAL: bool,
+        const KS: usize,
+        const NT: usize,
+        const NK: usize,
+        const PK: usize,
+        const KB: usize,
+    >(
         &self,
         t: u32,
-        probs: &mut [[u32; 4]; 4],
+        probs: &mut [[u32; 4]; PK],
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
-        k_scale_t: &mut f32,
+        k_scales_t: &mut [f32; KB],
     ) {
         // V_{t-1} arrived with K_{t-1} (one barrier per stage), waited for in step t-1.
         self.wait_k(t);
         self.make_visible();
-        let k_scale = *k_scale_t;
-        *k_scale_t = self.k_scale((t + 1).min(self.last_tile));
+        let k_scales = [k_scales_t[0], k_scales_t[KB - 1]];
+        *k_scales_t = self.tile_k_scales::<KB>((t + 1).min(self.last_tile));
         // Tile t-2's stage was last read by the P·V that step t-1 waited for. Releasing it here
         // rather than right after that wait keeps ptxas from hoisting the arrive, and with it the
         // wgmma wait, above the softmax it should overlap.
@@ -755,21 +781,19 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             self.release(t - 2);
         }
         let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
-        let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
-            self.sm.v_stage((t - 1) % Smem::<HD, PV8, NARROW>::S),
-        ));
+        let vd = self.v_descs::<NT, PK>(t - 1);
         self.sched_wait();
         ptx::wgmma_fence();
-        let mut s = issue_qk::<KS>(&qd);
+        let mut s = issue_scores::<KS, NK>(&qd);
         ptx::wgmma_commit();
-        issue_pv::<NT>(out, probs, &vd);
+        issue_pv::<NT, PK>(out, probs, &vd);
         ptx::wgmma_commit();
         self.sched_pass();
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
-        smem::pin_s(&mut s);
+        smem::pin_acc(&mut s);
         let (mut next, rescale, _) =
-            self.softmax::<MASK, CAUSAL, 8>(&s, t, [k_scale; 2], softmax, 0.0);
+            self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
         // the softmax's last result (the row sums) ends the basic block there, so the wait stays
@@ -782,12 +806,65 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         // P_t is packed only now: ptxas coalesces the packed registers with the loop-carried
         // P_{t-1} that the P·V just issued reads, and would serialize the wgmmas (C7513) if they
         // were written while it is in flight.
-        unroll::<8>(
+        unroll::<NK>(
             #[inline(always)]
             |j| ptx::pin_f32x4(&mut next[j]),
         );
         Self::rescale::<NT>(out, rescale);
         *probs = pack_probs(&next);
+    }
+
+    /// The `KB` K scales of tile `t` (one per 64-key K block; with one, a single load carried
+    /// as one register).
+    #[inline(always)]
+    fn tile_k_scales<const KB: usize>(&self, t: u32) -> [f32; KB] {
+        let k = self.k_scales(t);
+        let mut out = [0.0; KB];
+        unroll::<KB>(
+            #[inline(always)]
+            |b| out[b] = k[b],
+        );
+        out
+    }
+
+    /// The f16 P·V's descriptors of the V tile `t`'s `PK` k-steps.
+    #[inline(always)]
+    fn v_descs<const NT: usize, const PK: usize>(&self, t: u32) -> [[u64; PK]; 2] {
+        let stage = self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S);
+        pv_descs::<NT, PK>(smem::v_tile_desc::<HD>(stage, Self::CK))
+    }
+
+    /// The f16 P·V's loop over the CTA's key tiles (`NK` 8-key n-tiles per tile, `PK = NK / 2`
+    /// fragments of P, `KB = NK / 8` K blocks), unmasked tiles first.
+    #[inline(always)]
+    fn run_f16<
+        const CAUSAL: bool,
+        const KS: usize,
+        const NT: usize,
+        const NK: usize,
+        const PK: usize,
+        const KB: usize,
+    >(
+        &self,
+        geo: &Geometry,
+        out: &mut [[f32; 4]; NT],
+        softmax: &mut OnlineSoftmax,
+    ) {
+        let mut probs = if geo.n_unmasked > 0 {
+            self.first::<false, CAUSAL, KS, NK, PK>(softmax)
+        } else {
+            self.first::<true, CAUSAL, KS, NK, PK>(softmax)
+        };
+        // K scales of the next tile, loaded one step ahead (see `Consumer::make_visible`).
+        let mut k_scales = self.tile_k_scales::<KB>(1.min(self.last_tile));
+        let (p_, k_) = (&mut probs, &mut k_scales);
+        for t in 1..geo.n_unmasked {
+            self.step::<false, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_);
+        }
+        for t in geo.n_unmasked.max(1)..geo.n_tiles {
+            self.step::<true, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_);
+        }
+        self.last::<NT, PK>(geo.n_tiles - 1, &probs, out);
     }
 
     /// Issues `S_t = Q·K_tᵀ` for a 128-key tile (one n = 128 product per k-step at d ≤ 128) into
@@ -1035,14 +1112,17 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
 
     /// f16 P·V: the last `P·V` (tile `t`).
     #[inline(always)]
-    fn last<const NT: usize>(&self, t: u32, probs: &[[u32; 4]; 4], out: &mut [[f32; 4]; NT]) {
+    fn last<const NT: usize, const PK: usize>(
+        &self,
+        t: u32,
+        probs: &[[u32; 4]; PK],
+        out: &mut [[f32; 4]; NT],
+    ) {
         // V_t arrived with K_t, waited for (and made visible) in the step of tile t. Tile t - 1's
         // stage is not released: the next tile to use it would be t - 1 + S > t, the last.
-        let vd = pv_descs::<NT>(smem::v_tile_desc::<HD>(
-            self.sm.v_stage(t % Smem::<HD, PV8, NARROW>::S),
-        ));
+        let vd = self.v_descs::<NT, PK>(t);
         ptx::wgmma_fence();
-        issue_pv::<NT>(out, probs, &vd);
+        issue_pv::<NT, PK>(out, probs, &vd);
         ptx::wgmma_commit();
         ptx::wgmma_wait::<0>();
         smem::pin_o(out);
@@ -1050,12 +1130,35 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     }
 }
 
-/// f32 probabilities (accumulator layout, 8 n-tiles of 8 keys) → the f16 A fragments of `P·V`
-/// (keys `16kk..16kk+16` in fragment kk: the FlashAttention-2 register reuse, no shuffles).
+/// Issues the f16 P·V's `S_t = Q·K_tᵀ` (no fence, commit or wait): `NK` = 8 n-tiles of 8 keys
+/// (one n = 64 product per k-step), or 16 (a 128-key tile, one n = 128 product per k-step).
 #[inline(always)]
-fn pack_probs(s: &[[f32; 4]; 8]) -> [[u32; 4]; 4] {
-    let mut probs = [[0u32; 4]; 4];
-    unroll::<4>(
+fn issue_scores<const KS: usize, const NK: usize>(qd: &[[u64; KS]; 2]) -> [[i32; 4]; NK] {
+    let mut s = [[0i32; 4]; NK];
+    if NK == 16 {
+        let s16 = issue_qk128::<KS>(qd);
+        unroll::<NK>(
+            #[inline(always)]
+            |j| s[j] = s16[j],
+        );
+    } else {
+        let s8 = issue_qk::<KS>(qd);
+        unroll::<8>(
+            #[inline(always)]
+            |j| s[j] = s8[j],
+        );
+    }
+    s
+}
+
+/// f32 probabilities (accumulator layout, `NK` n-tiles of 8 keys) → the `PK = NK / 2` f16 A
+/// fragments of `P·V` (keys `16kk..16kk+16` in fragment kk: the FlashAttention-2 register reuse,
+/// no shuffles).
+#[inline(always)]
+fn pack_probs<const NK: usize, const PK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; PK] {
+    const { assert!(2 * PK == NK) };
+    let mut probs = [[0u32; 4]; PK];
+    unroll::<PK>(
         #[inline(always)]
         |kk| {
             let (lo, hi) = (&s[2 * kk], &s[2 * kk + 1]);
@@ -1165,22 +1268,10 @@ unsafe fn consume<
             for t in geo.n_unmasked..geo.n_tiles {
                 c.step_serial::<true, CAUSAL, KS, NT, FP8>(t, o_, s_);
             }
+        } else if Consumer::<HD, PV8, NARROW>::CK == 128 {
+            c.run_f16::<CAUSAL, KS, NT, 16, 8, 2>(geo, &mut out, &mut softmax);
         } else {
-            let mut probs = if geo.n_unmasked > 0 {
-                c.first::<false, CAUSAL, KS>(&mut softmax)
-            } else {
-                c.first::<true, CAUSAL, KS>(&mut softmax)
-            };
-            // K scale of the next tile, loaded one step ahead (see `Consumer::make_visible`).
-            let mut k_scale = c.k_scale(1.min(c.last_tile));
-            let (p_, o_, s_, k_) = (&mut probs, &mut out, &mut softmax, &mut k_scale);
-            for t in 1..geo.n_unmasked {
-                c.step::<false, CAUSAL, KS, NT>(t, p_, o_, s_, k_);
-            }
-            for t in geo.n_unmasked.max(1)..geo.n_tiles {
-                c.step::<true, CAUSAL, KS, NT>(t, p_, o_, s_, k_);
-            }
-            c.last::<NT>(geo.n_tiles - 1, &probs, &mut out);
+            c.run_f16::<CAUSAL, KS, NT, 8, 4, 1>(geo, &mut out, &mut softmax);
         }
     }
     // SAFETY: the output and LSE pointers were validated by the host for these shapes.

@@ -34,6 +34,7 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool, narrow: bool) 
     match (head_dim, pv8) {
         _ if narrow => 1,
         (129.., false) => 2,
+        (128, false) if SM90_F16_WIDE_TILES => 2,
         (65.., false) => 3,
         (_, false) => 4,
         (_, true) => 1,
@@ -71,8 +72,8 @@ pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool, narrow: bool) -> usize
 /// the 8-bit one at d = 256, whose 128 output registers leave room for 32 score registers, not 64
 /// (ptxas spilled 320–344 bytes with 128-key tiles). Equal to the P tile of the 8-bit P·V
 /// (`config::p8_tile`), which the CPU emulation follows.
-pub const fn sm90_cta_k(head_dim: usize, pv8: bool) -> usize {
-    if pv8 && head_dim <= 128 {
+pub const fn sm90_cta_k(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    if (pv8 && head_dim <= 128) || (SM90_F16_WIDE_TILES && !pv8 && !narrow && head_dim == 128) {
         128
     } else {
         SM90_CTA_K
@@ -84,6 +85,12 @@ pub const fn sm90_cta_q(head_dim: usize, pv8: bool, narrow: bool) -> usize {
 }
 /// Keys per K/V tile of the f16 P·V (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
+/// The f16 P·V at d = 128 (wide CTAs) in 128-key tiles over two warpgroups (FlashAttention-3's
+/// shape: 255 registers for 64 score, 64 output and 32 probability registers) instead of 64-key
+/// tiles over three.
+pub const SM90_F16_WIDE_TILES: bool = true;
+/// Stage slack of the wide f16 d = 128 CTA (see [`sm90_stage_slack`]).
+pub const SM90_F16_WIDE_SLACK: usize = 3;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
 pub const fn sm90_threads(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     128 * sm90_consumer_warpgroups(head_dim, pv8, narrow)
@@ -120,7 +127,7 @@ pub const fn sm90_stages(head_dim: usize, pv8: bool, narrow: bool) -> usize {
         } else {
             2
         }
-    } else if head_dim > 128 {
+    } else if head_dim > 128 || sm90_cta_k(head_dim, pv8, narrow) == 128 {
         4
     } else {
         8
@@ -135,6 +142,7 @@ pub const fn sm90_stage_slack(head_dim: usize, pv8: bool, narrow: bool) -> usize
     match (sm90_consumer_warpgroups(head_dim, pv8, narrow), pv8) {
         (1, true) => 1,
         (1, false) => 2,
+        _ if sm90_cta_k(head_dim, pv8, narrow) == 128 => SM90_F16_WIDE_SLACK,
         _ => 3,
     }
 }
@@ -163,15 +171,15 @@ pub const fn sm90_q_bytes(head_dim: usize, pv8: bool, narrow: bool) -> usize {
 }
 
 /// Bytes of one INT8 K stage.
-pub const fn sm90_k_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_k(head_dim, pv8) * sm90_kmajor_row_bytes(head_dim)
+pub const fn sm90_k_stage_bytes(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_cta_k(head_dim, pv8, narrow) * sm90_kmajor_row_bytes(head_dim)
 }
 
 /// Bytes of one V stage: f16 V (`head_dim / 64` column blocks of 64 keys × 128 bytes; d = 96:
 /// three blocks of 32 channels, 64 keys × 64 bytes each), or with `pv8` the INT8 Vᵀ (`head_dim`
 /// rows of 64 keys, K-major like a d = 64 K tile).
-pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool) -> usize {
-    sm90_cta_k(head_dim, pv8) * head_dim * if pv8 { 1 } else { 2 }
+pub const fn sm90_v_stage_bytes(head_dim: usize, pv8: bool, narrow: bool) -> usize {
+    sm90_cta_k(head_dim, pv8, narrow) * head_dim * if pv8 { 1 } else { 2 }
 }
 
 /// Offset of the first K stage from the aligned base.
@@ -182,13 +190,13 @@ pub const fn sm90_k_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
 /// Offset of the first V stage from the aligned base.
 pub const fn sm90_v_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     sm90_k_offset(head_dim, pv8, narrow)
-        + sm90_stages(head_dim, pv8, narrow) * sm90_k_stage_bytes(head_dim, pv8)
+        + sm90_stages(head_dim, pv8, narrow) * sm90_k_stage_bytes(head_dim, pv8, narrow)
 }
 
 /// Offset of the mbarriers from the aligned base: `full[stages]`, `empty[stages]`, 8 bytes each.
 pub const fn sm90_barrier_offset(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     sm90_v_offset(head_dim, pv8, narrow)
-        + sm90_stages(head_dim, pv8, narrow) * sm90_v_stage_bytes(head_dim, pv8)
+        + sm90_stages(head_dim, pv8, narrow) * sm90_v_stage_bytes(head_dim, pv8, narrow)
 }
 
 /// Dynamic shared memory to launch with (includes the slack for aligning the base).

@@ -4,7 +4,7 @@
 //! compare them with exact CPU products. Launch: 1 block of 128 threads,
 //! `config::SM90_TEST_SMEM` bytes of dynamic shared memory.
 
-use super::config::{sm90_kmajor_row_bytes, SM90_SMEM_ALIGN};
+use super::config::{sm90_kmajor_row_bytes, SM90_CTA_K, SM90_SMEM_ALIGN};
 use super::smem::{
     self, issue_pv, issue_qk, kmajor_desc, kmajor_offset, pv_descs, qk_descs, v96_offset, v_offset,
     v_tile_desc,
@@ -88,7 +88,7 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
                 base + if HD == 96 {
                     v96_offset(r, c)
                 } else {
-                    v_offset(r, c)
+                    v_offset(r, c, SM90_CTA_K as u32)
                 },
                 p.b + (2 * (r * HD as u32) + 16 * c) as u64,
             )
@@ -122,9 +122,9 @@ unsafe fn wgmma_f16_test<const HD: usize, const NT: usize>(p: &TestParams) {
     ptx::sync_threads();
 
     let mut o = [[0.0f32; 4]; NT];
-    let vd = pv_descs::<NT>(v_tile_desc::<HD>(base));
+    let vd = pv_descs::<NT, 4>(v_tile_desc::<HD>(base, SM90_CTA_K as u32));
     ptx::wgmma_fence();
-    issue_pv::<NT>(&mut o, &a, &vd);
+    issue_pv::<NT, 4>(&mut o, &a, &vd);
     ptx::wgmma_commit();
     ptx::wgmma_wait::<0>();
     smem::pin_o(&mut o);

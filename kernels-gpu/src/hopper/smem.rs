@@ -44,17 +44,20 @@ pub const fn kmajor_offset<const HD: usize>(r: u32, c: u32) -> u32 {
     }
 }
 
-/// Bytes between the column blocks of a V tile.
-pub const V_BLOCK_BYTES: u32 = (SM90_CTA_K * 128) as u32;
+/// Bytes between the column blocks of a V tile of `keys` keys (64, or 128 for the f16 P·V's wide
+/// d = 128 tiles: each column block is then 128 key rows).
+pub const fn v_block_bytes(keys: u32) -> u32 {
+    keys * 128
+}
 
 /// Bytes between the 32-channel column blocks of a `HD = 96` V tile (64-byte swizzle).
 pub const V96_BLOCK_BYTES: u32 = (SM90_CTA_K * 64) as u32;
 
-/// Byte offset of 16-byte chunk `c` (head-dim values `8c..8c+8`) of key row `r` in a V tile
-/// (d = 96: [`v96_offset`]).
+/// Byte offset of 16-byte chunk `c` (head-dim values `8c..8c+8`) of key row `r` in a V tile of
+/// `keys` keys (d = 96: [`v96_offset`]).
 #[inline(always)]
-pub const fn v_offset(r: u32, c: u32) -> u32 {
-    (c >> 3) * V_BLOCK_BYTES + r * 128 + (((c & 7) ^ (r & 7)) << 4)
+pub const fn v_offset(r: u32, c: u32, keys: u32) -> u32 {
+    (c >> 3) * v_block_bytes(keys) + r * 128 + (((c & 7) ^ (r & 7)) << 4)
 }
 
 /// [`v_offset`] of a `HD = 96` V tile (three 32-channel blocks, 64-byte swizzle). A function of
@@ -87,10 +90,11 @@ pub const fn kmajor_desc<const HD: usize>(addr: u32) -> u64 {
     }
 }
 
-/// Descriptor of an N-major f16 V tile at `addr` (1024-byte aligned; d = 96: [`v96_desc`]).
+/// Descriptor of an N-major f16 V tile of `keys` keys at `addr` (1024-byte aligned; d = 96:
+/// [`v96_desc`]).
 #[inline(always)]
-pub const fn v_desc(addr: u32) -> u64 {
-    descriptor(addr, V_BLOCK_BYTES, 1024, 1)
+pub const fn v_desc(addr: u32, keys: u32) -> u64 {
+    descriptor(addr, v_block_bytes(keys), 1024, 1)
 }
 
 /// Descriptor of a `HD = 96` V tile at `addr` (512-byte aligned): three 32-channel column blocks
@@ -100,14 +104,15 @@ pub const fn v96_desc(addr: u32) -> u64 {
     descriptor(addr, V96_BLOCK_BYTES, 512, 2)
 }
 
-/// The descriptor of an f16 V tile of head dim `HD` at `addr`: [`v96_desc`] at d = 96, else
-/// [`v_desc`] (chosen by `if const`, so each head dim's code is exactly its own).
+/// The descriptor of an f16 V tile of head dim `HD` and `keys` keys at `addr`: [`v96_desc`] at
+/// d = 96 (64 keys), else [`v_desc`] (chosen by `if const`, so each head dim's code is exactly its
+/// own).
 #[inline(always)]
-pub fn v_tile_desc<const HD: usize>(addr: u32) -> u64 {
+pub fn v_tile_desc<const HD: usize>(addr: u32, keys: u32) -> u64 {
     if const { HD == 96 } {
         v96_desc(addr)
     } else {
-        v_desc(addr)
+        v_desc(addr, keys)
     }
 }
 
@@ -155,13 +160,14 @@ pub fn pv8_descs<const HD: usize>(v_desc: u64, steps: usize) -> [u64; 4] {
     d
 }
 
-/// The descriptors of the 4 k-steps (16 keys each) of `P·V`, pinned (see [`qk_descs`]): `[0]`
-/// for the first 128 head-dim columns (all of them when `NT <= 16`), `[1]` for columns 128..256
-/// (`NT = 32`: two column blocks further).
+/// The descriptors of the `PK` k-steps (16 keys each: 4 for a 64-key tile, 8 for 128) of `P·V`,
+/// pinned (see [`qk_descs`]): `[0]` for the first 128 head-dim columns (all of them when
+/// `NT <= 16`), `[1]` for columns 128..256 (`NT = 32`, 64-key tiles: two column blocks further).
 #[inline(always)]
-pub fn pv_descs<const NT: usize>(v_desc: u64) -> [[u64; 4]; 2] {
-    let mut d = [[0u64; 4]; 2];
-    unroll::<4>(
+pub fn pv_descs<const NT: usize, const PK: usize>(v_desc: u64) -> [[u64; PK]; 2] {
+    const { assert!(PK == 4 || PK == 8) };
+    let mut d = [[0u64; PK]; 2];
+    unroll::<PK>(
         #[inline(always)]
         |kk| {
             // 16 keys × 128 bytes = 2048 bytes = 128 descriptor units (NT = 12, the 64-byte rows
@@ -170,7 +176,7 @@ pub fn pv_descs<const NT: usize>(v_desc: u64) -> [[u64; 4]; 2] {
             d[0][kk] = v_desc + step * kk as u64;
             ptx::pin_u64(&mut d[0][kk]);
             if NT == 32 {
-                d[1][kk] = d[0][kk] + (2 * V_BLOCK_BYTES / 16) as u64;
+                d[1][kk] = d[0][kk] + (2 * v_block_bytes(SM90_CTA_K as u32) / 16) as u64;
                 ptx::pin_u64(&mut d[1][kk]);
             }
         },
@@ -210,14 +216,18 @@ pub fn issue_qk128<const KS: usize>(d: &[[u64; KS]; 2]) -> [[i32; 4]; 16] {
     s
 }
 
-/// Issues `O += P·V` for 64 query rows and the 64 keys of a V tile (4 k-steps of 16 keys; no
+/// Issues `O += P·V` for 64 query rows and the keys of a V tile (`PK` k-steps of 16 keys; no
 /// fence, commit or wait). `p[kk]` is the f16 A fragment of keys `16kk..16kk+16`. `NT = HD/8`;
 /// d = 96 takes one n = 96 wgmma per k-step; d = 256 two n = 128 ones (n = 256 would need all
 /// 128 output registers as operands of one asm statement, for the same tensor work).
 #[inline(always)]
-pub fn issue_pv<const NT: usize>(o: &mut [[f32; 4]; NT], p: &[[u32; 4]; 4], d: &[[u64; 4]; 2]) {
+pub fn issue_pv<const NT: usize, const PK: usize>(
+    o: &mut [[f32; 4]; NT],
+    p: &[[u32; 4]; PK],
+    d: &[[u64; PK]; 2],
+) {
     const { assert!(NT == 8 || NT == 12 || NT == 16 || NT == 32) };
-    unroll::<4>(
+    unroll::<PK>(
         #[inline(always)]
         |kk| {
             if NT == 32 {
