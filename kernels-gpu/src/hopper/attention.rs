@@ -31,7 +31,7 @@
 //! is not faster), i.e. the portable kernel's `PvAccum::F32` arithmetic.
 //!
 //! CTA (see `config.rs`): `W = sm90_consumer_warpgroups(HD, PV8, NARROW)` warpgroups (f16 P·V:
-//! 3 for d = 96 and 128, 4 for d = 64, 2 for d = 256; one with `NARROW`, the variant for short
+//! 3 for d = 96, 4 for d = 64, 2 for d = 128 and 256; one with `NARROW`, the variant for short
 //! causal calls, several CTAs per SM) of 64 query rows each, and no producer warp. With
 //! f16 P·V every thread also copies `HD/32` 16-byte chunks of each K/V tile with cp.async (a
 //! producer warp would make the CTA 32 threads more than a multiple of 128, which lowers the entry
@@ -51,7 +51,9 @@
 //! waits for `S_t` alone, runs the softmax of tile t while the P·V wgmma still runs, then waits for
 //! it and rescales O (skipped when no row max of the warp moved). Across warpgroups, pingpong
 //! scheduling (named barriers, see [`PINGPONG`]) makes them issue their wgmmas in turn, so that
-//! one's softmax overlaps the others' wgmmas.
+//! one's softmax overlaps the others' wgmmas (d = 64 and 96). At d = 128 the f16 tiles hold 128
+//! keys (`config::SM90_F16_WIDE_TILES`: `S_t` one n = 128 product per k-step, P as 8 fragments,
+//! two K scales) over two warpgroups without pingpong; the same step code serves both tile sizes.
 //!
 //! Three things ptxas does not see through, each handled where it happens: (1) the wgmma issue
 //! sequence must contain no other instruction defining its inputs (descriptors are computed and
@@ -248,8 +250,7 @@ unsafe fn attention<
                 || (!PV8
                     && (sm90_cta_k(HD, PV8, NARROW) * HD / 16) % sm90_threads(HD, PV8, NARROW)
                         == 0
-                    && (sm90_cta_k(HD, PV8, NARROW) * HD / 16 * 3)
-                        % sm90_threads(HD, PV8, NARROW)
+                    && (sm90_cta_k(HD, PV8, NARROW) * HD / 16 * 3) % sm90_threads(HD, PV8, NARROW)
                         == 0)
         );
         assert!(Q_BLOCK % 64 == 0 && SM90_CTA_K == K_BLOCK);
@@ -485,7 +486,8 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                     #[inline(always)]
                     |b| {
                         if b < HD / 64 {
-                            let block = self.sm.v_stage(s) + b as u32 * smem::v_block_bytes(Self::CK);
+                            let block =
+                                self.sm.v_stage(s) + b as u32 * smem::v_block_bytes(Self::CK);
                             unroll::<2>(
                                 #[inline(always)]
                                 |h| {
@@ -730,7 +732,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     /// f16 P·V, tile 0: `S_0 = Q·K_0ᵀ` and its softmax (nothing to overlap with yet). Returns
     /// the packed P (`NK` 8-key n-tiles of scores, `PK = NK / 2` 16-key fragments of P).
     #[inline(always)]
-    fn first<const MASK: bool, const CAUSAL: bool, const KS: usize, const NK: usize, const PK: usize>(
+    fn first<
+        const MASK: bool,
+        const CAUSAL: bool,
+        const KS: usize,
+        const NK: usize,
+        const PK: usize,
+    >(
         &self,
         softmax: &mut OnlineSoftmax,
     ) -> [[u32; 4]; PK] {

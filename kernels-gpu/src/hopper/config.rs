@@ -2,12 +2,12 @@
 //! device code in `hopper/` and for `host/hopper.rs`, which includes this file with `#[path]`.
 //! Plain `const`s and `const fn`s only: this file compiles for both nvptx64 and the host.
 //!
-//! CTA layout: `sm90_consumer_warpgroups(d, pv8, narrow)` warpgroups (f16 P·V: 3 for d = 96 and
-//! 128, 4 for d = 64, 2 for d = 256; 8-bit, and the narrow f16 kernels of short causal calls: one
+//! CTA layout: `sm90_consumer_warpgroups(d, pv8, narrow)` warpgroups (f16 P·V: 3 for d = 96, 4
+//! for d = 64, 2 for d = 128 and 256; 8-bit, and the narrow f16 kernels of short causal calls: one
 //! per CTA, `sm90_ctas_per_sm` CTAs per SM) of 64 query rows each (a warpgroup's rows share one
 //! 128-row Q quantization block), and no producer warp: every thread also issues its share of the
-//! cp.async copies of the K/V tiles (`sm90_cta_k(d, pv8)` keys: 64, or 128 for the 8-bit P·V up
-//! to d = 128) where thread 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot
+//! cp.async copies of the K/V tiles (`sm90_cta_k(d, pv8, narrow)` keys: 64, or 128 for the 8-bit
+//! P·V up to d = 128 and the wide f16 one at d = 128) where thread 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot
 //! describe), into `sm90_stages(d, pv8, narrow)` shared-memory stages tracked by mbarriers.
 //! Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle period):
 //! Q tile, the K stages, the V stages, then the mbarriers.
@@ -16,9 +16,10 @@
 
 /// Warpgroups per CTA; each owns 64 query rows. With no producer warp the CTA is a multiple of
 /// 128 threads, so the register cap at entry (one CTA per SM) is 255 for 256 threads, 168 for 384
-/// and 128 for 512. FP16 P·V: d = 128 (163–168 registers) uses three, d = 64 (124–128) four, which
-/// hides more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the
-/// same softmax), d = 256 two (its f32 output alone takes 128 registers per thread). 8-bit P·V
+/// and 128 for 512. FP16 P·V: d = 96 uses three, d = 64 (124–128 registers) four, which hides
+/// more of its softmax latency (d = 64 tiles carry half the tensor work of d = 128 for the same
+/// softmax), d = 256 two (its f32 output alone takes 128 registers per thread), d = 128 two over
+/// 128-key tiles (250–254 registers; [`SM90_F16_WIDE_TILES`]). 8-bit P·V
 /// (`pv8`): 128-key tiles, whose scores take 64 registers, then the s32 product of a tile (one
 /// n = 128 product at d = 128, else column groups of 32 registers) beside the f32 output: one
 /// warpgroup per CTA at every d, several
@@ -66,7 +67,8 @@ pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool, narrow: bool) -> usize
     }
 }
 
-/// Keys per K/V tile: 64 for the f16 P·V, 128 for the 8-bit one up to d = 128 (which halves its
+/// Keys per K/V tile: 64 for the f16 P·V except its wide d = 128 CTAs (128, see
+/// [`SM90_F16_WIDE_TILES`]), 128 for the 8-bit one up to d = 128 (which halves its
 /// per-tile costs per key: the s32 → f32 fold of the P·V product, barriers, descriptors; measured
 /// +15–20% at d = 128, docs/perf-notes.md; a 128-key tile is stored as two 64-key tiles), 64 for
 /// the 8-bit one at d = 256, whose 128 output registers leave room for 32 score registers, not 64
@@ -85,11 +87,15 @@ pub const fn sm90_cta_q(head_dim: usize, pv8: bool, narrow: bool) -> usize {
 }
 /// Keys per K/V tile of the f16 P·V (= `K_BLOCK`: one K scale per tile).
 pub const SM90_CTA_K: usize = 64;
-/// The f16 P·V at d = 128 (wide CTAs) in 128-key tiles over two warpgroups (FlashAttention-3's
-/// shape: 255 registers for 64 score, 64 output and 32 probability registers) instead of 64-key
-/// tiles over three.
+/// The f16 P·V at d = 128 (wide CTAs) in 128-key tiles over two warpgroups, FlashAttention-3's
+/// shape: the 255-register cap of 256 threads holds 64 score, 64 output and 32 probability
+/// registers per thread, which three warpgroups' 168 cannot; the per-tile costs that do not scale
+/// with the keys (row reductions, barriers, descriptors, wgmma waits) are paid once per 128 keys.
+/// Measured 2–8% faster than three warpgroups over 64-key tiles at 2K–16K (docs/perf-notes.md,
+/// v17). Narrow CTAs keep 64-key tiles: two per SM cannot hold 48 KiB stages.
 pub const SM90_F16_WIDE_TILES: bool = true;
-/// Stage slack of the wide f16 d = 128 CTA (see [`sm90_stage_slack`]).
+/// Stage slack of the wide f16 d = 128 CTA (see [`sm90_stage_slack`]): 3, one tile copied ahead
+/// in four stages (a slack of 2, two ahead, measured the same within 1–2%, v17).
 pub const SM90_F16_WIDE_SLACK: usize = 3;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
 pub const fn sm90_threads(head_dim: usize, pv8: bool, narrow: bool) -> usize {
@@ -103,11 +109,11 @@ pub const SM90_HEAD_DIMS: [usize; 4] = [64, 96, 128, 256];
 /// Head dimensions with an sm_90a 8-bit P·V kernel.
 pub const SM90_PV8_HEAD_DIMS: [usize; 3] = [64, 128, 256];
 
-/// K/V pipeline stages (tile t + 5 is copied while tile t is computed; see the kernel). At d = 128
-/// this is 8 · 24 KiB + the 24 KiB Q tile ≈ 217 KiB, inside the 227 KiB a block may have (d = 96:
-/// 8 · 20 KiB + 24 KiB ≈ 185 KiB); at
-/// d = 256 a stage is 48 KiB (INT8 K 16 KiB + f16 V 32 KiB) beside a 32 KiB Q tile: 4 stages,
-/// 225 KiB. The 8-bit P·V, several CTAs per SM: see the first branch.
+/// K/V pipeline stages (f16 P·V over 64-key tiles: tile t + 5 is copied while tile t is computed;
+/// see the kernel). At d = 64 and 96 this is 8 stages (d = 96: 8 · 20 KiB + 24 KiB of Q ≈ 185 KiB,
+/// inside the 227 KiB a block may have); at d = 128 (128-key tiles) and d = 256 a stage is 48 KiB
+/// (INT8 K 16 KiB + f16 V 32 KiB) beside a 16 or 32 KiB Q tile: 4 stages, 209 or 225 KiB. The
+/// 8-bit P·V, several CTAs per SM: see the second branch.
 pub const fn sm90_stages(head_dim: usize, pv8: bool, narrow: bool) -> usize {
     if narrow {
         // f16, one warpgroup: d = 64, four CTAs of 4 KiB of Q and four 12 KiB stages; d = 96,
