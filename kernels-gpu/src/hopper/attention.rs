@@ -98,8 +98,8 @@ const MAX_COPIES_PER_THREAD: usize = 12;
 /// Whether this variant uses pingpong: the f16 P·V over 64-key tiles at d = 64 and 96 does; the
 /// 8-bit one runs each warpgroup's tile serially and lets the warp schedulers interleave the
 /// warpgroups (pingpong measured 6% slower there at d = 128); the f16 P·V's two warpgroups over
-/// 128-key tiles at d = 128 measured 2–7% faster without it (docs/perf-notes.md, v17), and d = 256
-/// (two warpgroups, twice the tensor work per softmax) 1.5–5% (v7). A one-warpgroup CTA
+/// 128-key tiles at d = 128 measured up to 6% faster without it (docs/perf-notes.md, v17), and
+/// d = 256 (two warpgroups, twice the tensor work per softmax) 1.5–5% (v7). A one-warpgroup CTA
 /// (`narrow`) has no partner warpgroup to alternate with.
 const fn pingpong(pv8: bool, head_dim: usize, narrow: bool) -> bool {
     PINGPONG && !pv8 && head_dim <= 128 && !narrow && sm90_cta_k(head_dim, pv8, narrow) == 64

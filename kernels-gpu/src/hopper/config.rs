@@ -91,11 +91,12 @@ pub const SM90_CTA_K: usize = 64;
 /// shape: the 255-register cap of 256 threads holds 64 score, 64 output and 32 probability
 /// registers per thread, which three warpgroups' 168 cannot; the per-tile costs that do not scale
 /// with the keys (row reductions, barriers, descriptors, wgmma waits) are paid once per 128 keys.
-/// Measured 2–8% faster than three warpgroups over 64-key tiles at 2K–16K (docs/perf-notes.md,
-/// v17). Narrow CTAs keep 64-key tiles: two per SM cannot hold 48 KiB stages.
+/// Measured 4–8% faster than three warpgroups over 64-key tiles at 4K–16K, 1–4% at 2K
+/// (docs/perf-notes.md, v17; at d = 64 the same tiles measured slower, v17.1). Narrow CTAs keep
+/// 64-key tiles: two per SM cannot hold 48 KiB stages.
 pub const SM90_F16_WIDE_TILES: bool = true;
 /// Stage slack of the wide f16 d = 128 CTA (see [`sm90_stage_slack`]): 3, one tile copied ahead
-/// in four stages (a slack of 2, two ahead, measured the same within 1–2%, v17).
+/// in four stages (a slack of 2, two ahead, measured 1–2% slower, v17.2).
 pub const SM90_F16_WIDE_SLACK: usize = 3;
 /// Threads per CTA: the warpgroups (each thread computes and copies).
 pub const fn sm90_threads(head_dim: usize, pv8: bool, narrow: bool) -> usize {
