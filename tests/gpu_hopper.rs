@@ -300,6 +300,83 @@ fn check_case_with(case: Case, rng: &mut rand::rngs::StdRng, emulate: bool) {
     );
 }
 
+/// A V that TMA cannot describe — a broadcast kv-head stride, as `expand` makes for GQA — sends
+/// the f16 kernels to their per-thread cp.async copies. kv_len 1050 makes the d = 128 kernel's
+/// last 128-key tile (keys 1024..1152) end past K's 64-row padding (1088): those rows must not be
+/// read. Against the CPU emulation, output poisoned with NaN first; d = 64 and 256 (64-key tiles)
+/// take the same copies.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_f16_copies_without_tma_match_emulation() {
+    use cudarc::driver::DevicePtr;
+    use sageattention::reference::HostTensor;
+    use sageattention::{sageattn_into, TensorView};
+    if skip_unless_hopper() {
+        return;
+    }
+    let rt = runtime();
+    let stream = rt.stream();
+    let mut rng = fresh_rng("hopper_no_tma");
+    let (q_heads, kv_heads, qo_len, kv_len) = (4, 2, 1050, 1050);
+    for (d, causal) in [(128, false), (128, true), (64, false), (256, true)] {
+        let offsets = channel_offsets(&mut rng, d, 2.0);
+        let q = random_tensor(&mut rng, [1, q_heads, qo_len, d], DType::F16, 1.0, None);
+        let k_shape = [1, kv_heads, kv_len, d];
+        let k = random_tensor(&mut rng, k_shape, DType::F16, 1.0, Some(&offsets));
+        let v_head = random_tensor(&mut rng, [1, 1, kv_len, d], DType::F16, 1.0, None);
+        // Both kv heads read the same V: kv-head stride 0 on the host and on the device.
+        let v = HostTensor::from_parts(v_head.data.clone(), k_shape, [kv_len * d, 0, d, 1]);
+        let (qd, kd) = (
+            upload(rt, &q, DType::F16, Layout::Hnd),
+            upload(rt, &k, DType::F16, Layout::Hnd),
+        );
+        let v_f16: Vec<f16> = v_head.data.iter().map(|&x| f16::from_f32(x)).collect();
+        let v_buf = stream.clone_htod(&v_f16).unwrap();
+        let (v_ptr, _guard) = v_buf.device_ptr(stream);
+        let v_strides = [(kv_len * d) as i64, 0, d as i64, 1];
+        // SAFETY: `v_buf` holds kv_len × d f16 values, all the view addresses (its kv-head stride
+        // is 0), and outlives the view.
+        let vd = unsafe { TensorView::from_raw(v_ptr, DType::F16, k_shape, v_strides, 0) };
+        let opts = Options {
+            causal,
+            ..Options::default()
+        };
+        let shape = [1, q_heads, qo_len, d];
+        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
+        sageattn_into(
+            rt,
+            &qd.view(),
+            &kd.view(),
+            &vd,
+            &mut out.view_mut(),
+            None,
+            &opts,
+        )
+        .unwrap();
+        let o = out.to_host_f32(rt).unwrap();
+        let reference = attention_quantized_emulation(
+            &q,
+            &k,
+            &v,
+            &RefOptions {
+                causal,
+                sm_scale: None,
+            },
+            true,
+            false,
+        );
+        let m = compare(&o, &reference.o);
+        eprintln!(
+            "d {d} causal {causal}: vs emulation rel L1 {:.2e}",
+            m.rel_l1
+        );
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+            "d {d} causal {causal}: {m:?}"
+        );
+    }
+}
+
 /// Causal launches whose heads' K and V do not fit in L2 together run in head chunks, longest
 /// first within each (`hopper::causal_chunk`): two chunks here, the second partial (its CTAs past
 /// the last head leave at once), with qo_len < kv_len and GQA, against the portable kernel — on

@@ -535,8 +535,21 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                         let (r, col) = (c / cpr, c % cpr);
                         let dst = self.sm.k_stage(s) + kmajor_offset::<HD>(r, col);
                         let src = k_src + (r * HD as u32 + 16 * col) as u64;
-                        // SAFETY: K is padded to whole 64-row blocks, the f16 P·V's tiles.
-                        unsafe { ptx::cp_async_16(dst, src) };
+                        if EDGE && ck == 128 {
+                            // K is padded to whole 64-row blocks only: the last 128-key tile may
+                            // end past it. Its keys past kv_len are masked; zero-filled, unread.
+                            let (src, bytes) = if key0 + r < self.kv_len {
+                                (src, 16)
+                            } else {
+                                (self.k_head, 0)
+                            };
+                            // SAFETY: rows below kv_len are inside the padded K.
+                            unsafe { ptx::cp_async_16_zfill(dst, src, bytes) };
+                        } else {
+                            // SAFETY: K is padded to whole 64-row blocks, which 64-key tiles and
+                            // every 128-key tile but an edge one stay inside.
+                            unsafe { ptx::cp_async_16(dst, src) };
+                        }
                     } else {
                         let c = c - k_chunks;
                         let cpr = (HD / 8) as u32;
