@@ -354,17 +354,14 @@ fn hopper_f16_copies_without_tma_match_emulation() {
         )
         .unwrap();
         let o = out.to_host_f32(rt).unwrap();
-        let reference = attention_quantized_emulation(
-            &q,
-            &k,
-            &v,
-            &RefOptions {
-                causal,
-                sm_scale: None,
-            },
-            true,
-            false,
-        );
+        let ref_opts = RefOptions {
+            causal,
+            sm_scale: None,
+        };
+        // Smoothed K (the default), f32 P·V accumulation (the sm_90a kernel's, whatever pv_accum).
+        let (smooth_k, pv_f16_accum) = (true, false);
+        let reference =
+            attention_quantized_emulation(&q, &k, &v, &ref_opts, smooth_k, pv_f16_accum);
         let m = compare(&o, &reference.o);
         eprintln!(
             "d {d} causal {causal}: vs emulation rel L1 {:.2e}",
