@@ -373,9 +373,9 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
 
     /// 16-byte chunks of one K tile.
     const K_CHUNKS: u32 = (sm90_cta_k(HD, PV8, NARROW) * HD / 16) as u32;
-    /// 16-byte chunks of one K and one V tile: 12·HD with f16 V (HD/32 per thread with 384
-    /// threads), 2·CK·HD/16 with the INT8 Vᵀ (8 per thread with 256 threads at d = 128 and
-    /// 128-key tiles, 16/3 with 384 threads at d = 64).
+    /// 16-byte chunks of one K and one V tile: 3·CK·HD/16 with f16 V (HD/32 per thread with 384
+    /// threads and 64-key tiles, 12 with 256 threads and d = 128's 128-key tiles), 2·CK·HD/16
+    /// with the INT8 Vᵀ (by TMA only).
     const CHUNKS: u32 = Self::K_CHUNKS * if PV8 { 2 } else { 3 };
     /// Threads of the CTA (all of them copy).
     const THREADS: u32 = sm90_threads(HD, PV8, NARROW) as u32;
