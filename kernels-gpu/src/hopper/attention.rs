@@ -417,6 +417,10 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         unsafe { ptx::cp_async_mbarrier_arrive_noinc(self.sm.full(s)) };
     }
 
+    /// Keys of one TMA box of K (the host's maps: `launch::tma`): a whole tile of the 8-bit
+    /// P·V, 64 for the f16 one.
+    const K_BOX_KEYS: u32 = if PV8 { Self::CK } else { 64 };
+
     /// Whether the tiles come by TMA ([`tiles_by_tma`]).
     #[inline(always)]
     fn uses_tma(&self) -> bool {
@@ -451,21 +455,27 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
             ptx::mbarrier_arrive_expect_tx(full, bytes);
             let head = self.kv_head_index as i32;
             // One box per 128-byte column block (two at d = 256, whose tiles are 64 keys with
-            // either P·V); the f16 P·V's K boxes are 64 keys, two per 128-key tile (whose
-            // K-major rows continue across them).
+            // either P·V) and per `K_BOX_KEYS` keys: the f16 P·V's K boxes are 64 keys, two per
+            // 128-key tile (whose K-major rows continue across them).
             unroll::<2>(
                 #[inline(always)]
-                |b| {
-                    if b < HD.div_ceil(128) {
-                        let dst = self.sm.k_stage(s) + b as u32 * smem::KMAJOR_BLOCK_BYTES;
-                        ptx::tma_load_3d(dst, k_map, 128 * b as i32, key0, head, full);
+                |h| {
+                    if (h as u32) < Self::CK / Self::K_BOX_KEYS {
+                        let key = key0 + (h as u32 * Self::K_BOX_KEYS) as i32;
+                        let box_bytes = Self::K_BOX_KEYS * sm90_kmajor_row_bytes(HD) as u32;
+                        let rows = self.sm.k_stage(s) + h as u32 * box_bytes;
+                        unroll::<2>(
+                            #[inline(always)]
+                            |b| {
+                                if b < HD.div_ceil(128) {
+                                    let dst = rows + b as u32 * smem::KMAJOR_BLOCK_BYTES;
+                                    ptx::tma_load_3d(dst, k_map, 128 * b as i32, key, head, full);
+                                }
+                            },
+                        );
                     }
                 },
             );
-            if !PV8 && Self::CK == 128 {
-                let dst = self.sm.k_stage(s) + 64 * const { sm90_kmajor_row_bytes(HD) as u32 };
-                ptx::tma_load_3d(dst, k_map, 0, key0 + 64, head, full);
-            }
             if PV8 {
                 // One Vᵀ box per 64-key sub-tile (d = 256: one).
                 let sub_tile = const { (HD * 64) as u32 };

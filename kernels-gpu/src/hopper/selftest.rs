@@ -51,7 +51,7 @@ unsafe fn wgmma_s8_test<const HD: usize, const KS: usize>(p: &TestParams) {
     let mut s = issue_qk::<KS>(&qd);
     ptx::wgmma_commit();
     ptx::wgmma_wait::<0>();
-    smem::pin_s(&mut s);
+    smem::pin_acc(&mut s);
 
     let (warp, lane) = (ptx::warp_id(), ptx::lane_id());
     unroll::<8>(

@@ -333,21 +333,13 @@ pub fn issue_pv_fp8<const NT: usize>(
     acc
 }
 
-/// Ordering point after a wgmma wait for the s32 accumulator of [`issue_pv8`].
+/// Ordering point after a wgmma wait for an s32 accumulator: the scores of [`issue_qk`] or
+/// [`issue_qk128`], the 8-bit product of [`issue_pv8`] (see [`ptx::pin_i32x4`]).
 #[inline(always)]
 pub fn pin_acc<const NT: usize>(a: &mut [[i32; 4]; NT]) {
     unroll::<NT>(
         #[inline(always)]
         |j| ptx::pin_i32x4(&mut a[j]),
-    );
-}
-
-/// Ordering point after a wgmma wait for an s32 accumulator (see [`ptx::pin_i32x4`]).
-#[inline(always)]
-pub fn pin_s(s: &mut [[i32; 4]; 8]) {
-    unroll::<8>(
-        #[inline(always)]
-        |j| ptx::pin_i32x4(&mut s[j]),
     );
 }
 
