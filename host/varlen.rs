@@ -82,10 +82,13 @@
 //! runtime's stream is being captured into a CUDA graph (worker streams cannot be created in a
 //! capture), every run is enqueued on the runtime's stream in packed order, one after another.
 //!
-//! A fused varlen kernel (one preparation and one attention launch over all sequences, a grid
-//! over (sequence, Q block)) would remove the per-run launches too; the results it must
-//! reproduce are these, and [`reference::attention_varlen`](crate::reference::attention_varlen)
-//! is their CPU form.
+//! One attention launch over every run's CTAs was built and measured on the H200 (branch
+//! `fused-varlen`, docs/perf-notes.md v18): no faster at d = 128 and 9% slower at d = 64, since
+//! the streams already fill each launch's last wave and the fused launch has to wait for every
+//! preparation first. A varlen call's time is its kernels' work (on a mix of 16 lengths up to 8K,
+//! 94% attention, 5% preparation), not its launch count.
+//! [`reference::attention_varlen`](crate::reference::attention_varlen) is the CPU form of its
+//! results.
 
 use std::borrow::Cow;
 
