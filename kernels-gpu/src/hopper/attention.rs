@@ -35,10 +35,10 @@
 //! causal calls, several CTAs per SM) of 64 query rows each, and no producer warp. With
 //! f16 P·V every thread also copies `HD/32` 16-byte chunks of each K/V tile with cp.async (a
 //! producer warp would make the CTA 32 threads more than a multiple of 128, which lowers the entry
-//! register cap to 128 for 3 warpgroups; a producer warpgroup with `setmaxnreg` is untried here:
+//! register cap to 128 for 3 warpgroups; a producer warpgroup with `setmaxnreg` is untried:
 //! ptxas 12.9 does give a `setmaxnreg.inc` branch more registers than the entry cap under
-//! `.maxntid 384` + `.minnctapersm 1`, docs/perf-notes.md, thirteenth session); with the 8-bit P·V thread
-//! 0 copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
+//! `.maxntid 384` + `.minnctapersm 1`, see docs/perf-notes.md); with the 8-bit P·V thread 0
+//! copies each K and Vᵀ tile with three TMA boxes (`Consumer::tma_tile`; the host's descriptors,
 //! `AttnParams::tma`), which frees the copies' address registers. Pipeline per
 //! `sm90_stages(HD, PV8, NARROW)`-deep stage `s` of a K and a V tile, with two mbarriers:
 //! `full[s]` (f16 P·V: one arrival per thread, through `cp.async.mbarrier.arrive.noinc`, i.e.

@@ -7,8 +7,9 @@
 //! per CTA, `sm90_ctas_per_sm` CTAs per SM) of 64 query rows each (a warpgroup's rows share one
 //! 128-row Q quantization block), and no producer warp: every thread also issues its share of the
 //! cp.async copies of the K/V tiles (`sm90_cta_k(d, pv8, narrow)` keys: 64, or 128 for the 8-bit
-//! P·V up to d = 128 and the wide f16 one at d = 128) where thread 0 does not copy them all with TMA (d = 96, or an f16 V that TMA cannot
-//! describe), into `sm90_stages(d, pv8, narrow)` shared-memory stages tracked by mbarriers.
+//! P·V up to d = 128 and the wide f16 one at d = 128) where thread 0 does not copy them all with
+//! TMA (d = 96, or an f16 V that TMA cannot describe), into `sm90_stages(d, pv8, narrow)`
+//! shared-memory stages tracked by mbarriers.
 //! Shared memory (from the dynamic base rounded up to 1024 bytes, the 128-byte swizzle period):
 //! Q tile, the K stages, the V stages, then the mbarriers.
 
