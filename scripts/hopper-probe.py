@@ -16,7 +16,7 @@ Probes (one CTA each, `%clock` stamps, lane 0 of each warp reports):
   pipes        SMSP cycles per warp-instruction of FFMA, FMNMX, I2FP, EX2, F2FP, I2FP beside EX2,
                and the 0x4B400000 integer-to-float trick, with 1, 2, 4 warps per SMSP.
   overlap      warpgroup 0 runs 32 f16 wgmmas while warpgroup 1 runs a softmax-like loop: each
-               alone and both together.
+               alone and both together; then loops of EX2 only, FFMA only and FMNMX only.
 """
 
 import ctypes
@@ -132,7 +132,21 @@ def pipe_probe(op):
     return b
 
 
-def overlap_probe(kind, mode):
+LOOP_BODIES = {
+    "softmax": lambda i: f"cvt.rn.f32.s32 %x{i}, %i{i}; fma.rn.f32 %x{i}, %x{i}, 0f3A000000, %m{i}; "
+    f"max.f32 %m{i}, %m{i}, %x{i}; ex2.approx.ftz.f32 %x{i}, %x{i}; "
+    f"add.f32 %l{i}, %l{i}, %x{i}; add.u32 %i{i}, %i{i}, 3;",
+    # 4 EX2 per chain and iteration (1024 per warp): the MUFU alone.
+    "mufu": lambda i: " ".join(f"ex2.approx.ftz.f32 %l{i}, %l{i};" for _ in range(4)),
+    # 32 FFMA per chain and iteration: the FMA pipe alone.
+    "fma": lambda i: " ".join(f"fma.rn.f32 %l{i}, %l{i}, 0f3F000001, 0f3F000000;" for _ in range(32)),
+    # 8 FMNMX per chain and iteration: the ALU alone.
+    "alu": lambda i: " ".join(f"max.f32 %l{i}, %l{i}, %m{(i + 5) % 16};" for _ in range(8))
+    + f" max.f32 %m{i}, %m{i}, %l{i};",
+}
+
+
+def overlap_probe(kind, mode, loop="softmax"):
     b = [f"mov.b32 %a{i}, 0x3c003c00;" for i in range(4)]
     descriptors(8, b)
     b += [f"add.u32 %i{i}, %th, {i * 77}; mov.f32 %m{i}, 0fC2000000; mov.f32 %l{i}, 0f00000000;"
@@ -146,9 +160,7 @@ def overlap_probe(kind, mode):
     b.append("bra DONE; SOFT:")
     if mode in ("soft", "both"):
         b.append("mov.u32 %it, 0; SL:")
-        b += [f"cvt.rn.f32.s32 %x{i}, %i{i}; fma.rn.f32 %x{i}, %x{i}, 0f3A000000, %m{i}; "
-              f"max.f32 %m{i}, %m{i}, %x{i}; ex2.approx.ftz.f32 %x{i}, %x{i}; "
-              f"add.f32 %l{i}, %l{i}, %x{i}; add.u32 %i{i}, %i{i}, 3;" for i in range(16)]
+        b += [LOOP_BODIES[loop](i) for i in range(16)]
         b.append("add.u32 %it, %it, 1; setp.lt.u32 %p, %it, 16; @%p bra SL;")
     b.append("DONE: mov.u32 %t1, %clock; sub.u32 %t1, %t1, %t0;")
     b.append("mul.wide.u32 %off, %warp, 8; add.u64 %o, %out, %off; setp.eq.u32 %p, %lane, 0;")
@@ -171,6 +183,8 @@ def probes():
     pipes = [(f"{op}_{t}", t, pipe_probe(op)) for op in PIPE_OPS for t in (128, 256, 512)]
     overlap = [(f"{kind}_{mode}", 256, overlap_probe(kind, mode))
                for kind in ("rs", "ss") for mode in ("mma", "soft", "both")]
+    overlap += [(f"rs_{loop}_{mode}", 256, overlap_probe("rs", mode, loop))
+                for loop in ("mufu", "fma", "alu") for mode in ("soft", "both")]
     return {"wgmma-issue": issue, "pipes": pipes, "overlap": overlap}
 
 
