@@ -22,8 +22,9 @@
 //!   d = 128 CTAs) has column blocks of 128 key rows (16 KiB apart), the same k-step. With
 //!   `HD = 96` (n = 96 is not a whole number of 64-channel blocks, and CUTLASS picks the 64-byte
 //!   swizzle for such an N-major operand) the tile is three column blocks of 32 channels, each
-//!   64 key rows × 64 bytes with the 64-byte swizzle (chunk `c` of row `r` at `c ^ ((r / 2) % 4)`, as a d = 64 K tile): leading
-//!   byte offset 64·64 bytes, stride byte offset 512 (8 keys × 64 bytes), 1024 bytes per k-step.
+//!   64 key rows × 64 bytes with the 64-byte swizzle (chunk `c` of row `r` at
+//!   `c ^ ((r / 2) % 4)`, as a d = 64 K tile): leading byte offset 64·64 bytes, stride byte
+//!   offset 512 (8 keys × 64 bytes), 1024 bytes per k-step.
 
 use super::config::SM90_CTA_K;
 use crate::ptx;
