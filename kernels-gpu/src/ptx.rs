@@ -1028,6 +1028,9 @@ unsafe extern "C" {
     #[cfg(feature = "hopper")]
     #[link_name = "llvm.nvvm.barrier.cta.arrive.aligned.count"]
     fn barrier_cta_arrive_aligned_count(id: u32, count: u32);
+    #[cfg(feature = "hopper")]
+    #[link_name = "llvm.nvvm.barrier.cta.red.and.aligned.count"]
+    fn barrier_cta_red_and_aligned_count(id: u32, count: u32, pred: bool) -> bool;
 }
 
 /// `bar.sync id, count`: a named barrier for `count` threads (a multiple of 32; every warp that
@@ -1045,6 +1048,15 @@ pub fn named_barrier_sync(id: u32, count: u32) {
 pub fn named_barrier_arrive(id: u32, count: u32) {
     // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
     unsafe { barrier_cta_arrive_aligned_count(id, count) }
+}
+
+/// `bar.red.and.pred id, count`: a named barrier for `count` threads that also returns whether
+/// `pred` held on every one of them (the same answer on all).
+#[cfg(feature = "hopper")]
+#[inline(always)]
+pub fn named_barrier_all(id: u32, count: u32, pred: bool) -> bool {
+    // SAFETY: callers keep the barrier in uniform control flow of the participating warps.
+    unsafe { barrier_cta_red_and_aligned_count(id, count, pred) }
 }
 
 /// `mbarrier.init.shared::cta.b64 [addr], count`.

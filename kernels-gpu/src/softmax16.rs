@@ -27,6 +27,13 @@ pub(crate) struct TileBounds {
 /// (each tile adds at most its u8 product, below 2^23, times 2^8).
 pub(crate) const LAZY_MAX_SLACK: f32 = 8.0;
 
+/// The largest lane-partial row sum of one tile that [`OnlineSoftmax::probabilities_against_max`]
+/// accepts: every probability is then at most 2^14, which f16 holds (to 65504) with its full
+/// relative precision, and the f32 output and sums grow by at most that factor per tile between
+/// moves of the max (2^14 · 2^17 keys stays far inside f32).
+#[cfg(feature = "hopper")]
+pub(crate) const FAST_SUM_LIMIT: f32 = 16384.0;
+
 /// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
 pub(crate) struct OnlineSoftmax {
     pub max: [f32; 2],
@@ -201,6 +208,69 @@ impl OnlineSoftmax {
             },
         );
         (rescale, tile_factor)
+    }
+
+    /// The f16 P·V's probabilities of an unmasked tile against the running max as it stands,
+    /// without taking the tile's max first: `2^(s·scale - max)` for every score, and the lane's
+    /// part of each row's sum. The last value says whether those sums stay at or below
+    /// [`FAST_SUM_LIMIT`] (false also for NaN or an infinite probability); when it holds for the
+    /// whole warpgroup, every probability is at most that limit — inside f16, so the tile needs no
+    /// new max and the output no rescale — and the caller adds the sums with
+    /// [`Self::add_sums`]. Otherwise the caller discards the result and takes the tile through
+    /// [`Self::update_tile`] from its scores again. Skipping the max takes its reduction (a
+    /// compare per score and two shuffles per row) off the path from the scores to the first
+    /// exponential.
+    #[cfg(feature = "hopper")]
+    #[inline(always)]
+    pub fn probabilities_against_max<const NK: usize>(
+        &self,
+        s_int: &[[i32; 4]; NK],
+        q_scale: [f32; 2],
+        k_scales: [f32; 2],
+    ) -> ([[f32; 4]; NK], [f32; 2], bool) {
+        let mut p = [[0.0f32; 4]; NK];
+        let mut sums = [0.0f32; 2];
+        unroll::<2>(
+            #[inline(always)]
+            |h| {
+                // A row that has seen no key yet keeps max = -inf: its probabilities overflow
+                // against 0, and the tile goes the exact way.
+                let base = if self.max[h] == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    self.max[h]
+                };
+                let scales = [q_scale[h] * k_scales[0], q_scale[h] * k_scales[1]];
+                unroll::<NK>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<2>(
+                            #[inline(always)]
+                            |e| {
+                                let v = ptx::ex2(ptx::fma(
+                                    s_int[nt][2 * h + e] as f32,
+                                    scales[nt / 8],
+                                    -base,
+                                ));
+                                p[nt][2 * h + e] = v;
+                                sums[h] += v;
+                            },
+                        );
+                    },
+                );
+            },
+        );
+        let within = sums[0] <= FAST_SUM_LIMIT && sums[1] <= FAST_SUM_LIMIT;
+        (p, sums, within)
+    }
+
+    /// Adds a tile's lane-partial row sums taken against the unchanged max
+    /// ([`Self::probabilities_against_max`]).
+    #[cfg(feature = "hopper")]
+    #[inline(always)]
+    pub fn add_sums(&mut self, sums: [f32; 2]) {
+        self.sum[0] += sums[0];
+        self.sum[1] += sums[1];
     }
 
     /// A tile of integer scores (accumulator layout, `NK` n-tiles of 8 keys) → probabilities,

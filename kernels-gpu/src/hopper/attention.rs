@@ -116,6 +116,11 @@ fn tiles_by_tma<const HD: usize, const PV8: bool>(tma: u64) -> bool {
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
 
+/// The f16 P·V's unmasked tiles take their probabilities against the running max as it stands
+/// and check afterwards that none passed 2^14 (`OnlineSoftmax::probabilities_against_max`, one
+/// barrier reduction per warpgroup and tile); a tile that did is taken again from its scores.
+const F16_PROBS_AGAINST_MAX: bool = true;
+
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
 struct Geometry {
     batch: u32,
@@ -825,8 +830,29 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_acc(&mut s);
-        let (mut next, rescale, _) =
-            self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
+        let (mut next, rescale) = if !MASK && F16_PROBS_AGAINST_MAX {
+            let (p, sums, within) = softmax.probabilities_against_max(&s, self.q_scale, k_scales);
+            if ptx::named_barrier_all(1 + self.wg, 128, within) {
+                softmax.add_sums(sums);
+                (p, [1.0f32; 2])
+            } else {
+                // A score passed the max by 2^14 or more (or is not finite): the tile again from
+                // its scores, which the probabilities overwrote, with a new max. K_t is still
+                // resident (its stage is released in step t + 2).
+                let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
+                ptx::wgmma_fence();
+                let mut s = issue_scores::<KS, NK>(&qd);
+                ptx::wgmma_commit();
+                ptx::wgmma_wait::<0>();
+                smem::pin_acc(&mut s);
+                let (p, rescale, _) =
+                    self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
+                (p, rescale)
+            }
+        } else {
+            let (p, rescale, _) = self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
+            (p, rescale)
+        };
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
         // the softmax's last result (the row sums) ends the basic block there, so the wait stays
