@@ -116,9 +116,9 @@ fn tiles_by_tma<const HD: usize, const PV8: bool>(tma: u64) -> bool {
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
 
-/// The f16 P·V's unmasked tiles take their probabilities against the running max as it stands
-/// and check afterwards that none passed 2^14 (`OnlineSoftmax::probabilities_against_max`, one
-/// barrier reduction per warpgroup and tile); a tile that did is taken again from its scores.
+/// The f16 P·V's tiles after the first take their probabilities against the running max as it
+/// stands and check afterwards that none passed 2^14 (`OnlineSoftmax::probabilities_against_max`,
+/// one barrier reduction per warpgroup and tile); a tile that did is taken again from its scores.
 const F16_PROBS_AGAINST_MAX: bool = true;
 
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
@@ -725,20 +725,25 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         softmax: &mut OnlineSoftmax,
         p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        let bounds = TileBounds {
+        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(
+            s_int,
+            self.q_scale,
+            k_scales,
+            &self.tile_bounds(t),
+            p_scale_log2,
+        )
+    }
+
+    /// Which scores of tile `t` this warp may see.
+    #[inline(always)]
+    fn tile_bounds(&self, t: u32) -> TileBounds {
+        TileBounds {
             key0: t * Self::CK,
             row0: self.warp_row0,
             lane: self.lane,
             kv_len: self.kv_len,
             diag: self.diag,
-        };
-        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(
-            s_int,
-            self.q_scale,
-            k_scales,
-            &bounds,
-            p_scale_log2,
-        )
+        }
     }
 
     /// After the f16 P·V wait: `out *= rescale`, skipped when it is 1 for every row of the warp
@@ -830,15 +835,22 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_acc(&mut s);
-        let (mut next, rescale) = if !MASK && F16_PROBS_AGAINST_MAX {
-            let (p, sums, within) = softmax.probabilities_against_max(&s, self.q_scale, k_scales);
+        let (mut next, rescale) = if F16_PROBS_AGAINST_MAX {
+            let bounds = self.tile_bounds(t);
+            let (p, sums, within) = softmax.probabilities_against_max::<MASK, CAUSAL, NK>(
+                &s,
+                self.q_scale,
+                k_scales,
+                &bounds,
+            );
             if ptx::named_barrier_all(1 + self.wg, 128, within) {
                 softmax.add_sums(sums);
                 (p, [1.0f32; 2])
             } else {
-                // A score passed the max by 2^14 or more (or is not finite): the tile again from
-                // its scores, which the probabilities overwrote, with a new max. K_t is still
-                // resident (its stage is released in step t + 2).
+                // A probability passed 2^14 (a score 14 above the max in log2 units) or is not
+                // finite, or a row saw its first key: the tile again from its scores, which the
+                // probabilities overwrote, with a new max. K_t is still resident (its stage is
+                // released in step t + 2).
                 let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
                 ptx::wgmma_fence();
                 let mut s = issue_scores::<KS, NK>(&qd);
