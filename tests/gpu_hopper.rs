@@ -706,7 +706,8 @@ fn hopper_in_kernel_q_equals_prepared_q() {
 /// Q that grows across the rows: its score jumps by 0 to about 20 (finite, the retry with a
 /// rescale) or, in the second case, by up to about 200 log2 units (an infinite probability in the
 /// first pass). Rows of one warp differ, so warps with and without a jump meet. Against the CPU
-/// emulation, output poisoned with NaN and LSE first, d = 64 / 96 / 128 / 256, causal and not.
+/// emulation, output poisoned with NaN and LSE first, d = 64 / 96 / 128, causal and not, and
+/// d = 256, whose kernel keeps the exact path (`hopper::attention::f16_probs_against_max`).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn hopper_f16_late_score_jumps_match_emulation() {
@@ -733,7 +734,12 @@ fn hopper_f16_late_score_jumps_match_emulation() {
             0.3 * z
         };
         let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, s, c| {
-            let x = noise(&mut rng) + if c == 0 { 4.0 * s as f32 / len as f32 } else { 0.0 };
+            let x = noise(&mut rng)
+                + if c == 0 {
+                    4.0 * s as f32 / len as f32
+                } else {
+                    0.0
+                };
             common::round_to(DType::F16, x)
         });
         let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
@@ -753,7 +759,10 @@ fn hopper_f16_late_score_jumps_match_emulation() {
         };
         let shape = [1, q_heads, len, d];
         let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let mut lse = rt.stream().clone_htod(&vec![f32::NAN; q_heads * len]).unwrap();
+        let mut lse = rt
+            .stream()
+            .clone_htod(&vec![f32::NAN; q_heads * len])
+            .unwrap();
         sageattn_into(
             rt,
             &qd.view(),

@@ -210,12 +210,11 @@ impl OnlineSoftmax {
         (rescale, tile_factor)
     }
 
-    /// The f16 P·V's probabilities of a tile against the running max as it stands, without
-    /// taking the tile's max first: `2^(s·scale - max)` for every score (0 for those `bounds`
-    /// hides, with `MASK`), and the lane's part of each row's sum. The last value says whether
-    /// those sums stay at or below [`FAST_SUM_LIMIT`] (false also for NaN or an infinite
-    /// probability, and for a row that sees its first key here: it has no max to take them
-    /// against); when it holds for the whole warpgroup, every probability is at most that limit
+    /// The f16 P·V's probabilities of an unmasked tile against the running max as it stands,
+    /// without taking the tile's max first: `2^(s·scale - max)` for every score, and the lane's
+    /// part of each row's sum. The last value says whether those sums stay at or below
+    /// [`FAST_SUM_LIMIT`] (false also for NaN or an infinite probability, and for a row without a
+    /// max yet); when it holds for the whole warpgroup, every probability is at most that limit
     /// — inside f16 with its full relative precision — so the tile needs no new max and the
     /// output no rescale, and the caller adds the sums with [`Self::add_sums`]. Otherwise the
     /// caller discards the result and takes the tile through [`Self::update_tile`] from its
@@ -223,12 +222,11 @@ impl OnlineSoftmax {
     /// per row) off the path from the scores to the first exponential.
     #[cfg(feature = "hopper")]
     #[inline(always)]
-    pub fn probabilities_against_max<const MASK: bool, const CAUSAL: bool, const NK: usize>(
+    pub fn probabilities_against_max<const NK: usize>(
         &self,
         s_int: &[[i32; 4]; NK],
         q_scale: [f32; 2],
         k_scales: [f32; 2],
-        bounds: &TileBounds,
     ) -> ([[f32; 4]; NK], [f32; 2], bool) {
         let mut p = [[0.0f32; 4]; NK];
         let mut sums = [0.0f32; 2];
@@ -236,8 +234,7 @@ impl OnlineSoftmax {
         unroll::<2>(
             #[inline(always)]
             |h| {
-                let seen = self.max[h] != f32::NEG_INFINITY;
-                let base = if seen { self.max[h] } else { 0.0 };
+                let base = self.max[h];
                 let scales = [q_scale[h] * k_scales[0], q_scale[h] * k_scales[1]];
                 unroll::<NK>(
                     #[inline(always)]
@@ -246,28 +243,16 @@ impl OnlineSoftmax {
                             #[inline(always)]
                             |e| {
                                 let i = 2 * h + e;
-                                let mut visible = true;
-                                if MASK {
-                                    let key = bounds.key0 + 8 * nt as u32 + acc_col(bounds.lane, i);
-                                    let row = bounds.row0 + acc_row(bounds.lane, i);
-                                    visible = key < bounds.kv_len;
-                                    if CAUSAL {
-                                        visible &= key as i32 <= row as i32 + bounds.diag;
-                                    }
-                                }
-                                let v = if visible {
-                                    ptx::ex2(ptx::fma(s_int[nt][i] as f32, scales[nt / 8], -base))
-                                } else {
-                                    0.0
-                                };
+                                let v =
+                                    ptx::ex2(ptx::fma(s_int[nt][i] as f32, scales[nt / 8], -base));
                                 p[nt][i] = v;
                                 sums[h] += v;
                             },
                         );
                     },
                 );
-                // A row without a max may pass only if it still sees no key (its sum stays 0).
-                within &= sums[h] <= FAST_SUM_LIMIT && (seen || sums[h] == 0.0);
+                // Against a max of -inf every probability is +inf or NaN: the sum fails too.
+                within &= sums[h] <= FAST_SUM_LIMIT;
             },
         );
         (p, sums, within)

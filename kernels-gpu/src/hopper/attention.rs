@@ -116,10 +116,16 @@ fn tiles_by_tma<const HD: usize, const PV8: bool>(tma: u64) -> bool {
 /// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
 const SCHED_BAR0: u32 = 5;
 
-/// The f16 P·V's tiles after the first take their probabilities against the running max as it
+/// Whether the f16 P·V's unmasked tiles take their probabilities against the running max as it
 /// stands and check afterwards that none passed 2^14 (`OnlineSoftmax::probabilities_against_max`,
-/// one barrier reduction per warpgroup and tile); a tile that did is taken again from its scores.
-const F16_PROBS_AGAINST_MAX: bool = true;
+/// one barrier reduction per warpgroup and tile; a tile that did is taken again from its scores).
+/// Measured on the H200 (v27, docs/perf-notes.md): +3–17% at d = 64 / 96 / 128, where the max's
+/// reduction was on the critical path of a latency-bound step; 1–4% slower at d = 256 (64-key
+/// tiles: twice the barriers per key, and more tensor work per softmax to hide it behind). Masked
+/// tiles keep the exact path (measured slower through this one).
+const fn f16_probs_against_max(head_dim: usize) -> bool {
+    head_dim <= 128
+}
 
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
 struct Geometry {
@@ -835,22 +841,16 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_acc(&mut s);
-        let (mut next, rescale) = if F16_PROBS_AGAINST_MAX {
-            let bounds = self.tile_bounds(t);
-            let (p, sums, within) = softmax.probabilities_against_max::<MASK, CAUSAL, NK>(
-                &s,
-                self.q_scale,
-                k_scales,
-                &bounds,
-            );
+        let (mut next, rescale) = if !MASK && f16_probs_against_max(HD) {
+            let (p, sums, within) =
+                softmax.probabilities_against_max::<NK>(&s, self.q_scale, k_scales);
             if ptx::named_barrier_all(1 + self.wg, 128, within) {
                 softmax.add_sums(sums);
                 (p, [1.0f32; 2])
             } else {
                 // A probability passed 2^14 (a score 14 above the max in log2 units) or is not
-                // finite, or a row saw its first key: the tile again from its scores, which the
-                // probabilities overwrote, with a new max. K_t is still resident (its stage is
-                // released in step t + 2).
+                // finite: the tile again from its scores, which the probabilities overwrote,
+                // with a new max. K_t is still resident (its stage is released in step t + 2).
                 let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
                 ptx::wgmma_fence();
                 let mut s = issue_scores::<KS, NK>(&qd);
