@@ -712,11 +712,9 @@ fn hopper_in_kernel_q_equals_prepared_q() {
 #[ignore = "needs a CUDA GPU"]
 fn hopper_f16_late_score_jumps_match_emulation() {
     use sageattention::reference::HostTensor;
-    use sageattention::sageattn_into;
     if skip_unless_hopper() {
         return;
     }
-    let rt = runtime();
     let mut rng = fresh_rng("hopper_score_jumps");
     let (q_heads, kv_heads, len) = (4, 2, 2000);
     let spike = 1700;
@@ -747,45 +745,26 @@ fn hopper_f16_late_score_jumps_match_emulation() {
             common::round_to(DType::F16, x)
         });
         let v = random_tensor(&mut rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
-        let (qd, kd, vd) = (
-            upload(rt, &q, DType::F16, Layout::Hnd),
-            upload(rt, &k, DType::F16, Layout::Hnd),
-            upload(rt, &v, DType::F16, Layout::Hnd),
-        );
         let opts = Options {
             causal,
-            return_lse: true,
             ..Options::default()
         };
-        let shape = [1, q_heads, len, d];
-        let mut out = Tensor::alloc_filled_nan(rt, DType::F16, shape, Layout::Hnd).unwrap();
-        let mut lse = rt
-            .stream()
-            .clone_htod(&vec![f32::NAN; q_heads * len])
-            .unwrap();
-        sageattn_into(
-            rt,
-            &qd.view(),
-            &kd.view(),
-            &vd.view(),
-            &mut out.view_mut(),
-            Some(&mut lse),
+        let (o, l) = common::run_poisoned(
+            [&q, &k, &v],
+            DType::F16,
+            Layout::Hnd,
+            DType::F16,
+            Layout::Hnd,
             &opts,
         )
         .unwrap();
-        let o = out.to_host_f32(rt).unwrap();
-        let l = rt.stream().clone_dtoh(&lse).unwrap();
         let ref_opts = RefOptions {
             causal,
             sm_scale: None,
         };
         let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, false);
         let m = compare(&o, &reference.o);
-        let lse_diff = l
-            .iter()
-            .zip(&reference.lse)
-            .map(|(&a, &b)| (a as f64 - b).abs())
-            .fold(0.0, f64::max);
+        let lse_diff = common::lse_max_error(&l, &reference.lse);
         eprintln!(
             "d {d} causal {causal} jump {jump}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
             m.rel_l1

@@ -34,6 +34,33 @@ pub(crate) const LAZY_MAX_SLACK: f32 = 8.0;
 #[cfg(feature = "hopper")]
 pub(crate) const FAST_SUM_LIMIT: f32 = 16384.0;
 
+/// Writes `2^arg(x, n-tile)` of row `h`'s scores `x` in `src` (accumulator layout, `NK` n-tiles of
+/// 8 keys) to the same places of `out` and returns their sum, in the order the row sums have
+/// always been taken.
+#[inline(always)]
+fn exponentiate_row<T: Copy, const NK: usize>(
+    src: &[[T; 4]; NK],
+    out: &mut [[f32; 4]; NK],
+    h: usize,
+    arg: impl Fn(T, usize) -> f32,
+) -> f32 {
+    let mut row_sum = 0.0f32;
+    unroll::<NK>(
+        #[inline(always)]
+        |nt| {
+            unroll::<2>(
+                #[inline(always)]
+                |e| {
+                    let v = ptx::ex2(arg(src[nt][2 * h + e], nt));
+                    out[nt][2 * h + e] = v;
+                    row_sum += v;
+                },
+            );
+        },
+    );
+    row_sum
+}
+
 /// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
 pub(crate) struct OnlineSoftmax {
     pub max: [f32; 2],
@@ -120,20 +147,8 @@ impl OnlineSoftmax {
                 } else {
                     base
                 } - p_scale_log2;
-                let mut row_sum = 0.0f32;
-                unroll::<NK>(
-                    #[inline(always)]
-                    |nt| {
-                        unroll::<2>(
-                            #[inline(always)]
-                            |e| {
-                                let v = ptx::ex2(s[nt][2 * h + e] - p_base);
-                                s[nt][2 * h + e] = v;
-                                row_sum += v;
-                            },
-                        );
-                    },
-                );
+                // In place: the scores are read from a copy (registers, no cost) and overwritten.
+                let row_sum = exponentiate_row(&{ *s }, s, h, |x, _| x - p_base);
                 self.sum[h] = self.sum[h] * rescale[h] + row_sum * tile_factor[h];
             },
         );
@@ -186,24 +201,9 @@ impl OnlineSoftmax {
                 } else {
                     base
                 } - p_scale_log2;
-                let mut row_sum = 0.0f32;
-                unroll::<NK>(
-                    #[inline(always)]
-                    |nt| {
-                        unroll::<2>(
-                            #[inline(always)]
-                            |e| {
-                                let v = ptx::ex2(ptx::fma(
-                                    s[nt][2 * h + e],
-                                    scales[h][nt / 8],
-                                    -p_base,
-                                ));
-                                s[nt][2 * h + e] = v;
-                                row_sum += v;
-                            },
-                        );
-                    },
-                );
+                let row_sum = exponentiate_row(&{ *s }, s, h, |x, nt| {
+                    ptx::fma(x, scales[h][nt / 8], -p_base)
+                });
                 self.sum[h] = self.sum[h] * rescale[h] + row_sum * tile_factor[h];
             },
         );
@@ -234,23 +234,13 @@ impl OnlineSoftmax {
         unroll::<2>(
             #[inline(always)]
             |h| {
-                let base = self.max[h];
-                let scales = [q_scale[h] * k_scales[0], q_scale[h] * k_scales[1]];
-                unroll::<NK>(
-                    #[inline(always)]
-                    |nt| {
-                        unroll::<2>(
-                            #[inline(always)]
-                            |e| {
-                                let i = 2 * h + e;
-                                let v =
-                                    ptx::ex2(ptx::fma(s_int[nt][i] as f32, scales[nt / 8], -base));
-                                p[nt][i] = v;
-                                sums[h] += v;
-                            },
-                        );
-                    },
+                let (base, scales) = (
+                    self.max[h],
+                    [q_scale[h] * k_scales[0], q_scale[h] * k_scales[1]],
                 );
+                sums[h] = exponentiate_row(s_int, &mut p, h, |x, nt| {
+                    ptx::fma(x as f32, scales[nt / 8], -base)
+                });
                 // Against a max of -inf every probability is +inf or NaN: the sum fails too.
                 within &= sums[h] <= FAST_SUM_LIMIT;
             },
