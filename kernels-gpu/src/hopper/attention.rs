@@ -113,7 +113,8 @@ const fn pingpong(pv8: bool, head_dim: usize, narrow: bool) -> bool {
 fn tiles_by_tma<const HD: usize, const PV8: bool>(tma: u64) -> bool {
     PV8 || (HD != 96 && tma != 0)
 }
-/// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup Q barriers).
+/// First named barrier of the pingpong (0 is `bar.sync 0`, 1..=4 the per-warpgroup barriers: Q's,
+/// and the f16 P·V's check of its probabilities, `f16_probs_against_max`).
 const SCHED_BAR0: u32 = 5;
 
 /// Whether the f16 P·V's unmasked tiles take their probabilities against the running max as it
@@ -731,25 +732,20 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         softmax: &mut OnlineSoftmax,
         p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
-        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(
-            s_int,
-            self.q_scale,
-            k_scales,
-            &self.tile_bounds(t),
-            p_scale_log2,
-        )
-    }
-
-    /// Which scores of tile `t` this warp may see.
-    #[inline(always)]
-    fn tile_bounds(&self, t: u32) -> TileBounds {
-        TileBounds {
+        let bounds = TileBounds {
             key0: t * Self::CK,
             row0: self.warp_row0,
             lane: self.lane,
             kv_len: self.kv_len,
             diag: self.diag,
-        }
+        };
+        softmax.update_tile::<PV8, MASK, CAUSAL, NK>(
+            s_int,
+            self.q_scale,
+            k_scales,
+            &bounds,
+            p_scale_log2,
+        )
     }
 
     /// After the f16 P·V wait: `out *= rescale`, skipped when it is 1 for every row of the warp
