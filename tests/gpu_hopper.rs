@@ -5,6 +5,8 @@
 //! * the attention kernel equals the portable kernel on the same quantized inputs (rel L1 ≤ 2e-3,
 //!   LSE within 1e-3) and the CPU emulation of the quantized algorithm, over awkward lengths,
 //!   causal on/off, GQA, qo_len ≠ kv_len, rows without keys, f16/bf16 output, HND/NHD strides;
+//! * scores that jump late in a row (the f16 kernels' retry of a tile taken against a lagging
+//!   max) equal the CPU emulation;
 //! * a timing probe (`hopper_perf_probe`) against the portable kernel.
 //!
 //! Every test skips (passes) on a GPU that is not compute capability 9.0. Run on a GPU with
