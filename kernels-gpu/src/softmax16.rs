@@ -61,6 +61,12 @@ fn exponentiate_row<T: Copy, const NK: usize>(
     row_sum
 }
 
+/// A row's dequantization factors in a key tile, one per 64-key half: `q_scale · k_scales[half]`.
+#[inline(always)]
+fn row_scales(q_scale: f32, k_scales: [f32; 2]) -> [f32; 2] {
+    [q_scale * k_scales[0], q_scale * k_scales[1]]
+}
+
 /// Running max (log2 units) and lane-partial running sum of the two rows a lane holds.
 pub(crate) struct OnlineSoftmax {
     pub max: [f32; 2],
@@ -234,10 +240,7 @@ impl OnlineSoftmax {
         unroll::<2>(
             #[inline(always)]
             |h| {
-                let (base, scales) = (
-                    self.max[h],
-                    [q_scale[h] * k_scales[0], q_scale[h] * k_scales[1]],
-                );
+                let (base, scales) = (self.max[h], row_scales(q_scale[h], k_scales));
                 sums[h] = exponentiate_row(s_int, &mut p, h, |x, nt| {
                     ptx::fma(x as f32, scales[nt / 8], -base)
                 });
@@ -277,8 +280,8 @@ impl OnlineSoftmax {
         p_scale_log2: f32,
     ) -> ([[f32; 4]; NK], [f32; 2], [f32; 2]) {
         let scales = [
-            [q_scale[0] * k_scales[0], q_scale[0] * k_scales[1]],
-            [q_scale[1] * k_scales[0], q_scale[1] * k_scales[1]],
+            row_scales(q_scale[0], k_scales),
+            row_scales(q_scale[1], k_scales),
         ];
         let mut s = [[0.0f32; 4]; NK];
         if !MASK {
