@@ -36,6 +36,8 @@ pub const fn sm90_consumer_warpgroups(head_dim: usize, pv8: bool, narrow: bool) 
     match (head_dim, pv8) {
         _ if narrow => 1,
         (129.., false) => 2,
+        // `sm90_f16_wide` as a pattern: calling it here changes LLVM's code for the d ≤ 96
+        // entries (an equivalent compare, other SASS scheduling; not measured).
         (128, false) if SM90_F16_WIDE_TILES => 2,
         (65.., false) => 3,
         (_, false) => 4,
@@ -76,7 +78,7 @@ pub const fn sm90_ctas_per_sm(head_dim: usize, pv8: bool, narrow: bool) -> usize
 /// (ptxas spilled 320–344 bytes with 128-key tiles). Equal to the P tile of the 8-bit P·V
 /// (`config::p8_tile`), which the CPU emulation follows.
 pub const fn sm90_cta_k(head_dim: usize, pv8: bool, narrow: bool) -> usize {
-    if (pv8 && head_dim <= 128) || (SM90_F16_WIDE_TILES && !pv8 && !narrow && head_dim == 128) {
+    if (pv8 && head_dim <= 128) || sm90_f16_wide(head_dim, pv8, narrow) {
         128
     } else {
         SM90_CTA_K
@@ -96,6 +98,11 @@ pub const SM90_CTA_K: usize = 64;
 /// (docs/perf-notes.md, v17; at d = 64 the same tiles measured slower, v17.1). Narrow CTAs keep
 /// 64-key tiles: two per SM cannot hold 48 KiB stages.
 pub const SM90_F16_WIDE_TILES: bool = true;
+/// Whether the CTA is the f16 P·V's wide d = 128 one ([`SM90_F16_WIDE_TILES`]): two warpgroups
+/// over 128-key tiles. Narrow CTAs and the 8-bit P·V are not.
+pub const fn sm90_f16_wide(head_dim: usize, pv8: bool, narrow: bool) -> bool {
+    SM90_F16_WIDE_TILES && !pv8 && !narrow && head_dim == 128
+}
 /// Stage slack of the wide f16 d = 128 CTA (see [`sm90_stage_slack`]): 3, one tile copied ahead
 /// in four stages (a slack of 2, two ahead, measured 1–2% slower, v17.2).
 pub const SM90_F16_WIDE_SLACK: usize = 3;
