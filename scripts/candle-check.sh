@@ -60,6 +60,11 @@ block = text.split("```rust\n", 1)[1].split("```", 1)[0]
 open(sys.argv[2], "w").write("#![allow(dead_code)]\n" + block)
 PY
 
+# The outline is shown as rustfmt writes it.
+rustfmt --edition 2021 --check "$work/crate/src/lib.rs" || {
+    echo "candle-check: docs/rust-engines.md's outline is not formatted as rustfmt writes it" >&2
+    exit 1
+}
 cd "$work/crate"
 PATH="$work/bin:$PATH" NVCC="$work/bin/nvcc" CUDA_COMPUTE_CAP=90 SAGE_SKIP_PTX=1 \
     CARGO_TARGET_DIR="$work/target" cargo clippy --quiet -- -D warnings
