@@ -520,20 +520,14 @@ fn fused_qkv_views_at_offsets() {
         };
         let (q, k, v) = inputs(&case, &mut rng, 4.0);
         let width = (q_heads + 2 * kv_heads) * head_dim;
-        let mut fused = vec![f16::ZERO; batch * seq * width];
-        for b in 0..batch {
-            for s in 0..seq {
-                let row = &mut fused[(b * seq + s) * width..][..width];
-                let parts = [(&q, 0), (&k, q_heads), (&v, q_heads + kv_heads)];
-                for (t, first_head) in parts {
-                    for h in 0..t.heads() {
-                        for d in 0..head_dim {
-                            row[(first_head + h) * head_dim + d] = f16::from_f32(t.get(b, h, s, d));
-                        }
-                    }
-                }
-            }
-        }
+        // The fused tensor [batch, seq, hq + 2·hkv, d] (NHD), heads of Q, then K, then V.
+        let fused_shape = [batch, q_heads + 2 * kv_heads, seq, head_dim];
+        let fused = HostTensor::from_fn(fused_shape, true, |b, h, s, d| match h {
+            h if h < q_heads => q.get(b, h, s, d),
+            h if h < q_heads + kv_heads => k.get(b, h - q_heads, s, d),
+            h => v.get(b, h - q_heads - kv_heads, s, d),
+        });
+        let fused: Vec<f16> = fused.data.iter().map(|&x| f16::from_f32(x)).collect();
         let fused_dev = rt.stream().clone_htod(&fused).unwrap();
         let strides = [(seq * width) as i64, head_dim as i64, width as i64, 1];
         let part = |first_head: usize, heads: usize| {
@@ -551,8 +545,8 @@ fn fused_qkv_views_at_offsets() {
             part(q_heads + kv_heads, kv_heads),
         );
         // The output at element 24 of a buffer with 40 spare elements after it (NHD).
-        let out_start = 24;
-        let out_len = batch * seq * q_heads * head_dim;
+        let shape = [batch, q_heads, seq, head_dim];
+        let (out_start, out_len) = (24, shape.iter().product::<usize>());
         let mut out_dev = rt
             .stream()
             .clone_htod(&vec![f16::NAN; out_start + out_len + 40])
@@ -570,8 +564,8 @@ fn fused_qkv_views_at_offsets() {
             let mut o = TensorViewMut::from_slice_at(
                 &mut out_dev,
                 out_start,
-                [batch, q_heads, seq, head_dim],
-                Layout::Nhd.contiguous_strides([batch, q_heads, seq, head_dim]),
+                shape,
+                Layout::Nhd.contiguous_strides(shape),
             )
             .unwrap();
             sageattn_into(rt, &qv, &kv, &vv, &mut o, Some(&mut lse), &opts).unwrap();
@@ -591,41 +585,20 @@ fn fused_qkv_views_at_offsets() {
             before.iter().chain(after).all(|x| x.is_nan()),
             "written outside the output view: {case:?}"
         );
-        // NHD [b][s][h][d] to logical [b][h][s][d].
-        let out: Vec<f32> = (0..rows * head_dim)
-            .map(|i| {
-                let (d, s, h, b) = (
-                    i % head_dim,
-                    i / head_dim % seq,
-                    i / (head_dim * seq) % q_heads,
-                    i / (head_dim * seq * q_heads),
-                );
-                written[((b * seq + s) * q_heads + h) * head_dim + d].to_f32()
-            })
-            .collect();
+        let written = HostTensor {
+            data: written.iter().map(|x| x.to_f32()).collect(),
+            shape,
+            strides: HostTensor::contiguous_strides(shape, true),
+        };
+        let ref_opts = RefOptions {
+            causal,
+            sm_scale: None,
+        };
         let run = Run {
-            out,
+            out: HostTensor::from_fn(shape, false, |b, h, s, d| written.get(b, h, s, d)).data,
             lse: rt.stream().clone_dtoh(&lse).unwrap(),
-            exact: attention_f64(
-                &q,
-                &k,
-                &v,
-                &RefOptions {
-                    causal,
-                    sm_scale: None,
-                },
-            ),
-            emulated: attention_quantized_emulation(
-                &q,
-                &k,
-                &v,
-                &RefOptions {
-                    causal,
-                    sm_scale: None,
-                },
-                true,
-                true,
-            ),
+            exact: attention_f64(&q, &k, &v, &ref_opts),
+            emulated: attention_quantized_emulation(&q, &k, &v, &ref_opts, true, true),
         };
         let m = check_against_emulation(&case, &run);
         eprintln!("fused QKV {case:?}: vs emulation {m:?}");
