@@ -483,8 +483,6 @@ fn rows_without_visible_keys_are_zero() {
     check_against_emulation(&case, &run);
 }
 
-/// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head
-/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper.
 /// Q, K and V as parts of one fused projection buffer (per token: the Q heads, then the K heads,
 /// then the V heads, as one `[batch, seq, hq + 2·hkv, d]` f16 buffer), viewed with
 /// `TensorView::from_slice_at` at their element offsets, as a framework passes a tensor given by
@@ -605,6 +603,8 @@ fn fused_qkv_views_at_offsets() {
     }
 }
 
+/// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head
+/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_small_matrix() {
