@@ -50,8 +50,9 @@ pub enum PvPrecisionArg {
     /// 8-bit P·V: u8 P × s8 V on the INT8 tensor cores (the sm_90a kernel on Hopper, the
     /// portable mma.sync kernel elsewhere or with `--portable`).
     Int8,
-    /// FP8 P·V: e4m3 P × e4m3 V (the sm_89 mma.sync kernel, compute capability 8.9+; `--pv-accum`
-    /// picks the accumulator of each key tile's product).
+    /// FP8 P·V: e4m3 P × e4m3 V, compute capability 8.9+ (the sm_90a wgmma kernel on Hopper; the
+    /// sm_89 mma.sync kernel on Ada and with `--portable`, where `--pv-accum` picks the
+    /// accumulator of each key tile's product).
     Fp8,
 }
 
@@ -123,7 +124,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = PvArg::F16)]
     pub pv_accum: PvArg,
     /// P·V precision: f16 (default), int8 (8-bit P·V: the sm_90a kernel on Hopper, the portable
-    /// mma.sync kernel elsewhere) or fp8 (e4m3 P·V: the sm_89 kernel, Ada and Hopper).
+    /// mma.sync kernel elsewhere) or fp8 (e4m3 P·V: the sm_90a kernel on Hopper, the sm_89
+    /// mma.sync kernel on Ada and with `--portable`).
     #[arg(long, value_enum, default_value_t = PvPrecisionArg::F16)]
     pub pv_precision: PvPrecisionArg,
     /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.
