@@ -4,7 +4,8 @@
 //!   softmax in f64), proptest over shapes and options, output poisoned with NaN first;
 //! * quality: against the exact float64 attention on N(0,1) inputs and on K with large
 //!   per-channel offsets (the bounds: cos ≥ 0.9999, rel L1 ≤ 0.0135);
-//! * causality, non-finite inputs, LSE, and a small matrix for compute-sanitizer (`sanitizer_*`).
+//! * causality, non-finite inputs, LSE, scores that jump late in a row (the portable kernel's
+//!   tiles taken against a lagging max), and a small matrix for compute-sanitizer (`sanitizer_*`).
 //!
 //! Run on a GPU with `--include-ignored --test-threads=1`.
 
@@ -447,6 +448,72 @@ fn inf_in_v_propagates_like_the_reference() {
 }
 
 /// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
+/// Scores that jump late in a row (`common::late_score_jump_inputs`), through the portable
+/// kernel: its unmasked tiles after the first take their probabilities against the running max
+/// without the tile's max, and a warp takes the tile again from its scores when a lane's part of
+/// a row's tile sum passes the limit (`cta_k / 4` with the f16 accumulator, so its partial
+/// products stay within the exact path's bound; 2^14 with the f32 one). Jumps of 1 and 3 log2
+/// units (probabilities above 1 that the fast path may keep), 20 (a retry with a rescale) and
+/// 200 (an infinite probability in the first pass), both accumulators, d = 64 / 96 / 128 / 256,
+/// causal and not. Against the CPU emulation (f16 chunks for the f16 accumulator), output and
+/// LSE poisoned first; the bounds are this file's.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_late_score_jumps_match_emulation() {
+    let mut rng = fresh_rng("portable_score_jumps");
+    let (q_heads, kv_heads, len) = (4, 2, 2000);
+    let spike = 1700;
+    for (d, causal, jump, pv_accum) in [
+        (64, false, 1.0f32, PvAccum::F16),
+        (64, true, 3.0, PvAccum::F16),
+        (64, false, 200.0, PvAccum::F32),
+        (96, true, 20.0, PvAccum::F16),
+        (96, false, 3.0, PvAccum::F32),
+        (128, false, 20.0, PvAccum::F16),
+        (128, true, 200.0, PvAccum::F16),
+        (128, false, 1.0, PvAccum::F32),
+        (256, false, 20.0, PvAccum::F32),
+        (256, true, 3.0, PvAccum::F16),
+    ] {
+        let [q, k, v] =
+            common::late_score_jump_inputs(&mut rng, [q_heads, kv_heads, len, d], spike, jump);
+        let opts = Options {
+            causal,
+            pv_accum,
+            backend: Backend::Portable,
+            ..Options::default()
+        };
+        let (o, l) = run_poisoned(
+            [&q, &k, &v],
+            DType::F16,
+            Layout::Hnd,
+            DType::F16,
+            Layout::Hnd,
+            &opts,
+        )
+        .unwrap();
+        let ref_opts = RefOptions {
+            causal,
+            sm_scale: None,
+        };
+        // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
+        let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
+        let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, f16_accum);
+        let m = compare(&o, &reference.o);
+        let lse_diff = lse_max_error(&l, &reference.lse);
+        let what = format!("d {d} causal {causal} jump {jump} {pv_accum:?}");
+        eprintln!(
+            "{what}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
+            m.rel_l1
+        );
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+            "{what}: {m:?}"
+        );
+        assert!(lse_diff <= LSE_TOL, "{what}: LSE {lse_diff:.2e}");
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rows_without_visible_keys_are_zero() {

@@ -266,25 +266,29 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         ptx::cp_async_commit();
 
         let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(t)) };
-        let mut s = dequantize::<MT, KT>(&s_int, &args.q_scale, k_scale);
-        if MASK {
-            self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
-        }
-        let rescale = softmax.update(&mut s);
-        unroll::<MT>(
-            #[inline(always)]
-            |mt| {
-                unroll::<NT>(
-                    #[inline(always)]
-                    |nt| {
-                        unroll::<4>(
-                            #[inline(always)]
-                            |e| out[mt][nt][e] *= rescale[mt][e >> 1],
-                        );
-                    },
-                );
-            },
-        );
+        // Tile 0 sets the first max; masked tiles keep the exact path (their first visible key
+        // may come late in a row).
+        let s = if !MASK && t > 0 {
+            let (p, sums, within) = softmax.probabilities_against_max(
+                &s_int,
+                &args.q_scale,
+                k_scale,
+                Self::FAST_SUM_LIMIT,
+            );
+            // Warp-uniform: mma.sync needs every lane in the same branch.
+            if ptx::vote_all(within) {
+                softmax.add_sums(&sums);
+                p
+            } else {
+                // Kₜ's stage is overwritten only after step t + 1's first barrier.
+                let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(t)) };
+                self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(
+                    &s_int, t, args, k_scale, softmax, out,
+                )
+            }
+        } else {
+            self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(&s_int, t, args, k_scale, softmax, out)
+        };
         let mut probs = [[[0u32; 4]; KK]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -309,6 +313,60 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         } else {
             unsafe { self.pv_f16_accum::<NP, NT, MT, KK>(v_tile, &probs, out) };
         }
+    }
+
+    /// The largest lane-partial row sum of one tile that the probabilities against the running
+    /// max may reach ([`OnlineSoftmax::probabilities_against_max`]). With the f16 accumulator
+    /// per tile, `cta_k / 4` (the keys a lane holds of a row): the quad's tile sum then stays at
+    /// or below `cta_k`, the bound the exact path's probabilities (each at most 1) put on the f16
+    /// partial products, so the fast path cannot overflow where the exact one would not. With
+    /// the f32 accumulator, 2^14: every probability stays inside f16 with its full relative
+    /// precision, and the f32 output and sums grow by at most that factor per tile between
+    /// moves of the max (2^14 · 2^17 keys stays far inside f32).
+    const FAST_SUM_LIMIT: f32 = if PV_F32 {
+        16384.0
+    } else {
+        (cta_k(HD, PV_F32) / 4) as f32
+    };
+
+    /// Today's softmax of one tile: dequantize, mask, reduce the tile max, move the running max,
+    /// rescale the output, and the probabilities against the new max.
+    #[inline(always)]
+    fn exact_softmax<
+        const NT: usize,
+        const MT: usize,
+        const KT: usize,
+        const CAUSAL: bool,
+        const MASK: bool,
+    >(
+        &self,
+        s_int: &[[AccS32; KT]; MT],
+        t: u32,
+        args: &StepArgs<MT>,
+        k_scale: f32,
+        softmax: &mut OnlineSoftmax<MT>,
+        out: &mut OutAcc<NT, MT>,
+    ) -> [[AccF32; KT]; MT] {
+        let mut s = dequantize::<MT, KT>(s_int, &args.q_scale, k_scale);
+        if MASK {
+            self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
+        }
+        let rescale = softmax.update(&mut s);
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<NT>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<4>(
+                            #[inline(always)]
+                            |e| out[mt][nt][e] *= rescale[mt][e >> 1],
+                        );
+                    },
+                );
+            },
+        );
+        s
     }
 
     /// S = Q·Kᵀ for this warp's rows and the `8 * KT` keys of `k_tile`.

@@ -3,7 +3,7 @@
 //! quad, so row reductions need two butterfly shuffles (xor 1, xor 2). The running sum stays
 //! lane-partial until the epilogue (FlashAttention-2's trick).
 
-use crate::frag::AccF32;
+use crate::frag::{AccF32, AccS32};
 use crate::ptx;
 use crate::unroll::unroll;
 
@@ -72,6 +72,71 @@ impl<const MT: usize> OnlineSoftmax<MT> {
             },
         );
         rescale
+    }
+
+    /// The probabilities of an unmasked tile against the running max as it stands, without the
+    /// tile's max: `2^(s·scale - max)` for every integer score `s` (`scale = q_scale · k_scale`,
+    /// one fused multiply-add), and the lane's part of each row's sum. The last value says
+    /// whether every one of those lane sums stays at or below `limit` (false also for NaN, an
+    /// infinite probability, or a row without a max yet). When it holds for the whole warp the
+    /// tile needs no new max and the output no rescale: the caller adds the sums
+    /// ([`Self::add_sums`]). Otherwise it discards the result and takes the tile through
+    /// [`Self::update`] from its scores again. Skipping the max takes its reduction (a compare
+    /// per score, two shuffles per row) off the path from the scores to the first exponential.
+    #[inline(always)]
+    pub fn probabilities_against_max<const KT: usize>(
+        &self,
+        s_int: &[[AccS32; KT]; MT],
+        q_scale: &[[f32; 2]; MT],
+        k_scale: f32,
+        limit: f32,
+    ) -> ([[AccF32; KT]; MT], [[f32; 2]; MT], bool) {
+        let mut p = [[[0.0f32; 4]; KT]; MT];
+        let mut sums = [[0.0f32; 2]; MT];
+        let mut within = true;
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<2>(
+                    #[inline(always)]
+                    |h| {
+                        let (base, scale) = (self.max[mt][h], q_scale[mt][h] * k_scale);
+                        let mut row_sum = 0.0f32;
+                        unroll::<KT>(
+                            #[inline(always)]
+                            |nt| {
+                                unroll::<2>(
+                                    #[inline(always)]
+                                    |e| {
+                                        let x = s_int[mt][nt][2 * h + e] as f32;
+                                        let v = ptx::ex2(ptx::fma(x, scale, -base));
+                                        p[mt][nt][2 * h + e] = v;
+                                        row_sum += v;
+                                    },
+                                );
+                            },
+                        );
+                        sums[mt][h] = row_sum;
+                        // Against a max of -inf every probability is +inf or NaN: the sum fails.
+                        within &= row_sum <= limit;
+                    },
+                );
+            },
+        );
+        (p, sums, within)
+    }
+
+    /// Adds a tile's lane-partial row sums taken against the unchanged max
+    /// ([`Self::probabilities_against_max`]).
+    #[inline(always)]
+    pub fn add_sums(&mut self, sums: &[[f32; 2]; MT]) {
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                self.sum[mt][0] += sums[mt][0];
+                self.sum[mt][1] += sums[mt][1];
+            },
+        );
     }
 
     /// The full row sum of row `h` of tile `mt` (reduces the quad's partial sums).
