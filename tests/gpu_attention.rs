@@ -16,6 +16,7 @@ use common::{
     zeros_but_last_batch,
 };
 use proptest::prelude::*;
+use sageattention::device_config::has_compact_variant;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
     RefOutput,
@@ -217,6 +218,81 @@ proptest! {
         let run = run_case(&case, &q, &k, &v, true);
         let m = check_against_emulation(&case, &run);
         eprintln!("{case:?}: rel L1 vs emulation {:.2e}", m.rel_l1);
+    }
+}
+
+/// Sets the runtime's shared-memory model for the portable kernels
+/// (`Runtime::emulate_smem_per_sm`) and restores the device's own when dropped, even when the
+/// test using it fails (the runtime is shared by the binary's tests).
+struct SmemModel;
+
+impl SmemModel {
+    fn kib(kib: u32) -> Self {
+        runtime().emulate_smem_per_sm(Some(kib * 1024));
+        SmemModel
+    }
+}
+
+impl Drop for SmemModel {
+    fn drop(&mut self) {
+        runtime().emulate_smem_per_sm(None);
+    }
+}
+
+/// The compact portable variants (32-key tiles: d = 96 with either accumulator, d = 128 with the
+/// f16 one; what sm_86 / sm_89 run), reached here by modelling an SM of 100 KiB: the call selects
+/// them (checked), and every feature combination equals the CPU emulation (this file's bounds),
+/// over awkward lengths (tails of 1..31 keys past a 32-key tile), GQA, causal with qo ≠ kv,
+/// d = 80 and 112 zero-padded onto them, bf16 and NHD, output and LSE poisoned.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compact_variants_match_emulation() {
+    let _model = SmemModel::kib(100);
+    let rt = runtime();
+    let mut rng = fresh_rng("compact_variants");
+    for (i, (head_dim, pv_accum)) in [
+        (96, PvAccum::F16),
+        (96, PvAccum::F32),
+        (128, PvAccum::F16),
+        (80, PvAccum::F16),
+        (112, PvAccum::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (causal, qo_len, kv_len) in [(false, 200, 333), (true, 301, 257), (true, 97, 450)] {
+            let case = Case {
+                batch: 2,
+                q_heads: 4,
+                kv_heads: 2,
+                qo_len,
+                kv_len,
+                head_dim,
+                causal,
+                dtype: if i % 2 == 0 { DType::F16 } else { DType::BF16 },
+                layout: if causal { Layout::Nhd } else { Layout::Hnd },
+                out_layout: Layout::Hnd,
+                smooth_k: true,
+                pv_accum,
+                sm_scale: None,
+                backend: Backend::Portable,
+            };
+            let opts = Options {
+                causal,
+                pv_accum,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let kernel = sageattention::attention::selected_kernel(rt, head_dim, &opts).unwrap();
+            assert!(
+                kernel.compact && kernel.name.ends_with("_compact"),
+                "{case:?}: {kernel:?}"
+            );
+            let (q, k, v) = inputs(&case, &mut rng, 2.0);
+            let run = run_case(&case, &q, &k, &v, true);
+            let m = check_against_emulation(&case, &run);
+            eprintln!("{}: rel L1 vs emulation {:.2e}", kernel.name, m.rel_l1);
+        }
     }
 }
 
@@ -447,7 +523,6 @@ fn inf_in_v_propagates_like_the_reference() {
     }
 }
 
-/// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
 /// Scores that jump late in a row (`common::late_score_jump_inputs`), through the portable
 /// kernel: its unmasked tiles after the first take their probabilities against the running max
 /// without the tile's max, and a warp takes the tile again from its scores when a lane's part of
@@ -455,14 +530,13 @@ fn inf_in_v_propagates_like_the_reference() {
 /// products stay within the exact path's bound; 2^14 with the f32 one). Jumps of 1 and 3 log2
 /// units (probabilities above 1 that the fast path may keep), 20 (a retry with a rescale) and
 /// 200 (an infinite probability in the first pass), both accumulators, d = 64 / 96 / 128 / 256,
-/// causal and not. Against the CPU emulation (f16 chunks for the f16 accumulator), output and
+/// causal and not, and through the compact variants where they exist (32-key tiles, so a limit
+/// of 8 with the f16 accumulator). Against the CPU emulation (f16 chunks for the f16 accumulator), output and
 /// LSE poisoned first; the bounds are this file's.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn portable_late_score_jumps_match_emulation() {
     let mut rng = fresh_rng("portable_score_jumps");
-    let (q_heads, kv_heads, len) = (4, 2, 2000);
-    let spike = 1700;
     for (d, causal, jump, pv_accum) in [
         (64, false, 1.0f32, PvAccum::F16),
         (64, true, 3.0, PvAccum::F16),
@@ -475,45 +549,66 @@ fn portable_late_score_jumps_match_emulation() {
         (256, false, 20.0, PvAccum::F32),
         (256, true, 3.0, PvAccum::F16),
     ] {
-        let [q, k, v] =
-            common::late_score_jump_inputs(&mut rng, [q_heads, kv_heads, len, d], spike, jump);
-        let opts = Options {
-            causal,
-            pv_accum,
-            backend: Backend::Portable,
-            ..Options::default()
-        };
-        let (o, l) = run_poisoned(
-            [&q, &k, &v],
-            DType::F16,
-            Layout::Hnd,
-            DType::F16,
-            Layout::Hnd,
-            &opts,
-        )
-        .unwrap();
-        let ref_opts = RefOptions {
-            causal,
-            sm_scale: None,
-        };
-        // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
-        let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
-        let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, f16_accum);
-        let m = compare(&o, &reference.o);
-        let lse_diff = lse_max_error(&l, &reference.lse);
-        let what = format!("d {d} causal {causal} jump {jump} {pv_accum:?}");
-        eprintln!(
-            "{what}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
-            m.rel_l1
-        );
-        assert!(
-            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
-            "{what}: {m:?}"
-        );
-        assert!(lse_diff <= LSE_TOL, "{what}: LSE {lse_diff:.2e}");
+        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
+        for compact in [false, true] {
+            if compact && !has_compact {
+                continue;
+            }
+            let _model = compact.then(|| SmemModel::kib(100));
+            late_score_jump_case(&mut rng, d, causal, jump, pv_accum);
+        }
     }
 }
 
+/// One case of [`portable_late_score_jumps_match_emulation`].
+fn late_score_jump_case(
+    rng: &mut rand::rngs::StdRng,
+    d: usize,
+    causal: bool,
+    jump: f32,
+    pv_accum: PvAccum,
+) {
+    let (q_heads, kv_heads, len) = (4, 2, 2000);
+    let spike = 1700;
+    let [q, k, v] = common::late_score_jump_inputs(rng, [q_heads, kv_heads, len, d], spike, jump);
+    let opts = Options {
+        causal,
+        pv_accum,
+        backend: Backend::Portable,
+        ..Options::default()
+    };
+    let (o, l) = run_poisoned(
+        [&q, &k, &v],
+        DType::F16,
+        Layout::Hnd,
+        DType::F16,
+        Layout::Hnd,
+        &opts,
+    )
+    .unwrap();
+    let ref_opts = RefOptions {
+        causal,
+        sm_scale: None,
+    };
+    // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
+    let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
+    let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, f16_accum);
+    let m = compare(&o, &reference.o);
+    let lse_diff = lse_max_error(&l, &reference.lse);
+    let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
+    let what = format!("{} jump {jump}", kernel.name);
+    eprintln!(
+        "{what}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
+        m.rel_l1
+    );
+    assert!(
+        m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+        "{what}: {m:?}"
+    );
+    assert!(lse_diff <= LSE_TOL, "{what}: LSE {lse_diff:.2e}");
+}
+
+/// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn rows_without_visible_keys_are_zero() {
@@ -547,17 +642,21 @@ fn rows_without_visible_keys_are_zero() {
 }
 
 /// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head
-/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper.
+/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper, and
+/// the compact portable variants.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_small_matrix() {
     let mut rng = fresh_rng("sanitizer");
     for (i, head_dim) in [64usize, 96, 128].into_iter().enumerate() {
-        for (causal, backend) in [
-            (false, Backend::Auto),
-            (true, Backend::Auto),
-            (true, Backend::Portable),
+        for (causal, backend, compact) in [
+            (false, Backend::Auto, false),
+            (true, Backend::Auto, false),
+            (true, Backend::Portable, false),
+            (false, Backend::Portable, i > 0),
         ] {
+            // The compact variants (d = 96 and 128 here) as on a 100 KiB SM.
+            let _model = compact.then(|| SmemModel::kib(100));
             let case = Case {
                 batch: 1,
                 q_heads: 2,

@@ -20,7 +20,7 @@ use crate::tile::Tile;
 use crate::unroll::unroll;
 
 /// Global sources and shared tiles of one CTA.
-pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool> {
+pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool, const COMPACT: bool> {
     q_tile: Tile,
     /// Stage 0 of K and of V; stage 1 follows each at `*_stage_bytes(HD)`.
     k_stage0: Tile,
@@ -50,7 +50,7 @@ pub(crate) struct StepArgs<'a, const MT: usize> {
     pub kv_len: u32,
 }
 
-impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
+impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F32, COMPACT> {
     /// d = 256 copies K and V tiles row-per-thread ([`Self::copy_rows`]): one copy address per
     /// thread stays live across the tile loop instead of one per chunk (8 for V), which with the
     /// 128 output registers is what fits (ptxas 12.9: 240–243 registers instead of 246–255).
@@ -61,7 +61,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     pub fn new(p: &AttnParams, geo: &BlockGeometry) -> Self {
         let base = ptx::smem_base();
         let k0 = base + q_tile_bytes(HD, PV_F32) as u32;
-        let v0 = k0 + 2 * k_stage_bytes(HD, PV_F32) as u32;
+        let v0 = k0 + 2 * k_stage_bytes(HD, PV_F32, COMPACT) as u32;
         let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let q_head = (geo.batch * p.q_heads + geo.head) as u64;
@@ -89,7 +89,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     fn k_tile(&self, t: u32) -> Tile {
         Tile {
-            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD, PV_F32) as u32,
+            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD, PV_F32, COMPACT) as u32,
             ..self.k_stage0
         }
     }
@@ -98,7 +98,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     fn v_tile(&self, t: u32) -> Tile {
         Tile {
-            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD, PV_F32) as u32,
+            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD, PV_F32, COMPACT) as u32,
             ..self.v_stage0
         }
     }
@@ -133,15 +133,15 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     unsafe fn load_k(&self, t: u32) {
         if Self::WIDE {
-            let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
+            let src = self.k_src + t as u64 * (cta_k(HD, PV_F32, COMPACT) * HD) as u64;
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len: every row exists.
             return unsafe { self.copy_rows(self.k_tile(t), src, HD as u64, HD, u32::MAX) };
         }
         let tile = self.k_tile(t);
         let chunks_per_row = (HD / 16) as u32;
-        let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
+        let src = self.k_src + t as u64 * (cta_k(HD, PV_F32, COMPACT) * HD) as u64;
         let mut c = self.tid;
-        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32, COMPACT) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len.
             unsafe {
@@ -159,7 +159,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     unsafe fn load_v(&self, t: u32) {
         if Self::WIDE {
-            let key0 = t * cta_k(HD, PV_F32) as u32;
+            let key0 = t * cta_k(HD, PV_F32, COMPACT) as u32;
             let src = self.v_src + key0 as u64 * self.v_row_bytes;
             let rows = self.kv_len.saturating_sub(key0);
             // SAFETY: rows below kv_len - key0 are inside V.
@@ -168,9 +168,9 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         let tile = self.v_tile(t);
         let chunks_per_row = (HD / 8) as u32;
         let mut c = self.tid;
-        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32, COMPACT) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
-            let key = t * cta_k(HD, PV_F32) as u32 + row;
+            let key = t * cta_k(HD, PV_F32, COMPACT) as u32 + row;
             let dst = tile.addr(row, chunk * 16);
             // SAFETY: key < kv_len is inside V; otherwise nothing is read (src size 0).
             unsafe {
@@ -199,13 +199,14 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     unsafe fn copy_rows(&self, tile: Tile, src: u64, src_stride: u64, row_bytes: usize, rows: u32) {
         const {
-            let tpr = ATTN_THREADS / cta_k(HD, PV_F32);
+            let tpr = ATTN_THREADS / cta_k(HD, PV_F32, COMPACT);
             assert!(
-                tpr * cta_k(HD, PV_F32) == ATTN_THREADS && (HD / 16) % tpr == 0,
+                !Self::WIDE
+                    || (tpr * cta_k(HD, PV_F32, COMPACT) == ATTN_THREADS && (HD / 16) % tpr == 0),
                 "every thread copies whole 16-byte chunks of one row"
             );
         };
-        let tpr = (ATTN_THREADS / cta_k(HD, PV_F32)) as u32;
+        let tpr = (ATTN_THREADS / cta_k(HD, PV_F32, COMPACT)) as u32;
         let per_thread = row_bytes / 16 / tpr as usize;
         let (row, lane_chunk) = (self.tid / tpr, self.tid % tpr);
         let src = src + row as u64 * src_stride + 16 * lane_chunk as u64;
@@ -254,7 +255,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         out: &mut OutAcc<NT, MT>,
     ) {
         // SAFETY: the tile's K block < k_blocks of this head.
-        let k_block = (t as usize * cta_k(HD, PV_F32) / K_BLOCK) as u64;
+        let k_block = (t as usize * cta_k(HD, PV_F32, COMPACT) / K_BLOCK) as u64;
         let k_scale = unsafe { ptx::ld_global_nc_f32(args.k_scale_row + 4 * k_block) };
         let has_next = t + 1 < self.n_tiles;
 
@@ -326,7 +327,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     const FAST_SUM_LIMIT: f32 = if PV_F32 {
         16384.0
     } else {
-        (cta_k(HD, PV_F32) / 4) as f32
+        (cta_k(HD, PV_F32, COMPACT) / 4) as f32
     };
 
     /// Today's softmax of one tile: dequantize, mask, reduce the tile max, move the running max,
@@ -426,7 +427,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         t: u32,
         args: &StepArgs<MT>,
     ) {
-        let key0 = t * cta_k(HD, PV_F32) as u32;
+        let key0 = t * cta_k(HD, PV_F32, COMPACT) as u32;
         let row0 = args.geo.q_row0 + self.warp_row0;
         unroll::<MT>(
             #[inline(always)]
