@@ -107,6 +107,10 @@ pub struct Args {
     /// launches' shared memory to that occupancy (`Runtime::emulate_smem_per_sm`).
     #[arg(long, value_name = "KIB")]
     pub emulate_smem_per_sm: Option<u32>,
+    /// A measuring aid: keep the portable kernels' 64-key variants where a compact one would run
+    /// (`Runtime::allow_compact`), the baseline for `--emulate-smem-per-sm`.
+    #[arg(long)]
+    pub no_compact: bool,
     /// Turn off K smoothing (subtracting K's mean over the sequence).
     #[arg(long)]
     pub no_smooth_k: bool,

@@ -124,6 +124,7 @@ fn run(args: &Args) -> Result<(), BenchError> {
     }
 
     let rt = Runtime::new(args.device)?;
+    rt.allow_compact(!args.no_compact);
     if let Some(kib) = args.emulate_smem_per_sm {
         rt.emulate_smem_per_sm(Some(kib.saturating_mul(1024)));
         println!(

@@ -29,7 +29,7 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use super::kernel::{Kernel, KernelResources, ModuleKind, DEFAULT_MAX_DYNAMIC_SMEM};
@@ -94,6 +94,8 @@ struct Inner {
     /// Shared memory per SM that the portable kernels plan for instead of the device's, 0 for
     /// the device's ([`Runtime::emulate_smem_per_sm`]).
     smem_per_sm_model: AtomicU32,
+    /// Whether the portable kernels may run their compact variants ([`Runtime::allow_compact`]).
+    compact_allowed: AtomicBool,
     /// L2 cache bytes (the sm_90a causal launch order depends on whether K and V fit in it).
     l2_bytes: u64,
     /// Streaming multiprocessors (queried once: the preparation plan reads it on every call).
@@ -302,6 +304,7 @@ impl Runtime {
                 smem_optin,
                 smem_per_sm,
                 smem_per_sm_model: AtomicU32::new(0),
+                compact_allowed: AtomicBool::new(true),
                 l2_bytes,
                 sm_count,
                 modules: Default::default(),
@@ -538,6 +541,19 @@ impl Runtime {
     pub fn emulate_smem_per_sm(&self, bytes: Option<u32>) {
         let model = bytes.filter(|&b| b < self.inner.smem_per_sm).unwrap_or(0);
         self.inner.smem_per_sm_model.store(model, Ordering::Relaxed);
+    }
+
+    /// A measuring aid, not for production: whether the portable f16 kernels may choose their
+    /// compact variants where they pay (the default), or keep the 64-key ones everywhere — with
+    /// [`Self::emulate_smem_per_sm`], the baseline a compact variant is measured against.
+    #[doc(hidden)]
+    pub fn allow_compact(&self, allow: bool) {
+        self.inner.compact_allowed.store(allow, Ordering::Relaxed);
+    }
+
+    /// See [`Self::allow_compact`].
+    pub(crate) fn compact_allowed(&self) -> bool {
+        self.inner.compact_allowed.load(Ordering::Relaxed)
     }
 
     /// The dynamic shared memory a portable kernel's launch asks for: `smem`, or under

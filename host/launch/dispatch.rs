@@ -113,7 +113,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     let f32_is_free = opts.backend == Backend::Auto && rt.compute_capability() == (9, 0);
     let pv_f32 =
         opts.pv_accum == PvAccum::F32 || f32_is_free || !has_f16_accum_variant(portable_dim);
-    let compact = compact_pays(portable_dim, pv_f32, rt.smem_per_sm());
+    let compact = rt.compact_allowed() && compact_pays(portable_dim, pv_f32, rt.smem_per_sm());
     let name = attention_kernel_name(portable_dim, opts.causal, pv_f32, compact)?;
     Some(SelectedKernel {
         module: ModuleKind::Portable,
