@@ -568,44 +568,25 @@ fn late_score_jump_case(
     jump: f32,
     pv_accum: PvAccum,
 ) {
-    let (q_heads, kv_heads, len) = (4, 2, 2000);
-    let spike = 1700;
-    let [q, k, v] = common::late_score_jump_inputs(rng, [q_heads, kv_heads, len, d], spike, jump);
     let opts = Options {
         causal,
         pv_accum,
         backend: Backend::Portable,
         ..Options::default()
     };
-    let (o, l) = run_poisoned(
-        [&q, &k, &v],
-        DType::F16,
-        Layout::Hnd,
-        DType::F16,
-        Layout::Hnd,
-        &opts,
-    )
-    .unwrap();
-    let ref_opts = RefOptions {
-        causal,
-        sm_scale: None,
-    };
+    let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
     // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
     let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
-    let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, f16_accum);
-    let m = compare(&o, &reference.o);
-    let lse_diff = lse_max_error(&l, &reference.lse);
-    let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
-    let what = format!("{} jump {jump}", kernel.name);
-    eprintln!(
-        "{what}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
-        m.rel_l1
+    common::check_late_score_jump(
+        rng,
+        [4, 2, 2000, d],
+        1700,
+        jump,
+        &opts,
+        f16_accum,
+        kernel.name,
+        (EMULATION_REL_L1, LSE_TOL),
     );
-    assert!(
-        m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
-        "{what}: {m:?}"
-    );
-    assert!(lse_diff <= LSE_TOL, "{what}: LSE {lse_diff:.2e}");
 }
 
 /// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
-use sageattention::reference::HostTensor;
+use sageattention::reference::{attention_quantized_emulation, compare, HostTensor, RefOptions};
 use sageattention::{sageattn_into, DType, Error, Layout, Options, Prepared, Runtime, Tensor};
 
 /// The runtime shared by every test of the binary (module load and PTX JIT happen once).
@@ -276,6 +276,52 @@ pub fn bit_differences(a: &[f32], b: &[f32]) -> usize {
         .filter(|(x, y)| x.to_bits() != y.to_bits())
         .count();
     differing + a.len().abs_diff(b.len())
+}
+
+/// Runs `opts` on [`late_score_jump_inputs`] (f16, HND, output and LSE poisoned) and asserts that
+/// the output is within `max_rel_l1` (rel L1, no NaN where the emulation has none) and the LSE
+/// within `lse_tol` (absolute) of the CPU emulation of the quantized algorithm
+/// (`f16_accum`: its f16 P·V accumulator per key block); `what` names the case.
+#[allow(clippy::too_many_arguments)]
+pub fn check_late_score_jump(
+    rng: &mut StdRng,
+    shape: [usize; 4],
+    spike: usize,
+    jump: f32,
+    opts: &Options,
+    f16_accum: bool,
+    what: &str,
+    (max_rel_l1, lse_tol): (f64, f64),
+) {
+    let [q, k, v] = late_score_jump_inputs(rng, shape, spike, jump);
+    let (o, l) = run_poisoned(
+        [&q, &k, &v],
+        DType::F16,
+        Layout::Hnd,
+        DType::F16,
+        Layout::Hnd,
+        opts,
+    )
+    .unwrap();
+    let ref_opts = RefOptions {
+        causal: opts.causal,
+        sm_scale: None,
+    };
+    let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, f16_accum);
+    let m = compare(&o, &reference.o);
+    let lse_diff = lse_max_error(&l, &reference.lse);
+    eprintln!(
+        "{what} jump {jump}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
+        m.rel_l1
+    );
+    assert!(
+        m.n_nan_mismatch == 0 && m.rel_l1 <= max_rel_l1,
+        "{what} jump {jump}: {m:?}"
+    );
+    assert!(
+        lse_diff <= lse_tol,
+        "{what} jump {jump}: LSE {lse_diff:.2e}"
+    );
 }
 
 /// Q, K, V (f16, HND, one batch) whose scores jump late in a row, for the f16 kernels' tiles

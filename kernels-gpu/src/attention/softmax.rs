@@ -5,6 +5,7 @@
 
 use crate::frag::{AccF32, AccS32};
 use crate::ptx;
+use crate::softmax16::exponentiate_row;
 use crate::unroll::unroll;
 
 /// Running max (log2 units) and lane-partial running sum of each row a lane holds.
@@ -52,20 +53,8 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                         };
                         rescale[mt][h] = ptx::ex2(self.max[mt][h] - base);
                         self.max[mt][h] = new_max;
-                        let mut row_sum = 0.0f32;
-                        unroll::<KT>(
-                            #[inline(always)]
-                            |nt| {
-                                unroll::<2>(
-                                    #[inline(always)]
-                                    |e| {
-                                        let v = ptx::ex2(s[mt][nt][2 * h + e] - base);
-                                        s[mt][nt][2 * h + e] = v;
-                                        row_sum += v;
-                                    },
-                                );
-                            },
-                        );
+                        // In place: the scores are read from a copy (registers, no cost).
+                        let row_sum = exponentiate_row(&{ s[mt] }, &mut s[mt], h, |x, _| x - base);
                         self.sum[mt][h] = self.sum[mt][h] * rescale[mt][h] + row_sum;
                     },
                 );
@@ -101,21 +90,9 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                     #[inline(always)]
                     |h| {
                         let (base, scale) = (self.max[mt][h], q_scale[mt][h] * k_scale);
-                        let mut row_sum = 0.0f32;
-                        unroll::<KT>(
-                            #[inline(always)]
-                            |nt| {
-                                unroll::<2>(
-                                    #[inline(always)]
-                                    |e| {
-                                        let x = s_int[mt][nt][2 * h + e] as f32;
-                                        let v = ptx::ex2(ptx::fma(x, scale, -base));
-                                        p[mt][nt][2 * h + e] = v;
-                                        row_sum += v;
-                                    },
-                                );
-                            },
-                        );
+                        let row_sum = exponentiate_row(&s_int[mt], &mut p[mt], h, |x, _| {
+                            ptx::fma(x as f32, scale, -base)
+                        });
                         sums[mt][h] = row_sum;
                         // Against a max of -inf every probability is +inf or NaN: the sum fails.
                         within &= row_sum <= limit;
