@@ -31,7 +31,7 @@ pub struct SelectedKernel {
     /// Whether it applies the causal mask.
     pub causal: bool,
     /// Whether it is the portable kernel's compact variant (32-key tiles, two CTAs on an SM of
-    /// 100 KiB: [`compact_pays`]).
+    /// 100 KiB: `dispatch::compact_pays`).
     pub compact: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
     /// to run on it (the next compiled size up: d = 80 on the portable or the wgmma d = 96
