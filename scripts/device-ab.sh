@@ -8,7 +8,9 @@
 #       carry=[".devpack"])
 #
 # Arguments: NAME=PATH for each binary (the first is the baseline), then `--`, then the bench's
-# arguments (`--json`, `-q` and `--no-check` are added). Output: the table on stdout and in
+# arguments (`--json`, `-q` and `--no-check` are added). `NAME=PATH+ARG+ARG…` adds arguments for
+# that binary only (e.g. `full=.device/bench+--no-compact compact=.device/bench`: one binary,
+# two settings). Output: the table on stdout and in
 # $OUT/ab.txt; each run's JSON stays in /tmp (only the table comes back, the device tool returns
 # few files). Environment: OUT (default ./.device-out), ROUNDS (default 2), AB_TIMEOUT (seconds
 # per bench run, default 150).
@@ -16,10 +18,14 @@ set -uo pipefail
 
 names=()
 paths=()
+extra=()
 while (($#)) && [[ "$1" != -- ]]; do
     [[ "$1" == *=* ]] || { echo "device-ab: expected NAME=PATH, got '$1'" >&2; exit 2; }
     names+=("${1%%=*}")
-    paths+=("${1#*=}")
+    spec="${1#*=}"
+    paths+=("${spec%%+*}")
+    # The binary's own arguments, `+`-separated after its path ("" when none).
+    [[ "$spec" == *+* ]] && extra+=("${spec#*+}") || extra+=("")
     shift
 done
 [[ "${1:-}" == -- ]] && shift
@@ -35,7 +41,9 @@ t0=$SECONDS
 for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
     for i in "${!names[@]}"; do
         json="$work/${names[$i]}.$round.json"
-        timeout "${AB_TIMEOUT:-150}" "${paths[$i]}" "$@" -q --no-check --json "$json" \
+        own=()
+        [[ -n "${extra[$i]}" ]] && IFS=+ read -r -a own <<< "${extra[$i]}"
+        timeout "${AB_TIMEOUT:-150}" "${paths[$i]}" "${own[@]}" "$@" -q --no-check --json "$json" \
             > "$work/${names[$i]}.$round.log" 2>&1
         echo "device-ab: ${names[$i]} round $round: exit $? ($((SECONDS - t0)) s)"
     done
