@@ -25,8 +25,17 @@ impl<const MT: usize> OnlineSoftmax<MT> {
 
     /// Folds one key tile of scores `s` (KT n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
+    /// `headroom` (log2 units, ≥ 0, a constant of the caller): a row whose tile max passes its
+    /// running max moves it that far above the tile max instead of to it, so this tile's
+    /// probabilities stay ≤ 2^-headroom and the next tiles, taken against that max without a
+    /// reduction ([`Self::probabilities_against_max`]), have room to rise before they must be
+    /// taken again (the softmax is the same against any reference).
     #[inline(always)]
-    pub fn update<const KT: usize>(&mut self, s: &mut [[AccF32; KT]; MT]) -> [[f32; 2]; MT] {
+    pub fn update<const KT: usize>(
+        &mut self,
+        s: &mut [[AccF32; KT]; MT],
+        headroom: f32,
+    ) -> [[f32; 2]; MT] {
         let mut rescale = [[1.0f32; 2]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -43,7 +52,14 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                         );
                         tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
                         tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
-                        let new_max = self.max[mt][h].max(tile_max);
+                        let old_max = self.max[mt][h];
+                        let new_max = if headroom == 0.0 {
+                            old_max.max(tile_max)
+                        } else if tile_max > old_max {
+                            tile_max + headroom
+                        } else {
+                            old_max
+                        };
                         // A row that has seen only masked keys keeps max = -inf; subtract 0 instead so
                         // that 2^(-inf - 0) = 0 rather than NaN.
                         let base = if new_max == f32::NEG_INFINITY {
