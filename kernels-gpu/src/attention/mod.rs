@@ -139,7 +139,7 @@ unsafe fn attention<
 
     if geo.n_tiles > 0 {
         // SAFETY: the host validated every pointer and the padded quantized layouts.
-        unsafe { pipe.load_q_and_first_tile() };
+        unsafe { pipe.load_q_and_first_tile::<CAUSAL>() };
         let mut q_scale = [[0.0f32; 2]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -161,17 +161,55 @@ unsafe fn attention<
             k_scale_row,
             kv_len: p.kv_len,
         };
-        for t in 0..geo.n_unmasked {
-            // SAFETY: t < n_tiles; see `Pipeline::step`.
-            unsafe {
-                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(t, &args, &mut softmax, &mut out)
-            };
-        }
-        for t in geo.n_unmasked..geo.n_tiles {
-            // SAFETY: as above.
-            unsafe {
-                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(t, &args, &mut softmax, &mut out)
-            };
+        // Visit order (`Pipeline::tile_of`): causal calls from the last tile down, so the
+        // masked tiles at the diagonal come first; otherwise the unmasked tiles, then the tail.
+        if CAUSAL {
+            let n_masked = geo.n_tiles - geo.n_unmasked;
+            for i in 0..n_masked {
+                // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
+                unsafe {
+                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(
+                        i,
+                        &args,
+                        &mut softmax,
+                        &mut out,
+                    )
+                };
+            }
+            for i in n_masked..geo.n_tiles {
+                // SAFETY: as above.
+                unsafe {
+                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(
+                        i,
+                        &args,
+                        &mut softmax,
+                        &mut out,
+                    )
+                };
+            }
+        } else {
+            for i in 0..geo.n_unmasked {
+                // SAFETY: as above.
+                unsafe {
+                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(
+                        i,
+                        &args,
+                        &mut softmax,
+                        &mut out,
+                    )
+                };
+            }
+            for i in geo.n_unmasked..geo.n_tiles {
+                // SAFETY: as above.
+                unsafe {
+                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(
+                        i,
+                        &args,
+                        &mut softmax,
+                        &mut out,
+                    )
+                };
+            }
         }
         ptx::cp_async_wait::<0>();
     }
