@@ -69,8 +69,20 @@ def main():
             noise[(i, j, sd)] = rng.gauss(0.0, sd)
         return noise[(i, j, sd)]
 
+    # `bench --inputs rotary` at d = 128: the mean score at distance t is Σ_m cos(ω_m t) scaled
+    # (8.2 log2 units at 0); the noise of q·k, z·r and r·z (sd 1.44, 1.02, 1.02) together sd 2.04.
+    profile = {}
+
+    def rotary(i, j, d=128):
+        t = abs(i - j)
+        if t not in profile:
+            s = sum(math.cos(10000 ** (-2 * m / d) * t) for m in range(d // 2))
+            profile[t] = s / math.sqrt(d) * math.log2(math.e)
+        return profile[t] + gauss(i, j, 2.04)
+
     # Scores in log2 units; sd 1.44 is N(0,1) Q and K at any head_dim (q·k/sqrt(d)·log2 e).
     shapes = {
+        "bench --inputs rotary d128": rotary,
         "N(0,1) inputs": lambda i, j: gauss(i, j, 1.44),
         "peaky (sd 5)": lambda i, j: gauss(i, j, 5.0),
         "sink at key 0 (+12)": lambda i, j: (12.0 if j == 0 else 0.0) + gauss(i, j, 1.44),

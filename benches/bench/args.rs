@@ -54,6 +54,17 @@ pub enum PvPrecisionArg {
     Fp8,
 }
 
+/// What the timed inputs hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum InputsArg {
+    /// Independent N(0,1) samples.
+    Normal,
+    /// N(0,1) plus a rotary positional part in Q and K (RoPE's frequencies): each query scores
+    /// its nearby keys higher, about 8 log2 units at its own position falling to 1 at 2K keys
+    /// (d = 128), as rotary-embedded heads do on average.
+    Rotary,
+}
+
 /// Which paths to time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PathsArg {
@@ -178,6 +189,10 @@ pub struct Args {
     /// Skip the startup check of the output against a float64 CPU reference.
     #[arg(long)]
     pub no_check: bool,
+    /// What the timed inputs hold: N(0,1), or N(0,1) with a rotary positional part in Q and K
+    /// (scores that decay with the distance; generated for each shape, so slower to start).
+    #[arg(long, value_enum, default_value_t = InputsArg::Normal)]
+    pub inputs: InputsArg,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -352,6 +367,10 @@ impl Args {
             max_seconds_per_case: self.max_seconds_per_case,
             max_sets: self.max_sets,
             seed: self.seed,
+            inputs: match self.inputs {
+                InputsArg::Normal => "normal".into(),
+                InputsArg::Rotary => "rotary".into(),
+            },
         }
     }
 }

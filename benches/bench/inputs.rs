@@ -9,7 +9,9 @@ use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
 use sageattention::error::CudaResultExt;
-use sageattention::{DType, Error as SageError, Runtime};
+use sageattention::{DType, Error as SageError, Layout, Runtime};
+
+use super::stats::Shape;
 
 /// Elements per independently seeded chunk of random data.
 pub const RNG_CHUNK: usize = 1 << 16;
@@ -32,6 +34,92 @@ pub fn fill_normal_bits(out: &mut [u16], dtype: DType, seed: u64, first: usize) 
                 };
             }
         });
+}
+
+/// The positional part of element (`pos`, `channel`) of Q and of K with `--inputs rotary`:
+/// channel pair m holds `(cos(ω_m·pos), sin(ω_m·pos))` with RoPE's frequencies
+/// `ω_m = 10000^(−2m/head_dim)`, so `q_i·k_j` gains `Σ_m cos(ω_m (i − j))`: `head_dim / 2` at
+/// `i = j`, falling off with the distance (in log2 units of the score, ≈ 0.72·√head_dim at the
+/// diagonal: 8.2 at d = 128), as the scores of rotary-embedded heads do on average.
+pub fn rotary_component(pos: usize, channel: usize, head_dim: usize) -> f32 {
+    let m = (channel / 2) as f64;
+    let omega = 10000f64.powf(-2.0 * m / head_dim as f64);
+    let angle = omega * pos as f64;
+    (if channel.is_multiple_of(2) {
+        angle.cos()
+    } else {
+        angle.sin()
+    }) as f32
+}
+
+/// The 16-bit patterns of a `[batch, heads, seq, head_dim]` tensor in `layout` (contiguous):
+/// N(0,1) samples of the stream of `seed` plus, with `positional`, [`rotary_component`] of each
+/// element's sequence position and channel (in parallel, deterministic for a seed).
+pub fn structured_bits(
+    shape: [usize; 4],
+    layout: Layout,
+    dtype: DType,
+    seed: u64,
+    positional: bool,
+) -> Vec<u16> {
+    let [_, heads, seq, d] = shape;
+    let mut out = vec![0u16; shape.iter().product()];
+    out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
+            seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        // Contiguous rows: HND is (batch, head, pos), NHD (batch, pos, head).
+        let pos = match layout {
+            Layout::Hnd => row % seq,
+            Layout::Nhd => (row / heads) % seq,
+        };
+        for (c, x) in chunk.iter_mut().enumerate() {
+            let z: f32 = StandardNormal.sample(&mut rng);
+            let v = if positional {
+                z + rotary_component(pos, c, d)
+            } else {
+                z
+            };
+            *x = match dtype {
+                DType::BF16 => bf16::from_f32(v).to_bits(),
+                _ => f16::from_f32(v).to_bits(),
+            };
+        }
+    });
+    out
+}
+
+/// Overwrites the first `sets` input sets of `shape` in `pool` (Q, K, V one after the other, as
+/// the sweep's views read them) with Q and K of [`structured_bits`] with the positional part and
+/// V of N(0,1) samples, each tensor from its own seed.
+pub fn fill_rotary_sets(
+    rt: &Runtime,
+    pool: &mut CudaSlice<u16>,
+    shape: &Shape,
+    sets: usize,
+    layout: Layout,
+    dtype: DType,
+    seed: u64,
+) -> Result<(), SageError> {
+    let q_shape = [shape.batch, shape.heads, shape.seq, shape.head_dim];
+    let kv_shape = [shape.batch, shape.kv_heads, shape.seq, shape.head_dim];
+    let mut at = 0;
+    for set in 0..sets {
+        for (t, (tensor_shape, positional)) in
+            [(q_shape, true), (kv_shape, true), (kv_shape, false)]
+                .into_iter()
+                .enumerate()
+        {
+            let tensor_seed = seed ^ ((3 * set + t + 1) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+            let host = structured_bits(tensor_shape, layout, dtype, tensor_seed, positional);
+            let mut dst = pool.slice_mut(at..at + host.len());
+            rt.stream()
+                .memcpy_htod(&host, &mut dst)
+                .with_op(|| format!("uploading {} rotary input elements", host.len()))?;
+            at += host.len();
+        }
+    }
+    rt.synchronize()
 }
 
 /// N(0,1) f32 samples rounded to `dtype` (for the self-check, whose reference needs the values).
@@ -104,6 +192,53 @@ mod tests {
             normal_values(16, DType::F16, 1),
             normal_values(16, DType::F16, 2)
         );
+    }
+
+    /// Rotary inputs: each query's scores peak at its own position and fall off with the
+    /// distance (averaged over queries, so the noise cancels), in both layouts.
+    #[test]
+    fn rotary_scores_peak_at_the_diagonal() {
+        let (seq, d) = (512, 128);
+        for layout in [Layout::Hnd, Layout::Nhd] {
+            let shape = [1, 2, seq, d];
+            let q = structured_bits(shape, layout, DType::F16, 3, true);
+            let k = structured_bits(shape, layout, DType::F16, 4, true);
+            let at = |bits: &[u16], h: usize, pos: usize, c: usize| {
+                let i = match layout {
+                    Layout::Hnd => (h * seq + pos) * d + c,
+                    Layout::Nhd => (pos * 2 + h) * d + c,
+                };
+                bits_to_f32(bits[i], DType::F16)
+            };
+            // Mean score (log2 units) at distance `dist`, over queries 256..384 of head 1.
+            let mean_score = |dist: usize| {
+                let total: f32 = (256..384)
+                    .map(|i| {
+                        let dot: f32 = (0..d)
+                            .map(|c| at(&q, 1, i, c) * at(&k, 1, i - dist, c))
+                            .sum();
+                        dot / (d as f32).sqrt() * std::f32::consts::LOG2_E
+                    })
+                    .sum();
+                total / 128.0
+            };
+            let (s0, s8, s64, s250) = (
+                mean_score(0),
+                mean_score(8),
+                mean_score(64),
+                mean_score(250),
+            );
+            assert!((s0 - 8.2).abs() < 1.0, "{layout:?}: diagonal {s0}");
+            assert!(
+                s0 > s8 && s8 > s64 && s64 > s250 - 0.5,
+                "{layout:?}: {s0} {s8} {s64} {s250}"
+            );
+            assert!(s250 < 3.0, "{layout:?}: far {s250}");
+        }
+        let plain = structured_bits([1, 1, 4, 8], Layout::Hnd, DType::BF16, 5, false);
+        assert!(plain
+            .iter()
+            .all(|&b| bits_to_f32(b, DType::BF16).is_finite()));
     }
 
     #[test]

@@ -96,6 +96,14 @@ pub struct ConfigJson {
     pub max_sets: usize,
     /// Seed of the input data.
     pub seed: u64,
+    /// `normal` (N(0,1)) or `rotary` (N(0,1) plus a positional part in Q and K; absent in JSON
+    /// written before the flag existed: `normal`).
+    #[serde(default = "default_inputs")]
+    pub inputs: String,
+}
+
+fn default_inputs() -> String {
+    "normal".into()
 }
 
 fn default_pv_precision() -> String {
@@ -505,6 +513,7 @@ pub(crate) mod tests {
                 max_seconds_per_case: 10.0,
                 max_sets: 64,
                 seed: 1,
+                inputs: "normal".into(),
             },
             self_check: vec![],
             cases,

@@ -10,9 +10,9 @@ use sageattention::{
 };
 use std::time::{Duration, Instant};
 
-use super::args::Args;
+use super::args::{Args, InputsArg};
 use super::error::{is_fatal, one_line};
-use super::inputs::{make_pool, normal_values};
+use super::inputs::{fill_rotary_sets, make_pool, normal_values};
 use super::plan::{gib, plan, pool_size, Plan};
 use super::report::{peak_bandwidth_gbs, CaseJson, DeviceJson, PathJson, Report, SelfCheckJson};
 use super::stats::{attention_flops, overhead_pct, summarize, tops, Shape};
@@ -380,7 +380,7 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
     bench.progress_total = plans.len()
         * causal.len()
         * (usize::from(args.run_kernel()) + usize::from(args.run_full()));
-    let pool = if pool_elems > 0 {
+    let mut pool = if pool_elems > 0 {
         let t0 = Instant::now();
         let pool = make_pool(&bench.rt, pool_elems, dtype, args.seed)?;
         bench.progress(&format!(
@@ -423,6 +423,25 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
                 report.cases.push(skipped_case(p, c, reason.clone()));
             }
             continue;
+        }
+        if let (InputsArg::Rotary, Some(pool)) = (args.inputs, pool.as_mut()) {
+            let t0 = Instant::now();
+            fill_rotary_sets(
+                &bench.rt,
+                pool,
+                &p.shape,
+                p.sets,
+                args.layout(),
+                dtype,
+                args.seed,
+            )?;
+            bench.progress(&format!(
+                "inputs: {} set(s) with rotary Q and K for d={} N={} in {:.1} s",
+                p.sets,
+                p.shape.head_dim,
+                p.shape.seq,
+                t0.elapsed().as_secs_f64()
+            ));
         }
         let before = report.cases.len();
         if let Err(e) = bench.run_shape(p, pool_base, report) {
