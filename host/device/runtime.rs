@@ -85,6 +85,15 @@ pub const DEFAULT_VARLEN_STREAMS: usize = 4;
 /// beside what the kernel asks for.
 pub const CTA_RESERVED_SMEM: u32 = 1024;
 
+/// The dynamic shared memory that makes an SM of `per_sm` bytes hold as many CTAs of a kernel
+/// asking for `smem` as an SM of `model` bytes would (at least one, within the block limit
+/// `optin`): each CTA then takes `per_sm / ctas` with its reserved part.
+fn occupancy_padded_smem(smem: u32, model: u32, per_sm: u32, optin: u32) -> u32 {
+    let ctas = (model / (smem + CTA_RESERVED_SMEM)).max(1);
+    let padded = (per_sm / ctas).saturating_sub(CTA_RESERVED_SMEM);
+    smem.max(padded).min(optin)
+}
+
 struct Inner {
     ctx: Arc<CudaContext>,
     cc: (i32, i32),
@@ -564,9 +573,7 @@ impl Runtime {
         if model == 0 {
             return smem;
         }
-        let ctas = (model / (smem + CTA_RESERVED_SMEM)).max(1);
-        let padded = (self.inner.smem_per_sm / ctas).saturating_sub(CTA_RESERVED_SMEM);
-        smem.max(padded).min(self.inner.smem_optin)
+        occupancy_padded_smem(smem, model, self.inner.smem_per_sm, self.inner.smem_optin)
     }
 
     /// [`Error::UnsupportedDevice`] unless the device has compute capability 8.0 or newer.
@@ -746,5 +753,40 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(alloc_bytes::<f32>(10).unwrap(), 40);
+    }
+
+    /// The occupancy proxy: on an H200 SM (228 KiB, 227 KiB per block), the padded request
+    /// holds exactly as many CTAs as a modelled SM would hold unpadded ones (at least one), for
+    /// every request size the portable kernels make and models of 100 and 164 KiB.
+    #[test]
+    fn occupancy_padding_reproduces_the_modelled_ctas_per_sm() {
+        let (per_sm, optin) = (228 * 1024, 227 * 1024);
+        let fit = |smem: u32, sm: u32| sm / (smem + CTA_RESERVED_SMEM);
+        for model in [100 * 1024, 164 * 1024] {
+            for smem in (4 * 1024..=99 * 1024).step_by(512) {
+                let padded = occupancy_padded_smem(smem, model, per_sm, optin);
+                assert!(padded >= smem && padded <= optin, "{smem} {model}");
+                assert_eq!(
+                    fit(padded, per_sm),
+                    fit(smem, model).max(1),
+                    "smem {smem}, model {model}: padded {padded}"
+                );
+            }
+        }
+        // The compact d = 128 f16 variant on a 100 KiB model: two CTAs; the 64-key one: one.
+        assert_eq!(
+            fit(
+                occupancy_padded_smem(35_840, 100 * 1024, per_sm, optin),
+                per_sm
+            ),
+            2
+        );
+        assert_eq!(
+            fit(
+                occupancy_padded_smem(62_464, 100 * 1024, per_sm, optin),
+                per_sm
+            ),
+            1
+        );
     }
 }
