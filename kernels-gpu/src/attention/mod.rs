@@ -5,8 +5,9 @@
 //! One CTA owns `cta_q(HD, PV_F32)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
 //! tiles of `cta_k(HD, PV_F32, COMPACT)` keys (64, or 32 for d = 128 f32-acc, d = 256 and the
 //! compact variants, `config::has_compact_variant`) stream through a
-//! two-stage cp.async pipeline (`mainloop`). The entry is: block geometry → prologue loads →
-//! unmasked tiles → masked tiles → epilogue.
+//! two-stage cp.async pipeline (`mainloop`). The entry is: block geometry → prologue loads → the
+//! key tiles (unmasked, then the masked tail; causal: from the last down, the diagonal's masked
+//! tiles first) → epilogue.
 //!
 //! Variants exist for HD = 64, 96, 128 and 256 (`config::for_each_attention_variant!`). A smaller
 //! head_dim `p.head_dim` runs on the next one up: Q and K arrive quantized `HD` wide and V
