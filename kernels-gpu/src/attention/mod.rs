@@ -162,55 +162,31 @@ unsafe fn attention<
             k_scale_row,
             kv_len: p.kv_len,
         };
-        // Visit order (`Pipeline::tile_of`): causal calls from the last tile down, so the
-        // masked tiles at the diagonal come first; otherwise the unmasked tiles, then the tail.
+        // Visits `range` of the order (`Pipeline::tile_of`), masked or not.
+        macro_rules! visit {
+            ($range:expr, $mask:literal) => {
+                for i in $range {
+                    // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
+                    unsafe {
+                        pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, $mask>(
+                            i,
+                            &args,
+                            &mut softmax,
+                            &mut out,
+                        )
+                    };
+                }
+            };
+        }
+        // Causal calls from the last tile down, so the masked tiles at the diagonal come first;
+        // otherwise the unmasked tiles, then the tail.
+        let n_masked = geo.n_tiles - geo.n_unmasked;
         if CAUSAL {
-            let n_masked = geo.n_tiles - geo.n_unmasked;
-            for i in 0..n_masked {
-                // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
-                unsafe {
-                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(
-                        i,
-                        &args,
-                        &mut softmax,
-                        &mut out,
-                    )
-                };
-            }
-            for i in n_masked..geo.n_tiles {
-                // SAFETY: as above.
-                unsafe {
-                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(
-                        i,
-                        &args,
-                        &mut softmax,
-                        &mut out,
-                    )
-                };
-            }
+            visit!(0..n_masked, true);
+            visit!(n_masked..geo.n_tiles, false);
         } else {
-            for i in 0..geo.n_unmasked {
-                // SAFETY: as above.
-                unsafe {
-                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(
-                        i,
-                        &args,
-                        &mut softmax,
-                        &mut out,
-                    )
-                };
-            }
-            for i in geo.n_unmasked..geo.n_tiles {
-                // SAFETY: as above.
-                unsafe {
-                    pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(
-                        i,
-                        &args,
-                        &mut softmax,
-                        &mut out,
-                    )
-                };
-            }
+            visit!(0..geo.n_unmasked, false);
+            visit!(geo.n_unmasked..geo.n_tiles, true);
         }
         ptx::cp_async_wait::<0>();
     }
