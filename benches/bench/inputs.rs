@@ -27,13 +27,17 @@ pub fn fill_normal_bits(out: &mut [u16], dtype: DType, seed: u64, first: usize) 
             let mut rng =
                 Xoshiro256PlusPlus::seed_from_u64(seed ^ id.wrapping_mul(0xD134_2543_DE82_EF95));
             for x in chunk {
-                let v: f32 = StandardNormal.sample(&mut rng);
-                *x = match dtype {
-                    DType::BF16 => bf16::from_f32(v).to_bits(),
-                    _ => f16::from_f32(v).to_bits(),
-                };
+                *x = f32_to_bits(StandardNormal.sample(&mut rng), dtype);
             }
         });
+}
+
+/// `v` rounded to `dtype` (f16 or bf16), as its 16-bit pattern.
+fn f32_to_bits(v: f32, dtype: DType) -> u16 {
+    match dtype {
+        DType::BF16 => bf16::from_f32(v).to_bits(),
+        _ => f16::from_f32(v).to_bits(),
+    }
 }
 
 /// The positional part of element (`pos`, `channel`) of Q and of K with `--inputs rotary`:
@@ -53,15 +57,9 @@ pub fn rotary_component(pos: usize, channel: usize, head_dim: usize) -> f32 {
 }
 
 /// The 16-bit patterns of a `[batch, heads, seq, head_dim]` tensor in `layout` (contiguous):
-/// N(0,1) samples of the stream of `seed` plus, with `positional`, [`rotary_component`] of each
-/// element's sequence position and channel (in parallel, deterministic for a seed).
-pub fn structured_bits(
-    shape: [usize; 4],
-    layout: Layout,
-    dtype: DType,
-    seed: u64,
-    positional: bool,
-) -> Vec<u16> {
+/// N(0,1) samples of the stream of `seed` plus [`rotary_component`] of each element's sequence
+/// position and channel (in parallel, deterministic for a seed).
+pub fn rotary_bits(shape: [usize; 4], layout: Layout, dtype: DType, seed: u64) -> Vec<u16> {
     let [_, heads, seq, d] = shape;
     let mut out = vec![0u16; shape.iter().product()];
     out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
@@ -75,23 +73,15 @@ pub fn structured_bits(
         };
         for (c, x) in chunk.iter_mut().enumerate() {
             let z: f32 = StandardNormal.sample(&mut rng);
-            let v = if positional {
-                z + rotary_component(pos, c, d)
-            } else {
-                z
-            };
-            *x = match dtype {
-                DType::BF16 => bf16::from_f32(v).to_bits(),
-                _ => f16::from_f32(v).to_bits(),
-            };
+            *x = f32_to_bits(z + rotary_component(pos, c, d), dtype);
         }
     });
     out
 }
 
 /// Overwrites the first `sets` input sets of `shape` in `pool` (Q, K, V one after the other, as
-/// the sweep's views read them) with Q and K of [`structured_bits`] with the positional part and
-/// V of N(0,1) samples, each tensor from its own seed.
+/// the sweep's views read them) with Q and K of [`rotary_bits`] and V of N(0,1) samples
+/// ([`fill_normal_bits`]), each tensor from its own seed.
 pub fn fill_rotary_sets(
     rt: &Runtime,
     pool: &mut CudaSlice<u16>,
@@ -101,17 +91,20 @@ pub fn fill_rotary_sets(
     dtype: DType,
     seed: u64,
 ) -> Result<(), SageError> {
-    let q_shape = [shape.batch, shape.heads, shape.seq, shape.head_dim];
-    let kv_shape = [shape.batch, shape.kv_heads, shape.seq, shape.head_dim];
     let mut at = 0;
     for set in 0..sets {
-        for (t, (tensor_shape, positional)) in
-            [(q_shape, true), (kv_shape, true), (kv_shape, false)]
-                .into_iter()
-                .enumerate()
+        for (t, tensor_shape) in [shape.q_shape(), shape.kv_shape(), shape.kv_shape()]
+            .into_iter()
+            .enumerate()
         {
             let tensor_seed = seed ^ ((3 * set + t + 1) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-            let host = structured_bits(tensor_shape, layout, dtype, tensor_seed, positional);
+            let host = if t < 2 {
+                rotary_bits(tensor_shape, layout, dtype, tensor_seed)
+            } else {
+                let mut v = vec![0u16; tensor_shape.iter().product()];
+                fill_normal_bits(&mut v, dtype, tensor_seed, 0);
+                v
+            };
             let mut dst = pool.slice_mut(at..at + host.len());
             rt.stream()
                 .memcpy_htod(&host, &mut dst)
@@ -201,8 +194,8 @@ mod tests {
         let (seq, d) = (512, 128);
         for layout in [Layout::Hnd, Layout::Nhd] {
             let shape = [1, 2, seq, d];
-            let q = structured_bits(shape, layout, DType::F16, 3, true);
-            let k = structured_bits(shape, layout, DType::F16, 4, true);
+            let q = rotary_bits(shape, layout, DType::F16, 3);
+            let k = rotary_bits(shape, layout, DType::F16, 4);
             let at = |bits: &[u16], h: usize, pos: usize, c: usize| {
                 let i = match layout {
                     Layout::Hnd => (h * seq + pos) * d + c,
@@ -235,10 +228,8 @@ mod tests {
             );
             assert!(s250 < 3.0, "{layout:?}: far {s250}");
         }
-        let plain = structured_bits([1, 1, 4, 8], Layout::Hnd, DType::BF16, 5, false);
-        assert!(plain
-            .iter()
-            .all(|&b| bits_to_f32(b, DType::BF16).is_finite()));
+        let bf = rotary_bits([1, 1, 4, 8], Layout::Hnd, DType::BF16, 5);
+        assert!(bf.iter().all(|&b| bits_to_f32(b, DType::BF16).is_finite()));
     }
 
     #[test]

@@ -133,6 +133,14 @@ impl Shape {
     pub fn kv_elems(&self) -> usize {
         self.batch * self.kv_heads * self.seq * self.head_dim
     }
+    /// Q's `[batch, heads, seq, head_dim]`.
+    pub fn q_shape(&self) -> [usize; 4] {
+        [self.batch, self.heads, self.seq, self.head_dim]
+    }
+    /// K's (and V's) `[batch, kv_heads, seq, head_dim]`.
+    pub fn kv_shape(&self) -> [usize; 4] {
+        [self.batch, self.kv_heads, self.seq, self.head_dim]
+    }
     /// 16-bit elements of one input set in the pool: Q, K and V.
     pub fn set_elems(&self) -> usize {
         self.q_elems() + 2 * self.kv_elems()

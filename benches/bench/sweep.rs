@@ -255,8 +255,7 @@ impl Bench<'_> {
         let s = plan.shape;
         let dtype = self.args.dtype();
         let layout = self.args.layout();
-        let q_shape = [s.batch, s.heads, s.seq, s.head_dim];
-        let kv_shape = [s.batch, s.kv_heads, s.seq, s.head_dim];
+        let (q_shape, kv_shape) = (s.q_shape(), s.kv_shape());
         let (q_strides, kv_strides) = (
             layout.contiguous_strides(q_shape),
             layout.contiguous_strides(kv_shape),
@@ -380,7 +379,10 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
     bench.progress_total = plans.len()
         * causal.len()
         * (usize::from(args.run_kernel()) + usize::from(args.run_full()));
-    let mut pool = if pool_elems > 0 {
+    let mut pool = if pool_elems > 0 && args.inputs == InputsArg::Rotary {
+        // Filled for each shape before it runs (`fill_rotary_sets`).
+        Some(bench.rt.alloc_zeros::<u16>(pool_elems)?)
+    } else if pool_elems > 0 {
         let t0 = Instant::now();
         let pool = make_pool(&bench.rt, pool_elems, dtype, args.seed)?;
         bench.progress(&format!(

@@ -847,6 +847,8 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 // A probability passed 2^14 (a score 14 above the max in log2 units) or is not
                 // finite: the tile again from its scores, which the probabilities overwrote,
                 // with a new max. K_t is still resident (its stage is released in step t + 2).
+                // The descriptors are rebuilt (a few integer ops on this rare path) rather than
+                // kept live across the softmax.
                 let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
                 ptx::wgmma_fence();
                 let mut s = issue_scores::<KS, NK>(&qd);
