@@ -208,11 +208,17 @@ fn arb_case() -> impl Strategy<Value = Case> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Every feature combination equals the CPU emulation of the quantized algorithm.
+    /// Every feature combination equals the CPU emulation of the quantized algorithm; with
+    /// `compact` the portable kernel plans for a 100 KiB SM, so its compact variants run too.
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn matches_cpu_emulation_over_shapes_and_options(case in arb_case(), seed in any::<u64>()) {
+    fn matches_cpu_emulation_over_shapes_and_options(
+        case in arb_case(),
+        seed in any::<u64>(),
+        compact in any::<bool>(),
+    ) {
         use rand::SeedableRng;
+        let _model = compact.then(|| SmemModel::kib(100));
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (q, k, v) = inputs(&case, &mut rng, 2.0);
         let run = run_case(&case, &q, &k, &v, true);
@@ -345,6 +351,37 @@ fn accuracy_against_exact_reference() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The compact portable variants (as on a 100 KiB SM) meet the same accuracy bounds against the
+/// exact float64 attention as [`accuracy_against_exact_reference`] (N(0,1), and K with channel
+/// offsets, smoothed), d = 96 (both accumulators) and d = 128 (f16 accumulator).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compact_variants_accuracy_against_exact_reference() {
+    let _model = SmemModel::kib(100);
+    let mut rng = fresh_rng("compact_accuracy");
+    for k_offset in [0.0f32, 8.0] {
+        for (head_dim, pv_accum) in [(96, PvAccum::F16), (96, PvAccum::F32), (128, PvAccum::F16)] {
+            let case = Case {
+                backend: Backend::Portable,
+                pv_accum,
+                ..quality_case(head_dim, DType::F16, true)
+            };
+            let (q, k, v) = inputs(&case, &mut rng, k_offset);
+            let run = run_case(&case, &q, &k, &v, true);
+            check_against_emulation(&case, &run);
+            let m = compare(&run.out, &run.exact.o);
+            eprintln!(
+                "COMPACT d={head_dim} {pv_accum:?} k_offset={k_offset}: cos {:.6} rel_l1 {:.4}",
+                m.cos_sim, m.rel_l1
+            );
+            assert!(
+                m.cos_sim >= 0.9999 && m.rel_l1 <= 0.0135,
+                "d={head_dim} {pv_accum:?} offset {k_offset}: {m:?}"
+            );
         }
     }
 }
