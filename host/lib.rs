@@ -70,5 +70,5 @@ pub use attention::{
 };
 pub use error::{Error, Result};
 pub use runtime::{DeviceInfo, Runtime};
-pub use tensor::{DType, Layout, Tensor, TensorView, TensorViewMut, ViewGeometry};
+pub use tensor::{DType, Element, Layout, Tensor, TensorView, TensorViewMut, ViewGeometry};
 pub use varlen::{sageattn_varlen, sageattn_varlen_into, CuSeqlens};

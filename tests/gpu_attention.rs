@@ -15,13 +15,17 @@ use common::{
     channel_offsets, fresh_rng, lse_max_error, random_tensor, run_poisoned, runtime,
     zeros_but_last_batch,
 };
+use half::f16;
 use proptest::prelude::*;
 use sageattention::device_config::has_compact_variant;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
     RefOutput,
 };
-use sageattention::{sageattn_into, Backend, DType, Layout, Options, PvAccum, PvPrecision, Tensor};
+use sageattention::{
+    sageattn_into, Backend, DType, Layout, Options, PvAccum, PvPrecision, Tensor, TensorView,
+    TensorViewMut,
+};
 
 /// Kernel error bound against the CPU emulation of the same quantized algorithm (rel L1 and
 /// worst element relative to the output's RMS). The emulation takes P relative to the final row
@@ -657,6 +661,126 @@ fn rows_without_visible_keys_are_zero() {
         assert_eq!(run.lse[i], f32::NEG_INFINITY);
     }
     check_against_emulation(&case, &run);
+}
+
+/// Q, K and V as parts of one fused projection buffer (per token: the Q heads, then the K heads,
+/// then the V heads, as one `[batch, seq, hq + 2·hkv, d]` f16 buffer), viewed with
+/// `TensorView::from_slice_at` at their element offsets, as a framework passes a tensor given by
+/// storage, offset and strides; the output goes into a larger NaN-poisoned buffer at an offset.
+/// The result equals the emulation (`EMULATION_REL_L1`, LSE within `LSE_TOL`) on both backends,
+/// the fused buffer is bit-identical afterwards, and nothing outside the output view is written.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fused_qkv_views_at_offsets() {
+    let rt = runtime();
+    let mut rng = fresh_rng("fused_qkv_views_at_offsets");
+    let (batch, q_heads, kv_heads, seq, head_dim) = (2, 8, 2, 300, 128);
+    for (causal, backend) in [
+        (false, Backend::Auto),
+        (true, Backend::Auto),
+        (true, Backend::Portable),
+    ] {
+        let case = Case {
+            batch,
+            q_heads,
+            kv_heads,
+            qo_len: seq,
+            kv_len: seq,
+            head_dim,
+            causal,
+            dtype: DType::F16,
+            layout: Layout::Nhd,
+            out_layout: Layout::Nhd,
+            smooth_k: true,
+            pv_accum: PvAccum::F16,
+            sm_scale: None,
+            backend,
+        };
+        let (q, k, v) = inputs(&case, &mut rng, 4.0);
+        let width = (q_heads + 2 * kv_heads) * head_dim;
+        // The fused tensor [batch, seq, hq + 2·hkv, d] (NHD), heads of Q, then K, then V.
+        let fused_shape = [batch, q_heads + 2 * kv_heads, seq, head_dim];
+        let fused = HostTensor::from_fn(fused_shape, true, |b, h, s, d| match h {
+            h if h < q_heads => q.get(b, h, s, d),
+            h if h < q_heads + kv_heads => k.get(b, h - q_heads, s, d),
+            h => v.get(b, h - q_heads - kv_heads, s, d),
+        });
+        let fused: Vec<f16> = fused.data.iter().map(|&x| f16::from_f32(x)).collect();
+        let fused_dev = rt.stream().clone_htod(&fused).unwrap();
+        let strides = [(seq * width) as i64, head_dim as i64, width as i64, 1];
+        let part = |first_head: usize, heads: usize| {
+            TensorView::from_slice_at(
+                &fused_dev,
+                first_head * head_dim,
+                [batch, heads, seq, head_dim],
+                strides,
+            )
+            .unwrap()
+        };
+        let (qv, kv, vv) = (
+            part(0, q_heads),
+            part(q_heads, kv_heads),
+            part(q_heads + kv_heads, kv_heads),
+        );
+        // The output at element 24 of a buffer with 40 spare elements after it (NHD).
+        let shape = [batch, q_heads, seq, head_dim];
+        let (out_start, out_len) = (24, shape.iter().product::<usize>());
+        let mut out_dev = rt
+            .stream()
+            .clone_htod(&vec![f16::NAN; out_start + out_len + 40])
+            .unwrap();
+        let rows = batch * q_heads * seq;
+        let mut lse = rt.stream().clone_htod(&vec![f32::NAN; rows]).unwrap();
+        let opts = Options {
+            causal,
+            return_lse: true,
+            layout: Layout::Nhd,
+            backend,
+            ..Default::default()
+        };
+        {
+            let mut o = TensorViewMut::from_slice_at(
+                &mut out_dev,
+                out_start,
+                shape,
+                Layout::Nhd.contiguous_strides(shape),
+            )
+            .unwrap();
+            sageattn_into(rt, &qv, &kv, &vv, &mut o, Some(&mut lse), &opts).unwrap();
+        }
+        let after: Vec<f16> = rt.stream().clone_dtoh(&fused_dev).unwrap();
+        assert!(
+            after
+                .iter()
+                .zip(&fused)
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "the fused input buffer was modified: {case:?}"
+        );
+        let out_host: Vec<f16> = rt.stream().clone_dtoh(&out_dev).unwrap();
+        let (before, rest) = out_host.split_at(out_start);
+        let (written, after) = rest.split_at(out_len);
+        assert!(
+            before.iter().chain(after).all(|x| x.is_nan()),
+            "written outside the output view: {case:?}"
+        );
+        let written = HostTensor {
+            data: written.iter().map(|x| x.to_f32()).collect(),
+            shape,
+            strides: HostTensor::contiguous_strides(shape, true),
+        };
+        let ref_opts = RefOptions {
+            causal,
+            sm_scale: None,
+        };
+        let run = Run {
+            out: HostTensor::from_fn(shape, false, |b, h, s, d| written.get(b, h, s, d)).data,
+            lse: rt.stream().clone_dtoh(&lse).unwrap(),
+            exact: attention_f64(&q, &k, &v, &ref_opts),
+            emulated: attention_quantized_emulation(&q, &k, &v, &ref_opts, true, true),
+        };
+        let m = check_against_emulation(&case, &run);
+        eprintln!("fused QKV {case:?}: vs emulation {m:?}");
+    }
 }
 
 /// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head

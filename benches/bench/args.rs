@@ -5,6 +5,7 @@ use sageattention::device_config::{is_supported_head_dim, SUPPORTED_HEAD_DIMS_TE
 use sageattention::{Backend, DType, Layout, Options, PvAccum, PvPrecision};
 use std::path::PathBuf;
 
+use super::inputs::Positional;
 use super::report::ConfigJson;
 
 /// Which causal settings to run.
@@ -63,6 +64,21 @@ pub enum InputsArg {
     /// its nearby keys higher, about 8 log2 units at its own position falling to 1 at 2K keys
     /// (d = 128), as rotary-embedded heads do on average.
     Rotary,
+    /// N(0,1) plus a linear slope in channel 0 of Q and K: each query's scores rise by about 0.1
+    /// log2 units per key towards later keys (d = 128), a stress input for the kernels that take
+    /// tiles against a lagging max (ALiBi-like; not a typical head).
+    Recency,
+}
+
+impl InputsArg {
+    /// The positional part of the Q and K of these inputs (none for N(0,1)).
+    pub fn positional(self) -> Option<Positional> {
+        match self {
+            InputsArg::Normal => None,
+            InputsArg::Rotary => Some(Positional::Rotary),
+            InputsArg::Recency => Some(Positional::Recency),
+        }
+    }
 }
 
 /// Which paths to time.
@@ -189,8 +205,9 @@ pub struct Args {
     /// Skip the startup check of the output against a float64 CPU reference.
     #[arg(long)]
     pub no_check: bool,
-    /// What the timed inputs hold: N(0,1), or N(0,1) with a rotary positional part in Q and K
-    /// (scores that decay with the distance; generated for each shape, so slower to start).
+    /// What the timed inputs hold: N(0,1), or N(0,1) with a positional part in Q and K, rotary
+    /// (scores that decay with the distance) or recency (scores that rise steadily towards later
+    /// keys); the positional ones are generated for each shape, so slower to start.
     #[arg(long, value_enum, default_value_t = InputsArg::Normal)]
     pub inputs: InputsArg,
     /// No progress lines on stderr.
@@ -370,6 +387,7 @@ impl Args {
             inputs: match self.inputs {
                 InputsArg::Normal => "normal".into(),
                 InputsArg::Rotary => "rotary".into(),
+                InputsArg::Recency => "recency".into(),
             },
         }
     }

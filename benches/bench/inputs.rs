@@ -56,10 +56,48 @@ pub fn rotary_component(pos: usize, channel: usize, head_dim: usize) -> f32 {
     }) as f32
 }
 
+/// Q's slope channel with `--inputs recency`: channel 0 of every query holds this (plus its N(0,1)
+/// sample), channel 0 of key `j` holds [`RECENCY_K_STEP`]`·j`, so each query's scores rise by
+/// their product per key: `8 · 0.098 · log2(e) / √128 ≈ 0.1` log2 units per key at d = 128
+/// (0.14 at d = 64), about ±12% from query to query.
+pub const RECENCY_Q: f32 = 8.0;
+/// K's slope channel per position with `--inputs recency` (see [`RECENCY_Q`]).
+pub const RECENCY_K_STEP: f32 = 0.098;
+
+/// Which positional part the Q and K of a positional input set carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Positional {
+    /// [`rotary_component`] in Q and K: scores that decay with the distance.
+    Rotary,
+    /// A linear slope in channel 0 ([`RECENCY_Q`], [`RECENCY_K_STEP`]): scores that rise
+    /// steadily towards later keys, the shape that makes lagging-max tiles retry most (the
+    /// sixteenth session's retry model: every causal tile of the sm_90a f16 kernels).
+    Recency,
+}
+
+impl Positional {
+    /// The positional part of element (`pos`, `channel`) of Q (`key` false) or K.
+    pub fn component(self, key: bool, pos: usize, channel: usize, head_dim: usize) -> f32 {
+        match (self, channel, key) {
+            (Positional::Rotary, ..) => rotary_component(pos, channel, head_dim),
+            (Positional::Recency, 0, false) => RECENCY_Q,
+            (Positional::Recency, 0, true) => RECENCY_K_STEP * pos as f32,
+            (Positional::Recency, ..) => 0.0,
+        }
+    }
+}
+
 /// The 16-bit patterns of a `[batch, heads, seq, head_dim]` tensor in `layout` (contiguous):
-/// N(0,1) samples of the stream of `seed` plus [`rotary_component`] of each element's sequence
-/// position and channel (in parallel, deterministic for a seed).
-pub fn rotary_bits(shape: [usize; 4], layout: Layout, dtype: DType, seed: u64) -> Vec<u16> {
+/// N(0,1) samples of the stream of `seed` plus the `positional` part of Q (`key` false) or K at
+/// each element's sequence position and channel (in parallel, deterministic for a seed).
+pub fn positional_bits(
+    shape: [usize; 4],
+    layout: Layout,
+    dtype: DType,
+    seed: u64,
+    positional: Positional,
+    key: bool,
+) -> Vec<u16> {
     let [_, heads, seq, d] = shape;
     let mut out = vec![0u16; shape.iter().product()];
     out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
@@ -73,16 +111,17 @@ pub fn rotary_bits(shape: [usize; 4], layout: Layout, dtype: DType, seed: u64) -
         };
         for (c, x) in chunk.iter_mut().enumerate() {
             let z: f32 = StandardNormal.sample(&mut rng);
-            *x = f32_to_bits(z + rotary_component(pos, c, d), dtype);
+            *x = f32_to_bits(z + positional.component(key, pos, c, d), dtype);
         }
     });
     out
 }
 
 /// Overwrites the first `sets` input sets of `shape` in `pool` (Q, K, V one after the other, as
-/// the sweep's views read them) with Q and K of [`rotary_bits`] and V of N(0,1) samples
+/// the sweep's views read them) with Q and K of [`positional_bits`] and V of N(0,1) samples
 /// ([`fill_normal_bits`]), each tensor from its own seed.
-pub fn fill_rotary_sets(
+#[allow(clippy::too_many_arguments)]
+pub fn fill_positional_sets(
     rt: &Runtime,
     pool: &mut CudaSlice<u16>,
     shape: &Shape,
@@ -90,6 +129,7 @@ pub fn fill_rotary_sets(
     layout: Layout,
     dtype: DType,
     seed: u64,
+    positional: Positional,
 ) -> Result<(), SageError> {
     let mut at = 0;
     for set in 0..sets {
@@ -99,7 +139,7 @@ pub fn fill_rotary_sets(
         {
             let tensor_seed = seed ^ ((3 * set + t + 1) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
             let host = if t < 2 {
-                rotary_bits(tensor_shape, layout, dtype, tensor_seed)
+                positional_bits(tensor_shape, layout, dtype, tensor_seed, positional, t == 1)
             } else {
                 let mut v = vec![0u16; tensor_shape.iter().product()];
                 fill_normal_bits(&mut v, dtype, tensor_seed, 0);
@@ -108,7 +148,7 @@ pub fn fill_rotary_sets(
             let mut dst = pool.slice_mut(at..at + host.len());
             rt.stream()
                 .memcpy_htod(&host, &mut dst)
-                .with_op(|| format!("uploading {} rotary input elements", host.len()))?;
+                .with_op(|| format!("uploading {} positional input elements", host.len()))?;
             at += host.len();
         }
     }
@@ -194,8 +234,8 @@ mod tests {
         let (seq, d) = (512, 128);
         for layout in [Layout::Hnd, Layout::Nhd] {
             let shape = [1, 2, seq, d];
-            let q = rotary_bits(shape, layout, DType::F16, 3);
-            let k = rotary_bits(shape, layout, DType::F16, 4);
+            let q = positional_bits(shape, layout, DType::F16, 3, Positional::Rotary, false);
+            let k = positional_bits(shape, layout, DType::F16, 4, Positional::Rotary, true);
             let at = |bits: &[u16], h: usize, pos: usize, c: usize| {
                 let i = match layout {
                     Layout::Hnd => (h * seq + pos) * d + c,
@@ -228,8 +268,53 @@ mod tests {
             );
             assert!(s250 < 3.0, "{layout:?}: far {s250}");
         }
-        let bf = rotary_bits([1, 1, 4, 8], Layout::Hnd, DType::BF16, 5);
+        let bf = positional_bits(
+            [1, 1, 4, 8],
+            Layout::Hnd,
+            DType::BF16,
+            5,
+            Positional::Rotary,
+            false,
+        );
         assert!(bf.iter().all(|&b| bits_to_f32(b, DType::BF16).is_finite()));
+    }
+
+    /// Recency inputs: every query's scores rise by about 0.1 log2 units per key (d = 128), in
+    /// both layouts, and stay finite in f16 at 32K positions.
+    #[test]
+    fn recency_scores_rise_along_the_keys() {
+        let (seq, d) = (1024, 128);
+        for layout in [Layout::Hnd, Layout::Nhd] {
+            let shape = [1, 2, seq, d];
+            let q = positional_bits(shape, layout, DType::F16, 3, Positional::Recency, false);
+            let k = positional_bits(shape, layout, DType::F16, 4, Positional::Recency, true);
+            let at = |bits: &[u16], pos: usize, c: usize| {
+                let i = match layout {
+                    Layout::Hnd => (seq + pos) * d + c,
+                    Layout::Nhd => (pos * 2 + 1) * d + c,
+                };
+                bits_to_f32(bits[i], DType::F16)
+            };
+            let score = |i: usize, j: usize| {
+                let dot: f32 = (0..d).map(|c| at(&q, i, c) * at(&k, j, c)).sum();
+                dot / (d as f32).sqrt() * std::f32::consts::LOG2_E
+            };
+            // Per-key slope from key 100 to key 900, averaged over 64 queries of head 1.
+            let slope = (960..1024)
+                .map(|i| (score(i, 900) - score(i, 100)) / 800.0)
+                .sum::<f32>()
+                / 64.0;
+            assert!((slope - 0.1).abs() < 0.01, "{layout:?}: slope {slope}");
+        }
+        let far = positional_bits(
+            [1, 1, 32768, 64],
+            Layout::Hnd,
+            DType::F16,
+            5,
+            Positional::Recency,
+            true,
+        );
+        assert!(far.iter().all(|&b| bits_to_f32(b, DType::F16).is_finite()));
     }
 
     #[test]

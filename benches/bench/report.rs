@@ -96,8 +96,8 @@ pub struct ConfigJson {
     pub max_sets: usize,
     /// Seed of the input data.
     pub seed: u64,
-    /// `normal` (N(0,1)) or `rotary` (N(0,1) plus a positional part in Q and K; absent in JSON
-    /// written before the flag existed: `normal`).
+    /// `normal` (N(0,1)), `rotary` or `recency` (N(0,1) plus a positional part in Q and K);
+    /// absent in JSON written before the flag existed: `normal`.
     #[serde(default = "default_inputs")]
     pub inputs: String,
 }

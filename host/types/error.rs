@@ -7,9 +7,8 @@
 //! doing (see [`CudaResultExt`]).
 
 use super::dtype::DType;
-use cudarc::driver::{sys, DriverError};
+use cudarc::driver::DriverError;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
 
 /// Everything that can go wrong in this library.
 #[derive(Debug, thiserror::Error)]
@@ -361,10 +360,18 @@ impl<T> CudaResultExt<T> for std::result::Result<T, DriverError> {
 /// Whether the CUDA driver library can be loaded. cudarc loads `libcuda` at run time and panics
 /// when it is missing, so every path that may be the first driver call checks this first (it lives
 /// here, at the bottom, because formatting a driver error is such a path).
+#[cfg(feature = "driver-loading")]
 pub(crate) fn driver_library_present() -> bool {
-    static PRESENT: OnceLock<bool> = OnceLock::new();
+    static PRESENT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     // SAFETY: `is_culib_present` only tries to dlopen the library by its usual names.
-    *PRESENT.get_or_init(|| unsafe { sys::is_culib_present() })
+    *PRESENT.get_or_init(|| unsafe { cudarc::driver::sys::is_culib_present() })
+}
+
+/// Without `driver-loading` the application's cudarc dependency chose how libcuda is reached
+/// (linked at build time, as candle's is): the process could not have started without it.
+#[cfg(not(feature = "driver-loading"))]
+pub(crate) fn driver_library_present() -> bool {
+    true
 }
 
 /// `CUDA_ERROR_NAME (description)`. The name comes from the `CUresult` variant and needs no driver

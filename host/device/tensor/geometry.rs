@@ -122,6 +122,43 @@ impl ViewGeometry {
         Ok((narrowed, offset))
     }
 
+    /// The same shape and strides starting `start` elements past this view's first element, and
+    /// the byte offset of the move: how a framework's tensor that is a view into a larger buffer
+    /// (a storage offset plus strides, as candle, DLPack or PyTorch describe one; e.g. Q, K and V
+    /// as parts of one fused projection) becomes a view of that buffer. The originating slice's
+    /// size is reduced by the offset, so the in-bounds check still ends at the slice's end.
+    ///
+    /// Errors: [`Error::TooLarge`] when the offset overflows, [`Error::OutOfBounds`] when it
+    /// starts past the end of the slice the view was made from.
+    pub(super) fn advanced(&self, start: usize) -> Result<(Self, u64)> {
+        let offset = (start as u64)
+            .checked_mul(self.dtype.size_bytes() as u64)
+            .filter(|&bytes| self.ptr.checked_add(bytes).is_some())
+            .ok_or_else(|| Error::TooLarge {
+                tensor: UNNAMED,
+                reason: format!(
+                    "a start offset of {start} {} elements overflows",
+                    self.dtype
+                ),
+            })?;
+        let mut advanced = *self;
+        advanced.ptr += offset;
+        if let Some(bytes) = self.origin_bytes {
+            let left = usize::try_from(offset)
+                .ok()
+                .and_then(|offset| bytes.checked_sub(offset))
+                .ok_or_else(|| Error::OutOfBounds {
+                    tensor: UNNAMED,
+                    reason: format!(
+                        "the view starts at element {start} ({offset} bytes), past the end of \
+                         its slice of {bytes} bytes"
+                    ),
+                })?;
+            advanced.origin_bytes = Some(left);
+        }
+        Ok((advanced, offset))
+    }
+
     /// The geometry of `[1, heads, n·len, head_dim]` as `[n, heads, len, head_dim]`: batch entry
     /// `b` is rows `b·len..(b + 1)·len` of the sequence dimension, so the batch stride is `len`
     /// times the seq stride and every other stride, the pointer and the extent stay.
@@ -482,4 +519,77 @@ pub fn check_device_pointer(tensor: &'static str, ptr: u64, ordinal: usize) -> R
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The geometry of a contiguous f16 `[1, 1, 4, 8]` view (64 bytes) at the start of a slice of
+    /// `slice_bytes` bytes.
+    fn at_slice_start(slice_bytes: usize) -> ViewGeometry {
+        ViewGeometry {
+            ptr: 0x7f00_0000_0000,
+            dtype: DType::F16,
+            shape: [1, 1, 4, 8],
+            strides: [32, 32, 8, 1],
+            ordinal: 0,
+            origin_bytes: Some(slice_bytes),
+        }
+    }
+
+    #[test]
+    fn advanced_moves_the_pointer_and_keeps_the_slice_end() {
+        let whole = at_slice_start(1000);
+        let (g, offset) = whole.advanced(100).unwrap();
+        assert_eq!(offset, 200);
+        assert_eq!(g.ptr, whole.ptr + 200);
+        assert_eq!(g.origin_bytes, Some(800));
+        assert_eq!(
+            (g.shape, g.strides, g.dtype),
+            (whole.shape, whole.strides, whole.dtype)
+        );
+        // The last 64 bytes of the slice fit, one element further does not.
+        let (last, _) = whole.advanced(468).unwrap();
+        check_slice_view(&last, last.origin_bytes.unwrap()).unwrap();
+        let (past, _) = whole.advanced(469).unwrap();
+        assert!(matches!(
+            check_slice_view(&past, past.origin_bytes.unwrap()),
+            Err(Error::OutOfBounds { .. })
+        ));
+        // Narrowing the moved view still ends at the slice's end.
+        let (narrowed, _) = last.narrowed(2, 3, 1).unwrap();
+        assert_eq!(narrowed.origin_bytes, Some(64 - 48));
+        check_slice_view(&narrowed, narrowed.origin_bytes.unwrap()).unwrap();
+    }
+
+    #[test]
+    fn advanced_refuses_a_start_past_the_slice_or_an_overflow() {
+        let whole = at_slice_start(1000);
+        assert_eq!(whole.advanced(500).unwrap().0.origin_bytes, Some(0));
+        assert!(matches!(
+            whole.advanced(501),
+            Err(Error::OutOfBounds { .. })
+        ));
+        assert!(matches!(
+            whole.advanced(usize::MAX),
+            Err(Error::TooLarge { .. })
+        ));
+        // The pointer itself may not wrap.
+        let high = ViewGeometry {
+            ptr: u64::MAX - 15,
+            ..whole
+        };
+        assert!(matches!(high.advanced(8), Err(Error::TooLarge { .. })));
+        // A raw view (no slice) moves its pointer only.
+        let raw = ViewGeometry {
+            origin_bytes: None,
+            ..whole
+        };
+        let (g, offset) = raw.advanced(1 << 40).unwrap();
+        assert_eq!(
+            (g.ptr, offset, g.origin_bytes),
+            (raw.ptr + (2 << 40), 2 << 40, None)
+        );
+    }
 }

@@ -90,15 +90,17 @@ impl fmt::Debug for AccessGuard<'_> {
 }
 
 impl ViewGeometry {
-    /// The geometry of a view of `origin` (from its first element), with the construction checks:
-    /// non-negative strides, extent fits, extent inside the slice.
+    /// The geometry of a view of `origin` from its element `start`, and that element's byte
+    /// offset, with the construction checks: start inside the slice, non-negative strides, extent
+    /// fits, extent inside the slice.
     fn of_slice(
         origin: &dyn ErasedSlice,
         dtype: DType,
+        start: usize,
         shape: [usize; 4],
         strides: [i64; 4],
-    ) -> Result<Self> {
-        let geom = ViewGeometry {
+    ) -> Result<(Self, u64)> {
+        let whole = ViewGeometry {
             ptr: base_address(origin),
             dtype,
             shape,
@@ -106,8 +108,9 @@ impl ViewGeometry {
             ordinal: origin.ordinal(),
             origin_bytes: Some(origin.num_bytes()),
         };
-        check_slice_view(&geom, origin.num_bytes())?;
-        Ok(geom)
+        let (geom, offset) = whole.advanced(start)?;
+        check_slice_view(&geom, geom.origin_bytes.unwrap_or(0))?;
+        Ok((geom, offset))
     }
 
     /// The geometry of a view of a whole owned buffer at `ptr`, right by construction: nothing to
@@ -178,20 +181,29 @@ impl<'a> TensorView<'a> {
         shape: [usize; 4],
         strides: [i64; 4],
     ) -> Result<Self> {
-        let origin: &'a dyn ErasedSlice = slice;
-        Self::from_erased(origin, T::DTYPE, shape, strides)
+        Self::from_slice_at(slice, 0, shape, strides)
     }
 
-    fn from_erased(
-        origin: &'a dyn ErasedSlice,
-        dtype: DType,
+    /// A view of a slice with explicit strides starting at the slice's element `start`: a
+    /// framework tensor given as storage, offset and strides (candle's `Layout`, DLPack's byte
+    /// offset, e.g. Q, K and V as parts of one fused projection), keeping the slice's stream
+    /// tracking.
+    ///
+    /// Errors: as [`TensorView::from_slice_strided`], and
+    /// [`Error::OutOfBounds`](crate::Error::OutOfBounds) when `start` or the furthest element
+    /// lies past the slice's end.
+    pub fn from_slice_at<T: Element>(
+        slice: &'a CudaSlice<T>,
+        start: usize,
         shape: [usize; 4],
         strides: [i64; 4],
     ) -> Result<Self> {
+        let origin: &'a dyn ErasedSlice = slice;
+        let (geom, offset) = ViewGeometry::of_slice(origin, T::DTYPE, start, shape, strides)?;
         Ok(TensorView {
-            geom: ViewGeometry::of_slice(origin, dtype, shape, strides)?,
+            geom,
             origin: Some(origin),
-            offset: 0,
+            offset,
         })
     }
 
@@ -366,20 +378,23 @@ impl<'a> TensorViewMut<'a> {
         shape: [usize; 4],
         strides: [i64; 4],
     ) -> Result<Self> {
-        let origin: &'a mut dyn ErasedSliceMut = slice;
-        Self::from_erased(origin, T::DTYPE, shape, strides)
+        Self::from_slice_at(slice, 0, shape, strides)
     }
 
-    fn from_erased(
-        origin: &'a mut dyn ErasedSliceMut,
-        dtype: DType,
+    /// A writable view of a slice with explicit strides starting at the slice's element `start`.
+    /// Errors as [`TensorView::from_slice_at`].
+    pub fn from_slice_at<T: Element>(
+        slice: &'a mut CudaSlice<T>,
+        start: usize,
         shape: [usize; 4],
         strides: [i64; 4],
     ) -> Result<Self> {
+        let origin: &'a mut dyn ErasedSliceMut = slice;
+        let (geom, offset) = ViewGeometry::of_slice(&*origin, T::DTYPE, start, shape, strides)?;
         Ok(TensorViewMut {
-            geom: ViewGeometry::of_slice(&*origin, dtype, shape, strides)?,
+            geom,
             origin: Some(origin),
-            offset: 0,
+            offset,
         })
     }
 
