@@ -618,16 +618,54 @@ fn late_score_jump_case(
     let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
     // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
     let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
-    common::check_late_score_jump(
-        rng,
-        [4, 2, 2000, d],
-        1700,
-        jump,
+    let [q, k, v] = common::late_score_jump_inputs(rng, [4, 2, 2000, d], 1700, jump);
+    common::check_f16_against_emulation(
+        [&q, &k, &v],
         &opts,
         f16_accum,
-        kernel.name,
+        &format!("{} jump {jump}", kernel.name),
         (EMULATION_REL_L1, LSE_TOL),
     );
+}
+
+/// Scores that rise steadily along the keys (`common::steady_slope_inputs`, `bench --inputs
+/// recency`'s shape) through the portable kernel: in forward order every unmasked tile taken
+/// against the lagging max is taken again; causal calls visit the tiles from the diagonal down
+/// (v30), where the first tile holds each row's largest scores. Both accumulators, d = 64 / 128,
+/// causal and not, and the compact variants where they exist; against the CPU emulation.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_steady_score_slope_matches_emulation() {
+    let mut rng = fresh_rng("portable_score_slope");
+    for (d, causal, pv_accum) in [
+        (64, false, PvAccum::F16),
+        (64, true, PvAccum::F32),
+        (128, false, PvAccum::F32),
+        (128, true, PvAccum::F16),
+    ] {
+        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
+        for compact in [false, true] {
+            if compact && !has_compact {
+                continue;
+            }
+            let _model = compact.then(|| SmemModel::kib(100));
+            let opts = Options {
+                causal,
+                pv_accum,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
+            let [q, k, v] = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
+            common::check_f16_against_emulation(
+                [&q, &k, &v],
+                &opts,
+                pv_accum == PvAccum::F16,
+                &format!("{} steady slope", kernel.name),
+                (EMULATION_REL_L1, LSE_TOL),
+            );
+        }
+    }
 }
 
 /// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
