@@ -41,6 +41,8 @@ mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
 #[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
+mod retry;
+#[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
 mod selftest;
 #[cfg(not(feature = "hopper"))]
 mod tile;

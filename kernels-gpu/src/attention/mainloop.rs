@@ -17,6 +17,7 @@ use crate::config::{
 use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::tile::Tile;
 use crate::unroll::unroll;
 
@@ -273,6 +274,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         args: &StepArgs<MT>,
         softmax: &mut OnlineSoftmax<MT>,
         out: &mut OutAcc<NT, MT>,
+        backoff: &mut RetryBackoff,
     ) {
         let t = self.tile_of::<CAUSAL>(i);
         // SAFETY: the tile's K block < k_blocks of this head.
@@ -289,8 +291,9 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
 
         let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
         // The first visited tile sets the first max; masked tiles keep the exact path (their
-        // first visible key may come late in a row).
-        let s = if !MASK && i > 0 {
+        // first visible key may come late in a row); `backoff` holds tiles back after retries.
+        let lagging = !MASK && i > 0;
+        let s = if lagging && backoff.may_try() {
             let (p, sums, within) = softmax.probabilities_against_max(
                 &s_int,
                 &args.q_scale,
@@ -299,9 +302,11 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
             );
             // Warp-uniform: mma.sync needs every lane in the same branch.
             if ptx::vote_all(within) {
+                backoff.kept();
                 softmax.add_sums(&sums);
                 p
             } else {
+                backoff.retried();
                 // Kₜ's stage is overwritten only after step i + 1's first barrier.
                 let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
                 self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(
@@ -309,6 +314,9 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
                 )
             }
         } else {
+            if lagging {
+                backoff.waited();
+            }
             self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(&s_int, t, args, k_scale, softmax, out)
         };
         let mut probs = [[[0u32; 4]; KK]; MT];

@@ -22,6 +22,7 @@ use crate::config::{cta_k, cta_q, m_tiles, padded_len, K_BLOCK, Q_BLOCK};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::unroll::unroll;
 use mainloop::{Pipeline, StepArgs};
 use softmax::OnlineSoftmax;
@@ -163,6 +164,7 @@ unsafe fn attention<
             kv_len: p.kv_len,
         };
         // Visits `range` of the order (`Pipeline::tile_of`), masked or not.
+        let mut backoff = RetryBackoff::new();
         macro_rules! visit {
             ($range:expr, $mask:literal) => {
                 for i in $range {
@@ -173,6 +175,7 @@ unsafe fn attention<
                             &args,
                             &mut softmax,
                             &mut out,
+                            &mut backoff,
                         )
                     };
                 }
