@@ -349,7 +349,8 @@ fn main() {
 const PREBUILT_DIR: &str = "prebuilt-ptx";
 
 /// Copies the prebuilt modules of a packaged crate into `out_dir`, after the same checks as a
-/// fresh build's PTX.
+/// fresh build's PTX. They are copies of a build's `OUT_DIR` files, whose launch bounds
+/// [`apply_launch_bounds`] already added: applying it again would repeat the directives.
 fn copy_prebuilt(prebuilt: &Path, out_dir: &Path) -> Result<(), String> {
     println!("cargo:rerun-if-changed={}", prebuilt.display());
     for m in &MODULES {
