@@ -5,8 +5,8 @@
 //! * the attention kernel equals the portable kernel on the same quantized inputs (rel L1 ≤ 2e-3,
 //!   LSE within 1e-3) and the CPU emulation of the quantized algorithm, over awkward lengths,
 //!   causal on/off, GQA, qo_len ≠ kv_len, rows without keys, f16/bf16 output, HND/NHD strides;
-//! * scores that jump late in a row (the f16 kernels' retry of a tile taken against a lagging
-//!   max) equal the CPU emulation;
+//! * scores that jump late in a row, and scores that rise steadily along the keys (the f16
+//!   kernels' retry of a tile taken against a lagging max) equal the CPU emulation;
 //! * a timing probe (`hopper_perf_probe`) against the portable kernel.
 //!
 //! Every test skips (passes) on a GPU that is not compute capability 9.0. Run on a GPU with
@@ -778,6 +778,68 @@ fn hopper_f16_late_score_jumps_match_emulation() {
         assert!(
             lse_diff <= LSE_TOL,
             "d {d} causal {causal} jump {jump}: LSE {lse_diff:.2e}"
+        );
+    }
+}
+
+/// Scores that rise steadily along the keys (`bench --inputs recency`'s shape: channel 0 of Q
+/// about 8, channel 0 of key j 0.098·j, so ≈ 0.1 log2 units per key at d = 128): every unmasked
+/// tile taken against the lagging max passes it by far more than 2^14 and is taken again (and,
+/// with a backoff after retries, the following tiles go straight to the exact softmax). Against
+/// the CPU emulation, output and LSE poisoned first, d = 64 / 128, causal and not, GQA, a tail.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn hopper_f16_steady_score_slope_matches_emulation() {
+    use sageattention::reference::HostTensor;
+    if skip_unless_hopper() {
+        return;
+    }
+    let mut rng = fresh_rng("hopper_score_slope");
+    let (q_heads, kv_heads, len) = (4, 2, 2000);
+    for (d, causal) in [(128, true), (128, false), (64, true), (64, false)] {
+        let noise = |rng: &mut rand::rngs::StdRng| -> f32 {
+            0.3 * rand_distr::Distribution::<f32>::sample(&rand_distr::StandardNormal, rng)
+        };
+        let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, _, c| {
+            let x = noise(&mut rng) + if c == 0 { 8.0 } else { 0.0 };
+            common::round_to(DType::F16, x)
+        });
+        let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
+            let x = noise(&mut rng) + if c == 0 { 0.098 * s as f32 } else { 0.0 };
+            common::round_to(DType::F16, x)
+        });
+        let v = random_tensor(&mut rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
+        let opts = Options {
+            causal,
+            ..Options::default()
+        };
+        let (o, l) = common::run_poisoned(
+            [&q, &k, &v],
+            DType::F16,
+            Layout::Hnd,
+            DType::F16,
+            Layout::Hnd,
+            &opts,
+        )
+        .unwrap();
+        let ref_opts = RefOptions {
+            causal,
+            sm_scale: None,
+        };
+        let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, false);
+        let m = compare(&o, &reference.o);
+        let lse_diff = common::lse_max_error(&l, &reference.lse);
+        eprintln!(
+            "d {d} causal {causal}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
+            m.rel_l1
+        );
+        assert!(
+            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
+            "d {d} causal {causal}: {m:?}"
+        );
+        assert!(
+            lse_diff <= LSE_TOL,
+            "d {d} causal {causal}: LSE {lse_diff:.2e}"
         );
     }
 }
