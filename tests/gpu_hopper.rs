@@ -751,33 +751,12 @@ fn hopper_f16_late_score_jumps_match_emulation() {
             causal,
             ..Options::default()
         };
-        let (o, l) = common::run_poisoned(
+        common::check_f16_against_emulation(
             [&q, &k, &v],
-            DType::F16,
-            Layout::Hnd,
-            DType::F16,
-            Layout::Hnd,
             &opts,
-        )
-        .unwrap();
-        let ref_opts = RefOptions {
-            causal,
-            sm_scale: None,
-        };
-        let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, false);
-        let m = compare(&o, &reference.o);
-        let lse_diff = common::lse_max_error(&l, &reference.lse);
-        eprintln!(
-            "d {d} causal {causal} jump {jump}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
-            m.rel_l1
-        );
-        assert!(
-            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
-            "d {d} causal {causal} jump {jump}: {m:?}"
-        );
-        assert!(
-            lse_diff <= LSE_TOL,
-            "d {d} causal {causal} jump {jump}: LSE {lse_diff:.2e}"
+            false,
+            &format!("d {d} causal {causal} jump {jump}"),
+            (EMULATION_REL_L1, LSE_TOL),
         );
     }
 }
@@ -790,56 +769,22 @@ fn hopper_f16_late_score_jumps_match_emulation() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn hopper_f16_steady_score_slope_matches_emulation() {
-    use sageattention::reference::HostTensor;
     if skip_unless_hopper() {
         return;
     }
     let mut rng = fresh_rng("hopper_score_slope");
-    let (q_heads, kv_heads, len) = (4, 2, 2000);
     for (d, causal) in [(128, true), (128, false), (64, true), (64, false)] {
-        let noise = |rng: &mut rand::rngs::StdRng| -> f32 {
-            0.3 * rand_distr::Distribution::<f32>::sample(&rand_distr::StandardNormal, rng)
-        };
-        let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, _, c| {
-            let x = noise(&mut rng) + if c == 0 { 8.0 } else { 0.0 };
-            common::round_to(DType::F16, x)
-        });
-        let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
-            let x = noise(&mut rng) + if c == 0 { 0.098 * s as f32 } else { 0.0 };
-            common::round_to(DType::F16, x)
-        });
-        let v = random_tensor(&mut rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
+        let [q, k, v] = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
         let opts = Options {
             causal,
             ..Options::default()
         };
-        let (o, l) = common::run_poisoned(
+        common::check_f16_against_emulation(
             [&q, &k, &v],
-            DType::F16,
-            Layout::Hnd,
-            DType::F16,
-            Layout::Hnd,
             &opts,
-        )
-        .unwrap();
-        let ref_opts = RefOptions {
-            causal,
-            sm_scale: None,
-        };
-        let reference = attention_quantized_emulation(&q, &k, &v, &ref_opts, true, false);
-        let m = compare(&o, &reference.o);
-        let lse_diff = common::lse_max_error(&l, &reference.lse);
-        eprintln!(
-            "d {d} causal {causal}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
-            m.rel_l1
-        );
-        assert!(
-            m.n_nan_mismatch == 0 && m.rel_l1 <= EMULATION_REL_L1,
-            "d {d} causal {causal}: {m:?}"
-        );
-        assert!(
-            lse_diff <= LSE_TOL,
-            "d {d} causal {causal}: LSE {lse_diff:.2e}"
+            false,
+            &format!("d {d} causal {causal} steady slope"),
+            (EMULATION_REL_L1, LSE_TOL),
         );
     }
 }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rayon::prelude::*;
-use sageattention::reference::HostTensor;
+use sageattention::reference::{attention_quantized_emulation, compare, HostTensor, RefOptions};
 use sageattention::{sageattn_into, DType, Error, Layout, Options, Prepared, Runtime, Tensor};
 
 /// The runtime shared by every test of the binary (module load and PTX JIT happen once).
@@ -290,4 +290,63 @@ pub fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
             }
         })
         .fold(0.0, f64::max)
+}
+
+/// Runs `opts` on `[q, k, v]` (f16, HND, output and LSE poisoned) and asserts that the output is
+/// within `max_rel_l1` (rel L1, no NaN where the emulation has none) and the LSE within `lse_tol`
+/// (absolute) of the CPU emulation of the quantized algorithm (`f16_accum`: its f16 P·V
+/// accumulator per key block); `what` names the case.
+pub fn check_f16_against_emulation(
+    [q, k, v]: [&HostTensor; 3],
+    opts: &Options,
+    f16_accum: bool,
+    what: &str,
+    (max_rel_l1, lse_tol): (f64, f64),
+) {
+    let (o, l) = run_poisoned(
+        [q, k, v],
+        DType::F16,
+        Layout::Hnd,
+        DType::F16,
+        Layout::Hnd,
+        opts,
+    )
+    .unwrap();
+    let ref_opts = RefOptions {
+        causal: opts.causal,
+        sm_scale: None,
+    };
+    let reference = attention_quantized_emulation(q, k, v, &ref_opts, true, f16_accum);
+    let m = compare(&o, &reference.o);
+    let lse_diff = lse_max_error(&l, &reference.lse);
+    eprintln!(
+        "{what}: vs emulation rel L1 {:.2e}, LSE {lse_diff:.2e}",
+        m.rel_l1
+    );
+    assert!(
+        m.n_nan_mismatch == 0 && m.rel_l1 <= max_rel_l1,
+        "{what}: {m:?}"
+    );
+    assert!(lse_diff <= lse_tol, "{what}: LSE {lse_diff:.2e}");
+}
+
+/// Q, K, V (f16, HND, one batch) whose scores rise steadily along the keys, the shape of `bench
+/// --inputs recency`: channel 0 of Q about 8, channel 0 of key j 0.098·j (and 0.3·N(0,1) noise
+/// everywhere), so ≈ 0.1 log2 units per key at d = 128 (0.14 at d = 64). Every unmasked tile
+/// that the f16 kernels take against the lagging max passes it and is taken again.
+pub fn steady_slope_inputs(
+    rng: &mut StdRng,
+    [q_heads, kv_heads, len, d]: [usize; 4],
+) -> [HostTensor; 3] {
+    let noise =
+        |rng: &mut StdRng| -> f32 { 0.3 * Distribution::<f32>::sample(&StandardNormal, rng) };
+    let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, _, c| {
+        round_to(DType::F16, noise(rng) + if c == 0 { 8.0 } else { 0.0 })
+    });
+    let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
+        let slope = if c == 0 { 0.098 * s as f32 } else { 0.0 };
+        round_to(DType::F16, noise(rng) + slope)
+    });
+    let v = random_tensor(rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
+    [q, k, v]
 }
