@@ -49,6 +49,8 @@ mod v8;
 
 #[cfg(feature = "hopper")]
 mod hopper;
+#[cfg(feature = "hopper")]
+mod retry;
 
 /// A panic on the device must stop the kernel, not spin: `trap` aborts the launch with an error the
 /// host sees as a launch failure.

@@ -80,6 +80,7 @@ use crate::config::{p8_tile, padded_len, K_BLOCK, LOG2_P_FP8_MAX, P8_MAX, Q_BLOC
 use crate::p8::{pack_probs_e4m3, pack_probs_u8};
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::softmax16::{OnlineSoftmax, TileBounds};
 use crate::store::{pack_out, store_lse, unsmooth_v8_scaled};
 use crate::unroll::unroll;
@@ -126,52 +127,6 @@ const SCHED_BAR0: u32 = 5;
 /// tiles keep the exact path (measured slower through this one).
 const fn f16_probs_against_max(head_dim: usize) -> bool {
     head_dim <= 128
-}
-
-/// When a warpgroup tries an unmasked tile against the lagging max. Scores that rise steadily
-/// along the keys (an ALiBi-like slope) would retry every tile, each retry costing the tile's
-/// Q·Kᵀ and exponentials a second time; so after a retry the next unmasked tiles go straight to
-/// the exact softmax, 1, 3, 7 then 15 of them after retries in a row, and a tile kept on the
-/// fast path starts the count over. The CPU model (`scripts/retry-model.py --cooldown 15`, the
-/// same rule) puts the retries on a steady slope of 0.1 log2 units per key at 21% of the tiles
-/// at 4K keys and 10% at 16K instead of 100%, and leaves the shapes that rarely retry as they
-/// were (N(0,1), rotary, decays: 90–100% of the tiles on the fast path). Warpgroup-uniform: it
-/// changes only on the barrier reduction's result, which every thread of the warpgroup gets.
-#[derive(Clone, Copy)]
-struct RetryBackoff {
-    /// Unmasked tiles still to take exactly.
-    wait: u32,
-    /// Tiles the last retry made wait (0 after a tile kept on the fast path).
-    last: u32,
-}
-
-impl RetryBackoff {
-    const MAX_WAIT: u32 = 15;
-
-    /// Whether the next unmasked tile may try the fast path.
-    #[inline(always)]
-    fn may_try(&self) -> bool {
-        self.wait == 0
-    }
-
-    /// An unmasked tile kept on the fast path.
-    #[inline(always)]
-    fn kept(&mut self) {
-        self.last = 0;
-    }
-
-    /// An unmasked tile that had to be taken again.
-    #[inline(always)]
-    fn retried(&mut self) {
-        self.last = (2 * self.last + 1).min(Self::MAX_WAIT);
-        self.wait = self.last;
-    }
-
-    /// An unmasked tile taken exactly without trying.
-    #[inline(always)]
-    fn waited(&mut self) {
-        self.wait -= 1;
-    }
 }
 
 /// Which rows and key tiles this CTA handles (as `attention::BlockGeometry`, with 128-row CTAs).
@@ -983,7 +938,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         };
         // K scales of the next tile, loaded one step ahead (see `Consumer::make_visible`).
         let mut k_scales = self.tile_k_scales::<KB>(1.min(self.last_tile));
-        let mut backoff = RetryBackoff { wait: 0, last: 0 };
+        let mut backoff = RetryBackoff::new();
         let (p_, k_, b_) = (&mut probs, &mut k_scales, &mut backoff);
         for t in 1..geo.n_unmasked {
             self.step::<false, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_, b_);
