@@ -20,6 +20,11 @@
 //! `SAGE_SKIP_PTX=1` writes empty modules instead (pure-CPU builds: docs, quick checks); the host
 //! then reports `KernelNotFound` at run time. The device build reruns only when the device crate,
 //! the link script, this file or one of the variables above changes.
+//!
+//! A packaged crate (`cargo package`, crates.io) has no `kernels-gpu/`: cargo leaves nested
+//! packages out of a package. It carries the three modules prebuilt instead, in `prebuilt-ptx/`
+//! (written by `scripts/prebuilt-ptx.sh` before packaging), and this script copies them: a
+//! dependent crate builds with no PTX toolchain and no CUDA toolkit.
 
 use std::ffi::OsString;
 use std::fmt::Write as _;
@@ -92,11 +97,11 @@ struct Toolchain {
 /// The device crate's tile constants (the same file the kernels and the host use), for the launch
 /// bounds below.
 #[allow(dead_code)]
-#[path = "kernels-gpu/src/config.rs"]
+#[path = "abi/config.rs"]
 mod device_config;
 
 /// The Hopper kernels' launch constants (the same file the sm_90a kernels and the host use).
-#[path = "kernels-gpu/src/hopper/config.rs"]
+#[path = "abi/hopper_config.rs"]
 mod hopper_config;
 
 /// Adds `.maxntid` / `.minnctapersm` launch bounds (Rust has no launch-bounds attribute): the
@@ -184,8 +189,10 @@ fn main() {
     let device = root.join("kernels-gpu");
     let link_script = root.join("tools").join("nvptx-link");
 
-    emit_rerun_rules(&root, &device);
-
+    for var in ENV_VARS {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-env-changed=SAGE_PTX_VERBOSE");
     if env::var("SAGE_SKIP_PTX").is_ok_and(|v| !v.is_empty() && v != "0") {
         for m in &MODULES {
             fs::write(out_dir.join(m.file), "").expect("write empty PTX");
@@ -196,6 +203,13 @@ fn main() {
         );
         return;
     }
+    if !device.join("Cargo.toml").exists() {
+        println!("cargo:rerun-if-changed={}", root.join("build.rs").display());
+        copy_prebuilt(&root.join(PREBUILT_DIR), &out_dir)
+            .unwrap_or_else(|msg| fail(&format!("no kernels-gpu/ to build from: {msg}")));
+        return;
+    }
+    emit_rerun_rules(&root, &device);
 
     let toolchain = match find_toolchain(&link_script) {
         Ok(t) => t,
@@ -331,6 +345,29 @@ fn main() {
     }
 }
 
+/// Where a packaged crate carries its PTX (`scripts/prebuilt-ptx.sh` writes it).
+const PREBUILT_DIR: &str = "prebuilt-ptx";
+
+/// Copies the prebuilt modules of a packaged crate into `out_dir`, after the same checks as a
+/// fresh build's PTX.
+fn copy_prebuilt(prebuilt: &Path, out_dir: &Path) -> Result<(), String> {
+    println!("cargo:rerun-if-changed={}", prebuilt.display());
+    for m in &MODULES {
+        let path = prebuilt.join(m.file);
+        println!("cargo:rerun-if-changed={}", path.display());
+        let ptx = fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "{}: {e} (a packaged crate carries its PTX there: run scripts/prebuilt-ptx.sh \
+                 before cargo package)",
+                path.display()
+            )
+        })?;
+        check_ptx(&ptx, m.cpu).map_err(|msg| format!("{} ({}): {msg}", path.display(), m.cpu))?;
+        fs::write(out_dir.join(m.file), ptx).map_err(|e| format!("writing {}: {e}", m.file))?;
+    }
+    Ok(())
+}
+
 /// Runs `scripts/setup-toolchain.sh` (apt packages; idempotent) unless `SAGE_NO_AUTO_SETUP=1`.
 fn auto_setup(root: &Path) -> Result<(), String> {
     println!("cargo:rerun-if-env-changed=SAGE_NO_AUTO_SETUP");
@@ -408,10 +445,13 @@ fn emit_rerun_rules(root: &Path, device: &Path) {
     if lock.exists() {
         println!("cargo:rerun-if-changed={}", lock.display());
     }
-    // The directory itself (cargo scans it: new and deleted files count) and every file in it.
+    // The directories themselves (cargo scans them: new and deleted files count) and every file
+    // in them: the device sources, and the host/device contract in abi/ that they include.
     let src = device.join("src");
+    let abi = root.join("abi");
     println!("cargo:rerun-if-changed={}", src.display());
-    let mut stack = vec![src];
+    println!("cargo:rerun-if-changed={}", abi.display());
+    let mut stack = vec![src, abi];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else {
             continue;
@@ -425,10 +465,6 @@ fn emit_rerun_rules(root: &Path, device: &Path) {
             }
         }
     }
-    for var in ENV_VARS {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
-    println!("cargo:rerun-if-env-changed=SAGE_PTX_VERBOSE");
 }
 
 fn is_exe(p: &Path) -> bool {

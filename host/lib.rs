@@ -52,11 +52,11 @@ mod types;
 pub mod varlen;
 
 /// Tile and quantization constants shared with the device crate (the same source file).
-#[path = "../kernels-gpu/src/config.rs"]
+#[path = "../abi/config.rs"]
 pub mod device_config;
 
 /// Kernel parameter structs shared with the device crate (the same source file).
-#[path = "../kernels-gpu/src/params.rs"]
+#[path = "../abi/params.rs"]
 pub(crate) mod params;
 
 // The modules' public paths (`sageattention::runtime`, `sageattention::tensor`, ...).

@@ -41,7 +41,7 @@ use crate::params::AttnParams;
 use crate::types::error::{Error, Result};
 
 /// Launch constants shared with the device crate (the same source file).
-#[path = "../../kernels-gpu/src/hopper/config.rs"]
+#[path = "../../abi/hopper_config.rs"]
 pub mod config;
 
 pub use config::{sm90_cta_q, sm90_smem_bytes, sm90_threads, SM90_HEAD_DIMS, SM90_PV8_HEAD_DIMS};

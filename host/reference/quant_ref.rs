@@ -26,7 +26,7 @@ use rayon::prelude::*;
 use super::host_tensor::HostTensor;
 
 // The block sizes, `log2(e)` and the lane count are the device crate's own constants (one source
-// file, `kernels-gpu/src/config.rs`), so the emulation cannot drift from the kernels.
+// file, `abi/config.rs`), so the emulation cannot drift from the kernels.
 pub use crate::device_config::{
     K_BLOCK, LOG2_E, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES as MEAN_LANES, Q_BLOCK,
 };

@@ -21,8 +21,10 @@
 #![cfg_attr(feature = "ada_fp8", allow(dead_code))]
 
 mod acc_layout;
+#[path = "../../abi/config.rs"]
 pub mod config;
 mod p8;
+#[path = "../../abi/params.rs"]
 pub mod params;
 pub mod ptx;
 mod quant_arith;

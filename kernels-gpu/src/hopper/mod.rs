@@ -8,6 +8,7 @@
 //! P·V kernel; the PTX wrappers (wgmma, mbarrier, proxy fences) are in the Hopper section at the
 //! end of `ptx.rs`.
 
+#[path = "../../../abi/hopper_config.rs"]
 pub mod config;
 
 mod attention;
