@@ -102,17 +102,7 @@ done < "$tmp/list"
 [[ "$MINIMAL" == 1 ]] || ls "$DEV"/tests/* >/dev/null 2>&1 || die "no test executables were found in cargo's output"
 
 # The PTX the binaries embed: build.rs's OUT_DIR of this release build.
-out_dir="$(python3 - "$tmp/tests.json" "$tmp/bins.json" <<'EOF'
-import json, sys
-for line in open(sys.argv[1]).readlines() or open(sys.argv[2]):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "build-script-executed" and "sageattention" in m.get("package_id", ""):
-        print(m["out_dir"])
-EOF
-)"
+out_dir="$(python3 scripts/ptx-out-dir.py "$tmp/tests.json" "$tmp/bins.json")"
 [[ -n "$out_dir" && -f "$out_dir/sage_sm80.ptx" ]] || die "build.rs's OUT_DIR not found in cargo's output"
 for f in sage_sm80.ptx sage_sm90a.ptx sage_sm89.ptx; do
     [[ -s "$out_dir/$f" ]] || die "$out_dir/$f is empty or missing"

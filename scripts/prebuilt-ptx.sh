@@ -15,17 +15,7 @@ cd "$(dirname "$0")/.."
 json="$(mktemp)"
 trap 'rm -f "$json"' EXIT
 cargo build --release --lib --message-format=json-render-diagnostics > "$json"
-out_dir="$(python3 - "$json" <<'PY'
-import json, sys
-for line in open(sys.argv[1]):
-    try:
-        m = json.loads(line)
-    except ValueError:
-        continue
-    if m.get("reason") == "build-script-executed" and "sageattention" in m.get("package_id", ""):
-        print(m["out_dir"])
-PY
-)"
+out_dir="$(python3 scripts/ptx-out-dir.py "$json")"
 [[ -n "$out_dir" ]] || { echo "prebuilt-ptx: build.rs's OUT_DIR not found in cargo's output" >&2; exit 1; }
 rm -rf prebuilt-ptx && mkdir prebuilt-ptx
 for f in sage_sm80.ptx sage_sm90a.ptx sage_sm89.ptx; do
