@@ -42,7 +42,7 @@ mod frag;
 mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
-#[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
+#[cfg(not(feature = "ada_fp8"))]
 mod retry;
 #[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
 mod selftest;
