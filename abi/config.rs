@@ -125,13 +125,23 @@ pub const fn m_tiles(head_dim: usize, pv_f32: bool) -> usize {
 /// Keys per tile of the portable kernel's main loop (a divisor of `K_BLOCK`, so a tile has one
 /// K scale). Two m-tiles at d = 128 fit in registers only with 32-key tiles. At d = 256, 32-key
 /// tiles keep the two K/V stages and the Q tile at 67 KiB of shared memory, under the 99 KiB a
-/// block may have on sm_86/sm_89 (64-key tiles would need 117 KiB).
-pub const fn cta_k(head_dim: usize, pv_f32: bool) -> usize {
-    if head_dim > 128 || (head_dim > 96 && pv_f32) {
+/// block may have on sm_86/sm_89 (64-key tiles would need 117 KiB). `compact` variants
+/// ([`has_compact_variant`]) take 32-key tiles too.
+pub const fn cta_k(head_dim: usize, pv_f32: bool, compact: bool) -> usize {
+    if head_dim > 128 || (head_dim > 96 && pv_f32) || (compact && head_dim > 64) {
         32
     } else {
         64
     }
+}
+
+/// Whether the portable kernel has a compact variant for `head_dim` and accumulator: the same
+/// kernel over 32-key tiles, for d = 96 (both accumulators) and d = 128 with the f16 one, whose
+/// 64-key tiles take 54 and 61 KiB of shared memory, so that an SM of 100 KiB (sm_86, sm_89:
+/// the RTX 3090 and 4090) holds one CTA of four warps. Over 32-key tiles they take 34 and 35 KiB
+/// and two CTAs fit (their registers, at most 255 per thread of 128, allow two as well).
+pub const fn has_compact_variant(head_dim: usize, pv_f32: bool) -> bool {
+    head_dim > 64 && head_dim <= 128 && cta_k(head_dim, pv_f32, false) == 64
 }
 
 /// Whether the portable kernel has an f16-accumulator (`PvAccum::F16`) variant for `head_dim`.
@@ -162,21 +172,22 @@ pub const fn q_tile_bytes(head_dim: usize, pv_f32: bool) -> usize {
     cta_q(head_dim, pv_f32) * smem_row_stride(head_dim)
 }
 /// See [`q_tile_bytes`].
-pub const fn k_stage_bytes(head_dim: usize, pv_f32: bool) -> usize {
-    cta_k(head_dim, pv_f32) * smem_row_stride(head_dim)
+pub const fn k_stage_bytes(head_dim: usize, pv_f32: bool, compact: bool) -> usize {
+    cta_k(head_dim, pv_f32, compact) * smem_row_stride(head_dim)
 }
 /// See [`q_tile_bytes`].
-pub const fn v_stage_bytes(head_dim: usize, pv_f32: bool) -> usize {
-    cta_k(head_dim, pv_f32) * smem_row_stride(2 * head_dim)
+pub const fn v_stage_bytes(head_dim: usize, pv_f32: bool, compact: bool) -> usize {
+    cta_k(head_dim, pv_f32, compact) * smem_row_stride(2 * head_dim)
 }
 
 /// Pipeline stages for K and V (double buffering).
 pub const STAGES: usize = 2;
 
 /// Dynamic shared memory of the attention kernel.
-pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool) -> usize {
+pub const fn attn_smem_bytes(head_dim: usize, pv_f32: bool, compact: bool) -> usize {
     q_tile_bytes(head_dim, pv_f32)
-        + STAGES * (k_stage_bytes(head_dim, pv_f32) + v_stage_bytes(head_dim, pv_f32))
+        + STAGES
+            * (k_stage_bytes(head_dim, pv_f32, compact) + v_stage_bytes(head_dim, pv_f32, compact))
 }
 
 /// Keys per tile of the 8-bit Vᵀ (one attention key tile).
@@ -337,25 +348,50 @@ pub const fn padded_len(len: usize, block: usize) -> usize {
     len.div_ceil(block) * block
 }
 
-/// Calls `$m!(name, head_dim, causal, pv_f32)` once per compiled attention variant. The device crate
-/// stamps the kernel entries from it and the host builds its name table from it.
+/// Calls `$m!(name, head_dim, causal, pv_f32, compact)` once per compiled attention variant
+/// (`compact`: [`has_compact_variant`]). The device crate stamps the kernel entries from it and
+/// the host builds its name table from it.
 #[macro_export]
 macro_rules! for_each_attention_variant {
     ($m:ident) => {
-        $m!("sage_attn_hd64_full_f16acc", 64, false, false);
-        $m!("sage_attn_hd64_causal_f16acc", 64, true, false);
-        $m!("sage_attn_hd64_full_f32acc", 64, false, true);
-        $m!("sage_attn_hd64_causal_f32acc", 64, true, true);
-        $m!("sage_attn_hd96_full_f16acc", 96, false, false);
-        $m!("sage_attn_hd96_causal_f16acc", 96, true, false);
-        $m!("sage_attn_hd96_full_f32acc", 96, false, true);
-        $m!("sage_attn_hd96_causal_f32acc", 96, true, true);
-        $m!("sage_attn_hd128_full_f16acc", 128, false, false);
-        $m!("sage_attn_hd128_causal_f16acc", 128, true, false);
-        $m!("sage_attn_hd128_full_f32acc", 128, false, true);
-        $m!("sage_attn_hd128_causal_f32acc", 128, true, true);
-        $m!("sage_attn_hd256_full_f32acc", 256, false, true);
-        $m!("sage_attn_hd256_causal_f32acc", 256, true, true);
+        $m!("sage_attn_hd64_full_f16acc", 64, false, false, false);
+        $m!("sage_attn_hd64_causal_f16acc", 64, true, false, false);
+        $m!("sage_attn_hd64_full_f32acc", 64, false, true, false);
+        $m!("sage_attn_hd64_causal_f32acc", 64, true, true, false);
+        $m!("sage_attn_hd96_full_f16acc", 96, false, false, false);
+        $m!("sage_attn_hd96_causal_f16acc", 96, true, false, false);
+        $m!("sage_attn_hd96_full_f32acc", 96, false, true, false);
+        $m!("sage_attn_hd96_causal_f32acc", 96, true, true, false);
+        $m!("sage_attn_hd96_full_f16acc_compact", 96, false, false, true);
+        $m!(
+            "sage_attn_hd96_causal_f16acc_compact",
+            96,
+            true,
+            false,
+            true
+        );
+        $m!("sage_attn_hd96_full_f32acc_compact", 96, false, true, true);
+        $m!("sage_attn_hd96_causal_f32acc_compact", 96, true, true, true);
+        $m!("sage_attn_hd128_full_f16acc", 128, false, false, false);
+        $m!("sage_attn_hd128_causal_f16acc", 128, true, false, false);
+        $m!(
+            "sage_attn_hd128_full_f16acc_compact",
+            128,
+            false,
+            false,
+            true
+        );
+        $m!(
+            "sage_attn_hd128_causal_f16acc_compact",
+            128,
+            true,
+            false,
+            true
+        );
+        $m!("sage_attn_hd128_full_f32acc", 128, false, true, false);
+        $m!("sage_attn_hd128_causal_f32acc", 128, true, true, false);
+        $m!("sage_attn_hd256_full_f32acc", 256, false, true, false);
+        $m!("sage_attn_hd256_causal_f32acc", 256, true, true, false);
     };
 }
 

@@ -331,11 +331,13 @@ fn launch_geometry_fits_every_head_dim() {
         }
     }
     for d in KERNEL_HEAD_DIMS {
-        assert!(attn_smem_bytes(d, true) <= 99 * 1024, "d={d}");
-        if has_f16_accum_variant(d) {
-            assert!(attn_smem_bytes(d, false) <= 99 * 1024, "d={d}");
+        for compact in [false, true] {
+            assert!(attn_smem_bytes(d, true, compact) <= 99 * 1024, "d={d}");
+            if has_f16_accum_variant(d) {
+                assert!(attn_smem_bytes(d, false, compact) <= 99 * 1024, "d={d}");
+            }
         }
     }
-    assert_eq!(attn_smem_bytes(256, true), 68_608);
+    assert_eq!(attn_smem_bytes(256, true, false), 68_608);
     assert!(!has_f16_accum_variant(256));
 }

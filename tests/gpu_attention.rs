@@ -4,7 +4,8 @@
 //!   softmax in f64), proptest over shapes and options, output poisoned with NaN first;
 //! * quality: against the exact float64 attention on N(0,1) inputs and on K with large
 //!   per-channel offsets (the bounds: cos ≥ 0.9999, rel L1 ≤ 0.0135);
-//! * causality, non-finite inputs, LSE, and a small matrix for compute-sanitizer (`sanitizer_*`).
+//! * causality, non-finite inputs, LSE, scores that jump late in a row (the portable kernel's
+//!   tiles taken against a lagging max), and a small matrix for compute-sanitizer (`sanitizer_*`).
 //!
 //! Run on a GPU with `--include-ignored --test-threads=1`.
 
@@ -16,6 +17,7 @@ use common::{
 };
 use half::f16;
 use proptest::prelude::*;
+use sageattention::device_config::has_compact_variant;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
     RefOutput,
@@ -210,16 +212,97 @@ fn arb_case() -> impl Strategy<Value = Case> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 64, failure_persistence: None, ..ProptestConfig::default() })]
 
-    /// Every feature combination equals the CPU emulation of the quantized algorithm.
+    /// Every feature combination equals the CPU emulation of the quantized algorithm; with
+    /// `compact` the portable kernel plans for a 100 KiB SM, so its compact variants run too.
     #[test]
     #[ignore = "needs a CUDA GPU"]
-    fn matches_cpu_emulation_over_shapes_and_options(case in arb_case(), seed in any::<u64>()) {
+    fn matches_cpu_emulation_over_shapes_and_options(
+        case in arb_case(),
+        seed in any::<u64>(),
+        compact in any::<bool>(),
+    ) {
         use rand::SeedableRng;
+        let _model = compact.then(|| SmemModel::kib(100));
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (q, k, v) = inputs(&case, &mut rng, 2.0);
         let run = run_case(&case, &q, &k, &v, true);
         let m = check_against_emulation(&case, &run);
         eprintln!("{case:?}: rel L1 vs emulation {:.2e}", m.rel_l1);
+    }
+}
+
+/// Sets the runtime's shared-memory model for the portable kernels
+/// (`Runtime::emulate_smem_per_sm`) and restores the device's own when dropped, even when the
+/// test using it fails (the runtime is shared by the binary's tests).
+struct SmemModel;
+
+impl SmemModel {
+    fn kib(kib: u32) -> Self {
+        runtime().emulate_smem_per_sm(Some(kib * 1024));
+        SmemModel
+    }
+}
+
+impl Drop for SmemModel {
+    fn drop(&mut self) {
+        runtime().emulate_smem_per_sm(None);
+    }
+}
+
+/// The compact portable variants (32-key tiles: d = 96 with either accumulator, d = 128 with the
+/// f16 one; what sm_86 / sm_89 run), reached here by modelling an SM of 100 KiB: the call selects
+/// them (checked), and every feature combination equals the CPU emulation (this file's bounds),
+/// over awkward lengths (tails of 1..31 keys past a 32-key tile), GQA, causal with qo ≠ kv,
+/// d = 80 and 112 zero-padded onto them, bf16 and NHD, output and LSE poisoned.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compact_variants_match_emulation() {
+    let _model = SmemModel::kib(100);
+    let rt = runtime();
+    let mut rng = fresh_rng("compact_variants");
+    for (i, (head_dim, pv_accum)) in [
+        (96, PvAccum::F16),
+        (96, PvAccum::F32),
+        (128, PvAccum::F16),
+        (80, PvAccum::F16),
+        (112, PvAccum::F16),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        for (causal, qo_len, kv_len) in [(false, 200, 333), (true, 301, 257), (true, 97, 450)] {
+            let case = Case {
+                batch: 2,
+                q_heads: 4,
+                kv_heads: 2,
+                qo_len,
+                kv_len,
+                head_dim,
+                causal,
+                dtype: if i % 2 == 0 { DType::F16 } else { DType::BF16 },
+                layout: if causal { Layout::Nhd } else { Layout::Hnd },
+                out_layout: Layout::Hnd,
+                smooth_k: true,
+                pv_accum,
+                sm_scale: None,
+                backend: Backend::Portable,
+            };
+            let opts = Options {
+                causal,
+                pv_accum,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let kernel = sageattention::attention::selected_kernel(rt, head_dim, &opts).unwrap();
+            assert!(
+                kernel.compact && kernel.name.ends_with("_compact"),
+                "{case:?}: {kernel:?}"
+            );
+            let (q, k, v) = inputs(&case, &mut rng, 2.0);
+            let run = run_case(&case, &q, &k, &v, true);
+            let m = check_against_emulation(&case, &run);
+            eprintln!("{}: rel L1 vs emulation {:.2e}", kernel.name, m.rel_l1);
+        }
     }
 }
 
@@ -272,6 +355,37 @@ fn accuracy_against_exact_reference() {
                     );
                 }
             }
+        }
+    }
+}
+
+/// The compact portable variants (as on a 100 KiB SM) meet the same accuracy bounds against the
+/// exact float64 attention as [`accuracy_against_exact_reference`] (N(0,1), and K with channel
+/// offsets, smoothed), d = 96 (both accumulators) and d = 128 (f16 accumulator).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn compact_variants_accuracy_against_exact_reference() {
+    let _model = SmemModel::kib(100);
+    let mut rng = fresh_rng("compact_accuracy");
+    for k_offset in [0.0f32, 8.0] {
+        for (head_dim, pv_accum) in [(96, PvAccum::F16), (96, PvAccum::F32), (128, PvAccum::F16)] {
+            let case = Case {
+                backend: Backend::Portable,
+                pv_accum,
+                ..quality_case(head_dim, DType::F16, true)
+            };
+            let (q, k, v) = inputs(&case, &mut rng, k_offset);
+            let run = run_case(&case, &q, &k, &v, true);
+            check_against_emulation(&case, &run);
+            let m = compare(&run.out, &run.exact.o);
+            eprintln!(
+                "COMPACT d={head_dim} {pv_accum:?} k_offset={k_offset}: cos {:.6} rel_l1 {:.4}",
+                m.cos_sim, m.rel_l1
+            );
+            assert!(
+                m.cos_sim >= 0.9999 && m.rel_l1 <= 0.0135,
+                "d={head_dim} {pv_accum:?} offset {k_offset}: {m:?}"
+            );
         }
     }
 }
@@ -450,6 +564,110 @@ fn inf_in_v_propagates_like_the_reference() {
     }
 }
 
+/// Scores that jump late in a row (`common::late_score_jump_inputs`), through the portable
+/// kernel: its unmasked tiles after the first take their probabilities against the running max
+/// without the tile's max, and a warp takes the tile again from its scores when a lane's part of
+/// a row's tile sum passes the limit (`cta_k / 4` with the f16 accumulator, so its partial
+/// products stay within the exact path's bound; 2^14 with the f32 one). Jumps of 1 and 3 log2
+/// units (probabilities above 1 that the fast path may keep), 20 (a retry with a rescale) and
+/// 200 (an infinite probability in the first pass), both accumulators, d = 64 / 96 / 128 / 256,
+/// causal and not, and through the compact variants where they exist (32-key tiles, so a limit
+/// of 8 with the f16 accumulator). Against the CPU emulation (f16 chunks for the f16 accumulator), output and
+/// LSE poisoned first; the bounds are this file's.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_late_score_jumps_match_emulation() {
+    let mut rng = fresh_rng("portable_score_jumps");
+    for (d, causal, jump, pv_accum) in [
+        (64, false, 1.0f32, PvAccum::F16),
+        (64, true, 3.0, PvAccum::F16),
+        (64, false, 200.0, PvAccum::F32),
+        (96, true, 20.0, PvAccum::F16),
+        (96, false, 3.0, PvAccum::F32),
+        (128, false, 20.0, PvAccum::F16),
+        (128, true, 200.0, PvAccum::F16),
+        (128, false, 1.0, PvAccum::F32),
+        (256, false, 20.0, PvAccum::F32),
+        (256, true, 3.0, PvAccum::F16),
+    ] {
+        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
+        for compact in [false, true] {
+            if compact && !has_compact {
+                continue;
+            }
+            let _model = compact.then(|| SmemModel::kib(100));
+            late_score_jump_case(&mut rng, d, causal, jump, pv_accum);
+        }
+    }
+}
+
+/// One case of [`portable_late_score_jumps_match_emulation`].
+fn late_score_jump_case(
+    rng: &mut rand::rngs::StdRng,
+    d: usize,
+    causal: bool,
+    jump: f32,
+    pv_accum: PvAccum,
+) {
+    let opts = Options {
+        causal,
+        pv_accum,
+        backend: Backend::Portable,
+        ..Options::default()
+    };
+    let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
+    // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
+    let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
+    let [q, k, v] = common::late_score_jump_inputs(rng, [4, 2, 2000, d], 1700, jump);
+    common::check_f16_against_emulation(
+        [&q, &k, &v],
+        &opts,
+        f16_accum,
+        &format!("{} jump {jump}", kernel.name),
+        (EMULATION_REL_L1, LSE_TOL),
+    );
+}
+
+/// Scores that rise steadily along the keys (`common::steady_slope_inputs`, `bench --inputs
+/// recency`'s shape) through the portable kernel: in forward order every unmasked tile taken
+/// against the lagging max is taken again; causal calls visit the tiles from the diagonal down
+/// (v30), where the first tile holds each row's largest scores. Both accumulators, d = 64 / 128,
+/// causal and not, and the compact variants where they exist; against the CPU emulation.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_steady_score_slope_matches_emulation() {
+    let mut rng = fresh_rng("portable_score_slope");
+    for (d, causal, pv_accum) in [
+        (64, false, PvAccum::F16),
+        (64, true, PvAccum::F32),
+        (128, false, PvAccum::F32),
+        (128, true, PvAccum::F16),
+    ] {
+        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
+        for compact in [false, true] {
+            if compact && !has_compact {
+                continue;
+            }
+            let _model = compact.then(|| SmemModel::kib(100));
+            let opts = Options {
+                causal,
+                pv_accum,
+                backend: Backend::Portable,
+                ..Options::default()
+            };
+            let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
+            let [q, k, v] = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
+            common::check_f16_against_emulation(
+                [&q, &k, &v],
+                &opts,
+                pv_accum == PvAccum::F16,
+                &format!("{} steady slope", kernel.name),
+                (EMULATION_REL_L1, LSE_TOL),
+            );
+        }
+    }
+}
+
 /// Query rows that see no key (causal with qo_len > kv_len) are 0 with LSE -inf, as in the reference.
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -604,17 +822,21 @@ fn fused_qkv_views_at_offsets() {
 }
 
 /// A small matrix of shapes for compute-sanitizer (memcheck, racecheck, initcheck): every head
-/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper.
+/// dim, causal and not, tails, GQA, bf16 NHD, both PV accumulators, both kernels on Hopper, and
+/// the compact portable variants.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn sanitizer_small_matrix() {
     let mut rng = fresh_rng("sanitizer");
     for (i, head_dim) in [64usize, 96, 128].into_iter().enumerate() {
-        for (causal, backend) in [
-            (false, Backend::Auto),
-            (true, Backend::Auto),
-            (true, Backend::Portable),
+        for (causal, backend, compact) in [
+            (false, Backend::Auto, false),
+            (true, Backend::Auto, false),
+            (true, Backend::Portable, false),
+            (false, Backend::Portable, i > 0),
         ] {
+            // The compact variants (d = 96 and 128 here) as on a 100 KiB SM.
+            let _model = compact.then(|| SmemModel::kib(100));
             let case = Case {
                 batch: 1,
                 q_heads: 2,

@@ -703,23 +703,18 @@ fn hopper_in_kernel_q_equals_prepared_q() {
 /// Scores that jump late in a row: the f16 kernels take an unmasked tile's probabilities against
 /// the running max without reducing the tile's max first, and take the tile again from its
 /// scores when one passes that max by 2^14 or more (`OnlineSoftmax::probabilities_against_max`).
-/// Here most keys score about 0 (p ≈ 1 each, so the earlier keys keep a large share of every
-/// row), and one key late in the sequence has channel 0 large, against a channel-0 component of
-/// Q that grows across the rows: its score jumps by 0 to about 20 (finite, the retry with a
-/// rescale) or, in the second case, by up to about 200 log2 units (an infinite probability in the
-/// first pass). Rows of one warp differ, so warps with and without a jump meet. Against the CPU
-/// emulation, output poisoned with NaN and LSE first, d = 64 / 96 / 128, causal and not, and
-/// d = 256, whose kernel keeps the exact path (`hopper::attention::f16_probs_against_max`).
+/// One key late in the sequence scores 0 to about 20 log2 units above the others (finite, the
+/// retry with a rescale) or up to about 200 (an infinite probability in the first pass)
+/// (`common::late_score_jump_inputs`). Against the CPU emulation, output poisoned with NaN and
+/// LSE first, d = 64 / 96 / 128, causal and not, and d = 256, whose kernel keeps the exact path
+/// (`hopper::attention::f16_probs_against_max`).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn hopper_f16_late_score_jumps_match_emulation() {
-    use sageattention::reference::HostTensor;
     if skip_unless_hopper() {
         return;
     }
     let mut rng = fresh_rng("hopper_score_jumps");
-    let (q_heads, kv_heads, len) = (4, 2, 2000);
-    let spike = 1700;
     for (d, causal, jump) in [
         (128, false, 20.0f32),
         (128, true, 200.0),
@@ -727,30 +722,11 @@ fn hopper_f16_late_score_jumps_match_emulation() {
         (96, true, 20.0),
         (256, false, 20.0),
     ] {
-        // Score of the spike key in log2 units: q0 · a · log2(e) / sqrt(d), q0 up to 4.
-        let a = jump / (4.0 * std::f32::consts::LOG2_E / (d as f32).sqrt());
-        let noise = |rng: &mut rand::rngs::StdRng| {
-            let z: f32 = rand_distr::Distribution::sample(&rand_distr::StandardNormal, rng);
-            0.3 * z
-        };
-        let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, s, c| {
-            let x = noise(&mut rng)
-                + if c == 0 {
-                    4.0 * s as f32 / len as f32
-                } else {
-                    0.0
-                };
-            common::round_to(DType::F16, x)
-        });
-        let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
-            let x = noise(&mut rng) + if c == 0 && s == spike { a } else { 0.0 };
-            common::round_to(DType::F16, x)
-        });
-        let v = random_tensor(&mut rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
         let opts = Options {
             causal,
             ..Options::default()
         };
+        let [q, k, v] = common::late_score_jump_inputs(&mut rng, [4, 2, 2000, d], 1700, jump);
         common::check_f16_against_emulation(
             [&q, &k, &v],
             &opts,

@@ -46,11 +46,11 @@ fn ldmatrix_rows_hit_distinct_bank_groups() {
 fn every_variant_fits_shared_memory() {
     const SM86_OPTIN: usize = 99 * 1024;
     for head_dim in KERNEL_HEAD_DIMS {
-        for pv_f32 in [false, true] {
-            let bytes = attn_smem_bytes(head_dim, pv_f32);
+        for (pv_f32, compact) in [(false, false), (true, false), (false, true), (true, true)] {
+            let bytes = attn_smem_bytes(head_dim, pv_f32, compact);
             assert!(
                 bytes <= SM86_OPTIN,
-                "d={head_dim} pv_f32={pv_f32}: {bytes} B"
+                "d={head_dim} pv_f32={pv_f32} compact={compact}: {bytes} B"
             );
             assert_eq!(
                 128 % cta_q(head_dim, pv_f32),
@@ -58,7 +58,7 @@ fn every_variant_fits_shared_memory() {
                 "a CTA's rows lie inside whole Q blocks"
             );
             assert_eq!(
-                64 % cta_k(head_dim, pv_f32),
+                64 % cta_k(head_dim, pv_f32, compact),
                 0,
                 "a key tile must share one K scale"
             );

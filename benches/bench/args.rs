@@ -131,6 +131,15 @@ pub struct Args {
     /// Kernel: the fastest for the device (wgmma on Hopper for d = 64/128), or the portable one.
     #[arg(long)]
     pub portable: bool,
+    /// A measuring proxy: plan the portable f16 kernels (variant and CTAs per SM) as on a GPU
+    /// whose SMs have this many KiB of shared memory (100: the RTX 3090 / 4090), padding their
+    /// launches' shared memory to that occupancy (`Runtime::emulate_smem_per_sm`).
+    #[arg(long, value_name = "KIB")]
+    pub emulate_smem_per_sm: Option<u32>,
+    /// A measuring aid: keep the portable kernels' 64-key variants where a compact one would run
+    /// (`Runtime::allow_compact`), the baseline for `--emulate-smem-per-sm`.
+    #[arg(long)]
+    pub no_compact: bool,
     /// Turn off K smoothing (subtracting K's mean over the sequence).
     #[arg(long)]
     pub no_smooth_k: bool,

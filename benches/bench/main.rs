@@ -124,6 +124,14 @@ fn run(args: &Args) -> Result<(), BenchError> {
     }
 
     let rt = Runtime::new(args.device)?;
+    rt.allow_compact(!args.no_compact);
+    if let Some(kib) = args.emulate_smem_per_sm {
+        rt.emulate_smem_per_sm(Some(kib.saturating_mul(1024)));
+        println!(
+            "proxy: portable f16 kernels planned for {} KiB of shared memory per SM",
+            rt.smem_per_sm() / 1024
+        );
+    }
     rt.require_sm80()?;
     let device = device_json(&rt)?;
     println!("{}", device.describe());

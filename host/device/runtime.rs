@@ -29,7 +29,7 @@ use cudarc::driver::{
 };
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use super::kernel::{Kernel, KernelResources, ModuleKind, DEFAULT_MAX_DYNAMIC_SMEM};
@@ -81,10 +81,30 @@ pub const MAX_VARLEN_STREAMS: usize = 8;
 /// keeps a workspace as large as the largest call it ran.
 pub const DEFAULT_VARLEN_STREAMS: usize = 4;
 
+/// Shared memory the hardware reserves for each resident CTA (compute capability 8.x and 9.0),
+/// beside what the kernel asks for.
+pub const CTA_RESERVED_SMEM: u32 = 1024;
+
+/// The dynamic shared memory that makes an SM of `per_sm` bytes hold as many CTAs of a kernel
+/// asking for `smem` as an SM of `model` bytes would (at least one, within the block limit
+/// `optin`): each CTA then takes `per_sm / ctas` with its reserved part.
+fn occupancy_padded_smem(smem: u32, model: u32, per_sm: u32, optin: u32) -> u32 {
+    let ctas = (model / (smem + CTA_RESERVED_SMEM)).max(1);
+    let padded = (per_sm / ctas).saturating_sub(CTA_RESERVED_SMEM);
+    smem.max(padded).min(optin)
+}
+
 struct Inner {
     ctx: Arc<CudaContext>,
     cc: (i32, i32),
     smem_optin: u32,
+    /// Shared memory of one SM (what its CTAs share).
+    smem_per_sm: u32,
+    /// Shared memory per SM that the portable kernels plan for instead of the device's, 0 for
+    /// the device's ([`Runtime::emulate_smem_per_sm`]).
+    smem_per_sm_model: AtomicU32,
+    /// Whether the portable kernels may run their compact variants ([`Runtime::allow_compact`]).
+    compact_allowed: AtomicBool,
     /// L2 cache bytes (the sm_90a causal launch order depends on whether K and V fit in it).
     l2_bytes: u64,
     /// Streaming multiprocessors (queried once: the preparation plan reads it on every call).
@@ -274,6 +294,10 @@ impl Runtime {
             &ctx,
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
         )?);
+        let smem_per_sm = non_negative(device_attr(
+            &ctx,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_MULTIPROCESSOR,
+        )?);
         let l2_bytes = u64::from(non_negative(device_attr(
             &ctx,
             sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE,
@@ -287,6 +311,9 @@ impl Runtime {
                 ctx,
                 cc,
                 smem_optin,
+                smem_per_sm,
+                smem_per_sm_model: AtomicU32::new(0),
+                compact_allowed: AtomicBool::new(true),
                 l2_bytes,
                 sm_count,
                 modules: Default::default(),
@@ -504,6 +531,51 @@ impl Runtime {
         self.inner.sm_count
     }
 
+    /// Shared memory per SM that the portable kernels' choice of variant plans for: the
+    /// device's, unless [`Self::emulate_smem_per_sm`] set another.
+    pub fn smem_per_sm(&self) -> u32 {
+        match self.inner.smem_per_sm_model.load(Ordering::Relaxed) {
+            0 => self.inner.smem_per_sm,
+            model => model,
+        }
+    }
+
+    /// A measuring proxy, not for production: the portable f16 kernels choose their variant as
+    /// on a device whose SMs have `bytes` of shared memory (e.g. 100 KiB, sm_86 and sm_89: the
+    /// RTX 3090 and 4090), and their launches ask for enough dynamic shared memory that no more
+    /// CTAs fit on one of this device's SMs than would fit there. It only lowers occupancy (and
+    /// changes which compiled tile size runs); results are those of the variant chosen. `None`
+    /// (or a model at least the device's) restores the device's own plan.
+    #[doc(hidden)]
+    pub fn emulate_smem_per_sm(&self, bytes: Option<u32>) {
+        let model = bytes.filter(|&b| b < self.inner.smem_per_sm).unwrap_or(0);
+        self.inner.smem_per_sm_model.store(model, Ordering::Relaxed);
+    }
+
+    /// A measuring aid, not for production: whether the portable f16 kernels may choose their
+    /// compact variants where they pay (the default), or keep the 64-key ones everywhere — with
+    /// [`Self::emulate_smem_per_sm`], the baseline a compact variant is measured against.
+    #[doc(hidden)]
+    pub fn allow_compact(&self, allow: bool) {
+        self.inner.compact_allowed.store(allow, Ordering::Relaxed);
+    }
+
+    /// See [`Self::allow_compact`].
+    pub(crate) fn compact_allowed(&self) -> bool {
+        self.inner.compact_allowed.load(Ordering::Relaxed)
+    }
+
+    /// The dynamic shared memory a portable kernel's launch asks for: `smem`, or under
+    /// [`Self::emulate_smem_per_sm`] enough more that this device's SMs hold no more CTAs than
+    /// the modelled ones (each CTA also takes [`CTA_RESERVED_SMEM`]), within the block limit.
+    pub(crate) fn occupancy_smem(&self, smem: u32) -> u32 {
+        let model = self.inner.smem_per_sm_model.load(Ordering::Relaxed);
+        if model == 0 {
+            return smem;
+        }
+        occupancy_padded_smem(smem, model, self.inner.smem_per_sm, self.inner.smem_optin)
+    }
+
     /// [`Error::UnsupportedDevice`] unless the device has compute capability 8.0 or newer.
     pub fn require_sm80(&self) -> Result<()> {
         let (major, minor) = self.inner.cc;
@@ -681,5 +753,40 @@ mod tests {
             Err(Error::TooLarge { .. })
         ));
         assert_eq!(alloc_bytes::<f32>(10).unwrap(), 40);
+    }
+
+    /// The occupancy proxy: on an H200 SM (228 KiB, 227 KiB per block), the padded request
+    /// holds exactly as many CTAs as a modelled SM would hold unpadded ones (at least one), for
+    /// every request size the portable kernels make and models of 100 and 164 KiB.
+    #[test]
+    fn occupancy_padding_reproduces_the_modelled_ctas_per_sm() {
+        let (per_sm, optin) = (228 * 1024, 227 * 1024);
+        let fit = |smem: u32, sm: u32| sm / (smem + CTA_RESERVED_SMEM);
+        for model in [100 * 1024, 164 * 1024] {
+            for smem in (4 * 1024..=99 * 1024).step_by(512) {
+                let padded = occupancy_padded_smem(smem, model, per_sm, optin);
+                assert!(padded >= smem && padded <= optin, "{smem} {model}");
+                assert_eq!(
+                    fit(padded, per_sm),
+                    fit(smem, model).max(1),
+                    "smem {smem}, model {model}: padded {padded}"
+                );
+            }
+        }
+        // The compact d = 128 f16 variant on a 100 KiB model: two CTAs; the 64-key one: one.
+        assert_eq!(
+            fit(
+                occupancy_padded_smem(35_840, 100 * 1024, per_sm, optin),
+                per_sm
+            ),
+            2
+        );
+        assert_eq!(
+            fit(
+                occupancy_padded_smem(62_464, 100 * 1024, per_sm, optin),
+                per_sm
+            ),
+            1
+        );
     }
 }

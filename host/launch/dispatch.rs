@@ -2,10 +2,10 @@
 //! ask [`selected_kernel`]). The portable kernel's variants are stamped from the same list as the
 //! device crate's entries (`for_each_attention_variant!`), so names cannot drift.
 
-use crate::device::runtime::{ModuleKind, Runtime};
+use crate::device::runtime::{ModuleKind, Runtime, CTA_RESERVED_SMEM};
 use crate::device_config::{
-    has_f16_accum_variant, is_supported_head_dim, portable_kernel_head_dim, PV8_KERNEL_HEAD_DIMS,
-    SUPPORTED_HEAD_DIMS,
+    attn_smem_bytes, has_compact_variant, has_f16_accum_variant, is_supported_head_dim,
+    portable_kernel_head_dim, PV8_KERNEL_HEAD_DIMS, SUPPORTED_HEAD_DIMS,
 };
 use crate::launch::hopper;
 use crate::launch::validate::Problem;
@@ -30,6 +30,9 @@ pub struct SelectedKernel {
     pub fp8: bool,
     /// Whether it applies the causal mask.
     pub causal: bool,
+    /// Whether it is the portable kernel's compact variant (32-key tiles, two CTAs on an SM of
+    /// 100 KiB: `dispatch::compact_pays`).
+    pub compact: bool,
     /// The head_dim it is compiled for: the problem's, or larger when the problem is zero-padded
     /// to run on it (the next compiled size up: d = 80 on the portable or the wgmma d = 96
     /// kernel, d = 96 with the 8-bit P·V on the d = 128 wgmma kernel, d = 160 on d = 256).
@@ -95,6 +98,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
                     pv8,
                     fp8: false,
                     causal: opts.causal,
+                    compact: false,
                     head_dim: kernel_dim,
                 });
             }
@@ -109,7 +113,8 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
     let f32_is_free = opts.backend == Backend::Auto && rt.compute_capability() == (9, 0);
     let pv_f32 =
         opts.pv_accum == PvAccum::F32 || f32_is_free || !has_f16_accum_variant(portable_dim);
-    let name = attention_kernel_name(portable_dim, opts.causal, pv_f32)?;
+    let compact = rt.compact_allowed() && compact_pays(portable_dim, pv_f32, rt.smem_per_sm());
+    let name = attention_kernel_name(portable_dim, opts.causal, pv_f32, compact)?;
     Some(SelectedKernel {
         module: ModuleKind::Portable,
         name,
@@ -117,6 +122,7 @@ pub fn selected_kernel(rt: &Runtime, head_dim: usize, opts: &Options) -> Option<
         pv8: false,
         fp8: false,
         causal: opts.causal,
+        compact,
         head_dim: portable_dim,
     })
 }
@@ -160,6 +166,7 @@ pub fn portable_pv8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKern
         pv8: true,
         fp8: false,
         causal,
+        compact: false,
         head_dim: kernel_dim,
     })
 }
@@ -196,6 +203,7 @@ pub fn hopper_fp8_kernel(head_dim: usize, causal: bool) -> Option<SelectedKernel
         pv8: true,
         fp8: true,
         causal,
+        compact: false,
         head_dim: kernel_dim,
     })
 }
@@ -244,11 +252,26 @@ pub fn pv8_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'stat
     None
 }
 
+/// Whether the portable f16 kernel for `head_dim` (a compiled size) and accumulator runs its
+/// compact variant on SMs of `smem_per_sm` bytes of shared memory: when it has one
+/// (`config::has_compact_variant`) and two CTAs of the 64-key variant do not fit (100 KiB SMs:
+/// sm_86, sm_89), so that two of the compact one do. On A100 (164 KiB) and Hopper (228 KiB) two
+/// or more CTAs of the 64-key variant fit, and it keeps the tiles it was measured with.
+pub fn compact_pays(head_dim: usize, pv_f32: bool, smem_per_sm: u32) -> bool {
+    let cta = |compact| attn_smem_bytes(head_dim, pv_f32, compact) as u32 + CTA_RESERVED_SMEM;
+    has_compact_variant(head_dim, pv_f32) && 2 * cta(false) > smem_per_sm
+}
+
 /// The entry point compiled for this variant (the device crate stamps them from the same list).
-pub fn attention_kernel_name(head_dim: usize, causal: bool, pv_f32: bool) -> Option<&'static str> {
+pub fn attention_kernel_name(
+    head_dim: usize,
+    causal: bool,
+    pv_f32: bool,
+    compact: bool,
+) -> Option<&'static str> {
     macro_rules! find {
-        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
-            if head_dim == $hd && causal == $causal && pv_f32 == $pv_f32 {
+        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal, $compact:literal) => {
+            if head_dim == $hd && causal == $causal && pv_f32 == $pv_f32 && compact == $compact {
                 return Some($name);
             }
         };
@@ -261,7 +284,7 @@ pub fn attention_kernel_name(head_dim: usize, causal: bool, pv_f32: bool) -> Opt
 pub fn attention_kernel_names() -> Vec<&'static str> {
     let mut v = Vec::new();
     macro_rules! push {
-        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+        ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal, $compact:literal) => {
             v.push($name);
         };
     }
@@ -322,20 +345,58 @@ mod tests {
         for hd in KERNEL_HEAD_DIMS {
             for causal in [false, true] {
                 for pv_f32 in [false, true] {
-                    let name = attention_kernel_name(hd, causal, pv_f32);
+                    let name = attention_kernel_name(hd, causal, pv_f32, false);
                     if pv_f32 || has_f16_accum_variant(hd) {
                         assert!(name.unwrap().contains(&format!("hd{hd}_")));
                     } else {
                         assert_eq!(name, None);
                     }
+                    let compact = attention_kernel_name(hd, causal, pv_f32, true);
+                    assert_eq!(
+                        compact.is_some(),
+                        has_compact_variant(hd, pv_f32),
+                        "hd{hd} {pv_f32}"
+                    );
+                    if let Some(c) = compact {
+                        assert!(c.ends_with("_compact") && c.contains(&format!("hd{hd}_")));
+                    }
                 }
             }
         }
-        assert_eq!(attention_kernel_name(80, false, false), None);
+        assert_eq!(attention_kernel_name(80, false, false, false), None);
         let names = attention_kernel_names();
-        assert_eq!(names.len(), 22);
+        assert_eq!(names.len(), 28);
         let unique: std::collections::HashSet<_> = names.iter().collect();
         assert_eq!(unique.len(), names.len());
+    }
+
+    /// Compact variants run where two 64-key CTAs do not fit an SM: on 100 KiB SMs (sm_86,
+    /// sm_89) for d = 96 and d = 128 with the f16 accumulator, never on A100 or Hopper; and two
+    /// compact CTAs fit there.
+    #[test]
+    fn compact_variants_run_on_100_kib_sms_only() {
+        const KIB: u32 = 1024;
+        for (hd, pv_f32, on_ada) in [
+            (64, false, false),
+            (64, true, false),
+            (96, false, true),
+            (96, true, true),
+            (128, false, true),
+            (128, true, false),
+            (256, true, false),
+        ] {
+            assert_eq!(
+                compact_pays(hd, pv_f32, 100 * KIB),
+                on_ada,
+                "hd{hd} {pv_f32}"
+            );
+            assert!(!compact_pays(hd, pv_f32, 164 * KIB), "hd{hd} {pv_f32}");
+            assert!(!compact_pays(hd, pv_f32, 228 * KIB), "hd{hd} {pv_f32}");
+            if on_ada {
+                let cta = attn_smem_bytes(hd, pv_f32, true) as u32 + CTA_RESERVED_SMEM;
+                assert!(2 * cta <= 100 * KIB, "hd{hd} {pv_f32}: {cta}");
+            }
+        }
     }
 
     #[test]
@@ -444,7 +505,7 @@ mod tests {
             assert!(k >= d && KERNEL_HEAD_DIMS.contains(&k), "{d} -> {k}");
             // No compiled size lies between d and the kernel chosen for it.
             assert!(!KERNEL_HEAD_DIMS.iter().any(|&c| c >= d && c < k), "{d}");
-            assert!(attention_kernel_name(k, true, true).is_some());
+            assert!(attention_kernel_name(k, true, true, false).is_some());
         }
         assert_eq!(portable_kernel_head_dim(80), Some(96));
         assert_eq!(portable_kernel_head_dim(160), Some(256));
@@ -465,6 +526,7 @@ mod tests {
             pv8,
             fp8: false,
             causal,
+            compact: false,
             head_dim,
         };
         for d in [64, 96, 128] {

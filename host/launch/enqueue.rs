@@ -597,7 +597,8 @@ pub(crate) fn enqueue_attend(
             (
                 cta_q(hd, kernel.pv_f32),
                 ATTN_THREADS,
-                attn_smem_bytes(hd, kernel.pv_f32),
+                rt.occupancy_smem(attn_smem_bytes(hd, kernel.pv_f32, kernel.compact) as u32)
+                    as usize,
             )
         };
         let grid = (

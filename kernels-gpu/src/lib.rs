@@ -42,6 +42,8 @@ mod frag;
 mod prepare;
 #[cfg(not(feature = "hopper"))]
 mod quant;
+#[cfg(not(feature = "ada_fp8"))]
+mod retry;
 #[cfg(not(any(feature = "hopper", feature = "ada_fp8")))]
 mod selftest;
 #[cfg(not(feature = "hopper"))]

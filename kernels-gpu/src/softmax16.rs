@@ -36,9 +36,10 @@ pub(crate) const FAST_SUM_LIMIT: f32 = 16384.0;
 
 /// Writes `2^arg(x, n-tile)` of row `h`'s scores `x` in `src` (accumulator layout, `NK` n-tiles of
 /// 8 keys) to the same places of `out` and returns their sum, in the order the row sums have
-/// always been taken.
+/// always been taken. (The portable f16 kernel's softmax, `attention::softmax`, uses it per
+/// m-tile.)
 #[inline(always)]
-fn exponentiate_row<T: Copy, const NK: usize>(
+pub(crate) fn exponentiate_row<T: Copy, const NK: usize>(
     src: &[[T; 4]; NK],
     out: &mut [[f32; 4]; NK],
     h: usize,

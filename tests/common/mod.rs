@@ -278,6 +278,39 @@ pub fn bit_differences(a: &[f32], b: &[f32]) -> usize {
     differing + a.len().abs_diff(b.len())
 }
 
+/// Q, K, V (f16, HND, one batch) whose scores jump late in a row, for the f16 kernels' tiles
+/// taken against the running max: most keys score about 0 (p ≈ 1 each, so the earlier keys keep
+/// a large share of every row), and key `spike` has channel 0 large, against a channel-0
+/// component of Q that grows from 0 to 4 across the rows, so its score passes the others by 0 to
+/// about `jump` log2 units. Rows of one warp differ, so warps with and without a jump meet.
+pub fn late_score_jump_inputs(
+    rng: &mut StdRng,
+    [q_heads, kv_heads, len, d]: [usize; 4],
+    spike: usize,
+    jump: f32,
+) -> [HostTensor; 3] {
+    // Score of the spike key in log2 units: q0 · a · log2(e) / sqrt(d), q0 up to 4.
+    let a = jump / (4.0 * std::f32::consts::LOG2_E / (d as f32).sqrt());
+    let noise = |rng: &mut StdRng| {
+        let z: f32 = StandardNormal.sample(rng);
+        0.3 * z
+    };
+    let q = HostTensor::from_fn([1, q_heads, len, d], false, |_, _, s, c| {
+        let ramp = if c == 0 {
+            4.0 * s as f32 / len as f32
+        } else {
+            0.0
+        };
+        round_to(DType::F16, noise(rng) + ramp)
+    });
+    let k = HostTensor::from_fn([1, kv_heads, len, d], false, |_, _, s, c| {
+        let x = noise(rng) + if c == 0 && s == spike { a } else { 0.0 };
+        round_to(DType::F16, x)
+    });
+    let v = random_tensor(rng, [1, kv_heads, len, d], DType::F16, 1.0, None);
+    [q, k, v]
+}
+
 /// Largest absolute LSE difference; equal values (both `-inf` included) count as 0.
 pub fn lse_max_error(lse: &[f32], reference: &[f64]) -> f64 {
     lse.iter()

@@ -1,11 +1,12 @@
 //! The main loop: a two-stage cp.async pipeline of K and V tiles and the one `step` body that
 //! every key tile runs (masked or not).
 //!
-//! cp.async groups are committed in the order Q+K₀, V₀, K₁, V₁, …: when step t starts, the groups
-//! in flight are exactly (Kₜ, Vₜ), so `wait_group 1` + barrier makes Kₜ visible, and after issuing
-//! Kₜ₊₁ the same again makes Vₜ visible. Empty groups are committed past the last tile to keep that
-//! count uniform. Stage `(t+1) % 2` is overwritten only after a barrier that every warp reaches
-//! after finishing tile t-1, its previous user.
+//! Tiles are visited in order, or from the last down for causal calls (`Pipeline::tile_of`);
+//! below, index i counts visits. cp.async groups are committed in the order Q+K₀, V₀, K₁, V₁, …:
+//! when step i starts, the groups in flight are exactly (Kᵢ, Vᵢ), so `wait_group 1` + barrier
+//! makes Kᵢ visible, and after issuing Kᵢ₊₁ the same again makes Vᵢ visible. Empty groups are
+//! committed past the last tile to keep that count uniform. Stage `(i+1) % 2` is overwritten only
+//! after a barrier that every warp reaches after finishing visit i-1, its previous user.
 
 use super::softmax::OnlineSoftmax;
 use super::{BlockGeometry, OutAcc};
@@ -16,11 +17,12 @@ use crate::config::{
 use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::tile::Tile;
 use crate::unroll::unroll;
 
 /// Global sources and shared tiles of one CTA.
-pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool> {
+pub(crate) struct Pipeline<const HD: usize, const PV_F32: bool, const COMPACT: bool> {
     q_tile: Tile,
     /// Stage 0 of K and of V; stage 1 follows each at `*_stage_bytes(HD)`.
     k_stage0: Tile,
@@ -50,7 +52,7 @@ pub(crate) struct StepArgs<'a, const MT: usize> {
     pub kv_len: u32,
 }
 
-impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
+impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F32, COMPACT> {
     /// d = 256 copies K and V tiles row-per-thread ([`Self::copy_rows`]): one copy address per
     /// thread stays live across the tile loop instead of one per chunk (8 for V), which with the
     /// 128 output registers is what fits (ptxas 12.9: 240–243 registers instead of 246–255).
@@ -61,7 +63,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     pub fn new(p: &AttnParams, geo: &BlockGeometry) -> Self {
         let base = ptx::smem_base();
         let k0 = base + q_tile_bytes(HD, PV_F32) as u32;
-        let v0 = k0 + 2 * k_stage_bytes(HD, PV_F32) as u32;
+        let v0 = k0 + 2 * k_stage_bytes(HD, PV_F32, COMPACT) as u32;
         let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
         let padded_k = padded_len(p.kv_len as usize, K_BLOCK) as u64;
         let q_head = (geo.batch * p.q_heads + geo.head) as u64;
@@ -84,31 +86,47 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         }
     }
 
-    /// The K stage tile `t` uses. Arithmetic, not an array index: a run-time index into an array of
-    /// tiles would put the array in local memory.
+    /// The key tile the CTA visits `i`-th: tiles 0, 1, … in order, or with `REVERSE` (causal
+    /// calls) from the last down, so that the diagonal's masked tiles come first. A row's max
+    /// then starts at the keys nearest to it, which on score shapes that fall off with distance
+    /// are its largest: the unmasked tiles after them, taken against that max without a
+    /// reduction, almost never have to be taken again (`scripts/retry-model.py`: 0% against
+    /// 11–29% in forward order for the f16 accumulator, up to 49% for the f32 one).
     #[inline(always)]
-    fn k_tile(&self, t: u32) -> Tile {
+    pub fn tile_of<const REVERSE: bool>(&self, i: u32) -> u32 {
+        if REVERSE {
+            self.n_tiles - 1 - i
+        } else {
+            i
+        }
+    }
+
+    /// The K stage the `i`-th visited tile uses. Arithmetic, not an array index: a run-time index
+    /// into an array of tiles would put the array in local memory.
+    #[inline(always)]
+    fn k_tile(&self, i: u32) -> Tile {
         Tile {
-            base: self.k_stage0.base + (t & 1) * k_stage_bytes(HD, PV_F32) as u32,
+            base: self.k_stage0.base + (i & 1) * k_stage_bytes(HD, PV_F32, COMPACT) as u32,
             ..self.k_stage0
         }
     }
 
-    /// The V stage tile `t` uses (see [`Self::k_tile`]).
+    /// The V stage the `i`-th visited tile uses (see [`Self::k_tile`]).
     #[inline(always)]
-    fn v_tile(&self, t: u32) -> Tile {
+    fn v_tile(&self, i: u32) -> Tile {
         Tile {
-            base: self.v_stage0.base + (t & 1) * v_stage_bytes(HD, PV_F32) as u32,
+            base: self.v_stage0.base + (i & 1) * v_stage_bytes(HD, PV_F32, COMPACT) as u32,
             ..self.v_stage0
         }
     }
 
-    /// Issues the Q tile and key tile 0 (one group) and value tile 0 (a second group).
+    /// Issues the Q tile and the first visited key tile (one group) and its value tile (a second
+    /// group).
     ///
     /// # Safety
     /// The sources are valid (host validation) and `n_tiles > 0`.
     #[inline(always)]
-    pub unsafe fn load_q_and_first_tile(&self) {
+    pub unsafe fn load_q_and_first_tile<const REVERSE: bool>(&self) {
         let chunks_per_row = (HD / 16) as u32;
         let total = cta_q(HD, PV_F32) as u32 * chunks_per_row;
         let mut c = self.tid;
@@ -123,25 +141,26 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
             };
             c += ATTN_THREADS as u32;
         }
-        unsafe { self.load_k(0) };
+        let first = self.tile_of::<REVERSE>(0);
+        unsafe { self.load_k(first, 0) };
         ptx::cp_async_commit();
-        unsafe { self.load_v(0) };
+        unsafe { self.load_v(first, 0) };
         ptx::cp_async_commit();
     }
 
-    /// Issues key tile `t` into stage `t % 2`.
+    /// Issues key tile `t`, the `i`-th visited, into stage `i % 2`.
     #[inline(always)]
-    unsafe fn load_k(&self, t: u32) {
+    unsafe fn load_k(&self, t: u32, i: u32) {
         if Self::WIDE {
-            let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
+            let src = self.k_src + t as u64 * (cta_k(HD, PV_F32, COMPACT) * HD) as u64;
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len: every row exists.
-            return unsafe { self.copy_rows(self.k_tile(t), src, HD as u64, HD, u32::MAX) };
+            return unsafe { self.copy_rows(self.k_tile(i), src, HD as u64, HD, u32::MAX) };
         }
-        let tile = self.k_tile(t);
+        let tile = self.k_tile(i);
         let chunks_per_row = (HD / 16) as u32;
-        let src = self.k_src + t as u64 * (cta_k(HD, PV_F32) * HD) as u64;
+        let src = self.k_src + t as u64 * (cta_k(HD, PV_F32, COMPACT) * HD) as u64;
         let mut c = self.tid;
-        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32, COMPACT) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
             // SAFETY: K is padded to whole 64-row tiles, zero beyond kv_len.
             unsafe {
@@ -154,23 +173,24 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         }
     }
 
-    /// Issues value tile `t` into stage `t % 2`; rows past `kv_len` are zero-filled, never read.
-    /// (V is `HD` wide: a zero-padded problem's V is copied to `HD` columns by the host.)
+    /// Issues value tile `t`, the `i`-th visited, into stage `i % 2`; rows past `kv_len` are
+    /// zero-filled, never read. (V is `HD` wide: a zero-padded problem's V is copied to `HD`
+    /// columns by the host.)
     #[inline(always)]
-    unsafe fn load_v(&self, t: u32) {
+    unsafe fn load_v(&self, t: u32, i: u32) {
         if Self::WIDE {
-            let key0 = t * cta_k(HD, PV_F32) as u32;
+            let key0 = t * cta_k(HD, PV_F32, COMPACT) as u32;
             let src = self.v_src + key0 as u64 * self.v_row_bytes;
             let rows = self.kv_len.saturating_sub(key0);
             // SAFETY: rows below kv_len - key0 are inside V.
-            return unsafe { self.copy_rows(self.v_tile(t), src, self.v_row_bytes, 2 * HD, rows) };
+            return unsafe { self.copy_rows(self.v_tile(i), src, self.v_row_bytes, 2 * HD, rows) };
         }
-        let tile = self.v_tile(t);
+        let tile = self.v_tile(i);
         let chunks_per_row = (HD / 8) as u32;
         let mut c = self.tid;
-        while c < cta_k(HD, PV_F32) as u32 * chunks_per_row {
+        while c < cta_k(HD, PV_F32, COMPACT) as u32 * chunks_per_row {
             let (row, chunk) = (c / chunks_per_row, c % chunks_per_row);
-            let key = t * cta_k(HD, PV_F32) as u32 + row;
+            let key = t * cta_k(HD, PV_F32, COMPACT) as u32 + row;
             let dst = tile.addr(row, chunk * 16);
             // SAFETY: key < kv_len is inside V; otherwise nothing is read (src size 0).
             unsafe {
@@ -199,13 +219,14 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
     #[inline(always)]
     unsafe fn copy_rows(&self, tile: Tile, src: u64, src_stride: u64, row_bytes: usize, rows: u32) {
         const {
-            let tpr = ATTN_THREADS / cta_k(HD, PV_F32);
+            let tpr = ATTN_THREADS / cta_k(HD, PV_F32, COMPACT);
             assert!(
-                tpr * cta_k(HD, PV_F32) == ATTN_THREADS && (HD / 16) % tpr == 0,
+                !Self::WIDE
+                    || (tpr * cta_k(HD, PV_F32, COMPACT) == ATTN_THREADS && (HD / 16) % tpr == 0),
                 "every thread copies whole 16-byte chunks of one row"
             );
         };
-        let tpr = (ATTN_THREADS / cta_k(HD, PV_F32)) as u32;
+        let tpr = (ATTN_THREADS / cta_k(HD, PV_F32, COMPACT)) as u32;
         let per_thread = row_bytes / 16 / tpr as usize;
         let (row, lane_chunk) = (self.tid / tpr, self.tid % tpr);
         let src = src + row as u64 * src_stride + 16 * lane_chunk as u64;
@@ -230,11 +251,12 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         );
     }
 
-    /// One key tile: wait Kₜ → issue Kₜ₊₁ → S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax →
-    /// wait Vₜ → issue Vₜ₊₁ → O += P·Vₜ.
+    /// The `i`-th visited key tile `t` ([`Self::tile_of`]): wait Kₜ → issue the next visited K →
+    /// S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax → wait Vₜ → issue the next visited V
+    /// → O += P·Vₜ. With `CAUSAL` the tiles are visited from the last down.
     ///
     /// # Safety
-    /// `t < n_tiles`, called for t = 0, 1, … in order by every thread of the CTA.
+    /// `i < n_tiles`, called for i = 0, 1, … in order by every thread of the CTA.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn step<
@@ -248,43 +270,55 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         const MASK: bool,
     >(
         &self,
-        t: u32,
+        i: u32,
         args: &StepArgs<MT>,
         softmax: &mut OnlineSoftmax<MT>,
         out: &mut OutAcc<NT, MT>,
+        backoff: &mut RetryBackoff,
     ) {
+        let t = self.tile_of::<CAUSAL>(i);
         // SAFETY: the tile's K block < k_blocks of this head.
-        let k_block = (t as usize * cta_k(HD, PV_F32) / K_BLOCK) as u64;
+        let k_block = (t as usize * cta_k(HD, PV_F32, COMPACT) / K_BLOCK) as u64;
         let k_scale = unsafe { ptx::ld_global_nc_f32(args.k_scale_row + 4 * k_block) };
-        let has_next = t + 1 < self.n_tiles;
+        let has_next = i + 1 < self.n_tiles;
 
         ptx::cp_async_wait::<1>();
         ptx::sync_threads();
         if has_next {
-            unsafe { self.load_k(t + 1) };
+            unsafe { self.load_k(self.tile_of::<CAUSAL>(i + 1), i + 1) };
         }
         ptx::cp_async_commit();
 
-        let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(t)) };
-        let mut s = dequantize::<MT, KT>(&s_int, &args.q_scale, k_scale);
-        if MASK {
-            self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
-        }
-        let rescale = softmax.update(&mut s);
-        unroll::<MT>(
-            #[inline(always)]
-            |mt| {
-                unroll::<NT>(
-                    #[inline(always)]
-                    |nt| {
-                        unroll::<4>(
-                            #[inline(always)]
-                            |e| out[mt][nt][e] *= rescale[mt][e >> 1],
-                        );
-                    },
-                );
-            },
-        );
+        let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
+        // The first visited tile sets the first max; masked tiles keep the exact path (their
+        // first visible key may come late in a row); `backoff` holds tiles back after retries.
+        let lagging = !MASK && i > 0;
+        let s = if lagging && backoff.may_try() {
+            let (p, sums, within) = softmax.probabilities_against_max(
+                &s_int,
+                &args.q_scale,
+                k_scale,
+                Self::FAST_SUM_LIMIT,
+            );
+            // Warp-uniform: mma.sync needs every lane in the same branch.
+            if ptx::vote_all(within) {
+                backoff.kept();
+                softmax.add_sums(&sums);
+                p
+            } else {
+                backoff.retried();
+                // Kₜ's stage is overwritten only after step i + 1's first barrier.
+                let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
+                self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(
+                    &s_int, t, args, k_scale, softmax, out,
+                )
+            }
+        } else {
+            if lagging {
+                backoff.waited();
+            }
+            self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(&s_int, t, args, k_scale, softmax, out)
+        };
         let mut probs = [[[0u32; 4]; KK]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -299,16 +333,79 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         ptx::cp_async_wait::<1>();
         ptx::sync_threads();
         if has_next {
-            unsafe { self.load_v(t + 1) };
+            unsafe { self.load_v(self.tile_of::<CAUSAL>(i + 1), i + 1) };
         }
         ptx::cp_async_commit();
 
-        let v_tile = self.v_tile(t);
+        let v_tile = self.v_tile(i);
         if PV_F32 {
             unsafe { self.pv_f32::<NP, NT, MT, KK>(v_tile, &probs, out) };
         } else {
             unsafe { self.pv_f16_accum::<NP, NT, MT, KK>(v_tile, &probs, out) };
         }
+    }
+
+    /// The largest lane-partial row sum of one tile that the probabilities against the running
+    /// max may reach ([`OnlineSoftmax::probabilities_against_max`]). With the f16 accumulator
+    /// per tile, `cta_k / 4` (the keys a lane holds of a row): the quad's tile sum then stays at
+    /// or below `cta_k`, the bound the exact path's probabilities (each at most 1) put on the f16
+    /// partial products, so the fast path cannot overflow where the exact one would not. With
+    /// the f32 accumulator, 2^14: every probability stays inside f16 with its full relative
+    /// precision, and the f32 output and sums grow by at most that factor per tile between
+    /// moves of the max (2^14 · 2^17 keys stays far inside f32).
+    const FAST_SUM_LIMIT: f32 = if PV_F32 {
+        16384.0
+    } else {
+        (cta_k(HD, PV_F32, COMPACT) / 4) as f32
+    };
+
+    /// How far above a tile's max the exact path sets a row's running max (log2 units;
+    /// [`OnlineSoftmax::update`]). With the f16 accumulator's tight limit (`cta_k / 4`), 3 lets
+    /// the following tiles' scores rise about 3 units more before a retry: on score shapes that
+    /// decay with distance, a CPU model (`scripts/retry-model.py`) puts the share of retried
+    /// tiles at 3–10% instead of 11–29% in causal order. The tile's probabilities are then ≤ 1/8,
+    /// which f16 holds with full precision down to 2^-11 of the true max (2^-14 without). The
+    /// f32 accumulator's limit (2^14) rarely retries: no headroom, its code as before.
+    const MAX_HEADROOM: f32 = if PV_F32 { 0.0 } else { 3.0 };
+
+    /// Today's softmax of one tile: dequantize, mask, reduce the tile max, move the running max,
+    /// rescale the output, and the probabilities against the new max.
+    #[inline(always)]
+    fn exact_softmax<
+        const NT: usize,
+        const MT: usize,
+        const KT: usize,
+        const CAUSAL: bool,
+        const MASK: bool,
+    >(
+        &self,
+        s_int: &[[AccS32; KT]; MT],
+        t: u32,
+        args: &StepArgs<MT>,
+        k_scale: f32,
+        softmax: &mut OnlineSoftmax<MT>,
+        out: &mut OutAcc<NT, MT>,
+    ) -> [[AccF32; KT]; MT] {
+        let mut s = dequantize::<MT, KT>(s_int, &args.q_scale, k_scale);
+        if MASK {
+            self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
+        }
+        let rescale = softmax.update(&mut s, Self::MAX_HEADROOM);
+        unroll::<MT>(
+            #[inline(always)]
+            |mt| {
+                unroll::<NT>(
+                    #[inline(always)]
+                    |nt| {
+                        unroll::<4>(
+                            #[inline(always)]
+                            |e| out[mt][nt][e] *= rescale[mt][e >> 1],
+                        );
+                    },
+                );
+            },
+        );
+        s
     }
 
     /// S = Q·Kᵀ for this warp's rows and the `8 * KT` keys of `k_tile`.
@@ -368,7 +465,7 @@ impl<const HD: usize, const PV_F32: bool> Pipeline<HD, PV_F32> {
         t: u32,
         args: &StepArgs<MT>,
     ) {
-        let key0 = t * cta_k(HD, PV_F32) as u32;
+        let key0 = t * cta_k(HD, PV_F32, COMPACT) as u32;
         let row0 = args.geo.q_row0 + self.warp_row0;
         unroll::<MT>(
             #[inline(always)]

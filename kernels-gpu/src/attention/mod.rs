@@ -3,9 +3,11 @@
 //! m16n8k16 (f16 accumulator per key tile summed into an f32 running output, or f32 throughout).
 //!
 //! One CTA owns `cta_q(HD, PV_F32)` query rows of one (batch, head); 4 warps own 16·MT rows each. K and V
-//! tiles of `cta_k(HD, PV_F32)` keys (64, or 32 for d = 128 f32-acc and d = 256) stream through a
-//! two-stage cp.async pipeline (`mainloop`). The entry is: block geometry → prologue loads →
-//! unmasked tiles → masked tiles → epilogue.
+//! tiles of `cta_k(HD, PV_F32, COMPACT)` keys (64, or 32 for d = 128 f32-acc, d = 256 and the
+//! compact variants, `config::has_compact_variant`) stream through a
+//! two-stage cp.async pipeline (`mainloop`). The entry is: block geometry → prologue loads → the
+//! key tiles (unmasked, then the masked tail; causal: from the last down, the diagonal's masked
+//! tiles first) → epilogue.
 //!
 //! Variants exist for HD = 64, 96, 128 and 256 (`config::for_each_attention_variant!`). A smaller
 //! head_dim `p.head_dim` runs on the next one up: Q and K arrive quantized `HD` wide and V
@@ -20,6 +22,7 @@ use crate::config::{cta_k, cta_q, m_tiles, padded_len, K_BLOCK, Q_BLOCK};
 use crate::frag::AccF32;
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::unroll::unroll;
 use mainloop::{Pipeline, StepArgs};
 use softmax::OnlineSoftmax;
@@ -41,7 +44,9 @@ pub(crate) struct BlockGeometry {
 
 impl BlockGeometry {
     #[inline(always)]
-    fn new<const HD: usize, const PV_F32: bool, const CAUSAL: bool>(p: &AttnParams) -> Self {
+    fn new<const HD: usize, const PV_F32: bool, const COMPACT: bool, const CAUSAL: bool>(
+        p: &AttnParams,
+    ) -> Self {
         let (bx, head, batch) = ptx::block_idx();
         let rows = cta_q(HD, PV_F32) as u32;
         let q_blocks = p.qo_len.div_ceil(rows);
@@ -50,8 +55,8 @@ impl BlockGeometry {
         let q_row0 = q_block * rows;
         let kv_head = head / (p.q_heads / p.kv_heads);
         let diag = p.kv_len as i32 - p.qo_len as i32;
-        let tile = cta_k(HD, PV_F32) as i32;
-        let full_len_tiles = p.kv_len / cta_k(HD, PV_F32) as u32;
+        let tile = cta_k(HD, PV_F32, COMPACT) as i32;
+        let full_len_tiles = p.kv_len / cta_k(HD, PV_F32, COMPACT) as u32;
         let (n_tiles, n_unmasked) = if CAUSAL {
             let last_row = (q_row0 + rows).min(p.qo_len) as i32 - 1;
             let kv_end = (last_row + diag + 1).clamp(0, p.kv_len as i32);
@@ -66,7 +71,7 @@ impl BlockGeometry {
             let n_unmasked = unmasked.min(full_len_tiles as i32).min(n_tiles);
             (n_tiles as u32, n_unmasked as u32)
         } else {
-            let n_tiles = p.kv_len.div_ceil(cta_k(HD, PV_F32) as u32);
+            let n_tiles = p.kv_len.div_ceil(cta_k(HD, PV_F32, COMPACT) as u32);
             (n_tiles, full_len_tiles)
         };
         BlockGeometry {
@@ -88,7 +93,7 @@ impl BlockGeometry {
 /// # Safety
 /// `p` satisfies the host's validation (see `host/attention.rs`): pointers are valid for the shapes,
 /// quantized buffers are padded to whole blocks, and the launch has `cta_q(HD, PV_F32)`-row blocks,
-/// `ATTN_THREADS` threads and `attn_smem_bytes(HD)` bytes of dynamic shared memory.
+/// `ATTN_THREADS` threads and `attn_smem_bytes(HD, PV_F32, COMPACT)` bytes of dynamic shared memory.
 #[inline(always)]
 unsafe fn attention<
     const HD: usize,
@@ -100,6 +105,7 @@ unsafe fn attention<
     const KK: usize,
     const CAUSAL: bool,
     const PV_F32: bool,
+    const COMPACT: bool,
 >(
     p: &AttnParams,
 ) {
@@ -107,11 +113,11 @@ unsafe fn attention<
         assert!(KS * 32 == HD && NP * 16 == HD && NT * 8 == HD);
         assert!(
             MT == m_tiles(HD, PV_F32)
-                && KT * 8 == cta_k(HD, PV_F32)
-                && KK * 16 == cta_k(HD, PV_F32)
+                && KT * 8 == cta_k(HD, PV_F32, COMPACT)
+                && KK * 16 == cta_k(HD, PV_F32, COMPACT)
         );
         assert!(
-            K_BLOCK % cta_k(HD, PV_F32) == 0,
+            K_BLOCK % cta_k(HD, PV_F32, COMPACT) == 0,
             "a key tile must share one K scale"
         );
         assert!(
@@ -119,8 +125,8 @@ unsafe fn attention<
             "a CTA's rows lie inside the padded Q"
         );
     };
-    let geo = BlockGeometry::new::<HD, PV_F32, CAUSAL>(p);
-    let pipe = Pipeline::<HD, PV_F32>::new(p, &geo);
+    let geo = BlockGeometry::new::<HD, PV_F32, COMPACT, CAUSAL>(p);
+    let pipe = Pipeline::<HD, PV_F32, COMPACT>::new(p, &geo);
     // Q's scales are per token: this thread's rows are g and g + 8 of each of its m-tiles.
     let padded_q = padded_len(p.qo_len as usize, Q_BLOCK) as u64;
     let tid = ptx::thread_idx_x();
@@ -135,7 +141,7 @@ unsafe fn attention<
 
     if geo.n_tiles > 0 {
         // SAFETY: the host validated every pointer and the padded quantized layouts.
-        unsafe { pipe.load_q_and_first_tile() };
+        unsafe { pipe.load_q_and_first_tile::<CAUSAL>() };
         let mut q_scale = [[0.0f32; 2]; MT];
         unroll::<MT>(
             #[inline(always)]
@@ -157,17 +163,33 @@ unsafe fn attention<
             k_scale_row,
             kv_len: p.kv_len,
         };
-        for t in 0..geo.n_unmasked {
-            // SAFETY: t < n_tiles; see `Pipeline::step`.
-            unsafe {
-                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, false>(t, &args, &mut softmax, &mut out)
+        // Visits `range` of the order (`Pipeline::tile_of`), masked or not.
+        let mut backoff = RetryBackoff::new();
+        macro_rules! visit {
+            ($range:expr, $mask:literal) => {
+                for i in $range {
+                    // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
+                    unsafe {
+                        pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, $mask>(
+                            i,
+                            &args,
+                            &mut softmax,
+                            &mut out,
+                            &mut backoff,
+                        )
+                    };
+                }
             };
         }
-        for t in geo.n_unmasked..geo.n_tiles {
-            // SAFETY: as above.
-            unsafe {
-                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, true>(t, &args, &mut softmax, &mut out)
-            };
+        // Causal calls from the last tile down, so the masked tiles at the diagonal come first;
+        // otherwise the unmasked tiles, then the tail.
+        let n_masked = geo.n_tiles - geo.n_unmasked;
+        if CAUSAL {
+            visit!(0..n_masked, true);
+            visit!(n_masked..geo.n_tiles, false);
+        } else {
+            visit!(0..geo.n_unmasked, false);
+            visit!(geo.n_unmasked..geo.n_tiles, true);
         }
         ptx::cp_async_wait::<0>();
     }
@@ -179,7 +201,7 @@ unsafe fn attention<
 pub(crate) type OutAcc<const NT: usize, const MT: usize> = [[AccF32; NT]; MT];
 
 macro_rules! attention_entry {
-    ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal) => {
+    ($name:literal, $hd:literal, $causal:literal, $pv_f32:literal, $compact:literal) => {
         const _: () = {
             /// Kernel entry (see the module docs); one per variant.
             #[unsafe(export_name = $name)]
@@ -192,10 +214,11 @@ macro_rules! attention_entry {
                         { $hd / 16 },
                         { $hd / 8 },
                         { m_tiles($hd, $pv_f32) },
-                        { cta_k($hd, $pv_f32) / 8 },
-                        { cta_k($hd, $pv_f32) / 16 },
+                        { cta_k($hd, $pv_f32, $compact) / 8 },
+                        { cta_k($hd, $pv_f32, $compact) / 16 },
                         $causal,
                         $pv_f32,
+                        $compact,
                     >(&p)
                 }
             }

@@ -80,6 +80,7 @@ use crate::config::{p8_tile, padded_len, K_BLOCK, LOG2_P_FP8_MAX, P8_MAX, Q_BLOC
 use crate::p8::{pack_probs_e4m3, pack_probs_u8};
 use crate::params::AttnParams;
 use crate::ptx;
+use crate::retry::RetryBackoff;
 use crate::softmax16::{OnlineSoftmax, TileBounds};
 use crate::store::{pack_out, store_lse, unsmooth_v8_scaled};
 use crate::unroll::unroll;
@@ -797,6 +798,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
     /// f16 P·V, step t ≥ 1: issue `S_t = Q·K_tᵀ` and `P_{t-1}·V_{t-1}`; softmax of tile t
     /// while the P·V runs; then rescale O. Releases tile t-2's stage. `probs` holds `P_{t-1}` on
     /// entry and `P_t` on return; `k_scales_t` tile t's K scales on entry, tile t + 1's on return.
+    /// `backoff` decides whether an unmasked tile tries the lagging max ([`RetryBackoff`]).
     #[inline(always)]
     fn step<
         const MASK: bool,
@@ -813,6 +815,7 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         out: &mut [[f32; 4]; NT],
         softmax: &mut OnlineSoftmax,
         k_scales_t: &mut [f32; KB],
+        backoff: &mut RetryBackoff,
     ) {
         // V_{t-1} arrived with K_{t-1} (one barrier per stage), waited for in step t-1.
         self.wait_k(t);
@@ -837,13 +840,17 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         self.copy_ahead(t + Self::LOOKAHEAD);
         ptx::wgmma_wait::<1>();
         smem::pin_acc(&mut s);
-        let (mut next, rescale) = if !MASK && f16_probs_against_max(HD) {
+        let lagging = !MASK && f16_probs_against_max(HD);
+        let mut kept = None;
+        if lagging && backoff.may_try() {
             let (p, sums, within) =
                 softmax.probabilities_against_max::<NK>(&s, self.q_scale, k_scales);
             if ptx::named_barrier_all(1 + self.wg, 128, within) {
+                backoff.kept();
                 softmax.add_sums(sums);
-                (p, [1.0f32; 2])
+                kept = Some(p);
             } else {
+                backoff.retried();
                 // A probability passed 2^14 (a score 14 above the max in log2 units) or is not
                 // finite: the tile again from its scores, which the probabilities overwrote,
                 // with a new max. K_t is still resident (its stage is released in step t + 2).
@@ -851,17 +858,22 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
                 // kept live across the softmax.
                 let qd = qk_descs::<KS>(self.q_desc, self.k_desc(t, 0));
                 ptx::wgmma_fence();
-                let mut s = issue_scores::<KS, NK>(&qd);
+                s = issue_scores::<KS, NK>(&qd);
                 ptx::wgmma_commit();
                 ptx::wgmma_wait::<0>();
                 smem::pin_acc(&mut s);
+            }
+        } else if lagging {
+            backoff.waited();
+        }
+        // One exact softmax for masked tiles, retries and tiles the backoff holds back.
+        let (mut next, rescale) = match kept {
+            Some(p) => (p, [1.0f32; 2]),
+            None => {
                 let (p, rescale, _) =
                     self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
                 (p, rescale)
             }
-        } else {
-            let (p, rescale, _) = self.softmax::<MASK, CAUSAL, NK>(&s, t, k_scales, softmax, 0.0);
-            (p, rescale)
         };
         // ptxas's scheduler hoists `wgmma.wait_group 0` to the top of the softmax (it does not
         // model the wait's stall), which would serialise the softmax behind the P·V. A branch on
@@ -926,12 +938,13 @@ impl<const HD: usize, const PV8: bool, const NARROW: bool> Consumer<HD, PV8, NAR
         };
         // K scales of the next tile, loaded one step ahead (see `Consumer::make_visible`).
         let mut k_scales = self.tile_k_scales::<KB>(1.min(self.last_tile));
-        let (p_, k_) = (&mut probs, &mut k_scales);
+        let mut backoff = RetryBackoff::new();
+        let (p_, k_, b_) = (&mut probs, &mut k_scales, &mut backoff);
         for t in 1..geo.n_unmasked {
-            self.step::<false, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_);
+            self.step::<false, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_, b_);
         }
         for t in geo.n_unmasked.max(1)..geo.n_tiles {
-            self.step::<true, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_);
+            self.step::<true, CAUSAL, KS, NT, NK, PK, KB>(t, p_, out, softmax, k_, b_);
         }
         self.last::<NT, PK>(geo.n_tiles - 1, &probs, out);
     }
