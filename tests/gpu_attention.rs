@@ -590,24 +590,34 @@ fn portable_late_score_jumps_match_emulation() {
         (256, false, 20.0, PvAccum::F32),
         (256, true, 3.0, PvAccum::F16),
     ] {
-        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
-        for compact in [false, true] {
-            if compact && !has_compact {
-                continue;
-            }
-            let _model = compact.then(|| SmemModel::kib(100));
-            late_score_jump_case(&mut rng, d, causal, jump, pv_accum);
-        }
+        for_each_portable_variant(d, pv_accum, || {
+            let inputs = common::late_score_jump_inputs(&mut rng, [4, 2, 2000, d], 1700, jump);
+            check_portable_against_emulation(inputs, d, causal, pv_accum, &format!("jump {jump}"));
+        });
     }
 }
 
-/// One case of [`portable_late_score_jumps_match_emulation`].
-fn late_score_jump_case(
-    rng: &mut rand::rngs::StdRng,
-    d: usize,
+/// Runs `check` once for the portable f16 kernel of `head_dim` and accumulator as the device
+/// plans it, and once more for its compact variant where one exists (as on a 100 KiB SM).
+fn for_each_portable_variant(head_dim: usize, pv_accum: PvAccum, mut check: impl FnMut()) {
+    for compact in [false, true] {
+        if compact && !has_compact_variant(head_dim, pv_accum == PvAccum::F32) {
+            continue;
+        }
+        let _model = compact.then(|| SmemModel::kib(100));
+        check();
+    }
+}
+
+/// Runs the portable kernel on `[q, k, v]` (f16, HND, batch 1) and checks it against the CPU
+/// emulation with this file's bounds ([`common::check_f16_against_emulation`]); `what` names the
+/// inputs, the kernel's name is added.
+fn check_portable_against_emulation(
+    [q, k, v]: [HostTensor; 3],
+    head_dim: usize,
     causal: bool,
-    jump: f32,
     pv_accum: PvAccum,
+    what: &str,
 ) {
     let opts = Options {
         causal,
@@ -615,15 +625,14 @@ fn late_score_jump_case(
         backend: Backend::Portable,
         ..Options::default()
     };
-    let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
+    let kernel = sageattention::attention::selected_kernel(runtime(), head_dim, &opts).unwrap();
     // d = 256 has only the f32 accumulator (`PvAccum::F16` runs it).
-    let f16_accum = pv_accum == PvAccum::F16 && d <= 128;
-    let [q, k, v] = common::late_score_jump_inputs(rng, [4, 2, 2000, d], 1700, jump);
+    let f16_accum = pv_accum == PvAccum::F16 && head_dim <= 128;
     common::check_f16_against_emulation(
         [&q, &k, &v],
         &opts,
         f16_accum,
-        &format!("{} jump {jump}", kernel.name),
+        &format!("{} {what}", kernel.name),
         (EMULATION_REL_L1, LSE_TOL),
     );
 }
@@ -643,28 +652,10 @@ fn portable_steady_score_slope_matches_emulation() {
         (128, false, PvAccum::F32),
         (128, true, PvAccum::F16),
     ] {
-        let has_compact = has_compact_variant(d, pv_accum == PvAccum::F32);
-        for compact in [false, true] {
-            if compact && !has_compact {
-                continue;
-            }
-            let _model = compact.then(|| SmemModel::kib(100));
-            let opts = Options {
-                causal,
-                pv_accum,
-                backend: Backend::Portable,
-                ..Options::default()
-            };
-            let kernel = sageattention::attention::selected_kernel(runtime(), d, &opts).unwrap();
-            let [q, k, v] = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
-            common::check_f16_against_emulation(
-                [&q, &k, &v],
-                &opts,
-                pv_accum == PvAccum::F16,
-                &format!("{} steady slope", kernel.name),
-                (EMULATION_REL_L1, LSE_TOL),
-            );
-        }
+        for_each_portable_variant(d, pv_accum, || {
+            let inputs = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
+            check_portable_against_emulation(inputs, d, causal, pv_accum, "steady slope");
+        });
     }
 }
 
