@@ -258,8 +258,8 @@ pub fn pv8_attention_kernel_name(head_dim: usize, causal: bool) -> Option<&'stat
 /// sm_86, sm_89), so that two of the compact one do. On A100 (164 KiB) and Hopper (228 KiB) two
 /// or more CTAs of the 64-key variant fit, and it keeps the tiles it was measured with.
 pub fn compact_pays(head_dim: usize, pv_f32: bool, smem_per_sm: u32) -> bool {
-    let cta = |compact| attn_smem_bytes(head_dim, pv_f32, compact) as u32 + CTA_RESERVED_SMEM;
-    has_compact_variant(head_dim, pv_f32) && 2 * cta(false) > smem_per_sm
+    let wide_cta = attn_smem_bytes(head_dim, pv_f32, false) as u32 + CTA_RESERVED_SMEM;
+    has_compact_variant(head_dim, pv_f32) && 2 * wide_cta > smem_per_sm
 }
 
 /// The entry point compiled for this variant (the device crate stamps them from the same list).

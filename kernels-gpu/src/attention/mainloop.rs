@@ -307,7 +307,10 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
                 p
             } else {
                 backoff.retried();
-                // Kₜ's stage is overwritten only after step i + 1's first barrier.
+                // The scores again from shared memory rather than kept live through the fast
+                // path: kept, they cost up to 40 registers and spill at d = 96 (ptxas 12.9);
+                // a retry is rare. Kₜ's stage is overwritten only after step i + 1's first
+                // barrier.
                 let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
                 self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(
                     &s_int, t, args, k_scale, softmax, out,
