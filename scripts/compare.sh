@@ -21,6 +21,8 @@
 # When .peers/sage2.tar.gz is there, this script first builds its two sm90 extensions with the
 # nvcc of the GPU machine into /tmp/sage2-build (about 136 s with MAX_JOBS=16; reused while the
 # machine stays warm), and compare.py adds the sage-2.2-sm90 peers (SAGE2=0 skips all that).
+# `compare.sh --build-sage2` does only that build and exits (run it in the background to overlap
+# the build with GPU work; the compare.sh after it, on the same machine, reuses the build).
 #
 # The varlen section (compare.py --varlen on|off|only; on by default) times our sageattn_varlen
 # through our Python wheel: this script installs .device/wheels/sageattention-*.whl (built by
@@ -127,6 +129,15 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 WHEELS="${SAGE_WHEEL_DIR:-.whl}"
 export SAGE_BENCH="${SAGE_BENCH:-.device/bench}"
+
+# --build-sage2: only build the 2.2 peer (on the CPUs, e.g. in the background while GPU tests
+# run); a later compare.sh in the same machine's life reuses the build.
+if [[ "${1:-}" == --build-sage2 ]]; then
+    tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
+    [[ -f "$tarball" ]] || { echo "compare.sh: no $tarball (carry .peers; scripts/compare.sh --pack-sage2)" >&2; exit 1; }
+    build_sage2 "$tarball"
+    exit $?
+fi
 
 {
     echo "== compare.sh $(date -u +%Y-%m-%dT%H:%M:%SZ)"
