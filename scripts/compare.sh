@@ -129,11 +129,11 @@ mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 WHEELS="${SAGE_WHEEL_DIR:-.whl}"
 export SAGE_BENCH="${SAGE_BENCH:-.device/bench}"
+tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
 
 # --build-sage2: only build the 2.2 peer (on the CPUs, e.g. in the background while GPU tests
 # run); a later compare.sh in the same machine's life reuses the build.
 if [[ "${1:-}" == --build-sage2 ]]; then
-    tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
     [[ -f "$tarball" ]] || { echo "compare.sh: no $tarball (carry .peers; scripts/compare.sh --pack-sage2)" >&2; exit 1; }
     build_sage2 "$tarball"
     exit $?
@@ -172,7 +172,6 @@ fi
     else
         echo "compare.sh: expected one of our wheels in ${SAGE_RS_WHEEL_DIR:-.device/wheels}, found ${#rs_wheels[@]} (scripts/device-bundle.sh, carry .device): the varlen section's ours columns will say so"
     fi
-    tarball="${SAGE2_TARBALL:-.peers/sage2.tar.gz}"
     unset SAGE2_DIR SAGE2_ERROR
     if [[ "${SAGE2:-1}" != 0 && -f "$tarball" ]]; then
         build_sage2 "$tarball" && describe_sage2
