@@ -381,11 +381,13 @@ fn sanitizer_k_head_call() {
 }
 
 /// K blocks whose values are not ordinary: an all-zero block (its maximum 0, `inv = 0`), a block
-/// with an infinite value, a block of f16 subnormals, and a NaN in another head. The quantization
-/// rounds whole blocks by a magic-number add only when the block maximum and `127 / max` are finite,
-/// and converts otherwise; every branch must give the CPU emulation's bits (NaN as any NaN), on the
-/// one-CTA-per-head path and on the two-launch path (with the mean folded in and from a K-mean
-/// launch), smoothed and not, f16 and bf16.
+/// with an infinite value, a block of f16 subnormals, in bf16 a block below 2^-126 (its `127 / max`
+/// overflows, so the negative values must clamp to −127, not saturate to −128), and a NaN in
+/// another head. The quantization rounds whole blocks by a magic-number add only when the block
+/// maximum and `127 / max` are finite, and converts otherwise; every branch must give the CPU
+/// emulation's bits (NaN as any NaN), on the one-CTA-per-head path and on the two-launch path
+/// (with the mean folded in and from a K-mean launch), smoothed and not, f16 and bf16. Q gets a
+/// bf16 row of that size too (its INT8 and scale against `quantize_q`).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn k_quantization_of_special_blocks_bit_for_bit() {
@@ -407,7 +409,7 @@ fn k_quantization_of_special_blocks_bit_for_bit() {
                 let case = format!(
                     "b{batch} kv_heads {kv_heads} kv_len {kv_len} {dtype:?} smooth {smooth_k}"
                 );
-                let q = random_tensor(&mut rng, [batch, kv_heads, 5, d], dtype, 1.0, None);
+                let mut q = random_tensor(&mut rng, [batch, kv_heads, 5, d], dtype, 1.0, None);
                 let mut k = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
                 let v = random_tensor(&mut rng, [batch, kv_heads, kv_len, d], dtype, 1.0, None);
                 for s in 64..128 {
@@ -423,6 +425,21 @@ fn k_quantization_of_special_blocks_bit_for_bit() {
                         k.set(0, 0, s, c, tiny);
                     }
                 }
+                if dtype == DType::BF16 {
+                    // Multiples of 2^-133, bf16's subnormal step: a maximum of at most 40 · 2^-133
+                    // (≈ 3.7e-39) makes 127 / max overflow (unsmoothed; smoothing subtracts the
+                    // mean, which is not that small).
+                    for s in 256..320 {
+                        for c in 0..d {
+                            let tiny = rng.gen_range(-40i32..=40) as f32 * 2f32.powi(-133);
+                            k.set(0, 0, s, c, tiny);
+                        }
+                    }
+                    for c in 0..d {
+                        let tiny = rng.gen_range(-40i32..=40) as f32 * 2f32.powi(-133);
+                        q.set(0, 0, 2, c, tiny);
+                    }
+                }
                 k.set(batch - 1, kv_heads - 1, 700, 9, f32::NAN);
                 let layout = Layout::Hnd;
                 let (qd, kd, vd) = (
@@ -430,13 +447,19 @@ fn k_quantization_of_special_blocks_bit_for_bit() {
                     upload(rt, &k, dtype, layout),
                     upload(rt, &v, dtype, layout),
                 );
+                let sm_scale = 0.37f32;
                 let opts = Options {
                     smooth_k,
+                    sm_scale: Some(sm_scale),
                     ..Options::default()
                 };
                 let prepared =
                     Prepared::new(rt, &qd.view(), &kd.view(), &vd.view(), &opts).unwrap();
                 assert_k_prepared_as_emulated(rt, &prepared, &k, smooth_k, nan_as_one, &case);
+                let (q_i8, q_scale) = prepared.q_quantized_to_host(rt).unwrap();
+                let q_ref = quantize_q(&q, sm_scale);
+                assert_eq!(q_i8, q_ref.data, "Q int8, {case}");
+                assert_eq!(bits(&q_scale), bits(&q_ref.scale), "Q scales, {case}");
             }
         }
     }

@@ -2,7 +2,8 @@
 //! and the portable mma.sync kernel, whose A fragments (wgmma `m64nNk32` from registers, one warp's
 //! 16 rows; mma.sync `m16n8k32`) have the same per-warp layout. Each lane packs the probabilities
 //! it already holds, with no shuffles; the key order this gives within each 16-key group is the
-//! one the prepared Vᵀ is stored in (`config::v8_key_slot`).
+//! one the prepared Vᵀ is stored in (`config::v8_key_slot`). `cfg(test)` is for the host test
+//! that compiles this file (tests/cpu_device_arith.rs); the device crate is never built with it.
 
 use crate::config::P8_MAX;
 use crate::ptx;
@@ -54,7 +55,7 @@ pub(crate) fn pack_probs_u8<const NK: usize>(s: &[[f32; 4]; NK]) -> [[u32; 4]; 4
 /// probabilities into one word, `a` in the lowest byte. The 8-bit formats share this layout (the
 /// mma.sync m16n8k32 A fragment and wgmma's A from registers are the same for u8, s8 and e4m3),
 /// so the prepared Vᵀ's key order serves all of them.
-#[cfg(any(feature = "ada_fp8", feature = "hopper"))]
+#[cfg(any(feature = "ada_fp8", feature = "hopper", test))]
 #[inline(always)]
 pub(crate) fn pack_probs<const NK: usize>(
     s: &[[f32; 4]; NK],
@@ -83,7 +84,7 @@ pub(crate) fn pack_probs<const NK: usize>(
 /// `p_scale_log2` is `LOG2_P_FP8_MAX`) → e4m3 fragments (`cvt.rn.satfinite`): the FP8 P·V of the
 /// sm_89 mma.sync kernel and of the sm_90a wgmma kernel, which round P the same way (one CPU
 /// emulation).
-#[cfg(any(feature = "ada_fp8", feature = "hopper"))]
+#[cfg(any(feature = "ada_fp8", feature = "hopper", test))]
 #[inline(always)]
 pub(crate) fn pack_probs_e4m3<const NK: usize>(p: &[[f32; 4]; NK]) -> [[u32; 4]; 4] {
     pack_probs::<NK>(p, ptx::pack_e4m3x4)

@@ -43,13 +43,17 @@ pub(crate) fn inv_scale(amax: f32) -> f32 {
 
 /// `clamp(round_ties_even(v · inv), −127, 127)` of 8 values (NaN → 0), packed 4 per word, first
 /// value in the low byte.
+///
+/// The conversion saturates to −128, which a product reaches only as −∞: where `127 / amax`
+/// overflowed (a block maximum below about 3.7e−37, bf16 inputs or K residuals of that size). The
+/// contract's −127 there needs the integer max (tests/cpu_device_arith.rs found the −128).
 #[inline(always)]
 pub(crate) fn pack_s8x8(v: &[f32; 8], inv: f32) -> [u32; 2] {
     let mut packed = [0u32; 2];
     unroll::<8>(
         #[inline(always)]
         |e| {
-            let q = ptx::cvt_rni_sat_s8(v[e] * inv) as u32 & 0xff;
+            let q = ptx::cvt_rni_sat_s8(v[e] * inv).max(-127) as u32 & 0xff;
             packed[e / 4] |= q << (8 * (e % 4));
         },
     );
