@@ -126,3 +126,98 @@ pub fn max_nan(a: f32, b: f32) -> f32 {
         a.max(b)
     }
 }
+
+/// `ex2.approx.ftz.f32`, modelled as the exact `2^x` (the hardware is within 2 ulp of it) with
+/// subnormal results flushed to zero; `2^-∞ = 0`.
+pub fn ex2(x: f32) -> f32 {
+    let r = x.exp2();
+    if r.is_subnormal() {
+        0.0
+    } else {
+        r
+    }
+}
+
+/// The warp the calling thread is a lane of (set by [`run_warp`]).
+struct Lane {
+    id: u32,
+    warp: std::sync::Arc<Warp>,
+}
+
+thread_local! {
+    static LANE: std::cell::RefCell<Option<Lane>> = const { std::cell::RefCell::new(None) };
+}
+
+/// What the 32 lane threads of one modelled warp share: a slot per lane for the value a shuffle
+/// offers, and a barrier (with a timeout, so that a lane that never arrives fails the test instead
+/// of hanging it).
+struct Warp {
+    slots: [std::sync::atomic::AtomicU32; 32],
+    arrived: std::sync::Mutex<(u32, u64)>,
+    turn: std::sync::Condvar,
+}
+
+impl Warp {
+    fn sync(&self) {
+        let mut state = self.arrived.lock().unwrap();
+        let generation = state.1;
+        state.0 += 1;
+        if state.0 == 32 {
+            *state = (0, generation + 1);
+            self.turn.notify_all();
+            return;
+        }
+        while state.1 == generation {
+            let (next, timeout) = self
+                .turn
+                .wait_timeout(state, std::time::Duration::from_secs(20))
+                .unwrap();
+            assert!(
+                !timeout.timed_out(),
+                "a lane never reached the warp's shuffle"
+            );
+            state = next;
+        }
+    }
+}
+
+/// Runs `lane_fn(lane)` on 32 threads that act as one warp's lanes (each in lockstep at every
+/// shuffle) and returns their results in lane order.
+pub fn run_warp<R: Send>(lane_fn: impl Fn(u32) -> R + Sync) -> Vec<R> {
+    let warp = std::sync::Arc::new(Warp {
+        slots: std::array::from_fn(|_| std::sync::atomic::AtomicU32::new(0)),
+        arrived: std::sync::Mutex::new((0, 0)),
+        turn: std::sync::Condvar::new(),
+    });
+    std::thread::scope(|scope| {
+        let lanes: Vec<_> = (0..32u32)
+            .map(|id| {
+                let (warp, lane_fn) = (warp.clone(), &lane_fn);
+                scope.spawn(move || {
+                    LANE.with(|l| *l.borrow_mut() = Some(Lane { id, warp }));
+                    lane_fn(id)
+                })
+            })
+            .collect();
+        lanes.into_iter().map(|t| t.join().unwrap()).collect()
+    })
+}
+
+/// `shfl.sync.bfly.b32` over the whole warp: lane `lane ^ mask`'s `x`.
+pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
+    use std::sync::atomic::Ordering::SeqCst;
+    LANE.with(|l| {
+        let l = l.borrow();
+        let lane = l.as_ref().expect("a shuffle outside run_warp");
+        lane.warp.slots[lane.id as usize].store(x, SeqCst);
+        lane.warp.sync();
+        let r = lane.warp.slots[(lane.id ^ mask) as usize].load(SeqCst);
+        lane.warp.sync();
+        r
+    })
+}
+
+/// [`shfl_xor_u32`] for f32.
+pub fn shfl_xor_f32(x: f32, mask: u32) -> f32 {
+    f32::from_bits(shfl_xor_u32(x.to_bits(), mask))
+}
