@@ -4,8 +4,8 @@
 //! step, softmax, epilogue) → `attention_pv8` (the same for the 8-bit P·V, with `softmax16` and
 //! `p8`, which the sm_90a kernel shares) → `prepare` (the fused preparation kernel) → `quant` /
 //! `v8` (its jobs: smoothing, INT8 quantization, the 8-bit V) → `frag` / `tile` (named fragments
-//! and the padded shared-memory tile) → `ptx` (one wrapper per PTX instruction; the only place with
-//! `asm!`).
+//! and the padded shared-memory tile) → `reduce` (the softmax's row max as a tree) → `ptx` (one
+//! wrapper per PTX instruction; the only place with `asm!`).
 //!
 //! Three modules are built from this crate (root `build.rs`): the portable one (sm_80, no
 //! feature), the Hopper one (sm_90a, feature `hopper`) and the FP8 one (sm_89, feature
@@ -28,6 +28,7 @@ mod p8;
 pub mod params;
 pub mod ptx;
 mod quant_arith;
+mod reduce;
 mod softmax16;
 mod store;
 mod unroll;

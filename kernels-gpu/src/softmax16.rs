@@ -7,6 +7,7 @@
 
 use crate::acc_layout::{acc_col, acc_row};
 use crate::ptx;
+use crate::reduce::acc_row_max;
 use crate::unroll::unroll;
 
 /// Which scores of a tile a warp may see: key `j` of row `i` iff `j < kv_len` and, causal,
@@ -136,13 +137,9 @@ impl OnlineSoftmax {
         unroll::<2>(
             #[inline(always)]
             |h| {
-                let mut tile_max = f32::NEG_INFINITY;
-                unroll::<NK>(
-                    #[inline(always)]
-                    |nt| {
-                        tile_max = tile_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
-                    },
-                );
+                // As a tree (not a chain from -inf); the outer max keeps the chain's -inf for a
+                // lane whose scores of the row are all NaN.
+                let tile_max = f32::NEG_INFINITY.max(acc_row_max::<NK, NK>(s, h, 0));
                 let (tile_max, base) = self.advance::<PER_TILE>(h, tile_max, &mut rescale);
                 let p_base = if PER_TILE {
                     tile_factor[h] = ptx::ex2(tile_max - base);
@@ -187,14 +184,9 @@ impl OnlineSoftmax {
                     #[inline(always)]
                     |half| {
                         if 8 * half < NK {
-                            let mut raw_max = f32::NEG_INFINITY;
-                            unroll::<8>(
-                                #[inline(always)]
-                                |j| {
-                                    let nt = 8 * half + j;
-                                    raw_max = raw_max.max(s[nt][2 * h]).max(s[nt][2 * h + 1]);
-                                },
-                            );
+                            // A tree; where all its scores are NaN it gives NaN, which this
+                            // max from -inf drops as the chain's -inf would be.
+                            let raw_max = acc_row_max::<8, NK>(s, h, 8 * half);
                             tile_max = tile_max.max(raw_max * scales[h][half]);
                         }
                     },
