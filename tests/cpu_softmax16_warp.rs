@@ -27,6 +27,10 @@ mod unroll;
 mod acc_layout;
 
 #[allow(dead_code)]
+#[path = "../kernels-gpu/src/reduce.rs"]
+mod reduce;
+
+#[allow(dead_code)]
 #[path = "../kernels-gpu/src/softmax16.rs"]
 mod softmax16;
 
