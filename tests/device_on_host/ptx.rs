@@ -221,3 +221,38 @@ pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
 pub fn shfl_xor_f32(x: f32, mask: u32) -> f32 {
     f32::from_bits(shfl_xor_u32(x.to_bits(), mask))
 }
+
+/// `vote.sync.all.pred` over the whole warp.
+pub fn vote_all(pred: bool) -> bool {
+    use std::sync::atomic::Ordering::SeqCst;
+    LANE.with(|l| {
+        let l = l.borrow();
+        let lane = l.as_ref().expect("a vote outside run_warp");
+        lane.warp.slots[lane.id as usize].store(u32::from(pred), SeqCst);
+        lane.warp.sync();
+        let all = lane.warp.slots.iter().all(|s| s.load(SeqCst) != 0);
+        lane.warp.sync();
+        all
+    })
+}
+
+/// `cvt.rn.f16x2.f32`: `lo` in bits 0..16, `hi` in 16..32, each rounded to nearest even.
+pub fn pack_f16x2(lo: f32, hi: f32) -> u32 {
+    u32::from(f16::from_f32(lo).to_bits()) | (u32::from(f16::from_f32(hi).to_bits()) << 16)
+}
+
+/// Shared-memory loads have no host model: present so that `frag.rs` compiles; never called.
+///
+/// # Safety
+/// None needed: it panics.
+pub unsafe fn ldmatrix_x4(_addr: u32) -> [u32; 4] {
+    unreachable!("ldmatrix has no host model")
+}
+
+/// As [`ldmatrix_x4`].
+///
+/// # Safety
+/// None needed: it panics.
+pub unsafe fn ldmatrix_x4_trans(_addr: u32) -> [u32; 4] {
+    unreachable!("ldmatrix has no host model")
+}
