@@ -255,14 +255,14 @@ fn lane_step<const MT: usize, const KT: usize>(c: &Case, lane: u32) -> LaneOut<M
                     );
                 }
             }
-            for h in 0..2 {
+            for (h, o) in o[mt].iter_mut().enumerate() {
                 let mut pv = 0.0f32;
                 for (nt, pn) in p.iter().enumerate() {
                     for e in [2 * h, 2 * h + 1] {
                         pv += pn[e] * c.v[key(nt, e)];
                     }
                 }
-                o[mt][h] += pv;
+                *o += pv;
             }
         }
     }
