@@ -6,8 +6,8 @@
 //!
 //! What the GPU tests cannot show and these do: bit-exact equality (the GPU tests compare whole
 //! outputs within a tolerance), on inputs random tests on the GPU rarely reach (every f16 / bf16
-//! exponent, NaN, ±∞, exact ties), and the fragment layout checked element by element against
-//! the order the preparation stores Vᵀ in (`config::v8_key_slot`).
+//! exponent, NaN, ±∞; exact ties are in cpu_q_tile_shortcuts.rs), and the fragment layout checked
+//! element by element against the order the preparation stores Vᵀ in (`config::v8_key_slot`).
 
 #![allow(unexpected_cfgs)] // the device crate's features (`hopper`, `ada_fp8`) in the included files
 
@@ -37,7 +37,7 @@ mod p8;
 use acc_layout::{acc_col, acc_row};
 use config::{v8_key_slot, P8_MAX, P_FP8_MAX};
 use float8::F8E4M3;
-use half::{bf16, f16};
+use half::f16;
 use quant_arith::{abs_max8, bounded_pack_exact, inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -51,14 +51,6 @@ fn raw16(rng: &mut StdRng, is_bf16: bool, top: u16) -> u16 {
         0 => sign | (all_ones << shift),     // ±∞
         1 => sign | (all_ones << shift) | 1, // NaN
         _ => sign | (rng.gen_range(0..=top) << shift) | rng.gen_range(0..(1u16 << shift)),
-    }
-}
-
-fn to_f32(bits: u16, is_bf16: bool) -> f32 {
-    if is_bf16 {
-        bf16::from_bits(bits).to_f32()
-    } else {
-        f16::from_bits(bits).to_f32()
     }
 }
 
@@ -138,38 +130,6 @@ fn int8_blocks_pack_as_the_contract_says() {
         bounded * 3 > blocks,
         "{bounded} of {blocks} blocks took the magic add"
     );
-}
-
-/// Products on exact ties `k + 0.5`: a maximum of `127 · 2^e` makes `inv = 2^-e` exact.
-#[test]
-fn int8_ties_round_to_even() {
-    for is_bf16 in [false, true] {
-        for e in [-6i32, 0, 3] {
-            let scale = 2f32.powi(e);
-            let enc = |v: f32| {
-                if is_bf16 {
-                    bf16::from_f32(v).to_bits()
-                } else {
-                    f16::from_f32(v).to_bits()
-                }
-            };
-            let mut vals = vec![enc(127.0 * scale)];
-            vals.extend(
-                (-127..127)
-                    .map(|k| (k as f32 + 0.5) * scale)
-                    .filter(|&v| to_f32(enc(v), is_bf16) == v)
-                    .map(enc),
-            );
-            vals.resize(vals.len().div_ceil(8) * 8, 0);
-            let raw: Vec<[u32; 4]> = vals
-                .chunks(8)
-                .map(|c| {
-                    std::array::from_fn(|i| u32::from(c[2 * i]) | u32::from(c[2 * i + 1]) << 16)
-                })
-                .collect();
-            assert!(check_block(&raw, is_bf16, 1.0), "ties: bounded");
-        }
-    }
 }
 
 /// The key (0..32) whose probability the Vᵀ layout stores at k slot `slot` of a 32-key step.

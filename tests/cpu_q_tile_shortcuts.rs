@@ -1,19 +1,33 @@
-//! The two shortcuts of the sm_90a kernels' in-kernel Q quantization
-//! (`kernels-gpu/src/hopper/q_tile.rs`, `quant_arith::pack_s8x8_bounded`) are exact. They are
-//! modelled here in f32 on the CPU (IEEE round-to-nearest-even, as `mul.rn`/`add.rn` on the GPU)
-//! and compared with the contract's reference, `quant_ref::quantize_block` on `x · mult`:
+//! The sm_90a kernels' in-kernel Q quantization (`kernels-gpu/src/hopper/q_tile.rs`) gives the
+//! contract's bits (`quant_ref::quantize_block` on `x · mult`). Its two shortcuts:
 //!
 //! 1. the row maximum of `|x · mult|` is `fl(max |x| · |mult|)`, the maximum taken on the 16-bit
-//!    inputs' bits with the sign cleared;
+//!    inputs' bits with the sign cleared (modelled here: that part of `q_tile.rs` is warp code);
 //! 2. `fl(fl(x · mult) · inv) + 1.5 · 2²³` holds the rounded value in the low byte of its bits,
 //!    whenever the row's maximum and `127 / max` are finite (the kernel's `bounded` rows; the
 //!    others take the conversion, as the preparation does).
 //!
-//! The GPU test `hopper_in_kernel_q_equals_prepared_q` checks the device code itself; this one
-//! reaches what random inputs rarely do: exact ties, every f16 magnitude, a negative `sm_scale`,
-//! subnormal maxima, NaN and infinity.
+//! Everything after the maximum is the device's own `quant_arith.rs` compiled for the host (with
+//! the PTX stand-ins of `device_on_host/ptx.rs`): `inv_scale`, `bounded_pack_exact`, `scaled8`,
+//! and both packings, each checked bit for bit, the conversion route included. The GPU test
+//! `hopper_in_kernel_q_equals_prepared_q` checks the kernel itself; this one reaches what random
+//! inputs rarely do: exact ties, every f16 magnitude, a negative `sm_scale`, subnormal maxima, NaN
+//! and infinity.
+
+#![allow(unexpected_cfgs)] // the device crate's features in the included file
+
+#[path = "device_on_host/ptx.rs"]
+mod ptx;
+
+#[path = "../kernels-gpu/src/unroll.rs"]
+mod unroll;
+
+#[allow(dead_code)]
+#[path = "../kernels-gpu/src/quant_arith.rs"]
+mod quant_arith;
 
 use half::{bf16, f16};
+use quant_arith::{bounded_pack_exact, inv_scale, pack_s8x8, pack_s8x8_bounded, scaled8};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sageattention::reference::quant_ref::quantize_block;
@@ -28,22 +42,30 @@ fn to_f32(bits: u16, is_bf16: bool) -> f32 {
     }
 }
 
-/// The kernel's route: `None` for a row it hands to the conversion (not bounded).
-fn shortcut_row(x: &[u16], is_bf16: bool, mult: f32) -> Option<(Vec<i8>, f32)> {
+/// The kernel's route: the row's INT8 values and scale, and whether it was `bounded` (took the
+/// magic-number add rather than the conversion).
+fn kernel_row(x: &[u16], is_bf16: bool, mult: f32) -> (Vec<i8>, f32, bool) {
     let max_bits = x.iter().map(|&b| b & 0x7fff).max().unwrap_or(0);
     let amax = to_f32(max_bits, is_bf16) * mult.abs();
-    let inv = if amax == 0.0 { 0.0 } else { 127.0 / amax };
-    if !(amax.is_finite() && inv.is_finite()) {
-        return None;
+    let inv = inv_scale(amax);
+    let bounded = bounded_pack_exact(amax, inv);
+    // Whole 8-value chunks, the row padded with zeros (which pack as 0 either way).
+    let mut q = Vec::with_capacity(x.len().next_multiple_of(8));
+    for chunk in x.chunks(8) {
+        let mut raw = [0u32; 4];
+        for (i, &b) in chunk.iter().enumerate() {
+            raw[i / 2] |= u32::from(b) << (16 * (i % 2));
+        }
+        let v = scaled8(&raw, is_bf16, mult);
+        let packed = if bounded {
+            pack_s8x8_bounded(&v, inv)
+        } else {
+            pack_s8x8(&v, inv)
+        };
+        q.extend(packed.iter().flat_map(|w| w.to_le_bytes()).map(|b| b as i8));
     }
-    let q = x
-        .iter()
-        .map(|&b| {
-            let t = (to_f32(b, is_bf16) * mult) * inv;
-            ((t + 12_582_912.0).to_bits() & 0xff) as u8 as i8
-        })
-        .collect();
-    Some((q, amax / 127.0))
+    q.truncate(x.len());
+    (q, amax / 127.0, bounded)
 }
 
 /// The contract's route (what the preparation computes).
@@ -57,26 +79,22 @@ fn reference_row(x: &[u16], is_bf16: bool, mult: f32) -> (Vec<i8>, f32) {
 /// Checks one row; returns whether the shortcut applied.
 fn check(x: &[u16], is_bf16: bool, mult: f32) -> bool {
     let (q_ref, scale_ref) = reference_row(x, is_bf16, mult);
-    match shortcut_row(x, is_bf16, mult) {
-        Some((q, scale)) => {
-            assert_eq!(
-                scale.to_bits(),
-                scale_ref.to_bits(),
-                "scale, bf16 {is_bf16}, mult {mult}"
-            );
-            assert_eq!(q, q_ref, "values, bf16 {is_bf16}, mult {mult}, row {x:?}");
-            true
-        }
-        None => {
-            // Only rows whose maximum is NaN or infinite, or whose 127 / max overflows.
-            let amax = scale_ref * 127.0;
-            assert!(
-                !amax.is_finite() || !(127.0 / amax).is_finite(),
-                "fallback on a bounded row: scale {scale_ref}"
-            );
-            false
-        }
+    let (q, scale, bounded) = kernel_row(x, is_bf16, mult);
+    let what = format!("bf16 {is_bf16}, mult {mult}, bounded {bounded}, row {x:?}");
+    assert!(
+        scale.to_bits() == scale_ref.to_bits() || (scale.is_nan() && scale_ref.is_nan()),
+        "scale {scale} against {scale_ref}, {what}"
+    );
+    assert_eq!(q, q_ref, "values, {what}");
+    if !bounded {
+        // Only rows whose maximum is NaN or infinite, or whose 127 / max overflows.
+        let amax = scale_ref * 127.0;
+        assert!(
+            !amax.is_finite() || !(127.0 / amax).is_finite(),
+            "fallback on a bounded row: scale {scale_ref}"
+        );
     }
+    bounded
 }
 
 fn mults() -> [f32; 6] {
