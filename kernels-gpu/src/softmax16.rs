@@ -4,6 +4,9 @@
 //! index `h`), so this is `attention/softmax.rs` with one m-tile, kept arithmetic-for-arithmetic
 //! identical (the portable kernel's results are the reference for this one), plus the per-tile
 //! P scaling of the 8-bit P·V (`PER_TILE`), which both 8-bit kernels share.
+//!
+//! `cfg(test)` on the sm_90a-only items is for the host test that compiles this file
+//! (tests/cpu_softmax16_warp.rs); the device crate is never built with it.
 
 use crate::acc_layout::{acc_col, acc_row};
 use crate::ptx;
@@ -32,7 +35,7 @@ pub(crate) const LAZY_MAX_SLACK: f32 = 8.0;
 /// accepts: every probability is then at most 2^14, which f16 holds (to 65504) with its full
 /// relative precision, and the f32 output and sums grow by at most that factor per tile between
 /// moves of the max (2^14 · 2^17 keys stays far inside f32).
-#[cfg(feature = "hopper")]
+#[cfg(any(feature = "hopper", test))]
 pub(crate) const FAST_SUM_LIMIT: f32 = 16384.0;
 
 /// Writes `2^arg(x, n-tile)` of row `h`'s scores `x` in `src` (accumulator layout, `NK` n-tiles of
@@ -219,7 +222,7 @@ impl OnlineSoftmax {
     /// caller discards the result and takes the tile through [`Self::update_tile`] from its
     /// scores again. Skipping the max takes its reduction (a compare per score and two shuffles
     /// per row) off the path from the scores to the first exponential.
-    #[cfg(feature = "hopper")]
+    #[cfg(any(feature = "hopper", test))]
     #[inline(always)]
     pub fn probabilities_against_max<const NK: usize>(
         &self,
@@ -246,7 +249,7 @@ impl OnlineSoftmax {
 
     /// Adds a tile's lane-partial row sums taken against the unchanged max
     /// ([`Self::probabilities_against_max`]).
-    #[cfg(feature = "hopper")]
+    #[cfg(any(feature = "hopper", test))]
     #[inline(always)]
     pub fn add_sums(&mut self, sums: [f32; 2]) {
         self.sum[0] += sums[0];
