@@ -184,3 +184,48 @@ fn fp8_emulation_accuracy_on_normal_inputs() {
         }
     }
 }
+
+/// A V channel whose values lie within 2^-128 of their mean (bf16 subnormals, not all equal): its
+/// `V_MAX / amax` overflows f32. Every 8-bit P·V must still give that channel's attention output
+/// (about its mean, finite) and leave the other channels as they were: no NaN from `0 · ∞`, no
+/// e4m3 value past `V_FP8_MAX` (which the f16 accumulator's bound assumes).
+#[test]
+fn subnormal_v_channel_stays_finite() {
+    let mut rng = StdRng::seed_from_u64(0x5ab_0e40);
+    let (kv_len, head_dim) = (300, 64);
+    let zero = vec![0.0; head_dim];
+    let q = normal_tensor(&mut rng, [1, 2, 40, head_dim], &zero);
+    let k = normal_tensor(&mut rng, [1, 2, kv_len, head_dim], &zero);
+    let mut v = normal_tensor(&mut rng, [1, 2, kv_len, head_dim], &zero);
+    let tiny = 2f32.powi(-133); // bf16's subnormal step
+    for key in 0..kv_len {
+        // Channel 5 has values equal to its mean (0 · ∞ = NaN before the fix); channel 9 none
+        // (±∞ → e4m3 ±448, past the f16 accumulator's bound).
+        v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
+        v.set(0, 1, key, 9, (key % 2) as f32 * tiny);
+    }
+    let opts = RefOptions {
+        causal: false,
+        sm_scale: None,
+    };
+    let exact = attention_f64(&q, &k, &v, &opts);
+    for (name, out) in [
+        (
+            "fp8 f32acc",
+            attention_fp8_emulation(&q, &k, &v, &opts, true, false),
+        ),
+        (
+            "fp8 f16acc",
+            attention_fp8_emulation(&q, &k, &v, &opts, true, true),
+        ),
+        ("int8", attention_pv8_emulation(&q, &k, &v, &opts, true)),
+    ] {
+        let bad = out.o.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(bad, 0, "{name}: {bad} outputs not finite");
+        let m = compare(
+            &out.o.iter().map(|&x| x as f32).collect::<Vec<_>>(),
+            &exact.o,
+        );
+        assert!(m.rel_l1 < FP8_REL_L1, "{name}: {m:?}");
+    }
+}

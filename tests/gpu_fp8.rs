@@ -150,6 +150,79 @@ fn run(
     .unwrap()
 }
 
+/// Two V channels of bf16 subnormals (multiples of 2^-133) within 2^-128 of their means, so that
+/// `1 / amax` overflows: channel 5 of the first head with values equal to its mean, channel 9 of
+/// the last without (the channels exist for head_dim ≥ 16). Their `inv` must be 0 and their
+/// bytes 0 (docs/design.md, "8-bit P·V" 2), not NaN or ±448.
+fn subnormal_v_channels(v: &mut HostTensor) {
+    let tiny = 2f32.powi(-133);
+    let (batch, heads) = (v.batch(), v.heads());
+    for key in 0..v.seq() {
+        v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
+        v.set(batch - 1, heads - 1, key, 9, (key % 2) as f32 * tiny);
+    }
+}
+
+/// The whole FP8 call on bf16 V with those channels: every output finite, on every route (the
+/// sm_89 kernel with both accumulators, and `Backend::Auto`), and within the FP8 bar of exact
+/// attention.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn fp8_subnormal_v_channels_give_finite_outputs() {
+    if skip_below_sm89() {
+        return;
+    }
+    let mut rng = fresh_rng("fp8_subnormal_v");
+    let case = Case {
+        batch: 1,
+        q_heads: 2,
+        kv_heads: 2,
+        qo_len: 70,
+        kv_len: 300,
+        head_dim: 64,
+        causal: false,
+        dtype: DType::BF16,
+        layout: Layout::Hnd,
+        smooth_k: true,
+    };
+    let (q, k, mut v) = inputs(&case, &mut rng);
+    subnormal_v_channels(&mut v);
+    let exact = attention_f64(
+        &q,
+        &k,
+        &v,
+        &RefOptions {
+            causal: false,
+            sm_scale: None,
+        },
+    );
+    for (backend, f16_accum) in ROUTES {
+        let opts = Options {
+            backend,
+            ..fp8_options(false, case.layout, true, f16_accum)
+        };
+        let (o, _) = run_poisoned(
+            [&q, &k, &v],
+            case.dtype,
+            case.layout,
+            case.dtype,
+            case.layout,
+            &opts,
+        )
+        .unwrap();
+        let bad = o.iter().filter(|x| !x.is_finite()).count();
+        assert_eq!(
+            bad, 0,
+            "{backend:?} f16 accumulator {f16_accum}: {bad} outputs not finite"
+        );
+        let m = compare(&o, &exact.o);
+        assert!(
+            m.rel_l1 <= FP8_REL_L1,
+            "{backend:?} f16 accumulator {f16_accum}: {m:?}"
+        );
+    }
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fp8_v_preparation_is_bit_exact() {
@@ -182,7 +255,10 @@ fn fp8_v_preparation_is_bit_exact() {
             layout,
             smooth_k: true,
         };
-        let (q, k, v) = inputs(&case, &mut rng);
+        let (q, k, mut v) = inputs(&case, &mut rng);
+        if dtype == DType::BF16 {
+            subnormal_v_channels(&mut v);
+        }
         let (qd, kd, vd) = (
             upload(rt, &q, dtype, layout),
             upload(rt, &k, dtype, layout),

@@ -4,8 +4,8 @@
 //! Per (batch, kv head, channel): `mean` is the K mean's exact summation order over V
 //! (`lane_tree_sum` per 256-row segment, segments in order, divided by `seq`);
 //! `amax = max(max_v - mean, mean - min_v)` (NaN-propagating), `scale = amax / 127`,
-//! `inv = 127 / amax` (0 when amax is 0), and `q = clamp(round_ties_even((v - mean) · inv), -127,
-//! 127)`. The GPU stores q transposed (keys contiguous) and key-permuted within 16-key groups
+//! `inv = 127 / amax` (0 where that is not finite: amax 0, subnormal or NaN), and
+//! `q = clamp(round_ties_even((v - mean) · inv), -127, 127)`. The GPU stores q transposed (keys contiguous) and key-permuted within 16-key groups
 //! ([`v8_key_slot`]); [`QuantizedV8::value`] undoes that.
 //!
 //! The FP8 P·V ([`VFormat::E4m3`], the sm_89 module's preparation) is the same but for the scale
@@ -149,7 +149,9 @@ pub fn quantize_v8_as(v: &HostTensor, out_head_dim: usize, format: VFormat) -> Q
                 let m = total / seq as f32;
                 let amax = nan_propagating_max(max - m, m - min);
                 let v_max = format.max();
-                let inv = if amax == 0.0 { 0.0 } else { v_max / amax };
+                // 0 where not finite (amax 0, subnormal or NaN), as the GPU has it.
+                let inv = v_max / amax;
+                let inv = if inv.is_finite() { inv } else { 0.0 };
                 head_mean[c] = m;
                 head_scale[c] = amax / v_max;
                 head_scale[out_head_dim + c] = inv;

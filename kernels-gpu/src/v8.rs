@@ -123,7 +123,7 @@ pub(crate) unsafe fn stats(p: &V8Params, segment: u32, head: u32, batch: u32) {
 
 /// Step 2 for one channel `c < head_dim` of head `bh` (`batch * heads + head`): `mean = (Σ segment
 /// sums, in order) / seq`, `amax = max(max - mean, mean - min)` (the largest |v - mean|),
-/// `scale = amax / V_MAX`, `inv = V_MAX / amax` (0 when amax is 0; `V_MAX` = 127, or 1 for e4m3). Returns (mean, scale, inv). The one
+/// `scale = amax / V_MAX`, `inv = V_MAX / amax` (0 where that is not finite; `V_MAX` = 127, or 1 for e4m3). Returns (mean, scale, inv). The one
 /// implementation of that order: the `V8_FINALIZE` job and the quantization CTAs that fold it in
 /// call it.
 ///
@@ -179,7 +179,12 @@ unsafe fn channel_scale(p: &V8Params, bh: u64, c: u64) -> (f32, f32, f32) {
     }
     let mean = total / p.seq as f32;
     let amax = ptx::max_nan(max - mean, mean - min);
-    let inv = if amax == 0.0 { 0.0 } else { V_MAX / amax };
+    // 0 where the quotient is not finite: amax 0; amax so small that it overflows (every value
+    // within 2^-128 of the mean, bf16 subnormals: they quantize to 0, so the channel's output is
+    // its mean, off by less than amax, where ∞ made e4m3 values of ±448, past the f16
+    // accumulator's bound, and 0 · ∞ a NaN); or NaN (the scale carries it to the output).
+    let inv = V_MAX / amax;
+    let inv = if inv.is_finite() { inv } else { 0.0 };
     (mean, amax / V_MAX, inv)
 }
 

@@ -100,6 +100,10 @@ pub fn cvt_e4m3(x: f32) -> u8 {
     }
     let sign = if x.is_sign_negative() { 0x80 } else { 0 };
     let a = f64::from(x.abs());
+    if a >= 448.0 {
+        // satfinite: ±∞ and everything past the largest finite code (448, 0x7e) saturate to it.
+        return sign | 0x7e;
+    }
     let mut best = 0u8;
     for c in 1..0x7f_u8 {
         let (d, d_best) = (
