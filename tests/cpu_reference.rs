@@ -865,3 +865,40 @@ fn attention_rejects_bad_gqa_ratio() {
     let kv = HostTensor::contiguous([1, 2, 4, 8], false);
     let _ = attention_f64(&q, &kv, &kv, &RefOptions::default());
 }
+
+/// The f16 accumulator's documented range (`PvAccum::F16`): with every |V| ≤ 1023 a 64-key
+/// tile's `Σ p·v` stays finite whatever the scores, the worst case being every key of the tile at
+/// the row's maximum (p = 1 each, 64 · 1023 = 65472 ≤ 65504). Fresh V values of either sign near
+/// the bound, in channels of one sign each (no cancellation), with all scores equal (Q = 0) and
+/// with random scores: finite, and within the f16 path's error of exact attention. (At |V| = 1024
+/// the flat tile reaches 65536, which f16 holds only as ∞: the bound is tight.)
+#[test]
+fn f16_accumulator_range_holds_up_to_1023() {
+    let mut rng = StdRng::seed_from_u64(rand::random());
+    let (kv_len, d) = (320, 64);
+    let v = tensor_from(
+        &mut rng,
+        [1, 1, kv_len, d],
+        false,
+        false,
+        |rng, _, _, _, c| {
+            let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+            sign * rng.gen_range(900.0f32..=1023.0)
+        },
+    );
+    let k = normal_tensor(&mut rng, [1, 1, kv_len, d], false, false);
+    for q_std in [0.0f32, 1.0] {
+        let q = tensor_from(&mut rng, [1, 1, 33, d], false, false, |rng, _, _, _, _| {
+            q_std * normal(rng)
+        });
+        let opts = RefOptions::default();
+        let out = attention_quantized_emulation(&q, &k, &v, &opts, true, true);
+        assert!(
+            out.o.iter().all(|x| x.is_finite()),
+            "Q std {q_std}: an output is not finite"
+        );
+        let exact = attention_f64(&q, &k, &v, &opts);
+        let m = compare_f64(&out.o, &exact.o);
+        assert!(m.rel_l1 < 0.02, "Q std {q_std}: {m:?}");
+    }
+}
