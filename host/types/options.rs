@@ -26,7 +26,10 @@ pub enum PvAccum {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PvPrecision {
     /// P and V in f16 on the f16 tensor cores (bf16 V is converted): the v1 accuracy contract,
-    /// rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact attention on N(0,1) inputs.
+    /// rel L1 ≤ 0.0135 and cos ≥ 0.9999 against exact attention on N(0,1) inputs. V must fit f16:
+    /// bf16 V values beyond ±65504 become ±∞ in the conversion (and the output with them), and
+    /// see [`PvAccum::F16`] for the portable kernel's tile sums; the 8-bit precisions scale V per
+    /// channel and take bf16's whole range.
     #[default]
     F16,
     /// 8-bit P·V, the SageAttention2 class of speed: each key tile's probabilities are scaled so
