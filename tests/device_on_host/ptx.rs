@@ -3,6 +3,10 @@
 //! follows the PTX ISA's definition of its instruction, written from the definition rather than
 //! from the reference code the tests compare with (the e4m3 conversion is a nearest-value search
 //! over the format's codes, not `float8`).
+//!
+//! Warp-collective instructions (`shfl.sync.bfly`, `vote.sync.all`) need the 32 lanes together:
+//! [`run_warp`] runs a closure on 32 threads that meet at a barrier for each one. Shared memory and
+//! the tensor-core instructions have no stand-in (`ldmatrix` panics if reached).
 #![allow(dead_code)]
 
 use half::{bf16, f16};
