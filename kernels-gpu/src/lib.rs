@@ -38,6 +38,8 @@ mod attention;
 #[cfg(not(feature = "hopper"))]
 mod attention_pv8;
 #[cfg(not(feature = "hopper"))]
+mod copy;
+#[cfg(not(feature = "hopper"))]
 mod frag;
 #[cfg(not(feature = "hopper"))]
 mod prepare;
