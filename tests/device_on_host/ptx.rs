@@ -4,9 +4,11 @@
 //! from the reference code the tests compare with (the e4m3 conversion is a nearest-value search
 //! over the format's codes, not `float8`).
 //!
-//! Warp-collective instructions (`shfl.sync.bfly`, `vote.sync.all`) need the 32 lanes together:
-//! [`run_warp`] runs a closure on 32 threads that meet at a barrier for each one. Shared memory and
-//! the tensor-core instructions have no stand-in (`ldmatrix` panics if reached).
+//! Collective instructions need their threads together: [`run_cta`] runs a closure on the threads
+//! of one CTA, which meet at a barrier for each shuffle and vote (per warp) and `bar.sync` (the
+//! CTA); shared memory is an array of words from address 0, global memory the host's own (a
+//! device pointer here is a host address). The tensor-core instructions and `ldmatrix` have no
+//! stand-in (they panic if reached).
 #![allow(dead_code)]
 
 use half::{bf16, f16};
@@ -146,31 +148,39 @@ pub fn ex2(x: f32) -> f32 {
     }
 }
 
-/// The warp the calling thread is a lane of (set by [`run_warp`]).
+/// Where the calling thread runs (set by [`run_cta`]): its thread index, its warp and its CTA.
 struct Lane {
-    id: u32,
+    tid: u32,
     warp: std::sync::Arc<Warp>,
+    cta: std::sync::Arc<Cta>,
 }
 
 thread_local! {
     static LANE: std::cell::RefCell<Option<Lane>> = const { std::cell::RefCell::new(None) };
 }
 
-/// What the 32 lane threads of one modelled warp share: a slot per lane for the value a shuffle
-/// offers, and a barrier (with a timeout, so that a lane that never arrives fails the test instead
-/// of hanging it).
-struct Warp {
-    slots: [std::sync::atomic::AtomicU32; 32],
+/// A barrier of `n` threads with a timeout, so that a thread that never arrives fails the test
+/// instead of hanging it.
+struct Gate {
+    n: u32,
     arrived: std::sync::Mutex<(u32, u64)>,
     turn: std::sync::Condvar,
 }
 
-impl Warp {
+impl Gate {
+    fn new(n: u32) -> Self {
+        Gate {
+            n,
+            arrived: std::sync::Mutex::new((0, 0)),
+            turn: std::sync::Condvar::new(),
+        }
+    }
+
     fn sync(&self) {
         let mut state = self.arrived.lock().unwrap();
         let generation = state.1;
         state.0 += 1;
-        if state.0 == 32 {
+        if state.0 == self.n {
             *state = (0, generation + 1);
             self.turn.notify_all();
             return;
@@ -180,47 +190,98 @@ impl Warp {
                 .turn
                 .wait_timeout(state, std::time::Duration::from_secs(20))
                 .unwrap();
-            assert!(
-                !timeout.timed_out(),
-                "a lane never reached the warp's shuffle"
-            );
+            assert!(!timeout.timed_out(), "a thread never reached the barrier");
             state = next;
         }
     }
 }
 
-/// Runs `lane_fn(lane)` on 32 threads that act as one warp's lanes (each in lockstep at every
-/// shuffle) and returns their results in lane order.
-pub fn run_warp<R: Send>(lane_fn: impl Fn(u32) -> R + Sync) -> Vec<R> {
-    let warp = std::sync::Arc::new(Warp {
-        slots: std::array::from_fn(|_| std::sync::atomic::AtomicU32::new(0)),
-        arrived: std::sync::Mutex::new((0, 0)),
-        turn: std::sync::Condvar::new(),
+/// What one warp's lanes share: a slot per lane for the value a shuffle or vote offers.
+struct Warp {
+    slots: [std::sync::atomic::AtomicU32; 32],
+    gate: Gate,
+}
+
+/// What a CTA's threads share: `bar.sync 0`, shared memory (4-byte words from address 0) and the
+/// launch geometry.
+struct Cta {
+    threads: u32,
+    block: (u32, u32, u32),
+    grid_x: u32,
+    gate: Gate,
+    smem: Vec<std::sync::atomic::AtomicU32>,
+}
+
+/// The launch geometry of [`run_cta`].
+#[derive(Clone, Copy)]
+pub struct Launch {
+    pub threads: u32,
+    pub block: (u32, u32, u32),
+    pub grid_x: u32,
+    pub smem_bytes: usize,
+}
+
+/// Runs `thread_fn(tid)` on `launch.threads` threads that act as one CTA (warps of 32
+/// consecutive threads, in lockstep at every shuffle and vote; the whole CTA at `bar.sync`) and
+/// returns their results in thread order.
+pub fn run_cta<R: Send>(launch: Launch, thread_fn: impl Fn(u32) -> R + Sync) -> Vec<R> {
+    let n = launch.threads;
+    let cta = std::sync::Arc::new(Cta {
+        threads: n,
+        block: launch.block,
+        grid_x: launch.grid_x,
+        gate: Gate::new(n),
+        smem: (0..launch.smem_bytes.div_ceil(4))
+            .map(|_| std::sync::atomic::AtomicU32::new(0))
+            .collect(),
     });
+    let warps: Vec<_> = (0..n.div_ceil(32))
+        .map(|w| {
+            std::sync::Arc::new(Warp {
+                slots: std::array::from_fn(|_| std::sync::atomic::AtomicU32::new(0)),
+                gate: Gate::new((n - 32 * w).min(32)),
+            })
+        })
+        .collect();
     std::thread::scope(|scope| {
-        let lanes: Vec<_> = (0..32u32)
-            .map(|id| {
-                let (warp, lane_fn) = (warp.clone(), &lane_fn);
+        let threads: Vec<_> = (0..n)
+            .map(|tid| {
+                let (warp, cta) = (warps[tid as usize / 32].clone(), cta.clone());
+                let thread_fn = &thread_fn;
                 scope.spawn(move || {
-                    LANE.with(|l| *l.borrow_mut() = Some(Lane { id, warp }));
-                    lane_fn(id)
+                    LANE.with(|l| *l.borrow_mut() = Some(Lane { tid, warp, cta }));
+                    thread_fn(tid)
                 })
             })
             .collect();
-        lanes.into_iter().map(|t| t.join().unwrap()).collect()
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
     })
+}
+
+/// Runs `lane_fn(lane)` on 32 threads that act as one warp (a CTA of one warp).
+pub fn run_warp<R: Send>(lane_fn: impl Fn(u32) -> R + Sync) -> Vec<R> {
+    let launch = Launch {
+        threads: 32,
+        block: (0, 0, 0),
+        grid_x: 1,
+        smem_bytes: 0,
+    };
+    run_cta(launch, lane_fn)
+}
+
+fn with_lane<R>(f: impl FnOnce(&Lane) -> R) -> R {
+    LANE.with(|l| f(l.borrow().as_ref().expect("device code outside run_cta")))
 }
 
 /// `shfl.sync.bfly.b32` over the whole warp: lane `lane ^ mask`'s `x`.
 pub fn shfl_xor_u32(x: u32, mask: u32) -> u32 {
     use std::sync::atomic::Ordering::SeqCst;
-    LANE.with(|l| {
-        let l = l.borrow();
-        let lane = l.as_ref().expect("a shuffle outside run_warp");
-        lane.warp.slots[lane.id as usize].store(x, SeqCst);
-        lane.warp.sync();
-        let r = lane.warp.slots[(lane.id ^ mask) as usize].load(SeqCst);
-        lane.warp.sync();
+    with_lane(|lane| {
+        let id = (lane.tid % 32) as usize;
+        lane.warp.slots[id].store(x, SeqCst);
+        lane.warp.gate.sync();
+        let r = lane.warp.slots[id ^ mask as usize].load(SeqCst);
+        lane.warp.gate.sync();
         r
     })
 }
@@ -233,13 +294,12 @@ pub fn shfl_xor_f32(x: f32, mask: u32) -> f32 {
 /// `vote.sync.all.pred` over the whole warp.
 pub fn vote_all(pred: bool) -> bool {
     use std::sync::atomic::Ordering::SeqCst;
-    LANE.with(|l| {
-        let l = l.borrow();
-        let lane = l.as_ref().expect("a vote outside run_warp");
-        lane.warp.slots[lane.id as usize].store(u32::from(pred), SeqCst);
-        lane.warp.sync();
-        let all = lane.warp.slots.iter().all(|s| s.load(SeqCst) != 0);
-        lane.warp.sync();
+    with_lane(|lane| {
+        let size = lane.warp.gate.n as usize;
+        lane.warp.slots[(lane.tid % 32) as usize].store(u32::from(pred), SeqCst);
+        lane.warp.gate.sync();
+        let all = lane.warp.slots[..size].iter().all(|s| s.load(SeqCst) != 0);
+        lane.warp.gate.sync();
         all
     })
 }
@@ -263,4 +323,182 @@ pub unsafe fn ldmatrix_x4(_addr: u32) -> [u32; 4] {
 /// None needed: it panics.
 pub unsafe fn ldmatrix_x4_trans(_addr: u32) -> [u32; 4] {
     unreachable!("ldmatrix has no host model")
+}
+
+/// `%tid.x`.
+pub fn thread_idx_x() -> u32 {
+    with_lane(|l| l.tid)
+}
+
+/// `%ntid.x`.
+pub fn block_dim_x() -> u32 {
+    with_lane(|l| l.cta.threads)
+}
+
+/// `%ctaid.{x,y,z}`.
+pub fn block_idx() -> (u32, u32, u32) {
+    with_lane(|l| l.cta.block)
+}
+
+/// `%nctaid.x`.
+pub fn grid_dim_x() -> u32 {
+    with_lane(|l| l.cta.grid_x)
+}
+
+/// `bar.sync 0`.
+pub fn sync_threads() {
+    with_lane(|l| l.cta.gate.sync())
+}
+
+/// `bar.sync id, count`: modelled only for the whole CTA.
+pub fn named_barrier_sync(_id: u32, count: u32) {
+    with_lane(|l| {
+        assert_eq!(
+            count, l.cta.threads,
+            "only whole-CTA named barriers are modelled"
+        );
+        l.cta.gate.sync()
+    })
+}
+
+/// The dynamic shared memory's first address (0 in this model).
+pub fn smem_base() -> u32 {
+    0
+}
+
+fn smem_word(addr: u32) -> &'static std::sync::atomic::AtomicU32 {
+    assert_eq!(addr % 4, 0, "unaligned shared access at {addr}");
+    // The CTA outlives every access its threads make (they are joined before it drops).
+    with_lane(|l| {
+        let word: *const std::sync::atomic::AtomicU32 = &l.cta.smem[addr as usize / 4];
+        // SAFETY: see above; the reference does not escape the thread's run.
+        unsafe { &*word }
+    })
+}
+
+/// `ld.shared.u32`.
+///
+/// # Safety
+/// As the device's: `addr` inside the CTA's shared memory.
+pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
+    smem_word(addr).load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `st.shared.u32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn st_shared_u32(addr: u32, v: u32) {
+    smem_word(addr).store(v, std::sync::atomic::Ordering::SeqCst)
+}
+
+/// `ld.shared.f32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn ld_shared_f32(addr: u32) -> f32 {
+    f32::from_bits(unsafe { ld_shared_u32(addr) })
+}
+
+/// `st.shared.f32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn st_shared_f32(addr: u32, v: f32) {
+    unsafe { st_shared_u32(addr, v.to_bits()) }
+}
+
+/// `ld.shared.v4.u32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn ld_shared_v4(addr: u32) -> [u32; 4] {
+    std::array::from_fn(|i| unsafe { ld_shared_u32(addr + 4 * i as u32) })
+}
+
+/// `st.shared.v4.u32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
+    for (i, w) in v.into_iter().enumerate() {
+        unsafe { st_shared_u32(addr + 4 * i as u32, w) }
+    }
+}
+
+/// `red.shared.max.u32`.
+///
+/// # Safety
+/// As the device's.
+pub unsafe fn red_shared_max_u32(addr: u32, v: u32) {
+    smem_word(addr).fetch_max(v, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// `ld.global.nc.f32` of a host address.
+///
+/// # Safety
+/// `ptr` is a readable, aligned host address.
+pub unsafe fn ld_global_nc_f32(ptr: u64) -> f32 {
+    unsafe { std::ptr::read_volatile(ptr as *const f32) }
+}
+
+/// `ld.global.nc.v4.u32` of a host address.
+///
+/// # Safety
+/// As [`ld_global_nc_f32`], 16 bytes.
+pub unsafe fn ld_global_nc_v4(ptr: u64) -> [u32; 4] {
+    unsafe { std::ptr::read_volatile(ptr as *const [u32; 4]) }
+}
+
+/// `st.global.f32` to a host address (threads write disjoint words, as on the device).
+///
+/// # Safety
+/// `ptr` is a writable, aligned host address that no other thread touches meanwhile.
+pub unsafe fn st_global_f32(ptr: u64, v: f32) {
+    unsafe { std::ptr::write_volatile(ptr as *mut f32, v) }
+}
+
+/// `st.global.v2.u32`.
+///
+/// # Safety
+/// As [`st_global_f32`], 8 bytes.
+pub unsafe fn st_global_v2(ptr: u64, v: [u32; 2]) {
+    unsafe { std::ptr::write_volatile(ptr as *mut [u32; 2], v) }
+}
+
+/// `st.global.v4.u32`.
+///
+/// # Safety
+/// As [`st_global_f32`], 16 bytes.
+pub unsafe fn st_global_v4(ptr: u64, v: [u32; 4]) {
+    unsafe { std::ptr::write_volatile(ptr as *mut [u32; 4], v) }
+}
+
+/// `st.global.u64`.
+///
+/// # Safety
+/// As [`st_global_f32`], 8 bytes.
+pub unsafe fn st_global_u64(ptr: u64, v: u64) {
+    unsafe { std::ptr::write_volatile(ptr as *mut u64, v) }
+}
+
+/// A move the compiler cannot see through; the identity here.
+pub fn opaque_u32(x: u32) -> u32 {
+    x
+}
+
+/// `cvt.f32.f16`.
+pub fn f16_to_f32(x: u16) -> f32 {
+    f16::from_bits(x).to_f32()
+}
+
+/// `cvt.rn.f16x2.f32` of a bf16 pair (each exact in f32): round to nearest even, ±∞ past f16.
+pub fn bf16x2_to_f16x2(x: u32) -> u32 {
+    let (lo, hi) = unpack_bf16x2(x);
+    pack_f16x2(lo, hi)
+}
+
+/// `shfl.sync.bfly` among some lanes: not modelled (no job the host tests run takes it).
+pub fn shfl_xor_f32_among(_x: f32, _mask: u32, _members: u32) -> f32 {
+    unreachable!("shfl among a subset of lanes has no host model")
 }
