@@ -498,7 +498,16 @@ pub fn bf16x2_to_f16x2(x: u32) -> u32 {
     pack_f16x2(lo, hi)
 }
 
-/// `shfl.sync.bfly` among some lanes: not modelled (no job the host tests run takes it).
-pub fn shfl_xor_f32_among(_x: f32, _mask: u32, _members: u32) -> f32 {
-    unreachable!("shfl among a subset of lanes has no host model")
+/// `shfl.sync.bfly` among the lanes of `members`, modelled for the case the kernels use: the
+/// members are exactly the warp's threads (a last, partial warp). A partner outside them gives
+/// an unspecified value, as on the device (here whatever its slot last held).
+pub fn shfl_xor_f32_among(x: f32, mask: u32, members: u32) -> f32 {
+    with_lane(|lane| {
+        assert_eq!(
+            members.count_ones(),
+            lane.warp.gate.n,
+            "members other than the warp's lanes"
+        );
+    });
+    shfl_xor_f32(x, mask)
 }

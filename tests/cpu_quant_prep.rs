@@ -1,0 +1,305 @@
+//! The preparation's Q and K jobs (`kernels-gpu/src/quant.rs`: Q quantization, K's segment sums,
+//! K's mean, K quantization with the mean staged or folded in), their own source compiled for the
+//! host and run CTA by CTA (`device_on_host/ptx.rs`), against the contract's reference
+//! (`quant_ref::{quantize_q, k_mean, quantize_k}`) bit for bit: INT8 values, per-token Q scales,
+//! per-block K scales and K's mean (docs/design.md, "Quantization"). Fresh f16/bf16 values (K with
+//! per-channel offsets), HND and NHD strides, lengths around the blocks and segments and both
+//! sides of the mean's fold limit, smoothed and not; K gets an all-zero block and, in bf16, a block
+//! of subnormals whose `127 / amax` overflows, Q a row of them.
+
+#![allow(unexpected_cfgs)] // the device crate's features in the included files
+
+mod common;
+
+#[path = "device_on_host/ptx.rs"]
+mod ptx;
+
+#[path = "../kernels-gpu/src/unroll.rs"]
+mod unroll;
+
+#[allow(dead_code)]
+#[path = "../abi/config.rs"]
+mod config;
+
+#[allow(dead_code)]
+#[path = "../abi/params.rs"]
+mod params;
+
+#[allow(dead_code)]
+#[path = "../kernels-gpu/src/quant_arith.rs"]
+mod quant_arith;
+
+#[allow(dead_code)]
+#[path = "../kernels-gpu/src/quant.rs"]
+mod quant;
+
+use config::{
+    padded_len, prep_job, prep_smem_bytes, prep_threads, K_BLOCK, K_CHUNKS_PER_THREAD, LOG2_E,
+    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD,
+};
+use half::{bf16, f16};
+use params::{MeanParams, QuantParams};
+use ptx::Launch;
+use rand::rngs::StdRng;
+use rand::Rng;
+use rand_distr::{Distribution, StandardNormal};
+use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
+use sageattention::reference::HostTensor;
+
+/// A tensor's geometry and format.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    batch: usize,
+    heads: usize,
+    seq: usize,
+    head_dim: usize,
+    bf16: bool,
+    nhd: bool,
+}
+
+impl Shape {
+    fn strides(&self) -> [i64; 3] {
+        let (h, s, d) = (self.heads, self.seq, self.head_dim);
+        if self.nhd {
+            [(s * h * d) as i64, d as i64, (h * d) as i64]
+        } else {
+            [(h * s * d) as i64, (s * d) as i64, d as i64]
+        }
+    }
+}
+
+/// `values` rounded to the shape's 16-bit format: its bits in the shape's layout, and the
+/// rounded values as the reference's tensor.
+fn encode(s: &Shape, values: &HostTensor) -> (Vec<u16>, HostTensor) {
+    let (b, h, n, d) = (s.batch, s.heads, s.seq, s.head_dim);
+    let st = s.strides();
+    let mut bits = vec![0u16; b * h * n * d];
+    let mut exact = HostTensor::contiguous([b, h, n, d], false);
+    for bi in 0..b {
+        for hi in 0..h {
+            for si in 0..n {
+                for c in 0..d {
+                    let x = values.get(bi, hi, si, c);
+                    let (raw, rounded) = if s.bf16 {
+                        (bf16::from_f32(x).to_bits(), bf16::from_f32(x).to_f32())
+                    } else {
+                        (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32())
+                    };
+                    let at = bi as i64 * st[0] + hi as i64 * st[1] + si as i64 * st[2] + c as i64;
+                    bits[at as usize] = raw;
+                    exact.set(bi, hi, si, c, rounded);
+                }
+            }
+        }
+    }
+    (bits, exact)
+}
+
+fn cta(threads: usize, smem_bytes: usize) -> Launch {
+    Launch {
+        threads: threads as u32,
+        block: (0, 0, 0),
+        grid_x: 1,
+        smem_bytes,
+    }
+}
+
+/// The quantization job's parameters for `x` (`mean`: K's mean buffer, or 0).
+fn quant_params(s: &Shape, x: &[u16], out: &mut [i8], scale: &mut [f32], mean: u64) -> QuantParams {
+    QuantParams {
+        x: x.as_ptr() as u64,
+        mean,
+        out: out.as_mut_ptr() as u64,
+        scale: scale.as_mut_ptr() as u64,
+        x_stride: s.strides(),
+        mult: 1.0,
+        block: K_BLOCK as u32,
+        seq: s.seq as u32,
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        in_bf16: u32::from(s.bf16),
+        out_head_dim: s.head_dim as u32,
+        _pad: 0,
+    }
+}
+
+/// Job `QUANT_Q` over every block: (INT8 Q, per-token scales).
+fn device_q(s: &Shape, x: &[u16], sm_scale: f32) -> (Vec<i8>, Vec<f32>) {
+    let padded = padded_len(s.seq, Q_BLOCK);
+    let rows = s.batch * s.heads * padded;
+    let (mut out, mut scale) = (vec![0x55i8; rows * s.head_dim], vec![f32::NAN; rows]);
+    let p = QuantParams {
+        mult: sm_scale * LOG2_E,
+        block: Q_BLOCK as u32,
+        ..quant_params(s, x, &mut out, &mut scale, 0)
+    };
+    let launch = cta(
+        prep_threads(s.head_dim),
+        prep_smem_bytes(prep_job::QUANT_Q, s.head_dim, s.head_dim),
+    );
+    for b in 0..s.batch as u32 {
+        for h in 0..s.heads as u32 {
+            for blk in 0..(padded / Q_BLOCK) as u32 {
+                // SAFETY: the buffers have the sizes QuantParams documents and outlive the run;
+                // the geometry is the host's.
+                ptx::run_cta(launch, |_| unsafe {
+                    let g = quant::Group::cta();
+                    quant::quantize_block::<Q_CHUNKS_PER_THREAD, true>(&g, &p, blk, h, b, None)
+                });
+            }
+        }
+    }
+    (out, scale)
+}
+
+/// Jobs `SUM_K`, `K_MEAN` (past the fold limit) and `QUANT_K`: (K's mean when a job stored it,
+/// INT8 K, per-block scales).
+fn device_k(s: &Shape, x: &[u16], smooth: bool) -> (Option<Vec<f32>>, Vec<i8>, Vec<f32>) {
+    let (b, h, d) = (s.batch, s.heads, s.head_dim);
+    let segments = s.seq.div_ceil(MEAN_SEGMENT_ROWS);
+    let padded = padded_len(s.seq, K_BLOCK);
+    let mut partials = vec![f32::NAN; b * h * segments * d];
+    let mut mean = vec![f32::NAN; b * h * d];
+    let mut out = vec![0x55i8; b * h * padded * d];
+    let mut scale = vec![f32::NAN; b * h * padded / K_BLOCK];
+    let mp = MeanParams {
+        k: x.as_ptr() as u64,
+        partials: partials.as_mut_ptr() as u64,
+        mean: mean.as_mut_ptr() as u64,
+        k_stride: s.strides(),
+        seq: s.seq as u32,
+        heads: h as u32,
+        head_dim: d as u32,
+        in_bf16: u32::from(s.bf16),
+    };
+    let fold = segments <= MEAN_FOLD_MAX_SEGMENTS;
+    let threads = prep_threads(d);
+    // SAFETY (every job): buffers of the documented sizes that outlive the runs; the host's
+    // geometry and job order.
+    if smooth {
+        let launch = cta(threads, prep_smem_bytes(prep_job::SUM_K, d, d));
+        for bi in 0..b as u32 {
+            for hi in 0..h as u32 {
+                for seg in 0..segments as u32 {
+                    ptx::run_cta(launch, |_| unsafe {
+                        let g = quant::Group::cta();
+                        let to = quant::SumsOut::Global;
+                        quant::segment_sums::<SUM_K_AHEAD>(&g, &mp, seg, hi, bi, to)
+                    });
+                }
+            }
+        }
+        if !fold {
+            for bh in 0..(b * h) as u32 {
+                ptx::run_cta(cta(threads, 0), |_| unsafe { quant::k_mean(&mp, bh) });
+            }
+        }
+    }
+    let mean_ptr = if smooth { mean.as_mut_ptr() as u64 } else { 0 };
+    let p = quant_params(s, x, &mut out, &mut scale, mean_ptr);
+    let launch = cta(threads, prep_smem_bytes(prep_job::QUANT_K, d, d));
+    for bi in 0..b as u32 {
+        for hi in 0..h as u32 {
+            for blk in 0..(padded / K_BLOCK) as u32 {
+                ptx::run_cta(launch, |_| unsafe {
+                    let g = quant::Group::cta();
+                    let from = smooth.then_some(quant::MeanFrom::Stage(&mp, fold));
+                    quant::quantize_block::<K_CHUNKS_PER_THREAD, false>(&g, &p, blk, hi, bi, from)
+                });
+            }
+        }
+    }
+    ((smooth && !fold).then_some(mean), out, scale)
+}
+
+fn bits(x: &[f32]) -> Vec<u32> {
+    x.iter().map(|v| v.to_bits()).collect()
+}
+
+fn check(rng: &mut StdRng, s: &Shape) {
+    let d = s.head_dim;
+    let offsets: Vec<f32> = (0..d).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+    let mut k = HostTensor::from_fn([s.batch, s.heads, s.seq, d], false, |_, _, _, c| {
+        let z: f32 = StandardNormal.sample(rng);
+        z + offsets[c]
+    });
+    let q_shape = Shape {
+        seq: s.seq + 3,
+        ..*s
+    };
+    let mut q = HostTensor::from_fn([s.batch, s.heads, q_shape.seq, d], false, |_, _, _, _| {
+        StandardNormal.sample(rng)
+    });
+    let tiny = 2f32.powi(-133);
+    for key in 0..s.seq.min(K_BLOCK) {
+        for c in 0..d {
+            k.set(0, 0, key, c, 0.0);
+            if s.bf16 && s.seq > K_BLOCK {
+                // The second block: subnormals (unsmoothed, 127 / amax overflows).
+                let x = rng.gen_range(-40i32..=40) as f32 * tiny;
+                k.set(0, 0, K_BLOCK + key % (s.seq - K_BLOCK), c, x);
+            }
+        }
+    }
+    if s.bf16 {
+        for c in 0..d {
+            q.set(0, 0, 1, c, rng.gen_range(-40i32..=40) as f32 * tiny);
+        }
+    }
+    let what = format!("{s:?}");
+
+    let (q_bits, q_exact) = encode(&q_shape, &q);
+    let sm_scale = 0.37f32;
+    let (q_out, q_scale) = device_q(&q_shape, &q_bits, sm_scale);
+    let q_ref = quantize_q(&q_exact, sm_scale);
+    assert_eq!(q_out, q_ref.data, "Q INT8, {what}");
+    assert_eq!(bits(&q_scale), bits(&q_ref.scale), "Q scales, {what}");
+
+    let (k_bits, k_exact) = encode(s, &k);
+    for smooth in [true, false] {
+        let (mean, k_out, k_scale) = device_k(s, &k_bits, smooth);
+        let mean_ref = k_mean(&k_exact);
+        let k_ref = quantize_k(&k_exact, smooth.then_some(&mean_ref[..]));
+        if let Some(mean) = mean {
+            assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {what}");
+        }
+        assert_eq!(k_out, k_ref.data, "K INT8, smooth {smooth}, {what}");
+        assert_eq!(
+            bits(&k_scale),
+            bits(&k_ref.scale),
+            "K scales, smooth {smooth}, {what}"
+        );
+    }
+}
+
+#[test]
+fn q_and_k_preparation_equal_the_reference_bit_for_bit() {
+    let mut rng = common::fresh_rng("quant prep");
+    let fold_limit = MEAN_FOLD_MAX_SEGMENTS * MEAN_SEGMENT_ROWS;
+    // (batch, heads, seq, head_dim): one token; past a K block; the mean folded in at its limit;
+    // a K-mean job past it.
+    for (batch, heads, seq, head_dim) in [
+        (1, 1, 1, 64),
+        (2, 2, 129, 96),
+        (1, 1, fold_limit, 64),
+        (1, 1, fold_limit + 1, 128),
+        (
+            2,
+            2,
+            3 * MEAN_SEGMENT_ROWS * MEAN_FOLD_MAX_SEGMENTS / 2 + 77,
+            128,
+        ),
+    ] {
+        for (bf16, nhd) in [(false, true), (true, false)] {
+            let s = Shape {
+                batch,
+                heads,
+                seq,
+                head_dim,
+                bf16,
+                nhd,
+            };
+            check(&mut rng, &s);
+        }
+    }
+}
