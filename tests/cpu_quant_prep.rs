@@ -3,7 +3,8 @@
 //! host and run CTA by CTA (`device_on_host/ptx.rs`), against the contract's reference
 //! (`quant_ref::{quantize_q, k_mean, quantize_k}`) bit for bit: INT8 values, per-token Q scales,
 //! per-block K scales and K's mean (docs/design.md, "Quantization"). Fresh f16/bf16 values (K with
-//! per-channel offsets), HND and NHD strides, lengths around the blocks and segments and both
+//! per-channel offsets), HND and NHD strides, `sage_prepare_k_head`'s one-CTA-per-head route
+//! (groups on named barriers) beside the two-launch one, lengths around the blocks and segments and both
 //! sides of the mean's fold limit, smoothed and not; K gets an all-zero block and, in bf16, a block
 //! of subnormals whose `127 / amax` overflows, Q a row of them.
 
@@ -34,8 +35,9 @@ mod quant_arith;
 mod quant;
 
 use config::{
-    padded_len, prep_job, prep_smem_bytes, prep_threads, K_BLOCK, K_CHUNKS_PER_THREAD, LOG2_E,
-    MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD,
+    k_head_smem_bytes, k_head_supported, k_head_threads, padded_len, prep_job, prep_smem_bytes,
+    prep_threads, K_BLOCK, K_CHUNKS_PER_THREAD, K_HEAD_MAX_KV_LEN, LOG2_E, MEAN_FOLD_MAX_SEGMENTS,
+    MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD,
 };
 use half::{bf16, f16};
 use params::{MeanParams, QuantParams};
@@ -152,6 +154,36 @@ fn device_q(s: &Shape, x: &[u16], sm_scale: f32) -> (Vec<i8>, Vec<f32>) {
     (out, scale)
 }
 
+/// `sage_prepare_k_head`'s whole smoothed K preparation, one CTA per head (groups on named
+/// barriers): (K's mean, INT8 K, per-block scales).
+fn device_k_head(s: &Shape, x: &[u16]) -> (Vec<f32>, Vec<i8>, Vec<f32>) {
+    let (b, h, d) = (s.batch, s.heads, s.head_dim);
+    let padded = padded_len(s.seq, K_BLOCK);
+    let mut mean = vec![f32::NAN; b * h * d];
+    let mut out = vec![0x55i8; b * h * padded * d];
+    let mut scale = vec![f32::NAN; b * h * padded / K_BLOCK];
+    let mp = MeanParams {
+        k: x.as_ptr() as u64,
+        partials: 0,
+        mean: mean.as_mut_ptr() as u64,
+        k_stride: s.strides(),
+        seq: s.seq as u32,
+        heads: h as u32,
+        head_dim: d as u32,
+        in_bf16: u32::from(s.bf16),
+    };
+    let kp = quant_params(s, x, &mut out, &mut scale, mean.as_mut_ptr() as u64);
+    let launch = cta(k_head_threads(d), k_head_smem_bytes(d, s.seq));
+    for bi in 0..b as u32 {
+        for hi in 0..h as u32 {
+            // SAFETY: buffers of the documented sizes that outlive the run; the entry's geometry
+            // (`k_head_threads`, `k_head_smem_bytes`), seq ≤ K_HEAD_MAX_KV_LEN.
+            ptx::run_cta(launch, |_| unsafe { quant::k_head(&mp, &kp, hi, bi) });
+        }
+    }
+    (mean, out, scale)
+}
+
 /// Jobs `SUM_K`, `K_MEAN` (past the fold limit) and `QUANT_K`: (K's mean when a job stored it,
 /// INT8 K, per-block scales).
 fn device_k(s: &Shape, x: &[u16], smooth: bool) -> (Option<Vec<f32>>, Vec<i8>, Vec<f32>) {
@@ -264,6 +296,12 @@ fn check(rng: &mut StdRng, s: &Shape) {
             assert_eq!(bits(&mean), bits(&mean_ref), "K mean, {what}");
         }
         assert_eq!(k_out, k_ref.data, "K INT8, smooth {smooth}, {what}");
+        if smooth && s.seq <= K_HEAD_MAX_KV_LEN && k_head_supported(d) {
+            let (mean, out, scale) = device_k_head(s, &k_bits);
+            assert_eq!(bits(&mean), bits(&mean_ref), "k_head mean, {what}");
+            assert_eq!(out, k_ref.data, "k_head INT8, {what}");
+            assert_eq!(bits(&scale), bits(&k_ref.scale), "k_head scales, {what}");
+        }
         assert_eq!(
             bits(&k_scale),
             bits(&k_ref.scale),

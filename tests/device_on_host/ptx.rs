@@ -209,6 +209,8 @@ struct Cta {
     block: (u32, u32, u32),
     grid_x: u32,
     gate: Gate,
+    /// `bar.sync id, count` for `id` > 0: one barrier per id, made by its first arrival.
+    named: std::sync::Mutex<std::collections::HashMap<u32, std::sync::Arc<Gate>>>,
     smem: Vec<std::sync::atomic::AtomicU32>,
 }
 
@@ -231,6 +233,7 @@ pub fn run_cta<R: Send>(launch: Launch, thread_fn: impl Fn(u32) -> R + Sync) -> 
         block: launch.block,
         grid_x: launch.grid_x,
         gate: Gate::new(n),
+        named: Default::default(),
         smem: (0..launch.smem_bytes.div_ceil(4))
             .map(|_| std::sync::atomic::AtomicU32::new(0))
             .collect(),
@@ -350,14 +353,24 @@ pub fn sync_threads() {
     with_lane(|l| l.cta.gate.sync())
 }
 
-/// `bar.sync id, count`: modelled only for the whole CTA.
-pub fn named_barrier_sync(_id: u32, count: u32) {
+/// `bar.sync id, count`: barrier 0 is the whole CTA's; another id waits for `count` threads
+/// (every use of an id with the same count, as the kernels keep it).
+pub fn named_barrier_sync(id: u32, count: u32) {
     with_lane(|l| {
-        assert_eq!(
-            count, l.cta.threads,
-            "only whole-CTA named barriers are modelled"
-        );
-        l.cta.gate.sync()
+        if id == 0 {
+            assert_eq!(count, l.cta.threads, "bar.sync 0 is the whole CTA's");
+            return l.cta.gate.sync();
+        }
+        let gate = l
+            .cta
+            .named
+            .lock()
+            .unwrap()
+            .entry(id)
+            .or_insert_with(|| std::sync::Arc::new(Gate::new(count)))
+            .clone();
+        assert_eq!(gate.n, count, "barrier {id} used with two thread counts");
+        gate.sync()
     })
 }
 
