@@ -1,12 +1,24 @@
-//! The preparation's Q and K jobs (`kernels-gpu/src/quant.rs`: Q quantization, K's segment sums,
-//! K's mean, K quantization with the mean staged or folded in), their own source compiled for the
-//! host and run CTA by CTA (`device_on_host/ptx.rs`), against the contract's reference
-//! (`quant_ref::{quantize_q, k_mean, quantize_k}`) bit for bit: INT8 values, per-token Q scales,
-//! per-block K scales and K's mean (docs/design.md, "Quantization"). Fresh f16/bf16 values (K with
+//! The preparation's jobs, their own source compiled for the host and run CTA by CTA
+//! (`device_on_host/ptx.rs`: one thread per device thread, shuffles per warp, `bar.sync` and named
+//! barriers per CTA, shared memory as words, global memory the host's), against the contract's
+//! references bit for bit.
+//!
+//! Q and K (`kernels-gpu/src/quant.rs`: Q quantization, K's segment sums, K's mean, K
+//! quantization with the mean staged or folded in) against `quant_ref::{quantize_q, k_mean,
+//! quantize_k}`: INT8 values, per-token Q scales, per-block K scales and K's mean (docs/design.md,
+//! "Quantization"). Fresh f16/bf16 values (K with
 //! per-channel offsets), HND and NHD strides, `sage_prepare_k_head`'s one-CTA-per-head route
 //! (groups on named barriers) beside the two-launch one, lengths around the blocks and segments and both
 //! sides of the mean's fold limit, smoothed and not; K gets an all-zero block and, in bf16, a block
 //! of subnormals whose `127 / amax` overflows, Q a row of them.
+//!
+//! The 8-bit P·V's V (`kernels-gpu/src/v8.rs`: statistics, finalize, quantized Vᵀ) against
+//! `reference::v8::quantize_v8`: means, scales and their inverses, every Vᵀ byte (docs/design.md,
+//! "8-bit P·V"), on both routes of step 2 (the finalize job, and the quantization CTAs folding it
+//! in up to `V8_FOLD_MAX_SEGMENTS` segments), output wider than head_dim (zero channels), and in
+//! bf16 two channels of subnormals whose `127 / amax` overflows (`inv` must be 0). The INT8 Vᵀ
+//! only: the e4m3 one is the sm_89 module's build of the same file (`V_MAX` = 1), which the GPU
+//! test `gpu_fp8::fp8_v_preparation_is_bit_exact` covers.
 
 #![allow(unexpected_cfgs)] // the device crate's features in the included files
 
@@ -34,18 +46,23 @@ mod quant_arith;
 #[path = "../kernels-gpu/src/quant.rs"]
 mod quant;
 
+#[allow(dead_code)]
+#[path = "../kernels-gpu/src/v8.rs"]
+mod v8;
+
 use config::{
     k_head_smem_bytes, k_head_supported, k_head_threads, padded_len, prep_job, prep_smem_bytes,
     prep_threads, K_BLOCK, K_CHUNKS_PER_THREAD, K_HEAD_MAX_KV_LEN, LOG2_E, MEAN_FOLD_MAX_SEGMENTS,
-    MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD,
+    MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD, V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use half::{bf16, f16};
-use params::{MeanParams, QuantParams};
+use params::{MeanParams, QuantParams, V8Params};
 use ptx::Launch;
 use rand::rngs::StdRng;
 use rand::Rng;
 use rand_distr::{Distribution, StandardNormal};
 use sageattention::quant_ref::{k_mean, quantize_k, quantize_q};
+use sageattention::reference::v8::{quantize_v8_as, VFormat};
 use sageattention::reference::HostTensor;
 
 /// A tensor's geometry and format.
@@ -338,6 +355,130 @@ fn q_and_k_preparation_equal_the_reference_bit_for_bit() {
                 nhd,
             };
             check(&mut rng, &s);
+        }
+    }
+}
+
+/// What the V jobs write.
+struct V8Out {
+    mean: Vec<f32>,
+    scale: Vec<f32>,
+    out: Vec<i8>,
+}
+
+/// Runs the three V jobs as the preparation launches them.
+fn device_v8(s: &Shape, out_head_dim: usize, v_bits: &[u16], fold: bool) -> V8Out {
+    let (b, h, n, d, od) = (s.batch, s.heads, s.seq, s.head_dim, out_head_dim);
+    let segments = n.div_ceil(MEAN_SEGMENT_ROWS);
+    let padded = padded_len(n, V8_TILE);
+    let mut partials = vec![f32::NAN; b * h * segments * 3 * d];
+    let mut mean = vec![f32::NAN; b * h * od];
+    let mut scale = vec![f32::NAN; b * h * 2 * od];
+    let mut out = vec![0x55i8; b * h * od * padded];
+    let p = V8Params {
+        v: v_bits.as_ptr() as u64,
+        partials: partials.as_mut_ptr() as u64,
+        mean: mean.as_mut_ptr() as u64,
+        scale: scale.as_mut_ptr() as u64,
+        out: out.as_mut_ptr() as u64,
+        v_stride: s.strides(),
+        seq: n as u32,
+        heads: h as u32,
+        head_dim: d as u32,
+        in_bf16: u32::from(s.bf16),
+        out_head_dim: od as u32,
+        _pad: 0,
+    };
+    let threads = prep_threads(d);
+    // SAFETY (every job below): the buffers above have the sizes V8Params documents, they outlive
+    // the runs (each joins its threads), and the geometry is the one the host launches.
+    for bi in 0..b as u32 {
+        for hi in 0..h as u32 {
+            for seg in 0..segments as u32 {
+                ptx::run_cta(cta(threads, 0), |_| unsafe { v8::stats(&p, seg, hi, bi) });
+            }
+        }
+    }
+    if !fold {
+        for bh in 0..(b * h) as u32 {
+            ptx::run_cta(cta(128, 0), |_| unsafe { v8::finalize(&p, bh) });
+        }
+    }
+    let smem = prep_smem_bytes(prep_job::V8_QUANT, d, od);
+    for bi in 0..b as u32 {
+        for hi in 0..h as u32 {
+            for tile in 0..(padded / V8_TILE) as u32 {
+                ptx::run_cta(cta(threads, smem), |_| unsafe {
+                    v8::quantize(&p, fold, tile, hi, bi)
+                });
+            }
+        }
+    }
+    V8Out { mean, scale, out }
+}
+
+fn check_v8(rng: &mut StdRng, s: &Shape, out_head_dim: usize) {
+    let (b, h, n, d) = (s.batch, s.heads, s.seq, s.head_dim);
+    let offsets: Vec<f32> = (0..d).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+    let mut values = HostTensor::from_fn([b, h, n, d], false, |_, _, _, c| {
+        let z: f32 = StandardNormal.sample(rng);
+        z + offsets[c]
+    });
+    if s.bf16 && d > 9 {
+        let tiny = 2f32.powi(-133);
+        for key in 0..n {
+            values.set(0, 0, key, 5, (key % 3) as f32 * tiny);
+            values.set(b - 1, h - 1, key, 9, (key % 2) as f32 * tiny);
+        }
+    }
+    let (v_bits, exact) = encode(s, &values);
+    let want = quantize_v8_as(&exact, out_head_dim, VFormat::Int8);
+    let routes: &[bool] = if n.div_ceil(MEAN_SEGMENT_ROWS) <= V8_FOLD_MAX_SEGMENTS {
+        &[false, true]
+    } else {
+        &[false]
+    };
+    for &fold in routes {
+        let what = format!("{s:?} out {out_head_dim} fold {fold}");
+        let got = device_v8(s, out_head_dim, &v_bits, fold);
+        assert_eq!(bits(&got.mean), bits(&want.mean), "mean, {what}");
+        assert_eq!(
+            bits(&got.scale),
+            bits(&want.scale),
+            "scale and inverse, {what}"
+        );
+        let wrong = got
+            .out
+            .iter()
+            .zip(&want.data)
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(wrong, 0, "{wrong} Vᵀ bytes differ, {what}");
+    }
+}
+
+#[test]
+fn v8_preparation_equals_the_reference_bit_for_bit() {
+    let mut rng = common::fresh_rng("v8 prep");
+    // (batch, heads, seq, head_dim, out_head_dim): one key; inside a 16-key group; past a tile;
+    // the fold limit (4 segments) and one past it; d = 96 stored 128 wide.
+    for (batch, heads, seq, head_dim, out_head_dim) in [
+        (1, 1, 1, 64, 64),
+        (2, 1, 17, 64, 64),
+        (1, 2, 300, 96, 128),
+        (1, 1, 1024, 64, 64),
+        (1, 1, 1025, 128, 128),
+    ] {
+        for (bf16, nhd) in [(false, false), (true, true)] {
+            let s = Shape {
+                batch,
+                heads,
+                seq,
+                head_dim,
+                bf16,
+                nhd,
+            };
+            check_v8(&mut rng, &s, out_head_dim);
         }
     }
 }
