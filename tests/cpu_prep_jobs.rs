@@ -12,6 +12,9 @@
 //! sides of the mean's fold limit, smoothed and not; K gets an all-zero block and, in bf16, a block
 //! of subnormals whose `127 / amax` overflows, Q a row of them.
 //!
+//! V to f16 (`quant::convert_v`, the f16 P·V's copy of bf16 or padded V): every value converted
+//! to nearest even (bf16 past ±65504 to ±∞), zero past head_dim.
+//!
 //! The 8-bit P·V's V (`kernels-gpu/src/v8.rs`: statistics, finalize, quantized Vᵀ) against
 //! `reference::v8::quantize_v8`: means, scales and their inverses, every Vᵀ byte (docs/design.md,
 //! "8-bit P·V"), on both routes of step 2 (the finalize job, and the quantization CTAs folding it
@@ -52,11 +55,12 @@ mod v8;
 
 use config::{
     k_head_smem_bytes, k_head_supported, k_head_threads, padded_len, prep_job, prep_smem_bytes,
-    prep_threads, K_BLOCK, K_CHUNKS_PER_THREAD, K_HEAD_MAX_KV_LEN, LOG2_E, MEAN_FOLD_MAX_SEGMENTS,
-    MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD, V8_FOLD_MAX_SEGMENTS, V8_TILE,
+    prep_threads, CONVERT_CHUNKS_PER_THREAD, K_BLOCK, K_CHUNKS_PER_THREAD, K_HEAD_MAX_KV_LEN,
+    LOG2_E, MEAN_FOLD_MAX_SEGMENTS, MEAN_SEGMENT_ROWS, Q_BLOCK, Q_CHUNKS_PER_THREAD, SUM_K_AHEAD,
+    V8_FOLD_MAX_SEGMENTS, V8_TILE,
 };
 use half::{bf16, f16};
-use params::{MeanParams, QuantParams, V8Params};
+use params::{ConvertParams, MeanParams, QuantParams, V8Params};
 use ptx::Launch;
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -479,6 +483,64 @@ fn v8_preparation_equals_the_reference_bit_for_bit() {
                 nhd,
             };
             check_v8(&mut rng, &s, out_head_dim);
+        }
+    }
+}
+
+#[test]
+fn v_conversion_equals_the_reference_bit_for_bit() {
+    let mut rng = common::fresh_rng("convert v");
+    for (batch, heads, seq, head_dim, out_head_dim) in [(1, 1, 1, 64, 64), (2, 3, 77, 80, 96)] {
+        for (bf16, nhd) in [(true, true), (false, false)] {
+            let s = Shape {
+                batch,
+                heads,
+                seq,
+                head_dim,
+                bf16,
+                nhd,
+            };
+            // Magnitudes up to 1e5: past f16's range in bf16.
+            let values = HostTensor::from_fn([batch, heads, seq, head_dim], false, |_, _, _, _| {
+                let z: f32 = StandardNormal.sample(&mut rng);
+                z * 10f32.powi(rng.gen_range(-6..=5))
+            });
+            let (x, exact) = encode(&s, &values);
+            let chunks = batch * heads * seq * out_head_dim / 8;
+            let mut out = vec![0x5555u16; chunks * 8];
+            let p = ConvertParams {
+                x: x.as_ptr() as u64,
+                out: out.as_mut_ptr() as u64,
+                x_stride: s.strides(),
+                seq: seq as u32,
+                heads: heads as u32,
+                head_dim: head_dim as u32,
+                batch: batch as u32,
+                out_head_dim: out_head_dim as u32,
+                in_bf16: u32::from(bf16),
+            };
+            let threads = 128;
+            for c in 0..chunks.div_ceil(threads * CONVERT_CHUNKS_PER_THREAD) as u32 {
+                // SAFETY: `out` holds the contiguous f16 output, `x` the input; the CTA count
+                // covers every chunk, as the host sizes it.
+                ptx::run_cta(cta(threads, 0), |_| unsafe { quant::convert_v(&p, c) });
+            }
+            for (bi, hi, si, ch) in (0..batch).flat_map(|b| {
+                (0..heads).flat_map(move |h| {
+                    (0..seq).flat_map(move |s| (0..out_head_dim).map(move |c| (b, h, s, c)))
+                })
+            }) {
+                let want = if ch < head_dim {
+                    f16::from_f32(exact.get(bi, hi, si, ch)).to_bits()
+                } else {
+                    0
+                };
+                let got = out[((bi * heads + hi) * seq + si) * out_head_dim + ch];
+                assert_eq!(
+                    got, want,
+                    "{s:?} out {out_head_dim}: ({bi}, {hi}, {si}, {ch})"
+                );
+            }
         }
     }
 }
