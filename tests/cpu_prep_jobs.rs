@@ -81,6 +81,17 @@ struct Shape {
 }
 
 impl Shape {
+    fn new([batch, heads, seq, head_dim]: [usize; 4], bf16: bool, nhd: bool) -> Self {
+        Shape {
+            batch,
+            heads,
+            seq,
+            head_dim,
+            bf16,
+            nhd,
+        }
+    }
+
     fn strides(&self) -> [i64; 3] {
         let (h, s, d) = (self.heads, self.seq, self.head_dim);
         if self.nhd {
@@ -146,6 +157,21 @@ fn quant_params(s: &Shape, x: &[u16], out: &mut [i8], scale: &mut [f32], mean: u
     }
 }
 
+/// The K-mean jobs' parameters for `x` (`partials`: the segment sums, or 0 where they stay in
+/// shared memory).
+fn mean_params(s: &Shape, x: &[u16], partials: u64, mean: u64) -> MeanParams {
+    MeanParams {
+        k: x.as_ptr() as u64,
+        partials,
+        mean,
+        k_stride: s.strides(),
+        seq: s.seq as u32,
+        heads: s.heads as u32,
+        head_dim: s.head_dim as u32,
+        in_bf16: u32::from(s.bf16),
+    }
+}
+
 /// Job `QUANT_Q` over every block: (INT8 Q, per-token scales).
 fn device_q(s: &Shape, x: &[u16], sm_scale: f32) -> (Vec<i8>, Vec<f32>) {
     let padded = padded_len(s.seq, Q_BLOCK);
@@ -183,16 +209,7 @@ fn device_k_head(s: &Shape, x: &[u16]) -> (Vec<f32>, Vec<i8>, Vec<f32>) {
     let mut mean = vec![f32::NAN; b * h * d];
     let mut out = vec![0x55i8; b * h * padded * d];
     let mut scale = vec![f32::NAN; b * h * padded / K_BLOCK];
-    let mp = MeanParams {
-        k: x.as_ptr() as u64,
-        partials: 0,
-        mean: mean.as_mut_ptr() as u64,
-        k_stride: s.strides(),
-        seq: s.seq as u32,
-        heads: h as u32,
-        head_dim: d as u32,
-        in_bf16: u32::from(s.bf16),
-    };
+    let mp = mean_params(s, x, 0, mean.as_mut_ptr() as u64);
     let kp = quant_params(s, x, &mut out, &mut scale, mean.as_mut_ptr() as u64);
     let launch = cta(k_head_threads(d), k_head_smem_bytes(d, s.seq));
     for bi in 0..b as u32 {
@@ -215,16 +232,7 @@ fn device_k(s: &Shape, x: &[u16], smooth: bool) -> (Option<Vec<f32>>, Vec<i8>, V
     let mut mean = vec![f32::NAN; b * h * d];
     let mut out = vec![0x55i8; b * h * padded * d];
     let mut scale = vec![f32::NAN; b * h * padded / K_BLOCK];
-    let mp = MeanParams {
-        k: x.as_ptr() as u64,
-        partials: partials.as_mut_ptr() as u64,
-        mean: mean.as_mut_ptr() as u64,
-        k_stride: s.strides(),
-        seq: s.seq as u32,
-        heads: h as u32,
-        head_dim: d as u32,
-        in_bf16: u32::from(s.bf16),
-    };
+    let mp = mean_params(s, x, partials.as_mut_ptr() as u64, mean.as_mut_ptr() as u64);
     let fold = segments <= MEAN_FOLD_MAX_SEGMENTS;
     let threads = prep_threads(d);
     // SAFETY (every job): buffers of the documented sizes that outlive the runs; the host's
@@ -350,14 +358,7 @@ fn q_and_k_preparation_equal_the_reference_bit_for_bit() {
         ),
     ] {
         for (bf16, nhd) in [(false, true), (true, false)] {
-            let s = Shape {
-                batch,
-                heads,
-                seq,
-                head_dim,
-                bf16,
-                nhd,
-            };
+            let s = Shape::new([batch, heads, seq, head_dim], bf16, nhd);
             check(&mut rng, &s);
         }
     }
@@ -474,14 +475,7 @@ fn v8_preparation_equals_the_reference_bit_for_bit() {
         (1, 1, 1025, 128, 128),
     ] {
         for (bf16, nhd) in [(false, false), (true, true)] {
-            let s = Shape {
-                batch,
-                heads,
-                seq,
-                head_dim,
-                bf16,
-                nhd,
-            };
+            let s = Shape::new([batch, heads, seq, head_dim], bf16, nhd);
             check_v8(&mut rng, &s, out_head_dim);
         }
     }
@@ -492,14 +486,7 @@ fn v_conversion_equals_the_reference_bit_for_bit() {
     let mut rng = common::fresh_rng("convert v");
     for (batch, heads, seq, head_dim, out_head_dim) in [(1, 1, 1, 64, 64), (2, 3, 77, 80, 96)] {
         for (bf16, nhd) in [(true, true), (false, false)] {
-            let s = Shape {
-                batch,
-                heads,
-                seq,
-                head_dim,
-                bf16,
-                nhd,
-            };
+            let s = Shape::new([batch, heads, seq, head_dim], bf16, nhd);
             // Magnitudes up to 1e5: past f16's range in bf16.
             let values = HostTensor::from_fn([batch, heads, seq, head_dim], false, |_, _, _, _| {
                 let z: f32 = StandardNormal.sample(&mut rng);
