@@ -41,19 +41,25 @@ pub(crate) fn inv_scale(amax: f32) -> f32 {
     }
 }
 
-/// `clamp(round_ties_even(v · inv), −127, 127)` of 8 values (NaN → 0), packed 4 per word, first
-/// value in the low byte.
+/// `clamp(round_ties_even(x), −127, 127)` (NaN → 0) as a byte in the low 8 bits: the INT8 of the
+/// quantization contract, for Q, K and the 8-bit V alike.
 ///
 /// The conversion saturates to −128, which a product reaches only as −∞: where `127 / amax`
 /// overflowed (a block maximum below about 3.7e−37, bf16 inputs or K residuals of that size). The
 /// contract's −127 there needs the integer max (tests/cpu_device_arith.rs found the −128).
+#[inline(always)]
+pub(crate) fn s8_byte(x: f32) -> u32 {
+    ptx::cvt_rni_sat_s8(x).max(-127) as u32 & 0xff
+}
+
+/// [`s8_byte`]`(v · inv)` of 8 values, packed 4 per word, first value in the low byte.
 #[inline(always)]
 pub(crate) fn pack_s8x8(v: &[f32; 8], inv: f32) -> [u32; 2] {
     let mut packed = [0u32; 2];
     unroll::<8>(
         #[inline(always)]
         |e| {
-            let q = ptx::cvt_rni_sat_s8(v[e] * inv).max(-127) as u32 & 0xff;
+            let q = s8_byte(v[e] * inv);
             packed[e / 4] |= q << (8 * (e % 4));
         },
     );

@@ -29,7 +29,7 @@ const V_MAX: f32 = crate::config::V_FP8_MAX;
 fn v_byte(x: f32) -> u32 {
     #[cfg(not(feature = "ada_fp8"))]
     {
-        (ptx::cvt_rni_sat_s8(x).max(-127) as u32) & 0xff
+        crate::quant_arith::s8_byte(x)
     }
     #[cfg(feature = "ada_fp8")]
     {
