@@ -5,6 +5,8 @@
 //! fragment layout is the INT8 one (`p8::pack_probs`, checked lane by lane in tests/cpu_pv8.rs).
 //! Run in CI.
 
+mod common;
+
 use float8::F8E4M3;
 use half::f16;
 use proptest::prelude::*;
@@ -197,13 +199,9 @@ fn subnormal_v_channel_stays_finite() {
     let q = normal_tensor(&mut rng, [1, 2, 40, head_dim], &zero);
     let k = normal_tensor(&mut rng, [1, 2, kv_len, head_dim], &zero);
     let mut v = normal_tensor(&mut rng, [1, 2, kv_len, head_dim], &zero);
-    let tiny = 2f32.powi(-133); // bf16's subnormal step
-    for key in 0..kv_len {
-        // Channel 5 has values equal to its mean (0 · ∞ = NaN before the fix); channel 9 none
-        // (±∞ → e4m3 ±448, past the f16 accumulator's bound).
-        v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
-        v.set(0, 1, key, 9, (key % 2) as f32 * tiny);
-    }
+    // Channel 5 of head 0 has values equal to its mean (0 · ∞ = NaN before the fix), channel 9 of
+    // head 1 none (±∞ → e4m3 ±448, past the f16 accumulator's bound).
+    common::subnormal_v_channels(&mut v);
     let opts = RefOptions {
         causal: false,
         sm_scale: None,

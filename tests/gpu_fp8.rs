@@ -150,20 +150,7 @@ fn run(
     .unwrap()
 }
 
-/// Two V channels of bf16 subnormals (multiples of 2^-133) within 2^-128 of their means, so that
-/// `1 / amax` overflows: channel 5 of the first head with values equal to its mean, channel 9 of
-/// the last without (the channels exist for head_dim ≥ 16). Their `inv` must be 0 and their
-/// bytes 0 (docs/design.md, "8-bit P·V" 2), not NaN or ±448.
-fn subnormal_v_channels(v: &mut HostTensor) {
-    let tiny = 2f32.powi(-133);
-    let (batch, heads) = (v.batch(), v.heads());
-    for key in 0..v.seq() {
-        v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
-        v.set(batch - 1, heads - 1, key, 9, (key % 2) as f32 * tiny);
-    }
-}
-
-/// The whole FP8 call on bf16 V with those channels: every output finite, on every route (the
+/// The whole FP8 call on bf16 V with [`common::subnormal_v_channels`]: every output finite, on every route (the
 /// sm_89 kernel with both accumulators, and `Backend::Auto`), and within the FP8 bar of exact
 /// attention.
 #[test]
@@ -186,7 +173,7 @@ fn fp8_subnormal_v_channels_give_finite_outputs() {
         smooth_k: true,
     };
     let (q, k, mut v) = inputs(&case, &mut rng);
-    subnormal_v_channels(&mut v);
+    common::subnormal_v_channels(&mut v);
     let exact = attention_f64(&q, &k, &v, &RefOptions::default());
     for (backend, f16_accum) in ROUTES {
         let opts = Options {
@@ -249,7 +236,7 @@ fn fp8_v_preparation_is_bit_exact() {
         };
         let (q, k, mut v) = inputs(&case, &mut rng);
         if dtype == DType::BF16 {
-            subnormal_v_channels(&mut v);
+            common::subnormal_v_channels(&mut v);
         }
         let (qd, kd, vd) = (
             upload(rt, &q, dtype, layout),

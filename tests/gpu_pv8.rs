@@ -204,12 +204,7 @@ fn check_v_preparation(backend: Backend) {
         };
         let (q, k, mut v) = inputs(&case, &mut rng);
         if dtype == DType::BF16 {
-            // Two channels of bf16 subnormals whose `127 / amax` overflows: `inv` 0, bytes 0.
-            let tiny = 2f32.powi(-133);
-            for key in 0..kv_len {
-                v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
-                v.set(batch - 1, kv_heads - 1, key, 9, (key % 2) as f32 * tiny);
-            }
+            common::subnormal_v_channels(&mut v);
         }
         let (qd, kd, vd) = (
             upload(rt, &q, dtype, layout),

@@ -30,6 +30,19 @@ pub fn fresh_rng(label: &str) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
 
+/// Two V channels of bf16 subnormals (multiples of 2^-133, bf16's subnormal step) within 2^-128
+/// of their means, so that the 8-bit V's `V_MAX / amax` overflows f32 (docs/design.md, "8-bit P·V"
+/// 2: `inv` must be 0 and the bytes 0, not NaN or ±448): channel 5 of the first (batch, head) with
+/// values equal to its mean (`0 · ∞`), channel 9 of the last with none (`±∞`). head_dim ≥ 10.
+pub fn subnormal_v_channels(v: &mut HostTensor) {
+    let tiny = 2f32.powi(-133);
+    let (batch, heads) = (v.batch(), v.heads());
+    for key in 0..v.seq() {
+        v.set(0, 0, key, 5, (key % 3) as f32 * tiny);
+        v.set(batch - 1, heads - 1, key, 9, (key % 2) as f32 * tiny);
+    }
+}
+
 /// Rounds to what the device dtype can hold, so the CPU reference sees exactly the GPU's inputs.
 pub fn round_to(dtype: DType, x: f32) -> f32 {
     match dtype {
