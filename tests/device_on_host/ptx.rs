@@ -110,14 +110,11 @@ pub fn cvt_e4m3(x: f32) -> u8 {
         // satfinite: ±∞ and everything past the largest finite code (448, 0x7e) saturate to it.
         return sign | 0x7e;
     }
-    let mut best = 0u8;
+    let (mut best, mut d_best) = (0u8, a);
     for c in 1..0x7f_u8 {
-        let (d, d_best) = (
-            (f64::from(e4m3_value(c)) - a).abs(),
-            (f64::from(e4m3_value(best)) - a).abs(),
-        );
+        let d = (f64::from(e4m3_value(c)) - a).abs();
         if d < d_best || (d == d_best && c & 1 == 0) {
-            best = c;
+            (best, d_best) = (c, d);
         }
     }
     sign | best
@@ -379,14 +376,10 @@ pub fn smem_base() -> u32 {
     0
 }
 
-fn smem_word(addr: u32) -> &'static std::sync::atomic::AtomicU32 {
+/// `f` of the CTA's shared-memory word at `addr`.
+fn with_smem_word<R>(addr: u32, f: impl FnOnce(&std::sync::atomic::AtomicU32) -> R) -> R {
     assert_eq!(addr % 4, 0, "unaligned shared access at {addr}");
-    // The CTA outlives every access its threads make (they are joined before it drops).
-    with_lane(|l| {
-        let word: *const std::sync::atomic::AtomicU32 = &l.cta.smem[addr as usize / 4];
-        // SAFETY: see above; the reference does not escape the thread's run.
-        unsafe { &*word }
-    })
+    with_lane(|l| f(&l.cta.smem[addr as usize / 4]))
 }
 
 /// `ld.shared.u32`.
@@ -394,7 +387,7 @@ fn smem_word(addr: u32) -> &'static std::sync::atomic::AtomicU32 {
 /// # Safety
 /// As the device's: `addr` inside the CTA's shared memory.
 pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
-    smem_word(addr).load(std::sync::atomic::Ordering::SeqCst)
+    with_smem_word(addr, |w| w.load(std::sync::atomic::Ordering::SeqCst))
 }
 
 /// `st.shared.u32`.
@@ -402,7 +395,7 @@ pub unsafe fn ld_shared_u32(addr: u32) -> u32 {
 /// # Safety
 /// As the device's.
 pub unsafe fn st_shared_u32(addr: u32, v: u32) {
-    smem_word(addr).store(v, std::sync::atomic::Ordering::SeqCst)
+    with_smem_word(addr, |w| w.store(v, std::sync::atomic::Ordering::SeqCst))
 }
 
 /// `ld.shared.f32`.
@@ -444,7 +437,9 @@ pub unsafe fn st_shared_v4(addr: u32, v: [u32; 4]) {
 /// # Safety
 /// As the device's.
 pub unsafe fn red_shared_max_u32(addr: u32, v: u32) {
-    smem_word(addr).fetch_max(v, std::sync::atomic::Ordering::SeqCst);
+    with_smem_word(addr, |w| {
+        w.fetch_max(v, std::sync::atomic::Ordering::SeqCst)
+    });
 }
 
 /// `ld.global.nc.f32` of a host address.
