@@ -9,7 +9,8 @@
 //! exponent, NaN, ±∞; exact ties are in cpu_q_tile_shortcuts.rs), and the fragment layout checked
 //! element by element against the order the preparation stores Vᵀ in (`config::v8_key_slot`).
 
-#![allow(unexpected_cfgs)] // the device crate's features (`hopper`, `ada_fp8`) in the included files
+// The device crate's features (`hopper`, `ada_fp8`) in the included files.
+#![allow(unexpected_cfgs)]
 
 mod common;
 

@@ -6,11 +6,11 @@
 //! Q and K (`kernels-gpu/src/quant.rs`: Q quantization, K's segment sums, K's mean, K
 //! quantization with the mean staged or folded in) against `quant_ref::{quantize_q, k_mean,
 //! quantize_k}`: INT8 values, per-token Q scales, per-block K scales and K's mean (docs/design.md,
-//! "Quantization"). Fresh f16/bf16 values (K with
-//! per-channel offsets), HND and NHD strides, `sage_prepare_k_head`'s one-CTA-per-head route
-//! (groups on named barriers) beside the two-launch one, lengths around the blocks and segments and both
-//! sides of the mean's fold limit, smoothed and not; K gets an all-zero block and, in bf16, a block
-//! of subnormals whose `127 / amax` overflows, Q a row of them.
+//! "Quantization"). Fresh f16/bf16 values (K with per-channel offsets), HND and NHD strides,
+//! `sage_prepare_k_head`'s one-CTA-per-head route (groups on named barriers) beside the two-launch
+//! one, lengths around the blocks and segments and both sides of the mean's fold limit, smoothed
+//! and not; K gets an all-zero block and, in bf16, a block of subnormals whose `127 / amax`
+//! overflows, Q a row of them.
 //!
 //! V to f16 (`quant::convert_v`, the f16 P·V's copy of bf16 or padded V): every value converted
 //! to nearest even (bf16 past ±65504 to ±∞), zero past head_dim.

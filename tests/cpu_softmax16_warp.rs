@@ -1,10 +1,10 @@
 //! The 8-bit kernels' online softmax (`kernels-gpu/src/softmax16.rs`), its own source compiled for
 //! the host and run as one warp: 32 threads in lockstep at every shuffle (`device_on_host/ptx.rs`,
-//! `ex2` modelled as the exact `2^x` with flushed subnormals). Each lane drives `update_tile` over a
-//! row of key tiles as the kernels do and folds a one-channel `P·V` the kernels' way (`O = O ·
+//! `ex2` modelled as the exact `2^x` with flushed subnormals). Each lane drives `update_tile` over
+//! a row of key tiles as the kernels do and folds a one-channel `P·V` the kernels' way (`O = O ·
 //! rescale + factor · Σ p·v`); the quad's result over `row_sum` must be the softmax-weighted
-//! average in f64, and `row_sum` the sum of `2^(s − max + unit)` against the lane's final
-//! reference max.
+//! average in f64, and `row_sum` the sum of `2^(s − max + unit)` against the lane's final reference
+//! max.
 //!
 //! Fresh random integer scores and scales, on the paths both 8-bit kernels take: unmasked tiles
 //! (the unscaled path), masked ones (kv_len inside the tile, causal with bottom-right alignment,

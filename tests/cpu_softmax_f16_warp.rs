@@ -324,7 +324,8 @@ fn portable_softmax_of_a_warp_equals_the_softmax() {
     let shapes = [Shape::Random, Shape::Rising, Shape::Falling, Shape::Jump];
     for i in 0..96 {
         let shape = shapes[i % 4];
-        // (m-tiles, n-tiles per key tile): d ≤ 64 (2, 8), d = 96/128 f16 (1, 8), 32-key tiles (2, 4).
+        // (m-tiles, n-tiles per key tile): d ≤ 64 (2, 8), d = 96/128 f16 (1, 8), 32-key tiles
+        // (2, 4).
         let (mt, kt) = [(2, 8), (1, 8), (2, 4)][i / 4 % 3];
         let mut c = random_case(&mut rng, 16 * mt, 8 * kt, shape);
         if i % 12 == 5 {

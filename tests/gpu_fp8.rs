@@ -150,9 +150,9 @@ fn run(
     .unwrap()
 }
 
-/// The whole FP8 call on bf16 V with [`common::subnormal_v_channels`]: every output finite, on every route (the
-/// sm_89 kernel with both accumulators, and `Backend::Auto`), and within the FP8 bar of exact
-/// attention.
+/// The whole FP8 call on bf16 V with [`common::subnormal_v_channels`]: every output finite, on
+/// every route (the sm_89 kernel with both accumulators, and `Backend::Auto`), and within the FP8
+/// bar of exact attention.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn fp8_subnormal_v_channels_give_finite_outputs() {

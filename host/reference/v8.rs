@@ -5,8 +5,9 @@
 //! (`lane_tree_sum` per 256-row segment, segments in order, divided by `seq`);
 //! `amax = max(max_v - mean, mean - min_v)` (NaN-propagating), `scale = amax / 127`,
 //! `inv = 127 / amax` (0 where that is not finite: amax 0, subnormal or NaN), and
-//! `q = clamp(round_ties_even((v - mean) · inv), -127, 127)`. The GPU stores q transposed (keys contiguous) and key-permuted within 16-key groups
-//! ([`v8_key_slot`]); [`QuantizedV8::value`] undoes that.
+//! `q = clamp(round_ties_even((v - mean) · inv), -127, 127)`. The GPU stores q transposed (keys
+//! contiguous) and key-permuted within 16-key groups ([`v8_key_slot`]); [`QuantizedV8::value`]
+//! undoes that.
 //!
 //! The FP8 P·V ([`VFormat::E4m3`], the sm_89 module's preparation) is the same but for the scale
 //! bound and the rounding: `scale = amax / V_FP8_MAX`, `inv = V_FP8_MAX / amax`, and

@@ -12,10 +12,11 @@ pub enum PvAccum {
     ///
     /// Range: a tile's `Σ p·v` (each `p ≤ 1`) runs in f16, so it cannot overflow while every
     /// `|V| ≤ 1023` (2047 in the 32-key tiles of the compact d = 96/128 variants that GPUs with
-    /// 100 KiB of shared memory per SM run), whatever the scores. Above that, a tile whose keys share most of the weight can reach
-    /// ±∞ (f16's 65504). For models with V values that large, take [`PvAccum::F32`] (or an 8-bit
-    /// [`PvPrecision`], whose V is scaled per channel). This concerns the portable f16 P·V kernel
-    /// only: on Hopper with [`Backend::Auto`] the f16 P·V accumulates in f32 whatever this says.
+    /// 100 KiB of shared memory per SM run), whatever the scores. Above that, a tile whose keys
+    /// share most of the weight can reach ±∞ (f16's 65504). For models with V values that large,
+    /// take [`PvAccum::F32`] (or an 8-bit [`PvPrecision`], whose V is scaled per channel). This
+    /// concerns the portable f16 P·V kernel only: on Hopper with [`Backend::Auto`] the f16 P·V
+    /// accumulates in f32 whatever this says.
     #[default]
     F16,
     /// f32 accumulator throughout (slower, slightly more accurate).

@@ -123,9 +123,9 @@ pub(crate) unsafe fn stats(p: &V8Params, segment: u32, head: u32, batch: u32) {
 
 /// Step 2 for one channel `c < head_dim` of head `bh` (`batch * heads + head`): `mean = (Σ segment
 /// sums, in order) / seq`, `amax = max(max - mean, mean - min)` (the largest |v - mean|),
-/// `scale = amax / V_MAX`, `inv = V_MAX / amax` (0 where that is not finite; `V_MAX` = 127, or 1 for e4m3). Returns (mean, scale, inv). The one
-/// implementation of that order: the `V8_FINALIZE` job and the quantization CTAs that fold it in
-/// call it.
+/// `scale = amax / V_MAX`, `inv = V_MAX / amax` (0 where that is not finite; `V_MAX` = 127, or 1
+/// for e4m3). Returns (mean, scale, inv). The one implementation of that order: the `V8_FINALIZE`
+/// job and the quantization CTAs that fold it in call it.
 ///
 /// # Safety
 /// `c < head_dim`, `bh < batch * heads`; the statistics were written by an earlier launch.
