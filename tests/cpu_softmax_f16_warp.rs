@@ -12,8 +12,9 @@
 //! within what the f16 P·V accumulator allows (≤ 1 on the exact path, lane sums ≤ the limit on the
 //! fast one), and each f16 A fragment must hold its probabilities rounded to nearest even. Score
 //! shapes: random, rising along the keys (the recency slope that makes tiles retry), falling, and
-//! a jump; with both accumulators' limits and headrooms, masked tails, causal rows without keys,
-//! and a NaN row.
+//! a jump; with both accumulators' limits and headrooms, the f16 accumulator's shifted second
+//! pass (every probability ≤ 2^-7), masked tails, causal rows without keys, and a NaN row. The
+//! LSE (`max + log2 Σ p`) must match too.
 
 #![allow(unexpected_cfgs)] // the device crate's features in the included files
 
@@ -83,6 +84,9 @@ struct Case {
     reverse: bool,
     /// The f32 P·V accumulator's limit and headroom, else the f16 one's.
     pv_f32: bool,
+    /// The f16 accumulator's second pass (`mainloop::OVERFLOW_SHIFT`): no headroom, every
+    /// probability at most 2^-7, the limit scaled by 2^-7.
+    shifted: bool,
     s_int: Vec<Vec<i32>>,
     q_scale: Vec<f32>,
     k_scale: Vec<f32>,
@@ -138,6 +142,7 @@ fn random_case(rng: &mut StdRng, rows: usize, tile_keys: usize, shape: Shape) ->
         causal: rng.gen_bool(0.5),
         reverse: rng.gen_bool(0.5),
         pv_f32: rng.gen_bool(0.5),
+        shifted: false,
         s_int,
         q_scale,
         k_scale,
@@ -158,11 +163,14 @@ struct LaneOut<const MT: usize> {
 
 fn lane_step<const MT: usize, const KT: usize>(c: &Case, lane: u32) -> LaneOut<MT> {
     let tile_keys = 8 * KT;
-    let (limit, headroom) = if c.pv_f32 {
-        (16384.0, 0.0)
+    let (limit, headroom, shift) = if c.pv_f32 {
+        (16384.0, 0.0, 0.0)
+    } else if c.shifted {
+        ((tile_keys / 4) as f32 / 128.0, 0.0, 7.0)
     } else {
-        ((tile_keys / 4) as f32, 3.0)
+        ((tile_keys / 4) as f32, 3.0, 0.0)
     };
+    let p_max = f32::exp2(-shift);
     let mut sm = OnlineSoftmax::<MT>::new();
     let mut backoff = RetryBackoff::new();
     let mut o = [[0.0f32; 2]; MT];
@@ -196,7 +204,7 @@ fn lane_step<const MT: usize, const KT: usize>(c: &Case, lane: u32) -> LaneOut<M
                     })
                 })
             });
-            let rescale = sm.update(&mut s, headroom);
+            let rescale = sm.update(&mut s, headroom, shift);
             for mt in 0..MT {
                 for h in 0..2 {
                     o[mt][h] *= rescale[mt][h];
@@ -232,7 +240,9 @@ fn lane_step<const MT: usize, const KT: usize>(c: &Case, lane: u32) -> LaneOut<M
             for (mt, p) in p.iter().enumerate() {
                 for (nt, p) in p.iter().enumerate() {
                     for (e, &x) in p.iter().enumerate() {
-                        let ok = c.q_scale[row(mt, e)].is_nan() || (0.0..=1.0).contains(&x);
+                        // `tile max + shift` and the subtraction round in f32: a few ulps over.
+                        let ok = c.q_scale[row(mt, e)].is_nan()
+                            || (0.0..=p_max * (1.0 + 1e-5)).contains(&x);
                         assert!(ok, "exact path: lane {lane} m{mt} n{nt} e{e}: p = {x}");
                     }
                 }
@@ -312,6 +322,13 @@ fn check_case<const MT: usize, const KT: usize>(c: &Case, what: &str) -> (usize,
             let values: Vec<f64> = visible.iter().map(|&k| f64::from(c.v[k])).collect();
             let want = softmax_ref::row_softmax(&scores, &values);
             softmax_ref::assert_average(o / f64::from(l), &want, &format!("{what} row {row}"));
+            // The LSE the epilogue writes (log2 units), shifted or not.
+            let lse = f64::from(quad[0].rows[mt][h].2) + f64::from(l).log2();
+            let want_lse = want.top + want.sum_w.log2();
+            assert!(
+                (lse - want_lse).abs() <= 1e-4 * want_lse.abs().max(1.0),
+                "{what} row {row}: LSE {lse} against {want_lse}"
+            );
         }
     }
     (lanes[0].kept, lanes[0].retried, lanes[0].waited)
@@ -328,6 +345,7 @@ fn portable_softmax_of_a_warp_equals_the_softmax() {
         // (2, 4).
         let (mt, kt) = [(2, 8), (1, 8), (2, 4)][i / 4 % 3];
         let mut c = random_case(&mut rng, 16 * mt, 8 * kt, shape);
+        c.shifted = !c.pv_f32 && i % 3 == 1;
         if i % 12 == 5 {
             c.causal = false;
             c.q_scale[3] = f32::NAN;
@@ -340,8 +358,8 @@ fn portable_softmax_of_a_warp_equals_the_softmax() {
         }
         let what = format!(
             "case {i} ({:?}, MT {mt}, KT {kt}, tiles {}, kv {}, qo {}, row0 {}, causal {}, \
-             reverse {}, pv_f32 {})",
-            c.shape, c.tiles, c.kv_len, c.qo_len, c.row0, c.causal, c.reverse, c.pv_f32
+             reverse {}, pv_f32 {}, shifted {})",
+            c.shape, c.tiles, c.kv_len, c.qo_len, c.row0, c.causal, c.reverse, c.pv_f32, c.shifted
         );
         let counts = match (mt, kt) {
             (2, 8) => check_case::<2, 8>(&c, &what),

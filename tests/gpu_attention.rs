@@ -17,6 +17,7 @@ use common::{
 };
 use half::f16;
 use proptest::prelude::*;
+use rand::Rng;
 use sageattention::device_config::has_compact_variant;
 use sageattention::reference::{
     attention_f64, attention_quantized_emulation, compare, HostTensor, Metrics, RefOptions,
@@ -655,6 +656,44 @@ fn portable_steady_score_slope_matches_emulation() {
         for_each_portable_variant(d, pv_accum, || {
             let inputs = common::steady_slope_inputs(&mut rng, [4, 2, 2000, d]);
             check_portable_against_emulation(inputs, d, causal, pv_accum, "steady slope");
+        });
+    }
+}
+
+/// The portable f16 accumulator's second pass (`attention::mainloop::OVERFLOW_SHIFT`): V far past
+/// ±1023, where a tile's f16 `Σ p·v` overflows, in kv head 0 of two (heads 0–1 of Q take the
+/// second pass, heads 2–3 beside them in the same launch do not). Nearly equal scores (Q · 0.01:
+/// the first pass's probabilities are about 1/8 each, so its 64-key tiles sum to 8·|V|, which
+/// overflows from |V| ≈ 8200) and N(0,1) ones; d = 64, 96, 128, causal and not, the compact
+/// variants too. Finite, and within the emulation's bounds (which hold it to exact attention:
+/// `cpu_reference::f16_accumulator_stays_finite_for_every_f16_v`).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn portable_f16_accumulator_survives_large_v() {
+    let mut rng = fresh_rng("portable_large_v");
+    for (d, causal, q_std, (lo, hi)) in [
+        (64, false, 0.01f32, (30000.0f32, 65504.0f32)),
+        (64, true, 1.0, (2000.0, 4000.0)),
+        (96, false, 1.0, (30000.0, 65504.0)),
+        (96, true, 0.01, (10000.0, 20000.0)),
+        (128, false, 0.01, (30000.0, 65504.0)),
+        (128, true, 1.0, (30000.0, 65504.0)),
+    ] {
+        for_each_portable_variant(d, PvAccum::F16, || {
+            let len = 700;
+            let q = random_tensor(&mut rng, [1, 4, len, d], DType::F16, q_std, None);
+            let k = random_tensor(&mut rng, [1, 2, len, d], DType::F16, 1.0, None);
+            let v = HostTensor::from_fn([1, 2, len, d], false, |_, h, _, c| {
+                let x = if h == 0 {
+                    let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+                    sign * rng.gen_range(lo..=hi)
+                } else {
+                    rng.gen_range(-1.0f32..1.0)
+                };
+                common::round_to(DType::F16, x)
+            });
+            let what = format!("|V| in [{lo}, {hi}], Q std {q_std}");
+            check_portable_against_emulation([q, k, v], d, causal, PvAccum::F16, &what);
         });
     }
 }

@@ -24,7 +24,9 @@ use float8::F8E4M3;
 ///    `pv_f16_accum == false` the sum is in `f64`. With `pv_f16_accum == true` it models an f16
 ///    accumulator: for each key block of [`K_BLOCK`] keys, chunks of 16 keys (one MMA k-step) are
 ///    summed exactly and added to an f16 block accumulator (rounding to f16 after each chunk), and the
-///    block accumulator is then added to an `f64` total.
+///    block accumulator is then added to an `f64` total. A row whose output is then not finite
+///    (V beyond about ±1023) is summed again with every `p` lowered by 2^-7 before its rounding
+///    to f16, as the kernel's second pass does for its CTA (finite for every f16 V).
 /// 5. `lse = (m + log2 Σ p) · ln 2 + c` (natural log), where with `smooth_k` the correction
 ///    `c = sm_scale · (q_i · mean)` (in `f64`) restores the scores of the original K, so the LSE means
 ///    the same as [`attention_f64`](super::attention_f64)'s; `c = 0` without smoothing.
@@ -217,9 +219,22 @@ fn emulate(
                 let base = dims.kv_offset(task.b, task.kv_head, 0);
                 let p_f16 = |j: usize| f64::from(f16::from_f32(probabilities[j] as f32).to_f32());
                 if *pv_f16_accum {
-                    accumulate_pv_f16(task.o_row, task.visible, p_f16, |j| {
-                        &values[base + j * d..base + (j + 1) * d]
-                    });
+                    let value = |j: usize| &values[base + j * d..base + (j + 1) * d];
+                    accumulate_pv_f16(task.o_row, task.visible, p_f16, value);
+                    // The kernel's second pass: a CTA whose output is not finite runs again with
+                    // every probability lowered by 2^-OVERFLOW_SHIFT (kernels-gpu
+                    // `attention::mainloop`), here per row.
+                    if task.o_row.iter().any(|x| !x.is_finite()) {
+                        task.o_row.fill(0.0);
+                        let lowered = |j: usize| {
+                            let p = probabilities[j] * OVERFLOW_SCALE;
+                            f64::from(f16::from_f32(p as f32).to_f32())
+                        };
+                        accumulate_pv_f16(task.o_row, task.visible, lowered, value);
+                        for acc in task.o_row.iter_mut() {
+                            *acc /= OVERFLOW_SCALE;
+                        }
+                    }
                 } else {
                     for j in 0..task.visible {
                         let p = p_f16(j);
@@ -269,6 +284,9 @@ fn emulate(
         *task.lse = (row_max + denominator.log2()) * std::f64::consts::LN_2 + smoothing_correction;
     })
 }
+
+/// `2^-OVERFLOW_SHIFT`: the factor of the f16 accumulator's second pass.
+const OVERFLOW_SCALE: f64 = 1.0 / 128.0;
 
 /// Keys summed exactly before each rounding of the f16 accumulator (the k extent of one MMA).
 const PV_MMA_K: usize = 16;

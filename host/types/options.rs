@@ -10,13 +10,15 @@ pub enum PvAccum {
     /// (SageAttention's default; fastest). The portable kernel for head_dim above 128 (the d = 256
     /// one) has only the f32 accumulator, which this then runs.
     ///
-    /// Range: a tile's `Σ p·v` (each `p ≤ 1`) runs in f16, so it cannot overflow while every
-    /// `|V| ≤ 1023` (2047 in the 32-key tiles of the compact d = 96/128 variants that GPUs with
-    /// 100 KiB of shared memory per SM run), whatever the scores. Above that, a tile whose keys
-    /// share most of the weight can reach ±∞ (f16's 65504). For models with V values that large,
-    /// take [`PvAccum::F32`] (or an 8-bit [`PvPrecision`], whose V is scaled per channel). This
-    /// concerns the portable f16 P·V kernel only: on Hopper with [`Backend::Auto`] the f16 P·V
-    /// accumulates in f32 whatever this says.
+    /// Range: a tile's `Σ p·v` runs in f16, which cannot overflow while every `|V| ≤ 1023`
+    /// (2047 in the 32-key tiles of the compact d = 96/128 variants that GPUs with 100 KiB of
+    /// shared memory per SM run), whatever the scores. Above that, a tile whose keys share most
+    /// of the weight can reach f16's 65504: the kernel then sees a non-finite output in that
+    /// CTA and runs the CTA's rows again with every probability lowered by 2^-7, which is finite
+    /// for every f16 V. Such rows cost about twice as much, and probabilities more than 17 log2
+    /// units below their row's maximum count as 0 there (21 otherwise); [`PvAccum::F32`] has
+    /// neither cost. This concerns the portable f16 P·V kernel only: on Hopper with
+    /// [`Backend::Auto`] the f16 P·V accumulates in f32 whatever this says.
     #[default]
     F16,
     /// f32 accumulator throughout (slower, slightly more accurate).

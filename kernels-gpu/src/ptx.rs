@@ -1031,6 +1031,16 @@ unsafe extern "C" {
     #[cfg(feature = "hopper")]
     #[link_name = "llvm.nvvm.barrier.cta.red.and.aligned.count"]
     fn barrier_cta_red_and_aligned_count(id: u32, count: u32, pred: bool) -> bool;
+    #[link_name = "llvm.nvvm.barrier.cta.red.or.aligned.all"]
+    fn barrier_cta_red_or_aligned_all(id: u32, pred: bool) -> bool;
+}
+
+/// `bar.red.or.pred 0`: [`sync_threads`] that also returns whether `pred` held on any thread of
+/// the block (the same answer on all).
+#[inline(always)]
+pub fn sync_threads_any(pred: bool) -> bool {
+    // SAFETY: callers keep the barrier in block-uniform control flow (a kernel-wide invariant).
+    unsafe { barrier_cta_red_or_aligned_all(0, pred) }
 }
 
 /// `bar.sync id, count`: a named barrier for `count` threads (a multiple of 32; every warp that

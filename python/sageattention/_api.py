@@ -90,8 +90,10 @@ def sageattn(
     smooth_k : subtract K's mean over the sequence before quantizing (exact for softmax, smaller
         INT8 error).
     pv_accum : keyword, "f16" (default) or "f32" accumulation of P·V. "f16" sums each key tile in
-        f16 on the portable kernel (every GPU but Hopper with backend="auto"): safe for every
-        ``|v| <= 1023``; larger V values need "f32" there, or a tile's sum can overflow to inf.
+        f16 on the portable kernel (every GPU but Hopper with backend="auto"): one pass for
+        every ``|v| <= 1023``; past that, query rows whose tile sums overflow run again with
+        their probabilities lowered by 2^-7 (finite for every f16 V, about twice the cost for
+        those rows; "f32" avoids both).
     pv_precision : keyword, "f16" (default) or "int8": 8-bit P·V (u8 P × s8 V on the INT8 tensor
         cores, SageAttention2's speed class, rel L1 about 0.015 on N(0,1) inputs against 0.011
         for "f16"), head_dim a multiple of 16 up to 256, on the wgmma kernel (Hopper) and on the

@@ -52,6 +52,15 @@ pub(crate) struct StepArgs<'a, const MT: usize> {
     pub kv_len: u32,
 }
 
+/// log2 of the factor by which the f16 accumulator's second pass lowers every probability. It
+/// makes the pass finite for every f16 V: without headroom, its exact-path probabilities are at
+/// most `2^-7` each and its fast path keeps a row's tile sum at or below `cta_k · 2^-7` (a limit
+/// scaled with it), so a tile's `Σ p·v` stays within `64 · 2^-7 · 65504 = 32752`, half of f16's
+/// largest value, which leaves room for the accumulator's roundings. The price: a probability
+/// more than 17 log2 units below its row max rounds to zero in f16 (the first pass: 21, with
+/// its headroom of 3), and one more than 7 below is a subnormal (first pass: 11).
+pub(crate) const OVERFLOW_SHIFT: f32 = 7.0;
+
 impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F32, COMPACT> {
     /// d = 256 copies K and V tiles row-per-thread ([`Self::copy_rows`]): one copy address per
     /// thread stays live across the tile loop instead of one per chunk (8 for V), which with the
@@ -253,7 +262,8 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
 
     /// The `i`-th visited key tile `t` ([`Self::tile_of`]): wait Kₜ → issue the next visited K →
     /// S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax → wait Vₜ → issue the next visited V
-    /// → O += P·Vₜ. With `CAUSAL` the tiles are visited from the last down.
+    /// → O += P·Vₜ. With `CAUSAL` the tiles are visited from the last down. `SHIFTED`: the f16
+    /// accumulator's second pass ([`OVERFLOW_SHIFT`]).
     ///
     /// # Safety
     /// `i < n_tiles`, called for i = 0, 1, … in order by every thread of the CTA.
@@ -268,6 +278,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         const KK: usize,
         const CAUSAL: bool,
         const MASK: bool,
+        const SHIFTED: bool,
     >(
         &self,
         i: u32,
@@ -294,12 +305,14 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         // first visible key may come late in a row); `backoff` holds tiles back after retries.
         let lagging = !MASK && i > 0;
         let s = if lagging && backoff.may_try() {
-            let (p, sums, within) = softmax.probabilities_against_max(
-                &s_int,
-                &args.q_scale,
-                k_scale,
-                Self::FAST_SUM_LIMIT,
-            );
+            // The shifted pass's probabilities are 2^-shift of the first's: so is its limit.
+            let limit = if !SHIFTED {
+                Self::FAST_SUM_LIMIT
+            } else {
+                Self::FAST_SUM_LIMIT * const { 1.0 / (1u32 << OVERFLOW_SHIFT as u32) as f32 }
+            };
+            let (p, sums, within) =
+                softmax.probabilities_against_max(&s_int, &args.q_scale, k_scale, limit);
             // Warp-uniform: mma.sync needs every lane in the same branch.
             if ptx::vote_all(within) {
                 backoff.kept();
@@ -312,7 +325,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
                 // a retry is rare. Kₜ's stage is overwritten only after step i + 1's first
                 // barrier.
                 let s_int = unsafe { self.qk::<KS, MT, KT>(self.k_tile(i)) };
-                self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(
+                self.exact_softmax::<NT, MT, KT, CAUSAL, MASK, SHIFTED>(
                     &s_int, t, args, k_scale, softmax, out,
                 )
             }
@@ -320,7 +333,9 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
             if lagging {
                 backoff.waited();
             }
-            self.exact_softmax::<NT, MT, KT, CAUSAL, MASK>(&s_int, t, args, k_scale, softmax, out)
+            self.exact_softmax::<NT, MT, KT, CAUSAL, MASK, SHIFTED>(
+                &s_int, t, args, k_scale, softmax, out,
+            )
         };
         let mut probs = [[[0u32; 4]; KK]; MT];
         unroll::<MT>(
@@ -380,6 +395,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         const KT: usize,
         const CAUSAL: bool,
         const MASK: bool,
+        const SHIFTED: bool,
     >(
         &self,
         s_int: &[[AccS32; KT]; MT],
@@ -393,7 +409,13 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         if MASK {
             self.mask::<MT, KT, CAUSAL>(&mut s, t, args);
         }
-        let rescale = softmax.update(&mut s, Self::MAX_HEADROOM);
+        // The shifted pass has no headroom: its probabilities keep their f16 range.
+        let (headroom, shift) = if SHIFTED {
+            (0.0, OVERFLOW_SHIFT)
+        } else {
+            (Self::MAX_HEADROOM, 0.0)
+        };
+        let rescale = softmax.update(&mut s, headroom, shift);
         unroll::<MT>(
             #[inline(always)]
             |mt| {

@@ -163,38 +163,80 @@ unsafe fn attention<
             k_scale_row,
             kv_len: p.kv_len,
         };
-        // Visits `range` of the order (`Pipeline::tile_of`), masked or not.
-        let mut backoff = RetryBackoff::new();
-        macro_rules! visit {
-            ($range:expr, $mask:literal) => {
-                for i in $range {
-                    // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
-                    unsafe {
-                        pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, $mask>(
-                            i,
-                            &args,
-                            &mut softmax,
-                            &mut out,
-                            &mut backoff,
-                        )
+        // Visits every key tile once, after the first loads, up to the last wait.
+        macro_rules! pass {
+            ($shifted:literal) => {
+                let mut backoff = RetryBackoff::new();
+                // Visits `range` of the order (`Pipeline::tile_of`), masked or not.
+                macro_rules! visit {
+                    ($range:expr, $mask:literal) => {
+                        for i in $range {
+                            // SAFETY: i < n_tiles, visited in order; see `Pipeline::step`.
+                            unsafe {
+                                pipe.step::<KS, NP, NT, MT, KT, KK, CAUSAL, $mask, $shifted>(
+                                    i,
+                                    &args,
+                                    &mut softmax,
+                                    &mut out,
+                                    &mut backoff,
+                                )
+                            };
+                        }
                     };
                 }
+                // Causal calls from the last tile down, so the masked tiles at the diagonal come
+                // first; otherwise the unmasked tiles, then the tail.
+                let n_masked = geo.n_tiles - geo.n_unmasked;
+                if CAUSAL {
+                    visit!(0..n_masked, true);
+                    visit!(n_masked..geo.n_tiles, false);
+                } else {
+                    visit!(0..geo.n_unmasked, false);
+                    visit!(geo.n_unmasked..geo.n_tiles, true);
+                }
+                ptx::cp_async_wait::<0>();
             };
         }
-        // Causal calls from the last tile down, so the masked tiles at the diagonal come first;
-        // otherwise the unmasked tiles, then the tail.
-        let n_masked = geo.n_tiles - geo.n_unmasked;
-        if CAUSAL {
-            visit!(0..n_masked, true);
-            visit!(n_masked..geo.n_tiles, false);
-        } else {
-            visit!(0..geo.n_unmasked, false);
-            visit!(geo.n_unmasked..geo.n_tiles, true);
+        pass!(false);
+        // The f16 accumulator sums each tile's `p·v` in f16, which V beyond about ±1023 can
+        // overflow. A CTA whose output is then not finite runs its tiles again, every
+        // probability lowered by `2^-OVERFLOW_SHIFT`: finite for every f16 V. The check costs a
+        // barrier per CTA. NaN or ∞ inputs take the second pass too and stay non-finite, as the
+        // contract wants. It is a second copy of the loop (`SHIFTED`), not a runtime shift in
+        // the first: that one cost registers, and spilled at d = 96.
+        if !PV_F32 && ptx::sync_threads_any(!all_finite(&out)) {
+            softmax = OnlineSoftmax::<MT>::new();
+            out = [[[0.0f32; 4]; NT]; MT];
+            // SAFETY: as the first pass's; every warp is done with the tiles' shared memory
+            // (the barrier above).
+            unsafe { pipe.load_q_and_first_tile::<CAUSAL>() };
+            pass!(true);
         }
-        ptx::cp_async_wait::<0>();
     }
     // SAFETY: the output and LSE pointers were validated by the host for these shapes.
     unsafe { epilogue::store::<HD, NT, MT>(p, &geo, &softmax, &out) };
+}
+
+/// Whether every value of a thread's output accumulator is finite (one sum: ∞ and NaN carry
+/// through it; finite outputs, at most `kv_len · 16 · 65504`, cannot overflow f32).
+#[inline(always)]
+fn all_finite<const NT: usize, const MT: usize>(out: &OutAcc<NT, MT>) -> bool {
+    let mut sum = 0.0f32;
+    unroll::<MT>(
+        #[inline(always)]
+        |mt| {
+            unroll::<NT>(
+                #[inline(always)]
+                |nt| {
+                    unroll::<4>(
+                        #[inline(always)]
+                        |e| sum += out[mt][nt][e],
+                    );
+                },
+            );
+        },
+    );
+    sum.is_finite()
 }
 
 /// Accumulator element type of the output (re-exported for the submodules).

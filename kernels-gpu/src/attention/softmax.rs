@@ -25,16 +25,24 @@ impl<const MT: usize> OnlineSoftmax<MT> {
 
     /// Folds one key tile of scores `s` (KT n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
-    /// `headroom` (log2 units, ≥ 0, a constant of the caller): a row whose tile max passes its
+    /// `headroom` (log2 units, ≥ 0): a row whose tile max passes its
     /// running max moves it that far above the tile max instead of to it, so this tile's
     /// probabilities stay ≤ 2^-headroom and the next tiles, taken against that max without a
     /// reduction ([`Self::probabilities_against_max`]), have room to rise before they must be
     /// taken again (the softmax is the same against any reference).
+    ///
+    /// `shift` (log2 units, ≥ 0) keeps every probability of the tile at or below `2^-shift`: a
+    /// row's max then moves once its tile max comes within `shift` of it, to `shift + headroom`
+    /// above the tile max. It is how a CTA's second pass keeps the f16 accumulator's partial
+    /// products finite for large V (`mainloop::OVERFLOW_SHIFT`). The stored max includes it, so
+    /// the output (`Σ p·v / Σ p`) and the LSE (`max + log2 Σ p`) are those of the unshifted
+    /// softmax.
     #[inline(always)]
     pub fn update<const KT: usize>(
         &mut self,
         s: &mut [[AccF32; KT]; MT],
         headroom: f32,
+        shift: f32,
     ) -> [[f32; 2]; MT] {
         let mut rescale = [[1.0f32; 2]; MT];
         unroll::<MT>(
@@ -53,10 +61,16 @@ impl<const MT: usize> OnlineSoftmax<MT> {
                         tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 1));
                         tile_max = tile_max.max(ptx::shfl_xor_f32(tile_max, 2));
                         let old_max = self.max[mt][h];
+                        // Not `+ 0.0` when unshifted: IEEE keeps that add (−0 + 0 = +0).
+                        let lifted = if shift == 0.0 {
+                            tile_max
+                        } else {
+                            tile_max + shift
+                        };
                         let new_max = if headroom == 0.0 {
-                            old_max.max(tile_max)
-                        } else if tile_max > old_max {
-                            tile_max + headroom
+                            old_max.max(lifted)
+                        } else if lifted > old_max {
+                            lifted + headroom
                         } else {
                             old_max
                         };
