@@ -199,12 +199,12 @@ unsafe fn attention<
         }
         pass!(false);
         // The f16 accumulator sums each tile's `p·v` in f16, which V beyond about ±1023 can
-        // overflow. A CTA whose output is then not finite runs its tiles again, every
-        // probability lowered by `2^-OVERFLOW_SHIFT`: finite for every f16 V. The check costs a
-        // barrier per CTA. NaN or ∞ inputs take the second pass too and stay non-finite, as the
-        // contract wants. It is a second copy of the loop (`SHIFTED`), not a runtime shift in
-        // the first: that one cost registers, and spilled at d = 96.
-        if !PV_F32 && ptx::sync_threads_any(!all_finite(&out)) {
+        // overflow. A CTA with such a row runs its tiles again, every probability lowered by
+        // `2^-OVERFLOW_SHIFT`: finite for every f16 V. The check costs a barrier per CTA. NaN
+        // or ∞ in V take the second pass too and stay non-finite, as the contract wants. It is
+        // a second copy of the loop (`SHIFTED`), not a runtime shift in the first: that one
+        // cost registers, and spilled at d = 96.
+        if !PV_F32 && ptx::sync_threads_any(overflowed(&out, &softmax)) {
             softmax = OnlineSoftmax::<MT>::new();
             out = [[[0.0f32; 4]; NT]; MT];
             // SAFETY: as the first pass's; every warp is done with the tiles' shared memory
@@ -217,26 +217,33 @@ unsafe fn attention<
     unsafe { epilogue::store::<HD, NT, MT>(p, &geo, &softmax, &out) };
 }
 
-/// Whether every value of a thread's output accumulator is finite (one sum: ∞ and NaN carry
-/// through it; finite outputs, at most `kv_len · 16 · 65504`, cannot overflow f32).
+/// Whether a row this thread holds has a non-finite output while its probabilities' sum is
+/// finite: what an overflowing f16 tile sum leaves (one sum per row: ∞ and NaN carry through it;
+/// finite outputs, at most `kv_len · 16 · 65504`, cannot overflow f32). Rows whose scores are NaN
+/// (a NaN in Q or K) have a NaN sum and stay out: a second pass cannot change them.
 #[inline(always)]
-fn all_finite<const NT: usize, const MT: usize>(out: &OutAcc<NT, MT>) -> bool {
-    let mut sum = 0.0f32;
+fn overflowed<const NT: usize, const MT: usize>(
+    out: &OutAcc<NT, MT>,
+    softmax: &OnlineSoftmax<MT>,
+) -> bool {
+    let mut any = false;
     unroll::<MT>(
         #[inline(always)]
         |mt| {
-            unroll::<NT>(
+            unroll::<2>(
                 #[inline(always)]
-                |nt| {
-                    unroll::<4>(
+                |h| {
+                    let mut row = 0.0f32;
+                    unroll::<NT>(
                         #[inline(always)]
-                        |e| sum += out[mt][nt][e],
+                        |nt| row += out[mt][nt][2 * h] + out[mt][nt][2 * h + 1],
                     );
+                    any |= !row.is_finite() && softmax.sum[mt][h].is_finite();
                 },
             );
         },
     );
-    sum.is_finite()
+    any
 }
 
 /// Accumulator element type of the output (re-exported for the submodules).
