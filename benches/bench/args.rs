@@ -69,16 +69,28 @@ pub enum InputsArg {
     /// log2 units per key towards later keys (d = 128), a stress input for the kernels that take
     /// tiles against a lagging max (ALiBi-like; not a typical head).
     Recency,
+    /// N(0,1) Q and K, and V of one sign per channel with magnitudes from 30000 to 60000: every
+    /// key tile's f16 `Σ p·v` of the portable kernel's `PvAccum::F16` overflows, so each of its
+    /// CTAs runs the second pass (a stress input: what that pass costs).
+    LargeV,
 }
 
 impl InputsArg {
     /// The positional part of the Q and K of these inputs (none for N(0,1)).
     pub fn positional(self) -> Option<Positional> {
         match self {
-            InputsArg::Normal => None,
+            InputsArg::Normal | InputsArg::LargeV => None,
             InputsArg::Rotary => Some(Positional::Rotary),
             InputsArg::Recency => Some(Positional::Recency),
         }
+    }
+
+    /// Whether the input sets are generated for each shape ([`fill_input_sets`]) rather than
+    /// viewed in one N(0,1) pool.
+    ///
+    /// [`fill_input_sets`]: super::inputs::fill_input_sets
+    pub fn per_shape(self) -> bool {
+        self != InputsArg::Normal
     }
 }
 
@@ -209,7 +221,8 @@ pub struct Args {
     pub no_check: bool,
     /// What the timed inputs hold: N(0,1), or N(0,1) with a positional part in Q and K, rotary
     /// (scores that decay with the distance) or recency (scores that rise steadily towards later
-    /// keys); the positional ones are generated for each shape, so slower to start.
+    /// keys), or large-v (V near f16's limit: the portable f16 accumulator's second pass); all
+    /// but N(0,1) are generated for each shape, so slower to start.
     #[arg(long, value_enum, default_value_t = InputsArg::Normal)]
     pub inputs: InputsArg,
     /// No progress lines on stderr.
@@ -390,6 +403,7 @@ impl Args {
                 InputsArg::Normal => "normal".into(),
                 InputsArg::Rotary => "rotary".into(),
                 InputsArg::Recency => "recency".into(),
+                InputsArg::LargeV => "large-v".into(),
             },
         }
     }

@@ -4,7 +4,7 @@
 
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, StandardNormal};
 use rand_xoshiro::Xoshiro256PlusPlus;
 use rayon::prelude::*;
@@ -117,11 +117,34 @@ pub fn positional_bits(
     out
 }
 
+/// Magnitudes of `--inputs large-v`'s V: past what one pass of the portable f16 accumulator
+/// holds (1023, or 8191 for nearly equal scores), below f16's largest value also after bf16's
+/// rounding.
+pub const LARGE_V: (f32, f32) = (30000.0, 60000.0);
+
+/// The 16-bit patterns of a V of `--inputs large-v`: channel `c` positive where `c` is even,
+/// magnitudes uniform in [`LARGE_V`] from the stream of `seed` (in parallel, deterministic).
+pub fn large_v_bits(shape: [usize; 4], dtype: DType, seed: u64) -> Vec<u16> {
+    let d = shape[3];
+    let mut out = vec![0u16; shape.iter().product()];
+    out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
+        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
+            seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        for (c, x) in chunk.iter_mut().enumerate() {
+            let magnitude = rng.gen_range(LARGE_V.0..=LARGE_V.1);
+            *x = f32_to_bits(if c % 2 == 0 { magnitude } else { -magnitude }, dtype);
+        }
+    });
+    out
+}
+
 /// Overwrites the first `sets` input sets of `shape` in `pool` (Q, K, V one after the other, as
-/// the sweep's views read them) with Q and K of [`positional_bits`] and V of N(0,1) samples
-/// ([`fill_normal_bits`]), each tensor from its own seed.
+/// the sweep's views read them): Q and K of [`positional_bits`] (N(0,1) samples without a
+/// `positional` part), V of N(0,1) samples or, with `large_v`, of [`large_v_bits`]; each tensor
+/// from its own seed.
 #[allow(clippy::too_many_arguments)]
-pub fn fill_positional_sets(
+pub fn fill_input_sets(
     rt: &Runtime,
     pool: &mut CudaSlice<u16>,
     shape: &Shape,
@@ -129,7 +152,7 @@ pub fn fill_positional_sets(
     layout: Layout,
     dtype: DType,
     seed: u64,
-    positional: Positional,
+    (positional, large_v): (Option<Positional>, bool),
 ) -> Result<(), SageError> {
     let mut at = 0;
     for set in 0..sets {
@@ -139,7 +162,23 @@ pub fn fill_positional_sets(
         {
             let tensor_seed = seed ^ ((3 * set + t + 1) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
             let host = if t < 2 {
-                positional_bits(tensor_shape, layout, dtype, tensor_seed, positional, t == 1)
+                match positional {
+                    Some(positional) => positional_bits(
+                        tensor_shape,
+                        layout,
+                        dtype,
+                        tensor_seed,
+                        positional,
+                        t == 1,
+                    ),
+                    None => {
+                        let mut x = vec![0u16; tensor_shape.iter().product()];
+                        fill_normal_bits(&mut x, dtype, tensor_seed, 0);
+                        x
+                    }
+                }
+            } else if large_v {
+                large_v_bits(tensor_shape, dtype, tensor_seed)
             } else {
                 let mut v = vec![0u16; tensor_shape.iter().product()];
                 fill_normal_bits(&mut v, dtype, tensor_seed, 0);
@@ -277,6 +316,27 @@ mod tests {
             false,
         );
         assert!(bf.iter().all(|&b| bits_to_f32(b, DType::BF16).is_finite()));
+    }
+
+    /// Large-V inputs: one sign per channel, magnitudes in [`LARGE_V`] after rounding, which
+    /// must stay below f16's 65504 in both dtypes (bf16 V becomes f16 for the f16 P·V).
+    #[test]
+    fn large_v_stays_inside_f16_with_one_sign_per_channel() {
+        for dtype in [DType::F16, DType::BF16] {
+            let (rows, d) = (300, 64);
+            let v = large_v_bits([1, 3, rows / 3, d], dtype, 11);
+            let mut distinct = std::collections::HashSet::new();
+            for (i, &b) in v.iter().enumerate() {
+                let x = bits_to_f32(b, dtype);
+                let c = i % d;
+                assert_eq!(x > 0.0, c % 2 == 0, "{dtype:?} element {i}: {x}");
+                let m = x.abs();
+                assert!((29900.0..=60200.0).contains(&m), "{dtype:?}: {x}");
+                assert!(f16::from_f32(x).is_finite(), "{dtype:?}: {x}");
+                distinct.insert(b);
+            }
+            assert!(distinct.len() > 100, "{dtype:?}: random magnitudes");
+        }
     }
 
     /// Recency inputs: every query's scores rise by about 0.1 log2 units per key (d = 128), in

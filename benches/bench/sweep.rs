@@ -10,9 +10,9 @@ use sageattention::{
 };
 use std::time::{Duration, Instant};
 
-use super::args::Args;
+use super::args::{Args, InputsArg};
 use super::error::{is_fatal, one_line};
-use super::inputs::{fill_positional_sets, make_pool, normal_values};
+use super::inputs::{fill_input_sets, make_pool, normal_values};
 use super::plan::{gib, plan, pool_size, Plan};
 use super::report::{peak_bandwidth_gbs, CaseJson, DeviceJson, PathJson, Report, SelfCheckJson};
 use super::stats::{attention_flops, overhead_pct, summarize, tops, Shape};
@@ -379,8 +379,8 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
     bench.progress_total = plans.len()
         * causal.len()
         * (usize::from(args.run_kernel()) + usize::from(args.run_full()));
-    let mut pool = if pool_elems > 0 && args.inputs.positional().is_some() {
-        // Filled for each shape before it runs (`fill_positional_sets`).
+    let mut pool = if pool_elems > 0 && args.inputs.per_shape() {
+        // Filled for each shape before it runs (`fill_input_sets`).
         Some(bench.rt.alloc_zeros::<u16>(pool_elems)?)
     } else if pool_elems > 0 {
         let t0 = Instant::now();
@@ -426,9 +426,9 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
             }
             continue;
         }
-        if let (Some(positional), Some(pool)) = (args.inputs.positional(), pool.as_mut()) {
+        if let (true, Some(pool)) = (args.inputs.per_shape(), pool.as_mut()) {
             let t0 = Instant::now();
-            fill_positional_sets(
+            fill_input_sets(
                 &bench.rt,
                 pool,
                 &p.shape,
@@ -436,11 +436,12 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
                 args.layout(),
                 dtype,
                 args.seed,
-                positional,
+                (args.inputs.positional(), args.inputs == InputsArg::LargeV),
             )?;
             bench.progress(&format!(
-                "inputs: {} set(s) with {positional:?} Q and K for d={} N={} in {:.1} s",
+                "inputs: {} set(s) of {:?} for d={} N={} in {:.1} s",
                 p.sets,
+                args.inputs,
                 p.shape.head_dim,
                 p.shape.seq,
                 t0.elapsed().as_secs_f64()
