@@ -25,11 +25,11 @@ impl<const MT: usize> OnlineSoftmax<MT> {
 
     /// Folds one key tile of scores `s` (KT n-tiles of 8 keys) into the state: replaces `s` by
     /// `2^(s - max)` and returns the factor each row's previous output must be scaled by.
-    /// `headroom` (log2 units, ≥ 0): a row whose tile max passes its
-    /// running max moves it that far above the tile max instead of to it, so this tile's
-    /// probabilities stay ≤ 2^-headroom and the next tiles, taken against that max without a
-    /// reduction ([`Self::probabilities_against_max`]), have room to rise before they must be
-    /// taken again (the softmax is the same against any reference).
+    /// `headroom` (log2 units, ≥ 0): a row whose tile max passes its running max moves it that
+    /// far above the tile max instead of to it, so this tile's probabilities stay ≤ 2^-headroom
+    /// and the next tiles, taken against that max without a reduction
+    /// ([`Self::probabilities_against_max`]), have room to rise before they must be taken again
+    /// (the softmax is the same against any reference).
     ///
     /// `shift` (log2 units, ≥ 0) keeps every probability of the tile at or below `2^-shift`: a
     /// row's max then moves once its tile max comes within `shift` of it, to `shift + headroom`
