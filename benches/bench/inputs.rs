@@ -99,22 +99,44 @@ pub fn positional_bits(
     key: bool,
 ) -> Vec<u16> {
     let [_, heads, seq, d] = shape;
-    let mut out = vec![0u16; shape.iter().product()];
-    out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
-            seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+    per_row_bits(shape, seed, |rng, row, chunk| {
         // Contiguous rows: HND is (batch, head, pos), NHD (batch, pos, head).
         let pos = match layout {
             Layout::Hnd => row % seq,
             Layout::Nhd => (row / heads) % seq,
         };
         for (c, x) in chunk.iter_mut().enumerate() {
-            let z: f32 = StandardNormal.sample(&mut rng);
+            let z: f32 = StandardNormal.sample(rng);
             *x = f32_to_bits(z + positional.component(key, pos, c, d), dtype);
         }
-    });
+    })
+}
+
+/// The 16-bit patterns of a contiguous `[.., head_dim]` tensor, filled row by row in parallel by
+/// `fill(rng, row, row's elements)`, each row with its own stream of `seed` (deterministic
+/// whatever the thread count).
+fn per_row_bits(
+    shape: [usize; 4],
+    seed: u64,
+    fill: impl Fn(&mut Xoshiro256PlusPlus, usize, &mut [u16]) + Sync,
+) -> Vec<u16> {
+    let mut out = vec![0u16; shape.iter().product()];
+    out.par_chunks_mut(shape[3])
+        .enumerate()
+        .for_each(|(row, chunk)| {
+            let mut rng = Xoshiro256PlusPlus::seed_from_u64(
+                seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            );
+            fill(&mut rng, row, chunk);
+        });
     out
+}
+
+/// The 16-bit patterns of `n` N(0,1) samples of the stream of `seed` ([`fill_normal_bits`]).
+fn normal_bits(n: usize, dtype: DType, seed: u64) -> Vec<u16> {
+    let mut bits = vec![0u16; n];
+    fill_normal_bits(&mut bits, dtype, seed, 0);
+    bits
 }
 
 /// Magnitudes of `--inputs large-v`'s V: past what one pass of the portable f16 accumulator
@@ -125,18 +147,12 @@ pub const LARGE_V: (f32, f32) = (30000.0, 60000.0);
 /// The 16-bit patterns of a V of `--inputs large-v`: channel `c` positive where `c` is even,
 /// magnitudes uniform in [`LARGE_V`] from the stream of `seed` (in parallel, deterministic).
 pub fn large_v_bits(shape: [usize; 4], dtype: DType, seed: u64) -> Vec<u16> {
-    let d = shape[3];
-    let mut out = vec![0u16; shape.iter().product()];
-    out.par_chunks_mut(d).enumerate().for_each(|(row, chunk)| {
-        let mut rng = Xoshiro256PlusPlus::seed_from_u64(
-            seed ^ (row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
+    per_row_bits(shape, seed, |rng, _, chunk| {
         for (c, x) in chunk.iter_mut().enumerate() {
             let magnitude = rng.gen_range(LARGE_V.0..=LARGE_V.1);
             *x = f32_to_bits(if c % 2 == 0 { magnitude } else { -magnitude }, dtype);
         }
-    });
-    out
+    })
 }
 
 /// Overwrites the first `sets` input sets of `shape` in `pool` (Q, K, V one after the other, as
@@ -152,7 +168,8 @@ pub fn fill_input_sets(
     layout: Layout,
     dtype: DType,
     seed: u64,
-    (positional, large_v): (Option<Positional>, bool),
+    positional: Option<Positional>,
+    large_v: bool,
 ) -> Result<(), SageError> {
     let mut at = 0;
     for set in 0..sets {
@@ -161,28 +178,12 @@ pub fn fill_input_sets(
             .enumerate()
         {
             let tensor_seed = seed ^ ((3 * set + t + 1) as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-            let host = if t < 2 {
-                match positional {
-                    Some(positional) => positional_bits(
-                        tensor_shape,
-                        layout,
-                        dtype,
-                        tensor_seed,
-                        positional,
-                        t == 1,
-                    ),
-                    None => {
-                        let mut x = vec![0u16; tensor_shape.iter().product()];
-                        fill_normal_bits(&mut x, dtype, tensor_seed, 0);
-                        x
-                    }
+            let host = match (t, positional) {
+                (0 | 1, Some(positional)) => {
+                    positional_bits(tensor_shape, layout, dtype, tensor_seed, positional, t == 1)
                 }
-            } else if large_v {
-                large_v_bits(tensor_shape, dtype, tensor_seed)
-            } else {
-                let mut v = vec![0u16; tensor_shape.iter().product()];
-                fill_normal_bits(&mut v, dtype, tensor_seed, 0);
-                v
+                (2, _) if large_v => large_v_bits(tensor_shape, dtype, tensor_seed),
+                _ => normal_bits(tensor_shape.iter().product(), dtype, tensor_seed),
             };
             let mut dst = pool.slice_mut(at..at + host.len());
             rt.stream()
@@ -196,9 +197,10 @@ pub fn fill_input_sets(
 
 /// N(0,1) f32 samples rounded to `dtype` (for the self-check, whose reference needs the values).
 pub fn normal_values(n: usize, dtype: DType, seed: u64) -> Vec<f32> {
-    let mut bits = vec![0u16; n];
-    fill_normal_bits(&mut bits, dtype, seed, 0);
-    bits.iter().map(|&b| bits_to_f32(b, dtype)).collect()
+    normal_bits(n, dtype, seed)
+        .iter()
+        .map(|&b| bits_to_f32(b, dtype))
+        .collect()
 }
 
 pub fn bits_to_f32(b: u16, dtype: DType) -> f32 {

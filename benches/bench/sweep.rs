@@ -436,7 +436,8 @@ pub fn sweep(bench: &mut Bench, report: &mut Report) -> Result<(), SageError> {
                 args.layout(),
                 dtype,
                 args.seed,
-                (args.inputs.positional(), args.inputs == InputsArg::LargeV),
+                args.inputs.positional(),
+                args.inputs == InputsArg::LargeV,
             )?;
             bench.progress(&format!(
                 "inputs: {} set(s) of {:?} for d={} N={} in {:.1} s",
