@@ -84,7 +84,7 @@ struct Case {
     reverse: bool,
     /// The f32 P·V accumulator's limit and headroom, else the f16 one's.
     pv_f32: bool,
-    /// The f16 accumulator's second pass (`mainloop::OVERFLOW_SHIFT`): no headroom, every
+    /// The f16 accumulator's second pass (`config::F16_ACC_OVERFLOW_SHIFT`): no headroom, every
     /// probability at most 2^-7, the limit scaled by 2^-7.
     shifted: bool,
     s_int: Vec<Vec<i32>>,

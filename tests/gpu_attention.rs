@@ -660,7 +660,7 @@ fn portable_steady_score_slope_matches_emulation() {
     }
 }
 
-/// The portable f16 accumulator's second pass (`attention::mainloop::OVERFLOW_SHIFT`): V far past
+/// The portable f16 accumulator's second pass (`device_config::F16_ACC_OVERFLOW_SHIFT`): V far past
 /// ±1023, where a tile's f16 `Σ p·v` overflows, in kv head 0 of two (heads 0–1 of Q take the
 /// second pass, heads 2–3 beside them in the same launch do not). Nearly equal scores (Q · 0.01:
 /// the first pass's probabilities are about 1/8 each, so its 64-key tiles sum to 8·|V|, which

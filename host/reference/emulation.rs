@@ -6,7 +6,7 @@ use super::host_tensor::HostTensor;
 use super::quant_ref::{self, K_BLOCK};
 use super::rows::{Dims, RefOptions, RefOutput};
 use super::v8::{quantize_v8, quantize_v8_as, QuantizedV8, VFormat};
-use crate::device_config::{p8_tile, P8_MAX, P_FP8_MAX};
+use crate::device_config::{p8_tile, F16_ACC_OVERFLOW_SHIFT, P8_MAX, P_FP8_MAX};
 use float8::F8E4M3;
 
 /// CPU emulation of the quantized algorithm the GPU runs; an oracle for the **quantization** error.
@@ -222,8 +222,7 @@ fn emulate(
                     let value = |j: usize| &values[base + j * d..base + (j + 1) * d];
                     accumulate_pv_f16(task.o_row, task.visible, p_f16, value);
                     // The kernel's second pass: a CTA whose output is not finite runs again with
-                    // every probability lowered by 2^-OVERFLOW_SHIFT (kernels-gpu
-                    // `attention::mainloop`), here per row.
+                    // every probability lowered by 2^-F16_ACC_OVERFLOW_SHIFT, here per row.
                     if task.o_row.iter().any(|x| !x.is_finite()) {
                         task.o_row.fill(0.0);
                         let lowered = |j: usize| {
@@ -285,8 +284,8 @@ fn emulate(
     })
 }
 
-/// `2^-OVERFLOW_SHIFT`: the factor of the f16 accumulator's second pass.
-const OVERFLOW_SCALE: f64 = 1.0 / 128.0;
+/// `2^-F16_ACC_OVERFLOW_SHIFT`: the factor of the f16 accumulator's second pass.
+const OVERFLOW_SCALE: f64 = 1.0 / (1u32 << F16_ACC_OVERFLOW_SHIFT) as f64;
 
 /// Keys summed exactly before each rounding of the f16 accumulator (the k extent of one MMA).
 const PV_MMA_K: usize = 16;

@@ -11,8 +11,8 @@
 use super::softmax::OnlineSoftmax;
 use super::{BlockGeometry, OutAcc};
 use crate::config::{
-    cta_k, cta_q, k_stage_bytes, padded_len, q_tile_bytes, v_stage_bytes, ATTN_THREADS, K_BLOCK,
-    Q_BLOCK,
+    cta_k, cta_q, k_stage_bytes, padded_len, q_tile_bytes, v_stage_bytes, ATTN_THREADS,
+    F16_ACC_OVERFLOW_SHIFT, K_BLOCK, Q_BLOCK,
 };
 use crate::frag::{self, acc_col, acc_row, AccF16, AccF32, AccS32, FragA};
 use crate::params::AttnParams;
@@ -51,15 +51,6 @@ pub(crate) struct StepArgs<'a, const MT: usize> {
     pub k_scale_row: u64,
     pub kv_len: u32,
 }
-
-/// log2 of the factor by which the f16 accumulator's second pass lowers every probability. It
-/// makes the pass finite for every f16 V: without headroom, its exact-path probabilities are at
-/// most `2^-7` each and its fast path keeps a row's tile sum at or below `cta_k · 2^-7` (a limit
-/// scaled with it), so a tile's `Σ p·v` stays within `64 · 2^-7 · 65504 = 32752`, half of f16's
-/// largest value, which leaves room for the accumulator's roundings. The price: a probability
-/// more than 17 log2 units below its row max rounds to zero in f16 (the first pass: 21, with
-/// its headroom of 3), and one more than 7 below is a subnormal (first pass: 11).
-pub(crate) const OVERFLOW_SHIFT: f32 = 7.0;
 
 impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F32, COMPACT> {
     /// d = 256 copies K and V tiles row-per-thread ([`Self::copy_rows`]): one copy address per
@@ -263,7 +254,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
     /// The `i`-th visited key tile `t` ([`Self::tile_of`]): wait Kₜ → issue the next visited K →
     /// S = Q·Kₜᵀ (int8) → dequantize → mask → online softmax → wait Vₜ → issue the next visited V
     /// → O += P·Vₜ. With `CAUSAL` the tiles are visited from the last down. `SHIFTED`: the f16
-    /// accumulator's second pass ([`OVERFLOW_SHIFT`]).
+    /// accumulator's second pass ([`F16_ACC_OVERFLOW_SHIFT`]).
     ///
     /// # Safety
     /// `i < n_tiles`, called for i = 0, 1, … in order by every thread of the CTA.
@@ -309,7 +300,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
             let limit = if !SHIFTED {
                 Self::FAST_SUM_LIMIT
             } else {
-                Self::FAST_SUM_LIMIT * const { 1.0 / (1u32 << OVERFLOW_SHIFT as u32) as f32 }
+                Self::FAST_SUM_LIMIT * const { 1.0 / (1u32 << F16_ACC_OVERFLOW_SHIFT) as f32 }
             };
             let (p, sums, within) =
                 softmax.probabilities_against_max(&s_int, &args.q_scale, k_scale, limit);
@@ -411,7 +402,7 @@ impl<const HD: usize, const PV_F32: bool, const COMPACT: bool> Pipeline<HD, PV_F
         }
         // The shifted pass has no headroom: its probabilities keep their f16 range.
         let (headroom, shift) = if SHIFTED {
-            (0.0, OVERFLOW_SHIFT)
+            (0.0, F16_ACC_OVERFLOW_SHIFT as f32)
         } else {
             (Self::MAX_HEADROOM, 0.0)
         };

@@ -34,7 +34,7 @@ impl<const MT: usize> OnlineSoftmax<MT> {
     /// `shift` (log2 units, ≥ 0) keeps every probability of the tile at or below `2^-shift`: a
     /// row's max then moves once its tile max comes within `shift` of it, to `shift + headroom`
     /// above the tile max. It is how a CTA's second pass keeps the f16 accumulator's partial
-    /// products finite for large V (`mainloop::OVERFLOW_SHIFT`). The stored max includes it, so
+    /// products finite for large V (`config::F16_ACC_OVERFLOW_SHIFT`). The stored max includes it, so
     /// the output (`Σ p·v / Σ p`) and the LSE (`max + log2 Σ p`) are those of the unshifted
     /// softmax.
     #[inline(always)]
