@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A/B timing of bench binaries on the GPU machine, in one process run of this script: each binary
-# runs the same bench arguments in turn, the whole round twice (A B A B, so drift hits all of
-# them alike), and the table gives each case's best TOPS per binary and its ratio to the first.
+# runs the same bench arguments in turn, the whole round twice (A B, then B A, so drift and the
+# position in a round hit all of them alike), and the table gives each case's best TOPS per
+# binary and its ratio to the first.
 #
 #   run(command="bash scripts/device-ab.sh main=.devpack/bench-main branch=.device/bench \
 #                -- --head-dims 64,128 --seq-lens 2048,16384 --causal both --paths both",
@@ -38,8 +39,19 @@ OUT="${OUT:-$PWD/.device-out}"
 mkdir -p "$OUT"
 work="$(mktemp -d /tmp/device-ab.XXXXXX)"
 t0=$SECONDS
+# Even rounds run the binaries in reverse order (A B, B A, A B, …): a binary that always ran first
+# in its round would always meet the GPU a little cooler than the next one, and best-of-rounds
+# would favour it.
+order=("${!names[@]}")
+reverse=()
+for ((j = ${#order[@]} - 1; j >= 0; j--)); do reverse+=("${order[$j]}"); done
 for ((round = 1; round <= ${ROUNDS:-2}; round++)); do
-    for i in "${!names[@]}"; do
+    if ((round % 2 == 0)); then
+        this_round=("${reverse[@]}")
+    else
+        this_round=("${order[@]}")
+    fi
+    for i in "${this_round[@]}"; do
         json="$work/${names[$i]}.$round.json"
         own=()
         [[ -n "${extra[$i]}" ]] && IFS=+ read -r -a own <<< "${extra[$i]}"
