@@ -215,8 +215,9 @@ proptest! {
 
     /// Every feature combination equals the CPU emulation of the quantized algorithm; with
     /// `compact` the portable kernel plans for a 100 KiB SM, so its compact variants run too.
-    /// One case in five has V of std 10⁴ (still finite in f16: 6.5 σ to ±65504), where the
-    /// portable f16 accumulator's first pass overflows and its second pass must take over.
+    /// One case in five has V of std 10⁴ (still finite in f16: 6.5 σ to ±65504), where a key
+    /// tile's sum in the portable f16 accumulator can pass ±65504 and the second pass must take
+    /// over (`portable_f16_accumulator_survives_large_v` makes sure it does).
     #[test]
     #[ignore = "needs a CUDA GPU"]
     fn matches_cpu_emulation_over_shapes_and_options(
