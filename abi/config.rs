@@ -200,11 +200,12 @@ pub const V8_CHUNKS_PER_THREAD: usize = 4;
 pub const V8_TILE_ROW_PAD: usize = 16;
 /// log2 of the factor by which the portable kernel's f16 accumulator's second pass lowers every
 /// probability (the CPU emulation redoes such rows with the same factor). It makes the pass
-/// finite for every f16 V: without headroom, its exact-path probabilities are at most `2^-7` each and its fast path keeps a row's tile sum at or below `cta_k · 2^-7` (a limit
-/// scaled with it), so a tile's `Σ p·v` stays within `64 · 2^-7 · 65504 = 32752`, half of f16's
-/// largest value, which leaves room for the accumulator's roundings. The price: a probability
-/// more than 17 log2 units below its row max rounds to zero in f16 (the first pass: 21, with
-/// its headroom of 3), and one more than 7 below is a subnormal (first pass: 11).
+/// finite for every f16 V: without headroom, its exact-path probabilities are at most `2^-7`
+/// each and its fast path keeps a row's tile sum at or below `cta_k · 2^-7` (a limit scaled with
+/// it), so a tile's `Σ p·v` stays within `64 · 2^-7 · 65504 = 32752`, half of f16's largest
+/// value, which leaves room for the accumulator's roundings. The price: a probability more than
+/// 17 log2 units below its row max rounds to zero in f16 (the first pass: 21, with its headroom
+/// of 3), and one more than 7 below is a subnormal (first pass: 11).
 pub const F16_ACC_OVERFLOW_SHIFT: u32 = 7;
 /// The largest P after its per-tile scaling, as an unsigned 8-bit integer (P·V on u8 · s8).
 pub const P8_MAX: f32 = 255.0;

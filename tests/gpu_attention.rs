@@ -687,22 +687,35 @@ fn portable_f16_accumulator_survives_large_v() {
         (128, true, 1.0, (30000.0, 65504.0)),
     ] {
         for_each_portable_variant(d, PvAccum::F16, || {
-            let len = 700;
-            let q = random_tensor(&mut rng, [1, 4, len, d], DType::F16, q_std, None);
-            let k = random_tensor(&mut rng, [1, 2, len, d], DType::F16, 1.0, None);
-            let v = HostTensor::from_fn([1, 2, len, d], false, |_, h, _, c| {
-                let x = if h == 0 {
-                    let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
-                    sign * rng.gen_range(lo..=hi)
-                } else {
-                    rng.gen_range(-1.0f32..1.0)
-                };
-                common::round_to(DType::F16, x)
-            });
+            let inputs = large_v_inputs(&mut rng, 700, d, q_std, (lo, hi));
             let what = format!("|V| in [{lo}, {hi}], Q std {q_std}");
-            check_portable_against_emulation([q, k, v], d, causal, PvAccum::F16, &what);
+            check_portable_against_emulation(inputs, d, causal, PvAccum::F16, &what);
         });
     }
+}
+
+/// f16 inputs of the large-V tests, batch 1, `len` rows at `d`: Q (4 heads) of std `q_std`, K (2
+/// kv heads) N(0,1); V of kv head 0 one sign per channel (positive on even channels) with
+/// magnitudes uniform in `lo..=hi`, V of kv head 1 uniform in ±1 (its CTAs keep one pass).
+fn large_v_inputs(
+    rng: &mut rand::rngs::StdRng,
+    len: usize,
+    d: usize,
+    q_std: f32,
+    (lo, hi): (f32, f32),
+) -> [HostTensor; 3] {
+    let q = random_tensor(rng, [1, 4, len, d], DType::F16, q_std, None);
+    let k = random_tensor(rng, [1, 2, len, d], DType::F16, 1.0, None);
+    let v = HostTensor::from_fn([1, 2, len, d], false, |_, h, _, c| {
+        let x = if h == 0 {
+            let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
+            sign * rng.gen_range(lo..=hi)
+        } else {
+            rng.gen_range(-1.0f32..1.0)
+        };
+        common::round_to(DType::F16, x)
+    });
+    [q, k, v]
 }
 
 /// The portable f16 accumulator's second pass under compute-sanitizer (memcheck, racecheck,
@@ -716,24 +729,8 @@ fn sanitizer_portable_large_v() {
     let mut rng = fresh_rng("sanitizer_large_v");
     for (d, causal, len) in [(64, true, 130), (96, false, 77), (128, true, 150)] {
         for_each_portable_variant(d, PvAccum::F16, || {
-            let q = random_tensor(&mut rng, [1, 4, len, d], DType::F16, 0.01, None);
-            let k = random_tensor(&mut rng, [1, 2, len, d], DType::F16, 1.0, None);
-            let v = HostTensor::from_fn([1, 2, len, d], false, |_, h, _, c| {
-                let x = if h == 0 {
-                    let sign = if c % 2 == 0 { 1.0 } else { -1.0 };
-                    sign * rng.gen_range(30000.0f32..=65504.0)
-                } else {
-                    rng.gen_range(-1.0f32..1.0)
-                };
-                common::round_to(DType::F16, x)
-            });
-            check_portable_against_emulation(
-                [q, k, v],
-                d,
-                causal,
-                PvAccum::F16,
-                "sanitizer, large V",
-            );
+            let inputs = large_v_inputs(&mut rng, len, d, 0.01, (30000.0, 65504.0));
+            check_portable_against_emulation(inputs, d, causal, PvAccum::F16, "sanitizer, large V");
         });
     }
 }

@@ -200,10 +200,10 @@ unsafe fn attention<
         pass!(false);
         // The f16 accumulator sums each tile's `p·v` in f16, which V beyond about ±1023 can
         // overflow. A CTA with such a row runs its tiles again, every probability lowered by
-        // `2^-F16_ACC_OVERFLOW_SHIFT`: finite for every f16 V. The check costs a barrier per CTA. NaN
-        // or ∞ in V take the second pass too and stay non-finite, as the contract wants. It is
-        // a second copy of the loop (`SHIFTED`), not a runtime shift in the first: that one
-        // cost registers, and spilled at d = 96.
+        // `2^-F16_ACC_OVERFLOW_SHIFT`: finite for every f16 V. The check costs a barrier per
+        // CTA. NaN or ∞ in V take the second pass too and stay non-finite, as the contract
+        // wants. It is a second copy of the loop (`SHIFTED`), not a runtime shift in the first:
+        // that one cost registers, and spilled at d = 96.
         if !PV_F32 && ptx::sync_threads_any(overflowed(&out, &softmax)) {
             softmax = OnlineSoftmax::<MT>::new();
             out = [[[0.0f32; 4]; NT]; MT];

@@ -34,9 +34,9 @@ impl<const MT: usize> OnlineSoftmax<MT> {
     /// `shift` (log2 units, ≥ 0) keeps every probability of the tile at or below `2^-shift`: a
     /// row's max then moves once its tile max comes within `shift` of it, to `shift + headroom`
     /// above the tile max. It is how a CTA's second pass keeps the f16 accumulator's partial
-    /// products finite for large V (`config::F16_ACC_OVERFLOW_SHIFT`). The stored max includes it, so
-    /// the output (`Σ p·v / Σ p`) and the LSE (`max + log2 Σ p`) are those of the unshifted
-    /// softmax.
+    /// products finite for large V (`config::F16_ACC_OVERFLOW_SHIFT`). The stored max includes
+    /// it, so the output (`Σ p·v / Σ p`) and the LSE (`max + log2 Σ p`) are those of the
+    /// unshifted softmax.
     #[inline(always)]
     pub fn update<const KT: usize>(
         &mut self,
