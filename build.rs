@@ -141,6 +141,8 @@ fn apply_launch_bounds(ptx: &str) -> String {
     // head_dim 256).
     ptx = add_max_registers(&ptx, device_config::names::PREPARE_SUM_K, 64);
     ptx = add_max_registers(&ptx, device_config::names::PREPARE_QUANT_K, 64);
+    ptx = add_max_registers(&ptx, device_config::names::PREPARE_STATS8, 64);
+    ptx = add_max_registers(&ptx, device_config::names::PREPARE_QUANT8, 64);
     // The one-CTA-per-head K preparation: up to 1024 threads, one CTA per SM (ptxas then caps it
     // at 64 registers, see `config::K_HEAD_MAX_THREADS`).
     ptx = add_launch_bounds(

@@ -590,6 +590,10 @@ pub mod names {
     pub const PREPARE_SUM_K: &str = "sage_prepare_sum_k";
     /// The `QUANT_K` job alone, likewise.
     pub const PREPARE_QUANT_K: &str = "sage_prepare_quant_k";
+    /// The 8-bit preparation's statistics (`V8_STATS`, `SUM_K`), likewise.
+    pub const PREPARE_STATS8: &str = "sage_prepare_stats8";
+    /// The 8-bit preparation's quantization (`QUANT_K`, `V8_QUANT`), likewise.
+    pub const PREPARE_QUANT8: &str = "sage_prepare_quant8";
     /// Copies the first columns of a padded output into the caller's output.
     pub const COPY_COLUMNS: &str = "sage_copy_columns";
     /// Writes a call's TMA descriptors into its scratch (from kernel parameters: graph-safe).

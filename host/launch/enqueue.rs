@@ -102,11 +102,17 @@ impl PrepLaunch {
     /// sums / K's quantization are its only job (more CTAs per SM than `sage_prepare`'s register
     /// bound allows), else `sage_prepare`.
     pub(crate) fn entry(&self) -> &'static str {
-        let only = |job: usize| (0..prep_job::COUNT).all(|j| (self.ctas[j] > 0) == (j == job));
-        if only(prep_job::SUM_K) {
+        use prep_job::*;
+        let only = |job: usize| (0..COUNT).all(|j| (self.ctas[j] > 0) == (j == job));
+        let within = |jobs: &[usize]| (0..COUNT).all(|j| self.ctas[j] == 0 || jobs.contains(&j));
+        if only(SUM_K) {
             names::PREPARE_SUM_K
-        } else if only(prep_job::QUANT_K) {
+        } else if only(QUANT_K) {
             names::PREPARE_QUANT_K
+        } else if narrow_8_bit_entries() && within(&[V8_STATS, SUM_K]) {
+            names::PREPARE_STATS8
+        } else if narrow_8_bit_entries() && within(&[QUANT_K, V8_QUANT]) {
+            names::PREPARE_QUANT8
         } else {
             names::PREPARE
         }
@@ -277,6 +283,14 @@ pub(crate) fn use_k_head(s: &ScratchShape, sm_count: usize) -> bool {
     }
     let waves = pairs.div_ceil(sm_count);
     4 * pairs >= 3 * waves * sm_count
+}
+
+/// Whether the 8-bit preparation's launches run through their 64-register entries
+/// (`sage_prepare_stats8`, `sage_prepare_quant8`): yes unless the environment sets
+/// `SAGE_PREP_NARROW=0` (read once; EXPERIMENT switch for timing them against `sage_prepare`).
+fn narrow_8_bit_entries() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os("SAGE_PREP_NARROW").is_none_or(|v| v != "0"))
 }
 
 /// The shape [`plan_prepare`] reads, from the problem and the scratch layout that was sized for it.
@@ -805,9 +819,12 @@ mod tests {
                     for l in &plan_prepare(&s, SMS).launches {
                         let jobs: Vec<usize> =
                             (0..prep_job::COUNT).filter(|&j| l.ctas[j] > 0).collect();
+                        use prep_job::*;
                         let want = match jobs[..] {
-                            [prep_job::SUM_K] => names::PREPARE_SUM_K,
-                            [prep_job::QUANT_K] => names::PREPARE_QUANT_K,
+                            [SUM_K] => names::PREPARE_SUM_K,
+                            [QUANT_K] => names::PREPARE_QUANT_K,
+                            [V8_STATS] | [V8_STATS, SUM_K] => names::PREPARE_STATS8,
+                            [V8_QUANT] | [QUANT_K, V8_QUANT] => names::PREPARE_QUANT8,
                             _ => names::PREPARE,
                         };
                         assert_eq!(l.entry(), want, "{l:?}");

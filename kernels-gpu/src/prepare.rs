@@ -162,6 +162,51 @@ pub unsafe extern "ptx-kernel" fn sage_prepare_quant_k(p: PrepareParams) {
     unsafe { quant_k(&p, p.ends[job::QUANT_K] - 1 - ptx::block_idx().0) }
 }
 
+/// The 8-bit preparation's statistics launch alone (jobs `V8_STATS` and `SUM_K`, nothing else),
+/// bounded at 64 registers where `sage_prepare` takes 80 (build.rs): 4 CTAs of 256 threads per
+/// SM instead of 3, a third more loads in flight. `sage_prepare`'s CTA mapping, `ends` and bits.
+///
+/// # Safety
+/// As [`sage_prepare`], with `ends` covering `V8_STATS` and `SUM_K` CTAs only.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_stats8(p: PrepareParams) {
+    let bx = ptx::block_idx().0;
+    let e = p.ends;
+    // SAFETY: as `sage_prepare`'s branches for these jobs.
+    unsafe {
+        if bx < e[job::V8_STATS] {
+            let i = bx - e[job::V8_STATS - 1];
+            let (segment, head, batch) =
+                split(i, p.v8.seq.div_ceil(MEAN_SEGMENT_ROWS as u32), p.v8.heads);
+            v8::stats(&p.v8, segment, head, batch)
+        } else if bx < e[job::SUM_K] {
+            sum_k(&p, bx - e[job::SUM_K - 1])
+        }
+    }
+}
+
+/// The 8-bit preparation's quantization launch alone (jobs `QUANT_K` and `V8_QUANT`, nothing
+/// else), bounded at 64 registers like [`sage_prepare_stats8`].
+///
+/// # Safety
+/// As [`sage_prepare`], with `ends` covering `QUANT_K` and `V8_QUANT` CTAs only.
+#[unsafe(no_mangle)]
+pub unsafe extern "ptx-kernel" fn sage_prepare_quant8(p: PrepareParams) {
+    let bx = ptx::block_idx().0;
+    let e = p.ends;
+    // SAFETY: as `sage_prepare`'s branches for these jobs.
+    unsafe {
+        if bx < e[job::QUANT_K] {
+            quant_k(&p, e[job::QUANT_K] - 1 - bx)
+        } else if bx < e[job::V8_QUANT] {
+            let i = bx - e[job::V8_QUANT - 1];
+            let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
+            let (tile, head, batch) = split(i, tiles, p.v8.heads);
+            v8::quantize(&p.v8, p.fold_v8 != 0, tile, head, batch)
+        }
+    }
+}
+
 /// The smoothed-K preparation of short K, one CTA per (batch, kv head) (`quant::k_head`): K's
 /// segment sums, mean (also stored to the mean buffer) and INT8 K with its scales, in one launch,
 /// bit for bit what the `SUM_K` and `QUANT_K` jobs of `sage_prepare` produce. Grid
