@@ -71,6 +71,10 @@ pub const K_CHUNKS_PER_THREAD: usize = 4;
 /// Rows of K each thread of a `SUM_K` CTA loads before adding them (all in flight; the adds
 /// stay in row order, so this never changes the bits).
 pub const SUM_K_AHEAD: usize = 8;
+/// The same for the 8-bit V's statistics (`V8_STATS`): rows each thread loads before their sums,
+/// maxima and minima (the adds stay in row order: never changes the bits). Divides the 16 rows a
+/// thread takes per segment.
+pub const V8_STATS_AHEAD: usize = 4;
 /// The same for the segment sums of a `sage_prepare_k_head` CTA: 4 (1024 threads × 4 × 16 B = 64
 /// KiB in flight per SM). 8 spilled 8 bytes for sm_86 / sm_89 already at that entry's former
 /// 80-register cap (768 threads; ptxas 12.9), and the cap is 64 now; 6 would leave 4 of a

@@ -73,7 +73,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     } else if bx < e[job::V8_STATS] {
         let i = bx - e[job::V8_STATS - 1];
         let (segment, head, batch) = split(i, segments(p.v8.seq), p.v8.heads);
-        unsafe { v8::stats(&p.v8, segment, head, batch) }
+        unsafe { v8::stats::<false>(&p.v8, segment, head, batch) }
     } else if bx < e[job::SUM_K] {
         unsafe { sum_k(&p, bx - e[job::SUM_K - 1]) }
     } else if bx < e[job::K_MEAN] {
@@ -178,7 +178,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare_stats8(p: PrepareParams) {
             let i = bx - e[job::V8_STATS - 1];
             let (segment, head, batch) =
                 split(i, p.v8.seq.div_ceil(MEAN_SEGMENT_ROWS as u32), p.v8.heads);
-            v8::stats(&p.v8, segment, head, batch)
+            v8::stats::<true>(&p.v8, segment, head, batch)
         } else if bx < e[job::SUM_K] {
             sum_k(&p, bx - e[job::SUM_K - 1])
         }

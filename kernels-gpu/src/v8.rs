@@ -8,12 +8,12 @@
 //! in a fixed order, `max.NaN`/`min.NaN`, `cvt.rni.sat`.
 
 use crate::config::{
-    padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_CHUNKS_PER_THREAD, V8_TILE,
-    V8_TILE_ROW_PAD,
+    padded_len, v8_key_slot, MEAN_SEGMENT_ROWS, MEAN_SEQ_LANES, V8_CHUNKS_PER_THREAD,
+    V8_STATS_AHEAD, V8_TILE, V8_TILE_ROW_PAD,
 };
 use crate::params::V8Params;
 use crate::ptx;
-use crate::quant::load8;
+use crate::quant_arith::unpack8;
 use crate::unroll::unroll;
 
 /// The largest |V − mean| after the per-channel scaling: 127 for the INT8 Vᵀ; in the sm_89 module
@@ -43,48 +43,103 @@ fn min_nan(a: f32, b: f32) -> f32 {
     -ptx::max_nan(-a, -b)
 }
 
+/// Sum, maximum and minimum per channel of one thread's rows of a segment for [`stats`]: rows
+/// `first, first + 16, …` below the sequence, in that order, from `base` (the thread's channel
+/// chunk of the head's row 0). With `FULL` (every segment but a sequence's last) the loads of
+/// `V8_STATS_AHEAD` rows are issued before their arithmetic, so that they are in flight at once;
+/// the arithmetic stays in row order, so the bits are those of one row at a time.
+///
+/// # Safety
+/// `base` and `p` as in [`stats`] (`p.seq > 0`); with `FULL`, every row `first + 16i` of the
+/// segment is below `p.seq`; `bf16` is `p.in_bf16 != 0`.
+#[inline(always)]
+unsafe fn lane_stats<const FULL: bool>(
+    p: &V8Params,
+    base: i64,
+    first: u32,
+    bf16: bool,
+) -> [[f32; 8]; 3] {
+    let lanes = MEAN_SEQ_LANES as u32;
+    let mut sum = [0.0f32; 8];
+    let mut max = [f32::NEG_INFINITY; 8];
+    let mut min = [f32::INFINITY; 8];
+    let mut add = |raw: &[u32; 4]| {
+        let x = unpack8(raw, bf16);
+        unroll::<8>(
+            #[inline(always)]
+            |e| {
+                sum[e] += x[e];
+                max[e] = ptx::max_nan(max[e], x[e]);
+                min[e] = min_nan(min[e], x[e]);
+            },
+        );
+    };
+    let at = |row: u32| (base + 2 * row as i64 * p.v_stride[2]) as u64;
+    if FULL {
+        unroll::<{ MEAN_SEGMENT_ROWS / MEAN_SEQ_LANES / V8_STATS_AHEAD }>(
+            #[inline(always)]
+            |group| {
+                let row = |j: usize| first + lanes * (group * V8_STATS_AHEAD + j) as u32;
+                let mut raw = [[0u32; 4]; V8_STATS_AHEAD];
+                // SAFETY: every row of the segment is below seq; the chunk lies inside head_dim.
+                unroll::<V8_STATS_AHEAD>(
+                    #[inline(always)]
+                    |j| raw[j] = unsafe { ptx::ld_global_nc_v4(at(row(j))) },
+                );
+                unroll::<V8_STATS_AHEAD>(
+                    #[inline(always)]
+                    |j| add(&raw[j]),
+                );
+            },
+        );
+    } else {
+        // A sequence's last segment: one row at a time (loads ahead of a guard spill at the
+        // 64-register bound, and this is one segment per head).
+        unroll::<{ MEAN_SEGMENT_ROWS / MEAN_SEQ_LANES }>(
+            #[inline(always)]
+            |i| {
+                let row = first + lanes * i as u32;
+                if row < p.seq {
+                    // SAFETY: row < seq; the chunk lies inside head_dim.
+                    add(&unsafe { ptx::ld_global_nc_v4(at(row)) });
+                }
+            },
+        );
+    }
+    [sum, max, min]
+}
+
 /// Step 1 (job `V8_STATS`): sum, max and min of each channel over one segment of
 /// `MEAN_SEGMENT_ROWS` rows of one (head, batch); `head_dim/8 * 16` threads: thread = (16-byte
 /// channel chunk, sequence lane l), and lane l takes rows `l, l+16, …` of the segment in order (the
 /// K mean's order, so the sum is the same tree: sequential per lane, then lanes combined at
-/// strides 8, 4, 2, 1).
+/// strides 8, 4, 2, 1). `AHEAD` (`sage_prepare_stats8`) keeps several rows' loads in flight per
+/// thread; the bits are the same either way.
 ///
 /// # Safety
 /// Valid parameters and that geometry; every thread of the CTA calls it with the same coordinates.
 #[inline(always)]
-pub(crate) unsafe fn stats(p: &V8Params, segment: u32, head: u32, batch: u32) {
+pub(crate) unsafe fn stats<const AHEAD: bool>(p: &V8Params, segment: u32, head: u32, batch: u32) {
     let tid = ptx::thread_idx_x();
     let lanes = MEAN_SEQ_LANES as u32;
     let (chunk, lane) = (tid / lanes, tid % lanes);
     let row0 = segment * MEAN_SEGMENT_ROWS as u32;
     let base = p.v as i64
         + 2 * (batch as i64 * p.v_stride[0] + head as i64 * p.v_stride[1] + 8 * chunk as i64);
-    let mut sum = [0.0f32; 8];
-    let mut max = [f32::NEG_INFINITY; 8];
-    let mut min = [f32::INFINITY; 8];
-    unroll::<{ MEAN_SEGMENT_ROWS / MEAN_SEQ_LANES }>(
-        #[inline(always)]
-        |i| {
-            let row = row0 + lane + lanes * i as u32;
-            if row < p.seq {
-                // SAFETY: row < seq and the chunk lies inside head_dim.
-                let x = unsafe {
-                    load8(
-                        (base + 2 * row as i64 * p.v_stride[2]) as u64,
-                        p.in_bf16 != 0,
-                    )
-                };
-                unroll::<8>(
-                    #[inline(always)]
-                    |e| {
-                        sum[e] += x[e];
-                        max[e] = ptx::max_nan(max[e], x[e]);
-                        min[e] = min_nan(min[e], x[e]);
-                    },
-                );
-            }
-        },
-    );
+    // With AHEAD, every segment but a sequence's last takes a body of its own per input type
+    // (`bf16` a constant in each: no per-element branches) with the loads issued ahead. Without
+    // it, `sage_prepare`'s single body: the extra bodies there cost another job 8 bytes of spills
+    // at its 80-register bound (ptxas 12.9, sm_90).
+    let full = AHEAD && p.seq - row0 >= MEAN_SEGMENT_ROWS as u32;
+    let first = row0 + lane;
+    // SAFETY: forwarded (base is this thread's chunk of row 0 of the head; `full` as checked).
+    let [mut sum, mut max, mut min] = unsafe {
+        match (full, p.in_bf16 != 0) {
+            (true, false) => lane_stats::<true>(p, base, first, false),
+            (true, true) => lane_stats::<true>(p, base, first, true),
+            (false, bf16) => lane_stats::<false>(p, base, first, bf16),
+        }
+    };
     // The 16 lanes of a chunk are 16 consecutive threads of one warp: `l ^ s == l + s` for the
     // lanes l < s that keep the result, so this is the K mean's tree.
     unroll::<4>(
@@ -299,11 +354,17 @@ pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, ba
         |j| {
             let c = tid + j as u32 * threads;
             let (row, chunk) = (c / chunks, c % chunks);
-            if row < V8_TILE as u32 && key0 + row < p.seq {
-                let at = base + 2 * ((key0 + row) as i64 * p.v_stride[2] + 8 * chunk as i64);
-                // SAFETY: key < seq and chunk < head_dim/8: inside V.
-                raw[j] = unsafe { ptx::ld_global_nc_v4(at as u64) };
-            }
+            // Unconditional loads, so that all of them are in flight at once: a chunk outside the
+            // tile or past the sequence reads the tile's first chunk instead (a key below seq),
+            // whose bytes land in rows that step 3 never reads.
+            let (key, chunk) = if row < V8_TILE as u32 && key0 + row < p.seq {
+                (key0 + row, chunk)
+            } else {
+                (key0, 0)
+            };
+            let at = base + 2 * (key as i64 * p.v_stride[2] + 8 * chunk as i64);
+            // SAFETY: key < seq and chunk < head_dim/8: inside V.
+            raw[j] = unsafe { ptx::ld_global_nc_v4(at as u64) };
         },
     );
 
@@ -314,7 +375,7 @@ pub(crate) unsafe fn quantize(p: &V8Params, fold: bool, tile: u32, head: u32, ba
             let (row, chunk) = (c / chunks, c % chunks);
             if row < V8_TILE as u32 {
                 // SAFETY: row < 64 and chunk < head_dim/8: inside the tile (16-byte aligned rows;
-                // keys past the sequence hold zeros and are never read).
+                // rows of keys past the sequence are never read).
                 unsafe { ptx::st_shared_v4(tile_smem + row * row_stride + 16 * chunk, raw[j]) };
             }
         },
