@@ -371,8 +371,9 @@ struct V8Out {
     out: Vec<i8>,
 }
 
-/// Runs the three V jobs as the preparation launches them.
-fn device_v8(s: &Shape, out_head_dim: usize, v_bits: &[u16], fold: bool) -> V8Out {
+/// Runs the three V jobs as the preparation launches them; `ahead`: the statistics as
+/// `sage_prepare_stats8` runs them (loads ahead), else as `sage_prepare` does.
+fn device_v8(s: &Shape, out_head_dim: usize, v_bits: &[u16], fold: bool, ahead: bool) -> V8Out {
     let (b, h, n, d, od) = (s.batch, s.heads, s.seq, s.head_dim, out_head_dim);
     let segments = n.div_ceil(MEAN_SEGMENT_ROWS);
     let padded = padded_len(n, V8_TILE);
@@ -400,7 +401,13 @@ fn device_v8(s: &Shape, out_head_dim: usize, v_bits: &[u16], fold: bool) -> V8Ou
     for bi in 0..b as u32 {
         for hi in 0..h as u32 {
             for seg in 0..segments as u32 {
-                ptx::run_cta(cta(threads, 0), |_| unsafe { v8::stats(&p, seg, hi, bi) });
+                ptx::run_cta(cta(threads, 0), |_| unsafe {
+                    if ahead {
+                        v8::stats::<true>(&p, seg, hi, bi)
+                    } else {
+                        v8::stats::<false>(&p, seg, hi, bi)
+                    }
+                });
             }
         }
     }
@@ -439,9 +446,9 @@ fn check_v8(rng: &mut StdRng, s: &Shape, out_head_dim: usize) {
     } else {
         &[false]
     };
-    for &fold in routes {
-        let what = format!("{s:?} out {out_head_dim} fold {fold}");
-        let got = device_v8(s, out_head_dim, &v_bits, fold);
+    for (&fold, ahead) in routes.iter().flat_map(|f| [(f, false), (f, true)]) {
+        let what = format!("{s:?} out {out_head_dim} fold {fold} ahead {ahead}");
+        let got = device_v8(s, out_head_dim, &v_bits, fold, ahead);
         assert_eq!(bits(&got.mean), bits(&want.mean), "mean, {what}");
         assert_eq!(
             bits(&got.scale),
@@ -462,7 +469,7 @@ fn check_v8(rng: &mut StdRng, s: &Shape, out_head_dim: usize) {
 fn v8_preparation_equals_the_reference_bit_for_bit() {
     let mut rng = common::fresh_rng("v8 prep");
     // (batch, heads, seq, head_dim, out_head_dim): one key; inside a 16-key group; past a tile;
-    // the fold limit (4 segments) and one past it; d = 96 stored 128 wide.
+    // the fold limit (4 segments, every one whole) and one past it; d = 96 stored 128 wide.
     for (batch, heads, seq, head_dim, out_head_dim) in [
         (1, 1, 1, 64, 64),
         (2, 1, 17, 64, 64),
