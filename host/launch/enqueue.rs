@@ -99,8 +99,10 @@ impl PrepLaunch {
     }
 
     /// The entry that runs it: `sage_prepare_sum_k` / `sage_prepare_quant_k` when K's segment
-    /// sums / K's quantization are its only job (more CTAs per SM than `sage_prepare`'s register
-    /// bound allows), else `sage_prepare`.
+    /// sums / K's quantization are its only job, `sage_prepare_stats8` / `sage_prepare_quant8`
+    /// when it holds only the 8-bit preparation's statistics / quantization jobs (each at 64
+    /// registers: more CTAs per SM than `sage_prepare`'s register bound allows), else
+    /// `sage_prepare`.
     pub(crate) fn entry(&self) -> &'static str {
         use prep_job::*;
         let only = |job: usize| (0..COUNT).all(|j| (self.ctas[j] > 0) == (j == job));
@@ -109,9 +111,9 @@ impl PrepLaunch {
             names::PREPARE_SUM_K
         } else if only(QUANT_K) {
             names::PREPARE_QUANT_K
-        } else if narrow_8_bit_entries() && within(&[V8_STATS, SUM_K]) {
+        } else if within(&[V8_STATS, SUM_K]) {
             names::PREPARE_STATS8
-        } else if narrow_8_bit_entries() && within(&[QUANT_K, V8_QUANT]) {
+        } else if within(&[QUANT_K, V8_QUANT]) {
             names::PREPARE_QUANT8
         } else {
             names::PREPARE
@@ -283,14 +285,6 @@ pub(crate) fn use_k_head(s: &ScratchShape, sm_count: usize) -> bool {
     }
     let waves = pairs.div_ceil(sm_count);
     4 * pairs >= 3 * waves * sm_count
-}
-
-/// Whether the 8-bit preparation's launches run through their 64-register entries
-/// (`sage_prepare_stats8`, `sage_prepare_quant8`): yes unless the environment sets
-/// `SAGE_PREP_NARROW=0` (read once; EXPERIMENT switch for timing them against `sage_prepare`).
-fn narrow_8_bit_entries() -> bool {
-    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var_os("SAGE_PREP_NARROW").is_none_or(|v| v != "0"))
 }
 
 /// The shape [`plan_prepare`] reads, from the problem and the scratch layout that was sized for it.
