@@ -2,7 +2,8 @@
 # A/B timing of bench binaries on the GPU machine, in one process run of this script: each binary
 # runs the same bench arguments in turn, the whole round twice (A B, then B A, so drift and the
 # position in a round hit all of them alike), and the table gives each case's best TOPS per
-# binary and its ratio to the first.
+# binary, its ratio to the first, and the case's spread between rounds (how much of a ratio is
+# noise).
 #
 #   run(command="bash scripts/device-ab.sh main=.devpack/bench-main branch=.device/bench \
 #                -- --head-dims 64,128 --seq-lens 2048,16384 --causal both --paths both",
@@ -65,7 +66,7 @@ python3 - "$work" "${names[@]}" <<'EOF' | tee "$OUT/ab.txt"
 import glob, json, os, sys
 
 work, names = sys.argv[1], sys.argv[2:]
-best = {}  # (head_dim, seq_len, causal, path) -> {name: best TOPS}
+rounds = {}  # (head_dim, seq_len, causal, path) -> {name: [TOPS of each round]}
 for name in names:
     for f in sorted(glob.glob(os.path.join(work, f"{name}.*.json"))):
         try:
@@ -77,15 +78,19 @@ for name in names:
             for path in ("kernel", "full"):
                 if c.get(path):
                     key = (c["head_dim"], c["seq_len"], int(bool(c.get("causal"))), path)
-                    got = best.setdefault(key, {})
-                    got[name] = max(got.get(name, 0.0), c[path]["tops"])
+                    rounds.setdefault(key, {}).setdefault(name, []).append(c[path]["tops"])
 base = names[0]
+# spread%: the largest (best - worst) / best of one binary's rounds in that case: a ratio to the
+# baseline within it is noise (an A/A run measures the same thing directly).
 print("d      N  causal  path    " + "".join(f"{n:>10}" for n in names)
-      + "".join(f"{n + '/' + base:>16}" for n in names[1:]))
-for (d, n, causal, path), got in sorted(best.items()):
+      + "".join(f"{n + '/' + base:>16}" for n in names[1:]) + f"{'spread%':>9}")
+for (d, n, causal, path), got in sorted(rounds.items()):
+    best = {x: max(v) for x, v in got.items()}
+    spread = max((100.0 * (max(v) - min(v)) / max(v) for v in got.values() if max(v) > 0),
+                 default=0.0)
     row = f"{d:<4}{n:>7}  {causal:>6}  {path:<6}"
-    row += "".join(f"{got.get(x, 0.0):>10.1f}" for x in names)
-    ref = got.get(base, 0.0)
-    row += "".join(f"{(got.get(x, 0.0) / ref if ref else 0.0):>16.3f}" for x in names[1:])
-    print(row)
+    row += "".join(f"{best.get(x, 0.0):>10.1f}" for x in names)
+    ref = best.get(base, 0.0)
+    row += "".join(f"{(best.get(x, 0.0) / ref if ref else 0.0):>16.3f}" for x in names[1:])
+    print(row + f"{spread:>9.1f}")
 EOF
