@@ -58,8 +58,7 @@ fn split(i: u32, per_head: u32, heads: u32) -> (u32, u32, u32) {
 pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     let bx = ptx::block_idx().0;
     let e = p.ends;
-    let (fold_k, fold_v8) = (p.fold_k != 0, p.fold_v8 != 0);
-    let segments = |seq: u32| seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+    let fold_k = p.fold_k != 0;
     // Every branch is CTA-uniform. SAFETY (all): the index is below the job's CTA count, which the
     // host sized from the same shapes; the rest is each job's own contract, which the host keeps.
     if bx < e[job::QUANT_Q] {
@@ -71,9 +70,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     } else if bx < e[job::CONVERT_V] {
         unsafe { quant::convert_v(&p.convert, bx - e[job::CONVERT_V - 1]) }
     } else if bx < e[job::V8_STATS] {
-        let i = bx - e[job::V8_STATS - 1];
-        let (segment, head, batch) = split(i, segments(p.v8.seq), p.v8.heads);
-        unsafe { v8::stats::<false>(&p.v8, segment, head, batch) }
+        unsafe { v8_stats::<false>(&p, bx - e[job::V8_STATS - 1]) }
     } else if bx < e[job::SUM_K] {
         unsafe { sum_k(&p, bx - e[job::SUM_K - 1]) }
     } else if bx < e[job::K_MEAN] {
@@ -83,13 +80,35 @@ pub unsafe extern "ptx-kernel" fn sage_prepare(p: PrepareParams) {
     } else if bx < e[job::QUANT_K] {
         unsafe { quant_k(&p, e[job::QUANT_K] - 1 - bx) }
     } else if bx < e[job::V8_QUANT] {
-        let i = bx - e[job::V8_QUANT - 1];
-        let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
-        let (tile, head, batch) = split(i, tiles, p.v8.heads);
-        unsafe { v8::quantize(&p.v8, fold_v8, tile, head, batch) }
+        unsafe { v8_quant(&p, bx - e[job::V8_QUANT - 1]) }
     } else if bx < e[job::LSE_BIAS] {
         unsafe { quant::lse_bias(&p.lse, &p.mean, fold_k, bx - e[job::LSE_BIAS - 1]) }
     }
+}
+
+/// Job `V8_STATS`, CTA `i` of its range: one segment of one (batch, head); `AHEAD` as
+/// [`v8::stats`].
+///
+/// # Safety
+/// As [`sum_k`].
+#[inline(always)]
+unsafe fn v8_stats<const AHEAD: bool>(p: &PrepareParams, i: u32) {
+    let segments = p.v8.seq.div_ceil(MEAN_SEGMENT_ROWS as u32);
+    let (segment, head, batch) = split(i, segments, p.v8.heads);
+    // SAFETY: the caller's.
+    unsafe { v8::stats::<AHEAD>(&p.v8, segment, head, batch) }
+}
+
+/// Job `V8_QUANT`, CTA `i` of its range: one key tile of one (batch, head).
+///
+/// # Safety
+/// As [`sum_k`].
+#[inline(always)]
+unsafe fn v8_quant(p: &PrepareParams, i: u32) {
+    let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
+    let (tile, head, batch) = split(i, tiles, p.v8.heads);
+    // SAFETY: the caller's.
+    unsafe { v8::quantize(&p.v8, p.fold_v8 != 0, tile, head, batch) }
 }
 
 /// Job `SUM_K`, CTA `i` of its range: one segment of one (batch, head).
@@ -175,10 +194,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare_stats8(p: PrepareParams) {
     // SAFETY: as `sage_prepare`'s branches for these jobs.
     unsafe {
         if bx < e[job::V8_STATS] {
-            let i = bx - e[job::V8_STATS - 1];
-            let (segment, head, batch) =
-                split(i, p.v8.seq.div_ceil(MEAN_SEGMENT_ROWS as u32), p.v8.heads);
-            v8::stats::<true>(&p.v8, segment, head, batch)
+            v8_stats::<true>(&p, bx - e[job::V8_STATS - 1])
         } else if bx < e[job::SUM_K] {
             sum_k(&p, bx - e[job::SUM_K - 1])
         }
@@ -199,10 +215,7 @@ pub unsafe extern "ptx-kernel" fn sage_prepare_quant8(p: PrepareParams) {
         if bx < e[job::QUANT_K] {
             quant_k(&p, e[job::QUANT_K] - 1 - bx)
         } else if bx < e[job::V8_QUANT] {
-            let i = bx - e[job::V8_QUANT - 1];
-            let tiles = (padded_len(p.v8.seq as usize, V8_TILE) / V8_TILE) as u32;
-            let (tile, head, batch) = split(i, tiles, p.v8.heads);
-            v8::quantize(&p.v8, p.fold_v8 != 0, tile, head, batch)
+            v8_quant(&p, bx - e[job::V8_QUANT - 1])
         }
     }
 }
